@@ -1,0 +1,48 @@
+"""Hebbian (autograd-free) training of an analog FF network.
+
+Each layer updates with dW = eta * M * c * l x^T, the exact FF gradient for ReLU layers
+with a quadratic goodness (the theorem in ``hebbian.py``), optionally filtered through
+the eligibility trace like the spiking rule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import kernels
+from .config import HebbianConfig
+from .hebbian import ff_hebbian_delta
+from .layers import length_normalize
+from .models import AnalogFFNet
+
+__all__ = ["AnalogHebbian"]
+
+
+class AnalogHebbian:
+    """Layer-local Hebbian updates for every layer of an :class:`AnalogFFNet`."""
+
+    def __init__(self, net: AnalogFFNet, hcfg: HebbianConfig) -> None:
+        if any(layer.synapse.bias is not None for layer in net.layers):
+            raise ValueError("Hebbian training needs bias-free layers (model.bias=false)")
+        self.net = net
+        self.cfg = hcfg
+        self.eligibility = [torch.zeros_like(layer.weight) for layer in net.layers]
+
+    @torch.no_grad()
+    def step(self, x: Tensor, y: Tensor, factor: float = 1.0) -> list[Tensor]:
+        """Update every layer on embedded inputs ``[N, D']``; return activities before the update."""
+        acts = []
+        inp = x
+        eta = self.cfg.eta * factor
+        for layer, e in zip(self.net.layers, self.eligibility):
+            pre = length_normalize(inp) if layer.normalize_input else inp
+            post = torch.relu(pre @ layer.weight.T)
+            dw = ff_hebbian_delta(self.net.probability, post, pre, y, self.net.goodness_kind)
+            if self.cfg.eligibility_tau is None:
+                layer.weight.add_(dw * eta)
+            else:
+                kernels.eligibility_apply(e, layer.weight.data, dw, self.cfg.eligibility_tau, eta)
+            acts.append(post)
+            inp = post
+        return acts

@@ -1,0 +1,103 @@
+"""Latent-space analysis: Hoyer sparsity, k-NN separability and a t-SNE picture.
+
+Latents are computed on test images with the correct label embedded: the concatenated
+layer activities for analog models, the spike counts over the input steps for spiking
+models (as the paper does).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["analyze_model", "hoyer", "latents", "separability", "tsne_plot"]
+
+
+def hoyer(latent: Tensor, eps: float = 1e-3) -> float:
+    """Mean Hoyer sparsity (sqrt(n) - L1/L2) / (sqrt(n) - 1) of the rows of ``latent`` ``[N, n]``;
+    1 = one active unit, 0 = all equal. ``eps`` keeps all-zero rows finite (the paper's 0.001)."""
+    n = latent.shape[1]
+    l1 = latent.abs().sum(1)
+    l2 = latent.norm(dim=1)
+    return float(((math.sqrt(n) - (l1 + eps) / (l2 + eps)) / (math.sqrt(n) - 1)).mean())
+
+
+def separability(latent: Tensor, labels: Tensor, k: int = 5, chunk: int = 1024) -> float:
+    """Fraction of each latent's ``k`` nearest Euclidean neighbours (itself excluded) that share
+    its label. ``latent`` ``[N, n]``, ``labels`` ``[N]``."""
+    x = latent.float()
+    same = 0
+    for i in range(0, len(x), chunk):
+        d = torch.cdist(x[i : i + chunk], x)
+        rows = torch.arange(i, min(i + chunk, len(x)))
+        d[rows - i, rows] = float("inf")
+        idx = d.topk(k, dim=1, largest=False).indices
+        same += int((labels[idx] == labels[rows].unsqueeze(1)).sum())
+    return same / (k * len(x))
+
+
+@torch.no_grad()
+def latents(net, x: Tensor, labels: Tensor, seed: int = 0) -> Tensor:
+    """Latents ``[N, sum H]`` with the correct labels shown."""
+    from .models import AnalogFFNet
+
+    if isinstance(net, AnalogFFNet):
+        return torch.cat(net.label_activities(x, labels), dim=1)
+    from .engine import SpikingScorer
+
+    scorer = SpikingScorer(net, seed=seed)
+    return torch.cat([scorer.latent(x[i : i + 1000], labels[i : i + 1000]) for i in range(0, len(x), 1000)])
+
+
+def tsne_plot(latent: Tensor, labels: Tensor, path: str | Path, title: str = "", n: int = 1500, seed: int = 0) -> Path:
+    """2-D t-SNE of the first ``n`` latents, coloured by label, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    z = latent[:n].float().numpy()
+    coords = TSNE(n_components=2, random_state=seed, init="pca", perplexity=30).fit_transform(z)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    sc = ax.scatter(coords[:, 0], coords[:, 1], s=2, c=labels[:n].numpy(), cmap="tab10")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    ax.legend(*sc.legend_elements(), loc="upper right", fontsize=6, markerscale=0.8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def analyze_model(model_dir, dataset: str | None = None, limit: int | None = None, plot=None, device: str = "cpu", seed: int = 0) -> dict:
+    """Hoyer and separability of a model's test latents; optionally a t-SNE PNG."""
+    from .checkpoint import load_model
+    from .data import load_split
+
+    net, cfg, meta = load_model(model_dir, device=device)
+    ds = dataset or cfg.data.dataset
+    data = load_split(ds, "test", cfg.data.root, download=cfg.data.download).take(limit)
+    if data.images.shape[1] != meta["in_features"]:
+        raise ValueError(f"{ds} images have {data.images.shape[1]} pixels; the model expects {meta['in_features']}")
+    x, y = data.to_tensors(device)
+    t0 = time.perf_counter()
+    z = latents(net, x, y, seed).cpu()
+    out = {
+        "hoyer": hoyer(z),
+        "separability": separability(z, y.cpu()),
+        "n": len(y),
+        "width": z.shape[1],
+        "dataset": ds,
+    }
+    if plot:
+        out["plot"] = str(tsne_plot(z, y.cpu(), plot, title=cfg.name, seed=seed))
+    out["seconds"] = time.perf_counter() - t0
+    return out

@@ -1,0 +1,200 @@
+"""``sjff``: the command line, a thin shell over the library.
+
+    sjff train CONFIG [--set key=value ...] --out RUNDIR
+    sjff eval MODEL [--dataset mnist|fashion-mnist] [--limit N] [--json]
+    sjff export MODEL --format onnx|spike|spike-onnx --out PATH
+    sjff analyze MODEL [--dataset mnist] [--limit N] [--json] [--plot FILE.png]
+    sjff reproduce paper --out DIR [--epochs N] [--limit N]
+    sjff data fetch mnist|fashion-mnist [--root DIR]
+    sjff serve --model-repository DIR [--port P] ...
+
+Expected failures (bad config, missing data, shape mismatch, bad model files) print one
+``sjff: error: ...`` line and exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _train(args) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config, args.set)
+    metrics = train(cfg, args.out, progress=not args.quiet)
+    final = metrics["final"]
+    print(json.dumps({"out": str(args.out), **final}) if args.json else f"model written to {Path(args.out) / 'model'}")
+    return 0
+
+
+def _eval(args) -> int:
+    from .evaluate import evaluate_model
+
+    result = evaluate_model(args.model, args.dataset, args.limit, args.split, args.device, args.batch_size)
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("accuracy", "n", "seconds")} | {"dataset": result["dataset"]}))
+    else:
+        print(f"{result['dataset']} {args.split}: accuracy {result['accuracy']:.4f} on {result['n']} images in {result['seconds']:.1f}s")
+    return 0
+
+
+def _export(args) -> int:
+    from .checkpoint import load_model
+    from .models import AnalogFFNet, SpikingFFNet
+
+    net, cfg, meta = load_model(args.model)
+    if args.format == "onnx":
+        from .export.onnx import analog_to_onnx, spiking_to_onnx
+
+        if isinstance(net, AnalogFFNet):
+            h = cfg.train.hebbian
+            hebbian = {"eta": h.eta, "eligibility_tau": h.eligibility_tau}
+            path = analog_to_onnx(net, args.out, latent=args.latent, hebbian=hebbian)
+        else:
+            path = spiking_to_onnx(net, args.out)
+    elif args.format == "spike":
+        if not isinstance(net, SpikingFFNet):
+            raise ValueError("--format spike needs a spiking model; export analog models with --format onnx")
+        from .export.spike import export_spike
+
+        path = export_spike(net, cfg, args.out, meta.get("image_shape"))
+    else:
+        raise ValueError(f"unknown export format {args.format!r}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _analyze(args) -> int:
+    from .analysis import analyze_model
+
+    result = analyze_model(args.model, args.dataset, args.limit, args.plot, args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"hoyer {result['hoyer']:.4f}  separability {result['separability']:.4f}  (n={result['n']})")
+    return 0
+
+
+def _reproduce(args) -> int:
+    from .reproduce import reproduce_paper
+
+    if args.what != "paper":
+        raise ValueError("only `sjff reproduce paper` exists")
+    reproduce_paper(args.out, epochs=args.epochs, limit=args.limit, test_limit=args.test_limit, rows=args.rows, progress=not args.quiet)
+    print(f"wrote {Path(args.out) / 'table.md'}")
+    return 0
+
+
+def _data(args) -> int:
+    from .data import fetch
+
+    path = fetch(args.name, args.root)
+    print(path)
+    return 0
+
+
+def _serve(args, rest: list[str]) -> int:
+    try:
+        from sjff_server.main import main as serve_main
+    except ImportError as exc:
+        raise RuntimeError(f"the server is not installed ({exc}); pip install 'spikingjelly-ff[serve]'") from exc
+    return serve_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sjff", description="Forward-Forward and Hebbian learning for SpikingJelly networks")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a config file")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--out", required=True, help="run directory (model/ and metrics.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="test accuracy of a trained model")
+    p.add_argument("model", help="model directory (RUNDIR/model)")
+    p.add_argument("--dataset", default=None, help="mnist, fashion-mnist or an IDX directory (default: the model's)")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="export a model to ONNX or the spike-runtime format")
+    p.add_argument("model")
+    p.add_argument("--format", required=True, choices=["onnx", "spike"])
+    p.add_argument("--out", required=True, help="output file (or directory for --format spike)")
+    p.add_argument("--latent", action="store_true", help="analog ONNX: also output the latent activity")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("analyze", help="latent-space sparsity, separability and a t-SNE picture")
+    p.add_argument("model")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--plot", default=None, help="write a t-SNE picture (PNG)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("reproduce", help="reproduce the paper's table")
+    p.add_argument("what", choices=["paper"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=None, help="cut the epochs of every row (default: the paper's 10)")
+    p.add_argument("--limit", type=int, default=None, help="use only N training samples")
+    p.add_argument("--test-limit", type=int, default=None, help="use only N test samples")
+    p.add_argument("--rows", nargs="*", default=None, help="subset of rows (config names in configs/paper)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_reproduce)
+
+    p = sub.add_parser("data", help="obtain datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="download or copy a dataset into the cache")
+    f.add_argument("name", choices=["mnist", "fashion-mnist"])
+    f.add_argument("--root", default=None, help="target directory (default: the cache dir)")
+    f.set_defaults(func=_data)
+
+    p = sub.add_parser("serve", help="run the gRPC server (options: sjff serve --help)", add_help=False)
+    p.set_defaults(func=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SJFF_DEBUG") == "1"
+    if "--debug" in argv:
+        argv.remove("--debug")
+    if argv and argv[0] == "serve":
+        runner = lambda: _serve(None, argv[1:])  # noqa: E731 - the server parses its own options
+    else:
+        args = build_parser().parse_args(argv)
+        runner = lambda: args.func(args)  # noqa: E731
+    try:
+        return runner() or 0
+    except KeyboardInterrupt:
+        print("sjff: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line for the user, traceback with --debug
+        if debug:
+            raise
+        from .errors import is_user_error
+
+        if not is_user_error(exc):
+            print(f"sjff: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+            return 1
+        print(f"sjff: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""Run configuration: typed sections, YAML files, ``--set key=value`` overrides.
+
+A config fully describes a run (data, model, training, evaluation) and travels with the
+trained weights as ``model/config.json``. Unknown keys and wrong types are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"  # mnist | fashion-mnist | a directory of IDX files
+    root: str | None = None  # where to look first (default: $SJFF_DATA_DIR, then the cache)
+    download: bool = True  # fetch a known dataset when it is missing
+
+
+@dataclass
+class EmbeddingConfig:
+    kind: str = "pattern"  # pattern: append random bits | onehot: overwrite the first pixels
+    bits: int = 100
+    density: float = 0.3
+    scale: float = 1.0  # value written by the one-hot overlay
+    seed: int | None = None  # default: the run seed
+
+
+@dataclass
+class ProbabilityConfig:
+    kind: str = "sigmoid"  # sigmoid | symmetric | polar
+    alpha: float = 1.0
+    theta: float = 0.0
+    eps: float = 0.01
+    clip: float = 0.0  # > 0: loss on P clamped to [clip, 1-clip] (the paper's code uses 1e-5)
+
+
+@dataclass
+class NeuronConfig:
+    form: str = "beta"  # beta: V <- beta V + I (paper) | lif: SpikingJelly LIFNode
+    beta: float = 0.85
+    tau: float = 2.0
+    decay_input: bool = False
+    v_threshold: float = 0.001
+    v_reset: float = 0.0
+    fire: str = ">"
+    kwta: int | None = None
+
+
+@dataclass
+class TraceConfig:
+    kind: str = "leaky"  # count | leaky | hard
+    decay: float = 0.85
+    scale: float = 10.0  # count trace: trace += spike / scale
+
+
+@dataclass
+class EncoderConfig:
+    gain: float = 0.25  # spike probability per step = gain * input value
+    steps: int = 23  # input steps per presentation
+    rest_steps: int = 20  # steps with no input after each presentation
+    carry_membrane: bool = True  # paper: membranes only decay between samples; False: reset
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "analog"  # analog | spiking
+    layers: list[int] = field(default_factory=lambda: [200])
+    bias: bool = False
+    normalize: bool = True  # analog: length-normalise the input of every layer after the first
+    init: str = "default"  # default (torch Linear) | normal (N(0, init_std^2), the paper's spiking init)
+    init_std: float = 1.0
+    goodness: str = "sum_squares"
+    probability: ProbabilityConfig = field(default_factory=ProbabilityConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    score: str = "probability"  # probability: sum of log-odds over layers | goodness: sum of G
+    score_layers: list[int] | None = None  # which layers vote (default: all)
+    neuron: NeuronConfig = field(default_factory=NeuronConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+
+@dataclass
+class OptimizerConfig:
+    kind: str = "adam"  # adam | sgd
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine | linear (decay to 0 over the run)
+
+
+@dataclass
+class HebbianConfig:
+    eta: float = 0.1  # step on the exact FF gradient (see docs/science.md for the paper's nu)
+    eligibility_tau: float | None = 0.1  # e <- (1-tau) e + tau dW; None applies dW directly
+    learn_after: int = 15  # spiking: only steps t > learn_after update the weights (-1: all)
+    schedule: str = "constant"  # constant | cosine | linear decay of eta over the run
+
+
+@dataclass
+class ReadoutConfig:
+    enabled: bool = False  # also train a linear softmax readout on the latent activity
+    epochs: int = 3
+    lr: float = 0.01
+    layers: list[int] | None = None  # layers whose activity feeds the readout (default: all but the first)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 50
+    learner: str = "local-loss"  # local-loss (autograd per layer) | hebbian (no autograd)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    hebbian: HebbianConfig = field(default_factory=HebbianConfig)
+    negatives: str = "mixed"  # mixed: each sample positive or negative (paper) | paired: both
+    limit: int | None = None  # use only the first N training samples
+    shuffle: bool = True
+    eval_every: int = 1  # test after every N epochs (0: only at the end)
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 1000
+    limit: int | None = None
+    share_image_spikes: bool = True  # spiking: one draw of image spikes for all candidate labels
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | auto
+    backend: str = "auto"  # auto | torch | cupy
+    threads: int | None = None  # torch intra-op threads (default: torch's choice)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def validate(self) -> RunConfig:
+        _validate(self)
+        return self
+
+
+CHOICES = {
+    "model.kind": ("analog", "spiking"),
+    "model.init": ("default", "normal"),
+    "model.goodness": ("sum_squares", "mean_squares", "l1"),
+    "model.probability.kind": ("sigmoid", "symmetric", "polar"),
+    "model.embedding.kind": ("pattern", "onehot"),
+    "model.score": ("probability", "goodness"),
+    "model.neuron.form": ("beta", "lif"),
+    "model.neuron.fire": (">", ">="),
+    "model.trace.kind": ("count", "leaky", "hard"),
+    "train.learner": ("local-loss", "hebbian"),
+    "train.optimizer.kind": ("adam", "sgd"),
+    "train.optimizer.schedule": ("constant", "cosine", "linear"),
+    "train.hebbian.schedule": ("constant", "cosine", "linear"),
+    "train.negatives": ("mixed", "paired"),
+    "device": ("cpu", "cuda", "auto"),
+    "backend": ("auto", "torch", "cupy"),
+}
+
+
+def _validate(cfg: RunConfig) -> None:
+    flat = _flatten(cfg.to_dict())
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {flat[key]!r}")
+    m, t = cfg.model, cfg.train
+    if not m.layers or any(h < 1 for h in m.layers):
+        raise ConfigError("model.layers must be a non-empty list of positive widths")
+    if m.probability.kind != "sigmoid" and any(h % 2 for h in m.layers):
+        raise ConfigError(f"{m.probability.kind} probability splits layers in halves: widths must be even")
+    if t.learner == "hebbian" and m.goodness == "l1":
+        raise ConfigError("the Hebbian learner needs a quadratic goodness (sum_squares or mean_squares)")
+    if m.kind == "spiking" and t.learner != "hebbian":
+        raise ConfigError("spiking models train with train.learner=hebbian")
+    for key in ("train.epochs", "train.batch_size", "eval.batch_size", "model.encoder.steps"):
+        if flat[key] < 1:
+            raise ConfigError(f"{key} must be >= 1")
+    if m.encoder.rest_steps < 0:
+        raise ConfigError("model.encoder.rest_steps must be >= 0")
+    if m.kind == "spiking" and not -1 <= t.hebbian.learn_after < m.encoder.steps - 1:
+        raise ConfigError("train.hebbian.learn_after must lie in [-1, model.encoder.steps - 1)")
+    if m.score_layers is not None and any(not 0 <= i < len(m.layers) for i in m.score_layers):
+        raise ConfigError("model.score_layers holds a layer index out of range")
+    if m.kind == "spiking" and t.readout.enabled:
+        raise ConfigError("train.readout is available for analog models only")
+    if t.limit is not None and t.limit < 1:
+        raise ConfigError("train.limit must be >= 1")
+    # Let the parameter classes check their own ranges.
+    from .params import NeuronParams, TraceParams
+
+    try:
+        NeuronParams(**dataclasses.asdict(m.neuron))
+        TraceParams(**dataclasses.asdict(m.trace))
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from exc
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _coerce(tp, value, key: str):
+    """Check ``value`` against annotation ``tp`` (ints may stand for floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(args[0], v, key) for v in value]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # PyYAML reads "1e-5" (no dot) as a string; accept any float literal.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Build and validate a ``RunConfig`` from plain data."""
+    if not isinstance(data, dict):
+        raise ConfigError("a config must be a mapping at the top level")
+    return _build(RunConfig, data).validate()
+
+
+def _set_path(data: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {key}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` strings (values parsed as YAML) to a config mapping."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse {raw!r}: {exc}") from exc
+        _set_path(data, key.strip(), value)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML/JSON config file (or start from defaults) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    return config_from_dict(apply_overrides(data, overrides or []))

@@ -1,0 +1,153 @@
+"""Fast training and scoring of a :class:`SpikingFFNet` (torch side of ``simulate.py``).
+
+``SpikingTrainer.train_batch`` gives the same spikes and weights as stepping the module
+graph with one ``HebbianLearner`` per layer (``reference.py``) and ``SpikingScorer`` the
+same scores as presenting every label through it; ``simulate.py`` explains the speed-ups.
+Batch-1 training on the CPU runs the numpy ``online_layer`` on the weights' memory.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import HebbianConfig
+from .models import SpikingFFNet
+from .schedule import schedule_factor
+from .simulate import LearnSpec, label_currents, online_layer, run_layer, score_labels
+
+__all__ = ["SpikingScorer", "SpikingTrainer"]
+
+
+def _membrane(node, n: int, h: int, like: Tensor, carry: bool) -> Tensor:
+    v = node.v
+    if carry and isinstance(v, Tensor) and tuple(v.shape) == (n, h):
+        return v.clone().contiguous()
+    return torch.zeros(n, h, dtype=like.dtype, device=like.device)
+
+
+def _torch_matmul(a, b):
+    """numpy in, numpy out, torch's BLAS in between (no copies)."""
+    return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+
+
+class SpikingTrainer:
+    """Hebbian training of a :class:`SpikingFFNet`, one batch (``N >= 1``) at a time."""
+
+    def __init__(
+        self,
+        net: SpikingFFNet,
+        hcfg: HebbianConfig,
+        steps_total: int = 1,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.net = net
+        self.cfg = hcfg
+        self.spec = LearnSpec(hcfg.eta, hcfg.eligibility_tau, hcfg.learn_after)
+        self.steps_total = max(1, steps_total)
+        self.count = 0
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.eligibility = [torch.zeros_like(layer.weight) for layer in net.layers]
+
+    def _online(self, spikes: Tensor) -> bool:
+        return (
+            spikes.shape[1] == 1
+            and spikes.device.type == "cpu"
+            and self.spec.eligibility_tau is not None
+            and self.net.neuron_params.kwta is None
+        )
+
+    @torch.no_grad()
+    def train_batch(self, x: Tensor, shown: Tensor, y: Tensor, spikes: Tensor | None = None) -> Tensor:
+        """Present images ``x`` ``[N, D]`` with labels ``shown`` and learn towards targets ``y``
+        (1 positive, 0 negative). ``spikes`` ``[T, N, D']`` overrides the Bernoulli draw.
+        Returns whether each sample was judged positive at the end of its presentation, ``[N]``."""
+        net = self.net
+        eta = self.cfg.eta * schedule_factor(self.cfg.schedule, self.count / self.steps_total)
+        self.count += 1
+        if spikes is None:
+            spikes = net.encode(net.rates(x, shown), self.generator)
+        n = spikes.shape[1]
+        y = y.to(spikes.dtype)
+        d = net.dynamics
+        online = self._online(spikes)
+        acts = []
+        pre = spikes
+        for layer, e in zip(net.layers, self.eligibility):
+            w = layer.weight.data
+            v = _membrane(layer.neuron, n, w.shape[0], spikes, net.encoder.carry_membrane)
+            if online:
+                out, tr = online_layer(
+                    pre.numpy(), w.numpy(), v.numpy(), d, float(y[0]), self.spec, eta, e.numpy(), _torch_matmul
+                )
+                pre, tr = torch.from_numpy(out), torch.from_numpy(tr)
+            else:
+                pre, tr = run_layer(pre, w, v, d, net.backend, (y, self.spec, eta, e))
+            layer.neuron.v = v
+            layer.neuron.trace = tr
+            acts.append(tr)
+        net.end_presentation()
+        return net.pn_logit(acts) > 0
+
+
+class SpikingScorer:
+    """Scores every candidate label of a batch of images with a trained network.
+
+    With ``share_image_spikes`` (default) all labels of an image see the same image spikes
+    and the same uniform draws for their label bits (common random numbers), so the image
+    part of the first layer's current is computed once per image instead of once per label.
+    """
+
+    chunk = 250  # images per internal batch: bounds the [C, T, N, H] current tensor
+
+    def __init__(self, net: SpikingFFNet, share_image_spikes: bool = True, seed: int = 0, device="cpu") -> None:
+        self.net = net
+        self.share = share_image_spikes
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    @torch.no_grad()
+    def layer_outputs(self, x: Tensor, spikes: Tensor | None = None, counts: bool = False) -> list[Tensor]:
+        """Every layer's final trace (or spike count) for every label, each ``[C, N, H]``.
+
+        ``spikes`` ``[C, T, N, D']`` replaces the random input (used by the equivalence tests).
+        """
+        if spikes is None and x.shape[0] > self.chunk:
+            parts = [self.layer_outputs(x[i : i + self.chunk], None, counts) for i in range(0, x.shape[0], self.chunk)]
+            return [torch.cat(p, dim=1) for p in zip(*parts)]
+        net = self.net
+        weights = [layer.weight.data for layer in net.layers]
+        if spikes is None:
+            rates = (net.embedding.all_labels(x) * net.encoder.gain).clamp_(0.0, 1.0)
+            lab = net.embedding.label_slice(net.in_features)
+            current = label_currents(rates, lab, weights[0], net.encoder.steps, self.generator, self.share)
+        else:
+            c, t, n, _ = spikes.shape
+            current = (spikes.reshape(c * t * n, -1) @ weights[0].T).reshape(c, t, n, -1)
+        states = net.state()
+        outs, finals = score_labels(
+            current, weights, net.dynamics, states, net.encoder.carry_membrane, net.encoder.rest_steps, net.backend, counts
+        )
+        for layer, v in zip(net.layers, finals):
+            if v is not None:
+                layer.neuron.v = v
+        return outs
+
+    @torch.no_grad()
+    def scores(self, x: Tensor, spikes: Tensor | None = None) -> Tensor:
+        """Summed layer scores of every label, ``[N, C]``."""
+        traces = self.layer_outputs(x, spikes)
+        c, n, _ = traces[0].shape
+        flat = [tr.reshape(c * n, -1) for tr in traces]
+        return self.net.score_activities(flat).reshape(c, n).transpose(0, 1)
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.scores(x).argmax(-1)
+
+    @torch.no_grad()
+    def latent(self, x: Tensor, labels: Tensor) -> Tensor:
+        """Spike counts of every layer with ``labels`` shown, ``[N, sum H]``."""
+        net = self.net
+        spikes = net.encode(net.rates(x, labels), self.generator).unsqueeze(0)  # [1, T, N, D']
+        counts = self.layer_outputs(x, spikes, counts=True)
+        return torch.cat([cnt[0] for cnt in counts], dim=-1)

@@ -1,0 +1,75 @@
+"""Test accuracy of a trained network: ``evaluate_arrays`` and ``evaluate_model``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .config import RunConfig
+from .models import AnalogFFNet, FFNet
+
+__all__ = ["evaluate_arrays", "evaluate_model", "scorer_for"]
+
+Predictor = Callable[[Tensor], Tensor]
+
+
+def scorer_for(net: FFNet, cfg: RunConfig, device: torch.device | str, readout: bool = False) -> Predictor:
+    """A function images ``[N, D]`` -> predicted classes ``[N]`` (all labels scored)."""
+    if isinstance(net, AnalogFFNet):
+
+        @torch.no_grad()
+        def predict(x: Tensor) -> Tensor:
+            return net.predict(x, use_readout=readout)
+
+        return predict
+    from .engine import SpikingScorer
+
+    if readout:
+        raise ValueError("a linear readout exists for analog models only")
+    return SpikingScorer(net, share_image_spikes=cfg.eval.share_image_spikes, seed=cfg.seed + 4, device=device).predict
+
+
+def evaluate_arrays(predict: Predictor, x: Tensor, labels: Tensor, batch_size: int = 1000) -> dict:
+    """Accuracy of ``predict`` on ``x`` ``[N, D]`` / ``labels`` ``[N]``, with timing."""
+    t0 = time.perf_counter()
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        correct += int((predict(x[i : i + batch_size]) == labels[i : i + batch_size]).sum())
+    seconds = time.perf_counter() - t0
+    n = len(labels)
+    return {"accuracy": correct / max(n, 1), "n": n, "seconds": seconds, "images_per_second": n / seconds if seconds else None}
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    dataset: str | None = None,
+    limit: int | None = None,
+    split: str = "test",
+    device: str = "cpu",
+    batch_size: int | None = None,
+    root: str | None = None,
+) -> dict:
+    """Load a model directory and measure its accuracy on ``dataset`` (default: its own)."""
+    from .checkpoint import load_model
+    from .data import load_split
+    from .kernels import resolve_backend
+
+    net, cfg, meta = load_model(model_dir, device=device, backend=resolve_backend(cfg_backend(model_dir), device))
+    ds = dataset or cfg.data.dataset
+    data = load_split(ds, split, root or cfg.data.root, download=cfg.data.download).take(limit)
+    if data.images.shape[1] != meta["in_features"]:
+        raise ValueError(f"{ds} images have {data.images.shape[1]} pixels; the model expects {meta['in_features']}")
+    x, y = data.to_tensors(device)
+    out = evaluate_arrays(scorer_for(net, cfg, device, readout=net.readout is not None), x, y, batch_size or cfg.eval.batch_size)
+    out["dataset"] = ds
+    return out
+
+
+def cfg_backend(model_dir: str | Path) -> str:
+    from .checkpoint import read_meta
+
+    return read_meta(model_dir)["run"].get("backend", "auto")

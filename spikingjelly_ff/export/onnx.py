@@ -1,0 +1,335 @@
+"""ONNX export, built node by node with ``onnx.helper`` (opset 18).
+
+* Analog models: ``images [N, D]`` -> ``scores [N, C]`` (summed per-layer log-odds or
+  goodness), ``probability [N, C]`` (sigmoid of the summed log-odds), ``goodness [N, C, L]``,
+  ``label [N]`` and, optionally, ``latent [N, C, sum H]``. The batch dimension is dynamic;
+  all C labels run in one pass.
+* Spiking models: one presentation of given input spikes ``spikes [T, N, D']`` with the
+  membranes ``v_i [N, H_i]`` as explicit inputs; an ONNX ``Scan`` runs the T steps (the
+  step body carries each layer's membrane and trace as Scan state), and the graph returns
+  each layer's spikes ``spikes_i [T, N, H_i]``, final ``trace_i`` and ``v_i_out`` (after the
+  rest steps), and the per-sample log-odds ``logit [N]``.
+
+Writing the graph by hand keeps the arithmetic identical to ``dynamics.py`` (Mul, then Add;
+no fused ops), which is what lets onnxruntime reproduce the torch spikes exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..models import AnalogFFNet, SpikingFFNet
+
+__all__ = ["analog_to_onnx", "spiking_to_onnx"]
+
+OPSET = 18
+
+
+class _Graph:
+    """Small builder: unique names, constants, nodes."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def name(self, base: str) -> str:
+        self.count += 1
+        return f"{base}_{self.count}"
+
+    def const(self, value, base: str = "c", dtype=np.float32) -> str:
+        n = self.name(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), n))
+        return n
+
+    def op(self, op_type: str, inputs: list[str], base: str | None = None, outputs: int = 1, out: str | None = None, **attrs):
+        names = [out] if out else [self.name(base or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, **attrs))
+        return names[0] if outputs == 1 else names
+
+
+def _goodness(g: _Graph, act: str, kind: str, width: int) -> str:
+    """``[B, H]`` -> ``[B]``."""
+    axes = g.const([-1], "axes", np.int64)
+    if kind == "sum_squares":
+        return g.op("ReduceSumSquare", [act, axes], keepdims=0)
+    if kind == "mean_squares":
+        return g.op("Div", [g.op("ReduceSumSquare", [act, axes], keepdims=0), g.const(float(width))])
+    return g.op("ReduceL1", [act, axes], keepdims=0)
+
+
+def _halves(g: _Graph, act: str, width: int) -> tuple[str, str]:
+    half = width // 2
+    ax = g.const([1], "ax", np.int64)
+    pos = g.op("Slice", [act, g.const([0], "s", np.int64), g.const([half], "e", np.int64), ax])
+    neg = g.op("Slice", [act, g.const([half], "s", np.int64), g.const([width], "e", np.int64), ax])
+    return pos, neg
+
+
+def _layer_logit_and_goodness(g: _Graph, act: str, width: int, prob: dict, goodness: str) -> tuple[str, str]:
+    """(log-odds ``[B]``, goodness score ``[B]``) of one layer's activity ``[B, H]``."""
+    kind = prob["kind"]
+    if kind == "sigmoid":
+        gg = _goodness(g, act, goodness, width)
+        logit = g.op("Mul", [g.op("Sub", [gg, g.const(prob["theta"])]), g.const(prob["alpha"])])
+        return logit, gg
+    pos, neg = _halves(g, act, width)
+    gp = _goodness(g, pos, goodness, width // 2)
+    gn = _goodness(g, neg, goodness, width // 2)
+    diff = g.op("Sub", [gp, gn])
+    if kind == "symmetric":
+        eps = g.const(prob["eps"])
+        logit = g.op("Sub", [g.op("Log", [g.op("Add", [gp, eps])]), g.op("Log", [g.op("Add", [gn, eps])])])
+    else:
+        logit = g.op("Mul", [g.op("Sub", [diff, g.const(prob["theta"])]), g.const(prob["alpha"])])
+    return logit, diff
+
+
+def _save(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
+    onnx.checker.check_model(model, full_check=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, out)
+    return out
+
+
+def _embed_all_labels(g: _Graph, net, images: str) -> str:
+    """``images [N, D]`` -> ``[C * N, D']`` with every label embedded (label-major)."""
+    c = net.num_classes
+    emb = net.embedding
+    n = g.op("Shape", [images], start=0, end=1)  # [1] = N
+    if hasattr(emb, "patterns"):
+        bits = emb.bits
+        pat = emb.patterns.detach().cpu().numpy().astype(np.float32)  # [C, bits]
+        pat_n = g.op("Expand", [g.const(pat[:, None, :]), g.op("Concat", [g.const([c], "c", np.int64), n, g.const([bits], "b", np.int64)], axis=0)])
+        img = g.op("Expand", [g.op("Unsqueeze", [images, g.const([0], "a", np.int64)]),
+                              g.op("Concat", [g.const([c], "c", np.int64), n, g.const([net.in_features], "d", np.int64)], axis=0)])
+        full = g.op("Concat", [img, pat_n], axis=2)
+    else:
+        code = (np.eye(c, dtype=np.float32) * float(emb.scale))[:, None, :]  # [C, 1, C]
+        rest = g.op("Slice", [images, g.const([c], "s", np.int64), g.const([net.in_features], "e", np.int64), g.const([1], "ax", np.int64)])
+        rest = g.op("Expand", [g.op("Unsqueeze", [rest, g.const([0], "a", np.int64)]),
+                               g.op("Concat", [g.const([c], "c", np.int64), n, g.const([net.in_features - c], "d", np.int64)], axis=0)])
+        code_n = g.op("Expand", [g.const(code), g.op("Concat", [g.const([c], "c", np.int64), n, g.const([c], "cc", np.int64)], axis=0)])
+        full = g.op("Concat", [code_n, rest], axis=2)
+    return g.op("Reshape", [full, g.const([-1, net.input_width], "shape", np.int64)])
+
+
+def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = False, hebbian: dict | None = None) -> Path:
+    """Export an analog FF network (see module docstring for inputs/outputs). Weight ``i`` is
+    the initializer named in the ``spikingjelly_ff`` metadata, stored transposed ``[D, H]``;
+    ``hebbian`` (eta, eligibility_tau) sets defaults for on-line learning."""
+    from dataclasses import asdict
+
+    g = _Graph()
+    c = net.num_classes
+    x = _embed_all_labels(g, net, "images")
+    prob = asdict(net.probability)
+    acts, logits, goods, weight_names = [], [], [], []
+    for i, layer in enumerate(net.layers):
+        if layer.normalize_input:
+            norm = g.op("Sqrt", [g.op("ReduceSumSquare", [x, g.const([-1], "axes", np.int64)], keepdims=1)])
+            x = g.op("Div", [x, g.op("Add", [norm, g.const(1e-8)])])
+        w = layer.synapse.weight.detach().cpu().numpy().astype(np.float32)
+        weight_names.append(g.const(w.T.copy(), f"w{i}"))
+        z = g.op("MatMul", [x, weight_names[-1]])
+        if layer.synapse.bias is not None:
+            z = g.op("Add", [z, g.const(layer.synapse.bias.detach().cpu().numpy(), f"b{i}")])
+        x = g.op("Relu", [z])
+        acts.append(x)
+        lg, gd = _layer_logit_and_goodness(g, x, w.shape[0], prob, net.goodness_kind)
+        logits.append(lg)
+        goods.append(gd)
+    per_layer = logits if net.score_kind == "probability" else goods
+    score = per_layer[net.score_layers[0]]
+    for i in net.score_layers[1:]:
+        score = g.op("Add", [score, per_layer[i]])
+    total_logit = logits[net.score_layers[0]]
+    for i in net.score_layers[1:]:
+        total_logit = g.op("Add", [total_logit, logits[i]])
+
+    def by_label(t: str, extra: list[int]) -> str:  # [C*N, *extra] -> [N, C, *extra]
+        r = g.op("Reshape", [t, g.const([c, -1, *extra], "shape", np.int64)])
+        return g.op("Transpose", [r], perm=[1, 0, *range(2, 2 + len(extra))])
+
+    g.op("Transpose", [g.op("Reshape", [score, g.const([c, -1], "shape", np.int64)])], perm=[1, 0], out="scores")
+    g.op("Sigmoid", [by_label(total_logit, [])], out="probability")
+    stacked = g.op("Concat", [g.op("Unsqueeze", [gd, g.const([1], "a", np.int64)]) for gd in goods], axis=1)
+    g.op("Identity", [by_label(stacked, [len(goods)])], out="goodness")
+    g.op("ArgMax", ["scores"], out="label", axis=1, keepdims=0)
+    outputs = [
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", c]),
+        helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", c]),
+        helper.make_tensor_value_info("goodness", TensorProto.FLOAT, ["N", c, len(goods)]),
+        helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+    ]
+    if latent:
+        cat = g.op("Concat", acts, axis=1) if len(acts) > 1 else acts[0]
+        width = sum(net.widths)
+        g.op("Identity", [by_label(cat, [width])], out="latent")
+        outputs.append(helper.make_tensor_value_info("latent", TensorProto.FLOAT, ["N", c, width]))
+    graph = helper.make_graph(
+        g.nodes,
+        "spikingjelly_ff_analog",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", net.in_features])],
+        outputs,
+        g.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="spikingjelly-ff")
+    model.ir_version = 8
+    _meta(model, net, "analog", weight_names, hebbian)
+    return _save(model, out)
+
+
+def _meta(model: onnx.ModelProto, net, kind: str, weight_names: list[str] | None = None, hebbian: dict | None = None) -> None:
+    """Settings a runtime needs to keep learning travel with the graph (model property
+    ``spikingjelly_ff``, JSON)."""
+    import json
+    from dataclasses import asdict
+
+    from .. import __version__
+
+    emb = net.embedding
+    patterns = getattr(emb, "patterns", None)
+    info = {
+        "format": "spikingjelly-ff/onnx",
+        "format_version": 1,
+        "kind": kind,
+        "num_classes": net.num_classes,
+        "in_features": net.in_features,
+        "score": net.score_kind,
+        "score_layers": net.score_layers,
+        "goodness": net.goodness_kind,
+        "probability": asdict(net.probability),
+        "embedding": {
+            "kind": "pattern" if patterns is not None else "onehot",
+            "bits": getattr(emb, "bits", 0),
+            "scale": getattr(emb, "scale", 1.0),
+            "patterns": None if patterns is None else patterns.detach().cpu().numpy().astype(int).tolist(),
+        },
+        "library_version": __version__,
+    }
+    if kind == "analog":
+        info["layers"] = [
+            {"weight": name, "normalize_input": bool(layer.normalize_input), "bias": layer.synapse.bias is not None}
+            for name, layer in zip(weight_names or [], net.layers)
+        ]
+        info["hebbian"] = hebbian or {}
+    helper.set_model_props(model, {"spikingjelly_ff": json.dumps(info)})
+
+
+def _neuron_step(g: _Graph, v: str, current: str, net: SpikingFFNet) -> tuple[str, str, str]:
+    """Charge, fire, reset: returns (spike float ``[N, H]``, spike bool, new v)."""
+    p = net.neuron_params
+    if p.form == "beta":
+        v = g.op("Add", [g.op("Mul", [v, g.const(p.beta)]), current])
+    elif p.decay_input:
+        v = g.op("Add", [v, g.op("Div", [g.op("Sub", [current, g.op("Sub", [v, g.const(p.v_reset)])]), g.const(p.tau)])])
+    else:
+        v = g.op("Add", [g.op("Sub", [v, g.op("Div", [g.op("Sub", [v, g.const(p.v_reset)]), g.const(p.tau)])]), current])
+    th = g.const(p.v_threshold)
+    fired = g.op("Greater" if p.fire == ">" else "GreaterOrEqual", [v, th])
+    if p.kwta is not None:
+        kth_vals, _ = g.op("TopK", [v, g.const([p.kwta], "k", np.int64)], outputs=2, axis=-1)
+        kth = g.op("Slice", [kth_vals, g.const([p.kwta - 1], "s", np.int64), g.const([p.kwta], "e", np.int64), g.const([-1], "ax", np.int64)])
+        fired = g.op("And", [fired, g.op("GreaterOrEqual", [v, kth])])
+    v = g.op("Where", [fired, g.const(p.v_reset), v])
+    spike = g.op("Cast", [fired], to=TensorProto.FLOAT)
+    return spike, fired, v
+
+
+def _trace_step(g: _Graph, tr: str, spike: str, fired: str, net: SpikingFFNet) -> str:
+    tp = net.trace_params
+    if tp.kind == "count":
+        return g.op("Add", [tr, g.op("Mul", [spike, g.const(tp.increment)])])
+    if tp.kind == "leaky":
+        return g.op("Add", [g.op("Mul", [tr, g.const(tp.decay)]), g.op("Mul", [spike, g.const(tp.one_minus_decay)])])
+    if tp.kind == "hard":
+        return g.op("Where", [fired, g.const(1.0), g.op("Mul", [tr, g.const(tp.decay)])])
+    return spike
+
+
+def spiking_to_onnx(net: SpikingFFNet, out: str | os.PathLike) -> Path:
+    """Export one presentation of a spiking FF network (see module docstring)."""
+    from dataclasses import asdict
+
+    layers = len(net.layers)
+    widths = net.widths
+    body = _Graph()
+    state_in = []
+    for i in range(layers):
+        state_in += [f"v{i}_in", f"tr{i}_in"]
+    x = "x_t"
+    state_out, scan_out = [], []
+    for i, layer in enumerate(net.layers):
+        w = layer.weight.detach().cpu().numpy().astype(np.float32)
+        current = body.op("MatMul", [x, body.const(w.T.copy(), f"w{i}")])
+        spike, fired, v = _neuron_step(body, f"v{i}_in", current, net)
+        tr = _trace_step(body, f"tr{i}_in", spike, fired, net)
+        body.op("Identity", [v], out=f"v{i}_next")
+        body.op("Identity", [tr], out=f"tr{i}_next")
+        body.op("Identity", [spike], out=f"s{i}_t")
+        state_out += [f"v{i}_next", f"tr{i}_next"]
+        scan_out.append(f"s{i}_t")
+        x = spike
+
+    def vi(name, width):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", width])
+
+    body_graph = helper.make_graph(
+        body.nodes,
+        "step",
+        [vi(n, widths[k // 2]) for k, n in enumerate(state_in)] + [vi("x_t", net.input_width)],
+        [vi(n, widths[k // 2]) for k, n in enumerate(state_out)] + [vi(n, widths[k]) for k, n in enumerate(scan_out)],
+        body.inits,
+    )
+    g = _Graph()
+    scan_inputs = []
+    for i in range(layers):
+        scan_inputs += [f"v{i}", g.op("Mul", [f"v{i}", g.const(0.0)])]  # trace starts at 0
+    outs = g.op(
+        "Scan",
+        [*scan_inputs, "spikes"],
+        outputs=2 * layers + layers,
+        body=body_graph,
+        num_scan_inputs=1,
+    )
+    prob = asdict(net.probability)
+    total = None
+    graph_outputs = []
+    for i in range(layers):
+        v_end, tr_end, s_seq = outs[2 * i], outs[2 * i + 1], outs[2 * layers + i]
+        g.op("Identity", [s_seq], out=f"spikes_{i}")
+        g.op("Identity", [tr_end], out=f"trace_{i}")
+        v = v_end
+        p = net.neuron_params
+        if net.encoder.carry_membrane:
+            for _ in range(net.encoder.rest_steps):  # rest: decay with no input, no spike possible
+                v = g.op("Mul", [v, g.const(p.beta)]) if p.form == "beta" else g.op(
+                    "Sub", [v, g.op("Div", [g.op("Sub", [v, g.const(p.v_reset)]), g.const(p.tau)])]
+                )
+        g.op("Identity", [v], out=f"v{i}_out")
+        lg, _ = _layer_logit_and_goodness(g, tr_end, widths[i], prob, net.goodness_kind)
+        if i in net.score_layers:
+            total = lg if total is None else g.op("Add", [total, lg])
+        graph_outputs += [
+            helper.make_tensor_value_info(f"spikes_{i}", TensorProto.FLOAT, ["T", "N", widths[i]]),
+            helper.make_tensor_value_info(f"trace_{i}", TensorProto.FLOAT, ["N", widths[i]]),
+            helper.make_tensor_value_info(f"v{i}_out", TensorProto.FLOAT, ["N", widths[i]]),
+        ]
+    g.op("Identity", [total], out="logit")
+    graph_outputs.append(helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N"]))
+    inputs = [helper.make_tensor_value_info("spikes", TensorProto.FLOAT, ["T", "N", net.input_width])]
+    inputs += [helper.make_tensor_value_info(f"v{i}", TensorProto.FLOAT, ["N", widths[i]]) for i in range(layers)]
+    graph = helper.make_graph(g.nodes, "spikingjelly_ff_spiking", inputs, graph_outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="spikingjelly-ff")
+    model.ir_version = 8
+    _meta(model, net, "spiking")
+    return _save(model, out)

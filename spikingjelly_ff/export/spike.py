@@ -1,0 +1,71 @@
+"""Export a trained spiking FF model to the spike-runtime artefact (NIR + our metadata), and
+import an artefact back into SpikingJelly."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..config import RunConfig
+from ..models import SpikingFFNet
+from ..runtime.artifact import SpikeArtifact, write_artifact
+
+__all__ = ["artifact_from_model", "export_spike", "resolve_spike_path", "to_spikingjelly"]
+
+
+def artifact_from_model(net: SpikingFFNet, cfg: RunConfig, image_shape=None, eligibility=None) -> SpikeArtifact:
+    """The numpy artefact of ``net`` (weights copied to the CPU)."""
+    emb = cfg.model.embedding
+    patterns = getattr(net.embedding, "patterns", None)
+    h = cfg.train.hebbian
+    return SpikeArtifact(
+        weights=[layer.weight.detach().cpu().numpy().astype(np.float32) for layer in net.layers],
+        neuron=net.neuron_params,
+        trace=net.trace_params,
+        encoder=net.encoder.to_dict(),
+        probability=asdict(cfg.model.probability),
+        goodness=net.goodness_kind,
+        score=net.score_kind,
+        score_layers=list(net.score_layers),
+        embedding={"kind": emb.kind, "bits": emb.bits, "density": emb.density, "scale": emb.scale},
+        in_features=net.in_features,
+        num_classes=net.num_classes,
+        label_patterns=None if patterns is None else patterns.detach().cpu().numpy().astype(np.uint8),
+        image_shape=list(image_shape) if image_shape is not None else None,
+        hebbian={"eta": h.eta, "eligibility_tau": h.eligibility_tau, "learn_after": h.learn_after},
+        eligibility=None if eligibility is None else [e.detach().cpu().numpy() for e in eligibility],
+        name=cfg.name,
+        library_version=__version__,
+    )
+
+
+def resolve_spike_path(out: str | os.PathLike) -> Path:
+    """``DIR`` -> ``DIR/model.nir``; a path with a suffix is used as the file name."""
+    out = Path(out)
+    if out.suffix in (".nir", ".h5", ".hdf5"):
+        return out
+    return out / "model.nir"
+
+
+def export_spike(net: SpikingFFNet, cfg: RunConfig, out: str | os.PathLike, image_shape=None) -> Path:
+    """Write ``net`` as a spike-runtime artefact; returns the file written."""
+    return write_artifact(resolve_spike_path(out), artifact_from_model(net, cfg, image_shape))
+
+
+def to_spikingjelly(path: str | os.PathLike) -> torch.nn.Module:
+    """Rebuild the network of an artefact with SpikingJelly's own NIR importer.
+
+    Returns SpikingJelly's ``fx.GraphModule`` (``layer.Linear`` + ``LIFNode``) in multi-step
+    mode: ``out, state = net(spikes, None)`` with spikes ``[T, N, D']``. SpikingJelly's
+    LIFNode fires at V >= threshold and updates V - (V - v_reset) / tau + I; see
+    docs/export.md for how that compares with each neuron form.
+    """
+    from spikingjelly.activation_based.nir_exchange import import_from_nir
+
+    p = Path(path)
+    return import_from_nir(resolve_spike_path(p) if p.is_dir() else p, dt=1e-4, step_mode="m")

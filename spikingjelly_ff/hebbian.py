@@ -1,0 +1,79 @@
+"""Modulated Hebbian updates: the FF gradient written as a local rule.
+
+For a layer l = f(W x) with goodness G(l) and loss L(P(G), y), the chain rule gives
+
+    -dL/dW = M * (dG/dl * f'(Wx)) x^T,     M = -dL/dG.
+
+With a quadratic goodness (dG/dl = c l) and ReLU (l f'(z) = l) this is the Hebbian product
+c M l x^T: post-synaptic activity times pre-synaptic input, gated by one scalar per sample
+(or per half for split probabilities). Shapes: ``post`` ``[N, H]``, ``pre`` ``[N, D]``,
+modulation ``m`` ``[N, H]`` (one value per neuron), deltas ``[H, D]`` (torch ``Linear``
+weight layout), averaged over the batch like a mean-reduced loss. Torch or numpy inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _array
+from .goodness import goodness, goodness_grad, hebbian_gain, split_halves
+from .probability import Probability
+
+Tensor = Any  # a torch tensor or a numpy array
+
+__all__ = [
+    "eligibility_step",
+    "ff_hebbian_delta",
+    "ff_local_rule_delta",
+    "hebbian_delta",
+    "local_rule_delta",
+    "neuron_modulation",
+]
+
+
+def neuron_modulation(prob: Probability, post: Tensor, y: Tensor, goodness_kind: str = "sum_squares") -> Tensor:
+    """Per-neuron modulation ``[N, H]`` from activity ``post`` ``[N, H]`` and targets ``y`` ``[N]``.
+
+    Every neuron of a sample gets that sample's M; with a split probability the
+    positive half gets M+ and the negative half M-.
+    """
+    if prob.split:
+        g = goodness(post, goodness_kind, split=True)
+        m_pos, m_neg = prob.modulation(g, y)
+        pos, neg = split_halves(post)
+        return _array.concat([_array.expand_last(m_pos, pos.shape[-1]), _array.expand_last(m_neg, neg.shape[-1])])
+    m = prob.modulation(goodness(post, goodness_kind), y)
+    return _array.expand_last(m, post.shape[-1])
+
+
+def hebbian_delta(m: Tensor, post: Tensor, pre: Tensor, gain: float = 1.0) -> Tensor:
+    """dW = gain / N * sum_i (m_i * post_i) pre_i^T, ``[H, D]``."""
+    n = post.shape[0]
+    return ((m * post).T @ pre) * (gain / n)
+
+
+def local_rule_delta(m: Tensor, dgdl: Tensor, dact: Tensor, pre: Tensor) -> Tensor:
+    """The exact local rule for any goodness/activation: 1/N sum_i (m_i dG/dl_i f'_i) pre_i^T."""
+    n = pre.shape[0]
+    return ((m * dgdl * dact).T @ pre) / n
+
+
+def ff_hebbian_delta(
+    prob: Probability, post: Tensor, pre: Tensor, y: Tensor, goodness_kind: str = "sum_squares"
+) -> Tensor:
+    """-dL/dW of a ReLU FF layer with quadratic goodness, computed as a Hebbian product."""
+    gain = hebbian_gain(goodness_kind, post.shape[-1], prob.split)
+    return hebbian_delta(neuron_modulation(prob, post, y, goodness_kind), post, pre, gain)
+
+
+def ff_local_rule_delta(
+    prob: Probability, post: Tensor, pre: Tensor, y: Tensor, goodness_kind: str, dact: Tensor
+) -> Tensor:
+    """-dL/dW for any goodness: modulation times dG/dl times f'(z), times the input."""
+    m = neuron_modulation(prob, post, y, goodness_kind)
+    return local_rule_delta(m, goodness_grad(post, goodness_kind, prob.split), dact, pre)
+
+
+def eligibility_step(e: Tensor, dw: Tensor, tau: float) -> Tensor:
+    """e <- (1 - tau) e + tau dW (a low-pass filter of the updates; returns a new tensor)."""
+    return e * (1.0 - tau) + dw * tau

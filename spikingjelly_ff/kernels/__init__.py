@@ -1,0 +1,117 @@
+"""Backends for the hot loops: a torch path (CPU and GPU) and our CuPy kernels (GPU).
+
+``neuron_forward`` runs a layer's neurons over T steps given the input currents;
+``eligibility_apply`` applies a Hebbian delta through the eligibility trace. Both backends
+give identical results for identical inputs (see tests/test_kernels.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
+
+BACKENDS = ("torch", "cupy")
+
+__all__ = ["BACKENDS", "eligibility_apply", "neuron_forward", "resolve_backend"]
+
+
+def resolve_backend(name: str, device: torch.device | str) -> str:
+    """Turn ``auto``/``torch``/``cupy`` into the backend to use on ``device``."""
+    device = torch.device(device)
+    if name == "auto":
+        if device.type == "cuda":
+            from . import cupy_backend
+
+            return "cupy" if cupy_backend.available() else "torch"
+        return "torch"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {('auto', *BACKENDS)}")
+    if name == "cupy":
+        from . import cupy_backend
+
+        if device.type != "cuda" or not cupy_backend.available():
+            raise RuntimeError("backend 'cupy' needs CuPy and a CUDA device (pip install spikingjelly-ff[cuda])")
+    return name
+
+
+def neuron_forward(
+    current: torch.Tensor,
+    v: torch.Tensor,
+    trace: torch.Tensor,
+    p: NeuronParams,
+    tp: TraceParams,
+    backend: str = "torch",
+    trace_seq: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """T steps of charge/fire/reset/trace. ``current`` ``[T, N, H]``; ``v`` and ``trace``
+    ``[N, H]`` (contiguous) are updated in place. Returns float spikes ``[T, N, H]`` and
+    optionally the trace after every step ``[T, N, H]``."""
+    if backend == "cupy":
+        from . import cupy_backend
+
+        return cupy_backend.neuron_forward(current, v, trace, p, tp, trace_seq)
+    if p.kwta is not None and p.kwta < v.shape[-1]:
+        return _neuron_forward_generic(current, v, trace, p, tp, trace_seq)
+    # In-place form of dynamics.charge/fire/reset/trace_step with the same rounding:
+    # every op below rounds once, and alpha-products of 0/1 spikes are exact.
+    spikes = torch.empty_like(current)
+    seq = torch.empty_like(current) if trace_seq else None
+    fired = torch.empty_like(v, dtype=torch.bool)
+    for t in range(current.shape[0]):
+        _charge_(v, current[t], p)
+        if p.fire == ">":
+            torch.gt(v, p.v_threshold, out=fired)
+        else:
+            torch.ge(v, p.v_threshold, out=fired)
+        v.masked_fill_(fired, p.v_reset)
+        st = spikes[t]
+        st.copy_(fired)
+        if tp.kind == "count":
+            trace.add_(st, alpha=tp.increment)
+        elif tp.kind == "leaky":
+            trace.mul_(tp.decay).add_(st, alpha=tp.one_minus_decay)
+        elif tp.kind == "hard":
+            trace.mul_(tp.decay).masked_fill_(fired, 1.0)
+        else:
+            trace.copy_(st)
+        if seq is not None:
+            seq[t].copy_(trace)
+    return spikes, seq
+
+
+def _charge_(v: torch.Tensor, x: torch.Tensor, p: NeuronParams) -> None:
+    if p.form == "beta":
+        v.mul_(p.beta).add_(x)
+    else:
+        v.copy_(charge(v, x, p))
+
+
+def _neuron_forward_generic(current, v, trace, p, tp, trace_seq):
+    spikes = torch.empty_like(current)
+    seq = torch.empty_like(current) if trace_seq else None
+    vt, tr = v, trace
+    for t in range(current.shape[0]):
+        vt = charge(vt, current[t], p)
+        s = fire(vt, p)
+        vt = reset(vt, s, p)
+        tr = trace_step(tr, s, tp)
+        spikes[t] = s
+        if seq is not None:
+            seq[t] = tr
+    v.copy_(vt)
+    trace.copy_(tr)
+    return spikes, seq
+
+
+def eligibility_apply(
+    e: torch.Tensor, w: torch.Tensor, dw: torch.Tensor, tau: float, eta: float, backend: str = "torch"
+) -> None:
+    """In place: e <- (1 - tau) e + tau dW, then w <- w + eta e."""
+    if backend == "cupy":
+        from . import cupy_backend
+
+        cupy_backend.eligibility_apply(e, w, dw, tau, eta)
+        return
+    e.mul_(1.0 - tau).add_(dw * tau)
+    w.add_(e * eta)

@@ -1,0 +1,80 @@
+"""FF layers built from SpikingJelly parts.
+
+``FFLinear``: analog layer l = ReLU(W x_hat), with x_hat the input, optionally
+length-normalised so that a layer cannot read the previous layer's goodness.
+``SpikingFFLayer``: ``layer.Linear`` synapse followed by an :class:`FFLIFNode`.
+
+Both are ``StepModule``s: ``functional.set_step_mode`` switches them between ``'s'``
+(``[N, D]``) and ``'m'`` (``[T, N, D]``).
+"""
+
+from __future__ import annotations
+
+from spikingjelly.activation_based import base, layer
+from torch import Tensor, nn
+
+from .params import NeuronParams, TraceParams
+from .neuron import FFLIFNode
+
+__all__ = ["FFLinear", "SpikingFFLayer", "length_normalize"]
+
+
+def length_normalize(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """x / ||x|| over the last dim (Hinton's normalisation between FF layers)."""
+    return x / (x.norm(dim=-1, keepdim=True) + eps)
+
+
+class FFLinear(nn.Module, base.StepModule):
+    """Analog FF layer: ``[..., D] -> [..., H]``; stateless, so both step modes agree."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = False, normalize_input: bool = False, step_mode: str = "s"
+    ) -> None:
+        super().__init__()
+        self.synapse = layer.Linear(in_features, out_features, bias=bias, step_mode=step_mode)
+        self.act = nn.ReLU()
+        self.normalize_input = normalize_input
+        self.step_mode = step_mode
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.synapse.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.normalize_input:
+            x = length_normalize(x)
+        return self.act(self.synapse(x))
+
+
+class SpikingFFLayer(nn.Module, base.StepModule):
+    """Spiking FF layer: input spikes ``[.., D]`` -> output spikes ``[.., H]``; the
+    neuron's ``trace`` memory holds the activity l used for goodness and learning."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        neuron: NeuronParams | None = None,
+        trace: TraceParams | None = None,
+        backend: str = "torch",
+        step_mode: str = "s",
+    ) -> None:
+        super().__init__()
+        self.synapse = layer.Linear(in_features, out_features, bias=False, step_mode=step_mode)
+        self.neuron = FFLIFNode(neuron, trace, backend=backend, step_mode=step_mode)
+        self.step_mode = step_mode
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.synapse.weight
+
+    @property
+    def activity(self) -> Tensor:
+        """The post-synaptic trace l, ``[N, H]``."""
+        tr = self.neuron.trace
+        if not isinstance(tr, Tensor):
+            raise RuntimeError("the layer has not run since its last reset")
+        return tr
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.neuron(self.synapse(x))

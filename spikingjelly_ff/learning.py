@@ -1,0 +1,181 @@
+"""Learners: how FF layers change their weights.
+
+* :class:`LocalLossLearner` trains every layer of an analog network from its own FF loss
+  with any torch optimizer (autograd, but no gradient crosses layers).
+* :class:`HebbianLearner` is the modulated Hebbian rule, modelled on SpikingJelly's
+  ``STDPLearner``: it hooks a synapse (pre-synaptic input) and a neuron (post-synaptic
+  output), keeps the post-synaptic trace itself, and computes dW = eta * M * l x^T with no
+  autograd. ``step()`` writes -dW into ``weight.grad`` for a torch optimizer (or returns it);
+  ``apply()`` updates the weight in place through the paper's eligibility trace
+  e <- (1 - tau) e + tau dW, W <- W + eta e.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from spikingjelly.activation_based import base, monitor
+from torch import Tensor, nn
+
+from . import kernels
+from .dynamics import TraceParams, trace_step
+from .hebbian import ff_hebbian_delta
+from .models import AnalogFFNet
+from .probability import Probability
+
+__all__ = ["HebbianLearner", "LocalLossLearner"]
+
+
+class LocalLossLearner:
+    """Layer-local FF training of an :class:`AnalogFFNet` with one torch optimizer.
+
+    Each layer sees its input detached, so its parameters get only the gradient of its own
+    loss BCE(P(G(l)), y).
+    """
+
+    def __init__(self, net: AnalogFFNet, optimizer: torch.optim.Optimizer) -> None:
+        self.net = net
+        self.optimizer = optimizer
+
+    def step(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        """One update on embedded inputs ``[N, D']`` with targets ``y`` ``[N]`` (1 = positive).
+
+        Returns every layer's activity before the update (detached), ``[N, H_l]`` each."""
+        losses, acts = [], []
+        inp = x
+        for layer in self.net.layers:
+            out = layer(inp.detach())
+            losses.append(self.net.probability.loss(self.net.layer_goodness(out), y))
+            acts.append(out.detach())
+            inp = out
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.stack(losses).sum().backward()
+        self.optimizer.step()
+        return acts
+
+
+class HebbianLearner(base.MemoryModule):
+    """Modulated Hebbian learner for one synapse (``nn.Linear``) and its neuron.
+
+    :param step_mode: ``'s'`` or ``'m'``, as the monitored modules run
+    :param synapse: the ``Linear`` whose weight learns; its input is the pre-synaptic activity
+    :param sn: the module whose output is the post-synaptic activity (spikes, or an analog
+        activation when ``trace`` is ``None``)
+    :param probability: probability function of the layer's FF loss
+    :param goodness: a quadratic goodness (``sum_squares`` or ``mean_squares``)
+    :param trace: post-synaptic trace turning spikes into activity l; ``None`` uses the output
+    :param eta: learning rate on the exact FF gradient
+    :param eligibility_tau: eligibility filter of ``apply()``; ``None`` applies each dW at once
+    :param learn_after: only steps t > learn_after (counted from ``reset()``) learn
+    """
+
+    def __init__(
+        self,
+        step_mode: str,
+        synapse: nn.Linear,
+        sn: nn.Module,
+        probability: Probability,
+        goodness: str = "sum_squares",
+        trace: TraceParams | None = None,
+        eta: float = 0.1,
+        eligibility_tau: float | None = None,
+        learn_after: int = -1,
+        backend: str = "torch",
+    ) -> None:
+        super().__init__()
+        if step_mode not in ("s", "m"):
+            raise ValueError(f"unsupported step_mode {step_mode!r}")
+        if not isinstance(synapse, nn.Linear):
+            raise NotImplementedError("HebbianLearner supports Linear synapses")
+        if synapse.bias is not None:
+            raise ValueError("the Hebbian FF rule has no bias term; build the synapse with bias=False")
+        self.step_mode = step_mode
+        self.synapse = synapse
+        self.probability = probability
+        self.goodness = goodness
+        self.trace_params = trace
+        self.eta = eta
+        self.eligibility_tau = eligibility_tau
+        self.learn_after = learn_after
+        self.backend = backend
+        self.in_spike_monitor = monitor.InputMonitor(synapse, function_on_input=torch.Tensor.detach)
+        self.out_spike_monitor = monitor.OutputMonitor(sn, function_on_output=torch.Tensor.detach)
+        self.register_memory("trace_post", None)
+        self.register_memory("t", 0)
+        # The eligibility trace outlives samples (it is the paper's running update), so it is a
+        # buffer, not a memory: reset() leaves it alone.
+        self.register_buffer("eligibility", torch.zeros_like(synapse.weight))
+
+    def reset(self) -> None:
+        """Clear the post trace, the step counter and the records; keep weights and eligibility."""
+        super().reset()
+        self.in_spike_monitor.clear_recorded_data()
+        self.out_spike_monitor.clear_recorded_data()
+
+    def close(self) -> None:
+        """Remove the hooks for good."""
+        self.in_spike_monitor.remove_hooks()
+        self.out_spike_monitor.remove_hooks()
+
+    def _steps(self):
+        pres, posts = self.in_spike_monitor.records, self.out_spike_monitor.records
+        if len(pres) != len(posts):
+            raise RuntimeError("input and output monitor record counts differ")
+        for pre, post in zip(pres, posts):
+            if self.step_mode == "m":
+                yield from zip(pre, post)
+            else:
+                yield pre, post
+        self.in_spike_monitor.clear_recorded_data()
+        self.out_spike_monitor.clear_recorded_data()
+
+    def _deltas(self, y: Tensor):
+        """Consume the records; yield dW ``[H, D]`` for every step inside the learning window."""
+        y = y.to(self.synapse.weight.dtype)
+        for pre, post in self._steps():
+            if pre.shape[-1] != self.synapse.in_features or post.shape[-1] != self.synapse.out_features:
+                raise ValueError("recorded activity does not match the synapse shape")
+            if self.trace_params is None:
+                activity = post
+            else:
+                prev = self.trace_post if isinstance(self.trace_post, Tensor) else torch.zeros_like(post)
+                activity = trace_step(prev, post > 0, self.trace_params)
+                self.trace_post = activity
+            t = self.t
+            self.t = t + 1
+            if t > self.learn_after:
+                yield ff_hebbian_delta(self.probability, activity, pre, y, self.goodness)
+
+    @torch.no_grad()
+    def step(self, y: Tensor, on_grad: bool = True, scale: float = 1.0) -> Optional[Tensor]:
+        """Sum of the dW of all recorded steps, times ``scale``.
+
+        ``on_grad=True`` subtracts it from ``weight.grad`` (so an SGD optimizer with lr eta
+        ascends the FF objective) and returns ``None``; otherwise returns it.
+        """
+        total = None
+        for dw in self._deltas(y):
+            total = dw if total is None else total + dw
+        if total is None:
+            return None
+        if scale != 1.0:
+            total = total * scale
+        if not on_grad:
+            return total
+        w = self.synapse.weight
+        w.grad = -total if w.grad is None else w.grad - total
+        return None
+
+    @torch.no_grad()
+    def apply(self, y: Tensor) -> int:
+        """Apply the recorded steps' updates in place, one step at a time; returns how many."""
+        w = self.synapse.weight
+        count = 0
+        for dw in self._deltas(y):
+            if self.eligibility_tau is None:
+                w.add_(dw * self.eta)
+            else:
+                kernels.eligibility_apply(self.eligibility, w.data, dw, self.eligibility_tau, self.eta, self.backend)
+            count += 1
+        return count

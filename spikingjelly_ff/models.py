@@ -1,0 +1,304 @@
+"""FF networks: analog (``AnalogFFNet``) and spiking (``SpikingFFNet``).
+
+A network embeds a candidate label into the input, computes every layer's activity and
+turns each layer's goodness into a score; the predicted class is the label with the
+highest score summed over the voting layers. ``scores`` runs all labels in one batched
+pass. ``build_model`` makes either network from a :class:`~spikingjelly_ff.config.ModelConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .params import NeuronParams, TraceParams
+from .embedding import build_embedding
+from .goodness import goodness
+from .layers import FFLinear, SpikingFFLayer
+from .probability import Probability
+
+__all__ = ["AnalogFFNet", "EncoderParams", "FFNet", "SpikingFFNet", "bernoulli_spikes", "build_model"]
+
+
+class FFNet(nn.Module):
+    """What analog and spiking FF networks share: label embedding, goodness, scoring."""
+
+    def __init__(
+        self,
+        in_features: int,
+        widths: list[int],
+        embedding: nn.Module,
+        probability: Probability,
+        goodness_kind: str = "sum_squares",
+        score: str = "probability",
+        score_layers: list[int] | None = None,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.widths = list(widths)
+        self.embedding = embedding
+        self.probability = probability
+        self.goodness_kind = goodness_kind
+        self.score_kind = score
+        self.score_layers = list(range(len(widths))) if score_layers is None else list(score_layers)
+        self.num_classes = num_classes
+        self.readout: nn.Linear | None = None
+        self.readout_layers: list[int] = []
+
+    @property
+    def input_width(self) -> int:
+        """Width of the embedded input (image + label code)."""
+        return self.embedding.out_features(self.in_features)
+
+    def layer_goodness(self, activity: Tensor):
+        """G (or (G+, G-)) of one layer's activity ``[N, H]``."""
+        return goodness(activity, self.goodness_kind, split=self.probability.split)
+
+    def layer_score(self, activity: Tensor) -> Tensor:
+        """Per-sample score ``[N]`` of one layer: log-odds of P, or the goodness."""
+        g = self.layer_goodness(activity)
+        if self.score_kind == "probability":
+            return self.probability.logit(g)
+        return g[0] - g[1] if isinstance(g, tuple) else g
+
+    def score_activities(self, activities: list[Tensor]) -> Tensor:
+        """Sum of the voting layers' scores, ``[N]``."""
+        return torch.stack([self.layer_score(activities[i]) for i in self.score_layers]).sum(0)
+
+    def pn_logit(self, activities: list[Tensor]) -> Tensor:
+        """Summed log-odds that each sample is positive, ``[N]`` (> 0 means P > 1/2)."""
+        return torch.stack([self.probability.logit(self.layer_goodness(activities[i])) for i in self.score_layers]).sum(0)
+
+    def latent(self, activities: list[Tensor], layers: list[int] | None = None) -> Tensor:
+        """Concatenated activity of ``layers`` (default all), ``[N, sum H]``."""
+        idx = range(len(activities)) if layers is None else layers
+        return torch.cat([activities[i] for i in idx], dim=-1)
+
+    def readout_logits(self, activities: list[Tensor]) -> Tensor:
+        if self.readout is None:
+            raise RuntimeError("this model has no trained readout")
+        return self.readout(self.latent(activities, self.readout_layers))
+
+    def attach_readout(self, layers: list[int]) -> nn.Linear:
+        width = sum(self.widths[i] for i in layers)
+        self.readout = nn.Linear(width, self.num_classes)
+        self.readout_layers = list(layers)
+        return self.readout
+
+
+class AnalogFFNet(FFNet):
+    """Stack of :class:`FFLinear` layers trained layer-locally."""
+
+    kind = "analog"
+
+    def __init__(
+        self,
+        in_features: int,
+        widths: list[int],
+        embedding: nn.Module,
+        probability: Probability,
+        goodness_kind: str = "sum_squares",
+        score: str = "probability",
+        score_layers: list[int] | None = None,
+        bias: bool = False,
+        normalize: bool = True,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__(in_features, widths, embedding, probability, goodness_kind, score, score_layers, num_classes)
+        dims = [self.input_width, *widths]
+        self.layers = nn.ModuleList(
+            FFLinear(dims[i], dims[i + 1], bias=bias, normalize_input=normalize and i > 0) for i in range(len(widths))
+        )
+        self.normalize = normalize
+
+    def activities(self, x: Tensor) -> list[Tensor]:
+        """Every layer's activity for embedded inputs ``[N, D']``, each ``[N, H_l]``."""
+        out = []
+        for layer in self.layers:
+            x = layer(x)
+            out.append(x)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Last layer's activity for embedded inputs ``[N, D']`` (or ``[T, N, D']``)."""
+        return self.activities(x)[-1]
+
+    def label_activities(self, x: Tensor, labels: Tensor) -> list[Tensor]:
+        return self.activities(self.embedding(x, labels))
+
+    def scores(self, x: Tensor) -> Tensor:
+        """Score of every label, ``[N, C]``, from one batched pass over ``C * N`` inputs."""
+        c, n = self.num_classes, x.shape[0]
+        xa = self.embedding.all_labels(x).reshape(c * n, -1)
+        return self.score_activities(self.activities(xa)).reshape(c, n).transpose(0, 1)
+
+    def predict(self, x: Tensor, use_readout: bool | None = None) -> Tensor:
+        """Predicted class ``[N]``; with a readout, from the neutral-label latent."""
+        if use_readout is None:
+            use_readout = self.readout is not None
+        if use_readout:
+            return self.readout_logits(self.activities(self.embedding.neutral(x))).argmax(-1)
+        return self.scores(x).argmax(-1)
+
+
+@dataclass(frozen=True)
+class EncoderParams:
+    """Presentation protocol of a spiking network."""
+
+    gain: float = 0.25
+    steps: int = 23
+    rest_steps: int = 20
+    carry_membrane: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SpikingFFNet(FFNet):
+    """Stack of :class:`SpikingFFLayer` fed with Bernoulli rate-coded inputs.
+
+    One *presentation* shows an embedded input for ``steps`` steps, reads every layer's
+    trace as its activity, then lets the membranes rest ``rest_steps`` steps (or resets
+    them when ``carry_membrane`` is false).
+    """
+
+    kind = "spiking"
+
+    def __init__(
+        self,
+        in_features: int,
+        widths: list[int],
+        embedding: nn.Module,
+        probability: Probability,
+        neuron: NeuronParams,
+        trace: TraceParams,
+        encoder: EncoderParams,
+        goodness_kind: str = "sum_squares",
+        score: str = "probability",
+        score_layers: list[int] | None = None,
+        backend: str = "torch",
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__(in_features, widths, embedding, probability, goodness_kind, score, score_layers, num_classes)
+        dims = [self.input_width, *widths]
+        self.layers = nn.ModuleList(
+            SpikingFFLayer(dims[i], dims[i + 1], neuron, trace, backend=backend, step_mode="m")
+            for i in range(len(widths))
+        )
+        self.neuron_params = neuron
+        self.trace_params = trace
+        self.encoder = encoder
+        self.backend = backend
+
+    @property
+    def dynamics(self):
+        """Neuron, trace, probability and goodness as one :class:`~spikingjelly_ff.simulate.Dynamics`."""
+        from .simulate import Dynamics
+
+        return Dynamics(self.neuron_params, self.trace_params, self.probability, self.goodness_kind)
+
+    def set_backend(self, backend: str) -> None:
+        self.backend = backend
+        for layer in self.layers:
+            layer.neuron.backend = backend
+
+    def rates(self, x: Tensor, labels: Tensor) -> Tensor:
+        """Spike probabilities ``[N, D']`` of images ``[N, D]`` with ``labels``."""
+        return (self.embedding(x, labels) * self.encoder.gain).clamp_(0.0, 1.0)
+
+    def encode(self, rates: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Bernoulli spikes ``[T, N, D']`` with per-step probability ``rates`` ``[N, D']``."""
+        return bernoulli_spikes(rates, self.encoder.steps, generator)
+
+    def forward(self, spikes: Tensor) -> Tensor:
+        """Output spikes of the last layer for input spikes ``[T, N, D']``."""
+        for layer in self.layers:
+            spikes = layer(spikes)
+        return spikes
+
+    def begin_presentation(self, batch: int) -> None:
+        """Clear traces; keep (carry) or zero the membranes; start over if the batch changed."""
+        for layer in self.layers:
+            node = layer.neuron
+            v = node.v
+            if not self.encoder.carry_membrane or not isinstance(v, Tensor) or v.shape[0] != batch:
+                node.v = 0.0
+            node.clear_trace()
+
+    def end_presentation(self) -> None:
+        """Rest steps: membranes decay with no input."""
+        if self.encoder.carry_membrane:
+            for layer in self.layers:
+                layer.neuron.rest(self.encoder.rest_steps)
+
+    @torch.no_grad()
+    def present(self, spikes: Tensor) -> list[Tensor]:
+        """One presentation of input spikes ``[T, N, D']``; returns each layer's trace ``[N, H]``."""
+        self.begin_presentation(spikes.shape[1])
+        self(spikes)
+        activities = [layer.activity.clone() for layer in self.layers]
+        self.end_presentation()
+        return activities
+
+    def state(self) -> list[Tensor | None]:
+        """Membrane of each layer (``None`` where not yet materialised)."""
+        return [layer.neuron.v if isinstance(layer.neuron.v, Tensor) else None for layer in self.layers]
+
+
+def bernoulli_spikes(rates: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
+    """``[steps, *rates.shape]`` float spikes, each 1 with probability ``rates``.
+
+    Random numbers are drawn only where the rate is positive (most pixels are 0), which
+    makes encoding several times cheaper than drawing for every input.
+    """
+    flat = rates.reshape(-1)
+    live = flat.nonzero().squeeze(1)
+    out = torch.zeros(steps, flat.numel(), dtype=rates.dtype, device=rates.device)
+    if live.numel():
+        u = torch.rand(steps, live.numel(), generator=generator, device=rates.device)
+        out[:, live] = (u < flat[live]).to(rates.dtype)
+    return out.reshape(steps, *rates.shape)
+
+
+def build_model(m: ModelConfig, in_features: int, num_classes: int, seed: int, backend: str = "torch") -> FFNet:
+    """Build an analog or spiking FF network from config; weights drawn from ``seed``."""
+    emb = build_embedding(
+        m.embedding.kind,
+        num_classes,
+        m.embedding.bits,
+        m.embedding.density,
+        seed if m.embedding.seed is None else m.embedding.seed,
+        m.embedding.scale,
+    )
+    prob = Probability(**asdict(m.probability))
+    torch.manual_seed(seed)
+    if m.kind == "analog":
+        net: FFNet = AnalogFFNet(
+            in_features, m.layers, emb, prob, m.goodness, m.score, m.score_layers, m.bias, m.normalize, num_classes
+        )
+    else:
+        net = SpikingFFNet(
+            in_features,
+            m.layers,
+            emb,
+            prob,
+            NeuronParams(**asdict(m.neuron)),
+            TraceParams(**asdict(m.trace)),
+            EncoderParams(**asdict(m.encoder)),
+            m.goodness,
+            m.score,
+            m.score_layers,
+            backend,
+            num_classes,
+        )
+    if m.init == "normal":
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for layer in net.layers:
+                w = layer.weight
+                w.copy_(torch.randn(w.shape, generator=g) * m.init_std)
+    return net

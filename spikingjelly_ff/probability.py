@@ -1,0 +1,165 @@
+"""Probability functions P(positive | G) and their Hebbian modulation.
+
+The FF loss of a layer is the binary cross-entropy L = -y log P - (1 - y) log(1 - P)
+with y = 1 for a positive sample (correct label) and y = 0 for a negative one.
+The *modulation* is M = -dL/dG: the scalar (or one scalar per half for a split layer)
+that multiplies the Hebbian product in the weight update dW = M * dG/dl * x^T.
+
+Shapes: goodness ``g`` (or ``g_pos``/``g_neg``) and targets ``y`` are ``[N]``; every
+function returns ``[N]`` (or a pair of ``[N]`` tensors for the split functions). They work
+on torch tensors and numpy arrays; only ``Probability.loss`` (for autograd) needs torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import _array
+
+Tensor = Any  # a torch tensor or a numpy array
+
+__all__ = [
+    "KINDS",
+    "Probability",
+    "polar_logit",
+    "polar_modulation",
+    "polar_probability",
+    "sigmoid_logit",
+    "sigmoid_modulation",
+    "sigmoid_probability",
+    "symmetric_logit",
+    "symmetric_modulation",
+    "symmetric_probability",
+]
+
+KINDS = ("sigmoid", "symmetric", "polar")
+
+
+def sigmoid_logit(g: Tensor, alpha: float, theta: float) -> Tensor:
+    """logit P = alpha (G - theta)."""
+    return alpha * (g - theta)
+
+
+def sigmoid_probability(g: Tensor, alpha: float, theta: float) -> Tensor:
+    """P = sigma(alpha (G - theta))."""
+    return _array.sigmoid(sigmoid_logit(g, alpha, theta))
+
+
+def sigmoid_modulation(g: Tensor, y: Tensor, alpha: float, theta: float) -> Tensor:
+    """M = -dL/dG = alpha (y - P)."""
+    return alpha * (y - sigmoid_probability(g, alpha, theta))
+
+
+def symmetric_logit(g_pos: Tensor, g_neg: Tensor, eps: float) -> Tensor:
+    """logit P = log(G+ + eps) - log(G- + eps)."""
+    return _array.log(g_pos + eps) - _array.log(g_neg + eps)
+
+
+def symmetric_probability(g_pos: Tensor, g_neg: Tensor, eps: float) -> Tensor:
+    """P = (G+ + eps) / (G+ + G- + 2 eps)."""
+    return (g_pos + eps) / (g_pos + g_neg + 2 * eps)
+
+
+def symmetric_modulation(g_pos: Tensor, g_neg: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(M+, M-) = (y / (G+ + eps) - 1/S, (1 - y) / (G- + eps) - 1/S), S = G+ + G- + 2 eps."""
+    inv_s = 1.0 / (g_pos + g_neg + 2 * eps)
+    return y / (g_pos + eps) - inv_s, (1 - y) / (g_neg + eps) - inv_s
+
+
+def polar_logit(g_pos: Tensor, g_neg: Tensor, alpha: float, theta: float) -> Tensor:
+    """logit P = alpha (G+ - G- - theta)."""
+    return alpha * (g_pos - g_neg - theta)
+
+
+def polar_probability(g_pos: Tensor, g_neg: Tensor, alpha: float, theta: float) -> Tensor:
+    """P = sigma(alpha (G+ - G- - theta))."""
+    return _array.sigmoid(polar_logit(g_pos, g_neg, alpha, theta))
+
+
+def polar_modulation(g_pos: Tensor, g_neg: Tensor, y: Tensor, alpha: float, theta: float) -> tuple[Tensor, Tensor]:
+    """(M+, M-) = (alpha (y - P), -alpha (y - P))."""
+    m = alpha * (y - polar_probability(g_pos, g_neg, alpha, theta))
+    return m, -m
+
+
+@dataclass(frozen=True)
+class Probability:
+    """A probability function with its parameters; ``G`` is a tensor or a ``(G+, G-)`` pair.
+
+    ``kind``: ``sigmoid`` (uses ``alpha``, ``theta``), ``symmetric`` (uses ``eps``) or
+    ``polar`` (uses ``alpha``, ``theta``). The last two need a split goodness.
+    ``clip`` > 0 computes the loss on P clamped to [clip, 1 - clip], as the paper's code
+    does: samples whose P saturates beyond the clamp contribute no gradient (M = 0).
+    """
+
+    kind: str = "sigmoid"
+    alpha: float = 1.0
+    theta: float = 0.0
+    eps: float = 0.01
+    clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown probability {self.kind!r}; choose one of {list(KINDS)}")
+        if self.kind == "symmetric" and not self.eps > 0:
+            raise ValueError("symmetric probability needs eps > 0")
+        if not 0.0 <= self.clip < 0.5:
+            raise ValueError("clip must lie in [0, 0.5)")
+
+    @property
+    def split(self) -> bool:
+        """Whether this function reads a positive and a negative half of the layer."""
+        return self.kind != "sigmoid"
+
+    def _pair(self, g: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        if not isinstance(g, tuple):
+            raise TypeError(f"{self.kind} probability needs a (G+, G-) pair")
+        return g
+
+    def logit(self, g: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """log(P / (1 - P)), ``[N]``; numerically safer than ``P`` for losses and scores."""
+        if self.kind == "sigmoid":
+            if isinstance(g, tuple):
+                raise TypeError("sigmoid probability needs a single goodness tensor")
+            return sigmoid_logit(g, self.alpha, self.theta)
+        gp, gn = self._pair(g)
+        if self.kind == "symmetric":
+            return symmetric_logit(gp, gn, self.eps)
+        return polar_logit(gp, gn, self.alpha, self.theta)
+
+    def __call__(self, g: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """P, ``[N]``."""
+        if self.kind == "symmetric":
+            gp, gn = self._pair(g)
+            return symmetric_probability(gp, gn, self.eps)
+        return _array.sigmoid(self.logit(g))
+
+    def loss(self, g: Tensor | tuple[Tensor, Tensor], y: Tensor) -> Tensor:
+        """Mean binary cross-entropy of P against targets ``y`` (1 positive, 0 negative); torch only."""
+        import torch.nn.functional as F
+
+        if self.clip > 0:
+            p = self(g)
+            return F.binary_cross_entropy(p.clamp(self.clip, 1.0 - self.clip), y.to(p.dtype))
+        z = self.logit(g)
+        return F.binary_cross_entropy_with_logits(z, y.to(z.dtype))
+
+    def _gate(self, g, m):
+        """Zero the modulation of samples whose P lies outside the clamp."""
+        if self.clip <= 0:
+            return m
+        p = self(g)
+        keep = _array.astype_like((p >= self.clip) & (p <= 1.0 - self.clip), p)
+        return tuple(x * keep for x in m) if isinstance(m, tuple) else m * keep
+
+    def modulation(self, g: Tensor | tuple[Tensor, Tensor], y: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """M = -dL/dG per sample: ``[N]``, or ``([N], [N])`` for split functions."""
+        if self.kind == "sigmoid":
+            if isinstance(g, tuple):
+                raise TypeError("sigmoid probability needs a single goodness tensor")
+            return self._gate(g, sigmoid_modulation(g, y, self.alpha, self.theta))
+        gp, gn = self._pair(g)
+        if self.kind == "symmetric":
+            return self._gate(g, symmetric_modulation(gp, gn, y, self.eps))
+        return self._gate(g, polar_modulation(gp, gn, y, self.alpha, self.theta))

@@ -1,0 +1,47 @@
+"""Linear softmax readout on the latent activity of a trained analog FF network.
+
+The FF layers stay frozen; the readout sees the activity produced with a *neutral* label
+(the mean of all label codes), as in Hinton's FF paper, so one pass classifies an image.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .config import RunConfig
+from .models import AnalogFFNet
+
+__all__ = ["train_readout"]
+
+
+def train_readout(
+    net: AnalogFFNet, cfg: RunConfig, x: Tensor, labels: Tensor, device, log: Callable[[str], None] = print
+) -> dict:
+    """Fit ``net.readout`` on images ``x`` ``[N, D]``; returns training accuracy per epoch."""
+    rc = cfg.train.readout
+    layers = rc.layers if rc.layers is not None else (list(range(1, len(net.widths))) or [0])
+    head = net.attach_readout(layers).to(device)
+    with torch.no_grad():
+        feats = torch.cat(
+            [net.latent(net.activities(net.embedding.neutral(x[i : i + 2000])), layers) for i in range(0, len(x), 2000)]
+        )
+    opt = torch.optim.Adam(head.parameters(), lr=rc.lr)
+    gen = torch.Generator().manual_seed(cfg.seed + 5)
+    history = []
+    for epoch in range(rc.epochs):
+        order = torch.randperm(len(feats), generator=gen).to(device)
+        correct = 0
+        for i in range(0, len(order), 100):
+            idx = order[i : i + 100]
+            logits = head(feats[idx])
+            loss = torch.nn.functional.cross_entropy(logits, labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            correct += int((logits.argmax(-1) == labels[idx]).sum())
+        history.append(correct / len(feats))
+        log(f"readout epoch {epoch + 1}: train acc {history[-1]:.4f}")
+    return {"layers": layers, "train_accuracy": history}

@@ -1,0 +1,50 @@
+"""Torch-free runtime for exported spiking FF models (numpy + h5py).
+
+    from spikingjelly_ff.runtime import SpikeModel
+    model = SpikeModel.load("model.nir")
+    model.predict(images)                      # images: [N, 784] float32 in [0, 1]
+    model.learn(images, labels, positive)      # one on-line Hebbian update
+    model.save("model.nir")
+
+``load_model`` opens either kind of export: a spike artefact (``.nir``) as a ``SpikeModel``
+or an analog ONNX file as an ``AnalogModel`` (needs onnx and onnxruntime). Both offer
+``scores``, ``predict``, ``learn``, ``copy`` and ``save``.
+
+Nothing here imports torch; an edge device needs numpy and h5py only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .artifact import ArtifactError, SpikeArtifact, read_artifact, write_artifact
+from .model import SpikeModel
+
+__all__ = ["AnalogModel", "ArtifactError", "SpikeArtifact", "SpikeModel", "load_model", "read_artifact", "write_artifact"]
+
+
+def load_model(path: str | os.PathLike, threads: int | None = None):
+    """``SpikeModel`` for ``.nir``/``.h5`` files (or a directory holding ``model.nir``),
+    ``AnalogModel`` for ``.onnx`` files."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("model.nir", "model.onnx"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise ArtifactError(f"{path}: holds neither model.nir nor model.onnx")
+    if p.suffix == ".onnx":
+        from .analog import AnalogModel
+
+        return AnalogModel.load(p, threads)
+    return SpikeModel.load(p)
+
+
+def __getattr__(name: str):
+    if name == "AnalogModel":
+        from .analog import AnalogModel
+
+        return AnalogModel
+    raise AttributeError(name)

@@ -1,0 +1,276 @@
+"""The spike-runtime artefact: one HDF5 file = a NIR graph + what NIR cannot hold.
+
+Layout (readable by ``nir.read``, which looks at ``/version`` and ``/node`` only)::
+
+    /version                        NIR version string
+    /node                           NIRGraph: Input -> (Linear -> LIF) x L -> Output
+    /spikingjelly_ff                attrs: format, format_version
+        meta                        JSON: neuron, trace, encoder, probability, goodness,
+                                    score, embedding, sizes, hebbian defaults, versions
+        label_patterns              [C, bits] uint8 (pattern embedding only)
+        eligibility/<i>             [H, D] float32 (optional: state of on-line learning)
+
+NIR's LIF is continuous-time; a discrete layer maps with dt = 1e-4 s as SpikingJelly's
+NIR exchange does: tau = tau_steps * dt, r = tau_steps (input not decayed) or 1.
+Everything here needs numpy and h5py only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..params import NeuronParams, TraceParams
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "SpikeArtifact", "read_artifact", "write_artifact"]
+
+FORMAT = "spikingjelly-ff/spike"
+FORMAT_VERSION = 1
+NIR_VERSION = "1.0.8"
+DT = 1e-4
+REQUIRED_META = (
+    "neuron",
+    "trace",
+    "encoder",
+    "probability",
+    "goodness",
+    "score",
+    "score_layers",
+    "embedding",
+    "in_features",
+    "num_classes",
+    "layers",
+)
+
+
+class ArtifactError(ValueError):
+    """The file is not a valid spikingjelly-ff spike artefact."""
+
+
+@dataclass
+class SpikeArtifact:
+    """A spiking FF network as numpy arrays and plain settings."""
+
+    weights: list[np.ndarray]
+    neuron: NeuronParams
+    trace: TraceParams
+    encoder: dict
+    probability: dict
+    goodness: str
+    score: str
+    score_layers: list[int]
+    embedding: dict
+    in_features: int
+    num_classes: int
+    label_patterns: np.ndarray | None = None
+    image_shape: list[int] | None = None
+    hebbian: dict = field(default_factory=lambda: {"eta": 0.1, "eligibility_tau": 0.1, "learn_after": 15})
+    eligibility: list[np.ndarray] | None = None
+    model_version: int = 1
+    name: str = "model"
+    library_version: str = ""
+
+    def input_width(self) -> int:
+        if self.embedding["kind"] == "pattern":
+            return self.in_features + int(self.embedding["bits"])
+        return self.in_features
+
+    def meta(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "library_version": self.library_version,
+            "name": self.name,
+            "model_version": self.model_version,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "dt": DT,
+            "layers": [f"linear_{i}" for i in range(len(self.weights))],
+            "neuron": self.neuron.to_dict(),
+            "trace": self.trace.to_dict(),
+            "encoder": dict(self.encoder),
+            "probability": dict(self.probability),
+            "goodness": self.goodness,
+            "score": self.score,
+            "score_layers": list(self.score_layers),
+            "embedding": dict(self.embedding),
+            "in_features": self.in_features,
+            "num_classes": self.num_classes,
+            "image_shape": self.image_shape,
+            "hebbian": dict(self.hebbian),
+        }
+
+    def validate(self) -> SpikeArtifact:
+        if not self.weights:
+            raise ArtifactError("the network has no layers")
+        width = self.input_width()
+        for i, w in enumerate(self.weights):
+            if w.ndim != 2:
+                raise ArtifactError(f"layer {i}: weight must be 2-D, got shape {w.shape}")
+            if w.shape[1] != width:
+                raise ArtifactError(f"layer {i}: weight expects {w.shape[1]} inputs but receives {width}")
+            if not np.all(np.isfinite(w)):
+                raise ArtifactError(f"layer {i}: weight holds non-finite values")
+            width = w.shape[0]
+        if self.embedding["kind"] == "pattern":
+            p = self.label_patterns
+            if p is None or p.shape != (self.num_classes, int(self.embedding["bits"])):
+                raise ArtifactError(
+                    f"label patterns must have shape ({self.num_classes}, {self.embedding['bits']}), "
+                    f"got {None if p is None else p.shape}"
+                )
+        if self.eligibility is not None and [e.shape for e in self.eligibility] != [w.shape for w in self.weights]:
+            raise ArtifactError("eligibility traces do not match the weights")
+        if any(not 0 <= i < len(self.weights) for i in self.score_layers):
+            raise ArtifactError("score_layers names a layer that does not exist")
+        return self
+
+
+def _lif_params(p: NeuronParams, h: int) -> dict[str, np.ndarray]:
+    if p.form == "beta":
+        tau_steps, r, leak = 1.0 / (1.0 - p.beta), 1.0 / (1.0 - p.beta), 0.0
+    else:
+        tau_steps, r, leak = p.tau, (1.0 if p.decay_input else p.tau), p.v_reset
+
+    def full(v: float) -> np.ndarray:
+        return np.full(h, v, dtype=np.float32)
+
+    return {
+        "tau": full(tau_steps * DT),
+        "r": full(r),
+        "v_leak": full(leak),
+        "v_threshold": full(p.v_threshold),
+        "v_reset": full(p.v_reset),
+    }
+
+
+def write_artifact(path: str | os.PathLike, art: SpikeArtifact) -> Path:
+    """Write ``art`` to ``path`` atomically (temp file, fsync, rename)."""
+    import h5py
+
+    art.validate()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    strings = h5py.string_dtype()
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("version", data=NIR_VERSION, dtype=strings)
+        node = f.create_group("node")
+        node.create_dataset("type", data="NIRGraph", dtype=strings)
+        nodes = node.create_group("nodes")
+        names = ["input"]
+        g = nodes.create_group("input")
+        g.create_dataset("type", data="Input", dtype=strings)
+        g.create_dataset("shape", data=np.array([art.input_width()], dtype=np.int64))
+        for i, w in enumerate(art.weights):
+            g = nodes.create_group(f"linear_{i}")
+            g.create_dataset("type", data="Linear", dtype=strings)
+            g.create_dataset("weight", data=np.asarray(w, dtype=np.float32))
+            g = nodes.create_group(f"lif_{i}")
+            g.create_dataset("type", data="LIF", dtype=strings)
+            for k, v in _lif_params(art.neuron, w.shape[0]).items():
+                g.create_dataset(k, data=v)
+            names += [f"linear_{i}", f"lif_{i}"]
+        g = nodes.create_group("output")
+        g.create_dataset("type", data="Output", dtype=strings)
+        g.create_dataset("shape", data=np.array([art.weights[-1].shape[0]], dtype=np.int64))
+        names.append("output")
+        edges = np.array([[a, b] for a, b in zip(names, names[1:])], dtype=object)
+        node.create_dataset("edges", data=edges, dtype=strings)
+        ours = f.create_group("spikingjelly_ff")
+        ours.attrs["format"] = FORMAT
+        ours.attrs["format_version"] = FORMAT_VERSION
+        ours.create_dataset("meta", data=json.dumps(art.meta(), sort_keys=True), dtype=strings)
+        if art.label_patterns is not None:
+            ours.create_dataset("label_patterns", data=np.asarray(art.label_patterns, dtype=np.uint8))
+        if art.eligibility is not None:
+            el = ours.create_group("eligibility")
+            for i, e in enumerate(art.eligibility):
+                el.create_dataset(str(i), data=np.asarray(e, dtype=np.float32))
+        f.flush()
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def _text(ds) -> str:
+    v = ds[()]
+    return v.decode("utf8") if isinstance(v, bytes) else str(v)
+
+
+def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
+    """Read and validate an artefact; any defect raises :class:`ArtifactError`."""
+    import h5py
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.nir"
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ArtifactError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {exc}") from exc
+    with f:
+        try:
+            ours = f["spikingjelly_ff"]
+            nodes = f["node"]["nodes"]
+        except KeyError as exc:
+            raise ArtifactError(f"{path}: not a spikingjelly-ff spike artefact (missing group {exc})") from exc
+        if ours.attrs.get("format") != FORMAT:
+            raise ArtifactError(f"{path}: unknown format {ours.attrs.get('format')!r}")
+        version = int(ours.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise ArtifactError(f"{path}: format version {version} is not supported (this runtime reads {FORMAT_VERSION})")
+        try:
+            meta = json.loads(_text(ours["meta"]))
+        except (KeyError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{path}: metadata missing or not JSON ({exc})") from exc
+        missing = [k for k in REQUIRED_META if k not in meta]
+        if missing:
+            raise ArtifactError(f"{path}: metadata lacks {', '.join(missing)}")
+        try:
+            weights = [np.asarray(nodes[name]["weight"][()], dtype=np.float32) for name in meta["layers"]]
+        except KeyError as exc:
+            raise ArtifactError(f"{path}: NIR graph lacks layer {exc}") from exc
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot read weights (truncated?): {exc}") from exc
+        patterns = ours["label_patterns"][()] if "label_patterns" in ours else None
+        eligibility = None
+        if "eligibility" in ours:
+            el = ours["eligibility"]
+            eligibility = [np.asarray(el[str(i)][()], dtype=np.float32) for i in range(len(weights))]
+    try:
+        art = SpikeArtifact(
+            weights=weights,
+            neuron=NeuronParams(**meta["neuron"]),
+            trace=TraceParams(**meta["trace"]),
+            encoder=dict(meta["encoder"]),
+            probability=dict(meta["probability"]),
+            goodness=meta["goodness"],
+            score=meta["score"],
+            score_layers=list(meta["score_layers"]),
+            embedding=dict(meta["embedding"]),
+            in_features=int(meta["in_features"]),
+            num_classes=int(meta["num_classes"]),
+            label_patterns=patterns,
+            image_shape=meta.get("image_shape"),
+            hebbian=dict(meta.get("hebbian") or {}),
+            eligibility=eligibility,
+            model_version=int(meta.get("model_version", 1)),
+            name=str(meta.get("name", "model")),
+            library_version=str(meta.get("library_version", "")),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: invalid settings: {exc}") from exc
+    return art.validate()

@@ -1,0 +1,205 @@
+"""Training runs: data, model, learner, per-epoch evaluation, checkpoint and metrics.
+
+``train(cfg, out_dir)`` writes ``out_dir/model/`` (weights + config) and
+``out_dir/metrics.json`` (per-epoch train/test accuracy and seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .checkpoint import save_model
+from .config import RunConfig
+from .data import load_split
+from .evaluate import evaluate_arrays, scorer_for
+from .learning import LocalLossLearner
+from .models import AnalogFFNet, FFNet, SpikingFFNet, build_model
+from .schedule import schedule_factor
+
+__all__ = ["make_samples", "resolve_device", "train"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def make_samples(labels: Tensor, mode: str, num_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Positive and negative samples of a batch.
+
+    Returns ``(index, shown_label, y)``: which batch row each sample uses, the label written
+    into it, and the target (1 positive, 0 negative). ``mixed`` makes each row positive or
+    negative with probability 1/2 (the paper); ``paired`` shows every row both ways.
+    Negatives get a uniformly random wrong label.
+    """
+    n = labels.shape[0]
+    wrong = (labels + torch.randint(1, num_classes, (n,), generator=generator, device=labels.device)) % num_classes
+    rows = torch.arange(n, device=labels.device)
+    if mode == "mixed":
+        y = (torch.rand(n, generator=generator, device=labels.device) < 0.5).float()
+        shown = torch.where(y.bool(), labels, wrong)
+        return rows, shown, y
+    y = torch.cat((torch.ones(n, device=labels.device), torch.zeros(n, device=labels.device)))
+    return torch.cat((rows, rows)), torch.cat((labels, wrong)), y
+
+
+@dataclass
+class _Batcher:
+    x: Tensor
+    labels: Tensor
+    batch_size: int
+    shuffle: bool
+    generator: torch.Generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for i in range(0, n, self.batch_size):
+            idx = order[i : i + self.batch_size].to(self.x.device)
+            yield self.x[idx], self.labels[idx]
+
+
+class AnalogStep:
+    """One training step of an analog network (local losses or Hebbian)."""
+
+    def __init__(self, net: AnalogFFNet, cfg: RunConfig, steps_total: int) -> None:
+        t = cfg.train
+        self.net = net
+        self.cfg = cfg
+        self.steps_total = max(1, steps_total)
+        self.count = 0
+        if t.learner == "local-loss":
+            params = list(net.layers.parameters())
+            o = t.optimizer
+            if o.kind == "adam":
+                self.optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+            else:
+                self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+            self.learner = LocalLossLearner(net, self.optimizer)
+        else:
+            from .analog_hebbian import AnalogHebbian
+
+            self.optimizer = None
+            self.learner = AnalogHebbian(net, t.hebbian)
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        progress = self.count / self.steps_total
+        self.count += 1
+        if self.optimizer is not None:
+            f = schedule_factor(self.cfg.train.optimizer.schedule, progress)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.train.optimizer.lr * f
+            acts = self.learner.step(x, y)
+        else:
+            acts = self.learner.step(x, y, schedule_factor(self.cfg.train.hebbian.schedule, progress))
+        return self.net.pn_logit(acts) > 0
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
+    """Train per ``cfg``; save the model and metrics under ``out_dir``; return the metrics."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    train_split = load_split(cfg.data.dataset, "train", cfg.data.root, cfg.data.download).take(cfg.train.limit)
+    test_split = load_split(cfg.data.dataset, "test", cfg.data.root, cfg.data.download).take(cfg.eval.limit)
+    x_train, y_train = train_split.to_tensors(device)
+    x_test, y_test = test_split.to_tensors(device)
+    in_features = x_train.shape[1]
+    num_classes = int(max(y_train.max(), y_test.max()).item()) + 1
+    num_classes = max(num_classes, 10)
+
+    from .kernels import resolve_backend
+
+    backend = resolve_backend(cfg.backend, device)
+    net = build_model(cfg.model, in_features, num_classes, cfg.seed, backend).to(device)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+    batches = _Batcher(x_train, y_train, cfg.train.batch_size, cfg.train.shuffle, gen)
+    steps_total = cfg.train.epochs * len(batches)
+    step = _make_step(net, cfg, steps_total, device)
+    scorer = scorer_for(net, cfg, device)
+
+    metrics = {"name": cfg.name, "config": cfg.to_dict(), "backend": backend, "device": str(device), "epochs": []}
+    log(f"{cfg.name}: {net.kind} {in_features}->{'->'.join(map(str, cfg.model.layers))}, "
+        f"{len(x_train)} train / {len(x_test)} test samples, learner {cfg.train.learner}, backend {backend}")
+    for epoch in range(1, cfg.train.epochs + 1):
+        t0 = time.perf_counter()
+        correct = seen = 0
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not progress, leave=False)
+        for xb, lb in bar:
+            rows, shown, y = make_samples(lb, cfg.train.negatives, num_classes, sample_gen)
+            pred = step(xb[rows], shown, y)
+            correct += int((pred.float() == y).sum())
+            seen += len(y)
+            bar.set_postfix(pn_acc=f"{correct / seen:.3f}")
+        train_seconds = time.perf_counter() - t0
+        record = {
+            "epoch": epoch,
+            "train_pn_accuracy": correct / max(seen, 1),
+            "train_seconds": train_seconds,
+            "train_samples_per_second": seen / train_seconds,
+        }
+        last = epoch == cfg.train.epochs
+        if last or (cfg.train.eval_every and epoch % cfg.train.eval_every == 0):
+            ev = evaluate_arrays(scorer, x_test, y_test, cfg.eval.batch_size)
+            record.update(test_accuracy=ev["accuracy"], test_seconds=ev["seconds"], test_images_per_second=ev["images_per_second"])
+        metrics["epochs"].append(record)
+        msg = f"epoch {epoch}: pos/neg acc {record['train_pn_accuracy']:.4f}, {train_seconds:.1f}s"
+        if "test_accuracy" in record:
+            msg += f", test acc {record['test_accuracy']:.4f}"
+        log(msg)
+
+    if cfg.train.readout.enabled:
+        from .readout import train_readout
+
+        ro = train_readout(net, cfg, x_train, y_train, device, log=log)
+        ev = evaluate_arrays(scorer_for(net, cfg, device, readout=True), x_test, y_test, cfg.eval.batch_size)
+        metrics["readout"] = {**ro, "test_accuracy": ev["accuracy"]}
+        log(f"readout: test acc {ev['accuracy']:.4f}")
+
+    final = metrics["epochs"][-1]
+    metrics["final"] = {
+        "test_accuracy": final.get("test_accuracy"),
+        "readout_test_accuracy": metrics.get("readout", {}).get("test_accuracy"),
+        "seconds_per_epoch": sum(e["train_seconds"] for e in metrics["epochs"]) / len(metrics["epochs"]),
+    }
+    save_model(out / "model", net.cpu(), cfg, test_split.shape)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.device):
+    if isinstance(net, AnalogFFNet):
+        analog = AnalogStep(net, cfg, steps_total)
+
+        def run(x: Tensor, shown: Tensor, y: Tensor) -> Tensor:
+            return analog(net.embedding(x, shown), y)
+
+        return run
+    assert isinstance(net, SpikingFFNet)
+    from .engine import SpikingTrainer
+
+    trainer = SpikingTrainer(net, cfg.train.hebbian, steps_total, seed=cfg.seed + 3, device=device)
+    return trainer.train_batch
