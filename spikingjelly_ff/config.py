@@ -21,6 +21,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "load_config",
+    "resolve_config",
 ]
 
 
@@ -326,13 +327,26 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+CONFIG_DIR = Path(__file__).with_name("configs")
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file path, or the name of a shipped config (``paper/analog-sigmoid``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / (str(path) if str(path).endswith(".yaml") else f"{path}.yaml")
+    if shipped.is_file():
+        return shipped
+    names = sorted(str(c.relative_to(CONFIG_DIR).with_suffix("")) for c in CONFIG_DIR.rglob("*.yaml"))
+    raise ConfigError(f"config {path} not found (a file path, or one of: {', '.join(names)})")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML/JSON config file (or start from defaults) and apply overrides."""
+    """Read a YAML/JSON config file (or a shipped config's name, or defaults) and apply overrides."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
+        p = resolve_config(path)
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -33,6 +33,7 @@ __all__ = [
     "find_dataset",
     "load_split",
     "read_idx",
+    "write_idx",
 ]
 
 SPLITS = {"train": "train", "test": "t10k"}
@@ -157,6 +158,21 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) != expected:
         raise DataError(f"{path}: expected {expected} bytes for shape {shape}, found {len(raw)}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | os.PathLike, arr: np.ndarray) -> Path:
+    """Write a uint8 array as an IDX file (gzipped when the name ends in .gz)."""
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype != np.uint8:
+        raise DataError("write_idx writes uint8 arrays only")
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path = Path(path)
+    if path.suffix == ".gz":
+        with gzip.GzipFile(path, "wb", mtime=0) as fh:
+            fh.write(header + arr.tobytes())
+    else:
+        path.write_bytes(header + arr.tobytes())
+    return path
 
 
 @dataclass

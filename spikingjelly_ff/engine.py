@@ -14,7 +14,7 @@ from torch import Tensor
 from .config import HebbianConfig
 from .models import SpikingFFNet
 from .schedule import schedule_factor
-from .simulate import LearnSpec, label_currents, online_layer, run_layer, score_labels
+from .simulate import LearnSpec, SpikeIndex, bernoulli_spikes, label_currents, online_layer, run_layer, score_labels
 
 __all__ = ["SpikingScorer", "SpikingTrainer"]
 
@@ -50,28 +50,42 @@ class SpikingTrainer:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.eligibility = [torch.zeros_like(layer.weight) for layer in net.layers]
 
-    def _online(self, spikes: Tensor) -> bool:
-        return (
-            spikes.shape[1] == 1
-            and spikes.device.type == "cpu"
-            and self.spec.eligibility_tau is not None
-            and self.net.neuron_params.kwta is None
-        )
+    def _online(self, n: int, device: torch.device) -> bool:
+        return n == 1 and device.type == "cpu" and self.spec.eligibility_tau is not None and self.net.neuron_params.kwta is None
 
     @torch.no_grad()
     def train_batch(self, x: Tensor, shown: Tensor, y: Tensor, spikes: Tensor | None = None) -> Tensor:
         """Present images ``x`` ``[N, D]`` with labels ``shown`` and learn towards targets ``y``
         (1 positive, 0 negative). ``spikes`` ``[T, N, D']`` overrides the Bernoulli draw.
         Returns whether each sample was judged positive at the end of its presentation, ``[N]``."""
-        net = self.net
         eta = self.cfg.eta * schedule_factor(self.cfg.schedule, self.count / self.steps_total)
         self.count += 1
+        if not self._online(x.shape[0], x.device):
+            return self._present(x, shown, y, eta, spikes, online=False)
+        # Batch-1 work is a chain of tiny ops: a second thread only adds synchronisation, and
+        # with any other process on the machine every parallel op waits for a free core.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._present(x, shown, y, eta, spikes, online=True)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _present(self, x: Tensor, shown: Tensor, y: Tensor, eta: float, spikes: Tensor | None, online: bool) -> Tensor:
+        net = self.net
+        sparse = not online and x.device.type == "cpu"
+        index = None
         if spikes is None:
-            spikes = net.encode(net.rates(x, shown), self.generator)
+            rates = net.rates(x, shown)
+            if sparse:
+                spikes, index = bernoulli_spikes(rates, net.encoder.steps, self.generator, index=True)
+            else:
+                spikes = net.encode(rates, self.generator)
+        elif sparse:
+            index = SpikeIndex.from_dense(spikes.reshape(-1, spikes.shape[-1]))
         n = spikes.shape[1]
         y = y.to(spikes.dtype)
         d = net.dynamics
-        online = self._online(spikes)
         acts = []
         pre = spikes
         for layer, e in zip(net.layers, self.eligibility):
@@ -83,7 +97,8 @@ class SpikingTrainer:
                 )
                 pre, tr = torch.from_numpy(out), torch.from_numpy(tr)
             else:
-                pre, tr = run_layer(pre, w, v, d, net.backend, (y, self.spec, eta, e))
+                pre, tr = run_layer(pre, w, v, d, net.backend, (y, self.spec, eta, e), index)
+                index = None  # deeper layers see dense spike trains
             layer.neuron.v = v
             layer.neuron.trace = tr
             acts.append(tr)
@@ -121,12 +136,17 @@ class SpikingScorer:
             rates = (net.embedding.all_labels(x) * net.encoder.gain).clamp_(0.0, 1.0)
             lab = net.embedding.label_slice(net.in_features)
             current = label_currents(rates, lab, weights[0], net.encoder.steps, self.generator, self.share)
+            num_labels = rates.shape[0]
         else:
             c, t, n, _ = spikes.shape
-            current = (spikes.reshape(c * t * n, -1) @ weights[0].T).reshape(c, t, n, -1)
-        states = net.state()
+
+            def current(k: int) -> Tensor:
+                return (spikes[k].reshape(t * n, -1) @ weights[0].T).reshape(t, n, -1)
+
+            num_labels = c
         outs, finals = score_labels(
-            current, weights, net.dynamics, states, net.encoder.carry_membrane, net.encoder.rest_steps, net.backend, counts
+            current, num_labels, weights, net.dynamics, net.state(), net.encoder.carry_membrane,
+            net.encoder.rest_steps, net.backend, counts,
         )
         for layer, v in zip(net.layers, finals):
             if v is not None:

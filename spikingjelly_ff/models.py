@@ -250,18 +250,11 @@ class SpikingFFNet(FFNet):
 
 
 def bernoulli_spikes(rates: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
-    """``[steps, *rates.shape]`` float spikes, each 1 with probability ``rates``.
+    """``[steps, *rates.shape]`` float spikes, each 1 with probability ``rates`` (see
+    :func:`spikingjelly_ff.simulate.bernoulli_spikes`)."""
+    from .simulate import bernoulli_spikes as draw
 
-    Random numbers are drawn only where the rate is positive (most pixels are 0), which
-    makes encoding several times cheaper than drawing for every input.
-    """
-    flat = rates.reshape(-1)
-    live = flat.nonzero().squeeze(1)
-    out = torch.zeros(steps, flat.numel(), dtype=rates.dtype, device=rates.device)
-    if live.numel():
-        u = torch.rand(steps, live.numel(), generator=generator, device=rates.device)
-        out[:, live] = (u < flat[live]).to(rates.dtype)
-    return out.reshape(steps, *rates.shape)
+    return draw(rates, steps, generator)
 
 
 def build_model(m: ModelConfig, in_features: int, num_classes: int, seed: int, backend: str = "torch") -> FFNet:

@@ -34,6 +34,7 @@ Array = Any  # torch tensor or numpy array
 __all__ = [
     "Dynamics",
     "LearnSpec",
+    "SpikeIndex",
     "bernoulli_spikes",
     "eligibility_apply",
     "label_currents",
@@ -143,20 +144,82 @@ def eligibility_apply(e: Array, w: Array, dw: Array, tau: float, eta: float, bac
     w += e * np.float32(eta)
 
 
-def bernoulli_spikes(rates: Array, steps: int, rng) -> Array:
-    """``[steps, *rates.shape]`` float spikes, 1 with probability ``rates``; random numbers
-    are drawn only where the rate is positive. ``rng``: a torch.Generator or numpy Generator."""
-    if _array.is_torch(rates):
-        from .models import bernoulli_spikes as torch_spikes
+@dataclass
+class SpikeIndex:
+    """Where binary spikes ``[R, D]`` are 1, as ``embedding_bag`` input (torch only).
 
-        return torch_spikes(rates, steps, rng)
+    Input spikes are sparse (a few % of pixels fire per step), so summing the weight
+    columns of the active inputs costs a fraction of a dense ``spikes @ W^T``.
+    """
+
+    cols: Any  # [nnz] int64: input index of every spike, row after row
+    offsets: Any  # [R] int64: where each row starts in ``cols``
+
+    @classmethod
+    def from_dense(cls, spikes: Array) -> SpikeIndex:
+        """Index of a dense 0/1 matrix ``[R, D]``."""
+        rows, cols = spikes.nonzero(as_tuple=True)
+        return cls(cols, _row_offsets(rows, spikes.shape[0]))
+
+    def rows(self, start: int, stop: int) -> SpikeIndex:
+        """The index of rows ``[start, stop)``."""
+        off = self.offsets
+        begin = int(off[start]) if start < len(off) else len(self.cols)
+        end = int(off[stop]) if stop < len(off) else len(self.cols)
+        return SpikeIndex(self.cols[begin:end], off[start:stop] - begin)
+
+    def matmul(self, w: Array) -> Array:
+        """``spikes @ w.T`` for ``w`` ``[H, D]``: ``[R, H]``."""
+        import torch.nn.functional as F
+
+        return F.embedding_bag(self.cols, w.T.contiguous(), self.offsets, mode="sum")
+
+
+def _row_offsets(rows, n_rows: int):
+    import torch
+
+    counts = torch.bincount(rows, minlength=n_rows)
+    return torch.cumsum(counts, 0) - counts
+
+
+def bernoulli_spikes(rates: Array, steps: int, rng, index: bool = False, dense: bool = True):
+    """``[steps, *rates.shape]`` float spikes, 1 with probability ``rates``; random numbers
+    are drawn only where the rate is positive. ``rng``: a torch.Generator or numpy Generator.
+    With ``index`` (torch), also returns the :class:`SpikeIndex` of the ``[steps * N, D]`` rows;
+    ``dense=False`` then skips the dense tensor (returned as ``None``)."""
     flat = rates.reshape(-1)
+    if _array.is_torch(rates):
+        import torch
+
+        live = flat.nonzero().squeeze(1)
+        hits = torch.rand(steps, live.numel(), generator=rng, device=rates.device) < flat[live]
+        out = None
+        if dense or not index:
+            out = torch.zeros(steps, flat.numel(), dtype=rates.dtype, device=rates.device)
+            out[:, live] = hits.to(rates.dtype)
+            out = out.reshape(steps, *rates.shape)
+        if not index:
+            return out
+        d = rates.shape[-1]
+        n = flat.numel() // d
+        t_idx, j_idx = hits.nonzero(as_tuple=True)
+        pos = live[j_idx]
+        rows = t_idx * n + torch.div(pos, d, rounding_mode="floor")
+        return out, SpikeIndex(pos % d, _row_offsets(rows, steps * n))
     live = np.flatnonzero(flat)
     out = np.zeros((steps, flat.size), dtype=np.float32)
     if live.size:
         u = rng.random((steps, live.size), dtype=np.float32)
         out[:, live] = u < flat[live]
     return out.reshape(steps, *rates.shape)
+
+
+def _empty(like: Array, shape: tuple) -> Array:
+    if _array.is_torch(like):
+        import torch
+
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return np.empty(shape, dtype=like.dtype)
 
 
 def _zeros(like: Array, shape: tuple) -> Array:
@@ -178,23 +241,29 @@ def run_layer(
     d: Dynamics,
     backend: str = "torch",
     learn: tuple[Array, LearnSpec, float, Array] | None = None,
+    pre_index: SpikeIndex | None = None,
 ) -> tuple[Array, Array]:
     """Present spikes ``pre`` ``[T, N, D]`` to a layer with weights ``w`` ``[H, D]`` and membrane
     ``v`` ``[N, H]`` (updated in place). With ``learn = (y, spec, eta, eligibility)`` the
     weights update in place after every step t > learn_after, as the reference does.
-    Returns output spikes ``[T, N, H]`` and the final trace ``[N, H]``."""
+    ``pre_index`` (the :class:`SpikeIndex` of ``pre`` as ``[T * N, D]``) makes the currents
+    sparse sums. Returns output spikes ``[T, N, H]`` and the final trace ``[N, H]``."""
     t_steps, n, _ = pre.shape
     h = w.shape[0]
     tr = _zeros(v, (n, h))
+
+    def currents(t0: int, t1: int):
+        if pre_index is not None:
+            return pre_index.rows(t0 * n, t1 * n).matmul(w).reshape(t1 - t0, n, h)
+        return (pre[t0:t1].reshape((t1 - t0) * n, -1) @ w.T).reshape(t1 - t0, n, h)
+
     first = t_steps if learn is None else learn[1].learn_after + 1
     if first >= t_steps:
-        current = (pre.reshape(t_steps * n, -1) @ w.T).reshape(t_steps, n, h)
-        return neuron_forward(current, v, tr, d, backend), tr
+        return neuron_forward(currents(0, t_steps), v, tr, d, backend), tr
     y, spec, eta, e = learn
     out = _zeros(v, (t_steps, n, h))
     k = first + 1  # steps 0..first run before the first update
-    current = (pre[:k].reshape(k * n, -1) @ w.T).reshape(k, n, h)
-    out[:k] = neuron_forward(current, v, tr, d, backend)
+    out[:k] = neuron_forward(currents(0, k), v, tr, d, backend)
     for t in range(first, t_steps):
         dw = ff_hebbian_delta(d.probability, tr, pre[t], y, d.goodness)
         if spec.eligibility_tau is None:
@@ -202,8 +271,7 @@ def run_layer(
         else:
             eligibility_apply(e, w, dw, spec.eligibility_tau, eta, backend)
         if t + 1 < t_steps:
-            current = (pre[t + 1] @ w.T).reshape(1, n, h)
-            out[t + 1] = neuron_forward(current, v, tr, d, backend)[0]
+            out[t + 1] = neuron_forward(currents(t + 1, t + 2), v, tr, d, backend)[0]
     return out, tr
 
 
@@ -279,7 +347,8 @@ def online_layer(
 
 
 def score_labels(
-    currents_first: Array,
+    first_current,
+    num_labels: int,
     weights: list[Array],
     d: Dynamics,
     states: list[Array | None],
@@ -288,73 +357,99 @@ def score_labels(
     backend: str = "torch",
     counts: bool = False,
 ) -> tuple[list[Array], list[Array]]:
-    """Present C labels to every layer, given layer 1's currents ``[C, T, N, H]``.
+    """Present C candidate labels to every layer and collect each layer's final traces.
 
-    With ``carry`` the labels follow one another and each layer's membrane carries over,
-    decaying over ``rest_steps`` between labels (the paper); otherwise each label starts
-    from rest and all C run side by side. ``states`` holds each layer's starting membrane
-    ``[N, H]`` (or ``None``). Returns per layer the final traces (or spike counts)
-    ``[C, N, H]`` and the membranes left at the end.
+    ``first_current(k)`` returns layer 1's input current ``[T, N, H1]`` for label k (see
+    :func:`label_currents`). Labels stream through all layers one after another, so no
+    ``[C, T, N, H]`` tensor is ever built. With ``carry`` each layer's membrane carries from
+    one label to the next, decaying over ``rest_steps`` (the paper); otherwise every label
+    starts from rest. ``states`` holds each layer's starting membrane ``[N, H]`` (or ``None``).
+    Returns per layer the final traces (or spike counts) ``[C, N, H]``, and the membranes
+    left at the end (``None`` without ``carry``).
     """
-    outputs, final_states = [], []
-    current = currents_first
-    for i, w in enumerate(weights):
-        if i > 0:
-            c, t, n, _ = spikes.shape
-            current = (spikes.reshape(c * t * n, -1) @ w.T).reshape(c, t, n, w.shape[0])
-        c, t, n, h = current.shape
-        if not carry:
-            v = _zeros(current, (c * n, h))
-            tr = _zeros(current, (c * n, h))
-            flat = _swap01(current).reshape(t, c * n, h)
-            spikes = _swap01(neuron_forward(_contiguous(flat), v, tr, d, backend).reshape(t, c, n, h))
-            traces = tr.reshape(c, n, h)
-            final_states.append(None)
-        else:
-            v = states[i] if states[i] is not None and tuple(states[i].shape) == (n, h) else _zeros(current, (n, h))
-            v = _contiguous(v.copy() if not _array.is_torch(v) else v.clone())
-            spikes = _zeros(current, (c, t, n, h))
-            traces = _zeros(current, (c, n, h))
-            for k in range(c):
-                spikes[k] = neuron_forward(_contiguous(current[k]), v, traces[k], d, backend)
+    outputs: list[Array] = []
+    vs: list[Array] = []
+    for k in range(num_labels):
+        current = first_current(k)
+        t, n, _ = current.shape
+        for i, w in enumerate(weights):
+            h = w.shape[0]
+            if i > 0:
+                current = (spikes.reshape(t * n, -1) @ w.T).reshape(t, n, h)
+            if k == 0:
+                outputs.append(_empty(current, (num_labels, n, h)))
+                start = states[i] if carry and states[i] is not None and tuple(states[i].shape) == (n, h) else None
+                vs.append(_zeros(current, (n, h)) if start is None else _contiguous(_copy(start)))
+            v = vs[i] if carry else _zeros(current, (n, h))
+            tr = _zeros(current, (n, h))
+            spikes = neuron_forward(_contiguous(current), v, tr, d, backend)
+            outputs[i][k] = spikes.sum(0) if counts else tr
+            if carry:
                 v[...] = rest(v, d, rest_steps)
-            final_states.append(v)
-        outputs.append(spikes.sum(1) if counts else traces)
-    return outputs, final_states
+    return outputs, (vs if carry else [None] * len(weights))
 
 
-def label_currents(rates: Array, label_slice: slice, w: Array, steps: int, rng, share: bool = True) -> Array:
-    """Draw input spikes for every candidate label and return layer 1's current ``[C, T, N, H]``.
+def label_currents(rates: Array, label_slice: slice, w: Array, steps: int, rng, share: bool = True):
+    """Draw input spikes for every candidate label; returns ``current(k)``, layer 1's input
+    current ``[T, N, H]`` for label k.
 
     ``rates`` ``[C, N, D']`` are the embedded inputs' spike probabilities; only the positions
     in ``label_slice`` differ between labels. With ``share`` all labels of an image see the
     same image spikes and the same uniform draws for their label positions (common random
-    numbers), so the image part of the current is computed once, not C times.
+    numbers), so the image part of the current is computed once, not C times; and when every
+    active label position has the same rate (binary label codes) one draw of label spikes
+    serves every label, each label adding a small product over its own active positions.
     """
     c, n, d = rates.shape
     h = w.shape[0]
     if not share:
         spikes = bernoulli_spikes(rates, steps, rng)  # [T, C, N, D']
-        return _swap01((spikes.reshape(steps * c * n, d) @ w.T).reshape(steps, c, n, h))
+        full = _swap01((spikes.reshape(steps * c * n, d) @ w.T).reshape(steps, c, n, h))
+        return lambda k: full[k]
     keep = np.ones(d, dtype=bool)
     keep[label_slice] = False
     width = label_slice.stop - label_slice.start
+    lab_rates = rates[:, :, label_slice]  # [C, N, L]
+    w_lab = w[:, label_slice]
     if _array.is_torch(rates):
         import torch
 
         keep_idx = torch.from_numpy(np.flatnonzero(keep)).to(rates.device)
-        shared_rates = rates[0].index_select(1, keep_idx)
-        u = torch.rand(steps, n, width, generator=rng, device=rates.device)
         w_shared = w.index_select(1, keep_idx)
+        shared_rates = rates[0].index_select(1, keep_idx)
+        if rates.device.type == "cpu":
+            _, index = bernoulli_spikes(shared_rates, steps, rng, index=True, dense=False)
+            shared = index.matmul(w_shared)  # [T*N, H]
+        else:
+            spikes = bernoulli_spikes(shared_rates, steps, rng)
+            shared = spikes.reshape(steps * n, -1) @ w_shared.T
+        u = torch.rand(steps, n, width, generator=rng, device=rates.device)
+        code = lab_rates[:, 0, :]  # [C, L]
+        level = code.max()
+        if bool(((code == 0) | (code == level)).all()) and bool((lab_rates == code[:, None, :]).all()):
+            # Binary codes: label c's spikes are (u < level) on c's active positions.
+            fired = (u < level).to(rates.dtype).reshape(steps * n, width)
+            active = [(code[k] > 0).nonzero().squeeze(1) for k in range(c)]
+
+            def current(k: int):
+                on = active[k]
+                if not on.numel():
+                    return shared.reshape(steps, n, h)
+                return torch.addmm(shared, fired.index_select(1, on), w_lab.index_select(1, on).T).reshape(steps, n, h)
+
+            return current
+        label = (u[None] < lab_rates[:, None]).to(rates.dtype)  # [C, T, N, L]
     else:
         keep_idx = np.flatnonzero(keep)
-        shared_rates = rates[0][:, keep_idx]
+        spikes = bernoulli_spikes(rates[0][:, keep_idx], steps, rng)  # [T, N, S]
+        shared = spikes.reshape(steps * n, -1) @ w[:, keep_idx].T
         u = rng.random((steps, n, width), dtype=np.float32)
-        w_shared = w[:, keep_idx]
-    shared = bernoulli_spikes(shared_rates, steps, rng)  # [T, N, S]
-    label = _array.astype_like(u[None] < rates[:, None, :, label_slice], rates)  # [C, T, N, L]
-    cur = (shared.reshape(steps * n, -1) @ w_shared.T).reshape(1, steps, n, h)
-    return cur + (label.reshape(c * steps * n, width) @ w[:, label_slice].T).reshape(c, steps, n, h)
+        label = _array.astype_like(u[None] < lab_rates[:, None], rates)  # [C, T, N, L]
+    return lambda k: (shared + label[k].reshape(steps * n, width) @ w_lab.T).reshape(steps, n, h)
+
+
+def _copy(x: Array) -> Array:
+    return x.clone() if _array.is_torch(x) else x.copy()
 
 
 def _swap01(x: Array) -> Array:

@@ -33,14 +33,15 @@ OPSET = 18
 class _Graph:
     """Small builder: unique names, constants, nodes."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.count = 0
+        self.prefix = prefix  # keeps a Scan body's names apart from the outer graph's
 
     def name(self, base: str) -> str:
         self.count += 1
-        return f"{base}_{self.count}"
+        return f"{self.prefix}{base}_{self.count}"
 
     def const(self, value, base: str = "c", dtype=np.float32) -> str:
         n = self.name(base)
@@ -262,7 +263,7 @@ def spiking_to_onnx(net: SpikingFFNet, out: str | os.PathLike) -> Path:
 
     layers = len(net.layers)
     widths = net.widths
-    body = _Graph()
+    body = _Graph("step_")
     state_in = []
     for i in range(layers):
         state_in += [f"v{i}_in", f"tr{i}_in"]
@@ -311,10 +312,17 @@ def spiking_to_onnx(net: SpikingFFNet, out: str | os.PathLike) -> Path:
         v = v_end
         p = net.neuron_params
         if net.encoder.carry_membrane:
-            for _ in range(net.encoder.rest_steps):  # rest: decay with no input, no spike possible
-                v = g.op("Mul", [v, g.const(p.beta)]) if p.form == "beta" else g.op(
-                    "Sub", [v, g.op("Div", [g.op("Sub", [v, g.const(p.v_reset)]), g.const(p.tau)])]
-                )
+            # Rest steps: no input. Without k-WTA no spike is possible, so only the decay is
+            # written out; with k-WTA a neuron held back at the last step may still fire.
+            silent = p.kwta is None and p.v_reset <= p.v_threshold and (p.form == "lif" or p.v_threshold >= 0)
+            zero = g.const(0.0)
+            for _ in range(net.encoder.rest_steps):
+                if silent:
+                    v = g.op("Add", [g.op("Mul", [v, g.const(p.beta)]), zero]) if p.form == "beta" else g.op(
+                        "Add", [g.op("Sub", [v, g.op("Div", [g.op("Sub", [v, g.const(p.v_reset)]), g.const(p.tau)])]), zero]
+                    )
+                else:
+                    _, _, v = _neuron_step(g, v, zero, net)
         g.op("Identity", [v], out=f"v{i}_out")
         lg, _ = _layer_logit_and_goodness(g, tr_end, widths[i], prob, net.goodness_kind)
         if i in net.score_layers:

@@ -53,26 +53,28 @@ def neuron_forward(
         return cupy_backend.neuron_forward(current, v, trace, p, tp, trace_seq)
     if p.kwta is not None and p.kwta < v.shape[-1]:
         return _neuron_forward_generic(current, v, trace, p, tp, trace_seq)
-    # In-place form of dynamics.charge/fire/reset/trace_step with the same rounding:
-    # every op below rounds once, and alpha-products of 0/1 spikes are exact.
+    # In-place form of dynamics.charge/fire/reset/trace_step with the same values: every op
+    # rounds once, and products with 0/1 spikes are exact. The reset is arithmetic,
+    # v * (1 - s) + s * v_reset, because masked_fill_ costs several times more on the CPU.
     spikes = torch.empty_like(current)
     seq = torch.empty_like(current) if trace_seq else None
-    fired = torch.empty_like(v, dtype=torch.bool)
+    keep = torch.empty_like(v)
+    one = torch.ones((), dtype=v.dtype, device=v.device)
+    compare = torch.gt if p.fire == ">" else torch.ge
     for t in range(current.shape[0]):
         _charge_(v, current[t], p)
-        if p.fire == ">":
-            torch.gt(v, p.v_threshold, out=fired)
-        else:
-            torch.ge(v, p.v_threshold, out=fired)
-        v.masked_fill_(fired, p.v_reset)
         st = spikes[t]
-        st.copy_(fired)
+        compare(v, p.v_threshold, out=st)
+        torch.sub(one, st, out=keep)
+        v.mul_(keep)
+        if p.v_reset != 0.0:
+            v.add_(st, alpha=p.v_reset)
         if tp.kind == "count":
             trace.add_(st, alpha=tp.increment)
         elif tp.kind == "leaky":
             trace.mul_(tp.decay).add_(st, alpha=tp.one_minus_decay)
         elif tp.kind == "hard":
-            trace.mul_(tp.decay).masked_fill_(fired, 1.0)
+            trace.mul_(tp.decay).mul_(keep).add_(st)
         else:
             trace.copy_(st)
         if seq is not None:

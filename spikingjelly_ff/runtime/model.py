@@ -118,20 +118,26 @@ class SpikeModel:
         x = self._check_images(x)
         rng = np.random.default_rng(seed)
         enc = self.art.encoder
-        current = label_currents(self._all_label_rates(x), self._label_slice(), self.weights[0], int(enc["steps"]), rng, share_image_spikes)
+        rates = self._all_label_rates(x)
+        current = label_currents(rates, self._label_slice(), self.weights[0], int(enc["steps"]), rng, share_image_spikes)
+        return self._score(current, len(rates), counts, bool(enc["carry_membrane"]))
+
+    def _score(self, current, num_labels: int, counts: bool = False, carry: bool = True) -> list[np.ndarray]:
+        enc = self.art.encoder
         outs, _ = score_labels(
-            current, self.weights, self.dynamics, [None] * len(self.weights), bool(enc["carry_membrane"]), int(enc["rest_steps"]), counts=counts
+            current, num_labels, self.weights, self.dynamics, [None] * len(self.weights), carry, int(enc["rest_steps"]), "numpy", counts
         )
         return outs
+
+    @staticmethod
+    def _spike_current(spikes: np.ndarray, w: np.ndarray):
+        c, t, n, _ = spikes.shape
+        return lambda k: (spikes[k].reshape(t * n, -1) @ w.T).reshape(t, n, -1)
 
     def layer_outputs_from_spikes(self, spikes: np.ndarray) -> list[np.ndarray]:
         """Final traces ``[C, N, H]`` per layer for given input spikes ``[C, T, N, D']``."""
         spikes = np.asarray(spikes, dtype=np.float32)
-        c, t, n, _ = spikes.shape
-        current = (spikes.reshape(c * t * n, -1) @ self.weights[0].T).reshape(c, t, n, -1)
-        enc = self.art.encoder
-        outs, _ = score_labels(current, self.weights, self.dynamics, [None] * len(self.weights), bool(enc["carry_membrane"]), int(enc["rest_steps"]))
-        return outs
+        return self._score(self._spike_current(spikes, self.weights[0]), spikes.shape[0], carry=bool(self.art.encoder["carry_membrane"]))
 
     def scores_from_outputs(self, outs: list[np.ndarray]) -> np.ndarray:
         """Summed layer scores ``[N, C]`` from per-layer traces ``[C, N, H]``."""
@@ -166,10 +172,7 @@ class SpikeModel:
         rng = np.random.default_rng(seed)
         rates = np.clip(self.embed(x, labels) * np.float32(self.art.encoder["gain"]), 0.0, 1.0).astype(np.float32)
         spikes = bernoulli_spikes(rates, self.steps, rng)[None]
-        c, t, n, _ = spikes.shape
-        current = (spikes.reshape(c * t * n, -1) @ self.weights[0].T).reshape(c, t, n, -1)
-        enc = self.art.encoder
-        outs, _ = score_labels(current, self.weights, self.dynamics, [None] * len(self.weights), False, int(enc["rest_steps"]), counts=True)
+        outs = self._score(self._spike_current(spikes, self.weights[0]), 1, counts=True, carry=False)
         return np.concatenate([o[0] for o in outs], axis=1)
 
     # -- learning -----------------------------------------------------------------------------

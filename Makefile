@@ -1,0 +1,35 @@
+# Developer entry points. `make demo` and `make test` work on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench reproduce clean
+
+$(STAMP): pyproject.toml scripts/install.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) scripts/install.py --extras dev
+	@if command -v npm >/dev/null 2>&1 && [ -f clients/node/package-lock.json ]; then \
+		cd clients/node && npm ci --no-audit --no-fund --loglevel=error; fi
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup  ## train on MNIST, export, serve, query
+	$(PY) scripts/demo.py
+
+test: setup  ## the full test suite
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup  ## speed tables (benchmarks/*.py)
+	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/spiking_speed.py
+
+reproduce: setup  ## the paper's table, full MNIST, 10 epochs per row
+	$(VENV)/bin/sjff reproduce paper --out runs/paper
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,200 @@
+"""Configs, datasets and the command line: the contract later issues rely on."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spikingjelly_ff import data
+from spikingjelly_ff.cli import main
+from spikingjelly_ff.config import ConfigError, apply_overrides, config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+def test_shipped_configs_load():
+    names = sorted(p.stem for p in (ROOT / "configs" / "paper").glob("*.yaml"))
+    assert names == [
+        "analog-sigmoid",
+        "analog-symmetric",
+        "hebbian-batched-sigmoid",
+        "hebbian-batched-symmetric",
+        "hebbian-online-sigmoid",
+        "hebbian-online-symmetric",
+    ]
+    for p in (ROOT / "configs").rglob("*.yaml"):
+        load_config(p)
+    cfg = load_config("paper/analog-sigmoid")
+    assert cfg.model.layers == [200] and cfg.model.probability.alpha == 1.0 and cfg.model.probability.theta == 3.5
+    assert cfg.train.batch_size == 50 and cfg.train.epochs == 10 and cfg.model.embedding.bits == 100
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.foo=1"], "unknown config key model.foo"),
+        (["train.epochs=ten"], "train.epochs must be an integer"),
+        (["model.probability.kind=softmax"], "model.probability.kind must be one of"),
+        (["model.layers=[201]", "model.probability.kind=symmetric"], "widths must be even"),
+        (["model.kind=spiking", "train.learner=local-loss"], "train.learner=hebbian"),
+        (["train.epochs"], "expects key=value"),
+        (["model.neuron.beta=1.5"], "beta must lie in"),
+    ],
+)
+def test_bad_configs_give_clear_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("paper/analog-symmetric", overrides)
+
+
+def test_overrides_parse_yaml_values():
+    d = apply_overrides({}, ["model.layers=[10, 20]", "model.probability.clip=1e-5", "train.limit=null", "name=x=y"])
+    assert d["model"]["layers"] == [10, 20] and d["name"] == "x=y"
+    assert config_from_dict(d).model.probability.clip == 1e-5
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def test_idx_round_trip_and_validation(tmp_path):
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    for name in ("a-idx3-ubyte", "b-idx3-ubyte.gz"):
+        data.write_idx(tmp_path / name, arr)
+        assert np.array_equal(data.read_idx(tmp_path / name), arr)
+    (tmp_path / "short").write_bytes((tmp_path / "a-idx3-ubyte").read_bytes()[:-3])
+    with pytest.raises(data.DataError, match="expected"):
+        data.read_idx(tmp_path / "short")
+    (tmp_path / "junk").write_bytes(b"hello world")
+    with pytest.raises(data.DataError, match="not an IDX"):
+        data.read_idx(tmp_path / "junk")
+
+
+def test_subset_is_real_mnist(mini):
+    s = data.load_split(str(mini), "train")
+    assert s.images.shape == (2000, 784) and s.shape == (28, 28)
+    assert np.bincount(s.labels, minlength=10).min() > 150
+    x, y = s.to_tensors()
+    assert float(x.max()) == 1.0 and float(x.min()) == 0.0
+
+
+def test_missing_dataset_error_lists_places(tmp_path, monkeypatch):
+    monkeypatch.setenv("SJFF_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(data.DataError, match=r"fashion-mnist not found \(looked in .*env.*cache.*\); run `sjff data fetch"):
+        data.find_dataset("fashion-mnist")
+
+
+def test_fetch_tries_every_source_and_verifies(tmp_path, monkeypatch, mini):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SJFF_DATA_DIR", raising=False)
+    # A fake dataset whose checksums are those of the subset; the "Debian" directory holds it.
+    digests = {f: __import__("hashlib").sha256(data._read_bytes(data._file(mini, f))).hexdigest() for f in data.FILES}
+    fake = data.KnownDataset("mini", digests, ("http://127.0.0.1:9/none",), npm=None, debian=str(mini))
+    monkeypatch.setitem(data.DATASETS, "mini", fake)
+    path = data.fetch("mini", log=lambda s: None)
+    assert path == tmp_path / "cache" / "spikingjelly-ff" / "mini"
+    assert len(data.load_split("mini", "test")) == 500
+    # Corrupt source: checksum refused; no source works: one error naming all of them.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in data.FILES:
+        raw = data._read_bytes(data._file(mini, f))
+        (bad / f).write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+    monkeypatch.setitem(data.DATASETS, "mini2", data.KnownDataset("mini2", digests, ("http://127.0.0.1:9/none",), debian=str(bad)))
+    with pytest.raises(data.DataError) as err:
+        data.fetch("mini2", log=lambda s: None)
+    msg = str(err.value)
+    assert "checksum mismatch" in msg and "download from http://127.0.0.1:9/none" in msg
+
+
+def test_gzipped_debian_layout_is_read(tmp_path):
+    """Debian's dataset-fashion-mnist ships gzipped IDX files; they are found and decompressed."""
+    arr = np.zeros((3, 28, 28), np.uint8)
+    for f in data.FILES:
+        payload = arr if "images" in f else np.array([1, 2, 3], np.uint8)
+        data.write_idx(tmp_path / (f + ".gz"), payload)
+    raw = data._from_directory(tmp_path)
+    assert set(raw) == set(data.FILES) and gzip.compress(raw[data.FILES[1]])
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def _sjff(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "spikingjelly_ff.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_cli_train_eval_export_analyze(tmp_path, mini):
+    run = tmp_path / "run"
+    proc = _sjff(
+        "train", "configs/paper/analog-symmetric.yaml", "--out", str(run), "--quiet", "--json",
+        "--set", f"data.dataset={mini}", "--set", "train.epochs=2", "--set", "seed=3", cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert {"train_pn_accuracy", "test_accuracy", "train_seconds"} <= set(metrics["epochs"][-1])
+    assert (run / "model" / "model.safetensors").is_file()
+    assert json.loads((run / "model" / "config.json").read_text())["run"]["seed"] == 3
+    ev = _sjff("eval", str(run / "model"), "--dataset", str(mini), "--json")
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert set(result) >= {"accuracy", "n", "seconds"} and result["n"] == 500
+    assert abs(result["accuracy"] - metrics["final"]["test_accuracy"]) < 1e-9
+    onnx_path = tmp_path / "m.onnx"
+    assert _sjff("export", str(run / "model"), "--format", "onnx", "--out", str(onnx_path)).returncode == 0
+    assert onnx_path.stat().st_size > 100_000
+    an = _sjff("analyze", str(run / "model"), "--dataset", str(mini), "--limit", "300", "--json", "--plot", str(tmp_path / "t.png"))
+    assert an.returncode == 0, an.stderr
+    res = json.loads(an.stdout)
+    assert 0 <= res["hoyer"] <= 1 and 0 <= res["separability"] <= 1
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_is_reproducible_from_the_seed(tmp_path, mini):
+    from spikingjelly_ff.train import train
+
+    cfg = load_config("paper/hebbian-online-symmetric", [f"data.dataset={mini}", "train.epochs=1", "train.limit=200", "eval.limit=100"])
+    a = train(cfg, tmp_path / "a", log=lambda s: None, progress=False)
+    b = train(cfg, tmp_path / "b", log=lambda s: None, progress=False)
+    wa = (tmp_path / "a" / "model" / "model.safetensors").read_bytes()
+    wb = (tmp_path / "b" / "model" / "model.safetensors").read_bytes()
+    assert wa == wb and a["final"]["test_accuracy"] == b["final"]["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "configs/paper/analog-sigmoid.yaml", "--out", "{tmp}/x", "--set", "model.bogus=1"], "unknown config key model.bogus"),
+        (["train", "nope.yaml", "--out", "{tmp}/x"], "config nope.yaml not found"),
+        (["train", "configs/paper/analog-sigmoid.yaml", "--out", "{tmp}/x", "--set", "data.dataset={tmp}/none"], "unknown dataset"),
+        (["eval", "{tmp}"], "not a model directory"),
+        (["eval", "{run}", "--dataset", "{tmp}/odd"], "pixels; the model expects 784"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, analog_run, args, message):
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for f in data.FILES:
+        payload = np.zeros((4, 10, 10), np.uint8) if "images" in f else np.zeros(4, np.uint8)
+        data.write_idx(odd / f, payload)
+    args = [a.format(tmp=tmp_path, run=analog_run / "model") for a in args]
+    proc = _sjff(*args, cwd=ROOT)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith("sjff: error:") and message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_cli_debug_shows_traceback(tmp_path):
+    assert main(["eval", str(tmp_path)]) == 2
+    with pytest.raises(Exception, match="not a model directory"):
+        main(["--debug", "eval", str(tmp_path)])

@@ -1,0 +1,115 @@
+"""Exports: analog ONNX in onnxruntime, spiking ONNX (Scan) in onnxruntime, and the spike
+artefact re-imported into SpikingJelly."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from spikingjelly_ff.checkpoint import load_model
+from spikingjelly_ff.config import config_from_dict
+from spikingjelly_ff.data import load_split
+from spikingjelly_ff.export.onnx import analog_to_onnx, spiking_to_onnx
+from spikingjelly_ff.export.spike import export_spike, to_spikingjelly
+from spikingjelly_ff.models import build_model
+from spikingjelly_ff.simulate import rest, run_layer
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_analog_onnx_matches_torch(analog_run, mini, tmp_path):
+    net, cfg, _ = load_model(analog_run / "model")
+    path = analog_to_onnx(net, tmp_path / "m.onnx", latent=True)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    x, y = load_split(str(mini), "test").to_tensors()
+    out = dict(zip([o.name for o in _session(path).get_outputs()], _session(path).run(None, {"images": x.numpy()})))
+    with torch.no_grad():
+        scores = net.scores(x)
+        acts = net.activities(net.embedding.all_labels(x).reshape(-1, net.input_width))
+    prob = torch.sigmoid(scores).numpy()
+    assert np.abs(out["probability"] - prob).max() <= 1e-5
+    np.testing.assert_allclose(out["scores"], scores.numpy(), rtol=1e-4, atol=1e-4)
+    assert np.array_equal(out["label"], scores.argmax(1).numpy())
+    latent = torch.cat(acts, 1).reshape(10, len(x), -1).transpose(0, 1).numpy()
+    np.testing.assert_allclose(out["latent"], latent, rtol=1e-4, atol=1e-5)
+    assert out["goodness"].shape == (len(x), 10, 2)
+    # dynamic batch: one image and 37 images work with the same graph
+    for n in (1, 37):
+        assert _session(path).run(["label"], {"images": x[:n].numpy()})[0].shape == (n,)
+
+
+def test_onehot_and_sigmoid_analog_export(tmp_path):
+    cfg = config_from_dict(
+        {"model": {"kind": "analog", "layers": [20, 10], "embedding": {"kind": "onehot"}, "probability": {"kind": "sigmoid", "theta": 2.0}}}
+    )
+    net = build_model(cfg.model, 784, 10, 0)
+    x = torch.rand(9, 784)
+    path = analog_to_onnx(net, tmp_path / "o.onnx")
+    scores = _session(path).run(["scores"], {"images": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(scores, net.scores(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("trace,kwta", [("leaky", None), ("count", None), ("hard", 7)])
+def test_spiking_onnx_scan_matches_torch(tmp_path, trace, kwta):
+    cfg = config_from_dict(
+        {
+            "model": {"kind": "spiking", "layers": [40, 20], "init": "normal", "init_std": 0.5,
+                      "trace": {"kind": trace}, "neuron": {"kwta": kwta}, "probability": {"kind": "symmetric"}},
+            "train": {"learner": "hebbian"},
+        }
+    )
+    net = build_model(cfg.model, 784, 10, 0)
+    g = torch.Generator().manual_seed(0)
+    spikes = net.encode(net.rates(torch.rand(16, 784, generator=g), torch.randint(0, 10, (16,), generator=g)), g)
+    v0 = [torch.randn(16, w, generator=g) for w in net.widths]
+    path = spiking_to_onnx(net, tmp_path / "s.onnx")
+    feeds = {"spikes": spikes.numpy(), **{f"v{i}": v.numpy() for i, v in enumerate(v0)}}
+    sess = _session(path)
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    pre, traces = spikes, []
+    for i, layer in enumerate(net.layers):
+        v = v0[i].clone()
+        pre, tr = run_layer(pre, layer.weight.data, v, net.dynamics)
+        assert np.array_equal(out[f"spikes_{i}"], pre.numpy()), f"layer {i} spikes differ"
+        assert np.array_equal(out[f"trace_{i}"], tr.numpy())
+        np.testing.assert_allclose(out[f"v{i}_out"], rest(v, net.dynamics, net.encoder.rest_steps).numpy(), rtol=1e-5, atol=1e-5)
+        traces.append(tr)
+    assert pre.sum() > 0
+    np.testing.assert_allclose(out["logit"], net.pn_logit(traces).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("form,fire", [("lif", ">="), ("beta", ">")])
+def test_spike_artefact_reimports_into_spikingjelly(tmp_path, form, fire):
+    cfg = config_from_dict(
+        {
+            "model": {"kind": "spiking", "layers": [120, 60], "init": "normal", "init_std": 0.3,
+                      "neuron": {"form": form, "tau": 1 / 0.15, "fire": fire}, "encoder": {"carry_membrane": False}},
+            "train": {"learner": "hebbian"},
+        }
+    )
+    net = build_model(cfg.model, 784, 10, 0)
+    path = export_spike(net, cfg, tmp_path)
+    assert path == tmp_path / "model.nir"
+    sj = to_spikingjelly(path)
+    g = torch.Generator().manual_seed(0)
+    spikes = net.encode(net.rates(torch.rand(32, 784, generator=g), torch.randint(0, 10, (32,), generator=g)), g)
+    pre = spikes
+    for layer in net.layers:
+        pre, _ = run_layer(pre, layer.weight.data, torch.zeros(32, layer.weight.shape[0]), net.dynamics)
+    with torch.no_grad():
+        out, _ = sj(spikes, None)
+    assert pre.sum() > 100
+    assert torch.equal(out, pre)
+
+
+def test_cli_export_refuses_spike_format_for_analog(analog_run, tmp_path, capsys):
+    from spikingjelly_ff.cli import main
+
+    assert main(["export", str(analog_run / "model"), "--format", "spike", "--out", str(tmp_path / "x")]) == 2
+    assert "needs a spiking model" in capsys.readouterr().err

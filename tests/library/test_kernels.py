@@ -1,0 +1,182 @@
+"""The CUDA kernels: they compile with nvcc, their logic (run on the CPU through a host
+emulation) equals the torch path bit for bit, and on a GPU the CuPy backend equals torch."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spikingjelly_ff import kernels
+from spikingjelly_ff.kernels import cupy_backend
+from spikingjelly_ff.params import NeuronParams, TraceParams
+
+KDIR = Path(kernels.__file__).parent
+CASES = [
+    (NeuronParams(form="beta", beta=0.85, v_threshold=0.001), TraceParams("count", scale=10.0)),
+    (NeuronParams(form="beta", beta=0.7, v_threshold=0.2, fire=">="), TraceParams("leaky", 0.85)),
+    (NeuronParams(form="lif", tau=3.0, v_threshold=0.3, decay_input=False), TraceParams("hard", 0.8)),
+    (NeuronParams(form="lif", tau=2.5, v_threshold=0.3, decay_input=True, v_reset=-0.1), TraceParams("leaky", 0.6)),
+    (NeuronParams(form="beta", beta=0.9, v_threshold=0.05, kwta=5), TraceParams("leaky", 0.85)),
+]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cuda_source_compiles_with_nvcc(tmp_path):
+    out = tmp_path / "ff_neuron.o"
+    proc = subprocess.run(
+        ["nvcc", "-c", str(KDIR / "ff_neuron.cu"), "-o", str(out), "-arch=sm_80", "--std=c++14"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    ptx = tmp_path / "ff_neuron.ptx"
+    subprocess.run(["nvcc", "-ptx", str(KDIR / "ff_neuron.cu"), "-o", str(ptx), "-arch=sm_90"], check=True)
+    # Exact equality with torch needs separately rounded multiply and add: no FMA allowed.
+    assert "fma" not in ptx.read_text()
+
+
+class _Args(ctypes.Structure):
+    _fields_ = [
+        ("form", ctypes.c_int),
+        ("beta", ctypes.c_float),
+        ("tau", ctypes.c_float),
+        ("decay_input", ctypes.c_int),
+        ("v_threshold", ctypes.c_float),
+        ("v_reset", ctypes.c_float),
+        ("fire_ge", ctypes.c_int),
+        ("trace_kind", ctypes.c_int),
+        ("trace_decay", ctypes.c_float),
+        ("trace_one_minus_decay", ctypes.c_float),
+        ("trace_increment", ctypes.c_float),
+    ]
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed")
+    lib = tmp_path_factory.mktemp("emu") / "libsjff_emu.so"
+    subprocess.run(
+        ["g++", "-O2", "-ffp-contract=off", "-shared", "-fPIC", str(KDIR / "host_emulation.cpp"), "-o", str(lib)],
+        check=True,
+    )
+    return ctypes.CDLL(str(lib))
+
+
+def _args(p: NeuronParams, tp: TraceParams) -> _Args:
+    return _Args(
+        0 if p.form == "beta" else 1,
+        p.beta,
+        p.tau,
+        int(p.decay_input),
+        p.v_threshold,
+        p.v_reset,
+        int(p.fire == ">="),
+        cupy_backend.TRACE_CODES[tp.kind],
+        tp.decay,
+        tp.one_minus_decay,
+        tp.increment,
+    )
+
+
+def _ptr(a: np.ndarray):
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+@pytest.mark.parametrize("p,tp", CASES)
+def test_kernel_logic_equals_torch_path(emulated, p, tp):
+    g = np.random.default_rng(3)
+    t, n, h = 17, 6, 24
+    current = (g.normal(size=(t, n, h)) * 0.8).astype(np.float32)
+    v0 = (g.normal(size=(n, h)) * 0.3).astype(np.float32)
+    tr0 = g.uniform(size=(n, h)).astype(np.float32)
+    # torch path
+    v_t, tr_t = torch.from_numpy(v0.copy()), torch.from_numpy(tr0.copy())
+    s_t, seq_t = kernels.neuron_forward(torch.from_numpy(current), v_t, tr_t, p, tp, "torch", trace_seq=True)
+    # kernel, emulated on the CPU
+    v_k, tr_k = v0.copy(), tr0.copy()
+    s_k, seq_k = np.zeros_like(current), np.zeros_like(current)
+    if p.kwta is None:
+        emulated.emu_neuron_forward(_ptr(current), _ptr(v_k), _ptr(tr_k), _ptr(s_k), _ptr(seq_k), t, n * h, _args(p, tp))
+    else:
+        scratch = np.zeros_like(v0)
+        emulated.emu_neuron_forward_kwta(
+            _ptr(current), _ptr(v_k), _ptr(tr_k), _ptr(s_k), _ptr(seq_k), _ptr(scratch), t, n, h, p.kwta, _args(p, tp)
+        )
+    assert 0 < s_k.sum() < s_k.size
+    assert np.array_equal(s_k, s_t.numpy())
+    assert np.array_equal(v_k, v_t.numpy())
+    assert np.array_equal(tr_k, tr_t.numpy())
+    assert np.array_equal(seq_k, seq_t.numpy())
+
+
+def test_eligibility_kernel_logic_equals_torch_path(emulated):
+    g = np.random.default_rng(4)
+    e, w, dw = (g.normal(size=(40, 30)).astype(np.float32) for _ in range(3))
+    e_t, w_t = torch.from_numpy(e.copy()), torch.from_numpy(w.copy())
+    kernels.eligibility_apply(e_t, w_t, torch.from_numpy(dw), 0.1, 0.7, "torch")
+    e_k, w_k = e.copy(), w.copy()
+    emulated.emu_eligibility_apply(
+        _ptr(e_k), _ptr(w_k), _ptr(dw), ctypes.c_longlong(e.size), ctypes.c_float(0.9), ctypes.c_float(0.1), ctypes.c_float(0.7)
+    )
+    assert np.array_equal(e_k, e_t.numpy()) and np.array_equal(w_k, w_t.numpy())
+
+
+def test_auto_backend_is_torch_without_cuda():
+    assert kernels.resolve_backend("auto", "cpu") == "torch"
+    with pytest.raises(RuntimeError, match="cupy"):
+        kernels.resolve_backend("cupy", "cpu")
+    with pytest.raises(ValueError):
+        kernels.resolve_backend("triton", "cpu")
+
+
+gpu = pytest.mark.skipif(not (torch.cuda.is_available() and cupy_backend.available()), reason="needs CUDA and CuPy")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("p,tp", CASES)
+def test_cupy_kernel_equals_torch_on_gpu(p, tp):
+    g = torch.Generator(device="cuda").manual_seed(5)
+    t, n, h = 23, 64, 200
+    current = torch.randn(t, n, h, generator=g, device="cuda") * 0.8
+    v0 = torch.randn(n, h, generator=g, device="cuda") * 0.3
+    tr0 = torch.rand(n, h, generator=g, device="cuda")
+    v_a, tr_a = v0.clone(), tr0.clone()
+    s_a, seq_a = kernels.neuron_forward(current, v_a, tr_a, p, tp, "torch", trace_seq=True)
+    v_b, tr_b = v0.clone(), tr0.clone()
+    s_b, seq_b = kernels.neuron_forward(current, v_b, tr_b, p, tp, "cupy", trace_seq=True)
+    torch.cuda.synchronize()
+    assert torch.equal(s_a, s_b) and torch.equal(v_a, v_b) and torch.equal(tr_a, tr_b) and torch.equal(seq_a, seq_b)
+
+
+@gpu
+@pytest.mark.gpu
+def test_cupy_training_equals_torch_training_on_gpu():
+    """Same input spikes -> same spikes and (float-close) weights through a whole batched run."""
+    import copy
+
+    from spikingjelly_ff.config import config_from_dict
+    from spikingjelly_ff.engine import SpikingTrainer
+    from spikingjelly_ff.models import build_model
+
+    cfg = config_from_dict({"model": {"kind": "spiking", "layers": [200, 100], "init": "normal"}, "train": {"learner": "hebbian"}})
+    a = build_model(cfg.model, 784, 10, 0, backend="torch").cuda()
+    b = copy.deepcopy(a)
+    b.set_backend("cupy")
+    ta, tb = SpikingTrainer(a, cfg.train.hebbian, device="cuda"), SpikingTrainer(b, cfg.train.hebbian, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(5):
+        x = torch.rand(50, 784, generator=g, device="cuda")
+        lab = torch.randint(0, 10, (50,), generator=g, device="cuda")
+        y = (torch.rand(50, generator=g, device="cuda") < 0.5).float()
+        spikes = a.encode(a.rates(x, lab), g)
+        assert torch.equal(ta.train_batch(x, lab, y, spikes=spikes), tb.train_batch(x, lab, y, spikes=spikes))
+    for la, lb in zip(a.layers, b.layers):
+        torch.testing.assert_close(la.weight, lb.weight, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,189 @@
+"""Spiking FF: SpikingJelly conventions, the fast engine against the per-step reference loop,
+and Hebbian training without autograd."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from spikingjelly.activation_based import functional
+
+from spikingjelly_ff.config import config_from_dict
+from spikingjelly_ff.dynamics import charge, fire, reset, trace_step
+from spikingjelly_ff.engine import SpikingScorer, SpikingTrainer
+from spikingjelly_ff.layers import SpikingFFLayer
+from spikingjelly_ff.models import build_model
+from spikingjelly_ff.neuron import FFLIFNode
+from spikingjelly_ff.params import NeuronParams, TraceParams
+from spikingjelly_ff.reference import ReferenceLoop
+
+
+def small_net(prob="symmetric", trace="leaky", carry=True, layers=(16, 8), kwta=None, form="beta", eligibility=0.1):
+    cfg = config_from_dict(
+        {
+            "model": {
+                "kind": "spiking",
+                "layers": list(layers),
+                "init": "normal",
+                "probability": {"kind": prob, "alpha": 6.0, "theta": 1.0},
+                "trace": {"kind": trace},
+                "neuron": {"kwta": kwta, "form": form, "tau": 3.0},
+                "encoder": {"steps": 8, "rest_steps": 3, "carry_membrane": carry},
+                "embedding": {"bits": 10},
+            },
+            "train": {"learner": "hebbian", "hebbian": {"eta": 0.5, "eligibility_tau": eligibility, "learn_after": 3}},
+        }
+    )
+    return cfg, build_model(cfg.model, 20, 10, 0)
+
+
+def test_node_single_and_multi_step_agree_and_reset_net_clears_state():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 4, 30, generator=g)
+    multi = FFLIFNode(NeuronParams(beta=0.8, v_threshold=0.3), TraceParams("hard", 0.7), step_mode="m")
+    single = FFLIFNode(NeuronParams(beta=0.8, v_threshold=0.3), TraceParams("hard", 0.7), step_mode="s")
+    s_multi = multi(x)
+    s_single = torch.stack([single(x[t]) for t in range(12)])
+    assert torch.equal(s_multi, s_single)
+    assert torch.equal(multi.v, single.v) and torch.equal(multi.trace, single.trace)
+    assert s_multi.sum() > 0 and (s_multi == 0).sum() > 0
+    functional.reset_net(multi)
+    assert multi.v == 0.0 and multi.trace == 0.0
+
+
+def test_layer_is_a_spikingjelly_step_module():
+    layer = SpikingFFLayer(30, 10, step_mode="s")
+    functional.set_step_mode(layer, "m")
+    assert layer.synapse.step_mode == "m" and layer.neuron.step_mode == "m"
+    out = layer(torch.rand(5, 3, 30).round())
+    assert out.shape == (5, 3, 10)
+    assert layer.activity.shape == (3, 10)
+
+
+def test_dynamics_follow_the_paper():
+    p = NeuronParams(beta=0.85, v_threshold=0.001)
+    v = torch.tensor([[0.5, -2.0, 0.0009]])
+    v = charge(v, torch.tensor([[1.0, 1.0, 0.0]]), p)
+    torch.testing.assert_close(v, torch.tensor([[1.425, -0.7, 0.000765]]))
+    s = fire(v, p)
+    assert s.tolist() == [[True, False, False]]
+    assert reset(v, s, p).tolist()[0][0] == 0.0
+    tr = torch.zeros(1, 3)
+    assert trace_step(tr, s, TraceParams("count", scale=10.0)).tolist()[0][0] == pytest.approx(0.1)
+    assert trace_step(tr + 0.5, s, TraceParams("leaky", 0.85)).tolist()[0] == pytest.approx([0.575, 0.425, 0.425])
+    assert trace_step(tr + 0.5, s, TraceParams("hard", 0.85)).tolist()[0] == pytest.approx([1.0, 0.425, 0.425])
+    # k-WTA lets only the k largest fire
+    assert fire(torch.tensor([[3.0, 1.0, 2.0, 0.5]]), NeuronParams(kwta=2)).tolist() == [[True, False, True, False]]
+    # the '>=' rule fires at the threshold itself
+    assert fire(torch.tensor([[0.001]]), NeuronParams(fire=">=")).item()
+
+
+def test_rest_only_decays_the_membrane():
+    node = FFLIFNode(NeuronParams(beta=0.5), step_mode="s")
+    node(torch.tensor([[-8.0, 0.0005]]))
+    node.rest(3)
+    torch.testing.assert_close(node.v, torch.tensor([[-1.0, 0.0000625]]))
+
+
+@pytest.mark.parametrize("prob", ["sigmoid", "symmetric"])
+@pytest.mark.parametrize("trace", ["count", "leaky", "hard"])
+@pytest.mark.parametrize("carry,kwta", [(True, None), (False, None), (True, 5)])
+def test_engine_matches_reference_loop(prob, trace, carry, kwta):
+    """Batched training and all-label scoring: same spikes, same weights, same scores."""
+    cfg, net = small_net(prob, trace, carry, kwta=kwta)
+    ref_net = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(1)
+    trainer = SpikingTrainer(net, cfg.train.hebbian)
+    with ReferenceLoop(ref_net, cfg.train.hebbian) as ref:
+        for _ in range(4):
+            x = torch.rand(3, 20, generator=g)
+            lab = torch.randint(0, 10, (3,), generator=g)
+            y = (torch.rand(3, generator=g) < 0.5).float()
+            spikes = net.encode(net.rates(x, lab), g)
+            assert torch.equal(trainer.train_batch(x, lab, y, spikes=spikes), ref.train_presentation(spikes, y))
+        for a, b in zip(net.layers, ref_net.layers):
+            assert torch.equal(a.weight, b.weight)
+            torch.testing.assert_close(a.neuron.v, b.neuron.v, rtol=0, atol=1e-5)
+        x = torch.rand(4, 20, generator=g)
+        spikes = torch.stack([net.encode(net.rates(x, torch.full((4,), c)), g) for c in range(10)])
+        torch.testing.assert_close(SpikingScorer(net).scores(x, spikes), ref.scores(spikes), rtol=0, atol=0)
+    assert not torch.equal(net.layers[0].weight, copy.deepcopy(build_model(cfg.model, 20, 10, 0)).layers[0].weight)
+
+
+@pytest.mark.parametrize("prob", ["sigmoid", "symmetric"])
+@pytest.mark.parametrize("trace", ["count", "leaky", "hard"])
+def test_online_path_matches_reference_loop(prob, trace):
+    """Batch-1 training defers the weight writes to the end of each sample; the result equals
+    the per-step updates up to float rounding, with identical decisions."""
+    cfg, net = small_net(prob, trace)
+    ref_net = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(2)
+    trainer = SpikingTrainer(net, cfg.train.hebbian)
+    with ReferenceLoop(ref_net, cfg.train.hebbian) as ref:
+        for _ in range(20):
+            x = torch.rand(1, 20, generator=g)
+            lab = torch.randint(0, 10, (1,), generator=g)
+            y = (torch.rand(1, generator=g) < 0.5).float()
+            spikes = net.encode(net.rates(x, lab), g)
+            assert torch.equal(trainer.train_batch(x, lab, y, spikes=spikes), ref.train_presentation(spikes, y))
+        for a, b, e in zip(net.layers, ref.learners, trainer.eligibility):
+            torch.testing.assert_close(a.weight, b.synapse.weight, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(e, b.eligibility, rtol=1e-4, atol=1e-7)
+        assert (net.layers[0].weight - build_model(cfg.model, 20, 10, 0).layers[0].weight).abs().max() > 1e-3
+
+
+def test_spiking_training_builds_no_autograd_graph():
+    cfg, net = small_net()
+    assert all(layer.weight.requires_grad for layer in net.layers)
+    saved = []
+
+    def pack(t):
+        saved.append(t.shape)
+        return t
+
+    trainer = SpikingTrainer(net, cfg.train.hebbian)
+    g = torch.Generator().manual_seed(0)
+    torch.set_grad_enabled(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        for n in (3, 1):  # the batched and the online path
+            x = torch.rand(n, 20, generator=g)
+            pred = trainer.train_batch(x, torch.zeros(n, dtype=torch.long), torch.ones(n))
+            assert pred.grad_fn is None
+        scores = SpikingScorer(net).scores(torch.rand(2, 20, generator=g))
+    assert saved == [], "autograd saved tensors: a graph was built"
+    assert scores.grad_fn is None
+    assert all(layer.weight.grad is None for layer in net.layers)
+
+
+def test_spiking_model_learns_on_mnist_subset(spiking_run):
+    import json
+
+    metrics = json.loads((spiking_run / "metrics.json").read_text())
+    # One epoch on 2,000 digits with the paper's rule: far above chance (10%).
+    assert metrics["final"]["test_accuracy"] > 0.3
+
+
+def test_learning_window_and_eta_zero_leave_weights():
+    cfg, net = small_net()
+    before = [layer.weight.clone() for layer in net.layers]
+    trainer = SpikingTrainer(net, cfg.train.hebbian.__class__(eta=0.0, eligibility_tau=0.1, learn_after=3))
+    trainer.train_batch(torch.rand(2, 20), torch.zeros(2, dtype=torch.long), torch.ones(2))
+    assert all(torch.equal(a, layer.weight) for a, layer in zip(before, net.layers))
+
+
+def test_numpy_and_torch_dynamics_agree_bitwise():
+    from spikingjelly_ff.simulate import Dynamics, neuron_forward
+    from spikingjelly_ff.probability import Probability
+
+    g = np.random.default_rng(0)
+    cur = g.normal(size=(10, 4, 32)).astype(np.float32)
+    for form in ("beta", "lif"):
+        for trace in ("count", "leaky", "hard"):
+            d = Dynamics(NeuronParams(form=form, tau=3.0, v_threshold=0.2), TraceParams(trace), Probability())
+            v1, t1 = np.zeros((4, 32), np.float32), np.zeros((4, 32), np.float32)
+            s1 = neuron_forward(cur, v1, t1, d)
+            v2, t2 = torch.zeros(4, 32), torch.zeros(4, 32)
+            s2 = neuron_forward(torch.from_numpy(cur), v2, t2, d)
+            assert np.array_equal(s1, s2.numpy()) and np.array_equal(v1, v2.numpy()) and np.array_equal(t1, t2.numpy())
