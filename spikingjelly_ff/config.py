@@ -131,7 +131,7 @@ class TrainConfig:
     learner: str = "local-loss"  # local-loss (autograd per layer) | hebbian (no autograd)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     hebbian: HebbianConfig = field(default_factory=HebbianConfig)
-    negatives: str = "mixed"  # mixed: each sample positive or negative (paper) | paired: both
+    negatives: str = "mixed"  # mixed: each sample positive or negative (paper) | paired: both | hard: paired, wrong label ~ model's confusion
     limit: int | None = None  # use only the first N training samples
     shuffle: bool = True
     eval_every: int = 1  # test after every N epochs (0: only at the end)
@@ -182,7 +182,7 @@ CHOICES = {
     "train.optimizer.kind": ("adam", "sgd"),
     "train.optimizer.schedule": ("constant", "cosine", "linear"),
     "train.hebbian.schedule": ("constant", "cosine", "linear"),
-    "train.negatives": ("mixed", "paired"),
+    "train.negatives": ("mixed", "paired", "hard"),
     "device": ("cpu", "cuda", "auto"),
     "backend": ("auto", "torch", "cupy"),
 }

@@ -116,10 +116,16 @@ class SpikingScorer:
 
     chunk = 250  # images per internal batch: bounds the [C, T, N, H] current tensor
 
-    def __init__(self, net: SpikingFFNet, share_image_spikes: bool = True, seed: int = 0, device="cpu") -> None:
+    def __init__(
+        self, net: SpikingFFNet, share_image_spikes: bool = True, seed: int = 0, device="cpu", use_state: bool = True
+    ) -> None:
         self.net = net
         self.share = share_image_spikes
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        # With use_state the scorer continues from (and leaves behind) the network's membranes,
+        # as the paper's test loop does; without, every call starts from rest and the network's
+        # state is untouched (used to pick hard negatives in the middle of training).
+        self.use_state = use_state
 
     @torch.no_grad()
     def layer_outputs(self, x: Tensor, spikes: Tensor | None = None, counts: bool = False) -> list[Tensor]:
@@ -144,13 +150,15 @@ class SpikingScorer:
                 return (spikes[k].reshape(t * n, -1) @ weights[0].T).reshape(t, n, -1)
 
             num_labels = c
+        states = net.state() if self.use_state else [None] * len(weights)
         outs, finals = score_labels(
-            current, num_labels, weights, net.dynamics, net.state(), net.encoder.carry_membrane,
+            current, num_labels, weights, net.dynamics, states, net.encoder.carry_membrane,
             net.encoder.rest_steps, net.backend, counts,
         )
-        for layer, v in zip(net.layers, finals):
-            if v is not None:
-                layer.neuron.v = v
+        if self.use_state:
+            for layer, v in zip(net.layers, finals):
+                if v is not None:
+                    layer.neuron.v = v
         return outs
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ from spikingjelly.activation_based import base
 from torch import Tensor
 
 from . import kernels
-from .dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
+from .dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step  # noqa: F401
 
 __all__ = ["FFLIFNode"]
 
@@ -77,20 +77,15 @@ class FFLIFNode(base.MemoryModule):
     @torch.no_grad()
     def rest(self, steps: int) -> None:
         """Let the membrane evolve ``steps`` steps with no input (spikes only reset it)."""
+        from .simulate import Dynamics, rest
+
         if not isinstance(self.v, Tensor):
             return
-        p = self.params
-        v = self.v
-        zero = torch.zeros_like(v)
-        # Without k-WTA every neuron above threshold fired and reset at the last input step, and
-        # with no input V only decays (towards v_reset, or towards 0 for the beta form): no
-        # spike is possible, so skip the test.
-        silent = p.kwta is None and p.v_reset <= p.v_threshold and (p.form == "lif" or p.v_threshold >= 0)
-        for _ in range(steps):
-            v = charge(v, zero, p)
-            if not silent:
-                v = reset(v, fire(v, p), p)
-        self.v = v
+        d = Dynamics(self.params, self.trace_params, None)
+        if self.v.device.type == "cpu" and self.v.is_contiguous():
+            rest(self.v.numpy(), d, steps)  # in place on the tensor's memory: tiny ops are cheaper in numpy
+        else:
+            self.v = rest(self.v, d, steps)
 
     def clear_trace(self) -> None:
         """Start a new presentation: the trace is per sample, the membrane may carry over."""

@@ -118,18 +118,29 @@ def _numpy_neuron_forward(current, v, trace, p: NeuronParams, tp: TraceParams):
 
 
 def rest(v: Array, d: Dynamics, steps: int) -> Array:
-    """Membrane after ``steps`` steps with no input (spikes only reset it)."""
+    """Membrane after ``steps`` steps with no input (spikes only reset it); numpy arrays are
+    updated in place (and returned), tensors are returned new."""
     p = d.neuron
     # Without k-WTA every neuron above threshold fired and reset at the last input step, and
     # with no input V only decays (towards v_reset, or 0 for the beta form): no spike is
     # possible, so the firing test can be skipped.
     silent = p.kwta is None and p.v_reset <= p.v_threshold and (p.form == "lif" or p.v_threshold >= 0)
+    if silent and p.form == "beta" and isinstance(v, np.ndarray):
+        beta, zero = np.float32(p.beta), np.float32(0.0)
+        for _ in range(steps):  # v * beta + 0, as charge() computes it
+            np.multiply(v, beta, out=v)
+            np.add(v, zero, out=v)
+        return v
     zero = _zeros(v, tuple(v.shape))
+    out = v
     for _ in range(steps):
-        v = charge(v, zero, p)
+        out = charge(out, zero, p)
         if not silent:
-            v = reset(v, fire(v, p), p)
-    return v
+            out = reset(out, fire(out, p), p)
+    if isinstance(v, np.ndarray):
+        v[...] = out
+        return v
+    return out
 
 
 def eligibility_apply(e: Array, w: Array, dw: Array, tau: float, eta: float, backend: str = "torch") -> None:
@@ -308,8 +319,8 @@ def online_layer(
     x = pre[:, 0, :]  # [T, D]
     tau = spec.eligibility_tau
     a = 1.0 - tau
-    both = matmul(x, np.concatenate((w, e)).T)  # [T, 2H]: W0 x_t and e0 x_t for every step
-    p_cur, q_cur = both[:, :h], both[:, h:]
+    p_cur = matmul(x, w.T)  # [T, H]: W0 x_t for every step
+    q_cur = matmul(x, e.T)  # [T, H]: e0 x_t
     tr = np.zeros((1, h), dtype=np.float32)
     out = np.zeros((t_steps, 1, h), dtype=np.float32)
     out[: first + 1] = _numpy_neuron_forward(p_cur[: first + 1, None, :].copy(), v, tr, d.neuron, d.trace)

@@ -36,16 +36,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_samples(labels: Tensor, mode: str, num_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def make_samples(
+    labels: Tensor, mode: str, num_classes: int, generator: torch.Generator, scores: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Positive and negative samples of a batch.
 
     Returns ``(index, shown_label, y)``: which batch row each sample uses, the label written
     into it, and the target (1 positive, 0 negative). ``mixed`` makes each row positive or
     negative with probability 1/2 (the paper); ``paired`` shows every row both ways.
-    Negatives get a uniformly random wrong label.
+    Negatives get a uniformly random wrong label, or, given the model's current ``scores``
+    ``[N, C]`` (``negatives: hard``), a wrong label drawn in proportion to softmax(scores):
+    the labels the network confuses most are shown most often, as Hinton suggests.
     """
     n = labels.shape[0]
-    wrong = (labels + torch.randint(1, num_classes, (n,), generator=generator, device=labels.device)) % num_classes
+    if scores is None:
+        wrong = (labels + torch.randint(1, num_classes, (n,), generator=generator, device=labels.device)) % num_classes
+    else:
+        logits = scores.float().scatter(1, labels.unsqueeze(1), float("-inf"))
+        wrong = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
     rows = torch.arange(n, device=labels.device)
     if mode == "mixed":
         y = (torch.rand(n, generator=generator, device=labels.device) < 0.5).float()
@@ -140,6 +148,7 @@ def train(
     steps_total = cfg.train.epochs * len(batches)
     step = _make_step(net, cfg, steps_total, device)
     scorer = scorer_for(net, cfg, device)
+    scorer_scores = _scores_fn(net, cfg, device)
 
     metrics = {"name": cfg.name, "config": cfg.to_dict(), "backend": backend, "device": str(device), "epochs": []}
     log(f"{cfg.name}: {net.kind} {in_features}->{'->'.join(map(str, cfg.model.layers))}, "
@@ -149,7 +158,9 @@ def train(
         correct = seen = 0
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not progress, leave=False)
         for xb, lb in bar:
-            rows, shown, y = make_samples(lb, cfg.train.negatives, num_classes, sample_gen)
+            scores = scorer_scores(xb) if cfg.train.negatives == "hard" else None
+            mode = "paired" if cfg.train.negatives == "hard" else cfg.train.negatives
+            rows, shown, y = make_samples(lb, mode, num_classes, sample_gen, scores)
             pred = step(xb[rows], shown, y)
             correct += int((pred.float() == y).sum())
             seen += len(y)
@@ -188,6 +199,15 @@ def train(
     save_model(out / "model", net.cpu(), cfg, test_split.shape)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _scores_fn(net: FFNet, cfg: RunConfig, device: torch.device):
+    """All-label scores ``[N, C]`` of the current model (for hard negatives)."""
+    if isinstance(net, AnalogFFNet):
+        return torch.no_grad()(net.scores)
+    from .engine import SpikingScorer
+
+    return SpikingScorer(net, seed=cfg.seed + 6, device=device, use_state=False).scores
 
 
 def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.device):

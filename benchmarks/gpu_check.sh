@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (the workplace's `device` tool): the CuPy-vs-torch
+# equivalence tests and the GPU throughput benchmark. Needs torch + CuPy there (the image has
+# both); pure-Python packages it lacks (spikingjelly, loguru, nir, nirtorch) travel as wheels
+# in .whl/ (see docs/gpu.md for the download command).
+#   run: bash benchmarks/gpu_check.sh     (carry: [".whl"])
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD:$PWD/server:$PWD/clients/python:${PYTHONPATH:-}"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cupy', cupy.__version__)"
+echo "== CuPy kernels vs torch (tests/library/test_kernels.py)"
+python3 -m pytest -q -p no:cacheprovider tests/library/test_kernels.py
+rc=$?
+echo "== GPU throughput"
+python3 benchmarks/gpu_speed.py ${OUT:+--json "$OUT/gpu_speed.json"}
+exit $rc

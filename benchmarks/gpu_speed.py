@@ -1,0 +1,75 @@
+"""GPU throughput of spiking FF training and testing: torch path vs our CuPy kernels.
+
+    python benchmarks/gpu_speed.py [--samples 30000] [--json out.json]
+
+Needs a CUDA device and CuPy. Rows: batched Hebbian training (batch 50 and 500) and
+all-label testing, for the paper's configuration and a 2000-neuron layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table, save_json  # noqa: E402
+
+from spikingjelly_ff.config import load_config  # noqa: E402
+from spikingjelly_ff.engine import SpikingScorer, SpikingTrainer  # noqa: E402
+from spikingjelly_ff.models import build_model  # noqa: E402
+
+
+def sync_time(fn) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def bench(width: int, batch: int, backend: str, samples: int, images: int) -> tuple[float, float]:
+    cfg = load_config("paper/hebbian-batched-symmetric", [f"model.layers=[{width}]", f"train.batch_size={batch}"])
+    net = build_model(cfg.model, 784, 10, 0, backend=backend).cuda()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.rand(samples, 784, generator=g, device="cuda") * (torch.rand(samples, 784, generator=g, device="cuda") < 0.2)
+    labels = torch.randint(0, 10, (samples,), generator=g, device="cuda")
+    trainer = SpikingTrainer(net, cfg.train.hebbian, device="cuda")
+    y = (torch.rand(samples, generator=g, device="cuda") < 0.5).float()
+    trainer.train_batch(x[:batch], labels[:batch], y[:batch])  # warm-up (kernel compile)
+    train = sync_time(lambda: [trainer.train_batch(x[i : i + batch], labels[i : i + batch], y[i : i + batch]) for i in range(0, samples, batch)])
+    scorer = SpikingScorer(net, device="cuda")
+    scorer.predict(x[:100])
+    test = sync_time(lambda: [scorer.predict(x[i : i + 2000]) for i in range(0, images, 2000)])
+    return samples / train, images / test
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=30000)
+    ap.add_argument("--images", type=int, default=20000)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 1
+    rows, out = [], {"gpu": torch.cuda.get_device_name()}
+    for width, batch in ((200, 50), (200, 500), (2000, 500)):
+        for backend in ("torch", "cupy"):
+            tr, te = bench(width, batch, backend, args.samples, args.images)
+            rows.append([f"884->{width}", batch, backend, f"{tr:,.0f}", f"{60000 / tr:.1f} s", f"{te:,.0f}"])
+            out[f"{width}_{batch}_{backend}"] = {"train_samples_per_second": tr, "test_images_per_second": te}
+    print_table(
+        f"Spiking FF on {torch.cuda.get_device_name()}",
+        ["layer", "batch", "backend", "train samples/s", "epoch (60k)", "test images/s"],
+        rows,
+    )
+    save_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
