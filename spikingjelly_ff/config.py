@@ -134,6 +134,7 @@ class TrainConfig:
     negatives: str = "mixed"  # mixed: each sample positive or negative (paper) | paired: both | hard: paired, wrong label ~ model's confusion
     limit: int | None = None  # use only the first N training samples
     shuffle: bool = True
+    augment_shift: int = 0  # translate training images by up to N pixels (0: no augmentation)
     eval_every: int = 1  # test after every N epochs (0: only at the end)
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
 

@@ -41,9 +41,13 @@ class SpikingTrainer:
         steps_total: int = 1,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        sequential: bool = False,
     ) -> None:
         self.net = net
         self.cfg = hcfg
+        # Online learning: a batch of rows (e.g. a positive and a negative) is shown one row
+        # after another, each followed by its own update.
+        self.sequential = sequential
         self.spec = LearnSpec(hcfg.eta, hcfg.eligibility_tau, hcfg.learn_after)
         self.steps_total = max(1, steps_total)
         self.count = 0
@@ -60,6 +64,12 @@ class SpikingTrainer:
         Returns whether each sample was judged positive at the end of its presentation, ``[N]``."""
         eta = self.cfg.eta * schedule_factor(self.cfg.schedule, self.count / self.steps_total)
         self.count += 1
+        if self.sequential and x.shape[0] > 1:
+            rows = range(x.shape[0])
+            return torch.cat([self._train(x[i : i + 1], shown[i : i + 1], y[i : i + 1], eta, None if spikes is None else spikes[:, i : i + 1]) for i in rows])
+        return self._train(x, shown, y, eta, spikes)
+
+    def _train(self, x: Tensor, shown: Tensor, y: Tensor, eta: float, spikes: Tensor | None) -> Tensor:
         if not self._online(x.shape[0], x.device):
             return self._present(x, shown, y, eta, spikes, online=False)
         # Batch-1 work is a chain of tiny ops: a second thread only adds synchronisation, and

@@ -24,8 +24,8 @@ import numpy as np
 
 from . import _array
 from .dynamics import charge, fire, reset, trace_step
-from .hebbian import ff_hebbian_delta, neuron_modulation
-from .goodness import hebbian_gain
+from .goodness import goodness, hebbian_gain
+from .hebbian import ff_hebbian_delta
 from .params import NeuronParams, TraceParams
 from .probability import Probability
 
@@ -89,32 +89,62 @@ def _numpy_neuron_forward(current, v, trace, p: NeuronParams, tp: TraceParams):
             trace[...] = trace_step(trace, s, tp)
             spikes[t] = s
         return spikes
-    fired = np.empty(v.shape, dtype=bool)
-    beta = np.float32(p.beta)
+    # Same values as dynamics.py, written as in-place ufuncs: a numpy call on a few hundred
+    # floats costs about a microsecond, so the op count is what matters.
+    c = _constants(p, tp)
+    compare = np.greater if p.fire == ">" else np.greater_equal
+    tmp = np.empty_like(v)
     for t in range(current.shape[0]):
         if p.form == "beta":
-            np.multiply(v, beta, out=v)
+            np.multiply(v, c.beta, out=v)
             np.add(v, current[t], out=v)
         else:
             v[...] = charge(v, current[t], p)
-        if p.fire == ">":
-            np.greater(v, p.v_threshold, out=fired)
-        else:
-            np.greater_equal(v, p.v_threshold, out=fired)
-        np.putmask(v, fired, np.float32(p.v_reset))
         st = spikes[t]
-        st[...] = fired
+        compare(v, c.v_threshold, out=st, casting="unsafe")  # 1.0 / 0.0
+        np.subtract(c.one, st, out=tmp)
+        np.multiply(v, tmp, out=v)  # arithmetic reset, as in the torch loop
+        if c.v_reset:
+            np.multiply(st, c.v_reset, out=tmp)
+            np.add(v, tmp, out=v)
         if tp.kind == "count":
-            trace += st * np.float32(tp.increment)
+            np.multiply(st, c.increment, out=tmp)
+            np.add(trace, tmp, out=trace)
         elif tp.kind == "leaky":
-            np.multiply(trace, np.float32(tp.decay), out=trace)
-            trace += st * np.float32(tp.one_minus_decay)
+            np.multiply(trace, c.decay, out=trace)
+            np.multiply(st, c.one_minus_decay, out=tmp)
+            np.add(trace, tmp, out=trace)
         elif tp.kind == "hard":
-            np.multiply(trace, np.float32(tp.decay), out=trace)
-            np.putmask(trace, fired, np.float32(1.0))
+            np.subtract(c.one, st, out=tmp)
+            np.multiply(trace, c.decay, out=trace)
+            np.multiply(trace, tmp, out=trace)
+            np.add(trace, st, out=trace)
         else:
             trace[...] = st
     return spikes
+
+
+@dataclass(frozen=True)
+class _Consts:
+    beta: np.float32
+    v_threshold: np.float32
+    v_reset: np.float32
+    increment: np.float32
+    decay: np.float32
+    one_minus_decay: np.float32
+    one: np.float32
+
+
+_CONSTS: dict = {}
+
+
+def _constants(p: NeuronParams, tp: TraceParams) -> _Consts:
+    key = (p, tp)
+    c = _CONSTS.get(key)
+    if c is None:
+        f = np.float32
+        c = _CONSTS[key] = _Consts(f(p.beta), f(p.v_threshold), f(p.v_reset), f(tp.increment), f(tp.decay), f(tp.one_minus_decay), f(1.0))
+    return c
 
 
 def rest(v: Array, d: Dynamics, steps: int) -> Array:
@@ -319,14 +349,18 @@ def online_layer(
     x = pre[:, 0, :]  # [T, D]
     tau = spec.eligibility_tau
     a = 1.0 - tau
-    p_cur = matmul(x, w.T)  # [T, H]: W0 x_t for every step
-    q_cur = matmul(x, e.T)  # [T, H]: e0 x_t
+    # Only the inputs that spiked during this sample matter (a few % of them): every
+    # product below is restricted to those columns.
+    cols = np.flatnonzero(x.any(axis=0))
+    xu = np.ascontiguousarray(x[:, cols])  # [T, U]
+    p_cur = matmul(xu, np.ascontiguousarray(w[:, cols]).T)  # [T, H]: W0 x_t for every step
+    q_cur = matmul(xu, np.ascontiguousarray(e[:, cols]).T)  # [T, H]: e0 x_t
     tr = np.zeros((1, h), dtype=np.float32)
     out = np.zeros((t_steps, 1, h), dtype=np.float32)
     out[: first + 1] = _numpy_neuron_forward(p_cur[: first + 1, None, :].copy(), v, tr, d.neuron, d.trace)
     learn_steps = t_steps - first
-    xs = x[first:]  # inputs of the learning steps
-    gram = matmul(xs, x.T)  # [K, T]: x_q . x_t
+    xs = xu[first:]  # inputs of the learning steps, [K, U]
+    gram = matmul(xs, xu.T)  # [K, T]: x_q . x_t
     gain = hebbian_gain(d.goodness, h, d.probability.split)
     us = np.zeros((learn_steps, h), dtype=np.float32)
     yv = np.asarray([y], dtype=np.float32)
@@ -334,8 +368,7 @@ def online_layer(
     b_sum = np.cumsum([a**i for i in range(learn_steps)])  # B_m = 1 + a + ... + a^m
     for j in range(learn_steps):
         t = first + j
-        m = neuron_modulation(d.probability, tr, yv, d.goodness)
-        us[j] = (m * tr)[0] * np.float32(gain)
+        _modulated_trace(d, tr, yv, gain, us[j])
         if t + 1 < t_steps:
             coef = (eta * tau * b_sum[j::-1] * gram[: j + 1, t + 1]).astype(np.float32)
             # (coef[:, None] * us).sum(0) rather than coef @ us: a BLAS call this small costs
@@ -344,13 +377,27 @@ def online_layer(
             cur = p_cur[t + 1] + np.float32(eta * sum(a_pow[: j + 1])) * q_cur[t + 1] + low_rank
             out[t + 1] = _numpy_neuron_forward(cur[None, None, :].astype(np.float32), v, tr, d.neuron, d.trace)[0]
     # Write the low-rank history back: W gets eta A e0 + eta tau sum B u x^T, e decays and
-    # gains tau sum a^(K-1-q) u x^T.
+    # gains tau sum a^(K-1-q) u x^T (the rank-K parts only touch the active columns).
     k = learn_steps
     w += np.float32(eta * sum(a_pow[:k])) * e
-    w += matmul(us.T * np.float32(eta * tau) * b_sum[k - 1 :: -1].astype(np.float32), xs)
+    w[:, cols] += matmul(us.T * np.float32(eta * tau) * b_sum[k - 1 :: -1].astype(np.float32), xs)
     e *= np.float32(a**k)
-    e += matmul(us.T * np.float32(tau) * np.asarray([a ** (k - 1 - q) for q in range(k)], dtype=np.float32), xs)
+    e[:, cols] += matmul(us.T * np.float32(tau) * np.asarray([a ** (k - 1 - q) for q in range(k)], dtype=np.float32), xs)
     return out, tr
+
+
+def _modulated_trace(d: Dynamics, tr: np.ndarray, y: np.ndarray, gain: float, out: np.ndarray) -> None:
+    """out = gain * M * trace for one sample (``tr`` ``[1, H]``): the post-synaptic factor of
+    the Hebbian delta, with M a scalar per half instead of a broadcast ``[1, H]`` array."""
+    prob = d.probability
+    if prob.split:
+        h2 = tr.shape[1] // 2
+        m_pos, m_neg = prob.modulation(goodness(tr, d.goodness, split=True), y)
+        np.multiply(tr[0, :h2], np.float32(m_pos[0] * gain), out=out[:h2])
+        np.multiply(tr[0, h2:], np.float32(m_neg[0] * gain), out=out[h2:])
+    else:
+        m = prob.modulation(goodness(tr, d.goodness), y)
+        np.multiply(tr[0], np.float32(m[0] * gain), out=out)
 
 
 # ------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from .learning import LocalLossLearner
 from .models import AnalogFFNet, FFNet, SpikingFFNet, build_model
 from .schedule import schedule_factor
 
-__all__ = ["make_samples", "resolve_device", "train"]
+__all__ = ["make_samples", "resolve_device", "shift_images", "train"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -63,6 +63,22 @@ def make_samples(
     return torch.cat((rows, rows)), torch.cat((labels, wrong)), y
 
 
+def shift_images(x: Tensor, shape: tuple[int, int], max_shift: int, generator: torch.Generator) -> Tensor:
+    """Translate each image ``[N, H*W]`` by a random whole-pixel offset in
+    [-max_shift, max_shift]^2, filling with zeros (data augmentation)."""
+    if max_shift <= 0:
+        return x
+    n = x.shape[0]
+    h, w = shape
+    pad = torch.nn.functional.pad(x.reshape(n, h, w), (max_shift,) * 4)
+    dy = torch.randint(0, 2 * max_shift + 1, (n, 1), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (n, 1), generator=generator)
+    rows = (torch.arange(h).unsqueeze(0) + dy).to(x.device)  # [N, H]
+    cols = (torch.arange(w).unsqueeze(0) + dx).to(x.device)  # [N, W]
+    out = pad.gather(1, rows.unsqueeze(2).expand(n, h, w + 2 * max_shift))
+    return out.gather(2, cols.unsqueeze(1).expand(n, h, w)).reshape(n, h * w)
+
+
 @dataclass
 class _Batcher:
     x: Tensor
@@ -80,6 +96,46 @@ class _Batcher:
         for i in range(0, n, self.batch_size):
             idx = order[i : i + self.batch_size].to(self.x.device)
             yield self.x[idx], self.labels[idx]
+
+
+class _Lookahead:
+    """Iterator over batches that can also hand out the next few batches in advance."""
+
+    def __init__(self, source) -> None:
+        self.source = iter(source)
+        self.buffer: list = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.buffer.pop(0) if self.buffer else next(self.source)
+
+    def upcoming(self, images: int) -> list:
+        """The next batches (left in place) until they hold at least ``images`` images."""
+        while sum(len(b[0]) for b in self.buffer) < images:
+            try:
+                self.buffer.append(next(self.source))
+            except StopIteration:
+                break
+        return self.buffer
+
+
+class _HardNegatives:
+    """All-label scores for hard negatives, computed for ~``block`` images at a time: scoring
+    one image per call (online training) would cost far more than learning from it."""
+
+    def __init__(self, scores_fn, block: int = 200) -> None:
+        self.scores_fn = scores_fn
+        self.block = block
+        self.pending: list[Tensor] = []
+
+    def __call__(self, xb: Tensor, stream: _Lookahead) -> Tensor:
+        if not self.pending:
+            chunk = [xb, *(b for b, _ in stream.upcoming(self.block - len(xb)))]
+            scores = self.scores_fn(torch.cat(chunk))
+            self.pending = list(torch.split(scores, [len(c) for c in chunk]))
+        return self.pending.pop(0)
 
 
 class AnalogStep:
@@ -157,8 +213,10 @@ def train(
         t0 = time.perf_counter()
         correct = seen = 0
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not progress, leave=False)
-        for xb, lb in bar:
-            scores = scorer_scores(xb) if cfg.train.negatives == "hard" else None
+        stream = _Lookahead((shift_images(xb, train_split.shape, cfg.train.augment_shift, gen), lb) for xb, lb in bar)
+        hard = _HardNegatives(scorer_scores) if cfg.train.negatives == "hard" else None
+        for xb, lb in stream:
+            scores = None if hard is None else hard(xb, stream)
             mode = "paired" if cfg.train.negatives == "hard" else cfg.train.negatives
             rows, shown, y = make_samples(lb, mode, num_classes, sample_gen, scores)
             pred = step(xb[rows], shown, y)
@@ -221,5 +279,7 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
     assert isinstance(net, SpikingFFNet)
     from .engine import SpikingTrainer
 
-    trainer = SpikingTrainer(net, cfg.train.hebbian, steps_total, seed=cfg.seed + 3, device=device)
+    trainer = SpikingTrainer(
+        net, cfg.train.hebbian, steps_total, seed=cfg.seed + 3, device=device, sequential=cfg.train.batch_size == 1
+    )
     return trainer.train_batch

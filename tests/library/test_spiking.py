@@ -187,3 +187,37 @@ def test_numpy_and_torch_dynamics_agree_bitwise():
             v2, t2 = torch.zeros(4, 32), torch.zeros(4, 32)
             s2 = neuron_forward(torch.from_numpy(cur), v2, t2, d)
             assert np.array_equal(s1, s2.numpy()) and np.array_equal(v1, v2.numpy()) and np.array_equal(t1, t2.numpy())
+
+
+def test_hebbian_learner_multi_step_accumulates_with_fixed_weights():
+    """In 'm' mode the learner sees [T, N, D] records and sums the per-step deltas computed
+    with the weights of the forward pass (like SpikingJelly's STDPLearner)."""
+    from spikingjelly_ff.hebbian import ff_hebbian_delta
+    from spikingjelly_ff.learning import HebbianLearner
+    from spikingjelly_ff.probability import Probability
+
+    torch.manual_seed(0)
+    layer = SpikingFFLayer(30, 12, NeuronParams(beta=0.8, v_threshold=0.1), TraceParams("leaky", 0.8), step_mode="m")
+    prob = Probability("symmetric")
+    learner = HebbianLearner("m", layer.synapse, layer.neuron, prob, trace=TraceParams("leaky", 0.8), learn_after=2)
+    x = (torch.rand(6, 4, 30) < 0.3).float()
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    with torch.no_grad():
+        spikes = layer(x)
+    dw = learner.step(y, on_grad=False)
+    tr = torch.zeros(4, 12)
+    expected = torch.zeros_like(layer.weight)
+    for t in range(6):
+        tr = trace_step(tr, spikes[t] > 0, TraceParams("leaky", 0.8))
+        if t > 2:
+            expected += ff_hebbian_delta(prob, tr, x[t], y)
+    torch.testing.assert_close(dw, expected)
+    assert spikes.sum() > 0
+    # on_grad=True: written as -dW into weight.grad for any torch optimizer
+    functional.reset_net(layer)
+    learner.reset()
+    with torch.no_grad():
+        layer(x)
+    assert learner.step(y) is None
+    torch.testing.assert_close(layer.weight.grad, -expected)
+    learner.close()
