@@ -30,7 +30,8 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def print_table(title: str, header: list[str], rows: list[list], note: str = "") -> None:

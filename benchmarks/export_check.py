@@ -60,8 +60,16 @@ def analog_rows(model_dir: str, x: torch.Tensor, y: torch.Tensor, tmp: Path) -> 
         ["analog ONNX", "max |P_ort - P_torch|", f"{res['probability_max_abs_error']:.2e}"],
         ["analog ONNX", "max relative error of scores", f"{res['scores_max_rel_error']:.2e}"],
         ["analog ONNX", "identical predictions", f"{100 * res['identical_predictions']:.2f}% of {len(x)}"],
-        ["analog ONNX", "accuracy onnxruntime / torch", f"{100 * res['accuracy_onnxruntime']:.2f}% / {100 * res['accuracy_torch']:.2f}%"],
-        ["analog ONNX", "images/s onnxruntime / torch (all labels)", f"{res['onnxruntime_images_per_second']:,.0f} / {res['torch_images_per_second']:,.0f}"],
+        [
+            "analog ONNX",
+            "accuracy onnxruntime / torch",
+            f"{100 * res['accuracy_onnxruntime']:.2f}% / {100 * res['accuracy_torch']:.2f}%",
+        ],
+        [
+            "analog ONNX",
+            "images/s onnxruntime / torch (all labels)",
+            f"{res['onnxruntime_images_per_second']:,.0f} / {res['torch_images_per_second']:,.0f}",
+        ],
     ]
     return rows, res
 
@@ -130,9 +138,21 @@ def spiking_rows(model_dir: str, x: torch.Tensor, y: torch.Tensor, tmp: Path, im
         "torch_updates_per_second_batch1": torch_upd1,
     }
     rows = [
-        ["spiking ONNX (Scan)", "identical spikes, same input spikes", f"{100 * onnx_same:.4f}% of {spikes.numel() // spikes.shape[-1] * net.widths[0]:,}"],
-        ["spike runtime (numpy)", "identical final traces, all labels, same input spikes", f"{100 * rt_same:.0f}% ({len(torch_traces)} layer(s) x 200 images x 10 labels)"],
-        ["spike runtime (numpy)", "accuracy runtime / torch (own random streams)", f"{100 * res['runtime_accuracy']:.2f}% / {100 * res['torch_accuracy']:.2f}%"],
+        [
+            "spiking ONNX (Scan)",
+            "identical spikes, same input spikes",
+            f"{100 * onnx_same:.4f}% of {spikes.numel() // spikes.shape[-1] * net.widths[0]:,}",
+        ],
+        [
+            "spike runtime (numpy)",
+            "identical final traces, all labels, same input spikes",
+            f"{100 * rt_same:.0f}% ({len(torch_traces)} layer(s) x 200 images x 10 labels)",
+        ],
+        [
+            "spike runtime (numpy)",
+            "accuracy runtime / torch (own random streams)",
+            f"{100 * res['runtime_accuracy']:.2f}% / {100 * res['torch_accuracy']:.2f}%",
+        ],
         ["spike runtime (numpy)", "inference images/s runtime / torch engine", f"{rt_ips:,.0f} / {torch_ips:,.0f}"],
         ["spike runtime (numpy)", "Hebbian updates/s, batch 1 (runtime / torch)", f"{upd1:,.0f} / {torch_upd1:,.0f}"],
         ["spike runtime (numpy)", "Hebbian updates/s, batch 50 (samples/s)", f"{upd50:,.1f} ({50 * upd50:,.0f})"],
@@ -149,15 +169,31 @@ def install_size() -> tuple[list, dict]:
         py = venv / "bin" / "python"
         before = _du(venv)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "numpy", "h5py"], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(ROOT)], check=True, env={**os.environ, "PIP_NO_BUILD_ISOLATION": "0"})
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "--no-deps", str(ROOT)],
+            check=True,
+            env={**os.environ, "PIP_NO_BUILD_ISOLATION": "0"},
+        )
         size = _du(venv) - before
         probe = subprocess.run(
-            [str(py), "-c", "import importlib.util, spikingjelly_ff.runtime as r; print(importlib.util.find_spec('torch') is None)"],
-            capture_output=True, text=True, cwd=tmp,
+            [
+                str(py),
+                "-c",
+                "import importlib.util, spikingjelly_ff.runtime as r; print(importlib.util.find_spec('torch') is None)",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp,
         )
     ok = probe.stdout.strip() == "True"
     res = {"runtime_install_mb": size / 1e6, "imports_without_torch": ok}
-    return [["spike runtime (numpy)", "install size: numpy + h5py + spikingjelly-ff, no torch", f"{size / 1e6:.0f} MB (torch absent: {ok})"]], res
+    return [
+        [
+            "spike runtime (numpy)",
+            "install size: numpy + h5py + spikingjelly-ff, no torch",
+            f"{size / 1e6:.0f} MB (torch absent: {ok})",
+        ]
+    ], res
 
 
 def _du(path: Path) -> int:

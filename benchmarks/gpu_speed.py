@@ -35,12 +35,19 @@ def bench(width: int, batch: int, backend: str, samples: int, images: int) -> tu
     cfg = load_config("paper/hebbian-batched-symmetric", [f"model.layers=[{width}]", f"train.batch_size={batch}"])
     net = build_model(cfg.model, 784, 10, 0, backend=backend).cuda()
     g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.rand(samples, 784, generator=g, device="cuda") * (torch.rand(samples, 784, generator=g, device="cuda") < 0.2)
+    x = torch.rand(samples, 784, generator=g, device="cuda") * (
+        torch.rand(samples, 784, generator=g, device="cuda") < 0.2
+    )
     labels = torch.randint(0, 10, (samples,), generator=g, device="cuda")
     trainer = SpikingTrainer(net, cfg.train.hebbian, device="cuda")
     y = (torch.rand(samples, generator=g, device="cuda") < 0.5).float()
     trainer.train_batch(x[:batch], labels[:batch], y[:batch])  # warm-up (kernel compile)
-    train = sync_time(lambda: [trainer.train_batch(x[i : i + batch], labels[i : i + batch], y[i : i + batch]) for i in range(0, samples, batch)])
+    train = sync_time(
+        lambda: [
+            trainer.train_batch(x[i : i + batch], labels[i : i + batch], y[i : i + batch])
+            for i in range(0, samples, batch)
+        ]
+    )
     scorer = SpikingScorer(net, device="cuda")
     scorer.predict(x[:100])
     test = sync_time(lambda: [scorer.predict(x[i : i + 2000]) for i in range(0, images, 2000)])

@@ -66,7 +66,9 @@ def echo_server(ready_file: str) -> None:
         async def echo(request: bytes, context) -> bytes:
             return request
 
-        handler = grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+        )
         server.add_generic_rpc_handlers((handler,))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -80,7 +82,9 @@ def echo_server(ready_file: str) -> None:
     asyncio.run(main())
 
 
-def load_generator(target: str, method: str, payload_file: str, concurrency: int, seconds: float, count: int, out: str) -> None:
+def load_generator(
+    target: str, method: str, payload_file: str, concurrency: int, seconds: float, count: int, out: str
+) -> None:
     """``concurrency`` coroutines calling ``method`` back to back for ``seconds`` (or ``count``
     calls in total); writes {calls, errors, elapsed, latencies} to ``out``."""
     import grpc
@@ -119,21 +123,50 @@ def load_generator(target: str, method: str, payload_file: str, concurrency: int
     Path(out).write_text(json.dumps(asyncio.run(main())))
 
 
-def run_load(target: str, method: str, payload: Path, concurrency: int, seconds: float, procs: int, count: int = 0) -> dict:
-    """Run the load generator in ``procs`` processes (splitting the concurrency); merge results."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load(
+    target: str,
+    method: str,
+    payload: Path,
+    concurrency: int,
+    seconds: float,
+    procs: int,
+    count: int = 0,
+    pid: int | None = None,
+) -> dict:
+    """Run the load generator in ``procs`` processes (splitting the concurrency); merge results.
+    With ``pid``, also the CPU time that process spent per call (microseconds)."""
     procs = max(1, min(procs, concurrency))
     shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     with tempfile.TemporaryDirectory() as tmp:
         children = []
         for i, share in enumerate(shares):
             out = Path(tmp) / f"load{i}.json"
-            cmd = [sys.executable, __file__, "--_load", target, method, str(payload), str(share), str(seconds), str(count // procs), str(out)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--_load",
+                target,
+                method,
+                str(payload),
+                str(share),
+                str(seconds),
+                str(count // procs),
+                str(out),
+            ]
             children.append((subprocess.Popen(cmd), out))
         results = []
         for child, out in children:
             if child.wait(seconds + 120) != 0:
                 raise RuntimeError(f"load generator failed ({child.returncode})")
             results.append(json.loads(out.read_text()))
+    cpu = cpu_seconds(pid) - cpu0 if pid else float("nan")
     lat = np.array([x for r in results for x in r["latencies"]])
     calls = sum(r["calls"] for r in results)
     elapsed = max(r["elapsed"] for r in results)
@@ -146,6 +179,7 @@ def run_load(target: str, method: str, payload: Path, concurrency: int, seconds:
         "p50_ms": float(np.percentile(lat, 50) * 1e3) if len(lat) else float("nan"),
         "p99_ms": float(np.percentile(lat, 99) * 1e3) if len(lat) else float("nan"),
         "errors": dict(errors),
+        "server_cpu_us": cpu / max(calls + 20 * procs, 1) * 1e6,
     }
 
 
@@ -192,6 +226,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 def in_process_latency(model_path: Path, x: np.ndarray, n: int) -> dict:
     """p50/p99 (ms) of one-image calls: AnalogModel.run, and the server engine's call."""
     from sjff_server.engine import AnalogEngine, InferOptions
+
     from spikingjelly_ff.runtime import load_model
 
     model = load_model(model_path, threads=1)
@@ -219,7 +254,9 @@ def infer_payload(images: np.ndarray) -> bytes:
 def learn_payload(image: np.ndarray, label: int) -> bytes:
     from sjff_client.client import build_learn_request
 
-    return build_learn_request(image.astype(np.float32)[None] / np.float32(255.0), [label], model="mnist").SerializeToString()
+    return build_learn_request(
+        image.astype(np.float32)[None] / np.float32(255.0), [label], model="mnist"
+    ).SerializeToString()
 
 
 class Echo:
@@ -245,7 +282,6 @@ class Echo:
 def fuzz(target: str, images: np.ndarray, n: int) -> dict:
     """``n`` malformed or hostile requests of many kinds; counts status codes."""
     import grpc
-
     from sjff_client.client import build_infer_request, build_learn_request
 
     rng = np.random.default_rng(7)
@@ -305,6 +341,7 @@ def fuzz(target: str, images: np.ndarray, n: int) -> dict:
 def torn_read_check(srv, model_path: Path, images: np.ndarray, labels: np.ndarray) -> dict:
     """4 learners x 50 updates while 4 readers infer a probe batch; verify every answer."""
     from sjff_client import AsyncClient
+
     from spikingjelly_ff.runtime import load_model
 
     probe = images[:8]
@@ -344,19 +381,30 @@ def torn_read_check(srv, model_path: Path, images: np.ndarray, labels: np.ndarra
         expected = {0: m.run(x)["scores"]}
         for v in range(1, final + 1):
             i, seed = acked[v]
-            m.learn(images[i : i + 1].astype(np.float32) / np.float32(255.0), labels[i : i + 1], np.ones(1, np.float32), seed=seed)
+            m.learn(
+                images[i : i + 1].astype(np.float32) / np.float32(255.0),
+                labels[i : i + 1],
+                np.ones(1, np.float32),
+                seed=seed,
+            )
             expected[v] = m.run(x)["scores"]
         for version, scores in observed:
             checked += 1
             if not np.allclose(scores, expected[version], rtol=1e-5, atol=1e-5):
                 torn += 1
-    return {"acked": len(acked), "final_version": final - start, "versions_ok": ok_versions, "answers": len(observed), "checked": checked, "torn": torn}
+    return {
+        "acked": len(acked),
+        "final_version": final - start,
+        "versions_ok": ok_versions,
+        "answers": len(observed),
+        "checked": checked,
+        "torn": torn,
+    }
 
 
 def kill9_check(repo: Path, state: Path, token_file: Path, images: np.ndarray, labels: np.ndarray) -> dict:
     """Learn from 4 clients, SIGKILL the server mid-traffic, restart, compare."""
     import grpc
-
     from sjff_client import Client
     from sjff_server.durability import UpdateLog
     from sjff_server.harness import ServerProcess
@@ -398,7 +446,6 @@ def kill9_check(repo: Path, state: Path, token_file: Path, images: np.ndarray, l
 
 def no_token_check(target: str, images: np.ndarray, labels: np.ndarray) -> dict:
     import grpc
-
     from sjff_client import Client
 
     with Client(target, token=TOKEN) as good, Client(target) as anon:
@@ -410,7 +457,11 @@ def no_token_check(target: str, images: np.ndarray, labels: np.ndarray) -> dict:
         except grpc.RpcError as exc:
             code = exc.code().name
         after = good.infer(images[:16])
-        return {"code": code, "version_unchanged": good.list_versions().current_version == before_v, "weights_unchanged": bool(np.array_equal(before, after.scores))}
+        return {
+            "code": code,
+            "version_unchanged": good.list_versions().current_version == before_v,
+            "weights_unchanged": bool(np.array_equal(before, after.scores)),
+        }
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -428,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="analog ONNX export (default: train/cached paper model)")
     ap.add_argument("--seconds", type=float, default=4.0, help="seconds per throughput point")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (echo, server) per point; the best is kept")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="interleaved rounds (echo, server) per point; the best is kept"
+    )
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--client-procs", type=int, default=2, help="load generator processes (default 2)")
     ap.add_argument("--latency-calls", type=int, default=3000)
@@ -443,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.seconds, args.learn_seconds, args.latency_calls = 1, 2.0, 2.0, 1500
 
     from sjff_server.harness import ServerProcess
+
     from spikingjelly_ff.data import load_split
 
     model_path = prepare_model(args.model)
@@ -450,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     split = load_split(data, "test")
     images, labels = split.images[:500], split.labels[:500]
     results: dict = {"model": str(model_path), "load_before": os.getloadavg(), "cpus": os.cpu_count()}
-    print(f"model {model_path} ({data_label}); {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"model {model_path} ({data_label}); {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True
+    )
 
     tmp = Path(tempfile.mkdtemp(prefix="sjff-bench-"))
     repo = tmp / "repo" / "mnist" / "1"
@@ -473,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # correctness of what we are about to time
         from sjff_client import Client
+
         from spikingjelly_ff.runtime import load_model
 
         with Client(srv.target) as c:
@@ -489,12 +546,23 @@ def main(argv: list[str] | None = None) -> int:
         for c in args.concurrency:
             best = {"server": None, "echo": None}
             for _ in range(args.rounds):
-                for name, target, method in (("echo", echo.target, ECHO), ("server", srv.target, INFER)):
-                    r = run_load(target, method, payload, c, args.seconds, args.client_procs)
+                for name, target, method, pid in (
+                    ("echo", echo.target, ECHO, echo.proc.pid),
+                    ("server", srv.target, INFER, srv.pid),
+                ):
+                    before = batch_stats(_scrape(srv)) if name == "server" else None
+                    r = run_load(target, method, payload, c, args.seconds, args.client_procs, pid=pid)
+                    if before is not None:
+                        after = batch_stats(_scrape(srv))
+                        n = after["batches"] - before["batches"]
+                        r["requests_per_batch"] = (after["requests"] - before["requests"]) / n if n else float("nan")
                     if best[name] is None or r["rate"] > best[name]["rate"]:
                         best[name] = r
             thr[c] = best
-            print(f"  {c:>2} clients: server {best['server']['rate']:,.0f}/s, echo {best['echo']['rate']:,.0f}/s", flush=True)
+            print(
+                f"  {c:>2} clients: server {best['server']['rate']:,.0f}/s, echo {best['echo']['rate']:,.0f}/s",
+                flush=True,
+            )
         results["throughput"] = thr
 
         learn = {}
@@ -520,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
                 rel["fuzz"]["serving_after"] = c.server_ready() and c.infer(images[:1]).label.shape == (1,)
             rel["no_token"] = no_token_check(srv.target, images, labels)
             results["reliability"] = rel
-        results["metrics_sample"] = [ln for ln in _scrape(srv) if ln.startswith("sjff_inference_batch_requests_sum")]
+        results["batching"] = batch_stats(_scrape(srv))
     finally:
         echo.close()
         srv.stop()
@@ -540,6 +608,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def batch_stats(lines: list[str]) -> dict:
+    """Requests per executed batch over the whole run, from the server's histogram."""
+    vals = {}
+    for ln in lines:
+        for key in ("sum", "count"):
+            if ln.startswith(f"sjff_inference_batch_requests_{key}"):
+                vals[key] = float(ln.split()[-1])
+    buckets = {}
+    for ln in lines:
+        if ln.startswith("sjff_inference_batch_requests_bucket"):
+            le = ln.split('le="')[1].split('"')[0]
+            buckets[le] = float(ln.split()[-1])
+    batches = vals.get("count", 0.0)
+    return {
+        "requests": vals.get("sum", 0.0),
+        "batches": batches,
+        "mean_requests_per_batch": vals.get("sum", 0.0) / batches if batches else float("nan"),
+        "batches_of_2_or_more": 1.0 - buckets.get("1.0", 0.0) / batches if batches else float("nan"),
+    }
+
+
 def _scrape(srv) -> list[str]:
     import urllib.request
 
@@ -549,48 +638,87 @@ def _scrape(srv) -> list[str]:
         return []
 
 
+def row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def ms(x: float) -> str:
+    return f"{x:.3f} ms"
+
+
 def print_table(r: dict) -> None:
     ip = r["in_process"]
     lat, echo = r["latency"]["grpc"], r["latency"]["echo"]
     print()
-    print("| measurement | p50 | p99 | note |")
-    print("| --- | ---: | ---: | --- |")
-    print(f"| in-process `AnalogModel.run`, 1 image | {ip['AnalogModel.run'][0]:.3f} ms | {ip['AnalogModel.run'][1]:.3f} ms | library API |")
-    print(f"| in-process engine call (server's path), 1 image | {ip['engine'][0]:.3f} ms | {ip['engine'][1]:.3f} ms | prepared weight feeds |")
-    print(f"| ModelInfer over gRPC (loopback), 1 image | {lat['p50_ms']:.3f} ms | {lat['p99_ms']:.3f} ms | 1 client, sequential |")
-    print(f"| bare grpc.aio echo, same payload | {echo['p50_ms']:.3f} ms | {echo['p99_ms']:.3f} ms | 1 client, sequential |")
-    over_api = lat["p50_ms"] - ip["AnalogModel.run"][0]
-    over_engine = lat["p50_ms"] - ip["engine"][0]
-    print(f"| **gRPC overhead (p50)** | {over_engine:.3f} ms | | vs the engine call ({over_api:.3f} ms vs `AnalogModel.run`); target <= 0.5 ms |")
+    print(row("measurement", "p50", "p99", "note"))
+    print(row("---", "---:", "---:", "---"))
+    api, eng = ip["AnalogModel.run"], ip["engine"]
+    print(row("in-process `AnalogModel.run`, 1 image", ms(api[0]), ms(api[1]), "library API"))
+    print(row("in-process engine call (the server's path), 1 image", ms(eng[0]), ms(eng[1]), "prepared weight feeds"))
+    print(row("ModelInfer over gRPC (loopback), 1 image", ms(lat["p50_ms"]), ms(lat["p99_ms"]), "1 client, sequential"))
+    print(row("bare grpc.aio echo, same payload", ms(echo["p50_ms"]), ms(echo["p99_ms"]), "1 client, sequential"))
+    over_api, over_engine = lat["p50_ms"] - api[0], lat["p50_ms"] - eng[0]
+    note = f"vs the engine call ({ms(over_api)} vs `AnalogModel.run`); target <= 0.5 ms"
+    print(row("**gRPC overhead (p50)**", ms(over_engine), "", note))
     print()
-    print("| clients | server inferences/s | p50 | p99 | echo calls/s | server / echo |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    head = ("clients", "server inferences/s", "p50", "p99", "echo calls/s", "server / echo", "CPU/call server, echo")
+    print(row(*head, "requests/batch"))
+    print(row(*["---:"] * (len(head) + 1)))
     for c, b in r["throughput"].items():
         s, e = b["server"], b["echo"]
-        print(f"| {c} | {s['rate']:,.0f} | {s['p50_ms']:.2f} ms | {s['p99_ms']:.2f} ms | {e['rate']:,.0f} | {s['rate'] / e['rate']:.0%} |")
-    L = r["learning"]
+        ratio = f"{s['rate'] / e['rate']:.0%}"
+        cpu = f"{s['server_cpu_us']:.0f} µs, {e['server_cpu_us']:.0f} µs"
+        print(
+            row(
+                c,
+                f"{s['rate']:,.0f}",
+                f"{s['p50_ms']:.2f} ms",
+                f"{s['p99_ms']:.2f} ms",
+                f"{e['rate']:,.0f}",
+                ratio,
+                cpu,
+                f"{s.get('requests_per_batch', float('nan')):.1f}",
+            )
+        )
+    b = r.get("batching")
+    if b:
+        print(
+            f"\nbatching over the whole run: {b['requests']:,.0f} requests in {b['batches']:,.0f} batches "
+            f"({b['mean_requests_per_batch']:.2f} per batch; {b['batches_of_2_or_more']:.0%} of batches held 2 or more)"
+        )
+    learn = r["learning"]
     print()
-    print("| learning clients | acknowledged durable updates/s | p50 | p99 |")
-    print("| ---: | ---: | ---: | ---: |")
-    for c, x in L["runs"].items():
-        print(f"| {c} | {x['rate']:,.0f} | {x['p50_ms']:.2f} ms | {x['p99_ms']:.2f} ms |")
-    print(f"\nacknowledged updates {L['acked']}, final model version {L['final_version']}, mean fsync group {L['mean_group_size']:.1f}")
+    print(row("learning clients", "acknowledged durable updates/s", "p50", "p99"))
+    print(row("---:", "---:", "---:", "---:"))
+    for c, x in learn["runs"].items():
+        print(row(c, f"{x['rate']:,.0f}", f"{x['p50_ms']:.2f} ms", f"{x['p99_ms']:.2f} ms"))
+    print(
+        f"\nacknowledged updates {learn['acked']}, final model version {learn['final_version']} "
+        f"(+100 warm-up calls), mean fsync group {learn['mean_group_size']:.1f}"
+    )
     if "reliability" in r:
         rel = r["reliability"]
         f, lt, k, nt = rel["fuzz"], rel.get("learn_infer", {}), rel.get("kill9", {}), rel["no_token"]
         print()
-        print("| reliability run | result |")
-        print("| --- | --- |")
-        print(f"| fuzz: malformed requests | {f['tried']} tried, codes {f['codes']}; server alive: {f['server_alive']}, serving after: {f['serving_after']} |")
+        print(row("reliability run", "result"))
+        print(row("---", "---"))
+        alive = f"server alive: {f['server_alive']}, serving after: {f['serving_after']}"
+        print(row("fuzz: malformed requests", f"{f['tried']} tried, status codes {f['codes']}; {alive}"))
         if lt:
-            print(
-                f"| concurrent learn + infer | {lt['acked']} acknowledged, final version {lt['final_version']} (equal: {lt['versions_ok']}); "
-                f"{lt['checked']} answers replayed offline, torn reads: {lt['torn']} |"
-            )
+            equal = f"{lt['acked']} acknowledged, final version {lt['final_version']} (equal: {lt['versions_ok']})"
+            torn = f"{lt['checked']} answers replayed offline, torn reads: {lt['torn']}"
+            print(row("concurrent learn + infer", f"{equal}; {torn}"))
         if k:
-            print(f"| kill -9 during learning, restart | {k['acked']} acknowledged (max version {k['max_acked']}), version after restart {k['after_restart']}, lost: {k['lost']} |")
-        print(f"| learn without the token | {nt['code']}; version unchanged: {nt['version_unchanged']}, weights unchanged: {nt['weights_unchanged']} |")
-    print(f"\nload average before {r['load_before'][0]:.2f}, after {r['load_after'][0]:.2f}; accuracy on 500 test images {r['accuracy_500']:.3f}")
+            got = (
+                f"{k['acked']} acknowledged (max version {k['max_acked']}), version after restart {k['after_restart']}"
+            )
+            print(row("kill -9 during learning, restart", f"{got}, lost: {k['lost']}"))
+        unchanged = f"version unchanged: {nt['version_unchanged']}, weights unchanged: {nt['weights_unchanged']}"
+        print(row("learn without the token", f"{nt['code']}; {unchanged}"))
+    print(
+        f"\nload average before {r['load_before'][0]:.2f}, after {r['load_after'][0]:.2f}; "
+        f"accuracy on 500 test images {r['accuracy_500']:.3f}"
+    )
 
 
 if __name__ == "__main__":

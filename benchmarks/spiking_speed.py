@@ -115,17 +115,40 @@ def main() -> int:
         _, base = bench_training(row, args.baseline_samples, reference=True)
         rate, base_rate = args.samples / sec, args.baseline_samples / base
         gflops = dense_flops_train(cfg, args.samples) / sec / 1e9
-        rows.append([label, f"{rate:,.0f} samples/s", f"{60000 / rate:.1f} s", f"{base_rate:,.0f} samples/s",
-                     f"{rate / base_rate:.1f}x", f"{gflops:.1f}", f"{100 * gflops / peak:.1f}%", target])
-        out[row] = {"samples_per_second": rate, "epoch_seconds": 60000 / rate, "baseline_samples_per_second": base_rate,
-                    "dense_gflops": gflops}
+        rows.append(
+            [
+                label,
+                f"{rate:,.0f} samples/s",
+                f"{60000 / rate:.1f} s",
+                f"{base_rate:,.0f} samples/s",
+                f"{rate / base_rate:.1f}x",
+                f"{gflops:.1f}",
+                f"{100 * gflops / peak:.1f}%",
+                target,
+            ]
+        )
+        out[row] = {
+            "samples_per_second": rate,
+            "epoch_seconds": 60000 / rate,
+            "baseline_samples_per_second": base_rate,
+            "dense_gflops": gflops,
+        }
     cfg, sec = bench_testing(args.test_images, reference=False)
     _, base = bench_testing(max(100, args.baseline_samples // 6), reference=True)
     rate, base_rate = args.test_images / sec, max(100, args.baseline_samples // 6) / base
     gflops = dense_flops_test(cfg, args.test_images) / sec / 1e9
-    rows.append(["testing, all 10 labels per image", f"{rate:,.0f} images/s", f"{10000 / rate:.1f} s (10k)",
-                 f"{base_rate:,.0f} images/s", f"{rate / base_rate:.1f}x", f"{gflops:.1f}", f"{100 * gflops / peak:.1f}%",
-                 ">= 2,000 images/s"])
+    rows.append(
+        [
+            "testing, all 10 labels per image",
+            f"{rate:,.0f} images/s",
+            f"{10000 / rate:.1f} s (10k)",
+            f"{base_rate:,.0f} images/s",
+            f"{rate / base_rate:.1f}x",
+            f"{gflops:.1f}",
+            f"{100 * gflops / peak:.1f}%",
+            ">= 2,000 images/s",
+        ]
+    )
     out["testing"] = {"images_per_second": rate, "baseline_images_per_second": base_rate, "dense_gflops": gflops}
     print_table(
         f"Spiking FF speed, paper configuration (884 -> 200, T = 23 + 20) on {machine()}",

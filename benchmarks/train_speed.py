@@ -44,7 +44,9 @@ def bench(name: str, samples: int) -> dict:
     def run():
         nonlocal shown_total
         for i in range(0, samples, cfg.train.batch_size):
-            rows, shown, y = make_samples(labels[i : i + cfg.train.batch_size], cfg.train.negatives.replace("hard", "paired"), 10, gen)
+            rows, shown, y = make_samples(
+                labels[i : i + cfg.train.batch_size], cfg.train.negatives.replace("hard", "paired"), 10, gen
+            )
             step(net.embedding(x[i : i + cfg.train.batch_size][rows], shown), y)
             shown_total += len(y)
 
@@ -67,7 +69,13 @@ def main() -> int:
     peak = matmul_peak()
     results = [bench(c, args.samples) for c in args.configs]
     rows = [
-        [r["config"], f"{r['samples_per_second']:,.0f}", f"{r['epoch_seconds']:.1f} s", f"{r['gflops']:.1f}", f"{100 * r['gflops'] / peak:.1f}%"]
+        [
+            r["config"],
+            f"{r['samples_per_second']:,.0f}",
+            f"{r['epoch_seconds']:.1f} s",
+            f"{r['gflops']:.1f}",
+            f"{100 * r['gflops'] / peak:.1f}%",
+        ]
         for r in results
     ]
     print_table(

@@ -77,7 +77,9 @@ def tsne_plot(latent: Tensor, labels: Tensor, path: str | Path, title: str = "",
     return path
 
 
-def analyze_model(model_dir, dataset: str | None = None, limit: int | None = None, plot=None, device: str = "cpu", seed: int = 0) -> dict:
+def analyze_model(
+    model_dir, dataset: str | None = None, limit: int | None = None, plot=None, device: str = "cpu", seed: int = 0
+) -> dict:
     """Hoyer and separability of a model's test latents; optionally a t-SNE PNG."""
     from .checkpoint import load_model
     from .data import load_split

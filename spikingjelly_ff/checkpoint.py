@@ -74,7 +74,9 @@ def read_meta(model_dir: str | os.PathLike) -> dict:
     return meta
 
 
-def load_model(model_dir: str | os.PathLike, device: str = "cpu", backend: str = "torch") -> tuple[FFNet, RunConfig, dict]:
+def load_model(
+    model_dir: str | os.PathLike, device: str = "cpu", backend: str = "torch"
+) -> tuple[FFNet, RunConfig, dict]:
     """Rebuild the network from ``config.json`` and load its weights."""
     d = Path(model_dir)
     meta = read_meta(d)
@@ -91,7 +93,9 @@ def load_model(model_dir: str | os.PathLike, device: str = "cpu", backend: str =
         raise CheckpointError(f"{weights}: cannot read weights ({exc})") from exc
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{weights}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+        raise CheckpointError(
+            f"{weights}: weights do not match the config (missing {missing}, unexpected {unexpected})"
+        )
     net.to(device)
     net.eval()
     return net, cfg, meta

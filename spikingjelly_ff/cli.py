@@ -41,7 +41,8 @@ def _eval(args) -> int:
     if args.json:
         print(json.dumps({k: result[k] for k in ("accuracy", "n", "seconds")} | {"dataset": result["dataset"]}))
     else:
-        print(f"{result['dataset']} {args.split}: accuracy {result['accuracy']:.4f} on {result['n']} images in {result['seconds']:.1f}s")
+        acc, n, sec = result["accuracy"], result["n"], result["seconds"]
+        print(f"{result['dataset']} {args.split}: accuracy {acc:.4f} on {n} images in {sec:.1f}s")
     return 0
 
 
@@ -87,7 +88,14 @@ def _reproduce(args) -> int:
 
     if args.what != "paper":
         raise ValueError("only `sjff reproduce paper` exists")
-    reproduce_paper(args.out, epochs=args.epochs, limit=args.limit, test_limit=args.test_limit, rows=args.rows, progress=not args.quiet)
+    reproduce_paper(
+        args.out,
+        epochs=args.epochs,
+        limit=args.limit,
+        test_limit=args.test_limit,
+        rows=args.rows,
+        progress=not args.quiet,
+    )
     print(f"wrote {Path(args.out) / 'table.md'}")
     return 0
 
@@ -109,7 +117,9 @@ def _serve(args, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sjff", description="Forward-Forward and Hebbian learning for SpikingJelly networks")
+    ap = argparse.ArgumentParser(
+        prog="sjff", description="Forward-Forward and Hebbian learning for SpikingJelly networks"
+    )
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -190,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         from .errors import is_user_error
 
         if not is_user_error(exc):
-            print(f"sjff: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+            print(
+                f"sjff: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                file=sys.stderr,
+            )
             return 1
         print(f"sjff: error: {exc}", file=sys.stderr)
         return 2

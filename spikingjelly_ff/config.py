@@ -131,7 +131,9 @@ class TrainConfig:
     learner: str = "local-loss"  # local-loss (autograd per layer) | hebbian (no autograd)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     hebbian: HebbianConfig = field(default_factory=HebbianConfig)
-    negatives: str = "mixed"  # mixed: each sample positive or negative (paper) | paired: both | hard: paired, wrong label ~ model's confusion
+    # mixed: each sample positive or negative (paper) | paired: both | hard: paired, with the
+    # wrong label drawn by the model's confusion (Hinton's hard negatives)
+    negatives: str = "mixed"
     limit: int | None = None  # use only the first N training samples
     shuffle: bool = True
     augment_shift: int = 0  # translate training images by up to N pixels (0: no augmentation)
@@ -144,6 +146,7 @@ class EvalConfig:
     batch_size: int = 1000
     limit: int | None = None
     share_image_spikes: bool = True  # spiking: one draw of image spikes for all candidate labels
+    repeats: int = 1  # spiking: sum the scores of this many independent presentations
 
 
 @dataclass
@@ -203,7 +206,7 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("the Hebbian learner needs a quadratic goodness (sum_squares or mean_squares)")
     if m.kind == "spiking" and t.learner != "hebbian":
         raise ConfigError("spiking models train with train.learner=hebbian")
-    for key in ("train.epochs", "train.batch_size", "eval.batch_size", "model.encoder.steps"):
+    for key in ("train.epochs", "train.batch_size", "eval.batch_size", "eval.repeats", "model.encoder.steps"):
         if flat[key] < 1:
             raise ConfigError(f"{key} must be >= 1")
     if m.encoder.rest_steps < 0:

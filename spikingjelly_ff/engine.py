@@ -55,7 +55,12 @@ class SpikingTrainer:
         self.eligibility = [torch.zeros_like(layer.weight) for layer in net.layers]
 
     def _online(self, n: int, device: torch.device) -> bool:
-        return n == 1 and device.type == "cpu" and self.spec.eligibility_tau is not None and self.net.neuron_params.kwta is None
+        return (
+            n == 1
+            and device.type == "cpu"
+            and self.spec.eligibility_tau is not None
+            and self.net.neuron_params.kwta is None
+        )
 
     @torch.no_grad()
     def train_batch(self, x: Tensor, shown: Tensor, y: Tensor, spikes: Tensor | None = None) -> Tensor:
@@ -66,7 +71,18 @@ class SpikingTrainer:
         self.count += 1
         if self.sequential and x.shape[0] > 1:
             rows = range(x.shape[0])
-            return torch.cat([self._train(x[i : i + 1], shown[i : i + 1], y[i : i + 1], eta, None if spikes is None else spikes[:, i : i + 1]) for i in rows])
+            return torch.cat(
+                [
+                    self._train(
+                        x[i : i + 1],
+                        shown[i : i + 1],
+                        y[i : i + 1],
+                        eta,
+                        None if spikes is None else spikes[:, i : i + 1],
+                    )
+                    for i in rows
+                ]
+            )
         return self._train(x, shown, y, eta, spikes)
 
     def _train(self, x: Tensor, shown: Tensor, y: Tensor, eta: float, spikes: Tensor | None) -> Tensor:
@@ -127,10 +143,17 @@ class SpikingScorer:
     chunk = 250  # images per internal batch: bounds the [C, T, N, H] current tensor
 
     def __init__(
-        self, net: SpikingFFNet, share_image_spikes: bool = True, seed: int = 0, device="cpu", use_state: bool = True
+        self,
+        net: SpikingFFNet,
+        share_image_spikes: bool = True,
+        seed: int = 0,
+        device="cpu",
+        use_state: bool = True,
+        repeats: int = 1,
     ) -> None:
         self.net = net
         self.share = share_image_spikes
+        self.repeats = repeats  # scores summed over independent presentations (less rate-code noise)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         # With use_state the scorer continues from (and leaves behind) the network's membranes,
         # as the paper's test loop does; without, every call starts from rest and the network's
@@ -162,8 +185,15 @@ class SpikingScorer:
             num_labels = c
         states = net.state() if self.use_state else [None] * len(weights)
         outs, finals = score_labels(
-            current, num_labels, weights, net.dynamics, states, net.encoder.carry_membrane,
-            net.encoder.rest_steps, net.backend, counts,
+            current,
+            num_labels,
+            weights,
+            net.dynamics,
+            states,
+            net.encoder.carry_membrane,
+            net.encoder.rest_steps,
+            net.backend,
+            counts,
         )
         if self.use_state:
             for layer, v in zip(net.layers, finals):
@@ -173,11 +203,15 @@ class SpikingScorer:
 
     @torch.no_grad()
     def scores(self, x: Tensor, spikes: Tensor | None = None) -> Tensor:
-        """Summed layer scores of every label, ``[N, C]``."""
-        traces = self.layer_outputs(x, spikes)
-        c, n, _ = traces[0].shape
-        flat = [tr.reshape(c * n, -1) for tr in traces]
-        return self.net.score_activities(flat).reshape(c, n).transpose(0, 1)
+        """Summed layer scores of every label, ``[N, C]`` (summed over ``repeats`` presentations)."""
+        total = None
+        for _ in range(1 if spikes is not None else self.repeats):
+            traces = self.layer_outputs(x, spikes)
+            c, n, _ = traces[0].shape
+            flat = [tr.reshape(c * n, -1) for tr in traces]
+            s = self.net.score_activities(flat).reshape(c, n).transpose(0, 1)
+            total = s if total is None else total + s
+        return total
 
     def predict(self, x: Tensor) -> Tensor:
         return self.scores(x).argmax(-1)

@@ -12,4 +12,6 @@ def is_user_error(exc: BaseException) -> bool:
     from .data import DataError
     from .runtime.artifact import ArtifactError
 
-    return isinstance(exc, (ConfigError, DataError, CheckpointError, ArtifactError, ValueError, FileNotFoundError, RuntimeError))
+    return isinstance(
+        exc, (ConfigError, DataError, CheckpointError, ArtifactError, ValueError, FileNotFoundError, RuntimeError)
+    )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -30,7 +30,9 @@ def scorer_for(net: FFNet, cfg: RunConfig, device: torch.device | str, readout: 
 
     if readout:
         raise ValueError("a linear readout exists for analog models only")
-    return SpikingScorer(net, share_image_spikes=cfg.eval.share_image_spikes, seed=cfg.seed + 4, device=device).predict
+    return SpikingScorer(
+        net, share_image_spikes=cfg.eval.share_image_spikes, seed=cfg.seed + 4, device=device, repeats=cfg.eval.repeats
+    ).predict
 
 
 def evaluate_arrays(predict: Predictor, x: Tensor, labels: Tensor, batch_size: int = 1000) -> dict:
@@ -41,7 +43,12 @@ def evaluate_arrays(predict: Predictor, x: Tensor, labels: Tensor, batch_size: i
         correct += int((predict(x[i : i + batch_size]) == labels[i : i + batch_size]).sum())
     seconds = time.perf_counter() - t0
     n = len(labels)
-    return {"accuracy": correct / max(n, 1), "n": n, "seconds": seconds, "images_per_second": n / seconds if seconds else None}
+    return {
+        "accuracy": correct / max(n, 1),
+        "n": n,
+        "seconds": seconds,
+        "images_per_second": n / seconds if seconds else None,
+    }
 
 
 def evaluate_model(
@@ -64,7 +71,9 @@ def evaluate_model(
     if data.images.shape[1] != meta["in_features"]:
         raise ValueError(f"{ds} images have {data.images.shape[1]} pixels; the model expects {meta['in_features']}")
     x, y = data.to_tensors(device)
-    out = evaluate_arrays(scorer_for(net, cfg, device, readout=net.readout is not None), x, y, batch_size or cfg.eval.batch_size)
+    out = evaluate_arrays(
+        scorer_for(net, cfg, device, readout=net.readout is not None), x, y, batch_size or cfg.eval.batch_size
+    )
     out["dataset"] = ds
     return out
 

@@ -1,6 +1,6 @@
 """Goodness functions G(l) of a layer's activity l.
 
-Every function maps activity ``l`` of shape ``[..., H]`` to goodness of shape ``[...]``.
+Every function maps activity ``act`` (l) of shape ``[..., H]`` to goodness of shape ``[...]``.
 A *split* goodness treats the first ``H // 2`` neurons as the positive half and the rest
 as the negative half and returns ``(G_pos, G_neg)``; the symmetric and polar probability
 functions need it.
@@ -13,7 +13,8 @@ Works on torch tensors and numpy arrays alike.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _array
 
@@ -32,19 +33,19 @@ __all__ = [
 ]
 
 
-def sum_squares(l: Tensor) -> Tensor:
+def sum_squares(act: Tensor) -> Tensor:
     """G = sum_j l_j^2. ``[..., H] -> [...]``."""
-    return (l * l).sum(-1)
+    return (act * act).sum(-1)
 
 
-def mean_squares(l: Tensor) -> Tensor:
+def mean_squares(act: Tensor) -> Tensor:
     """G = mean_j l_j^2. ``[..., H] -> [...]``."""
-    return (l * l).mean(-1)
+    return (act * act).mean(-1)
 
 
-def l1(l: Tensor) -> Tensor:
+def l1(act: Tensor) -> Tensor:
     """G = sum_j |l_j| (non-quadratic). ``[..., H] -> [...]``."""
-    return abs(l).sum(-1)
+    return abs(act).sum(-1)
 
 
 GOODNESS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -59,43 +60,43 @@ def _check(kind: str) -> None:
         raise ValueError(f"unknown goodness {kind!r}; choose one of {sorted(GOODNESS)}")
 
 
-def split_halves(l: Tensor) -> tuple[Tensor, Tensor]:
+def split_halves(act: Tensor) -> tuple[Tensor, Tensor]:
     """Split ``[..., H]`` into the positive half ``[..., H//2]`` and negative half."""
-    h = l.shape[-1]
+    h = act.shape[-1]
     if h < 2 or h % 2:
         raise ValueError(f"a split goodness needs an even number of neurons, got {h}")
-    return l[..., : h // 2], l[..., h // 2 :]
+    return act[..., : h // 2], act[..., h // 2 :]
 
 
-def goodness(l: Tensor, kind: str = "sum_squares", split: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """Goodness of ``l`` ``[..., H]``: ``[...]``, or ``([...], [...])`` when ``split``."""
+def goodness(act: Tensor, kind: str = "sum_squares", split: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Goodness of ``act`` ``[..., H]``: ``[...]``, or ``([...], [...])`` when ``split``."""
     _check(kind)
     fn = GOODNESS[kind]
     if split:
-        pos, neg = split_halves(l)
+        pos, neg = split_halves(act)
         return fn(pos), fn(neg)
-    return fn(l)
+    return fn(act)
 
 
-def goodness_grad(l: Tensor, kind: str = "sum_squares", split: bool = False) -> Tensor:
+def goodness_grad(act: Tensor, kind: str = "sum_squares", split: bool = False) -> Tensor:
     """dG/dl, shape ``[..., H]`` (for a split goodness each half w.r.t. its own G)."""
     _check(kind)
     if kind == "sum_squares":
-        return 2.0 * l
+        return 2.0 * act
     if kind == "mean_squares":
-        n = l.shape[-1] // 2 if split else l.shape[-1]
-        return 2.0 * l / n
-    return _array.sign(l)
+        n = act.shape[-1] // 2 if split else act.shape[-1]
+        return 2.0 * act / n
+    return _array.sign(act)
 
 
 def is_quadratic(kind: str) -> bool:
-    """True when dG/dl = c * l, i.e. when the FF gradient is a Hebbian product."""
+    """True when dG/dl = c * act, i.e. when the FF gradient is a Hebbian product."""
     _check(kind)
     return kind in ("sum_squares", "mean_squares")
 
 
 def hebbian_gain(kind: str, width: int, split: bool = False) -> float:
-    """The constant c in dG/dl = c * l for a quadratic goodness over ``width`` neurons."""
+    """The constant c in dG/dl = c * act for a quadratic goodness over ``width`` neurons."""
     if not is_quadratic(kind):
         raise ValueError(f"goodness {kind!r} is not quadratic: its gradient is not Hebbian")
     if kind == "sum_squares":

@@ -13,8 +13,8 @@ from __future__ import annotations
 from spikingjelly.activation_based import base, layer
 from torch import Tensor, nn
 
-from .params import NeuronParams, TraceParams
 from .neuron import FFLIFNode
+from .params import NeuronParams, TraceParams
 
 __all__ = ["FFLinear", "SpikingFFLayer", "length_normalize"]
 
@@ -28,7 +28,12 @@ class FFLinear(nn.Module, base.StepModule):
     """Analog FF layer: ``[..., D] -> [..., H]``; stateless, so both step modes agree."""
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = False, normalize_input: bool = False, step_mode: str = "s"
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        normalize_input: bool = False,
+        step_mode: str = "s",
     ) -> None:
         super().__init__()
         self.synapse = layer.Linear(in_features, out_features, bias=bias, step_mode=step_mode)

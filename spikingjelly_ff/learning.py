@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from spikingjelly.activation_based import base, monitor
 from torch import Tensor, nn
@@ -148,7 +146,7 @@ class HebbianLearner(base.MemoryModule):
                 yield ff_hebbian_delta(self.probability, activity, pre, y, self.goodness)
 
     @torch.no_grad()
-    def step(self, y: Tensor, on_grad: bool = True, scale: float = 1.0) -> Optional[Tensor]:
+    def step(self, y: Tensor, on_grad: bool = True, scale: float = 1.0) -> Tensor | None:
         """Sum of the dW of all recorded steps, times ``scale``.
 
         ``on_grad=True`` subtracts it from ``weight.grad`` (so an SGD optimizer with lr eta

@@ -14,10 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .params import NeuronParams, TraceParams
 from .embedding import build_embedding
 from .goodness import goodness
 from .layers import FFLinear, SpikingFFLayer
+from .params import NeuronParams, TraceParams
 from .probability import Probability
 
 __all__ = ["AnalogFFNet", "EncoderParams", "FFNet", "SpikingFFNet", "bernoulli_spikes", "build_model"]
@@ -71,7 +71,9 @@ class FFNet(nn.Module):
 
     def pn_logit(self, activities: list[Tensor]) -> Tensor:
         """Summed log-odds that each sample is positive, ``[N]`` (> 0 means P > 1/2)."""
-        return torch.stack([self.probability.logit(self.layer_goodness(activities[i])) for i in self.score_layers]).sum(0)
+        return torch.stack([self.probability.logit(self.layer_goodness(activities[i])) for i in self.score_layers]).sum(
+            0
+        )
 
     def latent(self, activities: list[Tensor], layers: list[int] | None = None) -> Tensor:
         """Concatenated activity of ``layers`` (default all), ``[N, sum H]``."""

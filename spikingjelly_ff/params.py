@@ -62,7 +62,8 @@ class NeuronParams:
 class TraceParams:
     """Post-synaptic trace used as the layer activity l.
 
-    ``count``: trace += spike * increment, increment = float32(1) / float32(scale). ``leaky``: trace <- decay * trace + (1 - decay) * spike.
+    ``count``: trace += spike * increment, increment = float32(1) / float32(scale).
+    ``leaky``: trace <- decay * trace + (1 - decay) * spike.
     ``hard``: trace <- decay * trace, and 1 where the neuron spiked. ``none``: l = spike.
     """
 

@@ -6,7 +6,7 @@ The FF layers stay frozen; the readout sees the activity produced with a *neutra
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

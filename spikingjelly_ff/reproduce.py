@@ -124,11 +124,13 @@ def _table(results: dict, rows: list[str], sets: list[str]) -> str:
     lines = [
         "# arXiv 2406.16479, Table 1, reproduced",
         "",
-        f"Settings: the configs in `configs/paper/`{' with ' + ', '.join(sets) if sets else ' (full MNIST, 10 epochs)'}.",
+        "Settings: the configs in `configs/paper/`"
+        + (f" with {', '.join(sets)}." if sets else ", full MNIST, 10 epochs."),
         "Accuracy is MNIST test accuracy (%); Hoyer and separability are computed on the test latents",
         "with the correct label shown (spike counts for spiking rows).",
         "",
-        "| Row | Accuracy (paper) | Accuracy (ours) | Δ | Hoyer (paper) | Hoyer (ours) | Separability (paper) | Separability (ours) | s/epoch |",
+        "| Row | Accuracy (paper) | Accuracy (ours) | Δ | Hoyer (paper) | Hoyer (ours) "
+        "| Separability (paper) | Separability (ours) | s/epoch |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:

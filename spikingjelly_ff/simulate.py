@@ -143,7 +143,9 @@ def _constants(p: NeuronParams, tp: TraceParams) -> _Consts:
     c = _CONSTS.get(key)
     if c is None:
         f = np.float32
-        c = _CONSTS[key] = _Consts(f(p.beta), f(p.v_threshold), f(p.v_reset), f(tp.increment), f(tp.decay), f(tp.one_minus_decay), f(1.0))
+        c = _CONSTS[key] = _Consts(
+            f(p.beta), f(p.v_threshold), f(p.v_reset), f(tp.increment), f(tp.decay), f(tp.one_minus_decay), f(1.0)
+        )
     return c
 
 
@@ -382,7 +384,9 @@ def online_layer(
     w += np.float32(eta * sum(a_pow[:k])) * e
     w[:, cols] += matmul(us.T * np.float32(eta * tau) * b_sum[k - 1 :: -1].astype(np.float32), xs)
     e *= np.float32(a**k)
-    e[:, cols] += matmul(us.T * np.float32(tau) * np.asarray([a ** (k - 1 - q) for q in range(k)], dtype=np.float32), xs)
+    e[:, cols] += matmul(
+        us.T * np.float32(tau) * np.asarray([a ** (k - 1 - q) for q in range(k)], dtype=np.float32), xs
+    )
     return out, tr
 
 
@@ -430,9 +434,10 @@ def score_labels(
     for k in range(num_labels):
         current = first_current(k)
         t, n, _ = current.shape
+        spikes = None
         for i, w in enumerate(weights):
             h = w.shape[0]
-            if i > 0:
+            if spikes is not None:  # the previous layer's output drives this one
                 current = (spikes.reshape(t * n, -1) @ w.T).reshape(t, n, h)
             if k == 0:
                 outputs.append(_empty(current, (num_labels, n, h)))

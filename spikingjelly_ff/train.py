@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -207,8 +207,10 @@ def train(
     scorer_scores = _scores_fn(net, cfg, device)
 
     metrics = {"name": cfg.name, "config": cfg.to_dict(), "backend": backend, "device": str(device), "epochs": []}
-    log(f"{cfg.name}: {net.kind} {in_features}->{'->'.join(map(str, cfg.model.layers))}, "
-        f"{len(x_train)} train / {len(x_test)} test samples, learner {cfg.train.learner}, backend {backend}")
+    log(
+        f"{cfg.name}: {net.kind} {in_features}->{'->'.join(map(str, cfg.model.layers))}, "
+        f"{len(x_train)} train / {len(x_test)} test samples, learner {cfg.train.learner}, backend {backend}"
+    )
     for epoch in range(1, cfg.train.epochs + 1):
         t0 = time.perf_counter()
         correct = seen = 0
@@ -233,7 +235,9 @@ def train(
         last = epoch == cfg.train.epochs
         if last or (cfg.train.eval_every and epoch % cfg.train.eval_every == 0):
             ev = evaluate_arrays(scorer, x_test, y_test, cfg.eval.batch_size)
-            record.update(test_accuracy=ev["accuracy"], test_seconds=ev["seconds"], test_images_per_second=ev["images_per_second"])
+            record.update(
+                test_accuracy=ev["accuracy"], test_seconds=ev["seconds"], test_images_per_second=ev["images_per_second"]
+            )
         metrics["epochs"].append(record)
         msg = f"epoch {epoch}: pos/neg acc {record['train_pn_accuracy']:.4f}, {train_seconds:.1f}s"
         if "test_accuracy" in record:

@@ -48,7 +48,15 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), n))
         return n
 
-    def op(self, op_type: str, inputs: list[str], base: str | None = None, outputs: int = 1, out: str | None = None, **attrs):
+    def op(
+        self,
+        op_type: str,
+        inputs: list[str],
+        base: str | None = None,
+        outputs: int = 1,
+        out: str | None = None,
+        **attrs,
+    ):
         names = [out] if out else [self.name(base or op_type.lower()) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, inputs, names, **attrs))
         return names[0] if outputs == 1 else names
@@ -109,16 +117,43 @@ def _embed_all_labels(g: _Graph, net, images: str) -> str:
     if hasattr(emb, "patterns"):
         bits = emb.bits
         pat = emb.patterns.detach().cpu().numpy().astype(np.float32)  # [C, bits]
-        pat_n = g.op("Expand", [g.const(pat[:, None, :]), g.op("Concat", [g.const([c], "c", np.int64), n, g.const([bits], "b", np.int64)], axis=0)])
-        img = g.op("Expand", [g.op("Unsqueeze", [images, g.const([0], "a", np.int64)]),
-                              g.op("Concat", [g.const([c], "c", np.int64), n, g.const([net.in_features], "d", np.int64)], axis=0)])
+        pat_n = g.op(
+            "Expand",
+            [
+                g.const(pat[:, None, :]),
+                g.op("Concat", [g.const([c], "c", np.int64), n, g.const([bits], "b", np.int64)], axis=0),
+            ],
+        )
+        img = g.op(
+            "Expand",
+            [
+                g.op("Unsqueeze", [images, g.const([0], "a", np.int64)]),
+                g.op("Concat", [g.const([c], "c", np.int64), n, g.const([net.in_features], "d", np.int64)], axis=0),
+            ],
+        )
         full = g.op("Concat", [img, pat_n], axis=2)
     else:
         code = (np.eye(c, dtype=np.float32) * float(emb.scale))[:, None, :]  # [C, 1, C]
-        rest = g.op("Slice", [images, g.const([c], "s", np.int64), g.const([net.in_features], "e", np.int64), g.const([1], "ax", np.int64)])
-        rest = g.op("Expand", [g.op("Unsqueeze", [rest, g.const([0], "a", np.int64)]),
-                               g.op("Concat", [g.const([c], "c", np.int64), n, g.const([net.in_features - c], "d", np.int64)], axis=0)])
-        code_n = g.op("Expand", [g.const(code), g.op("Concat", [g.const([c], "c", np.int64), n, g.const([c], "cc", np.int64)], axis=0)])
+        rest = g.op(
+            "Slice",
+            [
+                images,
+                g.const([c], "s", np.int64),
+                g.const([net.in_features], "e", np.int64),
+                g.const([1], "ax", np.int64),
+            ],
+        )
+        rest = g.op(
+            "Expand",
+            [
+                g.op("Unsqueeze", [rest, g.const([0], "a", np.int64)]),
+                g.op("Concat", [g.const([c], "c", np.int64), n, g.const([net.in_features - c], "d", np.int64)], axis=0),
+            ],
+        )
+        code_n = g.op(
+            "Expand",
+            [g.const(code), g.op("Concat", [g.const([c], "c", np.int64), n, g.const([c], "cc", np.int64)], axis=0)],
+        )
         full = g.op("Concat", [code_n, rest], axis=2)
     return g.op("Reshape", [full, g.const([-1, net.input_width], "shape", np.int64)])
 
@@ -189,7 +224,9 @@ def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = Fals
     return _save(model, out)
 
 
-def _meta(model: onnx.ModelProto, net, kind: str, weight_names: list[str] | None = None, hebbian: dict | None = None) -> None:
+def _meta(
+    model: onnx.ModelProto, net, kind: str, weight_names: list[str] | None = None, hebbian: dict | None = None
+) -> None:
     """Settings a runtime needs to keep learning travel with the graph (model property
     ``spikingjelly_ff``, JSON)."""
     import json
@@ -232,14 +269,26 @@ def _neuron_step(g: _Graph, v: str, current: str, net: SpikingFFNet) -> tuple[st
     if p.form == "beta":
         v = g.op("Add", [g.op("Mul", [v, g.const(p.beta)]), current])
     elif p.decay_input:
-        v = g.op("Add", [v, g.op("Div", [g.op("Sub", [current, g.op("Sub", [v, g.const(p.v_reset)])]), g.const(p.tau)])])
+        v = g.op(
+            "Add", [v, g.op("Div", [g.op("Sub", [current, g.op("Sub", [v, g.const(p.v_reset)])]), g.const(p.tau)])]
+        )
     else:
-        v = g.op("Add", [g.op("Sub", [v, g.op("Div", [g.op("Sub", [v, g.const(p.v_reset)]), g.const(p.tau)])]), current])
+        v = g.op(
+            "Add", [g.op("Sub", [v, g.op("Div", [g.op("Sub", [v, g.const(p.v_reset)]), g.const(p.tau)])]), current]
+        )
     th = g.const(p.v_threshold)
     fired = g.op("Greater" if p.fire == ">" else "GreaterOrEqual", [v, th])
     if p.kwta is not None:
         kth_vals, _ = g.op("TopK", [v, g.const([p.kwta], "k", np.int64)], outputs=2, axis=-1)
-        kth = g.op("Slice", [kth_vals, g.const([p.kwta - 1], "s", np.int64), g.const([p.kwta], "e", np.int64), g.const([-1], "ax", np.int64)])
+        kth = g.op(
+            "Slice",
+            [
+                kth_vals,
+                g.const([p.kwta - 1], "s", np.int64),
+                g.const([p.kwta], "e", np.int64),
+                g.const([-1], "ax", np.int64),
+            ],
+        )
         fired = g.op("And", [fired, g.op("GreaterOrEqual", [v, kth])])
     v = g.op("Where", [fired, g.const(p.v_reset), v])
     spike = g.op("Cast", [fired], to=TensorProto.FLOAT)
@@ -318,8 +367,16 @@ def spiking_to_onnx(net: SpikingFFNet, out: str | os.PathLike) -> Path:
             zero = g.const(0.0)
             for _ in range(net.encoder.rest_steps):
                 if silent:
-                    v = g.op("Add", [g.op("Mul", [v, g.const(p.beta)]), zero]) if p.form == "beta" else g.op(
-                        "Add", [g.op("Sub", [v, g.op("Div", [g.op("Sub", [v, g.const(p.v_reset)]), g.const(p.tau)])]), zero]
+                    v = (
+                        g.op("Add", [g.op("Mul", [v, g.const(p.beta)]), zero])
+                        if p.form == "beta"
+                        else g.op(
+                            "Add",
+                            [
+                                g.op("Sub", [v, g.op("Div", [g.op("Sub", [v, g.const(p.v_reset)]), g.const(p.tau)])]),
+                                zero,
+                            ],
+                        )
                     )
                 else:
                     _, _, v = _neuron_step(g, v, zero, net)

@@ -90,8 +90,16 @@ def neuron_forward(
             mod.get_function("sjff_neuron_forward")(
                 grid,
                 (THREADS,),
-                (_cp(current), _cp(v), _cp(trace), _cp(spikes), _cp(seq) if seq is not None else 0,
-                 np.int32(t_steps), np.int32(n * h), *_params(p, tp)),
+                (
+                    _cp(current),
+                    _cp(v),
+                    _cp(trace),
+                    _cp(spikes),
+                    _cp(seq) if seq is not None else 0,
+                    np.int32(t_steps),
+                    np.int32(n * h),
+                    *_params(p, tp),
+                ),
             )
         else:
             scratch = torch.empty_like(v)
@@ -99,8 +107,19 @@ def neuron_forward(
             mod.get_function("sjff_neuron_forward_kwta")(
                 grid,
                 (64,),
-                (_cp(current), _cp(v), _cp(trace), _cp(spikes), _cp(seq) if seq is not None else 0,
-                 _cp(scratch), np.int32(t_steps), np.int32(n), np.int32(h), np.int32(p.kwta), *_params(p, tp)),
+                (
+                    _cp(current),
+                    _cp(v),
+                    _cp(trace),
+                    _cp(spikes),
+                    _cp(seq) if seq is not None else 0,
+                    _cp(scratch),
+                    np.int32(t_steps),
+                    np.int32(n),
+                    np.int32(h),
+                    np.int32(p.kwta),
+                    *_params(p, tp),
+                ),
             )
     return spikes, seq
 
@@ -113,5 +132,13 @@ def eligibility_apply(e: torch.Tensor, w: torch.Tensor, dw: torch.Tensor, tau: f
         _module().get_function("sjff_eligibility_apply")(
             grid,
             (THREADS,),
-            (_cp(e), _cp(w), _cp(dw.contiguous()), np.int64(n), np.float32(1.0 - tau), np.float32(tau), np.float32(eta)),
+            (
+                _cp(e),
+                _cp(w),
+                _cp(dw.contiguous()),
+                np.int64(n),
+                np.float32(1.0 - tau),
+                np.float32(tau),
+                np.float32(eta),
+            ),
         )

@@ -21,7 +21,15 @@ from pathlib import Path
 from .artifact import ArtifactError, SpikeArtifact, read_artifact, write_artifact
 from .model import SpikeModel
 
-__all__ = ["AnalogModel", "ArtifactError", "SpikeArtifact", "SpikeModel", "load_model", "read_artifact", "write_artifact"]
+__all__ = [
+    "AnalogModel",
+    "ArtifactError",
+    "SpikeArtifact",
+    "SpikeModel",
+    "load_model",
+    "read_artifact",
+    "write_artifact",
+]
 
 
 def load_model(path: str | os.PathLike, threads: int | None = None):

@@ -46,7 +46,9 @@ class AnalogModel:
         if missing:
             raise ValueError(f"weights {missing} are missing from the graph")
         # [D, H] in the graph (MatMul x @ W^T); we keep W [H, D] like torch.
-        self.weights = [np.ascontiguousarray(numpy_helper.to_array(inits[n]).T, dtype=np.float32) for n in self.weight_names]
+        self.weights = [
+            np.ascontiguousarray(numpy_helper.to_array(inits[n]).T, dtype=np.float32) for n in self.weight_names
+        ]
         h = self.meta.get("hebbian") or {}
         self.eta = float(h.get("eta", 0.1))
         self.eligibility_tau = h.get("eligibility_tau", 0.1)
@@ -60,7 +62,9 @@ class AnalogModel:
         existing = {i.name for i in served.graph.input}
         for name, w in zip(self.weight_names, self.weights):
             if name not in existing:
-                served.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(w.T.shape)))
+                served.graph.input.append(
+                    onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(w.T.shape))
+                )
         self._proto = model_proto
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # the weights are inputs on purpose; skip ORT's warning about it
@@ -129,7 +133,9 @@ class AnalogModel:
         out[np.arange(len(x)), labels] = float(self.meta["embedding"].get("scale", 1.0))
         return out
 
-    def learn(self, x: np.ndarray, labels: np.ndarray, positive: np.ndarray, seed: int | None = None, eta: float | None = None) -> np.ndarray:
+    def learn(
+        self, x: np.ndarray, labels: np.ndarray, positive: np.ndarray, seed: int | None = None, eta: float | None = None
+    ) -> np.ndarray:
         """One Hebbian update of every layer from images shown with ``labels``; ``positive``
         says whether each label is the true one. Returns the summed log-odds before learning."""
         from ..goodness import goodness
@@ -140,7 +146,11 @@ class AnalogModel:
         inp = self.embed(x, labels)
         total = np.zeros(len(x), dtype=np.float32)
         for i, (layer, w, e) in enumerate(zip(self.meta["layers"], self.weights, self.eligibility)):
-            pre = inp / (np.linalg.norm(inp, axis=1, keepdims=True) + np.float32(1e-8)) if layer["normalize_input"] else inp
+            pre = (
+                inp / (np.linalg.norm(inp, axis=1, keepdims=True) + np.float32(1e-8))
+                if layer["normalize_input"]
+                else inp
+            )
             post = np.maximum(pre @ w.T, 0.0)
             if i in self.meta["score_layers"]:
                 total += self.probability.logit(goodness(post, self.meta["goodness"], split=self.probability.split))

@@ -71,6 +71,7 @@ class SpikeArtifact:
     image_shape: list[int] | None = None
     hebbian: dict = field(default_factory=lambda: {"eta": 0.1, "eligibility_tau": 0.1, "learn_after": 15})
     eligibility: list[np.ndarray] | None = None
+    evaluation: dict = field(default_factory=lambda: {"repeats": 1, "share_image_spikes": True})
     model_version: int = 1
     name: str = "model"
     library_version: str = ""
@@ -102,6 +103,7 @@ class SpikeArtifact:
             "num_classes": self.num_classes,
             "image_shape": self.image_shape,
             "hebbian": dict(self.hebbian),
+            "evaluation": dict(self.evaluation),
         }
 
     def validate(self) -> SpikeArtifact:
@@ -231,7 +233,9 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
             raise ArtifactError(f"{path}: unknown format {ours.attrs.get('format')!r}")
         version = int(ours.attrs.get("format_version", -1))
         if version != FORMAT_VERSION:
-            raise ArtifactError(f"{path}: format version {version} is not supported (this runtime reads {FORMAT_VERSION})")
+            raise ArtifactError(
+                f"{path}: format version {version} is not supported (this runtime reads {FORMAT_VERSION})"
+            )
         try:
             meta = json.loads(_text(ours["meta"]))
         except (KeyError, json.JSONDecodeError) as exc:
@@ -267,6 +271,7 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
             image_shape=meta.get("image_shape"),
             hebbian=dict(meta.get("hebbian") or {}),
             eligibility=eligibility,
+            evaluation=dict(meta.get("evaluation") or {"repeats": 1, "share_image_spikes": True}),
             model_version=int(meta.get("model_version", 1)),
             name=str(meta.get("name", "model")),
             library_version=str(meta.get("library_version", "")),

@@ -36,7 +36,9 @@ class SpikeModel:
         self.dynamics = Dynamics(art.neuron, art.trace, self.probability, art.goodness)
         h = art.hebbian
         self.learn_spec = LearnSpec(
-            float(h.get("eta", 0.1)), h.get("eligibility_tau", 0.1), int(h.get("learn_after", art.encoder["steps"] // 2))
+            float(h.get("eta", 0.1)),
+            h.get("eligibility_tau", 0.1),
+            int(h.get("learn_after", art.encoder["steps"] // 2)),
         )
         self.patterns = None if art.label_patterns is None else np.asarray(art.label_patterns, dtype=np.float32)
 
@@ -47,7 +49,9 @@ class SpikeModel:
         return cls(read_artifact(path))
 
     def to_artifact(self) -> SpikeArtifact:
-        return replace(self.art, weights=[w.copy() for w in self.weights], eligibility=[e.copy() for e in self.eligibility])
+        return replace(
+            self.art, weights=[w.copy() for w in self.weights], eligibility=[e.copy() for e in self.eligibility]
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write weights, eligibility and settings atomically."""
@@ -112,20 +116,39 @@ class SpikeModel:
 
     # -- inference ----------------------------------------------------------------------------
 
-    def layer_outputs(self, x: np.ndarray, seed: int | None = 0, share_image_spikes: bool = True, counts: bool = False):
+    def layer_outputs(
+        self,
+        x: np.ndarray,
+        seed: int | None = 0,
+        share_image_spikes: bool | None = None,
+        counts: bool = False,
+        rng=None,
+    ):
         """Every layer's final trace (or spike count) for every label, each ``[C, N, H]``.
         Each call starts from resting membranes, so equal inputs and seeds give equal results."""
         x = self._check_images(x)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed) if rng is None else rng
+        if share_image_spikes is None:
+            share_image_spikes = bool(self.art.evaluation.get("share_image_spikes", True))
         enc = self.art.encoder
         rates = self._all_label_rates(x)
-        current = label_currents(rates, self._label_slice(), self.weights[0], int(enc["steps"]), rng, share_image_spikes)
+        current = label_currents(
+            rates, self._label_slice(), self.weights[0], int(enc["steps"]), rng, share_image_spikes
+        )
         return self._score(current, len(rates), counts, bool(enc["carry_membrane"]))
 
     def _score(self, current, num_labels: int, counts: bool = False, carry: bool = True) -> list[np.ndarray]:
         enc = self.art.encoder
         outs, _ = score_labels(
-            current, num_labels, self.weights, self.dynamics, [None] * len(self.weights), carry, int(enc["rest_steps"]), "numpy", counts
+            current,
+            num_labels,
+            self.weights,
+            self.dynamics,
+            [None] * len(self.weights),
+            carry,
+            int(enc["rest_steps"]),
+            "numpy",
+            counts,
         )
         return outs
 
@@ -137,7 +160,11 @@ class SpikeModel:
     def layer_outputs_from_spikes(self, spikes: np.ndarray) -> list[np.ndarray]:
         """Final traces ``[C, N, H]`` per layer for given input spikes ``[C, T, N, D']``."""
         spikes = np.asarray(spikes, dtype=np.float32)
-        return self._score(self._spike_current(spikes, self.weights[0]), spikes.shape[0], carry=bool(self.art.encoder["carry_membrane"]))
+        return self._score(
+            self._spike_current(spikes, self.weights[0]),
+            spikes.shape[0],
+            carry=bool(self.art.encoder["carry_membrane"]),
+        )
 
     def scores_from_outputs(self, outs: list[np.ndarray]) -> np.ndarray:
         """Summed layer scores ``[N, C]`` from per-layer traces ``[C, N, H]``."""
@@ -153,9 +180,17 @@ class SpikeModel:
                 total += g[0] - g[1] if isinstance(g, tuple) else g
         return total.reshape(c, n).T
 
-    def scores(self, x: np.ndarray, seed: int | None = 0) -> np.ndarray:
-        """Score of every label, ``[N, C]`` (higher is more likely)."""
-        return self.scores_from_outputs(self.layer_outputs(x, seed))
+    def scores(self, x: np.ndarray, seed: int | None = 0, repeats: int | None = None) -> np.ndarray:
+        """Score of every label, ``[N, C]`` (higher is more likely), summed over ``repeats``
+        presentations (default: the export's setting)."""
+        repeats = int(self.art.evaluation.get("repeats", 1)) if repeats is None else int(repeats)
+        if repeats < 1:
+            raise ValueError("repeats must be >= 1")
+        rng = np.random.default_rng(seed)
+        total = self.scores_from_outputs(self.layer_outputs(x, rng=rng))
+        for _ in range(repeats - 1):
+            total += self.scores_from_outputs(self.layer_outputs(x, rng=rng))
+        return total
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
         """Softmax over labels of the summed log-odds (a normalised confidence), ``[N, C]``."""
@@ -177,7 +212,9 @@ class SpikeModel:
 
     # -- learning -----------------------------------------------------------------------------
 
-    def learn(self, x: np.ndarray, labels: np.ndarray, positive: np.ndarray, seed: int | None = 0, eta: float | None = None) -> np.ndarray:
+    def learn(
+        self, x: np.ndarray, labels: np.ndarray, positive: np.ndarray, seed: int | None = 0, eta: float | None = None
+    ) -> np.ndarray:
         """One Hebbian update from images ``[N, D]`` shown with ``labels`` ``[N]``; ``positive``
         ``[N]`` says whether each label is the true one. Returns the log-odds before learning."""
         x = self._check_images(x)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+
 from spikingjelly_ff.config import config_from_dict
 from spikingjelly_ff.embedding import OneHotOverlay, PatternEmbedding
 from spikingjelly_ff.goodness import goodness

@@ -32,8 +32,14 @@ def test_separability_counts_same_label_neighbours():
 def test_reproduce_command_writes_the_table(tmp_path, monkeypatch, mini):
     from spikingjelly_ff import reproduce
 
-    monkeypatch.setattr(reproduce, "_overrides", lambda e, lim, t: [f"data.dataset={mini}", "train.epochs=1", "train.limit=300", "eval.limit=200"])
-    res = reproduce.reproduce_paper(tmp_path, rows=["analog-symmetric", "hebbian-online-symmetric"], progress=False, log=lambda s: None)
+    monkeypatch.setattr(
+        reproduce,
+        "_overrides",
+        lambda e, lim, t: [f"data.dataset={mini}", "train.epochs=1", "train.limit=300", "eval.limit=200"],
+    )
+    res = reproduce.reproduce_paper(
+        tmp_path, rows=["analog-symmetric", "hebbian-online-symmetric"], progress=False, log=lambda s: None
+    )
     table = (tmp_path / "table.md").read_text()
     assert "| Analog P_sym | 94.87 |" in table and "| Online Hebbian P_sym | 94.33 |" in table
     assert (tmp_path / "latents_tsne.png").stat().st_size > 10_000

@@ -88,7 +88,9 @@ def test_subset_is_real_mnist(mini):
 def test_missing_dataset_error_lists_places(tmp_path, monkeypatch):
     monkeypatch.setenv("SJFF_DATA_DIR", str(tmp_path / "env"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with pytest.raises(data.DataError, match=r"fashion-mnist not found \(looked in .*env.*cache.*\); run `sjff data fetch"):
+    with pytest.raises(
+        data.DataError, match=r"fashion-mnist not found \(looked in .*env.*cache.*\); run `sjff data fetch"
+    ):
         data.find_dataset("fashion-mnist")
 
 
@@ -108,7 +110,9 @@ def test_fetch_tries_every_source_and_verifies(tmp_path, monkeypatch, mini):
     for f in data.FILES:
         raw = data._read_bytes(data._file(mini, f))
         (bad / f).write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
-    monkeypatch.setitem(data.DATASETS, "mini2", data.KnownDataset("mini2", digests, ("http://127.0.0.1:9/none",), debian=str(bad)))
+    monkeypatch.setitem(
+        data.DATASETS, "mini2", data.KnownDataset("mini2", digests, ("http://127.0.0.1:9/none",), debian=str(bad))
+    )
     with pytest.raises(data.DataError) as err:
         data.fetch("mini2", log=lambda s: None)
     msg = str(err.value)
@@ -129,14 +133,27 @@ def test_gzipped_debian_layout_is_read(tmp_path):
 
 
 def _sjff(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "spikingjelly_ff.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "spikingjelly_ff.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def test_cli_train_eval_export_analyze(tmp_path, mini):
     run = tmp_path / "run"
     proc = _sjff(
-        "train", "configs/paper/analog-symmetric.yaml", "--out", str(run), "--quiet", "--json",
-        "--set", f"data.dataset={mini}", "--set", "train.epochs=2", "--set", "seed=3", cwd=ROOT,
+        "train",
+        "configs/paper/analog-symmetric.yaml",
+        "--out",
+        str(run),
+        "--quiet",
+        "--json",
+        "--set",
+        f"data.dataset={mini}",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "seed=3",
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((run / "metrics.json").read_text())
@@ -152,7 +169,17 @@ def test_cli_train_eval_export_analyze(tmp_path, mini):
     onnx_path = tmp_path / "m.onnx"
     assert _sjff("export", str(run / "model"), "--format", "onnx", "--out", str(onnx_path)).returncode == 0
     assert onnx_path.stat().st_size > 100_000
-    an = _sjff("analyze", str(run / "model"), "--dataset", str(mini), "--limit", "300", "--json", "--plot", str(tmp_path / "t.png"))
+    an = _sjff(
+        "analyze",
+        str(run / "model"),
+        "--dataset",
+        str(mini),
+        "--limit",
+        "300",
+        "--json",
+        "--plot",
+        str(tmp_path / "t.png"),
+    )
     assert an.returncode == 0, an.stderr
     res = json.loads(an.stdout)
     assert 0 <= res["hoyer"] <= 1 and 0 <= res["separability"] <= 1
@@ -162,7 +189,10 @@ def test_cli_train_eval_export_analyze(tmp_path, mini):
 def test_training_is_reproducible_from_the_seed(tmp_path, mini):
     from spikingjelly_ff.train import train
 
-    cfg = load_config("paper/hebbian-online-symmetric", [f"data.dataset={mini}", "train.epochs=1", "train.limit=200", "eval.limit=100"])
+    cfg = load_config(
+        "paper/hebbian-online-symmetric",
+        [f"data.dataset={mini}", "train.epochs=1", "train.limit=200", "eval.limit=100"],
+    )
     a = train(cfg, tmp_path / "a", log=lambda s: None, progress=False)
     b = train(cfg, tmp_path / "b", log=lambda s: None, progress=False)
     wa = (tmp_path / "a" / "model" / "model.safetensors").read_bytes()
@@ -173,9 +203,15 @@ def test_training_is_reproducible_from_the_seed(tmp_path, mini):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["train", "configs/paper/analog-sigmoid.yaml", "--out", "{tmp}/x", "--set", "model.bogus=1"], "unknown config key model.bogus"),
+        (
+            ["train", "configs/paper/analog-sigmoid.yaml", "--out", "{tmp}/x", "--set", "model.bogus=1"],
+            "unknown config key model.bogus",
+        ),
         (["train", "nope.yaml", "--out", "{tmp}/x"], "config nope.yaml not found"),
-        (["train", "configs/paper/analog-sigmoid.yaml", "--out", "{tmp}/x", "--set", "data.dataset={tmp}/none"], "unknown dataset"),
+        (
+            ["train", "configs/paper/analog-sigmoid.yaml", "--out", "{tmp}/x", "--set", "data.dataset={tmp}/none"],
+            "unknown dataset",
+        ),
         (["eval", "{tmp}"], "not a model directory"),
         (["eval", "{run}", "--dataset", "{tmp}/odd"], "pixels; the model expects 784"),
     ],

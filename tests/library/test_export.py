@@ -45,7 +45,14 @@ def test_analog_onnx_matches_torch(analog_run, mini, tmp_path):
 
 def test_onehot_and_sigmoid_analog_export(tmp_path):
     cfg = config_from_dict(
-        {"model": {"kind": "analog", "layers": [20, 10], "embedding": {"kind": "onehot"}, "probability": {"kind": "sigmoid", "theta": 2.0}}}
+        {
+            "model": {
+                "kind": "analog",
+                "layers": [20, 10],
+                "embedding": {"kind": "onehot"},
+                "probability": {"kind": "sigmoid", "theta": 2.0},
+            }
+        }
     )
     net = build_model(cfg.model, 784, 10, 0)
     x = torch.rand(9, 784)
@@ -59,8 +66,15 @@ def test_onehot_and_sigmoid_analog_export(tmp_path):
 def test_spiking_onnx_scan_matches_torch(tmp_path, trace, kwta):
     cfg = config_from_dict(
         {
-            "model": {"kind": "spiking", "layers": [40, 20], "init": "normal", "init_std": 0.5,
-                      "trace": {"kind": trace}, "neuron": {"kwta": kwta}, "probability": {"kind": "symmetric"}},
+            "model": {
+                "kind": "spiking",
+                "layers": [40, 20],
+                "init": "normal",
+                "init_std": 0.5,
+                "trace": {"kind": trace},
+                "neuron": {"kwta": kwta},
+                "probability": {"kind": "symmetric"},
+            },
             "train": {"learner": "hebbian"},
         }
     )
@@ -78,7 +92,9 @@ def test_spiking_onnx_scan_matches_torch(tmp_path, trace, kwta):
         pre, tr = run_layer(pre, layer.weight.data, v, net.dynamics)
         assert np.array_equal(out[f"spikes_{i}"], pre.numpy()), f"layer {i} spikes differ"
         assert np.array_equal(out[f"trace_{i}"], tr.numpy())
-        np.testing.assert_allclose(out[f"v{i}_out"], rest(v, net.dynamics, net.encoder.rest_steps).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            out[f"v{i}_out"], rest(v, net.dynamics, net.encoder.rest_steps).numpy(), rtol=1e-5, atol=1e-5
+        )
         traces.append(tr)
     assert pre.sum() > 0
     np.testing.assert_allclose(out["logit"], net.pn_logit(traces).numpy(), rtol=1e-5, atol=1e-5)
@@ -88,8 +104,14 @@ def test_spiking_onnx_scan_matches_torch(tmp_path, trace, kwta):
 def test_spike_artefact_reimports_into_spikingjelly(tmp_path, form, fire):
     cfg = config_from_dict(
         {
-            "model": {"kind": "spiking", "layers": [120, 60], "init": "normal", "init_std": 0.3,
-                      "neuron": {"form": form, "tau": 1 / 0.15, "fire": fire}, "encoder": {"carry_membrane": False}},
+            "model": {
+                "kind": "spiking",
+                "layers": [120, 60],
+                "init": "normal",
+                "init_std": 0.3,
+                "neuron": {"form": form, "tau": 1 / 0.15, "fire": fire},
+                "encoder": {"carry_membrane": False},
+            },
             "train": {"learner": "hebbian"},
         }
     )

@@ -103,7 +103,9 @@ def test_kernel_logic_equals_torch_path(emulated, p, tp):
     v_k, tr_k = v0.copy(), tr0.copy()
     s_k, seq_k = np.zeros_like(current), np.zeros_like(current)
     if p.kwta is None:
-        emulated.emu_neuron_forward(_ptr(current), _ptr(v_k), _ptr(tr_k), _ptr(s_k), _ptr(seq_k), t, n * h, _args(p, tp))
+        emulated.emu_neuron_forward(
+            _ptr(current), _ptr(v_k), _ptr(tr_k), _ptr(s_k), _ptr(seq_k), t, n * h, _args(p, tp)
+        )
     else:
         scratch = np.zeros_like(v0)
         emulated.emu_neuron_forward_kwta(
@@ -123,7 +125,13 @@ def test_eligibility_kernel_logic_equals_torch_path(emulated):
     kernels.eligibility_apply(e_t, w_t, torch.from_numpy(dw), 0.1, 0.7, "torch")
     e_k, w_k = e.copy(), w.copy()
     emulated.emu_eligibility_apply(
-        _ptr(e_k), _ptr(w_k), _ptr(dw), ctypes.c_longlong(e.size), ctypes.c_float(0.9), ctypes.c_float(0.1), ctypes.c_float(0.7)
+        _ptr(e_k),
+        _ptr(w_k),
+        _ptr(dw),
+        ctypes.c_longlong(e.size),
+        ctypes.c_float(0.9),
+        ctypes.c_float(0.1),
+        ctypes.c_float(0.7),
     )
     assert np.array_equal(e_k, e_t.numpy()) and np.array_equal(w_k, w_t.numpy())
 
@@ -166,7 +174,9 @@ def test_cupy_training_equals_torch_training_on_gpu():
     from spikingjelly_ff.engine import SpikingTrainer
     from spikingjelly_ff.models import build_model
 
-    cfg = config_from_dict({"model": {"kind": "spiking", "layers": [200, 100], "init": "normal"}, "train": {"learner": "hebbian"}})
+    cfg = config_from_dict(
+        {"model": {"kind": "spiking", "layers": [200, 100], "init": "normal"}, "train": {"learner": "hebbian"}}
+    )
     a = build_model(cfg.model, 784, 10, 0, backend="torch").cuda()
     b = copy.deepcopy(a)
     b.set_backend("cupy")

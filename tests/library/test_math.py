@@ -12,16 +12,16 @@ from spikingjelly_ff.probability import Probability
 
 
 def test_goodness_values():
-    l = torch.tensor([[1.0, -2.0, 3.0, 0.0]])
-    assert goodness(l, "sum_squares").item() == 14.0
-    assert goodness(l, "mean_squares").item() == 3.5
-    assert goodness(l, "l1").item() == 6.0
-    gp, gn = goodness(l, "sum_squares", split=True)
+    act = torch.tensor([[1.0, -2.0, 3.0, 0.0]])
+    assert goodness(act, "sum_squares").item() == 14.0
+    assert goodness(act, "mean_squares").item() == 3.5
+    assert goodness(act, "l1").item() == 6.0
+    gp, gn = goodness(act, "sum_squares", split=True)
     assert (gp.item(), gn.item()) == (5.0, 9.0)
     with pytest.raises(ValueError, match="even"):
         split_halves(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="unknown goodness"):
-        goodness(l, "max")
+        goodness(act, "max")
     assert hebbian_gain("sum_squares", 200) == 2.0 and hebbian_gain("mean_squares", 200, split=True) == 0.02
     with pytest.raises(ValueError, match="not quadratic"):
         hebbian_gain("l1", 10)

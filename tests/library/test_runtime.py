@@ -71,7 +71,8 @@ m = SpikeModel.load(art)
 traces = m.layer_outputs_from_spikes(gv["infer_spikes"])
 ok_traces = bool(np.array_equal(traces[0], gv["traces0"]))
 spikes = gv["infer_spikes"]
-counts = m._score(m._spike_current(spikes, m.weights[0]), spikes.shape[0], counts=True, carry=bool(m.art.encoder["carry_membrane"]))
+carry = bool(m.art.encoder["carry_membrane"])
+counts = m._score(m._spike_current(spikes, m.weights[0]), spikes.shape[0], counts=True, carry=carry)
 ok_counts = bool(np.array_equal(counts[0], gv["counts0"]))
 step = 0
 while f"learn_spikes_{step}" in gv:
@@ -79,14 +80,18 @@ while f"learn_spikes_{step}" in gv:
     step += 1
 w = m.weights[0]
 rel = float(np.abs(w - gv["weights_after"]).max() / np.abs(gv["weights_after"]).max())
-rel_e = float(np.abs(m.eligibility[0] - gv["eligibility_after"]).max() / (np.abs(gv["eligibility_after"]).max() + 1e-12))
-print(json.dumps({"traces": ok_traces, "counts": ok_counts, "weights_rel": rel, "elig_rel": rel_e, "torch": "torch" in sys.modules}))
+e_ref = gv["eligibility_after"]
+rel_e = float(np.abs(m.eligibility[0] - e_ref).max() / (np.abs(e_ref).max() + 1e-12))
+out = {"traces": ok_traces, "counts": ok_counts, "weights_rel": rel, "elig_rel": rel_e, "torch": "torch" in sys.modules}
+print(json.dumps(out))
 """
 
 
 def _run_without_torch(code: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    return subprocess.run([sys.executable, "-c", NO_TORCH + code, *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH + code, *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_runtime_replays_golden_vectors_without_torch(golden):

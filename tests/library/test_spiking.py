@@ -174,8 +174,8 @@ def test_learning_window_and_eta_zero_leave_weights():
 
 
 def test_numpy_and_torch_dynamics_agree_bitwise():
-    from spikingjelly_ff.simulate import Dynamics, neuron_forward
     from spikingjelly_ff.probability import Probability
+    from spikingjelly_ff.simulate import Dynamics, neuron_forward
 
     g = np.random.default_rng(0)
     cur = g.normal(size=(10, 4, 32)).astype(np.float32)

@@ -21,20 +21,25 @@ PROBS = {
 def autograd_delta(prob, w, x, y, goodness_kind):
     """-dL/dW by autograd, L = mean BCE(P(G(relu(W x))), y)."""
     w = w.clone().requires_grad_(True)
-    l = torch.relu(x @ w.T)
+    act = torch.relu(x @ w.T)
     from spikingjelly_ff.goodness import goodness
 
-    loss = prob.loss(goodness(l, goodness_kind, split=prob.split), y)
+    loss = prob.loss(goodness(act, goodness_kind, split=prob.split), y)
     (grad,) = torch.autograd.grad(loss, w)
-    return -grad, l.detach()
+    return -grad, act.detach()
 
 
 shapes = st.tuples(st.integers(1, 12), st.integers(1, 20), st.integers(1, 8).map(lambda h: 2 * h))
 
 
 @settings(max_examples=60, deadline=None)
-@given(shape=shapes, seed=st.integers(0, 2**31 - 1), prob_kind=st.sampled_from(sorted(PROBS)),
-       goodness_kind=st.sampled_from(["sum_squares", "mean_squares"]), scale=st.floats(0.05, 3.0))
+@given(
+    shape=shapes,
+    seed=st.integers(0, 2**31 - 1),
+    prob_kind=st.sampled_from(sorted(PROBS)),
+    goodness_kind=st.sampled_from(["sum_squares", "mean_squares"]),
+    scale=st.floats(0.05, 3.0),
+)
 def test_hebbian_delta_equals_negative_gradient(shape, seed, prob_kind, goodness_kind, scale):
     n, d, h = shape
     g = torch.Generator().manual_seed(seed)
@@ -42,8 +47,8 @@ def test_hebbian_delta_equals_negative_gradient(shape, seed, prob_kind, goodness
     x = torch.randn(n, d, generator=g, dtype=F64).abs()
     y = (torch.rand(n, generator=g, dtype=F64) < 0.5).double()
     prob = PROBS[prob_kind]
-    expected, l = autograd_delta(prob, w, x, y, goodness_kind)
-    delta = ff_hebbian_delta(prob, l, x, y, goodness_kind)
+    expected, act = autograd_delta(prob, w, x, y, goodness_kind)
+    delta = ff_hebbian_delta(prob, act, x, y, goodness_kind)
     torch.testing.assert_close(delta, expected, rtol=1e-9, atol=1e-12)
 
 
@@ -56,29 +61,29 @@ def test_l1_goodness_gives_a_gated_rule_not_hebbian(shape, seed, prob_kind):
     x = torch.randn(n, d, generator=g, dtype=F64).abs() + 0.1
     y = (torch.rand(n, generator=g, dtype=F64) < 0.5).double()
     prob = PROBS[prob_kind]
-    expected, l = autograd_delta(prob, w, x, y, "l1")
-    dact = (l > 0).double()
-    # The exact rule: M * sign(l) * relu'(z) x^T = M * 1[l > 0] x^T (pre-synaptic, gated by firing).
-    exact = ff_local_rule_delta(prob, l, x, y, "l1", dact)
+    expected, act = autograd_delta(prob, w, x, y, "l1")
+    dact = (act > 0).double()
+    # The exact rule: M * sign(act) * relu'(z) x^T = M * 1[act > 0] x^T (pre-synaptic, gated by firing).
+    exact = ff_local_rule_delta(prob, act, x, y, "l1", dact)
     torch.testing.assert_close(exact, expected, rtol=1e-9, atol=1e-12)
-    m = neuron_modulation(prob, l, y, "l1")
+    m = neuron_modulation(prob, act, y, "l1")
     gated = hebbian_delta(m, dact, x)
     torch.testing.assert_close(gated, expected, rtol=1e-9, atol=1e-12)
-    # The plain Hebbian product M l x^T is a different update whenever some unit is active
+    # The plain Hebbian product M act x^T is a different update whenever some unit is active
     # with an activity other than 1.
-    plain = hebbian_delta(m, l, x)
-    if ((l > 0) & ((l - 1).abs() > 1e-3)).any() and expected.abs().max() > 1e-6:
+    plain = hebbian_delta(m, act, x)
+    if ((act > 0) & ((act - 1).abs() > 1e-3)).any() and expected.abs().max() > 1e-6:
         assert not torch.allclose(plain, expected, rtol=1e-3, atol=1e-6)
 
 
 def test_goodness_grad_matches_autograd():
     g = torch.Generator().manual_seed(0)
-    l = torch.randn(5, 8, generator=g, dtype=F64).requires_grad_(True)
+    act = torch.randn(5, 8, generator=g, dtype=F64).requires_grad_(True)
     from spikingjelly_ff.goodness import goodness
 
     for kind in ["sum_squares", "mean_squares", "l1"]:
-        (auto,) = torch.autograd.grad(goodness(l, kind).sum(), l)
-        torch.testing.assert_close(goodness_grad(l.detach(), kind), auto)
+        (auto,) = torch.autograd.grad(goodness(act, kind).sum(), act)
+        torch.testing.assert_close(goodness_grad(act.detach(), kind), auto)
 
 
 def test_modulation_is_minus_dloss_dgoodness():

@@ -1,0 +1,10 @@
+"""Python client of the spikingjelly-ff gRPC server (numpy + grpcio + protobuf only).
+
+- :class:`Client` / :class:`AsyncClient`: inference (Open Inference Protocol) and on-line
+  learning (``spikingjelly_ff.v1.Learning``).
+- ``python -m sjff_client``: command line (infer / learn / stream / admin calls).
+"""
+
+from .client import AsyncClient, Client, InferResult, LearnResult, RequestFailed, make_channel
+
+__all__ = ["AsyncClient", "Client", "InferResult", "LearnResult", "RequestFailed", "make_channel"]

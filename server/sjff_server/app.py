@@ -1,0 +1,254 @@
+"""Assemble and run the server: repository, services, health, reflection, TLS, metrics, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sjff_client.pb import grpc_service_pb2, learning_pb2
+
+from .auth import Authenticator
+from .inference_service import InferenceService, ServerState
+from .interrupt import WorkerPool
+from .learning import LearnOptions
+from .learning_service import LearningService
+from .metrics import Metrics
+from .models import ModelRegistry, load_served_model
+from .registration import add_service
+from .repository import scan_repository
+
+__all__ = ["ServerConfig", "ServerApp"]
+
+log = logging.getLogger("sjff_server")
+
+INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+LEARNING_SERVICE = learning_pb2.DESCRIPTOR.services_by_name["Learning"].full_name
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``sjff serve`` can set (see ``sjff serve --help`` for meanings)."""
+
+    model_repository: Path
+    host: str = "0.0.0.0"  # noqa: S104 - a server listens on all interfaces unless told otherwise
+    port: int = 8001
+    metrics_port: int | None = 8002
+    metrics_host: str = "0.0.0.0"  # noqa: S104
+    health_port: int | None = None
+    state_dir: Path | None = None
+    token_file: Path | None = None
+    token_env: str | None = "SJFF_TOKEN"  # noqa: S105 - the name of a variable, not a token
+    protect_inference: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_concurrent_rpcs: int | None = 1024
+    max_request_rows: int = 4096
+    max_learn_samples: int = 1024
+    max_eta: float = 1000.0
+    ort_threads: int = 1
+    batch_window_us: int = 1000
+    workers: int = 1
+    learn: LearnOptions = field(default_factory=LearnOptions)
+    shutdown_grace_s: float = 10.0
+    skip_bad_models: bool = False
+    ready_file: Path | None = None
+    version: str = ""
+
+
+class ServerApp:
+    """One running server. ``await start()``, then ``await stop()`` (drains, snapshots)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.state = ServerState()
+        self.metrics = Metrics(config.version)
+        self.registry = ModelRegistry()
+        self.pool = WorkerPool(config.workers, "sjff-infer")
+        self.server: grpc.aio.Server | None = None
+        self.health_server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.port: int = 0
+        self.metrics_port: int | None = None
+        self.health_port: int | None = None
+        self.auth = Authenticator(config.token_file, config.token_env)
+        self._stopped = asyncio.Event()
+
+    # -- startup ---------------------------------------------------------------------------------
+
+    async def _load_models(self) -> None:
+        cfg = self.config
+        specs, problems = scan_repository(cfg.model_repository)
+        for p in problems:
+            log.warning("repository entry skipped", extra={"problem": p})
+        if not specs:
+            raise RuntimeError(
+                f"no servable model in {cfg.model_repository} (expected <model>/<version>/model.onnx|model.nir)"
+            )
+        for spec in specs:
+            t0 = time.perf_counter()
+            try:
+                served, notes = await asyncio.to_thread(
+                    load_served_model,
+                    spec,
+                    state_dir=cfg.state_dir,
+                    ort_threads=cfg.ort_threads,
+                    learn_options=cfg.learn,
+                    pool=self.pool,
+                    metrics=self.metrics,
+                    busy_delay_s=cfg.batch_window_us / 1e6,
+                )
+            except Exception as exc:
+                if not cfg.skip_bad_models:
+                    raise RuntimeError(f"cannot load {spec.name}/{spec.version} from {spec.path}: {exc}") from exc
+                log.error("model not loaded", extra={"model": spec.name, "version": spec.version, "error": str(exc)})
+                continue
+            for note in notes:
+                log.info(note, extra={"model": spec.name, "version": spec.version})
+            self.registry.add(served)
+            self.metrics.ready.labels(spec.name, spec.version).set(1)
+            log.info(
+                "model loaded",
+                extra={
+                    "model": spec.name,
+                    "version": spec.version,
+                    "kind": served.kind,
+                    "learning": served.learner is not None,
+                    "learning_version": served.published.version,
+                    "max_batch": served.batcher.max_batch,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                },
+            )
+        if not self.registry.all():
+            raise RuntimeError("no model could be loaded")
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        cfg = self.config
+        if not cfg.tls_cert and not cfg.tls_key:
+            if cfg.tls_client_ca:
+                raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+            return None
+        if not (cfg.tls_cert and cfg.tls_key):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        key, cert = Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes()
+        ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+    def _options(self) -> list[tuple[str, object]]:
+        n = self.config.max_message_bytes
+        return [
+            ("grpc.max_receive_message_length", n),
+            ("grpc.max_send_message_length", n),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+        ]
+
+    async def start(self) -> None:
+        cfg = self.config
+        creds = self._credentials()
+        if cfg.state_dir is not None and not self.auth.enabled:
+            log.warning(
+                "learning is enabled but no token is configured: every Learning call will be refused "
+                "(set --token-file or $SJFF_TOKEN)"
+            )
+        if cfg.protect_inference and not self.auth.enabled:
+            raise ValueError("--protect-inference needs a token (--token-file or the --token-env variable)")
+        await self._load_models()
+
+        self.server = grpc.aio.server(options=self._options(), maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+        inference = InferenceService(
+            self.registry,
+            self.state,
+            self.metrics,
+            auth=self.auth if cfg.protect_inference else None,
+            max_rows=cfg.max_request_rows,
+            version=cfg.version,
+        )
+        learning = LearningService(
+            self.registry, self.metrics, self.auth, max_samples=cfg.max_learn_samples, max_eta=cfg.max_eta
+        )
+        self.metrics.waiting.set_function(lambda: inference.active)
+        add_service(self.server, inference, grpc_service_pb2, "GRPCInferenceService")
+        add_service(self.server, learning, learning_pb2, "Learning")
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (
+            INFERENCE_SERVICE,
+            LEARNING_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, self.server)
+        address = f"{cfg.host}:{cfg.port}"
+        self.port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        if not self.port:
+            raise RuntimeError(f"cannot listen on {address}")
+        if cfg.health_port is not None:
+            # plaintext health only, for probes that cannot speak (m)TLS
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(f"{cfg.host}:{cfg.health_port}")
+            await self.health_server.start()
+        await self.server.start()
+        for m in self.registry.all():
+            if m.learner is not None:
+                await m.learner.start()
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+        for service in ("", INFERENCE_SERVICE, LEARNING_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.state.ready = True
+        info = {
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+            "health_port": self.health_port,
+            "tls": creds is not None,
+            "mtls": bool(cfg.tls_client_ca),
+            "models": [f"{m.name}/{m.version}" for m in self.registry.all()],
+            "learning": cfg.state_dir is not None,
+            "pid": os.getpid(),
+        }
+        log.info("server ready", extra=info)
+        if cfg.ready_file is not None:
+            tmp = Path(f"{cfg.ready_file}.part")
+            tmp.write_text(json.dumps(info))
+            tmp.replace(cfg.ready_file)
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop accepting calls, drain those in flight (up to the grace period), let the
+        learners finish their queues and write final snapshots."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        t0 = time.perf_counter()
+        log.info("shutting down", extra={"grace_s": self.config.shutdown_grace_s})
+        self.state.ready = False
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(self.config.shutdown_grace_s)
+        for m in self.registry.all():
+            if m.learner is not None:
+                await m.learner.close(final_snapshot=True)
+                log.info(
+                    "learning state saved",
+                    extra={"model": m.name, "version": m.version, "learning_version": m.published.version},
+                )
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+        self.pool.close()
+        self.metrics.close()
+        log.info("stopped", extra={"seconds": round(time.perf_counter() - t0, 3)})
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()

@@ -1,0 +1,164 @@
+"""Inference engines: run a batch of images through one published version of a model.
+
+A :class:`Published` version is immutable once inference can see it (learning works on a
+copy and publishes a new object), so a batch always runs on one whole weight set.
+
+- :class:`AnalogEngine`: the exported ONNX graph in onnxruntime; the weights of each version
+  are fed as graph inputs, prepared once per version as contiguous ``[D, H]`` arrays.
+- :class:`SpikeEngine`: the torch-free spiking runtime (numpy), with per-request ``seed``
+  and ``steps``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AnalogEngine", "Engine", "InferOptions", "OutputSpec", "Published", "SpikeEngine", "make_engine"]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One version of a model's weights as inference sees it. ``version`` counts accepted
+    learning updates (0 = the artefact); ``model`` is an AnalogModel or SpikeModel that is
+    never mutated after publication; ``feeds`` are engine-specific prepared inputs."""
+
+    version: int
+    model: Any
+    feeds: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """An output tensor: protocol datatype and shape (-1 = the batch dimension)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InferOptions:
+    """Per-request knobs. ``seed``/``steps`` only matter for spiking models; ``latent`` asks
+    for the ``latent`` output. Requests with equal options may share a batch."""
+
+    seed: int | None = None
+    steps: int | None = None
+    latent: bool = False
+
+
+class Engine:
+    """Common interface of the engines."""
+
+    kind: str = ""
+    platform: str = ""
+    outputs: dict[str, OutputSpec]
+    #: whether requests may be batched by default, and the default largest batch
+    default_max_batch: int = 1
+    #: run batches on worker threads (True) or inline on the event loop (False)
+    threaded: bool = False
+
+    def __init__(self, model: Any) -> None:
+        self.num_classes = int(model.num_classes)
+        self.in_features = int(model.in_features)
+
+    def prepare(self, model: Any) -> Any:
+        """Engine-specific per-version data (computed when a version is published)."""
+        return None
+
+    def publish(self, version: int, model: Any) -> Published:
+        return Published(version, model, self.prepare(model))
+
+    def run(self, pub: Published, x: np.ndarray, opts: InferOptions) -> dict[str, np.ndarray]:
+        """Outputs for images ``x`` ``[N, in_features]`` float32 in [0, 1] (already validated)."""
+        raise NotImplementedError
+
+    def image_shape(self) -> tuple[int, ...] | None:
+        return None
+
+
+_ORT_TYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)": "FP64", "tensor(int32)": "INT32"}
+
+
+class AnalogEngine(Engine):
+    """onnxruntime on an exported analog model."""
+
+    kind = "analog"
+    platform = "onnxruntime_onnx"
+    default_max_batch = 64
+    threaded = False
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.session = model.session
+        self.weight_names = list(model.weight_names)
+        self.outputs = {}
+        for o in self.session.get_outputs():
+            shape = tuple(d if isinstance(d, int) else -1 for d in o.shape)
+            self.outputs[o.name] = OutputSpec(o.name, _ORT_TYPES.get(o.type, "FP32"), shape)
+        self.output_names = list(self.outputs)
+        self.input_name = "images"
+
+    def prepare(self, model: Any) -> dict[str, np.ndarray]:
+        # The graph computes x @ W^T with W^T [D, H] as an input: hand onnxruntime contiguous
+        # arrays once per version instead of a transposed view (a copy) on every run.
+        return {n: np.ascontiguousarray(w.T) for n, w in zip(self.weight_names, model.weights)}
+
+    def run(self, pub: Published, x: np.ndarray, opts: InferOptions) -> dict[str, np.ndarray]:
+        feeds = dict(pub.feeds)
+        feeds[self.input_name] = x
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+class SpikeEngine(Engine):
+    """The numpy spiking runtime; stochastic spike encoding seeded per request."""
+
+    kind = "spiking"
+    platform = "spikingjelly_ff_spike"
+    default_max_batch = 1  # a batch shares one random stream: only batch when asked to
+    threaded = True
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.default_steps = int(model.steps)
+        c = self.num_classes
+        latent = int(sum(w.shape[0] for w in model.weights))
+        self.outputs = {
+            "scores": OutputSpec("scores", "FP32", (-1, c)),
+            "probability": OutputSpec("probability", "FP32", (-1, c)),
+            "label": OutputSpec("label", "INT64", (-1,)),
+            "latent": OutputSpec("latent", "FP32", (-1, latent)),
+        }
+        self._image_shape = tuple(model.art.image_shape) if model.art.image_shape else None
+
+    def image_shape(self) -> tuple[int, ...] | None:
+        return self._image_shape
+
+    def run(self, pub: Published, x: np.ndarray, opts: InferOptions) -> dict[str, np.ndarray]:
+        model = pub.model
+        if opts.steps is not None and opts.steps != self.default_steps:
+            # a light clone that shares the (immutable) weights but runs another number of steps
+            clone = type(model).__new__(type(model))
+            clone.__dict__.update(model.__dict__)
+            clone.art = replace(model.art, encoder={**model.art.encoder, "steps": int(opts.steps)})
+            model = clone
+        seed = 0 if opts.seed is None else opts.seed
+        scores = model.scores(x, seed=seed)
+        label = scores.argmax(axis=1).astype(np.int64)
+        out = {
+            "scores": scores.astype(np.float32, copy=False),
+            "probability": model.probabilities(scores).astype(np.float32),
+            "label": label,
+        }
+        if opts.latent:
+            out["latent"] = model.latent(x, label, seed=seed).astype(np.float32, copy=False)
+        return out
+
+
+def make_engine(model: Any) -> Engine:
+    """The engine for a loaded runtime model (AnalogModel or SpikeModel)."""
+    if hasattr(model, "session"):
+        return AnalogEngine(model)
+    return SpikeEngine(model)

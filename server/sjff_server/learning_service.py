@@ -1,0 +1,231 @@
+"""``spikingjelly_ff.v1.Learning``: on-line learning and its admin calls (all need the token)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from sjff_client.pb import learning_pb2 as lpb
+from sjff_client.pb import learning_pb2_grpc as lpb_grpc
+
+from .auth import Authenticator
+from .errors import RequestError, invalid
+from .learning import LearnJob
+from .metrics import Metrics
+from .models import ModelRegistry, ServedModel
+from .registration import Malformed
+from .streams import ordered_responses
+from .validation import decode_learn
+
+__all__ = ["LearningService"]
+
+log = logging.getLogger("sjff_server.learning")
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, RequestError):
+        return exc.code, exc.message
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+class LearningService(lpb_grpc.LearningServicer):
+    """Learning calls for every model of a :class:`ModelRegistry` that has a learner."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        auth: Authenticator,
+        *,
+        max_samples: int = 1024,
+        max_eta: float = 1000.0,
+        stream_window: int = 64,
+    ) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.auth = auth
+        self.max_samples = max_samples
+        self.max_eta = max_eta
+        self.stream_window = stream_window
+
+    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        err = self.auth.check(context.invocation_metadata())
+        if err is not None:
+            raise RequestError(*err)
+
+    def _learner_of(self, name: str, version: str) -> ServedModel:
+        served = self.registry.get(name, version)
+        if served.learner is None:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"learning is disabled for {served.name}/{served.version} (start the server with --state-dir, "
+                'and leave "learning" true in the model\'s config.json)',
+            )
+        return served
+
+    async def _unary(self, method: str, context: grpc.aio.ServicerContext, coro_fn):
+        t0 = time.perf_counter()
+        code = "OK"
+        try:
+            self._authorize(context)
+            return await coro_fn()
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+            status, message = _status(exc)
+            code = status.name
+            if status == grpc.StatusCode.INTERNAL:
+                log.exception(f"{method} failed")
+            await context.abort(status, message)
+        finally:
+            self.metrics.request(method, code, time.perf_counter() - t0)
+
+    # -- learning ----------------------------------------------------------------------------
+
+    async def _learn(self, request: lpb.LearnRequest, deadline: float | None) -> lpb.LearnResponse:
+        if type(request) is Malformed:  # in a stream (unary calls are answered before)
+            raise invalid(request.message)
+        served = self._learner_of(request.model_name, request.model_version)
+        inp = decode_learn(request, served, self.max_samples, self.max_eta)
+        job = LearnJob(inp.images, inp.labels, inp.positive, inp.seed, inp.eta, inp.expected_version, deadline)
+        version, log_odds = await served.learner.learn(job)
+        return lpb.LearnResponse(
+            version=version,
+            log_odds=log_odds.tolist(),
+            id=request.id,
+            model_name=served.name,
+            model_version=served.version,
+        )
+
+    async def Learn(self, request: lpb.LearnRequest, context: grpc.aio.ServicerContext) -> lpb.LearnResponse:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        return await self._unary("Learn", context, lambda: self._learn(request, deadline))
+
+    async def _stream_one(self, request: lpb.LearnRequest, deadline: float | None) -> lpb.LearnResponse:
+        t0 = time.perf_counter()
+        code = "OK"
+        try:
+            return await self._learn(request, deadline)
+        except Exception as exc:  # noqa: BLE001 - reported in-band; the stream goes on
+            status, message = _status(exc)
+            code = status.name
+            if status == grpc.StatusCode.INTERNAL:
+                log.exception("LearnStream request failed")
+            ok = type(request) is not Malformed
+            return lpb.LearnResponse(
+                id=request.id if ok else "",
+                error_code=status.value[0],
+                error_message=message,
+                model_name=request.model_name if ok else "",
+            )
+        finally:
+            self.metrics.request("LearnStream.item", code, time.perf_counter() - t0)
+
+    async def LearnStream(
+        self, request_iterator: AsyncIterator[lpb.LearnRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[lpb.LearnResponse]:
+        t0 = time.perf_counter()
+        code = "OK"
+        try:
+            self._authorize(context)
+        except RequestError as exc:
+            self.metrics.request("LearnStream", exc.code.name, time.perf_counter() - t0)
+            await context.abort(exc.code, exc.message)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        try:
+            async for response in ordered_responses(
+                request_iterator, lambda r: self._stream_one(r, deadline), self.stream_window
+            ):
+                yield response
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            self.metrics.request("LearnStream", code, time.perf_counter() - t0)
+
+    # -- admin ---------------------------------------------------------------------------------
+
+    async def Snapshot(self, request: lpb.SnapshotRequest, context: grpc.aio.ServicerContext) -> lpb.SnapshotResponse:
+        async def run():
+            served = self._learner_of(request.model_name, request.model_version)
+            info, exported = await served.learner.snapshot(request.export_artifact)
+            return lpb.SnapshotResponse(
+                version=info.version, path=str(info.path), artifact_path=str(exported or ""), bytes=info.bytes
+            )
+
+        return await self._unary("Snapshot", context, run)
+
+    async def ListVersions(
+        self, request: lpb.ListVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> lpb.ListVersionsResponse:
+        async def run():
+            served = self._learner_of(request.model_name, request.model_version)
+            learner = served.learner
+            limit = min(int(request.limit or 100), 10000)
+            resp = lpb.ListVersionsResponse(
+                current_version=learner.published.version, oldest_restorable=learner.oldest_restorable()
+            )
+            for s in learner.snapshots.list():
+                resp.snapshots.add(version=s.version, created=s.created, bytes=s.bytes)
+            for version, kind, created, samples, restored in list(learner.history)[-limit:]:
+                resp.history.add(
+                    version=version, kind=kind, created=created, samples=samples, restored_version=restored
+                )
+            return resp
+
+        return await self._unary("ListVersions", context, run)
+
+    async def Rollback(self, request: lpb.RollbackRequest, context: grpc.aio.ServicerContext) -> lpb.RollbackResponse:
+        async def run():
+            served = self._learner_of(request.model_name, request.model_version)
+            new, restored = await served.learner.rollback(request.version)
+            log.info(
+                "rollback",
+                extra={"model": served.name, "version": served.version, "restored": restored, "new_version": new},
+            )
+            return lpb.RollbackResponse(version=new, restored_version=restored)
+
+        return await self._unary("Rollback", context, run)
+
+    async def GetStats(self, request: lpb.GetStatsRequest, context: grpc.aio.ServicerContext) -> lpb.GetStatsResponse:
+        async def run():
+            if request.model_name:
+                models = [self.registry.get(request.model_name, request.model_version)]
+            else:
+                models = self.registry.all()
+            resp = lpb.GetStatsResponse()
+            for m in models:
+                s = resp.models.add(
+                    model_name=m.name,
+                    model_version=m.version,
+                    kind=m.kind,
+                    learning_version=m.published.version,
+                    inferences=m.inferences,
+                )
+                learner = m.learner
+                s.learning_enabled = learner is not None
+                if learner is None:
+                    continue
+                st = learner.stats
+                acc, n = learner.online_accuracy()
+                s.updates_accepted = st.accepted
+                s.updates_refused = st.refused
+                s.samples_learned = st.samples
+                s.snapshot_version = learner.last_snapshot
+                s.log_bytes = learner.log.size_bytes()
+                s.last_update = st.last_update
+                s.mean_group_size = learner.mean_group_size()
+                s.online_accuracy = 0.0 if math.isnan(acc) else acc
+                s.online_samples = n
+            return resp
+
+        return await self._unary("GetStats", context, run)

@@ -1,0 +1,219 @@
+"""``sjff serve``: the gRPC inference server with continual on-line learning.
+
+    sjff serve --model-repository models/ --state-dir state/ --token-file token.txt
+
+Inference speaks the Open Inference Protocol (KServe v2, ``inference.GRPCInferenceService``);
+learning is ``spikingjelly_ff.v1.Learning`` (bearer token required). See docs/server.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .app import ServerApp, ServerConfig
+from .learning import LearnOptions
+from .logs import setup_logging
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+log = logging.getLogger("sjff_server")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("spikingjelly-ff")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "0+unknown"
+
+
+def _port(text: str) -> int | None:
+    v = int(text)
+    if v < 0:
+        return None
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"port {v} is out of range")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sjff serve", description="gRPC inference server with continual on-line learning")
+    g = ap.add_argument_group("models")
+    g.add_argument(
+        "--model-repository",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="REPO/<model>/<version>/model.onnx|model.nir",
+    )
+    g.add_argument(
+        "--ort-threads",
+        type=int,
+        default=1,
+        help="onnxruntime intra-op threads per model (default 1: best for small batches)",
+    )
+    g.add_argument(
+        "--batch-window-us",
+        type=int,
+        default=1000,
+        help="under load, how long a request may wait for others to share its batch (default 1000; 0: never)",
+    )
+    g.add_argument("--workers", type=int, default=1, help="threads running spiking-model batches (default 1)")
+    g.add_argument(
+        "--skip-bad-models", action="store_true", help="serve the other models if one fails to load (default: exit)"
+    )
+    g = ap.add_argument_group("network")
+    g.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
+    g.add_argument("--port", type=_port, default=8001, help="gRPC port (default 8001; 0 = any free port)")
+    g.add_argument(
+        "--metrics-port", type=_port, default=8002, help="Prometheus HTTP port (default 8002; -1 disables; 0 = any)"
+    )
+    g.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics endpoint")  # noqa: S104
+    g.add_argument(
+        "--health-port",
+        type=_port,
+        default=None,
+        help="extra plaintext port serving only grpc.health.v1 (for probes under TLS)",
+    )
+    g.add_argument("--ready-file", type=Path, help="write {port, metrics_port, ...} as JSON here once ready")
+    g = ap.add_argument_group("security")
+    g.add_argument(
+        "--token-file", type=Path, help="file with the bearer token(s), one per line (re-read when it changes)"
+    )
+    g.add_argument(
+        "--token-env", default="SJFF_TOKEN", help="environment variable holding the token (default SJFF_TOKEN)"
+    )
+    g.add_argument("--protect-inference", action="store_true", help="inference needs the token too (default: open)")
+    g.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM); enables TLS")
+    g.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    g.add_argument(
+        "--tls-client-ca", type=Path, help="CA bundle (PEM) to verify client certificates: enables mutual TLS"
+    )
+    g = ap.add_argument_group("limits")
+    g.add_argument(
+        "--max-message-bytes", type=int, default=16 * 1024 * 1024, help="largest request/response (default 16 MiB)"
+    )
+    g.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=1024,
+        help="calls in progress before RESOURCE_EXHAUSTED (default 1024)",
+    )
+    g.add_argument("--max-request-rows", type=int, default=4096, help="images per inference request (default 4096)")
+    g.add_argument("--max-learn-samples", type=int, default=1024, help="samples per learning update (default 1024)")
+    g.add_argument("--max-eta", type=float, default=1000.0, help="largest per-request learning rate (default 1000)")
+    g.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to drain calls on SIGTERM (default 10)")
+    g = ap.add_argument_group("learning")
+    g.add_argument("--state-dir", type=Path, help="update logs and snapshots; enables on-line learning")
+    g.add_argument(
+        "--snapshot-every", type=int, default=1000, help="snapshot after this many updates (default 1000; 0: never)"
+    )
+    g.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=60.0,
+        help="snapshot every N seconds if changed (default 60; 0: never)",
+    )
+    g.add_argument(
+        "--keep-snapshots",
+        type=int,
+        default=10,
+        help="snapshots kept per model (default 10); older log segments go too",
+    )
+    g.add_argument("--max-group", type=int, default=64, help="updates made durable by one fsync at most (default 64)")
+    g.add_argument(
+        "--max-learn-queue", type=int, default=4096, help="queued updates per model before RESOURCE_EXHAUSTED"
+    )
+    g.add_argument(
+        "--reset-changed-models", action="store_true", help="archive the learning state of an artefact that changed"
+    )
+    g = ap.add_argument_group("logging")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g.add_argument("--log-format", default="json", choices=["json", "text"])
+    return ap
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    if args.keep_snapshots < 1:
+        raise SystemExit("sjff serve: --keep-snapshots must be at least 1")
+    return ServerConfig(
+        model_repository=args.model_repository,
+        host=args.host,
+        port=args.port if args.port is not None else 8001,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        health_port=args.health_port,
+        state_dir=args.state_dir,
+        token_file=args.token_file,
+        token_env=args.token_env or None,
+        protect_inference=args.protect_inference,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        max_message_bytes=args.max_message_bytes,
+        max_concurrent_rpcs=args.max_concurrent_rpcs or None,
+        max_request_rows=args.max_request_rows,
+        max_learn_samples=args.max_learn_samples,
+        max_eta=args.max_eta,
+        ort_threads=args.ort_threads,
+        batch_window_us=args.batch_window_us,
+        workers=args.workers,
+        learn=LearnOptions(
+            max_group=args.max_group,
+            snapshot_every=args.snapshot_every,
+            snapshot_interval_s=args.snapshot_interval,
+            keep_snapshots=args.keep_snapshots,
+            max_queue=args.max_learn_queue,
+            reset_changed=args.reset_changed_models,
+        ),
+        shutdown_grace_s=args.shutdown_grace,
+        skip_bad_models=args.skip_bad_models,
+        ready_file=args.ready_file,
+        version=_version(),
+    )
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    app = ServerApp(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()
+        raise
+    await stop.wait()
+    await app.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--token" or a.startswith("--token=") for a in argv):
+        print(
+            "sjff serve: error: tokens are never taken from the command line; use --token-file or --token-env",
+            file=sys.stderr,
+        )
+        return 2
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    config = config_from_args(args)
+    try:
+        asyncio.run(serve(config))
+    except (RuntimeError, ValueError, OSError) as exc:
+        log.error("server failed", extra={"error": str(exc)})
+        print(f"sjff serve: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Loaded models: one :class:`ServedModel` per repository version, found via :class:`ModelRegistry`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sjff_client.pb import grpc_service_pb2 as pb
+
+from .batching import Batcher, BatchResult
+from .engine import Engine, InferOptions, Published, make_engine
+from .errors import not_found
+from .interrupt import WorkerPool
+from .learning import Learner, LearnOptions
+from .repository import ModelSpec
+from .validation import InferPlan
+
+__all__ = ["ModelRegistry", "ServedModel", "load_served_model"]
+
+log = logging.getLogger("sjff_server.models")
+
+
+class ServedModel:
+    """A model version being served: engine, batcher, and (optionally) its learner."""
+
+    def __init__(self, spec: ModelSpec, model: Any, engine: Engine, learner: Learner | None, batcher_kw: dict) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.version = spec.version
+        self.kind = engine.kind
+        self.engine = engine
+        self.learner = learner
+        self._static = None if learner is not None else engine.publish(0, model)
+        self.in_features = engine.in_features
+        self.num_classes = engine.num_classes
+        self.inferences = 0
+        self.max_steps = spec.config.max_steps or 4 * getattr(engine, "default_steps", 0) or None
+        self.batcher = Batcher(self._run_batch, **batcher_kw)
+        self.metadata = self._metadata()
+        self.default_outputs = [n for n in engine.outputs if n != "latent"]
+        self.default_plan = InferPlan(InferOptions(), tuple(self.default_outputs))
+        self.response_templates: dict[int, pb.ModelInferResponse] = {}  # rows -> default-output metadata
+
+    @property
+    def published(self) -> Published:
+        """The weights inference uses now (swapped whole by the learner)."""
+        return self.learner.published if self.learner is not None else self._static
+
+    def _run_batch(self, x: np.ndarray, opts: InferOptions) -> BatchResult:
+        pub = self.published  # read once: the whole batch runs on one version
+        self.inferences += len(x)
+        return self.engine.run(pub, x, opts), pub.version
+
+    def image_shape(self) -> tuple[int, ...]:
+        shape = self.engine.image_shape()
+        if shape:
+            return tuple(shape)
+        side = int(round(self.in_features**0.5))
+        return (side, side) if side * side == self.in_features else (self.in_features,)
+
+    def _metadata(self) -> pb.ModelMetadataResponse:
+        md = pb.ModelMetadataResponse(name=self.name, platform=self.engine.platform)
+        md.inputs.add(name="images", datatype="FP32", shape=[-1, self.in_features])
+        for o in self.engine.outputs.values():
+            md.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
+        return md
+
+
+class ModelRegistry:
+    """Name -> version -> :class:`ServedModel`."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, dict[str, ServedModel]] = {}
+        self._latest: dict[str, ServedModel] = {}
+        self._by_key: dict[tuple[str, str], ServedModel] = {}
+
+    def add(self, served: ServedModel) -> None:
+        versions = self._models.setdefault(served.name, {})
+        versions[served.version] = served
+        self._latest[served.name] = versions[max(versions, key=int)]
+        self._by_key[(served.name, served.version)] = served
+        self._by_key[(served.name, "")] = self._latest[served.name]
+
+    def get(self, name: str, version: str = "") -> ServedModel:
+        """The model, or RequestError(NOT_FOUND) naming what exists."""
+        served = self._by_key.get((name, version))
+        if served is not None:
+            return served
+        if name not in self._models:
+            shown = ", ".join(sorted(self._models)[:20]) or "none"
+            raise not_found(f"unknown model {name[:200]!r} (models: {shown})")
+        raise not_found(f"model {name!r} has no version {version[:50]!r} (versions: {', '.join(self.versions(name))})")
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self._models.get(name, {}), key=int)
+
+    def all(self) -> list[ServedModel]:
+        return [m for versions in self._models.values() for _, m in sorted(versions.items(), key=lambda kv: int(kv[0]))]
+
+    def __len__(self) -> int:
+        return len(self._by_key) - len(self._models)
+
+
+def load_served_model(
+    spec: ModelSpec,
+    *,
+    state_dir: Path | None,
+    ort_threads: int,
+    learn_options: LearnOptions,
+    pool: WorkerPool,
+    metrics: Any = None,
+    busy_delay_s: float = 0.0,
+) -> tuple[ServedModel, list[str]]:
+    """Load a model version, recover its learning state; returns it and notes for the log.
+    Synchronous (may replay a log): call it from a thread at startup."""
+    from spikingjelly_ff.runtime import load_model
+
+    threads = spec.config.threads if spec.config.threads is not None else ort_threads
+    model = load_model(spec.path, threads=threads) if spec.kind == "analog" else load_model(spec.path)
+    engine = make_engine(model)
+    notes: list[str] = []
+    learner = None
+    if spec.config.learning and state_dir is not None:
+        learner = Learner(
+            spec.name,
+            spec.version,
+            engine,
+            model,
+            spec.path,
+            Path(state_dir) / spec.name / spec.version,
+            learn_options,
+            metrics,
+        )
+        notes = learner.recover()
+    max_batch = spec.config.max_batch_size if spec.config.max_batch_size else engine.default_max_batch
+    batcher_kw = {
+        "max_batch": max_batch,
+        "max_delay_s": spec.config.max_queue_delay_us / 1e6,
+        "busy_delay_s": busy_delay_s if spec.config.max_queue_delay_us == 0 else 0.0,
+        "pool": pool if engine.threaded else None,
+        "on_batch": metrics.batch_observer(spec.name, spec.version) if metrics is not None else None,
+    }
+    return ServedModel(spec, model, engine, learner, batcher_kw), notes

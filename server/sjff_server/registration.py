@@ -1,0 +1,72 @@
+"""Register servicers with deserializers that never fail.
+
+The generated ``add_*Servicer_to_server`` helpers parse requests with ``FromString``; bytes that
+are not a valid message then make gRPC answer UNKNOWN ("Exception deserializing request").
+Here an undecodable request becomes a :class:`Malformed` value instead, which unary methods
+answer with INVALID_ARGUMENT and stream handlers report in-band, like any other bad request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import grpc
+
+__all__ = ["Malformed", "add_service"]
+
+
+class Malformed:
+    """A request whose bytes do not parse as the expected message."""
+
+    __slots__ = ("type_name", "error")
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.type_name = type_name
+        self.error = error
+
+    @property
+    def message(self) -> str:
+        return f"the request is not a valid {self.type_name} message ({self.error})"
+
+
+def _deserializer(cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError and friends: reported to the caller
+            return Malformed(cls.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def _guard(fn: Callable) -> Callable:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if type(request) is Malformed:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await fn(request, context)
+
+    return handler
+
+
+def add_service(server: grpc.aio.Server, servicer: Any, module: ModuleType, service: str) -> str:
+    """Register every method of ``service`` (defined in the generated ``module``) on ``server``
+    with tolerant deserializers. Returns the service's full name."""
+    desc = module.DESCRIPTOR.services_by_name[service]
+    handlers = {}
+    for m in desc.methods:
+        req, resp = getattr(module, m.input_type.name), getattr(module, m.output_type.name)
+        fn = getattr(servicer, m.name)
+        kw = {"request_deserializer": _deserializer(req), "response_serializer": resp.SerializeToString}
+        if m.client_streaming and m.server_streaming:
+            handlers[m.name] = grpc.stream_stream_rpc_method_handler(fn, **kw)
+        elif m.client_streaming:
+            handlers[m.name] = grpc.stream_unary_rpc_method_handler(fn, **kw)
+        elif m.server_streaming:
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(fn, **kw)
+        else:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(_guard(fn), **kw)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(desc.full_name, handlers),))
+    server.add_registered_method_handlers(desc.full_name, handlers)
+    return desc.full_name

@@ -1,0 +1,67 @@
+"""The Node.js client (clients/node, generated from the same .proto files) against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import serving_utils as su
+from sjff_server.harness import ServerProcess
+
+from spikingjelly_ff.runtime import load_model
+
+NODE_DIR = su.ROOT / "clients" / "node"
+
+
+pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+
+
+@pytest.fixture(scope="module")
+def node_modules():
+    """clients/node/node_modules, installed from package-lock.json (npm ci) if missing."""
+    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is not installed")
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True, timeout=600
+        )
+    return NODE_DIR / "node_modules"
+
+
+def test_node_client_against_the_server(node_modules, sjff_models, tmp_path, token_path, mnist_samples):
+    images, _ = mnist_samples
+    n = 8
+    idx = tmp_path / "images-idx3-ubyte"
+    import struct
+
+    idx.write_bytes(struct.pack(">BBBBIII", 0, 0, 8, 3, n, 28, 28) + images[:n].tobytes())
+    ref = load_model(sjff_models["analog"], threads=1).run(su.as_float(images[:n]))
+    expected = tmp_path / "expected.json"
+    expected.write_text(json.dumps({"labels": ref["label"].tolist(), "scores": ref["scores"].tolist()}))
+    root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
+    with ServerProcess(root, state_dir=tmp_path / "state", token_file=token_path, metrics=False) as srv:
+        env = dict(
+            os.environ,
+            SJFF_TARGET=srv.target,
+            SJFF_TOKEN=su.TOKEN,
+            SJFF_IDX_IMAGES=str(idx),
+            SJFF_EXPECTED=str(expected),
+        )
+        p = subprocess.run(
+            ["node", "--test", "test/"], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+        assert "# pass 4" in p.stdout and "# fail 0" in p.stdout
+        cli = subprocess.run(
+            ["node", "cli.js", "infer", "--idx", str(idx), "--count", "3", "--target", srv.target],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout)["label"] == ref["label"][:3].tolist()

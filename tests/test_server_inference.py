@@ -1,0 +1,277 @@
+"""Inference over real gRPC on loopback: a real server process, real onnxruntime, real models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import serving_utils as su
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sjff_client import AsyncClient, Client, RequestFailed
+from sjff_client.client import build_infer_request
+from sjff_client.pb import grpc_service_pb2_grpc as pb_grpc
+from sjff_server.harness import ServerProcess
+
+from spikingjelly_ff.runtime import load_model
+
+
+@pytest.fixture(scope="module")
+def server(sjff_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("repo")
+    su.make_repository(root, {"mnist": sjff_models["analog"], "snn": sjff_models["spike"]}, {"snn": {"max_steps": 400}})
+    # a second repository version of mnist, to address versions
+    (root / "mnist" / "2").mkdir()
+    (root / "mnist" / "2" / "model.onnx").write_bytes((root / "mnist" / "1" / "model.onnx").read_bytes())
+    with ServerProcess(root, extra_args=["--max-message-bytes", str(4 << 20), "--log-level", "debug"]) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with Client(server.target) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def analog(sjff_models):
+    return load_model(sjff_models["analog"], threads=1)
+
+
+@pytest.fixture(scope="module")
+def spike(sjff_models):
+    return load_model(sjff_models["spike"])
+
+
+def code_of(fn) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        fn()
+    return err.value.code(), err.value.details()
+
+
+def test_health_reflection_and_metadata(server, client):
+    channel = grpc.insecure_channel(server.target)
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "inference.GRPCInferenceService", "spikingjelly_ff.v1.Learning"):
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"inference.GRPCInferenceService", "spikingjelly_ff.v1.Learning", "grpc.health.v1.Health"} <= services
+    assert client.server_live() and client.server_ready() and client.model_ready()
+    md = client.server_metadata()
+    assert md.name == "spikingjelly-ff" and "classification" in md.extensions
+    m = client.model_metadata()
+    assert (m.name, list(m.versions), m.platform) == ("mnist", ["1", "2"], "onnxruntime_onnx")
+    assert [(t.name, t.datatype, list(t.shape)) for t in m.inputs] == [("images", "FP32", [-1, 784])]
+    outs = {t.name: (t.datatype, list(t.shape)) for t in m.outputs}
+    assert outs["scores"] == ("FP32", [-1, 10]) and outs["label"] == ("INT64", [-1])
+    s = client.model_metadata("snn")
+    assert s.platform == "spikingjelly_ff_spike" and "latent" in [t.name for t in s.outputs]
+    assert code_of(lambda: client.model_metadata("nope"))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: client.model_ready("nope"))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: client.model_metadata("mnist", "9"))[0] == grpc.StatusCode.NOT_FOUND
+    channel.close()
+
+
+def test_analog_inference_matches_onnxruntime(client, analog, mnist_samples):
+    images, labels = mnist_samples
+    x = su.as_float(images[:64])
+    ref = analog.run(x)
+    for kwargs in ({}, {"raw": False}, {"typed": True}):
+        r = client.infer(x, **kwargs)
+        np.testing.assert_allclose(r.scores, ref["scores"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(r.label, ref["label"])
+        np.testing.assert_allclose(r.probability, ref["probability"], rtol=1e-5, atol=1e-6)
+        assert (r.model_name, r.model_version, r.version) == ("mnist", "2", 0)
+    r8 = client.infer(images[:64])  # UINT8 0..255, scaled by the server
+    np.testing.assert_allclose(r8.scores, ref["scores"], rtol=1e-5, atol=1e-5)
+    assert (r8.label == labels[:64]).mean() > 0.6  # a small model, but a real one
+    one = client.infer(images[3:4], outputs=["label", "scores"], version="1", request_id="abc")
+    assert list(one.outputs) == ["label", "scores"] and one.model_version == "1" and one.id == "abc"
+    np.testing.assert_array_equal(one.label, ref["label"][3:4])
+    hw = client.infer(images[:2].reshape(2, 28, 28))  # [N, H, W] is accepted too
+    np.testing.assert_array_equal(hw.label, ref["label"][:2])
+
+
+def test_classification_extension(client, analog, mnist_samples):
+    images, _ = mnist_samples
+    req = build_infer_request(images[:4], "mnist")
+    out = req.outputs.add(name="scores")
+    out.parameters["classification"].int64_param = 3
+    resp = pb_grpc.GRPCInferenceServiceStub(client.channel).ModelInfer(req)
+    raw = resp.raw_output_contents[0]
+    items, pos = [], 0
+    while pos < len(raw):
+        n = int.from_bytes(raw[pos : pos + 4], "little")
+        items.append(raw[pos + 4 : pos + 4 + n].decode())
+        pos += 4 + n
+    ref = analog.run(su.as_float(images[:4]))["scores"]
+    assert resp.outputs[0].datatype == "BYTES" and list(resp.outputs[0].shape) == [4, 3]
+    assert [int(s.split(":")[1]) for s in items[::3]] == ref.argmax(1).tolist()
+
+
+def test_spiking_inference_matches_the_runtime(client, spike, mnist_samples):
+    images, _ = mnist_samples
+    x = su.as_float(images[:3])
+    for seed in (None, 5):
+        r = client.infer(x, model="snn", seed=seed)
+        ref = spike.scores(x, seed=0 if seed is None else seed)
+        np.testing.assert_array_equal(r.scores, ref)
+        np.testing.assert_array_equal(r.label, ref.argmax(1))
+    r = client.infer(x[:1], model="snn", steps=10, return_latent=True)
+    assert r.outputs["latent"].shape == (1, spike.weights[0].shape[0])
+    assert not np.array_equal(r.scores, spike.scores(x[:1], seed=0))  # 10 steps differ from 23
+    assert code_of(lambda: client.infer(x[:1], model="snn", steps=100000))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert "spiking models only" in code_of(lambda: client.infer(x[:1], steps=3))[1]
+
+
+@pytest.mark.parametrize(
+    ("build", "code", "message"),
+    [
+        (lambda: build_infer_request(np.zeros((1, 10), np.float32)), "INVALID_ARGUMENT", "shape [N, 784]"),
+        (lambda: build_infer_request(np.full((1, 784), np.nan, np.float32)), "INVALID_ARGUMENT", "NaN or Inf"),
+        (lambda: build_infer_request(np.full((1, 784), 3.0, np.float32)), "INVALID_ARGUMENT", "[0, 1]"),
+        (lambda: build_infer_request(np.zeros((1, 784), np.float32), "nope"), "NOT_FOUND", "unknown model"),
+        (lambda: build_infer_request(np.zeros((1, 784), np.float32), "mnist", "7"), "NOT_FOUND", "no version"),
+        (
+            lambda: build_infer_request(np.zeros((1, 784), np.float32), outputs=["x"]),
+            "INVALID_ARGUMENT",
+            "unknown output",
+        ),
+        (lambda: _retyped(build_infer_request(np.zeros((1, 784), np.float32)), "INT32"), "INVALID_ARGUMENT", "FP32"),
+        (lambda: _renamed(build_infer_request(np.zeros((1, 784), np.float32))), "INVALID_ARGUMENT", "unknown input"),
+        (lambda: build_infer_request(np.zeros((2000, 784), np.float32)), "RESOURCE_EXHAUSTED", ""),
+    ],
+)
+def test_bad_requests_get_clear_errors(client, build, code, message):
+    stub = pb_grpc.GRPCInferenceServiceStub(client.channel)
+    got, details = code_of(lambda: stub.ModelInfer(build(), timeout=10))
+    assert got.name == code and message in details
+
+
+def _retyped(req, datatype):
+    req.inputs[0].datatype = datatype
+    return req
+
+
+def _renamed(req):
+    req.inputs[0].name = "pixels"
+    return req
+
+
+def test_stream_infer_in_order_with_inline_errors(client, analog, mnist_samples):
+    images, _ = mnist_samples
+    batches = [images[i : i + 2] for i in range(0, 20, 2)]
+    got = list(client.infer_stream(batches))
+    ref = analog.run(su.as_float(images[:20]))["label"]
+    assert np.concatenate([r.label for r in got]).tolist() == ref.tolist()
+    stub = pb_grpc.GRPCInferenceServiceStub(client.channel)
+    reqs = [
+        build_infer_request(images[:1], request_id="a"),
+        build_infer_request(np.zeros((1, 3), np.float32), request_id="b"),
+    ]
+    reqs.append(build_infer_request(images[1:2], request_id="c"))
+    resps = list(stub.ModelStreamInfer(iter(reqs)))
+    assert [r.infer_response.id for r in resps] == ["a", "b", "c"]
+    assert (
+        resps[0].error_message == ""
+        and resps[1].error_message.startswith("INVALID_ARGUMENT")
+        and resps[2].error_message == ""
+    )
+
+
+def test_concurrent_requests_are_batched_and_correct(server, analog, mnist_samples):
+    images, _ = mnist_samples
+    ref = analog.run(su.as_float(images))["label"]
+
+    async def run():
+        async with AsyncClient(server.target) as c:
+            return await asyncio.gather(*[c.infer(images[i : i + 1], request_id=str(i)) for i in range(len(images))])
+
+    results = asyncio.run(run())
+    assert [int(r.label[0]) for r in results] == ref.tolist()
+    assert [r.id for r in results] == [str(i) for i in range(len(images))]
+    metrics = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
+    count = sum_ = 0.0
+    for line in metrics.splitlines():
+        if line.startswith('sjff_inference_batch_requests_count{model="mnist",version="2"}'):
+            count = float(line.split()[-1])
+        if line.startswith('sjff_inference_batch_requests_sum{model="mnist",version="2"}'):
+            sum_ = float(line.split()[-1])
+    assert sum_ > count  # some batches held several requests
+    for name in (
+        "sjff_grpc_requests_total",
+        "sjff_grpc_request_seconds_bucket",
+        "sjff_inference_batch_images_bucket",
+        "sjff_model_ready",
+    ):
+        assert name in metrics
+
+
+def test_deadline_interrupts_a_long_spiking_batch(server, client, spike, mnist_samples):
+    images, _ = mnist_samples
+    big = su.as_float(images[:256])
+    t0 = time.perf_counter()
+    spike.scores(big[:32], seed=0)
+    full = (time.perf_counter() - t0) * 8 * 400 / 23  # rough time of the whole batch at 400 steps
+    t0 = time.perf_counter()
+    code, _ = code_of(lambda: client.infer(big, model="snn", steps=400, timeout=0.3))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    # the single spiking worker is soon free again: the batch was interrupted inside its
+    # time-step loop (at the next Python bytecode after the numpy call in progress) instead of
+    # running to its end
+    r = client.infer(big[:1], model="snn", timeout=30)
+    assert r.label.shape == (1,)
+    took = time.perf_counter() - t0
+    assert took < full / 2, (took, full)
+    time.sleep(0.2)
+    ran = [rec["ran_s"] for rec in server.log_records() if rec["msg"].startswith("batch interrupted")]
+    assert ran and ran[-1] < full / 2, (ran, full)  # it stopped long before its natural end
+
+
+def test_structured_logs(server, client):
+    client.server_live()
+    records = server.log_records()
+    assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    ready = [r for r in records if r["msg"] == "server ready"]
+    assert ready and ready[0]["port"] == server.port and sorted(ready[0]["models"]) == ["mnist/1", "mnist/2", "snn/1"]
+
+
+def test_concurrent_rpc_limit(sjff_models, tmp_path, mnist_samples):
+    root = su.make_repository(tmp_path / "repo", {"snn": sjff_models["spike"]}, {"snn": {"max_steps": 400}})
+    images, _ = mnist_samples
+    with ServerProcess(root, extra_args=["--max-concurrent-rpcs", "2"], metrics=False) as srv:
+
+        async def run():
+            async with AsyncClient(srv.target, model="snn") as c:
+                calls = [c.infer(su.as_float(images[i : i + 8]), steps=100, timeout=60) for i in range(8)]
+                return await asyncio.gather(*calls, return_exceptions=True)
+
+        results = asyncio.run(run())
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert refused and all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused)
+        assert any(not isinstance(r, Exception) for r in results)
+        with Client(srv.target, model="snn") as c:
+            assert c.server_live()
+
+
+def test_request_failed_in_stream_is_raised(client):
+    with pytest.raises(RequestFailed) as err:
+        list(client.infer_stream([np.zeros((1, 5), np.float32)]))
+    assert err.value.code == "INVALID_ARGUMENT"
+
+
+def test_ready_file_and_metrics_port(server):
+    info = server.info
+    assert info["port"] == server.port and info["metrics_port"] > 0
+    body = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
+    assert "sjff_build_info" in body
+    assert json.loads(json.dumps(info))["tls"] is False
