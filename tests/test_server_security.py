@@ -11,14 +11,13 @@ import sys
 import grpc
 import pytest
 import serving_utils as su
+from cryptography import x509  # a dev dependency: TLS test certificates
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sjff_client import Client
 from sjff_server.harness import ServerProcess
 from sjff_server.healthcheck import check
-
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 
 def _key():
