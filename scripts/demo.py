@@ -10,6 +10,7 @@ tests/data/mnist-mini. Every step is the real thing: `sjff train`, `sjff export`
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -50,6 +51,10 @@ def main() -> int:
         test, data = load_split(str(MINI), "test"), str(MINI)
 
     out = args.out
+    # a fresh repository and learning state every run (the server refuses state that belongs
+    # to a different model, which a previous demo run would leave behind)
+    for stale in ("models", "state"):
+        shutil.rmtree(out / stale, ignore_errors=True)
     sets = [f"data.dataset={data}", "train.epochs=1", f"train.limit={args.limit}", "eval.limit=1000"]
     sjff(
         "train",

@@ -8,13 +8,25 @@ Batch-1 training on the CPU runs the numpy ``online_layer`` on the weights' memo
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .config import HebbianConfig
 from .models import SpikingFFNet
 from .schedule import schedule_factor
-from .simulate import LearnSpec, SpikeIndex, bernoulli_spikes, label_currents, online_layer, run_layer, score_labels
+from .simulate import (
+    LearnSpec,
+    SpikeIndex,
+    bernoulli_spikes,
+    input_major,
+    label_currents,
+    online_layer,
+    run_layer,
+    scalar_logit,
+    score_labels,
+)
+from .simulate import bernoulli_spikes as np_bernoulli
 
 __all__ = ["SpikingScorer", "SpikingTrainer"]
 
@@ -52,7 +64,9 @@ class SpikingTrainer:
         self.steps_total = max(1, steps_total)
         self.count = 0
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.eligibility = [torch.zeros_like(layer.weight) for layer in net.layers]
+        self.eligibility = [input_major(torch.zeros_like(layer.weight)) for layer in net.layers]
+        self._rng: np.random.Generator | None = None  # numpy stream of the online path, seeded from ours
+        self._patterns: np.ndarray | None = None
 
     def _online(self, n: int, device: torch.device) -> bool:
         return (
@@ -98,38 +112,66 @@ class SpikingTrainer:
             torch.set_num_threads(threads)
 
     def _present(self, x: Tensor, shown: Tensor, y: Tensor, eta: float, spikes: Tensor | None, online: bool) -> Tensor:
+        if online:
+            return self._present_online(x, shown, y, eta, spikes)
         net = self.net
-        sparse = not online and x.device.type == "cpu"
         index = None
         if spikes is None:
             rates = net.rates(x, shown)
-            if sparse:
+            if x.device.type == "cpu":
                 spikes, index = bernoulli_spikes(rates, net.encoder.steps, self.generator, index=True)
             else:
                 spikes = net.encode(rates, self.generator)
-        elif sparse:
+        elif x.device.type == "cpu":
             index = SpikeIndex.from_dense(spikes.reshape(-1, spikes.shape[-1]))
         n = spikes.shape[1]
         y = y.to(spikes.dtype)
-        d = net.dynamics
         acts = []
         pre = spikes
         for layer, e in zip(net.layers, self.eligibility):
             w = layer.weight.data
             v = _membrane(layer.neuron, n, w.shape[0], spikes, net.encoder.carry_membrane)
-            if online:
-                out, tr = online_layer(
-                    pre.numpy(), w.numpy(), v.numpy(), d, float(y[0]), self.spec, eta, e.numpy(), _torch_matmul
-                )
-                pre, tr = torch.from_numpy(out), torch.from_numpy(tr)
-            else:
-                pre, tr = run_layer(pre, w, v, d, net.backend, (y, self.spec, eta, e), index)
-                index = None  # deeper layers see dense spike trains
+            pre, tr = run_layer(pre, w, v, net.dynamics, net.backend, (y, self.spec, eta, e), index)
+            index = None  # deeper layers see dense spike trains
             layer.neuron.v = v
             layer.neuron.trace = tr
             acts.append(tr)
         net.end_presentation()
         return net.pn_logit(acts) > 0
+
+    def _rates_numpy(self, x: Tensor, shown: Tensor) -> np.ndarray:
+        net = self.net
+        patterns = getattr(net.embedding, "patterns", None)
+        if patterns is None:
+            return net.rates(x, shown).numpy()
+        if self._patterns is None:
+            self._patterns = patterns.numpy()
+        rates = np.concatenate((x.numpy(), self._patterns[shown.numpy()]), axis=1)
+        rates *= np.float32(net.encoder.gain)
+        return np.clip(rates, 0.0, 1.0, out=rates)
+
+    def _present_online(self, x: Tensor, shown: Tensor, y: Tensor, eta: float, spikes: Tensor | None) -> Tensor:
+        """One sample, in numpy on the tensors' memory (every op here is tiny)."""
+        net = self.net
+        if spikes is None:
+            if self._rng is None:
+                self._rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
+            pre = np_bernoulli(self._rates_numpy(x, shown), net.encoder.steps, self._rng)
+        else:
+            pre = spikes.numpy()
+        d = net.dynamics
+        target = float(y[0])
+        logit = 0.0
+        for i, (layer, e) in enumerate(zip(net.layers, self.eligibility)):
+            w = layer.weight.data
+            v = _membrane(layer.neuron, 1, w.shape[0], w, net.encoder.carry_membrane)
+            pre, tr = online_layer(pre, w.numpy(), v.numpy(), d, target, self.spec, eta, e.numpy(), _torch_matmul)
+            layer.neuron.v = v
+            layer.neuron.trace = torch.from_numpy(tr)
+            if i in net.score_layers:
+                logit += scalar_logit(d, tr[0])
+        net.end_presentation()
+        return torch.tensor([logit > 0])
 
 
 class SpikingScorer:

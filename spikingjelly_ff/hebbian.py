@@ -49,7 +49,8 @@ def neuron_modulation(prob: Probability, post: Tensor, y: Tensor, goodness_kind:
 def hebbian_delta(m: Tensor, post: Tensor, pre: Tensor, gain: float = 1.0) -> Tensor:
     """dW = gain / N * sum_i (m_i * post_i) pre_i^T, ``[H, D]``."""
     n = post.shape[0]
-    return ((m * post).T @ pre) * (gain / n)
+    # computed as (pre^T (m post))^T: an input-major result, the layout the weights use
+    return (pre.T @ (m * post)).T * (gain / n)
 
 
 def local_rule_delta(m: Tensor, dgdl: Tensor, dact: Tensor, pre: Tensor) -> Tensor:

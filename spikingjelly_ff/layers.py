@@ -66,6 +66,9 @@ class SpikingFFLayer(nn.Module, base.StepModule):
     ) -> None:
         super().__init__()
         self.synapse = layer.Linear(in_features, out_features, bias=False, step_mode=step_mode)
+        # Input-major storage (weight.T contiguous): on-line learning updates the rows of the
+        # inputs that spiked, and a spike-driven current sums those same rows.
+        self.synapse.weight = nn.Parameter(self.synapse.weight.detach().t().contiguous().t())
         self.neuron = FFLIFNode(neuron, trace, backend=backend, step_mode=step_mode)
         self.step_mode = step_mode
 

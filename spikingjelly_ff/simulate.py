@@ -37,11 +37,13 @@ __all__ = [
     "SpikeIndex",
     "bernoulli_spikes",
     "eligibility_apply",
+    "input_major",
     "label_currents",
     "neuron_forward",
     "online_layer",
     "rest",
     "run_layer",
+    "scalar_logit",
     "score_labels",
 ]
 
@@ -338,70 +340,120 @@ def online_layer(
     so every current is W0 x + eta A_j (e0 x) + a small sum over the deltas so far. W and e
     are written once, at the end. ``pre`` ``[T, 1, D]``; ``v`` ``[1, H]``; ``w``, ``e``
     ``[H, D]`` are updated in place. Without an eligibility trace use :func:`run_layer`.
-    ``matmul`` does the few large products (torch passes its own BLAS: mixing numpy's and
-    torch's thread pools in one process costs far more than the products themselves).
+
+    Only the inputs that spiked in the sample touch W, so the work is done on W's rows per
+    input: ``w.T`` should be contiguous (see :func:`input_major`); otherwise a transposed copy
+    is made and written back. ``matmul`` does the few products (torch passes its own BLAS:
+    mixing numpy's and torch's thread pools in one process costs more than the products).
     """
     if spec.eligibility_tau is None:
         raise ValueError("online_layer needs an eligibility trace; use run_layer")
+    if pre.shape[0] <= spec.learn_after + 1:
+        return run_layer(pre, w, v, d)
+    wt, et = w.T, e.T
+    if wt.flags.c_contiguous and et.flags.c_contiguous:
+        return _online_input_major(pre, wt, et, v, d, y, spec, eta, matmul)
+    wt, et = np.ascontiguousarray(wt), np.ascontiguousarray(et)
+    out = _online_input_major(pre, wt, et, v, d, y, spec, eta, matmul)
+    w[...] = wt.T
+    e[...] = et.T
+    return out
+
+
+def input_major(w):
+    """``w`` ``[H, D]`` re-allocated so that ``w.T`` is contiguous (same values, a view)."""
+    return w.T.copy().T if not _array.is_torch(w) else w.t().contiguous().t()
+
+
+_TRIL: dict[int, tuple] = {}
+
+
+def _online_input_major(pre, wt, et, v, d: Dynamics, y: float, spec: LearnSpec, eta: float, matmul):
+    """:func:`online_layer` on input-major weights ``wt``, ``et`` ``[D, H]`` (contiguous)."""
     t_steps = pre.shape[0]
     first = spec.learn_after + 1
-    if first >= t_steps:
-        return run_layer(pre, w, v, d)
-    h = w.shape[0]
+    h = wt.shape[1]
     x = pre[:, 0, :]  # [T, D]
     tau = spec.eligibility_tau
     a = 1.0 - tau
-    # Only the inputs that spiked during this sample matter (a few % of them): every
-    # product below is restricted to those columns.
+    # Only the inputs that spiked during this sample matter (a few % of them).
     cols = np.flatnonzero(x.any(axis=0))
     xu = np.ascontiguousarray(x[:, cols])  # [T, U]
-    p_cur = matmul(xu, np.ascontiguousarray(w[:, cols]).T)  # [T, H]: W0 x_t for every step
-    q_cur = matmul(xu, np.ascontiguousarray(e[:, cols]).T)  # [T, H]: e0 x_t
+    both = matmul(xu, np.concatenate((wt[cols], et[cols]), axis=1))  # [T, 2H]: W0 x_t and e0 x_t
+    p_cur, q_cur = both[:, :h], both[:, h:]
     tr = np.zeros((1, h), dtype=np.float32)
     out = np.zeros((t_steps, 1, h), dtype=np.float32)
     out[: first + 1] = _numpy_neuron_forward(p_cur[: first + 1, None, :].copy(), v, tr, d.neuron, d.trace)
-    learn_steps = t_steps - first
+    k = t_steps - first  # learning steps
     xs = xu[first:]  # inputs of the learning steps, [K, U]
     gram = matmul(xs, xu.T)  # [K, T]: x_q . x_t
     gain = hebbian_gain(d.goodness, h, d.probability.split)
-    us = np.zeros((learn_steps, h), dtype=np.float32)
-    yv = np.asarray([y], dtype=np.float32)
-    a_pow = [a ** (i + 1) for i in range(learn_steps)]
-    b_sum = np.cumsum([a**i for i in range(learn_steps)])  # B_m = 1 + a + ... + a^m
-    for j in range(learn_steps):
+    us = np.zeros((k, h), dtype=np.float32)
+    a_pow = [a ** (i + 1) for i in range(k)]
+    b_sum = np.cumsum([a**i for i in range(k)])  # B_m = 1 + a + ... + a^m
+    # coef[j, q] = eta tau B_{j-q} (x_q . x_{t_j + 1}) for q <= j: the weight of delta q in the
+    # current after learning step j (lower triangular, once per sample)
+    if k not in _TRIL:
+        _TRIL[k] = np.tril_indices(k)
+    jj, qq = _TRIL[k]
+    coef = np.zeros((k, k), dtype=np.float32)
+    coef[jj, qq] = eta * tau * b_sum[jj - qq] * gram[qq, np.minimum(first + jj + 1, t_steps - 1)]
+    cur = np.empty((1, 1, h), dtype=np.float32)
+    for j in range(k):
         t = first + j
-        _modulated_trace(d, tr, yv, gain, us[j])
+        _modulated_trace(d, tr, float(y), gain, us[j])
         if t + 1 < t_steps:
-            coef = (eta * tau * b_sum[j::-1] * gram[: j + 1, t + 1]).astype(np.float32)
-            # (coef[:, None] * us).sum(0) rather than coef @ us: a BLAS call this small costs
-            # more in thread start-up than in arithmetic.
-            low_rank = (coef[:, None] * us[: j + 1]).sum(0)
-            cur = p_cur[t + 1] + np.float32(eta * sum(a_pow[: j + 1])) * q_cur[t + 1] + low_rank
-            out[t + 1] = _numpy_neuron_forward(cur[None, None, :].astype(np.float32), v, tr, d.neuron, d.trace)[0]
-    # Write the low-rank history back: W gets eta A e0 + eta tau sum B u x^T, e decays and
-    # gains tau sum a^(K-1-q) u x^T (the rank-K parts only touch the active columns).
-    k = learn_steps
-    w += np.float32(eta * sum(a_pow[:k])) * e
-    w[:, cols] += matmul(us.T * np.float32(eta * tau) * b_sum[k - 1 :: -1].astype(np.float32), xs)
-    e *= np.float32(a**k)
-    e[:, cols] += matmul(
-        us.T * np.float32(tau) * np.asarray([a ** (k - 1 - q) for q in range(k)], dtype=np.float32), xs
-    )
+            # (coef * us).sum(0) rather than coef @ us: a BLAS call this small costs more in
+            # thread start-up than in arithmetic.
+            np.multiply(q_cur[t + 1], np.float32(eta * sum(a_pow[: j + 1])), out=cur[0, 0])
+            cur[0, 0] += p_cur[t + 1]
+            cur[0, 0] += (coef[j, : j + 1, None] * us[: j + 1]).sum(0)
+            out[t + 1] = _numpy_neuron_forward(cur, v, tr, d.neuron, d.trace)[0]
+    # Write the history back: W gets eta A e0 + eta tau sum B u x^T, e decays and gains
+    # tau sum a^(K-1-q) u x^T. The rank-K parts only touch the rows of the active inputs.
+    coef_w = (np.float32(eta * tau) * b_sum[::-1]).astype(np.float32)[:, None]
+    coef_e = np.asarray([tau * a ** (k - 1 - q) for q in range(k)], dtype=np.float32)[:, None]
+    delta = matmul(np.ascontiguousarray(xs.T), np.concatenate((us * coef_w, us * coef_e), axis=1))  # [U, 2H]
+    np.add(wt, np.multiply(et, np.float32(eta * sum(a_pow))), out=wt)
+    et *= np.float32(a**k)
+    wt[cols] += delta[:, :h]
+    et[cols] += delta[:, h:]
     return out, tr
 
 
-def _modulated_trace(d: Dynamics, tr: np.ndarray, y: np.ndarray, gain: float, out: np.ndarray) -> None:
+def _modulated_trace(d: Dynamics, tr: np.ndarray, y: float, gain: float, out: np.ndarray) -> None:
     """out = gain * M * trace for one sample (``tr`` ``[1, H]``): the post-synaptic factor of
-    the Hebbian delta, with M a scalar per half instead of a broadcast ``[1, H]`` array."""
+    the Hebbian delta. Goodness and modulation are scalars here, so they are computed on
+    Python floats (the probability functions accept them) rather than on 1-element arrays."""
     prob = d.probability
+    act = tr[0]
     if prob.split:
-        h2 = tr.shape[1] // 2
-        m_pos, m_neg = prob.modulation(goodness(tr, d.goodness, split=True), y)
-        np.multiply(tr[0, :h2], np.float32(m_pos[0] * gain), out=out[:h2])
-        np.multiply(tr[0, h2:], np.float32(m_neg[0] * gain), out=out[h2:])
+        h2 = act.shape[0] // 2
+        pos, neg = act[:h2], act[h2:]
+        g = (_scalar_goodness(pos, d.goodness), _scalar_goodness(neg, d.goodness))
+        m_pos, m_neg = prob.modulation(g, y)
+        np.multiply(pos, np.float32(m_pos * gain), out=out[:h2])
+        np.multiply(neg, np.float32(m_neg * gain), out=out[h2:])
     else:
-        m = prob.modulation(goodness(tr, d.goodness), y)
-        np.multiply(tr[0], np.float32(m[0] * gain), out=out)
+        m = prob.modulation(_scalar_goodness(act, d.goodness), y)
+        np.multiply(act, np.float32(m * gain), out=out)
+
+
+def scalar_logit(d: Dynamics, act: np.ndarray) -> float:
+    """log(P / (1 - P)) of one sample's activity ``[H]`` (Python float)."""
+    if d.probability.split:
+        h2 = act.shape[0] // 2
+        g = (_scalar_goodness(act[:h2], d.goodness), _scalar_goodness(act[h2:], d.goodness))
+        return float(d.probability.logit(g))
+    return float(d.probability.logit(_scalar_goodness(act, d.goodness)))
+
+
+def _scalar_goodness(act: np.ndarray, kind: str) -> float:
+    if kind == "sum_squares":
+        return float(np.dot(act, act))
+    if kind == "mean_squares":
+        return float(np.dot(act, act)) / act.shape[0]
+    return float(goodness(act[None], kind)[0])
 
 
 # ------------------------------------------------------------------------------------------

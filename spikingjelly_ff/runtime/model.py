@@ -15,7 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from ..probability import Probability
-from ..simulate import Dynamics, LearnSpec, bernoulli_spikes, label_currents, online_layer, run_layer, score_labels
+from ..simulate import (
+    Dynamics,
+    LearnSpec,
+    bernoulli_spikes,
+    input_major,
+    label_currents,
+    online_layer,
+    run_layer,
+    score_labels,
+)
 from .artifact import SpikeArtifact, read_artifact, write_artifact
 
 __all__ = ["SpikeModel"]
@@ -26,12 +35,11 @@ class SpikeModel:
 
     def __init__(self, art: SpikeArtifact) -> None:
         self.art = art.validate()
-        self.weights = [np.ascontiguousarray(w, dtype=np.float32) for w in art.weights]
-        self.eligibility = (
-            [np.ascontiguousarray(e, dtype=np.float32) for e in art.eligibility]
-            if art.eligibility is not None
-            else [np.zeros_like(w) for w in self.weights]
-        )
+        # input-major memory (w.T contiguous), as the torch layers keep it: see simulate.input_major
+        self.weights = [input_major(np.asarray(w, dtype=np.float32)) for w in art.weights]
+        self.eligibility = [
+            input_major(np.asarray(e, dtype=np.float32)) for e in (art.eligibility or [np.zeros_like(w) for w in art.weights])
+        ]
         self.probability = Probability(**art.probability)
         self.dynamics = Dynamics(art.neuron, art.trace, self.probability, art.goodness)
         h = art.hebbian
@@ -75,8 +83,8 @@ class SpikeModel:
         """An independent model with copied weights and eligibility (for copy-on-write updates)."""
         clone = SpikeModel.__new__(SpikeModel)
         clone.__dict__.update(self.__dict__)
-        clone.weights = [w.copy() for w in self.weights]
-        clone.eligibility = [e.copy() for e in self.eligibility]
+        clone.weights = [input_major(w) for w in self.weights]
+        clone.eligibility = [input_major(e) for e in self.eligibility]
         return clone
 
     # -- inputs -------------------------------------------------------------------------------
