@@ -41,7 +41,7 @@ class EmbeddingConfig:
     kind: str = "pattern"  # pattern: append random bits | onehot: overwrite the first pixels
     bits: int = 100
     density: float = 0.3
-    scale: float = 1.0  # value written by the one-hot overlay
+    scale: float = 1.0  # value of an active label position (pattern bit or one-hot)
     seed: int | None = None  # default: the run seed
 
 
@@ -79,6 +79,7 @@ class EncoderConfig:
     steps: int = 23  # input steps per presentation
     rest_steps: int = 20  # steps with no input after each presentation
     carry_membrane: bool = True  # paper: membranes only decay between samples; False: reset
+    coding: str = "bernoulli"  # bernoulli: random spikes (paper) | regular: deterministic, evenly spaced
 
 
 @dataclass
@@ -178,6 +179,7 @@ CHOICES = {
     "model.goodness": ("sum_squares", "mean_squares", "l1"),
     "model.probability.kind": ("sigmoid", "symmetric", "polar"),
     "model.embedding.kind": ("pattern", "onehot"),
+    "model.encoder.coding": ("bernoulli", "regular"),
     "model.score": ("probability", "goodness"),
     "model.neuron.form": ("beta", "lif"),
     "model.neuron.fire": (">", ">="),

@@ -18,9 +18,12 @@ __all__ = ["OneHotOverlay", "PatternEmbedding", "build_embedding"]
 
 
 class PatternEmbedding(nn.Module):
-    """Append ``patterns[label]`` (``[C, bits]`` of 0/1, fixed at construction) to the input."""
+    """Append ``scale * patterns[label]`` (``patterns`` ``[C, bits]`` of 0/1, fixed at
+    construction) to the input."""
 
-    def __init__(self, num_classes: int = 10, bits: int = 100, density: float = 0.3, seed: int = 0) -> None:
+    def __init__(
+        self, num_classes: int = 10, bits: int = 100, density: float = 0.3, seed: int = 0, scale: float = 1.0
+    ) -> None:
         super().__init__()
         if bits < 1 or not 0.0 < density < 1.0:
             raise ValueError("pattern embedding needs bits >= 1 and 0 < density < 1")
@@ -29,6 +32,7 @@ class PatternEmbedding(nn.Module):
         self.register_buffer("patterns", patterns)
         self.num_classes = num_classes
         self.bits = bits
+        self.scale = scale
 
     def out_features(self, in_features: int) -> int:
         return in_features + self.bits
@@ -39,19 +43,19 @@ class PatternEmbedding(nn.Module):
 
     def code(self, labels: Tensor) -> Tensor:
         """The label part alone, ``[N, bits]``."""
-        return self.patterns[labels]
+        return self.patterns[labels] * self.scale
 
     def forward(self, x: Tensor, labels: Tensor) -> Tensor:
         return torch.cat((x, self.code(labels).to(x.dtype)), dim=-1)
 
     def all_labels(self, x: Tensor) -> Tensor:
         n = x.shape[0]
-        codes = self.patterns.to(x.dtype).unsqueeze(1).expand(-1, n, -1)
+        codes = (self.patterns.to(x.dtype) * self.scale).unsqueeze(1).expand(-1, n, -1)
         return torch.cat((x.unsqueeze(0).expand(self.num_classes, -1, -1), codes), dim=-1)
 
     def neutral(self, x: Tensor) -> Tensor:
         """Input with the mean of all patterns, used by the linear readout."""
-        mean = self.patterns.mean(0).to(x.dtype).expand(x.shape[0], -1)
+        mean = (self.patterns.mean(0) * self.scale).to(x.dtype).expand(x.shape[0], -1)
         return torch.cat((x, mean), dim=-1)
 
 
@@ -95,7 +99,7 @@ class OneHotOverlay(nn.Module):
 def build_embedding(kind: str, num_classes: int, bits: int, density: float, seed: int, scale: float):
     """Embedding from config fields; ``kind`` is ``pattern`` or ``onehot``."""
     if kind == "pattern":
-        return PatternEmbedding(num_classes, bits, density, seed)
+        return PatternEmbedding(num_classes, bits, density, seed, scale)
     if kind == "onehot":
         return OneHotOverlay(num_classes, scale)
     raise ValueError(f"unknown label embedding {kind!r}; choose 'pattern' or 'onehot'")

@@ -18,7 +18,7 @@ from .schedule import schedule_factor
 from .simulate import (
     LearnSpec,
     SpikeIndex,
-    bernoulli_spikes,
+    encode_spikes,
     input_major,
     label_currents,
     online_layer,
@@ -26,7 +26,6 @@ from .simulate import (
     scalar_logit,
     score_labels,
 )
-from .simulate import bernoulli_spikes as np_bernoulli
 
 __all__ = ["SpikingScorer", "SpikingTrainer"]
 
@@ -119,7 +118,7 @@ class SpikingTrainer:
         if spikes is None:
             rates = net.rates(x, shown)
             if x.device.type == "cpu":
-                spikes, index = bernoulli_spikes(rates, net.encoder.steps, self.generator, index=True)
+                spikes, index = encode_spikes(rates, net.encoder.steps, self.generator, net.encoder.coding, index=True)
             else:
                 spikes = net.encode(rates, self.generator)
         elif x.device.type == "cpu":
@@ -145,7 +144,7 @@ class SpikingTrainer:
         if patterns is None:
             return net.rates(x, shown).numpy()
         if self._patterns is None:
-            self._patterns = patterns.numpy()
+            self._patterns = patterns.numpy() * np.float32(net.embedding.scale)
         rates = np.concatenate((x.numpy(), self._patterns[shown.numpy()]), axis=1)
         rates *= np.float32(net.encoder.gain)
         return np.clip(rates, 0.0, 1.0, out=rates)
@@ -156,7 +155,7 @@ class SpikingTrainer:
         if spikes is None:
             if self._rng is None:
                 self._rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
-            pre = np_bernoulli(self._rates_numpy(x, shown), net.encoder.steps, self._rng)
+            pre = encode_spikes(self._rates_numpy(x, shown), net.encoder.steps, self._rng, net.encoder.coding)
         else:
             pre = spikes.numpy()
         d = net.dynamics
@@ -216,7 +215,9 @@ class SpikingScorer:
         if spikes is None:
             rates = (net.embedding.all_labels(x) * net.encoder.gain).clamp_(0.0, 1.0)
             lab = net.embedding.label_slice(net.in_features)
-            current = label_currents(rates, lab, weights[0], net.encoder.steps, self.generator, self.share)
+            current = label_currents(
+                rates, lab, weights[0], net.encoder.steps, self.generator, self.share, net.encoder.coding
+            )
             num_labels = rates.shape[0]
         else:
             c, t, n, _ = spikes.shape

@@ -155,6 +155,7 @@ class EncoderParams:
     steps: int = 23
     rest_steps: int = 20
     carry_membrane: bool = True
+    coding: str = "bernoulli"  # bernoulli (random, the paper) | regular (deterministic)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,8 +214,10 @@ class SpikingFFNet(FFNet):
         return (self.embedding(x, labels) * self.encoder.gain).clamp_(0.0, 1.0)
 
     def encode(self, rates: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Bernoulli spikes ``[T, N, D']`` with per-step probability ``rates`` ``[N, D']``."""
-        return bernoulli_spikes(rates, self.encoder.steps, generator)
+        """Input spikes ``[T, N, D']`` with per-step rate ``rates`` ``[N, D']`` (the encoder's coding)."""
+        from .simulate import encode_spikes
+
+        return encode_spikes(rates, self.encoder.steps, generator, self.encoder.coding)
 
     def forward(self, spikes: Tensor) -> Tensor:
         """Output spikes of the last layer for input spikes ``[T, N, D']``."""

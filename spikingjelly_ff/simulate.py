@@ -37,10 +37,12 @@ __all__ = [
     "SpikeIndex",
     "bernoulli_spikes",
     "eligibility_apply",
+    "encode_spikes",
     "input_major",
     "label_currents",
     "neuron_forward",
     "online_layer",
+    "regular_spikes",
     "rest",
     "run_layer",
     "scalar_logit",
@@ -225,6 +227,34 @@ def _row_offsets(rows, n_rows: int):
 
     counts = torch.bincount(rows, minlength=n_rows)
     return torch.cumsum(counts, 0) - counts
+
+
+def regular_spikes(rates: Array, steps: int) -> Array:
+    """Deterministic rate code ``[steps, *rates.shape]``: an input with rate r spikes whenever
+    r (t + 1) + 1/2 passes an integer, so over T steps it fires round(r T) times, evenly
+    spaced. The same spike counts as Bernoulli coding on average, without its noise."""
+    xp = _array.xp(rates)
+    if _array.is_torch(rates):
+        k = xp.arange(steps + 1, dtype=rates.dtype, device=rates.device)
+    else:
+        k = np.arange(steps + 1, dtype=rates.dtype)
+    k = k.reshape(steps + 1, *([1] * rates.ndim))
+    edges = xp.floor(rates[None] * k + 0.5)
+    return edges[1:] - edges[:-1]
+
+
+def encode_spikes(rates: Array, steps: int, rng, coding: str = "bernoulli", index: bool = False, dense: bool = True):
+    """Input spikes ``[steps, *rates.shape]`` with per-step rate ``rates``: ``bernoulli``
+    (random, the paper) or ``regular`` (deterministic, :func:`regular_spikes`). With
+    ``index`` (torch), also returns the :class:`SpikeIndex` of the ``[steps * N, D]`` rows."""
+    if coding == "regular":
+        out = regular_spikes(rates, steps)
+        if not index:
+            return out
+        return (out if dense else None), SpikeIndex.from_dense(out.reshape(-1, rates.shape[-1]))
+    if coding != "bernoulli":
+        raise ValueError(f"unknown spike coding {coding!r}; choose 'bernoulli' or 'regular'")
+    return bernoulli_spikes(rates, steps, rng, index, dense)
 
 
 def bernoulli_spikes(rates: Array, steps: int, rng, index: bool = False, dense: bool = True):
@@ -504,7 +534,9 @@ def score_labels(
     return outputs, (vs if carry else [None] * len(weights))
 
 
-def label_currents(rates: Array, label_slice: slice, w: Array, steps: int, rng, share: bool = True):
+def label_currents(
+    rates: Array, label_slice: slice, w: Array, steps: int, rng, share: bool = True, coding: str = "bernoulli"
+):
     """Draw input spikes for every candidate label; returns ``current(k)``, layer 1's input
     current ``[T, N, H]`` for label k.
 
@@ -533,17 +565,20 @@ def label_currents(rates: Array, label_slice: slice, w: Array, steps: int, rng, 
         w_shared = w.index_select(1, keep_idx)
         shared_rates = rates[0].index_select(1, keep_idx)
         if rates.device.type == "cpu":
-            _, index = bernoulli_spikes(shared_rates, steps, rng, index=True, dense=False)
+            _, index = encode_spikes(shared_rates, steps, rng, coding, index=True, dense=False)
             shared = index.matmul(w_shared)  # [T*N, H]
         else:
-            spikes = bernoulli_spikes(shared_rates, steps, rng)
+            spikes = encode_spikes(shared_rates, steps, rng, coding)
             shared = spikes.reshape(steps * n, -1) @ w_shared.T
-        u = torch.rand(steps, n, width, generator=rng, device=rates.device)
+        u = torch.rand(steps, n, width, generator=rng, device=rates.device) if coding == "bernoulli" else None
         code = lab_rates[:, 0, :]  # [C, L]
         level = code.max()
         if bool(((code == 0) | (code == level)).all()) and bool((lab_rates == code[:, None, :]).all()):
             # Binary codes: label c's spikes are (u < level) on c's active positions.
-            fired = (u < level).to(rates.dtype).reshape(steps * n, width)
+            if u is None:  # regular coding: every active position fires on the same steps
+                fired = regular_spikes(level.reshape(1), steps).expand(steps, n * width).reshape(steps * n, width)
+            else:
+                fired = (u < level).to(rates.dtype).reshape(steps * n, width)
             active = [(code[k] > 0).nonzero().squeeze(1) for k in range(c)]
 
             def current(k: int):
@@ -553,13 +588,19 @@ def label_currents(rates: Array, label_slice: slice, w: Array, steps: int, rng, 
                 return torch.addmm(shared, fired.index_select(1, on), w_lab.index_select(1, on).T).reshape(steps, n, h)
 
             return current
-        label = (u[None] < lab_rates[:, None]).to(rates.dtype)  # [C, T, N, L]
+        if u is None:
+            label = _swap01(regular_spikes(lab_rates, steps))  # [C, T, N, L]
+        else:
+            label = (u[None] < lab_rates[:, None]).to(rates.dtype)  # [C, T, N, L]
     else:
         keep_idx = np.flatnonzero(keep)
-        spikes = bernoulli_spikes(rates[0][:, keep_idx], steps, rng)  # [T, N, S]
+        spikes = encode_spikes(rates[0][:, keep_idx], steps, rng, coding)  # [T, N, S]
         shared = spikes.reshape(steps * n, -1) @ w[:, keep_idx].T
-        u = rng.random((steps, n, width), dtype=np.float32)
-        label = _array.astype_like(u[None] < lab_rates[:, None], rates)  # [C, T, N, L]
+        if coding == "regular":
+            label = np.swapaxes(regular_spikes(lab_rates, steps), 0, 1)  # [C, T, N, L]
+        else:
+            u = rng.random((steps, n, width), dtype=np.float32)
+            label = _array.astype_like(u[None] < lab_rates[:, None], rates)  # [C, T, N, L]
     return lambda k: (shared + label[k].reshape(steps * n, width) @ w_lab.T).reshape(steps, n, h)
 
 

@@ -116,7 +116,7 @@ def _embed_all_labels(g: _Graph, net, images: str) -> str:
     n = g.op("Shape", [images], start=0, end=1)  # [1] = N
     if hasattr(emb, "patterns"):
         bits = emb.bits
-        pat = emb.patterns.detach().cpu().numpy().astype(np.float32)  # [C, bits]
+        pat = emb.patterns.detach().cpu().numpy().astype(np.float32) * np.float32(emb.scale)  # [C, bits]
         pat_n = g.op(
             "Expand",
             [

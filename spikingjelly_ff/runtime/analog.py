@@ -55,7 +55,8 @@ class AnalogModel:
         self.eligibility = [np.zeros_like(w) for w in self.weights]
         self.probability = Probability(**self.meta["probability"])
         emb = self.meta["embedding"]
-        self.patterns = None if emb["patterns"] is None else np.asarray(emb["patterns"], dtype=np.float32)
+        scale = np.float32(emb.get("scale", 1.0))
+        self.patterns = None if emb["patterns"] is None else np.asarray(emb["patterns"], dtype=np.float32) * scale
         # Declare the weights as inputs so each run can feed the current weights.
         served = onnx.ModelProto()
         served.CopyFrom(model_proto)

@@ -18,7 +18,7 @@ from ..probability import Probability
 from ..simulate import (
     Dynamics,
     LearnSpec,
-    bernoulli_spikes,
+    encode_spikes,
     input_major,
     label_currents,
     online_layer,
@@ -38,7 +38,8 @@ class SpikeModel:
         # input-major memory (w.T contiguous), as the torch layers keep it: see simulate.input_major
         self.weights = [input_major(np.asarray(w, dtype=np.float32)) for w in art.weights]
         self.eligibility = [
-            input_major(np.asarray(e, dtype=np.float32)) for e in (art.eligibility or [np.zeros_like(w) for w in art.weights])
+            input_major(np.asarray(e, dtype=np.float32))
+            for e in (art.eligibility or [np.zeros_like(w) for w in art.weights])
         ]
         self.probability = Probability(**art.probability)
         self.dynamics = Dynamics(art.neuron, art.trace, self.probability, art.goodness)
@@ -48,7 +49,8 @@ class SpikeModel:
             h.get("eligibility_tau", 0.1),
             int(h.get("learn_after", art.encoder["steps"] // 2)),
         )
-        self.patterns = None if art.label_patterns is None else np.asarray(art.label_patterns, dtype=np.float32)
+        scale = np.float32(art.embedding.get("scale", 1.0))
+        self.patterns = None if art.label_patterns is None else np.asarray(art.label_patterns, dtype=np.float32) * scale
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -140,8 +142,9 @@ class SpikeModel:
             share_image_spikes = bool(self.art.evaluation.get("share_image_spikes", True))
         enc = self.art.encoder
         rates = self._all_label_rates(x)
+        coding = enc.get("coding", "bernoulli")
         current = label_currents(
-            rates, self._label_slice(), self.weights[0], int(enc["steps"]), rng, share_image_spikes
+            rates, self._label_slice(), self.weights[0], int(enc["steps"]), rng, share_image_spikes, coding
         )
         return self._score(current, len(rates), counts, bool(enc["carry_membrane"]))
 
@@ -214,7 +217,7 @@ class SpikeModel:
         x = self._check_images(x)
         rng = np.random.default_rng(seed)
         rates = np.clip(self.embed(x, labels) * np.float32(self.art.encoder["gain"]), 0.0, 1.0).astype(np.float32)
-        spikes = bernoulli_spikes(rates, self.steps, rng)[None]
+        spikes = encode_spikes(rates, self.steps, rng, self.art.encoder.get("coding", "bernoulli"))[None]
         outs = self._score(self._spike_current(spikes, self.weights[0]), 1, counts=True, carry=False)
         return np.concatenate([o[0] for o in outs], axis=1)
 
@@ -227,7 +230,8 @@ class SpikeModel:
         ``[N]`` says whether each label is the true one. Returns the log-odds before learning."""
         x = self._check_images(x)
         rates = np.clip(self.embed(x, labels) * np.float32(self.art.encoder["gain"]), 0.0, 1.0).astype(np.float32)
-        spikes = bernoulli_spikes(rates, self.steps, np.random.default_rng(seed))
+        coding = self.art.encoder.get("coding", "bernoulli")
+        spikes = encode_spikes(rates, self.steps, np.random.default_rng(seed), coding)
         return self.learn_spikes(spikes, np.asarray(positive, dtype=np.float32), eta)
 
     def learn_spikes(self, spikes: np.ndarray, y: np.ndarray, eta: float | None = None) -> np.ndarray:
