@@ -594,14 +594,32 @@ def label_currents(
             label = (u[None] < lab_rates[:, None]).to(rates.dtype)  # [C, T, N, L]
     else:
         keep_idx = np.flatnonzero(keep)
-        spikes = encode_spikes(rates[0][:, keep_idx], steps, rng, coding)  # [T, N, S]
-        shared = spikes.reshape(steps * n, -1) @ w[:, keep_idx].T
+        shared = _shared_current(rates[0][:, keep_idx], w[:, keep_idx], steps, rng, coding)
         if coding == "regular":
             label = np.swapaxes(regular_spikes(lab_rates, steps), 0, 1)  # [C, T, N, L]
         else:
             u = rng.random((steps, n, width), dtype=np.float32)
             label = _array.astype_like(u[None] < lab_rates[:, None], rates)  # [C, T, N, L]
     return lambda k: (shared + label[k].reshape(steps * n, width) @ w_lab.T).reshape(steps, n, h)
+
+
+_CHUNK_STEPS = 32
+
+
+def _shared_current(rates: np.ndarray, w: np.ndarray, steps: int, rng, coding: str) -> np.ndarray:
+    """``[T * N, H]`` current of the image spikes (numpy), drawn and multiplied a few steps at a
+    time: the uniform draws come in the same order as one ``[T, N, S]`` draw, so the result is
+    the same, but memory stays bounded and a long run stays interruptible between chunks."""
+    n = rates.shape[0]
+    if coding != "bernoulli" or steps <= _CHUNK_STEPS:
+        return encode_spikes(rates, steps, rng, coding).reshape(steps * n, -1) @ w.T
+    out = np.empty((steps * n, w.shape[0]), dtype=np.result_type(w.dtype, np.float32))
+    wt = w.T
+    for t0 in range(0, steps, _CHUNK_STEPS):
+        t1 = min(steps, t0 + _CHUNK_STEPS)
+        spikes = bernoulli_spikes(rates, t1 - t0, rng)
+        np.matmul(spikes.reshape((t1 - t0) * n, -1), wt, out=out[t0 * n : t1 * n])
+    return out
 
 
 def _copy(x: Array) -> Array:
