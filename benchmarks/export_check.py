@@ -9,7 +9,6 @@ Prints one table; every figure is computed in this run.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -169,10 +168,26 @@ def install_size() -> tuple[list, dict]:
         py = venv / "bin" / "python"
         before = _du(venv)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "numpy", "h5py"], check=True)
+        # the wheel is built by this interpreter (it has the build backend); the fresh venv
+        # only installs it, as an edge device would install a published wheel
+        wheels = Path(tmp) / "wheels"
         subprocess.run(
-            [str(py), "-m", "pip", "install", "-q", "--no-deps", str(ROOT)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "-w",
+                str(wheels),
+                str(ROOT),
+            ],
             check=True,
-            env={**os.environ, "PIP_NO_BUILD_ISOLATION": "0"},
+        )
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "--no-deps", *map(str, wheels.glob("*.whl"))], check=True
         )
         size = _du(venv) - before
         probe = subprocess.run(
