@@ -6,7 +6,10 @@
   choice), so ``D' = D``.
 
 Both map images ``[N, D]`` and labels ``[N]`` to ``[N, D']`` and expose ``all_labels``,
-``[C, N, D']``, for scoring every label in one batched pass.
+``[C, N, D']``, for scoring every label in one batched pass. ``image_slice`` and
+``label_slice`` say which embedded positions come from the image (the same positions of
+``x``) and which hold the label code: a first layer can then compute the image's current
+once and add one per-label term, instead of running ``C`` full copies of the input.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ class PatternEmbedding(nn.Module):
     def label_slice(self, in_features: int) -> slice:
         """Positions of the embedded input that depend on the label."""
         return slice(in_features, in_features + self.bits)
+
+    def image_slice(self, in_features: int) -> slice:
+        """Positions of the embedded input copied from the same positions of the image."""
+        return slice(0, in_features)
 
     def code(self, labels: Tensor) -> Tensor:
         """The label part alone, ``[N, bits]``."""
@@ -75,6 +82,10 @@ class OneHotOverlay(nn.Module):
     def label_slice(self, in_features: int) -> slice:
         """Positions of the embedded input that depend on the label."""
         return slice(0, self.num_classes)
+
+    def image_slice(self, in_features: int) -> slice:
+        """Positions of the embedded input copied from the same positions of the image."""
+        return slice(self.num_classes, in_features)
 
     def code(self, labels: Tensor) -> Tensor:
         return nn.functional.one_hot(labels, self.num_classes).float() * self.scale

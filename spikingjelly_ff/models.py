@@ -132,11 +132,38 @@ class AnalogFFNet(FFNet):
     def label_activities(self, x: Tensor, labels: Tensor) -> list[Tensor]:
         return self.activities(self.embedding(x, labels))
 
+    def all_label_activities(self, x: Tensor) -> list[Tensor]:
+        """Every layer's activity for images ``[N, D]`` under every label, each ``[C * N, H_l]``
+        (label-major). The first layer's input current is label-separable,
+        W x' = W_img x_img + W_lab code_c, so the image term is computed once per image.
+
+        That current is accumulated in float64 and rounded once: trained weights are large
+        and a unit near zero is a difference of large terms, whose float32 rounding depends
+        on the summation order of the matmul kernel. Rounded once, any two runtimes (torch,
+        the ONNX export in onnxruntime) agree to the last bit or two."""
+        c, n = self.num_classes, x.shape[0]
+        first = self.layers[0]
+        if first.normalize_input:  # the norm mixes image and label: no separation
+            return self.activities(self.embedding.all_labels(x).reshape(c * n, -1))
+        w = first.weight.double()
+        img = self.embedding.image_slice(self.in_features)
+        lab = self.embedding.label_slice(self.in_features)
+        codes = self.embedding.code(torch.arange(c, device=x.device)).double()  # [C, L]
+        label_term = codes @ w[:, lab].T  # [C, H]
+        if first.synapse.bias is not None:
+            label_term = label_term + first.synapse.bias.double()
+        z = (x[:, img].double() @ w[:, img].T).unsqueeze(0) + label_term.unsqueeze(1)  # [C, N, H]
+        a = first.act(z.to(x.dtype)).reshape(c * n, -1)
+        out = [a]
+        for layer in self.layers[1:]:
+            a = layer(a)
+            out.append(a)
+        return out
+
     def scores(self, x: Tensor) -> Tensor:
         """Score of every label, ``[N, C]``, from one batched pass over ``C * N`` inputs."""
         c, n = self.num_classes, x.shape[0]
-        xa = self.embedding.all_labels(x).reshape(c * n, -1)
-        return self.score_activities(self.activities(xa)).reshape(c, n).transpose(0, 1)
+        return self.score_activities(self.all_label_activities(x)).reshape(c, n).transpose(0, 1)
 
     def predict(self, x: Tensor, use_readout: bool | None = None) -> Tensor:
         """Predicted class ``[N]``; with a readout, from the neutral-label latent."""

@@ -103,8 +103,8 @@ class AnalogEngine(Engine):
 
     def prepare(self, model: Any) -> dict[str, np.ndarray]:
         # The graph computes x @ W^T with W^T [D, H] as an input: hand onnxruntime contiguous
-        # arrays once per version instead of a transposed view (a copy) on every run.
-        return {n: np.ascontiguousarray(w.T) for n, w in zip(self.weight_names, model.weights)}
+        # arrays in the graph's dtype once per version instead of a converted copy every run.
+        return model.weight_feeds()
 
     def run(self, pub: Published, x: np.ndarray, opts: InferOptions) -> dict[str, np.ndarray]:
         feeds = dict(pub.feeds)

@@ -16,7 +16,7 @@ from .errors import RequestError, invalid
 from .metrics import Metrics
 from .models import ModelRegistry
 from .registration import Malformed
-from .streams import ordered_responses
+from .streams import answer_stream
 from .validation import decode_infer, encode_infer
 
 __all__ = ["InferenceService", "ServerState"]
@@ -69,7 +69,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.last_exit = 0.0  # time.perf_counter() when the last one got its answer
         self.busy_gap_s = 150e-6
 
-    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         if self.auth is not None:
             err = self.auth.check(context.invocation_metadata())
             if err is not None:
@@ -79,7 +79,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            await self._authorize(context)
+            self._authorize(context)
             return fn()
         except RequestError as exc:
             code = exc.code
@@ -142,7 +142,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         code = "OK"
         try:
             if self.auth is not None:
-                await self._authorize(context)
+                self._authorize(context)
             remaining = context.time_remaining()
             return await self._infer(request, None if remaining is None else time.monotonic() + remaining)
         except asyncio.CancelledError:
@@ -180,22 +180,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # requests run concurrently (so they can share batches) and are answered in order
-        t0 = time.perf_counter()
-        code = "OK"
-        try:
-            await self._authorize(context)
-        except RequestError as exc:
-            self.metrics.request("ModelStreamInfer", exc.code.name, time.perf_counter() - t0)
-            await context.abort(exc.code, exc.message)
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        try:
-            async for response in ordered_responses(
-                request_iterator, lambda r: self._stream_one(r, deadline), self.stream_window
-            ):
-                yield response
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        finally:
-            self.metrics.request("ModelStreamInfer", code, time.perf_counter() - t0)
+        # grpc.aio runs only async generator functions as stream handlers on the loop
+        async for response in answer_stream(
+            "ModelStreamInfer",
+            request_iterator,
+            context,
+            authorize=self._authorize,
+            handle=self._stream_one,
+            window=self.stream_window,
+            metrics=self.metrics,
+        ):
+            yield response

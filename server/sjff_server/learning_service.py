@@ -18,7 +18,7 @@ from .learning import LearnJob
 from .metrics import Metrics
 from .models import ModelRegistry, ServedModel
 from .registration import Malformed
-from .streams import ordered_responses
+from .streams import answer_stream
 from .validation import decode_learn
 
 __all__ = ["LearningService"]
@@ -132,25 +132,17 @@ class LearningService(lpb_grpc.LearningServicer):
     async def LearnStream(
         self, request_iterator: AsyncIterator[lpb.LearnRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[lpb.LearnResponse]:
-        t0 = time.perf_counter()
-        code = "OK"
-        try:
-            self._authorize(context)
-        except RequestError as exc:
-            self.metrics.request("LearnStream", exc.code.name, time.perf_counter() - t0)
-            await context.abort(exc.code, exc.message)
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        try:
-            async for response in ordered_responses(
-                request_iterator, lambda r: self._stream_one(r, deadline), self.stream_window
-            ):
-                yield response
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        finally:
-            self.metrics.request("LearnStream", code, time.perf_counter() - t0)
+        # grpc.aio runs only async generator functions as stream handlers on the loop
+        async for response in answer_stream(
+            "LearnStream",
+            request_iterator,
+            context,
+            authorize=self._authorize,
+            handle=self._stream_one,
+            window=self.stream_window,
+            metrics=self.metrics,
+        ):
+            yield response
 
     # -- admin ---------------------------------------------------------------------------------
 

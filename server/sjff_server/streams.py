@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["ordered_responses"]
+from .errors import RequestError
+
+__all__ = ["answer_stream", "ordered_responses"]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -45,3 +48,36 @@ async def ordered_responses(
             item = pending.get_nowait()
             if item is not None:
                 item.cancel()
+
+
+async def answer_stream(
+    method: str,
+    requests: AsyncIterator[Req],
+    context: Any,
+    *,
+    authorize: Callable[[Any], None],
+    handle: Callable[[Req, float | None], Awaitable[Resp]],
+    window: int,
+    metrics: Any,
+) -> AsyncIterator[Resp]:
+    """The body of a bidirectional RPC: ``authorize(context)`` once (a :class:`RequestError`
+    ends the call with its status), then ``handle(request, deadline)`` for every request via
+    :func:`ordered_responses`, where ``deadline`` is the call's ``time.monotonic()`` deadline
+    (or None). The whole call is counted in ``metrics`` under ``method``."""
+    t0 = time.perf_counter()
+    code = "OK"
+    try:
+        authorize(context)
+    except RequestError as exc:
+        metrics.request(method, exc.code.name, time.perf_counter() - t0)
+        await context.abort(exc.code, exc.message)
+    remaining = context.time_remaining()
+    deadline = None if remaining is None else time.monotonic() + remaining
+    try:
+        async for response in ordered_responses(requests, lambda r: handle(r, deadline), window):
+            yield response
+    except asyncio.CancelledError:
+        code = "CANCELLED"
+        raise
+    finally:
+        metrics.request(method, code, time.perf_counter() - t0)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from ..models import AnalogFFNet, SpikingFFNet
@@ -158,6 +159,39 @@ def _embed_all_labels(g: _Graph, net, images: str) -> str:
     return g.op("Reshape", [full, g.const([-1, net.input_width], "shape", np.int64)])
 
 
+def _separable_current(g: _Graph, net, images: str, w: str, bias: np.ndarray | None) -> str:
+    """First-layer current of every label, ``[C * N, H]`` float32 (label-major), as the image
+    term ``[N, H]`` (computed once) plus a per-label term ``[C, H]``, accumulated in float64
+    and rounded once; mirrors ``AnalogFFNet.all_label_activities``. The weight ``w``
+    ``[D', H]`` (float64, may be fed at run time) is used whole: the image is zero-filled to
+    ``D'`` instead of slicing the weight."""
+    emb, d = net.embedding, net.in_features
+    img, lab = emb.image_slice(d), emb.label_slice(d)
+    width = net.input_width
+    x = g.op("Cast", [images], to=TensorProto.DOUBLE)
+    if img.start == 0 and img.stop == d and lab.start == d:  # label code appended
+        x = g.op("Pad", [x, g.const([0, 0, 0, width - d], "pads", np.int64)])
+    else:  # label code written over the first inputs
+        mask = np.zeros(width)
+        mask[img] = 1.0
+        x = g.op("Mul", [x, g.const(mask, "mask", np.float64)])
+    image_term = g.op("MatMul", [x, w])  # [N, H]
+    codes = emb.code(torch.arange(net.num_classes)).detach().cpu().double().numpy()  # [C, L]
+    w_lab = g.op("Slice", [w, g.const([lab.start], "s", np.int64), g.const([lab.stop], "e", np.int64)])
+    label_term = g.op("MatMul", [g.const(codes, "codes", np.float64), w_lab])  # [C, H]
+    if bias is not None:
+        label_term = g.op("Add", [label_term, g.const(bias, "b0", np.float64)])
+    z = g.op(
+        "Add",
+        [
+            g.op("Unsqueeze", [image_term, g.const([0], "a", np.int64)]),
+            g.op("Unsqueeze", [label_term, g.const([1], "a", np.int64)]),
+        ],
+    )
+    z = g.op("Cast", [z], to=TensorProto.FLOAT)
+    return g.op("Reshape", [z, g.const([-1, net.widths[0]], "shape", np.int64)])
+
+
 def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = False, hebbian: dict | None = None) -> Path:
     """Export an analog FF network (see module docstring for inputs/outputs). Weight ``i`` is
     the initializer named in the ``spikingjelly_ff`` metadata, stored transposed ``[D, H]``;
@@ -166,7 +200,8 @@ def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = Fals
 
     g = _Graph()
     c = net.num_classes
-    x = _embed_all_labels(g, net, "images")
+    separable = not net.layers[0].normalize_input
+    x = "images" if separable else _embed_all_labels(g, net, "images")
     prob = asdict(net.probability)
     acts, logits, goods, weight_names = [], [], [], []
     for i, layer in enumerate(net.layers):
@@ -174,10 +209,16 @@ def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = Fals
             norm = g.op("Sqrt", [g.op("ReduceSumSquare", [x, g.const([-1], "axes", np.int64)], keepdims=1)])
             x = g.op("Div", [x, g.op("Add", [norm, g.const(1e-8)])])
         w = layer.synapse.weight.detach().cpu().numpy().astype(np.float32)
-        weight_names.append(g.const(w.T.copy(), f"w{i}"))
-        z = g.op("MatMul", [x, weight_names[-1]])
-        if layer.synapse.bias is not None:
-            z = g.op("Add", [z, g.const(layer.synapse.bias.detach().cpu().numpy(), f"b{i}")])
+        bias = None if layer.synapse.bias is None else layer.synapse.bias.detach().cpu().numpy()
+        if i == 0 and separable:
+            # float64 storage holds the float32 weights exactly; see _separable_current
+            weight_names.append(g.const(w.T.copy(), f"w{i}", np.float64))
+            z = _separable_current(g, net, "images", weight_names[-1], bias)
+        else:
+            weight_names.append(g.const(w.T.copy(), f"w{i}"))
+            z = g.op("MatMul", [x, weight_names[-1]])
+            if bias is not None:
+                z = g.op("Add", [z, g.const(bias, f"b{i}")])
         x = g.op("Relu", [z])
         acts.append(x)
         lg, gd = _layer_logit_and_goodness(g, x, w.shape[0], prob, net.goodness_kind)

@@ -46,9 +46,10 @@ class AnalogModel:
         if missing:
             raise ValueError(f"weights {missing} are missing from the graph")
         # [D, H] in the graph (MatMul x @ W^T); we keep W [H, D] like torch.
-        self.weights = [
-            np.ascontiguousarray(numpy_helper.to_array(inits[n]).T, dtype=np.float32) for n in self.weight_names
-        ]
+        stored = [numpy_helper.to_array(inits[n]) for n in self.weight_names]
+        # float32 weights; the graph may take some as float64 (exact), fed in that dtype
+        self.weight_dtypes = [a.dtype for a in stored]
+        self.weights = [np.ascontiguousarray(a.T, dtype=np.float32) for a in stored]
         h = self.meta.get("hebbian") or {}
         self.eta = float(h.get("eta", 0.1))
         self.eligibility_tau = h.get("eligibility_tau", 0.1)
@@ -63,9 +64,8 @@ class AnalogModel:
         existing = {i.name for i in served.graph.input}
         for name, w in zip(self.weight_names, self.weights):
             if name not in existing:
-                served.graph.input.append(
-                    onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(w.T.shape))
-                )
+                elem = {t.name: t.data_type for t in model_proto.graph.initializer}[name]
+                served.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, list(w.T.shape)))
         self._proto = model_proto
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # the weights are inputs on purpose; skip ORT's warning about it
@@ -112,10 +112,16 @@ class AnalogModel:
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """All graph outputs (scores, probability, goodness, label, ...) for images ``[N, D]``."""
-        feeds = {"images": self._check_images(x)}
-        for name, w in zip(self.weight_names, self.weights):
-            feeds[name] = w.T
+        feeds = {"images": self._check_images(x), **self.weight_feeds()}
         return dict(zip(self.output_names, self.session.run(None, feeds)))
+
+    def weight_feeds(self) -> dict[str, np.ndarray]:
+        """The current weights as the graph takes them: ``[D, H]``, contiguous, in each
+        weight's stored dtype (copies: call once per weight version where it matters)."""
+        return {
+            n: np.ascontiguousarray(w.T, dtype=dt)
+            for n, w, dt in zip(self.weight_names, self.weights, self.weight_dtypes)
+        }
 
     def scores(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
         return self.run(x)["scores"]
@@ -173,8 +179,10 @@ class AnalogModel:
         proto = onnx.ModelProto()
         proto.CopyFrom(self._proto)
         by_name = {t.name: i for i, t in enumerate(proto.graph.initializer)}
-        for name, w in zip(self.weight_names, self.weights):
-            proto.graph.initializer[by_name[name]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T), name))
+        for name, w, dt in zip(self.weight_names, self.weights, self.weight_dtypes):
+            proto.graph.initializer[by_name[name]].CopyFrom(
+                numpy_helper.from_array(np.ascontiguousarray(w.T, dtype=dt), name)
+            )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part")

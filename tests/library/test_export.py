@@ -32,7 +32,7 @@ def test_analog_onnx_matches_torch(analog_run, mini, tmp_path):
         scores = net.scores(x)
         acts = net.activities(net.embedding.all_labels(x).reshape(-1, net.input_width))
     prob = torch.sigmoid(scores).numpy()
-    assert np.abs(out["probability"] - prob).max() <= 1e-5
+    assert np.abs(out["probability"] - prob).max() <= 1e-6
     np.testing.assert_allclose(out["scores"], scores.numpy(), rtol=1e-4, atol=1e-4)
     assert np.array_equal(out["label"], scores.argmax(1).numpy())
     latent = torch.cat(acts, 1).reshape(10, len(x), -1).transpose(0, 1).numpy()
@@ -41,6 +41,34 @@ def test_analog_onnx_matches_torch(analog_run, mini, tmp_path):
     # dynamic batch: one image and 37 images work with the same graph
     for n in (1, 37):
         assert _session(path).run(["label"], {"images": x[:n].numpy()})[0].shape == (n,)
+
+
+@pytest.mark.parametrize("embedding", ["pattern", "onehot"])
+def test_analog_onnx_first_layer_rounds_like_torch(tmp_path, embedding):
+    """With large weights a first-layer unit is a difference of large terms; its float32
+    value depends on the matmul's summation order unless the current is accumulated in
+    float64 and rounded once, as both torch and the export do. Then the two agree to an ulp
+    or two, relative to the unit itself (not to the size of the terms)."""
+    cfg = config_from_dict(
+        {"model": {"kind": "analog", "layers": [64], "bias": True, "embedding": {"kind": embedding}}}
+    )
+    net = build_model(cfg.model, 784, 10, 0)
+    with torch.no_grad():
+        net.layers[0].synapse.weight.mul_(1000.0)
+        net.layers[0].synapse.bias.normal_(0.0, 100.0)
+    x = torch.rand(50, 784, generator=torch.Generator().manual_seed(1))
+    path = analog_to_onnx(net, tmp_path / "big.onnx", latent=True)
+    out = dict(zip([o.name for o in _session(path).get_outputs()], _session(path).run(None, {"images": x.numpy()})))
+    with torch.no_grad():
+        layer0 = net.all_label_activities(x)[0].reshape(10, 50, -1).transpose(0, 1).numpy()
+        naive = net.activities(net.embedding.all_labels(x).reshape(500, -1))[0]
+        ref64 = net.double().all_label_activities(x.double())[0]
+    np.testing.assert_allclose(out["latent"], layer0, rtol=2.5e-7, atol=1e-30)
+    assert (out["latent"] > 0).any() and (out["latent"] == 0).any()
+    # the naive float32 matmul is further from the float64 value than the rounded-once path
+    assert (naive.double() - ref64).abs().max() > (
+        torch.from_numpy(layer0).transpose(0, 1).reshape(500, -1).double() - ref64
+    ).abs().max()
 
 
 def test_onehot_and_sigmoid_analog_export(tmp_path):
