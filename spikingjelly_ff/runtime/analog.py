@@ -115,13 +115,26 @@ class AnalogModel:
         feeds = {"images": self._check_images(x), **self.weight_feeds()}
         return dict(zip(self.output_names, self.session.run(None, feeds)))
 
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """Weights ``[H, D]`` float32 per layer. Assign a new list (or call :meth:`learn`)
+        to change them; arrays changed in place by other code must be re-assigned."""
+        return self._weights
+
+    @weights.setter
+    def weights(self, value: list[np.ndarray]) -> None:
+        self._weights = list(value)
+        self._feeds = None
+
     def weight_feeds(self) -> dict[str, np.ndarray]:
         """The current weights as the graph takes them: ``[D, H]``, contiguous, in each
-        weight's stored dtype (copies: call once per weight version where it matters)."""
-        return {
-            n: np.ascontiguousarray(w.T, dtype=dt)
-            for n, w, dt in zip(self.weight_names, self.weights, self.weight_dtypes)
-        }
+        weight's stored dtype; converted once per weight version."""
+        if self._feeds is None:
+            self._feeds = {
+                n: np.ascontiguousarray(w.T, dtype=dt)
+                for n, w, dt in zip(self.weight_names, self._weights, self.weight_dtypes)
+            }
+        return self._feeds
 
     def scores(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
         return self.run(x)["scores"]
@@ -169,6 +182,7 @@ class AnalogModel:
                 e += dw * np.float32(self.eligibility_tau)
                 w += e * np.float32(eta)
             inp = post
+        self._feeds = None
         return total
 
     def save(self, path: str | os.PathLike) -> Path:
