@@ -82,6 +82,8 @@ def load_model(
     meta = read_meta(d)
     cfg = config_from_dict(meta["run"])
     net = build_model(cfg.model, meta["in_features"], meta["num_classes"], cfg.seed, backend)
+    if meta.get("image_shape"):
+        net.image_shape = tuple(meta["image_shape"])
     if meta.get("readout_layers") is not None:
         net.attach_readout(meta["readout_layers"])
     weights = d / "model.safetensors"

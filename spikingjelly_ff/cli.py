@@ -1,7 +1,7 @@
 """``sjff``: the command line, a thin shell over the library.
 
     sjff train CONFIG [--set key=value ...] --out RUNDIR
-    sjff eval MODEL [--dataset mnist|fashion-mnist] [--limit N] [--json]
+    sjff eval MODEL [--dataset mnist|fashion-mnist] [--limit N] [--views S] [--json]
     sjff export MODEL --format onnx|spike|spike-onnx --out PATH
     sjff analyze MODEL [--dataset mnist] [--limit N] [--json] [--plot FILE.png]
     sjff reproduce paper --out DIR [--epochs N] [--limit N]
@@ -37,7 +37,9 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from .evaluate import evaluate_model
 
-    result = evaluate_model(args.model, args.dataset, args.limit, args.split, args.device, args.batch_size)
+    result = evaluate_model(
+        args.model, args.dataset, args.limit, args.split, args.device, args.batch_size, shift_views=args.views
+    )
     if args.json:
         print(json.dumps({k: result[k] for k in ("accuracy", "n", "seconds")} | {"dataset": result["dataset"]}))
     else:
@@ -138,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--views",
+        type=int,
+        default=None,
+        metavar="S",
+        help="analog: classify from 4S+1 shifted views (default: model's)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_eval)
 

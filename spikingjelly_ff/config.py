@@ -95,6 +95,9 @@ class ModelConfig:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     score: str = "probability"  # probability: sum of log-odds over layers | goodness: sum of G
     score_layers: list[int] | None = None  # which layers vote (default: all)
+    # analog: classify by the scores summed over the image and its copies moved 1..N pixels
+    # down, up, right and left (4N + 1 views; 0: the image alone)
+    shift_views: int = 0
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -217,6 +220,10 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("train.hebbian.learn_after must lie in [-1, model.encoder.steps - 1)")
     if m.score_layers is not None and any(not 0 <= i < len(m.layers) for i in m.score_layers):
         raise ConfigError("model.score_layers holds a layer index out of range")
+    if m.shift_views < 0:
+        raise ConfigError("model.shift_views must be >= 0")
+    if m.kind == "spiking" and m.shift_views:
+        raise ConfigError("model.shift_views is available for analog models only")
     if m.kind == "spiking" and t.readout.enabled:
         raise ConfigError("train.readout is available for analog models only")
     if t.limit is not None and t.limit < 1:

@@ -59,13 +59,21 @@ def evaluate_model(
     device: str = "cpu",
     batch_size: int | None = None,
     root: str | None = None,
+    shift_views: int | None = None,
 ) -> dict:
-    """Load a model directory and measure its accuracy on ``dataset`` (default: its own)."""
+    """Load a model directory and measure its accuracy on ``dataset`` (default: its own);
+    ``shift_views`` overrides an analog model's test-time views (0: the image alone)."""
     from .checkpoint import load_model
     from .data import load_split
     from .kernels import resolve_backend
 
     net, cfg, meta = load_model(model_dir, device=device, backend=resolve_backend(cfg_backend(model_dir), device))
+    if shift_views is not None:
+        if not isinstance(net, AnalogFFNet):
+            raise ValueError("shifted test views exist for analog models only")
+        if shift_views < 0:
+            raise ValueError("the number of shifted views must be >= 0")
+        net.shift_views = shift_views
     ds = dataset or cfg.data.dataset
     data = load_split(ds, split, root or cfg.data.root, download=cfg.data.download).take(limit)
     if data.images.shape[1] != meta["in_features"]:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from .augment import translate, view_offsets
 from .config import ModelConfig
 from .embedding import build_embedding
 from .goodness import goodness
@@ -48,6 +49,7 @@ class FFNet(nn.Module):
         self.num_classes = num_classes
         self.readout: nn.Linear | None = None
         self.readout_layers: list[int] = []
+        self.image_shape: tuple[int, int] | None = None  # (H, W) of the images, where known
 
     @property
     def input_width(self) -> int:
@@ -109,8 +111,10 @@ class AnalogFFNet(FFNet):
         bias: bool = False,
         normalize: bool = True,
         num_classes: int = 10,
+        shift_views: int = 0,
     ) -> None:
         super().__init__(in_features, widths, embedding, probability, goodness_kind, score, score_layers, num_classes)
+        self.shift_views = shift_views  # classify from 4 * shift_views + 1 translated views
         dims = [self.input_width, *widths]
         self.layers = nn.ModuleList(
             FFLinear(dims[i], dims[i + 1], bias=bias, normalize_input=normalize and i > 0) for i in range(len(widths))
@@ -165,13 +169,25 @@ class AnalogFFNet(FFNet):
         c, n = self.num_classes, x.shape[0]
         return self.score_activities(self.all_label_activities(x)).reshape(c, n).transpose(0, 1)
 
+    def view_scores(self, x: Tensor) -> Tensor:
+        """Classification scores ``[N, C]``: :meth:`scores` summed over the image and its
+        translated copies (``augment.view_offsets(shift_views)``); the image alone when
+        ``shift_views`` is 0."""
+        if not self.shift_views:
+            return self.scores(x)
+        if self.image_shape is None or self.image_shape[0] * self.image_shape[1] != self.in_features:
+            raise RuntimeError(f"shift_views needs the image shape of the {self.in_features} inputs")
+        offsets = view_offsets(self.shift_views)
+        views = torch.cat([translate(x, self.image_shape, dy, dx) for dy, dx in offsets])
+        return self.scores(views).reshape(len(offsets), x.shape[0], -1).sum(0)
+
     def predict(self, x: Tensor, use_readout: bool | None = None) -> Tensor:
         """Predicted class ``[N]``; with a readout, from the neutral-label latent."""
         if use_readout is None:
             use_readout = self.readout is not None
         if use_readout:
             return self.readout_logits(self.activities(self.embedding.neutral(x))).argmax(-1)
-        return self.scores(x).argmax(-1)
+        return self.view_scores(x).argmax(-1)
 
 
 @dataclass(frozen=True)
@@ -303,7 +319,17 @@ def build_model(m: ModelConfig, in_features: int, num_classes: int, seed: int, b
     torch.manual_seed(seed)
     if m.kind == "analog":
         net: FFNet = AnalogFFNet(
-            in_features, m.layers, emb, prob, m.goodness, m.score, m.score_layers, m.bias, m.normalize, num_classes
+            in_features,
+            m.layers,
+            emb,
+            prob,
+            m.goodness,
+            m.score,
+            m.score_layers,
+            m.bias,
+            m.normalize,
+            num_classes,
+            m.shift_views,
         )
     else:
         net = SpikingFFNet(

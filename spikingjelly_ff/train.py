@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .augment import shift_images
 from .checkpoint import save_model
 from .config import RunConfig
 from .data import load_split
@@ -61,22 +62,6 @@ def make_samples(
         return rows, shown, y
     y = torch.cat((torch.ones(n, device=labels.device), torch.zeros(n, device=labels.device)))
     return torch.cat((rows, rows)), torch.cat((labels, wrong)), y
-
-
-def shift_images(x: Tensor, shape: tuple[int, int], max_shift: int, generator: torch.Generator) -> Tensor:
-    """Translate each image ``[N, H*W]`` by a random whole-pixel offset in
-    [-max_shift, max_shift]^2, filling with zeros (data augmentation)."""
-    if max_shift <= 0:
-        return x
-    n = x.shape[0]
-    h, w = shape
-    pad = torch.nn.functional.pad(x.reshape(n, h, w), (max_shift,) * 4)
-    dy = torch.randint(0, 2 * max_shift + 1, (n, 1), generator=generator)
-    dx = torch.randint(0, 2 * max_shift + 1, (n, 1), generator=generator)
-    rows = (torch.arange(h).unsqueeze(0) + dy).to(x.device)  # [N, H]
-    cols = (torch.arange(w).unsqueeze(0) + dx).to(x.device)  # [N, W]
-    out = pad.gather(1, rows.unsqueeze(2).expand(n, h, w + 2 * max_shift))
-    return out.gather(2, cols.unsqueeze(1).expand(n, h, w)).reshape(n, h * w)
 
 
 @dataclass
@@ -198,6 +183,7 @@ def train(
 
     backend = resolve_backend(cfg.backend, device)
     net = build_model(cfg.model, in_features, num_classes, cfg.seed, backend).to(device)
+    net.image_shape = tuple(train_split.shape)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     batches = _Batcher(x_train, y_train, cfg.train.batch_size, cfg.train.shuffle, gen)
@@ -238,6 +224,12 @@ def train(
             record.update(
                 test_accuracy=ev["accuracy"], test_seconds=ev["seconds"], test_images_per_second=ev["images_per_second"]
             )
+            if last and getattr(net, "shift_views", 0):
+                views, net.shift_views = net.shift_views, 0
+                record["test_accuracy_single_view"] = evaluate_arrays(scorer, x_test, y_test, cfg.eval.batch_size)[
+                    "accuracy"
+                ]
+                net.shift_views = views
         metrics["epochs"].append(record)
         msg = f"epoch {epoch}: pos/neg acc {record['train_pn_accuracy']:.4f}, {train_seconds:.1f}s"
         if "test_accuracy" in record:
@@ -255,6 +247,11 @@ def train(
     final = metrics["epochs"][-1]
     metrics["final"] = {
         "test_accuracy": final.get("test_accuracy"),
+        **(
+            {"test_accuracy_single_view": final["test_accuracy_single_view"]}
+            if "test_accuracy_single_view" in final
+            else {}
+        ),
         "readout_test_accuracy": metrics.get("readout", {}).get("test_accuracy"),
         "seconds_per_epoch": sum(e["train_seconds"] for e in metrics["epochs"]) / len(metrics["epochs"]),
     }

@@ -3,7 +3,9 @@
 * Analog models: ``images [N, D]`` -> ``scores [N, C]`` (summed per-layer log-odds or
   goodness), ``probability [N, C]`` (sigmoid of the summed log-odds), ``goodness [N, C, L]``,
   ``label [N]`` and, optionally, ``latent [N, C, sum H]``. The batch dimension is dynamic;
-  all C labels run in one pass.
+  all C labels run in one pass. With ``shift_views`` the graph also makes the translated
+  views of each image: ``scores`` and ``label`` sum over them, the other outputs describe
+  the image itself.
 * Spiking models: one presentation of given input spikes ``spikes [T, N, D']`` with the
   membranes ``v_i [N, H_i]`` as explicit inputs; an ONNX ``Scan`` runs the T steps (the
   step body carries each layer's membrane and trace as Scan state), and the graph returns
@@ -24,6 +26,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from ..augment import view_offsets
 from ..models import AnalogFFNet, SpikingFFNet
 
 __all__ = ["analog_to_onnx", "spiking_to_onnx"]
@@ -192,6 +195,30 @@ def _separable_current(g: _Graph, net, images: str, w: str, bias: np.ndarray | N
     return g.op("Reshape", [z, g.const([-1, net.widths[0]], "shape", np.int64)])
 
 
+def _views(g: _Graph, net, images: str, offsets: list[tuple[int, int]]) -> str:
+    """``images [N, H*W]`` -> ``[V * N, H*W]``: each translated view (zero-filled), view-major,
+    as ``augment.translate`` makes them."""
+    if net.image_shape is None:
+        raise ValueError("a model with shift_views needs its image shape to be exported")
+    h, w = net.image_shape
+    k = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    grid = g.op("Reshape", [images, g.const([-1, h, w], "shape", np.int64)])
+    padded = g.op("Pad", [grid, g.const([0, k, k, 0, k, k], "pads", np.int64)])
+    parts = []
+    for dy, dx in offsets:
+        crop = g.op(
+            "Slice",
+            [
+                padded,
+                g.const([k - dy, k - dx], "s", np.int64),
+                g.const([k - dy + h, k - dx + w], "e", np.int64),
+                g.const([1, 2], "ax", np.int64),
+            ],
+        )
+        parts.append(g.op("Reshape", [crop, g.const([-1, h * w], "shape", np.int64)]))
+    return g.op("Concat", parts, axis=0)
+
+
 def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = False, hebbian: dict | None = None) -> Path:
     """Export an analog FF network (see module docstring for inputs/outputs). Weight ``i`` is
     the initializer named in the ``spikingjelly_ff`` metadata, stored transposed ``[D, H]``;
@@ -200,8 +227,10 @@ def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = Fals
 
     g = _Graph()
     c = net.num_classes
+    views = view_offsets(net.shift_views)
+    src = _views(g, net, "images", views) if len(views) > 1 else "images"  # [V * N, D]
     separable = not net.layers[0].normalize_input
-    x = "images" if separable else _embed_all_labels(g, net, "images")
+    x = src if separable else _embed_all_labels(g, net, src)
     prob = asdict(net.probability)
     acts, logits, goods, weight_names = [], [], [], []
     for i, layer in enumerate(net.layers):
@@ -213,7 +242,7 @@ def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = Fals
         if i == 0 and separable:
             # float64 storage holds the float32 weights exactly; see _separable_current
             weight_names.append(g.const(w.T.copy(), f"w{i}", np.float64))
-            z = _separable_current(g, net, "images", weight_names[-1], bias)
+            z = _separable_current(g, net, src, weight_names[-1], bias)
         else:
             weight_names.append(g.const(w.T.copy(), f"w{i}"))
             z = g.op("MatMul", [x, weight_names[-1]])
@@ -236,10 +265,24 @@ def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = Fals
         r = g.op("Reshape", [t, g.const([c, -1, *extra], "shape", np.int64)])
         return g.op("Transpose", [r], perm=[1, 0, *range(2, 2 + len(extra))])
 
-    g.op("Transpose", [g.op("Reshape", [score, g.const([c, -1], "shape", np.int64)])], perm=[1, 0], out="scores")
-    g.op("Sigmoid", [by_label(total_logit, [])], out="probability")
+    if len(views) > 1:
+        n = g.op("Shape", ["images"], start=0, end=1)
+
+        def image_itself(t: str) -> str:  # [V*N, ...] -> [N, ...]: the untranslated view
+            return g.op("Slice", [t, g.const([0], "s", np.int64), n, g.const([0], "ax", np.int64)])
+
+        per_view = g.op("Transpose", [g.op("Reshape", [score, g.const([c, -1], "shape", np.int64)])], perm=[1, 0])
+        summed = g.op("Reshape", [per_view, g.const([len(views), -1, c], "shape", np.int64)])
+        g.op("ReduceSum", [summed, g.const([0], "axes", np.int64)], keepdims=0, out="scores")
+    else:
+
+        def image_itself(t: str) -> str:
+            return t
+
+        g.op("Transpose", [g.op("Reshape", [score, g.const([c, -1], "shape", np.int64)])], perm=[1, 0], out="scores")
+    g.op("Sigmoid", [image_itself(by_label(total_logit, []))], out="probability")
     stacked = g.op("Concat", [g.op("Unsqueeze", [gd, g.const([1], "a", np.int64)]) for gd in goods], axis=1)
-    g.op("Identity", [by_label(stacked, [len(goods)])], out="goodness")
+    g.op("Identity", [image_itself(by_label(stacked, [len(goods)]))], out="goodness")
     g.op("ArgMax", ["scores"], out="label", axis=1, keepdims=0)
     outputs = [
         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", c]),
@@ -250,7 +293,7 @@ def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = Fals
     if latent:
         cat = g.op("Concat", acts, axis=1) if len(acts) > 1 else acts[0]
         width = sum(net.widths)
-        g.op("Identity", [by_label(cat, [width])], out="latent")
+        g.op("Identity", [image_itself(by_label(cat, [width]))], out="latent")
         outputs.append(helper.make_tensor_value_info("latent", TensorProto.FLOAT, ["N", c, width]))
     graph = helper.make_graph(
         g.nodes,
@@ -301,6 +344,8 @@ def _meta(
             for name, layer in zip(weight_names or [], net.layers)
         ]
         info["hebbian"] = hebbian or {}
+        info["shift_views"] = net.shift_views  # scores and label sum 4 * shift_views + 1 views
+        info["image_shape"] = list(net.image_shape) if net.image_shape else None
     helper.set_model_props(model, {"spikingjelly_ff": json.dumps(info)})
 
 

@@ -48,6 +48,8 @@ def test_shipped_configs_load():
         (["model.kind=spiking", "train.learner=local-loss"], "train.learner=hebbian"),
         (["train.epochs"], "expects key=value"),
         (["model.neuron.beta=1.5"], "beta must lie in"),
+        (["model.shift_views=-1"], "shift_views must be >= 0"),
+        (["model.kind=spiking", "train.learner=hebbian", "model.shift_views=1"], "analog models only"),
     ],
 )
 def test_bad_configs_give_clear_errors(overrides, message):
@@ -234,3 +236,32 @@ def test_cli_debug_shows_traceback(tmp_path):
     assert main(["eval", str(tmp_path)]) == 2
     with pytest.raises(Exception, match="not a model directory"):
         main(["--debug", "eval", str(tmp_path)])
+
+
+def test_shift_views_train_eval_and_export_agree(tmp_path, mini):
+    """A model trained with model.shift_views reports both accuracies; `sjff eval --views`
+    reproduces each, and its ONNX export predicts exactly like the torch classifier."""
+    import onnxruntime as ort
+
+    from spikingjelly_ff.data import load_split
+    from spikingjelly_ff.evaluate import evaluate_model
+    from spikingjelly_ff.train import train
+
+    cfg = load_config(
+        "paper/analog-symmetric",
+        [f"data.dataset={mini}", "train.epochs=1", "train.limit=300", "model.shift_views=1"],
+    )
+    final = train(cfg, tmp_path / "r", log=lambda s: None, progress=False)["final"]
+    assert {"test_accuracy", "test_accuracy_single_view"} <= set(final)
+    model = tmp_path / "r" / "model"
+    assert evaluate_model(model)["accuracy"] == final["test_accuracy"]
+    assert evaluate_model(model, shift_views=0)["accuracy"] == final["test_accuracy_single_view"]
+    assert main(["export", str(model), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    x, _ = load_split(str(mini), "test").to_tensors()
+    from spikingjelly_ff.checkpoint import load_model
+
+    net, _, _ = load_model(model)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert np.array_equal(sess.run(["label"], {"images": x.numpy()})[0], net.predict(x).numpy())
+    proc = _sjff("eval", str(model), "--views", "-1", cwd=ROOT)
+    assert proc.returncode == 2 and ">= 0" in proc.stderr

@@ -182,3 +182,37 @@ def test_analog_runtime_scores_with_its_current_weights(analog_run, mini, tmp_pa
     np.testing.assert_array_equal(after, load_runtime(model.save(tmp_path / "b.onnx")).run(x)["scores"])
     model.weights = [np.zeros_like(w) for w in model.weights]
     assert np.all(model.run(x)["scores"] == model.run(x)["scores"][0, 0])
+
+
+def test_analog_shift_views_in_torch_and_onnx(tmp_path):
+    """shift_views: the classifier sums the scores of the image and of its copies moved one
+    pixel down, up, right and left; the ONNX graph makes the same views itself."""
+    from spikingjelly_ff.augment import translate, view_offsets
+
+    cfg = config_from_dict({"model": {"kind": "analog", "layers": [30, 20], "shift_views": 1}})
+    net = build_model(cfg.model, 784, 10, 0)
+    net.image_shape = (28, 28)
+    x = torch.rand(25, 784, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        manual = sum(net.scores(translate(x, (28, 28), dy, dx)) for dy, dx in view_offsets(1))
+        torch.testing.assert_close(net.view_scores(x), manual, rtol=1e-5, atol=1e-5)
+        centre = torch.sigmoid(net.scores(x))
+    assert len(view_offsets(1)) == 5 and len(view_offsets(2)) == 9
+    path = analog_to_onnx(net, tmp_path / "views.onnx", latent=True)
+    out = dict(zip([o.name for o in _session(path).get_outputs()], _session(path).run(None, {"images": x.numpy()})))
+    np.testing.assert_allclose(out["scores"], manual.numpy(), rtol=1e-5, atol=1e-5)
+    assert np.array_equal(out["label"], manual.argmax(1).numpy())
+    np.testing.assert_allclose(out["probability"], centre.numpy(), rtol=1e-6, atol=1e-6)
+    assert out["latent"].shape == (25, 10, 50)
+    net.image_shape = None
+    with pytest.raises(ValueError, match="image shape"):
+        analog_to_onnx(net, tmp_path / "no-shape.onnx")
+
+
+def test_translate_moves_pixels_and_fills_zeros():
+    from spikingjelly_ff.augment import translate
+
+    img = torch.arange(1, 13, dtype=torch.float32).reshape(1, 12)  # 3 x 4
+    down_left = translate(img, (3, 4), 1, -1).reshape(3, 4)
+    assert down_left.tolist() == [[0, 0, 0, 0], [2, 3, 4, 0], [6, 7, 8, 0]]
+    assert torch.equal(translate(img, (3, 4), 0, 0), img)
