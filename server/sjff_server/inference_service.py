@@ -16,7 +16,7 @@ from .errors import RequestError, invalid
 from .metrics import Metrics
 from .models import ModelRegistry
 from .registration import Malformed
-from .streams import answer_stream
+from .streams import StreamService
 from .validation import decode_infer, encode_infer
 
 __all__ = ["InferenceService", "ServerState"]
@@ -41,7 +41,7 @@ def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
 
 
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer, StreamService):
     """Serves every model of a :class:`ModelRegistry`."""
 
     def __init__(
@@ -181,13 +181,5 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # requests run concurrently (so they can share batches) and are answered in order
         # grpc.aio runs only async generator functions as stream handlers on the loop
-        async for response in answer_stream(
-            "ModelStreamInfer",
-            request_iterator,
-            context,
-            authorize=self._authorize,
-            handle=self._stream_one,
-            window=self.stream_window,
-            metrics=self.metrics,
-        ):
+        async for response in self._answer("ModelStreamInfer", request_iterator, context):
             yield response

@@ -18,7 +18,7 @@ from .learning import LearnJob
 from .metrics import Metrics
 from .models import ModelRegistry, ServedModel
 from .registration import Malformed
-from .streams import answer_stream
+from .streams import StreamService
 from .validation import decode_learn
 
 __all__ = ["LearningService"]
@@ -34,7 +34,7 @@ def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
 
 
-class LearningService(lpb_grpc.LearningServicer):
+class LearningService(lpb_grpc.LearningServicer, StreamService):
     """Learning calls for every model of a :class:`ModelRegistry` that has a learner."""
 
     def __init__(
@@ -133,15 +133,7 @@ class LearningService(lpb_grpc.LearningServicer):
         self, request_iterator: AsyncIterator[lpb.LearnRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[lpb.LearnResponse]:
         # grpc.aio runs only async generator functions as stream handlers on the loop
-        async for response in answer_stream(
-            "LearnStream",
-            request_iterator,
-            context,
-            authorize=self._authorize,
-            handle=self._stream_one,
-            window=self.stream_window,
-            metrics=self.metrics,
-        ):
+        async for response in self._answer("LearnStream", request_iterator, context):
             yield response
 
     # -- admin ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from .errors import RequestError
 
-__all__ = ["answer_stream", "ordered_responses"]
+__all__ = ["StreamService", "answer_stream", "ordered_responses"]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -81,3 +81,19 @@ async def answer_stream(
         raise
     finally:
         metrics.request(method, code, time.perf_counter() - t0)
+
+
+class StreamService:
+    """Mixin for a servicer with ``_authorize(context)``, ``_stream_one(request, deadline)``,
+    ``stream_window`` and ``metrics``: :meth:`_answer` is the body of its streaming RPCs."""
+
+    def _answer(self, method: str, requests: AsyncIterator, context: Any) -> AsyncIterator:
+        return answer_stream(
+            method,
+            requests,
+            context,
+            authorize=self._authorize,
+            handle=self._stream_one,
+            window=self.stream_window,
+            metrics=self.metrics,
+        )
