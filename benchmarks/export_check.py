@@ -43,9 +43,9 @@ def analog_rows(model_dir: str, x: torch.Tensor, y: torch.Tensor, tmp: Path) -> 
     ort_s = time.perf_counter() - t
     with torch.no_grad():
         t = time.perf_counter()
-        scores = net.scores(x)
+        scores = net.view_scores(x)  # summed over the test views, if the model has any
         torch_s = time.perf_counter() - t
-    prob = torch.sigmoid(scores).numpy()
+        prob = torch.sigmoid(net.scores(x) if net.shift_views else scores).numpy()  # the image itself
     res = {
         "probability_max_abs_error": float(np.abs(out["probability"] - prob).max()),
         "scores_max_rel_error": float((np.abs(out["scores"] - scores.numpy()) / (np.abs(scores.numpy()) + 1e-6)).max()),

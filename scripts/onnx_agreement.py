@@ -39,11 +39,11 @@ def main() -> int:
             sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": x.numpy()})))
             with torch.no_grad():
-                scores = net.scores(x)
+                p32 = torch.sigmoid(net.scores(x)).numpy()
+                labels = net.view_scores(x).argmax(1).numpy()
                 p64 = torch.sigmoid(net.double().scores(x.double())).numpy()
-            p32 = torch.sigmoid(scores).numpy()
             diff = np.abs(out["probability"] - p32)
-            same = (out["label"] == scores.argmax(1).numpy()).mean()
+            same = (out["label"] == labels).mean()
             print(
                 f"| {m} | {diff.max():.2e} | {int((diff > 1e-5).sum())} of {diff.size:,} | "
                 f"{np.abs(p32 - p64).max():.2e} | {np.abs(out['probability'] - p64).max():.2e} | {100 * same:.2f} % |"
