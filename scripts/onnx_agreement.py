@@ -37,11 +37,18 @@ def main() -> int:
             net, _, _ = load_model(m)
             path = analog_to_onnx(net, Path(tmp) / "model.onnx")
             sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": x.numpy()})))
-            with torch.no_grad():
-                p32 = torch.sigmoid(net.scores(x)).numpy()
-                labels = net.view_scores(x).argmax(1).numpy()
-                p64 = torch.sigmoid(net.double().scores(x.double())).numpy()
+            parts = []  # (P_ort, label_ort, P_torch, label_torch, P_f64), 500 images at a time
+            net64 = load_model(m)[0].double()
+            for i in range(0, len(x), 500):
+                xb = x[i : i + 500]
+                p_ort, label_ort = sess.run(["probability", "label"], {"images": xb.numpy()})
+                with torch.no_grad():
+                    p32 = torch.sigmoid(net.scores(xb)).numpy()
+                    labels = net.view_scores(xb).argmax(1).numpy()
+                    p64 = torch.sigmoid(net64.scores(xb.double())).numpy()
+                parts.append((p_ort, label_ort, p32, labels, p64))
+            p_ort, label_ort, p32, labels, p64 = (np.concatenate(a) for a in zip(*parts))
+            out = {"probability": p_ort, "label": label_ort}
             diff = np.abs(out["probability"] - p32)
             same = (out["label"] == labels).mean()
             print(

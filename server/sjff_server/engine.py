@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from spikingjelly_ff.runtime.analog import run_bound
-
 __all__ = ["AnalogEngine", "Engine", "InferOptions", "OutputSpec", "Published", "SpikeEngine", "make_engine"]
 
 
@@ -103,13 +101,15 @@ class AnalogEngine(Engine):
         self.output_names = list(self.outputs)
         self.input_name = "images"
 
-    def prepare(self, model: Any) -> dict:
-        # The graph takes the weights as inputs: wrap them for onnxruntime once per version
-        # (contiguous, in the graph's dtype) instead of converting them on every call.
-        return model.weight_values()
+    def prepare(self, model: Any) -> dict[str, np.ndarray]:
+        # The graph takes the weights as inputs: contiguous, in the graph's dtype, converted
+        # once per version instead of on every call.
+        return model.weight_feeds()
 
     def run(self, pub: Published, x: np.ndarray, opts: InferOptions) -> dict[str, np.ndarray]:
-        return run_bound(self.session, pub.feeds, x, self.output_names)
+        feeds = dict(pub.feeds)
+        feeds[self.input_name] = x
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
 
 class SpikeEngine(Engine):

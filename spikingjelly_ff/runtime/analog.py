@@ -31,26 +31,6 @@ def load_onnx_meta(model) -> dict:
     return meta
 
 
-def ort_values(arrays: dict[str, np.ndarray]) -> dict:
-    """numpy arrays -> onnxruntime ``OrtValue``s sharing their memory (keep the arrays alive)."""
-    import onnxruntime as ort
-
-    return {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
-
-
-def run_bound(session, values: dict, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
-    """Run ``session`` on float32 ``images`` with ``values`` (name -> OrtValue) bound as the
-    other inputs; returns the named ``outputs``. A fresh binding per call: thread-safe."""
-    binding = session.io_binding()
-    for name, value in values.items():
-        binding.bind_ortvalue_input(name, value)
-    binding.bind_cpu_input("images", np.ascontiguousarray(images, dtype=np.float32))
-    for name in outputs:
-        binding.bind_output(name)
-    session.run_with_iobinding(binding)
-    return dict(zip(outputs, binding.copy_outputs_to_cpu()))
-
-
 class AnalogModel:
     """A loaded analog ONNX export. Images are ``[N, in_features]`` float32 in [0, 1]."""
 
@@ -132,16 +112,8 @@ class AnalogModel:
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """All graph outputs (scores, probability, goodness, label, ...) for images ``[N, D]``."""
-        return run_bound(self.session, self.weight_values(), self._check_images(x), self.output_names)
-
-    def weight_values(self) -> dict:
-        """:meth:`weight_feeds` wrapped as onnxruntime ``OrtValue``s (no copy), made once per
-        weight version: bound directly, they spare onnxruntime a conversion of every weight
-        on every call (half the time of a one-image call)."""
-        if self._values is None or self._values[0] is not self.weight_feeds():
-            feeds = self.weight_feeds()
-            self._values = (feeds, ort_values(feeds))
-        return self._values[1]
+        feeds = {"images": self._check_images(x), **self.weight_feeds()}
+        return dict(zip(self.output_names, self.session.run(None, feeds)))
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -153,7 +125,6 @@ class AnalogModel:
     def weights(self, value: list[np.ndarray]) -> None:
         self._weights = list(value)
         self._feeds = None
-        self._values = None
 
     def weight_feeds(self) -> dict[str, np.ndarray]:
         """The current weights as the graph takes them: ``[D, H]``, contiguous, in each
@@ -211,7 +182,7 @@ class AnalogModel:
                 e += dw * np.float32(self.eligibility_tau)
                 w += e * np.float32(eta)
             inp = post
-        self._feeds = self._values = None
+        self._feeds = None
         return total
 
     def save(self, path: str | os.PathLike) -> Path:
