@@ -265,21 +265,19 @@ def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = Fals
         r = g.op("Reshape", [t, g.const([c, -1, *extra], "shape", np.int64)])
         return g.op("Transpose", [r], perm=[1, 0, *range(2, 2 + len(extra))])
 
-    if len(views) > 1:
-        n = g.op("Shape", ["images"], start=0, end=1)
-
-        def image_itself(t: str) -> str:  # [V*N, ...] -> [N, ...]: the untranslated view
-            return g.op("Slice", [t, g.const([0], "s", np.int64), n, g.const([0], "ax", np.int64)])
-
-        per_view = g.op("Transpose", [g.op("Reshape", [score, g.const([c, -1], "shape", np.int64)])], perm=[1, 0])
+    per_view = g.op("Transpose", [g.op("Reshape", [score, g.const([c, -1], "shape", np.int64)])], perm=[1, 0])
+    if len(views) > 1:  # [V*N, C] -> [N, C]: summed over the views
         summed = g.op("Reshape", [per_view, g.const([len(views), -1, c], "shape", np.int64)])
         g.op("ReduceSum", [summed, g.const([0], "axes", np.int64)], keepdims=0, out="scores")
     else:
+        g.op("Identity", [per_view], out="scores")
+    n = g.op("Shape", ["images"], start=0, end=1) if len(views) > 1 else ""
 
-        def image_itself(t: str) -> str:
+    def image_itself(t: str) -> str:  # [V*N, ...] -> [N, ...]: the untranslated view comes first
+        if len(views) == 1:
             return t
+        return g.op("Slice", [t, g.const([0], "s", np.int64), n, g.const([0], "ax", np.int64)])
 
-        g.op("Transpose", [g.op("Reshape", [score, g.const([c, -1], "shape", np.int64)])], perm=[1, 0], out="scores")
     g.op("Sigmoid", [image_itself(by_label(total_logit, []))], out="probability")
     stacked = g.op("Concat", [g.op("Unsqueeze", [gd, g.const([1], "a", np.int64)]) for gd in goods], axis=1)
     g.op("Identity", [image_itself(by_label(stacked, [len(goods)]))], out="goodness")
