@@ -6,16 +6,20 @@
 
 What it measures, all on loopback, in one run:
 
-1. ModelInfer latency (one MNIST image, one blocking client in its own process, sequential
-   calls) p50/p99, beside the same client against the bare echo server and beside the
-   in-process onnxruntime call on the same model: ``AnalogModel.run`` (the library API) and the
-   server's own engine call (prepared weight feeds), so the gRPC overhead is
-   ``p50(gRPC) - p50(in-process)``. Server and echo alternate over ``--rounds`` rounds.
+1. ModelInfer latency (one MNIST image, sequential calls from a client in its own process)
+   p50/p99, beside the same client against the bare echo server and beside the in-process
+   onnxruntime call on the same model: ``AnalogModel.run`` (the library API) and the server's
+   own engine call (prepared weight feeds), so the gRPC overhead is
+   ``p50(gRPC) - p50(in-process)``. Two clients: the C++ load generator
+   (benchmarks/native/grpc_load.cc, one call in flight; the client's own cost is a few
+   microseconds) and a Python blocking client (``grpc.insecure_channel``, what an edge device
+   or tritonclient's sync API does). Server and echo alternate over ``--rounds`` rounds.
 2. Throughput at 1, 8 and 32 concurrent clients, beside a bare ``grpc.aio`` echo server that
    returns the same ModelInferRequest bytes (same payload, same load generator, same run,
-   interleaved rounds). The load generator runs in separate processes (it competes with the
-   server for the same cores, as any client on this machine would) and sends pre-serialised
-   requests without parsing responses, so it costs both servers the same.
+   interleaved rounds). The load generator (``--client``: the C++ one where g++ and the gRPC
+   C++ library are installed, else Python grpc.aio processes) runs in its own process(es) and
+   competes with the server for the same cores, as any client on this machine would; it sends
+   pre-serialised requests without parsing responses, so it costs both servers the same.
 3. Learning: acknowledged (fsync'ed) Learn updates per second at 1, 8 and 32 clients.
 4. Reliability: a fuzz run of malformed requests, concurrent learn + infer (acknowledged updates
    == final version, no torn read: every answer equals the offline replay of its version),
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import hashlib
 import json
 import os
 import shutil
@@ -51,15 +56,21 @@ TOKEN = "benchmark-token-0123456789abcdef"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 LEARN = "/spikingjelly_ff.v1.Learning/Learn"
 ECHO = "/bench.Echo/Echo"
+#: with --pin: ["taskset", "-c", LIST] that confines every client process to the client CPUs
+CLIENT_PREFIX: list[str] = []
 
 
 # -- helper processes -----------------------------------------------------------------------------
 
 
-def echo_server(ready_file: str) -> None:
-    """A bare grpc.aio server that returns the request bytes (no parsing, no work)."""
+def echo_server(ready_file: str, cpus: str = "") -> None:
+    """A bare grpc.aio server that returns the request bytes (no parsing, no work); with
+    ``cpus`` ("1,2") it runs only there, like ``sjff serve --cpus``."""
     import grpc
     from grpc import aio
+
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})  # before any thread starts
 
     async def main() -> None:
         server = aio.server(options=[("grpc.so_reuseport", 0)])
@@ -147,9 +158,84 @@ def run_latency(target: str, method: str, payload: Path, count: int) -> list[flo
     """Latencies (s) of ``count`` sequential blocking calls, from a separate client process."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "lat.json"
-        cmd = [sys.executable, __file__, "--_latency", target, method, str(payload), str(count), str(out)]
+        cmd = [
+            *CLIENT_PREFIX,
+            sys.executable,
+            __file__,
+            "--_latency",
+            target,
+            method,
+            str(payload),
+            str(count),
+            str(out),
+        ]
         subprocess.run(cmd, check=True, timeout=count * 0.05 + 120)
         return json.loads(out.read_text())
+
+
+NATIVE_SRC = ROOT / "benchmarks" / "native" / "grpc_load.cc"
+
+
+def native_client() -> tuple[Path | None, str]:
+    """The C++ load generator (benchmarks/native/grpc_load.cc), built on first use into the
+    cache; (None, reason) where g++ or the gRPC C++ library (pkg-config grpc++) is missing."""
+    digest = hashlib.sha256(NATIVE_SRC.read_bytes()).hexdigest()[:12]
+    exe = CACHE / f"grpc_load-{digest}"
+    if exe.is_file():
+        return exe, ""
+    if shutil.which("g++") is None or shutil.which("pkg-config") is None:
+        return None, "g++ or pkg-config is not installed"
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "grpc++"], capture_output=True, text=True)
+    if flags.returncode != 0:
+        return None, "the gRPC C++ library is not installed (Debian: apt-get install libgrpc++-dev)"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = exe.with_suffix(".tmp")
+    cmd = ["g++", "-O2", "-std=c++17", str(NATIVE_SRC), "-o", str(tmp), *flags.stdout.split()]
+    built = subprocess.run(cmd, capture_output=True, text=True)
+    if built.returncode != 0:
+        raise RuntimeError(f"building {NATIVE_SRC.name} failed:\n{built.stderr[-2000:]}")
+    tmp.rename(exe)
+    return exe, ""
+
+
+def run_native(
+    exe: Path,
+    target: str,
+    method: str,
+    payload: Path,
+    concurrency: int,
+    seconds: float = 0.0,
+    count: int = 0,
+    channels: int = 2,
+    pid: int | None = None,
+) -> dict:
+    """The C++ load generator: ``concurrency`` calls in flight over ``channels`` connections
+    for ``seconds`` (or ``count`` calls); same result keys as :func:`run_load` plus
+    ``latencies`` (s)."""
+    cmd = [*CLIENT_PREFIX, str(exe), "--target", target, "--method", method, "--payload", str(payload)]
+    cmd += ["--concurrency", str(concurrency), "--channels", str(min(channels, concurrency))]
+    cmd += ["--seconds", str(seconds)] if seconds else ["--count", str(count)]
+    cmd += ["--metadata", f"authorization=Bearer {TOKEN}"]
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + count * 0.05 + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"grpc_load failed ({out.returncode}): {out.stderr.strip()}")
+    cpu = cpu_seconds(pid) - cpu0 if pid else float("nan")
+    import grpc
+
+    names = {code.value[0]: code.name for code in grpc.StatusCode}
+    r = json.loads(out.stdout)
+    lat = np.array(r["latencies"])
+    warm = 20 * min(channels, concurrency)
+    return {
+        "calls": r["calls"],
+        "rate": r["calls"] / r["elapsed"],
+        "p50_ms": float(np.percentile(lat, 50) * 1e3) if len(lat) else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99) * 1e3) if len(lat) else float("nan"),
+        "errors": {names.get(int(k), k): n for k, n in r["errors"].items()},
+        "server_cpu_us": cpu / max(r["calls"] + warm, 1) * 1e6,
+        "latencies": r["latencies"],
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -178,6 +264,7 @@ def run_load(
         for i, share in enumerate(shares):
             out = Path(tmp) / f"load{i}.json"
             cmd = [
+                *CLIENT_PREFIX,
                 sys.executable,
                 __file__,
                 "--_load",
@@ -252,17 +339,26 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
-def in_process_latency(model_path: Path, x: np.ndarray, n: int) -> dict:
-    """p50/p99 (ms) of one-image calls: AnalogModel.run, and the server engine's call."""
+def in_process_latency(model_path: Path, x: np.ndarray, n: int, payload: bytes) -> dict:
+    """p50/p99 (ms) of one-image calls: AnalogModel.run, the server's engine call, and the
+    server's whole ModelInfer handler (parse the request bytes, validate, engine, encode,
+    serialise the response, metrics) called directly, without gRPC."""
+    from sjff_client.pb import grpc_service_pb2 as pb
     from sjff_server.engine import AnalogEngine, InferOptions
+    from sjff_server.inference_service import InferenceService, ServerState
+    from sjff_server.interrupt import WorkerPool
+    from sjff_server.learning import LearnOptions
+    from sjff_server.metrics import Metrics
+    from sjff_server.models import ModelRegistry, load_served_model
+    from sjff_server.repository import scan_repository
 
     from spikingjelly_ff.runtime import load_model
 
     model = load_model(model_path, threads=1)
     engine = AnalogEngine(model)
     pub = engine.publish(0, model)
-    out = {}
-    for name, fn in (("AnalogModel.run", lambda: model.run(x)), ("engine", lambda: engine.run(pub, x, InferOptions()))):
+
+    def timed(fn) -> tuple[float, float]:
         for _ in range(200):
             fn()
         lat = []
@@ -270,7 +366,42 @@ def in_process_latency(model_path: Path, x: np.ndarray, n: int) -> dict:
             t = time.perf_counter()
             fn()
             lat.append(time.perf_counter() - t)
-        out[name] = percentiles(lat)
+        return percentiles(lat)
+
+    out = {"AnalogModel.run": timed(lambda: model.run(x)), "engine": timed(lambda: engine.run(pub, x, InferOptions()))}
+
+    class Context:  # what the handler asks of a grpc.aio context on the success path
+        def time_remaining(self) -> None:
+            return None
+
+    async def handler() -> tuple[float, float]:
+        with tempfile.TemporaryDirectory() as tmp:
+            repo = Path(tmp) / "mnist" / "1"
+            repo.mkdir(parents=True)
+            shutil.copy(model_path, repo / "model.onnx")
+            specs, _ = scan_repository(Path(tmp))
+            metrics = Metrics("")
+            pool = WorkerPool(1, "bench")
+            served, _ = load_served_model(
+                specs[0], state_dir=None, ort_threads=1, learn_options=LearnOptions(), pool=pool, metrics=metrics
+            )
+            registry = ModelRegistry()
+            registry.add(served)
+            state = ServerState()
+            state.ready = True
+            svc = InferenceService(registry, state, metrics)
+            svc.busy_gap_s = 0.0  # back-to-back calls here are a lone client's, not load
+            ctx = Context()
+            lat = []
+            for i in range(n + 200):
+                t = time.perf_counter()
+                (await svc.ModelInfer(pb.ModelInferRequest.FromString(payload), ctx)).SerializeToString()
+                if i >= 200:
+                    lat.append(time.perf_counter() - t)
+            pool.close()
+            return percentiles(lat)
+
+    out["handler"] = asyncio.run(handler())
     return out
 
 
@@ -289,10 +420,11 @@ def learn_payload(image: np.ndarray, label: int) -> bytes:
 
 
 class Echo:
-    def __init__(self) -> None:
+    def __init__(self, cpus: set[int] | None = None) -> None:
         self._tmp = tempfile.TemporaryDirectory()
         ready = Path(self._tmp.name) / "ready.json"
-        self.proc = subprocess.Popen([sys.executable, __file__, "--_echo", str(ready)])
+        pin = ",".join(map(str, sorted(cpus))) if cpus else ""
+        self.proc = subprocess.Popen([sys.executable, __file__, "--_echo", str(ready), pin])
         for _ in range(600):
             if ready.exists():
                 break
@@ -499,7 +631,7 @@ def no_token_check(target: str, images: np.ndarray, labels: np.ndarray) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--_echo":
-        echo_server(argv[1])
+        echo_server(*argv[1:3])
         return 0
     if argv and argv[0] == "--_latency":
         t, m, p, n, o = argv[1:6]
@@ -516,13 +648,25 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=2, help="interleaved rounds (echo, server) per point; the best is kept"
     )
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--client-procs", type=int, default=2, help="load generator processes (default 2)")
+    ap.add_argument(
+        "--client",
+        choices=("auto", "native", "python"),
+        default="auto",
+        help="throughput load generator: the C++ one (benchmarks/native/grpc_load.cc; auto: where it builds) "
+        "or Python grpc.aio processes",
+    )
+    ap.add_argument("--client-procs", type=int, default=2, help="Python load generator processes (default 2)")
     ap.add_argument("--latency-calls", type=int, default=3000)
     ap.add_argument("--learn-seconds", type=float, default=4.0)
     ap.add_argument("--fuzz", type=int, default=2000, help="malformed requests in the fuzz run")
     ap.add_argument("--no-reliability", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 round, 2 s per point")
     ap.add_argument("--server-args", default="", help="extra sjff serve arguments (quoted)")
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="server, echo and the in-process reference on the last CPU (sjff serve --cpus), clients on the others",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     if args.quick:
@@ -553,12 +697,33 @@ def main(argv: list[str] | None = None) -> int:
     learn_bin.write_bytes(learn_payload(images[0], int(labels[0])))
 
     x1 = images[:1].astype(np.float32) / np.float32(255.0)
-    inproc = in_process_latency(model_path, x1, args.latency_calls)
+    server_cpus = None
+    if args.pin:
+        usable = sorted(os.sched_getaffinity(0))
+        if len(usable) < 2:
+            raise SystemExit("--pin needs at least 2 CPUs (one for the server, the rest for the clients)")
+        server_cpus = {usable[-1]}
+        CLIENT_PREFIX[:] = ["taskset", "-c", ",".join(map(str, usable[:-1]))]
+        results["pinned"] = {"server": sorted(server_cpus), "clients": usable[:-1]}
+        os.sched_setaffinity(0, server_cpus)  # the in-process reference runs where the server will
+    inproc = in_process_latency(model_path, x1, args.latency_calls, payload.read_bytes())
+    if args.pin:
+        os.sched_setaffinity(0, set(usable))
     results["in_process"] = inproc
 
+    exe, why = native_client()
+    if exe is None:
+        print(f"native load generator unavailable ({why}); the Python clients measure everything", flush=True)
+        if args.client == "native":
+            raise SystemExit(f"--client native: {why}")
+    load_client = "native" if exe is not None and args.client != "python" else "python"
+    results["load_generator"] = load_client
+
     extra = args.server_args.split()
+    if server_cpus:
+        extra += ["--cpus", ",".join(map(str, sorted(server_cpus)))]
     srv = ServerProcess(tmp / "repo", state_dir=tmp / "state", token_file=token_file, extra_args=extra).start()
-    echo = Echo()
+    echo = Echo(server_cpus)
     try:
         # correctness of what we are about to time
         from sjff_client import Client
@@ -572,14 +737,19 @@ def main(argv: list[str] | None = None) -> int:
             results["accuracy_500"] = float((c.infer(images).label == labels).mean())
 
         # interleaved rounds, so that both see the same machine; samples of all rounds pooled
-        samples: dict[str, list[float]] = {"grpc": [], "echo": []}
+        clients = {"python": lambda t, m: run_latency(t, m, payload, args.latency_calls)}
+        if exe is not None:
+            clients["native"] = lambda t, m: run_native(exe, t, m, payload, 1, count=args.latency_calls)["latencies"]
+        samples: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
         for _ in range(args.rounds):
-            samples["grpc"] += run_latency(srv.target, INFER, payload, args.latency_calls)
-            samples["echo"] += run_latency(echo.target, ECHO, payload, args.latency_calls)
-        results["latency"] = {}
-        for name, lat in samples.items():
+            for client, measure in clients.items():
+                samples[client, "grpc"] += measure(srv.target, INFER)
+                samples[client, "echo"] += measure(echo.target, ECHO)
+        results["latency"] = collections.defaultdict(dict)
+        for (client, name), lat in samples.items():
             p50, p99 = percentiles(lat)
-            results["latency"][name] = {"calls": len(lat), "p50_ms": p50, "p99_ms": p99}
+            results["latency"][client][name] = {"calls": len(lat), "p50_ms": p50, "p99_ms": p99}
+        results["latency"] = dict(results["latency"])
 
         thr = {}
         for c in args.concurrency:
@@ -590,7 +760,11 @@ def main(argv: list[str] | None = None) -> int:
                     ("server", srv.target, INFER, srv.pid),
                 ):
                     before = batch_stats(_scrape(srv)) if name == "server" else None
-                    r = run_load(target, method, payload, c, args.seconds, args.client_procs, pid=pid)
+                    if load_client == "native":
+                        r = run_native(exe, target, method, payload, c, args.seconds, pid=pid)
+                        del r["latencies"]
+                    else:
+                        r = run_load(target, method, payload, c, args.seconds, args.client_procs, pid=pid)
                     if before is not None:
                         after = batch_stats(_scrape(srv))
                         n = after["batches"] - before["batches"]
@@ -606,7 +780,11 @@ def main(argv: list[str] | None = None) -> int:
 
         learn = {}
         for c in (1, 8, 32):
-            r = run_load(srv.target, LEARN, learn_bin, c, args.learn_seconds, min(args.client_procs, c))
+            if load_client == "native":
+                r = run_native(exe, srv.target, LEARN, learn_bin, c, args.learn_seconds)
+                del r["latencies"]
+            else:
+                r = run_load(srv.target, LEARN, learn_bin, c, args.learn_seconds, min(args.client_procs, c))
             learn[c] = r
             print(f"  learning, {c:>2} clients: {r['rate']:,.0f} updates/s", flush=True)
         with Client(srv.target, token=TOKEN) as c:
@@ -687,20 +865,35 @@ def ms(x: float) -> str:
 
 def print_table(r: dict) -> None:
     ip = r["in_process"]
-    lat, echo = r["latency"]["grpc"], r["latency"]["echo"]
+    pinned = r.get("pinned")
     print()
+    if pinned:
+        print(
+            f"pinned: server, echo and in-process reference on CPU {pinned['server']}, clients on {pinned['clients']}\n"
+        )
     print(row("measurement", "p50", "p99", "note"))
     print(row("---", "---:", "---:", "---"))
     api, eng = ip["AnalogModel.run"], ip["engine"]
     print(row("in-process `AnalogModel.run`, 1 image", ms(api[0]), ms(api[1]), "library API"))
     print(row("in-process engine call (the server's path), 1 image", ms(eng[0]), ms(eng[1]), "prepared weight feeds"))
-    note = "1 blocking client, sequential calls"
-    print(row("ModelInfer over gRPC (loopback), 1 image", ms(lat["p50_ms"]), ms(lat["p99_ms"]), note))
-    print(row("bare grpc.aio echo, same payload", ms(echo["p50_ms"]), ms(echo["p99_ms"]), note))
-    over_api, over_engine = lat["p50_ms"] - api[0], lat["p50_ms"] - eng[0]
-    note = f"vs the engine call ({ms(over_api)} vs `AnalogModel.run`); target <= 0.5 ms"
-    print(row("**gRPC overhead (p50)**", ms(over_engine), "", note))
+    if "handler" in ip:
+        h = ip["handler"]
+        note = "decode, validate, engine, encode, serialise, metrics; no gRPC"
+        print(row("in-process ModelInfer handler, 1 image", ms(h[0]), ms(h[1]), note))
+    names = {
+        "native": "C++ client (grpc_load, 1 call in flight)",
+        "python": "Python blocking client (grpc.insecure_channel)",
+    }
+    for client, lat in r["latency"].items():
+        g, e = lat["grpc"], lat["echo"]
+        who = names[client]
+        print(row(f"ModelInfer over gRPC (loopback), 1 image, {client}", ms(g["p50_ms"]), ms(g["p99_ms"]), who))
+        print(row(f"bare grpc.aio echo, same payload, {client}", ms(e["p50_ms"]), ms(e["p99_ms"]), who))
+        over_api, over_engine = g["p50_ms"] - api[0], g["p50_ms"] - eng[0]
+        note = f"vs the engine call ({ms(over_api)} vs `AnalogModel.run`); target <= 0.5 ms"
+        print(row(f"**gRPC overhead (p50), {client} client**", ms(over_engine), "", note))
     print()
+    print(f"throughput load generator: {r['load_generator']}")
     head = ("clients", "server inferences/s", "p50", "p99", "echo calls/s", "server / echo", "CPU/call server, echo")
     print(row(*head, "requests/batch"))
     print(row(*["---:"] * (len(head) + 1)))

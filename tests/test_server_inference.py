@@ -275,3 +275,24 @@ def test_ready_file_and_metrics_port(server):
     body = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
     assert "sjff_build_info" in body
     assert json.loads(json.dumps(info))["tls"] is False
+
+
+def test_cpu_pinning(sjff_models, tmp_path, mnist_samples):
+    """--cpus confines every thread of the server (gRPC, onnxruntime) to the CPUs given."""
+    import os
+    import subprocess
+    import sys
+
+    cpu = max(os.sched_getaffinity(0))
+    root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
+    images, _ = mnist_samples
+    with ServerProcess(root, extra_args=["--cpus", str(cpu)], metrics=False) as srv:
+        with Client(srv.target) as c:
+            assert c.infer(su.as_float(images[:4])).label.shape == (4,)  # onnxruntime and gRPC threads exist now
+        tasks = os.listdir(f"/proc/{srv.pid}/task")
+        assert len(tasks) > 1
+        assert all(os.sched_getaffinity(int(t)) == {cpu} for t in tasks)
+    cmd = [sys.executable, "-m", "sjff_server", "--model-repository", str(root), "--port", "0"]
+    for bad, message in (("4096", "may only run on CPUs"), ("1-a", "not a CPU list")):
+        p = subprocess.run([*cmd, "--cpus", bad], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and message in p.stderr
