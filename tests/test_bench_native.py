@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
 import pytest
 import serving_utils as su
 from sjff_client import Client
