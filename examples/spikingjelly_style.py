@@ -34,6 +34,9 @@ def main() -> int:
     ap.add_argument("--data", default=str(MINI), help="mnist, fashion-mnist or an IDX directory")
     args = ap.parse_args()
     torch.manual_seed(0)
+    # one sample and one step at a time: the tensors are small, and a second thread only waits
+    # (badly so when another process holds the other core)
+    torch.set_num_threads(1)
 
     # the paper's layer: V <- 0.85 V + W x, fire above 0.001, hard reset, leaky trace as activity
     neuron = NeuronParams(form="beta", beta=0.85, v_threshold=0.001)
