@@ -702,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         usable = sorted(os.sched_getaffinity(0))
         if len(usable) < 2:
             raise SystemExit("--pin needs at least 2 CPUs (one for the server, the rest for the clients)")
+        if shutil.which("taskset") is None:
+            raise SystemExit("--pin needs taskset (util-linux) to start the clients on their CPUs")
         server_cpus = {usable[-1]}
         CLIENT_PREFIX[:] = ["taskset", "-c", ",".join(map(str, usable[:-1]))]
         results["pinned"] = {"server": sorted(server_cpus), "clients": usable[:-1]}
