@@ -339,6 +339,9 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
+IDLE_GAP_S = 400e-6  # about one loopback round trip of the echo server
+
+
 def in_process_latency(model_path: Path, x: np.ndarray, n: int, payload: bytes) -> dict:
     """p50/p99 (ms) of one-image calls: AnalogModel.run, the server's engine call, and the
     server's whole ModelInfer handler (parse the request bytes, validate, engine, encode,
@@ -358,17 +361,22 @@ def in_process_latency(model_path: Path, x: np.ndarray, n: int, payload: bytes) 
     engine = AnalogEngine(model)
     pub = engine.publish(0, model)
 
-    def timed(fn) -> tuple[float, float]:
+    def timed(fn, idle_s: float = 0.0) -> tuple[float, float]:
         for _ in range(200):
             fn()
         lat = []
         for _ in range(n):
+            if idle_s:
+                time.sleep(idle_s)
             t = time.perf_counter()
             fn()
             lat.append(time.perf_counter() - t)
         return percentiles(lat)
 
     out = {"AnalogModel.run": timed(lambda: model.run(x)), "engine": timed(lambda: engine.run(pub, x, InferOptions()))}
+    # a lone client's call finds the server's CPU idle since the previous answer: the same
+    # engine call after a sleep as long as a round trip shows what waking up costs
+    out["engine_after_idle"] = timed(lambda: engine.run(pub, x, InferOptions()), IDLE_GAP_S)
 
     class Context:  # what the handler asks of a grpc.aio context on the success path
         def time_remaining(self) -> None:
@@ -667,6 +675,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="server, echo and the in-process reference on the last CPU (sjff serve --cpus), clients on the others",
     )
+    ap.add_argument(
+        "--cpu-latency-us",
+        type=int,
+        metavar="N",
+        help="hold a CPU wake-up latency request of N µs for the whole run (sjff serve --cpu-latency-us; "
+        "the request is system-wide, so echo and in-process rows run under it too)",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     if args.quick:
@@ -697,6 +712,12 @@ def main(argv: list[str] | None = None) -> int:
     learn_bin.write_bytes(learn_payload(images[0], int(labels[0])))
 
     x1 = images[:1].astype(np.float32) / np.float32(255.0)
+    qos = None
+    if args.cpu_latency_us is not None:
+        from sjff_server.tuning import hold_cpu_latency
+
+        qos = hold_cpu_latency(args.cpu_latency_us)
+        results["cpu_latency_us"] = args.cpu_latency_us
     server_cpus = None
     if args.pin:
         usable = sorted(os.sched_getaffinity(0))
@@ -722,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
     results["load_generator"] = load_client
 
     extra = args.server_args.split()
+    if args.cpu_latency_us is not None:
+        extra += ["--cpu-latency-us", str(args.cpu_latency_us)]
     if server_cpus:
         extra += ["--cpus", ",".join(map(str, sorted(server_cpus)))]
     srv = ServerProcess(tmp / "repo", state_dir=tmp / "state", token_file=token_file, extra_args=extra).start()
@@ -820,6 +843,8 @@ def main(argv: list[str] | None = None) -> int:
             srv2.stop()
         results["reliability"]["kill9"] = kill9_check(tmp / "repo", tmp / "state3", token_file, images, labels)
     results["load_after"] = os.getloadavg()
+    if qos is not None:
+        qos.close()
     shutil.rmtree(tmp, ignore_errors=True)
     print_table(results)
     if args.json:
@@ -873,11 +898,17 @@ def print_table(r: dict) -> None:
         print(
             f"pinned: server, echo and in-process reference on CPU {pinned['server']}, clients on {pinned['clients']}\n"
         )
+    if r.get("cpu_latency_us") is not None:
+        print(f"CPU wake-up latency held at {r['cpu_latency_us']} µs for the whole run (--cpu-latency-us)\n")
     print(row("measurement", "p50", "p99", "note"))
     print(row("---", "---:", "---:", "---"))
     api, eng = ip["AnalogModel.run"], ip["engine"]
     print(row("in-process `AnalogModel.run`, 1 image", ms(api[0]), ms(api[1]), "library API"))
     print(row("in-process engine call (the server's path), 1 image", ms(eng[0]), ms(eng[1]), "prepared weight feeds"))
+    if "engine_after_idle" in ip:
+        idle = ip["engine_after_idle"]
+        note = f"each call after {IDLE_GAP_S * 1e6:.0f} µs asleep, as a lone client's call finds the CPU"
+        print(row("in-process engine call after an idle gap, 1 image", ms(idle[0]), ms(idle[1]), note))
     if "handler" in ip:
         h = ip["handler"]
         note = "decode, validate, engine, encode, serialise, metrics; no gRPC"

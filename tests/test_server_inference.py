@@ -296,3 +296,37 @@ def test_cpu_pinning(sjff_models, tmp_path, mnist_samples):
     for bad, message in (("4096", "may only run on CPUs"), ("1-a", "not a CPU list")):
         p = subprocess.run([*cmd, "--cpus", bad], capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and message in p.stderr
+
+
+def test_cpu_latency_request(sjff_models, tmp_path, mnist_samples):
+    """--cpu-latency-us holds a PM QoS request (the open /dev/cpu_dma_latency) while the
+    server runs; where the device cannot be opened the server refuses to start and says why."""
+    import os
+    import struct
+    import subprocess
+    import sys
+
+    from sjff_server.tuning import CPU_LATENCY_DEVICE, hold_cpu_latency
+
+    fake = tmp_path / "qos"
+    fake.write_bytes(b"")
+    fh = hold_cpu_latency(25, fake)
+    assert struct.unpack("=i", fake.read_bytes()) == (25,)
+    fh.close()
+    with pytest.raises(ValueError, match="0 or more"):
+        hold_cpu_latency(-1, fake)
+    with pytest.raises(OSError, match="needs write access to"):
+        hold_cpu_latency(0, tmp_path / "missing" / "qos")
+
+    root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
+    if os.access(CPU_LATENCY_DEVICE, os.W_OK):
+        images, _ = mnist_samples
+        with ServerProcess(root, extra_args=["--cpu-latency-us", "0"], metrics=False) as srv:
+            with Client(srv.target) as c:
+                assert c.infer(su.as_float(images[:2])).label.shape == (2,)
+            fds = [os.readlink(f"/proc/{srv.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{srv.pid}/fd")]
+            assert str(CPU_LATENCY_DEVICE) in fds
+    else:
+        cmd = [sys.executable, "-m", "sjff_server", "--model-repository", str(root), "--port", "0"]
+        p = subprocess.run([*cmd, "--cpu-latency-us", "0"], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "needs write access to" in p.stderr

@@ -18,6 +18,7 @@ from pathlib import Path
 from .app import ServerApp, ServerConfig
 from .learning import LearnOptions
 from .logs import setup_logging
+from .tuning import hold_cpu_latency, parse_cpu_list, pin_process
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -43,31 +44,10 @@ def _port(text: str) -> int | None:
 
 
 def _cpu_list(text: str) -> frozenset[int]:
-    """``"1"``, ``"0,2"``, ``"0-3,6"`` -> CPU numbers (taskset's list syntax)."""
-    cpus: set[int] = set()
     try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            first, last = int(lo), int(hi or lo)
-            if first < 0 or last < first:
-                raise ValueError
-            cpus.update(range(first, last + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a CPU list: {text!r} (examples: 1, 0,2, 0-3)") from None
-    return frozenset(cpus)
-
-
-def pin_process(cpus: frozenset[int]) -> None:
-    """Restrict this process (every thread it has, and every thread it will start) to ``cpus``.
-    Why: on a small machine a server pinned to its own core keeps its caches warm between
-    calls instead of following the scheduler from core to core (docs/server.md, Performance)."""
-    import os
-
-    usable = os.sched_getaffinity(0)
-    if not cpus <= usable:
-        raise ValueError(f"--cpus {sorted(cpus)}: this process may only run on CPUs {sorted(usable)}")
-    for task in os.listdir("/proc/self/task"):  # threads started so far (later ones inherit)
-        os.sched_setaffinity(int(task), cpus)
+        return parse_cpu_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_cpu_list,
         metavar="LIST",
         help="run only on these CPUs, e.g. 1 or 0-3 (default: wherever the scheduler puts it)",
+    )
+    g.add_argument(
+        "--cpu-latency-us",
+        type=int,
+        metavar="N",
+        help="keep CPU wake-up latency <= N microseconds while serving (Linux PM QoS, /dev/cpu_dma_latency; "
+        "0: idle CPUs poll instead of sleeping; costs power; default: the kernel's choice)",
     )
     g = ap.add_argument_group("learning")
     g.add_argument("--state-dir", type=Path, help="update logs and snapshots; enables on-line learning")
@@ -244,7 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.cpus is not None:
             pin_process(args.cpus)
             log.info("pinned to CPUs", extra={"cpus": sorted(args.cpus)})
+        qos = None
+        if args.cpu_latency_us is not None:
+            qos = hold_cpu_latency(args.cpu_latency_us)  # released when the process exits
+            log.info("CPU wake-up latency held", extra={"max_us": args.cpu_latency_us})
         asyncio.run(serve(config))
+        if qos is not None:
+            qos.close()
     except (RuntimeError, ValueError, OSError) as exc:
         log.error("server failed", extra={"error": str(exc)})
         print(f"sjff serve: error: {exc}", file=sys.stderr)

@@ -166,19 +166,20 @@ def _separable_current(g: _Graph, net, images: str, w: str, bias: np.ndarray | N
     """First-layer current of every label, ``[C * N, H]`` float32 (label-major), as the image
     term ``[N, H]`` (computed once) plus a per-label term ``[C, H]``, accumulated in float64
     and rounded once; mirrors ``AnalogFFNet.all_label_activities``. The weight ``w``
-    ``[D', H]`` (float64, may be fed at run time) is used whole: the image is zero-filled to
-    ``D'`` instead of slicing the weight."""
+    ``[D', H]`` is float64 and may be fed at run time; its slices depend on the weights alone,
+    so onnxruntime (or ``runtime.weight_folding``) computes them once per weight version."""
     emb, d = net.embedding, net.in_features
     img, lab = emb.image_slice(d), emb.label_slice(d)
     width = net.input_width
     x = g.op("Cast", [images], to=TensorProto.DOUBLE)
     if img.start == 0 and img.stop == d and lab.start == d:  # label code appended
-        x = g.op("Pad", [x, g.const([0, 0, 0, width - d], "pads", np.int64)])
+        w_img = g.op("Slice", [w, g.const([0], "s", np.int64), g.const([d], "e", np.int64)])
+        image_term = g.op("MatMul", [x, w_img])  # [N, H]
     else:  # label code written over the first inputs
         mask = np.zeros(width)
         mask[img] = 1.0
         x = g.op("Mul", [x, g.const(mask, "mask", np.float64)])
-    image_term = g.op("MatMul", [x, w])  # [N, H]
+        image_term = g.op("MatMul", [x, w])  # [N, H]
     codes = emb.code(torch.arange(net.num_classes)).detach().cpu().double().numpy()  # [C, L]
     w_lab = g.op("Slice", [w, g.const([lab.start], "s", np.int64), g.const([lab.stop], "e", np.int64)])
     label_term = g.op("MatMul", [g.const(codes, "codes", np.float64), w_lab])  # [C, H]

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..hebbian import ff_hebbian_delta
 from ..probability import Probability
+from .weight_folding import split_weight_only
 
 __all__ = ["AnalogModel", "load_onnx_meta"]
 
@@ -71,7 +72,15 @@ class AnalogModel:
         opts.log_severity_level = 3  # the weights are inputs on purpose; skip ORT's warning about it
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(served.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        # what depends on the weights alone runs once per weight version, not on every call
+        split = split_weight_only(served, self.weight_names)
+        self._direct, self._derived = split.direct, split.derived
+        cpu = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(split.per_call.SerializeToString(), opts, providers=cpu)
+        self._derive = None
+        if split.derive is not None:
+            self._derive = ort.InferenceSession(split.derive.SerializeToString(), opts, providers=cpu)
+            self._derive_inputs = [i.name for i in self._derive.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     @classmethod
@@ -127,13 +136,19 @@ class AnalogModel:
         self._feeds = None
 
     def weight_feeds(self) -> dict[str, np.ndarray]:
-        """The current weights as the graph takes them: ``[D, H]``, contiguous, in each
-        weight's stored dtype; converted once per weight version."""
+        """Weight inputs of :attr:`session`, computed once per weight version: the weights the
+        graph reads (``[D, H]``, contiguous, in each weight's stored dtype) and the tensors
+        derived from the weights alone (see ``weight_folding``)."""
         if self._feeds is None:
-            self._feeds = {
+            full = {
                 n: np.ascontiguousarray(w.T, dtype=dt)
                 for n, w, dt in zip(self.weight_names, self._weights, self.weight_dtypes)
             }
+            feeds = {n: full[n] for n in self._direct}
+            if self._derive is not None:
+                values = self._derive.run(self._derived, {n: full[n] for n in self._derive_inputs})
+                feeds.update(zip(self._derived, values))
+            self._feeds = feeds
         return self._feeds
 
     def scores(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:

@@ -184,6 +184,36 @@ def test_analog_runtime_scores_with_its_current_weights(analog_run, mini, tmp_pa
     assert np.all(model.run(x)["scores"] == model.run(x)["scores"][0, 0])
 
 
+def test_weight_only_nodes_run_once_per_version(analog_run, mini, tmp_path):
+    """The runtime feeds the weights as inputs; nodes on the weights alone (the label term,
+    the weight slices) move to a per-version graph, and the per-call graph answers exactly
+    like onnxruntime on the exported file."""
+    from spikingjelly_ff.runtime import load_model as load_runtime
+    from spikingjelly_ff.runtime.weight_folding import split_weight_only
+
+    net, _, _ = load_model(analog_run / "model")
+    path = analog_to_onnx(net, tmp_path / "a.onnx", latent=True)
+    proto = onnx.load(str(path))
+    model = load_runtime(path)
+    served = onnx.ModelProto()
+    served.CopyFrom(proto)
+    for name in model.weight_names:
+        w = next(t for t in proto.graph.initializer if t.name == name)
+        served.graph.input.append(onnx.helper.make_tensor_value_info(name, w.data_type, list(w.dims)))
+    split = split_weight_only(served, model.weight_names)
+    moved = {n.op_type for n in split.derive.graph.node}
+    assert {"Slice", "MatMul"} <= moved  # the label term codes @ W[label rows]
+    per_call_ops = [n.op_type for n in split.per_call.graph.node]
+    assert per_call_ops.count("MatMul") == len(model.weight_names)  # one image matmul per layer
+    assert split.derived and set(split.derived) <= {i.name for i in split.per_call.graph.input}
+    x = load_split(str(mini), "test").images[:25].astype(np.float32) / np.float32(255.0)
+    want = dict(zip([o.name for o in _session(path).get_outputs()], _session(path).run(None, {"images": x})))
+    got = model.run(x)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
 def test_analog_shift_views_in_torch_and_onnx(tmp_path):
     """shift_views: the classifier sums the scores of the image and of its copies moved one
     pixel down, up, right and left; the ONNX graph makes the same views itself."""

@@ -1,0 +1,59 @@
+"""Host tuning for latency, both opt-in: pin the server to CPUs, keep idle CPUs awake.
+
+On a small machine or a VM a call that finds the server's CPU idle pays twice: the wake-up
+itself and the cold state after it (docs/server.md, Performance). Both helpers act on this
+process only and are undone when it exits.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["CPU_LATENCY_DEVICE", "hold_cpu_latency", "parse_cpu_list", "pin_process"]
+
+#: the kernel's PM QoS interface: a request lives as long as the file stays open
+CPU_LATENCY_DEVICE = Path("/dev/cpu_dma_latency")
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """``"1"``, ``"0,2"``, ``"0-3,6"`` -> CPU numbers (taskset's list syntax); ValueError otherwise."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            first, last = int(lo), int(hi or lo)
+            if first < 0 or last < first:
+                raise ValueError
+            cpus.update(range(first, last + 1))
+    except ValueError:
+        raise ValueError(f"not a CPU list: {text!r} (examples: 1, 0,2, 0-3)") from None
+    return frozenset(cpus)
+
+
+def pin_process(cpus: frozenset[int]) -> None:
+    """Restrict this process (every thread it has, and every thread it will start) to ``cpus``.
+    Why: a server pinned to its own core keeps its caches warm between calls instead of
+    following the scheduler from core to core."""
+    usable = os.sched_getaffinity(0)
+    if not cpus <= usable:
+        raise ValueError(f"--cpus {sorted(cpus)}: this process may only run on CPUs {sorted(usable)}")
+    for task in os.listdir("/proc/self/task"):  # threads started so far (later ones inherit)
+        os.sched_setaffinity(int(task), cpus)
+
+
+def hold_cpu_latency(max_us: int, device: Path = CPU_LATENCY_DEVICE) -> BinaryIO:
+    """Ask the kernel to keep every CPU's wake-up latency at or below ``max_us`` microseconds
+    (0: idle CPUs poll instead of halting) until the returned file is closed or the process
+    exits. Costs power (and, in a VM, host CPU) while the server idles; needs write access to
+    ``device`` (root, or a udev rule for the service user). OSError with the reason otherwise."""
+    if max_us < 0:
+        raise ValueError(f"--cpu-latency-us must be 0 or more, got {max_us}")
+    try:
+        fh = open(device, "wb", buffering=0)  # noqa: SIM115 - held open for the process lifetime
+    except OSError as exc:
+        raise OSError(f"--cpu-latency-us needs write access to {device}: {exc.strerror}") from None
+    fh.write(struct.pack("=i", max_us))  # the interface takes a native 32-bit integer
+    return fh
