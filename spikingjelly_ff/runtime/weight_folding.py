@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 __all__ = ["WeightSplit", "split_weight_only"]
 
+_NOT_PURE = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+_SUBGRAPH = (5, 10)  # AttributeProto.GRAPH, AttributeProto.GRAPHS
+
 
 @dataclass
 class WeightSplit:
@@ -42,8 +45,8 @@ def split_weight_only(model, weights: list[str]):
     weight_only = []
     for node in g.node:  # ONNX nodes are stored in topological order
         ins = [i for i in node.input if i]
-        if node.op_type in ("RandomNormal", "RandomUniform", "Multinomial", "Bernoulli"):
-            continue  # not a function of its inputs
+        if node.op_type in _NOT_PURE or any(a.type in _SUBGRAPH for a in node.attribute):
+            continue  # random, or a subgraph that may read outer tensors its inputs do not name
         if ins and all(i in from_weights or i in init_names for i in ins) and any(i in from_weights for i in ins):
             weight_only.append(node)
             from_weights.update(o for o in node.output if o)
