@@ -29,7 +29,7 @@ class WeightSplit:
     derived: list[str]  # tensors the derive graph computes for the per-call graph
 
 
-def split_weight_only(model, weights: list[str]):
+def split_weight_only(model, weights: list[str]) -> WeightSplit:
     """Split ``model`` (an ``onnx.ModelProto`` that declares ``weights`` among its inputs).
 
     A node is weight-only when all its inputs are initializers, weights or outputs of
