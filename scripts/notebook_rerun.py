@@ -129,7 +129,10 @@ for ep in range({epochs}):
 
 def notebook_cells(path: Path) -> dict[str, str]:
     """The source of each cell in :data:`CELLS`, from the notebook at ``path``."""
-    nb = json.loads(path.read_text())
+    try:
+        nb = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"{path}: cannot read the notebook ({exc})") from None
     code = ["".join(c["source"]) for c in nb.get("cells", []) if c.get("cell_type") == "code"]
     found = {}
     for name, marker in CELLS:
