@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cupy', cupy.__version__)"
 echo "== CuPy kernels vs torch (tests/library/test_kernels.py)"
-python3 -m pytest -q -p no:cacheprovider tests/library/test_kernels.py
+python3 -m pytest -v -p no:cacheprovider tests/library/test_kernels.py
 rc=$?
 echo "== GPU throughput"
 python3 benchmarks/gpu_speed.py ${OUT:+--json "$OUT/gpu_speed.json"}

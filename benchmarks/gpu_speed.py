@@ -1,8 +1,8 @@
 """GPU throughput of spiking FF training and testing: torch path vs our CuPy kernels.
 
-    python benchmarks/gpu_speed.py [--samples 30000] [--json out.json]
+    python benchmarks/gpu_speed.py [--samples 60000] [--json out.json]
 
-Needs a CUDA device and CuPy. Rows: batched Hebbian training (batch 50 and 500) and
+Needs a CUDA device and CuPy. Rows: online (batch 1) and batched Hebbian training (batch 50 and 500) and
 all-label testing, for the paper's configuration and a 2000-neuron layer.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -32,15 +33,15 @@ def sync_time(fn) -> float:
 
 
 def bench(width: int, batch: int, backend: str, samples: int, images: int) -> tuple[float, float]:
-    cfg = load_config("paper/hebbian-batched-symmetric", [f"model.layers=[{width}]", f"train.batch_size={batch}"])
+    row = "online" if batch == 1 else "batched"
+    cfg = load_config(f"paper/hebbian-{row}-symmetric", [f"model.layers=[{width}]", f"train.batch_size={batch}"])
     net = build_model(cfg.model, 784, 10, 0, backend=backend).cuda()
     g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.rand(samples, 784, generator=g, device="cuda") * (
-        torch.rand(samples, 784, generator=g, device="cuda") < 0.2
-    )
-    labels = torch.randint(0, 10, (samples,), generator=g, device="cuda")
+    rows = max(samples, images)
+    x = torch.rand(rows, 784, generator=g, device="cuda") * (torch.rand(rows, 784, generator=g, device="cuda") < 0.2)
+    labels = torch.randint(0, 10, (rows,), generator=g, device="cuda")
     trainer = SpikingTrainer(net, cfg.train.hebbian, device="cuda")
-    y = (torch.rand(samples, generator=g, device="cuda") < 0.5).float()
+    y = (torch.rand(rows, generator=g, device="cuda") < 0.5).float()
     trainer.train_batch(x[:batch], labels[:batch], y[:batch])  # warm-up (kernel compile)
     train = sync_time(
         lambda: [
@@ -54,9 +55,25 @@ def bench(width: int, batch: int, backend: str, samples: int, images: int) -> tu
     return samples / train, images / test
 
 
+def launch_cost(backend: str, calls: int = 2000) -> float:
+    """Microseconds per one-step neuron call (batch 50, 200 neurons), as the learning window
+    makes them: the per-launch cost that bounds GPU training."""
+    from spikingjelly_ff import kernels
+    from spikingjelly_ff.params import NeuronParams, TraceParams
+
+    p, tp = NeuronParams(form="beta", beta=0.85, v_threshold=0.001), TraceParams("count", scale=10.0)
+    current = torch.rand(1, 50, 200, device="cuda")
+    v, tr = torch.zeros(50, 200, device="cuda"), torch.zeros(50, 200, device="cuda")
+    kernels.neuron_forward(current, v, tr, p, tp, backend)
+    return (
+        sync_time(lambda: [kernels.neuron_forward(current, v, tr, p, tp, backend) for _ in range(calls)]) / calls * 1e6
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=30000)
+    ap.add_argument("--samples", type=int, default=60000)
+    ap.add_argument("--online-samples", type=int, default=2000)
     ap.add_argument("--images", type=int, default=20000)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -64,9 +81,18 @@ def main() -> int:
         print("no CUDA device")
         return 1
     rows, out = [], {"gpu": torch.cuda.get_device_name()}
-    for width, batch in ((200, 50), (200, 500), (2000, 500)):
+    failed = 0
+    # batch 1 is the online mode: per-sample launches dominate, so fewer samples suffice
+    for width, batch in ((200, 1), (200, 50), (200, 500), (2000, 500)):
         for backend in ("torch", "cupy"):
-            tr, te = bench(width, batch, backend, args.samples, args.images)
+            n = min(args.samples, args.online_samples) if batch == 1 else args.samples
+            try:
+                tr, te = bench(width, batch, backend, n, args.images)
+            except Exception:  # noqa: BLE001 (one broken row must not hide the others)
+                traceback.print_exc()
+                failed += 1
+                rows.append([f"884->{width}", batch, backend, "failed", "", ""])
+                continue
             rows.append([f"884->{width}", batch, backend, f"{tr:,.0f}", f"{60000 / tr:.1f} s", f"{te:,.0f}"])
             out[f"{width}_{batch}_{backend}"] = {"train_samples_per_second": tr, "test_images_per_second": te}
     print_table(
@@ -74,8 +100,15 @@ def main() -> int:
         ["layer", "batch", "backend", "train samples/s", "epoch (60k)", "test images/s"],
         rows,
     )
+    costs = {b: launch_cost(b) for b in ("torch", "cupy")}
+    out["one_step_call_us"] = costs
+    print_table(
+        "One-step neuron call (batch 50 x 200 neurons)",
+        ["backend", "us per call"],
+        [[b, f"{c:.1f}"] for b, c in costs.items()],
+    )
     save_json(args.json, out)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -247,6 +247,8 @@ class SpikingScorer:
     @torch.no_grad()
     def scores(self, x: Tensor, spikes: Tensor | None = None) -> Tensor:
         """Summed layer scores of every label, ``[N, C]`` (summed over ``repeats`` presentations)."""
+        if x.shape[0] == 0:  # the tail of a split test set can be empty
+            return torch.zeros(0, self.net.num_classes, device=x.device)
         total = None
         for _ in range(1 if spikes is not None else self.repeats):
             traces = self.layer_outputs(x, spikes)

@@ -2,7 +2,7 @@
 
 ``neuron_forward`` runs a layer's neurons over T steps given the input currents;
 ``eligibility_apply`` applies a Hebbian delta through the eligibility trace. Both backends
-give identical results for identical inputs (see tests/test_kernels.py).
+give identical results for identical inputs (see tests/library/test_kernels.py).
 """
 
 from __future__ import annotations

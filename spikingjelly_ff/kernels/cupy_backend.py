@@ -17,6 +17,7 @@ from ..params import NeuronParams, TraceParams
 SOURCE = Path(__file__).with_name("ff_neuron.cu")
 TRACE_CODES = {"count": 0, "leaky": 1, "hard": 2, "none": 3}
 THREADS = 256
+COMPILE_OPTIONS = ("--std=c++14",)
 
 
 def available() -> bool:
@@ -35,19 +36,48 @@ def available() -> bool:
 def _module():
     import cupy
 
-    return cupy.RawModule(code=SOURCE.read_text(), options=("--std=c++14",))
+    return cupy.RawModule(code=SOURCE.read_text(), options=COMPILE_OPTIONS)
 
 
-def _cp(t: torch.Tensor):
+def _cp(t: torch.Tensor) -> np.uint64:
+    """A kernel's pointer argument: the tensor's device address. CuPy packs a numpy uint64 as
+    8 bytes, which is a pointer; no DLPack wrapper per call (learning launches once per step).
+    The caller keeps ``t`` alive for the launch."""
+    return np.uint64(t.data_ptr())
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Row-major or (2-D) column-major without gaps: flat index i covers every element once."""
+    return t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous())
+
+
+def aligned_delta(e: torch.Tensor, w: torch.Tensor, dw: torch.Tensor) -> torch.Tensor:
+    """``dw`` laid out in memory like ``e`` and ``w`` (which must share one dense layout), so
+    that a kernel walking the three buffers by flat index pairs equal elements."""
+    if e.shape != w.shape or dw.shape != w.shape:
+        raise ValueError(f"shapes differ: e {tuple(e.shape)}, w {tuple(w.shape)}, dw {tuple(dw.shape)}")
+    if e.stride() != w.stride() or not _dense(w):
+        raise ValueError(f"e and w need one dense memory layout, got strides {e.stride()} and {w.stride()}")
+    if dw.stride() == w.stride():
+        return dw
+    return torch.empty_like(w).copy_(dw)  # empty_like keeps the strides of a dense tensor
+
+
+@functools.cache
+def _kernel(name: str):
+    return _module().get_function(name)
+
+
+@functools.cache
+def _external_stream(ptr: int):
     import cupy
 
-    return cupy.from_dlpack(t.detach())
+    return cupy.cuda.ExternalStream(ptr)
 
 
 def _stream():
-    import cupy
-
-    return cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+    """torch's current stream as a CuPy stream (cached: learning calls this once per step)."""
+    return _external_stream(torch.cuda.current_stream().cuda_stream)
 
 
 def _params(p: NeuronParams, tp: TraceParams) -> tuple:
@@ -64,6 +94,8 @@ def _params(p: NeuronParams, tp: TraceParams) -> tuple:
         f(tp.decay),
         f(tp.one_minus_decay),
         f(tp.increment),
+        # torch on CUDA divides by a Python scalar as a multiply by its float32 reciprocal
+        f(1.0) / f(p.tau),
     )
 
 
@@ -79,15 +111,21 @@ def neuron_forward(
     in place. Returns spikes ``[T, N, H]`` and, if asked, the trace after each step."""
     if current.dtype != torch.float32 or not current.is_cuda:
         raise TypeError("the cupy backend needs float32 CUDA tensors")
+    if not (v.is_contiguous() and trace.is_contiguous()):
+        # the kernel indexes raw memory: run on contiguous copies, then write back
+        v_c, tr_c = v.contiguous(), trace.contiguous()
+        out = neuron_forward(current, v_c, tr_c, p, tp, trace_seq)
+        v.copy_(v_c)
+        trace.copy_(tr_c)
+        return out
     current = current.contiguous()
     t_steps, n, h = current.shape
     spikes = torch.empty_like(current)
     seq = torch.empty_like(current) if trace_seq else None
-    mod = _module()
     with _stream():
         if p.kwta is None or p.kwta >= h:
             grid = ((n * h + THREADS - 1) // THREADS,)
-            mod.get_function("sjff_neuron_forward")(
+            _kernel("sjff_neuron_forward")(
                 grid,
                 (THREADS,),
                 (
@@ -95,7 +133,7 @@ def neuron_forward(
                     _cp(v),
                     _cp(trace),
                     _cp(spikes),
-                    _cp(seq) if seq is not None else 0,
+                    _cp(seq) if seq is not None else np.uint64(0),
                     np.int32(t_steps),
                     np.int32(n * h),
                     *_params(p, tp),
@@ -104,7 +142,7 @@ def neuron_forward(
         else:
             scratch = torch.empty_like(v)
             grid = ((n + 63) // 64,)
-            mod.get_function("sjff_neuron_forward_kwta")(
+            _kernel("sjff_neuron_forward_kwta")(
                 grid,
                 (64,),
                 (
@@ -112,7 +150,7 @@ def neuron_forward(
                     _cp(v),
                     _cp(trace),
                     _cp(spikes),
-                    _cp(seq) if seq is not None else 0,
+                    _cp(seq) if seq is not None else np.uint64(0),
                     _cp(scratch),
                     np.int32(t_steps),
                     np.int32(n),
@@ -125,17 +163,22 @@ def neuron_forward(
 
 
 def eligibility_apply(e: torch.Tensor, w: torch.Tensor, dw: torch.Tensor, tau: float, eta: float) -> None:
-    """In place: e <- (1 - tau) e + tau dW; w <- w + eta e, in one pass."""
+    """In place: e <- (1 - tau) e + tau dW; w <- w + eta e, in one pass.
+
+    The kernel walks raw memory, so ``e``, ``w`` and the delta must share one memory order:
+    the trainer keeps ``e`` and ``w`` input-major (``w.T`` contiguous) while a delta is
+    usually row-major."""
+    dw = aligned_delta(e, w, dw)
     n = e.numel()
     grid = ((n + THREADS - 1) // THREADS,)
     with _stream():
-        _module().get_function("sjff_eligibility_apply")(
+        _kernel("sjff_eligibility_apply")(
             grid,
             (THREADS,),
             (
                 _cp(e),
                 _cp(w),
-                _cp(dw.contiguous()),
+                _cp(dw),
                 np.int64(n),
                 np.float32(1.0 - tau),
                 np.float32(tau),

@@ -14,6 +14,8 @@
 #define SJFF_RN_ADD(a, b) __fadd_rn((a), (b))
 #define SJFF_RN_SUB(a, b) __fsub_rn((a), (b))
 #define SJFF_RN_DIV(a, b) __fdiv_rn((a), (b))
+// NVRTC (what CuPy compiles with) has no math headers, so no INFINITY: spell out its bits.
+#define SJFF_NEG_INF __int_as_float((int)0xff800000u)
 #endif
 
 struct NeuronArgs {
@@ -28,24 +30,32 @@ struct NeuronArgs {
     float trace_decay;
     float trace_one_minus_decay;  // (float)(1.0 - decay), rounded on the host in double first
     float trace_increment;        // (float)1 / (float)scale
+    // 0: divide by tau. Else multiply by it: torch on CUDA computes x / scalar as
+    // x * ((float)1 / (float)scalar), and the kernel must equal torch on the same device.
+    float tau_recip;
 };
 
 #define SJFF_NEURON_PARAMS                                                                          \
     const int form, const float beta, const float tau, const int decay_input, const float v_threshold, \
         const float v_reset, const int fire_ge, const int trace_kind, const float trace_decay,          \
-        const float trace_one_minus_decay, const float trace_increment
+        const float trace_one_minus_decay, const float trace_increment, const float tau_recip
 #define SJFF_NEURON_ARGS                                                                                 \
-    NeuronArgs a = {form,    beta,       tau,         decay_input,           v_threshold, v_reset, \
-                    fire_ge, trace_kind, trace_decay, trace_one_minus_decay, trace_increment}
+    NeuronArgs a = {form,       beta,        tau,                   decay_input,                 \
+                    v_threshold, v_reset,     fire_ge,               trace_kind,                  \
+                    trace_decay, trace_one_minus_decay, trace_increment, tau_recip}
+
+__device__ __forceinline__ float sjff_over_tau(float x, const NeuronArgs& a) {
+    return a.tau_recip != 0.0f ? SJFF_RN_MUL(x, a.tau_recip) : SJFF_RN_DIV(x, a.tau);
+}
 
 __device__ __forceinline__ float sjff_charge(float v, float x, const NeuronArgs& a) {
     if (a.form == 0) {
         return SJFF_RN_ADD(SJFF_RN_MUL(v, a.beta), x);
     }
     if (a.decay_input) {
-        return SJFF_RN_ADD(v, SJFF_RN_DIV(SJFF_RN_SUB(x, SJFF_RN_SUB(v, a.v_reset)), a.tau));
+        return SJFF_RN_ADD(v, sjff_over_tau(SJFF_RN_SUB(x, SJFF_RN_SUB(v, a.v_reset)), a));
     }
-    return SJFF_RN_ADD(SJFF_RN_SUB(v, SJFF_RN_DIV(SJFF_RN_SUB(v, a.v_reset), a.tau)), x);
+    return SJFF_RN_ADD(SJFF_RN_SUB(v, sjff_over_tau(SJFF_RN_SUB(v, a.v_reset), a)), x);
 }
 
 __device__ __forceinline__ bool sjff_fires(float v, const NeuronArgs& a) {
@@ -140,7 +150,7 @@ extern "C" __global__ void sjff_neuron_forward_kwta(
             vr[h] = sjff_charge(vr[h], current[base + h], a);
             sc[h] = vr[h];
         }
-        const float kth = k < H ? sjff_kth_largest(sc, H, k) : -INFINITY;
+        const float kth = k < H ? sjff_kth_largest(sc, H, k) : SJFF_NEG_INF;
         for (int h = 0; h < H; ++h) {
             const bool s = sjff_fires(vr[h], a) && vr[h] >= kth;
             if (s) vr[h] = a.v_reset;

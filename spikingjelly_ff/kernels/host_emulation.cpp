@@ -14,6 +14,7 @@
 #define SJFF_RN_ADD(a, b) ((float)((float)(a) + (float)(b)))
 #define SJFF_RN_SUB(a, b) ((float)((float)(a) - (float)(b)))
 #define SJFF_RN_DIV(a, b) ((float)((float)(a) / (float)(b)))
+#define SJFF_NEG_INF (-INFINITY)
 
 struct Dim3 {
     int x = 0;
@@ -27,7 +28,7 @@ extern "C" {
 void emu_neuron_forward(const float* current, float* v, float* trace, float* spikes, float* trace_seq, int T, int NH,
                         NeuronArgs a) {
 #define SJFF_UNPACK a.form, a.beta, a.tau, a.decay_input, a.v_threshold, a.v_reset, a.fire_ge, a.trace_kind, \
-                    a.trace_decay, a.trace_one_minus_decay, a.trace_increment
+                    a.trace_decay, a.trace_one_minus_decay, a.trace_increment, a.tau_recip
     blockDim.x = 1;
     threadIdx.x = 0;
     for (int b = 0; b < NH; ++b) {

@@ -54,6 +54,52 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
     assert "fma" not in ptx.read_text()
 
 
+def _nvrtc() -> ctypes.CDLL:
+    """NVRTC, the runtime compiler CuPy builds RawModules with (from the nvidia-cuda-nvrtc
+    wheel or a CUDA toolkit). It needs no GPU."""
+    found = []
+    try:
+        import nvidia
+
+        for root in nvidia.__path__:
+            found += sorted(Path(root).glob("cu*/lib/libnvrtc.so.*")) + sorted(
+                Path(root).glob("cuda_nvrtc/lib/libnvrtc.so.*")
+            )
+    except ImportError:
+        pass
+    for home in (os.environ.get("CUDA_HOME", ""), "/usr/local/cuda", *map(str, Path("/usr/local").glob("cuda-*"))):
+        if home:
+            found += sorted(Path(home).glob("lib64/libnvrtc.so.*"))
+    found = [f for f in found if ".alt." not in f.name]
+    if not found:
+        if REQUIRE_TOOLS:
+            pytest.fail("NVRTC is not installed (SJFF_REQUIRE_CUDA_TOOLS=1; pip install nvidia-cuda-nvrtc)")
+        pytest.skip("NVRTC is not installed")
+    lib = found[0]
+    # libnvrtc opens its builtins library by name: load it first from the same folder
+    for builtins in sorted(lib.parent.glob("libnvrtc-builtins.so.*")):
+        if ".alt." not in builtins.name:
+            ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
+    return ctypes.CDLL(str(lib))
+
+
+def test_cuda_source_compiles_with_nvrtc_as_cupy_does():
+    """CuPy compiles ff_neuron.cu with NVRTC, which has no math headers (nvcc includes them):
+    the source must build there too, with the launcher's own options."""
+    nvrtc = _nvrtc()
+    prog = ctypes.c_void_p()
+    src = (KDIR / "ff_neuron.cu").read_bytes()
+    assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src, b"ff_neuron.cu", 0, None, None) == 0
+    opts = [o.encode() for o in (*cupy_backend.COMPILE_OPTIONS, "-arch=compute_80")]
+    rc = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+    size = ctypes.c_size_t()
+    nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    nvrtc.nvrtcGetProgramLog(prog, log)
+    nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
+    assert rc == 0, log.value.decode(errors="replace")
+
+
 class _Args(ctypes.Structure):
     _fields_ = [
         ("form", ctypes.c_int),
@@ -67,6 +113,7 @@ class _Args(ctypes.Structure):
         ("trace_decay", ctypes.c_float),
         ("trace_one_minus_decay", ctypes.c_float),
         ("trace_increment", ctypes.c_float),
+        ("tau_recip", ctypes.c_float),
     ]
 
 
@@ -81,7 +128,7 @@ def emulated(tmp_path_factory):
     return ctypes.CDLL(str(lib))
 
 
-def _args(p: NeuronParams, tp: TraceParams) -> _Args:
+def _args(p: NeuronParams, tp: TraceParams, tau_recip: float = 0.0) -> _Args:
     return _Args(
         0 if p.form == "beta" else 1,
         p.beta,
@@ -94,6 +141,7 @@ def _args(p: NeuronParams, tp: TraceParams) -> _Args:
         tp.decay,
         tp.one_minus_decay,
         tp.increment,
+        tau_recip,
     )
 
 
@@ -146,6 +194,58 @@ def test_eligibility_kernel_logic_equals_torch_path(emulated):
         ctypes.c_float(0.7),
     )
     assert np.array_equal(e_k, e_t.numpy()) and np.array_equal(w_k, w_t.numpy())
+
+
+def _raw(t: torch.Tensor):
+    """The tensor's memory as the kernel sees it: a float pointer, whatever the strides."""
+    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_float))
+
+
+def test_eligibility_kernel_on_input_major_weights(emulated):
+    """The trainer keeps e and W input-major (W.T contiguous) and the delta row-major: the
+    launcher must hand the kernel three buffers in one memory order."""
+    from spikingjelly_ff.simulate import input_major
+
+    g = torch.Generator().manual_seed(6)
+    e, w = input_major(torch.randn(40, 30, generator=g)), input_major(torch.randn(40, 30, generator=g))
+    dw = torch.randn(40, 30, generator=g)
+    e_t, w_t = e.clone(), w.clone()
+    kernels.eligibility_apply(e_t, w_t, dw, 0.1, 0.7, "torch")
+    d = cupy_backend.aligned_delta(e, w, dw)
+    assert d.stride() == w.stride() and torch.equal(d, dw)
+    keep, tau, eta = (ctypes.c_float(v) for v in (0.9, 0.1, 0.7))
+    emulated.emu_eligibility_apply(_raw(e), _raw(w), _raw(d), ctypes.c_longlong(e.numel()), keep, tau, eta)
+    assert torch.equal(e, e_t) and torch.equal(w, w_t)
+    with pytest.raises(ValueError, match="memory layout"):
+        cupy_backend.aligned_delta(e.contiguous(), w, dw)
+
+
+@pytest.mark.parametrize("p,tp", [c for c in CASES if c[0].form == "lif"])
+def test_kernel_reciprocal_mode_equals_torch_cuda_arithmetic(emulated, monkeypatch, p, tp):
+    """On CUDA, torch computes x / tau (a Python float) as x * (1f / tau); the launcher sets
+    tau_recip so the kernel does the same. Checked here against that arithmetic in torch."""
+    inv = np.float32(1.0) / np.float32(p.tau)
+
+    def charge(v, x, q):
+        if q.decay_input:
+            return v + (x - (v - q.v_reset)) * float(inv)
+        return v - (v - q.v_reset) * float(inv) + x
+
+    monkeypatch.setattr(kernels, "charge", charge)
+    g = np.random.default_rng(8)
+    t, n, h = 17, 6, 24
+    current = (g.normal(size=(t, n, h)) * 0.8).astype(np.float32)
+    v0, tr0 = (g.normal(size=(n, h)) * 0.3).astype(np.float32), g.uniform(size=(n, h)).astype(np.float32)
+    v_t, tr_t = torch.from_numpy(v0.copy()), torch.from_numpy(tr0.copy())
+    s_t, _ = kernels._neuron_forward_generic(torch.from_numpy(current), v_t, tr_t, p, tp, False)
+    v_k, tr_k, s_k, seq_k = v0.copy(), tr0.copy(), np.zeros_like(current), np.zeros_like(current)
+    args = _args(p, tp, float(inv))
+    emulated.emu_neuron_forward(_ptr(current), _ptr(v_k), _ptr(tr_k), _ptr(s_k), _ptr(seq_k), t, n * h, args)
+    assert np.array_equal(s_k, s_t.numpy()) and np.array_equal(v_k, v_t.numpy())
+    # and the mode matters: division gives other membranes
+    v_d, tr_d = v0.copy(), tr0.copy()
+    emulated.emu_neuron_forward(_ptr(current), _ptr(v_d), _ptr(tr_d), _ptr(s_k), _ptr(seq_k), t, n * h, _args(p, tp))
+    assert not np.array_equal(v_d, v_k)
 
 
 def test_auto_backend_is_torch_without_cuda():

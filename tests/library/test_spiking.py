@@ -157,6 +157,14 @@ def test_spiking_training_builds_no_autograd_graph():
     assert all(layer.weight.grad is None for layer in net.layers)
 
 
+def test_scoring_an_empty_batch_gives_an_empty_answer():
+    """The tail of a split test set can be empty: [0, C] scores, no reshape error."""
+    _, net = small_net()
+    scorer = SpikingScorer(net)
+    assert scorer.scores(torch.rand(0, 20)).shape == (0, 10)
+    assert scorer.predict(torch.rand(0, 20)).shape == (0,)
+
+
 def test_spiking_model_learns_on_mnist_subset(spiking_run):
     import json
 
