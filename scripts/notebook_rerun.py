@@ -19,7 +19,7 @@ of which touches the method:
   update and never read, are replaced by lists that keep nothing (they grow to tens of GB);
 * ``torch.manual_seed(seed)``, one thread, and a silent stand-in for tqdm.
 
-One online epoch takes about 11 minutes on one core here (docs/reproduction.md).
+One online epoch takes 11 to 16 minutes on one core here (docs/reproduction.md).
 """
 
 from __future__ import annotations
