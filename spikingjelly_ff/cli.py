@@ -7,6 +7,7 @@
     sjff reproduce paper --out DIR [--epochs N] [--limit N]
     sjff data fetch mnist|fashion-mnist [--root DIR]
     sjff serve --model-repository DIR [--port P] ...
+    sjff state repair STATE_DIR --model M [--version V] [--truncate]
 
 Expected failures (bad config, missing data, shape mismatch, bad model files) print one
 ``sjff: error: ...`` line and exit with status 2; ``--debug`` shows the traceback.
@@ -118,6 +119,16 @@ def _serve(args, rest: list[str]) -> int:
     return serve_main(rest)
 
 
+def _state(rest: list[str]) -> int:
+    if not rest or rest[0] != "repair":
+        raise SystemExit("usage: sjff state repair STATE_DIR --model M [--version V] [--truncate]")
+    try:
+        from sjff_server.repair import main as repair_main
+    except ImportError as exc:
+        raise RuntimeError(f"the server is not installed ({exc}); pip install 'spikingjelly-ff[serve]'") from exc
+    return repair_main(rest[1:])
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="sjff", description="Forward-Forward and Hebbian learning for SpikingJelly networks"
@@ -185,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the gRPC server (options: sjff serve --help)", add_help=False)
     p.set_defaults(func=None)
+    p = sub.add_parser("state", help="check or repair a server's learning state (sjff state repair --help)")
+    p.set_defaults(func=None)
     return ap
 
 
@@ -195,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         argv.remove("--debug")
     if argv and argv[0] == "serve":
         runner = lambda: _serve(None, argv[1:])  # noqa: E731 - the server parses its own options
+    elif argv and argv[0] == "state":
+        runner = lambda: _state(argv[1:])  # noqa: E731
     else:
         args = build_parser().parse_args(argv)
         runner = lambda: args.func(args)  # noqa: E731

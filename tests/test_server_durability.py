@@ -11,17 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from serving_utils import as_float
-from sjff_server.durability import (
-    MAGIC,
-    ROLLBACK,
-    UPDATE,
-    LogCorruption,
-    SnapshotStore,
-    UpdateLog,
-    UpdateRecord,
-    decode_payload,
-    encode_record,
-)
+from sjff_server.durability import LogCorruption, UpdateLog
+from sjff_server.records import MAGIC, ROLLBACK, UPDATE, UpdateRecord, decode_payload, encode_record
+from sjff_server.snapshots import SnapshotStore
 from sjff_server.engine import make_engine
 from sjff_server.errors import RequestError
 from sjff_server.learning import Learner, LearnJob, LearnOptions, StateMismatch
@@ -49,13 +41,31 @@ def test_record_round_trip(n, d, seed, eta):
     r = record(3, n, d)
     r = UpdateRecord(UPDATE, 7, 123.0, seed, eta, r.images, r.labels, r.positive)
     frame = encode_record(r)
-    back = decode_payload(frame[8:])
+    back = decode_payload(frame[12:])
     assert (back.kind, back.version, back.seed, back.eta, back.created) == (UPDATE, 7, seed, eta, 123.0)
     np.testing.assert_array_equal(back.images, r.images)
     np.testing.assert_array_equal(back.labels, r.labels)
     np.testing.assert_array_equal(back.positive, r.positive)
-    rb = decode_payload(encode_record(UpdateRecord(ROLLBACK, 9, 1.0, restored=4))[8:])
+    rb = decode_payload(encode_record(UpdateRecord(ROLLBACK, 9, 1.0, restored=4))[12:])
     assert (rb.kind, rb.version, rb.restored) == (ROLLBACK, 9, 4)
+
+
+def write_log(directory, versions, rotate_at=()):
+    log = UpdateLog(directory)
+    log.open(0)
+    for v in versions:
+        log.append([record(v)])
+        if v in rotate_at:
+            log.rotate(v)
+    log.close()
+    return log
+
+
+def versions_in(log) -> list[int]:
+    seen = []
+    last, damage = log.replay(lambda r: seen.append(r.version))
+    assert damage is None, damage
+    return seen
 
 
 def test_log_append_scan_and_records(tmp_path):
@@ -70,50 +80,177 @@ def test_log_append_scan_and_records(tmp_path):
     assert [r.version for r in log.records(0, 5)] == [1, 2, 3, 4, 5]
     assert [r.version for r in log.records(2, 4)] == [3, 4]
     assert [r.version for r in log.records(3, 5)] == [4, 5]
-    assert log.last_version() == 5
+    assert log.replay(lambda r: None) == (5, None)
     log.prune(3)  # versions <= 3 are covered by a snapshot: the first segment goes
     assert [b for b, _ in log.segments()] == [3]
 
 
-def test_torn_tail_is_truncated_at_every_offset(tmp_path):
-    """A crash can cut the last write anywhere: recovery keeps exactly the complete frames."""
-    log = UpdateLog(tmp_path / "ref")
-    log.open(0)
-    log.append([record(1), record(2)])
-    log.close()
-    ((_, path),) = log.segments()
+def test_torn_tail_is_cut_at_every_byte_offset(tmp_path):
+    """A crash can cut the last write anywhere: recovery keeps exactly the complete frames,
+    and only then (the file ends inside a frame whose header is intact, or inside a header)."""
+    ((_, path),) = write_log(tmp_path / "ref", [1, 2, 3]).segments()
     full = path.read_bytes()
-    first_end = len(MAGIC) + len(encode_record(record(1)))
-    for cut in range(len(MAGIC), len(full), 97):
+    ends = [len(MAGIC)]
+    for v in (1, 2, 3):
+        ends.append(ends[-1] + len(encode_record(record(v))))
+    for cut in range(len(MAGIC), len(full) + 1):
         d = tmp_path / f"cut{cut}"
         d.mkdir()
         (d / path.name).write_bytes(full[:cut])
         torn = UpdateLog(d)
-        notes = torn.repair()
-        expected = [1] if cut >= first_end else []
-        if cut == len(full):
-            expected = [1, 2]
-        assert [r.version for r in torn.records(0, 10)] == expected, cut
-        assert bool(notes) == (cut not in (len(MAGIC), first_end))
-        torn.open(0)  # appending after the repair continues cleanly
-        torn.append([record(len(expected) + 1)])
+        kept = []
+        last, damage = torn.replay(lambda r: kept.append(r.version))
+        complete = sum(1 for e in ends[1:] if e <= cut)
+        assert kept == list(range(1, complete + 1)) and (last or 0) == complete, cut
+        if cut in ends:
+            assert damage is None, cut
+            continue
+        assert damage is not None and damage.torn and damage.offset == ends[complete] and damage.last_good == complete
+        torn.cut_torn(damage)
+        assert versions_in(torn) == kept
+        torn.open(complete)  # appending after the repair continues cleanly
+        torn.append([record(complete + 1)])
         torn.close()
-        assert [r.version for r in torn.records(0, 10)] == [*expected, len(expected) + 1]
+        assert versions_in(torn) == [*kept, complete + 1]
+
+
+def test_a_damaged_byte_anywhere_is_corruption_never_a_torn_tail(tmp_path):
+    """Flip each byte of a 3-record log in turn: every flip is found, none is taken for a torn
+    write (which recovery would cut), and the error names the file, offset and versions."""
+    ((_, path),) = write_log(tmp_path / "ref", [1, 2, 3]).segments()
+    full = path.read_bytes()
+    ends = [len(MAGIC)]
+    for v in (1, 2, 3):
+        ends.append(ends[-1] + len(encode_record(record(v))))
+    for pos in range(len(full)):
+        d = tmp_path / f"flip{pos}"
+        d.mkdir()
+        data = bytearray(full)
+        data[pos] ^= 0x5A
+        (d / path.name).write_bytes(bytes(data))
+        last, damage = UpdateLog(d).replay(lambda r: None)
+        assert damage is not None and not damage.torn, pos
+        frame = sum(1 for e in ends[1:] if e <= pos)  # records intact before the damaged one
+        assert damage.last_good == frame and damage.offset == (0 if pos < len(MAGIC) else ends[frame]), pos
+        text = damage.describe()
+        assert str(d / path.name) in text and f"byte {damage.offset}" in text
+        if pos >= len(MAGIC) and frame < 2:  # intact records follow: their versions are named
+            assert damage.later == (frame + 2, 3) and f"versions {frame + 1}..3 are affected" in text, (pos, text)
+
+
+def test_corruption_in_the_newest_segment_is_refused_with_versions(tmp_path):
+    """The issue's reproduction in small: many records, a byte flipped at 40 % of the newest
+    segment. Nothing may be cut on start; the damage names the versions after it."""
+    log = write_log(tmp_path, range(1, 61), rotate_at=(20,))
+    path = log.segments()[-1][1]
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * 0.4)] ^= 0x01
+    path.write_bytes(bytes(data))
+    size = path.stat().st_size
+    last, damage = UpdateLog(tmp_path).replay(lambda r: None)
+    assert not damage.torn and damage.later is not None and damage.later[1] == 60
+    assert f"versions {damage.last_good + 1}..60 are affected" in damage.describe()
+    with pytest.raises(LogCorruption):
+        UpdateLog(tmp_path).cut_torn(damage)
+    assert path.stat().st_size == size  # nothing was cut
 
 
 def test_corruption_inside_an_old_segment_is_refused(tmp_path):
-    log = UpdateLog(tmp_path)
-    log.open(0)
-    log.append([record(1), record(2)])
-    log.rotate(2)
-    log.append([record(3)])
-    log.close()
+    log = write_log(tmp_path, [1, 2, 3], rotate_at=(2,))
     old = log.segments()[0][1]
     data = bytearray(old.read_bytes())
     data[len(MAGIC) + 20] ^= 0xFF  # flip a bit in the first record
     old.write_bytes(bytes(data))
-    with pytest.raises(LogCorruption, match="CRC"):
-        UpdateLog(tmp_path).repair()
+    last, damage = UpdateLog(tmp_path).replay(lambda r: None)
+    assert not damage.torn and "CRC" in damage.reason and damage.after_segments == 3
+
+
+def test_a_cut_in_an_older_segment_is_not_a_torn_tail(tmp_path):
+    log = write_log(tmp_path, [1, 2, 3], rotate_at=(2,))
+    old = log.segments()[0][1]
+    old.write_bytes(old.read_bytes()[:-5])  # a torn frame, but more segments follow
+    last, damage = UpdateLog(tmp_path).replay(lambda r: None)
+    assert not damage.torn and "not the newest" in damage.reason
+
+
+def test_format_1_segments_are_read_and_appends_start_a_new_segment(tmp_path):
+    import struct
+    import zlib
+
+    from sjff_server.records import MAGIC_V1, encode_payload
+
+    blob = MAGIC_V1
+    for v in (1, 2):
+        p = encode_payload(record(v))
+        blob += struct.pack("<II", len(p), zlib.crc32(p)) + p
+    (tmp_path / f"{0:020d}.log").write_bytes(blob)
+    log = UpdateLog(tmp_path)
+    assert versions_in(log) == [1, 2]
+    log.open(2)
+    log.append([record(3)])
+    log.close()
+    assert [b for b, _ in log.segments()] == [0, 2] and versions_in(log) == [1, 2, 3]
+    # a torn v1 tail is still a torn tail; a v1 frame with a damaged length followed by intact frames is not
+    (tmp_path / f"{2:020d}.log").unlink()
+    first = len(MAGIC_V1) + 8 + len(encode_payload(record(1)))
+    data = bytearray(blob)
+    data[first + 1] ^= 0x01  # the length of record 2 grows by 256 bytes: it now runs past the end
+    (tmp_path / f"{0:020d}.log").write_bytes(bytes(data))
+    assert UpdateLog(tmp_path).replay(lambda r: None)[1].torn
+    data = bytearray(blob + blob[first:])  # ... unless an intact frame follows (version 2 again is found)
+    data[first + 1] ^= 0x01
+    (tmp_path / f"{0:020d}.log").write_bytes(bytes(data))
+    assert not UpdateLog(tmp_path).replay(lambda r: None)[1].torn
+
+
+def test_failed_sync_cuts_the_append_back(tmp_path, monkeypatch):
+    """fdatasync fails after the bytes were written: the segment is cut back, so the refused
+    records can never be replayed; if the cut fails too, the outcome is reported unknown."""
+    import sjff_server.durability as durability
+
+    log = UpdateLog(tmp_path)
+    log.open(0)
+    log.append([record(1)])
+    size = log.segments()[0][1].stat().st_size
+    calls = []
+
+    def failing_sync(fd):
+        calls.append(fd)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(durability, "_sync", failing_sync)
+    with pytest.raises(durability.StorageError, match="cut back"):
+        log.append([record(2), record(3)])
+    assert calls and log.segments()[0][1].stat().st_size == size
+    monkeypatch.setattr(durability.os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(OSError(5, "EIO")))
+    with pytest.raises(durability.OutcomeUnknown, match="may or may not be durable"):
+        log.append([record(2)])
+    monkeypatch.undo()
+    assert versions_in(UpdateLog(tmp_path))[:1] == [1]
+    with pytest.raises(durability.StorageError, match="not open"):  # the handle is not trusted any more
+        log.append([record(2)])
+
+
+def test_replay_streams_frames_instead_of_reading_segments(tmp_path):
+    """Recovery memory is one record, not one segment: replaying a 48 MB segment allocates a
+    few MB at most (tracemalloc counts numpy buffers too)."""
+    import tracemalloc
+
+    log = UpdateLog(tmp_path)
+    log.open(0)
+    rng = np.random.default_rng(0)
+    images = rng.random((64, 784), dtype=np.float32)
+    for v in range(1, 241):  # 240 records of 64 images: 48 MB in one segment
+        log.append([UpdateRecord(UPDATE, v, 0.0, v, 0.1, images, np.zeros(64, np.int64), np.ones(64, np.float32))])
+    log.close()
+    assert log.size_bytes() > 48e6
+    count = []
+    tracemalloc.start()
+    last, damage = UpdateLog(tmp_path).replay(lambda r: count.append(r.version))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert (last, damage, len(count)) == (240, None, 240)
+    assert peak < 4 * 64 * 784 * 4, peak  # a few records' worth, never the segment
 
 
 def test_snapshot_store_atomic_and_pruned(tmp_path):
@@ -242,10 +379,10 @@ def test_learner_rollback_and_state_at(sjff_models, mnist_samples, tmp_path):
     learner.recover()
     assert learner.published.version == 8
     # version 5 is still reachable through the log; version 7 (the rollback) equals version 2
-    five = learner._state_at(5)
+    five = learner.state.state_at(5)
     ref5 = replay(sjff_models, [(xs[i : i + 1], labels[i], i, None) for i in range(5)])
     np.testing.assert_array_equal(five.weights[0], ref5.weights[0])
-    np.testing.assert_array_equal(learner._state_at(7).weights[0], learner._state_at(2).weights[0])
+    np.testing.assert_array_equal(learner.state.state_at(7).weights[0], learner.state.state_at(2).weights[0])
     history = [(h[0], h[1]) for h in learner.history]
     assert history[-2:] == [(7, "rollback"), (8, "update")]
 
@@ -300,3 +437,226 @@ def test_storage_failure_stops_learning_but_keeps_the_durable_weights(sjff_model
     learner = make_learner(sjff_models, tmp_path / "s")
     learner.recover()
     assert learner.published.version == 3
+
+
+def test_failed_sync_is_not_applied_and_never_replayed(sjff_models, mnist_samples, tmp_path, monkeypatch):
+    """The fsync fails after the group's bytes were written: every update of the group is
+    answered "not applied", and a restart does not bring them back (they were cut off)."""
+    import sjff_server.durability as durability
+
+    images, labels = mnist_samples
+    xs = as_float(images[:10])
+    failed_models = []
+
+    async def run():
+        learner = make_learner(sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0)
+        learner.recover()
+        learner.on_failed = failed_models.append
+        await learner.start()
+        for i in range(3):
+            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        monkeypatch.setattr(durability, "_sync", lambda fd: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+        results = await asyncio.gather(
+            *[learner.learn(job(xs[i : i + 1], labels[i], seed=i)) for i in range(3, 7)], return_exceptions=True
+        )
+        monkeypatch.undo()
+        assert all(isinstance(r, RequestError) and r.code.name == "UNAVAILABLE" for r in results), results
+        assert any("not applied" in r.message for r in results)
+        assert learner.published.version == 3 and failed_models == [learner]
+        await learner.close(final_snapshot=False)
+
+    asyncio.run(run())
+    learner = make_learner(sjff_models, tmp_path / "s")
+    learner.recover()
+    assert learner.published.version == 3  # a retry now applies the update once, not twice
+
+
+def test_outcome_unknown_when_the_log_cannot_be_cut_back(sjff_models, mnist_samples, tmp_path, monkeypatch):
+    import sjff_server.durability as durability
+
+    images, labels = mnist_samples
+    xs = as_float(images[:4])
+
+    async def run():
+        learner = make_learner(sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0)
+        learner.recover()
+        await learner.start()
+        await learner.learn(job(xs[:1], labels[0], seed=0))
+        monkeypatch.setattr(durability, "_sync", lambda fd: (_ for _ in ()).throw(OSError(5, "EIO")))
+        monkeypatch.setattr(durability.os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(OSError(5, "EIO")))
+        with pytest.raises(RequestError) as err:
+            await learner.learn(job(xs[1:2], labels[1], seed=1))
+        monkeypatch.undo()
+        assert err.value.code.name == "UNKNOWN" and err.value.message.startswith("outcome unknown")
+        assert "ListVersions" in err.value.message and learner.failed is not None
+        with pytest.raises(RequestError) as err:
+            await learner.learn(job(xs[2:3], labels[2], seed=2))
+        assert err.value.code.name == "UNAVAILABLE"
+        await learner.close(final_snapshot=False)
+
+    asyncio.run(run())
+
+
+def test_a_writer_failure_fails_waiting_calls_at_once(sjff_models, mnist_samples, tmp_path):
+    """An unexpected error after a group's computation must not leave clients waiting for
+    their deadline: their calls fail at once and learning is marked failed."""
+    images, labels = mnist_samples
+    xs = as_float(images[:4])
+
+    async def run():
+        learner = make_learner(sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0)
+        learner.recover()
+        with pytest.raises(RequestError, match="not started"):
+            await learner.learn(job(xs[:1], labels[0], seed=0))
+        await learner.start()
+
+        def broken_settle(group, outcome):
+            raise RuntimeError("a bug")
+
+        learner._settle = broken_settle
+        with pytest.raises(RequestError) as err:
+            await asyncio.wait_for(learner.learn(job(xs[:1], labels[0], seed=0)), timeout=60)
+        assert err.value.code.name == "INTERNAL" and "internal error" in learner.failed
+        with pytest.raises(RequestError) as err:
+            await learner.learn(job(xs[1:2], labels[1], seed=1))
+        assert err.value.code.name == "UNAVAILABLE"
+        await learner.close(final_snapshot=False)
+
+    asyncio.run(run())
+
+
+def test_replay_is_checked_against_logged_digests(sjff_models, mnist_samples, tmp_path, monkeypatch):
+    """Digests logged every few versions make a replay that differs in the last bit (other
+    arithmetic) an error that says so, not silently other weights."""
+    from sjff_server.learning import ReplayMismatch
+    from sjff_server.snapshots import state_digest
+
+    images, labels = mnist_samples
+    xs = as_float(images[:12])
+
+    async def run():
+        learner = make_learner(sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0, digest_every=4)
+        learner.recover()
+        await learner.start()
+        for i in range(10):
+            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        version, digest = learner.weights_digest()
+        assert version == 10
+        assert digest == state_digest(learner.published.model.weights, learner.published.model.eligibility)
+        await learner.close(final_snapshot=False)
+        return digest
+
+    digest = asyncio.run(run())
+    kinds = [r.kind for r in UpdateLog(tmp_path / "s" / "log").records(0, 10)]
+    assert kinds.count(3) == 2  # digests at versions 4 and 8
+    learner = make_learner(sjff_models, tmp_path / "s")
+    learner.recover()  # the same arithmetic: the digests match
+    assert learner.weights_digest() == (10, digest)
+
+    from spikingjelly_ff.runtime.analog import AnalogModel
+
+    real_learn = AnalogModel.learn
+
+    def other_arithmetic(self, *args, **kw):
+        out = real_learn(self, *args, **kw)
+        self.weights[0][0, 0] = np.nextafter(self.weights[0][0, 0], np.float32(np.inf))
+        return out
+
+    monkeypatch.setattr(AnalogModel, "learn", other_arithmetic)
+    with pytest.raises(ReplayMismatch, match="at version 4.*arithmetic differs"):
+        make_learner(sjff_models, tmp_path / "s").recover()
+
+
+def test_segments_rotate_by_size_and_recover(sjff_models, mnist_samples, tmp_path):
+    images, labels = mnist_samples
+    xs = as_float(images[:40])
+
+    async def run():
+        learner = make_learner(
+            sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0, segment_bytes=1 << 16
+        )
+        learner.recover()
+        await learner.start()
+        for i in range(40):  # 40 x ~3.2 kB records: several 64 kB segments
+            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        weights = [w.copy() for w in learner.published.model.weights]
+        await learner.close(final_snapshot=False)
+        return weights
+
+    weights = asyncio.run(run())
+    log = UpdateLog(tmp_path / "s" / "log")
+    assert len(log.segments()) >= 2
+    assert all(p.stat().st_size < (1 << 16) + 4000 for _, p in log.segments())
+    learner = make_learner(sjff_models, tmp_path / "s")
+    learner.recover()
+    assert learner.published.version == 40
+    for a, b in zip(weights, learner.published.model.weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_recovery_refuses_damage_and_repair_cuts_it(sjff_models, mnist_samples, tmp_path):
+    """A damaged record in the newest segment: the model refuses to load (nothing changes on
+    disk); `sjff state repair --truncate` cuts after the last intact version; then it loads."""
+    from sjff_server.repair import main as repair_main
+
+    images, labels = mnist_samples
+    xs = as_float(images[:30])
+
+    async def run():
+        learner = make_learner(sjff_models, tmp_path / "state" / "mnist" / "1", snapshot_every=10)
+        learner.recover()
+        await learner.start()
+        for i in range(25):
+            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        await learner.close(final_snapshot=False)
+
+    asyncio.run(run())
+    state = tmp_path / "state" / "mnist" / "1"
+    newest = UpdateLog(state / "log").segments()[-1][1]  # versions 21..25
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    newest.write_bytes(bytes(data))
+    with pytest.raises(LogCorruption, match=r"byte \d+ of \d+.*versions 2\d\.\.25 are affected.*sjff state repair"):
+        make_learner(sjff_models, state).recover()
+    assert newest.read_bytes() == bytes(data)  # refused, not repaired
+    assert repair_main([str(tmp_path / "state"), "--model", "mnist"]) == 1  # report only
+    assert newest.read_bytes() == bytes(data)
+    assert repair_main([str(tmp_path / "state"), "--model", "mnist", "--truncate"]) == 0
+    learner = make_learner(sjff_models, state)
+    learner.recover()
+    assert 20 <= learner.published.version < 25
+    assert repair_main([str(tmp_path / "state"), "--model", "mnist"]) == 0
+
+
+def test_repair_of_an_old_segment_keeps_every_acknowledged_update(sjff_models, mnist_samples, tmp_path):
+    """Damage below an intact snapshot only costs history: repair drops the older segments and
+    snapshots, and the current version and weights stay."""
+    from sjff_server.repair import main as repair_main
+
+    images, labels = mnist_samples
+    xs = as_float(images[:30])
+
+    async def run():
+        learner = make_learner(sjff_models, tmp_path / "state" / "mnist" / "1", snapshot_every=10)
+        learner.recover()
+        await learner.start()
+        for i in range(25):
+            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        weights = [w.copy() for w in learner.published.model.weights]
+        await learner.close(final_snapshot=False)
+        return weights
+
+    weights = asyncio.run(run())
+    state = tmp_path / "state" / "mnist" / "1"
+    first = UpdateLog(state / "log").segments()[0][1]  # versions 1..10
+    data = bytearray(first.read_bytes())
+    data[100] ^= 0x01
+    first.write_bytes(bytes(data))
+    with pytest.raises(LogCorruption):
+        make_learner(sjff_models, state).recover()
+    assert repair_main([str(tmp_path / "state"), "--model", "mnist", "--truncate"]) == 0
+    learner = make_learner(sjff_models, state)
+    learner.recover()
+    assert learner.published.version == 25 and learner.oldest_restorable() == 10
+    for a, b in zip(weights, learner.published.model.weights):
+        np.testing.assert_array_equal(a, b)

@@ -1,150 +1,224 @@
-"""Durable learning state: an append-only update log plus atomic snapshots.
+"""The segmented, append-only update log of one model, and what recovery may repair.
 
 Layout of one model's state directory::
 
     artefact.json                 sha256 of the artefact the state belongs to
     log/<base:020d>.log           log segment: records of versions base+1, base+2, ...
-    snapshots/<version:020d>.npz  weights + eligibility of one version
+    snapshots/<version:020d>.npz  weights + eligibility of one version (snapshots.py)
 
-A log segment starts with the 8-byte magic ``SJFFLOG1`` and holds frames
-``<u32 length><u32 crc32> payload``. A payload is ``<u8 kind><u64 version><f64 unix time>``
-followed, for an update (kind 1), by ``<u64 seed><f64 eta><u32 n><u32 d>``, the images
-``[n, d]`` float32, the labels ``[n]`` int64 and the positive flags ``[n]`` uint8; for a
-rollback (kind 2) by ``<u64 restored version>``. All little-endian.
+A segment is a magic (``SJFFLOG2``; ``SJFFLOG1`` of earlier releases is still read) and
+frames (records.py). Appends are written and fdatasync'ed before an update is
+acknowledged (a group of updates shares one sync). A new segment starts at every snapshot
+and whenever the current one passes a size limit, so no file grows without bound.
 
-Appends are written and fdatasync'ed before an update is acknowledged (a group of updates
-shares one sync). A crash can leave a torn last frame, which recovery detects by its length
-or CRC and truncates: it was never acknowledged. Snapshots are written to a temporary file,
-fsync'ed, renamed into place and the directory fsync'ed, so a snapshot file is either
-complete or absent. A new segment starts at every snapshot, so replay from a snapshot reads
-one or a few segments.
+What may be repaired, as etcd's WAL does it: a crash can leave the newest segment ending
+inside a frame whose header is intact (or inside a header): that torn final write was
+never acknowledged, and recovery cuts it. Anything else — a checksum mismatch, a damaged
+header, a record out of sequence, damage in an older segment — is corruption: the model
+does not load, and the error names the file, the byte offset and the versions affected.
+Only an operator's explicit ``sjff state repair --truncate`` cuts it (:func:`repair`).
+If writing or syncing an append fails, the segment is cut back to where the append began
+before the failure is reported, so a refused update can never reappear on restart; if even
+that fails the outcome is unknown and :class:`OutcomeUnknown` says so.
+
+Reading streams one frame at a time: recovering a log of any size needs memory for one
+record, not for a segment.
 """
 
 from __future__ import annotations
 
-import json
+import mmap
 import os
 import struct
-import time
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
+from .records import (
+    FRAME_V1,
+    MAGIC,
+    MAGIC_V1,
+    MAX_PAYLOAD,
+    ROLLBACK,
+    UPDATE,
+    UpdateRecord,
+    decode_payload,
+    encode_record,
+    header_ok,
+    header_size,
+)
+from .snapshots import fsync_dir
 
 __all__ = [
+    "Damage",
     "LogCorruption",
-    "SnapshotInfo",
-    "SnapshotStore",
+    "OutcomeUnknown",
+    "SegmentScan",
+    "StorageError",
     "UpdateLog",
-    "UpdateRecord",
-    "decode_payload",
-    "encode_record",
-    "fsync_dir",
 ]
-
-MAGIC = b"SJFFLOG1"
-UPDATE, ROLLBACK = 1, 2
-_FRAME = struct.Struct("<II")
-_HEAD = struct.Struct("<BQd")
-_UPDATE = struct.Struct("<QdII")
-_ROLLBACK = struct.Struct("<Q")
-MAX_PAYLOAD = 1 << 30
-
-
-class LogCorruption(Exception):
-    """The log holds a bad record that is not a torn tail."""
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateRecord:
-    """One logged change: an update (images ``[n, d]`` float32, labels ``[n]`` int64,
-    positive ``[n]`` float32 0/1, the seed and eta used) or a rollback to ``restored``."""
-
-    kind: int
-    version: int
-    created: float
-    seed: int = 0
-    eta: float = 0.0
-    images: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    positive: np.ndarray | None = None
-    restored: int = 0
-
-    @property
-    def samples(self) -> int:
-        return 0 if self.labels is None else len(self.labels)
-
-
-def encode_record(r: UpdateRecord) -> bytes:
-    """The frame (header + payload) of a record."""
-    head = _HEAD.pack(r.kind, r.version, r.created)
-    if r.kind == UPDATE:
-        assert r.images is not None and r.labels is not None and r.positive is not None
-        n, d = r.images.shape
-        body = b"".join(
-            (
-                _UPDATE.pack(r.seed, r.eta, n, d),
-                np.ascontiguousarray(r.images, dtype="<f4").tobytes(),
-                np.ascontiguousarray(r.labels, dtype="<i8").tobytes(),
-                (np.asarray(r.positive) > 0.5).astype(np.uint8).tobytes(),
-            )
-        )
-    elif r.kind == ROLLBACK:
-        body = _ROLLBACK.pack(r.restored)
-    else:
-        raise ValueError(f"unknown record kind {r.kind}")
-    payload = head + body
-    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def decode_payload(payload: bytes) -> UpdateRecord:
-    """Inverse of :func:`encode_record` for the payload part (``ValueError`` if malformed)."""
-    if len(payload) < _HEAD.size:
-        raise ValueError("payload too short")
-    kind, version, created = _HEAD.unpack_from(payload)
-    off = _HEAD.size
-    if kind == UPDATE:
-        seed, eta, n, d = _UPDATE.unpack_from(payload, off)
-        off += _UPDATE.size
-        need = n * d * 4 + n * 8 + n
-        if len(payload) - off != need:
-            raise ValueError(f"update payload holds {len(payload) - off} bytes, expected {need}")
-        images = np.frombuffer(payload, dtype="<f4", count=n * d, offset=off).reshape(n, d)
-        off += n * d * 4
-        labels = np.frombuffer(payload, dtype="<i8", count=n, offset=off)
-        off += n * 8
-        positive = np.frombuffer(payload, dtype=np.uint8, count=n, offset=off).astype(np.float32)
-        return UpdateRecord(
-            UPDATE, version, created, seed, eta, images.astype(np.float32), labels.astype(np.int64), positive
-        )
-    if kind == ROLLBACK:
-        (restored,) = _ROLLBACK.unpack_from(payload, off)
-        return UpdateRecord(ROLLBACK, version, created, restored=restored)
-    raise ValueError(f"unknown record kind {kind}")
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that renames and new files in it are durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 _sync = getattr(os, "fdatasync", os.fsync)
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentScan:
-    """Result of reading one segment: records, where the valid data ends, and why it ended."""
+class StorageError(OSError):
+    """An append failed and was cut back: nothing of it is durable."""
 
-    records: list[UpdateRecord]
-    valid_end: int
+
+class OutcomeUnknown(OSError):
+    """An append failed and could not be cut back: its records may or may not be durable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """Where the readable part of a segment ends and why.
+
+    ``last_good`` is the newest intact version before ``offset``; ``later`` the first and
+    last versions of intact records found after the damage (None if none could be read);
+    ``after_segments`` the newest version held by later segments (0 if none)."""
+
+    path: Path
+    offset: int
+    reason: str
+    torn: bool
+    last_good: int
     size: int
-    error: str | None
+    later: tuple[int, int] | None = None
+    after_segments: int = 0
+
+    @property
+    def newest_affected(self) -> int | None:
+        newest = max(self.later[1] if self.later else 0, self.after_segments)
+        return newest if newest > self.last_good else None
+
+    def describe(self) -> str:
+        tail = self.size - self.offset
+        where = f"{self.path}: {self.reason} (byte {self.offset} of {self.size}; {tail} bytes from there on)"
+        newest = self.newest_affected
+        if newest is not None:
+            return f"{where}; versions {self.last_good + 1}..{newest} are affected"
+        return f"{where}; the intact log ends at version {self.last_good}, what follows could not be read"
+
+
+class LogCorruption(Exception):
+    """The log holds damage that is not a torn final write; ``damage`` says where."""
+
+    def __init__(self, message: str, damage: Damage | None = None) -> None:
+        super().__init__(message)
+        self.damage = damage
+
+
+class SegmentScan:
+    """The records of one segment, streamed and checked frame by frame (iterate it). After
+    the iteration ``damage`` is None for a clean segment; ``last`` is the newest version
+    read and ``valid_end`` the byte offset where the intact part ends."""
+
+    def __init__(self, path: Path, base: int) -> None:
+        self.path = Path(path)
+        self.base = base
+        self.last = base
+        self.valid_end = 0
+        self.size = 0
+        self.magic: bytes | None = None
+        self.damage: Damage | None = None
+
+    def _fail(self, offset: int, reason: str, torn: bool) -> None:
+        self.damage = Damage(self.path, offset, reason, torn, self.last, self.size)
+
+    def __iter__(self) -> Iterator[UpdateRecord]:
+        with open(self.path, "rb") as fh:
+            self.size = size = os.fstat(fh.fileno()).st_size
+            magic = fh.read(len(MAGIC))
+            if magic not in (MAGIC, MAGIC_V1):
+                torn = len(magic) < len(MAGIC) and (MAGIC.startswith(magic) or MAGIC_V1.startswith(magic))
+                self._fail(0, "torn segment header" if torn else "not a log segment (bad magic)", torn)
+                return
+            self.magic = magic
+            hsize = header_size(magic)
+            off = self.valid_end = len(magic)
+            while off < size:
+                header = fh.read(hsize)
+                if len(header) < hsize:
+                    self._fail(off, "the file ends inside a frame header", True)
+                    return
+                length, crc = FRAME_V1.unpack_from(header)
+                if magic == MAGIC and not header_ok(header):
+                    self._fail(off, "frame header checksum mismatch", False)
+                    return
+                if length > MAX_PAYLOAD:
+                    self._fail(off, f"frame claims {length} bytes, more than any record", False)
+                    return
+                start = off + hsize
+                if start + length > size:
+                    self._fail(off, f"the file ends inside a frame ({size - start} of its {length} bytes)", True)
+                    if magic == MAGIC_V1:  # no header checksum: torn only if nothing intact follows
+                        later = find_later(self.path, off, self.last, magic)
+                        if later is not None:
+                            self.damage = replace(
+                                self.damage, reason="frame length damaged (intact frames follow)", torn=False
+                            )
+                    return
+                payload = fh.read(length)
+                if len(payload) != length or zlib.crc32(payload) != crc:
+                    self._fail(off, "CRC mismatch", False)
+                    return
+                try:
+                    rec = decode_payload(payload)
+                except ValueError as exc:
+                    self._fail(off, f"bad record ({exc})", False)
+                    return
+                expected = self.last + 1 if rec.changes_state else self.last
+                if rec.version != expected:
+                    self._fail(off, f"record of version {rec.version} where version {expected} belongs", False)
+                    return
+                self.last = rec.version
+                off = self.valid_end = start + length
+                yield rec
+
+
+def _frame_at(mm: mmap.mmap, start: int, magic: bytes) -> tuple[UpdateRecord, int] | None:
+    """The intact record whose frame starts at ``start``, and its end; None if there is none."""
+    hsize = header_size(magic)
+    if start < len(magic) or start + hsize > len(mm):
+        return None
+    header = mm[start : start + hsize]
+    length, crc = FRAME_V1.unpack_from(header)
+    if (magic == MAGIC and not header_ok(header)) or start + hsize + length > len(mm):
+        return None
+    payload = mm[start + hsize : start + hsize + length]
+    if zlib.crc32(payload) != crc:
+        return None
+    try:
+        return decode_payload(payload), start + hsize + length
+    except ValueError:
+        return None
+
+
+def find_later(path: Path, offset: int, last_good: int, magic: bytes, tries: int = 64) -> tuple[int, int] | None:
+    """First and last versions of intact records after a damaged frame at ``offset``: looks
+    for the frame of each version ``last_good + 1 ... + tries`` (its kind and version bytes),
+    then walks the frames that follow. Only used to report damage."""
+    hsize = header_size(magic)
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size <= offset + hsize:
+            return None
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            for v in range(last_good + 1, last_good + 1 + tries):
+                for kind in (UPDATE, ROLLBACK):
+                    needle = struct.pack("<BQ", kind, v)
+                    pos = mm.find(needle, offset + 1)
+                    while pos != -1:
+                        found = _frame_at(mm, pos - hsize, magic)
+                        if found is not None and found[0].version == v:
+                            first = last = v
+                            end = found[1]
+                            while (nxt := _frame_at(mm, end, magic)) is not None:
+                                last = max(last, nxt[0].version)
+                                end = nxt[1]
+                            return first, last
+                        pos = mm.find(needle, pos + 1)
+    return None
 
 
 class UpdateLog:
@@ -155,6 +229,7 @@ class UpdateLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._fh = None
         self._base: int | None = None
+        self._size = 0
         self.bytes_written = 0
 
     # -- files ----------------------------------------------------------------------------
@@ -170,48 +245,37 @@ class UpdateLog:
         return sorted(out)
 
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for _, p in self.segments())
+        total = 0
+        for _, p in self.segments():
+            try:
+                total += p.stat().st_size
+            except OSError:  # pruned meanwhile
+                continue
+        return total
+
+    @property
+    def segment_bytes(self) -> int:
+        """Size of the segment being appended to."""
+        return self._size
 
     def _path(self, base: int) -> Path:
         return self.dir / f"{base:020d}.log"
 
-    @staticmethod
-    def scan(path: Path) -> SegmentScan:
-        """Read a segment up to its end or its first bad frame."""
-        data = path.read_bytes()
-        if not data.startswith(MAGIC):
-            if len(data) < len(MAGIC) and MAGIC.startswith(data):
-                return SegmentScan([], 0, len(data), "torn segment header")
-            return SegmentScan([], 0, len(data), "not a log segment (bad magic)")
-        off = len(MAGIC)
-        records: list[UpdateRecord] = []
-        while off < len(data):
-            if len(data) - off < _FRAME.size:
-                return SegmentScan(records, off, len(data), f"torn frame header at byte {off}")
-            length, crc = _FRAME.unpack_from(data, off)
-            start = off + _FRAME.size
-            if length > MAX_PAYLOAD or start + length > len(data):
-                return SegmentScan(records, off, len(data), f"torn or oversized frame at byte {off}")
-            payload = data[start : start + length]
-            if zlib.crc32(payload) != crc:
-                return SegmentScan(records, off, len(data), f"CRC mismatch at byte {off}")
-            try:
-                records.append(decode_payload(payload))
-            except ValueError as exc:
-                return SegmentScan(records, off, len(data), f"bad record at byte {off}: {exc}")
-            off = start + length
-        return SegmentScan(records, off, len(data), None)
-
-    def open(self, base: int) -> None:
-        """Append to the newest segment, or start segment ``base`` if there is none."""
+    def open(self, last_version: int) -> None:
+        """Append to the newest segment, or start one after ``last_version`` (also when the
+        newest segment is of the old format, which is only read)."""
         self.close()
         segs = self.segments()
         if segs:
             base, path = segs[-1]
-            self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for appends
-            self._base = base
-            return
-        self._start(base)
+            with open(path, "rb") as fh:
+                magic = fh.read(len(MAGIC))
+            if magic == MAGIC:
+                self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for appends
+                self._base = base
+                self._size = os.fstat(self._fh.fileno()).st_size
+                return
+        self._start(last_version)
 
     def _start(self, base: int) -> None:
         path = self._path(base)
@@ -224,24 +288,47 @@ class UpdateLog:
         fsync_dir(self.dir)
         self._fh = open(path, "ab", buffering=0)  # noqa: SIM115
         self._base = base
+        self._size = len(MAGIC)
 
     def rotate(self, base: int) -> None:
-        """Start a new segment for the versions after ``base`` (called after a snapshot)."""
+        """Start a new segment for the versions after ``base`` (after a snapshot, or when the
+        current segment is full)."""
         if self._base == base:
             return
         self.close()
         self._start(base)
 
     def append(self, records: list[UpdateRecord]) -> int:
-        """Write ``records`` and make them durable (one fdatasync). Returns bytes written."""
+        """Write ``records`` and make them durable (one fdatasync). Returns bytes written.
+
+        On failure the segment is cut back to where this append began and
+        :class:`StorageError` is raised (nothing of it is durable); if cutting back fails
+        too, :class:`OutcomeUnknown`."""
         if self._fh is None:
-            raise RuntimeError("the update log is not open")
+            raise StorageError("the update log is not open (an earlier storage error closed it)")
         blob = b"".join(encode_record(r) for r in records)
-        view = memoryview(blob)
-        while view:
-            n = self._fh.write(view)
-            view = view[n:]
-        _sync(self._fh.fileno())
+        fd = self._fh.fileno()
+        start = self._size
+        try:
+            view = memoryview(blob)
+            while view:
+                n = self._fh.write(view)
+                view = view[n:]
+            _sync(fd)
+        except BaseException as exc:
+            try:
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+            except OSError as cut:
+                self.close()
+                raise OutcomeUnknown(
+                    f"writing the update log failed ({exc}) and cutting it back failed too ({cut}): "
+                    "these updates may or may not be durable"
+                ) from exc
+            raise StorageError(
+                f"writing the update log failed ({exc}); it was cut back, nothing of this write is durable"
+            ) from exc
+        self._size = start + len(blob)
         self.bytes_written += len(blob)
         return len(blob)
 
@@ -253,44 +340,44 @@ class UpdateLog:
 
     # -- reading --------------------------------------------------------------------------
 
-    def repair(self) -> list[str]:
-        """Check every segment; truncate a torn tail of the newest one. Returns notes on what
-        was found. Raises :class:`LogCorruption` for damage that is not a torn tail."""
-        notes = []
+    def replay(self, apply: Callable[[UpdateRecord], None]) -> tuple[int | None, Damage | None]:
+        """One pass over every segment, oldest first, calling ``apply`` on each intact record.
+        Returns ``(newest intact version or None if the log is empty, first damage or None)``;
+        the pass stops at the first damage (with ``after_segments`` filled in)."""
         segs = self.segments()
-        for i, (_, path) in enumerate(segs):
-            scan = self.scan(path)
-            if scan.error is None:
-                continue
-            last = i == len(segs) - 1
-            if not last:
-                raise LogCorruption(f"{path}: {scan.error} (not the newest segment)")
-            if scan.valid_end == 0:
-                if scan.error != "torn segment header":
-                    raise LogCorruption(f"{path}: {scan.error}")
-                # an interrupted segment start: nothing was ever acknowledged in it
-                notes.append(f"{path.name}: {scan.error}; segment removed")
-                path.unlink()
-                continue
-            with open(path, "r+b") as fh:
-                fh.truncate(scan.valid_end)
-                fh.flush()
-                os.fsync(fh.fileno())
-            notes.append(
-                f"{path.name}: {scan.error}; truncated {scan.size - scan.valid_end} bytes of an unacknowledged write"
-            )
-        return notes
+        last: int | None = None
+        for i, (base, path) in enumerate(segs):
+            if last is not None and base != last:
+                why = f"the segment holds versions after {base} but the previous one ends at version {last}"
+                d = Damage(path, 0, why, False, last, 0)
+                return last, self._with_later_segments(d, segs[i + 1 :])
+            scan = SegmentScan(path, base)
+            for rec in scan:
+                apply(rec)
+            last = scan.last
+            if scan.damage is not None:
+                damage = scan.damage
+                if damage.torn and i < len(segs) - 1:
+                    damage = replace(damage, torn=False, reason=f"{damage.reason}, in a segment that is not the newest")
+                if not damage.torn:
+                    later = find_later(path, damage.offset, damage.last_good, scan.magic or MAGIC)
+                    damage = replace(damage, later=later)
+                return last, self._with_later_segments(damage, segs[i + 1 :])
+        return last, None
 
-    def last_version(self) -> int | None:
-        """Version of the newest record, or None for an empty log."""
-        for _, path in reversed(self.segments()):
-            recs = self.scan(path).records
-            if recs:
-                return recs[-1].version
-        return None
+    @staticmethod
+    def _with_later_segments(damage: Damage, later: list[tuple[int, Path]]) -> Damage:
+        newest = 0
+        for base, path in later:
+            scan = SegmentScan(path, base)
+            for _ in scan:
+                pass
+            newest = max(newest, scan.last)
+        return replace(damage, after_segments=newest)
 
     def records(self, after: int, upto: int) -> Iterator[UpdateRecord]:
-        """Records with ``after < version <= upto``, in order (from the segments that hold them)."""
+        """Records with ``after < version <= upto``, in order, streamed from the segments that
+        hold them (digest records of those versions included)."""
         segs = self.segments()
         start = 0
         for i, (base, _) in enumerate(segs):
@@ -299,85 +386,40 @@ class UpdateLog:
         for base, path in segs[start:]:
             if base >= upto:
                 break
-            for r in self.scan(path).records:
+            scan = SegmentScan(path, base)
+            for r in scan:
                 if r.version > upto:
                     return
                 if r.version > after:
                     yield r
+            if scan.damage is not None and not scan.damage.torn:
+                raise LogCorruption(scan.damage.describe(), scan.damage)
+
+    def cut_torn(self, damage: Damage) -> str:
+        """Cut a torn final write (the only repair recovery makes on its own); returns a note."""
+        if not damage.torn:
+            raise LogCorruption(damage.describe(), damage)
+        if damage.offset < len(MAGIC):
+            damage.path.unlink()  # an interrupted segment start: nothing was ever written to it
+        else:
+            self.cut(damage.path, damage.offset)
+        return (
+            f"{damage.path.name}: {damage.reason}; cut {damage.size - damage.offset} bytes of a torn final write "
+            f"(never acknowledged); the log ends at version {damage.last_good}"
+        )
+
+    def cut(self, path: Path, offset: int) -> None:
+        """Truncate segment ``path`` to ``offset`` bytes, durably."""
+        with open(path, "r+b") as fh:
+            fh.truncate(offset)
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(self.dir)
 
     def prune(self, keep_from: int) -> None:
         """Delete segments that only hold versions <= ``keep_from``."""
         segs = self.segments()
+        current = self._path(self._base) if self._base is not None else None
         for (_, path), nxt in zip(segs, segs[1:]):
-            if nxt[0] <= keep_from and path != (self._path(self._base) if self._base is not None else None):
+            if nxt[0] <= keep_from and path != current:
                 path.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotInfo:
-    version: int
-    path: Path
-    created: float
-    bytes: int
-
-
-class SnapshotStore:
-    """Atomic ``.npz`` snapshots of a model's weights and eligibility traces."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.dir.glob("*.part"):
-            stale.unlink(missing_ok=True)
-
-    def list(self) -> list[SnapshotInfo]:
-        """Every snapshot, oldest first."""
-        out = []
-        for p in self.dir.glob("*.npz"):
-            try:
-                version = int(p.stem)
-                st = p.stat()
-            except (ValueError, OSError):
-                continue
-            out.append(SnapshotInfo(version, p, st.st_mtime, st.st_size))
-        return sorted(out, key=lambda s: s.version)
-
-    def write(self, version: int, weights: list[np.ndarray], eligibility: list[np.ndarray], meta: dict) -> SnapshotInfo:
-        """Write a snapshot atomically: temp file, fsync, rename, fsync directory."""
-        path = self.dir / f"{version:020d}.npz"
-        tmp = path.with_name(path.name + ".part")
-        arrays = {f"w{i}": w for i, w in enumerate(weights)}
-        arrays.update({f"e{i}": e for i, e in enumerate(eligibility)})
-        info = {**meta, "version": version, "created": time.time(), "layers": len(weights)}
-        arrays["meta"] = np.array(json.dumps(info, sort_keys=True))
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(self.dir)
-        st = path.stat()
-        return SnapshotInfo(version, path, st.st_mtime, st.st_size)
-
-    @staticmethod
-    def read(path: Path) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
-        """``(meta, weights, eligibility)`` of a snapshot (``ValueError`` if unreadable)."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                n = int(meta["layers"])
-                weights = [np.array(z[f"w{i}"], dtype=np.float32) for i in range(n)]
-                elig = [np.array(z[f"e{i}"], dtype=np.float32) for i in range(n)]
-        except Exception as exc:  # noqa: BLE001 - zip, JSON, key and OS errors all mean unusable
-            raise ValueError(f"{path}: unreadable snapshot ({type(exc).__name__}: {exc})") from exc
-        return meta, weights, elig
-
-    def prune(self, keep: int) -> int | None:
-        """Keep the newest ``keep`` snapshots. Returns the oldest kept version if any snapshot
-        was deleted (the log before it can go too), else None."""
-        snaps = self.list()
-        if len(snaps) <= keep:
-            return None
-        for s in snaps[: len(snaps) - keep]:
-            s.path.unlink(missing_ok=True)
-        return snaps[len(snaps) - keep].version

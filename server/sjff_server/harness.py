@@ -37,6 +37,7 @@ class ServerProcess:
         log_path: str | os.PathLike | None = None,
         startup_timeout: float = 90.0,
         python: str = sys.executable,
+        file_size_limit: int | None = None,
     ) -> None:
         self.repo = Path(model_repository)
         self.state_dir = Path(state_dir) if state_dir else None
@@ -49,6 +50,7 @@ class ServerProcess:
         self.ready_file = Path(self._tmp.name) / "ready.json"
         self.startup_timeout = startup_timeout
         self.python = python
+        self.file_size_limit = file_size_limit  # RLIMIT_FSIZE of the child: makes writes fail (EFBIG)
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
@@ -81,7 +83,20 @@ class ServerProcess:
         else:
             env = dict(self.env)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
-        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        limit = self.file_size_limit
+
+        def limits() -> None:  # runs in the child before exec
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=limits if limit is not None else None,  # noqa: PLW1509 - only a setrlimit
+        )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.ready_file.exists():
@@ -125,11 +140,12 @@ class ServerProcess:
             self.proc.wait()
         self._reap()
 
-    def restart(self) -> ServerProcess:
+    def restart(self, file_size_limit: int | None = None) -> ServerProcess:
         """Start again on new ports with the same repository and state."""
         if self.alive():
             self.stop()
         self.proc = None
+        self.file_size_limit = file_size_limit
         return self.start()
 
     def _reap(self) -> None:

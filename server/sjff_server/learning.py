@@ -11,22 +11,26 @@
   (replay is deterministic), so the model is unchanged by it and nothing is logged.
 - Two stages overlap: while one group's records are being written and fsync'ed (the I/O
   thread), the next group is computed (the compute thread) on top of the first group's
-  weights; groups are still made durable, published and acknowledged strictly in order, and
-  if a sync fails every later group is failed too (and learning stops).
-- Snapshots are taken every ``snapshot_every`` updates, every ``snapshot_interval_s``
-  seconds (if anything changed), on demand and at shutdown. Restart loads the newest
-  snapshot and replays the log after it.
+  weights; groups are still made durable, published and acknowledged strictly in order.
+- A storage error stops learning (inference goes on): if the log could be cut back, the
+  group is answered "not applied" (UNAVAILABLE); if not, "outcome unknown" (UNKNOWN), and
+  the client checks ListVersions or retries with ``expected_version``. Any unexpected
+  error of the writer also stops learning and fails every waiting call at once.
+- Every ``digest_every`` versions a digest of the weights is logged with the group, so
+  replay on restart is checked bit for bit (state.py). Snapshots are taken every
+  ``snapshot_every`` updates, every ``snapshot_interval_s`` seconds (if anything changed),
+  on demand and at shutdown; the log starts a new segment at each snapshot and whenever a
+  segment passes ``segment_bytes``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,25 +39,16 @@ from typing import Any
 import grpc
 import numpy as np
 
-from .durability import ROLLBACK, UPDATE, LogCorruption, SnapshotInfo, SnapshotStore, UpdateLog, UpdateRecord
+from .durability import OutcomeUnknown, StorageError
 from .engine import Engine, Published
 from .errors import RequestError
+from .records import DIGEST, ROLLBACK, UPDATE, UpdateRecord
+from .snapshots import SnapshotInfo, state_digest
+from .state import ModelState, NotRestorable, ReplayMismatch, StateMismatch, file_sha256
 
-__all__ = ["LearnJob", "LearnOptions", "Learner", "StateMismatch", "file_sha256"]
+__all__ = ["LearnJob", "LearnOptions", "Learner", "ReplayMismatch", "StateMismatch", "file_sha256"]
 
 log = logging.getLogger("sjff_server.learning")
-
-
-class StateMismatch(Exception):
-    """The state directory belongs to a different artefact than the one in the repository."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -66,6 +61,19 @@ class LearnOptions:
     keep_snapshots: int = 10
     max_queue: int = 4096
     reset_changed: bool = False
+    segment_bytes: int = 64 << 20
+    digest_every: int = 100
+
+    def __post_init__(self) -> None:
+        for name, low in (("max_group", 1), ("max_queue", 1), ("keep_snapshots", 1), ("segment_bytes", 1 << 16)):
+            if getattr(self, name) < low:
+                raise ValueError(f"LearnOptions.{name} must be at least {low}, got {getattr(self, name)}")
+        for name in ("snapshot_every", "digest_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LearnOptions.{name} must be >= 0 (0: never), got {getattr(self, name)}")
+        if not (math.isfinite(self.snapshot_interval_s) and self.snapshot_interval_s >= 0):
+            got = self.snapshot_interval_s
+            raise ValueError(f"LearnOptions.snapshot_interval_s must be finite and >= 0, got {got}")
 
 
 @dataclass(slots=True)
@@ -104,13 +112,21 @@ class _Stats:
 @dataclass(slots=True)
 class _Staged:
     """A computed group: its new weights (not yet durable), the log records of its accepted
-    updates, and per job (version, log-odds) or the RequestError that refused it."""
+    updates (and digest), and per job (version, log-odds) or the RequestError that refused it."""
 
     published: Published | None
     records: list[UpdateRecord]
     results: list
     snapshot: SnapshotInfo | None = None
     sync_s: float = 0.0
+
+
+def _unavailable(why: str) -> RequestError:
+    return RequestError(grpc.StatusCode.UNAVAILABLE, why)
+
+
+def _internal(exc: BaseException) -> RequestError:
+    return RequestError(grpc.StatusCode.INTERNAL, f"learning stopped by an internal error ({type(exc).__name__})")
 
 
 class Learner:
@@ -130,146 +146,68 @@ class Learner:
         self.name = name
         self.repo_version = version
         self.engine = engine
-        self._base = model  # pristine artefact weights (never mutated)
         self.default_eta = float(model.eta if hasattr(model, "eta") else model.learn_spec.eta)
-        self.artefact = Path(artefact)
-        self.dir = Path(state_dir)
         self.options = options
         self.metrics = metrics
+        self.state = ModelState(name, version, model, artefact, state_dir, engine.kind)
         self.published: Published = engine.publish(0, model)
-        self.log = UpdateLog(self.dir / "log")
-        self.snapshots = SnapshotStore(self.dir / "snapshots")
-        self.sha256 = ""
         self.history: deque[tuple[int, str, float, int, int]] = deque(maxlen=10000)
         self.stats = _Stats()
         self._last_snapshot = -1
-        self._last_snapshot_time = time.monotonic()
         self._queue: deque[LearnJob | _Control] = deque()
         self._wake: asyncio.Event | None = None
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"learn-{name}-{version}")
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"log-{name}-{version}")
         self._head: Published | None = None  # newest computed weights (durable or about to be)
+        self._inflight: deque[asyncio.Future] = deque()  # durability stages, oldest first
         self._writer: asyncio.Task | None = None
         self._timer: asyncio.Task | None = None
         self._closing = False
+        self._digest: tuple[int, str] | None = None
         self.failed: str | None = None
+        self.on_failed: Callable[[Learner], None] | None = None
 
-    # -- recovery (synchronous, at startup) -------------------------------------------------
+    # -- files (see state.py) ---------------------------------------------------------------
+
+    @property
+    def log(self):
+        return self.state.log
+
+    @property
+    def snapshots(self):
+        return self.state.snapshots
+
+    @property
+    def sha256(self) -> str:
+        return self.state.sha256
 
     def recover(self) -> list[str]:
-        """Load the newest snapshot and replay the log after it. Returns notes for the log."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.sha256 = file_sha256(self.artefact)
-        marker = self.dir / "artefact.json"
-        notes: list[str] = []
-        if marker.exists():
-            old = json.loads(marker.read_text()).get("sha256")
-            if old != self.sha256:
-                if not self.options.reset_changed:
-                    raise StateMismatch(
-                        f"{self.dir} holds learning state of another artefact (sha256 {str(old)[:12]}..., "
-                        "the repository "
-                        f"has {self.sha256[:12]}...); put a changed model in a new version directory, or start with "
-                        "--reset-changed-models to archive the old state"
-                    )
-                archive = self.dir.with_name(f"{self.dir.name}.archived-{time.strftime('%Y%m%dT%H%M%S')}")
-                self.dir.rename(archive)
-                notes.append(f"artefact changed: old learning state archived to {archive}")
-                self.dir.mkdir(parents=True)
-                self.log = UpdateLog(self.dir / "log")
-                self.snapshots = SnapshotStore(self.dir / "snapshots")
-        if not marker.exists():
-            tmp = marker.with_name(marker.name + ".part")
-            tmp.write_text(
-                json.dumps(
-                    {
-                        "sha256": self.sha256,
-                        "artefact": str(self.artefact),
-                        "model": self.name,
-                        "version": self.repo_version,
-                    }
-                )
-            )
-            tmp.replace(marker)
-        notes += self.log.repair()
-        snaps = self.snapshots.list()
-        latest = max([s.version for s in snaps] + [self.log.last_version() or 0])
-        model = self._state_at(latest)
-        self.log.open(latest)
-        if snaps and snaps[-1].version == latest:
-            self.log.rotate(latest)
-        self._last_snapshot = max((s.version for s in snaps if s.version <= latest), default=-1)
-        self.published = self.engine.publish(latest, model)
-        for r in self.log.records(max(0, latest - self.history.maxlen), latest):
-            self.history.append(
-                (r.version, "update" if r.kind == UPDATE else "rollback", r.created, r.samples, r.restored)
-            )
-        if latest:
-            notes.append(f"resumed at version {latest}")
-        return notes
-
-    def _load_snapshot(self, info: SnapshotInfo) -> Any:
-        meta, weights, elig = SnapshotStore.read(info.path)
-        if meta.get("artefact_sha256") != self.sha256:
-            raise ValueError(f"{info.path}: snapshot of another artefact")
-        if [w.shape for w in weights] != [w.shape for w in self._base.weights] or [e.shape for e in elig] != [
-            w.shape for w in self._base.weights
-        ]:
-            raise ValueError(f"{info.path}: shapes do not match the model")
-        if not all(np.isfinite(a).all() for a in (*weights, *elig)):
-            raise ValueError(f"{info.path}: non-finite values")
-        model = self._base.copy()
-        model.weights = weights
-        model.eligibility = elig
-        return model
+        """Load the newest snapshot and replay the log after it (synchronous, at startup).
+        Returns notes for the log; torn-tail cuts and skipped snapshots are logged as warnings."""
+        rec = self.state.recover(self.options.reset_changed)
+        for w in rec.warnings:
+            log.warning(w, extra={"model": self.name, "version": self.repo_version})
+        self.published = self.engine.publish(rec.version, rec.model)
+        self.history = rec.history
+        self._last_snapshot = rec.last_snapshot
+        return rec.notes
 
     def oldest_restorable(self) -> int:
-        segs = self.log.segments()
-        candidates = [s.version for s in self.snapshots.list()]
-        if segs and segs[0][0] == 0:
-            candidates.append(0)
-        if not candidates:
-            return self.published.version
-        return min(candidates)
+        return self.state.oldest_restorable(self.published.version)
 
-    def _state_at(self, v: int, depth: int = 0) -> Any:
-        """The model (a private copy) as it was at version ``v``: newest usable snapshot <= v
-        plus the logged changes after it."""
-        if depth > 64:
-            raise LogCorruption("rollback chain too deep")
-        model, cur = None, 0
-        for info in reversed([s for s in self.snapshots.list() if s.version <= v]):
-            try:
-                model, cur = self._load_snapshot(info), info.version
-                break
-            except ValueError as exc:
-                log.warning("skipping snapshot", extra={"model": self.name, "error": str(exc)})
-        if model is None:
-            segs = self.log.segments()
-            if v > 0 and not (segs and segs[0][0] == 0):
-                raise RequestError(
-                    grpc.StatusCode.OUT_OF_RANGE,
-                    f"version {v} is no longer restorable (oldest: {self.oldest_restorable()})",
-                )
-            model, cur = self._base.copy(), 0
-        for r in self.log.records(cur, v):
-            if r.version != cur + 1:
-                raise LogCorruption(f"{self.dir}: update log misses version {cur + 1} (next record is {r.version})")
-            if r.kind == UPDATE:
-                with np.errstate(all="ignore"):
-                    model.learn(r.images, r.labels, r.positive, seed=r.seed, eta=r.eta)
-            elif r.kind == ROLLBACK:
-                model = self._state_at(r.restored, depth + 1)
-            cur = r.version
-        if cur != v:
-            raise LogCorruption(f"{self.dir}: cannot rebuild version {v}: the log ends at version {cur}")
-        return model
+    def weights_digest(self) -> tuple[int, str]:
+        """``(version, sha256)`` of the published weights and eligibility traces."""
+        pub = self.published
+        if self._digest is None or self._digest[0] != pub.version:
+            self._digest = (pub.version, state_digest(pub.model.weights, pub.model.eligibility))
+        return self._digest
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name=f"learner-{self.name}")
+        self._writer.add_done_callback(self._writer_done)
         if self.options.snapshot_interval_s > 0:
             self._timer = asyncio.create_task(self._snapshot_timer(), name=f"snapshots-{self.name}")
         if self.metrics is not None:
@@ -281,14 +219,14 @@ class Learner:
         if self._timer is not None:
             self._timer.cancel()
         if self._writer is not None and not self._writer.done():
-            loop = asyncio.get_running_loop()
-            done = loop.create_future()
+            done = asyncio.get_running_loop().create_future()
             self._queue.append(_Control("stop", final_snapshot, done))
             self._wake.set()
-            await asyncio.shield(done)
-            await self._writer
+            await asyncio.wait([done, self._writer], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([self._writer])
         self._compute.shutdown(wait=True)
         self._io.shutdown(wait=True)
+        self.state.log.close()
 
     async def _snapshot_timer(self) -> None:
         while True:
@@ -297,13 +235,38 @@ class Learner:
                 self._queue.append(_Control("snapshot", False, None))
                 self._wake.set()
 
+    def _stop_learning(self, why: str, exc: BaseException) -> None:
+        """Learning is over for this model: fail everything that waits, tell health/metrics."""
+        if self.failed is None:
+            self.failed = why
+            log.error("learning stopped", extra={"model": self.name, "version": self.repo_version, "error": why})
+            if self.metrics is not None:
+                self.metrics.learning_stopped(self.name, self.repo_version)
+            if self.on_failed is not None:
+                self.on_failed(self)
+        self._head = None
+        self._fail_queue(exc)
+
+    def _writer_done(self, task: asyncio.Task) -> None:
+        """Supervision: a writer that dies of an unexpected error must not leave calls waiting."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("learning writer failed", exc_info=exc, extra={"model": self.name})
+        err = _internal(exc)
+        self._stop_learning(f"internal error: {type(exc).__name__}: {exc}", err)
+        for fut in self._inflight:
+            fut.cancel()
+
     # -- requests ---------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closing:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            raise _unavailable("the server is shutting down")
         if self.failed is not None:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"learning is stopped for {self.name}: {self.failed}")
+            raise _unavailable(f"learning is stopped for {self.name}: {self.failed}")
+        if self._wake is None:
+            raise _unavailable(f"learning of {self.name} has not started yet; retry")
 
     async def learn(self, job: LearnJob) -> tuple[int, np.ndarray]:
         """Queue one update; returns ``(new version, log-odds before [n])`` once it is durable."""
@@ -336,7 +299,7 @@ class Learner:
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        inflight: deque[asyncio.Future] = deque()  # durability stages, oldest first
+        inflight = self._inflight
         while True:
             while inflight and inflight[0].done():
                 inflight.popleft()
@@ -347,35 +310,17 @@ class Learner:
             head = self._queue[0]
             if isinstance(head, _Control):
                 self._queue.popleft()
-                await self._drain(inflight)
+                await self._drain()
                 if head.kind == "stop":
-                    self._fail_queue(RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down"))
-                    try:
-                        if head.arg and self.failed is None and self.published.version > max(self._last_snapshot, 0):
-                            await loop.run_in_executor(self._io, self._do_snapshot, self.published, False)
-                    except Exception as exc:  # noqa: BLE001 - reported, shutdown goes on
-                        log.error("final snapshot failed", extra={"model": self.name, "error": repr(exc)})
-                    finally:
-                        await loop.run_in_executor(self._io, self.log.close)
-                        head.future.set_result(None)
+                    await self._stop(head, loop)
                     return
                 await self._run_control(head, loop)
                 continue
-            group: list[LearnJob] = []
-            now = time.monotonic()
-            while self._queue and isinstance(self._queue[0], LearnJob) and len(group) < self.options.max_group:
-                job = self._queue.popleft()
-                if job.future.done():  # the caller went away before it started: not applied
-                    continue
-                if job.deadline is not None and now > job.deadline:
-                    msg = "deadline exceeded before the update was applied"
-                    job.future.set_exception(RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, msg))
-                    continue
-                group.append(job)
+            group = self._take_group()
             if not group:
                 continue
             if self.failed is not None:
-                self._fail(group, RequestError(grpc.StatusCode.UNAVAILABLE, f"learning is stopped: {self.failed}"))
+                self._fail(group, _unavailable(f"learning is stopped: {self.failed}"))
                 continue
             if len(inflight) >= 2:  # at most one group syncing while the next one is computed
                 await asyncio.wait([inflight[0]])
@@ -391,48 +336,85 @@ class Learner:
             prev = inflight[-1] if inflight else None
             inflight.append(asyncio.ensure_future(self._make_durable(staged, group, prev)))
 
-    async def _drain(self, inflight: deque) -> None:
+    def _take_group(self) -> list[LearnJob]:
+        group: list[LearnJob] = []
+        now = time.monotonic()
+        while self._queue and isinstance(self._queue[0], LearnJob) and len(group) < self.options.max_group:
+            job = self._queue.popleft()
+            if job.future.done():  # the caller went away before it started: not applied
+                continue
+            if job.deadline is not None and now > job.deadline:
+                msg = "deadline exceeded before the update was applied"
+                job.future.set_exception(RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, msg))
+                continue
+            group.append(job)
+        return group
+
+    async def _stop(self, head: _Control, loop: asyncio.AbstractEventLoop) -> None:
+        self._fail_queue(_unavailable("the server is shutting down"))
+        try:
+            if head.arg and self.failed is None and self.published.version > max(self._last_snapshot, 0):
+                await loop.run_in_executor(self._io, self._do_snapshot, self.published, False)
+        except Exception as exc:  # noqa: BLE001 - reported, shutdown goes on
+            log.error("final snapshot failed", extra={"model": self.name, "error": repr(exc)})
+        finally:
+            await loop.run_in_executor(self._io, self.state.log.close)
+            head.future.set_result(None)
+
+    async def _drain(self) -> None:
         """Wait until every computed group is durable (or failed)."""
-        if inflight:
-            await asyncio.wait(list(inflight))
-            inflight.clear()
+        if self._inflight:
+            await asyncio.wait(list(self._inflight))
+            self._inflight.clear()
         self._head = None
 
     async def _make_durable(self, staged: _Staged, group: list[LearnJob], prev: asyncio.Future | None) -> None:
         """Write + sync the group's records (after the previous group's), then publish and answer."""
-        if prev is not None:
-            await asyncio.wait([prev])
-        if staged.records:
-            if self.failed is not None:  # an earlier group's sync failed: this one built on it
-                staged.results = [
-                    r
-                    if isinstance(r, RequestError)
-                    else RequestError(grpc.StatusCode.UNAVAILABLE, f"update not applied: {self.failed}")
-                    for r in staged.results
-                ]
-                staged.published = None
-            else:
-                try:
-                    staged.sync_s, staged.snapshot = await asyncio.get_running_loop().run_in_executor(
-                        self._io, self._persist, staged
-                    )
-                except Exception as exc:  # noqa: BLE001 - storage failure: stop learning, keep serving
-                    self.failed = f"{type(exc).__name__}: {exc}"
-                    log.error(
-                        "learning stopped after a storage error", extra={"model": self.name, "error": self.failed}
-                    )
-                    self._head = None
-                    self._fail_queue(RequestError(grpc.StatusCode.UNAVAILABLE, f"learning is stopped: {self.failed}"))
-                    staged.results = [
-                        r
-                        if isinstance(r, RequestError)
-                        else RequestError(grpc.StatusCode.UNAVAILABLE, f"update not applied: {self.failed}")
-                        for r in staged.results
-                    ]
-                    staged.published = None
-                else:
-                    self.published = staged.published  # the swap: inference sees the whole group at once
-        self._settle(group, staged)
+        try:
+            if prev is not None:
+                await asyncio.wait([prev])
+            if staged.records:
+                await self._persist_group(staged)
+            self._settle(group, staged)
+        except BaseException as exc:  # supervision: nobody may be left waiting
+            err = _internal(exc)
+            self._fail(group, err)
+            if not isinstance(exc, asyncio.CancelledError):
+                log.error("learning group failed after its computation", exc_info=exc, extra={"model": self.name})
+                self._stop_learning(f"internal error: {type(exc).__name__}: {exc}", err)
+            raise
+
+    async def _persist_group(self, staged: _Staged) -> None:
+        def refuse(err: RequestError) -> None:
+            staged.results = [r if isinstance(r, RequestError) else err for r in staged.results]
+            staged.published = None
+
+        if self.failed is not None:  # an earlier group's sync failed: this one built on it
+            refuse(_unavailable(f"update not applied: {self.failed}"))
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            staged.sync_s = await loop.run_in_executor(self._io, self._append, staged)
+        except OutcomeUnknown as exc:
+            msg = (
+                f"outcome unknown: {exc}. Check ListVersions (current_version) before retrying, or retry "
+                "with expected_version"
+            )
+            self._stop_learning(str(exc), _unavailable(f"learning is stopped: {exc}"))
+            refuse(RequestError(grpc.StatusCode.UNKNOWN, msg))
+            return
+        except Exception as exc:  # noqa: BLE001 - StorageError and anything else before the sync: not applied
+            why = f"{type(exc).__name__}: {exc}"
+            self._stop_learning(why, _unavailable(f"learning is stopped: {why}"))
+            refuse(_unavailable(f"update not applied: {why}"))
+            return
+        self.published = staged.published  # the swap: inference sees the whole group at once
+        # durable and published: what follows must never turn it into "not applied"
+        try:
+            staged.snapshot = await loop.run_in_executor(self._io, self._after_append, staged.published)
+        except Exception as exc:  # noqa: BLE001 - the updates are durable; later appends fail safely
+            why = f"{type(exc).__name__}: {exc}"
+            self._stop_learning(why, _unavailable(f"learning is stopped: {why}"))
 
     def _fail(self, jobs: list, exc: Exception) -> None:
         for j in jobs:
@@ -471,46 +453,51 @@ class Learner:
             st.last_update = now
         if outcome.snapshot is not None:
             self._last_snapshot = outcome.snapshot.version
-            self._last_snapshot_time = time.monotonic()
         if self.metrics is not None and accepted:
             self.metrics.learn_group(self.name, self.repo_version, accepted, outcome.sync_s, self.published.version)
 
     async def _run_control(self, c: _Control, loop: asyncio.AbstractEventLoop) -> None:
         try:
             if self.failed is not None:
-                raise RequestError(grpc.StatusCode.UNAVAILABLE, f"learning is stopped: {self.failed}")
+                raise _unavailable(f"learning is stopped: {self.failed}")
             if c.kind == "snapshot":
                 info, exported = await loop.run_in_executor(self._io, self._do_snapshot, self.published, bool(c.arg))
-                self._last_snapshot = info.version
-                self._last_snapshot_time = time.monotonic()
                 result: Any = (info, exported)
             elif c.kind == "rollback":
                 pub, restored = await loop.run_in_executor(self._io, self._do_rollback, self.published, c.arg)
                 self.published = pub
-                self._last_snapshot = pub.version
                 self.history.append((pub.version, "rollback", time.time(), 0, restored))
                 if self.metrics is not None:
                     self.metrics.version(self.name, self.repo_version, pub.version)
                 result = (pub.version, restored)
             else:
                 raise ValueError(f"unknown control {c.kind}")
+        except (StorageError, OutcomeUnknown) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            self._stop_learning(why, _unavailable(f"learning is stopped: {why}"))
+            code = grpc.StatusCode.UNKNOWN if isinstance(exc, OutcomeUnknown) else grpc.StatusCode.UNAVAILABLE
+            self._answer_control(c, RequestError(code, f"{c.kind} failed: {exc}"))
+            return
         except Exception as exc:  # noqa: BLE001 - handed to the caller
-            if c.future is not None and not c.future.done():
-                c.future.set_exception(exc)
-            elif c.future is None:
-                log.error("background snapshot failed", extra={"model": self.name, "error": repr(exc)})
+            self._answer_control(c, exc)
             return
         if c.future is not None and not c.future.done():
             c.future.set_result(result)
 
-    # -- work on the learner thread ---------------------------------------------------------
+    def _answer_control(self, c: _Control, exc: Exception) -> None:
+        if c.future is not None and not c.future.done():
+            c.future.set_exception(exc)
+        elif c.future is None:
+            log.error("background snapshot failed", extra={"model": self.name, "error": repr(exc)})
+
+    # -- work on the compute thread ---------------------------------------------------------
 
     @staticmethod
     def _finite(model: Any) -> bool:
         return all(np.isfinite(a).all() for a in (*model.weights, *model.eligibility))
 
     def _compute_group(self, base: Published, group: list[LearnJob]) -> _Staged:
-        """Apply a group on a copy of ``base`` (compute thread); nothing is written here."""
+        """Apply a group on a copy of ``base``; nothing is written here."""
         work = base.model.copy()
         version = base.version
         records: list[UpdateRecord] = []
@@ -518,29 +505,23 @@ class Learner:
         now = time.time()
         for job in group:
             if job.expected_version is not None and job.expected_version != version:
-                results.append(
-                    RequestError(
-                        grpc.StatusCode.ABORTED, f"expected version {job.expected_version}, the model is at {version}"
-                    )
-                )
+                msg = f"expected version {job.expected_version}, the model is at {version}"
+                results.append(RequestError(grpc.StatusCode.ABORTED, msg))
                 continue
             seed = int(job.seed) if job.seed is not None else version + 1
             eta = float(job.eta) if job.eta is not None else self.default_eta
+            error = None
             try:
                 with np.errstate(all="ignore"):  # overflow is caught below, as non-finite weights
                     log_odds = np.asarray(
                         work.learn(job.images, job.labels, job.positive, seed=seed, eta=eta), dtype=np.float32
                     )
-                ok = self._finite(work)
-                error = (
-                    None
-                    if ok
-                    else RequestError(
+                if not self._finite(work):
+                    error = RequestError(
                         grpc.StatusCode.FAILED_PRECONDITION,
                         f"update refused: it would make the weights non-finite (eta={eta:g}); "
                         f"the model stays at version {version}",
                     )
-                )
             except ValueError as exc:
                 error = RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except FloatingPointError as exc:
@@ -554,22 +535,11 @@ class Learner:
             results.append((version, log_odds))
         if not records:
             return _Staged(None, records, results)
+        every = self.options.digest_every
+        if every and version // every > base.version // every:
+            digest = state_digest(work.weights, work.eligibility)
+            records.append(UpdateRecord(DIGEST, version, now, digest=digest))
         return _Staged(self.engine.publish(version, work), records, results)
-
-    def _persist(self, staged: _Staged) -> tuple[float, SnapshotInfo | None]:
-        """Append + fdatasync the records (I/O thread); snapshot if one is due."""
-        t0 = time.perf_counter()
-        self.log.append(staged.records)  # durable before anything is acknowledged
-        sync_s = time.perf_counter() - t0
-        snap = None
-        every = self.options.snapshot_every
-        pub = staged.published
-        if every > 0 and pub is not None and pub.version - max(self._last_snapshot, 0) >= every:
-            try:
-                snap, _ = self._do_snapshot(pub, False)
-            except OSError as exc:  # the updates are durable in the log; retry at the next one
-                log.error("snapshot failed", extra={"model": self.name, "error": repr(exc)})
-        return sync_s, snap
 
     @staticmethod
     def _rebuild(base: Published, records: list[UpdateRecord]) -> Any:
@@ -580,22 +550,28 @@ class Learner:
                 work.learn(r.images, r.labels, r.positive, seed=r.seed, eta=r.eta)
         return work
 
+    # -- work on the I/O thread -------------------------------------------------------------
+
+    def _append(self, staged: _Staged) -> float:
+        """Append + fdatasync the records; returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.state.log.append(staged.records)  # durable before anything is acknowledged
+        return time.perf_counter() - t0
+
+    def _after_append(self, pub: Published) -> SnapshotInfo | None:
+        """A snapshot if one is due, else a new segment if this one is full."""
+        every = self.options.snapshot_every
+        if every > 0 and pub.version - max(self._last_snapshot, 0) >= every:
+            try:
+                return self._do_snapshot(pub, False)[0]
+            except OSError as exc:  # the updates are durable in the log; retry at the next one
+                log.error("snapshot failed", extra={"model": self.name, "error": repr(exc)})
+        if self.state.log.segment_bytes >= self.options.segment_bytes:
+            self.state.log.rotate(pub.version)
+        return None
+
     def _do_snapshot(self, pub: Published, export: bool) -> tuple[SnapshotInfo, Path | None]:
-        meta = {
-            "artefact_sha256": self.sha256,
-            "model": self.name,
-            "model_version": self.repo_version,
-            "kind": self.engine.kind,
-        }
-        info = self.snapshots.write(pub.version, pub.model.weights, pub.model.eligibility, meta)
-        self.log.rotate(pub.version)
-        oldest = self.snapshots.prune(self.options.keep_snapshots)
-        if oldest is not None:
-            self.log.prune(oldest)
-        exported = None
-        if export:
-            exported = self.dir / "exports" / f"v{pub.version:08d}" / self.artefact.name
-            pub.model.save(exported)
+        info, exported = self.state.write_snapshot(pub.version, pub.model, self.options.keep_snapshots, export)
         self._last_snapshot = info.version
         if self.metrics is not None:
             self.metrics.snapshot(self.name, self.repo_version, info.version)
@@ -611,14 +587,20 @@ class Learner:
             raise RequestError(
                 grpc.StatusCode.OUT_OF_RANGE, f"version {target} is no longer restorable (oldest: {oldest})"
             )
-        model = self._state_at(target)
+        try:
+            model = self.state.state_at(target)
+        except NotRestorable as exc:
+            raise RequestError(grpc.StatusCode.OUT_OF_RANGE, str(exc)) from None
         new = base.version + 1
-        self.log.append([UpdateRecord(ROLLBACK, new, time.time(), restored=target)])
+        self.state.log.append([UpdateRecord(ROLLBACK, new, time.time(), restored=target)])
         pub = self.engine.publish(new, model)
-        self._do_snapshot(pub, False)
+        try:  # durable from here on: a failed snapshot only makes the next restart replay more
+            self._do_snapshot(pub, False)
+        except OSError as exc:
+            log.error("snapshot after rollback failed", extra={"model": self.name, "error": repr(exc)})
         return pub, target
 
-    # -- reporting ----------------------------------------------------------------------------
+    # -- reporting --------------------------------------------------------------------------
 
     @property
     def last_snapshot(self) -> int:

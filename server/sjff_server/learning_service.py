@@ -195,6 +195,8 @@ class LearningService(lpb_grpc.LearningServicer, StreamService):
                     learning_version=m.published.version,
                     inferences=m.inferences,
                 )
+                digest_version, s.weights_sha256 = await asyncio.to_thread(m.weights_digest)
+                s.learning_version = digest_version  # the version the digest belongs to
                 learner = m.learner
                 s.learning_enabled = learner is not None
                 if learner is None:
@@ -210,6 +212,7 @@ class LearningService(lpb_grpc.LearningServicer, StreamService):
                 s.mean_group_size = learner.mean_group_size()
                 s.online_accuracy = 0.0 if math.isnan(acc) else acc
                 s.online_samples = n
+                s.learning_error = learner.failed or ""
             return resp
 
         return await self._unary("GetStats", context, run)

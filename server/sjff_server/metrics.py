@@ -70,6 +70,18 @@ class Metrics:
         self.ready = Gauge(
             "sjff_model_ready", "1 if the model version is loaded and ready", ["model", "version"], registry=r
         )
+        self.learning_failed = Gauge(
+            "sjff_learning_failed",
+            "1 if learning of the model version stopped after a storage or internal error (see the server log)",
+            ["model", "version"],
+            registry=r,
+        )
+        self.state_damaged = Gauge(
+            "sjff_state_damaged",
+            "1 if the model version was not loaded because its learning state is damaged",
+            ["model", "version"],
+            registry=r,
+        )
         Info("sjff_build", "server build information", registry=r).info({"version": version})
         self._req: dict[tuple[str, str], Any] = {}
         self._lat: dict[str, Any] = {}
@@ -129,3 +141,6 @@ class Metrics:
 
     def snapshot(self, model: str, version: str, learning_version: int) -> None:
         self.snapshot_version.labels(model, version).set(learning_version)
+
+    def learning_stopped(self, model: str, version: str) -> None:
+        self.learning_failed.labels(model, version).set(1)

@@ -6,15 +6,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from sjff_client.pb import grpc_service_pb2 as pb
 
 from .batching import Batcher, BatchResult
 from .engine import Engine, InferOptions, Published, make_engine
-from .errors import not_found
+from .errors import RequestError, not_found
 from .interrupt import WorkerPool
 from .learning import Learner, LearnOptions
 from .repository import ModelSpec
+from .snapshots import state_digest
 from .validation import InferPlan
 
 __all__ = ["ModelRegistry", "ServedModel", "load_served_model"]
@@ -33,6 +35,7 @@ class ServedModel:
         self.engine = engine
         self.learner = learner
         self._static = None if learner is not None else engine.publish(0, model)
+        self._digest: str | None = None
         self.in_features = engine.in_features
         self.num_classes = engine.num_classes
         self.inferences = 0
@@ -47,6 +50,14 @@ class ServedModel:
     def published(self) -> Published:
         """The weights inference uses now (swapped whole by the learner)."""
         return self.learner.published if self.learner is not None else self._static
+
+    def weights_digest(self) -> tuple[int, str]:
+        """``(learning version, sha256 of the weights and eligibility traces)`` served now."""
+        if self.learner is not None:
+            return self.learner.weights_digest()
+        if self._digest is None:
+            self._digest = state_digest(self._static.model.weights, self._static.model.eligibility)
+        return 0, self._digest
 
     def _run_batch(self, x: np.ndarray, opts: InferOptions) -> BatchResult:
         pub = self.published  # read once: the whole batch runs on one version
@@ -75,6 +86,11 @@ class ModelRegistry:
         self._models: dict[str, dict[str, ServedModel]] = {}
         self._latest: dict[str, ServedModel] = {}
         self._by_key: dict[tuple[str, str], ServedModel] = {}
+        #: (name, version) -> why it is not served (damaged learning state): UNAVAILABLE, not NOT_FOUND
+        self.unavailable: dict[tuple[str, str], str] = {}
+
+    def mark_unavailable(self, name: str, version: str, why: str) -> None:
+        self.unavailable[(name, version)] = why
 
     def add(self, served: ServedModel) -> None:
         versions = self._models.setdefault(served.name, {})
@@ -88,6 +104,11 @@ class ModelRegistry:
         served = self._by_key.get((name, version))
         if served is not None:
             return served
+        down = self.unavailable.get((name, version))
+        if down is None and not version and name not in self._models:
+            down = next((why for (n, _), why in self.unavailable.items() if n == name), None)
+        if down is not None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {name}/{version or 'latest'} is not served: {down}")
         if name not in self._models:
             shown = ", ".join(sorted(self._models)[:20]) or "none"
             raise not_found(f"unknown model {name[:200]!r} (models: {shown})")
@@ -112,6 +133,8 @@ def load_served_model(
     pool: WorkerPool,
     metrics: Any = None,
     busy_delay_s: float = 0.0,
+    max_inline_macs: int | None = None,
+    max_inflight_bytes: int | None = None,
 ) -> tuple[ServedModel, list[str]]:
     """Load a model version, recover its learning state; returns it and notes for the log.
     Synchronous (may replay a log): call it from a thread at startup."""
@@ -139,7 +162,10 @@ def load_served_model(
         "max_batch": max_batch,
         "max_delay_s": spec.config.max_queue_delay_us / 1e6,
         "busy_delay_s": busy_delay_s if spec.config.max_queue_delay_us == 0 else 0.0,
-        "pool": pool if engine.threaded else None,
+        "pool": pool,  # spiking batches, and analog batches too costly for the event loop
+        "inline_rows": engine.inline_rows(max_inline_macs),
+        "max_bytes": max_inflight_bytes,
+        "name": spec.name,
         "on_batch": metrics.batch_observer(spec.name, spec.version) if metrics is not None else None,
     }
     return ServedModel(spec, model, engine, learner, batcher_kw), notes

@@ -153,7 +153,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ModelStats(_message.Message):
-    __slots__ = ("model_name", "model_version", "kind", "learning_version", "updates_accepted", "updates_refused", "samples_learned", "inferences", "snapshot_version", "log_bytes", "last_update", "mean_group_size", "online_accuracy", "online_samples", "learning_enabled")
+    __slots__ = ("model_name", "model_version", "kind", "learning_version", "updates_accepted", "updates_refused", "samples_learned", "inferences", "snapshot_version", "log_bytes", "last_update", "mean_group_size", "online_accuracy", "online_samples", "learning_enabled", "weights_sha256", "learning_error")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,8 @@ class ModelStats(_message.Message):
     ONLINE_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ONLINE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     LEARNING_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_ERROR_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     kind: str
@@ -184,7 +186,9 @@ class ModelStats(_message.Message):
     online_accuracy: float
     online_samples: int
     learning_enabled: bool
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., kind: _Optional[str] = ..., learning_version: _Optional[int] = ..., updates_accepted: _Optional[int] = ..., updates_refused: _Optional[int] = ..., samples_learned: _Optional[int] = ..., inferences: _Optional[int] = ..., snapshot_version: _Optional[int] = ..., log_bytes: _Optional[int] = ..., last_update: _Optional[float] = ..., mean_group_size: _Optional[float] = ..., online_accuracy: _Optional[float] = ..., online_samples: _Optional[int] = ..., learning_enabled: _Optional[bool] = ...) -> None: ...
+    weights_sha256: str
+    learning_error: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., kind: _Optional[str] = ..., learning_version: _Optional[int] = ..., updates_accepted: _Optional[int] = ..., updates_refused: _Optional[int] = ..., samples_learned: _Optional[int] = ..., inferences: _Optional[int] = ..., snapshot_version: _Optional[int] = ..., log_bytes: _Optional[int] = ..., last_update: _Optional[float] = ..., mean_group_size: _Optional[float] = ..., online_accuracy: _Optional[float] = ..., online_samples: _Optional[int] = ..., learning_enabled: _Optional[bool] = ..., weights_sha256: _Optional[str] = ..., learning_error: _Optional[str] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
     __slots__ = ("models",)

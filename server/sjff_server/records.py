@@ -1,0 +1,155 @@
+"""Records of the update log and their frames (pure byte layout; no files here).
+
+A payload is ``<u8 kind><u64 version><f64 unix time>`` followed, for an update (kind 1), by
+``<u64 seed><f64 eta><u32 n><u32 d>``, the images ``[n, d]`` float32, the labels ``[n]``
+int64 and the positive flags ``[n]`` uint8; for a rollback (kind 2) by ``<u64 restored
+version>``; for a digest (kind 3) by the 32-byte sha256 of the learning state at ``version``
+(:func:`sjff_server.snapshots.state_digest`). All little-endian.
+
+Frames of format 2 (segments starting ``SJFFLOG2``) are ``<u32 length><u32 crc32(payload)>
+<u32 crc32(first 8 header bytes)>`` + payload. The header's own checksum is what lets
+recovery tell a torn write (the file ends inside a frame whose header is intact) from a
+damaged length field (which would otherwise look like a frame running past the end of the
+file). Format 1 (``SJFFLOG1``, written by earlier releases) has no header checksum; it is
+still read.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "DIGEST",
+    "MAGIC",
+    "MAGIC_V1",
+    "MAX_PAYLOAD",
+    "ROLLBACK",
+    "UPDATE",
+    "UpdateRecord",
+    "decode_payload",
+    "encode_record",
+    "header_size",
+]
+
+MAGIC = b"SJFFLOG2"
+MAGIC_V1 = b"SJFFLOG1"
+UPDATE, ROLLBACK, DIGEST = 1, 2, 3
+KINDS = {UPDATE: "update", ROLLBACK: "rollback", DIGEST: "digest"}
+FRAME_V1 = struct.Struct("<II")
+FRAME = struct.Struct("<III")
+_LEN_CRC = struct.Struct("<II")
+HEAD = struct.Struct("<BQd")
+_UPDATE = struct.Struct("<QdII")
+_ROLLBACK = struct.Struct("<Q")
+MAX_PAYLOAD = 1 << 30
+
+
+def header_size(magic: bytes) -> int:
+    """Frame header bytes of a segment with this magic."""
+    return FRAME.size if magic == MAGIC else FRAME_V1.size
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRecord:
+    """One logged change: an update (images ``[n, d]`` float32, labels ``[n]`` int64,
+    positive ``[n]`` float32 0/1, the seed and eta used), a rollback to ``restored``, or the
+    ``digest`` (hex sha256) of the state at ``version`` (a check for replay, no change)."""
+
+    kind: int
+    version: int
+    created: float
+    seed: int = 0
+    eta: float = 0.0
+    images: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    positive: np.ndarray | None = None
+    restored: int = 0
+    digest: str = ""
+
+    @property
+    def samples(self) -> int:
+        return 0 if self.labels is None else len(self.labels)
+
+    @property
+    def changes_state(self) -> bool:
+        """Updates and rollbacks take a version number; digests attest the current one."""
+        return self.kind != DIGEST
+
+
+def encode_payload(r: UpdateRecord) -> bytes:
+    head = HEAD.pack(r.kind, r.version, r.created)
+    if r.kind == UPDATE:
+        assert r.images is not None and r.labels is not None and r.positive is not None
+        n, d = r.images.shape
+        return b"".join(
+            (
+                head,
+                _UPDATE.pack(r.seed, r.eta, n, d),
+                np.ascontiguousarray(r.images, dtype="<f4").tobytes(),
+                np.ascontiguousarray(r.labels, dtype="<i8").tobytes(),
+                (np.asarray(r.positive) > 0.5).astype(np.uint8).tobytes(),
+            )
+        )
+    if r.kind == ROLLBACK:
+        return head + _ROLLBACK.pack(r.restored)
+    if r.kind == DIGEST:
+        raw = bytes.fromhex(r.digest)
+        if len(raw) != 32:
+            raise ValueError(f"a digest record needs a sha256 (64 hex digits), got {r.digest!r}")
+        return head + raw
+    raise ValueError(f"unknown record kind {r.kind}")
+
+
+def frame_header(payload: bytes) -> bytes:
+    """The format-2 header of ``payload``."""
+    lc = _LEN_CRC.pack(len(payload), zlib.crc32(payload))
+    return lc + struct.pack("<I", zlib.crc32(lc))
+
+
+def header_ok(header: bytes) -> bool:
+    """Whether a format-2 frame header's own checksum matches."""
+    return zlib.crc32(header[:8]) == struct.unpack_from("<I", header, 8)[0]
+
+
+def encode_record(r: UpdateRecord) -> bytes:
+    """The format-2 frame (header + payload) of a record."""
+    payload = encode_payload(r)
+    return frame_header(payload) + payload
+
+
+def decode_payload(payload: bytes) -> UpdateRecord:
+    """Inverse of :func:`encode_payload` (``ValueError`` if malformed)."""
+    if len(payload) < HEAD.size:
+        raise ValueError("payload too short")
+    kind, version, created = HEAD.unpack_from(payload)
+    off = HEAD.size
+    if kind == UPDATE:
+        if len(payload) < off + _UPDATE.size:
+            raise ValueError("update payload too short")
+        seed, eta, n, d = _UPDATE.unpack_from(payload, off)
+        off += _UPDATE.size
+        need = n * d * 4 + n * 8 + n
+        if len(payload) - off != need:
+            raise ValueError(f"update payload holds {len(payload) - off} bytes, expected {need}")
+        images = np.frombuffer(payload, dtype="<f4", count=n * d, offset=off).reshape(n, d)
+        off += n * d * 4
+        labels = np.frombuffer(payload, dtype="<i8", count=n, offset=off)
+        off += n * 8
+        positive = np.frombuffer(payload, dtype=np.uint8, count=n, offset=off).astype(np.float32)
+        return UpdateRecord(
+            UPDATE, version, created, seed, eta, images.astype(np.float32), labels.astype(np.int64), positive
+        )
+    if kind == ROLLBACK:
+        if len(payload) != off + _ROLLBACK.size:
+            raise ValueError("rollback payload has the wrong size")
+        (restored,) = _ROLLBACK.unpack_from(payload, off)
+        return UpdateRecord(ROLLBACK, version, created, restored=restored)
+    if kind == DIGEST:
+        if len(payload) != off + 32:
+            raise ValueError("digest payload has the wrong size")
+        return UpdateRecord(DIGEST, version, created, digest=payload[off:].hex())
+    raise ValueError(f"unknown record kind {kind}")

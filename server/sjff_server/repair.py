@@ -1,0 +1,163 @@
+"""``sjff state repair``: check a model's learning state and, when told to, cut its damage.
+
+    sjff state repair STATE_DIR --model M [--version V]             # report, change nothing
+    sjff state repair STATE_DIR --model M [--version V] --truncate  # cut what the report names
+
+The server never cuts anything but a torn final write. Damage elsewhere keeps the model
+from loading until an operator runs this with ``--truncate``, which takes the least
+destructive cut that leaves a consistent state and logs at ERROR what it loses:
+
+- if a usable snapshot lies at the start of a segment after the damage, the current state
+  is intact: the segments before it (and older snapshots) go, and only the history before
+  that snapshot is lost (no acknowledged update);
+- otherwise the damaged segment is cut at the first bad frame, the segments after it and
+  the snapshots newer than the last intact version are deleted: the versions after it are
+  lost, and the server resumes at the last intact version.
+Exit status: 0 clean (or repaired), 1 damage found and not cut, 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .durability import Damage, UpdateLog
+from .records import MAGIC
+from .snapshots import SnapshotStore
+
+__all__ = ["Plan", "main", "plan_repair", "apply_repair"]
+
+log = logging.getLogger("sjff_server.repair")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a repair of one model's state would do (None fields: nothing to do)."""
+
+    damage: Damage | None
+    last_version: int
+    keep_from_snapshot: int | None = None  # drop the history before this snapshot
+    cut_at: int | None = None  # or cut the log after this version
+
+    def describe(self) -> str:
+        if self.damage is None:
+            return f"clean: the log is intact up to version {self.last_version}"
+        d = self.damage
+        head = ("torn final write: " if d.torn else "damaged: ") + d.describe()
+        if self.keep_from_snapshot is not None:
+            return (
+                f"{head}\n--truncate would drop the log and snapshots before the intact snapshot of version "
+                f"{self.keep_from_snapshot}: no acknowledged update is lost, rollback before version "
+                f"{self.keep_from_snapshot} becomes impossible"
+            )
+        newest = d.newest_affected
+        lost = f"versions {d.last_good + 1}..{newest}" if newest else f"everything after version {d.last_good}"
+        return f"{head}\n--truncate would cut the log after version {d.last_good}: {lost} would be lost"
+
+
+def _usable(store: SnapshotStore, version: int) -> bool:
+    for s in store.list():
+        if s.version == version:
+            try:
+                store.read(s.path)
+                return True
+            except ValueError:
+                return False
+    return False
+
+
+def plan_repair(state_dir: Path) -> Plan:
+    """Read (never change) the state of one model version and plan the least destructive cut."""
+    logdir, snapdir = Path(state_dir) / "log", Path(state_dir) / "snapshots"
+    if not logdir.is_dir():
+        raise FileNotFoundError(f"{state_dir} holds no update log (expected {logdir})")
+    ulog = UpdateLog(logdir)
+    last, damage = ulog.replay(lambda r: None)
+    if damage is None:
+        return Plan(None, last or 0)
+    if damage.torn:
+        return Plan(damage, damage.last_good, cut_at=damage.last_good)
+    store = SnapshotStore(snapdir) if snapdir.is_dir() else None
+    segs = ulog.segments()
+    paths = [p for _, p in segs]
+    later = segs[paths.index(damage.path) + 1 :] if damage.path in paths else []
+    for base, _ in later:
+        if store is not None and _usable(store, base):
+            return Plan(damage, damage.last_good, keep_from_snapshot=base)
+    return Plan(damage, damage.last_good, cut_at=damage.last_good)
+
+
+def apply_repair(state_dir: Path, plan: Plan) -> list[str]:
+    """Carry out ``plan``; returns what was removed (each also logged at ERROR)."""
+    if plan.damage is None:
+        return []
+    ulog = UpdateLog(Path(state_dir) / "log")
+    snapdir = Path(state_dir) / "snapshots"
+    store = SnapshotStore(snapdir) if snapdir.is_dir() else None
+    done: list[str] = []
+    if plan.keep_from_snapshot is not None:
+        keep = plan.keep_from_snapshot
+        for base, path in ulog.segments():
+            if base < keep:
+                path.unlink()
+                done.append(f"deleted log segment {path.name} (history before version {keep})")
+        for s in store.list() if store is not None else []:
+            if s.version < keep:
+                s.path.unlink()
+                done.append(f"deleted snapshot {s.path.name} (before version {keep})")
+    else:
+        d = plan.damage
+        paths = [p for _, p in ulog.segments()]
+        later = paths[paths.index(d.path) + 1 :] if d.path in paths else []
+        if d.offset < len(MAGIC):
+            d.path.unlink()
+            done.append(f"deleted log segment {d.path.name} (no intact record)")
+        else:
+            ulog.cut(d.path, d.offset)
+            done.append(f"cut {d.path.name} at byte {d.offset} ({d.size - d.offset} bytes)")
+        for path in later:
+            path.unlink()
+            done.append(f"deleted log segment {path.name} (after the cut)")
+        for s in store.list() if store is not None else []:
+            if s.version > d.last_good:
+                s.path.unlink()
+                done.append(f"deleted snapshot {s.path.name} (newer than the cut)")
+        newest = d.newest_affected
+        lost = f"versions {d.last_good + 1}..{newest}" if newest else f"whatever followed version {d.last_good}"
+        done.append(f"lost: {lost}; the model resumes at version {d.last_good}")
+    for line in done:
+        log.error(line, extra={"state_dir": str(state_dir)})
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="sjff state repair", description=__doc__.splitlines()[0])
+    ap.add_argument("state_dir", type=Path, help="the server's --state-dir")
+    ap.add_argument("--model", required=True, help="model name")
+    ap.add_argument("--version", default="1", help="model version directory (default 1)")
+    ap.add_argument("--truncate", action="store_true", help="carry out the cut the report describes")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="sjff state repair: %(levelname)s: %(message)s")
+    target = args.state_dir / args.model / args.version
+    try:
+        plan = plan_repair(target)
+    except (OSError, ValueError) as exc:
+        print(f"sjff state repair: error: {exc}", file=sys.stderr)
+        return 2
+    print(plan.describe())
+    if plan.damage is None:
+        return 0
+    if not args.truncate:
+        print("nothing was changed (add --truncate to cut)")
+        return 1
+    apply_repair(target, plan)
+    again = plan_repair(target)
+    print(again.describe())
+    return 0 if again.damage is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
