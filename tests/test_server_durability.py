@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from serving_utils import as_float
 from sjff_server.durability import LogCorruption, UpdateLog
-from sjff_server.records import MAGIC, ROLLBACK, UPDATE, UpdateRecord, decode_payload, encode_record
-from sjff_server.snapshots import SnapshotStore
 from sjff_server.engine import make_engine
 from sjff_server.errors import RequestError
 from sjff_server.learning import Learner, LearnJob, LearnOptions, StateMismatch
+from sjff_server.records import MAGIC, ROLLBACK, UPDATE, UpdateRecord, decode_payload, encode_record
+from sjff_server.snapshots import SnapshotStore
 
 from spikingjelly_ff.runtime import load_model
 
