@@ -602,7 +602,7 @@ def kill9_check(repo: Path, state: Path, token_file: Path, images: np.ndarray, l
     for t in threads:
         t.join(15)
     log = UpdateLog(state / "mnist" / "1" / "log")
-    logged = {r.version: r.seed for r in log.records(0, 10**12)}
+    logged = {r.version: r.seed for r in log.records(0, 10**12) if r.changes_state}
     srv.restart()
     try:
         with Client(srv.target, token=TOKEN) as c:

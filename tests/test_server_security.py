@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import os
+import queue
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -15,7 +18,8 @@ from cryptography import x509  # a dev dependency: TLS test certificates
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from sjff_client import Client
+from sjff_client import AsyncClient, Client
+from sjff_client.cli import main as client_cli
 from sjff_server.harness import ServerProcess
 from sjff_server.healthcheck import check
 
@@ -87,6 +91,7 @@ def test_tls(repo, pki, token_path, mnist_samples):
         repo, token_file=token_path, state_dir=repo.parent / "tls-state", extra_args=args, metrics=False
     ) as srv:
         assert srv.info["tls"] and not srv.info["mtls"]
+        assert not [r for r in srv.log_records() if "clear text" in r["msg"]]  # tokens under TLS: no warning
         with Client(srv.target, root_ca=pki["ca"], token_file=token_path) as c:
             assert c.infer(images[:2]).label.shape == (2,)
             assert c.learn(images[:1], [labels[0]]).version == 1
@@ -121,19 +126,142 @@ def test_mutual_tls(repo, pki, mnist_samples):
                 rogue.server_live()
 
 
-def test_protected_inference_and_token_from_environment(repo, mnist_samples):
+def test_protected_inference_and_token_from_environment(repo, mnist_samples, monkeypatch, capsys):
     images, _ = mnist_samples
-    env = dict(os.environ, SJFF_TOKEN="env-token-abcdefghijklmnop")
+    token = "env-token-abcdefghijklmnop"
+    env = dict(os.environ, SJFF_TOKEN=token)
     with ServerProcess(repo, extra_args=["--protect-inference"], env=env, metrics=False) as srv:
-        with Client(srv.target, token="env-token-abcdefghijklmnop") as c:
+        with Client(srv.target, token=token, token_for_inference=True) as c:
             assert c.infer(images[:1]).label.shape == (1,)
-        with Client(srv.target, token="wrong-token-abcdefghijklmnop") as c:
+            assert c.model_metadata().name == "mnist"
+        # by default the token goes with Learning calls only: refused here, so it was not sent
+        with Client(srv.target, token=token) as c:
+            assert c.stats().models is not None  # a Learning call: the token is sent
+            with pytest.raises(grpc.RpcError) as err:
+                c.infer(images[:1])
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "missing" in err.value.details()
+
+        async def async_infer(**kw):
+            async with AsyncClient(srv.target, token=token, **kw) as c:
+                return await c.infer(images[:1])
+
+        assert asyncio.run(async_infer(token_for_inference=True)).label.shape == (1,)
+        with pytest.raises(grpc.RpcError) as err:
+            asyncio.run(async_infer())
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with Client(srv.target, token="wrong-token-abcdefghijklmnop", token_for_inference=True) as c:
             with pytest.raises(grpc.RpcError) as err:
                 c.infer(images[:1])
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             with pytest.raises(grpc.RpcError) as err:
                 c.model_metadata()
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # the client command line: --token-for-inference sends $SJFF_TOKEN with inference calls
+        monkeypatch.setenv("SJFF_TOKEN", token)
+        assert client_cli(["--target", srv.target, "health"]) == 1
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+        assert client_cli(["--target", srv.target, "--token-for-inference", "health"]) == 0
+
+
+# -- token revocation (the file is checked at every call: --token-recheck-s 0) ------------------
+
+NEW_TOKEN = "sjff-new-token-fedcba9876543210"
+
+
+def rewrite(path, text: str) -> None:
+    """Replace the token file's text with a new mtime for sure (coarse mtime clocks)."""
+    before = path.stat().st_mtime_ns
+    path.write_text(text)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+def until(predicate, timeout: float = 30.0):
+    """Poll ``predicate`` until it holds (bounded); its last value."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s")
+        time.sleep(0.02)
+    return value
+
+
+def logged(srv, prefix: str) -> list[dict]:
+    return [r for r in srv.log_records() if r["msg"].startswith(prefix)]
+
+
+def learn_code(client, images, labels) -> grpc.StatusCode:
+    try:
+        client.learn(images, labels)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.fixture
+def revocable(repo, tmp_path):
+    """A learning server whose token file the test rewrites; it checks the file at every call."""
+    token = su.write_token(tmp_path / "token.txt")
+    args = ["--token-recheck-s", "0"]
+    with ServerProcess(repo, token_file=token, state_dir=tmp_path / "state", extra_args=args, metrics=False) as srv:
+        yield srv, token
+
+
+def test_emptied_or_broken_token_file_revokes(revocable, mnist_samples):
+    srv, path = revocable
+    images, labels = mnist_samples
+    x, y = images[:1], labels[:1]
+    with Client(srv.target, token=su.TOKEN) as old, Client(srv.target, token=NEW_TOKEN) as new:
+        assert learn_code(old, x, y) == grpc.StatusCode.OK
+        rewrite(path, "# every token revoked\n")
+        assert learn_code(old, x, y) == grpc.StatusCode.UNAUTHENTICATED
+        assert until(lambda: logged(srv, "token file is now empty"))[0]["level"] == "warning"
+        rewrite(path, NEW_TOKEN + "\n")
+        assert learn_code(new, x, y) == grpc.StatusCode.OK
+        assert learn_code(old, x, y) == grpc.StatusCode.UNAUTHENTICATED
+        rewrite(path, "short\n")  # unusable: fail closed, not "keep the old tokens"
+        assert learn_code(new, x, y) == grpc.StatusCode.UNAUTHENTICATED
+        assert until(lambda: logged(srv, "token file changed and is unusable"))[0]["level"] == "error"
+        path.unlink()  # gone: fail closed as well
+        assert learn_code(new, x, y) == grpc.StatusCode.UNAUTHENTICATED
+        path.write_text(NEW_TOKEN + "\n")
+        assert learn_code(new, x, y) == grpc.StatusCode.OK
+        assert new.list_versions().current_version == 3  # the three accepted updates only
+
+
+def test_open_learn_stream_ends_when_its_token_is_revoked(revocable, mnist_samples):
+    srv, path = revocable
+    images, labels = mnist_samples
+    inbox: queue.Queue = queue.Queue()
+
+    def samples():
+        while (item := inbox.get()) is not None:
+            yield item
+
+    with Client(srv.target, token=su.TOKEN) as c:
+        responses = c.learn_stream(samples())
+        try:
+            inbox.put((images[:1], labels[:1]))
+            assert next(responses).version == 1
+            rewrite(path, f"{su.TOKEN}\n{NEW_TOKEN}\n")  # rotation that keeps this token: the stream goes on
+            inbox.put((images[1:2], labels[1:2]))
+            assert next(responses).version == 2
+            rewrite(path, NEW_TOKEN + "\n")  # this token revoked
+            inbox.put((images[2:3], labels[2:3]))
+            with pytest.raises(grpc.RpcError) as err:
+                next(responses)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "revoked" in err.value.details()
+        finally:
+            inbox.put(None)
+    with Client(srv.target, token=NEW_TOKEN) as c:
+        assert c.list_versions().current_version == 2  # the request after the revocation was not applied
+
+
+def test_tokens_without_tls_are_warned_about(revocable):
+    srv, _ = revocable
+    warned = [r for r in srv.log_records() if "clear text" in r["msg"]]
+    assert len(warned) == 1 and warned[0]["level"] == "warning"
 
 
 def test_token_never_on_the_command_line(repo):
@@ -154,3 +282,30 @@ def test_bad_tls_and_token_configurations_fail_clearly(repo, tmp_path):
     short.write_text("tiny\n")
     p = subprocess.run([*cmd, "--token-file", str(short)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "at least 16 characters" in p.stderr
+
+
+def test_authenticator_generation_and_environment_tokens(tmp_path, monkeypatch):
+    """In process: the generation moves only when the accepted set changes; tokens from the
+    environment survive an emptied or broken file; a server that never had a token says so."""
+    from sjff_server.auth import Authenticator
+
+    def md(token):
+        return (("authorization", f"Bearer {token}"),)
+
+    env_token = "env-token-0123456789abcdef"
+    monkeypatch.setenv("SJFF_TEST_TOKEN", env_token)
+    path = su.write_token(tmp_path / "token.txt")
+    auth = Authenticator(path, "SJFF_TEST_TOKEN", recheck_s=0.0)
+    assert auth.refresh() == 0 and auth.check(md(su.TOKEN)) is None
+    os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)  # touched, same tokens
+    assert auth.refresh() == 0
+    rewrite(path, "\n# none\n")
+    assert auth.refresh() == 1
+    assert auth.check(md(su.TOKEN)) == (grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+    assert auth.check(md(env_token)) is None
+    rewrite(path, "too-short\n")
+    assert auth.refresh() == 1 and auth.check(md(env_token)) is None  # same set: env tokens only
+    rewrite(path, NEW_TOKEN + "\n")
+    assert auth.refresh() == 2 and auth.check(md(NEW_TOKEN)) is None
+    never = Authenticator(None, "SJFF_UNSET_VARIABLE")
+    assert never.check(md(su.TOKEN))[0] == grpc.StatusCode.PERMISSION_DENIED

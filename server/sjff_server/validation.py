@@ -77,8 +77,8 @@ def _images(
         if datatype == "FP16":
             raise invalid("FP16 images must be sent as raw_input_contents")
         try:
-            x = tensor_from_contents(contents, datatype, count)
-        except ValueError as exc:
+            x = tensor_from_contents(contents, datatype, count)  # range-checked: 300 never wraps to 44
+        except (ValueError, OverflowError) as exc:
             raise invalid(f"images: {exc}") from None
     x = x.reshape(n, in_features)
     if datatype == "UINT8":

@@ -73,6 +73,7 @@ def _client(args) -> Client:
         args.target,
         model=args.model,
         token_file=args.token_file,
+        token_for_inference=args.token_for_inference,
         timeout=args.timeout,
         tls=args.tls,
         root_ca=args.ca,
@@ -237,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default=None, help="model name (default mnist)")
     ap.add_argument("--model-version", default="", help="repository version (default: the highest)")
     ap.add_argument("--token-file", help="file holding the bearer token (default: $SJFF_TOKEN)")
+    ap.add_argument(
+        "--token-for-inference",
+        action="store_true",
+        help="send the token with inference calls too (servers with --protect-inference)",
+    )
     ap.add_argument("--tls", action="store_true", help="use TLS (system roots unless --ca)")
     ap.add_argument("--ca", help="CA certificate (PEM) that signed the server certificate")
     ap.add_argument("--cert", help="client certificate (PEM) for mutual TLS")

@@ -242,6 +242,7 @@ class _Base:
         token: str | None = None,
         token_file: str | os.PathLike | None = None,
         timeout: float | None = 30.0,
+        token_for_inference: bool = False,
         channel=None,
         **tls,
     ) -> None:
@@ -250,14 +251,19 @@ class _Base:
         self.timeout = timeout
         tok = _token(token, token_file)
         self._metadata = (("authorization", f"Bearer {tok}"),) if tok else ()
+        # the token goes only where it is needed: a server shares it with nobody else
+        self._inference_metadata = self._metadata if token_for_inference else ()
         self.channel = channel if channel is not None else make_channel(target, asyncio=self._aio, **tls)
         self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.learning = lpb_grpc.LearningStub(self.channel)
 
     _aio = False
 
-    def _kw(self, timeout: float | None) -> dict:
-        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._metadata}
+    def _kw(self, timeout: float | None, *, token: bool = False) -> dict:
+        """Call options: the token only for learning calls (``token``), or for every call if
+        the client was made with ``token_for_inference``."""
+        md = self._metadata if token else self._inference_metadata
+        return {"timeout": self.timeout if timeout is None else timeout, "metadata": md}
 
     def _infer_req(self, images, model, version, outputs, seed, steps, return_latent, typed, raw, request_id):
         params = {"seed": seed, "steps": steps, "return_latent": return_latent or None, "typed_output": typed or None}
@@ -267,8 +273,10 @@ class _Base:
 
 
 class Client(_Base):
-    """Blocking client. ``token``/``token_file`` (else ``$SJFF_TOKEN``) is sent with every call;
-    TLS keywords: ``tls``, ``root_ca``, ``client_cert``, ``client_key``, ``server_name``."""
+    """Blocking client. ``token``/``token_file`` (else ``$SJFF_TOKEN``) is sent with the Learning
+    service's calls, and with inference calls too only if ``token_for_inference`` (for a server
+    started with ``--protect-inference``); TLS keywords: ``tls``, ``root_ca``, ``client_cert``,
+    ``client_key``, ``server_name``."""
 
     def close(self) -> None:
         self.channel.close()
@@ -359,7 +367,7 @@ class Client(_Base):
             eta=eta,
             expected_version=expected_version,
         )
-        return _learn_result(self.learning.Learn(req, **self._kw(timeout)))
+        return _learn_result(self.learning.Learn(req, **self._kw(timeout, token=True)))
 
     def learn_stream(
         self, samples: Iterable[tuple], *, model: str | None = None, version: str = "", timeout: float | None = None
@@ -370,7 +378,7 @@ class Client(_Base):
             build_learn_request(*s, model=model or self.model, version=version, request_id=str(i))
             for i, s in enumerate(samples)
         )
-        for resp in self.learning.LearnStream(reqs, **self._kw(timeout)):
+        for resp in self.learning.LearnStream(reqs, **self._kw(timeout, token=True)):
             try:
                 yield _learn_result(resp)
             except RequestFailed as exc:
@@ -380,22 +388,23 @@ class Client(_Base):
         self, *, model: str | None = None, version: str = "", export: bool = False, timeout: float | None = None
     ) -> lpb.SnapshotResponse:
         req = lpb.SnapshotRequest(model_name=model or self.model, model_version=version, export_artifact=export)
-        return self.learning.Snapshot(req, **self._kw(timeout))
+        return self.learning.Snapshot(req, **self._kw(timeout, token=True))
 
     def list_versions(
         self, *, model: str | None = None, version: str = "", limit: int = 100, timeout: float | None = None
     ) -> lpb.ListVersionsResponse:
         req = lpb.ListVersionsRequest(model_name=model or self.model, model_version=version, limit=limit)
-        return self.learning.ListVersions(req, **self._kw(timeout))
+        return self.learning.ListVersions(req, **self._kw(timeout, token=True))
 
     def rollback(
         self, to_version: int, *, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> lpb.RollbackResponse:
         req = lpb.RollbackRequest(model_name=model or self.model, model_version=version, version=to_version)
-        return self.learning.Rollback(req, **self._kw(timeout))
+        return self.learning.Rollback(req, **self._kw(timeout, token=True))
 
     def stats(self, *, model: str = "", version: str = "", timeout: float | None = None) -> lpb.GetStatsResponse:
-        return self.learning.GetStats(lpb.GetStatsRequest(model_name=model, model_version=version), **self._kw(timeout))
+        req = lpb.GetStatsRequest(model_name=model, model_version=version)
+        return self.learning.GetStats(req, **self._kw(timeout, token=True))
 
 
 class AsyncClient(_Base):
@@ -495,7 +504,7 @@ class AsyncClient(_Base):
             eta=eta,
             expected_version=expected_version,
         )
-        return _learn_result(await self.learning.Learn(req, **self._kw(timeout)))
+        return _learn_result(await self.learning.Learn(req, **self._kw(timeout, token=True)))
 
     async def learn_stream(
         self, samples: Iterable[tuple], *, model: str | None = None, version: str = "", timeout: float | None = None
@@ -504,7 +513,7 @@ class AsyncClient(_Base):
             build_learn_request(*s, model=model or self.model, version=version, request_id=str(i))
             for i, s in enumerate(samples)
         ]
-        async for resp in self.learning.LearnStream(iter(reqs), **self._kw(timeout)):
+        async for resp in self.learning.LearnStream(iter(reqs), **self._kw(timeout, token=True)):
             try:
                 yield _learn_result(resp)
             except RequestFailed as exc:
@@ -514,21 +523,21 @@ class AsyncClient(_Base):
         self, *, model: str | None = None, version: str = "", export: bool = False, timeout: float | None = None
     ):
         req = lpb.SnapshotRequest(model_name=model or self.model, model_version=version, export_artifact=export)
-        return await self.learning.Snapshot(req, **self._kw(timeout))
+        return await self.learning.Snapshot(req, **self._kw(timeout, token=True))
 
     async def list_versions(
         self, *, model: str | None = None, version: str = "", limit: int = 100, timeout: float | None = None
     ):
         req = lpb.ListVersionsRequest(model_name=model or self.model, model_version=version, limit=limit)
-        return await self.learning.ListVersions(req, **self._kw(timeout))
+        return await self.learning.ListVersions(req, **self._kw(timeout, token=True))
 
     async def rollback(
         self, to_version: int, *, model: str | None = None, version: str = "", timeout: float | None = None
     ):
         req = lpb.RollbackRequest(model_name=model or self.model, model_version=version, version=to_version)
-        return await self.learning.Rollback(req, **self._kw(timeout))
+        return await self.learning.Rollback(req, **self._kw(timeout, token=True))
 
     async def stats(self, *, model: str = "", version: str = "", timeout: float | None = None):
         return await self.learning.GetStats(
-            lpb.GetStatsRequest(model_name=model, model_version=version), **self._kw(timeout)
+            lpb.GetStatsRequest(model_name=model, model_version=version), **self._kw(timeout, token=True)
         )

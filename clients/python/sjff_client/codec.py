@@ -69,15 +69,40 @@ def datatype_of(array: np.ndarray) -> str:
         raise ValueError(f"dtype {array.dtype} has no Open Inference Protocol datatype") from None
 
 
+#: Typed-contents fields that hold numbers, and the numpy type that holds any value of each.
+_FIELD_DTYPE: dict[str, np.dtype] = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int64),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint64),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+
+
 def tensor_from_contents(contents: pb.InferTensorContents, datatype: str, count: int) -> np.ndarray:
-    """The ``count`` values of typed contents as a flat array of ``datatype``."""
+    """The ``count`` values of typed contents as a flat array of ``datatype``.
+
+    ``ValueError`` if the datatype has no typed field, values sit in another field, the count
+    differs, or an integer value does not fit the datatype (300 for UINT8: never wrapped)."""
     field = CONTENTS_FIELD.get(datatype)
     if field is None or datatype == "BYTES":
         raise ValueError(f"datatype {datatype} cannot be sent as typed contents")
+    others = [f.name for f, _ in contents.ListFields() if f.name != field]
+    if others:
+        raise ValueError(f"{datatype} values go in contents.{field}, got values in contents.{others[0]}")
     values = getattr(contents, field)
     if len(values) != count:
         raise ValueError(f"contents.{field} holds {len(values)} values, the shape needs {count}")
-    return np.asarray(values, dtype=DATATYPES[datatype])
+    dtype = DATATYPES[datatype]
+    wide = np.asarray(values, dtype=_FIELD_DTYPE[field])  # every value of the field fits
+    if dtype.kind in "iu" and wide.size:
+        info = np.iinfo(dtype)
+        bad = wide[(wide < info.min) | (wide > info.max)] if dtype.itemsize < wide.dtype.itemsize else wide[:0]
+        if bad.size:
+            raise ValueError(f"{datatype} values must lie in [{info.min}, {info.max}], got {bad[0]}")
+    return wide.astype(dtype, copy=False)
 
 
 def infer_parameter(value: bool | int | float | str) -> pb.InferParameter:

@@ -1,0 +1,151 @@
+"""Typed ``contents`` are range-checked: a value that does not fit its datatype (300 for UINT8)
+is INVALID_ARGUMENT, never wrapped (300 -> 44) and never an OverflowError (INTERNAL)."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import serving_utils as su
+from sjff_client.codec import DATATYPES, tensor_from_contents
+from sjff_client.pb import grpc_service_pb2 as pb
+from sjff_client.pb import grpc_service_pb2_grpc as pb_grpc
+from sjff_server.engine import InferOptions
+from sjff_server.errors import RequestError
+from sjff_server.harness import ServerProcess
+from sjff_server.validation import InferPlan, decode_infer
+
+#: datatype -> (typed field, smallest, largest value of the datatype)
+INTEGER = {
+    "INT8": ("int_contents", -(2**7), 2**7 - 1),
+    "INT16": ("int_contents", -(2**15), 2**15 - 1),
+    "INT32": ("int_contents", -(2**31), 2**31 - 1),
+    "INT64": ("int64_contents", -(2**63), 2**63 - 1),
+    "UINT8": ("uint_contents", 0, 2**8 - 1),
+    "UINT16": ("uint_contents", 0, 2**16 - 1),
+    "UINT32": ("uint_contents", 0, 2**32 - 1),
+    "UINT64": ("uint64_contents", 0, 2**64 - 1),
+}
+
+
+def contents(field: str, values) -> pb.InferTensorContents:
+    c = pb.InferTensorContents()
+    getattr(c, field).extend(values)
+    return c
+
+
+@pytest.mark.parametrize("datatype", list(INTEGER))
+def test_integer_boundaries_are_kept_exactly(datatype):
+    field, lo, hi = INTEGER[datatype]
+    x = tensor_from_contents(contents(field, [lo, hi, 0]), datatype, 3)
+    assert x.dtype == DATATYPES[datatype] and x.tolist() == [lo, hi, 0]
+
+
+@pytest.mark.parametrize("datatype", list(INTEGER))
+def test_integer_out_of_range_is_refused(datatype):
+    field, lo, hi = INTEGER[datatype]
+    for bad in (hi + 1, lo - 1):
+        try:
+            c = contents(field, [0, bad])
+        except ValueError:
+            continue  # the field itself cannot hold it: protobuf refuses it at the sender
+        with pytest.raises(ValueError) as err:
+            tensor_from_contents(c, datatype, 2)
+        assert str(err.value) == f"{datatype} values must lie in [{lo}, {hi}], got {bad}"
+
+
+def test_every_narrow_datatype_is_reachable_out_of_range():
+    """The datatypes narrower than their field: each has values the field holds but it cannot."""
+    refused = set()
+    for datatype, (field, lo, hi) in INTEGER.items():
+        for bad in (hi + 1, lo - 1):
+            try:
+                c = contents(field, [bad])
+            except ValueError:
+                continue
+            with pytest.raises(ValueError, match="must lie in"):
+                tensor_from_contents(c, datatype, 1)
+            refused.add(datatype)
+    assert refused == {"INT8", "INT16", "UINT8", "UINT16"}
+
+
+def test_float_bool_and_counts():
+    x = tensor_from_contents(contents("fp32_contents", [0.0, 1.0, -2.5]), "FP32", 3)
+    assert x.dtype == np.float32 and x.tolist() == [0.0, 1.0, -2.5]
+    x = tensor_from_contents(contents("fp64_contents", [1e300]), "FP64", 1)
+    assert x.dtype == np.float64 and x[0] == 1e300
+    assert tensor_from_contents(contents("bool_contents", [True, False]), "BOOL", 2).tolist() == [True, False]
+    with pytest.raises(ValueError, match="holds 2 values, the shape needs 3"):
+        tensor_from_contents(contents("uint_contents", [1, 2]), "UINT8", 3)
+    for datatype in ("FP16", "BF16", "BYTES"):
+        with pytest.raises(ValueError, match="cannot be sent as typed contents"):
+            tensor_from_contents(pb.InferTensorContents(), datatype, 0)
+
+
+def test_values_in_another_field_are_refused():
+    with pytest.raises(ValueError) as err:
+        tensor_from_contents(contents("fp32_contents", [1.0]), "UINT8", 1)
+    assert str(err.value) == "UINT8 values go in contents.uint_contents, got values in contents.fp32_contents"
+    both = contents("uint_contents", [1])
+    both.int64_contents.append(1)
+    with pytest.raises(ValueError, match="got values in contents.int64_contents"):
+        tensor_from_contents(both, "UINT8", 1)
+    with pytest.raises(ValueError, match="FP32 values go in contents.fp32_contents"):
+        tensor_from_contents(contents("uint_contents", [1]), "FP32", 1)
+
+
+# -- through the server's request decoding ----------------------------------------------------
+
+
+class Served:
+    """The parts of a served model that decode_infer reads: images [N, 4], 3 classes."""
+
+    kind = "analog"
+    in_features = 4
+    num_classes = 3
+    max_steps = None
+    default_outputs = ("scores", "label")
+    default_plan = InferPlan(InferOptions(), ("scores", "label"))
+
+
+def typed_request(datatype: str, field: str, values, shape=(1, 4), model="m") -> pb.ModelInferRequest:
+    r = pb.ModelInferRequest(model_name=model)
+    t = r.inputs.add(name="images", datatype=datatype, shape=shape)
+    getattr(t.contents, field).extend(values)
+    return r
+
+
+def refused(request) -> str:
+    with pytest.raises(RequestError) as err:
+        decode_infer(request, Served, 100)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    return err.value.message
+
+
+def test_decode_infer_typed_images():
+    x, _ = decode_infer(typed_request("UINT8", "uint_contents", [0, 255, 51, 1]), Served, 100)
+    assert x.dtype == np.float32 and x[0, 1] == 1.0 and x[0, 0] == 0.0
+    assert refused(typed_request("UINT8", "uint_contents", [0, 300, 1, 1])) == (
+        "images: UINT8 values must lie in [0, 255], got 300"
+    )
+    assert refused(typed_request("UINT8", "uint_contents", [256, 0, 0, 70000])).endswith("got 256")
+    assert "go in contents.uint_contents" in refused(typed_request("UINT8", "int64_contents", [1, 1, 1, 1]))
+    assert "go in contents.fp32_contents" in refused(typed_request("FP32", "uint_contents", [0, 0, 0, 0]))
+    assert "FP16 images must be sent as raw" in refused(typed_request("FP16", "fp32_contents", [0, 0, 0, 0]))
+    assert "NaN or Inf" in refused(typed_request("FP32", "fp32_contents", [0, float("inf"), 0, 0]))
+    assert "NaN or Inf" in refused(typed_request("FP64", "fp64_contents", [0, 1e300, 0, 0]))
+
+
+def test_server_refuses_out_of_range_uint8(sjff_models, tmp_path):
+    repo = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
+    with ServerProcess(repo, metrics=False) as srv, grpc.insecure_channel(srv.target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        values = [0] * 784
+        ok = stub.ModelInfer(typed_request("UINT8", "uint_contents", values, (1, 784), "mnist"), timeout=30)
+        assert ok.outputs[0].name == "scores"
+        values[5] = 300
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(typed_request("UINT8", "uint_contents", values, (1, 784), "mnist"), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "images: UINT8 values must lie in [0, 255], got 300"
+        assert srv.alive()
