@@ -16,7 +16,7 @@ from sjff_server.engine import make_engine
 from sjff_server.errors import RequestError
 from sjff_server.learning import Learner, LearnJob, LearnOptions, StateMismatch
 from sjff_server.records import MAGIC, ROLLBACK, UPDATE, UpdateRecord, decode_payload, encode_record
-from sjff_server.snapshots import SnapshotStore
+from sjff_server.snapshots import SnapshotStore, StateInUse
 
 from spikingjelly_ff.runtime import load_model
 
@@ -390,6 +390,9 @@ def test_learner_rollback_and_state_at(sjff_models, mnist_samples, tmp_path):
 def test_changed_artefact_is_detected(sjff_models, tmp_path):
     learner = make_learner(sjff_models, tmp_path / "s")
     learner.recover()
+    with pytest.raises(StateInUse, match="in use by another process"):  # one owner at a time
+        make_learner(sjff_models, tmp_path / "s").recover()
+    learner.state.release()
     marker = tmp_path / "s" / "artefact.json"
     data = json.loads(marker.read_text())
     data["sha256"] = "0" * 64
@@ -498,8 +501,9 @@ def test_outcome_unknown_when_the_log_cannot_be_cut_back(sjff_models, mnist_samp
 
 
 def test_a_writer_failure_fails_waiting_calls_at_once(sjff_models, mnist_samples, tmp_path):
-    """An unexpected error after a group's computation must not leave clients waiting for
-    their deadline: their calls fail at once and learning is marked failed."""
+    """An unexpected error of the writer must not leave clients waiting for their deadline:
+    queued calls fail at once, learning is marked failed, and an update that was already
+    durable is still answered as applied (never "failed" for something that stands)."""
     images, labels = mnist_samples
     xs = as_float(images[:4])
 
@@ -511,18 +515,34 @@ def test_a_writer_failure_fails_waiting_calls_at_once(sjff_models, mnist_samples
         await learner.start()
 
         def broken_settle(group, outcome):
-            raise RuntimeError("a bug")
+            raise RuntimeError("a bug after the sync")
 
         learner._settle = broken_settle
-        with pytest.raises(RequestError) as err:
-            await asyncio.wait_for(learner.learn(job(xs[:1], labels[0], seed=0)), timeout=60)
-        assert err.value.code.name == "INTERNAL" and "internal error" in learner.failed
+        version, _ = await asyncio.wait_for(learner.learn(job(xs[:1], labels[0], seed=0)), timeout=60)
+        assert version == 1 and "a bug after the sync" in learner.failed
         with pytest.raises(RequestError) as err:
             await learner.learn(job(xs[1:2], labels[1], seed=1))
         assert err.value.code.name == "UNAVAILABLE"
-        await learner.close(final_snapshot=False)
+        await asyncio.wait_for(learner.close(final_snapshot=False), timeout=60)
+
+        second = make_learner(sjff_models, tmp_path / "s2", snapshot_every=0, snapshot_interval_s=0)
+        second.recover()
+        await second.start()
+
+        def broken_take():
+            raise RuntimeError("a bug in the writer loop")
+
+        second._take_group = broken_take
+        with pytest.raises(RequestError) as err:
+            await asyncio.wait_for(second.learn(job(xs[:1], labels[0], seed=0)), timeout=60)
+        assert err.value.code.name == "INTERNAL" and "a bug in the writer loop" in second.failed
+        await asyncio.wait_for(second.close(final_snapshot=False), timeout=60)  # no hang on a dead writer
+        return learner
 
     asyncio.run(run())
+    learner = make_learner(sjff_models, tmp_path / "s")
+    learner.recover()
+    assert learner.published.version == 1  # the update answered as applied is there
 
 
 def test_replay_is_checked_against_logged_digests(sjff_models, mnist_samples, tmp_path, monkeypatch):
@@ -552,6 +572,7 @@ def test_replay_is_checked_against_logged_digests(sjff_models, mnist_samples, tm
     learner = make_learner(sjff_models, tmp_path / "s")
     learner.recover()  # the same arithmetic: the digests match
     assert learner.weights_digest() == (10, digest)
+    learner.state.release()
 
     from spikingjelly_ff.runtime.analog import AnalogModel
 
@@ -625,6 +646,8 @@ def test_recovery_refuses_damage_and_repair_cuts_it(sjff_models, mnist_samples, 
     learner = make_learner(sjff_models, state)
     learner.recover()
     assert 20 <= learner.published.version < 25
+    assert repair_main([str(tmp_path / "state"), "--model", "mnist"]) == 2  # the state is owned meanwhile
+    learner.state.release()
     assert repair_main([str(tmp_path / "state"), "--model", "mnist"]) == 0
 
 
@@ -660,3 +683,125 @@ def test_repair_of_an_old_segment_keeps_every_acknowledged_update(sjff_models, m
     assert learner.published.version == 25 and learner.oldest_restorable() == 10
     for a, b in zip(weights, learner.published.model.weights):
         np.testing.assert_array_equal(a, b)
+
+
+def test_zero_filled_tail_is_a_torn_write(tmp_path):
+    """After a power loss, never-synced appended blocks can read back as zeros: no
+    acknowledged frame is all zeros, so that tail is cut like a torn write."""
+    ((_, path),) = write_log(tmp_path, [1, 2]).segments()
+    path.write_bytes(path.read_bytes() + bytes(4096))
+    last, damage = UpdateLog(tmp_path).replay(lambda r: None)
+    assert last == 2 and damage.torn and "zero bytes" in damage.reason
+
+
+def test_close_finishes_when_storage_fails_during_shutdown(sjff_models, mnist_samples, tmp_path):
+    images, labels = mnist_samples
+    xs = as_float(images[:4])
+
+    async def run():
+        learner = make_learner(sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0, max_group=1)
+        learner.recover()
+        await learner.start()
+
+        def failing_append(records):
+            raise OSError(5, "Input/output error")
+
+        learner.log.append = failing_append
+        calls = [asyncio.ensure_future(learner.learn(job(xs[i : i + 1], labels[i], seed=i))) for i in range(3)]
+        await asyncio.sleep(0)
+        await asyncio.wait_for(learner.close(final_snapshot=True), timeout=60)  # a queued stop survives the failure
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, RequestError) and r.code.name == "UNAVAILABLE" for r in results)
+
+    asyncio.run(run())
+
+
+def test_a_rollback_that_fails_before_its_append_reuses_no_version(sjff_models, mnist_samples, tmp_path):
+    images, labels = mnist_samples
+    xs = as_float(images[:6])
+
+    async def run():
+        learner = make_learner(sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0)
+        learner.recover()
+        await learner.start()
+        for i in range(3):
+            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        real_publish = learner.engine.publish
+
+        def failing_publish(version, model):
+            raise MemoryError("preparing weights")
+
+        learner.engine.publish = failing_publish
+        with pytest.raises(MemoryError):
+            await learner.rollback(1)
+        learner.engine.publish = real_publish
+        assert (await learner.learn(job(xs[4:5], labels[4], seed=4)))[0] == 4
+        await learner.close(final_snapshot=False)
+
+    asyncio.run(run())
+    learner = make_learner(sjff_models, tmp_path / "s")
+    learner.recover()
+    assert learner.published.version == 4 and [h[1] for h in learner.history] == ["update"] * 4
+
+
+def test_repair_bridges_a_gap_with_the_snapshot_at_the_next_segment(sjff_models, mnist_samples, tmp_path):
+    """An older segment lost its last frame exactly at a frame boundary: the next segment no
+    longer follows it. The snapshot where that segment starts bridges the gap: nothing lost."""
+    from sjff_server.durability import SegmentScan
+    from sjff_server.repair import apply_repair, plan_repair
+
+    images, labels = mnist_samples
+    xs = as_float(images[:10])
+    state = tmp_path / "s"
+
+    async def run():
+        learner = make_learner(sjff_models, state, snapshot_every=5, snapshot_interval_s=0)
+        learner.recover()
+        await learner.start()
+        for i in range(8):
+            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        await learner.close(final_snapshot=False)
+
+    asyncio.run(run())
+    log = UpdateLog(state / "log")
+    base, first = log.segments()[0]
+    scan = SegmentScan(first, base)
+    ends = [scan.valid_end for _ in scan]
+    first.write_bytes(first.read_bytes()[: ends[-2]])  # version 5's frame (and its digest) gone
+    plan = plan_repair(state)
+    assert plan.damage.gap and plan.keep_from_snapshot == 5 and plan.damage.later == (6, 8)
+    apply_repair(state, plan)
+    learner = make_learner(sjff_models, state)
+    learner.recover()
+    assert learner.published.version == 8
+
+
+def test_a_log_that_ends_before_the_newest_snapshot_is_refused_then_repaired(sjff_models, mnist_samples, tmp_path):
+    from sjff_server.repair import apply_repair, plan_repair
+
+    images, labels = mnist_samples
+    xs = as_float(images[:10])
+    state = tmp_path / "s"
+
+    async def run():
+        learner = make_learner(sjff_models, state, snapshot_every=0, snapshot_interval_s=0)
+        learner.recover()
+        await learner.start()
+        for i in range(5):
+            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        await learner.snapshot()
+        await learner.close(final_snapshot=False)
+
+    asyncio.run(run())
+    log = UpdateLog(state / "log")
+    (b0, p0), (b5, p5) = log.segments()
+    p5.unlink()
+    p0.write_bytes(p0.read_bytes()[:200])  # as if a cut had happened and the snapshot stayed
+    with pytest.raises(LogCorruption, match="ends at version .* before|newest usable snapshot is version 5"):
+        make_learner(sjff_models, state).recover()
+    plan = plan_repair(state)
+    assert plan.keep_from_snapshot == 5
+    apply_repair(state, plan)
+    learner = make_learner(sjff_models, state)
+    learner.recover()
+    assert learner.published.version == 5

@@ -86,6 +86,7 @@ class Damage:
     size: int
     later: tuple[int, int] | None = None
     after_segments: int = 0
+    gap: bool = False  # the segment is intact but does not follow the previous one
 
     @property
     def newest_affected(self) -> int | None:
@@ -124,6 +125,10 @@ class SegmentScan:
         self.damage: Damage | None = None
 
     def _fail(self, offset: int, reason: str, torn: bool) -> None:
+        if not torn and offset >= len(MAGIC) and _zeros_from(self.path, offset):
+            # never-synced appended blocks read back as zeros after a power loss (XFS, ext4
+            # data=writeback): no acknowledged frame is all zeros, so this is a torn write too
+            reason, torn = f"{reason}: the rest of the file is zero bytes (unwritten blocks)", True
         self.damage = Damage(self.path, offset, reason, torn, self.last, self.size)
 
     def __iter__(self) -> Iterator[UpdateRecord]:
@@ -175,6 +180,16 @@ class SegmentScan:
                 self.last = rec.version
                 off = self.valid_end = start + length
                 yield rec
+
+
+def _zeros_from(path: Path, offset: int) -> bool:
+    """Whether every byte of ``path`` from ``offset`` to its end is zero."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while chunk := fh.read(1 << 20):
+            if chunk.count(0) != len(chunk):
+                return False
+    return True
 
 
 def _frame_at(mm: mmap.mmap, start: int, magic: bytes) -> tuple[UpdateRecord, int] | None:
@@ -349,7 +364,11 @@ class UpdateLog:
         for i, (base, path) in enumerate(segs):
             if last is not None and base != last:
                 why = f"the segment holds versions after {base} but the previous one ends at version {last}"
-                d = Damage(path, 0, why, False, last, 0)
+                scan = SegmentScan(path, base)
+                for _ in scan:
+                    pass
+                later = (base + 1, scan.last) if scan.last > base else None
+                d = Damage(path, 0, why, False, last, scan.size, later=later, gap=True)
                 return last, self._with_later_segments(d, segs[i + 1 :])
             scan = SegmentScan(path, base)
             for rec in scan:
@@ -401,6 +420,7 @@ class UpdateLog:
             raise LogCorruption(damage.describe(), damage)
         if damage.offset < len(MAGIC):
             damage.path.unlink()  # an interrupted segment start: nothing was ever written to it
+            fsync_dir(self.dir)
         else:
             self.cut(damage.path, damage.offset)
         return (

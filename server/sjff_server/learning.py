@@ -119,6 +119,7 @@ class _Staged:
     results: list
     snapshot: SnapshotInfo | None = None
     sync_s: float = 0.0
+    durable: bool = False  # its records are synced: from then on it is applied, whatever follows
 
 
 def _unavailable(why: str) -> RequestError:
@@ -226,7 +227,7 @@ class Learner:
             await asyncio.wait([self._writer])
         self._compute.shutdown(wait=True)
         self._io.shutdown(wait=True)
-        self.state.log.close()
+        self.state.release()
 
     async def _snapshot_timer(self) -> None:
         while True:
@@ -248,15 +249,21 @@ class Learner:
         self._fail_queue(exc)
 
     def _writer_done(self, task: asyncio.Task) -> None:
-        """Supervision: a writer that dies of an unexpected error must not leave calls waiting."""
-        if task.cancelled() or task.exception() is None:
+        """Supervision: a writer that dies (error or cancellation) must not leave calls waiting.
+        Groups already handed to the I/O thread finish on their own and are answered truly."""
+        exc = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if exc is None:
             return
-        exc = task.exception()
         log.error("learning writer failed", exc_info=exc, extra={"model": self.name})
         err = _internal(exc)
         self._stop_learning(f"internal error: {type(exc).__name__}: {exc}", err)
-        for fut in self._inflight:
-            fut.cancel()
+        for j in list(self._queue):  # nothing is left to run a queued stop: answer it too
+            if j.future is not None and not j.future.done():
+                if isinstance(j, _Control) and j.kind == "stop":
+                    j.future.set_result(None)
+                else:
+                    j.future.set_exception(err)
+        self._queue.clear()
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -376,12 +383,18 @@ class Learner:
             if staged.records:
                 await self._persist_group(staged)
             self._settle(group, staged)
-        except BaseException as exc:  # supervision: nobody may be left waiting
+        except BaseException as exc:  # supervision: nobody may be left waiting, nobody told a lie
             err = _internal(exc)
-            self._fail(group, err)
-            if not isinstance(exc, asyncio.CancelledError):
-                log.error("learning group failed after its computation", exc_info=exc, extra={"model": self.name})
-                self._stop_learning(f"internal error: {type(exc).__name__}: {exc}", err)
+            durable = staged.durable
+            for job, res in zip(group, staged.results):
+                if job.future.done():
+                    continue
+                if durable and not isinstance(res, RequestError):
+                    job.future.set_result(res)  # logged, synced and published: it is applied
+                else:
+                    job.future.set_exception(res if isinstance(res, RequestError) else err)
+            log.error("learning group failed after its computation", exc_info=exc, extra={"model": self.name})
+            self._stop_learning(f"internal error: {type(exc).__name__}: {exc}", err)
             raise
 
     async def _persist_group(self, staged: _Staged) -> None:
@@ -408,6 +421,7 @@ class Learner:
             self._stop_learning(why, _unavailable(f"learning is stopped: {why}"))
             refuse(_unavailable(f"update not applied: {why}"))
             return
+        staged.durable = True
         self.published = staged.published  # the swap: inference sees the whole group at once
         # durable and published: what follows must never turn it into "not applied"
         try:
@@ -422,10 +436,13 @@ class Learner:
                 j.future.set_exception(exc)
 
     def _fail_queue(self, exc: Exception) -> None:
+        """Fail every queued call; a queued "stop" stays, so that close() still finishes."""
+        keep = [j for j in self._queue if isinstance(j, _Control) and j.kind == "stop"]
         while self._queue:
             j = self._queue.popleft()
-            if j.future is not None and not j.future.done():
+            if j.future is not None and not j.future.done() and j not in keep:
                 j.future.set_exception(exc)
+        self._queue.extend(keep)
 
     def _settle(self, group: list[LearnJob], outcome: _Staged) -> None:
         st = self.stats
@@ -465,11 +482,14 @@ class Learner:
                 result: Any = (info, exported)
             elif c.kind == "rollback":
                 pub, restored = await loop.run_in_executor(self._io, self._do_rollback, self.published, c.arg)
-                self.published = pub
+                self.published = pub  # nothing below may turn the durable rollback into an error
                 self.history.append((pub.version, "rollback", time.time(), 0, restored))
-                if self.metrics is not None:
-                    self.metrics.version(self.name, self.repo_version, pub.version)
                 result = (pub.version, restored)
+                try:
+                    if self.metrics is not None:
+                        self.metrics.version(self.name, self.repo_version, pub.version)
+                except Exception:  # noqa: BLE001
+                    log.exception("metrics after rollback failed", extra={"model": self.name})
             else:
                 raise ValueError(f"unknown control {c.kind}")
         except (StorageError, OutcomeUnknown) as exc:
@@ -592,11 +612,11 @@ class Learner:
         except NotRestorable as exc:
             raise RequestError(grpc.StatusCode.OUT_OF_RANGE, str(exc)) from None
         new = base.version + 1
+        pub = self.engine.publish(new, model)  # everything that can fail happens before the append
         self.state.log.append([UpdateRecord(ROLLBACK, new, time.time(), restored=target)])
-        pub = self.engine.publish(new, model)
         try:  # durable from here on: a failed snapshot only makes the next restart replay more
             self._do_snapshot(pub, False)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - the rollback stands; it must be answered as applied
             log.error("snapshot after rollback failed", extra={"model": self.name, "error": repr(exc)})
         return pub, target
 

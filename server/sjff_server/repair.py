@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .durability import Damage, UpdateLog
 from .records import MAGIC
-from .snapshots import SnapshotStore
+from .snapshots import SnapshotStore, StateInUse, fsync_dir, lock_state
 
 __all__ = ["Plan", "main", "plan_repair", "apply_repair"]
 
@@ -69,65 +70,92 @@ def _usable(store: SnapshotStore, version: int) -> bool:
     return False
 
 
+def _newest_usable(store: SnapshotStore) -> int | None:
+    for s in reversed(store.list()):
+        if _usable(store, s.version):
+            return s.version
+    return None
+
+
 def plan_repair(state_dir: Path) -> Plan:
     """Read (never change) the state of one model version and plan the least destructive cut."""
     logdir, snapdir = Path(state_dir) / "log", Path(state_dir) / "snapshots"
     if not logdir.is_dir():
         raise FileNotFoundError(f"{state_dir} holds no update log (expected {logdir})")
     ulog = UpdateLog(logdir)
+    store = SnapshotStore(snapdir, writable=False)
     last, damage = ulog.replay(lambda r: None)
     if damage is None:
+        newest = _newest_usable(store)
+        if last is not None and newest is not None and last < newest:  # the log ends before the snapshot
+            gap = Damage(
+                logdir,
+                0,
+                f"the log ends at version {last}, before the snapshot of version {newest}",
+                False,
+                last,
+                0,
+                gap=True,
+            )
+            return Plan(gap, last, keep_from_snapshot=newest)
         return Plan(None, last or 0)
     if damage.torn:
         return Plan(damage, damage.last_good, cut_at=damage.last_good)
-    store = SnapshotStore(snapdir) if snapdir.is_dir() else None
     segs = ulog.segments()
     paths = [p for _, p in segs]
-    later = segs[paths.index(damage.path) + 1 :] if damage.path in paths else []
-    for base, _ in later:
-        if store is not None and _usable(store, base):
+    i = paths.index(damage.path) if damage.path in paths else len(paths)
+    # a usable snapshot where an intact segment starts, after the damage, bridges it (the damaged
+    # segment's own start counts when the damage is a gap before it)
+    for base, _ in segs[i if damage.gap else i + 1 :]:
+        if _usable(store, base):
             return Plan(damage, damage.last_good, keep_from_snapshot=base)
     return Plan(damage, damage.last_good, cut_at=damage.last_good)
 
 
 def apply_repair(state_dir: Path, plan: Plan) -> list[str]:
-    """Carry out ``plan``; returns what was removed (each also logged at ERROR)."""
+    """Carry out ``plan``; returns what was removed (each also logged at ERROR). Snapshots
+    newer than a cut go before any segment is touched, so a crash midway leaves a state that
+    a second run still plans correctly."""
     if plan.damage is None:
         return []
     ulog = UpdateLog(Path(state_dir) / "log")
-    snapdir = Path(state_dir) / "snapshots"
-    store = SnapshotStore(snapdir) if snapdir.is_dir() else None
+    store = SnapshotStore(Path(state_dir) / "snapshots")
     done: list[str] = []
     if plan.keep_from_snapshot is not None:
         keep = plan.keep_from_snapshot
-        for base, path in ulog.segments():
+        for base, path in ulog.segments():  # every record they hold is <= keep: the snapshot has it
             if base < keep:
                 path.unlink()
                 done.append(f"deleted log segment {path.name} (history before version {keep})")
-        for s in store.list() if store is not None else []:
+        for s in store.list():
             if s.version < keep:
                 s.path.unlink()
                 done.append(f"deleted snapshot {s.path.name} (before version {keep})")
+        done.append(f"lost: no acknowledged update; rollback before version {keep} is no longer possible")
     else:
         d = plan.damage
-        paths = [p for _, p in ulog.segments()]
-        later = paths[paths.index(d.path) + 1 :] if d.path in paths else []
-        if d.offset < len(MAGIC):
-            d.path.unlink()
-            done.append(f"deleted log segment {d.path.name} (no intact record)")
-        else:
-            ulog.cut(d.path, d.offset)
-            done.append(f"cut {d.path.name} at byte {d.offset} ({d.size - d.offset} bytes)")
-        for path in later:
-            path.unlink()
-            done.append(f"deleted log segment {path.name} (after the cut)")
-        for s in store.list() if store is not None else []:
+        for s in store.list():
             if s.version > d.last_good:
                 s.path.unlink()
                 done.append(f"deleted snapshot {s.path.name} (newer than the cut)")
+        fsync_dir(store.dir)
+        paths = [p for _, p in ulog.segments()]
+        later = paths[paths.index(d.path) + 1 :] if d.path in paths else []
+        for path in reversed(later):
+            path.unlink()
+            done.append(f"deleted log segment {path.name} (after the cut)")
+        if d.offset < len(MAGIC):
+            d.path.unlink()
+            why = "it does not follow the one before" if d.gap else "no intact record"
+            done.append(f"deleted log segment {d.path.name} ({why})")
+        else:
+            ulog.cut(d.path, d.offset)
+            done.append(f"cut {d.path.name} at byte {d.offset} ({d.size - d.offset} bytes)")
         newest = d.newest_affected
         lost = f"versions {d.last_good + 1}..{newest}" if newest else f"whatever followed version {d.last_good}"
         done.append(f"lost: {lost}; the model resumes at version {d.last_good}")
+    fsync_dir(ulog.dir)
+    fsync_dir(store.dir)
     for line in done:
         log.error(line, extra={"state_dir": str(state_dir)})
     return done
@@ -142,21 +170,31 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="sjff state repair: %(levelname)s: %(message)s")
     target = args.state_dir / args.model / args.version
+    if not target.is_dir():
+        print(f"sjff state repair: error: {target} does not exist", file=sys.stderr)
+        return 2
+    try:
+        lock = lock_state(target)  # no server may own the state meanwhile
+    except (StateInUse, OSError) as exc:
+        print(f"sjff state repair: error: {exc}", file=sys.stderr)
+        return 2
     try:
         plan = plan_repair(target)
+        print(plan.describe())
+        if plan.damage is None:
+            return 0
+        if not args.truncate:
+            print("nothing was changed (add --truncate to cut)")
+            return 1
+        apply_repair(target, plan)
+        again = plan_repair(target)
+        print(again.describe())
+        return 0 if again.damage is None else 1
     except (OSError, ValueError) as exc:
         print(f"sjff state repair: error: {exc}", file=sys.stderr)
         return 2
-    print(plan.describe())
-    if plan.damage is None:
-        return 0
-    if not args.truncate:
-        print("nothing was changed (add --truncate to cut)")
-        return 1
-    apply_repair(target, plan)
-    again = plan_repair(target)
-    print(again.describe())
-    return 0 if again.damage is None else 1
+    finally:
+        os.close(lock)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,28 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SnapshotInfo", "SnapshotStore", "atomic_write", "fsync_dir", "state_digest"]
+__all__ = ["SnapshotInfo", "SnapshotStore", "StateInUse", "atomic_write", "fsync_dir", "lock_state", "state_digest"]
+
+
+class StateInUse(Exception):
+    """Another process (a server, or ``sjff state repair``) holds this state directory."""
+
+
+def lock_state(directory: Path) -> int:
+    """Take the exclusive lock of a model's state directory (``.lock``, flock) and return its
+    file descriptor; held until closed. :class:`StateInUse` if another process has it."""
+    import fcntl
+
+    fd = os.open(Path(directory) / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateInUse(
+            f"{directory} is in use by another process (a running server or sjff state repair); "
+            "one process at a time may own a model's learning state"
+        ) from None
+    return fd
 
 
 def fsync_dir(path: Path) -> None:
@@ -62,16 +83,17 @@ class SnapshotInfo:
 class SnapshotStore:
     """Atomic ``.npz`` snapshots of a model's weights and eligibility traces."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, writable: bool = True) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.dir.glob("*.part"):
-            stale.unlink(missing_ok=True)
+        if writable:  # a reader (sjff state repair's report) changes nothing
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.dir.glob("*.part"):
+                stale.unlink(missing_ok=True)
 
     def list(self) -> list[SnapshotInfo]:
         """Every snapshot, oldest first."""
         out = []
-        for p in self.dir.glob("*.npz"):
+        for p in self.dir.glob("*.npz") if self.dir.is_dir() else ():
             try:
                 version = int(p.stem)
                 st = p.stat()

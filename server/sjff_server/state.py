@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import numpy as np
 
 from .durability import LogCorruption, UpdateLog
 from .records import DIGEST, KINDS, ROLLBACK, UPDATE, UpdateRecord
-from .snapshots import SnapshotInfo, SnapshotStore, atomic_write, state_digest
+from .snapshots import SnapshotInfo, SnapshotStore, atomic_write, lock_state, state_digest
 
 __all__ = [
     "ModelState",
@@ -84,6 +85,14 @@ class ModelState:
         self.sha256 = ""
         self.log = UpdateLog(self.dir / "log")
         self.snapshots = SnapshotStore(self.dir / "snapshots")
+        self._lock: int | None = None
+
+    def release(self) -> None:
+        """Close the log and give up the directory's lock."""
+        self.log.close()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -108,6 +117,9 @@ class ModelState:
             self.dir.rename(archive)
             notes.append(f"artefact changed: old learning state archived to {archive}")
             self.dir.mkdir(parents=True)
+            if self._lock is not None:  # the lock went with the archive: take the new directory's
+                os.close(self._lock)
+                self._lock = lock_state(self.dir)
             self.log = UpdateLog(self.dir / "log")
             self.snapshots = SnapshotStore(self.dir / "snapshots")
             old = None
@@ -119,8 +131,18 @@ class ModelState:
     def recover(self, reset_changed: bool = False) -> Recovered:
         """Newest usable snapshot + one streaming pass over the log. A torn final write is
         cut; any other damage raises :class:`LogCorruption`, a replay that differs from the
-        logged digests :class:`ReplayMismatch`."""
+        logged digests :class:`ReplayMismatch`. Takes the directory's lock (released on failure,
+        so that ``sjff state repair`` can run while the server serves the other models)."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = lock_state(self.dir)  # held while serving: no second server, no repair meanwhile
+        try:
+            return self._recover(reset_changed)
+        except BaseException:
+            self.release()
+            raise
+
+    def _recover(self, reset_changed: bool) -> Recovered:
         self.sha256 = file_sha256(self.artefact)
         notes = self._check_marker(reset_changed)
         warnings: list[str] = []
@@ -164,6 +186,12 @@ class ModelState:
                     damage,
                 )
             warnings.append(self.log.cut_torn(damage))
+        if last is not None and last < start:
+            raise LogCorruption(
+                f"{self.log.dir}: the log ends at version {last} but the newest usable snapshot is version {start}; "
+                f"appending would leave a gap. Drop the log before the snapshot with `sjff state repair "
+                f"{self.dir.parent.parent} --model {self.name} --version {self.repo_version} --truncate`"
+            )
         latest = max(start, last or 0)
         if cur != latest:
             raise LogCorruption(f"{self.log.dir}: cannot rebuild version {latest}: the log ends at version {cur}")
