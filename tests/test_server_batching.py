@@ -20,56 +20,111 @@ from sjff_server.repository import scan_repository
 from sjff_server.validation import InferPlan, decode_infer
 
 # -- batching -------------------------------------------------------------------------------------
+# Every test drives Batcher.infer, the server's entry point. Batches are made deterministic by
+# a window far longer than the test (it ends when max_batch images are queued) or by a worker
+# blocked on a threading.Event (later requests must queue), never by timing.
+
+LONG = 60.0  # a batch window no test waits out
+
+
+def rows(n: int, value: float, width: int = 4) -> np.ndarray:
+    return np.full((n, width), value, dtype=np.float32)
+
+
+class Blocker:
+    """A run function that blocks (on a worker thread) while running ``x`` with ``block_rows``
+    rows or more, until :meth:`release`; it records each call's size and thread."""
+
+    def __init__(self, block_rows: int) -> None:
+        self.block_rows = block_rows
+        self.started = threading.Event()
+        self.released = threading.Event()
+        self.blocked_loop = False
+        self.calls: list[tuple[int, int]] = []  # (images, thread id)
+
+    def __call__(self, x: np.ndarray, opts: InferOptions):
+        self.calls.append((len(x), threading.get_ident()))
+        if opts.steps == 99:
+            raise ValueError("boom")
+        if len(x) >= self.block_rows:
+            self.started.set()
+            # a loop that this call blocks cannot release it: give up instead of hanging
+            if not self.released.wait(LONG):
+                self.blocked_loop = True
+        return {"double": x * 2}, 7
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def wait_started(self) -> None:
+        assert await asyncio.get_running_loop().run_in_executor(None, self.started.wait, LONG)
+
+
+def test_small_request_on_a_quiet_model_runs_at_once():
+    """The fast path: no window, nothing queued -> the request runs before infer() suspends."""
+    calls = []
+
+    def run(x, opts):
+        calls.append(len(x))
+        return {"double": x * 2}, 3
+
+    async def main():
+        b = Batcher(run, max_batch=8, busy_delay_s=LONG)  # a window, but only under load
+        coro = b.infer(rows(2, 0.5), InferOptions())
+        with pytest.raises(StopIteration) as done:
+            coro.send(None)  # completes without ever yielding to the event loop
+        out, version = done.value.value
+        assert version == 3 and calls == [2]
+        np.testing.assert_array_equal(out["double"], rows(2, 1.0))
+
+    asyncio.run(main())
 
 
 def test_concurrent_requests_share_batches_and_get_their_rows():
     calls = []
 
     def run(x, opts):
-        calls.append(len(x))
+        calls.append(x[:, 0].tolist())
         return {"double": x * 2, "row": x[:, :1]}, 7
 
     async def main():
-        b = Batcher(run, max_batch=8)
-        xs = [np.full((1 + i % 3, 4), i, dtype=np.float32) for i in range(10)]
-        futs = [b.submit(x, InferOptions()) for x in xs]
-        outs = await asyncio.gather(*futs)
+        b = Batcher(run, max_batch=8, max_delay_s=LONG)
+        sizes = [3, 2, 4, 3, 1, 2, 1, 4, 2, 2]  # 24 images, each request its own value
+        xs = [rows(n, i) for i, n in enumerate(sizes)]
+        outs = await asyncio.gather(*[b.infer(x, InferOptions()) for x in xs])
         for x, (out, version) in zip(xs, outs):
             assert version == 7
-            np.testing.assert_array_equal(out["double"], x * 2)
-        return calls
+            np.testing.assert_array_equal(out["double"], x * 2)  # its own rows, in its order
+            np.testing.assert_array_equal(out["row"], x[:, :1])
+        assert b.held_bytes == 0
 
-    calls = asyncio.run(main())
-    assert sum(calls) == sum(1 + i % 3 for i in range(10))
-    assert max(calls) <= 8 and len(calls) < 10  # batched, never above max_batch
+    asyncio.run(main())
+    # all ten arrive in one loop turn and the 8th image ends the window; a batch takes the
+    # oldest request, then every later one that still fits in 8 images (request 2 waits)
+    assert calls == [
+        [0, 0, 0, 1, 1, 3, 3, 3],
+        [2, 2, 2, 2, 4, 5, 5, 6],
+        [7, 7, 7, 7, 8, 8, 9, 9],
+    ]
 
 
-def test_options_seeds_cancellation_and_errors():
-    seen = []
+def test_a_request_left_over_from_a_full_batch_waits_for_its_own_window():
+    sizes = []
 
     def run(x, opts):
-        seen.append((len(x), opts))
-        if opts.steps == 99:
-            raise ValueError("boom")
+        sizes.append(x[:, 0].tolist())
         return {"x": x}, 0
 
     async def main():
-        b = Batcher(run, max_batch=64)
-        plain = [b.submit(np.zeros((1, 2), np.float32), InferOptions()) for _ in range(3)]
-        seeded = [b.submit(np.zeros((1, 2), np.float32), InferOptions(seed=s)) for s in (1, 2)]
-        gone = b.submit(np.zeros((1, 2), np.float32), InferOptions())
-        gone.cancel()
-        expired = b.submit(np.zeros((1, 2), np.float32), InferOptions(), deadline=time.monotonic() - 1)
-        bad = b.submit(np.zeros((1, 2), np.float32), InferOptions(steps=99))
-        await asyncio.gather(*plain, *seeded)
-        with pytest.raises(asyncio.TimeoutError):
-            await expired
-        with pytest.raises(ValueError, match="boom"):
-            await bad
+        b = Batcher(run, max_batch=2, max_delay_s=LONG)
+        first = [asyncio.ensure_future(b.infer(rows(1, i), InferOptions())) for i in range(3)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert [f.done() for f in first] == [True, True, False]  # 2 filled a batch, 1 waits
+        await asyncio.gather(*first, b.infer(rows(1, 3), InferOptions()))  # company: it runs
 
     asyncio.run(main())
-    assert seen[0] == (3, InferOptions())  # equal options batch, the cancelled one is dropped
-    assert [s for s in seen if s[1].seed is not None] == [(1, InferOptions(seed=1)), (1, InferOptions(seed=2))]
+    assert sizes == [[0, 1], [2, 3]]
 
 
 def test_queue_delay_waits_for_more():
@@ -80,20 +135,184 @@ def test_queue_delay_waits_for_more():
         return {"x": x}, 0
 
     async def main():
-        b = Batcher(run, max_batch=16, max_delay_s=0.05)
-        first = b.submit(np.zeros((1, 1), np.float32), InferOptions())
-        await asyncio.sleep(0.01)
-        rest = [b.submit(np.zeros((1, 1), np.float32), InferOptions()) for _ in range(3)]
-        await asyncio.gather(first, *rest)
+        b = Batcher(run, max_batch=4, max_delay_s=LONG)
+        first = asyncio.ensure_future(b.infer(rows(1, 0), InferOptions()))
+        await asyncio.sleep(0.01)  # a later loop turn: the window is still open
+        assert not first.done() and b.queued == 1
+        rest = [b.infer(rows(1, 0), InferOptions()) for _ in range(3)]
+        await asyncio.gather(first, *rest)  # the 4th image fills the batch: no need to wait more
 
     asyncio.run(main())
     assert sizes == [4]
 
 
+def test_batches_form_under_concurrent_arrivals():
+    """Requests arriving one per loop turn (as grpc.aio delivers them) share a batch when the
+    caller reports load (busy): the first waits in a window that the others join."""
+    sizes = []
+
+    def run(x, opts):
+        sizes.append(len(x))
+        return {"x": x}, 0
+
+    async def main():
+        b = Batcher(run, max_batch=19, busy_delay_s=LONG)
+        futs = []
+        for _ in range(20):
+            futs.append(asyncio.ensure_future(b.infer(rows(1, 0), InferOptions(), busy=bool(futs))))
+            await asyncio.sleep(0)  # the next call comes a loop turn later
+        await asyncio.gather(*futs)
+
+    asyncio.run(main())
+    assert sizes == [1, 19]  # the first came alone (no load yet): at once; the others batched
+
+
+def test_options_seeds_cancellation_errors_and_the_byte_budget():
+    """Spiking-style batcher (every batch on one worker): while the worker is blocked, later
+    requests queue; the byte budget counts queued and running requests and frees them whatever
+    their end (answered, cancelled, expired, failed)."""
+    pool = WorkerPool(1)
+    run = Blocker(block_rows=256)
+    mib = 1 << 20
+    big = rows(256, 0.25, width=1024)  # 1 MiB of float32
+
+    async def main():
+        b = Batcher(run, max_batch=64, pool=pool, inline_rows=0, max_bytes=int(3.5 * mib), name="snn")
+        first = asyncio.ensure_future(b.infer(big, InferOptions()))
+        await run.wait_started()  # running on the worker, blocked
+        plain = [asyncio.ensure_future(b.infer(rows(1, i), InferOptions())) for i in range(3)]
+        seeded = [asyncio.ensure_future(b.infer(rows(1, 9), InferOptions(seed=s))) for s in (1, 2)]
+        gone = asyncio.ensure_future(b.infer(big, InferOptions()))
+        expired = asyncio.ensure_future(b.infer(big, InferOptions(), deadline=time.monotonic() - 1))
+        bad = asyncio.ensure_future(b.infer(rows(1, 0), InferOptions(steps=99)))
+        await asyncio.sleep(0)  # every request is queued now
+        assert b.held_bytes == 3 * mib + 6 * 16
+        with pytest.raises(RequestError) as refused:
+            await b.infer(big, InferOptions())
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.message == (
+            "inference queue of model 'snn' holds 3.0 MiB (limit 3.5 MiB; this request needs 1.0 MiB); "
+            "retry later or raise --max-inflight-mb"
+        )
+        with pytest.raises(RequestError, match=r"request of 5\.0 MiB .* exceeds .* \(3\.5 MiB\); send fewer"):
+            await b.infer(rows(5 * 256, 0, width=1024), InferOptions())
+        gone.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the done-callback has run: the cancelled request holds nothing
+        assert b.held_bytes == 2 * mib + 6 * 16
+        late = asyncio.ensure_future(b.infer(big, InferOptions()))  # fits again
+        await asyncio.sleep(0)
+        assert b.held_bytes == 3 * mib + 6 * 16
+        run.release()
+        await asyncio.gather(first, *plain, *seeded, late)
+        with pytest.raises(asyncio.TimeoutError):
+            await expired
+        with pytest.raises(ValueError, match="boom"):
+            await bad
+        assert gone.cancelled()
+        assert b.held_bytes == 0 and b.queued == 0
+        for i, p in enumerate(plain):
+            np.testing.assert_array_equal(p.result()[0]["double"], rows(1, 2 * i))
+
+    try:
+        asyncio.run(main())
+    finally:
+        run.release()
+        pool.close()
+    assert not run.blocked_loop
+    sizes = [n for n, _ in run.calls]
+    # the blocked big one; the three plain ones in one batch (equal options; the cancelled one
+    # and the expired one are dropped, the late big one does not fit in 64); each seeded request
+    # alone (an explicit seed is a reproducible, unbatched run); the failing one; the late one
+    assert sizes == [256, 3, 1, 1, 1, 256]
+
+
+def test_large_batches_run_off_the_event_loop():
+    """An inline batcher with a pool runs batches of more than inline_rows images on a worker:
+    while one is computing, small requests are answered on the loop (the old inline-only
+    batcher ran it on the loop thread, which could then answer nothing until it finished)."""
+    pool = WorkerPool(1)
+    run = Blocker(block_rows=100)
+
+    async def main():
+        loop_thread = threading.get_ident()
+        b = Batcher(run, max_batch=64, busy_delay_s=0.001, pool=pool, inline_rows=8)
+        large = asyncio.ensure_future(b.infer(rows(100, 0.5), InferOptions()))
+        await run.wait_started()
+        for _ in range(3):  # the loop is free: small requests run inline, at once
+            out, _ = await b.infer(rows(8, 0.25), InferOptions())
+            np.testing.assert_array_equal(out["double"], rows(8, 0.5))
+        assert not large.done()
+        run.release()
+        out, version = await large
+        np.testing.assert_array_equal(out["double"], rows(100, 1.0))
+        return loop_thread
+
+    try:
+        loop_thread = asyncio.run(main())
+    finally:
+        run.release()
+        pool.close()
+    assert not run.blocked_loop
+    assert [n for n, _ in run.calls] == [100, 8, 8, 8]
+    assert run.calls[0][1] != loop_thread and all(t == loop_thread for _, t in run.calls[1:])
+
+
+def test_served_analog_model_runs_large_requests_off_the_loop(sjff_models, mnist_samples, tmp_path):
+    """The server's wiring: load_served_model gives an analog model the worker pool and an
+    inline limit from its per-image cost, so a 4,096-image request runs on a worker while the
+    loop answers a one-image request. The engine's run is wrapped to block until released."""
+    import serving_utils as su
+    from sjff_server.learning import LearnOptions
+    from sjff_server.models import load_served_model
+    from sjff_server.repository import scan_repository
+
+    from spikingjelly_ff.runtime import load_model
+
+    root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
+    (spec,), _ = scan_repository(root)
+    pool = WorkerPool(1)
+    served, _ = load_served_model(spec, state_dir=None, ort_threads=1, learn_options=LearnOptions(), pool=pool)
+    engine_run = served.engine.run
+    gate = Blocker(block_rows=4096)
+
+    def run(pub, x, opts):
+        gate(x, opts)  # blocks the 4,096-image call only
+        return engine_run(pub, x, opts)
+
+    served.engine.run = run
+    images, _ = mnist_samples
+    x = su.as_float(np.resize(images, (4096, images.shape[1])))
+    ref = load_model(sjff_models["analog"], threads=1).run(x)["scores"]
+
+    async def main():
+        large = asyncio.ensure_future(served.batcher.infer(x, InferOptions()))
+        await gate.wait_started()
+        out, _ = await served.batcher.infer(x[:1], InferOptions())
+        np.testing.assert_allclose(out["scores"], ref[:1], rtol=1e-5, atol=1e-5)
+        assert not large.done()
+        gate.release()
+        out, _ = await large
+        np.testing.assert_allclose(out["scores"], ref, rtol=1e-5, atol=1e-5)
+        return threading.get_ident()
+
+    try:
+        loop_thread = asyncio.run(main())
+    finally:
+        gate.release()
+        pool.close()
+    assert not gate.blocked_loop, "the 4,096-image request ran on the event loop"
+    assert served.batcher.inline_rows == 16_000_000 // served.engine.row_macs
+    assert gate.calls[0] == (4096, gate.calls[0][1]) and gate.calls[0][1] != loop_thread
+    assert gate.calls[1] == (1, loop_thread)
+
+
 # -- interruptible workers ------------------------------------------------------------------------
 
 
-def spin(seconds: float) -> int:
+def spin(seconds: float, started: threading.Event | None = None) -> int:
+    if started is not None:
+        started.set()
     end = time.perf_counter() + seconds
     n = 0
     while time.perf_counter() < end:  # a Python loop, like the time-step loop
@@ -106,22 +325,26 @@ def test_interrupt_stops_a_running_loop_and_the_worker_survives():
 
     async def main():
         loop = asyncio.get_running_loop()
-        job = pool.submit(lambda: spin(30.0), loop)
-        await asyncio.sleep(0.05)
-        t0 = time.perf_counter()
+        started = threading.Event()
+        job = pool.submit(lambda: spin(600.0, started), loop)
+        assert await loop.run_in_executor(None, started.wait, LONG)
         assert pool.interrupt(job)
-        with pytest.raises(Interrupted):
+        with pytest.raises(Interrupted):  # spin would return a count, 10 minutes from now
             await job.future
-        stopped = time.perf_counter() - t0
-        queued = pool.submit(lambda: spin(30.0), loop)
-        blocker_done = pool.submit(lambda: 42, loop)
-        assert pool.interrupt(queued)  # still queued behind nothing? either way it never runs long
+        # a queued job (the worker is held by `hold`) is dropped without running
+        release = threading.Event()
+        hold = pool.submit(lambda: release.wait(LONG), loop)
+        ran = []
+        queued = pool.submit(lambda: ran.append(1), loop)
+        assert pool.interrupt(queued) and queued.fn is None  # its inputs are let go at once
         with pytest.raises(Interrupted):
             await queued.future
-        assert await blocker_done.future == 42
-        return stopped
+        release.set()
+        assert await hold.future is True
+        assert await pool.submit(lambda: 42, loop).future == 42
+        assert ran == []
 
-    assert asyncio.run(main()) < 1.0
+    asyncio.run(main())
     pool.close()
 
 
@@ -140,10 +363,13 @@ def test_interrupt_races_never_lose_a_job():
                 loop.call_later(float(rng.uniform(0, 0.003)), pool.interrupt, job)
         results = await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs), return_exceptions=True), 60)
         assert all(isinstance(r, int | Interrupted) for r in results)
-        assert await pool.submit(lambda: "alive", loop).future == "alive"
+        # both workers still run jobs: two jobs that can only finish together, on two threads
+        both = threading.Barrier(2, timeout=LONG)
+        pair = [pool.submit(lambda: (both.wait(), threading.get_ident())[1], loop) for _ in range(2)]
+        idents = await asyncio.gather(*(j.future for j in pair))
+        assert len(set(idents)) == 2
 
     asyncio.run(main())
-    assert all(t.is_alive() for t in threading.enumerate() if t.name.startswith("sjff-worker"))
     pool.close()
 
 
@@ -300,28 +526,3 @@ def test_window_policy_waits_only_under_load():
     for _ in range(32):
         w.record(1)  # load has gone
     assert not w.productive()
-
-
-def test_batches_form_under_concurrent_arrivals():
-    """Requests arriving one per loop turn (as grpc.aio delivers them) still share batches."""
-    sizes = []
-
-    def run(x, opts):
-        sizes.append(len(x))
-        return {"x": x}, 0
-
-    async def main():
-        b = Batcher(run, max_batch=64, busy_delay_s=0.05)
-        futs = []
-        for _ in range(20):
-            futs.append(b.submit(np.zeros((1, 2), np.float32), InferOptions(), busy=bool(futs)))
-            await asyncio.sleep(0.0002)  # the next call comes a little later
-        await asyncio.gather(*futs)
-        quiet = Batcher(run, max_batch=64, busy_delay_s=0.05)
-        t0 = time.perf_counter()
-        await quiet.submit(np.zeros((1, 2), np.float32), InferOptions())
-        return time.perf_counter() - t0
-
-    lone_wait = asyncio.run(main())
-    assert max(sizes[:-1]) >= 5 and sum(sizes) == 21
-    assert sizes[-1] == 1 and lone_wait < 0.02  # a lone request on a quiet server does not wait

@@ -23,7 +23,10 @@ from spikingjelly_ff.runtime import load_model
 @pytest.fixture(scope="module")
 def server(sjff_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
-    su.make_repository(root, {"mnist": sjff_models["analog"], "snn": sjff_models["spike"]}, {"snn": {"max_steps": 400}})
+    # "batched": a window far longer than any test, so requests batch whatever the timing
+    configs = {"snn": {"max_steps": 400}, "batched": {"max_queue_delay_us": 30_000_000, "max_batch_size": 64}}
+    models = {"mnist": sjff_models["analog"], "snn": sjff_models["spike"], "batched": sjff_models["analog"]}
+    su.make_repository(root, models, configs)
     # a second repository version of mnist, to address versions
     (root / "mnist" / "2").mkdir()
     (root / "mnist" / "2" / "model.onnx").write_bytes((root / "mnist" / "1" / "model.onnx").read_bytes())
@@ -188,25 +191,31 @@ def test_stream_infer_in_order_with_inline_errors(client, analog, mnist_samples)
     )
 
 
+def _metric(text: str, prefix: str) -> float:
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)]
+    assert len(values) == 1, (prefix, values)
+    return values[0]
+
+
 def test_concurrent_requests_are_batched_and_correct(server, analog, mnist_samples):
+    """64 concurrent one-image requests to a model whose batch window (30 s) ends only when
+    max_batch_size (64) images are queued: they all meet in one batch, whatever the timing,
+    and each gets its own answer."""
     images, _ = mnist_samples
-    ref = analog.run(su.as_float(images))["label"]
+    ref = analog.run(su.as_float(images[:64]))["label"]
 
     async def run():
-        async with AsyncClient(server.target) as c:
-            return await asyncio.gather(*[c.infer(images[i : i + 1], request_id=str(i)) for i in range(len(images))])
+        async with AsyncClient(server.target, model="batched") as c:
+            return await asyncio.gather(*[c.infer(images[i : i + 1], request_id=str(i)) for i in range(64)])
 
     results = asyncio.run(run())
     assert [int(r.label[0]) for r in results] == ref.tolist()
-    assert [r.id for r in results] == [str(i) for i in range(len(images))]
+    assert [r.id for r in results] == [str(i) for i in range(64)]
     metrics = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
-    count = sum_ = 0.0
-    for line in metrics.splitlines():
-        if line.startswith('sjff_inference_batch_requests_count{model="mnist",version="2"}'):
-            count = float(line.split()[-1])
-        if line.startswith('sjff_inference_batch_requests_sum{model="mnist",version="2"}'):
-            sum_ = float(line.split()[-1])
-    assert sum_ > count  # some batches held several requests
+    key = '{model="batched",version="1"}'
+    assert _metric(metrics, f"sjff_inference_batch_requests_count{key}") == 1  # one batch ...
+    assert _metric(metrics, f"sjff_inference_batch_requests_sum{key}") == 64  # ... of all 64 requests
+    assert _metric(metrics, f"sjff_inference_batch_images_sum{key}") == 64
     for name in (
         "sjff_grpc_requests_total",
         "sjff_grpc_request_seconds_bucket",
@@ -214,6 +223,15 @@ def test_concurrent_requests_are_batched_and_correct(server, analog, mnist_sampl
         "sjff_model_ready",
     ):
         assert name in metrics
+
+
+def test_inline_limit_follows_the_model_cost(server):
+    """Batches above --max-inline-mmacs (default 16 M multiply-accumulates) run off the event
+    loop: for the tests' analog net (0.2 M per image) that is above 82 images; a spiking model
+    never runs inline."""
+    loaded = {r["model"]: r for r in server.log_records() if r["msg"] == "model loaded"}
+    assert loaded["mnist"]["inline_rows"] == 16_000_000 // 195_072 == 82
+    assert loaded["snn"]["inline_rows"] == 0
 
 
 def test_deadline_interrupts_a_long_spiking_batch(server, client, spike, mnist_samples):
@@ -242,7 +260,8 @@ def test_structured_logs(server, client):
     records = server.log_records()
     assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
     ready = [r for r in records if r["msg"] == "server ready"]
-    assert ready and ready[0]["port"] == server.port and sorted(ready[0]["models"]) == ["mnist/1", "mnist/2", "snn/1"]
+    assert ready and ready[0]["port"] == server.port
+    assert sorted(ready[0]["models"]) == ["batched/1", "mnist/1", "mnist/2", "snn/1"]
 
 
 def test_concurrent_rpc_limit(sjff_models, tmp_path, mnist_samples):
@@ -340,3 +359,81 @@ def test_cpu_latency_request(sjff_models, tmp_path, mnist_samples):
         cmd = [sys.executable, "-m", "sjff_server", "--model-repository", str(root), "--port", "0"]
         p = subprocess.run([*cmd, "--cpu-latency-us", "0"], capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and "needs write access to" in p.stderr
+
+
+def test_inflight_byte_budget(sjff_models, tmp_path, mnist_samples):
+    """--max-inflight-mb bounds what the requests queued for a model hold: one that does not fit
+    is refused with RESOURCE_EXHAUSTED, and a request's bytes are freed once it is answered
+    (tests/test_server_batching.py covers queueing, failures, deadlines and cancellation)."""
+    images, _ = mnist_samples
+    root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"], "snn": sjff_models["spike"]})
+    fits = np.resize(images, (300, images.shape[1]))  # as FP32: 0.9 MiB decoded + 0.9 MiB message
+    over = np.resize(images, (400, images.shape[1]))  # 2.4 MiB as FP32
+    with ServerProcess(root, extra_args=["--max-inflight-mb", "2"], metrics=False) as srv:
+        with Client(srv.target) as c:
+            for model in ("mnist", "snn"):
+                code, message = code_of(lambda m=model: c.infer(su.as_float(over), model=m))
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert message.startswith("request of 2.4 MiB (decoded images and message) exceeds")
+                assert f"limit of model '{model}' (2 MiB)" in message and "raise --max-inflight-mb" in message
+                # 600 UINT8 images: 0.45 MiB on the wire, 1.8 MiB once decoded to float32
+                uint8 = np.resize(images, (600, images.shape[1]))
+                assert code_of(lambda m=model: c.infer(uint8, model=m))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+                for _ in range(3):  # each answered request gives its bytes back
+                    assert c.infer(su.as_float(fits), model=model).label.shape == (300,)
+
+
+def test_spiking_batches_on_two_workers_never_see_torn_weights(sjff_models, tmp_path, token_path, mnist_samples):
+    """Spiking batches run on two worker threads (--workers 2, max_batch_size 4) while learners
+    publish new versions: every answer must equal the offline replay of the version it reports.
+
+    Readers send the same probe image without a seed, in rounds of 8 concurrent requests; the
+    batch window (30 s) ends when 4 are queued, so every batch is 4 copies of the probe run
+    with the default seed 0, and an answer is one row of ``scores(4 copies, seed=0)`` at its
+    version. Learners apply seeded one-image updates, which the test replays."""
+    images, labels = mnist_samples
+    probe = images[200:201]
+    configs = {"snn": {"max_batch_size": 4, "max_queue_delay_us": 30_000_000}}
+    root = su.make_repository(tmp_path / "repo", {"snn": sjff_models["spike"]}, configs)
+    args = ["--workers", "2", "--snapshot-interval", "0"]
+    srv = ServerProcess(root, state_dir=tmp_path / "state", token_file=token_path, extra_args=args, metrics=False)
+    observed: list[tuple[int, np.ndarray]] = []
+    acked: dict[int, tuple[int, int]] = {}
+
+    async def run() -> int:
+        async with AsyncClient(srv.target, token_file=token_path, model="snn") as c:
+            done = asyncio.Event()
+
+            async def learner(w: int) -> None:
+                for k in range(20):
+                    i = w * 20 + k
+                    r = await c.learn(images[i : i + 1], [labels[i]], seed=w * 1000 + k)
+                    acked[r.version] = (i, w * 1000 + k)
+
+            async def readers() -> None:
+                while not done.is_set():
+                    for r in await asyncio.gather(*[c.infer(probe, timeout=60) for _ in range(8)]):
+                        observed.append((r.version, r.scores[0].copy()))
+
+            reading = asyncio.ensure_future(readers())
+            await asyncio.gather(*[learner(w) for w in range(2)])
+            done.set()
+            await reading
+            return (await c.list_versions()).current_version
+
+    with srv:
+        final = asyncio.run(run())
+    assert final == 40 and sorted(acked) == list(range(1, 41))
+    m = load_model(sjff_models["spike"])
+    x = np.repeat(su.as_float(probe), 4, axis=0)
+    expected = {0: m.scores(x, seed=0)}
+    for v in range(1, 41):
+        i, seed = acked[v]
+        m.learn(su.as_float(images[i : i + 1]), labels[i : i + 1], np.ones(1, np.float32), seed=seed)
+        expected[v] = m.scores(x, seed=0)
+    assert len(observed) >= 16 and len({v for v, _ in observed}) > 3
+    for version, scores in observed:
+        rows = [j for j in range(4) if np.array_equal(scores, expected[version][j])]
+        assert rows, f"an answer at version {version} is no row of that version's batch"
+        if version > 0:  # and the check can tell versions apart
+            assert not any(np.array_equal(scores, row) for row in expected[version - 1])

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from sjff_client.pb import grpc_service_pb2, learning_pb2
 
 from .auth import Authenticator
+from .durability import LogCorruption
 from .inference_service import InferenceService, ServerState
 from .interrupt import WorkerPool
 from .learning import LearnOptions
@@ -24,11 +25,14 @@ from .metrics import Metrics
 from .models import ModelRegistry, load_served_model
 from .registration import add_service
 from .repository import scan_repository
+from .snapshots import StateInUse
+from .state import ReplayMismatch, StateMismatch
 
 __all__ = ["ServerConfig", "ServerApp"]
 
 log = logging.getLogger("sjff_server")
 
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 LEARNING_SERVICE = learning_pb2.DESCRIPTOR.services_by_name["Learning"].full_name
 
@@ -53,6 +57,8 @@ class ServerConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     max_concurrent_rpcs: int | None = 1024
     max_request_rows: int = 4096
+    max_inflight_mb: int = 256
+    max_inline_mmacs: int = 16
     max_learn_samples: int = 1024
     max_eta: float = 1000.0
     ort_threads: int = 1
@@ -106,7 +112,18 @@ class ServerApp:
                     pool=self.pool,
                     metrics=self.metrics,
                     busy_delay_s=cfg.batch_window_us / 1e6,
+                    max_inline_macs=cfg.max_inline_mmacs * 1_000_000,
+                    max_inflight_bytes=cfg.max_inflight_mb << 20,
                 )
+            except (LogCorruption, ReplayMismatch, StateMismatch, StateInUse) as exc:
+                # damaged or foreign learning state: this model refuses to load, the rest is served
+                log.error(
+                    "model not loaded: its learning state needs an operator",
+                    extra={"model": spec.name, "version": spec.version, "error": str(exc)},
+                )
+                self.registry.mark_unavailable(spec.name, spec.version, str(exc))
+                self.metrics.state_damaged.labels(spec.name, spec.version).set(1)
+                continue
             except Exception as exc:
                 if not cfg.skip_bad_models:
                     raise RuntimeError(f"cannot load {spec.name}/{spec.version} from {spec.path}: {exc}") from exc
@@ -125,11 +142,13 @@ class ServerApp:
                     "learning": served.learner is not None,
                     "learning_version": served.published.version,
                     "max_batch": served.batcher.max_batch,
+                    "inline_rows": served.batcher.inline_rows,  # larger batches run off the event loop
                     "seconds": round(time.perf_counter() - t0, 3),
                 },
             )
         if not self.registry.all():
-            raise RuntimeError("no model could be loaded")
+            damaged = "; ".join(f"{n}/{v}: {why}" for (n, v), why in self.registry.unavailable.items())
+            raise RuntimeError("no model could be loaded" + (f" ({damaged})" if damaged else ""))
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         cfg = self.config
@@ -151,6 +170,10 @@ class ServerApp:
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+            # BDP probing grows each stream's flow-control window with the measured bandwidth:
+            # a client flooding streams then parks gigabytes in gRPC's buffers, out of reach of
+            # --max-inflight-mb (docs/server.md, Errors and limits)
+            ("grpc.http2.bdp_probe", 0),
         ]
 
     async def start(self) -> None:
@@ -160,6 +183,12 @@ class ServerApp:
             log.warning(
                 "learning is enabled but no token is configured: every Learning call will be refused "
                 "(set --token-file or $SJFF_TOKEN)"
+            )
+        if self.auth.enabled and creds is None:
+            log.warning(
+                "tokens are configured without TLS: they travel in clear text "
+                "(set --tls-cert and --tls-key, or terminate TLS in front of the server)",
+                extra={"host": cfg.host},
             )
         if cfg.protect_inference and not self.auth.enabled:
             raise ValueError("--protect-inference needs a token (--token-file or the --token-env variable)")
@@ -198,14 +227,17 @@ class ServerApp:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_port = self.health_server.add_insecure_port(f"{cfg.host}:{cfg.health_port}")
             await self.health_server.start()
-        await self.server.start()
-        for m in self.registry.all():
+        for m in self.registry.all():  # before the first call can arrive
             if m.learner is not None:
+                m.learner.on_failed = self._learning_failed
                 await m.learner.start()
+        await self.server.start()
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+        learning_ok = all(m.learner is None or m.learner.failed is None for m in self.registry.all())
         for service in ("", INFERENCE_SERVICE, LEARNING_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            ok = learning_ok or service != LEARNING_SERVICE
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING if ok else _NOT_SERVING)
         self.state.ready = True
         info = {
             "port": self.port,
@@ -222,6 +254,11 @@ class ServerApp:
             tmp = Path(f"{cfg.ready_file}.part")
             tmp.write_text(json.dumps(info))
             tmp.replace(cfg.ready_file)
+
+    def _learning_failed(self, learner) -> None:
+        """A learner stopped (storage or internal error): health says so for the Learning service."""
+        if not self._stopped.is_set():
+            asyncio.ensure_future(self.health.set(LEARNING_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING))
 
     # -- shutdown --------------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 Requests that arrive while the model is busy (or within ``max_delay_s`` of the first one)
 are concatenated into one batch of at most ``max_batch`` images, run once, and the outputs
 are split back per request. Only requests with equal :class:`InferOptions` share a batch.
+With a configured window (``max_delay_s``) a batch of fewer than ``max_batch`` images runs
+once its oldest request has waited the window out, also a request left over from a full one.
 
 The queue window adapts to load (:class:`WindowPolicy`). grpc.aio accepts one call per
 event-loop turn and a turn costs a few hundred microseconds, so concurrent requests reach
@@ -11,27 +13,41 @@ therefore waits up to ``busy_delay_s`` for company, and the model's weights are 
 batch instead of once per request. A lone client never waits (except on a rare, short probe
 that detects load).
 
-Two execution modes:
+Where a batch runs:
 
-- inline (analog models): the batch runs on the event loop itself. onnxruntime takes tens of
-  microseconds for an MNIST batch, less than a thread hand-off costs; requests that arrive
-  meanwhile simply queue for the next batch.
-- threaded (spiking models, milliseconds per batch): batches run on a :class:`WorkerPool`,
-  at most one per worker at a time; a batch whose requests have all gone (deadline or
-  cancellation) is interrupted inside its time-step loop.
+- inline, on the event loop itself, when it is small: at most ``inline_rows`` images (the
+  server derives it from the model's per-image cost, ``--max-inline-mmacs``). onnxruntime
+  takes tens of microseconds for a small MNIST batch, less than a thread hand-off costs;
+  requests that arrive meanwhile simply queue for the next batch.
+- on a :class:`WorkerPool` thread otherwise (every spiking batch; an analog batch too costly
+  to hold the loop, which health checks and learning acknowledgements share). onnxruntime and
+  numpy release the GIL while they compute. Spiking batches run at most one per worker at a
+  time (later requests queue here and batch together); a batch whose requests have all gone
+  (deadline or cancellation) is dropped if still queued, or interrupted inside its time-step
+  loop.
+
+Memory: the requests a model holds (queued, or in a running batch) are counted (decoded
+images plus the caller's ``wire_bytes``: the request message), and a request that would push
+the count past ``max_bytes`` is refused with RESOURCE_EXHAUSTED. A request's bytes count
+until it leaves the queue (answered, failed, expired, cancelled) or, once taken into a batch,
+until that batch stops running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 
+import grpc
 import numpy as np
 
 from .engine import InferOptions
+from .errors import RequestError
 from .interrupt import Interrupted, WorkerPool
 
 __all__ = ["Batcher", "BatchResult"]
@@ -43,13 +59,19 @@ log = logging.getLogger("sjff_server.batching")
 
 
 class _Item:
-    __slots__ = ("x", "opts", "future", "deadline")
+    __slots__ = ("x", "rows", "nbytes", "opts", "future", "deadline", "taken", "t")
 
-    def __init__(self, x: np.ndarray, opts: InferOptions, future: asyncio.Future, deadline: float | None) -> None:
-        self.x = x
+    def __init__(
+        self, x: np.ndarray, opts: InferOptions, future: asyncio.Future, deadline: float | None, t: float
+    ) -> None:
+        self.x: np.ndarray | None = x
+        self.t = t  # loop.time() when it was queued
+        self.rows = len(x)
+        self.nbytes = 0  # counted against the byte budget until released
         self.opts = opts
         self.future = future
         self.deadline = deadline
+        self.taken = False  # part of a batch: its bytes go when the batch stops running
 
 
 class WindowPolicy:
@@ -96,7 +118,11 @@ class WindowPolicy:
 
 
 class Batcher:
-    """Queue requests for ``run`` (which sees ``[sum N, D]`` images and returns per-row outputs)."""
+    """Queue requests for ``run`` (which sees ``[sum N, D]`` images and returns per-row outputs).
+
+    ``pool``: worker threads for batches of more than ``inline_rows`` images (without a pool
+    every batch runs inline). ``max_bytes``: budget of decoded image bytes held (None: no
+    limit); ``name`` names the model in refusals."""
 
     def __init__(
         self,
@@ -106,6 +132,9 @@ class Batcher:
         max_delay_s: float = 0.0,
         busy_delay_s: float = 0.0,
         pool: WorkerPool | None = None,
+        inline_rows: int = 0,
+        max_bytes: int | None = None,
+        name: str = "",
         on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         self._run = run
@@ -113,49 +142,90 @@ class Batcher:
         self.max_delay_s = max(0.0, float(max_delay_s))
         self.busy_delay_s = max(0.0, float(busy_delay_s))
         self._pool = pool
+        #: batches of at most this many images run on the event loop
+        self.inline_rows = sys.maxsize if pool is None else max(0, int(inline_rows))
+        self.max_bytes = max_bytes
+        self.name = name
+        self.held_bytes = 0  # decoded images of queued and running requests
         self._on_batch = on_batch
         self._pending: deque[_Item] = deque()
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
-        self._inflight = 0
+        self._inflight = 0  # batches on the pool
         self._rows = 0  # images pending
         self._timed = False  # the scheduled flush is a window (call_later)
         self._flush_at: int | None = None  # requests at which the window ends early
-        self.window = WindowPolicy(self.busy_delay_s if pool is None else 0.0)
+        # batches that only ever run on workers wait for a free worker instead of a window
+        self.window = WindowPolicy(self.busy_delay_s if self.inline_rows else 0.0)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def infer(
-        self, x: np.ndarray, opts: InferOptions, deadline: float | None = None, busy: bool = False
+        self,
+        x: np.ndarray,
+        opts: InferOptions,
+        deadline: float | None = None,
+        busy: bool = False,
+        wire_bytes: int = 0,
     ) -> BatchResult:
-        """Outputs for images ``x`` ``[N, D]``. An inline model with nothing queued and no reason
-        to wait runs the request at once (no future, no extra event-loop turns); otherwise it
-        joins a batch (see :meth:`submit`)."""
+        """Outputs for images ``x`` ``[N, D]``. ``deadline`` is a ``time.monotonic()`` instant
+        after which the request is dropped (TimeoutError); ``busy`` says that other requests are
+        in flight (so waiting for them pays); ``wire_bytes``: what else the request holds while
+        it waits (its message), counted with ``x.nbytes``. A small request with nothing queued
+        and no reason to wait runs at once on the loop (no future, no extra event-loop turns);
+        otherwise it joins a batch. RequestError(RESOURCE_EXHAUSTED) when the budget is spent."""
+        nbytes = x.nbytes + wire_bytes
+        self._admit(nbytes)
         delay = None
         if self._scheduled is None:
             delay = self.max_delay_s or self.window.delay(busy)
-            if delay == 0 and self._pool is None and not self._pending:
+            if delay == 0 and not self._pending and len(x) <= self.inline_rows:
                 result = self._run(x, opts)
                 if self._on_batch is not None:
                     self._on_batch(1, len(x))
                 return result
-        return await self._enqueue(x, opts, deadline, delay)
+        return await self._enqueue(x, opts, deadline, delay, nbytes)
 
-    def submit(
-        self, x: np.ndarray, opts: InferOptions, deadline: float | None = None, busy: bool = False
-    ) -> asyncio.Future:
-        """Queue images ``x`` ``[N, D]``; the future resolves to a :data:`BatchResult`.
-        ``deadline`` is a ``time.monotonic()`` instant after which the request is dropped;
-        ``busy`` says that other requests are in flight (so waiting for them pays)."""
-        delay = (self.max_delay_s or self.window.delay(busy)) if self._scheduled is None else None
-        return self._enqueue(x, opts, deadline, delay)
+    def _admit(self, nbytes: int) -> None:
+        limit = self.max_bytes
+        if limit is None or self.held_bytes + nbytes <= limit:
+            return
+        mib = 1 << 20
+        if nbytes > limit:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request of {nbytes / mib:.1f} MiB (decoded images and message) exceeds the inference queue "
+                f"limit of model {self.name!r} ({limit / mib:g} MiB); send fewer images per request or raise "
+                "--max-inflight-mb",
+            )
+        raise RequestError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"inference queue of model {self.name!r} holds {self.held_bytes / mib:.1f} MiB "
+            f"(limit {limit / mib:g} MiB; this request needs {nbytes / mib:.1f} MiB); "
+            "retry later or raise --max-inflight-mb",
+        )
+
+    def _release(self, it: _Item) -> None:
+        self.held_bytes -= it.nbytes
+        it.nbytes = 0
+
+    def _settled(self, it: _Item, _: asyncio.Future) -> None:
+        # a request that left the queue without running (cancelled, expired): drop its images
+        # now, even while the item still sits in the queue, so dead requests hold no memory
+        if not it.taken:
+            self._release(it)
+            it.x = None
 
     def _enqueue(
-        self, x: np.ndarray, opts: InferOptions, deadline: float | None, delay: float | None
+        self, x: np.ndarray, opts: InferOptions, deadline: float | None, delay: float | None, nbytes: int
     ) -> asyncio.Future:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._pending.append(_Item(x, opts, fut, deadline))
+        it = _Item(x, opts, fut, deadline, loop.time())
+        it.nbytes = nbytes
+        self.held_bytes += it.nbytes
+        fut.add_done_callback(partial(self._settled, it))
+        self._pending.append(it)
         rows = self._rows = self._rows + len(x)
         if delay is not None:  # nothing scheduled yet: this request opens a batch
             if delay > 0 and rows < self.max_batch:
@@ -177,65 +247,85 @@ class Batcher:
     def queued(self) -> int:
         return len(self._pending)
 
+    def _live(self, it: _Item, now: float) -> bool:
+        if it.future.done():  # cancelled by the client meanwhile
+            return False
+        if it.deadline is not None and now > it.deadline:
+            it.future.set_exception(TimeoutError())
+            return False
+        return True
+
     def _take(self) -> list[_Item]:
         """The next batch: the oldest live request plus following ones with equal options."""
         now = time.monotonic()
         first: _Item | None = None
         while self._pending:
             it = self._pending.popleft()
-            if it.future.done():  # cancelled by the client meanwhile
-                continue
-            if it.deadline is not None and now > it.deadline:
-                it.future.set_exception(TimeoutError())
-                continue
-            first = it
-            break
+            if self._live(it, now):
+                first = it
+                break
         if first is None:
             self._rows = 0
             return []
-        batch, rows = [first], len(first.x)
-        if first.opts.seed is not None or first.opts.steps is not None:
-            self._rows = sum(len(it.x) for it in self._pending)
-            return batch  # an explicit seed means a reproducible, unbatched run
-        keep: deque[_Item] = deque()
-        while self._pending and rows < self.max_batch:
-            it = self._pending.popleft()
-            if it.future.done():
-                continue
-            if it.deadline is not None and now > it.deadline:
-                it.future.set_exception(TimeoutError())
-                continue
-            if it.opts != first.opts or rows + len(it.x) > self.max_batch:
-                keep.append(it)
-                if len(keep) > 64:  # do not scan the whole queue for matches
-                    break
-                continue
-            batch.append(it)
-            rows += len(it.x)
-        keep.extend(self._pending)
-        self._pending = keep
-        self._rows = sum(len(it.x) for it in keep)
+        batch, rows = [first], first.rows
+        if first.opts.seed is None and first.opts.steps is None:  # an explicit seed: reproducible, unbatched
+            keep: deque[_Item] = deque()
+            while self._pending and rows < self.max_batch:
+                it = self._pending.popleft()
+                if not self._live(it, now):
+                    continue
+                if it.opts != first.opts or rows + it.rows > self.max_batch:
+                    keep.append(it)
+                    if len(keep) > 64:  # do not scan the whole queue for matches
+                        break
+                    continue
+                batch.append(it)
+                rows += it.rows
+            keep.extend(self._pending)
+            self._pending = keep
+        self._rows = sum(it.rows for it in self._pending)
+        for it in batch:
+            it.taken = True
         return batch
 
     def _flush(self) -> None:
         self._scheduled = None
         windowed, self._timed = self._timed, False
-        if self._pool is None:
-            first = True
-            while self._pending:
-                batch = self._take()
-                if batch:
-                    if first and windowed and not self.max_delay_s:
-                        self.window.record(len(batch))
-                    first = False
-                    self._run_inline(batch)
-            return
-        while self._pending and self._inflight < self._pool.size:
+        first = True
+        while self._pending:
+            if not self.inline_rows and self._inflight >= self._pool.size:
+                break  # worker-only batches wait here for a free worker (and gather company)
+            if self.max_delay_s and self._rows < self.max_batch and self._wait_for_company():
+                break
             batch = self._take()
             if not batch:
                 break
-            self._inflight += 1
-            asyncio.ensure_future(self._run_threaded(batch))
+            if first and windowed and not self.max_delay_s:
+                self.window.record(len(batch))
+            first = False
+            if sum(it.rows for it in batch) <= self.inline_rows:
+                self._run_inline(batch)
+            else:
+                # too costly for the loop: a worker thread (queued in the pool if all are busy)
+                self._inflight += 1
+                asyncio.ensure_future(self._run_threaded(batch))
+
+    def _wait_for_company(self) -> bool:
+        """With a configured window (``max_delay_s``) a partial batch runs only once its oldest
+        request has waited the window out, also when it was left over from a full batch."""
+        while self._pending and self._pending[0].future.done():
+            self._pending.popleft()  # gone meanwhile: its window does not count
+        if not self._pending:
+            return False
+        loop = self._loop
+        assert loop is not None
+        due = self._pending[0].t + self.max_delay_s
+        if due <= loop.time():
+            return False
+        self._scheduled = loop.call_at(due, self._flush)
+        self._timed = True
+        self._flush_at = None
+        return True
 
     def _split(self, batch: list[_Item], result: BatchResult) -> None:
         outs, version = result
@@ -246,7 +336,7 @@ class Batcher:
             return
         start = 0
         for it in batch:
-            stop = start + len(it.x)
+            stop = start + it.rows
             if not it.future.done():
                 it.future.set_result(({k: v[start:stop] for k, v in outs.items()}, version))
             start = stop
@@ -255,6 +345,12 @@ class Batcher:
         for it in batch:
             if not it.future.done():
                 it.future.set_exception(exc)
+
+    def _done(self, batch: list[_Item]) -> None:
+        """The batch has stopped running: its requests hold no more memory here."""
+        for it in batch:
+            self._release(it)
+            it.x = None
 
     def _inputs(self, batch: list[_Item]) -> np.ndarray:
         return batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
@@ -266,6 +362,8 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
             self._fail(batch, exc)
             return
+        finally:
+            self._done(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch), len(x))
         self._split(batch, result)
@@ -274,8 +372,10 @@ class Batcher:
         assert self._pool is not None
         loop = asyncio.get_running_loop()
         x = self._inputs(batch)
+        rows = len(x)
         opts = batch[0].opts
-        job = self._pool.submit(lambda: self._run(x, opts), loop)
+        job = self._pool.submit(partial(self._run, x, opts), loop)
+        del x  # the job holds the images; once it is dropped or done nothing here does
         pool = self._pool
 
         def gone(_: asyncio.Future) -> None:
@@ -294,20 +394,21 @@ class Batcher:
         except Interrupted:
             log.info(
                 "batch interrupted: every request gone",
-                extra={"requests": len(batch), "images": len(x), "ran_s": round(time.perf_counter() - t0, 4)},
+                extra={"requests": len(batch), "images": rows, "ran_s": round(time.perf_counter() - t0, 4)},
             )
             self._fail(batch, TimeoutError())
         except Exception as exc:  # noqa: BLE001
             self._fail(batch, exc)
         else:
             if self._on_batch is not None:
-                self._on_batch(len(batch), len(x))
+                self._on_batch(len(batch), rows)
             self._split(batch, result)
         finally:
             if timer is not None:
                 timer.cancel()
             for it in batch:
                 it.future.remove_done_callback(gone)
+            self._done(batch)
             self._inflight -= 1
             if self._pending and self._scheduled is None:
                 self._scheduled = loop.call_soon(self._flush)

@@ -17,13 +17,14 @@ from .metrics import Metrics
 from .models import ModelRegistry
 from .registration import Malformed
 from .streams import StreamService
-from .validation import decode_infer, encode_infer
+from .validation import IMAGE_DTYPES, decode_infer, encode_infer
 
 __all__ = ["InferenceService", "ServerState"]
 
 log = logging.getLogger("sjff_server.inference")
 SERVER_NAME = "spikingjelly-ff"
 EXTENSIONS = ["classification", "model_repository_versions", "sjff_learning"]
+_FP32 = IMAGE_DTYPES["FP32"]
 
 
 class ServerState:
@@ -129,7 +130,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer, StreamService):
         busy = self.active > 0 or time.perf_counter() - self.last_exit < self.busy_gap_s
         self.active += 1
         try:
-            outs, version = await served.batcher.infer(x, plan.opts, deadline, busy)
+            # the message (its input tensor as sent) stays alive with the request while it waits
+            wire = x.size * IMAGE_DTYPES.get(request.inputs[0].datatype, _FP32).itemsize
+            outs, version = await served.batcher.infer(x, plan.opts, deadline, busy, wire)
         finally:
             self.active -= 1
             self.last_exit = time.perf_counter()

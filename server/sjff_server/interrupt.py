@@ -32,7 +32,7 @@ class Job:
     _ids = itertools.count()
 
     def __init__(self, fn: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:
-        self.fn = fn
+        self.fn: Callable[[], Any] | None = fn
         self.loop = loop
         self.future: asyncio.Future = loop.create_future()
         self.thread: int | None = None
@@ -75,6 +75,7 @@ class WorkerPool:
         with self._lock:
             if job.state == "queued":
                 job.state = "done"
+                job.fn = None  # it waits in the queue until a worker skips it: let its inputs go now
                 job.loop.call_soon_threadsafe(_set, job.future, None, Interrupted("interrupted before it ran"))
                 return True
             if job.state != "running" or job.thread is None:
@@ -101,8 +102,9 @@ class WorkerPool:
                     job.state = "running"
                     job.thread = ident
                 result, exc = None, None
+                fn, job.fn = job.fn, None
                 try:
-                    result = job.fn()
+                    result = fn()
                 except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
                     exc = e
                 with self._lock:
@@ -111,7 +113,7 @@ class WorkerPool:
                 if interrupted and exc is None:
                     exc = Interrupted("interrupted")
                 job.loop.call_soon_threadsafe(_set, job.future, result, exc)
-                job = None
+                job = fn = result = exc = None  # hold no inputs or outputs while idle
             except Interrupted:
                 # The asynchronous exception arrived after the job's function returned (it was
                 # asked for while the job ran): settle the job and carry on.
@@ -119,4 +121,4 @@ class WorkerPool:
                     with self._lock:
                         job.state = "done"
                     job.loop.call_soon_threadsafe(_set, job.future, None, Interrupted("interrupted"))
-                    job = None
+                    job = fn = result = exc = None

@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-inflight-mb",
         type=_int_in(1),
         default=256,
-        help="decoded images (MiB) one model may hold queued or running before RESOURCE_EXHAUSTED (default 256)",
+        help="MiB the requests queued or running for one model may hold (decoded images + message) before "
+        "RESOURCE_EXHAUSTED (default 256)",
     )
     g.add_argument(
         "--max-inline-mmacs",

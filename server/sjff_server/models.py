@@ -133,7 +133,7 @@ def load_served_model(
     pool: WorkerPool,
     metrics: Any = None,
     busy_delay_s: float = 0.0,
-    max_inline_macs: int | None = None,
+    max_inline_macs: int | None = 16_000_000,
     max_inflight_bytes: int | None = None,
 ) -> tuple[ServedModel, list[str]]:
     """Load a model version, recover its learning state; returns it and notes for the log.
