@@ -282,6 +282,23 @@ def make_learner(sjff_models, state, **opts) -> Learner:
     return Learner("mnist", "1", make_engine(model), model, sjff_models["analog"], state, LearnOptions(**opts))
 
 
+def learn_and_crash(sjff_models, state, xs, labels, n, **opts):
+    """``n`` updates (sample i, seed i) on a fresh learner, closed without a final snapshot (as a
+    crash after the last acknowledgement would leave it); returns the weights it served."""
+
+    async def run():
+        learner = make_learner(sjff_models, state, **{"snapshot_interval_s": 0, **opts})
+        learner.recover()
+        await learner.start()
+        for i in range(n):
+            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        weights = [w.copy() for w in learner.published.model.weights]
+        await learner.close(final_snapshot=False)
+        return weights
+
+    return asyncio.run(run())
+
+
 def job(x, label, seed=None, eta=None, positive=1.0, expected=None) -> LearnJob:
     return LearnJob(x, np.array([label], dtype=np.int64), np.array([positive], dtype=np.float32), seed, eta, expected)
 
@@ -592,19 +609,7 @@ def test_segments_rotate_by_size_and_recover(sjff_models, mnist_samples, tmp_pat
     images, labels = mnist_samples
     xs = as_float(images[:40])
 
-    async def run():
-        learner = make_learner(
-            sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0, segment_bytes=1 << 16
-        )
-        learner.recover()
-        await learner.start()
-        for i in range(40):  # 40 x ~3.2 kB records: several 64 kB segments
-            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
-        weights = [w.copy() for w in learner.published.model.weights]
-        await learner.close(final_snapshot=False)
-        return weights
-
-    weights = asyncio.run(run())
+    weights = learn_and_crash(sjff_models, tmp_path / "s", xs, labels, 40, snapshot_every=0, segment_bytes=1 << 16)
     log = UpdateLog(tmp_path / "s" / "log")
     assert len(log.segments()) >= 2
     assert all(p.stat().st_size < (1 << 16) + 4000 for _, p in log.segments())
@@ -623,15 +628,7 @@ def test_recovery_refuses_damage_and_repair_cuts_it(sjff_models, mnist_samples, 
     images, labels = mnist_samples
     xs = as_float(images[:30])
 
-    async def run():
-        learner = make_learner(sjff_models, tmp_path / "state" / "mnist" / "1", snapshot_every=10)
-        learner.recover()
-        await learner.start()
-        for i in range(25):
-            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
-        await learner.close(final_snapshot=False)
-
-    asyncio.run(run())
+    learn_and_crash(sjff_models, tmp_path / "state" / "mnist" / "1", xs, labels, 25, snapshot_every=10)
     state = tmp_path / "state" / "mnist" / "1"
     newest = UpdateLog(state / "log").segments()[-1][1]  # versions 21..25
     data = bytearray(newest.read_bytes())
@@ -659,17 +656,7 @@ def test_repair_of_an_old_segment_keeps_every_acknowledged_update(sjff_models, m
     images, labels = mnist_samples
     xs = as_float(images[:30])
 
-    async def run():
-        learner = make_learner(sjff_models, tmp_path / "state" / "mnist" / "1", snapshot_every=10)
-        learner.recover()
-        await learner.start()
-        for i in range(25):
-            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
-        weights = [w.copy() for w in learner.published.model.weights]
-        await learner.close(final_snapshot=False)
-        return weights
-
-    weights = asyncio.run(run())
+    weights = learn_and_crash(sjff_models, tmp_path / "state" / "mnist" / "1", xs, labels, 25, snapshot_every=10)
     state = tmp_path / "state" / "mnist" / "1"
     first = UpdateLog(state / "log").segments()[0][1]  # versions 1..10
     data = bytearray(first.read_bytes())
@@ -754,15 +741,7 @@ def test_repair_bridges_a_gap_with_the_snapshot_at_the_next_segment(sjff_models,
     xs = as_float(images[:10])
     state = tmp_path / "s"
 
-    async def run():
-        learner = make_learner(sjff_models, state, snapshot_every=5, snapshot_interval_s=0)
-        learner.recover()
-        await learner.start()
-        for i in range(8):
-            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
-        await learner.close(final_snapshot=False)
-
-    asyncio.run(run())
+    learn_and_crash(sjff_models, state, xs, labels, 8, snapshot_every=5)
     log = UpdateLog(state / "log")
     base, first = log.segments()[0]
     scan = SegmentScan(first, base)

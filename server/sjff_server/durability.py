@@ -48,7 +48,7 @@ from .records import (
     header_ok,
     header_size,
 )
-from .snapshots import fsync_dir
+from .snapshots import atomic_write, fsync_dir
 
 __all__ = [
     "Damage",
@@ -294,13 +294,7 @@ class UpdateLog:
 
     def _start(self, base: int) -> None:
         path = self._path(base)
-        tmp = path.with_name(path.name + ".part")
-        with open(tmp, "wb") as fh:
-            fh.write(MAGIC)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(self.dir)
+        atomic_write(path, MAGIC)
         self._fh = open(path, "ab", buffering=0)  # noqa: SIM115
         self._base = base
         self._size = len(MAGIC)
