@@ -104,6 +104,7 @@ def test_storage_error_stops_learning_visibly_and_loses_nothing(repo, tmp_path, 
             assert "File too large" in stats["mnist"].learning_error and stats["snn"].learning_error == ""
             metrics = urllib.request.urlopen(srv.metrics_url, timeout=10).read().decode()  # noqa: S310 - loopback
             assert 'sjff_learning_failed{model="mnist",version="1"} 1.0' in metrics
+            assert 'sjff_inference_inflight_bytes{model="mnist",version="1"} 0.0' in metrics  # nothing queued
             assert c.infer(images[:4], model="mnist").version == acked  # inference goes on
             with pytest.raises(grpc.RpcError) as err:
                 c.learn(images[:1], labels[:1])

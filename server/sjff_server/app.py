@@ -132,6 +132,9 @@ class ServerApp:
             for note in notes:
                 log.info(note, extra={"model": spec.name, "version": spec.version})
             self.registry.add(served)
+            self.metrics.inflight_bytes.labels(spec.name, spec.version).set_function(
+                lambda b=served.batcher: b.held_bytes
+            )
             self.metrics.ready.labels(spec.name, spec.version).set(1)
             log.info(
                 "model loaded",

@@ -70,6 +70,12 @@ class Metrics:
         self.ready = Gauge(
             "sjff_model_ready", "1 if the model version is loaded and ready", ["model", "version"], registry=r
         )
+        self.inflight_bytes = Gauge(
+            "sjff_inference_inflight_bytes",
+            "bytes of queued and running inference requests of the model (limit: --max-inflight-mb)",
+            ["model", "version"],
+            registry=r,
+        )
         self.learning_failed = Gauge(
             "sjff_learning_failed",
             "1 if learning of the model version stopped after a storage or internal error (see the server log)",
