@@ -784,3 +784,19 @@ def test_a_log_that_ends_before_the_newest_snapshot_is_refused_then_repaired(sjf
     learner = make_learner(sjff_models, state)
     learner.recover()
     assert learner.published.version == 5
+
+
+def test_client_tells_outcome_unknown_from_not_applied():
+    import grpc
+    from sjff_client import RequestFailed, outcome_unknown
+
+    class Rpc(grpc.RpcError):
+        def __init__(self, code):
+            self._code = code
+
+        def code(self):
+            return self._code
+
+    assert outcome_unknown(Rpc(grpc.StatusCode.UNKNOWN)) and outcome_unknown(RequestFailed("UNKNOWN", "x"))
+    assert not outcome_unknown(Rpc(grpc.StatusCode.UNAVAILABLE)) and not outcome_unknown(RequestFailed("ABORTED", "x"))
+    assert not outcome_unknown(ValueError("x"))

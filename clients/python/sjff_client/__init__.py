@@ -5,6 +5,6 @@
 - ``python -m sjff_client``: command line (infer / learn / stream / admin calls).
 """
 
-from .client import AsyncClient, Client, InferResult, LearnResult, RequestFailed, make_channel
+from .client import AsyncClient, Client, InferResult, LearnResult, RequestFailed, make_channel, outcome_unknown
 
-__all__ = ["AsyncClient", "Client", "InferResult", "LearnResult", "RequestFailed", "make_channel"]
+__all__ = ["AsyncClient", "Client", "InferResult", "LearnResult", "RequestFailed", "make_channel", "outcome_unknown"]

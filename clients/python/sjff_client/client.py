@@ -33,6 +33,7 @@ __all__ = [
     "build_infer_request",
     "build_learn_request",
     "make_channel",
+    "outcome_unknown",
     "parse_infer_response",
 ]
 
@@ -49,6 +50,22 @@ class RequestFailed(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """See :func:`outcome_unknown`."""
+        return self.code == "UNKNOWN"
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """Whether a failed ``learn`` may nevertheless have been applied: the server answers UNKNOWN
+    only when a storage error struck and it could not undo the write. Check
+    ``list_versions().current_version`` before retrying, or retry with ``expected_version``.
+    Every other failure of a learn (UNAVAILABLE "not applied" included) applied nothing."""
+    if isinstance(exc, RequestFailed):
+        return exc.outcome_unknown
+    code = getattr(exc, "code", None)
+    return callable(code) and getattr(code(), "name", "") == "UNKNOWN"
 
 
 @dataclass
