@@ -121,7 +121,13 @@ def _serve(args, rest: list[str]) -> int:
 
 def _state(rest: list[str]) -> int:
     if not rest or rest[0] != "repair":
-        raise SystemExit("usage: sjff state repair STATE_DIR --model M [--version V] [--truncate]")
+        got = f"got {rest[0]!r}" if rest else "got none"
+        print(
+            f"sjff state: error: the only subcommand is 'repair' ({got}); usage: sjff state repair STATE_DIR "
+            "--model M [--version V] [--truncate]",
+            file=sys.stderr,
+        )
+        return 2
     try:
         from sjff_server.repair import main as repair_main
     except ImportError as exc:

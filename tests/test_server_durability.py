@@ -800,3 +800,15 @@ def test_client_tells_outcome_unknown_from_not_applied():
     assert outcome_unknown(Rpc(grpc.StatusCode.UNKNOWN)) and outcome_unknown(RequestFailed("UNKNOWN", "x"))
     assert not outcome_unknown(Rpc(grpc.StatusCode.UNAVAILABLE)) and not outcome_unknown(RequestFailed("ABORTED", "x"))
     assert not outcome_unknown(ValueError("x"))
+
+
+def test_state_command_line_errors_are_one_line(tmp_path, capsys):
+    from spikingjelly_ff.cli import main
+
+    assert main(["state", "fix"]) == 2
+    assert "the only subcommand is 'repair'" in capsys.readouterr().err
+    assert main(["state", "repair", str(tmp_path), "--model", "m"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    assert main(["state", "repair", str(tmp_path), "--model", "m"]) == 2
+    assert "holds no update log" in capsys.readouterr().err

@@ -131,6 +131,12 @@ class SegmentScan:
             reason, torn = f"{reason}: the rest of the file is zero bytes (unwritten blocks)", True
         self.damage = Damage(self.path, offset, reason, torn, self.last, self.size)
 
+    def check(self) -> SegmentScan:
+        """Read the whole segment (records discarded); returns self with ``last`` and ``damage``."""
+        for _ in self:
+            pass
+        return self
+
     def __iter__(self) -> Iterator[UpdateRecord]:
         with open(self.path, "rb") as fh:
             self.size = size = os.fstat(fh.fileno()).st_size
@@ -358,9 +364,7 @@ class UpdateLog:
         for i, (base, path) in enumerate(segs):
             if last is not None and base != last:
                 why = f"the segment holds versions after {base} but the previous one ends at version {last}"
-                scan = SegmentScan(path, base)
-                for _ in scan:
-                    pass
+                scan = SegmentScan(path, base).check()
                 later = (base + 1, scan.last) if scan.last > base else None
                 d = Damage(path, 0, why, False, last, scan.size, later=later, gap=True)
                 return last, self._with_later_segments(d, segs[i + 1 :])
@@ -382,10 +386,7 @@ class UpdateLog:
     def _with_later_segments(damage: Damage, later: list[tuple[int, Path]]) -> Damage:
         newest = 0
         for base, path in later:
-            scan = SegmentScan(path, base)
-            for _ in scan:
-                pass
-            newest = max(newest, scan.last)
+            newest = max(newest, SegmentScan(path, base).check().last)
         return replace(damage, after_segments=newest)
 
     def records(self, after: int, upto: int) -> Iterator[UpdateRecord]:

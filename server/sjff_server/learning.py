@@ -44,9 +44,9 @@ from .engine import Engine, Published
 from .errors import RequestError
 from .records import DIGEST, ROLLBACK, UPDATE, UpdateRecord
 from .snapshots import SnapshotInfo, state_digest
-from .state import ModelState, NotRestorable, ReplayMismatch, StateMismatch, file_sha256
+from .state import HISTORY, ModelState, NotRestorable, ReplayMismatch, StateMismatch
 
-__all__ = ["LearnJob", "LearnOptions", "Learner", "ReplayMismatch", "StateMismatch", "file_sha256"]
+__all__ = ["LearnJob", "LearnOptions", "Learner", "ReplayMismatch", "StateMismatch"]
 
 log = logging.getLogger("sjff_server.learning")
 
@@ -152,7 +152,7 @@ class Learner:
         self.metrics = metrics
         self.state = ModelState(name, version, model, artefact, state_dir, engine.kind)
         self.published: Published = engine.publish(0, model)
-        self.history: deque[tuple[int, str, float, int, int]] = deque(maxlen=10000)
+        self.history: deque[tuple[int, str, float, int, int]] = deque(maxlen=HISTORY)
         self.stats = _Stats()
         self._last_snapshot = -1
         self._queue: deque[LearnJob | _Control] = deque()
@@ -177,10 +177,6 @@ class Learner:
     @property
     def snapshots(self):
         return self.state.snapshots
-
-    @property
-    def sha256(self) -> str:
-        return self.state.sha256
 
     def recover(self) -> list[str]:
         """Load the newest snapshot and replay the log after it (synchronous, at startup).
