@@ -1,0 +1,79 @@
+"""Golden test: today's results, bit for bit (issue 13's "no behaviour change").
+
+Every paper row is trained with a fixed seed on the MNIST subset, scored, exported (ONNX or
+spike artefact), run in the torch-free runtime and taught one runtime step; the committed model
+files under ``tests/golden/saved/`` are loaded and scored. All values (weights, scores,
+predictions, accuracies, log-odds, eligibility) must hash to what ``tests/golden/make_golden.py``
+recorded before the refactor (see ``tests/golden/cases.py`` for the list).
+
+On a machine whose numeric fingerprint (torch, numpy, onnxruntime, CPU capability) differs
+from the recording one, BLAS may round differently: float values are then compared with
+rtol 1e-4 / atol 1e-5 on the stored elements, and predictions exactly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from golden import cases
+
+GOLDEN = json.loads((cases.HERE / "golden.json").read_text())
+RTOL, ATOL = 1e-4, 1e-5
+GROUPS = [*cases.ROWS, "saved"]
+
+
+@pytest.fixture(scope="module")
+def stored():
+    with np.load(cases.HERE / "golden.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def actual(tmp_path_factory) -> dict[str, np.ndarray]:
+    return cases.compute(tmp_path_factory.mktemp("golden"))
+
+
+def _mode() -> tuple[bool, str]:
+    here = cases.fingerprint()
+    if here == GOLDEN["fingerprint"]:
+        return True, f"bit-for-bit check (same numeric fingerprint {here})"
+    return False, (
+        f"numeric fingerprint differs (recorded {GOLDEN['fingerprint']}, here {here}): "
+        f"floats compared with rtol={RTOL}, atol={ATOL}, predictions exactly"
+    )
+
+
+def _mismatch(key: str, a: np.ndarray, stored: np.ndarray, exact: bool) -> str | None:
+    """Why ``a`` is not the recorded value ``key``, or None."""
+    want = GOLDEN["values"][key]
+    if list(a.shape) != want["shape"] or str(a.dtype) != want["dtype"]:
+        return f"{key}: {a.dtype}{list(a.shape)}, recorded {want['dtype']}{want['shape']}"
+    got = a.ravel()[:: want["stride"]]
+    diff = np.abs(got.astype(np.float64) - stored.astype(np.float64))
+    where = f"max abs diff {diff.max(initial=0.0):.3g} over {got.size} stored elements"
+    if exact or not np.issubdtype(a.dtype, np.floating):
+        if cases.sha256(a) != want["sha256"]:
+            return f"{key}: bytes differ ({where})"
+        return None
+    if not np.allclose(got, stored, rtol=RTOL, atol=ATOL):
+        return f"{key}: not within tolerance ({where})"
+    return None
+
+
+def test_records_every_value(actual):
+    assert sorted(actual) == sorted(GOLDEN["values"]), "the set of pinned values changed"
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_matches_golden(actual, stored, group):
+    exact, mode = _mode()
+    keys = sorted(k for k in GOLDEN["values"] if k.split("/")[0] == group)
+    assert keys, f"no golden values for {group}"
+    failures = [m for k in keys if k in actual and (m := _mismatch(k, actual[k], stored[k], exact))]
+    assert not failures, (
+        f"{group}: {len(failures)} of {len(keys)} values differ from the golden record; {mode}.\n"
+        + "\n".join(failures)
+        + "\nIf the change of results is intended, rerun tests/golden/make_golden.py deliberately."
+    )
