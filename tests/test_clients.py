@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import inspect
 import json
 import os
+import queue
+import re
 import struct
 import subprocess
 import sys
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import serving_utils as su
-from sjff_client import AsyncClient
-from sjff_client.images import prepare, read_idx, read_image
+from PIL import Image
+from sjff_client import AsyncClient, Client, RequestFailed
 from sjff_server.harness import ServerProcess
 
 from spikingjelly_ff.runtime import load_model
@@ -43,69 +44,6 @@ def idx_files(tmp_path_factory, mnist_samples):
     return img, lab
 
 
-def write_png(path: Path, img: np.ndarray, filt: int = 0) -> Path:
-    """A minimal PNG encoder (grey or RGB, one filter type for every row)."""
-    h, w = img.shape[:2]
-    channels = 1 if img.ndim == 2 else img.shape[2]
-    rows = img.reshape(h, w * channels).astype(np.int32)
-    raw = bytearray()
-    prev = np.zeros(w * channels, dtype=np.int32)
-    for row in rows:
-        left = np.concatenate([np.zeros(channels, np.int32), row[:-channels]])
-        if filt == 0:
-            out = row
-        elif filt == 1:
-            out = row - left
-        elif filt == 2:
-            out = row - prev
-        elif filt == 3:
-            out = row - (left + prev) // 2
-        else:
-            upleft = np.concatenate([np.zeros(channels, np.int32), prev[:-channels]])
-            p = left + prev - upleft
-            pa, pb, pc = abs(p - left), abs(p - prev), abs(p - upleft)
-            out = row - np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
-        raw += bytes([filt]) + (out & 0xFF).astype(np.uint8).tobytes()
-        prev = row
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ctype = {1: 0, 3: 2, 4: 6}[channels]
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, ctype, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b"")
-    path.write_bytes(png)
-    return path
-
-
-@pytest.mark.parametrize("filt", [0, 1, 2, 3, 4])
-def test_png_decoder_all_filters(tmp_path, filt):
-    rng = np.random.default_rng(filt)
-    grey = rng.integers(0, 256, (17, 13), dtype=np.uint8)
-    rgb = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(read_image(write_png(tmp_path / "g.png", grey, filt)), grey)
-    np.testing.assert_array_equal(read_image(write_png(tmp_path / "c.png", rgb, filt)), rgb)
-
-
-def test_image_readers(tmp_path, idx_files, mnist_samples):
-    images, labels = mnist_samples
-    np.testing.assert_array_equal(read_idx(idx_files[0]).reshape(len(images), -1), images)
-    np.testing.assert_array_equal(read_idx(idx_files[1]), labels)
-    digit = images[0].reshape(28, 28)
-    pgm = tmp_path / "d.pgm"
-    pgm.write_bytes(b"P5\n# a comment\n28 28\n255\n" + digit.tobytes())
-    np.testing.assert_array_equal(read_image(pgm), digit)
-    ascii_pgm = tmp_path / "a.pgm"
-    ascii_pgm.write_text("P2\n2 2\n15\n0 15\n15 0\n")
-    np.testing.assert_array_equal(read_image(ascii_pgm), [[0, 255], [255, 0]])
-    # a big, dark-on-light photo of the digit becomes the MNIST-style 28x28 bright-on-dark vector
-    big = np.kron(255 - digit, np.ones((4, 4), np.uint8))
-    vec = prepare(np.stack([big] * 3, -1), (28, 28))
-    assert vec.shape == (784,) and np.abs(vec.astype(int) - digit.reshape(-1)).mean() < 12
-    np.save(tmp_path / "d.npy", digit)
-    np.testing.assert_array_equal(read_image(tmp_path / "d.npy"), digit)
-
-
 def cli(server, *args, token=None):
     env = dict(os.environ, SJFF_TARGET=server.target)
     env.pop("SJFF_TOKEN", None)
@@ -126,7 +64,8 @@ def test_cli_infer_learn_stream_admin(server, idx_files, tmp_path, sjff_models, 
     assert rc == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["label"] for r in rows] == ref.tolist() and [r["true_label"] for r in rows] == labels[:5].tolist()
-    png = write_png(tmp_path / "digit.png", 255 - images[1].reshape(28, 28), 4)  # dark on light: inverted
+    png = tmp_path / "digit.png"
+    Image.fromarray(255 - images[1].reshape(28, 28)).save(png)  # dark on light: inverted
     rc, out, _ = cli(server, "--json", "infer", str(png))
     assert rc == 0 and json.loads(out)["label"] == ref[1]
     rc, _, err = cli(server, "learn", str(png), "--label", str(labels[1]))
@@ -192,10 +131,10 @@ def test_async_client(server, sjff_models, mnist_samples):
 
 
 def test_client_needs_only_numpy_grpc_protobuf(tmp_path):
-    """The client runs on an edge device without torch or the library itself."""
+    """The client runs on an edge device without torch, the library itself, or Pillow."""
     code = (
         "import sys\n"
-        "for blocked in ('torch', 'spikingjelly_ff', 'spikingjelly', 'onnxruntime', 'h5py', 'sjff_server'):\n"
+        "for blocked in ('torch', 'spikingjelly_ff', 'spikingjelly', 'onnxruntime', 'h5py', 'sjff_server', 'PIL'):\n"
         "    sys.modules[blocked] = None\n"
         "import sjff_client, sjff_client.cli, sjff_client.images, sjff_client.codec\n"
         "print('ok')\n"
@@ -205,7 +144,8 @@ def test_client_needs_only_numpy_grpc_protobuf(tmp_path):
 
 
 def test_standalone_client_wheel(tmp_path):
-    """clients/python builds a wheel of the client alone that needs numpy, grpcio and protobuf."""
+    """clients/python builds a wheel of the client alone that needs numpy, grpcio and protobuf;
+    its ``images`` extra adds Pillow."""
     import shutil
     import zipfile
 
@@ -225,9 +165,97 @@ def test_standalone_client_wheel(tmp_path):
         "sjff_client/pb/grpc_service_pb2.py",
         "sjff_client/pb/learning_pb2_grpc.py",
     } <= names
-    requires = sorted(
-        line.split(":", 1)[1].strip().split(">")[0].split("<")[0]
-        for line in meta.splitlines()
-        if line.startswith("Requires-Dist")
-    )
-    assert requires == ["grpcio", "numpy", "protobuf"]
+    requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist")]
+    core = sorted(r.split(">")[0].split("<")[0] for r in requires if "extra ==" not in r)
+    extras = sorted(r.split(">")[0].lower() for r in requires if "extra ==" in r)
+    assert core == ["grpcio", "numpy", "protobuf"]
+    assert extras == ["pillow"] and all('extra == "images"' in r for r in requires if "extra ==" in r)
+
+
+def _public_methods(cls) -> dict[str, inspect.Signature]:
+    return {n: inspect.signature(getattr(cls, n)) for n in dir(cls) if not n.startswith("_")}
+
+
+def _same_annotation(a) -> str:
+    """An annotation with the async-only spellings mapped to the blocking ones: the async
+    streams take ``AsyncIterable[X] | Iterable[X]`` and return ``AsyncIterator[X]``."""
+    return re.sub(r"AsyncIterable\[(.*?)\] \| ", "", str(a)).replace("AsyncIterator", "Iterator")
+
+
+def test_client_and_async_client_have_the_same_methods():
+    """Client and AsyncClient keep one API: same public methods, same parameters (names, kinds,
+    defaults, annotations), same return types; every AsyncClient method is awaitable."""
+    sync, aio = _public_methods(Client), _public_methods(AsyncClient)
+    assert sorted(sync) == sorted(aio)
+    for name, sig in sync.items():
+        asig = aio[name]
+        assert [(p.name, p.kind, p.default) for p in sig.parameters.values()] == [
+            (p.name, p.kind, p.default) for p in asig.parameters.values()
+        ], name
+        assert [_same_annotation(p.annotation) for p in sig.parameters.values()] == [
+            _same_annotation(p.annotation) for p in asig.parameters.values()
+        ], name
+        assert _same_annotation(sig.return_annotation) == _same_annotation(asig.return_annotation), name
+        fn = getattr(AsyncClient, name)
+        assert inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn), name
+    assert {"server_metadata", "learn_stream", "infer_stream"} <= set(sync)
+
+
+def test_learn_stream_is_lazy_in_both_clients(server, mnist_samples):
+    """Each sample is made only after the answer to the one before (a stream that adapts to
+    its results): both clients must pull the samples one at a time, never all up front. An
+    eager client would wait forever for the first answer: the queue's timeout turns that
+    into a failure."""
+    images, labels = mnist_samples
+    n = 4
+
+    def sample(i: int, previous: list) -> tuple:
+        assert len(previous) == i  # the answer to sample i - 1 arrived before sample i is made
+        return images[i : i + 1], [labels[i]]
+
+    # blocking client: gRPC pulls the request iterator on its own thread
+    answers: queue.Queue = queue.Queue()
+    seen: list = []
+
+    def samples():
+        for i in range(n):
+            if i:
+                seen.append(answers.get(timeout=60))
+            yield sample(i, seen)
+
+    with Client(server.target, token=su.TOKEN, model="snn") as c:
+        before = c.list_versions().current_version
+        results = []
+        for r in c.learn_stream(samples()):
+            assert not isinstance(r, RequestFailed), r
+            results.append(r)
+            answers.put(r.version)
+        metadata = c.server_metadata()
+    assert [r.version for r in results] == [before + 1 + i for i in range(n)]
+    assert seen == [r.version for r in results[:-1]]
+
+    async def run():
+        async with AsyncClient(server.target, token=su.TOKEN, model="snn") as c:
+            got: asyncio.Queue = asyncio.Queue()
+            done: list = []
+
+            async def asamples():
+                for i in range(n):
+                    if i:
+                        done.append(await asyncio.wait_for(got.get(), 60))
+                    yield sample(i, done)
+
+            out = []
+            async for r in c.learn_stream(asamples()):
+                out.append(r)
+                await got.put(r.version)
+            # a plain iterable is streamed lazily as well
+            plain = [r async for r in c.learn_stream((images[i : i + 1], [labels[i]]) for i in range(2))]
+            return out, done, plain, await c.server_metadata()
+
+    out, done, plain, ametadata = asyncio.run(run())
+    last = results[-1].version
+    assert [r.version for r in out] == [last + 1 + i for i in range(n)]
+    assert done == [r.version for r in out[:-1]]
+    assert [r.version for r in plain] == [last + n + 1, last + n + 2]
+    assert ametadata == metadata and metadata.name

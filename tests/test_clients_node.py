@@ -1,4 +1,5 @@
-"""The Node.js client (clients/node, generated from the same .proto files) against a real server."""
+"""The Node.js client (clients/node, generated from the same .proto files) against a real server,
+from the checkout and as the package `npm pack` makes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 
 import pytest
 import serving_utils as su
@@ -70,3 +72,56 @@ def test_node_client_against_the_server(node_modules, sjff_models, tmp_path, tok
         )
         assert cli.returncode == 0, cli.stderr
         assert json.loads(cli.stdout)["label"] == ref["label"][:3].tolist()
+
+
+PACKED_CHECK = """
+const { SjffClient, PROTO_ROOT } = require('sjff-client');
+(async () => {
+  const c = new SjffClient(process.env.SJFF_TARGET);
+  try {
+    const images = Uint8Array.from(JSON.parse(process.env.SJFF_IMAGES));
+    const r = await c.infer(images, images.length / 784);
+    const md = await c.modelMetadata();
+    const live = await c.serverLive();
+    console.log(JSON.stringify({ protoRoot: PROTO_ROOT, live, input: md.inputs[0].name, label: r.label }));
+  } finally { c.close(); }
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+def test_packed_node_client_outside_the_repo(node_modules, sjff_models, tmp_path, token_path, mnist_samples):
+    """`npm pack` ships the .proto files: the tarball, unpacked into node_modules/ of a project
+    outside the repository (what `npm install sjff-client-0.1.0.tgz` does), loads its own protos,
+    builds the service clients and talks to a server. Its dependencies come from the checkout's
+    node_modules through NODE_PATH: installing them would need the npm registry."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("npm is not installed") if os.environ.get("SJFF_REQUIRE_NODE") == "1" else pytest.skip("no npm")
+    p = subprocess.run(
+        [npm, "pack", "--pack-destination", str(tmp_path)], cwd=NODE_DIR, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert not (NODE_DIR / "protos").exists()  # postpack removed the copy: a checkout reads ../../protos
+    (tarball,) = tmp_path.glob("sjff-client-*.tgz")
+    package = tmp_path / "app" / "node_modules" / "sjff-client"
+    with tarfile.open(tarball) as tf:
+        members = tf.getmembers()
+        names = {m.name for m in members}
+        protos = ("inference/grpc_service.proto", "spikingjelly_ff/v1/learning.proto")
+        assert {f"package/protos/{p}" for p in protos} <= names
+        for m in members:
+            m.name = m.name.removeprefix("package/")
+        tf.extractall(package, members, filter="data")
+    images = mnist_samples[0][:2]
+    ref = load_model(sjff_models["analog"], threads=1).run(su.as_float(images))["label"]
+    root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
+    with ServerProcess(root, state_dir=tmp_path / "state", token_file=token_path, metrics=False) as srv:
+        env = {k: v for k, v in os.environ.items() if k != "SJFF_PROTO_ROOT"}
+        env.update(NODE_PATH=str(node_modules), SJFF_TARGET=srv.target, SJFF_IMAGES=json.dumps(images.ravel().tolist()))
+        p = subprocess.run(
+            ["node", "-e", PACKED_CHECK], cwd=tmp_path / "app", env=env, capture_output=True, text=True, timeout=60
+        )
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout)
+    assert out["protoRoot"] == str(package / "protos")
+    assert out["live"] is True and out["input"] == "images" and out["label"] == ref.tolist()

@@ -1,7 +1,8 @@
 'use strict';
 /**
  * Node.js client of the spikingjelly-ff server, generated at load time from the same .proto
- * files as the Python stubs (protos/ in the repository) with @grpc/proto-loader.
+ * files as the Python stubs with @grpc/proto-loader. The package ships them (./protos, copied by
+ * `npm pack`); in a checkout of the repository they are read from its protos/.
  *
  *   const { SjffClient } = require('sjff-client');
  *   const c = new SjffClient('localhost:8001', { token: process.env.SJFF_TOKEN });
@@ -13,8 +14,16 @@ const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
-const PROTO_ROOT = process.env.SJFF_PROTO_ROOT || path.join(__dirname, '..', '..', 'protos');
 const PROTOS = ['inference/grpc_service.proto', 'spikingjelly_ff/v1/learning.proto'];
+
+/** $SJFF_PROTO_ROOT, else the package's own copy, else the repository's protos/. */
+function protoRoot() {
+  if (process.env.SJFF_PROTO_ROOT) return process.env.SJFF_PROTO_ROOT;
+  const shipped = path.join(__dirname, 'protos');
+  return fs.existsSync(path.join(shipped, PROTOS[0])) ? shipped : path.join(__dirname, '..', '..', 'protos');
+}
+
+const PROTO_ROOT = protoRoot();
 
 const DTYPES = {
   FP32: { bytes: 4, read: (b, o) => b.readFloatLE(o) },

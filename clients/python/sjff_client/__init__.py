@@ -1,4 +1,5 @@
-"""Python client of the spikingjelly-ff gRPC server (numpy + grpcio + protobuf only).
+"""Python client of the spikingjelly-ff server (numpy + grpcio + protobuf; the CLI reads image
+files with Pillow, the optional `images` extra: `pip install 'sjff-client[images]'`).
 
 - :class:`Client` / :class:`AsyncClient`: inference (Open Inference Protocol) and on-line
   learning (``spikingjelly_ff.v1.Learning``).

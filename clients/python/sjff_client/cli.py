@@ -1,6 +1,6 @@
-"""Command line of the spikingjelly-ff client (numpy + grpcio + protobuf only).
+"""Command line of the spikingjelly-ff client (numpy + grpcio + protobuf; image files: Pillow).
 
-    python -m sjff_client infer digit.png                      # PNG, PGM/PPM or .npy
+    python -m sjff_client infer digit.jpg                      # PNG, JPEG, WebP, ... or .npy
     python -m sjff_client infer t10k-images-idx3-ubyte --index 7
     python -m sjff_client learn digit.png --label 3            # needs the token
     python -m sjff_client stream t10k-images-idx3-ubyte --labels t10k-labels-idx1-ubyte --count 500
@@ -23,19 +23,9 @@ import grpc
 import numpy as np
 
 from .client import Client, RequestFailed
-from .images import ImageError, prepare, read_idx, read_image
+from .images import ImageError, is_idx, prepare, read_idx, read_image
 
 __all__ = ["main"]
-
-
-def _is_idx(path: Path) -> bool:
-    head = path.read_bytes()[:4]
-    if head[:2] == b"\x1f\x8b":
-        import gzip
-
-        with gzip.open(path) as fh:
-            head = fh.read(4)
-    return len(head) == 4 and head[0] == 0 and head[1] == 0 and head[2] in (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E)
 
 
 def _image_shape(client: Client) -> tuple[int, int]:
@@ -50,7 +40,7 @@ def load_images(client: Client, path: str, index: int, count: int, invert: str) 
     p = Path(path)
     if not p.is_file():
         raise ImageError(f"{path}: no such file")
-    if _is_idx(p):
+    if is_idx(p):
         data = read_idx(p)
         if data.ndim < 2:
             raise ImageError(f"{path}: holds labels, not images")
@@ -253,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     def images(p, name="image"):
-        p.add_argument(name, help="PNG, PGM/PPM, .npy, or an IDX file (with --index)")
+        p.add_argument(
+            name, help="image file (PNG, JPEG, WebP, ...: needs sjff-client[images]), .npy, or IDX (with --index)"
+        )
         p.add_argument("--index", type=int, default=0, help="first sample of an IDX file")
         p.add_argument("--count", type=int, default=1, help="samples of an IDX file (default 1)")
         p.add_argument(

@@ -6,19 +6,32 @@
         r = c.infer(images)                 # images: [N, 784] float32 in [0, 1] or uint8 0..255
         r.label, r.scores, r.version        # [N] int64, [N, C] float32, learning version
         c.learn(images, labels)             # one on-line update -> LearnResult(version, log_odds)
+
+The two classes have the same public methods with the same parameters (tests/test_clients.py
+checks it): requests are built once, in :class:`_Base`; each class only makes the call.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TypeVar
 
-import grpc
 import numpy as np
 
-from .codec import infer_parameter, parameter_value, response_arrays
+from .channel import DEFAULT_TARGET, make_channel, read_token
+from .messages import (
+    DEFAULT_MODEL,
+    InferResult,
+    LearnResult,
+    RequestFailed,
+    build_infer_request,
+    build_learn_request,
+    learn_result,
+    outcome_unknown,
+    parse_infer_response,
+    stream_infer_result,
+)
 from .pb import grpc_service_pb2 as pb
 from .pb import grpc_service_pb2_grpc as pb_grpc
 from .pb import learning_pb2 as lpb
@@ -37,220 +50,24 @@ __all__ = [
     "parse_infer_response",
 ]
 
-DEFAULT_TARGET = "localhost:8001"
-DEFAULT_MODEL = "mnist"
-_MAX_MESSAGE = 64 * 1024 * 1024
-_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+_T = TypeVar("_T")
 
 
-class RequestFailed(Exception):
-    """A request refused inside a stream (``code`` is the gRPC status name)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-    @property
-    def outcome_unknown(self) -> bool:
-        """See :func:`outcome_unknown`."""
-        return self.code == "UNKNOWN"
-
-
-def outcome_unknown(exc: BaseException) -> bool:
-    """Whether a failed ``learn`` may nevertheless have been applied: the server answers UNKNOWN
-    only when a storage error struck and it could not undo the write. Check
-    ``list_versions().current_version`` before retrying, or retry with ``expected_version``.
-    Every other failure of a learn (UNAVAILABLE "not applied" included) applied nothing."""
-    if isinstance(exc, RequestFailed):
-        return exc.outcome_unknown
-    code = getattr(exc, "code", None)
-    return callable(code) and getattr(code(), "name", "") == "UNKNOWN"
-
-
-@dataclass
-class InferResult:
-    """Outputs of one inference: ``outputs`` name -> array (``scores`` [N, C], ``label`` [N],
-    ``probability`` [N, C], ...); ``version`` is the learning version that produced them."""
-
-    outputs: dict[str, np.ndarray]
-    model_name: str
-    model_version: str
-    version: int
-    id: str = ""
-
-    @property
-    def scores(self) -> np.ndarray:
-        return self.outputs["scores"]
-
-    @property
-    def label(self) -> np.ndarray:
-        return self.outputs["label"]
-
-    @property
-    def probability(self) -> np.ndarray:
-        return self.outputs["probability"]
-
-
-@dataclass
-class LearnResult:
-    """An acknowledged (durable) update: the new learning ``version`` and the log-odds [N] of
-    the samples before it."""
-
-    version: int
-    log_odds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    id: str = ""
-    model_name: str = ""
-    model_version: str = ""
-
-
-# -- messages ---------------------------------------------------------------------------------
-
-
-def _as_images(images: np.ndarray) -> np.ndarray:
-    """``[N, D]`` (one image ``[D]`` becomes ``[1, D]``; ``[N, H, W]`` is flattened to ``[N, H*W]``)."""
-    x = np.asarray(images)
-    if x.ndim == 1:
-        x = x[None]
-    elif x.ndim > 2:
-        x = x.reshape(x.shape[0], -1)
-    return x
-
-
-def build_infer_request(
-    images: np.ndarray,
-    model: str = DEFAULT_MODEL,
-    version: str = "",
-    *,
-    outputs: Sequence[str] | None = None,
-    parameters: dict | None = None,
-    raw: bool = True,
-    request_id: str = "",
-) -> pb.ModelInferRequest:
-    """A ModelInferRequest for images ``[N, D]`` (uint8 0..255 is sent as UINT8, anything else as
-    FP32 in [0, 1]); ``raw`` puts the data in raw_input_contents, else in typed contents."""
-    x = _as_images(images)
-    if x.dtype == np.uint8:
-        datatype, data = "UINT8", np.ascontiguousarray(x)
+async def _aiter(items: AsyncIterable[_T] | Iterable[_T]) -> AsyncIterator[_T]:
+    """``items`` as an async iterator, pulled one at a time (never collected into a list)."""
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
     else:
-        datatype, data = "FP32", np.ascontiguousarray(x, dtype="<f4")
-    req = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
-    t = req.inputs.add(name="images", datatype=datatype, shape=data.shape)
-    if raw:
-        req.raw_input_contents.append(data.tobytes())
-    elif datatype == "UINT8":
-        t.contents.uint_contents.extend(data.ravel().tolist())
-    else:
-        t.contents.fp32_contents.extend(data.ravel().tolist())
-    for name in outputs or ():
-        req.outputs.add(name=name)
-    for k, v in (parameters or {}).items():
-        if v is not None:
-            req.parameters[k].CopyFrom(infer_parameter(v))
-    return req
-
-
-def parse_infer_response(resp: pb.ModelInferResponse) -> InferResult:
-    version = resp.parameters["sjff_version"] if "sjff_version" in resp.parameters else None
-    return InferResult(
-        response_arrays(resp),
-        resp.model_name,
-        resp.model_version,
-        int(parameter_value(version) or 0) if version else 0,
-        resp.id,
-    )
-
-
-def build_learn_request(
-    images: np.ndarray,
-    labels: Sequence[int] | np.ndarray,
-    positive: Sequence[bool] | np.ndarray | None = None,
-    model: str = DEFAULT_MODEL,
-    version: str = "",
-    *,
-    seed: int | None = None,
-    eta: float | None = None,
-    expected_version: int | None = None,
-    request_id: str = "",
-) -> lpb.LearnRequest:
-    """A LearnRequest: images ``[N, D]`` (uint8 or float in [0, 1]), labels ``[N]``, and whether
-    each label is the true one (default: all true)."""
-    x = _as_images(images)
-    labels = np.atleast_1d(np.asarray(labels, dtype=np.int64))
-    if x.dtype == np.uint8:
-        enc, data = lpb.IMAGE_ENCODING_UINT8, np.ascontiguousarray(x).tobytes()
-    else:
-        enc, data = lpb.IMAGE_ENCODING_FP32, np.ascontiguousarray(x, dtype="<f4").tobytes()
-    req = lpb.LearnRequest(
-        model_name=model, model_version=version, images=data, encoding=enc, labels=labels.tolist(), id=request_id
-    )
-    if positive is not None:
-        req.positive.extend(np.atleast_1d(np.asarray(positive, dtype=bool)).tolist())
-    if seed is not None:
-        req.seed = int(seed)
-    if eta is not None:
-        req.eta = float(eta)
-    if expected_version is not None:
-        req.expected_version = int(expected_version)
-    return req
-
-
-def _learn_result(resp: lpb.LearnResponse) -> LearnResult:
-    if resp.error_code:
-        raise RequestFailed(_CODE_NAMES.get(resp.error_code, str(resp.error_code)), resp.error_message)
-    return LearnResult(
-        resp.version, np.asarray(resp.log_odds, dtype=np.float32), resp.id, resp.model_name, resp.model_version
-    )
-
-
-def _stream_infer_result(resp: pb.ModelStreamInferResponse) -> InferResult:
-    if resp.error_message:
-        code, _, message = resp.error_message.partition(": ")
-        raise RequestFailed(code, message)
-    return parse_infer_response(resp.infer_response)
-
-
-# -- channels ---------------------------------------------------------------------------------
-
-
-def _read(path: str | os.PathLike | None) -> bytes | None:
-    return None if path is None else Path(path).read_bytes()
-
-
-def _token(token: str | None, token_file: str | os.PathLike | None) -> str | None:
-    if token:
-        return token
-    if token_file:
-        lines = [
-            ln.strip() for ln in Path(token_file).read_text().splitlines() if ln.strip() and not ln.startswith("#")
-        ]
-        return lines[0] if lines else None
-    return os.environ.get("SJFF_TOKEN") or None
-
-
-def make_channel(
-    target: str = DEFAULT_TARGET,
-    *,
-    tls: bool = False,
-    root_ca: str | os.PathLike | None = None,
-    client_cert: str | os.PathLike | None = None,
-    client_key: str | os.PathLike | None = None,
-    server_name: str | None = None,
-    asyncio: bool = False,
-):
-    """A gRPC channel (``grpc.aio`` if ``asyncio``); TLS if ``tls`` or any certificate is given
-    (``client_cert`` + ``client_key`` for mutual TLS)."""
-    options = [("grpc.max_receive_message_length", _MAX_MESSAGE), ("grpc.max_send_message_length", _MAX_MESSAGE)]
-    if server_name:
-        options.append(("grpc.ssl_target_name_override", server_name))
-    mod = grpc.aio if asyncio else grpc
-    if tls or root_ca or client_cert:
-        creds = grpc.ssl_channel_credentials(_read(root_ca), _read(client_key), _read(client_cert))
-        return mod.secure_channel(target, creds, options=options)
-    return mod.insecure_channel(target, options=options)
+        for item in items:
+            yield item
 
 
 class _Base:
+    """Connection, token and every request message; the subclasses only make the calls."""
+
+    _aio = False
+
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
@@ -266,7 +83,7 @@ class _Base:
         self.target = target
         self.model = model
         self.timeout = timeout
-        tok = _token(token, token_file)
+        tok = read_token(token, token_file)
         self._metadata = (("authorization", f"Bearer {tok}"),) if tok else ()
         # the token goes only where it is needed: a server shares it with nobody else
         self._inference_metadata = self._metadata if token_for_inference else ()
@@ -274,19 +91,61 @@ class _Base:
         self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.learning = lpb_grpc.LearningStub(self.channel)
 
-    _aio = False
-
     def _kw(self, timeout: float | None, *, token: bool = False) -> dict:
         """Call options: the token only for learning calls (``token``), or for every call if
         the client was made with ``token_for_inference``."""
         md = self._metadata if token else self._inference_metadata
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": md}
 
-    def _infer_req(self, images, model, version, outputs, seed, steps, return_latent, typed, raw, request_id):
+    def _model_ready_req(self, model: str | None, version: str) -> pb.ModelReadyRequest:
+        return pb.ModelReadyRequest(name=model or self.model, version=version)
+
+    def _model_metadata_req(self, model: str | None, version: str) -> pb.ModelMetadataRequest:
+        return pb.ModelMetadataRequest(name=model or self.model, version=version)
+
+    def _infer_req(
+        self, images, model, version, outputs, seed, steps, return_latent, typed, raw, request_id
+    ) -> pb.ModelInferRequest:
         params = {"seed": seed, "steps": steps, "return_latent": return_latent or None, "typed_output": typed or None}
         return build_infer_request(
             images, model or self.model, version, outputs=outputs, parameters=params, raw=raw, request_id=request_id
         )
+
+    def _stream_infer_req(self, i: int, images, model, version) -> pb.ModelInferRequest:
+        return build_infer_request(images, model or self.model, version, request_id=str(i))
+
+    def _learn_req(self, images, labels, positive, model, version, seed, eta, expected_version) -> lpb.LearnRequest:
+        return build_learn_request(
+            images,
+            labels,
+            positive,
+            model or self.model,
+            version,
+            seed=seed,
+            eta=eta,
+            expected_version=expected_version,
+        )
+
+    def _stream_learn_req(self, i: int, sample: tuple, model, version) -> lpb.LearnRequest:
+        """``sample``: ``(images, labels[, positive])``."""
+        return build_learn_request(*sample, model=model or self.model, version=version, request_id=str(i))
+
+    def _snapshot_req(self, model, version, export) -> lpb.SnapshotRequest:
+        return lpb.SnapshotRequest(model_name=model or self.model, model_version=version, export_artifact=export)
+
+    def _list_versions_req(self, model, version, limit) -> lpb.ListVersionsRequest:
+        return lpb.ListVersionsRequest(model_name=model or self.model, model_version=version, limit=limit)
+
+    def _rollback_req(self, to_version, model, version) -> lpb.RollbackRequest:
+        return lpb.RollbackRequest(model_name=model or self.model, model_version=version, version=to_version)
+
+
+def _learn_outcome(resp: lpb.LearnResponse) -> LearnResult | RequestFailed:
+    """A stream goes on past a refused sample: its RequestFailed is yielded, not raised."""
+    try:
+        return learn_result(resp)
+    except RequestFailed as exc:
+        return exc
 
 
 class Client(_Base):
@@ -312,9 +171,7 @@ class Client(_Base):
         return self.inference.ServerReady(pb.ServerReadyRequest(), **self._kw(timeout)).ready
 
     def model_ready(self, model: str | None = None, version: str = "", timeout: float | None = None) -> bool:
-        return self.inference.ModelReady(
-            pb.ModelReadyRequest(name=model or self.model, version=version), **self._kw(timeout)
-        ).ready
+        return self.inference.ModelReady(self._model_ready_req(model, version), **self._kw(timeout)).ready
 
     def server_metadata(self, timeout: float | None = None) -> pb.ServerMetadataResponse:
         return self.inference.ServerMetadata(pb.ServerMetadataRequest(), **self._kw(timeout))
@@ -322,9 +179,7 @@ class Client(_Base):
     def model_metadata(
         self, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> pb.ModelMetadataResponse:
-        return self.inference.ModelMetadata(
-            pb.ModelMetadataRequest(name=model or self.model, version=version), **self._kw(timeout)
-        )
+        return self.inference.ModelMetadata(self._model_metadata_req(model, version), **self._kw(timeout))
 
     def infer(
         self,
@@ -354,10 +209,11 @@ class Client(_Base):
         version: str = "",
         timeout: float | None = None,
     ) -> Iterator[InferResult]:
-        """ModelStreamInfer: one result per batch, in order (a refused one raises RequestFailed)."""
-        reqs = (build_infer_request(b, model or self.model, version, request_id=str(i)) for i, b in enumerate(batches))
+        """ModelStreamInfer: one result per batch, in order (a refused one raises RequestFailed).
+        ``batches`` is pulled lazily, as the stream sends."""
+        reqs = (self._stream_infer_req(i, b, model, version) for i, b in enumerate(batches))
         for resp in self.inference.ModelStreamInfer(reqs, **self._kw(timeout)):
-            yield _stream_infer_result(resp)
+            yield stream_infer_result(resp)
 
     # learning
     def learn(
@@ -374,58 +230,48 @@ class Client(_Base):
         timeout: float | None = None,
     ) -> LearnResult:
         """One durable on-line update from images ``[N, D]`` with ``labels`` ``[N]``."""
-        req = build_learn_request(
-            images,
-            labels,
-            positive,
-            model or self.model,
-            version,
-            seed=seed,
-            eta=eta,
-            expected_version=expected_version,
-        )
-        return _learn_result(self.learning.Learn(req, **self._kw(timeout, token=True)))
+        req = self._learn_req(images, labels, positive, model, version, seed, eta, expected_version)
+        return learn_result(self.learning.Learn(req, **self._kw(timeout, token=True)))
 
     def learn_stream(
         self, samples: Iterable[tuple], *, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> Iterator[LearnResult | RequestFailed]:
-        """LearnStream over ``(images, labels[, positive])`` tuples; yields a LearnResult per
-        sample or the RequestFailed of a refused one (the stream goes on)."""
-        reqs = (
-            build_learn_request(*s, model=model or self.model, version=version, request_id=str(i))
-            for i, s in enumerate(samples)
-        )
+        """LearnStream over ``(images, labels[, positive])`` tuples, pulled lazily (a sample may
+        depend on the previous result); yields a LearnResult per sample or the RequestFailed of
+        a refused one (the stream goes on)."""
+        reqs = (self._stream_learn_req(i, s, model, version) for i, s in enumerate(samples))
         for resp in self.learning.LearnStream(reqs, **self._kw(timeout, token=True)):
-            try:
-                yield _learn_result(resp)
-            except RequestFailed as exc:
-                yield exc
+            yield _learn_outcome(resp)
 
     def snapshot(
         self, *, model: str | None = None, version: str = "", export: bool = False, timeout: float | None = None
     ) -> lpb.SnapshotResponse:
-        req = lpb.SnapshotRequest(model_name=model or self.model, model_version=version, export_artifact=export)
-        return self.learning.Snapshot(req, **self._kw(timeout, token=True))
+        """Write a snapshot now (``export``: also a complete model file)."""
+        return self.learning.Snapshot(self._snapshot_req(model, version, export), **self._kw(timeout, token=True))
 
     def list_versions(
         self, *, model: str | None = None, version: str = "", limit: int = 100, timeout: float | None = None
     ) -> lpb.ListVersionsResponse:
-        req = lpb.ListVersionsRequest(model_name=model or self.model, model_version=version, limit=limit)
+        """Current learning version, restorable snapshots and the latest ``limit`` history entries."""
+        req = self._list_versions_req(model, version, limit)
         return self.learning.ListVersions(req, **self._kw(timeout, token=True))
 
     def rollback(
         self, to_version: int, *, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> lpb.RollbackResponse:
-        req = lpb.RollbackRequest(model_name=model or self.model, model_version=version, version=to_version)
+        """Restore the weights of ``to_version`` (as a new version)."""
+        req = self._rollback_req(to_version, model, version)
         return self.learning.Rollback(req, **self._kw(timeout, token=True))
 
     def stats(self, *, model: str = "", version: str = "", timeout: float | None = None) -> lpb.GetStatsResponse:
+        """Learning statistics of one model, or of all (``model=""``)."""
         req = lpb.GetStatsRequest(model_name=model, model_version=version)
         return self.learning.GetStats(req, **self._kw(timeout, token=True))
 
 
 class AsyncClient(_Base):
-    """asyncio client (``grpc.aio``); same methods as :class:`Client`, as coroutines."""
+    """asyncio client (``grpc.aio``); the methods of :class:`Client`, as coroutines (the streams
+    as async generators, which also accept async iterables)."""
 
     _aio = True
 
@@ -438,6 +284,7 @@ class AsyncClient(_Base):
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
+    # inference
     async def server_live(self, timeout: float | None = None) -> bool:
         return (await self.inference.ServerLive(pb.ServerLiveRequest(), **self._kw(timeout))).live
 
@@ -445,18 +292,15 @@ class AsyncClient(_Base):
         return (await self.inference.ServerReady(pb.ServerReadyRequest(), **self._kw(timeout))).ready
 
     async def model_ready(self, model: str | None = None, version: str = "", timeout: float | None = None) -> bool:
-        return (
-            await self.inference.ModelReady(
-                pb.ModelReadyRequest(name=model or self.model, version=version), **self._kw(timeout)
-            )
-        ).ready
+        return (await self.inference.ModelReady(self._model_ready_req(model, version), **self._kw(timeout))).ready
+
+    async def server_metadata(self, timeout: float | None = None) -> pb.ServerMetadataResponse:
+        return await self.inference.ServerMetadata(pb.ServerMetadataRequest(), **self._kw(timeout))
 
     async def model_metadata(
         self, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> pb.ModelMetadataResponse:
-        return await self.inference.ModelMetadata(
-            pb.ModelMetadataRequest(name=model or self.model, version=version), **self._kw(timeout)
-        )
+        return await self.inference.ModelMetadata(self._model_metadata_req(model, version), **self._kw(timeout))
 
     async def infer(
         self,
@@ -473,6 +317,7 @@ class AsyncClient(_Base):
         request_id: str = "",
         timeout: float | None = None,
     ) -> InferResult:
+        """See :meth:`Client.infer`."""
         req = self._infer_req(images, model, version, outputs, seed, steps, return_latent, typed, raw, request_id)
         return parse_infer_response(await self.inference.ModelInfer(req, **self._kw(timeout)))
 
@@ -484,20 +329,18 @@ class AsyncClient(_Base):
         version: str = "",
         timeout: float | None = None,
     ) -> AsyncIterator[InferResult]:
+        """See :meth:`Client.infer_stream`."""
+
         async def reqs():
             i = 0
-            if hasattr(batches, "__aiter__"):
-                async for b in batches:
-                    yield build_infer_request(b, model or self.model, version, request_id=str(i))
-                    i += 1
-            else:
-                for b in batches:
-                    yield build_infer_request(b, model or self.model, version, request_id=str(i))
-                    i += 1
+            async for b in _aiter(batches):
+                yield self._stream_infer_req(i, b, model, version)
+                i += 1
 
         async for resp in self.inference.ModelStreamInfer(reqs(), **self._kw(timeout)):
-            yield _stream_infer_result(resp)
+            yield stream_infer_result(resp)
 
+    # learning
     async def learn(
         self,
         images: np.ndarray,
@@ -511,50 +354,51 @@ class AsyncClient(_Base):
         expected_version: int | None = None,
         timeout: float | None = None,
     ) -> LearnResult:
-        req = build_learn_request(
-            images,
-            labels,
-            positive,
-            model or self.model,
-            version,
-            seed=seed,
-            eta=eta,
-            expected_version=expected_version,
-        )
-        return _learn_result(await self.learning.Learn(req, **self._kw(timeout, token=True)))
+        """See :meth:`Client.learn`."""
+        req = self._learn_req(images, labels, positive, model, version, seed, eta, expected_version)
+        return learn_result(await self.learning.Learn(req, **self._kw(timeout, token=True)))
 
     async def learn_stream(
-        self, samples: Iterable[tuple], *, model: str | None = None, version: str = "", timeout: float | None = None
+        self,
+        samples: AsyncIterable[tuple] | Iterable[tuple],
+        *,
+        model: str | None = None,
+        version: str = "",
+        timeout: float | None = None,
     ) -> AsyncIterator[LearnResult | RequestFailed]:
-        reqs = [
-            build_learn_request(*s, model=model or self.model, version=version, request_id=str(i))
-            for i, s in enumerate(samples)
-        ]
-        async for resp in self.learning.LearnStream(iter(reqs), **self._kw(timeout, token=True)):
-            try:
-                yield _learn_result(resp)
-            except RequestFailed as exc:
-                yield exc
+        """See :meth:`Client.learn_stream`."""
+
+        async def reqs():
+            i = 0
+            async for s in _aiter(samples):
+                yield self._stream_learn_req(i, s, model, version)
+                i += 1
+
+        async for resp in self.learning.LearnStream(reqs(), **self._kw(timeout, token=True)):
+            yield _learn_outcome(resp)
 
     async def snapshot(
         self, *, model: str | None = None, version: str = "", export: bool = False, timeout: float | None = None
-    ):
-        req = lpb.SnapshotRequest(model_name=model or self.model, model_version=version, export_artifact=export)
+    ) -> lpb.SnapshotResponse:
+        """See :meth:`Client.snapshot`."""
+        req = self._snapshot_req(model, version, export)
         return await self.learning.Snapshot(req, **self._kw(timeout, token=True))
 
     async def list_versions(
         self, *, model: str | None = None, version: str = "", limit: int = 100, timeout: float | None = None
-    ):
-        req = lpb.ListVersionsRequest(model_name=model or self.model, model_version=version, limit=limit)
+    ) -> lpb.ListVersionsResponse:
+        """See :meth:`Client.list_versions`."""
+        req = self._list_versions_req(model, version, limit)
         return await self.learning.ListVersions(req, **self._kw(timeout, token=True))
 
     async def rollback(
         self, to_version: int, *, model: str | None = None, version: str = "", timeout: float | None = None
-    ):
-        req = lpb.RollbackRequest(model_name=model or self.model, model_version=version, version=to_version)
+    ) -> lpb.RollbackResponse:
+        """See :meth:`Client.rollback`."""
+        req = self._rollback_req(to_version, model, version)
         return await self.learning.Rollback(req, **self._kw(timeout, token=True))
 
-    async def stats(self, *, model: str = "", version: str = "", timeout: float | None = None):
-        return await self.learning.GetStats(
-            lpb.GetStatsRequest(model_name=model, model_version=version), **self._kw(timeout, token=True)
-        )
+    async def stats(self, *, model: str = "", version: str = "", timeout: float | None = None) -> lpb.GetStatsResponse:
+        """See :meth:`Client.stats`."""
+        req = lpb.GetStatsRequest(model_name=model, model_version=version)
+        return await self.learning.GetStats(req, **self._kw(timeout, token=True))

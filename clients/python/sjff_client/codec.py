@@ -1,4 +1,8 @@
-"""Tensors <-> Open Inference Protocol messages, with numpy only (shared by client and server).
+"""Tensors <-> Open Inference Protocol messages, with numpy only.
+
+Part of the wire contract with ``pb/``: the server imports it from this package, so it holds
+only what both ends need (datatype tables, typed and raw contents, parameters); request
+validation stays in the server (docs/clients.md, "Who owns the wire contract").
 
 Datatype names are the protocol's (``FP32``, ``UINT8``, ``INT64``, ...). Raw contents are the
 flattened row-major little-endian bytes of a tensor; typed contents use the

@@ -1,0 +1,200 @@
+"""Messages of the spikingjelly-ff protocols and their results, with numpy only: requests built
+from arrays (:func:`build_infer_request`, :func:`build_learn_request`), responses turned into
+:class:`InferResult` / :class:`LearnResult`, and :class:`RequestFailed` for a refused request
+inside a stream. Both clients (``client.py``) use these; so can any other gRPC stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from .codec import infer_parameter, parameter_value, response_arrays
+from .pb import grpc_service_pb2 as pb
+from .pb import learning_pb2 as lpb
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "InferResult",
+    "LearnResult",
+    "RequestFailed",
+    "build_infer_request",
+    "build_learn_request",
+    "learn_result",
+    "outcome_unknown",
+    "parse_infer_response",
+    "stream_infer_result",
+]
+
+DEFAULT_MODEL = "mnist"
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+class RequestFailed(Exception):
+    """A request refused inside a stream (``code`` is the gRPC status name)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """See :func:`outcome_unknown`."""
+        return self.code == "UNKNOWN"
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """Whether a failed ``learn`` may nevertheless have been applied: the server answers UNKNOWN
+    only when a storage error struck and it could not undo the write. Check
+    ``list_versions().current_version`` before retrying, or retry with ``expected_version``.
+    Every other failure of a learn (UNAVAILABLE "not applied" included) applied nothing."""
+    if isinstance(exc, RequestFailed):
+        return exc.outcome_unknown
+    code = getattr(exc, "code", None)
+    return callable(code) and getattr(code(), "name", "") == "UNKNOWN"
+
+
+@dataclass
+class InferResult:
+    """Outputs of one inference: ``outputs`` name -> array (``scores`` [N, C], ``label`` [N],
+    ``probability`` [N, C], ...); ``version`` is the learning version that produced them."""
+
+    outputs: dict[str, np.ndarray]
+    model_name: str
+    model_version: str
+    version: int
+    id: str = ""
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.outputs["scores"]
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.outputs["label"]
+
+    @property
+    def probability(self) -> np.ndarray:
+        return self.outputs["probability"]
+
+
+@dataclass
+class LearnResult:
+    """An acknowledged (durable) update: the new learning ``version`` and the log-odds [N] of
+    the samples before it."""
+
+    version: int
+    log_odds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    id: str = ""
+    model_name: str = ""
+    model_version: str = ""
+
+
+def _as_images(images: np.ndarray) -> np.ndarray:
+    """``[N, D]`` (one image ``[D]`` becomes ``[1, D]``; ``[N, H, W]`` is flattened to ``[N, H*W]``)."""
+    x = np.asarray(images)
+    if x.ndim == 1:
+        x = x[None]
+    elif x.ndim > 2:
+        x = x.reshape(x.shape[0], -1)
+    return x
+
+
+def build_infer_request(
+    images: np.ndarray,
+    model: str = DEFAULT_MODEL,
+    version: str = "",
+    *,
+    outputs: Sequence[str] | None = None,
+    parameters: dict | None = None,
+    raw: bool = True,
+    request_id: str = "",
+) -> pb.ModelInferRequest:
+    """A ModelInferRequest for images ``[N, D]`` (uint8 0..255 is sent as UINT8, anything else as
+    FP32 in [0, 1]); ``raw`` puts the data in raw_input_contents, else in typed contents."""
+    x = _as_images(images)
+    if x.dtype == np.uint8:
+        datatype, data = "UINT8", np.ascontiguousarray(x)
+    else:
+        datatype, data = "FP32", np.ascontiguousarray(x, dtype="<f4")
+    req = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    t = req.inputs.add(name="images", datatype=datatype, shape=data.shape)
+    if raw:
+        req.raw_input_contents.append(data.tobytes())
+    elif datatype == "UINT8":
+        t.contents.uint_contents.extend(data.ravel().tolist())
+    else:
+        t.contents.fp32_contents.extend(data.ravel().tolist())
+    for name in outputs or ():
+        req.outputs.add(name=name)
+    for k, v in (parameters or {}).items():
+        if v is not None:
+            req.parameters[k].CopyFrom(infer_parameter(v))
+    return req
+
+
+def parse_infer_response(resp: pb.ModelInferResponse) -> InferResult:
+    """A ModelInferResponse as arrays, with the learning version that produced them."""
+    version = resp.parameters["sjff_version"] if "sjff_version" in resp.parameters else None
+    return InferResult(
+        response_arrays(resp),
+        resp.model_name,
+        resp.model_version,
+        int(parameter_value(version) or 0) if version else 0,
+        resp.id,
+    )
+
+
+def build_learn_request(
+    images: np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    positive: Sequence[bool] | np.ndarray | None = None,
+    model: str = DEFAULT_MODEL,
+    version: str = "",
+    *,
+    seed: int | None = None,
+    eta: float | None = None,
+    expected_version: int | None = None,
+    request_id: str = "",
+) -> lpb.LearnRequest:
+    """A LearnRequest: images ``[N, D]`` (uint8 or float in [0, 1]), labels ``[N]``, and whether
+    each label is the true one (default: all true)."""
+    x = _as_images(images)
+    labels = np.atleast_1d(np.asarray(labels, dtype=np.int64))
+    if x.dtype == np.uint8:
+        enc, data = lpb.IMAGE_ENCODING_UINT8, np.ascontiguousarray(x).tobytes()
+    else:
+        enc, data = lpb.IMAGE_ENCODING_FP32, np.ascontiguousarray(x, dtype="<f4").tobytes()
+    req = lpb.LearnRequest(
+        model_name=model, model_version=version, images=data, encoding=enc, labels=labels.tolist(), id=request_id
+    )
+    if positive is not None:
+        req.positive.extend(np.atleast_1d(np.asarray(positive, dtype=bool)).tolist())
+    if seed is not None:
+        req.seed = int(seed)
+    if eta is not None:
+        req.eta = float(eta)
+    if expected_version is not None:
+        req.expected_version = int(expected_version)
+    return req
+
+
+def learn_result(resp: lpb.LearnResponse) -> LearnResult:
+    """The result of a Learn / LearnStream answer; a refused one raises :class:`RequestFailed`."""
+    if resp.error_code:
+        raise RequestFailed(_CODE_NAMES.get(resp.error_code, str(resp.error_code)), resp.error_message)
+    return LearnResult(
+        resp.version, np.asarray(resp.log_odds, dtype=np.float32), resp.id, resp.model_name, resp.model_version
+    )
+
+
+def stream_infer_result(resp: pb.ModelStreamInferResponse) -> InferResult:
+    """The result of one ModelStreamInfer answer; a refused one raises :class:`RequestFailed`."""
+    if resp.error_message:
+        code, _, message = resp.error_message.partition(": ")
+        raise RequestFailed(code, message)
+    return parse_infer_response(resp.infer_response)
