@@ -141,7 +141,7 @@ def corruption_run(repo: Path, state: Path, token: Path, images, labels, acks: i
 
 def write_big_log(state: Path, gib: float, in_features: int, artefact: Path) -> tuple[int, int]:
     """Format-1 log (one segment, as earlier releases wrote it) of 1,024-image updates."""
-    from sjff_server.records import MAGIC_V1, UPDATE, UpdateRecord, encode_payload
+    from sjff_server.records import MAGIC_V1, UPDATE, Update, UpdateRecord, encode_payload
     from sjff_server.snapshots import atomic_write
     from sjff_server.state import file_sha256
 
@@ -163,7 +163,7 @@ def write_big_log(state: Path, gib: float, in_features: int, artefact: Path) -> 
         fh.write(MAGIC_V1)
         while written < target:
             v += 1
-            p = encode_payload(UpdateRecord(UPDATE, v, time.time(), v, 0.01, x, y, pos))
+            p = encode_payload(UpdateRecord(UPDATE, v, time.time(), Update(x, y, pos, v, 0.01)))
             fh.write(struct.pack("<II", len(p), zlib.crc32(p)) + p)
             written += len(p) + 8
         fh.flush()

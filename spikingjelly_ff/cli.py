@@ -6,6 +6,10 @@
     sjff analyze MODEL [--dataset mnist] [--limit N] [--json] [--plot FILE.png]
     sjff reproduce paper --out DIR [--epochs N] [--limit N]
     sjff data fetch mnist|fashion-mnist [--root DIR]
+
+and the commands that installed packages add through the ``spikingjelly_ff.commands``
+entry-point group; the server package adds
+
     sjff serve --model-repository DIR [--port P] ...
     sjff state repair STATE_DIR --model M [--version V] [--truncate]
 
@@ -111,28 +115,25 @@ def _data(args) -> int:
     return 0
 
 
-def _serve(args, rest: list[str]) -> int:
-    try:
-        from sjff_server.main import main as serve_main
-    except ImportError as exc:
-        raise RuntimeError(f"the server is not installed ({exc}); pip install 'spikingjelly-ff[serve]'") from exc
-    return serve_main(rest)
+#: Commands that other packages add to ``sjff`` through this entry-point group (the server adds
+#: ``serve`` and ``state``): the library names no package above it and imports none.
+COMMANDS_GROUP = "spikingjelly_ff.commands"
 
 
-def _state(rest: list[str]) -> int:
-    if not rest or rest[0] != "repair":
-        got = f"got {rest[0]!r}" if rest else "got none"
-        print(
-            f"sjff state: error: the only subcommand is 'repair' ({got}); usage: sjff state repair STATE_DIR "
-            "--model M [--version V] [--truncate]",
-            file=sys.stderr,
-        )
-        return 2
+def _plugins() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+
+
+def _run_plugin(name: str, rest: list[str]) -> int:
+    """Run the command ``name`` that an installed package registered; it parses ``rest`` itself."""
     try:
-        from sjff_server.repair import main as repair_main
+        command = _plugins()[name].load()
     except ImportError as exc:
-        raise RuntimeError(f"the server is not installed ({exc}); pip install 'spikingjelly-ff[serve]'") from exc
-    return repair_main(rest[1:])
+        hint = "pip install 'spikingjelly-ff[serve]'"
+        raise RuntimeError(f"sjff {name}: cannot import its package ({exc}); {hint}") from exc
+    return command(rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,10 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--root", default=None, help="target directory (default: the cache dir)")
     f.set_defaults(func=_data)
 
-    p = sub.add_parser("serve", help="run the gRPC server (options: sjff serve --help)", add_help=False)
-    p.set_defaults(func=None)
-    p = sub.add_parser("state", help="check or repair a server's learning state (sjff state repair --help)")
-    p.set_defaults(func=None)
+    for name, ep in sorted(_plugins().items()):
+        p = sub.add_parser(name, help=f"provided by {ep.value.split(':')[0]} (sjff {name} --help)", add_help=False)
+        p.set_defaults(func=None)
     return ap
 
 
@@ -212,10 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("SJFF_DEBUG") == "1"
     if "--debug" in argv:
         argv.remove("--debug")
-    if argv and argv[0] == "serve":
-        runner = lambda: _serve(None, argv[1:])  # noqa: E731 - the server parses its own options
-    elif argv and argv[0] == "state":
-        runner = lambda: _state(argv[1:])  # noqa: E731
+    if argv and argv[0] in _plugins():
+        name, rest = argv[0], argv[1:]
+        runner = lambda: _run_plugin(name, rest)  # noqa: E731 - the command parses its own options
     else:
         args = build_parser().parse_args(argv)
         runner = lambda: args.func(args)  # noqa: E731

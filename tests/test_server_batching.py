@@ -17,6 +17,7 @@ from sjff_server.engine import InferOptions
 from sjff_server.errors import RequestError
 from sjff_server.interrupt import Interrupted, WorkerPool
 from sjff_server.repository import scan_repository
+from sjff_server.rpc import status_of
 from sjff_server.validation import InferPlan, decode_infer
 
 # -- batching -------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def test_options_seeds_cancellation_errors_and_the_byte_budget():
         assert b.held_bytes == 3 * mib + 6 * 16
         with pytest.raises(RequestError) as refused:
             await b.infer(big, InferOptions())
-        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert status_of(refused.value)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert refused.value.message == (
             "inference queue of model 'snn' holds 3.0 MiB (limit 3.5 MiB; this request needs 1.0 MiB); "
             "retry later or raise --max-inflight-mb"
@@ -386,10 +387,11 @@ def test_authenticator(tmp_path, monkeypatch):
     auth = Authenticator(f, None, recheck_s=0.0)
     assert auth.check(md("Bearer first-token-0123456789")) is None
     assert auth.check(md("bearer second-token-0123456789")) is None
-    assert auth.check(None)[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert auth.check(md("Bearer wrong-token-0123456789"))[1] == "invalid token"
-    assert auth.check(md("Basic first-token-0123456789"))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert auth.check(md("Bearer first-token-012345678"))[0] == grpc.StatusCode.UNAUTHENTICATED  # a prefix
+    assert status_of(auth.check(None))[0] == grpc.StatusCode.UNAUTHENTICATED
+    wrong = auth.check(md("Bearer wrong-token-0123456789"))
+    assert status_of(wrong) == (grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+    assert status_of(auth.check(md("Basic first-token-0123456789")))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert status_of(auth.check(md("Bearer first-token-012345678")))[0] == grpc.StatusCode.UNAUTHENTICATED  # a prefix
     # rotation: the file is re-read when it changes
     f.write_text("third-token-0123456789\n")
     import os
@@ -399,7 +401,8 @@ def test_authenticator(tmp_path, monkeypatch):
     assert auth.check(md("Bearer first-token-0123456789")) is not None
     monkeypatch.setenv("MY_TOKEN", "env-token-0123456789")
     assert Authenticator(None, "MY_TOKEN").check(md("Bearer env-token-0123456789")) is None
-    assert Authenticator(None, "UNSET_VARIABLE_XYZ").check(md("Bearer x"))[0] == grpc.StatusCode.PERMISSION_DENIED
+    never = Authenticator(None, "UNSET_VARIABLE_XYZ").check(md("Bearer x"))
+    assert status_of(never)[0] == grpc.StatusCode.PERMISSION_DENIED
     f.write_text("short\n")
     with pytest.raises(AuthError, match="at least 16"):
         Authenticator(f, None)
@@ -453,7 +456,7 @@ def req(data, datatype="FP32", shape=None, raw=True, **kw) -> pb.ModelInferReque
 def test_bad_inference_inputs(request_, message):
     with pytest.raises(RequestError) as err:
         decode_infer(request_, FakeServed, 100)
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_of(err.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert message in err.value.message
 
 

@@ -221,9 +221,9 @@ def test_kill_9_during_learning_loses_no_acknowledged_update(repo, tmp_path, tok
     logged = {r.version: r for r in log.records(0, 10**9) if r.changes_state}
     for version, (idx, seed) in acked.items():
         if version in logged:  # older versions may already be covered by a snapshot only
-            r = logged[version]
-            assert r.seed == seed and int(r.labels[0]) == labels[idx]
-            np.testing.assert_array_equal(r.images, su.as_float(images[idx : idx + 1]))
+            u = logged[version].update
+            assert u.seed == seed and int(u.labels[0]) == labels[idx]
+            np.testing.assert_array_equal(u.images, su.as_float(images[idx : idx + 1]))
     srv.restart()
     try:
         with Client(srv.target, token_file=token_path) as c:
@@ -235,8 +235,8 @@ def test_kill_9_during_learning_loses_no_acknowledged_update(repo, tmp_path, tok
                 if v in acked:
                     idx, seed = acked[v]
                 else:
-                    r = logged[v]
-                    idx, seed = int(np.flatnonzero((su.as_float(images) == r.images[0]).all(1))[0]), r.seed
+                    u = logged[v].update
+                    idx, seed = int(np.flatnonzero((su.as_float(images) == u.images[0]).all(1))[0]), u.seed
                 updates.append(
                     (su.as_float(images[idx : idx + 1]), labels[idx : idx + 1], np.ones(1, np.float32), seed, None)
                 )

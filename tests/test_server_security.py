@@ -288,6 +288,7 @@ def test_authenticator_generation_and_environment_tokens(tmp_path, monkeypatch):
     """In process: the generation moves only when the accepted set changes; tokens from the
     environment survive an emptied or broken file; a server that never had a token says so."""
     from sjff_server.auth import Authenticator
+    from sjff_server.rpc import status_of
 
     def md(token):
         return (("authorization", f"Bearer {token}"),)
@@ -301,11 +302,11 @@ def test_authenticator_generation_and_environment_tokens(tmp_path, monkeypatch):
     assert auth.refresh() == 0
     rewrite(path, "\n# none\n")
     assert auth.refresh() == 1
-    assert auth.check(md(su.TOKEN)) == (grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+    assert status_of(auth.check(md(su.TOKEN))) == (grpc.StatusCode.UNAUTHENTICATED, "invalid token")
     assert auth.check(md(env_token)) is None
     rewrite(path, "too-short\n")
     assert auth.refresh() == 1 and auth.check(md(env_token)) is None  # same set: env tokens only
     rewrite(path, NEW_TOKEN + "\n")
     assert auth.refresh() == 2 and auth.check(md(NEW_TOKEN)) is None
     never = Authenticator(None, "SJFF_UNSET_VARIABLE")
-    assert never.check(md(su.TOKEN))[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert status_of(never.check(md(su.TOKEN)))[0] == grpc.StatusCode.PERMISSION_DENIED

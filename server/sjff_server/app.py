@@ -19,10 +19,10 @@ from .auth import Authenticator
 from .durability import LogCorruption
 from .inference_service import InferenceService, ServerState
 from .interrupt import WorkerPool
-from .learning import LearnOptions
 from .learning_service import LearningService
 from .metrics import Metrics
 from .models import ModelRegistry, load_served_model
+from .options import LearnOptions
 from .registration import add_service
 from .repository import scan_repository
 from .snapshots import StateInUse

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-import grpc
+from .errors import PermissionDenied, RequestError, Unauthenticated
 
 __all__ = ["Authenticator", "AuthError", "load_tokens"]
 
@@ -131,27 +131,27 @@ class Authenticator:
         self._maybe_reload()
         return self.generation
 
-    def check(self, metadata: tuple | None) -> tuple[grpc.StatusCode, str] | None:
-        """None if ``metadata`` carries a valid token, else the status to answer with."""
+    def check(self, metadata: tuple | None) -> RequestError | None:
+        """None if ``metadata`` carries a valid token, else the refusal to answer with."""
         self._maybe_reload()
         if not self._tokens and not self._had_tokens:
-            return grpc.StatusCode.PERMISSION_DENIED, "this call needs a token but the server has none configured"
+            return PermissionDenied("this call needs a token but the server has none configured")
         header = None
         for key, value in metadata or ():
             if key == "authorization":
                 header = value
                 break
         if header is None:
-            return grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer <token>' metadata"
+            return Unauthenticated("missing 'authorization: Bearer <token>' metadata")
         if isinstance(header, bytes):
             header = header.decode("latin-1")
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented:
-            return grpc.StatusCode.UNAUTHENTICATED, "authorization metadata must be 'Bearer <token>'"
+            return Unauthenticated("authorization metadata must be 'Bearer <token>'")
         given = presented.strip().encode("latin-1", "replace")
         ok = False
         for token in self._tokens:
             ok |= hmac.compare_digest(given, token)  # no early exit: timing reveals nothing
         if not ok:
-            return grpc.StatusCode.UNAUTHENTICATED, "invalid token"
+            return Unauthenticated("invalid token")
         return None

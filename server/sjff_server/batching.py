@@ -43,14 +43,14 @@ from collections import deque
 from collections.abc import Callable
 from functools import partial
 
-import grpc
 import numpy as np
 
 from .engine import InferOptions
-from .errors import RequestError
+from .errors import ResourceExhausted
 from .interrupt import Interrupted, WorkerPool
+from .window import WindowPolicy
 
-__all__ = ["Batcher", "BatchResult"]
+__all__ = ["Batcher", "BatchResult", "WindowPolicy"]
 
 #: (outputs for this request's rows, learning version that produced them)
 BatchResult = tuple[dict[str, np.ndarray], int]
@@ -72,49 +72,6 @@ class _Item:
         self.future = future
         self.deadline = deadline
         self.taken = False  # part of a batch: its bytes go when the batch stops running
-
-
-class WindowPolicy:
-    """How long the first request of an inline batch waits for others (seconds).
-
-    - Wait the full window when the caller reports other requests in flight (``busy``) or
-      when any of the last ``memory`` windows caught company (load is present).
-    - Otherwise do not wait, but every ``probe_every``-th time wait a quarter window: a probe
-      that detects load when requests only ever arrive one at a time.
-    - Flush early once as many requests are queued as the largest recent window held (no more
-      are likely to come), except on every 8th window, which explores for more.
-    """
-
-    def __init__(self, window_s: float, probe_every: int = 200, memory: int = 32) -> None:
-        self.window_s = max(0.0, window_s)
-        self.probe_every = probe_every
-        self.sizes: deque[int] = deque(maxlen=memory)
-        self._lone = 0
-        self._windows = 0
-
-    def productive(self) -> bool:
-        return any(s > 1 for s in self.sizes)
-
-    def delay(self, busy: bool) -> float:
-        if self.window_s <= 0:
-            return 0.0
-        if busy or self.productive():
-            return self.window_s
-        self._lone += 1
-        if self._lone >= self.probe_every:
-            self._lone = 0
-            return self.window_s / 4
-        return 0.0
-
-    def early_flush_at(self) -> int | None:
-        """Requests queued at which a running window may end early (None: wait it out)."""
-        self._windows += 1
-        if not self.sizes or self._windows % 8 == 0:
-            return None
-        return max(2, max(self.sizes))
-
-    def record(self, requests: int) -> None:
-        self.sizes.append(requests)
 
 
 class Batcher:
@@ -171,7 +128,7 @@ class Batcher:
         in flight (so waiting for them pays); ``wire_bytes``: what else the request holds while
         it waits (its message), counted with ``x.nbytes``. A small request with nothing queued
         and no reason to wait runs at once on the loop (no future, no extra event-loop turns);
-        otherwise it joins a batch. RequestError(RESOURCE_EXHAUSTED) when the budget is spent."""
+        otherwise it joins a batch. ResourceExhausted when the budget is spent."""
         nbytes = x.nbytes + wire_bytes
         self._admit(nbytes)
         delay = None
@@ -190,14 +147,12 @@ class Batcher:
             return
         mib = 1 << 20
         if nbytes > limit:
-            raise RequestError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            raise ResourceExhausted(
                 f"request of {nbytes / mib:.1f} MiB (decoded images and message) exceeds the inference queue "
                 f"limit of model {self.name!r} ({limit / mib:g} MiB); send fewer images per request or raise "
                 "--max-inflight-mb",
             )
-        raise RequestError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        raise ResourceExhausted(
             f"inference queue of model {self.name!r} holds {self.held_bytes / mib:.1f} MiB "
             f"(limit {limit / mib:g} MiB; this request needs {nbytes / mib:.1f} MiB); "
             "retry later or raise --max-inflight-mb",

@@ -12,22 +12,36 @@ copy and publishes a new object), so a batch always runs on one whole weight set
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["AnalogEngine", "Engine", "InferOptions", "OutputSpec", "Published", "SpikeEngine", "make_engine"]
+from spikingjelly_ff.runtime.protocol import RuntimeModel
+
+if TYPE_CHECKING:
+    from spikingjelly_ff.runtime import AnalogModel, SpikeModel
+
+__all__ = [
+    "AnalogEngine",
+    "Engine",
+    "InferOptions",
+    "InferPlan",
+    "OutputSpec",
+    "Published",
+    "SpikeEngine",
+    "make_engine",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class Published:
     """One version of a model's weights as inference sees it. ``version`` counts accepted
-    learning updates (0 = the artefact); ``model`` is an AnalogModel or SpikeModel that is
-    never mutated after publication; ``feeds`` are engine-specific prepared inputs."""
+    learning updates (0 = the artefact); ``model`` is never mutated after publication;
+    ``feeds`` are engine-specific prepared inputs."""
 
     version: int
-    model: Any
+    model: RuntimeModel
     feeds: Any = None
 
 
@@ -50,6 +64,17 @@ class InferOptions:
     latent: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class InferPlan:
+    """What one inference request asks for: ``outputs`` names in response order,
+    ``classify`` output name -> top-k (classification extension), ``typed`` contents."""
+
+    opts: InferOptions
+    outputs: tuple[str, ...]
+    classify: dict | None = None
+    typed: bool = False
+
+
 class Engine:
     """Common interface of the engines."""
 
@@ -62,8 +87,10 @@ class Engine:
     threaded: bool = False
     #: estimated multiply-accumulates per image (what an inline batch costs the event loop)
     row_macs: int = 0
+    #: time steps a spiking model runs unless a request asks for others (0: not spiking)
+    default_steps: int = 0
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: RuntimeModel) -> None:
         self.num_classes = int(model.num_classes)
         self.in_features = int(model.in_features)
 
@@ -76,11 +103,11 @@ class Engine:
             return sys.maxsize
         return max(0, int(max_macs) // self.row_macs)
 
-    def prepare(self, model: Any) -> Any:
+    def prepare(self, model: RuntimeModel) -> Any:
         """Engine-specific per-version data (computed when a version is published)."""
         return None
 
-    def publish(self, version: int, model: Any) -> Published:
+    def publish(self, version: int, model: RuntimeModel) -> Published:
         return Published(version, model, self.prepare(model))
 
     def run(self, pub: Published, x: np.ndarray, opts: InferOptions) -> dict[str, np.ndarray]:
@@ -102,7 +129,7 @@ class AnalogEngine(Engine):
     default_max_batch = 64
     threaded = False
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: AnalogModel) -> None:
         super().__init__(model)
         self.session = model.session
         self.weight_names = list(model.weight_names)
@@ -114,7 +141,7 @@ class AnalogEngine(Engine):
         self.input_name = "images"
         self.row_macs = analog_row_macs(model)
 
-    def prepare(self, model: Any) -> dict[str, np.ndarray]:
+    def prepare(self, model: AnalogModel) -> dict[str, np.ndarray]:
         # The graph takes the weights as inputs: contiguous, in the graph's dtype, converted
         # once per version instead of on every call.
         return model.weight_feeds()
@@ -125,14 +152,14 @@ class AnalogEngine(Engine):
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
 
-def analog_row_macs(model: Any) -> int:
+def analog_row_macs(model: AnalogModel) -> int:
     """Multiply-accumulates per image of an analog export, from its weight shapes (``[H, D]``
     per layer): the first layer once per view, each later layer once per label and view
     (every label is scored), over ``4 * shift_views + 1`` views. An estimate (elementwise work
     is left out) that orders models by cost: 0.2 M for the tests' 784 -> 128 -> 64 net,
     208 M for configs/analog-deep.yaml (two 2000-unit layers, five views)."""
     weights = list(model.weights)
-    views = 4 * int((getattr(model, "meta", None) or {}).get("shift_views", 0) or 0) + 1
+    views = 4 * int(model.meta.get("shift_views", 0) or 0) + 1
     first = int(weights[0].size) if weights else 0
     later = sum(int(w.size) for w in weights[1:]) * int(model.num_classes)
     return views * (first + later)
@@ -146,7 +173,7 @@ class SpikeEngine(Engine):
     default_max_batch = 1  # a batch shares one random stream: only batch when asked to
     threaded = True
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: SpikeModel) -> None:
         super().__init__(model)
         self.default_steps = int(model.steps)
         c = self.num_classes
@@ -165,11 +192,9 @@ class SpikeEngine(Engine):
     def run(self, pub: Published, x: np.ndarray, opts: InferOptions) -> dict[str, np.ndarray]:
         model = pub.model
         if opts.steps is not None and opts.steps != self.default_steps:
-            # a light clone that shares the (immutable) weights but runs another number of steps
-            clone = type(model).__new__(type(model))
-            clone.__dict__.update(model.__dict__)
-            clone.art = replace(model.art, encoder={**model.art.encoder, "steps": int(opts.steps)})
-            model = clone
+            # a private copy that runs another number of steps (the published model is shared);
+            # copying the weights costs far less than the steps x labels presentations it runs
+            model = model.with_steps(opts.steps)
         seed = 0 if opts.seed is None else opts.seed
         scores = model.scores(x, seed=seed)
         label = scores.argmax(axis=1).astype(np.int64)
@@ -183,8 +208,12 @@ class SpikeEngine(Engine):
         return out
 
 
-def make_engine(model: Any) -> Engine:
-    """The engine for a loaded runtime model (AnalogModel or SpikeModel)."""
-    if hasattr(model, "session"):
-        return AnalogEngine(model)
-    return SpikeEngine(model)
+_ENGINES: dict[str, type[Engine]] = {"analog": AnalogEngine, "spike": SpikeEngine}
+
+
+def make_engine(model: RuntimeModel) -> Engine:
+    """The engine for a loaded runtime model, by its :attr:`~RuntimeModel.kind`."""
+    engine = _ENGINES.get(model.kind)
+    if engine is None:
+        raise ValueError(f"no engine for models of kind {model.kind!r} (kinds: {', '.join(_ENGINES)})")
+    return engine(model)

@@ -1,29 +1,113 @@
-"""Errors that map to gRPC status codes."""
+"""Why the server refuses a request, independent of any wire protocol.
+
+Models, batching and learning raise these; the protocol layer (``rpc.py``) alone maps them
+to gRPC status codes. ``reason`` is the stable name of a refusal in metrics
+(``sjff_learning_updates{outcome="refused_<reason>"}``).
+"""
 
 from __future__ import annotations
 
-import grpc
+from typing import ClassVar
 
-__all__ = ["RequestError", "invalid", "not_found"]
+__all__ = [
+    "DeadlineExceeded",
+    "InternalError",
+    "InvalidInput",
+    "ModelNotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "PreconditionFailed",
+    "RequestError",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "UnknownOutcome",
+    "VersionConflict",
+]
 
 
 class RequestError(Exception):
-    """A request the server refuses; ``code`` is the gRPC status to answer with."""
+    """A request the server refuses; ``message`` is what the client is told."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    reason: ClassVar[str] = "unknown"
+
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.code = code
         self.message = message
 
     def __str__(self) -> str:
         return self.message
 
 
-def invalid(message: str) -> RequestError:
-    """INVALID_ARGUMENT."""
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+class InvalidInput(RequestError):
+    """The request itself is wrong (shape, range, type, unknown name)."""
+
+    reason = "invalid_argument"
 
 
-def not_found(message: str) -> RequestError:
-    """NOT_FOUND."""
-    return RequestError(grpc.StatusCode.NOT_FOUND, message)
+class ModelNotFound(RequestError):
+    """No such model or version in the repository."""
+
+    reason = "not_found"
+
+
+class Unavailable(RequestError):
+    """Not now: shutting down, learning stopped, or the model's state needs an operator.
+    An update refused this way was not applied; a retry later may succeed."""
+
+    reason = "unavailable"
+
+
+class UnknownOutcome(RequestError):
+    """A storage failure left it unknown whether the update was applied."""
+
+    reason = "unknown"
+
+
+class VersionConflict(RequestError):
+    """The model is not at the version the request expected (optimistic concurrency)."""
+
+    reason = "aborted"
+
+
+class PreconditionFailed(RequestError):
+    """The request is valid but the model cannot take it (learning disabled, an update that
+    would make the weights non-finite)."""
+
+    reason = "failed_precondition"
+
+
+class OutOfRange(RequestError):
+    """A version that does not exist (yet) or can no longer be restored."""
+
+    reason = "out_of_range"
+
+
+class ResourceExhausted(RequestError):
+    """A queue or memory budget is spent; retry later or send less."""
+
+    reason = "resource_exhausted"
+
+
+class DeadlineExceeded(RequestError):
+    """The caller's deadline passed before the work started."""
+
+    reason = "deadline_exceeded"
+
+
+class InternalError(RequestError):
+    """A server fault (a bug), told to the caller without details."""
+
+    reason = "internal"
+
+
+class Unauthenticated(RequestError):
+    """No valid token."""
+
+    reason = "unauthenticated"
+
+
+class PermissionDenied(RequestError):
+    """The call needs a token but the server has none configured."""
+
+    reason = "permission_denied"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,16 +11,16 @@ from sjff_client.pb import grpc_service_pb2 as pb
 from sjff_client.pb import grpc_service_pb2_grpc as pb_grpc
 
 from .auth import Authenticator
-from .errors import RequestError, invalid
+from .errors import InvalidInput
+from .messages import ModelMessages
 from .metrics import Metrics
-from .models import ModelRegistry
+from .models import ModelRegistry, ServedModel
 from .registration import Malformed
-from .streams import StreamService
-from .validation import IMAGE_DTYPES, decode_infer, encode_infer
+from .rpc import RpcService, deadline_of
+from .validation import IMAGE_DTYPES, decode_infer
 
 __all__ = ["InferenceService", "ServerState"]
 
-log = logging.getLogger("sjff_server.inference")
 SERVER_NAME = "spikingjelly-ff"
 EXTENSIONS = ["classification", "model_repository_versions", "sjff_learning"]
 _FP32 = IMAGE_DTYPES["FP32"]
@@ -34,16 +33,11 @@ class ServerState:
         self.ready = False
 
 
-def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, RequestError):
-        return exc.code, exc.message
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the inference finished"
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
-
-
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer, StreamService):
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer, RpcService):
     """Serves every model of a :class:`ModelRegistry`."""
+
+    log = logging.getLogger("sjff_server.inference")
+    timeout_message = "deadline exceeded before the inference finished"
 
     def __init__(
         self,
@@ -69,62 +63,53 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer, StreamService):
         self.active = 0  # inference requests between decoding and their answer
         self.last_exit = 0.0  # time.perf_counter() when the last one got its answer
         self.busy_gap_s = 150e-6
+        self._messages: dict[ServedModel, ModelMessages] = {}
 
-    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        if self.auth is not None:
-            err = self.auth.check(context.invocation_metadata())
-            if err is not None:
-                raise RequestError(*err)
-
-    async def _simple(self, method: str, context, fn):
-        t0 = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            self._authorize(context)
-            return fn()
-        except RequestError as exc:
-            code = exc.code
-            await context.abort(exc.code, exc.message)
-        finally:
-            self.metrics.request(method, code.name, time.perf_counter() - t0)
+    def _messages_of(self, served: ServedModel) -> ModelMessages:
+        m = self._messages.get(served)
+        if m is None:
+            m = self._messages[served] = ModelMessages(served)
+        return m
 
     # -- health and metadata -------------------------------------------------------------------
 
     async def ServerLive(self, request, context):
-        return await self._simple("ServerLive", context, lambda: pb.ServerLiveResponse(live=True))
+        async def live():
+            return pb.ServerLiveResponse(live=True)
+
+        return await self._unary("ServerLive", context, live)
 
     async def ServerReady(self, request, context):
-        return await self._simple("ServerReady", context, lambda: pb.ServerReadyResponse(ready=self.state.ready))
+        async def ready():
+            return pb.ServerReadyResponse(ready=self.state.ready)
+
+        return await self._unary("ServerReady", context, ready)
 
     async def ModelReady(self, request, context):
-        def ready():
+        async def ready():
             self.registry.get(request.name, request.version)
             return pb.ModelReadyResponse(ready=self.state.ready)
 
-        return await self._simple("ModelReady", context, ready)
+        return await self._unary("ModelReady", context, ready)
 
     async def ServerMetadata(self, request, context):
-        return await self._simple(
-            "ServerMetadata",
-            context,
-            lambda: pb.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=EXTENSIONS),
-        )
+        async def metadata():
+            return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=EXTENSIONS)
+
+        return await self._unary("ServerMetadata", context, metadata)
 
     async def ModelMetadata(self, request, context):
-        def metadata():
+        async def metadata():
             served = self.registry.get(request.name, request.version)
-            md = pb.ModelMetadataResponse()
-            md.CopyFrom(served.metadata)
-            md.versions.extend(self.registry.versions(served.name))
-            return md
+            return self._messages_of(served).metadata(self.registry.versions(served.name))
 
-        return await self._simple("ModelMetadata", context, metadata)
+        return await self._unary("ModelMetadata", context, metadata)
 
     # -- inference -------------------------------------------------------------------------------
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         if type(request) is Malformed:  # in a stream (unary calls are answered before)
-            raise invalid(request.message)
+            raise InvalidInput(request.message)
         served = self.registry.get(request.model_name, request.model_version)
         x, plan = decode_infer(request, served, self.max_rows)
         busy = self.active > 0 or time.perf_counter() - self.last_exit < self.busy_gap_s
@@ -136,48 +121,28 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer, StreamService):
         finally:
             self.active -= 1
             self.last_exit = time.perf_counter()
-        return encode_infer(request, served, plan, outs, version)
+        return self._messages_of(served).infer_response(request, plan, outs, version)
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        t0 = time.perf_counter()
-        code = "OK"
-        try:
-            if self.auth is not None:
-                self._authorize(context)
-            remaining = context.time_remaining()
-            return await self._infer(request, None if remaining is None else time.monotonic() + remaining)
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
-            status, message = _status(exc)
-            code = status.name
-            if status == grpc.StatusCode.INTERNAL:
-                log.exception("ModelInfer failed", extra={"model": request.model_name})
-            await context.abort(status, message)
-        finally:
-            self.metrics.request("ModelInfer", code, time.perf_counter() - t0)
+        return await self._unary(
+            "ModelInfer", context, lambda: self._infer(request, deadline_of(context)), request.model_name
+        )
 
     async def _stream_one(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelStreamInferResponse:
-        t0 = time.perf_counter()
-        code = "OK"
-        try:
+        async def answer() -> pb.ModelStreamInferResponse:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline))
-        except Exception as exc:  # noqa: BLE001 - reported in-band; the stream goes on
-            status, message = _status(exc)
-            code = status.name
-            if status == grpc.StatusCode.INTERNAL:
-                log.exception("ModelStreamInfer request failed", extra={"model": getattr(request, "model_name", "")})
+
+        def error(status: grpc.StatusCode, message: str) -> pb.ModelStreamInferResponse:
             err = pb.ModelStreamInferResponse(error_message=f"{status.name}: {message}")
             if type(request) is not Malformed:
                 err.infer_response.id = request.id
                 err.infer_response.model_name = request.model_name
                 err.infer_response.model_version = request.model_version
             return err
-        finally:
-            self.metrics.request("ModelStreamInfer.item", code, time.perf_counter() - t0)
+
+        return await self._item("ModelStreamInfer.item", answer, error, getattr(request, "model_name", ""))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext

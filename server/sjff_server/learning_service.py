@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,29 +12,20 @@ from sjff_client.pb import learning_pb2 as lpb
 from sjff_client.pb import learning_pb2_grpc as lpb_grpc
 
 from .auth import Authenticator
-from .errors import RequestError, invalid
-from .learning import LearnJob
+from .errors import InvalidInput, PreconditionFailed
 from .metrics import Metrics
 from .models import ModelRegistry, ServedModel
 from .registration import Malformed
-from .streams import StreamService
+from .rpc import RpcService, deadline_of
 from .validation import decode_learn
 
 __all__ = ["LearningService"]
 
-log = logging.getLogger("sjff_server.learning")
 
-
-def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, RequestError):
-        return exc.code, exc.message
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
-
-
-class LearningService(lpb_grpc.LearningServicer, StreamService):
+class LearningService(lpb_grpc.LearningServicer, RpcService):
     """Learning calls for every model of a :class:`ModelRegistry` that has a learner."""
+
+    log = logging.getLogger("sjff_server.learning")
 
     def __init__(
         self,
@@ -54,48 +44,23 @@ class LearningService(lpb_grpc.LearningServicer, StreamService):
         self.max_eta = max_eta
         self.stream_window = stream_window
 
-    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        err = self.auth.check(context.invocation_metadata())
-        if err is not None:
-            raise RequestError(*err)
-
     def _learner_of(self, name: str, version: str) -> ServedModel:
         served = self.registry.get(name, version)
         if served.learner is None:
-            raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise PreconditionFailed(
                 f"learning is disabled for {served.name}/{served.version} (start the server with --state-dir, "
                 'and leave "learning" true in the model\'s config.json)',
             )
         return served
 
-    async def _unary(self, method: str, context: grpc.aio.ServicerContext, coro_fn):
-        t0 = time.perf_counter()
-        code = "OK"
-        try:
-            self._authorize(context)
-            return await coro_fn()
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a status
-            status, message = _status(exc)
-            code = status.name
-            if status == grpc.StatusCode.INTERNAL:
-                log.exception(f"{method} failed")
-            await context.abort(status, message)
-        finally:
-            self.metrics.request(method, code, time.perf_counter() - t0)
-
     # -- learning ----------------------------------------------------------------------------
 
     async def _learn(self, request: lpb.LearnRequest, deadline: float | None) -> lpb.LearnResponse:
         if type(request) is Malformed:  # in a stream (unary calls are answered before)
-            raise invalid(request.message)
+            raise InvalidInput(request.message)
         served = self._learner_of(request.model_name, request.model_version)
-        inp = decode_learn(request, served, self.max_samples, self.max_eta)
-        job = LearnJob(inp.images, inp.labels, inp.positive, inp.seed, inp.eta, inp.expected_version, deadline)
-        version, log_odds = await served.learner.learn(job)
+        update = decode_learn(request, served, self.max_samples, self.max_eta)
+        version, log_odds = await served.learner.learn(update, deadline)
         return lpb.LearnResponse(
             version=version,
             log_odds=log_odds.tolist(),
@@ -105,20 +70,10 @@ class LearningService(lpb_grpc.LearningServicer, StreamService):
         )
 
     async def Learn(self, request: lpb.LearnRequest, context: grpc.aio.ServicerContext) -> lpb.LearnResponse:
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        return await self._unary("Learn", context, lambda: self._learn(request, deadline))
+        return await self._unary("Learn", context, lambda: self._learn(request, deadline_of(context)))
 
     async def _stream_one(self, request: lpb.LearnRequest, deadline: float | None) -> lpb.LearnResponse:
-        t0 = time.perf_counter()
-        code = "OK"
-        try:
-            return await self._learn(request, deadline)
-        except Exception as exc:  # noqa: BLE001 - reported in-band; the stream goes on
-            status, message = _status(exc)
-            code = status.name
-            if status == grpc.StatusCode.INTERNAL:
-                log.exception("LearnStream request failed")
+        def error(status: grpc.StatusCode, message: str) -> lpb.LearnResponse:
             ok = type(request) is not Malformed
             return lpb.LearnResponse(
                 id=request.id if ok else "",
@@ -126,8 +81,8 @@ class LearningService(lpb_grpc.LearningServicer, StreamService):
                 error_message=message,
                 model_name=request.model_name if ok else "",
             )
-        finally:
-            self.metrics.request("LearnStream.item", code, time.perf_counter() - t0)
+
+        return await self._item("LearnStream.item", lambda: self._learn(request, deadline), error)
 
     async def LearnStream(
         self, request_iterator: AsyncIterator[lpb.LearnRequest], context: grpc.aio.ServicerContext
@@ -172,7 +127,7 @@ class LearningService(lpb_grpc.LearningServicer, StreamService):
         async def run():
             served = self._learner_of(request.model_name, request.model_version)
             new, restored = await served.learner.rollback(request.version)
-            log.info(
+            self.log.info(
                 "rollback",
                 extra={"model": served.name, "version": served.version, "restored": restored, "new_version": new},
             )
@@ -202,14 +157,14 @@ class LearningService(lpb_grpc.LearningServicer, StreamService):
                 if learner is None:
                     continue
                 st = learner.stats
-                acc, n = learner.online_accuracy()
+                acc, n = st.online_accuracy()
                 s.updates_accepted = st.accepted
                 s.updates_refused = st.refused
                 s.samples_learned = st.samples
                 s.snapshot_version = learner.last_snapshot
                 s.log_bytes = learner.log.size_bytes()
                 s.last_update = st.last_update
-                s.mean_group_size = learner.mean_group_size()
+                s.mean_group_size = st.mean_group_size()
                 s.online_accuracy = 0.0 if math.isnan(acc) else acc
                 s.online_samples = n
                 s.learning_error = learner.failed or ""

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from .app import ServerApp, ServerConfig
-from .learning import LearnOptions
 from .logs import setup_logging
+from .options import LearnOptions
 from .tuning import hold_cpu_latency, parse_cpu_list, pin_process
 
 __all__ = ["build_parser", "config_from_args", "main"]

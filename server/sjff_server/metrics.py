@@ -139,8 +139,9 @@ class Metrics:
         self.sync.labels(model, version).observe(sync_s)
         self.model_version.labels(model, version).set(learning_version)
 
-    def learn_refused(self, model: str, version: str, code: str) -> None:
-        self.updates.labels(model, version, f"refused_{code.lower()}").inc()
+    def learn_refused(self, model: str, version: str, reason: str) -> None:
+        """A refused update; ``reason``: the refusal's ``RequestError.reason``."""
+        self.updates.labels(model, version, f"refused_{reason}").inc()
 
     def version(self, model: str, version: str, learning_version: int) -> None:
         self.model_version.labels(model, version).set(learning_version)

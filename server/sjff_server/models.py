@@ -6,18 +6,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
-from sjff_client.pb import grpc_service_pb2 as pb
+
+from spikingjelly_ff.runtime.protocol import RuntimeModel
 
 from .batching import Batcher, BatchResult
-from .engine import Engine, InferOptions, Published, make_engine
-from .errors import RequestError, not_found
+from .engine import Engine, InferOptions, InferPlan, Published, make_engine
+from .errors import ModelNotFound, Unavailable
 from .interrupt import WorkerPool
-from .learning import Learner, LearnOptions
+from .learning import Learner
+from .options import LearnOptions
 from .repository import ModelSpec
 from .snapshots import state_digest
-from .validation import InferPlan
 
 __all__ = ["ModelRegistry", "ServedModel", "load_served_model"]
 
@@ -27,7 +27,9 @@ log = logging.getLogger("sjff_server.models")
 class ServedModel:
     """A model version being served: engine, batcher, and (optionally) its learner."""
 
-    def __init__(self, spec: ModelSpec, model: Any, engine: Engine, learner: Learner | None, batcher_kw: dict) -> None:
+    def __init__(
+        self, spec: ModelSpec, model: RuntimeModel, engine: Engine, learner: Learner | None, batcher_kw: dict
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.version = spec.version
@@ -39,12 +41,10 @@ class ServedModel:
         self.in_features = engine.in_features
         self.num_classes = engine.num_classes
         self.inferences = 0
-        self.max_steps = spec.config.max_steps or 4 * getattr(engine, "default_steps", 0) or None
+        self.max_steps = spec.config.max_steps or 4 * engine.default_steps or None
         self.batcher = Batcher(self._run_batch, **batcher_kw)
-        self.metadata = self._metadata()
         self.default_outputs = [n for n in engine.outputs if n != "latent"]
         self.default_plan = InferPlan(InferOptions(), tuple(self.default_outputs))
-        self.response_templates: dict[int, pb.ModelInferResponse] = {}  # rows -> default-output metadata
 
     @property
     def published(self) -> Published:
@@ -71,13 +71,6 @@ class ServedModel:
         side = int(round(self.in_features**0.5))
         return (side, side) if side * side == self.in_features else (self.in_features,)
 
-    def _metadata(self) -> pb.ModelMetadataResponse:
-        md = pb.ModelMetadataResponse(name=self.name, platform=self.engine.platform)
-        md.inputs.add(name="images", datatype="FP32", shape=[-1, self.in_features])
-        for o in self.engine.outputs.values():
-            md.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
-        return md
-
 
 class ModelRegistry:
     """Name -> version -> :class:`ServedModel`."""
@@ -86,7 +79,7 @@ class ModelRegistry:
         self._models: dict[str, dict[str, ServedModel]] = {}
         self._latest: dict[str, ServedModel] = {}
         self._by_key: dict[tuple[str, str], ServedModel] = {}
-        #: (name, version) -> why it is not served (damaged learning state): UNAVAILABLE, not NOT_FOUND
+        #: (name, version) -> why it is not served (damaged learning state): Unavailable, not ModelNotFound
         self.unavailable: dict[tuple[str, str], str] = {}
 
     def mark_unavailable(self, name: str, version: str, why: str) -> None:
@@ -100,7 +93,8 @@ class ModelRegistry:
         self._by_key[(served.name, "")] = self._latest[served.name]
 
     def get(self, name: str, version: str = "") -> ServedModel:
-        """The model, or RequestError(NOT_FOUND) naming what exists."""
+        """The model; :class:`ModelNotFound` naming what exists, or :class:`Unavailable` if
+        its learning state keeps it from being served."""
         served = self._by_key.get((name, version))
         if served is not None:
             return served
@@ -108,11 +102,12 @@ class ModelRegistry:
         if down is None and not version and name not in self._models:
             down = next((why for (n, _), why in self.unavailable.items() if n == name), None)
         if down is not None:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {name}/{version or 'latest'} is not served: {down}")
+            raise Unavailable(f"model {name}/{version or 'latest'} is not served: {down}")
         if name not in self._models:
             shown = ", ".join(sorted(self._models)[:20]) or "none"
-            raise not_found(f"unknown model {name[:200]!r} (models: {shown})")
-        raise not_found(f"model {name!r} has no version {version[:50]!r} (versions: {', '.join(self.versions(name))})")
+            raise ModelNotFound(f"unknown model {name[:200]!r} (models: {shown})")
+        known = ", ".join(self.versions(name))
+        raise ModelNotFound(f"model {name!r} has no version {version[:50]!r} (versions: {known})")
 
     def versions(self, name: str) -> list[str]:
         return sorted(self._models.get(name, {}), key=int)

@@ -1,5 +1,7 @@
 """Records of the update log and their frames (pure byte layout; no files here).
 
+:class:`Update` is the one object an update is from the request that brings it to the log.
+
 A payload is ``<u8 kind><u64 version><f64 unix time>`` followed, for an update (kind 1), by
 ``<u64 seed><f64 eta><u32 n><u32 d>``, the images ``[n, d]`` float32, the labels ``[n]``
 int64 and the positive flags ``[n]`` uint8; for a rollback (kind 2) by ``<u64 restored
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spikingjelly_ff.runtime.protocol import RuntimeModel
+
 __all__ = [
     "DIGEST",
     "MAGIC",
@@ -29,6 +33,7 @@ __all__ = [
     "MAX_PAYLOAD",
     "ROLLBACK",
     "UPDATE",
+    "Update",
     "UpdateRecord",
     "decode_payload",
     "encode_record",
@@ -54,25 +59,46 @@ def header_size(magic: bytes) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Update:
+    """One learning update, validated once where it enters the server and never changed
+    after: images ``[n, d]`` float32 in [0, 1], labels ``[n]`` int64 in [0, C), positive
+    ``[n]`` float32 0/1. ``seed``/``eta`` None: the learner's defaults (the logged update
+    carries the values used); ``expected_version``: apply only at that version (not logged)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    positive: np.ndarray
+    seed: int | None = None
+    eta: float | None = None
+    expected_version: int | None = None
+
+    @property
+    def samples(self) -> int:
+        return len(self.labels)
+
+    def apply(self, model: RuntimeModel) -> np.ndarray:
+        """Learn this update in place on ``model``; the log-odds before it, ``[n]``. Overflow
+        is not raised here: callers check the weights for non-finite values."""
+        with np.errstate(all="ignore"):
+            return model.learn(self.images, self.labels, self.positive, seed=self.seed, eta=self.eta)
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateRecord:
-    """One logged change: an update (images ``[n, d]`` float32, labels ``[n]`` int64,
-    positive ``[n]`` float32 0/1, the seed and eta used), a rollback to ``restored``, or the
-    ``digest`` (hex sha256) of the state at ``version`` (a check for replay, no change)."""
+    """One logged change: an ``update`` (with the seed and eta it used), a rollback to
+    ``restored``, or the ``digest`` (hex sha256) of the state at ``version`` (a check for
+    replay, no change)."""
 
     kind: int
     version: int
     created: float
-    seed: int = 0
-    eta: float = 0.0
-    images: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    positive: np.ndarray | None = None
+    update: Update | None = None
     restored: int = 0
     digest: str = ""
 
     @property
     def samples(self) -> int:
-        return 0 if self.labels is None else len(self.labels)
+        return 0 if self.update is None else self.update.samples
 
     @property
     def changes_state(self) -> bool:
@@ -83,15 +109,17 @@ class UpdateRecord:
 def encode_payload(r: UpdateRecord) -> bytes:
     head = HEAD.pack(r.kind, r.version, r.created)
     if r.kind == UPDATE:
-        assert r.images is not None and r.labels is not None and r.positive is not None
-        n, d = r.images.shape
+        u = r.update
+        if u is None or u.seed is None or u.eta is None:
+            raise ValueError(f"an update record needs an update with its seed and eta, got {u!r}")
+        n, d = u.images.shape
         return b"".join(
             (
                 head,
-                _UPDATE.pack(r.seed, r.eta, n, d),
-                np.ascontiguousarray(r.images, dtype="<f4").tobytes(),
-                np.ascontiguousarray(r.labels, dtype="<i8").tobytes(),
-                (np.asarray(r.positive) > 0.5).astype(np.uint8).tobytes(),
+                _UPDATE.pack(u.seed, u.eta, n, d),
+                np.ascontiguousarray(u.images, dtype="<f4").tobytes(),
+                np.ascontiguousarray(u.labels, dtype="<i8").tobytes(),
+                (np.asarray(u.positive) > 0.5).astype(np.uint8).tobytes(),
             )
         )
     if r.kind == ROLLBACK:
@@ -140,9 +168,8 @@ def decode_payload(payload: bytes) -> UpdateRecord:
         labels = np.frombuffer(payload, dtype="<i8", count=n, offset=off)
         off += n * 8
         positive = np.frombuffer(payload, dtype=np.uint8, count=n, offset=off).astype(np.float32)
-        return UpdateRecord(
-            UPDATE, version, created, seed, eta, images.astype(np.float32), labels.astype(np.int64), positive
-        )
+        update = Update(images.astype(np.float32), labels.astype(np.int64), positive, seed, eta)
+        return UpdateRecord(UPDATE, version, created, update)
     if kind == ROLLBACK:
         if len(payload) != off + _ROLLBACK.size:
             raise ValueError("rollback payload has the wrong size")

@@ -14,6 +14,9 @@ from typing import Any
 
 import grpc
 
+from .errors import InvalidInput
+from .rpc import status_of
+
 __all__ = ["Malformed", "add_service"]
 
 
@@ -44,7 +47,7 @@ def _deserializer(cls: Any) -> Callable[[bytes], Any]:
 def _guard(fn: Callable) -> Callable:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if type(request) is Malformed:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            await context.abort(*status_of(InvalidInput(request.message)))
         return await fn(request, context)
 
     return handler

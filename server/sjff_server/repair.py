@@ -29,7 +29,7 @@ from .durability import Damage, UpdateLog
 from .records import MAGIC
 from .snapshots import SnapshotStore, StateInUse, fsync_dir, lock_state
 
-__all__ = ["Plan", "main", "plan_repair", "apply_repair"]
+__all__ = ["Plan", "apply_repair", "main", "plan_repair", "state_main"]
 
 log = logging.getLogger("sjff_server.repair")
 
@@ -195,6 +195,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         os.close(lock)
+
+
+def state_main(argv: list[str]) -> int:
+    """``sjff state SUBCOMMAND ...`` (registered as the ``state`` command of ``sjff``)."""
+    if not argv or argv[0] != "repair":
+        got = f"got {argv[0]!r}" if argv else "got none"
+        print(
+            f"sjff state: error: the only subcommand is 'repair' ({got}); usage: sjff state repair STATE_DIR "
+            "--model M [--version V] [--truncate]",
+            file=sys.stderr,
+        )
+        return 2
+    return main(argv[1:])
 
 
 if __name__ == "__main__":

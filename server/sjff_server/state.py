@@ -18,9 +18,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from spikingjelly_ff.runtime.protocol import RuntimeModel
 
 from .durability import LogCorruption, UpdateLog
 from .records import DIGEST, KINDS, ROLLBACK, UPDATE, UpdateRecord
@@ -64,7 +65,7 @@ class Recovered:
     """What recovery found: the model at ``version``, the newest snapshot's version (-1 if
     none), the last changes for ListVersions, and notes for the server log."""
 
-    model: Any
+    model: RuntimeModel
     version: int
     last_snapshot: int
     history: deque
@@ -75,7 +76,9 @@ class Recovered:
 class ModelState:
     """Files of one model version's learning state (see durability.py for the layout)."""
 
-    def __init__(self, name: str, repo_version: str, base: Any, artefact: Path, directory: Path, kind: str) -> None:
+    def __init__(
+        self, name: str, repo_version: str, base: RuntimeModel, artefact: Path, directory: Path, kind: str
+    ) -> None:
         self.name = name
         self.repo_version = repo_version
         self.base = base  # pristine artefact weights (never mutated)
@@ -202,7 +205,7 @@ class ModelState:
             notes.append(f"resumed at version {latest}")
         return Recovered(model, latest, start if start else -1, history, notes, warnings)
 
-    def _check_digest(self, model: Any, r: UpdateRecord) -> None:
+    def _check_digest(self, model: RuntimeModel, r: UpdateRecord) -> None:
         got = state_digest(model.weights, model.eligibility)
         if got != r.digest:
             raise ReplayMismatch(
@@ -212,16 +215,15 @@ class ModelState:
                 "snapshot at or after that version"
             )
 
-    def _apply(self, model: Any, r: UpdateRecord) -> Any:
-        if r.kind == UPDATE:
-            with np.errstate(all="ignore"):
-                model.learn(r.images, r.labels, r.positive, seed=r.seed, eta=r.eta)
+    def _apply(self, model: RuntimeModel, r: UpdateRecord) -> RuntimeModel:
+        if r.kind == UPDATE and r.update is not None:
+            r.update.apply(model)
             return model
         if r.kind == ROLLBACK:
             return self.state_at(r.restored)
         raise LogCorruption(f"{self.log.dir}: unknown record kind {r.kind} at version {r.version}")
 
-    def _load_snapshot(self, info: SnapshotInfo) -> Any:
+    def _load_snapshot(self, info: SnapshotInfo) -> RuntimeModel:
         meta, weights, elig = SnapshotStore.read(info.path)
         if meta.get("artefact_sha256") != self.sha256:
             raise ValueError(f"{info.path}: snapshot of another artefact")
@@ -244,7 +246,7 @@ class ModelState:
             candidates.append(0)
         return min(candidates) if candidates else current
 
-    def state_at(self, v: int, depth: int = 0) -> Any:
+    def state_at(self, v: int, depth: int = 0) -> RuntimeModel:
         """The model (a private copy) as it was at version ``v``: newest usable snapshot <= v
         plus the logged changes after it (digests checked on the way)."""
         if depth > 64:
@@ -276,7 +278,9 @@ class ModelState:
 
     # -- writes (the learner's I/O thread) --------------------------------------------------
 
-    def write_snapshot(self, version: int, model: Any, keep: int, export: bool) -> tuple[SnapshotInfo, Path | None]:
+    def write_snapshot(
+        self, version: int, model: RuntimeModel, keep: int, export: bool
+    ) -> tuple[SnapshotInfo, Path | None]:
         """Snapshot ``model`` as ``version``, start a new log segment, prune old ones."""
         meta = {
             "artefact_sha256": self.sha256,

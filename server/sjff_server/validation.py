@@ -1,35 +1,25 @@
-"""Decode and validate client requests into numpy arrays (everything a client sends is checked
-here before it reaches a model; problems become INVALID_ARGUMENT with a clear message)."""
+"""Decode and validate client requests into numpy arrays and :class:`Update` objects
+(everything a client sends is checked here, once, before it reaches a model; problems raise
+:class:`InvalidInput` with a clear message). Answers are built in messages.py."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
-from sjff_client.codec import CONTENTS_FIELD, tensor_from_contents
+from sjff_client.codec import tensor_from_contents
 from sjff_client.pb import grpc_service_pb2 as pb
 from sjff_client.pb import learning_pb2 as lpb
 
-from .engine import InferOptions
-from .errors import invalid
+from .engine import InferOptions, InferPlan
+from .errors import InvalidInput
+from .records import Update
 
-__all__ = ["InferPlan", "check_images", "decode_infer", "decode_learn", "encode_infer"]
+__all__ = ["IMAGE_DTYPES", "InferPlan", "check_images", "decode_infer", "decode_learn"]
 
 IMAGE_DTYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1"), "FP64": np.dtype("<f8"), "FP16": np.dtype("<f2")}
 _INV255 = np.float32(255.0)
 INT_KINDS = ("int64_param", "uint64_param")
-
-
-@dataclass(frozen=True, slots=True)
-class InferPlan:
-    """What one ModelInfer request asks for: ``outputs`` names in response order,
-    ``classify`` output name -> top-k (classification extension), ``typed`` contents."""
-
-    opts: InferOptions
-    outputs: tuple[str, ...]
-    classify: dict | None = None
-    typed: bool = False
 
 
 _min, _max = np.minimum.reduce, np.maximum.reduce
@@ -39,8 +29,8 @@ def check_images(x: np.ndarray) -> np.ndarray:
     """``x`` float32 ``[N, D]`` must be finite and in [0, 1]; returns it."""
     if x.size and not (_min(x, axis=None) >= 0.0 and _max(x, axis=None) <= 1.0):  # NaN fails both comparisons
         if not np.isfinite(x).all():
-            raise invalid("images contain NaN or Inf")
-        raise invalid(
+            raise InvalidInput("images contain NaN or Inf")
+        raise InvalidInput(
             f"image values must lie in [0, 1], got min {float(x.min()):g}, max {float(x.max()):g} "
             "(send UINT8 for 0..255 pixel values)"
         )
@@ -51,35 +41,35 @@ def _images(
     buf: bytes | None, contents, datatype: str, shape: tuple[int, ...], in_features: int, max_rows: int
 ) -> np.ndarray:
     if len(shape) < 2 or any(d < 0 for d in shape):
-        raise invalid(f"images must have shape [N, {in_features}], got {list(shape)}")
+        raise InvalidInput(f"images must have shape [N, {in_features}], got {list(shape)}")
     n = shape[0]
     rest = math.prod(shape[1:])
     if rest != in_features:
-        raise invalid(
+        raise InvalidInput(
             f"images must have shape [N, {in_features}] (or [N, H, W] with H*W = {in_features}), got {list(shape)}"
         )
     if n < 1:
-        raise invalid("images holds no image (N = 0)")
+        raise InvalidInput("images holds no image (N = 0)")
     if n > max_rows:
-        raise invalid(f"at most {max_rows} images per request, got {n}")
+        raise InvalidInput(f"at most {max_rows} images per request, got {n}")
     dtype = IMAGE_DTYPES.get(datatype)
     if dtype is None:
-        raise invalid(f"images must be FP32 (values in [0, 1]) or UINT8 (0..255), got datatype {datatype!r}")
+        raise InvalidInput(f"images must be FP32 (values in [0, 1]) or UINT8 (0..255), got datatype {datatype!r}")
     count = n * in_features
     if buf is not None:
         if len(buf) != count * dtype.itemsize:
-            raise invalid(
+            raise InvalidInput(
                 f"raw contents of images hold {len(buf)} bytes; shape {list(shape)} of {datatype} "
                 f"needs {count * dtype.itemsize}"
             )
         x = np.frombuffer(buf, dtype=dtype)
     else:
         if datatype == "FP16":
-            raise invalid("FP16 images must be sent as raw_input_contents")
+            raise InvalidInput("FP16 images must be sent as raw_input_contents")
         try:
             x = tensor_from_contents(contents, datatype, count)  # range-checked: 300 never wraps to 44
         except (ValueError, OverflowError) as exc:
-            raise invalid(f"images: {exc}") from None
+            raise InvalidInput(f"images: {exc}") from None
     x = x.reshape(n, in_features)
     if datatype == "UINT8":
         return x.astype(np.float32) / _INV255  # always in [0, 1]
@@ -92,16 +82,16 @@ def _images(
 def _int_param(name: str, p: pb.InferParameter, lo: int, hi: int) -> int:
     kind = p.WhichOneof("parameter_choice")
     if kind not in INT_KINDS:
-        raise invalid(f"parameter {name!r} must be an integer (int64_param), got {kind}")
+        raise InvalidInput(f"parameter {name!r} must be an integer (int64_param), got {kind}")
     v = getattr(p, kind)
     if not lo <= v <= hi:
-        raise invalid(f"parameter {name!r} must lie in [{lo}, {hi}], got {v}")
+        raise InvalidInput(f"parameter {name!r} must lie in [{lo}, {hi}], got {v}")
     return int(v)
 
 
 def _bool_param(name: str, p: pb.InferParameter) -> bool:
     if p.WhichOneof("parameter_choice") != "bool_param":
-        raise invalid(f"parameter {name!r} must be a boolean (bool_param)")
+        raise InvalidInput(f"parameter {name!r} must be a boolean (bool_param)")
     return p.bool_param
 
 
@@ -109,16 +99,16 @@ def decode_infer(request: pb.ModelInferRequest, served, max_rows: int) -> tuple[
     """Images ``[N, D]`` float32 and the plan of a ModelInfer request for ``served``."""
     inputs = request.inputs
     if len(inputs) != 1:
-        raise invalid(f"expected exactly one input tensor named 'images', got {len(inputs)}")
+        raise InvalidInput(f"expected exactly one input tensor named 'images', got {len(inputs)}")
     t = inputs[0]
     if t.name != "images":
-        raise invalid(f"unknown input {t.name[:100]!r}; this model takes one input named 'images'")
+        raise InvalidInput(f"unknown input {t.name[:100]!r}; this model takes one input named 'images'")
     raw = request.raw_input_contents
     if raw:
         if len(raw) != 1:
-            raise invalid(f"raw_input_contents holds {len(raw)} tensors for 1 input")
+            raise InvalidInput(f"raw_input_contents holds {len(raw)} tensors for 1 input")
         if t.HasField("contents"):
-            raise invalid("images has both raw_input_contents and typed contents; send one")
+            raise InvalidInput("images has both raw_input_contents and typed contents; send one")
         buf = raw[0]
     else:
         buf = None
@@ -134,7 +124,7 @@ def decode_infer(request: pb.ModelInferRequest, served, max_rows: int) -> tuple[
                 seed = _int_param(key, p, 0, 2**63 - 1)
             elif key == "steps":
                 if served.kind != "spiking":
-                    raise invalid("parameter 'steps' applies to spiking models only")
+                    raise InvalidInput("parameter 'steps' applies to spiking models only")
                 steps = _int_param(key, p, 1, served.max_steps)
             elif key == "return_latent":
                 latent = _bool_param(key, p)
@@ -148,22 +138,22 @@ def decode_infer(request: pb.ModelInferRequest, served, max_rows: int) -> tuple[
         names = []
         for o in request.outputs:
             if o.name not in available:
-                raise invalid(f"unknown output {o.name[:100]!r} (outputs: {', '.join(available)})")
+                raise InvalidInput(f"unknown output {o.name[:100]!r} (outputs: {', '.join(available)})")
             names.append(o.name)
             if "classification" in o.parameters:
                 k = _int_param("classification", o.parameters["classification"], 1, served.num_classes)
                 if available[o.name].datatype not in ("FP32", "FP64") or len(available[o.name].shape) != 2:
-                    raise invalid(f"output {o.name!r} cannot be classified (needs [N, C] scores)")
+                    raise InvalidInput(f"output {o.name!r} cannot be classified (needs [N, C] scores)")
                 classify = {**(classify or {}), o.name: k}
         if len(set(names)) != len(names):
-            raise invalid("an output is requested twice")
+            raise InvalidInput("an output is requested twice")
         if "latent" in names:
             latent = True
     else:
         names = list(served.default_outputs)
         if latent:
             if "latent" not in available:
-                raise invalid("this model has no latent output")
+                raise InvalidInput("this model has no latent output")
             names.append("latent")
     if served.kind == "spiking":
         opts = InferOptions(seed, steps, latent)
@@ -172,87 +162,24 @@ def decode_infer(request: pb.ModelInferRequest, served, max_rows: int) -> tuple[
     return x, InferPlan(opts, tuple(names), classify, typed)
 
 
-def _classification(values: np.ndarray, k: int) -> list[bytes]:
-    idx = np.argsort(-values, axis=1, kind="stable")[:, :k]
-    top = np.take_along_axis(values, idx, axis=1)
-    return [f"{v:f}:{i}".encode() for row_v, row_i in zip(top, idx) for v, i in zip(row_v, row_i)]
-
-
-def _template(served, plan: InferPlan, outs: dict[str, np.ndarray]) -> pb.ModelInferResponse:
-    """Response metadata of the default outputs for one batch size (no data, no id)."""
-    t = pb.ModelInferResponse(model_name=served.name, model_version=served.version)
-    t.parameters["sjff_version"].int64_param = 0
-    for name in plan.outputs:
-        t.outputs.add(name=name, datatype=served.engine.outputs[name].datatype, shape=outs[name].shape)
-    return t
-
-
-def encode_infer(
-    request: pb.ModelInferRequest, served, plan: InferPlan, outs: dict[str, np.ndarray], version: int
-) -> pb.ModelInferResponse:
-    """The ModelInferResponse for ``outs``; raw contents unless ``plan.typed``."""
-    if plan is served.default_plan:  # the common answer: copy a prepared message, add the data
-        names = plan.outputs
-        template = served.response_templates.get(len(outs[names[0]]))
-        if template is None:
-            template = served.response_templates.setdefault(len(outs[names[0]]), _template(served, plan, outs))
-        resp = pb.ModelInferResponse()
-        resp.CopyFrom(template)
-        resp.id = request.id
-        resp.parameters["sjff_version"].int64_param = version
-        resp.raw_output_contents.extend([outs[n].tobytes() for n in names])
-        return resp
-    resp = pb.ModelInferResponse(model_name=served.name, model_version=served.version, id=request.id)
-    resp.parameters["sjff_version"].int64_param = version
-    specs = served.engine.outputs
-    for name in plan.outputs:
-        arr = outs[name]
-        if plan.classify and name in plan.classify:
-            k = plan.classify[name]
-            items = _classification(arr, k)
-            o = resp.outputs.add(name=name, datatype="BYTES", shape=(arr.shape[0], k))
-            if plan.typed:
-                o.contents.bytes_contents.extend(items)
-            else:
-                resp.raw_output_contents.append(b"".join(len(b).to_bytes(4, "little") + b for b in items))
-            continue
-        dt = specs[name].datatype
-        o = resp.outputs.add(name=name, datatype=dt, shape=arr.shape)
-        if plan.typed:
-            getattr(o.contents, CONTENTS_FIELD[dt]).extend(arr.ravel().tolist())
-        else:
-            resp.raw_output_contents.append(arr.tobytes())
-    return resp
-
-
-@dataclass(frozen=True, slots=True)
-class LearnInput:
-    images: np.ndarray
-    labels: np.ndarray
-    positive: np.ndarray
-    seed: int | None
-    eta: float | None
-    expected_version: int | None
-
-
-def decode_learn(request: lpb.LearnRequest, served, max_rows: int, max_eta: float) -> LearnInput:
-    """Validated arrays of a LearnRequest for ``served``."""
+def decode_learn(request: lpb.LearnRequest, served, max_rows: int, max_eta: float) -> Update:
+    """The validated update a LearnRequest asks of ``served``."""
     n = len(request.labels)
     if n == 0:
-        raise invalid("labels is empty: send one label per image")
+        raise InvalidInput("labels is empty: send one label per image")
     if n > max_rows:
-        raise invalid(f"at most {max_rows} samples per update, got {n}")
+        raise InvalidInput(f"at most {max_rows} samples per update, got {n}")
     enc = request.encoding
     if enc in (lpb.IMAGE_ENCODING_UNSPECIFIED, lpb.IMAGE_ENCODING_FP32):
         datatype = "FP32"
     elif enc == lpb.IMAGE_ENCODING_UINT8:
         datatype = "UINT8"
     else:
-        raise invalid(f"unknown image encoding {enc}")
+        raise InvalidInput(f"unknown image encoding {enc}")
     d = served.in_features
     itemsize = IMAGE_DTYPES[datatype].itemsize
     if len(request.images) != n * d * itemsize:
-        raise invalid(
+        raise InvalidInput(
             f"images hold {len(request.images)} bytes; {n} labels x {d} features x {itemsize} bytes ({datatype}) "
             f"= {n * d * itemsize}"
         )
@@ -261,20 +188,20 @@ def decode_learn(request: lpb.LearnRequest, served, max_rows: int, max_eta: floa
     c = served.num_classes
     bad = labels[(labels < 0) | (labels >= c)]
     if bad.size:
-        raise invalid(f"labels must lie in [0, {c}), got {int(bad[0])}")
+        raise InvalidInput(f"labels must lie in [0, {c}), got {int(bad[0])}")
     if len(request.positive) == 0:
         positive = np.ones(n, dtype=np.float32)
     elif len(request.positive) == n:
         positive = np.asarray(request.positive, dtype=np.float32)
     else:
-        raise invalid(f"positive has {len(request.positive)} flags for {n} labels (send one per label, or none)")
+        raise InvalidInput(f"positive has {len(request.positive)} flags for {n} labels (send one per label, or none)")
     eta = None
     if request.HasField("eta"):
         eta = request.eta
         if not (math.isfinite(eta) and 0.0 < eta <= max_eta):
-            raise invalid(f"eta must be finite and in (0, {max_eta:g}], got {eta!r}")
+            raise InvalidInput(f"eta must be finite and in (0, {max_eta:g}], got {eta!r}")
     seed = request.seed if request.HasField("seed") else None
     if seed is not None and seed >= 2**63:
-        raise invalid("seed must be below 2**63")
+        raise InvalidInput("seed must be below 2**63")
     expected = request.expected_version if request.HasField("expected_version") else None
-    return LearnInput(np.ascontiguousarray(x), labels, positive, seed, eta, expected)
+    return Update(np.ascontiguousarray(x), labels, positive, seed, eta, expected)

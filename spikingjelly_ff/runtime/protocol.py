@@ -1,0 +1,75 @@
+"""The contract of a loaded runtime model (``SpikeModel``, ``AnalogModel``): all that code
+serving or learning with a model (the gRPC server, for one) may rely on.
+
+Images are ``[N, in_features]`` float32 in [0, 1]; labels ``[N]`` int64 in
+``[0, num_classes)``; ``positive`` ``[N]`` float32, 1 where the label shown is the true one.
+Torch-free: this module imports nothing but typing, numpy and the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["RuntimeModel"]
+
+
+@runtime_checkable
+class RuntimeModel(Protocol):
+    """A model that scores images and learns on line, in place."""
+
+    #: "spike" (spiking simulation, stochastic) or "analog" (rate network, deterministic)
+    kind: Literal["spike", "analog"]
+    #: weights ``[H_l, D_l]`` float32 per layer (``D_0`` = the embedded input width)
+    weights: list[np.ndarray]
+    #: eligibility traces, one per weight and of its shape (zeros when learning uses none)
+    eligibility: list[np.ndarray]
+
+    @property
+    def in_features(self) -> int:
+        """Image features ``D`` a row of ``x`` holds."""
+        ...
+
+    @property
+    def num_classes(self) -> int:
+        """Labels ``C`` the model tells apart."""
+        ...
+
+    @property
+    def eta(self) -> float:
+        """Learning rate :meth:`learn` uses when it is given none."""
+        ...
+
+    def scores(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """Score of every label, ``[N, C]`` float32 (higher: more likely); ``seed`` seeds
+        the spike encoding of a spiking model and is ignored by an analog one."""
+        ...
+
+    def predict(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """The best-scoring label per image, ``[N]`` int64."""
+        ...
+
+    def learn(
+        self,
+        x: np.ndarray,
+        labels: np.ndarray,
+        positive: np.ndarray,
+        seed: int | None = None,
+        eta: float | None = None,
+    ) -> np.ndarray:
+        """One Hebbian update from images ``[N, D]`` shown with ``labels`` ``[N]``;
+        ``positive`` ``[N]`` says which labels are true. Changes :attr:`weights` and
+        :attr:`eligibility` in place; returns the summed log-odds before learning, ``[N]``.
+        Deterministic given ``seed``. ``eta`` None: :attr:`eta`."""
+        ...
+
+    def copy(self) -> RuntimeModel:
+        """An independent model: learning on the copy leaves this one unchanged."""
+        ...
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model with its current weights (atomically); returns the path."""
+        ...
