@@ -10,11 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import kernels
-from .config import HebbianConfig
-from .hebbian import ff_hebbian_delta
+from .hebbian import apply_delta, ff_hebbian_delta
 from .layers import length_normalize
 from .models import AnalogFFNet
+from .params import HebbianParams
 
 __all__ = ["AnalogHebbian"]
 
@@ -22,7 +21,7 @@ __all__ = ["AnalogHebbian"]
 class AnalogHebbian:
     """Layer-local Hebbian updates for every layer of an :class:`AnalogFFNet`."""
 
-    def __init__(self, net: AnalogFFNet, hcfg: HebbianConfig) -> None:
+    def __init__(self, net: AnalogFFNet, hcfg: HebbianParams) -> None:
         if any(layer.synapse.bias is not None for layer in net.layers):
             raise ValueError("Hebbian training needs bias-free layers (model.bias=false)")
         self.net = net
@@ -39,10 +38,7 @@ class AnalogHebbian:
             pre = length_normalize(inp) if layer.normalize_input else inp
             post = torch.relu(pre @ layer.weight.T)
             dw = ff_hebbian_delta(self.net.probability, post, pre, y, self.net.goodness_kind)
-            if self.cfg.eligibility_tau is None:
-                layer.weight.add_(dw * eta)
-            else:
-                kernels.eligibility_apply(e, layer.weight.data, dw, self.cfg.eligibility_tau, eta)
+            apply_delta(layer.weight.data, dw, eta, self.cfg.eligibility_tau, e)
             acts.append(post)
             inp = post
         return acts

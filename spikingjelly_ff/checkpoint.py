@@ -17,8 +17,9 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .build import build_model
 from .config import RunConfig, config_from_dict
-from .models import FFNet, build_model
+from .models import FFNet
 
 __all__ = ["CheckpointError", "load_model", "save_model"]
 

@@ -1,7 +1,9 @@
 """Run configuration: typed sections, YAML files, ``--set key=value`` overrides.
 
 A config fully describes a run (data, model, training, evaluation) and travels with the
-trained weights as ``model/config.json``. Unknown keys and wrong types are errors.
+trained weights as ``model/config.json``. Unknown keys and wrong types are errors. The model
+and learning sections are the library's own parameter classes (``params.py``,
+``probability.Probability``): they validate themselves and hold the one default of each fact.
 """
 
 from __future__ import annotations
@@ -15,9 +17,38 @@ from typing import Any
 
 import yaml
 
+from .goodness import GOODNESS
+from .params import (
+    CODINGS,
+    FIRE_RULES,
+    FORMS,
+    LABEL_KINDS,
+    SCHEDULES,
+    TRACE_KINDS,
+    EmbeddingParams,
+    EncoderParams,
+    HebbianParams,
+    NeuronParams,
+    TraceParams,
+)
+from .probability import KINDS as PROBABILITY_KINDS
+from .probability import Probability
+
 __all__ = [
     "ConfigError",
+    "DataConfig",
+    "EmbeddingConfig",
+    "EncoderConfig",
+    "EvalConfig",
+    "HebbianConfig",
+    "ModelConfig",
+    "NeuronConfig",
+    "OptimizerConfig",
+    "ProbabilityConfig",
+    "ReadoutConfig",
     "RunConfig",
+    "TraceConfig",
+    "TrainConfig",
     "apply_overrides",
     "config_from_dict",
     "load_config",
@@ -36,50 +67,13 @@ class DataConfig:
     download: bool = True  # fetch a known dataset when it is missing
 
 
-@dataclass
-class EmbeddingConfig:
-    kind: str = "pattern"  # pattern: append random bits | onehot: overwrite the first pixels
-    bits: int = 100
-    density: float = 0.3
-    scale: float = 1.0  # value of an active label position (pattern bit or one-hot)
-    seed: int | None = None  # default: the run seed
-
-
-@dataclass
-class ProbabilityConfig:
-    kind: str = "sigmoid"  # sigmoid | symmetric | polar
-    alpha: float = 1.0
-    theta: float = 0.0
-    eps: float = 0.01
-    clip: float = 0.0  # > 0: loss on P clamped to [clip, 1-clip] (the paper's code uses 1e-5)
-
-
-@dataclass
-class NeuronConfig:
-    form: str = "beta"  # beta: V <- beta V + I (paper) | lif: SpikingJelly LIFNode
-    beta: float = 0.85
-    tau: float = 2.0
-    decay_input: bool = False
-    v_threshold: float = 0.001
-    v_reset: float = 0.0
-    fire: str = ">"
-    kwta: int | None = None
-
-
-@dataclass
-class TraceConfig:
-    kind: str = "leaky"  # count | leaky | hard
-    decay: float = 0.85
-    scale: float = 10.0  # count trace: trace += spike / scale
-
-
-@dataclass
-class EncoderConfig:
-    gain: float = 0.25  # spike probability per step = gain * input value
-    steps: int = 23  # input steps per presentation
-    rest_steps: int = 20  # steps with no input after each presentation
-    carry_membrane: bool = True  # paper: membranes only decay between samples; False: reset
-    coding: str = "bernoulli"  # bernoulli: random spikes (paper) | regular: deterministic, evenly spaced
+# The model and learning sections are the parameter classes themselves.
+EmbeddingConfig = EmbeddingParams
+ProbabilityConfig = Probability
+NeuronConfig = NeuronParams
+TraceConfig = TraceParams
+EncoderConfig = EncoderParams
+HebbianConfig = HebbianParams
 
 
 @dataclass
@@ -91,16 +85,16 @@ class ModelConfig:
     init: str = "default"  # default (torch Linear) | normal (N(0, init_std^2), the paper's spiking init)
     init_std: float = 1.0
     goodness: str = "sum_squares"
-    probability: ProbabilityConfig = field(default_factory=ProbabilityConfig)
-    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    probability: Probability = field(default_factory=Probability)
+    embedding: EmbeddingParams = field(default_factory=EmbeddingParams)
     score: str = "probability"  # probability: sum of log-odds over layers | goodness: sum of G
     score_layers: list[int] | None = None  # which layers vote (default: all)
     # analog: classify by the scores summed over the image and its copies moved 1..N pixels
     # down, up, right and left (4N + 1 views; 0: the image alone)
     shift_views: int = 0
-    neuron: NeuronConfig = field(default_factory=NeuronConfig)
-    trace: TraceConfig = field(default_factory=TraceConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    neuron: NeuronParams = field(default_factory=NeuronParams)
+    trace: TraceParams = field(default_factory=TraceParams)
+    encoder: EncoderParams = field(default_factory=EncoderParams)
 
 
 @dataclass
@@ -110,14 +104,6 @@ class OptimizerConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | cosine | linear (decay to 0 over the run)
-
-
-@dataclass
-class HebbianConfig:
-    eta: float = 0.1  # step on the exact FF gradient (see docs/science.md for the paper's nu)
-    eligibility_tau: float | None = 0.1  # e <- (1-tau) e + tau dW; None applies dW directly
-    learn_after: int = 15  # spiking: only steps t > learn_after update the weights (-1: all)
-    schedule: str = "constant"  # constant | cosine | linear decay of eta over the run
 
 
 @dataclass
@@ -134,7 +120,7 @@ class TrainConfig:
     batch_size: int = 50
     learner: str = "local-loss"  # local-loss (autograd per layer) | hebbian (no autograd)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    hebbian: HebbianConfig = field(default_factory=HebbianConfig)
+    hebbian: HebbianParams = field(default_factory=HebbianParams)
     # mixed: each sample positive or negative (paper) | paired: both | hard: paired, with the
     # wrong label drawn by the model's confusion (Hinton's hard negatives)
     negatives: str = "mixed"
@@ -179,18 +165,18 @@ class RunConfig:
 CHOICES = {
     "model.kind": ("analog", "spiking"),
     "model.init": ("default", "normal"),
-    "model.goodness": ("sum_squares", "mean_squares", "l1"),
-    "model.probability.kind": ("sigmoid", "symmetric", "polar"),
-    "model.embedding.kind": ("pattern", "onehot"),
-    "model.encoder.coding": ("bernoulli", "regular"),
+    "model.goodness": tuple(GOODNESS),
+    "model.probability.kind": PROBABILITY_KINDS,
+    "model.embedding.kind": LABEL_KINDS,
+    "model.encoder.coding": CODINGS,
     "model.score": ("probability", "goodness"),
-    "model.neuron.form": ("beta", "lif"),
-    "model.neuron.fire": (">", ">="),
-    "model.trace.kind": ("count", "leaky", "hard"),
+    "model.neuron.form": FORMS,
+    "model.neuron.fire": FIRE_RULES,
+    "model.trace.kind": TRACE_KINDS,
     "train.learner": ("local-loss", "hebbian"),
     "train.optimizer.kind": ("adam", "sgd"),
-    "train.optimizer.schedule": ("constant", "cosine", "linear"),
-    "train.hebbian.schedule": ("constant", "cosine", "linear"),
+    "train.optimizer.schedule": SCHEDULES,
+    "train.hebbian.schedule": SCHEDULES,
     "train.negatives": ("mixed", "paired", "hard"),
     "device": ("cpu", "cuda", "auto"),
     "backend": ("auto", "torch", "cupy"),
@@ -228,14 +214,6 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("train.readout is available for analog models only")
     if t.limit is not None and t.limit < 1:
         raise ConfigError("train.limit must be >= 1")
-    # Let the parameter classes check their own ranges.
-    from .params import NeuronParams, TraceParams
-
-    try:
-        NeuronParams(**dataclasses.asdict(m.neuron))
-        TraceParams(**dataclasses.asdict(m.trace))
-    except ValueError as exc:
-        raise ConfigError(f"model: {exc}") from exc
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -304,8 +282,18 @@ def _build(cls, data: dict, prefix: str = ""):
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+    kwargs = {}
+    for k, v in data.items():
+        value = kwargs[k] = _coerce(hints[k], v, prefix + k)
+        allowed = CHOICES.get(prefix + k)
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{prefix}{k} must be one of {', '.join(allowed)}; got {value!r}")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a parameter class checking its own ranges
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from exc
 
 
 def config_from_dict(data: dict) -> RunConfig:

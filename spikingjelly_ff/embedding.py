@@ -6,10 +6,11 @@
   choice), so ``D' = D``.
 
 Both map images ``[N, D]`` and labels ``[N]`` to ``[N, D']`` and expose ``all_labels``,
-``[C, N, D']``, for scoring every label in one batched pass. ``image_slice`` and
-``label_slice`` say which embedded positions come from the image (the same positions of
-``x``) and which hold the label code: a first layer can then compute the image's current
-once and add one per-label term, instead of running ``C`` full copies of the input.
+``[C, N, D']``, for scoring every label in one batched pass. ``label_code`` is the same
+embedding as a torch-free :class:`~spikingjelly_ff.labels.LabelCode` (what runtimes and
+exports read); its ``image_slice`` and ``label_slice`` say which embedded positions come
+from the image and which hold the label code, so a first layer can compute the image's
+current once and add one per-label term instead of running ``C`` full copies of the input.
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .labels import LabelCode
+from .params import EmbeddingParams
+
 __all__ = ["OneHotOverlay", "PatternEmbedding", "build_embedding"]
 
 
 class PatternEmbedding(nn.Module):
     """Append ``scale * patterns[label]`` (``patterns`` ``[C, bits]`` of 0/1, fixed at
-    construction) to the input."""
+    construction) to the input. ``patterns`` is a buffer, so it travels with the state dict."""
+
+    kind = "pattern"
 
     def __init__(
         self, num_classes: int = 10, bits: int = 100, density: float = 0.3, seed: int = 0, scale: float = 1.0
@@ -35,18 +41,30 @@ class PatternEmbedding(nn.Module):
         self.register_buffer("patterns", patterns)
         self.num_classes = num_classes
         self.bits = bits
+        self.density = density
+        self.seed = seed
         self.scale = scale
 
+    @property
+    def params(self) -> EmbeddingParams:
+        """The settings this embedding was built from."""
+        return EmbeddingParams("pattern", self.bits, self.density, self.scale, self.seed)
+
+    @property
+    def label_code(self) -> LabelCode:
+        """This embedding as a torch-free :class:`LabelCode` (patterns copied to the CPU)."""
+        return LabelCode("pattern", self.num_classes, self.patterns.detach().cpu().numpy(), self.scale)
+
     def out_features(self, in_features: int) -> int:
-        return in_features + self.bits
+        return self.label_code.input_width(in_features)
 
     def label_slice(self, in_features: int) -> slice:
         """Positions of the embedded input that depend on the label."""
-        return slice(in_features, in_features + self.bits)
+        return self.label_code.label_slice(in_features)
 
     def image_slice(self, in_features: int) -> slice:
         """Positions of the embedded input copied from the same positions of the image."""
-        return slice(0, in_features)
+        return self.label_code.image_slice(in_features)
 
     def code(self, labels: Tensor) -> Tensor:
         """The label part alone, ``[N, bits]``."""
@@ -69,23 +87,33 @@ class PatternEmbedding(nn.Module):
 class OneHotOverlay(nn.Module):
     """Write ``scale * onehot(label)`` over the first ``C`` inputs."""
 
+    kind = "onehot"
+
     def __init__(self, num_classes: int = 10, scale: float = 1.0) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.scale = scale
 
+    @property
+    def params(self) -> EmbeddingParams:
+        """The settings this embedding was built from."""
+        return EmbeddingParams("onehot", scale=self.scale)
+
+    @property
+    def label_code(self) -> LabelCode:
+        """This embedding as a torch-free :class:`LabelCode`."""
+        return LabelCode("onehot", self.num_classes, None, self.scale)
+
     def out_features(self, in_features: int) -> int:
-        if in_features < self.num_classes:
-            raise ValueError("one-hot overlay needs at least as many inputs as classes")
-        return in_features
+        return self.label_code.input_width(in_features)
 
     def label_slice(self, in_features: int) -> slice:
         """Positions of the embedded input that depend on the label."""
-        return slice(0, self.num_classes)
+        return self.label_code.label_slice(in_features)
 
     def image_slice(self, in_features: int) -> slice:
         """Positions of the embedded input copied from the same positions of the image."""
-        return slice(self.num_classes, in_features)
+        return self.label_code.image_slice(in_features)
 
     def code(self, labels: Tensor) -> Tensor:
         return nn.functional.one_hot(labels, self.num_classes).float() * self.scale

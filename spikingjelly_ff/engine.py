@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import HebbianConfig
+from .labels import LabelCode
 from .models import SpikingFFNet
+from .params import HebbianParams
 from .schedule import schedule_factor
 from .simulate import (
     LearnSpec,
@@ -21,6 +22,7 @@ from .simulate import (
     encode_spikes,
     input_major,
     label_currents,
+    learns_online,
     online_layer,
     run_layer,
     scalar_logit,
@@ -48,7 +50,7 @@ class SpikingTrainer:
     def __init__(
         self,
         net: SpikingFFNet,
-        hcfg: HebbianConfig,
+        hcfg: HebbianParams,
         steps_total: int = 1,
         seed: int = 0,
         device: torch.device | str = "cpu",
@@ -65,15 +67,10 @@ class SpikingTrainer:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.eligibility = [input_major(torch.zeros_like(layer.weight)) for layer in net.layers]
         self._rng: np.random.Generator | None = None  # numpy stream of the online path, seeded from ours
-        self._patterns: np.ndarray | None = None
+        self._code: LabelCode | None = None
 
     def _online(self, n: int, device: torch.device) -> bool:
-        return (
-            n == 1
-            and device.type == "cpu"
-            and self.spec.eligibility_tau is not None
-            and self.net.neuron_params.kwta is None
-        )
+        return learns_online(n, self.spec, self.net.neuron_params, device.type == "cpu")
 
     @torch.no_grad()
     def train_batch(self, x: Tensor, shown: Tensor, y: Tensor, spikes: Tensor | None = None) -> Tensor:
@@ -139,15 +136,9 @@ class SpikingTrainer:
         return net.pn_logit(acts) > 0
 
     def _rates_numpy(self, x: Tensor, shown: Tensor) -> np.ndarray:
-        net = self.net
-        patterns = getattr(net.embedding, "patterns", None)
-        if patterns is None:
-            return net.rates(x, shown).numpy()
-        if self._patterns is None:
-            self._patterns = patterns.numpy() * np.float32(net.embedding.scale)
-        rates = np.concatenate((x.numpy(), self._patterns[shown.numpy()]), axis=1)
-        rates *= np.float32(net.encoder.gain)
-        return np.clip(rates, 0.0, 1.0, out=rates)
+        if self._code is None:  # the label code is fixed during training
+            self._code = self.net.embedding.label_code
+        return self._code.rates(x.numpy(), shown.numpy(), self.net.encoder.gain)
 
     def _present_online(self, x: Tensor, shown: Tensor, y: Tensor, eta: float, spikes: Tensor | None) -> Tensor:
         """One sample, in numpy on the tensors' memory (every op here is tiny)."""
@@ -213,12 +204,23 @@ class SpikingScorer:
         net = self.net
         weights = [layer.weight.data for layer in net.layers]
         if spikes is None:
-            rates = (net.embedding.all_labels(x) * net.encoder.gain).clamp_(0.0, 1.0)
-            lab = net.embedding.label_slice(net.in_features)
+            code = net.embedding.label_code
+            gain = net.encoder.gain
+            image_rates = (x * gain).clamp_(0.0, 1.0)
+            label_rates = (torch.tensor(code.codes(), dtype=x.dtype, device=x.device) * gain).clamp_(0.0, 1.0)
+            d = net.in_features
             current = label_currents(
-                rates, lab, weights[0], net.encoder.steps, self.generator, self.share, net.encoder.coding
+                image_rates,
+                label_rates,
+                code.image_slice(d),
+                code.label_slice(d),
+                weights[0],
+                net.encoder.steps,
+                self.generator,
+                self.share,
+                net.encoder.coding,
             )
-            num_labels = rates.shape[0]
+            num_labels = code.num_classes
         else:
             c, t, n, _ = spikes.shape
 

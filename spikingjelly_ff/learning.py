@@ -16,9 +16,8 @@ import torch
 from spikingjelly.activation_based import base, monitor
 from torch import Tensor, nn
 
-from . import kernels
 from .dynamics import TraceParams, trace_step
-from .hebbian import ff_hebbian_delta
+from .hebbian import apply_delta, ff_hebbian_delta
 from .models import AnalogFFNet
 from .probability import Probability
 
@@ -171,9 +170,6 @@ class HebbianLearner(base.MemoryModule):
         w = self.synapse.weight
         count = 0
         for dw in self._deltas(y):
-            if self.eligibility_tau is None:
-                w.add_(dw * self.eta)
-            else:
-                kernels.eligibility_apply(self.eligibility, w.data, dw, self.eligibility_tau, self.eta, self.backend)
+            apply_delta(w.data, dw, self.eta, self.eligibility_tau, self.eligibility, self.backend)
             count += 1
         return count

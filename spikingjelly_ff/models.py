@@ -2,26 +2,24 @@
 
 A network embeds a candidate label into the input, computes every layer's activity and
 turns each layer's goodness into a score; the predicted class is the label with the
-highest score summed over the voting layers. ``scores`` runs all labels in one batched
-pass. ``build_model`` makes either network from a :class:`~spikingjelly_ff.config.ModelConfig`.
+highest score summed over the voting layers (``scores.summed_score``). ``scores`` runs
+all labels in one batched pass. The networks take parameters (``params.py``); building one
+from a run configuration is ``build.build_model``.
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .augment import translate, view_offsets
-from .config import ModelConfig
-from .embedding import build_embedding
 from .goodness import goodness
 from .layers import FFLinear, SpikingFFLayer
-from .params import NeuronParams, TraceParams
+from .params import EncoderParams, NeuronParams, TraceParams
 from .probability import Probability
+from .scores import layer_score, summed_score
 
-__all__ = ["AnalogFFNet", "EncoderParams", "FFNet", "SpikingFFNet", "bernoulli_spikes", "build_model"]
+__all__ = ["AnalogFFNet", "EncoderParams", "FFNet", "SpikingFFNet", "bernoulli_spikes"]
 
 
 class FFNet(nn.Module):
@@ -62,20 +60,15 @@ class FFNet(nn.Module):
 
     def layer_score(self, activity: Tensor) -> Tensor:
         """Per-sample score ``[N]`` of one layer: log-odds of P, or the goodness."""
-        g = self.layer_goodness(activity)
-        if self.score_kind == "probability":
-            return self.probability.logit(g)
-        return g[0] - g[1] if isinstance(g, tuple) else g
+        return layer_score(activity, self.probability, self.goodness_kind, self.score_kind)
 
     def score_activities(self, activities: list[Tensor]) -> Tensor:
         """Sum of the voting layers' scores, ``[N]``."""
-        return torch.stack([self.layer_score(activities[i]) for i in self.score_layers]).sum(0)
+        return summed_score(activities, self.score_layers, self.probability, self.goodness_kind, self.score_kind)
 
     def pn_logit(self, activities: list[Tensor]) -> Tensor:
         """Summed log-odds that each sample is positive, ``[N]`` (> 0 means P > 1/2)."""
-        return torch.stack([self.probability.logit(self.layer_goodness(activities[i])) for i in self.score_layers]).sum(
-            0
-        )
+        return summed_score(activities, self.score_layers, self.probability, self.goodness_kind)
 
     def latent(self, activities: list[Tensor], layers: list[int] | None = None) -> Tensor:
         """Concatenated activity of ``layers`` (default all), ``[N, sum H]``."""
@@ -190,20 +183,6 @@ class AnalogFFNet(FFNet):
         return self.view_scores(x).argmax(-1)
 
 
-@dataclass(frozen=True)
-class EncoderParams:
-    """Presentation protocol of a spiking network."""
-
-    gain: float = 0.25
-    steps: int = 23
-    rest_steps: int = 20
-    carry_membrane: bool = True
-    coding: str = "bernoulli"  # bernoulli (random, the paper) | regular (deterministic)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class SpikingFFNet(FFNet):
     """Stack of :class:`SpikingFFLayer` fed with Bernoulli rate-coded inputs.
 
@@ -305,51 +284,10 @@ def bernoulli_spikes(rates: Tensor, steps: int, generator: torch.Generator | Non
     return draw(rates, steps, generator)
 
 
-def build_model(m: ModelConfig, in_features: int, num_classes: int, seed: int, backend: str = "torch") -> FFNet:
-    """Build an analog or spiking FF network from config; weights drawn from ``seed``."""
-    emb = build_embedding(
-        m.embedding.kind,
-        num_classes,
-        m.embedding.bits,
-        m.embedding.density,
-        seed if m.embedding.seed is None else m.embedding.seed,
-        m.embedding.scale,
-    )
-    prob = Probability(**asdict(m.probability))
-    torch.manual_seed(seed)
-    if m.kind == "analog":
-        net: FFNet = AnalogFFNet(
-            in_features,
-            m.layers,
-            emb,
-            prob,
-            m.goodness,
-            m.score,
-            m.score_layers,
-            m.bias,
-            m.normalize,
-            num_classes,
-            m.shift_views,
-        )
-    else:
-        net = SpikingFFNet(
-            in_features,
-            m.layers,
-            emb,
-            prob,
-            NeuronParams(**asdict(m.neuron)),
-            TraceParams(**asdict(m.trace)),
-            EncoderParams(**asdict(m.encoder)),
-            m.goodness,
-            m.score,
-            m.score_layers,
-            backend,
-            num_classes,
-        )
-    if m.init == "normal":
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for layer in net.layers:
-                w = layer.weight
-                w.copy_(torch.randn(w.shape, generator=g) * m.init_std)
-    return net
+def __getattr__(name: str):
+    # build_model moved to the run layer (build.py); scripts and tests import it from here.
+    if name == "build_model":
+        from .build import build_model
+
+        return build_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,9 @@
-"""Parameters of the spiking FF neuron and its trace (no torch needed).
+"""Typed settings of an FF model (no torch needed): neuron, trace, spike encoder, label
+embedding, Hebbian learning.
 
-Shared by the torch library and the torch-free runtime, and written into exported models.
+These frozen dataclasses are the run configuration's sections (``config.py`` reads YAML
+into them), the arguments of the torch modules and learners, and the fields the exported
+models store; each default is written here once.
 """
 
 from __future__ import annotations
@@ -9,11 +12,27 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["FIRE_RULES", "FORMS", "TRACE_KINDS", "NeuronParams", "TraceParams"]
+from .labels import LABEL_KINDS
+from .schedule import SCHEDULES
+
+__all__ = [
+    "CODINGS",
+    "FIRE_RULES",
+    "FORMS",
+    "LABEL_KINDS",
+    "SCHEDULES",
+    "TRACE_KINDS",
+    "EmbeddingParams",
+    "EncoderParams",
+    "HebbianParams",
+    "NeuronParams",
+    "TraceParams",
+]
 
 FORMS = ("beta", "lif")
 FIRE_RULES = (">", ">=")
 TRACE_KINDS = ("count", "leaky", "hard", "none")
+CODINGS = ("bernoulli", "regular")
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,75 @@ class TraceParams:
     def one_minus_decay(self) -> float:
         """(1 - decay) as float32, the leaky trace's input weight."""
         return float(np.float32(1.0 - self.decay))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EncoderParams:
+    """Presentation protocol of a spiking network: each input spikes with probability
+    ``gain * value`` per step (``coding='bernoulli'``, the paper) or at evenly spaced steps
+    (``'regular'``) for ``steps`` steps, then ``rest_steps`` steps with no input. With
+    ``carry_membrane`` the membranes only decay between samples (the paper); else they reset.
+    """
+
+    gain: float = 0.25
+    steps: int = 23
+    rest_steps: int = 20
+    carry_membrane: bool = True
+    coding: str = "bernoulli"
+
+    def __post_init__(self) -> None:
+        if self.coding not in CODINGS:
+            raise ValueError(f"spike coding must be one of {CODINGS}, got {self.coding!r}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.rest_steps < 0:
+            raise ValueError(f"rest_steps must be >= 0, got {self.rest_steps}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EmbeddingParams:
+    """How the candidate label enters the input (see ``labels.py``): ``pattern`` appends
+    ``bits`` random bits (each on with probability ``density``, drawn from ``seed``; None:
+    the run seed), ``onehot`` overwrites the first C inputs. An active position holds ``scale``.
+    """
+
+    kind: str = "pattern"
+    bits: int = 100
+    density: float = 0.3
+    scale: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in LABEL_KINDS:
+            raise ValueError(f"label embedding must be one of {LABEL_KINDS}, got {self.kind!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HebbianParams:
+    """Hebbian learning: a step ``eta`` on the exact FF gradient, filtered by the eligibility
+    trace e <- (1 - tau) e + tau dW (``eligibility_tau``; None applies dW directly); a spiking
+    layer learns only at steps t > ``learn_after`` (-1: all); ``schedule`` decays eta over a run.
+    """
+
+    eta: float = 0.1
+    eligibility_tau: float | None = 0.1
+    learn_after: int = 15
+    schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.learn_after < -1:
+            raise ValueError(f"learn_after must be >= -1, got {self.learn_after}")
 
     def to_dict(self) -> dict:
         return asdict(self)

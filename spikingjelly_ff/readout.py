@@ -7,21 +7,30 @@ The FF layers stay frozen; the readout sees the activity produced with a *neutra
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .config import RunConfig
 from .models import AnalogFFNet
+
+if TYPE_CHECKING:  # the section's fields are read, never built, here
+    from .config import ReadoutConfig
 
 __all__ = ["train_readout"]
 
 
 def train_readout(
-    net: AnalogFFNet, cfg: RunConfig, x: Tensor, labels: Tensor, device, log: Callable[[str], None] = print
+    net: AnalogFFNet,
+    rc: ReadoutConfig,
+    seed: int,
+    x: Tensor,
+    labels: Tensor,
+    device,
+    log: Callable[[str], None] = print,
 ) -> dict:
-    """Fit ``net.readout`` on images ``x`` ``[N, D]``; returns training accuracy per epoch."""
-    rc = cfg.train.readout
+    """Fit ``net.readout`` on images ``x`` ``[N, D]`` (batches shuffled from ``seed``); returns
+    training accuracy per epoch."""
     layers = rc.layers if rc.layers is not None else (list(range(1, len(net.widths))) or [0])
     head = net.attach_readout(layers).to(device)
     with torch.no_grad():
@@ -29,7 +38,7 @@ def train_readout(
             [net.latent(net.activities(net.embedding.neutral(x[i : i + 2000])), layers) for i in range(0, len(x), 2000)]
         )
     opt = torch.optim.Adam(head.parameters(), lr=rc.lr)
-    gen = torch.Generator().manual_seed(cfg.seed + 5)
+    gen = torch.Generator().manual_seed(seed + 5)
     history = []
     for epoch in range(rc.epochs):
         order = torch.randperm(len(feats), generator=gen).to(device)

@@ -12,9 +12,9 @@ import torch
 from spikingjelly.activation_based import functional
 from torch import Tensor
 
-from .config import HebbianConfig
 from .learning import HebbianLearner
 from .models import SpikingFFNet
+from .params import HebbianParams
 
 __all__ = ["ReferenceLoop"]
 
@@ -22,9 +22,9 @@ __all__ = ["ReferenceLoop"]
 class ReferenceLoop:
     """Per-step training and scoring of a :class:`SpikingFFNet` (use as a context manager)."""
 
-    def __init__(self, net: SpikingFFNet, hcfg: HebbianConfig | None = None) -> None:
+    def __init__(self, net: SpikingFFNet, hcfg: HebbianParams | None = None) -> None:
         self.net = net
-        hcfg = hcfg or HebbianConfig()
+        hcfg = hcfg or HebbianParams()
         functional.set_step_mode(net, "s")
         self.learners = [
             HebbianLearner(

@@ -25,7 +25,7 @@ import numpy as np
 from . import _array
 from .dynamics import charge, fire, reset, trace_step
 from .goodness import goodness, hebbian_gain
-from .hebbian import ff_hebbian_delta
+from .hebbian import apply_delta, ff_hebbian_delta
 from .params import NeuronParams, TraceParams
 from .probability import Probability
 
@@ -40,6 +40,7 @@ __all__ = [
     "encode_spikes",
     "input_major",
     "label_currents",
+    "learns_online",
     "neuron_forward",
     "online_layer",
     "regular_spikes",
@@ -180,15 +181,8 @@ def rest(v: Array, d: Dynamics, steps: int) -> Array:
 
 
 def eligibility_apply(e: Array, w: Array, dw: Array, tau: float, eta: float, backend: str = "torch") -> None:
-    """In place: e <- (1 - tau) e + tau dW, then w <- w + eta e."""
-    if _array.is_torch(e):
-        from . import kernels
-
-        kernels.eligibility_apply(e, w, dw, tau, eta, backend)
-        return
-    e *= np.float32(1.0 - tau)
-    e += dw * np.float32(tau)
-    w += e * np.float32(eta)
+    """In place: e <- (1 - tau) e + tau dW, then w <- w + eta e (see ``hebbian.apply_delta``)."""
+    apply_delta(w, dw, eta, tau, e, backend)
 
 
 @dataclass
@@ -341,13 +335,17 @@ def run_layer(
     out[:k] = neuron_forward(currents(0, k), v, tr, d, backend)
     for t in range(first, t_steps):
         dw = ff_hebbian_delta(d.probability, tr, pre[t], y, d.goodness)
-        if spec.eligibility_tau is None:
-            w += dw * eta
-        else:
-            eligibility_apply(e, w, dw, spec.eligibility_tau, eta, backend)
+        apply_delta(w, dw, eta, spec.eligibility_tau, e, backend)
         if t + 1 < t_steps:
             out[t + 1] = neuron_forward(currents(t + 1, t + 2), v, tr, d, backend)[0]
     return out, tr
+
+
+def learns_online(batch: int, spec: LearnSpec, neuron: NeuronParams, on_cpu: bool = True) -> bool:
+    """Whether a batch learns through :func:`online_layer` (one sample on the CPU, with an
+    eligibility trace and no k-WTA) rather than :func:`run_layer`: the one place both the
+    torch engine and the runtime decide it."""
+    return batch == 1 and on_cpu and spec.eligibility_tau is not None and neuron.kwta is None
 
 
 def online_layer(
@@ -535,50 +533,58 @@ def score_labels(
 
 
 def label_currents(
-    rates: Array, label_slice: slice, w: Array, steps: int, rng, share: bool = True, coding: str = "bernoulli"
+    image_rates: Array,
+    label_rates: Array,
+    image_slice: slice,
+    label_slice: slice,
+    w: Array,
+    steps: int,
+    rng,
+    share: bool = True,
+    coding: str = "bernoulli",
 ):
     """Draw input spikes for every candidate label; returns ``current(k)``, layer 1's input
     current ``[T, N, H]`` for label k.
 
-    ``rates`` ``[C, N, D']`` are the embedded inputs' spike probabilities; only the positions
-    in ``label_slice`` differ between labels. With ``share`` all labels of an image see the
-    same image spikes and the same uniform draws for their label positions (common random
-    numbers), so the image part of the current is computed once, not C times; and when every
-    active label position has the same rate (binary label codes) one draw of label spikes
-    serves every label, each label adding a small product over its own active positions.
+    ``image_rates`` ``[N, D]`` are the images' spike probabilities (the embedded input holds
+    positions ``image_slice`` of them at the same positions); ``label_rates`` ``[C, L]`` those
+    of each label's code, at ``label_slice`` of the embedded input (``w`` is ``[H, D']``).
+    With ``share`` all labels of an image see the same image spikes and the same uniform
+    draws for their label positions (common random numbers), so the image part of the
+    current is computed once, not C times; and when every active label position has the
+    same rate (binary label codes) one draw of label spikes serves every label, each label
+    adding a small product over its own active positions.
     """
-    c, n, d = rates.shape
+    c, width = label_rates.shape
+    n = image_rates.shape[0]
     h = w.shape[0]
     if not share:
+        rates = _embedded_rates(image_rates, label_rates, image_slice, label_slice, w.shape[1])  # [C, N, D']
         spikes = bernoulli_spikes(rates, steps, rng)  # [T, C, N, D']
-        full = _swap01((spikes.reshape(steps * c * n, d) @ w.T).reshape(steps, c, n, h))
+        full = _swap01((spikes.reshape(steps * c * n, -1) @ w.T).reshape(steps, c, n, h))
         return lambda k: full[k]
-    keep = np.ones(d, dtype=bool)
-    keep[label_slice] = False
-    width = label_slice.stop - label_slice.start
-    lab_rates = rates[:, :, label_slice]  # [C, N, L]
     w_lab = w[:, label_slice]
-    if _array.is_torch(rates):
+    if _array.is_torch(image_rates):
         import torch
 
-        keep_idx = torch.from_numpy(np.flatnonzero(keep)).to(rates.device)
+        keep_idx = torch.arange(image_slice.start, image_slice.stop, device=image_rates.device)
         w_shared = w.index_select(1, keep_idx)
-        shared_rates = rates[0].index_select(1, keep_idx)
-        if rates.device.type == "cpu":
+        shared_rates = image_rates.index_select(1, keep_idx)
+        if image_rates.device.type == "cpu":
             _, index = encode_spikes(shared_rates, steps, rng, coding, index=True, dense=False)
             shared = index.matmul(w_shared)  # [T*N, H]
         else:
             spikes = encode_spikes(shared_rates, steps, rng, coding)
             shared = spikes.reshape(steps * n, -1) @ w_shared.T
-        u = torch.rand(steps, n, width, generator=rng, device=rates.device) if coding == "bernoulli" else None
-        code = lab_rates[:, 0, :]  # [C, L]
+        u = torch.rand(steps, n, width, generator=rng, device=image_rates.device) if coding == "bernoulli" else None
+        code = label_rates  # [C, L]
         level = code.max()
-        if bool(((code == 0) | (code == level)).all()) and bool((lab_rates == code[:, None, :]).all()):
+        if bool(((code == 0) | (code == level)).all()):
             # Binary codes: label c's spikes are (u < level) on c's active positions.
             if u is None:  # regular coding: every active position fires on the same steps
                 fired = regular_spikes(level.reshape(1), steps).expand(steps, n * width).reshape(steps * n, width)
             else:
-                fired = (u < level).to(rates.dtype).reshape(steps * n, width)
+                fired = (u < level).to(image_rates.dtype).reshape(steps * n, width)
             active = [(code[k] > 0).nonzero().squeeze(1) for k in range(c)]
 
             def current(k: int):
@@ -589,18 +595,28 @@ def label_currents(
 
             return current
         if u is None:
-            label = _swap01(regular_spikes(lab_rates, steps))  # [C, T, N, L]
+            label = _swap01(regular_spikes(code[:, None, :].expand(c, n, width), steps))  # [C, T, N, L]
         else:
-            label = (u[None] < lab_rates[:, None]).to(rates.dtype)  # [C, T, N, L]
+            label = (u[None] < code[:, None, None, :]).to(image_rates.dtype)  # [C, T, N, L]
     else:
-        keep_idx = np.flatnonzero(keep)
-        shared = _shared_current(rates[0][:, keep_idx], w[:, keep_idx], steps, rng, coding)
+        keep_idx = np.arange(image_slice.start, image_slice.stop)
+        shared = _shared_current(image_rates[:, keep_idx], w[:, keep_idx], steps, rng, coding)
         if coding == "regular":
-            label = np.swapaxes(regular_spikes(lab_rates, steps), 0, 1)  # [C, T, N, L]
+            per_image = np.broadcast_to(label_rates[:, None, :], (c, n, width))
+            label = np.swapaxes(regular_spikes(per_image, steps), 0, 1)  # [C, T, N, L]
         else:
             u = rng.random((steps, n, width), dtype=np.float32)
-            label = _array.astype_like(u[None] < lab_rates[:, None], rates)  # [C, T, N, L]
+            label = _array.astype_like(u[None] < label_rates[:, None, None, :], image_rates)  # [C, T, N, L]
     return lambda k: (shared + label[k].reshape(steps * n, width) @ w_lab.T).reshape(steps, n, h)
+
+
+def _embedded_rates(image_rates: Array, label_rates: Array, image_slice: slice, label_slice: slice, width: int):
+    """Every label's embedded rates ``[C, N, D']``, for the path that draws them all."""
+    c, n = label_rates.shape[0], image_rates.shape[0]
+    out = _zeros(image_rates, (c, n, width))
+    out[:, :, image_slice] = image_rates[:, image_slice]
+    out[:, :, label_slice] = label_rates[:, None, :]
+    return out
 
 
 _CHUNK_STEPS = 32

@@ -18,12 +18,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .augment import shift_images
+from .build import build_model
 from .checkpoint import save_model
 from .config import RunConfig
 from .data import load_split
 from .evaluate import evaluate_arrays, scorer_for
 from .learning import LocalLossLearner
-from .models import AnalogFFNet, FFNet, SpikingFFNet, build_model
+from .models import AnalogFFNet, FFNet, SpikingFFNet
 from .schedule import schedule_factor
 
 __all__ = ["make_samples", "resolve_device", "shift_images", "train"]
@@ -239,7 +240,7 @@ def train(
     if cfg.train.readout.enabled:
         from .readout import train_readout
 
-        ro = train_readout(net, cfg, x_train, y_train, device, log=log)
+        ro = train_readout(net, cfg.train.readout, cfg.seed, x_train, y_train, device, log=log)
         ev = evaluate_arrays(scorer_for(net, cfg, device, readout=True), x_test, y_test, cfg.eval.batch_size)
         metrics["readout"] = {**ro, "test_accuracy": ev["accuracy"]}
         log(f"readout: test acc {ev['accuracy']:.4f}")

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from ..augment import view_offsets
 from ..models import AnalogFFNet, SpikingFFNet
+from ..params import HebbianParams
 
 __all__ = ["analog_to_onnx", "spiking_to_onnx"]
 
@@ -116,11 +116,11 @@ def _save(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
 def _embed_all_labels(g: _Graph, net, images: str) -> str:
     """``images [N, D]`` -> ``[C * N, D']`` with every label embedded (label-major)."""
     c = net.num_classes
-    emb = net.embedding
+    code = net.embedding.label_code
     n = g.op("Shape", [images], start=0, end=1)  # [1] = N
-    if hasattr(emb, "patterns"):
-        bits = emb.bits
-        pat = emb.patterns.detach().cpu().numpy().astype(np.float32) * np.float32(emb.scale)  # [C, bits]
+    if code.kind == "pattern":
+        bits = code.width
+        pat = code.codes()  # [C, bits]
         pat_n = g.op(
             "Expand",
             [
@@ -137,7 +137,7 @@ def _embed_all_labels(g: _Graph, net, images: str) -> str:
         )
         full = g.op("Concat", [img, pat_n], axis=2)
     else:
-        code = (np.eye(c, dtype=np.float32) * float(emb.scale))[:, None, :]  # [C, 1, C]
+        onehot = code.codes()[:, None, :]  # [C, 1, C]
         rest = g.op(
             "Slice",
             [
@@ -156,7 +156,7 @@ def _embed_all_labels(g: _Graph, net, images: str) -> str:
         )
         code_n = g.op(
             "Expand",
-            [g.const(code), g.op("Concat", [g.const([c], "c", np.int64), n, g.const([c], "cc", np.int64)], axis=0)],
+            [g.const(onehot), g.op("Concat", [g.const([c], "c", np.int64), n, g.const([c], "cc", np.int64)], axis=0)],
         )
         full = g.op("Concat", [code_n, rest], axis=2)
     return g.op("Reshape", [full, g.const([-1, net.input_width], "shape", np.int64)])
@@ -168,8 +168,8 @@ def _separable_current(g: _Graph, net, images: str, w: str, bias: np.ndarray | N
     and rounded once; mirrors ``AnalogFFNet.all_label_activities``. The weight ``w``
     ``[D', H]`` is float64 and may be fed at run time; its slices depend on the weights alone,
     so onnxruntime (or ``runtime.weight_folding``) computes them once per weight version."""
-    emb, d = net.embedding, net.in_features
-    img, lab = emb.image_slice(d), emb.label_slice(d)
+    code, d = net.embedding.label_code, net.in_features
+    img, lab = code.image_slice(d), code.label_slice(d)
     width = net.input_width
     x = g.op("Cast", [images], to=TensorProto.DOUBLE)
     if img.start == 0 and img.stop == d and lab.start == d:  # label code appended
@@ -180,7 +180,7 @@ def _separable_current(g: _Graph, net, images: str, w: str, bias: np.ndarray | N
         mask[img] = 1.0
         x = g.op("Mul", [x, g.const(mask, "mask", np.float64)])
         image_term = g.op("MatMul", [x, w])  # [N, H]
-    codes = emb.code(torch.arange(net.num_classes)).detach().cpu().double().numpy()  # [C, L]
+    codes = code.codes().astype(np.float64)  # [C, L]
     w_lab = g.op("Slice", [w, g.const([lab.start], "s", np.int64), g.const([lab.stop], "e", np.int64)])
     label_term = g.op("MatMul", [g.const(codes, "codes", np.float64), w_lab])  # [C, H]
     if bias is not None:
@@ -220,7 +220,9 @@ def _views(g: _Graph, net, images: str, offsets: list[tuple[int, int]]) -> str:
     return g.op("Concat", parts, axis=0)
 
 
-def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = False, hebbian: dict | None = None) -> Path:
+def analog_to_onnx(
+    net: AnalogFFNet, out: str | os.PathLike, latent: bool = False, hebbian: HebbianParams | dict | None = None
+) -> Path:
     """Export an analog FF network (see module docstring for inputs/outputs). Weight ``i`` is
     the initializer named in the ``spikingjelly_ff`` metadata, stored transposed ``[D, H]``;
     ``hebbian`` (eta, eligibility_tau) sets defaults for on-line learning."""
@@ -307,8 +309,19 @@ def analog_to_onnx(net: AnalogFFNet, out: str | os.PathLike, latent: bool = Fals
     return _save(model, out)
 
 
+def _hebbian(hebbian: HebbianParams | dict | None) -> HebbianParams:
+    """On-line learning settings (a mapping of some of their fields is accepted)."""
+    if isinstance(hebbian, HebbianParams):
+        return hebbian
+    return HebbianParams(**(hebbian or {}))
+
+
 def _meta(
-    model: onnx.ModelProto, net, kind: str, weight_names: list[str] | None = None, hebbian: dict | None = None
+    model: onnx.ModelProto,
+    net,
+    kind: str,
+    weight_names: list[str] | None = None,
+    hebbian: HebbianParams | dict | None = None,
 ) -> None:
     """Settings a runtime needs to keep learning travel with the graph (model property
     ``spikingjelly_ff``, JSON)."""
@@ -317,8 +330,7 @@ def _meta(
 
     from .. import __version__
 
-    emb = net.embedding
-    patterns = getattr(emb, "patterns", None)
+    code = net.embedding.label_code
     info = {
         "format": "spikingjelly-ff/onnx",
         "format_version": 1,
@@ -330,10 +342,10 @@ def _meta(
         "goodness": net.goodness_kind,
         "probability": asdict(net.probability),
         "embedding": {
-            "kind": "pattern" if patterns is not None else "onehot",
-            "bits": getattr(emb, "bits", 0),
-            "scale": getattr(emb, "scale", 1.0),
-            "patterns": None if patterns is None else patterns.detach().cpu().numpy().astype(int).tolist(),
+            "kind": code.kind,
+            "bits": code.width if code.kind == "pattern" else 0,
+            "scale": code.scale,
+            "patterns": None if code.patterns is None else code.patterns.astype(int).tolist(),
         },
         "library_version": __version__,
     }
@@ -342,7 +354,7 @@ def _meta(
             {"weight": name, "normalize_input": bool(layer.normalize_input), "bias": layer.synapse.bias is not None}
             for name, layer in zip(weight_names or [], net.layers)
         ]
-        info["hebbian"] = hebbian or {}
+        info["hebbian"] = _hebbian(hebbian).to_dict()
         info["shift_views"] = net.shift_views  # scores and label sum 4 * shift_views + 1 views
         info["image_shape"] = list(net.image_shape) if net.image_shape else None
     helper.set_model_props(model, {"spikingjelly_ff": json.dumps(info)})

@@ -4,40 +4,41 @@ import an artefact back into SpikingJelly."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .. import __version__
-from ..config import RunConfig
 from ..models import SpikingFFNet
 from ..runtime.artifact import SpikeArtifact, write_artifact
+
+if TYPE_CHECKING:  # the run settings are read, never built, here
+    from ..config import RunConfig
 
 __all__ = ["artifact_from_model", "export_spike", "resolve_spike_path", "to_spikingjelly"]
 
 
 def artifact_from_model(net: SpikingFFNet, cfg: RunConfig, image_shape=None, eligibility=None) -> SpikeArtifact:
-    """The numpy artefact of ``net`` (weights copied to the CPU)."""
-    emb = cfg.model.embedding
-    patterns = getattr(net.embedding, "patterns", None)
-    h = cfg.train.hebbian
+    """The numpy artefact of ``net`` (weights copied to the CPU); ``cfg`` gives only the
+    learning and evaluation settings and the name the model travels with."""
+    code = net.embedding.label_code
     return SpikeArtifact(
         weights=[layer.weight.detach().cpu().numpy().astype(np.float32) for layer in net.layers],
         neuron=net.neuron_params,
         trace=net.trace_params,
-        encoder=net.encoder.to_dict(),
-        probability=asdict(cfg.model.probability),
+        encoder=net.encoder,
+        probability=net.probability,
         goodness=net.goodness_kind,
         score=net.score_kind,
         score_layers=list(net.score_layers),
-        embedding={"kind": emb.kind, "bits": emb.bits, "density": emb.density, "scale": emb.scale},
+        embedding=net.embedding.params,
         in_features=net.in_features,
         num_classes=net.num_classes,
-        label_patterns=None if patterns is None else patterns.detach().cpu().numpy().astype(np.uint8),
+        label_patterns=None if code.patterns is None else code.patterns.astype(np.uint8),
         image_shape=list(image_shape) if image_shape is not None else None,
-        hebbian={"eta": h.eta, "eligibility_tau": h.eligibility_tau, "learn_after": h.learn_after},
+        hebbian=cfg.train.hebbian,
         eligibility=None if eligibility is None else [e.detach().cpu().numpy() for e in eligibility],
         evaluation={"repeats": cfg.eval.repeats, "share_image_spikes": cfg.eval.share_image_spikes},
         name=cfg.name,

@@ -1,119 +1,61 @@
-"""Backends for the hot loops: a torch path (CPU and GPU) and our CuPy kernels (GPU).
+"""The hot loops, one module per backend, side by side:
+
+* ``numpy_loop``: numpy arrays (the torch-free runtime; batch-1 training on the CPU);
+* ``torch_loop``: torch tensors on any device;
+* ``cupy_backend``: our CUDA kernels (``ff_neuron.cu``) on torch's CUDA tensors.
 
 ``neuron_forward`` runs a layer's neurons over T steps given the input currents;
-``eligibility_apply`` applies a Hebbian delta through the eligibility trace. Both backends
-give identical results for identical inputs (see tests/library/test_kernels.py).
+``eligibility_apply`` applies a Hebbian delta through the eligibility trace. All backends give
+identical results for identical inputs (tests/library/test_kernels.py). The torch and CuPy
+modules are loaded by name on first use with a tensor, so code that only passes numpy arrays
+(the runtime) never imports torch.
 """
 
 from __future__ import annotations
 
-import torch
+import importlib
+from types import ModuleType
 
-from ..dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
+import numpy as np
+
+from ..dynamics import NeuronParams, TraceParams
+from . import numpy_loop
 
 BACKENDS = ("torch", "cupy")
 
 __all__ = ["BACKENDS", "eligibility_apply", "neuron_forward", "resolve_backend"]
 
 
-def resolve_backend(name: str, device: torch.device | str) -> str:
-    """Turn ``auto``/``torch``/``cupy`` into the backend to use on ``device``."""
-    device = torch.device(device)
-    if name == "auto":
-        if device.type == "cuda":
-            from . import cupy_backend
+def _backend(name: str) -> ModuleType:
+    """``torch_loop`` or ``cupy_backend``, imported on first use."""
+    return importlib.import_module(f"{__name__}.{'cupy_backend' if name == 'cupy' else 'torch_loop'}")
 
-            return "cupy" if cupy_backend.available() else "torch"
-        return "torch"
+
+def resolve_backend(name: str, device) -> str:
+    """Turn ``auto``/``torch``/``cupy`` into the backend to use on ``device`` (a torch.device or
+    a string such as ``"cuda:0"``)."""
+    on_cuda = str(getattr(device, "type", device)).split(":")[0] == "cuda"
+    if name == "auto":
+        return "cupy" if on_cuda and _backend("cupy").available() else "torch"
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {('auto', *BACKENDS)}")
-    if name == "cupy":
-        from . import cupy_backend
-
-        if device.type != "cuda" or not cupy_backend.available():
-            raise RuntimeError("backend 'cupy' needs CuPy and a CUDA device (pip install spikingjelly-ff[cuda])")
+    if name == "cupy" and not (on_cuda and _backend("cupy").available()):
+        raise RuntimeError("backend 'cupy' needs CuPy and a CUDA device (pip install spikingjelly-ff[cuda])")
     return name
 
 
 def neuron_forward(
-    current: torch.Tensor,
-    v: torch.Tensor,
-    trace: torch.Tensor,
-    p: NeuronParams,
-    tp: TraceParams,
-    backend: str = "torch",
-    trace_seq: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    current, v, trace, p: NeuronParams, tp: TraceParams, backend: str = "torch", trace_seq: bool = False
+):
     """T steps of charge/fire/reset/trace. ``current`` ``[T, N, H]``; ``v`` and ``trace``
-    ``[N, H]`` (contiguous) are updated in place. Returns float spikes ``[T, N, H]`` and
-    optionally the trace after every step ``[T, N, H]``."""
-    if backend == "cupy":
-        from . import cupy_backend
-
-        return cupy_backend.neuron_forward(current, v, trace, p, tp, trace_seq)
-    if p.kwta is not None and p.kwta < v.shape[-1]:
-        return _neuron_forward_generic(current, v, trace, p, tp, trace_seq)
-    # In-place form of dynamics.charge/fire/reset/trace_step with the same values: every op
-    # rounds once, and products with 0/1 spikes are exact. The reset is arithmetic,
-    # v * (1 - s) + s * v_reset, because masked_fill_ costs several times more on the CPU.
-    spikes = torch.empty_like(current)
-    seq = torch.empty_like(current) if trace_seq else None
-    keep = torch.empty_like(v)
-    one = torch.ones((), dtype=v.dtype, device=v.device)
-    compare = torch.gt if p.fire == ">" else torch.ge
-    for t in range(current.shape[0]):
-        _charge_(v, current[t], p)
-        st = spikes[t]
-        compare(v, p.v_threshold, out=st)
-        torch.sub(one, st, out=keep)
-        v.mul_(keep)
-        if p.v_reset != 0.0:
-            v.add_(st, alpha=p.v_reset)
-        if tp.kind == "count":
-            trace.add_(st, alpha=tp.increment)
-        elif tp.kind == "leaky":
-            trace.mul_(tp.decay).add_(st, alpha=tp.one_minus_decay)
-        elif tp.kind == "hard":
-            trace.mul_(tp.decay).mul_(keep).add_(st)
-        else:
-            trace.copy_(st)
-        if seq is not None:
-            seq[t].copy_(trace)
-    return spikes, seq
+    ``[N, H]`` (contiguous) are updated in place. Returns float spikes ``[T, N, H]`` and, with
+    ``trace_seq``, the trace after every step ``[T, N, H]`` (else ``None``). numpy arrays run
+    the numpy loop whatever ``backend`` says."""
+    if isinstance(current, np.ndarray):
+        return numpy_loop.neuron_forward(current, v, trace, p, tp, trace_seq)
+    return _backend(backend).neuron_forward(current, v, trace, p, tp, trace_seq)
 
 
-def _charge_(v: torch.Tensor, x: torch.Tensor, p: NeuronParams) -> None:
-    if p.form == "beta":
-        v.mul_(p.beta).add_(x)
-    else:
-        v.copy_(charge(v, x, p))
-
-
-def _neuron_forward_generic(current, v, trace, p, tp, trace_seq):
-    spikes = torch.empty_like(current)
-    seq = torch.empty_like(current) if trace_seq else None
-    vt, tr = v, trace
-    for t in range(current.shape[0]):
-        vt = charge(vt, current[t], p)
-        s = fire(vt, p)
-        vt = reset(vt, s, p)
-        tr = trace_step(tr, s, tp)
-        spikes[t] = s
-        if seq is not None:
-            seq[t] = tr
-    v.copy_(vt)
-    trace.copy_(tr)
-    return spikes, seq
-
-
-def eligibility_apply(
-    e: torch.Tensor, w: torch.Tensor, dw: torch.Tensor, tau: float, eta: float, backend: str = "torch"
-) -> None:
-    """In place: e <- (1 - tau) e + tau dW, then w <- w + eta e."""
-    if backend == "cupy":
-        from . import cupy_backend
-
-        cupy_backend.eligibility_apply(e, w, dw, tau, eta)
-        return
-    e.mul_(1.0 - tau).add_(dw * tau)
-    w.add_(e * eta)
+def eligibility_apply(e, w, dw, tau: float, eta: float, backend: str = "torch") -> None:
+    """In place: e <- (1 - tau) e + tau dW, then w <- w + eta e (torch tensors)."""
+    _backend(backend).eligibility_apply(e, w, dw, tau, eta)

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..hebbian import ff_hebbian_delta
+from ..hebbian import apply_delta, ff_hebbian_delta
+from ..labels import LabelCode
+from ..params import HebbianParams
 from ..probability import Probability
+from ..scores import summed_score
 from .weight_folding import split_weight_only
 
-__all__ = ["AnalogModel", "load_onnx_meta"]
+__all__ = ["AnalogGraph", "AnalogModel", "load_onnx_meta"]
 
 
 def load_onnx_meta(model) -> dict:
@@ -32,56 +36,108 @@ def load_onnx_meta(model) -> dict:
     return meta
 
 
-class AnalogModel:
-    """A loaded analog ONNX export. Images are ``[N, in_features]`` float32 in [0, 1]."""
+def label_code_from_meta(meta: dict) -> LabelCode:
+    """The label embedding stored in an export's metadata (patterns inline)."""
+    emb = meta["embedding"]
+    patterns = emb.get("patterns")
+    return LabelCode(
+        emb["kind"], int(meta["num_classes"]), None if patterns is None else np.asarray(patterns), emb["scale"]
+    )
 
-    def __init__(self, model_proto, threads: int | None = None) -> None:
+
+@dataclass(frozen=True, eq=False)
+class AnalogGraph:
+    """What every copy of a loaded analog model shares: the ONNX model, the onnxruntime
+    sessions built from it and its settings. ``initial_weights`` ``[H, D]`` are the stored ones."""
+
+    proto: object  # onnx.ModelProto as loaded
+    meta: dict
+    label_code: LabelCode
+    probability: Probability
+    hebbian: HebbianParams
+    weight_names: tuple[str, ...]
+    weight_dtypes: tuple  # the graph may take some weights as float64 (exact), fed in that dtype
+    initial_weights: tuple[np.ndarray, ...]
+    session: object  # onnxruntime.InferenceSession of the per-call graph
+    derive: object | None  # session computing the tensors that depend on the weights alone
+    derive_inputs: tuple[str, ...]
+    direct: tuple[str, ...]
+    derived: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    @classmethod
+    def build(cls, model_proto, threads: int | None = None) -> AnalogGraph:
         import onnx
         import onnxruntime as ort
         from onnx import numpy_helper
 
-        self.meta = load_onnx_meta(model_proto)
+        meta = load_onnx_meta(model_proto)
         inits = {t.name: t for t in model_proto.graph.initializer}
-        self.weight_names = [layer["weight"] for layer in self.meta["layers"]]
-        missing = [n for n in self.weight_names if n not in inits]
+        names = [layer["weight"] for layer in meta["layers"]]
+        missing = [n for n in names if n not in inits]
         if missing:
             raise ValueError(f"weights {missing} are missing from the graph")
         # [D, H] in the graph (MatMul x @ W^T); we keep W [H, D] like torch.
-        stored = [numpy_helper.to_array(inits[n]) for n in self.weight_names]
-        # float32 weights; the graph may take some as float64 (exact), fed in that dtype
-        self.weight_dtypes = [a.dtype for a in stored]
-        self.weights = [np.ascontiguousarray(a.T, dtype=np.float32) for a in stored]
-        h = self.meta.get("hebbian") or {}
-        self.eta = float(h.get("eta", 0.1))
-        self.eligibility_tau = h.get("eligibility_tau", 0.1)
-        self.eligibility = [np.zeros_like(w) for w in self.weights]
-        self.probability = Probability(**self.meta["probability"])
-        emb = self.meta["embedding"]
-        scale = np.float32(emb.get("scale", 1.0))
-        self.patterns = None if emb["patterns"] is None else np.asarray(emb["patterns"], dtype=np.float32) * scale
+        stored = [numpy_helper.to_array(inits[n]) for n in names]
+        weights = tuple(np.ascontiguousarray(a.T, dtype=np.float32) for a in stored)
         # Declare the weights as inputs so each run can feed the current weights.
         served = onnx.ModelProto()
         served.CopyFrom(model_proto)
         existing = {i.name for i in served.graph.input}
-        for name, w in zip(self.weight_names, self.weights):
+        for name, w in zip(names, weights):
             if name not in existing:
-                elem = {t.name: t.data_type for t in model_proto.graph.initializer}[name]
+                elem = inits[name].data_type
                 served.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, list(w.T.shape)))
-        self._proto = model_proto
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # the weights are inputs on purpose; skip ORT's warning about it
         if threads:
             opts.intra_op_num_threads = threads
         # what depends on the weights alone runs once per weight version, not on every call
-        split = split_weight_only(served, self.weight_names)
-        self._direct, self._derived = split.direct, split.derived
+        split = split_weight_only(served, names)
         cpu = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(split.per_call.SerializeToString(), opts, providers=cpu)
-        self._derive = None
+        session = ort.InferenceSession(split.per_call.SerializeToString(), opts, providers=cpu)
+        derive = None
         if split.derive is not None:
-            self._derive = ort.InferenceSession(split.derive.SerializeToString(), opts, providers=cpu)
-            self._derive_inputs = [i.name for i in self._derive.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+            derive = ort.InferenceSession(split.derive.SerializeToString(), opts, providers=cpu)
+        return cls(
+            proto=model_proto,
+            meta=meta,
+            label_code=label_code_from_meta(meta),
+            probability=Probability(**meta["probability"]),
+            hebbian=HebbianParams(**(meta.get("hebbian") or {})),
+            weight_names=tuple(names),
+            weight_dtypes=tuple(a.dtype for a in stored),
+            initial_weights=weights,
+            session=session,
+            derive=derive,
+            derive_inputs=tuple(i.name for i in derive.get_inputs()) if derive is not None else (),
+            direct=tuple(split.direct),
+            derived=tuple(split.derived),
+            output_names=tuple(o.name for o in session.get_outputs()),
+        )
+
+
+class AnalogModel:
+    """A loaded analog ONNX export. Images are ``[N, in_features]`` float32 in [0, 1].
+
+    ``weights`` and ``eligibility`` are this model's own arrays; the graph, the sessions and
+    the settings are shared (immutable) with its copies."""
+
+    kind = "analog"
+
+    def __init__(
+        self,
+        graph: AnalogGraph,
+        weights: list[np.ndarray] | None = None,
+        eligibility: list[np.ndarray] | None = None,
+    ) -> None:
+        self.graph = graph
+        self.weights = [w.copy() for w in graph.initial_weights] if weights is None else weights
+        self.eligibility = [np.zeros_like(w) for w in self._weights] if eligibility is None else eligibility
+
+    @classmethod
+    def from_proto(cls, model_proto, threads: int | None = None) -> AnalogModel:
+        return cls(AnalogGraph.build(model_proto, threads))
 
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None) -> AnalogModel:
@@ -94,7 +150,42 @@ class AnalogModel:
             proto = onnx.load(str(path))
         except Exception as exc:  # onnx raises DecodeError and friends for corrupt files
             raise ValueError(f"{path}: not a readable ONNX file ({exc})") from exc
-        return cls(proto, threads)
+        return cls.from_proto(proto, threads)
+
+    # -- settings (shared) ----------------------------------------------------------------------
+
+    @property
+    def meta(self) -> dict:
+        return self.graph.meta
+
+    @property
+    def session(self):
+        return self.graph.session
+
+    @property
+    def weight_names(self) -> list[str]:
+        return list(self.graph.weight_names)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.graph.output_names)
+
+    @property
+    def probability(self) -> Probability:
+        return self.graph.probability
+
+    @property
+    def label_code(self) -> LabelCode:
+        return self.graph.label_code
+
+    @property
+    def eta(self) -> float:
+        """Default learning rate of :meth:`learn` (the export's Hebbian settings)."""
+        return float(self.graph.hebbian.eta)
+
+    @property
+    def eligibility_tau(self) -> float | None:
+        return self.graph.hebbian.eligibility_tau
 
     @property
     def num_classes(self) -> int:
@@ -105,11 +196,8 @@ class AnalogModel:
         return int(self.meta["in_features"])
 
     def copy(self) -> AnalogModel:
-        clone = AnalogModel.__new__(AnalogModel)
-        clone.__dict__.update(self.__dict__)
-        clone.weights = [w.copy() for w in self.weights]
-        clone.eligibility = [e.copy() for e in self.eligibility]
-        return clone
+        """An independent model with copied weights and eligibility sharing this one's sessions."""
+        return AnalogModel(self.graph, [w.copy() for w in self.weights], [e.copy() for e in self.eligibility])
 
     def _check_images(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -122,7 +210,7 @@ class AnalogModel:
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """All graph outputs (scores, probability, goodness, label, ...) for images ``[N, D]``."""
         feeds = {"images": self._check_images(x), **self.weight_feeds()}
-        return dict(zip(self.output_names, self.session.run(None, feeds)))
+        return dict(zip(self.graph.output_names, self.graph.session.run(None, feeds)))
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -140,14 +228,13 @@ class AnalogModel:
         graph reads (``[D, H]``, contiguous, in each weight's stored dtype) and the tensors
         derived from the weights alone (see ``weight_folding``)."""
         if self._feeds is None:
-            full = {
-                n: np.ascontiguousarray(w.T, dtype=dt)
-                for n, w, dt in zip(self.weight_names, self._weights, self.weight_dtypes)
-            }
-            feeds = {n: full[n] for n in self._direct}
-            if self._derive is not None:
-                values = self._derive.run(self._derived, {n: full[n] for n in self._derive_inputs})
-                feeds.update(zip(self._derived, values))
+            g = self.graph
+            layers = zip(g.weight_names, self._weights, g.weight_dtypes)
+            full = {n: np.ascontiguousarray(w.T, dtype=dt) for n, w, dt in layers}
+            feeds = {n: full[n] for n in g.direct}
+            if g.derive is not None:
+                values = g.derive.run(list(g.derived), {n: full[n] for n in g.derive_inputs})
+                feeds.update(zip(g.derived, values))
             self._feeds = feeds
         return self._feeds
 
@@ -158,47 +245,34 @@ class AnalogModel:
         return self.run(x)["label"]
 
     def embed(self, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        labels = np.asarray(labels, dtype=np.int64)
-        if labels.shape != (x.shape[0],) or labels.min(initial=0) < 0 or labels.max(initial=0) >= self.num_classes:
-            raise ValueError(f"labels must be {x.shape[0]} integers in [0, {self.num_classes})")
-        if self.patterns is not None:
-            return np.concatenate((x, self.patterns[labels]), axis=1)
-        out = x.copy()
-        out[:, : self.num_classes] = 0.0
-        out[np.arange(len(x)), labels] = float(self.meta["embedding"].get("scale", 1.0))
-        return out
+        """Embedded inputs ``[N, D']`` for images ``[N, D]`` and labels ``[N]``."""
+        return self.label_code.embed(x, labels)
 
     def learn(
         self, x: np.ndarray, labels: np.ndarray, positive: np.ndarray, seed: int | None = None, eta: float | None = None
     ) -> np.ndarray:
         """One Hebbian update of every layer from images shown with ``labels``; ``positive``
         says whether each label is the true one. Returns the summed log-odds before learning."""
-        from ..goodness import goodness
-
         x = self._check_images(x)
         y = np.asarray(positive, dtype=np.float32)
         eta = self.eta if eta is None else float(eta)
+        tau = self.eligibility_tau
+        goodness_kind = self.meta["goodness"]
         inp = self.embed(x, labels)
-        total = np.zeros(len(x), dtype=np.float32)
-        for i, (layer, w, e) in enumerate(zip(self.meta["layers"], self.weights, self.eligibility)):
+        acts = []
+        for layer, w, e in zip(self.meta["layers"], self.weights, self.eligibility):
             pre = (
                 inp / (np.linalg.norm(inp, axis=1, keepdims=True) + np.float32(1e-8))
                 if layer["normalize_input"]
                 else inp
             )
             post = np.maximum(pre @ w.T, 0.0)
-            if i in self.meta["score_layers"]:
-                total += self.probability.logit(goodness(post, self.meta["goodness"], split=self.probability.split))
-            dw = ff_hebbian_delta(self.probability, post, pre, y, self.meta["goodness"])
-            if self.eligibility_tau is None:
-                w += dw * np.float32(eta)
-            else:
-                e *= np.float32(1.0 - self.eligibility_tau)
-                e += dw * np.float32(self.eligibility_tau)
-                w += e * np.float32(eta)
+            acts.append(post)
+            apply_delta(w, ff_hebbian_delta(self.probability, post, pre, y, goodness_kind), eta, tau, e)
             inp = post
         self._feeds = None
-        return total
+        voting = [i for i in range(len(acts)) if i in self.meta["score_layers"]]  # each layer once, in order
+        return summed_score(acts, voting, self.probability, goodness_kind)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the ONNX file with the current weights (atomically)."""
@@ -206,9 +280,9 @@ class AnalogModel:
         from onnx import numpy_helper
 
         proto = onnx.ModelProto()
-        proto.CopyFrom(self._proto)
+        proto.CopyFrom(self.graph.proto)
         by_name = {t.name: i for i, t in enumerate(proto.graph.initializer)}
-        for name, w, dt in zip(self.weight_names, self.weights, self.weight_dtypes):
+        for name, w, dt in zip(self.graph.weight_names, self.weights, self.graph.weight_dtypes):
             proto.graph.initializer[by_name[name]].CopyFrom(
                 numpy_helper.from_array(np.ascontiguousarray(w.T, dtype=dt), name)
             )

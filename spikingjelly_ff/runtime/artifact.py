@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..params import NeuronParams, TraceParams
+from ..labels import LabelCode
+from ..params import EmbeddingParams, EncoderParams, HebbianParams, NeuronParams, TraceParams
+from ..probability import Probability
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "SpikeArtifact", "read_artifact", "write_artifact"]
 
@@ -54,32 +56,44 @@ class ArtifactError(ValueError):
 
 @dataclass
 class SpikeArtifact:
-    """A spiking FF network as numpy arrays and plain settings."""
+    """A spiking FF network as numpy arrays and typed settings (the meta JSON holds each
+    settings object as a mapping of its fields)."""
 
     weights: list[np.ndarray]
     neuron: NeuronParams
     trace: TraceParams
-    encoder: dict
-    probability: dict
+    encoder: EncoderParams
+    probability: Probability
     goodness: str
     score: str
     score_layers: list[int]
-    embedding: dict
+    embedding: EmbeddingParams
     in_features: int
     num_classes: int
     label_patterns: np.ndarray | None = None
     image_shape: list[int] | None = None
-    hebbian: dict = field(default_factory=lambda: {"eta": 0.1, "eligibility_tau": 0.1, "learn_after": 15})
+    hebbian: HebbianParams = field(default_factory=HebbianParams)
     eligibility: list[np.ndarray] | None = None
     evaluation: dict = field(default_factory=lambda: {"repeats": 1, "share_image_spikes": True})
     model_version: int = 1
     name: str = "model"
     library_version: str = ""
 
+    def label_code(self) -> LabelCode:
+        """The label embedding (raises :class:`ArtifactError` when the patterns do not fit it)."""
+        emb = self.embedding
+        p = self.label_patterns
+        if emb.kind == "pattern" and (p is None or p.shape != (self.num_classes, emb.bits)):
+            raise ArtifactError(
+                f"label patterns must have shape ({self.num_classes}, {emb.bits}), got {None if p is None else p.shape}"
+            )
+        try:
+            return LabelCode(emb.kind, self.num_classes, p if emb.kind == "pattern" else None, emb.scale)
+        except ValueError as exc:
+            raise ArtifactError(f"invalid label embedding: {exc}") from exc
+
     def input_width(self) -> int:
-        if self.embedding["kind"] == "pattern":
-            return self.in_features + int(self.embedding["bits"])
-        return self.in_features
+        return self.label_code().input_width(self.in_features)
 
     def meta(self) -> dict:
         return {
@@ -93,23 +107,23 @@ class SpikeArtifact:
             "layers": [f"linear_{i}" for i in range(len(self.weights))],
             "neuron": self.neuron.to_dict(),
             "trace": self.trace.to_dict(),
-            "encoder": dict(self.encoder),
-            "probability": dict(self.probability),
+            "encoder": self.encoder.to_dict(),
+            "probability": asdict(self.probability),
             "goodness": self.goodness,
             "score": self.score,
             "score_layers": list(self.score_layers),
-            "embedding": dict(self.embedding),
+            "embedding": _embedding_meta(self.embedding),
             "in_features": self.in_features,
             "num_classes": self.num_classes,
             "image_shape": self.image_shape,
-            "hebbian": dict(self.hebbian),
+            "hebbian": self.hebbian.to_dict(),
             "evaluation": dict(self.evaluation),
         }
 
     def validate(self) -> SpikeArtifact:
         if not self.weights:
             raise ArtifactError("the network has no layers")
-        width = self.input_width()
+        width = self.input_width()  # checks the label patterns too
         for i, w in enumerate(self.weights):
             if w.ndim != 2:
                 raise ArtifactError(f"layer {i}: weight must be 2-D, got shape {w.shape}")
@@ -118,18 +132,16 @@ class SpikeArtifact:
             if not np.all(np.isfinite(w)):
                 raise ArtifactError(f"layer {i}: weight holds non-finite values")
             width = w.shape[0]
-        if self.embedding["kind"] == "pattern":
-            p = self.label_patterns
-            if p is None or p.shape != (self.num_classes, int(self.embedding["bits"])):
-                raise ArtifactError(
-                    f"label patterns must have shape ({self.num_classes}, {self.embedding['bits']}), "
-                    f"got {None if p is None else p.shape}"
-                )
         if self.eligibility is not None and [e.shape for e in self.eligibility] != [w.shape for w in self.weights]:
             raise ArtifactError("eligibility traces do not match the weights")
         if any(not 0 <= i < len(self.weights) for i in self.score_layers):
             raise ArtifactError("score_layers names a layer that does not exist")
         return self
+
+
+def _embedding_meta(e: EmbeddingParams) -> dict:
+    # The seed is a training setting: the patterns it drew are stored themselves.
+    return {"kind": e.kind, "bits": e.bits, "density": e.density, "scale": e.scale}
 
 
 def _lif_params(p: NeuronParams, h: int) -> dict[str, np.ndarray]:
@@ -259,17 +271,17 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
             weights=weights,
             neuron=NeuronParams(**meta["neuron"]),
             trace=TraceParams(**meta["trace"]),
-            encoder=dict(meta["encoder"]),
-            probability=dict(meta["probability"]),
+            encoder=EncoderParams(**meta["encoder"]),
+            probability=Probability(**meta["probability"]),
             goodness=meta["goodness"],
             score=meta["score"],
             score_layers=list(meta["score_layers"]),
-            embedding=dict(meta["embedding"]),
+            embedding=EmbeddingParams(**meta["embedding"]),
             in_features=int(meta["in_features"]),
             num_classes=int(meta["num_classes"]),
             label_patterns=patterns,
             image_shape=meta.get("image_shape"),
-            hebbian=dict(meta.get("hebbian") or {}),
+            hebbian=HebbianParams(**(meta.get("hebbian") or {})),
             eligibility=eligibility,
             evaluation=dict(meta.get("evaluation") or {"repeats": 1, "share_image_spikes": True}),
             model_version=int(meta.get("model_version", 1)),

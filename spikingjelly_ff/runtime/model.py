@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..probability import Probability
+from ..scores import summed_score
 from ..simulate import (
     Dynamics,
     LearnSpec,
     encode_spikes,
     input_major,
     label_currents,
+    learns_online,
     online_layer,
     run_layer,
     score_labels,
@@ -31,26 +32,34 @@ __all__ = ["SpikeModel"]
 
 
 class SpikeModel:
-    """A loaded spike artefact. Arrays are float32; images are ``[N, in_features]`` in [0, 1]."""
+    """A loaded spike artefact. Arrays are float32; images are ``[N, in_features]`` in [0, 1].
 
-    def __init__(self, art: SpikeArtifact) -> None:
-        self.art = art.validate()
+    ``weights`` and ``eligibility`` (``[H, D]`` per layer) are this model's own arrays, by
+    default copies of the artefact's; everything else is read from the (immutable) artefact.
+    """
+
+    kind = "spike"
+
+    def __init__(
+        self,
+        art: SpikeArtifact,
+        weights: list[np.ndarray] | None = None,
+        eligibility: list[np.ndarray] | None = None,
+    ) -> None:
+        if weights is None:
+            art.validate()
+            weights = art.weights
+            eligibility = art.eligibility
+        elif [np.shape(w) for w in weights] != [w.shape for w in art.weights]:
+            raise ValueError("weights do not match the artefact's layer shapes")
+        self.art = art
+        self.label_code = art.label_code()
         # input-major memory (w.T contiguous), as the torch layers keep it: see simulate.input_major
-        self.weights = [input_major(np.asarray(w, dtype=np.float32)) for w in art.weights]
+        self.weights = [input_major(np.asarray(w, dtype=np.float32)) for w in weights]
         self.eligibility = [
-            input_major(np.asarray(e, dtype=np.float32))
-            for e in (art.eligibility or [np.zeros_like(w) for w in art.weights])
+            input_major(np.asarray(e, dtype=np.float32)) for e in (eligibility or [np.zeros_like(w) for w in weights])
         ]
-        self.probability = Probability(**art.probability)
-        self.dynamics = Dynamics(art.neuron, art.trace, self.probability, art.goodness)
-        h = art.hebbian
-        self.learn_spec = LearnSpec(
-            float(h.get("eta", 0.1)),
-            h.get("eligibility_tau", 0.1),
-            int(h.get("learn_after", art.encoder["steps"] // 2)),
-        )
-        scale = np.float32(art.embedding.get("scale", 1.0))
-        self.patterns = None if art.label_patterns is None else np.asarray(art.label_patterns, dtype=np.float32) * scale
+        self.dynamics = Dynamics(art.neuron, art.trace, art.probability, art.goodness)
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -67,6 +76,15 @@ class SpikeModel:
         """Write weights, eligibility and settings atomically."""
         return write_artifact(path, self.to_artifact())
 
+    def copy(self) -> SpikeModel:
+        """An independent model with copied weights and eligibility (for copy-on-write updates)."""
+        return SpikeModel(self.art, self.weights, self.eligibility)
+
+    def with_steps(self, steps: int) -> SpikeModel:
+        """A copy that presents every input for ``steps`` steps."""
+        art = replace(self.art, encoder=replace(self.art.encoder, steps=int(steps)))
+        return SpikeModel(art, self.weights, self.eligibility)
+
     # -- properties ---------------------------------------------------------------------------
 
     @property
@@ -79,15 +97,21 @@ class SpikeModel:
 
     @property
     def steps(self) -> int:
-        return int(self.art.encoder["steps"])
+        return self.art.encoder.steps
 
-    def copy(self) -> SpikeModel:
-        """An independent model with copied weights and eligibility (for copy-on-write updates)."""
-        clone = SpikeModel.__new__(SpikeModel)
-        clone.__dict__.update(self.__dict__)
-        clone.weights = [input_major(w) for w in self.weights]
-        clone.eligibility = [input_major(e) for e in self.eligibility]
-        return clone
+    @property
+    def probability(self):
+        return self.art.probability
+
+    @property
+    def eta(self) -> float:
+        """Default learning rate of :meth:`learn` (the artefact's Hebbian settings)."""
+        return float(self.art.hebbian.eta)
+
+    @property
+    def learn_spec(self) -> LearnSpec:
+        h = self.art.hebbian
+        return LearnSpec(float(h.eta), h.eligibility_tau, int(h.learn_after))
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -103,26 +127,10 @@ class SpikeModel:
 
     def embed(self, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Embedded inputs ``[N, D']`` for images ``[N, D]`` and labels ``[N]``."""
-        emb = self.art.embedding
-        labels = np.asarray(labels, dtype=np.int64)
-        if labels.shape != (x.shape[0],) or labels.min(initial=0) < 0 or labels.max(initial=0) >= self.num_classes:
-            raise ValueError(f"labels must be {x.shape[0]} integers in [0, {self.num_classes})")
-        if emb["kind"] == "pattern":
-            return np.concatenate((x, self.patterns[labels]), axis=1)
-        out = x.copy()
-        out[:, : self.num_classes] = 0.0
-        out[np.arange(len(x)), labels] = float(emb.get("scale", 1.0))
-        return out
+        return self.label_code.embed(x, labels)
 
-    def _all_label_rates(self, x: np.ndarray) -> np.ndarray:
-        c = self.num_classes
-        rates = np.stack([self.embed(x, np.full(len(x), k)) for k in range(c)])
-        return np.clip(rates * np.float32(self.art.encoder["gain"]), 0.0, 1.0).astype(np.float32)
-
-    def _label_slice(self) -> slice:
-        if self.art.embedding["kind"] == "pattern":
-            return slice(self.in_features, self.in_features + int(self.art.embedding["bits"]))
-        return slice(0, self.num_classes)
+    def _rates(self, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return self.label_code.rates(x, labels, self.art.encoder.gain)
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -140,16 +148,22 @@ class SpikeModel:
         rng = np.random.default_rng(seed) if rng is None else rng
         if share_image_spikes is None:
             share_image_spikes = bool(self.art.evaluation.get("share_image_spikes", True))
-        enc = self.art.encoder
-        rates = self._all_label_rates(x)
-        coding = enc.get("coding", "bernoulli")
+        enc, code = self.art.encoder, self.label_code
+        gain = np.float32(enc.gain)
         current = label_currents(
-            rates, self._label_slice(), self.weights[0], int(enc["steps"]), rng, share_image_spikes, coding
+            np.clip(x * gain, 0.0, 1.0),
+            code.label_rates(enc.gain),
+            code.image_slice(self.in_features),
+            code.label_slice(self.in_features),
+            self.weights[0],
+            enc.steps,
+            rng,
+            share_image_spikes,
+            enc.coding,
         )
-        return self._score(current, len(rates), counts, bool(enc["carry_membrane"]))
+        return self._score(current, code.num_classes, counts, enc.carry_membrane)
 
     def _score(self, current, num_labels: int, counts: bool = False, carry: bool = True) -> list[np.ndarray]:
-        enc = self.art.encoder
         outs, _ = score_labels(
             current,
             num_labels,
@@ -157,7 +171,7 @@ class SpikeModel:
             self.dynamics,
             [None] * len(self.weights),
             carry,
-            int(enc["rest_steps"]),
+            self.art.encoder.rest_steps,
             "numpy",
             counts,
         )
@@ -172,23 +186,14 @@ class SpikeModel:
         """Final traces ``[C, N, H]`` per layer for given input spikes ``[C, T, N, D']``."""
         spikes = np.asarray(spikes, dtype=np.float32)
         return self._score(
-            self._spike_current(spikes, self.weights[0]),
-            spikes.shape[0],
-            carry=bool(self.art.encoder["carry_membrane"]),
+            self._spike_current(spikes, self.weights[0]), spikes.shape[0], carry=self.art.encoder.carry_membrane
         )
 
     def scores_from_outputs(self, outs: list[np.ndarray]) -> np.ndarray:
         """Summed layer scores ``[N, C]`` from per-layer traces ``[C, N, H]``."""
-        from ..goodness import goodness
-
         c, n, _ = outs[0].shape
-        total = np.zeros((c * n,), dtype=np.float32)
-        for i in self.art.score_layers:
-            g = goodness(outs[i].reshape(c * n, -1), self.art.goodness, split=self.probability.split)
-            if self.art.score == "probability":
-                total += self.probability.logit(g)
-            else:
-                total += g[0] - g[1] if isinstance(g, tuple) else g
+        a = self.art
+        total = summed_score([o.reshape(c * n, -1) for o in outs], a.score_layers, a.probability, a.goodness, a.score)
         return total.reshape(c, n).T
 
     def scores(self, x: np.ndarray, seed: int | None = 0, repeats: int | None = None) -> np.ndarray:
@@ -216,8 +221,7 @@ class SpikeModel:
         """Spike counts of every layer with ``labels`` shown, ``[N, sum H]``."""
         x = self._check_images(x)
         rng = np.random.default_rng(seed)
-        rates = np.clip(self.embed(x, labels) * np.float32(self.art.encoder["gain"]), 0.0, 1.0).astype(np.float32)
-        spikes = encode_spikes(rates, self.steps, rng, self.art.encoder.get("coding", "bernoulli"))[None]
+        spikes = encode_spikes(self._rates(x, labels), self.steps, rng, self.art.encoder.coding)[None]
         outs = self._score(self._spike_current(spikes, self.weights[0]), 1, counts=True, carry=False)
         return np.concatenate([o[0] for o in outs], axis=1)
 
@@ -229,9 +233,7 @@ class SpikeModel:
         """One Hebbian update from images ``[N, D]`` shown with ``labels`` ``[N]``; ``positive``
         ``[N]`` says whether each label is the true one. Returns the log-odds before learning."""
         x = self._check_images(x)
-        rates = np.clip(self.embed(x, labels) * np.float32(self.art.encoder["gain"]), 0.0, 1.0).astype(np.float32)
-        coding = self.art.encoder.get("coding", "bernoulli")
-        spikes = encode_spikes(rates, self.steps, np.random.default_rng(seed), coding)
+        spikes = encode_spikes(self._rates(x, labels), self.steps, np.random.default_rng(seed), self.art.encoder.coding)
         return self.learn_spikes(spikes, np.asarray(positive, dtype=np.float32), eta)
 
     def learn_spikes(self, spikes: np.ndarray, y: np.ndarray, eta: float | None = None) -> np.ndarray:
@@ -239,20 +241,18 @@ class SpikeModel:
         and eligibility change in place. Membranes start at rest."""
         spikes = np.asarray(spikes, dtype=np.float32)
         y = np.asarray(y, dtype=np.float32)
-        eta = self.learn_spec.eta if eta is None else float(eta)
+        spec = self.learn_spec
+        eta = spec.eta if eta is None else float(eta)
         n = spikes.shape[1]
+        online = learns_online(n, spec, self.dynamics.neuron)
         pre = spikes
         acts = []
         for w, e in zip(self.weights, self.eligibility):
             v = np.zeros((n, w.shape[0]), dtype=np.float32)
-            if n == 1 and self.learn_spec.eligibility_tau is not None and self.dynamics.neuron.kwta is None:
-                pre, tr = online_layer(pre, w, v, self.dynamics, float(y[0]), self.learn_spec, eta, e)
+            if online:
+                pre, tr = online_layer(pre, w, v, self.dynamics, float(y[0]), spec, eta, e)
             else:
-                pre, tr = run_layer(pre, w, v, self.dynamics, "numpy", (y, self.learn_spec, eta, e))
+                pre, tr = run_layer(pre, w, v, self.dynamics, "numpy", (y, spec, eta, e))
             acts.append(tr)
-        total = np.zeros(n, dtype=np.float32)
-        for i in self.art.score_layers:
-            from ..goodness import goodness
-
-            total += self.probability.logit(goodness(acts[i], self.art.goodness, split=self.probability.split))
-        return total
+        a = self.art
+        return summed_score(acts, a.score_layers, a.probability, a.goodness)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from spikingjelly_ff import kernels
-from spikingjelly_ff.kernels import cupy_backend
+from spikingjelly_ff.kernels import cupy_backend, torch_loop
 from spikingjelly_ff.params import NeuronParams, TraceParams
 
 KDIR = Path(kernels.__file__).parent
@@ -231,13 +231,13 @@ def test_kernel_reciprocal_mode_equals_torch_cuda_arithmetic(emulated, monkeypat
             return v + (x - (v - q.v_reset)) * float(inv)
         return v - (v - q.v_reset) * float(inv) + x
 
-    monkeypatch.setattr(kernels, "charge", charge)
+    monkeypatch.setattr(torch_loop, "charge", charge)
     g = np.random.default_rng(8)
     t, n, h = 17, 6, 24
     current = (g.normal(size=(t, n, h)) * 0.8).astype(np.float32)
     v0, tr0 = (g.normal(size=(n, h)) * 0.3).astype(np.float32), g.uniform(size=(n, h)).astype(np.float32)
     v_t, tr_t = torch.from_numpy(v0.copy()), torch.from_numpy(tr0.copy())
-    s_t, _ = kernels._neuron_forward_generic(torch.from_numpy(current), v_t, tr_t, p, tp, False)
+    s_t, _ = torch_loop._neuron_forward_generic(torch.from_numpy(current), v_t, tr_t, p, tp, False)
     v_k, tr_k, s_k, seq_k = v0.copy(), tr0.copy(), np.zeros_like(current), np.zeros_like(current)
     args = _args(p, tp, float(inv))
     emulated.emu_neuron_forward(_ptr(current), _ptr(v_k), _ptr(tr_k), _ptr(s_k), _ptr(seq_k), t, n * h, args)

@@ -71,7 +71,7 @@ m = SpikeModel.load(art)
 traces = m.layer_outputs_from_spikes(gv["infer_spikes"])
 ok_traces = bool(np.array_equal(traces[0], gv["traces0"]))
 spikes = gv["infer_spikes"]
-carry = bool(m.art.encoder["carry_membrane"])
+carry = m.art.encoder.carry_membrane
 counts = m._score(m._spike_current(spikes, m.weights[0]), spikes.shape[0], counts=True, carry=carry)
 ok_counts = bool(np.array_equal(counts[0], gv["counts0"]))
 step = 0

@@ -1,0 +1,54 @@
+"""Build an FF network from a run configuration (the run layer: modules take parameters)."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ModelConfig
+from .embedding import build_embedding
+from .models import AnalogFFNet, FFNet, SpikingFFNet
+
+__all__ = ["build_model"]
+
+
+def build_model(m: ModelConfig, in_features: int, num_classes: int, seed: int, backend: str = "torch") -> FFNet:
+    """Build an analog or spiking FF network from config; weights drawn from ``seed``."""
+    e = m.embedding
+    emb = build_embedding(e.kind, num_classes, e.bits, e.density, seed if e.seed is None else e.seed, e.scale)
+    torch.manual_seed(seed)
+    if m.kind == "analog":
+        net: FFNet = AnalogFFNet(
+            in_features,
+            m.layers,
+            emb,
+            m.probability,
+            m.goodness,
+            m.score,
+            m.score_layers,
+            m.bias,
+            m.normalize,
+            num_classes,
+            m.shift_views,
+        )
+    else:
+        net = SpikingFFNet(
+            in_features,
+            m.layers,
+            emb,
+            m.probability,
+            m.neuron,
+            m.trace,
+            m.encoder,
+            m.goodness,
+            m.score,
+            m.score_layers,
+            backend,
+            num_classes,
+        )
+    if m.init == "normal":
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for layer in net.layers:
+                w = layer.weight
+                w.copy_(torch.randn(w.shape, generator=g) * m.init_std)
+    return net

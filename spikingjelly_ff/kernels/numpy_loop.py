@@ -1,0 +1,94 @@
+"""The neuron loop on numpy arrays (the torch-free runtime's, and batch-1 training's).
+
+Same values as ``functional.dynamics`` written as in-place ufuncs: a numpy call on a few
+hundred floats costs about a microsecond, so the op count is what matters. Identical spikes
+to the torch loop (``torch_loop``) for identical currents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
+
+__all__ = ["neuron_forward"]
+
+
+def neuron_forward(current, v, trace, p: NeuronParams, tp: TraceParams, trace_seq: bool = False):
+    """T steps of charge/fire/reset/trace. ``current`` ``[T, N, H]``; ``v`` and ``trace`` ``[N, H]``
+    are updated in place. Returns float spikes ``[T, N, H]`` and, with ``trace_seq``, the trace
+    after every step ``[T, N, H]`` (else ``None``)."""
+    spikes = np.empty_like(current)
+    seq = np.empty_like(current) if trace_seq else None
+    if p.kwta is not None and p.kwta < v.shape[-1]:
+        for t in range(current.shape[0]):
+            vt = charge(v, current[t], p)
+            s = fire(vt, p)
+            v[...] = reset(vt, s, p)
+            trace[...] = trace_step(trace, s, tp)
+            spikes[t] = s
+            if seq is not None:
+                seq[t] = trace
+        return spikes, seq
+    # Same values as dynamics.py, written as in-place ufuncs: a numpy call on a few hundred
+    # floats costs about a microsecond, so the op count is what matters.
+    c = _constants(p, tp)
+    compare = np.greater if p.fire == ">" else np.greater_equal
+    tmp = np.empty_like(v)
+    for t in range(current.shape[0]):
+        if p.form == "beta":
+            np.multiply(v, c.beta, out=v)
+            np.add(v, current[t], out=v)
+        else:
+            v[...] = charge(v, current[t], p)
+        st = spikes[t]
+        compare(v, c.v_threshold, out=st, casting="unsafe")  # 1.0 / 0.0
+        np.subtract(c.one, st, out=tmp)
+        np.multiply(v, tmp, out=v)  # arithmetic reset, as in the torch loop
+        if c.v_reset:
+            np.multiply(st, c.v_reset, out=tmp)
+            np.add(v, tmp, out=v)
+        if tp.kind == "count":
+            np.multiply(st, c.increment, out=tmp)
+            np.add(trace, tmp, out=trace)
+        elif tp.kind == "leaky":
+            np.multiply(trace, c.decay, out=trace)
+            np.multiply(st, c.one_minus_decay, out=tmp)
+            np.add(trace, tmp, out=trace)
+        elif tp.kind == "hard":
+            np.subtract(c.one, st, out=tmp)
+            np.multiply(trace, c.decay, out=trace)
+            np.multiply(trace, tmp, out=trace)
+            np.add(trace, st, out=trace)
+        else:
+            trace[...] = st
+        if seq is not None:
+            seq[t] = trace
+    return spikes, seq
+
+
+@dataclass(frozen=True)
+class _Consts:
+    beta: np.float32
+    v_threshold: np.float32
+    v_reset: np.float32
+    increment: np.float32
+    decay: np.float32
+    one_minus_decay: np.float32
+    one: np.float32
+
+
+_CONSTS: dict = {}
+
+
+def _constants(p: NeuronParams, tp: TraceParams) -> _Consts:
+    key = (p, tp)
+    c = _CONSTS.get(key)
+    if c is None:
+        f = np.float32
+        c = _CONSTS[key] = _Consts(
+            f(p.beta), f(p.v_threshold), f(p.v_reset), f(tp.increment), f(tp.decay), f(tp.one_minus_decay), f(1.0)
+        )
+    return c

@@ -1,0 +1,86 @@
+"""The neuron loop and the eligibility update on torch tensors (CPU and GPU).
+
+Same values as ``functional.dynamics`` (charge, fire, reset, trace), written as in-place ops:
+every op rounds once and products with 0/1 spikes are exact, so the numpy loop
+(``numpy_loop``) and the CuPy kernels give identical spikes for identical currents.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
+
+__all__ = ["eligibility_apply", "neuron_forward"]
+
+
+def neuron_forward(
+    current: torch.Tensor,
+    v: torch.Tensor,
+    trace: torch.Tensor,
+    p: NeuronParams,
+    tp: TraceParams,
+    trace_seq: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """T steps of charge/fire/reset/trace. ``current`` ``[T, N, H]``; ``v`` and ``trace``
+    ``[N, H]`` (contiguous) are updated in place. Returns float spikes ``[T, N, H]`` and
+    optionally the trace after every step ``[T, N, H]``."""
+    if p.kwta is not None and p.kwta < v.shape[-1]:
+        return _neuron_forward_generic(current, v, trace, p, tp, trace_seq)
+    # In-place form of dynamics.charge/fire/reset/trace_step with the same values: every op
+    # rounds once, and products with 0/1 spikes are exact. The reset is arithmetic,
+    # v * (1 - s) + s * v_reset, because masked_fill_ costs several times more on the CPU.
+    spikes = torch.empty_like(current)
+    seq = torch.empty_like(current) if trace_seq else None
+    keep = torch.empty_like(v)
+    one = torch.ones((), dtype=v.dtype, device=v.device)
+    compare = torch.gt if p.fire == ">" else torch.ge
+    for t in range(current.shape[0]):
+        _charge_(v, current[t], p)
+        st = spikes[t]
+        compare(v, p.v_threshold, out=st)
+        torch.sub(one, st, out=keep)
+        v.mul_(keep)
+        if p.v_reset != 0.0:
+            v.add_(st, alpha=p.v_reset)
+        if tp.kind == "count":
+            trace.add_(st, alpha=tp.increment)
+        elif tp.kind == "leaky":
+            trace.mul_(tp.decay).add_(st, alpha=tp.one_minus_decay)
+        elif tp.kind == "hard":
+            trace.mul_(tp.decay).mul_(keep).add_(st)
+        else:
+            trace.copy_(st)
+        if seq is not None:
+            seq[t].copy_(trace)
+    return spikes, seq
+
+
+def _charge_(v: torch.Tensor, x: torch.Tensor, p: NeuronParams) -> None:
+    if p.form == "beta":
+        v.mul_(p.beta).add_(x)
+    else:
+        v.copy_(charge(v, x, p))
+
+
+def _neuron_forward_generic(current, v, trace, p, tp, trace_seq):
+    spikes = torch.empty_like(current)
+    seq = torch.empty_like(current) if trace_seq else None
+    vt, tr = v, trace
+    for t in range(current.shape[0]):
+        vt = charge(vt, current[t], p)
+        s = fire(vt, p)
+        vt = reset(vt, s, p)
+        tr = trace_step(tr, s, tp)
+        spikes[t] = s
+        if seq is not None:
+            seq[t] = tr
+    v.copy_(vt)
+    trace.copy_(tr)
+    return spikes, seq
+
+
+def eligibility_apply(e: torch.Tensor, w: torch.Tensor, dw: torch.Tensor, tau: float, eta: float) -> None:
+    """In place: e <- (1 - tau) e + tau dW, then w <- w + eta e."""
+    e.mul_(1.0 - tau).add_(dw * tau)
+    w.add_(e * eta)

@@ -1,0 +1,56 @@
+"""A network's score of a labelled input: the sum over its voting layers of each layer's
+log-odds that the input is positive (or of its goodness). Torch or numpy, no torch import.
+
+    score = sum_{l in layers} logit P(G(a_l))      (``score='probability'``)
+    score = sum_{l in layers} G(a_l)               (``score='goodness'``; G+ - G- when split)
+
+Shapes: each activity ``a_l`` ``[N, H_l]``; scores ``[N]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _array
+from .goodness import goodness
+from .probability import Probability
+
+Tensor = Any  # a torch tensor or a numpy array
+
+__all__ = ["SCORES", "layer_score", "summed_score"]
+
+SCORES = ("probability", "goodness")
+
+
+def layer_score(act: Tensor, prob: Probability, goodness_kind: str = "sum_squares", score: str = "probability"):
+    """Score ``[N]`` of one layer's activity ``[N, H]``: the log-odds of P, or the goodness."""
+    g = goodness(act, goodness_kind, split=prob.split)
+    if score == "probability":
+        return prob.logit(g)
+    if score != "goodness":
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    return g[0] - g[1] if isinstance(g, tuple) else g
+
+
+def summed_score(
+    acts: list[Tensor],
+    layers: list[int],
+    prob: Probability,
+    goodness_kind: str = "sum_squares",
+    score: str = "probability",
+):
+    """Sum of :func:`layer_score` over the voting ``layers`` of ``acts``, ``[N]``.
+
+    Torch tensors are stacked and summed; numpy arrays add one layer at a time into a float32
+    total (the orders the trained models' recorded scores were computed in)."""
+    parts = [layer_score(acts[i], prob, goodness_kind, score) for i in layers]
+    if acts and _array.is_torch(acts[0]):
+        import torch
+
+        return torch.stack(parts).sum(0)
+    total = np.zeros(acts[0].shape[0], dtype=np.float32)
+    for p in parts:
+        total += p
+    return total
