@@ -21,8 +21,9 @@ demo: setup  ## train on MNIST, export, serve, query
 test: setup  ## the full test suite
 	$(PY) -m pytest -q
 
-lint: setup
+lint: setup  ## style, and the layering contracts of .importlinter
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: setup  ## speed tables (benchmarks/*.py)
 	$(PY) benchmarks/train_speed.py

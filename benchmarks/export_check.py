@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, save_json  # noqa: E402
 
-from spikingjelly_ff.checkpoint import load_model  # noqa: E402
-from spikingjelly_ff.data import load_split  # noqa: E402
-from spikingjelly_ff.engine import SpikingScorer, SpikingTrainer  # noqa: E402
-from spikingjelly_ff.simulate import run_layer  # noqa: E402
+from spikingjelly_ff.learning.engine import SpikingScorer, SpikingTrainer  # noqa: E402
+from spikingjelly_ff.runs.checkpoint import load_model  # noqa: E402
+from spikingjelly_ff.runs.data import load_split  # noqa: E402
+from spikingjelly_ff.simulation import run_layer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,9 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, save_json  # noqa: E402
 
-from spikingjelly_ff.config import load_config  # noqa: E402
-from spikingjelly_ff.engine import SpikingScorer, SpikingTrainer  # noqa: E402
-from spikingjelly_ff.models import build_model  # noqa: E402
+from spikingjelly_ff.learning.engine import SpikingScorer, SpikingTrainer  # noqa: E402
+from spikingjelly_ff.runs.build import build_model  # noqa: E402
+from spikingjelly_ff.runs.config import load_config  # noqa: E402
 
 
 def sync_time(fn) -> float:
@@ -59,7 +59,7 @@ def launch_cost(backend: str, calls: int = 2000) -> float:
     """Microseconds per one-step neuron call (batch 50, 200 neurons), as the learning window
     makes them: the per-launch cost that bounds GPU training."""
     from spikingjelly_ff import kernels
-    from spikingjelly_ff.params import NeuronParams, TraceParams
+    from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 
     p, tp = NeuronParams(form="beta", beta=0.85, v_threshold=0.001), TraceParams("count", scale=10.0)
     current = torch.rand(1, 50, 200, device="cuda")

@@ -65,7 +65,7 @@ def sjff(*args: str) -> None:
 
 def dataset() -> tuple[str, str]:
     """(dataset for training, label) — full MNIST if it is at hand, else the shipped subset."""
-    from spikingjelly_ff.data import load_split
+    from spikingjelly_ff.runs.data import load_split
 
     try:
         load_split("mnist", "test")
@@ -238,7 +238,7 @@ def measure_server(args, work: Workdir, model_path: Path, images, labels, server
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from spikingjelly_ff.data import load_split
+    from spikingjelly_ff.runs.data import load_split
 
     model_path = prepare_model(args.model)
     data, data_label = dataset()

@@ -20,12 +20,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, matmul_peak, print_table, save_json, timed  # noqa: E402
 
-from spikingjelly_ff.config import load_config  # noqa: E402
-from spikingjelly_ff.data import load_split  # noqa: E402
-from spikingjelly_ff.engine import SpikingScorer, SpikingTrainer  # noqa: E402
-from spikingjelly_ff.models import build_model  # noqa: E402
-from spikingjelly_ff.reference import ReferenceLoop  # noqa: E402
-from spikingjelly_ff.train import make_samples  # noqa: E402
+from spikingjelly_ff.learning.engine import SpikingScorer, SpikingTrainer  # noqa: E402
+from spikingjelly_ff.learning.reference import ReferenceLoop  # noqa: E402
+from spikingjelly_ff.runs.build import build_model  # noqa: E402
+from spikingjelly_ff.runs.config import load_config  # noqa: E402
+from spikingjelly_ff.runs.data import load_split  # noqa: E402
+from spikingjelly_ff.runs.train import make_samples  # noqa: E402
 
 
 def dense_flops_train(cfg, samples: int) -> float:
@@ -155,7 +155,7 @@ def main() -> int:
         ["workload", "engine", "per epoch", "per-step loop", "speed-up", "dense GFLOP/s", "of peak", "target"],
         rows,
         f"matmul peak measured in this run: {peak:.0f} GFLOP/s (2048^3 float32). The per-step loop is "
-        "spikingjelly_ff.reference.ReferenceLoop: SpikingJelly modules stepped one time step at a time with "
+        "spikingjelly_ff.learning.reference.ReferenceLoop: SpikingJelly modules stepped one time step at a time with "
         "a HebbianLearner per layer; testing draws fresh spikes per label as the paper's notebook does.",
     )
     save_json(args.json, out)

@@ -19,10 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, matmul_peak, print_table, save_json, timed  # noqa: E402
 
-from spikingjelly_ff.config import load_config  # noqa: E402
-from spikingjelly_ff.data import load_split  # noqa: E402
-from spikingjelly_ff.models import build_model  # noqa: E402
-from spikingjelly_ff.train import AnalogStep, make_samples  # noqa: E402
+from spikingjelly_ff.runs.build import build_model  # noqa: E402
+from spikingjelly_ff.runs.config import load_config  # noqa: E402
+from spikingjelly_ff.runs.data import load_split  # noqa: E402
+from spikingjelly_ff.runs.train import AnalogStep, make_samples  # noqa: E402
 
 DEFAULT = ["paper/analog-sigmoid", "paper/analog-symmetric", "analog-deep"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spikingjelly_ff.data import load_split  # numpy-only
+from spikingjelly_ff.runs.data import load_split  # numpy-only
 from spikingjelly_ff.runtime import SpikeModel
 
 MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "mnist-mini"

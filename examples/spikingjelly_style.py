@@ -7,7 +7,7 @@ time step, applies the modulated Hebbian rule through the eligibility trace. No 
     python examples/spikingjelly_style.py [--samples 2000]
 
 This is the readable form of what `sjff train configs/paper/hebbian-online-symmetric.yaml`
-runs much faster (spikingjelly_ff.engine gives the same spikes and weights).
+runs much faster (spikingjelly_ff.learning.engine gives the same spikes and weights).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch
 from spikingjelly.activation_based import functional
 
 from spikingjelly_ff import FFLIFNode, HebbianLearner, NeuronParams, Probability, TraceParams
-from spikingjelly_ff.data import load_split
-from spikingjelly_ff.embedding import PatternEmbedding
-from spikingjelly_ff.goodness import goodness
-from spikingjelly_ff.layers import SpikingFFLayer
+from spikingjelly_ff.functional.goodness import goodness
+from spikingjelly_ff.nn.embedding import PatternEmbedding
+from spikingjelly_ff.nn.layers import SpikingFFLayer
+from spikingjelly_ff.runs.data import load_split
 
 MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "mnist-mini"
 

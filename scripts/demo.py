@@ -41,7 +41,7 @@ def main() -> int:
     from sjff_client import Client
     from sjff_server.harness import ServerProcess
 
-    from spikingjelly_ff.data import load_split
+    from spikingjelly_ff.runs.data import load_split
 
     try:
         test = load_split("mnist", "test", download=True)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from spikingjelly_ff.data import load_split, write_idx
+from spikingjelly_ff.runs.data import load_split, write_idx
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "mnist-mini"
 

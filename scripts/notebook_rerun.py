@@ -12,7 +12,7 @@ of ours that builds the row as the notebook's model-loading cell configures it a
 for ``--epochs`` epochs, printing the test accuracy after each. What the driver changes, none
 of which touches the method:
 
-* MNIST comes from our loader (``spikingjelly_ff.data``, the same IDX files) instead of
+* MNIST comes from our loader (``spikingjelly_ff.runs.data``, the same IDX files) instead of
   torchvision; train batches shuffled, test batches in order, as the notebook's loader cell;
 * the label patterns are passed to the train and test loops (its 10-epoch cell forgets them);
 * the probability objects' two history lists, which the loops append a tensor to on every
@@ -91,7 +91,7 @@ INPUT_STRENGTH = 0.25
 """
 
 DRIVER = """
-from spikingjelly_ff.data import load_split
+from spikingjelly_ff.runs.data import load_split
 
 torch.manual_seed({seed})
 batch_size = {batch}

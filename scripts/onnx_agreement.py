@@ -18,9 +18,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from spikingjelly_ff.checkpoint import load_model
-from spikingjelly_ff.data import load_split
 from spikingjelly_ff.export.onnx import analog_to_onnx
+from spikingjelly_ff.runs.checkpoint import load_model
+from spikingjelly_ff.runs.data import load_split
 
 
 def main() -> int:

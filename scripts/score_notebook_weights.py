@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from spikingjelly_ff.config import load_config
-from spikingjelly_ff.data import load_split
-from spikingjelly_ff.engine import SpikingScorer
-from spikingjelly_ff.models import build_model
+from spikingjelly_ff.learning.engine import SpikingScorer
+from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.config import load_config
+from spikingjelly_ff.runs.data import load_split
 
 ROWS = {  # notebook file stem -> our config
     "relu_standard": "paper/analog-sigmoid",

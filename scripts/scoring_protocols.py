@@ -21,10 +21,10 @@ import json
 
 import torch
 
-from spikingjelly_ff.checkpoint import load_model
-from spikingjelly_ff.data import load_split
-from spikingjelly_ff.engine import SpikingScorer
-from spikingjelly_ff.models import AnalogFFNet, FFNet
+from spikingjelly_ff.learning.engine import SpikingScorer
+from spikingjelly_ff.nn.models import AnalogFFNet, FFNet
+from spikingjelly_ff.runs.checkpoint import load_model
+from spikingjelly_ff.runs.data import load_split
 
 
 def label_activities(net: FFNet, x: torch.Tensor, seed: int, share: bool | None) -> list[torch.Tensor]:

@@ -29,8 +29,8 @@ __all__ = ["main"]
 
 
 def _train(args) -> int:
-    from .config import load_config
-    from .train import train
+    from spikingjelly_ff.runs.config import load_config
+    from spikingjelly_ff.runs.train import train
 
     cfg = load_config(args.config, args.set)
     metrics = train(cfg, args.out, progress=not args.quiet)
@@ -40,7 +40,7 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from .evaluate import evaluate_model
+    from spikingjelly_ff.runs.evaluate import evaluate_model
 
     result = evaluate_model(
         args.model, args.dataset, args.limit, args.split, args.device, args.batch_size, shift_views=args.views
@@ -54,12 +54,12 @@ def _eval(args) -> int:
 
 
 def _export(args) -> int:
-    from .checkpoint import load_model
-    from .models import AnalogFFNet, SpikingFFNet
+    from spikingjelly_ff.nn.models import AnalogFFNet, SpikingFFNet
+    from spikingjelly_ff.runs.checkpoint import load_model
 
     net, cfg, meta = load_model(args.model)
     if args.format == "onnx":
-        from .export.onnx import analog_to_onnx, spiking_to_onnx
+        from spikingjelly_ff.export.onnx import analog_to_onnx, spiking_to_onnx
 
         if isinstance(net, AnalogFFNet):
             h = cfg.train.hebbian
@@ -70,7 +70,7 @@ def _export(args) -> int:
     elif args.format == "spike":
         if not isinstance(net, SpikingFFNet):
             raise ValueError("--format spike needs a spiking model; export analog models with --format onnx")
-        from .export.spike import export_spike
+        from spikingjelly_ff.export.spike import export_spike
 
         path = export_spike(net, cfg, args.out, meta.get("image_shape"))
     else:
@@ -80,7 +80,7 @@ def _export(args) -> int:
 
 
 def _analyze(args) -> int:
-    from .analysis import analyze_model
+    from spikingjelly_ff.runs.analysis import analyze_model
 
     result = analyze_model(args.model, args.dataset, args.limit, args.plot, args.device)
     if args.json:
@@ -91,7 +91,7 @@ def _analyze(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .reproduce import reproduce_paper
+    from spikingjelly_ff.runs.reproduce import reproduce_paper
 
     if args.what != "paper":
         raise ValueError("only `sjff reproduce paper` exists")
@@ -108,7 +108,7 @@ def _reproduce(args) -> int:
 
 
 def _data(args) -> int:
-    from .data import fetch
+    from spikingjelly_ff.runs.data import fetch
 
     path = fetch(args.name, args.root)
     print(path)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one clear line for the user, traceback with --debug
         if debug:
             raise
-        from .errors import is_user_error
+        from spikingjelly_ff.runs.errors import is_user_error
 
         if not is_user_error(exc):
             print(

@@ -77,7 +77,7 @@ def trained_models() -> dict[str, Path]:
 
 def mnist_test(n: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` MNIST test images (uint8 [n, 784]) and labels, from the shipped subset."""
-    from spikingjelly_ff.data import load_split
+    from spikingjelly_ff.runs.data import load_split
 
     split = load_split(str(MINI), "test")
     return np.ascontiguousarray(split.images[:n], dtype=np.uint8), np.asarray(split.labels[:n], dtype=np.int64)

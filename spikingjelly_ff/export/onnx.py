@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..augment import view_offsets
-from ..models import AnalogFFNet, SpikingFFNet
-from ..params import HebbianParams
+from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.nn.augment import view_offsets
+from spikingjelly_ff.nn.models import AnalogFFNet, SpikingFFNet
 
 __all__ = ["analog_to_onnx", "spiking_to_onnx"]
 
@@ -328,7 +328,7 @@ def _meta(
     import json
     from dataclasses import asdict
 
-    from .. import __version__
+    from spikingjelly_ff import __version__
 
     code = net.embedding.label_code
     info = {

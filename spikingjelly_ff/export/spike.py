@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .. import __version__
-from ..models import SpikingFFNet
-from ..runtime.artifact import SpikeArtifact, write_artifact
+from spikingjelly_ff import __version__
+from spikingjelly_ff.nn.models import SpikingFFNet
+from spikingjelly_ff.runtime.artifact import SpikeArtifact, write_artifact
 
 if TYPE_CHECKING:  # the run settings are read, never built, here
-    from ..config import RunConfig
+    from spikingjelly_ff.runs.config import RunConfig
 
 __all__ = ["artifact_from_model", "export_spike", "resolve_spike_path", "to_spikingjelly"]
 

@@ -5,7 +5,7 @@
 * ``cupy_backend``: our CUDA kernels (``ff_neuron.cu``) on torch's CUDA tensors.
 
 ``neuron_forward`` runs a layer's neurons over T steps given the input currents;
-``eligibility_apply`` applies a Hebbian delta through the eligibility trace. All backends give
+``apply_delta`` applies a Hebbian delta, directly or through the eligibility trace. All backends give
 identical results for identical inputs (tests/library/test_kernels.py). The torch and CuPy
 modules are loaded by name on first use with a tensor, so code that only passes numpy arrays
 (the runtime) never imports torch.
@@ -18,12 +18,12 @@ from types import ModuleType
 
 import numpy as np
 
-from ..dynamics import NeuronParams, TraceParams
-from . import numpy_loop
+from spikingjelly_ff.functional.dynamics import NeuronParams, TraceParams
+from spikingjelly_ff.kernels import numpy_loop
 
 BACKENDS = ("torch", "cupy")
 
-__all__ = ["BACKENDS", "eligibility_apply", "neuron_forward", "resolve_backend"]
+__all__ = ["BACKENDS", "apply_delta", "neuron_forward", "resolve_backend"]
 
 
 def _backend(name: str) -> ModuleType:
@@ -56,6 +56,14 @@ def neuron_forward(
     return _backend(backend).neuron_forward(current, v, trace, p, tp, trace_seq)
 
 
-def eligibility_apply(e, w, dw, tau: float, eta: float, backend: str = "torch") -> None:
-    """In place: e <- (1 - tau) e + tau dW, then w <- w + eta e (torch tensors)."""
-    _backend(backend).eligibility_apply(e, w, dw, tau, eta)
+def apply_delta(w, dw, eta: float, tau: float | None = None, e=None, backend: str = "torch") -> None:
+    """Apply a Hebbian delta ``dw`` ``[H, D]`` to ``w`` in place, the one way every learner
+    does it: w <- w + eta dW when ``tau`` is None, else through the eligibility trace ``e``
+    (in place too): e <- (1 - tau) e + tau dW, then w <- w + eta e (a fused CUDA kernel with
+    ``backend='cupy'``)."""
+    if tau is None:
+        w += dw * eta
+    elif isinstance(w, np.ndarray):
+        numpy_loop.eligibility_apply(e, w, dw, tau, eta)
+    else:
+        _backend(backend).eligibility_apply(e, w, dw, tau, eta)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..params import NeuronParams, TraceParams
+from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 
 SOURCE = Path(__file__).with_name("ff_neuron.cu")
 TRACE_CODES = {"count": 0, "leaky": 1, "hard": 2, "none": 3}

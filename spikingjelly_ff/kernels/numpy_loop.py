@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
+from spikingjelly_ff.functional.dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
 
-__all__ = ["neuron_forward"]
+__all__ = ["eligibility_apply", "neuron_forward"]
 
 
 def neuron_forward(current, v, trace, p: NeuronParams, tp: TraceParams, trace_seq: bool = False):
@@ -92,3 +92,10 @@ def _constants(p: NeuronParams, tp: TraceParams) -> _Consts:
             f(p.beta), f(p.v_threshold), f(p.v_reset), f(tp.increment), f(tp.decay), f(tp.one_minus_decay), f(1.0)
         )
     return c
+
+
+def eligibility_apply(e: np.ndarray, w: np.ndarray, dw: np.ndarray, tau: float, eta: float) -> None:
+    """In place: e <- (1 - tau) e + tau dW, then w <- w + eta e (float32 factors)."""
+    e *= np.float32(1.0 - tau)
+    e += dw * np.float32(tau)
+    w += e * np.float32(eta)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
+from spikingjelly_ff.functional.dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
 
 __all__ = ["eligibility_apply", "neuron_forward"]
 

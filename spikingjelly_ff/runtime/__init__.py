@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .artifact import ArtifactError, SpikeArtifact, read_artifact, write_artifact
-from .model import SpikeModel
+from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact, read_artifact, write_artifact
+from spikingjelly_ff.runtime.model import SpikeModel
 
 __all__ = [
     "AnalogModel",
@@ -44,7 +44,7 @@ def load_model(path: str | os.PathLike, threads: int | None = None):
         else:
             raise ArtifactError(f"{path}: holds neither model.nir nor model.onnx")
     if p.suffix == ".onnx":
-        from .analog import AnalogModel
+        from spikingjelly_ff.runtime.analog import AnalogModel
 
         return AnalogModel.load(p, threads)
     return SpikeModel.load(p)
@@ -52,7 +52,7 @@ def load_model(path: str | os.PathLike, threads: int | None = None):
 
 def __getattr__(name: str):
     if name == "AnalogModel":
-        from .analog import AnalogModel
+        from spikingjelly_ff.runtime.analog import AnalogModel
 
         return AnalogModel
     raise AttributeError(name)

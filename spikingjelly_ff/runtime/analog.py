@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hebbian import apply_delta, ff_hebbian_delta
-from ..labels import LabelCode
-from ..params import HebbianParams
-from ..probability import Probability
-from ..scores import summed_score
-from .weight_folding import split_weight_only
+from spikingjelly_ff.functional.hebbian import ff_hebbian_delta
+from spikingjelly_ff.functional.labels import LabelCode
+from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.scores import summed_score
+from spikingjelly_ff.kernels import apply_delta
+from spikingjelly_ff.runtime.weight_folding import split_weight_only
 
 __all__ = ["AnalogGraph", "AnalogModel", "load_onnx_meta"]
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..labels import LabelCode
-from ..params import EmbeddingParams, EncoderParams, HebbianParams, NeuronParams, TraceParams
-from ..probability import Probability
+from spikingjelly_ff.functional.labels import LabelCode
+from spikingjelly_ff.functional.params import EmbeddingParams, EncoderParams, HebbianParams, NeuronParams, TraceParams
+from spikingjelly_ff.functional.probability import Probability
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "SpikeArtifact", "read_artifact", "write_artifact"]
 

@@ -1,7 +1,7 @@
 """``SpikeModel``: inference and on-line Hebbian learning of an exported spiking FF network,
 with numpy only.
 
-It runs the same simulation code as training (``spikingjelly_ff.simulate``), so given the
+It runs the same simulation code as training (``spikingjelly_ff.simulation``), so given the
 same input spikes it produces the same spikes as the torch implementation and weights equal
 up to float rounding (tests/test_runtime.py checks this against golden vectors).
 """
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..scores import summed_score
-from ..simulate import (
+from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.functional.scores import summed_score
+from spikingjelly_ff.runtime.artifact import SpikeArtifact, read_artifact, write_artifact
+from spikingjelly_ff.simulation import (
     Dynamics,
-    LearnSpec,
     encode_spikes,
     input_major,
     label_currents,
@@ -26,7 +27,6 @@ from ..simulate import (
     run_layer,
     score_labels,
 )
-from .artifact import SpikeArtifact, read_artifact, write_artifact
 
 __all__ = ["SpikeModel"]
 
@@ -109,9 +109,9 @@ class SpikeModel:
         return float(self.art.hebbian.eta)
 
     @property
-    def learn_spec(self) -> LearnSpec:
+    def learn_spec(self) -> HebbianParams:
         h = self.art.hebbian
-        return LearnSpec(float(h.eta), h.eligibility_tau, int(h.learn_after))
+        return HebbianParams(float(h.eta), h.eligibility_tau, int(h.learn_after))
 
     # -- inputs -------------------------------------------------------------------------------
 

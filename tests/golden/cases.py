@@ -60,7 +60,7 @@ def sha256(a: np.ndarray) -> str:
 
 def score_images(n: int = N_IMAGES) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` images of the subset's test split, float32 ``[n, 784]`` in [0, 1], and labels."""
-    from spikingjelly_ff.data import load_split
+    from spikingjelly_ff.runs.data import load_split
 
     x, y = load_split(str(MINI), "test").take(n).to_tensors()
     return x.numpy(), y.numpy()
@@ -77,7 +77,7 @@ def learn_batch(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def row_config(row: str):
-    from spikingjelly_ff.config import load_config
+    from spikingjelly_ff.runs.config import load_config
 
     return load_config(
         f"paper/{row}",
@@ -105,7 +105,7 @@ def _torch_scores(net, cfg, x: np.ndarray) -> np.ndarray:
     if net.kind == "analog":
         with torch.no_grad():
             return _np(net.scores(xt))
-    from spikingjelly_ff.engine import SpikingScorer
+    from spikingjelly_ff.learning.engine import SpikingScorer
 
     scorer = SpikingScorer(
         net, share_image_spikes=cfg.eval.share_image_spikes, seed=cfg.seed + 4, repeats=cfg.eval.repeats
@@ -119,7 +119,7 @@ def _model_values(prefix: str, model_dir: Path, x: np.ndarray) -> dict[str, np.n
     import torch
 
     from spikingjelly_ff import load_model
-    from spikingjelly_ff.evaluate import scorer_for
+    from spikingjelly_ff.runs.evaluate import scorer_for
 
     net, cfg, _ = load_model(model_dir)
     out = {f"{prefix}/state/{name}": _np(t) for name, t in net.state_dict().items()}
@@ -165,7 +165,7 @@ def _spike_runtime_values(prefix: str, path: Path, x: np.ndarray) -> dict[str, n
 
 
 def _train(row: str, run_dir: Path) -> dict[str, np.ndarray]:
-    from spikingjelly_ff.train import train
+    from spikingjelly_ff.runs.train import train
 
     metrics = train(row_config(row), run_dir, log=lambda s: None, progress=False)
     final = metrics["epochs"][-1]

@@ -13,7 +13,7 @@ MINI = ROOT / "tests" / "data" / "mnist-mini"
 def mini_config(kind: str, **overrides):
     """A run config on the MNIST subset: ``analog`` (a 2-layer symmetric net) or ``spiking``
     (the paper's online symmetric layer, which learns fastest per sample)."""
-    from spikingjelly_ff.config import load_config
+    from spikingjelly_ff.runs.config import load_config
 
     base = {"analog": "paper/analog-symmetric", "spiking": "paper/hebbian-online-symmetric"}[kind]
     sets = [f"data.dataset={MINI}", "data.download=false", "train.epochs=1"]
@@ -31,7 +31,7 @@ def mini():
 @pytest.fixture(scope="session")
 def analog_run(tmp_path_factory):
     """A 2-layer analog model trained 3 epochs on the subset; returns the run directory."""
-    from spikingjelly_ff.train import train
+    from spikingjelly_ff.runs.train import train
 
     out = tmp_path_factory.mktemp("analog_run")
     train(mini_config("analog", **{"train.epochs": 3}), out, log=lambda s: None, progress=False)
@@ -41,7 +41,7 @@ def analog_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def spiking_run(tmp_path_factory):
     """The paper's online spiking layer trained one epoch on the subset."""
-    from spikingjelly_ff.train import train
+    from spikingjelly_ff.runs.train import train
 
     out = tmp_path_factory.mktemp("spiking_run")
     train(mini_config("spiking"), out, log=lambda s: None, progress=False)

@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from spikingjelly_ff.config import config_from_dict
-from spikingjelly_ff.embedding import OneHotOverlay, PatternEmbedding
-from spikingjelly_ff.goodness import goodness
-from spikingjelly_ff.layers import FFLinear
-from spikingjelly_ff.learning import HebbianLearner, LocalLossLearner
-from spikingjelly_ff.models import build_model
-from spikingjelly_ff.probability import Probability
+from spikingjelly_ff.functional.goodness import goodness
+from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.learning.learners import HebbianLearner, LocalLossLearner
+from spikingjelly_ff.nn.embedding import OneHotOverlay, PatternEmbedding
+from spikingjelly_ff.nn.layers import FFLinear
+from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.config import config_from_dict
 
 
 def analog(**model):
@@ -107,8 +107,8 @@ def test_analog_model_learns_on_mnist_subset(analog_run):
 def test_analog_hebbian_training_equals_sgd_training(mini):
     """The whole training loop with learner=hebbian (no autograd) reproduces plain SGD on the
     local losses, step for step."""
-    from spikingjelly_ff.analog_hebbian import AnalogHebbian
-    from spikingjelly_ff.config import HebbianConfig
+    from spikingjelly_ff.learning.analog_hebbian import AnalogHebbian
+    from spikingjelly_ff.runs.config import HebbianConfig
 
     torch.manual_seed(1)
     net = analog(layers=[24, 12], probability={"kind": "sigmoid", "theta": 2.0})

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from spikingjelly_ff.analog_hebbian import AnalogHebbian
-from spikingjelly_ff.config import HebbianConfig, config_from_dict
 from spikingjelly_ff.export.onnx import analog_to_onnx
-from spikingjelly_ff.models import build_model
+from spikingjelly_ff.learning.analog_hebbian import AnalogHebbian
+from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.config import HebbianConfig, config_from_dict
 from spikingjelly_ff.runtime import load_model
 
 IN_FEATURES = 40  # synthetic images: the runtime takes any in_features the export declares

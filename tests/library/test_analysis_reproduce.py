@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from spikingjelly_ff.analysis import hoyer, separability
+from spikingjelly_ff.runs.analysis import hoyer, separability
 
 
 def test_hoyer_extremes():
@@ -30,7 +30,7 @@ def test_separability_counts_same_label_neighbours():
 
 
 def test_reproduce_command_writes_the_table(tmp_path, monkeypatch, mini):
-    from spikingjelly_ff import reproduce
+    from spikingjelly_ff.runs import reproduce
 
     monkeypatch.setattr(
         reproduce,

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikingjelly_ff import data
 from spikingjelly_ff.cli import main
-from spikingjelly_ff.config import ConfigError, apply_overrides, config_from_dict, load_config
+from spikingjelly_ff.runs import data
+from spikingjelly_ff.runs.config import ConfigError, apply_overrides, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -189,7 +189,7 @@ def test_cli_train_eval_export_analyze(tmp_path, mini):
 
 
 def test_training_is_reproducible_from_the_seed(tmp_path, mini):
-    from spikingjelly_ff.train import train
+    from spikingjelly_ff.runs.train import train
 
     cfg = load_config(
         "paper/hebbian-online-symmetric",
@@ -243,9 +243,9 @@ def test_shift_views_train_eval_and_export_agree(tmp_path, mini):
     reproduces each, and its ONNX export predicts exactly like the torch classifier."""
     import onnxruntime as ort
 
-    from spikingjelly_ff.data import load_split
-    from spikingjelly_ff.evaluate import evaluate_model
-    from spikingjelly_ff.train import train
+    from spikingjelly_ff.runs.data import load_split
+    from spikingjelly_ff.runs.evaluate import evaluate_model
+    from spikingjelly_ff.runs.train import train
 
     cfg = load_config(
         "paper/analog-symmetric",
@@ -258,7 +258,7 @@ def test_shift_views_train_eval_and_export_agree(tmp_path, mini):
     assert evaluate_model(model, shift_views=0)["accuracy"] == final["test_accuracy_single_view"]
     assert main(["export", str(model), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     x, _ = load_split(str(mini), "test").to_tensors()
-    from spikingjelly_ff.checkpoint import load_model
+    from spikingjelly_ff.runs.checkpoint import load_model
 
     net, _, _ = load_model(model)
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])

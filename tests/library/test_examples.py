@@ -22,8 +22,8 @@ def test_spikingjelly_style_example_learns():
 
 
 def test_edge_runtime_example(spiking_run, tmp_path):
-    from spikingjelly_ff.checkpoint import load_model
     from spikingjelly_ff.export.spike import export_spike
+    from spikingjelly_ff.runs.checkpoint import load_model
 
     net, cfg, meta = load_model(spiking_run / "model")
     art = export_spike(net, cfg, tmp_path / "m.nir", meta["image_shape"])

@@ -9,13 +9,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from spikingjelly_ff.checkpoint import load_model
-from spikingjelly_ff.config import config_from_dict
-from spikingjelly_ff.data import load_split
 from spikingjelly_ff.export.onnx import analog_to_onnx, spiking_to_onnx
 from spikingjelly_ff.export.spike import export_spike, to_spikingjelly
-from spikingjelly_ff.models import build_model
-from spikingjelly_ff.simulate import rest, run_layer
+from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.checkpoint import load_model
+from spikingjelly_ff.runs.config import config_from_dict
+from spikingjelly_ff.runs.data import load_split
+from spikingjelly_ff.simulation import rest, run_layer
 
 
 def _session(path):
@@ -217,7 +217,7 @@ def test_weight_only_nodes_run_once_per_version(analog_run, mini, tmp_path):
 def test_analog_shift_views_in_torch_and_onnx(tmp_path):
     """shift_views: the classifier sums the scores of the image and of its copies moved one
     pixel down, up, right and left; the ONNX graph makes the same views itself."""
-    from spikingjelly_ff.augment import translate, view_offsets
+    from spikingjelly_ff.nn.augment import translate, view_offsets
 
     cfg = config_from_dict({"model": {"kind": "analog", "layers": [30, 20], "shift_views": 1}})
     net = build_model(cfg.model, 784, 10, 0)
@@ -240,7 +240,7 @@ def test_analog_shift_views_in_torch_and_onnx(tmp_path):
 
 
 def test_translate_moves_pixels_and_fills_zeros():
-    from spikingjelly_ff.augment import translate
+    from spikingjelly_ff.nn.augment import translate
 
     img = torch.arange(1, 13, dtype=torch.float32).reshape(1, 12)  # 3 x 4
     down_left = translate(img, (3, 4), 1, -1).reshape(3, 4)

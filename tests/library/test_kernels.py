@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from spikingjelly_ff import kernels
+from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 from spikingjelly_ff.kernels import cupy_backend, torch_loop
-from spikingjelly_ff.params import NeuronParams, TraceParams
 
 KDIR = Path(kernels.__file__).parent
 CASES = [
@@ -182,7 +182,7 @@ def test_eligibility_kernel_logic_equals_torch_path(emulated):
     g = np.random.default_rng(4)
     e, w, dw = (g.normal(size=(40, 30)).astype(np.float32) for _ in range(3))
     e_t, w_t = torch.from_numpy(e.copy()), torch.from_numpy(w.copy())
-    kernels.eligibility_apply(e_t, w_t, torch.from_numpy(dw), 0.1, 0.7, "torch")
+    kernels.apply_delta(w_t, torch.from_numpy(dw), 0.7, 0.1, e_t, "torch")
     e_k, w_k = e.copy(), w.copy()
     emulated.emu_eligibility_apply(
         _ptr(e_k),
@@ -204,13 +204,13 @@ def _raw(t: torch.Tensor):
 def test_eligibility_kernel_on_input_major_weights(emulated):
     """The trainer keeps e and W input-major (W.T contiguous) and the delta row-major: the
     launcher must hand the kernel three buffers in one memory order."""
-    from spikingjelly_ff.simulate import input_major
+    from spikingjelly_ff.simulation import input_major
 
     g = torch.Generator().manual_seed(6)
     e, w = input_major(torch.randn(40, 30, generator=g)), input_major(torch.randn(40, 30, generator=g))
     dw = torch.randn(40, 30, generator=g)
     e_t, w_t = e.clone(), w.clone()
-    kernels.eligibility_apply(e_t, w_t, dw, 0.1, 0.7, "torch")
+    kernels.apply_delta(w_t, dw, 0.7, 0.1, e_t, "torch")
     d = cupy_backend.aligned_delta(e, w, dw)
     assert d.stride() == w.stride() and torch.equal(d, dw)
     keep, tau, eta = (ctypes.c_float(v) for v in (0.9, 0.1, 0.7))
@@ -282,9 +282,9 @@ def test_cupy_training_equals_torch_training_on_gpu():
     """Same input spikes -> same spikes and (float-close) weights through a whole batched run."""
     import copy
 
-    from spikingjelly_ff.config import config_from_dict
-    from spikingjelly_ff.engine import SpikingTrainer
-    from spikingjelly_ff.models import build_model
+    from spikingjelly_ff.learning.engine import SpikingTrainer
+    from spikingjelly_ff.runs.build import build_model
+    from spikingjelly_ff.runs.config import config_from_dict
 
     cfg = config_from_dict(
         {"model": {"kind": "spiking", "layers": [200, 100], "init": "normal"}, "train": {"learner": "hebbian"}}

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from spikingjelly_ff.config import ConfigError, config_from_dict
-from spikingjelly_ff.embedding import OneHotOverlay, PatternEmbedding
-from spikingjelly_ff.hebbian import apply_delta
-from spikingjelly_ff.labels import LabelCode
-from spikingjelly_ff.params import HebbianParams, NeuronParams
-from spikingjelly_ff.probability import Probability
-from spikingjelly_ff.scores import summed_score
-from spikingjelly_ff.simulate import LearnSpec, learns_online
+from spikingjelly_ff.functional.labels import LabelCode
+from spikingjelly_ff.functional.params import HebbianParams, NeuronParams
+from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.scores import summed_score
+from spikingjelly_ff.kernels import apply_delta
+from spikingjelly_ff.nn.embedding import OneHotOverlay, PatternEmbedding
+from spikingjelly_ff.runs.config import ConfigError, config_from_dict
+from spikingjelly_ff.simulation import learns_online
 
 
 @pytest.mark.parametrize("emb", [PatternEmbedding(10, bits=12, seed=3, scale=2.0), OneHotOverlay(10, scale=0.5)])
@@ -67,11 +67,11 @@ def test_apply_delta_with_and_without_eligibility():
 
 
 def test_online_learning_is_decided_in_one_place():
-    spec = LearnSpec(0.1, 0.1, 3)
+    spec = HebbianParams(0.1, 0.1, 3)
     assert learns_online(1, spec, NeuronParams())
     assert not learns_online(2, spec, NeuronParams())
     assert not learns_online(1, spec, NeuronParams(), on_cpu=False)
-    assert not learns_online(1, LearnSpec(0.1, None, 3), NeuronParams())
+    assert not learns_online(1, HebbianParams(0.1, None, 3), NeuronParams())
     assert not learns_online(1, spec, NeuronParams(kwta=2))
 
 
@@ -86,8 +86,8 @@ def test_config_sections_are_the_parameter_classes():
 
 
 def test_runtime_models_copy_without_sharing_state(tmp_path):
-    from spikingjelly_ff.build import build_model
     from spikingjelly_ff.export.spike import export_spike
+    from spikingjelly_ff.runs.build import build_model
     from spikingjelly_ff.runtime import SpikeModel
     from spikingjelly_ff.runtime.protocol import RuntimeModel
 
@@ -108,8 +108,8 @@ def test_runtime_models_copy_without_sharing_state(tmp_path):
 
 
 def test_analog_runtime_copies_share_the_session_not_the_weights(tmp_path):
-    from spikingjelly_ff.build import build_model
     from spikingjelly_ff.export.onnx import analog_to_onnx
+    from spikingjelly_ff.runs.build import build_model
     from spikingjelly_ff.runtime.analog import AnalogModel
     from spikingjelly_ff.runtime.protocol import RuntimeModel
 

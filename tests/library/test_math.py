@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from spikingjelly_ff.goodness import goodness, hebbian_gain, split_halves
-from spikingjelly_ff.hebbian import eligibility_step, ff_hebbian_delta
-from spikingjelly_ff.probability import Probability
+from spikingjelly_ff.functional.goodness import goodness, hebbian_gain, split_halves
+from spikingjelly_ff.functional.hebbian import eligibility_step, ff_hebbian_delta
+from spikingjelly_ff.functional.probability import Probability
 
 
 def test_goodness_values():

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from spikingjelly_ff.checkpoint import load_model
-from spikingjelly_ff.engine import SpikingScorer, SpikingTrainer
 from spikingjelly_ff.export.spike import export_spike
+from spikingjelly_ff.learning.engine import SpikingScorer, SpikingTrainer
+from spikingjelly_ff.runs.checkpoint import load_model
 from spikingjelly_ff.runtime import ArtifactError, SpikeModel, read_artifact, write_artifact
 
 NO_TORCH = textwrap.dedent(
@@ -110,7 +110,7 @@ def test_blocked_torch_really_is_blocked():
 
 
 def test_runtime_predicts_like_torch(spiking_run, golden, mini):
-    from spikingjelly_ff.data import load_split
+    from spikingjelly_ff.runs.data import load_split
 
     art, _ = golden
     net, cfg, _ = load_model(spiking_run / "model")

@@ -10,14 +10,14 @@ import pytest
 import torch
 from spikingjelly.activation_based import functional
 
-from spikingjelly_ff.config import config_from_dict
-from spikingjelly_ff.dynamics import charge, fire, reset, trace_step
-from spikingjelly_ff.engine import SpikingScorer, SpikingTrainer
-from spikingjelly_ff.layers import SpikingFFLayer
-from spikingjelly_ff.models import build_model
-from spikingjelly_ff.neuron import FFLIFNode
-from spikingjelly_ff.params import NeuronParams, TraceParams
-from spikingjelly_ff.reference import ReferenceLoop
+from spikingjelly_ff.functional.dynamics import charge, fire, reset, trace_step
+from spikingjelly_ff.functional.params import NeuronParams, TraceParams
+from spikingjelly_ff.learning.engine import SpikingScorer, SpikingTrainer
+from spikingjelly_ff.learning.reference import ReferenceLoop
+from spikingjelly_ff.nn.layers import SpikingFFLayer
+from spikingjelly_ff.nn.neuron import FFLIFNode
+from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.config import config_from_dict
 
 
 def small_net(prob="symmetric", trace="leaky", carry=True, layers=(16, 8), kwta=None, form="beta", eligibility=0.1):
@@ -182,8 +182,8 @@ def test_learning_window_and_eta_zero_leave_weights():
 
 
 def test_numpy_and_torch_dynamics_agree_bitwise():
-    from spikingjelly_ff.probability import Probability
-    from spikingjelly_ff.simulate import Dynamics, neuron_forward
+    from spikingjelly_ff.functional.probability import Probability
+    from spikingjelly_ff.simulation import Dynamics, neuron_forward
 
     g = np.random.default_rng(0)
     cur = g.normal(size=(10, 4, 32)).astype(np.float32)
@@ -200,9 +200,9 @@ def test_numpy_and_torch_dynamics_agree_bitwise():
 def test_hebbian_learner_multi_step_accumulates_with_fixed_weights():
     """In 'm' mode the learner sees [T, N, D] records and sums the per-step deltas computed
     with the weights of the forward pass (like SpikingJelly's STDPLearner)."""
-    from spikingjelly_ff.hebbian import ff_hebbian_delta
-    from spikingjelly_ff.learning import HebbianLearner
-    from spikingjelly_ff.probability import Probability
+    from spikingjelly_ff.functional.hebbian import ff_hebbian_delta
+    from spikingjelly_ff.functional.probability import Probability
+    from spikingjelly_ff.learning.learners import HebbianLearner
 
     torch.manual_seed(0)
     layer = SpikingFFLayer(30, 12, NeuronParams(beta=0.8, v_threshold=0.1), TraceParams("leaky", 0.8), step_mode="m")

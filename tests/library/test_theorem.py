@@ -5,9 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spikingjelly_ff.goodness import goodness_grad
-from spikingjelly_ff.hebbian import ff_hebbian_delta, ff_local_rule_delta, hebbian_delta, neuron_modulation
-from spikingjelly_ff.probability import Probability
+from spikingjelly_ff.functional.goodness import goodness_grad
+from spikingjelly_ff.functional.hebbian import ff_hebbian_delta, ff_local_rule_delta, hebbian_delta, neuron_modulation
+from spikingjelly_ff.functional.probability import Probability
 
 F64 = torch.float64
 
@@ -22,7 +22,7 @@ def autograd_delta(prob, w, x, y, goodness_kind):
     """-dL/dW by autograd, L = mean BCE(P(G(relu(W x))), y)."""
     w = w.clone().requires_grad_(True)
     act = torch.relu(x @ w.T)
-    from spikingjelly_ff.goodness import goodness
+    from spikingjelly_ff.functional.goodness import goodness
 
     loss = prob.loss(goodness(act, goodness_kind, split=prob.split), y)
     (grad,) = torch.autograd.grad(loss, w)
@@ -79,7 +79,7 @@ def test_l1_goodness_gives_a_gated_rule_not_hebbian(shape, seed, prob_kind):
 def test_goodness_grad_matches_autograd():
     g = torch.Generator().manual_seed(0)
     act = torch.randn(5, 8, generator=g, dtype=F64).requires_grad_(True)
-    from spikingjelly_ff.goodness import goodness
+    from spikingjelly_ff.functional.goodness import goodness
 
     for kind in ["sum_squares", "mean_squares", "l1"]:
         (auto,) = torch.autograd.grad(goodness(act, kind).sum(), act)

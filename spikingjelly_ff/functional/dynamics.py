@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _array
-from .params import NeuronParams, TraceParams
+from spikingjelly_ff.functional import _array
+from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 
 Tensor = Any  # a torch tensor or a numpy array
 

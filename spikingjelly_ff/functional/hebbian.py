@@ -15,16 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from . import _array
-from .goodness import goodness, goodness_grad, hebbian_gain, split_halves
-from .probability import Probability
+from spikingjelly_ff.functional import _array
+from spikingjelly_ff.functional.goodness import goodness, goodness_grad, hebbian_gain, split_halves
+from spikingjelly_ff.functional.probability import Probability
 
 Tensor = Any  # a torch tensor or a numpy array
 
 __all__ = [
-    "apply_delta",
     "eligibility_step",
     "ff_hebbian_delta",
     "ff_local_rule_delta",
@@ -81,21 +78,3 @@ def ff_local_rule_delta(
 def eligibility_step(e: Tensor, dw: Tensor, tau: float) -> Tensor:
     """e <- (1 - tau) e + tau dW (a low-pass filter of the updates; returns a new tensor)."""
     return e * (1.0 - tau) + dw * tau
-
-
-def apply_delta(w: Tensor, dw: Tensor, eta: float, tau: float | None = None, e: Tensor = None, backend: str = "torch"):
-    """Apply a Hebbian delta ``dw`` ``[H, D]`` to ``w`` in place: w <- w + eta dW when ``tau``
-    is None, else through the eligibility trace ``e`` (in place too):
-    e <- (1 - tau) e + tau dW, then w <- w + eta e. Torch tensors go through
-    ``kernels.eligibility_apply`` (a fused CuPy kernel with ``backend='cupy'``)."""
-    if tau is None:
-        w += dw * eta
-        return
-    if _array.is_torch(w):
-        from . import kernels
-
-        kernels.eligibility_apply(e, w, dw, tau, eta, backend)
-        return
-    e *= np.float32(1.0 - tau)
-    e += dw * np.float32(tau)
-    w += e * np.float32(eta)

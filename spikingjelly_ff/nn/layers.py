@@ -13,8 +13,8 @@ from __future__ import annotations
 from spikingjelly.activation_based import base, layer
 from torch import Tensor, nn
 
-from .neuron import FFLIFNode
-from .params import NeuronParams, TraceParams
+from spikingjelly_ff.functional.params import NeuronParams, TraceParams
+from spikingjelly_ff.nn.neuron import FFLIFNode
 
 __all__ = ["FFLinear", "SpikingFFLayer", "length_normalize"]
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .augment import translate, view_offsets
-from .goodness import goodness
-from .layers import FFLinear, SpikingFFLayer
-from .params import EncoderParams, NeuronParams, TraceParams
-from .probability import Probability
-from .scores import layer_score, summed_score
+from spikingjelly_ff.functional.goodness import goodness
+from spikingjelly_ff.functional.params import EncoderParams, NeuronParams, TraceParams
+from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.scores import layer_score, summed_score
+from spikingjelly_ff.nn.augment import translate, view_offsets
+from spikingjelly_ff.nn.layers import FFLinear, SpikingFFLayer
 
 __all__ = ["AnalogFFNet", "EncoderParams", "FFNet", "SpikingFFNet", "bernoulli_spikes"]
 
@@ -221,8 +221,8 @@ class SpikingFFNet(FFNet):
 
     @property
     def dynamics(self):
-        """Neuron, trace, probability and goodness as one :class:`~spikingjelly_ff.simulate.Dynamics`."""
-        from .simulate import Dynamics
+        """Neuron, trace, probability and goodness as one :class:`~spikingjelly_ff.simulation.Dynamics`."""
+        from spikingjelly_ff.simulation import Dynamics
 
         return Dynamics(self.neuron_params, self.trace_params, self.probability, self.goodness_kind)
 
@@ -237,7 +237,7 @@ class SpikingFFNet(FFNet):
 
     def encode(self, rates: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Input spikes ``[T, N, D']`` with per-step rate ``rates`` ``[N, D']`` (the encoder's coding)."""
-        from .simulate import encode_spikes
+        from spikingjelly_ff.simulation import encode_spikes
 
         return encode_spikes(rates, self.encoder.steps, generator, self.encoder.coding)
 
@@ -278,16 +278,7 @@ class SpikingFFNet(FFNet):
 
 def bernoulli_spikes(rates: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
     """``[steps, *rates.shape]`` float spikes, each 1 with probability ``rates`` (see
-    :func:`spikingjelly_ff.simulate.bernoulli_spikes`)."""
-    from .simulate import bernoulli_spikes as draw
+    :func:`spikingjelly_ff.simulation.bernoulli_spikes`)."""
+    from spikingjelly_ff.simulation import bernoulli_spikes as draw
 
     return draw(rates, steps, generator)
-
-
-def __getattr__(name: str):
-    # build_model moved to the run layer (build.py); scripts and tests import it from here.
-    if name == "build_model":
-        from .build import build_model
-
-        return build_model
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

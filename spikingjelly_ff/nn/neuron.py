@@ -16,8 +16,8 @@ import torch
 from spikingjelly.activation_based import base
 from torch import Tensor
 
-from . import kernels
-from .dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step  # noqa: F401
+from spikingjelly_ff import kernels
+from spikingjelly_ff.functional.dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step  # noqa: F401
 
 __all__ = ["FFLIFNode"]
 
@@ -25,8 +25,8 @@ __all__ = ["FFLIFNode"]
 class FFLIFNode(base.MemoryModule):
     """Spiking FF neuron with a post-synaptic trace.
 
-    :param neuron: membrane model (see :class:`~spikingjelly_ff.dynamics.NeuronParams`)
-    :param trace: trace model (see :class:`~spikingjelly_ff.dynamics.TraceParams`)
+    :param neuron: membrane model (see :class:`~spikingjelly_ff.functional.dynamics.NeuronParams`)
+    :param trace: trace model (see :class:`~spikingjelly_ff.functional.dynamics.TraceParams`)
     :param backend: ``torch`` or ``cupy`` for the multi-step path
     :param step_mode: ``'s'`` or ``'m'``
     """
@@ -77,7 +77,7 @@ class FFLIFNode(base.MemoryModule):
     @torch.no_grad()
     def rest(self, steps: int) -> None:
         """Let the membrane evolve ``steps`` steps with no input (spikes only reset it)."""
-        from .simulate import Dynamics, rest
+        from spikingjelly_ff.simulation import Dynamics, rest
 
         if not isinstance(self.v, Tensor):
             return

@@ -7,10 +7,10 @@ __all__ = ["is_user_error"]
 
 def is_user_error(exc: BaseException) -> bool:
     """True for failures a user causes and can fix; the CLI prints them as one line."""
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .runtime.artifact import ArtifactError
+    from spikingjelly_ff.runs.checkpoint import CheckpointError
+    from spikingjelly_ff.runs.config import ConfigError
+    from spikingjelly_ff.runs.data import DataError
+    from spikingjelly_ff.runtime.artifact import ArtifactError
 
     return isinstance(
         exc, (ConfigError, DataError, CheckpointError, ArtifactError, ValueError, FileNotFoundError, RuntimeError)

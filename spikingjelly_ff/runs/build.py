@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .config import ModelConfig
-from .embedding import build_embedding
-from .models import AnalogFFNet, FFNet, SpikingFFNet
+from spikingjelly_ff.nn.embedding import build_embedding
+from spikingjelly_ff.nn.models import AnalogFFNet, FFNet, SpikingFFNet
+from spikingjelly_ff.runs.config import ModelConfig
 
 __all__ = ["build_model"]
 

@@ -43,11 +43,11 @@ def separability(latent: Tensor, labels: Tensor, k: int = 5, chunk: int = 1024) 
 @torch.no_grad()
 def latents(net, x: Tensor, labels: Tensor, seed: int = 0) -> Tensor:
     """Latents ``[N, sum H]`` with the correct labels shown."""
-    from .models import AnalogFFNet
+    from spikingjelly_ff.nn.models import AnalogFFNet
 
     if isinstance(net, AnalogFFNet):
         return torch.cat(net.label_activities(x, labels), dim=1)
-    from .engine import SpikingScorer
+    from spikingjelly_ff.learning.engine import SpikingScorer
 
     scorer = SpikingScorer(net, seed=seed)
     return torch.cat([scorer.latent(x[i : i + 1000], labels[i : i + 1000]) for i in range(0, len(x), 1000)])
@@ -81,8 +81,8 @@ def analyze_model(
     model_dir, dataset: str | None = None, limit: int | None = None, plot=None, device: str = "cpu", seed: int = 0
 ) -> dict:
     """Hoyer and separability of a model's test latents; optionally a t-SNE PNG."""
-    from .checkpoint import load_model
-    from .data import load_split
+    from spikingjelly_ff.runs.checkpoint import load_model
+    from spikingjelly_ff.runs.data import load_split
 
     net, cfg, meta = load_model(model_dir, device=device)
     ds = dataset or cfg.data.dataset

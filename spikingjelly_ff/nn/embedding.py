@@ -7,7 +7,7 @@
 
 Both map images ``[N, D]`` and labels ``[N]`` to ``[N, D']`` and expose ``all_labels``,
 ``[C, N, D']``, for scoring every label in one batched pass. ``label_code`` is the same
-embedding as a torch-free :class:`~spikingjelly_ff.labels.LabelCode` (what runtimes and
+embedding as a torch-free :class:`~spikingjelly_ff.functional.labels.LabelCode` (what runtimes and
 exports read); its ``image_slice`` and ``label_slice`` say which embedded positions come
 from the image and which hold the label code, so a first layer can compute the image's
 current once and add one per-label term instead of running ``C`` full copies of the input.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .labels import LabelCode
-from .params import EmbeddingParams
+from spikingjelly_ff.functional.labels import LabelCode
+from spikingjelly_ff.functional.params import EmbeddingParams
 
 __all__ = ["OneHotOverlay", "PatternEmbedding", "build_embedding"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .config import RunConfig
-from .models import AnalogFFNet, FFNet
+from spikingjelly_ff.nn.models import AnalogFFNet, FFNet
+from spikingjelly_ff.runs.config import RunConfig
 
 __all__ = ["evaluate_arrays", "evaluate_model", "scorer_for"]
 
@@ -26,7 +26,7 @@ def scorer_for(net: FFNet, cfg: RunConfig, device: torch.device | str, readout: 
             return net.predict(x, use_readout=readout)
 
         return predict
-    from .engine import SpikingScorer
+    from spikingjelly_ff.learning.engine import SpikingScorer
 
     if readout:
         raise ValueError("a linear readout exists for analog models only")
@@ -63,9 +63,9 @@ def evaluate_model(
 ) -> dict:
     """Load a model directory and measure its accuracy on ``dataset`` (default: its own);
     ``shift_views`` overrides an analog model's test-time views (0: the image alone)."""
-    from .checkpoint import load_model
-    from .data import load_split
-    from .kernels import resolve_backend
+    from spikingjelly_ff.kernels import resolve_backend
+    from spikingjelly_ff.runs.checkpoint import load_model
+    from spikingjelly_ff.runs.data import load_split
 
     net, cfg, meta = load_model(model_dir, device=device, backend=resolve_backend(cfg_backend(model_dir), device))
     if shift_views is not None:
@@ -87,6 +87,6 @@ def evaluate_model(
 
 
 def cfg_backend(model_dir: str | Path) -> str:
-    from .checkpoint import read_meta
+    from spikingjelly_ff.runs.checkpoint import read_meta
 
     return read_meta(model_dir)["run"].get("backend", "auto")

@@ -17,15 +17,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .augment import shift_images
-from .build import build_model
-from .checkpoint import save_model
-from .config import RunConfig
-from .data import load_split
-from .evaluate import evaluate_arrays, scorer_for
-from .learning import LocalLossLearner
-from .models import AnalogFFNet, FFNet, SpikingFFNet
-from .schedule import schedule_factor
+from spikingjelly_ff.functional.schedule import schedule_factor
+from spikingjelly_ff.learning.learners import LocalLossLearner
+from spikingjelly_ff.nn.augment import shift_images
+from spikingjelly_ff.nn.models import AnalogFFNet, FFNet, SpikingFFNet
+from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.checkpoint import save_model
+from spikingjelly_ff.runs.config import RunConfig
+from spikingjelly_ff.runs.data import load_split
+from spikingjelly_ff.runs.evaluate import evaluate_arrays, scorer_for
 
 __all__ = ["make_samples", "resolve_device", "shift_images", "train"]
 
@@ -142,7 +142,7 @@ class AnalogStep:
                 self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
             self.learner = LocalLossLearner(net, self.optimizer)
         else:
-            from .analog_hebbian import AnalogHebbian
+            from spikingjelly_ff.learning.analog_hebbian import AnalogHebbian
 
             self.optimizer = None
             self.learner = AnalogHebbian(net, t.hebbian)
@@ -180,7 +180,7 @@ def train(
     num_classes = int(max(y_train.max(), y_test.max()).item()) + 1
     num_classes = max(num_classes, 10)
 
-    from .kernels import resolve_backend
+    from spikingjelly_ff.kernels import resolve_backend
 
     backend = resolve_backend(cfg.backend, device)
     net = build_model(cfg.model, in_features, num_classes, cfg.seed, backend).to(device)
@@ -238,7 +238,7 @@ def train(
         log(msg)
 
     if cfg.train.readout.enabled:
-        from .readout import train_readout
+        from spikingjelly_ff.runs.readout import train_readout
 
         ro = train_readout(net, cfg.train.readout, cfg.seed, x_train, y_train, device, log=log)
         ev = evaluate_arrays(scorer_for(net, cfg, device, readout=True), x_test, y_test, cfg.eval.batch_size)
@@ -265,7 +265,7 @@ def _scores_fn(net: FFNet, cfg: RunConfig, device: torch.device):
     """All-label scores ``[N, C]`` of the current model (for hard negatives)."""
     if isinstance(net, AnalogFFNet):
         return torch.no_grad()(net.scores)
-    from .engine import SpikingScorer
+    from spikingjelly_ff.learning.engine import SpikingScorer
 
     return SpikingScorer(net, seed=cfg.seed + 6, device=device, use_state=False).scores
 
@@ -279,7 +279,7 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
 
         return run
     assert isinstance(net, SpikingFFNet)
-    from .engine import SpikingTrainer
+    from spikingjelly_ff.learning.engine import SpikingTrainer
 
     trainer = SpikingTrainer(
         net, cfg.train.hebbian, steps_total, seed=cfg.seed + 3, device=device, sequential=cfg.train.batch_size == 1

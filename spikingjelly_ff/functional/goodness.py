@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import _array
+from spikingjelly_ff.functional import _array
 
 Tensor = Any  # a torch tensor or a numpy array
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _array
-from .goodness import goodness
-from .probability import Probability
+from spikingjelly_ff.functional import _array
+from spikingjelly_ff.functional.goodness import goodness
+from spikingjelly_ff.functional.probability import Probability
 
 Tensor = Any  # a torch tensor or a numpy array
 
@@ -47,9 +47,7 @@ def summed_score(
     total (the orders the trained models' recorded scores were computed in)."""
     parts = [layer_score(acts[i], prob, goodness_kind, score) for i in layers]
     if acts and _array.is_torch(acts[0]):
-        import torch
-
-        return torch.stack(parts).sum(0)
+        return _array.xp(acts[0]).stack(parts).sum(0)
     total = np.zeros(acts[0].shape[0], dtype=np.float32)
     for p in parts:
         total += p

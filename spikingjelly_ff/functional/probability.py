@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import _array
+from spikingjelly_ff.functional import _array
 
 Tensor = Any  # a torch tensor or a numpy array
 
@@ -137,7 +137,7 @@ class Probability:
 
     def loss(self, g: Tensor | tuple[Tensor, Tensor], y: Tensor) -> Tensor:
         """Mean binary cross-entropy of P against targets ``y`` (1 positive, 0 negative); torch only."""
-        import torch.nn.functional as F
+        F = _array.xp(y).nn.functional
 
         if self.clip > 0:
             p = self(g)

@@ -12,12 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .labels import LabelCode
-from .models import SpikingFFNet
-from .params import HebbianParams
-from .schedule import schedule_factor
-from .simulate import (
-    LearnSpec,
+from spikingjelly_ff.functional.labels import LabelCode
+from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.functional.schedule import schedule_factor
+from spikingjelly_ff.nn.models import SpikingFFNet
+from spikingjelly_ff.simulation import (
     SpikeIndex,
     encode_spikes,
     input_major,
@@ -61,7 +60,7 @@ class SpikingTrainer:
         # Online learning: a batch of rows (e.g. a positive and a negative) is shown one row
         # after another, each followed by its own update.
         self.sequential = sequential
-        self.spec = LearnSpec(hcfg.eta, hcfg.eligibility_tau, hcfg.learn_after)
+        self.spec = hcfg
         self.steps_total = max(1, steps_total)
         self.count = 0
         self.generator = torch.Generator(device=device).manual_seed(seed)

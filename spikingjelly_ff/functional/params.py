@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .labels import LABEL_KINDS
-from .schedule import SCHEDULES
+from spikingjelly_ff.functional.labels import LABEL_KINDS
+from spikingjelly_ff.functional.schedule import SCHEDULES
 
 __all__ = [
     "CODINGS",

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .models import AnalogFFNet
+from spikingjelly_ff.nn.models import AnalogFFNet
 
 if TYPE_CHECKING:  # the section's fields are read, never built, here
-    from .config import ReadoutConfig
+    from spikingjelly_ff.runs.config import ReadoutConfig
 
 __all__ = ["train_readout"]
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .hebbian import apply_delta, ff_hebbian_delta
-from .layers import length_normalize
-from .models import AnalogFFNet
-from .params import HebbianParams
+from spikingjelly_ff.functional.hebbian import ff_hebbian_delta
+from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.kernels import apply_delta
+from spikingjelly_ff.nn.layers import length_normalize
+from spikingjelly_ff.nn.models import AnalogFFNet
 
 __all__ = ["AnalogHebbian"]
 

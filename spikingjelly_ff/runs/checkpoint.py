@@ -16,10 +16,10 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .build import build_model
-from .config import RunConfig, config_from_dict
-from .models import FFNet
+from spikingjelly_ff import __version__
+from spikingjelly_ff.nn.models import FFNet
+from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.config import RunConfig, config_from_dict
 
 __all__ = ["CheckpointError", "load_model", "save_model"]
 

@@ -16,10 +16,11 @@ import torch
 from spikingjelly.activation_based import base, monitor
 from torch import Tensor, nn
 
-from .dynamics import TraceParams, trace_step
-from .hebbian import apply_delta, ff_hebbian_delta
-from .models import AnalogFFNet
-from .probability import Probability
+from spikingjelly_ff.functional.dynamics import TraceParams, trace_step
+from spikingjelly_ff.functional.hebbian import ff_hebbian_delta
+from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.kernels import apply_delta
+from spikingjelly_ff.nn.models import AnalogFFNet
 
 __all__ = ["HebbianLearner", "LocalLossLearner"]
 

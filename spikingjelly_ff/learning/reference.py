@@ -12,9 +12,9 @@ import torch
 from spikingjelly.activation_based import functional
 from torch import Tensor
 
-from .learning import HebbianLearner
-from .models import SpikingFFNet
-from .params import HebbianParams
+from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.learning.learners import HebbianLearner
+from spikingjelly_ff.nn.models import SpikingFFNet
 
 __all__ = ["ReferenceLoop"]
 

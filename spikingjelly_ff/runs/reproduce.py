@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from .analysis import hoyer, latents, separability, tsne_plot
-from .checkpoint import load_model
-from .config import load_config
-from .data import load_split
-from .train import train
+from spikingjelly_ff.runs.analysis import hoyer, latents, separability, tsne_plot
+from spikingjelly_ff.runs.checkpoint import load_model
+from spikingjelly_ff.runs.config import load_config
+from spikingjelly_ff.runs.data import load_split
+from spikingjelly_ff.runs.train import train
 
 __all__ = ["PAPER", "reproduce_paper"]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from .goodness import GOODNESS
-from .params import (
+from spikingjelly_ff.functional.goodness import GOODNESS
+from spikingjelly_ff.functional.params import (
     CODINGS,
     FIRE_RULES,
     FORMS,
@@ -31,8 +31,8 @@ from .params import (
     NeuronParams,
     TraceParams,
 )
-from .probability import KINDS as PROBABILITY_KINDS
-from .probability import Probability
+from spikingjelly_ff.functional.probability import KINDS as PROBABILITY_KINDS
+from spikingjelly_ff.functional.probability import Probability
 
 __all__ = [
     "ConfigError",
@@ -328,7 +328,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-CONFIG_DIR = Path(__file__).with_name("configs")
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
 
 
 def resolve_config(path: str | Path) -> Path:

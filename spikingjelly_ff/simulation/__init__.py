@@ -1,0 +1,40 @@
+"""Fast simulation of spiking FF layers, written once for torch tensors and numpy arrays.
+
+The torch engine (``learning.engine``) and the torch-free runtime (``runtime``) both run on
+these functions, so training, export and the edge device share one implementation. Results
+equal the per-step module loop (``reference.py``): identical spikes, weights equal up to
+float rounding. What makes it fast:
+
+* the currents of all steps that share one weight matrix come from one GEMM;
+* the neuron recurrence runs as a few in-place ops per step (a CuPy kernel on GPU);
+* scoring all C labels computes the label-independent part of layer 1's current once;
+* batch-1 learning (``online_layer``) never touches the whole weight matrix inside a
+  sample: the per-step updates are kept as a low-rank correction and applied once at the
+  end of the sample.
+
+Shapes: spikes ``[T, N, D]``; weights ``[H, D]``; membrane/trace ``[N, H]``.
+"""
+
+from __future__ import annotations
+
+from spikingjelly_ff.simulation.encoding import SpikeIndex, bernoulli_spikes, encode_spikes, regular_spikes
+from spikingjelly_ff.simulation.layer import Dynamics, input_major, learns_online, neuron_forward, rest, run_layer
+from spikingjelly_ff.simulation.online import online_layer, scalar_logit
+from spikingjelly_ff.simulation.scoring import label_currents, score_labels
+
+__all__ = [
+    "Dynamics",
+    "SpikeIndex",
+    "bernoulli_spikes",
+    "encode_spikes",
+    "input_major",
+    "label_currents",
+    "learns_online",
+    "neuron_forward",
+    "online_layer",
+    "regular_spikes",
+    "rest",
+    "run_layer",
+    "scalar_logit",
+    "score_labels",
+]

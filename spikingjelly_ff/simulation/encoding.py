@@ -1,0 +1,112 @@
+"""Rate coding of inputs into spikes: Bernoulli (random, the paper) or regular
+(deterministic), and the sparse index of a spike train that makes currents cheap.
+
+Shapes: rates ``[..., D]`` per-step spike probabilities; spikes ``[T, ..., D]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from spikingjelly_ff.functional import _array
+
+Array = Any  # torch tensor or numpy array
+
+__all__ = ["SpikeIndex", "bernoulli_spikes", "encode_spikes", "regular_spikes"]
+
+
+@dataclass
+class SpikeIndex:
+    """Where binary spikes ``[R, D]`` are 1, as ``embedding_bag`` input (torch only).
+
+    Input spikes are sparse (a few % of pixels fire per step), so summing the weight
+    columns of the active inputs costs a fraction of a dense ``spikes @ W^T``.
+    """
+
+    cols: Any  # [nnz] int64: input index of every spike, row after row
+    offsets: Any  # [R] int64: where each row starts in ``cols``
+
+    @classmethod
+    def from_dense(cls, spikes: Array) -> SpikeIndex:
+        """Index of a dense 0/1 matrix ``[R, D]``."""
+        rows, cols = spikes.nonzero(as_tuple=True)
+        return cls(cols, _row_offsets(rows, spikes.shape[0]))
+
+    def rows(self, start: int, stop: int) -> SpikeIndex:
+        """The index of rows ``[start, stop)``."""
+        off = self.offsets
+        begin = int(off[start]) if start < len(off) else len(self.cols)
+        end = int(off[stop]) if stop < len(off) else len(self.cols)
+        return SpikeIndex(self.cols[begin:end], off[start:stop] - begin)
+
+    def matmul(self, w: Array) -> Array:
+        """``spikes @ w.T`` for ``w`` ``[H, D]``: ``[R, H]``."""
+        return _array.xp(w).nn.functional.embedding_bag(self.cols, w.T.contiguous(), self.offsets, mode="sum")
+
+
+def _row_offsets(rows, n_rows: int):
+    torch = _array.xp(rows)
+    counts = torch.bincount(rows, minlength=n_rows)
+    return torch.cumsum(counts, 0) - counts
+
+
+def regular_spikes(rates: Array, steps: int) -> Array:
+    """Deterministic rate code ``[steps, *rates.shape]``: an input with rate r spikes whenever
+    r (t + 1) + 1/2 passes an integer, so over T steps it fires round(r T) times, evenly
+    spaced. The same spike counts as Bernoulli coding on average, without its noise."""
+    xp = _array.xp(rates)
+    if _array.is_torch(rates):
+        k = xp.arange(steps + 1, dtype=rates.dtype, device=rates.device)
+    else:
+        k = np.arange(steps + 1, dtype=rates.dtype)
+    k = k.reshape(steps + 1, *([1] * rates.ndim))
+    edges = xp.floor(rates[None] * k + 0.5)
+    return edges[1:] - edges[:-1]
+
+
+def encode_spikes(rates: Array, steps: int, rng, coding: str = "bernoulli", index: bool = False, dense: bool = True):
+    """Input spikes ``[steps, *rates.shape]`` with per-step rate ``rates``: ``bernoulli``
+    (random, the paper) or ``regular`` (deterministic, :func:`regular_spikes`). With
+    ``index`` (torch), also returns the :class:`SpikeIndex` of the ``[steps * N, D]`` rows."""
+    if coding == "regular":
+        out = regular_spikes(rates, steps)
+        if not index:
+            return out
+        return (out if dense else None), SpikeIndex.from_dense(out.reshape(-1, rates.shape[-1]))
+    if coding != "bernoulli":
+        raise ValueError(f"unknown spike coding {coding!r}; choose 'bernoulli' or 'regular'")
+    return bernoulli_spikes(rates, steps, rng, index, dense)
+
+
+def bernoulli_spikes(rates: Array, steps: int, rng, index: bool = False, dense: bool = True):
+    """``[steps, *rates.shape]`` float spikes, 1 with probability ``rates``; random numbers
+    are drawn only where the rate is positive. ``rng``: a torch.Generator or numpy Generator.
+    With ``index`` (torch), also returns the :class:`SpikeIndex` of the ``[steps * N, D]`` rows;
+    ``dense=False`` then skips the dense tensor (returned as ``None``)."""
+    flat = rates.reshape(-1)
+    if _array.is_torch(rates):
+        torch = _array.xp(rates)
+        live = flat.nonzero().squeeze(1)
+        hits = torch.rand(steps, live.numel(), generator=rng, device=rates.device) < flat[live]
+        out = None
+        if dense or not index:
+            out = torch.zeros(steps, flat.numel(), dtype=rates.dtype, device=rates.device)
+            out[:, live] = hits.to(rates.dtype)
+            out = out.reshape(steps, *rates.shape)
+        if not index:
+            return out
+        d = rates.shape[-1]
+        n = flat.numel() // d
+        t_idx, j_idx = hits.nonzero(as_tuple=True)
+        pos = live[j_idx]
+        rows = t_idx * n + torch.div(pos, d, rounding_mode="floor")
+        return out, SpikeIndex(pos % d, _row_offsets(rows, steps * n))
+    live = np.flatnonzero(flat)
+    out = np.zeros((steps, flat.size), dtype=np.float32)
+    if live.size:
+        u = rng.random((steps, live.size), dtype=np.float32)
+        out[:, live] = u < flat[live]
+    return out.reshape(steps, *rates.shape)

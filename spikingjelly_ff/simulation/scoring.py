@@ -1,0 +1,166 @@
+"""Scoring every candidate label: the first layer's currents of all labels with the
+label-independent part computed once, and the labels streamed through the layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from spikingjelly_ff.functional import _array
+from spikingjelly_ff.simulation.encoding import bernoulli_spikes, encode_spikes, regular_spikes
+from spikingjelly_ff.simulation.layer import Dynamics, neuron_forward, rest
+
+Array = Any  # torch tensor or numpy array
+
+__all__ = ["label_currents", "score_labels"]
+
+
+def score_labels(
+    first_current,
+    num_labels: int,
+    weights: list[Array],
+    d: Dynamics,
+    states: list[Array | None],
+    carry: bool,
+    rest_steps: int,
+    backend: str = "torch",
+    counts: bool = False,
+) -> tuple[list[Array], list[Array]]:
+    """Present C candidate labels to every layer and collect each layer's final traces.
+
+    ``first_current(k)`` returns layer 1's input current ``[T, N, H1]`` for label k (see
+    :func:`label_currents`). Labels stream through all layers one after another, so no
+    ``[C, T, N, H]`` tensor is ever built. With ``carry`` each layer's membrane carries from
+    one label to the next, decaying over ``rest_steps`` (the paper); otherwise every label
+    starts from rest. ``states`` holds each layer's starting membrane ``[N, H]`` (or ``None``).
+    Returns per layer the final traces (or spike counts) ``[C, N, H]``, and the membranes
+    left at the end (``None`` without ``carry``).
+    """
+    outputs: list[Array] = []
+    vs: list[Array] = []
+    for k in range(num_labels):
+        current = first_current(k)
+        t, n, _ = current.shape
+        spikes = None
+        for i, w in enumerate(weights):
+            h = w.shape[0]
+            if spikes is not None:  # the previous layer's output drives this one
+                current = (spikes.reshape(t * n, -1) @ w.T).reshape(t, n, h)
+            if k == 0:
+                outputs.append(_array.empty(current, (num_labels, n, h)))
+                start = states[i] if carry and states[i] is not None and tuple(states[i].shape) == (n, h) else None
+                vs.append(_array.zeros(current, (n, h)) if start is None else _array.contiguous(_array.copy(start)))
+            v = vs[i] if carry else _array.zeros(current, (n, h))
+            tr = _array.zeros(current, (n, h))
+            spikes = neuron_forward(_array.contiguous(current), v, tr, d, backend)
+            outputs[i][k] = spikes.sum(0) if counts else tr
+            if carry:
+                v[...] = rest(v, d, rest_steps)
+    return outputs, (vs if carry else [None] * len(weights))
+
+
+def label_currents(
+    image_rates: Array,
+    label_rates: Array,
+    image_slice: slice,
+    label_slice: slice,
+    w: Array,
+    steps: int,
+    rng,
+    share: bool = True,
+    coding: str = "bernoulli",
+):
+    """Draw input spikes for every candidate label; returns ``current(k)``, layer 1's input
+    current ``[T, N, H]`` for label k.
+
+    ``image_rates`` ``[N, D]`` are the images' spike probabilities (the embedded input holds
+    positions ``image_slice`` of them at the same positions); ``label_rates`` ``[C, L]`` those
+    of each label's code, at ``label_slice`` of the embedded input (``w`` is ``[H, D']``).
+    With ``share`` all labels of an image see the same image spikes and the same uniform
+    draws for their label positions (common random numbers), so the image part of the
+    current is computed once, not C times; and when every active label position has the
+    same rate (binary label codes) one draw of label spikes serves every label, each label
+    adding a small product over its own active positions.
+    """
+    c, width = label_rates.shape
+    n = image_rates.shape[0]
+    h = w.shape[0]
+    if not share:
+        rates = _embedded_rates(image_rates, label_rates, image_slice, label_slice, w.shape[1])  # [C, N, D']
+        spikes = bernoulli_spikes(rates, steps, rng)  # [T, C, N, D']
+        full = _array.swap01((spikes.reshape(steps * c * n, -1) @ w.T).reshape(steps, c, n, h))
+        return lambda k: full[k]
+    w_lab = w[:, label_slice]
+    if _array.is_torch(image_rates):
+        torch = _array.xp(image_rates)
+        keep_idx = torch.arange(image_slice.start, image_slice.stop, device=image_rates.device)
+        w_shared = w.index_select(1, keep_idx)
+        shared_rates = image_rates.index_select(1, keep_idx)
+        if image_rates.device.type == "cpu":
+            _, index = encode_spikes(shared_rates, steps, rng, coding, index=True, dense=False)
+            shared = index.matmul(w_shared)  # [T*N, H]
+        else:
+            spikes = encode_spikes(shared_rates, steps, rng, coding)
+            shared = spikes.reshape(steps * n, -1) @ w_shared.T
+        u = torch.rand(steps, n, width, generator=rng, device=image_rates.device) if coding == "bernoulli" else None
+        code = label_rates  # [C, L]
+        level = code.max()
+        if bool(((code == 0) | (code == level)).all()):
+            # Binary codes: label c's spikes are (u < level) on c's active positions.
+            if u is None:  # regular coding: every active position fires on the same steps
+                fired = regular_spikes(level.reshape(1), steps).expand(steps, n * width).reshape(steps * n, width)
+            else:
+                fired = (u < level).to(image_rates.dtype).reshape(steps * n, width)
+            active = [(code[k] > 0).nonzero().squeeze(1) for k in range(c)]
+
+            def current(k: int):
+                on = active[k]
+                if not on.numel():
+                    return shared.reshape(steps, n, h)
+                return torch.addmm(shared, fired.index_select(1, on), w_lab.index_select(1, on).T).reshape(steps, n, h)
+
+            return current
+        if u is None:
+            label = _array.swap01(regular_spikes(code[:, None, :].expand(c, n, width), steps))  # [C, T, N, L]
+        else:
+            label = (u[None] < code[:, None, None, :]).to(image_rates.dtype)  # [C, T, N, L]
+    else:
+        keep_idx = np.arange(image_slice.start, image_slice.stop)
+        shared = _shared_current(image_rates[:, keep_idx], w[:, keep_idx], steps, rng, coding)
+        if coding == "regular":
+            per_image = np.broadcast_to(label_rates[:, None, :], (c, n, width))
+            label = np.swapaxes(regular_spikes(per_image, steps), 0, 1)  # [C, T, N, L]
+        else:
+            u = rng.random((steps, n, width), dtype=np.float32)
+            label = _array.astype_like(u[None] < label_rates[:, None, None, :], image_rates)  # [C, T, N, L]
+    return lambda k: (shared + label[k].reshape(steps * n, width) @ w_lab.T).reshape(steps, n, h)
+
+
+def _embedded_rates(image_rates: Array, label_rates: Array, image_slice: slice, label_slice: slice, width: int):
+    """Every label's embedded rates ``[C, N, D']``, for the path that draws them all."""
+    c, n = label_rates.shape[0], image_rates.shape[0]
+    out = _array.zeros(image_rates, (c, n, width))
+    out[:, :, image_slice] = image_rates[:, image_slice]
+    out[:, :, label_slice] = label_rates[:, None, :]
+    return out
+
+
+_CHUNK_STEPS = 32
+
+
+def _shared_current(rates: np.ndarray, w: np.ndarray, steps: int, rng, coding: str) -> np.ndarray:
+    """``[T * N, H]`` current of the image spikes (numpy), drawn and multiplied a few steps at a
+    time: the uniform draws come in the same order as one ``[T, N, S]`` draw, so the result is
+    the same, but memory stays bounded and a long run stays interruptible between chunks."""
+    n = rates.shape[0]
+    if coding != "bernoulli" or steps <= _CHUNK_STEPS:
+        return encode_spikes(rates, steps, rng, coding).reshape(steps * n, -1) @ w.T
+    out = np.empty((steps * n, w.shape[0]), dtype=np.result_type(w.dtype, np.float32))
+    wt = w.T
+    for t0 in range(0, steps, _CHUNK_STEPS):
+        t1 = min(steps, t0 + _CHUNK_STEPS)
+        spikes = bernoulli_spikes(rates, t1 - t0, rng)
+        np.matmul(spikes.reshape((t1 - t0) * n, -1), wt, out=out[t0 * n : t1 * n])
+    return out
