@@ -12,12 +12,16 @@ import re
 import struct
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
+import grpc.aio
 import numpy as np
 import pytest
 import serving_utils as su
 from PIL import Image
-from sjff_client import AsyncClient, Client, RequestFailed
+from sjff_client import AsyncClient, Client, RequestFailed, outcome_unknown
+from sjff_client.pb import learning_pb2 as lpb
 from sjff_server.harness import ServerProcess
 
 from spikingjelly_ff.runtime import load_model
@@ -199,6 +203,51 @@ def test_client_and_async_client_have_the_same_methods():
         fn = getattr(AsyncClient, name)
         assert inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn), name
     assert {"server_metadata", "learn_stream", "infer_stream"} <= set(sync)
+
+
+def test_outcome_unknown_reads_the_errors_both_clients_raise():
+    """A Learn that fails with UNKNOWN may have been applied; any other status applied nothing.
+    A gRPC server whose Learn fails with the status named in the request's model makes both
+    clients raise their real errors (a grpc.Call from Client, an AioRpcError from AsyncClient)."""
+
+    def learn(request, context):
+        context.abort(grpc.StatusCode[request.model_name], "refused")
+
+    service = lpb.DESCRIPTOR.services_by_name["Learning"].full_name
+    method = grpc.unary_unary_rpc_method_handler(
+        learn, request_deserializer=lpb.LearnRequest.FromString, response_serializer=lpb.LearnResponse.SerializeToString
+    )
+    handler = grpc.method_handlers_generic_handler(service, {"Learn": method})
+    server = grpc.server(ThreadPoolExecutor(max_workers=2), handlers=[handler])
+    target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    x, codes = np.zeros((1, 784), np.uint8), ("UNKNOWN", "UNAVAILABLE", "ABORTED")
+    try:
+        with Client(target, token=su.TOKEN) as c:
+            sync = []
+            for code in codes:
+                with pytest.raises(grpc.RpcError) as err:
+                    c.learn(x, [1], model=code)
+                sync.append(err.value)
+
+        async def run():
+            async with AsyncClient(target, token=su.TOKEN) as c:
+                out = []
+                for code in codes:
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await c.learn(x, [1], model=code)
+                    out.append(err.value)
+                return out
+
+        aio = asyncio.run(run())
+    finally:
+        server.stop(None)
+    for errors in (sync, aio):
+        assert [e.code().name for e in errors] == list(codes)
+        assert [outcome_unknown(e) for e in errors] == [True, False, False]
+    assert all(isinstance(e, grpc.Call) for e in sync)
+    assert outcome_unknown(RequestFailed("UNKNOWN", "x")) and not outcome_unknown(RequestFailed("ABORTED", "x"))
+    assert not outcome_unknown(ValueError("x"))
 
 
 def test_learn_stream_is_lazy_in_both_clients(server, mnist_samples):

@@ -74,6 +74,54 @@ def test_node_client_against_the_server(node_modules, sjff_models, tmp_path, tok
         assert json.loads(cli.stdout)["label"] == ref["label"][:3].tolist()
 
 
+PROTOS = ("inference/grpc_service.proto", "spikingjelly_ff/v1/learning.proto")
+# an outdated copy of the protos: the packages without their services
+STALE = {
+    PROTOS[0]: 'syntax = "proto3";\npackage inference;\n',
+    PROTOS[1]: 'syntax = "proto3";\npackage spikingjelly_ff.v1;\n',
+}
+
+LOAD_CHECK = """
+const { loadServices, PROTO_ROOT } = require(process.env.SJFF_INDEX);
+const { Inference, Learning } = loadServices();
+console.log(JSON.stringify({ protoRoot: PROTO_ROOT, services: [typeof Inference, typeof Learning] }));
+"""
+
+
+def _write_stale(root):
+    for name, text in STALE.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def _load(node_modules, index, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "SJFF_PROTO_ROOT"}
+    env.update(NODE_PATH=str(node_modules), SJFF_INDEX=str(index))
+    return subprocess.run(["node", "-e", LOAD_CHECK], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_checkout_ignores_protos_left_by_an_interrupted_pack(node_modules, tmp_path):
+    """`prepack` copies protos/ into the package, `postpack` removes the copy; a pack interrupted
+    in between leaves it behind, and it goes stale when the repository's protos change. In a
+    checkout (a copy of one here) index.js reads the repository's protos/ all the same; the
+    same stale copy inside an installed package is what that package reads (and fails on)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(su.ROOT / "protos", repo / "protos")
+    node = repo / "clients" / "node"
+    shutil.copytree(NODE_DIR / "scripts", node / "scripts")
+    shutil.copy(NODE_DIR / "index.js", node)
+    subprocess.run(["node", "scripts/protos.js", "copy"], cwd=node, check=True, timeout=60)  # prepack, no postpack
+    assert {p for p in PROTOS if (node / "protos" / p).is_file()} == set(PROTOS)
+    _write_stale(node / "protos")
+    p = _load(node_modules, node / "index.js", tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout) == {"protoRoot": str(repo / "protos"), "services": ["function", "function"]}
+    installed = tmp_path / "app" / "node_modules" / "sjff-client"
+    shutil.copytree(node, installed)
+    p = _load(node_modules, installed / "index.js", tmp_path)
+    assert p.returncode != 0 and "GRPCInferenceService" in p.stderr
+
+
 PACKED_CHECK = """
 const { SjffClient, PROTO_ROOT } = require('sjff-client');
 (async () => {
@@ -107,11 +155,11 @@ def test_packed_node_client_outside_the_repo(node_modules, sjff_models, tmp_path
     with tarfile.open(tarball) as tf:
         members = tf.getmembers()
         names = {m.name for m in members}
-        protos = ("inference/grpc_service.proto", "spikingjelly_ff/v1/learning.proto")
-        assert {f"package/protos/{p}" for p in protos} <= names
+        assert {f"package/protos/{p}" for p in PROTOS} <= names
         for m in members:
             m.name = m.name.removeprefix("package/")
         tf.extractall(package, members, filter="data")
+    _write_stale(tmp_path / "app" / "protos")  # a project's own protos/ is not the package's
     images = mnist_samples[0][:2]
     ref = load_model(sjff_models["analog"], threads=1).run(su.as_float(images))["label"]
     root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})

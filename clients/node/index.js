@@ -2,7 +2,7 @@
 /**
  * Node.js client of the spikingjelly-ff server, generated at load time from the same .proto
  * files as the Python stubs with @grpc/proto-loader. The package ships them (./protos, copied by
- * `npm pack`); in a checkout of the repository they are read from its protos/.
+ * `npm pack`); in a checkout of the repository they are always read from its protos/.
  *
  *   const { SjffClient } = require('sjff-client');
  *   const c = new SjffClient('localhost:8001', { token: process.env.SJFF_TOKEN });
@@ -16,11 +16,18 @@ const protoLoader = require('@grpc/proto-loader');
 
 const PROTOS = ['inference/grpc_service.proto', 'spikingjelly_ff/v1/learning.proto'];
 
-/** $SJFF_PROTO_ROOT, else the package's own copy, else the repository's protos/. */
+/**
+ * $SJFF_PROTO_ROOT; else, in a checkout (this directory is the repository's clients/node), the
+ * repository's protos/, so that a copy left in ./protos by an interrupted `npm pack` can never
+ * hide an edit of them; else the package's own copy. An installed package sits in
+ * node_modules/, never in clients/: a protos/ folder two levels above it is not read.
+ */
 function protoRoot() {
   if (process.env.SJFF_PROTO_ROOT) return process.env.SJFF_PROTO_ROOT;
-  const shipped = path.join(__dirname, 'protos');
-  return fs.existsSync(path.join(shipped, PROTOS[0])) ? shipped : path.join(__dirname, '..', '..', 'protos');
+  const repoProtos = path.join(__dirname, '..', '..', 'protos');
+  const inCheckout = path.basename(path.dirname(__dirname)) === 'clients'
+    && fs.existsSync(path.join(repoProtos, PROTOS[0]));
+  return inCheckout ? repoProtos : path.join(__dirname, 'protos');
 }
 
 const PROTO_ROOT = protoRoot();

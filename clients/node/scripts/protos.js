@@ -3,7 +3,8 @@
 /**
  * Ship the .proto files with the package: `npm pack` / `npm publish` run `prepack`, which copies
  * the repository's protos/ into ./protos (listed in package.json "files"), and `postpack`,
- * which removes the copy so that a checkout keeps loading the repository's own files.
+ * which removes the copy. A copy left behind (a pack interrupted in between) is harmless:
+ * index.js reads the repository's protos/ whenever it runs from a checkout.
  *
  *   node scripts/protos.js copy | clean
  */

@@ -8,7 +8,7 @@
         c.learn(images, labels)             # one on-line update -> LearnResult(version, log_odds)
 
 The two classes have the same public methods with the same parameters (tests/test_clients.py
-checks it): requests are built once, in :class:`_Base`; each class only makes the call.
+checks it): requests are built once, in ``messages.py``; each class only makes the call.
 """
 
 from __future__ import annotations
@@ -27,10 +27,19 @@ from .messages import (
     RequestFailed,
     build_infer_request,
     build_learn_request,
+    infer_parameters,
     learn_result,
+    list_versions_request,
+    model_metadata_request,
+    model_ready_request,
     outcome_unknown,
     parse_infer_response,
+    rollback_request,
+    snapshot_request,
+    stats_request,
+    stream_infer_request,
     stream_infer_result,
+    stream_learn_request,
 )
 from .pb import grpc_service_pb2 as pb
 from .pb import grpc_service_pb2_grpc as pb_grpc
@@ -64,7 +73,7 @@ async def _aiter(items: AsyncIterable[_T] | Iterable[_T]) -> AsyncIterator[_T]:
 
 
 class _Base:
-    """Connection, token and every request message; the subclasses only make the calls."""
+    """Connection, token and call options; the subclasses make the calls."""
 
     _aio = False
 
@@ -97,47 +106,8 @@ class _Base:
         md = self._metadata if token else self._inference_metadata
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": md}
 
-    def _model_ready_req(self, model: str | None, version: str) -> pb.ModelReadyRequest:
-        return pb.ModelReadyRequest(name=model or self.model, version=version)
-
-    def _model_metadata_req(self, model: str | None, version: str) -> pb.ModelMetadataRequest:
-        return pb.ModelMetadataRequest(name=model or self.model, version=version)
-
-    def _infer_req(
-        self, images, model, version, outputs, seed, steps, return_latent, typed, raw, request_id
-    ) -> pb.ModelInferRequest:
-        params = {"seed": seed, "steps": steps, "return_latent": return_latent or None, "typed_output": typed or None}
-        return build_infer_request(
-            images, model or self.model, version, outputs=outputs, parameters=params, raw=raw, request_id=request_id
-        )
-
-    def _stream_infer_req(self, i: int, images, model, version) -> pb.ModelInferRequest:
-        return build_infer_request(images, model or self.model, version, request_id=str(i))
-
-    def _learn_req(self, images, labels, positive, model, version, seed, eta, expected_version) -> lpb.LearnRequest:
-        return build_learn_request(
-            images,
-            labels,
-            positive,
-            model or self.model,
-            version,
-            seed=seed,
-            eta=eta,
-            expected_version=expected_version,
-        )
-
-    def _stream_learn_req(self, i: int, sample: tuple, model, version) -> lpb.LearnRequest:
-        """``sample``: ``(images, labels[, positive])``."""
-        return build_learn_request(*sample, model=model or self.model, version=version, request_id=str(i))
-
-    def _snapshot_req(self, model, version, export) -> lpb.SnapshotRequest:
-        return lpb.SnapshotRequest(model_name=model or self.model, model_version=version, export_artifact=export)
-
-    def _list_versions_req(self, model, version, limit) -> lpb.ListVersionsRequest:
-        return lpb.ListVersionsRequest(model_name=model or self.model, model_version=version, limit=limit)
-
-    def _rollback_req(self, to_version, model, version) -> lpb.RollbackRequest:
-        return lpb.RollbackRequest(model_name=model or self.model, model_version=version, version=to_version)
+    def _model(self, model: str | None) -> str:
+        return model or self.model
 
 
 def _learn_outcome(resp: lpb.LearnResponse) -> LearnResult | RequestFailed:
@@ -171,7 +141,7 @@ class Client(_Base):
         return self.inference.ServerReady(pb.ServerReadyRequest(), **self._kw(timeout)).ready
 
     def model_ready(self, model: str | None = None, version: str = "", timeout: float | None = None) -> bool:
-        return self.inference.ModelReady(self._model_ready_req(model, version), **self._kw(timeout)).ready
+        return self.inference.ModelReady(model_ready_request(self._model(model), version), **self._kw(timeout)).ready
 
     def server_metadata(self, timeout: float | None = None) -> pb.ServerMetadataResponse:
         return self.inference.ServerMetadata(pb.ServerMetadataRequest(), **self._kw(timeout))
@@ -179,7 +149,7 @@ class Client(_Base):
     def model_metadata(
         self, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> pb.ModelMetadataResponse:
-        return self.inference.ModelMetadata(self._model_metadata_req(model, version), **self._kw(timeout))
+        return self.inference.ModelMetadata(model_metadata_request(self._model(model), version), **self._kw(timeout))
 
     def infer(
         self,
@@ -198,7 +168,10 @@ class Client(_Base):
     ) -> InferResult:
         """Infer images ``[N, D]``; ``typed`` asks for typed output contents, ``raw=False``
         sends typed input contents."""
-        req = self._infer_req(images, model, version, outputs, seed, steps, return_latent, typed, raw, request_id)
+        params = infer_parameters(seed, steps, return_latent, typed)
+        req = build_infer_request(
+            images, self._model(model), version, outputs=outputs, parameters=params, raw=raw, request_id=request_id
+        )
         return parse_infer_response(self.inference.ModelInfer(req, **self._kw(timeout)))
 
     def infer_stream(
@@ -211,7 +184,7 @@ class Client(_Base):
     ) -> Iterator[InferResult]:
         """ModelStreamInfer: one result per batch, in order (a refused one raises RequestFailed).
         ``batches`` is pulled lazily, as the stream sends."""
-        reqs = (self._stream_infer_req(i, b, model, version) for i, b in enumerate(batches))
+        reqs = (stream_infer_request(i, b, self._model(model), version) for i, b in enumerate(batches))
         for resp in self.inference.ModelStreamInfer(reqs, **self._kw(timeout)):
             yield stream_infer_result(resp)
 
@@ -230,7 +203,9 @@ class Client(_Base):
         timeout: float | None = None,
     ) -> LearnResult:
         """One durable on-line update from images ``[N, D]`` with ``labels`` ``[N]``."""
-        req = self._learn_req(images, labels, positive, model, version, seed, eta, expected_version)
+        req = build_learn_request(
+            images, labels, positive, self._model(model), version, seed=seed, eta=eta, expected_version=expected_version
+        )
         return learn_result(self.learning.Learn(req, **self._kw(timeout, token=True)))
 
     def learn_stream(
@@ -239,7 +214,7 @@ class Client(_Base):
         """LearnStream over ``(images, labels[, positive])`` tuples, pulled lazily (a sample may
         depend on the previous result); yields a LearnResult per sample or the RequestFailed of
         a refused one (the stream goes on)."""
-        reqs = (self._stream_learn_req(i, s, model, version) for i, s in enumerate(samples))
+        reqs = (stream_learn_request(i, s, self._model(model), version) for i, s in enumerate(samples))
         for resp in self.learning.LearnStream(reqs, **self._kw(timeout, token=True)):
             yield _learn_outcome(resp)
 
@@ -247,25 +222,26 @@ class Client(_Base):
         self, *, model: str | None = None, version: str = "", export: bool = False, timeout: float | None = None
     ) -> lpb.SnapshotResponse:
         """Write a snapshot now (``export``: also a complete model file)."""
-        return self.learning.Snapshot(self._snapshot_req(model, version, export), **self._kw(timeout, token=True))
+        req = snapshot_request(self._model(model), version, export)
+        return self.learning.Snapshot(req, **self._kw(timeout, token=True))
 
     def list_versions(
         self, *, model: str | None = None, version: str = "", limit: int = 100, timeout: float | None = None
     ) -> lpb.ListVersionsResponse:
         """Current learning version, restorable snapshots and the latest ``limit`` history entries."""
-        req = self._list_versions_req(model, version, limit)
+        req = list_versions_request(self._model(model), version, limit)
         return self.learning.ListVersions(req, **self._kw(timeout, token=True))
 
     def rollback(
         self, to_version: int, *, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> lpb.RollbackResponse:
         """Restore the weights of ``to_version`` (as a new version)."""
-        req = self._rollback_req(to_version, model, version)
+        req = rollback_request(to_version, self._model(model), version)
         return self.learning.Rollback(req, **self._kw(timeout, token=True))
 
     def stats(self, *, model: str = "", version: str = "", timeout: float | None = None) -> lpb.GetStatsResponse:
         """Learning statistics of one model, or of all (``model=""``)."""
-        req = lpb.GetStatsRequest(model_name=model, model_version=version)
+        req = stats_request(model, version)
         return self.learning.GetStats(req, **self._kw(timeout, token=True))
 
 
@@ -292,7 +268,8 @@ class AsyncClient(_Base):
         return (await self.inference.ServerReady(pb.ServerReadyRequest(), **self._kw(timeout))).ready
 
     async def model_ready(self, model: str | None = None, version: str = "", timeout: float | None = None) -> bool:
-        return (await self.inference.ModelReady(self._model_ready_req(model, version), **self._kw(timeout))).ready
+        req = model_ready_request(self._model(model), version)
+        return (await self.inference.ModelReady(req, **self._kw(timeout))).ready
 
     async def server_metadata(self, timeout: float | None = None) -> pb.ServerMetadataResponse:
         return await self.inference.ServerMetadata(pb.ServerMetadataRequest(), **self._kw(timeout))
@@ -300,7 +277,8 @@ class AsyncClient(_Base):
     async def model_metadata(
         self, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> pb.ModelMetadataResponse:
-        return await self.inference.ModelMetadata(self._model_metadata_req(model, version), **self._kw(timeout))
+        req = model_metadata_request(self._model(model), version)
+        return await self.inference.ModelMetadata(req, **self._kw(timeout))
 
     async def infer(
         self,
@@ -318,7 +296,10 @@ class AsyncClient(_Base):
         timeout: float | None = None,
     ) -> InferResult:
         """See :meth:`Client.infer`."""
-        req = self._infer_req(images, model, version, outputs, seed, steps, return_latent, typed, raw, request_id)
+        params = infer_parameters(seed, steps, return_latent, typed)
+        req = build_infer_request(
+            images, self._model(model), version, outputs=outputs, parameters=params, raw=raw, request_id=request_id
+        )
         return parse_infer_response(await self.inference.ModelInfer(req, **self._kw(timeout)))
 
     async def infer_stream(
@@ -334,7 +315,7 @@ class AsyncClient(_Base):
         async def reqs():
             i = 0
             async for b in _aiter(batches):
-                yield self._stream_infer_req(i, b, model, version)
+                yield stream_infer_request(i, b, self._model(model), version)
                 i += 1
 
         async for resp in self.inference.ModelStreamInfer(reqs(), **self._kw(timeout)):
@@ -355,7 +336,9 @@ class AsyncClient(_Base):
         timeout: float | None = None,
     ) -> LearnResult:
         """See :meth:`Client.learn`."""
-        req = self._learn_req(images, labels, positive, model, version, seed, eta, expected_version)
+        req = build_learn_request(
+            images, labels, positive, self._model(model), version, seed=seed, eta=eta, expected_version=expected_version
+        )
         return learn_result(await self.learning.Learn(req, **self._kw(timeout, token=True)))
 
     async def learn_stream(
@@ -371,7 +354,7 @@ class AsyncClient(_Base):
         async def reqs():
             i = 0
             async for s in _aiter(samples):
-                yield self._stream_learn_req(i, s, model, version)
+                yield stream_learn_request(i, s, self._model(model), version)
                 i += 1
 
         async for resp in self.learning.LearnStream(reqs(), **self._kw(timeout, token=True)):
@@ -381,24 +364,24 @@ class AsyncClient(_Base):
         self, *, model: str | None = None, version: str = "", export: bool = False, timeout: float | None = None
     ) -> lpb.SnapshotResponse:
         """See :meth:`Client.snapshot`."""
-        req = self._snapshot_req(model, version, export)
+        req = snapshot_request(self._model(model), version, export)
         return await self.learning.Snapshot(req, **self._kw(timeout, token=True))
 
     async def list_versions(
         self, *, model: str | None = None, version: str = "", limit: int = 100, timeout: float | None = None
     ) -> lpb.ListVersionsResponse:
         """See :meth:`Client.list_versions`."""
-        req = self._list_versions_req(model, version, limit)
+        req = list_versions_request(self._model(model), version, limit)
         return await self.learning.ListVersions(req, **self._kw(timeout, token=True))
 
     async def rollback(
         self, to_version: int, *, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> lpb.RollbackResponse:
         """See :meth:`Client.rollback`."""
-        req = self._rollback_req(to_version, model, version)
+        req = rollback_request(to_version, self._model(model), version)
         return await self.learning.Rollback(req, **self._kw(timeout, token=True))
 
     async def stats(self, *, model: str = "", version: str = "", timeout: float | None = None) -> lpb.GetStatsResponse:
         """See :meth:`Client.stats`."""
-        req = lpb.GetStatsRequest(model_name=model, model_version=version)
+        req = stats_request(model, version)
         return await self.learning.GetStats(req, **self._kw(timeout, token=True))

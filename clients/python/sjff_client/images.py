@@ -6,8 +6,8 @@
   :class:`ImageError` that names the extra.
 
 Readers return uint8 arrays; :func:`prepare` turns one image into an MNIST-style
-``[H*W]`` uint8 vector (grey, resized, digit bright on dark); the server scales UINT8 inputs
-to [0, 1].
+``[H*W]`` uint8 vector (grey, resized with numpy, digit bright on dark); the server scales
+UINT8 inputs to [0, 1].
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class ImageError(ValueError):
 
 
 def _pillow(what: str) -> Any:
-    """The ``PIL`` package, imported only when an image file or a resize needs it."""
+    """The ``PIL`` package, imported only when an image file is read."""
     try:
         import PIL.Image
         import PIL.ImageOps
@@ -125,21 +125,44 @@ def read_image(path: str | Path) -> np.ndarray:
     return _read_with_pillow(path)
 
 
-def resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A grey float image ``[H, W]`` resized to ``shape`` ``(rows, cols)`` with Pillow (float32).
+def _axis_weights(n_in: int, n_out: int, box: bool) -> np.ndarray:
+    """Resampling weights ``[n_out, n_in]`` along one axis (rows sum to 1).
 
-    Shrinking uses the box filter: each output pixel is the mean of the input area it covers
-    (anti-aliased, as MNIST's digits were; exact for integer factors). Enlarging uses
-    bilinear interpolation on pixel centres, as the client did before Pillow."""
+    Output pixel ``o`` is centred at ``c = (o + 0.5) * n_in / n_out`` in input coordinates;
+    input pixel ``i`` gets the filter's value at ``(i + 0.5 - c) / stretch``, where ``stretch``
+    (the scale, at least 1) widens the filter over the input when shrinking: that is the
+    anti-aliasing. Box: 1 on ``(-0.5, 0.5]``, so each output pixel is the mean of the input
+    pixels whose centres it covers. Bilinear: ``1 - |d|``; near the edges the weights are
+    renormalised, which holds the edge pixels. These are Pillow's BOX and BILINEAR filters
+    (same weights, computed in the same order in float64)."""
+    scale = n_in / n_out
+    stretch = max(scale, 1.0)
+    support = (0.5 if box else 1.0) * stretch  # half-width of the filter, in input pixels
+    centre = (np.arange(n_out) + 0.5) * scale
+    i = np.arange(n_in)[None, :]
+    d = (i - centre[:, None] + 0.5) * (1.0 / stretch)
+    w = ((d > -0.5) & (d <= 0.5)).astype(np.float64) if box else np.maximum(1.0 - np.abs(d), 0.0)
+    # the pixel window decides a pixel centre on the border between two output pixels (where
+    # d is +-0.5 up to rounding): the same rounding as Pillow's, so it goes to the same side
+    lo, hi = np.floor(centre - support + 0.5), np.floor(centre + support + 0.5)
+    w *= (i >= lo[:, None]) & (i < hi[:, None])
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A grey float image ``[H, W]`` resized to ``shape`` ``(rows, cols)``, with numpy (float64).
+
+    Shrinking (in both directions) uses the box filter: each output pixel is the mean of the
+    input area it covers (anti-aliased, as MNIST's digits were; exact for integer factors).
+    Otherwise bilinear interpolation on pixel centres, edges held (anti-aliased along an axis
+    that shrinks). Within float32 rounding of Pillow's ``resize`` with ``BOX`` / ``BILINEAR``
+    on an ``F`` image, so image files and arrays need no Pillow to be resized."""
     h, w = img.shape
     th, tw = shape
     if (h, w) == (th, tw):
         return img
-    pil = _pillow(f"resizing a {h}x{w} image to {th}x{tw}")
-    shrink = h >= th and w >= tw
-    method = pil.Image.Resampling.BOX if shrink else pil.Image.Resampling.BILINEAR
-    out = pil.Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F").resize((tw, th), method)
-    return np.asarray(out, dtype=np.float64)
+    box = h >= th and w >= tw
+    return _axis_weights(h, th, box) @ np.asarray(img, dtype=np.float64) @ _axis_weights(w, tw, box).T
 
 
 def prepare(img: np.ndarray, shape: tuple[int, int] = (28, 28), invert: str = "auto") -> np.ndarray:

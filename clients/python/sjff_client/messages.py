@@ -1,5 +1,6 @@
 """Messages of the spikingjelly-ff protocols and their results, with numpy only: requests built
-from arrays (:func:`build_infer_request`, :func:`build_learn_request`), responses turned into
+from arrays (:func:`build_infer_request`, :func:`build_learn_request`) and the request of every
+other client method (``*_request``: the model already named), responses turned into
 :class:`InferResult` / :class:`LearnResult`, and :class:`RequestFailed` for a refused request
 inside a stream. Both clients (``client.py``) use these; so can any other gRPC stack.
 """
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
+import grpc.aio
 import numpy as np
 
 from .codec import infer_parameter, parameter_value, response_arrays
@@ -23,10 +25,19 @@ __all__ = [
     "RequestFailed",
     "build_infer_request",
     "build_learn_request",
+    "infer_parameters",
     "learn_result",
+    "list_versions_request",
+    "model_metadata_request",
+    "model_ready_request",
     "outcome_unknown",
     "parse_infer_response",
+    "rollback_request",
+    "snapshot_request",
+    "stats_request",
+    "stream_infer_request",
     "stream_infer_result",
+    "stream_learn_request",
 ]
 
 DEFAULT_MODEL = "mnist"
@@ -54,8 +65,8 @@ def outcome_unknown(exc: BaseException) -> bool:
     Every other failure of a learn (UNAVAILABLE "not applied" included) applied nothing."""
     if isinstance(exc, RequestFailed):
         return exc.outcome_unknown
-    code = getattr(exc, "code", None)
-    return callable(code) and getattr(code(), "name", "") == "UNKNOWN"
+    # a failed call raises an error that is also its grpc.Call (sync) or an AioRpcError (asyncio)
+    return isinstance(exc, grpc.Call | grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNKNOWN
 
 
 @dataclass
@@ -181,6 +192,48 @@ def build_learn_request(
     if expected_version is not None:
         req.expected_version = int(expected_version)
     return req
+
+
+def infer_parameters(
+    seed: int | None = None, steps: int | None = None, return_latent: bool = False, typed: bool = False
+) -> dict[str, int | bool | None]:
+    """The request parameters of the inference options (None is left out: the server's default)."""
+    return {"seed": seed, "steps": steps, "return_latent": return_latent or None, "typed_output": typed or None}
+
+
+def stream_infer_request(i: int, images: np.ndarray, model: str, version: str) -> pb.ModelInferRequest:
+    """Request ``i`` of a ModelStreamInfer stream (its id is ``i``, to match answers to batches)."""
+    return build_infer_request(images, model, version, request_id=str(i))
+
+
+def stream_learn_request(i: int, sample: tuple, model: str, version: str) -> lpb.LearnRequest:
+    """Request ``i`` of a LearnStream; ``sample``: ``(images, labels[, positive])``."""
+    return build_learn_request(*sample, model=model, version=version, request_id=str(i))
+
+
+def model_ready_request(model: str, version: str) -> pb.ModelReadyRequest:
+    return pb.ModelReadyRequest(name=model, version=version)
+
+
+def model_metadata_request(model: str, version: str) -> pb.ModelMetadataRequest:
+    return pb.ModelMetadataRequest(name=model, version=version)
+
+
+def snapshot_request(model: str, version: str, export: bool) -> lpb.SnapshotRequest:
+    return lpb.SnapshotRequest(model_name=model, model_version=version, export_artifact=export)
+
+
+def list_versions_request(model: str, version: str, limit: int) -> lpb.ListVersionsRequest:
+    return lpb.ListVersionsRequest(model_name=model, model_version=version, limit=limit)
+
+
+def rollback_request(to_version: int, model: str, version: str) -> lpb.RollbackRequest:
+    return lpb.RollbackRequest(model_name=model, model_version=version, version=to_version)
+
+
+def stats_request(model: str, version: str) -> lpb.GetStatsRequest:
+    """``model=""``: the statistics of every model."""
+    return lpb.GetStatsRequest(model_name=model, model_version=version)
 
 
 def learn_result(resp: lpb.LearnResponse) -> LearnResult:
