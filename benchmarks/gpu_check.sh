@@ -22,10 +22,10 @@ python3 -m pytest -v -p no:cacheprovider tests/library/test_kernels.py
 rc=$?
 echo "== GPU throughput"
 python3 benchmarks/gpu_speed.py ${OUT:+--json "$OUT/gpu_speed.json"} || rc=1
-echo "== One epoch of the paper's batched P_sym row on MNIST (configs/paper), torch vs cupy"
+echo "== One epoch of the paper's batched P_sym row on MNIST (spikingjelly_ff/configs/paper), torch vs cupy"
 if python3 -c "from spikingjelly_ff.runs.data import find_dataset; find_dataset('mnist')" 2>/dev/null; then
   for b in torch cupy; do
-    python3 -m spikingjelly_ff.cli train configs/paper/hebbian-batched-symmetric.yaml --set device=cuda \
+    python3 -m spikingjelly_ff.cli train paper/hebbian-batched-symmetric --set device=cuda \
       --set backend=$b --set train.epochs=1 --out "/tmp/sjff-gpu-$b" --quiet --json || rc=1
   done
 else

@@ -6,7 +6,7 @@
 
 1. **Stall** (``--max-inline-mmacs``). ``--hostile`` clients send ``--rows``-image requests
    (4,096: the default --max-request-rows, 12.8 MB) back to back to a large analog model
-   (configs/analog-deep.yaml: 784 -> 2000 -> 2000, five views; about 208 M multiply-accumulates
+   (spikingjelly_ff/configs/analog-deep.yaml: 784 -> 2000 -> 2000, five views; about 208 M multiply-accumulates
    per image, so one such request computes for tens of seconds on one core). Meanwhile a probe
    sends a ``grpc.health.v1`` Check and a one-image ModelInfer to a small analog model every
    ``--probe-ms``, open loop (a probe does not wait for the previous one), and measures each
@@ -51,7 +51,7 @@ UNLIMITED_MB = "1000000"
 
 
 def deep_model() -> Path:
-    """configs/analog-deep.yaml, one epoch on 500 images of the MNIST subset, as ONNX (cached)."""
+    """The shipped config analog-deep, one epoch on 500 images of the MNIST subset, as ONNX (cached)."""
     out = CACHE / "analog-deep-mini.onnx"
     if out.is_file():
         return out
@@ -62,7 +62,7 @@ def deep_model() -> Path:
     sets += ["data.download=false", "train.eval_every=0"]
     args = [a for s in sets for a in ("--set", s)]
     subprocess.run(
-        [*cli, "train", "configs/analog-deep.yaml", *args, "--out", str(work), "--quiet"], check=True, cwd=ROOT
+        [*cli, "train", "analog-deep", *args, "--out", str(work), "--quiet"], check=True, cwd=ROOT
     )
     subprocess.run([*cli, "export", str(work / "model"), "--format", "onnx", "--out", str(out)], check=True, cwd=ROOT)
     return out

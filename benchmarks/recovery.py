@@ -92,8 +92,8 @@ def corruption_run(repo: Path, state: Path, token: Path, images, labels, acks: i
     newest segment, restart, then the operator's repair."""
     import grpc
     from sjff_client import Client
-    from sjff_server.durability import UpdateLog
     from sjff_server.harness import ServerProcess
+    from sjff_server.storage.durability import UpdateLog
 
     args = ["--snapshot-every", "0", "--snapshot-interval", "0"]
     srv = ServerProcess(repo, state_dir=state, token_file=token, metrics=False, extra_args=args).start()
@@ -141,9 +141,9 @@ def corruption_run(repo: Path, state: Path, token: Path, images, labels, acks: i
 
 def write_big_log(state: Path, gib: float, in_features: int, artefact: Path) -> tuple[int, int]:
     """Format-1 log (one segment, as earlier releases wrote it) of 1,024-image updates."""
-    from sjff_server.records import MAGIC_V1, UPDATE, Update, UpdateRecord, encode_payload
-    from sjff_server.snapshots import atomic_write
-    from sjff_server.state import file_sha256
+    from sjff_server.storage.records import MAGIC_V1, UPDATE, Update, UpdateRecord, encode_payload
+    from sjff_server.storage.snapshots import atomic_write
+    from sjff_server.storage.state import file_sha256
 
     d = state / "mnist" / "1"
     (d / "log").mkdir(parents=True, exist_ok=True)

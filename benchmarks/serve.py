@@ -158,10 +158,10 @@ def check_predictions(target: str, model_path: Path, images: np.ndarray, labels:
     does on 64 images. Returns the server's accuracy on ``images``."""
     from sjff_client import Client
 
-    from spikingjelly_ff.runtime import load_model
+    from spikingjelly_ff.runtime import load_exported
 
     with Client(target) as c:
-        ref = load_model(model_path, threads=1).run(images[:64].astype(np.float32) / np.float32(255.0))
+        ref = load_exported(model_path, threads=1).run(images[:64].astype(np.float32) / np.float32(255.0))
         got = c.infer(images[:64])
         assert np.array_equal(got.label, ref["label"]), "server and in-process predictions differ"
         return float((c.infer(images).label == labels).mean())

@@ -43,12 +43,12 @@ def _handler_latency(model_path: Path, n: int, payload: bytes) -> tuple[float, f
     """(p50, p99) ms of the server's whole ModelInfer handler (parse the request bytes,
     validate, engine, encode, serialise the response, metrics) called directly, no gRPC."""
     from sjff_client.pb import grpc_service_pb2 as pb
-    from sjff_server.inference_service import InferenceService, ServerState
     from sjff_server.interrupt import WorkerPool
-    from sjff_server.learning import LearnOptions
+    from sjff_server.learning.options import LearnOptions
     from sjff_server.metrics import Metrics
-    from sjff_server.models import ModelRegistry, load_served_model
-    from sjff_server.repository import scan_repository
+    from sjff_server.protocol.inference_service import InferenceService, ServerState
+    from sjff_server.serving.models import ModelRegistry, load_served_model
+    from sjff_server.serving.repository import scan_repository
 
     class Context:  # what the handler asks of a grpc.aio context on the success path
         def time_remaining(self) -> None:
@@ -87,11 +87,11 @@ def _handler_latency(model_path: Path, n: int, payload: bytes) -> tuple[float, f
 def in_process_latency(model_path: Path, x: np.ndarray, n: int, payload: bytes) -> dict:
     """(p50, p99) ms of one-image calls ``x`` [1, 784] without gRPC: ``AnalogModel.run``, the
     server's engine call (back to back and after an idle gap) and its ModelInfer handler."""
-    from sjff_server.engine import AnalogEngine, InferOptions
+    from sjff_server.inference.engine import AnalogEngine, InferOptions
 
-    from spikingjelly_ff.runtime import load_model
+    from spikingjelly_ff.runtime import load_exported
 
-    model = load_model(model_path, threads=1)
+    model = load_exported(model_path, threads=1)
     engine = AnalogEngine(model)
     pub = engine.publish(0, model)
     out = {

@@ -6,7 +6,7 @@ time step, applies the modulated Hebbian rule through the eligibility trace. No 
 
     python examples/spikingjelly_style.py [--samples 2000]
 
-This is the readable form of what `sjff train configs/paper/hebbian-online-symmetric.yaml`
+This is the readable form of what `sjff train paper/hebbian-online-symmetric`
 runs much faster (spikingjelly_ff.learning.engine gives the same spikes and weights).
 """
 

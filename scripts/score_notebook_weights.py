@@ -5,7 +5,7 @@ results/models/. Download them, then:
 
     python scripts/score_notebook_weights.py --dir PATH/TO/results/models [--limit 10000]
 
-It rebuilds each model with the matching config in configs/paper/, loads the weights and
+It rebuilds each model with the matching config in spikingjelly_ff/configs/paper/, loads the weights and
 label patterns, and prints the test accuracy (spiking rows: our engine, the notebook's
 presentation protocol; analog rows: argmax of P as the notebook scores, and of log-odds).
 This checks that our model semantics match the notebook's.

@@ -143,8 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
 
+    from spikingjelly_ff.runs.config import CONFIG_DIR, shipped_configs
+
     p = sub.add_parser("train", help="train a model from a config file")
-    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument(
+        "config",
+        help=f"a YAML file, or the name of a config shipped in {CONFIG_DIR}: {', '.join(shipped_configs())}",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", required=True, help="run directory (model/ and metrics.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -190,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="cut the epochs of every row (default: the paper's 10)")
     p.add_argument("--limit", type=int, default=None, help="use only N training samples")
     p.add_argument("--test-limit", type=int, default=None, help="use only N test samples")
-    p.add_argument("--rows", nargs="*", default=None, help="subset of rows (config names in configs/paper)")
+    p.add_argument("--rows", nargs="*", default=None, help="rows to run (analog-sigmoid, ...: paper/ configs)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_reproduce)
 

@@ -24,7 +24,7 @@ from sjff_client import AsyncClient, Client, RequestFailed, outcome_unknown
 from sjff_client.pb import learning_pb2 as lpb
 from sjff_server.harness import ServerProcess
 
-from spikingjelly_ff.runtime import load_model
+from spikingjelly_ff.runtime import load_exported
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def cli(server, *args, token=None):
 
 def test_cli_infer_learn_stream_admin(server, idx_files, tmp_path, sjff_models, mnist_samples):
     images, labels = mnist_samples
-    ref = load_model(sjff_models["analog"], threads=1).run(su.as_float(images[:5]))["label"]
+    ref = load_exported(sjff_models["analog"], threads=1).run(su.as_float(images[:5]))["label"]
     rc, out, err = cli(
         server, "--json", "infer", str(idx_files[0]), "--index", "0", "--count", "5", "--labels", str(idx_files[1])
     )
@@ -114,7 +114,7 @@ def test_cli_infer_learn_stream_admin(server, idx_files, tmp_path, sjff_models, 
 
 def test_async_client(server, sjff_models, mnist_samples):
     images, labels = mnist_samples
-    ref = load_model(sjff_models["analog"], threads=1).run(su.as_float(images[:8]))["label"]
+    ref = load_exported(sjff_models["analog"], threads=1).run(su.as_float(images[:8]))["label"]
 
     async def run():
         async with AsyncClient(server.target, token=su.TOKEN) as c:

@@ -13,7 +13,7 @@ import pytest
 import serving_utils as su
 from sjff_server.harness import ServerProcess
 
-from spikingjelly_ff.runtime import load_model
+from spikingjelly_ff.runtime import load_exported
 
 NODE_DIR = su.ROOT / "clients" / "node"
 
@@ -46,7 +46,7 @@ def test_node_client_against_the_server(node_modules, sjff_models, tmp_path, tok
     import struct
 
     idx.write_bytes(struct.pack(">BBBBIII", 0, 0, 8, 3, n, 28, 28) + images[:n].tobytes())
-    ref = load_model(sjff_models["analog"], threads=1).run(su.as_float(images[:n]))
+    ref = load_exported(sjff_models["analog"], threads=1).run(su.as_float(images[:n]))
     expected = tmp_path / "expected.json"
     expected.write_text(json.dumps({"labels": ref["label"].tolist(), "scores": ref["scores"].tolist()}))
     root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
@@ -161,7 +161,7 @@ def test_packed_node_client_outside_the_repo(node_modules, sjff_models, tmp_path
         tf.extractall(package, members, filter="data")
     _write_stale(tmp_path / "app" / "protos")  # a project's own protos/ is not the package's
     images = mnist_samples[0][:2]
-    ref = load_model(sjff_models["analog"], threads=1).run(su.as_float(images))["label"]
+    ref = load_exported(sjff_models["analog"], threads=1).run(su.as_float(images))["label"]
     root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
     with ServerProcess(root, state_dir=tmp_path / "state", token_file=token_path, metrics=False) as srv:
         env = {k: v for k, v in os.environ.items() if k != "SJFF_PROTO_ROOT"}

@@ -19,7 +19,7 @@ import pytest
 import serving_utils as su
 from sjff_server.harness import ServerProcess
 
-from spikingjelly_ff.runtime import load_model
+from spikingjelly_ff.runtime import load_exported
 
 VENV = Path(os.environ.get("SJFF_TRITON_VENV", Path.home() / ".cache" / "spikingjelly-ff" / "tritonclient-venv"))
 PROBE = Path(__file__).with_name("triton_probe.py")
@@ -69,7 +69,7 @@ def test_tritonclient_reaches_our_server(triton_python, sjff_models, tmp_path, m
         )
         assert p.returncode == 0, p.stderr[-4000:]
     r = json.loads(out.read_text())
-    ref = load_model(sjff_models["analog"], threads=1).run(su.as_float(images[:n]))
+    ref = load_exported(sjff_models["analog"], threads=1).run(su.as_float(images[:n]))
     assert r["live"] and r["ready"] and r["model_ready"]
     assert r["server"]["name"] == "spikingjelly-ff"
     md = r["metadata"]

@@ -48,7 +48,7 @@ def test_the_tree_keeps_its_layers():
         ("spikingjelly_ff/runtime/artifact.py", "import torch", "never import torch"),
         ("spikingjelly_ff/functional/goodness.py", "from spikingjelly_ff.runs import config", "layered"),
         ("spikingjelly_ff/nn/models.py", "import sjff_server", "never imports the server"),
-        ("server/sjff_server/state.py", "import grpc", "knows neither gRPC"),
+        ("server/sjff_server/storage/state.py", "import grpc", "knows neither gRPC"),
     ],
 )
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, line, contract):

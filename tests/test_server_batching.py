@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from sjff_client.pb import grpc_service_pb2 as pb
 from sjff_server.auth import Authenticator, AuthError
-from sjff_server.batching import Batcher
-from sjff_server.engine import InferOptions
 from sjff_server.errors import RequestError
+from sjff_server.inference.batching import Batcher
+from sjff_server.inference.engine import InferOptions, InferPlan
 from sjff_server.interrupt import Interrupted, WorkerPool
-from sjff_server.repository import scan_repository
-from sjff_server.rpc import status_of
-from sjff_server.validation import InferPlan, decode_infer
+from sjff_server.protocol.rpc import status_of
+from sjff_server.protocol.validation import decode_infer
+from sjff_server.serving.repository import scan_repository
 
 # -- batching -------------------------------------------------------------------------------------
 # Every test drives Batcher.infer, the server's entry point. Batches are made deterministic by
@@ -264,11 +264,11 @@ def test_served_analog_model_runs_large_requests_off_the_loop(sjff_models, mnist
     inline limit from its per-image cost, so a 4,096-image request runs on a worker while the
     loop answers a one-image request. The engine's run is wrapped to block until released."""
     import serving_utils as su
-    from sjff_server.learning import LearnOptions
-    from sjff_server.models import load_served_model
-    from sjff_server.repository import scan_repository
+    from sjff_server.learning.options import LearnOptions
+    from sjff_server.serving.models import load_served_model
+    from sjff_server.serving.repository import scan_repository
 
-    from spikingjelly_ff.runtime import load_model
+    from spikingjelly_ff.runtime import load_exported
 
     root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
     (spec,), _ = scan_repository(root)
@@ -284,7 +284,7 @@ def test_served_analog_model_runs_large_requests_off_the_loop(sjff_models, mnist
     served.engine.run = run
     images, _ = mnist_samples
     x = su.as_float(np.resize(images, (4096, images.shape[1])))
-    ref = load_model(sjff_models["analog"], threads=1).run(x)["scores"]
+    ref = load_exported(sjff_models["analog"], threads=1).run(x)["scores"]
 
     async def main():
         large = asyncio.ensure_future(served.batcher.infer(x, InferOptions()))
@@ -514,7 +514,7 @@ def test_repository_scan(tmp_path, sjff_models):
 
 
 def test_window_policy_waits_only_under_load():
-    from sjff_server.batching import WindowPolicy
+    from sjff_server.inference.window import WindowPolicy
 
     w = WindowPolicy(0.002, probe_every=10)
     delays = [w.delay(busy=False) for _ in range(30)]

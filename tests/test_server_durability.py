@@ -11,15 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from serving_utils import as_float
-from sjff_server.durability import LogCorruption, UpdateLog
-from sjff_server.engine import make_engine
 from sjff_server.errors import RequestError
-from sjff_server.learning import Learner, LearnOptions, StateMismatch
-from sjff_server.records import MAGIC, ROLLBACK, UPDATE, Update, UpdateRecord, decode_payload, encode_record
-from sjff_server.rpc import status_of
-from sjff_server.snapshots import SnapshotStore, StateInUse
+from sjff_server.inference.engine import make_engine
+from sjff_server.learning.learner import Learner
+from sjff_server.learning.options import LearnOptions
+from sjff_server.protocol.rpc import status_of
+from sjff_server.storage.durability import UpdateLog
+from sjff_server.storage.records import MAGIC, ROLLBACK, UPDATE, Update, UpdateRecord, decode_payload, encode_record
+from sjff_server.storage.scan import LogCorruption
+from sjff_server.storage.snapshots import SnapshotStore, StateInUse
+from sjff_server.storage.state import StateMismatch
 
-from spikingjelly_ff.runtime import load_model
+from spikingjelly_ff.runtime import load_exported
 
 
 def record(version: int, n: int = 2, d: int = 5, seed: int = 0) -> UpdateRecord:
@@ -178,7 +181,7 @@ def test_format_1_segments_are_read_and_appends_start_a_new_segment(tmp_path):
     import struct
     import zlib
 
-    from sjff_server.records import MAGIC_V1, encode_payload
+    from sjff_server.storage.records import MAGIC_V1, encode_payload
 
     blob = MAGIC_V1
     for v in (1, 2):
@@ -207,7 +210,7 @@ def test_format_1_segments_are_read_and_appends_start_a_new_segment(tmp_path):
 def test_failed_sync_cuts_the_append_back(tmp_path, monkeypatch):
     """fdatasync fails after the bytes were written: the segment is cut back, so the refused
     records can never be replayed; if the cut fails too, the outcome is reported unknown."""
-    import sjff_server.durability as durability
+    import sjff_server.storage.durability as durability
 
     log = UpdateLog(tmp_path)
     log.open(0)
@@ -280,7 +283,7 @@ def test_snapshot_store_atomic_and_pruned(tmp_path):
 
 
 def make_learner(sjff_models, state, **opts) -> Learner:
-    model = load_model(sjff_models["analog"], threads=1)
+    model = load_exported(sjff_models["analog"], threads=1)
     return Learner("mnist", "1", make_engine(model), model, sjff_models["analog"], state, LearnOptions(**opts))
 
 
@@ -312,7 +315,7 @@ def code(err: BaseException) -> str:
 
 def replay(sjff_models, updates):
     """Apply (x, label, seed, eta) updates to a fresh in-process model, the reference."""
-    ref = load_model(sjff_models["analog"], threads=1)
+    ref = load_exported(sjff_models["analog"], threads=1)
     for x, label, seed, eta in updates:
         ref.learn(x, np.array([label]), np.array([1.0], dtype=np.float32), seed=seed, eta=eta)
     return ref
@@ -469,7 +472,7 @@ def test_storage_failure_stops_learning_but_keeps_the_durable_weights(sjff_model
 def test_failed_sync_is_not_applied_and_never_replayed(sjff_models, mnist_samples, tmp_path, monkeypatch):
     """The fsync fails after the group's bytes were written: every update of the group is
     answered "not applied", and a restart does not bring them back (they were cut off)."""
-    import sjff_server.durability as durability
+    import sjff_server.storage.durability as durability
 
     images, labels = mnist_samples
     xs = as_float(images[:10])
@@ -499,7 +502,7 @@ def test_failed_sync_is_not_applied_and_never_replayed(sjff_models, mnist_sample
 
 
 def test_outcome_unknown_when_the_log_cannot_be_cut_back(sjff_models, mnist_samples, tmp_path, monkeypatch):
-    import sjff_server.durability as durability
+    import sjff_server.storage.durability as durability
 
     images, labels = mnist_samples
     xs = as_float(images[:4])
@@ -572,8 +575,8 @@ def test_a_writer_failure_fails_waiting_calls_at_once(sjff_models, mnist_samples
 def test_replay_is_checked_against_logged_digests(sjff_models, mnist_samples, tmp_path, monkeypatch):
     """Digests logged every few versions make a replay that differs in the last bit (other
     arithmetic) an error that says so, not silently other weights."""
-    from sjff_server.learning import ReplayMismatch
-    from sjff_server.snapshots import state_digest
+    from sjff_server.storage.snapshots import state_digest
+    from sjff_server.storage.state import ReplayMismatch
 
     images, labels = mnist_samples
     xs = as_float(images[:12])
@@ -630,7 +633,7 @@ def test_segments_rotate_by_size_and_recover(sjff_models, mnist_samples, tmp_pat
 def test_recovery_refuses_damage_and_repair_cuts_it(sjff_models, mnist_samples, tmp_path):
     """A damaged record in the newest segment: the model refuses to load (nothing changes on
     disk); `sjff state repair --truncate` cuts after the last intact version; then it loads."""
-    from sjff_server.repair import main as repair_main
+    from sjff_server.storage.repair import main as repair_main
 
     images, labels = mnist_samples
     xs = as_float(images[:30])
@@ -658,7 +661,7 @@ def test_recovery_refuses_damage_and_repair_cuts_it(sjff_models, mnist_samples, 
 def test_repair_of_an_old_segment_keeps_every_acknowledged_update(sjff_models, mnist_samples, tmp_path):
     """Damage below an intact snapshot only costs history: repair drops the older segments and
     snapshots, and the current version and weights stay."""
-    from sjff_server.repair import main as repair_main
+    from sjff_server.storage.repair import main as repair_main
 
     images, labels = mnist_samples
     xs = as_float(images[:30])
@@ -741,8 +744,8 @@ def test_a_rollback_that_fails_before_its_append_reuses_no_version(sjff_models, 
 def test_repair_bridges_a_gap_with_the_snapshot_at_the_next_segment(sjff_models, mnist_samples, tmp_path):
     """An older segment lost its last frame exactly at a frame boundary: the next segment no
     longer follows it. The snapshot where that segment starts bridges the gap: nothing lost."""
-    from sjff_server.durability import SegmentScan
-    from sjff_server.repair import apply_repair, plan_repair
+    from sjff_server.storage.repair import apply_repair, plan_repair
+    from sjff_server.storage.scan import SegmentScan
 
     images, labels = mnist_samples
     xs = as_float(images[:10])
@@ -763,7 +766,7 @@ def test_repair_bridges_a_gap_with_the_snapshot_at_the_next_segment(sjff_models,
 
 
 def test_a_log_that_ends_before_the_newest_snapshot_is_refused_then_repaired(sjff_models, mnist_samples, tmp_path):
-    from sjff_server.repair import apply_repair, plan_repair
+    from sjff_server.storage.repair import apply_repair, plan_repair
 
     images, labels = mnist_samples
     xs = as_float(images[:10])
@@ -797,12 +800,8 @@ def test_client_tells_outcome_unknown_from_not_applied():
     import grpc
     from sjff_client import RequestFailed, outcome_unknown
 
-    class Rpc(grpc.RpcError):
-        def __init__(self, code):
-            self._code = code
-
-        def code(self):
-            return self._code
+    def Rpc(code):  # noqa: N802 - the error an asyncio call raises, as grpc builds it
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="x")
 
     assert outcome_unknown(Rpc(grpc.StatusCode.UNKNOWN)) and outcome_unknown(RequestFailed("UNKNOWN", "x"))
     assert not outcome_unknown(Rpc(grpc.StatusCode.UNAVAILABLE)) and not outcome_unknown(RequestFailed("ABORTED", "x"))

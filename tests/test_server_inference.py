@@ -17,7 +17,7 @@ from sjff_client.client import build_infer_request
 from sjff_client.pb import grpc_service_pb2_grpc as pb_grpc
 from sjff_server.harness import ServerProcess
 
-from spikingjelly_ff.runtime import load_model
+from spikingjelly_ff.runtime import load_exported
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +42,12 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def analog(sjff_models):
-    return load_model(sjff_models["analog"], threads=1)
+    return load_exported(sjff_models["analog"], threads=1)
 
 
 @pytest.fixture(scope="module")
 def spike(sjff_models):
-    return load_model(sjff_models["spike"])
+    return load_exported(sjff_models["spike"])
 
 
 def code_of(fn) -> tuple[grpc.StatusCode, str]:
@@ -424,7 +424,7 @@ def test_spiking_batches_on_two_workers_never_see_torn_weights(sjff_models, tmp_
     with srv:
         final = asyncio.run(run())
     assert final == 40 and sorted(acked) == list(range(1, 41))
-    m = load_model(sjff_models["spike"])
+    m = load_exported(sjff_models["spike"])
     x = np.repeat(su.as_float(probe), 4, axis=0)
     expected = {0: m.scores(x, seed=0)}
     for v in range(1, 41):

@@ -15,10 +15,10 @@ from sjff_client import AsyncClient, Client, RequestFailed
 from sjff_client.client import build_learn_request
 from sjff_client.pb import learning_pb2 as lpb
 from sjff_client.pb import learning_pb2_grpc as lpb_grpc
-from sjff_server.durability import UpdateLog
 from sjff_server.harness import ServerProcess
+from sjff_server.storage.durability import UpdateLog
 
-from spikingjelly_ff.runtime import load_model
+from spikingjelly_ff.runtime import load_exported
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def start(repo, tmp_path, token_path, *extra, **kw) -> ServerProcess:
 
 def replay(path, updates):
     """A fresh in-process model with (images, labels, positive, seed, eta) updates applied."""
-    m = load_model(path, threads=1) if str(path).endswith(".onnx") else load_model(path)
+    m = load_exported(path, threads=1) if str(path).endswith(".onnx") else load_exported(path)
     for x, labels, positive, seed, eta in updates:
         m.learn(x, labels, positive, seed=seed, eta=eta)
     return m
@@ -158,7 +158,7 @@ def test_learn_stream_admin_calls_and_rollback(repo, tmp_path, token_path, mnist
             at5 = None
             snap = c.snapshot(export=True)
             assert snap.version == 19 and snap.bytes > 0 and snap.artifact_path.endswith("model.onnx")
-            exported = load_model(snap.artifact_path, threads=1)
+            exported = load_exported(snap.artifact_path, threads=1)
             now = c.infer(images[:16])
             np.testing.assert_allclose(
                 exported.run(su.as_float(images[:16]))["scores"], now.scores, rtol=1e-5, atol=1e-5
@@ -282,7 +282,7 @@ def test_concurrent_learn_and_infer_never_see_torn_weights(repo, tmp_path, token
         srv.stop()
     assert final == 160 and sorted(acked) == list(range(1, 161))  # acknowledged == final version
     # rebuild every version offline and check each observed answer against its version
-    m = load_model(sjff_models["analog"], threads=1)
+    m = load_exported(sjff_models["analog"], threads=1)
     expected = {0: m.run(su.as_float(probe))["scores"]}
     for v in range(1, 161):
         i, seed = acked[v]

@@ -13,11 +13,11 @@ import pytest
 import serving_utils as su
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sjff_client import Client
-from sjff_server.durability import UpdateLog
 from sjff_server.harness import ServerProcess
-from sjff_server.snapshots import state_digest
+from sjff_server.storage.durability import UpdateLog
+from sjff_server.storage.snapshots import state_digest
 
-from spikingjelly_ff.runtime import load_model
+from spikingjelly_ff.runtime import load_exported
 
 LEARNING = "spikingjelly_ff.v1.Learning"
 
@@ -136,9 +136,9 @@ def test_weights_digest_is_the_replayed_state_and_survives_restart(
     finally:
         srv.stop()
     assert before == after and before["mnist"][0] == 5 and len(before["mnist"][1]) == 64
-    ref = load_model(sjff_models["analog"], threads=1)
+    ref = load_exported(sjff_models["analog"], threads=1)
     for i in range(5):
         ref.learn(su.as_float(images[i : i + 1]), labels[i : i + 1], np.ones(1, np.float32), seed=i)
     assert before["mnist"][1] == state_digest(ref.weights, ref.eligibility)
-    snn = load_model(sjff_models["spike"])
+    snn = load_exported(sjff_models["spike"])
     assert before["snn"] == (0, state_digest(snn.weights, snn.eligibility))

@@ -288,7 +288,7 @@ def test_authenticator_generation_and_environment_tokens(tmp_path, monkeypatch):
     """In process: the generation moves only when the accepted set changes; tokens from the
     environment survive an emptied or broken file; a server that never had a token says so."""
     from sjff_server.auth import Authenticator
-    from sjff_server.rpc import status_of
+    from sjff_server.protocol.rpc import status_of
 
     def md(token):
         return (("authorization", f"Bearer {token}"),)
@@ -310,3 +310,14 @@ def test_authenticator_generation_and_environment_tokens(tmp_path, monkeypatch):
     assert auth.refresh() == 2 and auth.check(md(NEW_TOKEN)) is None
     never = Authenticator(None, "SJFF_UNSET_VARIABLE")
     assert status_of(never.check(md(su.TOKEN)))[0] == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_learning_is_never_served_without_an_authenticator():
+    """Learning changes weights: a LearningService built without an Authenticator is an error,
+    not a service open to anyone."""
+    from sjff_server.metrics import Metrics
+    from sjff_server.protocol.learning_service import LearningService
+    from sjff_server.serving.models import ModelRegistry
+
+    with pytest.raises(ValueError, match="needs an Authenticator"):
+        LearningService(ModelRegistry(), Metrics(), None)

@@ -10,11 +10,11 @@ import serving_utils as su
 from sjff_client.codec import DATATYPES, tensor_from_contents
 from sjff_client.pb import grpc_service_pb2 as pb
 from sjff_client.pb import grpc_service_pb2_grpc as pb_grpc
-from sjff_server.engine import InferOptions
-from sjff_server.errors import RequestError
+from sjff_server.errors import InvalidInput, RequestError
 from sjff_server.harness import ServerProcess
-from sjff_server.rpc import status_of
-from sjff_server.validation import InferPlan, decode_infer
+from sjff_server.inference.engine import InferOptions, InferPlan
+from sjff_server.protocol.rpc import STATUS, status_of
+from sjff_server.protocol.validation import decode_infer
 
 #: datatype -> (typed field, smallest, largest value of the datatype)
 INTEGER = {
@@ -150,3 +150,28 @@ def test_server_refuses_out_of_range_uint8(sjff_models, tmp_path):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details() == "images: UINT8 values must lie in [0, 255], got 300"
         assert srv.alive()
+
+
+def _refusals(cls: type[RequestError]):
+    for sub in cls.__subclasses__():
+        if sub.__module__.startswith("sjff_server."):
+            yield sub
+        yield from _refusals(sub)
+
+
+def test_every_refusal_has_a_status_and_a_reason_named_after_it():
+    """rpc.STATUS maps every refusal the server defines, and its metric label (``reason``) is
+    the status code's name: ``refused_<reason>`` in metrics reads as the status a client saw."""
+    refusals = list(_refusals(RequestError))
+    assert len(refusals) >= 12
+    for cls in refusals:
+        assert cls in STATUS, f"{cls.__name__} has no gRPC status in rpc.STATUS"
+        assert cls.reason == STATUS[cls].name.lower(), cls
+
+
+def test_a_refinement_of_a_refusal_keeps_its_status():
+    """status_of walks the class hierarchy: a subclass of a refusal is answered as its base."""
+    class TooWide(InvalidInput):
+        pass
+
+    assert status_of(TooWide("too wide")) == (grpc.StatusCode.INVALID_ARGUMENT, "too wide")

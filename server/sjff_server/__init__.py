@@ -1,24 +1,20 @@
 """The spikingjelly-ff gRPC server (``sjff serve``): Open Inference Protocol inference and
 continual on-line Hebbian learning. Torch-free: numpy, onnxruntime, h5py, grpcio.
 
-One module, one job. The protocol layer (the only modules that import grpc or the stubs):
+Layers, each importing only those below it (``.importlinter``: nothing under ``protocol``
+imports upward, and no core package imports grpc, protobuf or the client):
 
-- ``app``: assembly (services, health, reflection, TLS, metrics, shutdown)
-- ``inference_service`` / ``learning_service``: the two gRPC services; ``rpc``: their common
-  call wrapper (authorisation, metrics) and the one map from refusals to status codes
-- ``validation``: request decoding and checks; ``messages``: answers; ``registration``:
-  tolerant deserializers; ``healthcheck``: a health probe CLI
-
-Below it, protocol-free (``errors``: why a request is refused):
-
-- ``main``: command line; ``repository``: the model repository on disk; ``models``: loaded
-  model versions; ``engine``: execution of one published weight set (any runtime model)
-- ``batching`` / ``window``: dynamic batching; ``interrupt``: interruptible worker threads;
-  ``streams``: ordered streams
-- ``learning``: a model's learner; ``writer``: its queue with group commit; ``compute``:
-  a group applied on a copy; ``versions``: snapshots, rollback, retention; ``stats``;
-  ``options``; ``records`` (the update object and log frames), ``durability`` / ``scan``:
-  the update log; ``snapshots``; ``state``: recovery and state at a version; ``repair``
-- ``auth``: bearer tokens; ``metrics``: Prometheus; ``logs``: JSON logs; ``harness``: run a
-  server in a child process (tests, benchmarks)
+- top: the process. ``main`` (command line), ``app`` (assembly: services, health, TLS,
+  metrics, shutdown), ``healthcheck`` (probe CLI), ``harness`` (a server in a child process);
+- ``protocol/``: the only code that knows gRPC and the stubs: ``rpc`` (the one call wrapper
+  and the one map from refusals to status codes), the two services, request decoding
+  (``validation``) and answers (``messages``);
+- core, protocol-free:
+  - ``serving/``: the model repository on disk and the loaded model versions;
+  - ``learning/``: a model's learner: queue with group commit, computation on a copy,
+    versions (snapshots, rollback, retention), stats, options;
+  - ``inference/``: engines over any runtime model, dynamic batching;
+  - ``storage/``: the update object and log records, the log, snapshots, recovery, repair;
+- shared leaves: ``errors`` (why a request is refused), ``auth``, ``metrics``, ``logs``,
+  ``interrupt`` (interruptible worker threads), ``tuning`` (CPU pinning, PM QoS).
 """

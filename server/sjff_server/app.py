@@ -16,17 +16,17 @@ from grpc_reflection.v1alpha import reflection
 from sjff_client.pb import grpc_service_pb2, learning_pb2
 
 from .auth import Authenticator
-from .durability import LogCorruption
-from .inference_service import InferenceService, ServerState
 from .interrupt import WorkerPool
-from .learning_service import LearningService
+from .learning.options import LearnOptions
 from .metrics import Metrics
-from .models import ModelRegistry, load_served_model
-from .options import LearnOptions
-from .registration import add_service
-from .repository import scan_repository
-from .snapshots import StateInUse
-from .state import ReplayMismatch, StateMismatch
+from .protocol.inference_service import InferenceService, ServerState
+from .protocol.learning_service import LearningService
+from .protocol.registration import add_service
+from .serving.models import ModelRegistry, load_served_model
+from .serving.repository import scan_repository
+from .storage.scan import LogCorruption
+from .storage.snapshots import StateInUse
+from .storage.state import ReplayMismatch, StateMismatch
 
 __all__ = ["ServerConfig", "ServerApp"]
 

@@ -14,11 +14,13 @@ import logging
 import math
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from .app import ServerApp, ServerConfig
+from .learning.options import LearnOptions
 from .logs import setup_logging
-from .options import LearnOptions
 from .tuning import hold_cpu_latency, parse_cpu_list, pin_process
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -99,210 +101,113 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+#: ``sjff serve``'s options by ``--help`` section: (flag, type, default, other argparse
+#: keywords, help); a type or default of None is left to argparse.
+_OPTIONS: dict[str, tuple[tuple[str, Any, Any, dict[str, Any], str | None], ...]] = {
+    "models": (
+        ("--model-repository", Path, None, {"required": True, "metavar": "DIR"},
+         "REPO/<model>/<version>/model.onnx|model.nir"),
+        ("--ort-threads", _int_in(1, 1024), 1, {},
+         "onnxruntime intra-op threads per model (default 1: best for small batches)"),
+        ("--batch-window-us", _int_in(0, 1_000_000), 1000, {},
+         "under load, how long a request may wait for others to share its batch (0..1000000; default 1000; 0: "
+         "never)"),
+        ("--workers", _int_in(1, 1024), 1, {}, "threads running spiking-model batches (default 1)"),
+        ("--skip-bad-models", None, None, {"action": "store_true"},
+         "serve the other models if one fails to load (default: exit)"),
+    ),
+    "network": (
+        ("--host", None, "0.0.0.0", {}, "address to listen on (default 0.0.0.0)"),  # noqa: S104
+        ("--port", _port, 8001, {}, "gRPC port (default 8001; 0: any free port)"),
+        ("--metrics-port", _port_or_off, 8002, {}, "Prometheus HTTP port (default 8002; -1: off; 0: any)"),
+        ("--metrics-host", None, "0.0.0.0", {}, "address of the metrics endpoint"),  # noqa: S104
+        ("--health-port", _port_or_off, None, {},
+         "extra plaintext port serving only grpc.health.v1 (for probes under TLS)"),
+        ("--ready-file", Path, None, {}, "write {port, metrics_port, ...} as JSON here once ready"),
+    ),
+    "security": (
+        ("--token-file", Path, None, {}, "file with the bearer token(s), one per line (re-read when it changes)"),
+        ("--token-env", None, "SJFF_TOKEN", {}, "environment variable holding the token (default SJFF_TOKEN)"),
+        ("--token-recheck-s", _float_in(0.0, 3600.0), 5.0, {},
+         "seconds between checks of the token file for changes (default 5; 0: at every call)"),
+        ("--protect-inference", None, None, {"action": "store_true"}, "inference needs the token too (default: open)"),
+        ("--tls-cert", Path, None, {}, "server certificate chain (PEM); enables TLS"),
+        ("--tls-key", Path, None, {}, "server private key (PEM)"),
+        ("--tls-client-ca", Path, None, {}, "CA bundle (PEM) to verify client certificates: enables mutual TLS"),
+    ),
+    "limits": (
+        ("--max-message-bytes", _int_in(4096, _INT32_MAX), 16 * 1024 * 1024, {},
+         "largest request/response (4096..2**31-1; default 16 MiB)"),
+        ("--max-concurrent-rpcs", _int_in(0), 1024, {},
+         "calls in progress before RESOURCE_EXHAUSTED (default 1024; 0: unlimited)"),
+        ("--max-request-rows", _int_in(1), 4096, {}, "images per inference request (default 4096)"),
+        ("--max-learn-samples", _int_in(1), 1024, {}, "samples per learning update (default 1024)"),
+        ("--max-inflight-mb", _int_in(1), 256, {},
+         "MiB the requests queued or running for one model may hold (decoded images + message) before "
+         "RESOURCE_EXHAUSTED (default 256)"),
+        ("--max-inline-mmacs", _int_in(0), 16, {},
+         "largest analog batch run on the event loop, in million multiply-accumulates (images x the model's cost "
+         "per image; default 16, about 0.5 ms; 0: none); larger batches run on the --workers threads"),
+        ("--max-eta", _float_in(0.0, lo_open=True), 1000.0, {}, "largest per-request learning rate (default 1000)"),
+        ("--shutdown-grace", _float_in(0.0), 10.0, {}, "seconds to drain calls on SIGTERM (default 10)"),
+        ("--cpus", _cpu_list, None, {"metavar": "LIST"},
+         "run only on these CPUs, e.g. 1 or 0-3 (default: wherever the scheduler puts it)"),
+        ("--cpu-latency-us", _int_in(0, _INT32_MAX), None, {"metavar": "N"},
+         "keep CPU wake-up latency <= N microseconds while serving (Linux PM QoS, /dev/cpu_dma_latency; 0: idle "
+         "CPUs poll instead of sleeping; costs power; default: the kernel's choice)"),
+    ),
+    "learning": (
+        ("--state-dir", Path, None, {}, "update logs and snapshots; enables on-line learning"),
+        ("--snapshot-every", _int_in(0), 1000, {}, "snapshot after this many updates (default 1000; 0: never)"),
+        ("--snapshot-interval", _float_in(0.0), 60.0, {}, "snapshot every N seconds if changed (default 60; 0: never)"),
+        ("--keep-snapshots", _int_in(1), 10, {}, "snapshots kept per model (default 10); older log segments go too"),
+        ("--max-group", _int_in(1), 64, {}, "updates made durable by one fsync at most (default 64)"),
+        ("--max-learn-queue", _int_in(1), 4096, {}, "queued updates per model before RESOURCE_EXHAUSTED"),
+        ("--segment-mb", _int_in(1, 1 << 20), 64, {},
+         "start a new update-log segment past this many MiB (default 64; segments also end at snapshots)"),
+        ("--digest-every", _int_in(0), 100, {},
+         "log a sha256 of the weights every N versions, checked when the log is replayed (default 100; 0: never)"),
+        ("--reset-changed-models", None, None, {"action": "store_true"},
+         "archive the learning state of an artefact that changed"),
+    ),
+    "logging": (
+        ("--log-level", None, "info", {"choices": ["debug", "info", "warning", "error"]}, None),
+        ("--log-format", None, "json", {"choices": ["json", "text"]}, None),
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="sjff serve", description="gRPC inference server with continual on-line learning")
-    g = ap.add_argument_group("models")
-    g.add_argument(
-        "--model-repository",
-        required=True,
-        type=Path,
-        metavar="DIR",
-        help="REPO/<model>/<version>/model.onnx|model.nir",
-    )
-    g.add_argument(
-        "--ort-threads",
-        type=_int_in(1, 1024),
-        default=1,
-        help="onnxruntime intra-op threads per model (default 1: best for small batches)",
-    )
-    g.add_argument(
-        "--batch-window-us",
-        type=_int_in(0, 1_000_000),
-        default=1000,
-        help="under load, how long a request may wait for others to share its batch (0..1000000; default 1000; "
-        "0: never)",
-    )
-    g.add_argument(
-        "--workers", type=_int_in(1, 1024), default=1, help="threads running spiking-model batches (default 1)"
-    )
-    g.add_argument(
-        "--skip-bad-models", action="store_true", help="serve the other models if one fails to load (default: exit)"
-    )
-    g = ap.add_argument_group("network")
-    g.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
-    g.add_argument("--port", type=_port, default=8001, help="gRPC port (default 8001; 0: any free port)")
-    g.add_argument(
-        "--metrics-port", type=_port_or_off, default=8002, help="Prometheus HTTP port (default 8002; -1: off; 0: any)"
-    )
-    g.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics endpoint")  # noqa: S104
-    g.add_argument(
-        "--health-port",
-        type=_port_or_off,
-        default=None,
-        help="extra plaintext port serving only grpc.health.v1 (for probes under TLS)",
-    )
-    g.add_argument("--ready-file", type=Path, help="write {port, metrics_port, ...} as JSON here once ready")
-    g = ap.add_argument_group("security")
-    g.add_argument(
-        "--token-file", type=Path, help="file with the bearer token(s), one per line (re-read when it changes)"
-    )
-    g.add_argument(
-        "--token-env", default="SJFF_TOKEN", help="environment variable holding the token (default SJFF_TOKEN)"
-    )
-    g.add_argument(
-        "--token-recheck-s",
-        type=_float_in(0.0, 3600.0),
-        default=5.0,
-        help="seconds between checks of the token file for changes (default 5; 0: at every call)",
-    )
-    g.add_argument("--protect-inference", action="store_true", help="inference needs the token too (default: open)")
-    g.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM); enables TLS")
-    g.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    g.add_argument(
-        "--tls-client-ca", type=Path, help="CA bundle (PEM) to verify client certificates: enables mutual TLS"
-    )
-    g = ap.add_argument_group("limits")
-    g.add_argument(
-        "--max-message-bytes",
-        type=_int_in(4096, _INT32_MAX),
-        default=16 * 1024 * 1024,
-        help="largest request/response (4096..2**31-1; default 16 MiB)",
-    )
-    g.add_argument(
-        "--max-concurrent-rpcs",
-        type=_int_in(0),
-        default=1024,
-        help="calls in progress before RESOURCE_EXHAUSTED (default 1024; 0: unlimited)",
-    )
-    g.add_argument(
-        "--max-request-rows", type=_int_in(1), default=4096, help="images per inference request (default 4096)"
-    )
-    g.add_argument(
-        "--max-learn-samples", type=_int_in(1), default=1024, help="samples per learning update (default 1024)"
-    )
-    g.add_argument(
-        "--max-inflight-mb",
-        type=_int_in(1),
-        default=256,
-        help="MiB the requests queued or running for one model may hold (decoded images + message) before "
-        "RESOURCE_EXHAUSTED (default 256)",
-    )
-    g.add_argument(
-        "--max-inline-mmacs",
-        type=_int_in(0),
-        default=16,
-        help="largest analog batch run on the event loop, in million multiply-accumulates (images x the model's "
-        "cost per image; default 16, about 0.5 ms; 0: none); larger batches run on the --workers threads",
-    )
-    g.add_argument(
-        "--max-eta",
-        type=_float_in(0.0, lo_open=True),
-        default=1000.0,
-        help="largest per-request learning rate (default 1000)",
-    )
-    g.add_argument(
-        "--shutdown-grace", type=_float_in(0.0), default=10.0, help="seconds to drain calls on SIGTERM (default 10)"
-    )
-    g.add_argument(
-        "--cpus",
-        type=_cpu_list,
-        metavar="LIST",
-        help="run only on these CPUs, e.g. 1 or 0-3 (default: wherever the scheduler puts it)",
-    )
-    g.add_argument(
-        "--cpu-latency-us",
-        type=_int_in(0, _INT32_MAX),
-        metavar="N",
-        help="keep CPU wake-up latency <= N microseconds while serving (Linux PM QoS, /dev/cpu_dma_latency; "
-        "0: idle CPUs poll instead of sleeping; costs power; default: the kernel's choice)",
-    )
-    g = ap.add_argument_group("learning")
-    g.add_argument("--state-dir", type=Path, help="update logs and snapshots; enables on-line learning")
-    g.add_argument(
-        "--snapshot-every",
-        type=_int_in(0),
-        default=1000,
-        help="snapshot after this many updates (default 1000; 0: never)",
-    )
-    g.add_argument(
-        "--snapshot-interval",
-        type=_float_in(0.0),
-        default=60.0,
-        help="snapshot every N seconds if changed (default 60; 0: never)",
-    )
-    g.add_argument(
-        "--keep-snapshots",
-        type=_int_in(1),
-        default=10,
-        help="snapshots kept per model (default 10); older log segments go too",
-    )
-    g.add_argument(
-        "--max-group", type=_int_in(1), default=64, help="updates made durable by one fsync at most (default 64)"
-    )
-    g.add_argument(
-        "--max-learn-queue", type=_int_in(1), default=4096, help="queued updates per model before RESOURCE_EXHAUSTED"
-    )
-    g.add_argument(
-        "--segment-mb",
-        type=_int_in(1, 1 << 20),
-        default=64,
-        help="start a new update-log segment past this many MiB (default 64; segments also end at snapshots)",
-    )
-    g.add_argument(
-        "--digest-every",
-        type=_int_in(0),
-        default=100,
-        help="log a sha256 of the weights every N versions, checked when the log is replayed (default 100; 0: never)",
-    )
-    g.add_argument(
-        "--reset-changed-models", action="store_true", help="archive the learning state of an artefact that changed"
-    )
-    g = ap.add_argument_group("logging")
-    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    g.add_argument("--log-format", default="json", choices=["json", "text"])
+    for section, options in _OPTIONS.items():
+        g = ap.add_argument_group(section)
+        for flag, kind, default, other, text in options:
+            kw = {"type": kind, "default": default, "help": text, **other}
+            g.add_argument(flag, **{k: v for k, v in kw.items() if v is not None})
     return ap
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(
-        model_repository=args.model_repository,
-        host=args.host,
-        port=args.port,
-        metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
-        health_port=args.health_port,
-        state_dir=args.state_dir,
-        token_file=args.token_file,
-        token_env=args.token_env or None,
-        protect_inference=args.protect_inference,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        max_message_bytes=args.max_message_bytes,
-        max_concurrent_rpcs=args.max_concurrent_rpcs or None,
-        max_request_rows=args.max_request_rows,
-        max_learn_samples=args.max_learn_samples,
-        max_inflight_mb=args.max_inflight_mb,
-        max_inline_mmacs=args.max_inline_mmacs,
-        max_eta=args.max_eta,
-        ort_threads=args.ort_threads,
-        batch_window_us=args.batch_window_us,
-        workers=args.workers,
-        learn=LearnOptions(
-            max_group=args.max_group,
-            snapshot_every=args.snapshot_every,
-            snapshot_interval_s=args.snapshot_interval,
-            keep_snapshots=args.keep_snapshots,
-            max_queue=args.max_learn_queue,
-            segment_bytes=args.segment_mb << 20,
-            digest_every=args.digest_every,
-            reset_changed=args.reset_changed_models,
-        ),
-        shutdown_grace_s=args.shutdown_grace,
-        skip_bad_models=args.skip_bad_models,
-        ready_file=args.ready_file,
-        version=_version(),
+    # an option named like a ServerConfig field sets that field as parsed; the rest differ
+    same = {f.name: getattr(args, f.name) for f in fields(ServerConfig) if hasattr(args, f.name)}
+    learn = LearnOptions(
+        max_group=args.max_group,
+        snapshot_every=args.snapshot_every,
+        snapshot_interval_s=args.snapshot_interval,
+        keep_snapshots=args.keep_snapshots,
+        max_queue=args.max_learn_queue,
+        segment_bytes=args.segment_mb << 20,
+        digest_every=args.digest_every,
+        reset_changed=args.reset_changed_models,
     )
+    other = {
+        "token_env": args.token_env or None,
+        "max_concurrent_rpcs": args.max_concurrent_rpcs or None,
+        "learn": learn,
+        "shutdown_grace_s": args.shutdown_grace,
+        "version": _version(),
+    }
+    return ServerConfig(**{**same, **other})
 
 
 async def serve(config: ServerConfig, token_recheck_s: float | None = None) -> None:

@@ -33,60 +33,34 @@ class Metrics:
         self.waiting = Gauge(
             "sjff_inference_waiting_requests", "inference requests waiting for their batch's answer", registry=r
         )
-        self.images = Counter("sjff_inference_images", "images inferred", ["model", "version"], registry=r)
-        self.batch_images = Histogram(
-            "sjff_inference_batch_images", "images per executed batch", ["model", "version"], buckets=_SIZES, registry=r
+
+        def per_model(cls, name: str, doc: str, *labels: str, **kw):
+            """A metric labelled by model and version (and ``labels``)."""
+            return cls(f"sjff_{name}", doc, ["model", "version", *labels], registry=r, **kw)
+
+        self.images = per_model(Counter, "inference_images", "images inferred")
+        self.batch_images = per_model(Histogram, "inference_batch_images", "images per executed batch", buckets=_SIZES)
+        self.batch_requests = per_model(
+            Histogram, "inference_batch_requests", "requests per executed batch", buckets=_SIZES
         )
-        self.batch_requests = Histogram(
-            "sjff_inference_batch_requests",
-            "requests per executed batch",
-            ["model", "version"],
-            buckets=_SIZES,
-            registry=r,
-        )
-        self.updates = Counter(
-            "sjff_learning_updates", "learning updates by outcome", ["model", "version", "outcome"], registry=r
-        )
-        self.group = Histogram(
-            "sjff_learning_group_size",
-            "updates made durable by one fsync",
-            ["model", "version"],
-            buckets=_SIZES,
-            registry=r,
-        )
-        self.sync = Histogram(
-            "sjff_learning_sync_seconds",
-            "update log write + fsync time",
-            ["model", "version"],
-            buckets=_LATENCY,
-            registry=r,
-        )
-        self.model_version = Gauge(
-            "sjff_model_version", "learning version being served", ["model", "version"], registry=r
-        )
-        self.snapshot_version = Gauge(
-            "sjff_snapshot_version", "version of the newest snapshot", ["model", "version"], registry=r
-        )
-        self.ready = Gauge(
-            "sjff_model_ready", "1 if the model version is loaded and ready", ["model", "version"], registry=r
-        )
-        self.inflight_bytes = Gauge(
-            "sjff_inference_inflight_bytes",
+        self.updates = per_model(Counter, "learning_updates", "learning updates by outcome", "outcome")
+        self.group = per_model(Histogram, "learning_group_size", "updates made durable by one fsync", buckets=_SIZES)
+        self.sync = per_model(Histogram, "learning_sync_seconds", "update log write + fsync time", buckets=_LATENCY)
+        self.model_version = per_model(Gauge, "model_version", "learning version being served")
+        self.snapshot_version = per_model(Gauge, "snapshot_version", "version of the newest snapshot")
+        self.ready = per_model(Gauge, "model_ready", "1 if the model version is loaded and ready")
+        self.inflight_bytes = per_model(
+            Gauge,
+            "inference_inflight_bytes",
             "bytes of queued and running inference requests of the model (limit: --max-inflight-mb)",
-            ["model", "version"],
-            registry=r,
         )
-        self.learning_failed = Gauge(
-            "sjff_learning_failed",
+        self.learning_failed = per_model(
+            Gauge,
+            "learning_failed",
             "1 if learning of the model version stopped after a storage or internal error (see the server log)",
-            ["model", "version"],
-            registry=r,
         )
-        self.state_damaged = Gauge(
-            "sjff_state_damaged",
-            "1 if the model version was not loaded because its learning state is damaged",
-            ["model", "version"],
-            registry=r,
+        self.state_damaged = per_model(
+            Gauge, "state_damaged", "1 if the model version was not loaded because its learning state is damaged"
         )
         Info("sjff_build", "server build information", registry=r).info({"version": version})
         self._req: dict[tuple[str, str], Any] = {}

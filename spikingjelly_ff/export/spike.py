@@ -40,7 +40,7 @@ def artifact_from_model(net: SpikingFFNet, cfg: RunConfig, image_shape=None, eli
         image_shape=list(image_shape) if image_shape is not None else None,
         hebbian=cfg.train.hebbian,
         eligibility=None if eligibility is None else [e.detach().cpu().numpy() for e in eligibility],
-        evaluation={"repeats": cfg.eval.repeats, "share_image_spikes": cfg.eval.share_image_spikes},
+        evaluation=cfg.eval.params,
         name=cfg.name,
         library_version=__version__,
     )

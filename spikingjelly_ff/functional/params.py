@@ -1,5 +1,5 @@
 """Typed settings of an FF model (no torch needed): neuron, trace, spike encoder, label
-embedding, Hebbian learning.
+embedding, Hebbian learning, scoring of a spiking model.
 
 These frozen dataclasses are the run configuration's sections (``config.py`` reads YAML
 into them), the arguments of the torch modules and learners, and the fields the exported
@@ -24,6 +24,7 @@ __all__ = [
     "TRACE_KINDS",
     "EmbeddingParams",
     "EncoderParams",
+    "EvalParams",
     "HebbianParams",
     "NeuronParams",
     "TraceParams",
@@ -176,6 +177,23 @@ class HebbianParams:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.learn_after < -1:
             raise ValueError(f"learn_after must be >= -1, got {self.learn_after}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    """How a spiking model scores an image: the scores of ``repeats`` independent
+    presentations are summed (less rate-code noise); with ``share_image_spikes`` one draw of
+    image spikes serves every candidate label (else each label draws its own)."""
+
+    repeats: int = 1
+    share_image_spikes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,10 +21,30 @@ from torch import Tensor, nn
 from spikingjelly_ff.functional.labels import LabelCode
 from spikingjelly_ff.functional.params import EmbeddingParams
 
-__all__ = ["OneHotOverlay", "PatternEmbedding", "build_embedding"]
+__all__ = ["LabelEmbedding", "OneHotOverlay", "PatternEmbedding", "build_embedding"]
 
 
-class PatternEmbedding(nn.Module):
+class LabelEmbedding(nn.Module):
+    """What both embeddings share: the layout of the embedded input, read from
+    :attr:`label_code` (the torch-free description each subclass gives of itself)."""
+
+    @property
+    def label_code(self) -> LabelCode:
+        raise NotImplementedError(f"{type(self).__name__} must define label_code")
+
+    def out_features(self, in_features: int) -> int:
+        return self.label_code.input_width(in_features)
+
+    def label_slice(self, in_features: int) -> slice:
+        """Positions of the embedded input that depend on the label."""
+        return self.label_code.label_slice(in_features)
+
+    def image_slice(self, in_features: int) -> slice:
+        """Positions of the embedded input copied from the same positions of the image."""
+        return self.label_code.image_slice(in_features)
+
+
+class PatternEmbedding(LabelEmbedding):
     """Append ``scale * patterns[label]`` (``patterns`` ``[C, bits]`` of 0/1, fixed at
     construction) to the input. ``patterns`` is a buffer, so it travels with the state dict."""
 
@@ -55,17 +75,6 @@ class PatternEmbedding(nn.Module):
         """This embedding as a torch-free :class:`LabelCode` (patterns copied to the CPU)."""
         return LabelCode("pattern", self.num_classes, self.patterns.detach().cpu().numpy(), self.scale)
 
-    def out_features(self, in_features: int) -> int:
-        return self.label_code.input_width(in_features)
-
-    def label_slice(self, in_features: int) -> slice:
-        """Positions of the embedded input that depend on the label."""
-        return self.label_code.label_slice(in_features)
-
-    def image_slice(self, in_features: int) -> slice:
-        """Positions of the embedded input copied from the same positions of the image."""
-        return self.label_code.image_slice(in_features)
-
     def code(self, labels: Tensor) -> Tensor:
         """The label part alone, ``[N, bits]``."""
         return self.patterns[labels] * self.scale
@@ -84,7 +93,7 @@ class PatternEmbedding(nn.Module):
         return torch.cat((x, mean), dim=-1)
 
 
-class OneHotOverlay(nn.Module):
+class OneHotOverlay(LabelEmbedding):
     """Write ``scale * onehot(label)`` over the first ``C`` inputs."""
 
     kind = "onehot"
@@ -103,17 +112,6 @@ class OneHotOverlay(nn.Module):
     def label_code(self) -> LabelCode:
         """This embedding as a torch-free :class:`LabelCode`."""
         return LabelCode("onehot", self.num_classes, None, self.scale)
-
-    def out_features(self, in_features: int) -> int:
-        return self.label_code.input_width(in_features)
-
-    def label_slice(self, in_features: int) -> slice:
-        """Positions of the embedded input that depend on the label."""
-        return self.label_code.label_slice(in_features)
-
-    def image_slice(self, in_features: int) -> slice:
-        """Positions of the embedded input copied from the same positions of the image."""
-        return self.label_code.image_slice(in_features)
 
     def code(self, labels: Tensor) -> Tensor:
         return nn.functional.one_hot(labels, self.num_classes).float() * self.scale

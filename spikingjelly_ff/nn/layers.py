@@ -13,7 +13,6 @@ from __future__ import annotations
 from spikingjelly.activation_based import base, layer
 from torch import Tensor, nn
 
-from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 from spikingjelly_ff.nn.neuron import FFLIFNode
 
 __all__ = ["FFLinear", "SpikingFFLayer", "length_normalize"]
@@ -55,21 +54,15 @@ class SpikingFFLayer(nn.Module, base.StepModule):
     """Spiking FF layer: input spikes ``[.., D]`` -> output spikes ``[.., H]``; the
     neuron's ``trace`` memory holds the activity l used for goodness and learning."""
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        neuron: NeuronParams | None = None,
-        trace: TraceParams | None = None,
-        backend: str = "torch",
-        step_mode: str = "s",
-    ) -> None:
+    def __init__(self, in_features: int, out_features: int, *args, step_mode: str = "s", **kwargs) -> None:
+        """``args``, ``kwargs``: the neuron's, those of :class:`FFLIFNode` (``neuron``,
+        ``trace``, ``backend``)."""
         super().__init__()
         self.synapse = layer.Linear(in_features, out_features, bias=False, step_mode=step_mode)
         # Input-major storage (weight.T contiguous): on-line learning updates the rows of the
         # inputs that spiked, and a spike-driven current sums those same rows.
         self.synapse.weight = nn.Parameter(self.synapse.weight.detach().t().contiguous().t())
-        self.neuron = FFLIFNode(neuron, trace, backend=backend, step_mode=step_mode)
+        self.neuron = FFLIFNode(*args, step_mode=step_mode, **kwargs)
         self.step_mode = step_mode
 
     @property

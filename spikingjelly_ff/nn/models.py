@@ -17,19 +17,23 @@ from spikingjelly_ff.functional.params import EncoderParams, NeuronParams, Trace
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import layer_score, summed_score
 from spikingjelly_ff.nn.augment import translate, view_offsets
+from spikingjelly_ff.nn.embedding import LabelEmbedding
 from spikingjelly_ff.nn.layers import FFLinear, SpikingFFLayer
 
 __all__ = ["AnalogFFNet", "EncoderParams", "FFNet", "SpikingFFNet", "bernoulli_spikes"]
 
 
 class FFNet(nn.Module):
-    """What analog and spiking FF networks share: label embedding, goodness, scoring."""
+    """What analog and spiking FF networks share: label embedding, goodness, scoring.
+
+    Subclasses take these arguments as given here (positional or keyword), then their own
+    as keywords."""
 
     def __init__(
         self,
         in_features: int,
         widths: list[int],
-        embedding: nn.Module,
+        embedding: LabelEmbedding,
         probability: Probability,
         goodness_kind: str = "sum_squares",
         score: str = "probability",
@@ -92,25 +96,14 @@ class AnalogFFNet(FFNet):
 
     kind = "analog"
 
-    def __init__(
-        self,
-        in_features: int,
-        widths: list[int],
-        embedding: nn.Module,
-        probability: Probability,
-        goodness_kind: str = "sum_squares",
-        score: str = "probability",
-        score_layers: list[int] | None = None,
-        bias: bool = False,
-        normalize: bool = True,
-        num_classes: int = 10,
-        shift_views: int = 0,
-    ) -> None:
-        super().__init__(in_features, widths, embedding, probability, goodness_kind, score, score_layers, num_classes)
+    def __init__(self, *args, bias: bool = False, normalize: bool = True, shift_views: int = 0, **kwargs) -> None:
+        """``args``, ``kwargs``: those of :class:`FFNet`. ``normalize`` length-normalises the
+        input of every layer after the first."""
+        super().__init__(*args, **kwargs)
         self.shift_views = shift_views  # classify from 4 * shift_views + 1 translated views
-        dims = [self.input_width, *widths]
+        dims = [self.input_width, *self.widths]
         self.layers = nn.ModuleList(
-            FFLinear(dims[i], dims[i + 1], bias=bias, normalize_input=normalize and i > 0) for i in range(len(widths))
+            FFLinear(dims[i], dims[i + 1], bias=bias, normalize_input=normalize and i > 0) for i in range(len(dims) - 1)
         )
         self.normalize = normalize
 
@@ -195,24 +188,19 @@ class SpikingFFNet(FFNet):
 
     def __init__(
         self,
-        in_features: int,
-        widths: list[int],
-        embedding: nn.Module,
-        probability: Probability,
+        *args,
         neuron: NeuronParams,
         trace: TraceParams,
         encoder: EncoderParams,
-        goodness_kind: str = "sum_squares",
-        score: str = "probability",
-        score_layers: list[int] | None = None,
         backend: str = "torch",
-        num_classes: int = 10,
+        **kwargs,
     ) -> None:
-        super().__init__(in_features, widths, embedding, probability, goodness_kind, score, score_layers, num_classes)
-        dims = [self.input_width, *widths]
+        """``args``, ``kwargs``: those of :class:`FFNet`."""
+        super().__init__(*args, **kwargs)
+        dims = [self.input_width, *self.widths]
         self.layers = nn.ModuleList(
             SpikingFFLayer(dims[i], dims[i + 1], neuron, trace, backend=backend, step_mode="m")
-            for i in range(len(widths))
+            for i in range(len(dims) - 1)
         )
         self.neuron_params = neuron
         self.trace_params = trace

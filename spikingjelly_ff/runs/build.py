@@ -16,35 +16,11 @@ def build_model(m: ModelConfig, in_features: int, num_classes: int, seed: int, b
     e = m.embedding
     emb = build_embedding(e.kind, num_classes, e.bits, e.density, seed if e.seed is None else e.seed, e.scale)
     torch.manual_seed(seed)
+    shared = (in_features, m.layers, emb, m.probability, m.goodness, m.score, m.score_layers, num_classes)
     if m.kind == "analog":
-        net: FFNet = AnalogFFNet(
-            in_features,
-            m.layers,
-            emb,
-            m.probability,
-            m.goodness,
-            m.score,
-            m.score_layers,
-            m.bias,
-            m.normalize,
-            num_classes,
-            m.shift_views,
-        )
+        net: FFNet = AnalogFFNet(*shared, bias=m.bias, normalize=m.normalize, shift_views=m.shift_views)
     else:
-        net = SpikingFFNet(
-            in_features,
-            m.layers,
-            emb,
-            m.probability,
-            m.neuron,
-            m.trace,
-            m.encoder,
-            m.goodness,
-            m.score,
-            m.score_layers,
-            backend,
-            num_classes,
-        )
+        net = SpikingFFNet(*shared, neuron=m.neuron, trace=m.trace, encoder=m.encoder, backend=backend)
     if m.init == "normal":
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():

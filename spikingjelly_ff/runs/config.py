@@ -27,6 +27,7 @@ from spikingjelly_ff.functional.params import (
     TRACE_KINDS,
     EmbeddingParams,
     EncoderParams,
+    EvalParams,
     HebbianParams,
     NeuronParams,
     TraceParams,
@@ -131,12 +132,18 @@ class TrainConfig:
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
 
 
-@dataclass
-class EvalConfig:
+@dataclass(frozen=True)
+class EvalConfig(EvalParams):
+    """The eval section: how a spiking model scores (``repeats``, ``share_image_spikes``, what
+    its export carries) and which test data is scored in batches of ``batch_size``."""
+
     batch_size: int = 1000
-    limit: int | None = None
-    share_image_spikes: bool = True  # spiking: one draw of image spikes for all candidate labels
-    repeats: int = 1  # spiking: sum the scores of this many independent presentations
+    limit: int | None = None  # score the first N test samples only
+
+    @property
+    def params(self) -> EvalParams:
+        """The scoring settings alone (what an exported model carries)."""
+        return EvalParams(self.repeats, self.share_image_spikes)
 
 
 @dataclass
@@ -197,7 +204,7 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("the Hebbian learner needs a quadratic goodness (sum_squares or mean_squares)")
     if m.kind == "spiking" and t.learner != "hebbian":
         raise ConfigError("spiking models train with train.learner=hebbian")
-    for key in ("train.epochs", "train.batch_size", "eval.batch_size", "eval.repeats", "model.encoder.steps"):
+    for key in ("train.epochs", "train.batch_size", "eval.batch_size", "model.encoder.steps"):
         if flat[key] < 1:
             raise ConfigError(f"{key} must be >= 1")
     if m.encoder.rest_steps < 0:
@@ -328,7 +335,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+#: The configs shipped with the package (package data), resolvable by name.
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped configs (``paper/analog-sigmoid``, ...), sorted."""
+    return sorted(str(c.relative_to(CONFIG_DIR).with_suffix("")) for c in CONFIG_DIR.rglob("*.yaml"))
 
 
 def resolve_config(path: str | Path) -> Path:
@@ -339,8 +352,7 @@ def resolve_config(path: str | Path) -> Path:
     shipped = CONFIG_DIR / (str(path) if str(path).endswith(".yaml") else f"{path}.yaml")
     if shipped.is_file():
         return shipped
-    names = sorted(str(c.relative_to(CONFIG_DIR).with_suffix("")) for c in CONFIG_DIR.rglob("*.yaml"))
-    raise ConfigError(f"config {path} not found (a file path, or one of: {', '.join(names)})")
+    raise ConfigError(f"config {path} not found (a file path, or one of: {', '.join(shipped_configs())})")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

@@ -124,7 +124,7 @@ def _table(results: dict, rows: list[str], sets: list[str]) -> str:
     lines = [
         "# arXiv 2406.16479, Table 1, reproduced",
         "",
-        "Settings: the configs in `configs/paper/`"
+        "Settings: the configs in `spikingjelly_ff/configs/paper/`"
         + (f" with {', '.join(sets)}." if sets else ", full MNIST, 10 epochs."),
         "Accuracy is MNIST test accuracy (%); Hoyer and separability are computed on the test latents",
         "with the correct label shown (spike counts for spiking rows).",

@@ -6,7 +6,7 @@
     model.learn(images, labels, positive)      # one on-line Hebbian update
     model.save("model.nir")
 
-``load_model`` opens either kind of export: a spike artefact (``.nir``) as a ``SpikeModel``
+``load_exported`` opens either kind of export: a spike artefact (``.nir``) as a ``SpikeModel``
 or an analog ONNX file as an ``AnalogModel`` (needs onnx and onnxruntime). Both offer
 ``scores``, ``predict``, ``learn``, ``copy`` and ``save``.
 
@@ -16,6 +16,7 @@ Nothing here imports torch; an edge device needs numpy and h5py only.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact, read_artifact, write_artifact
@@ -26,15 +27,16 @@ __all__ = [
     "ArtifactError",
     "SpikeArtifact",
     "SpikeModel",
-    "load_model",
+    "load_exported",
     "read_artifact",
     "write_artifact",
 ]
 
 
-def load_model(path: str | os.PathLike, threads: int | None = None):
-    """``SpikeModel`` for ``.nir``/``.h5`` files (or a directory holding ``model.nir``),
-    ``AnalogModel`` for ``.onnx`` files."""
+def load_exported(path: str | os.PathLike, threads: int | None = None):
+    """An exported model: ``SpikeModel`` for ``.nir``/``.h5`` files (or a directory holding
+    ``model.nir``), ``AnalogModel`` for ``.onnx`` files. (A trained torch network from a run
+    directory is ``spikingjelly_ff.load_model``.)"""
     p = Path(path)
     if p.is_dir():
         for name in ("model.nir", "model.onnx"):
@@ -55,4 +57,11 @@ def __getattr__(name: str):
         from spikingjelly_ff.runtime.analog import AnalogModel
 
         return AnalogModel
+    if name == "load_model":  # the name before 0.2, which spikingjelly_ff.load_model also used
+        warnings.warn(
+            "spikingjelly_ff.runtime.load_model is deprecated: use spikingjelly_ff.runtime.load_exported",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return load_exported
     raise AttributeError(name)

@@ -22,6 +22,7 @@ from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.kernels import apply_delta
+from spikingjelly_ff.runtime.protocol import check_images
 from spikingjelly_ff.runtime.weight_folding import split_weight_only
 
 __all__ = ["AnalogGraph", "AnalogModel", "load_onnx_meta"]
@@ -201,12 +202,8 @@ class AnalogModel:
         return AnalogModel(self.graph, [w.copy() for w in self.weights], [e.copy() for e in self.eligibility])
 
     def _check_images(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"images must have shape [N, {self.in_features}], got {list(x.shape)}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("images contain NaN or Inf")
-        return x
+        # no range check: the ONNX graph scores any finite input, as the exported net does
+        return check_images(x, self.in_features, unit_range=False)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """All graph outputs (scores, probability, goodness, label, ...) for images ``[N, D]``."""

@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from spikingjelly_ff.functional.labels import LabelCode
-from spikingjelly_ff.functional.params import EmbeddingParams, EncoderParams, HebbianParams, NeuronParams, TraceParams
+from spikingjelly_ff.functional.params import (
+    EmbeddingParams,
+    EncoderParams,
+    EvalParams,
+    HebbianParams,
+    NeuronParams,
+    TraceParams,
+)
 from spikingjelly_ff.functional.probability import Probability
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "SpikeArtifact", "read_artifact", "write_artifact"]
@@ -74,7 +81,7 @@ class SpikeArtifact:
     image_shape: list[int] | None = None
     hebbian: HebbianParams = field(default_factory=HebbianParams)
     eligibility: list[np.ndarray] | None = None
-    evaluation: dict = field(default_factory=lambda: {"repeats": 1, "share_image_spikes": True})
+    evaluation: EvalParams = field(default_factory=EvalParams)
     model_version: int = 1
     name: str = "model"
     library_version: str = ""
@@ -117,7 +124,7 @@ class SpikeArtifact:
             "num_classes": self.num_classes,
             "image_shape": self.image_shape,
             "hebbian": self.hebbian.to_dict(),
-            "evaluation": dict(self.evaluation),
+            "evaluation": self.evaluation.to_dict(),
         }
 
     def validate(self) -> SpikeArtifact:
@@ -283,7 +290,7 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
             image_shape=meta.get("image_shape"),
             hebbian=HebbianParams(**(meta.get("hebbian") or {})),
             eligibility=eligibility,
-            evaluation=dict(meta.get("evaluation") or {"repeats": 1, "share_image_spikes": True}),
+            evaluation=EvalParams(**(meta.get("evaluation") or {})),
             model_version=int(meta.get("model_version", 1)),
             name=str(meta.get("name", "model")),
             library_version=str(meta.get("library_version", "")),

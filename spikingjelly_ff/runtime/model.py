@@ -17,6 +17,7 @@ import numpy as np
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.runtime.artifact import SpikeArtifact, read_artifact, write_artifact
+from spikingjelly_ff.runtime.protocol import check_images
 from spikingjelly_ff.simulation import (
     Dynamics,
     encode_spikes,
@@ -38,7 +39,7 @@ class SpikeModel:
     default copies of the artefact's; everything else is read from the (immutable) artefact.
     """
 
-    kind = "spike"
+    kind = "spiking"
 
     def __init__(
         self,
@@ -116,14 +117,7 @@ class SpikeModel:
     # -- inputs -------------------------------------------------------------------------------
 
     def _check_images(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"images must have shape [N, {self.in_features}], got {list(x.shape)}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("images contain NaN or Inf")
-        if x.min(initial=0.0) < 0.0 or x.max(initial=0.0) > 1.0:
-            raise ValueError("image values must lie in [0, 1]")
-        return x
+        return check_images(x, self.in_features)
 
     def embed(self, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Embedded inputs ``[N, D']`` for images ``[N, D]`` and labels ``[N]``."""
@@ -147,7 +141,7 @@ class SpikeModel:
         x = self._check_images(x)
         rng = np.random.default_rng(seed) if rng is None else rng
         if share_image_spikes is None:
-            share_image_spikes = bool(self.art.evaluation.get("share_image_spikes", True))
+            share_image_spikes = self.art.evaluation.share_image_spikes
         enc, code = self.art.encoder, self.label_code
         gain = np.float32(enc.gain)
         current = label_currents(
@@ -199,7 +193,7 @@ class SpikeModel:
     def scores(self, x: np.ndarray, seed: int | None = 0, repeats: int | None = None) -> np.ndarray:
         """Score of every label, ``[N, C]`` (higher is more likely), summed over ``repeats``
         presentations (default: the export's setting)."""
-        repeats = int(self.art.evaluation.get("repeats", 1)) if repeats is None else int(repeats)
+        repeats = self.art.evaluation.repeats if repeats is None else int(repeats)
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
         rng = np.random.default_rng(seed)

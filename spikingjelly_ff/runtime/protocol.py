@@ -14,15 +14,28 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["RuntimeModel"]
+__all__ = ["RuntimeModel", "check_images"]
+
+
+def check_images(x, in_features: int, unit_range: bool = True) -> np.ndarray:
+    """``x`` as float32 ``[N, in_features]``, finite (and in [0, 1] with ``unit_range``);
+    raises ``ValueError`` saying what is wrong otherwise."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != in_features:
+        raise ValueError(f"images must have shape [N, {in_features}], got {list(x.shape)}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("images contain NaN or Inf")
+    if unit_range and (x.min(initial=0.0) < 0.0 or x.max(initial=0.0) > 1.0):
+        raise ValueError("image values must lie in [0, 1]")
+    return x
 
 
 @runtime_checkable
 class RuntimeModel(Protocol):
     """A model that scores images and learns on line, in place."""
 
-    #: "spike" (spiking simulation, stochastic) or "analog" (rate network, deterministic)
-    kind: Literal["spike", "analog"]
+    #: "spiking" (spiking simulation, stochastic) or "analog" (rate network, deterministic)
+    kind: Literal["spiking", "analog"]
     #: weights ``[H_l, D_l]`` float32 per layer (``D_0`` = the embedded input width)
     weights: list[np.ndarray]
     #: eligibility traces, one per weight and of its shape (zeros when learning uses none)

@@ -1,6 +1,6 @@
 """What the golden test pins, computed through the library's public entry points only.
 
-``all_values(work)`` trains every paper row (``configs/paper/*.yaml``) with a fixed seed on
+``all_values(work)`` trains every paper row (``spikingjelly_ff/configs/paper/*.yaml``) with a fixed seed on
 a small MNIST subset, then scores, exports, runs the exports and takes one runtime learning
 step; ``saved_values()`` loads the model files committed under ``tests/golden/saved/`` (written
 in the format of the commit the golden values were made at) and scores them. Both return
@@ -131,9 +131,9 @@ def _model_values(prefix: str, model_dir: Path, x: np.ndarray) -> dict[str, np.n
 
 def _analog_runtime_values(prefix: str, path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
     """Every ONNX output for ``x``, then two Hebbian steps (log-odds, weights, eligibility)."""
-    from spikingjelly_ff.runtime import load_model
+    from spikingjelly_ff.runtime import load_exported
 
-    m = load_model(path, threads=1)
+    m = load_exported(path, threads=1)
     out = {f"{prefix}/onnx/{k}": np.asarray(v) for k, v in sorted(m.run(x).items())}
     lx, shown, positive = learn_batch(4)
     for step in range(2):
@@ -147,9 +147,9 @@ def _analog_runtime_values(prefix: str, path: Path, x: np.ndarray) -> dict[str, 
 def _spike_runtime_values(prefix: str, path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
     """Runtime scores (seed 0), then one learning step of batch 1 (the on-line path) and two of
     batch 4 (the batched path), each from the loaded weights."""
-    from spikingjelly_ff.runtime import load_model
+    from spikingjelly_ff.runtime import load_exported
 
-    m = load_model(path)
+    m = load_exported(path)
     out = {
         f"{prefix}/spike/scores": m.scores(x, seed=0),
         f"{prefix}/spike/predict": m.predict(x, seed=0).astype(np.int64),

@@ -12,7 +12,7 @@ from spikingjelly_ff.export.onnx import analog_to_onnx
 from spikingjelly_ff.learning.analog_hebbian import AnalogHebbian
 from spikingjelly_ff.runs.build import build_model
 from spikingjelly_ff.runs.config import HebbianConfig, config_from_dict
-from spikingjelly_ff.runtime import load_model
+from spikingjelly_ff.runtime import load_exported
 
 IN_FEATURES = 40  # synthetic images: the runtime takes any in_features the export declares
 STEPS = 6
@@ -91,7 +91,7 @@ def test_runtime_learn_equals_torch_hebbian(tmp_path, name, tau, batch):
     model_cfg, normalize_first, eta = NETS[name]
     net = _net(model_cfg, normalize_first)
     path = analog_to_onnx(net, tmp_path / "model.onnx", hebbian={"eta": eta, "eligibility_tau": tau})
-    model = load_model(path)
+    model = load_exported(path)
     assert model.eligibility_tau == tau
     heb = AnalogHebbian(net, HebbianConfig(eta=eta, eligibility_tau=tau))
     start = [layer.weight.detach().clone() for layer in net.layers]

@@ -13,7 +13,14 @@ import pytest
 
 from spikingjelly_ff.cli import main
 from spikingjelly_ff.runs import data
-from spikingjelly_ff.runs.config import ConfigError, apply_overrides, config_from_dict, load_config
+from spikingjelly_ff.runs.config import (
+    CONFIG_DIR,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    shipped_configs,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,17 +29,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_configs_load():
-    names = sorted(p.stem for p in (ROOT / "configs" / "paper").glob("*.yaml"))
-    assert names == [
-        "analog-sigmoid",
-        "analog-symmetric",
-        "hebbian-batched-sigmoid",
-        "hebbian-batched-symmetric",
-        "hebbian-online-sigmoid",
-        "hebbian-online-symmetric",
+    assert CONFIG_DIR == ROOT / "spikingjelly_ff" / "configs"  # package data: one copy, shipped
+    assert [n for n in shipped_configs() if n.startswith("paper/")] == [
+        "paper/analog-sigmoid",
+        "paper/analog-symmetric",
+        "paper/hebbian-batched-sigmoid",
+        "paper/hebbian-batched-symmetric",
+        "paper/hebbian-online-sigmoid",
+        "paper/hebbian-online-symmetric",
     ]
-    for p in (ROOT / "configs").rglob("*.yaml"):
-        load_config(p)
+    for name in shipped_configs():
+        assert load_config(name) == load_config(CONFIG_DIR / f"{name}.yaml")
     cfg = load_config("paper/analog-sigmoid")
     assert cfg.model.layers == [200] and cfg.model.probability.alpha == 1.0 and cfg.model.probability.theta == 3.5
     assert cfg.train.batch_size == 50 and cfg.train.epochs == 10 and cfg.model.embedding.bits == 100
@@ -144,7 +151,7 @@ def test_cli_train_eval_export_analyze(tmp_path, mini):
     run = tmp_path / "run"
     proc = _sjff(
         "train",
-        "configs/paper/analog-symmetric.yaml",
+        "spikingjelly_ff/configs/paper/analog-symmetric.yaml",
         "--out",
         str(run),
         "--quiet",
@@ -206,12 +213,12 @@ def test_training_is_reproducible_from_the_seed(tmp_path, mini):
     "args,message",
     [
         (
-            ["train", "configs/paper/analog-sigmoid.yaml", "--out", "{tmp}/x", "--set", "model.bogus=1"],
+            ["train", "paper/analog-sigmoid", "--out", "{tmp}/x", "--set", "model.bogus=1"],
             "unknown config key model.bogus",
         ),
         (["train", "nope.yaml", "--out", "{tmp}/x"], "config nope.yaml not found"),
         (
-            ["train", "configs/paper/analog-sigmoid.yaml", "--out", "{tmp}/x", "--set", "data.dataset={tmp}/none"],
+            ["train", "paper/analog-sigmoid", "--out", "{tmp}/x", "--set", "data.dataset={tmp}/none"],
             "unknown dataset",
         ),
         (["eval", "{tmp}"], "not a model directory"),

@@ -168,18 +168,18 @@ def test_cli_export_refuses_spike_format_for_analog(analog_run, tmp_path, capsys
 def test_analog_runtime_scores_with_its_current_weights(analog_run, mini, tmp_path):
     """AnalogModel converts its weights for onnxruntime once per weight version: after a
     Hebbian update, or after new weights are assigned, it scores with the new ones."""
-    from spikingjelly_ff.runtime import load_model as load_runtime
+    from spikingjelly_ff.runtime import load_exported
 
     net, _, _ = load_model(analog_run / "model")
     path = analog_to_onnx(net, tmp_path / "a.onnx")
-    model = load_runtime(path)
+    model = load_exported(path)
     data = load_split(str(mini), "test")
     x = data.images[:40].astype(np.float32) / np.float32(255.0)
     before = model.run(x)["scores"]
     model.learn(x[:8], data.labels[:8], np.ones(8), eta=0.5)
     after = model.run(x)["scores"]
     assert not np.allclose(after, before)
-    np.testing.assert_array_equal(after, load_runtime(model.save(tmp_path / "b.onnx")).run(x)["scores"])
+    np.testing.assert_array_equal(after, load_exported(model.save(tmp_path / "b.onnx")).run(x)["scores"])
     model.weights = [np.zeros_like(w) for w in model.weights]
     assert np.all(model.run(x)["scores"] == model.run(x)["scores"][0, 0])
 
@@ -188,13 +188,13 @@ def test_weight_only_nodes_run_once_per_version(analog_run, mini, tmp_path):
     """The runtime feeds the weights as inputs; nodes on the weights alone (the label term,
     the weight slices) move to a per-version graph, and the per-call graph answers exactly
     like onnxruntime on the exported file."""
-    from spikingjelly_ff.runtime import load_model as load_runtime
+    from spikingjelly_ff.runtime import load_exported
     from spikingjelly_ff.runtime.weight_folding import split_weight_only
 
     net, _, _ = load_model(analog_run / "model")
     path = analog_to_onnx(net, tmp_path / "a.onnx", latent=True)
     proto = onnx.load(str(path))
-    model = load_runtime(path)
+    model = load_exported(path)
     served = onnx.ModelProto()
     served.CopyFrom(proto)
     for name in model.weight_names:

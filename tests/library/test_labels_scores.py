@@ -98,7 +98,7 @@ def test_runtime_models_copy_without_sharing_state(tmp_path):
         }
     )
     model = SpikeModel.load(export_spike(build_model(cfg.model, 12, 10, 0), cfg, tmp_path / "m.nir"))
-    assert isinstance(model, RuntimeModel) and model.kind == "spike" and model.eta == pytest.approx(0.3)
+    assert isinstance(model, RuntimeModel) and model.kind == "spiking" and model.eta == pytest.approx(0.3)
     clone = model.copy()
     x = np.random.default_rng(0).random((1, 12), dtype=np.float32)
     clone.learn(x, np.array([2]), np.array([1.0]), seed=1)

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .engine import Engine, Published
-from .errors import OutOfRange
+from ..errors import OutOfRange
+from ..inference.engine import Engine, Published
+from ..storage.records import ROLLBACK, UpdateRecord
+from ..storage.snapshots import SnapshotInfo
+from ..storage.state import ModelState, NotRestorable
 from .options import LearnOptions
-from .records import ROLLBACK, UpdateRecord
-from .snapshots import SnapshotInfo
-from .state import ModelState, NotRestorable
 
 __all__ = ["VersionStore"]
 
@@ -42,6 +42,10 @@ class VersionStore:
         self.options = options
         self.on_snapshot = on_snapshot
         self.last_snapshot = -1  # version of the newest snapshot (-1: none yet)
+
+    def close(self) -> None:
+        """Close the update log (at shutdown)."""
+        self.state.log.close()
 
     def oldest_restorable(self, current: int) -> int:
         return self.state.oldest_restorable(current)

@@ -11,10 +11,10 @@ import grpc
 from sjff_client.pb import learning_pb2 as lpb
 from sjff_client.pb import learning_pb2_grpc as lpb_grpc
 
-from .auth import Authenticator
-from .errors import InvalidInput, PreconditionFailed
-from .metrics import Metrics
-from .models import ModelRegistry, ServedModel
+from ..auth import Authenticator
+from ..errors import InvalidInput, PreconditionFailed
+from ..metrics import Metrics
+from ..serving.models import ModelRegistry, ServedModel
 from .registration import Malformed
 from .rpc import RpcService, deadline_of
 from .validation import decode_learn
@@ -37,6 +37,8 @@ class LearningService(lpb_grpc.LearningServicer, RpcService):
         max_eta: float = 1000.0,
         stream_window: int = 64,
     ) -> None:
+        if auth is None:  # the learning calls change weights: never served without a token
+            raise ValueError("LearningService needs an Authenticator (learning is never open)")
         self.registry = registry
         self.metrics = metrics
         self.auth = auth

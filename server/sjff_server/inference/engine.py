@@ -76,7 +76,7 @@ class InferPlan:
 
 
 class Engine:
-    """Common interface of the engines."""
+    """Common interface of the engines. ``kind`` is the runtime model's: "analog" | "spiking"."""
 
     kind: str = ""
     platform: str = ""
@@ -157,7 +157,7 @@ def analog_row_macs(model: AnalogModel) -> int:
     per layer): the first layer once per view, each later layer once per label and view
     (every label is scored), over ``4 * shift_views + 1`` views. An estimate (elementwise work
     is left out) that orders models by cost: 0.2 M for the tests' 784 -> 128 -> 64 net,
-    208 M for configs/analog-deep.yaml (two 2000-unit layers, five views)."""
+    208 M for the shipped config analog-deep (two 2000-unit layers, five views)."""
     weights = list(model.weights)
     views = 4 * int(model.meta.get("shift_views", 0) or 0) + 1
     first = int(weights[0].size) if weights else 0
@@ -208,7 +208,7 @@ class SpikeEngine(Engine):
         return out
 
 
-_ENGINES: dict[str, type[Engine]] = {"analog": AnalogEngine, "spike": SpikeEngine}
+_ENGINES: dict[str, type[Engine]] = {"analog": AnalogEngine, "spiking": SpikeEngine}
 
 
 def make_engine(model: RuntimeModel) -> Engine:

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from .auth import Authenticator
-from .errors import (
+from ..auth import Authenticator
+from ..errors import (
     DeadlineExceeded,
     InternalError,
     InvalidInput,
@@ -61,7 +61,8 @@ def status_of(exc: BaseException, timeout_message: str = "deadline exceeded") ->
     """Status code and message for a failure: a refusal's own, DEADLINE_EXCEEDED for a
     timeout, INTERNAL (no details) for anything else."""
     if isinstance(exc, RequestError):
-        return STATUS.get(type(exc), Code.UNKNOWN), exc.message
+        code = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), Code.UNKNOWN)
+        return code, exc.message
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return Code.DEADLINE_EXCEEDED, timeout_message
     return Code.INTERNAL, f"internal error: {type(exc).__name__}"

@@ -11,8 +11,8 @@ import numpy as np
 from sjff_client.codec import CONTENTS_FIELD
 from sjff_client.pb import grpc_service_pb2 as pb
 
-from .engine import InferPlan
-from .models import ServedModel
+from ..inference.engine import InferPlan
+from ..serving.models import ServedModel
 
 __all__ = ["ModelMessages"]
 

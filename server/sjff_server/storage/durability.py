@@ -36,14 +36,7 @@ from .records import MAGIC, UpdateRecord, encode_record
 from .scan import Damage, LogCorruption, SegmentScan, find_later
 from .snapshots import atomic_write, fsync_dir
 
-__all__ = [
-    "Damage",
-    "LogCorruption",
-    "OutcomeUnknown",
-    "SegmentScan",
-    "StorageError",
-    "UpdateLog",
-]
+__all__ = ["OutcomeUnknown", "StorageError", "UpdateLog"]
 
 _sync = getattr(os, "fdatasync", os.fsync)
 

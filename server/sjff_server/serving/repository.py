@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelConfig", "ModelSpec", "RepositoryError", "scan_repository"]
+__all__ = ["ServingConfig", "ModelSpec", "RepositoryError", "scan_repository"]
 
 log = logging.getLogger("sjff_server.repository")
 
@@ -43,7 +43,7 @@ class RepositoryError(ValueError):
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ServingConfig:
     """Serving settings of one model version (``config.json``)."""
 
     max_batch_size: int | None = None
@@ -53,7 +53,7 @@ class ModelConfig:
     max_steps: int | None = None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> ModelConfig:
+    def from_dict(cls, data: dict[str, Any], where: str) -> ServingConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -74,8 +74,8 @@ class ModelSpec:
     name: str
     version: str
     path: Path
-    kind: str  # "analog" | "spiking"
-    config: ModelConfig
+    kind: str  # RuntimeModel.kind: "analog" | "spiking"
+    config: ServingConfig
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -115,7 +115,7 @@ def scan_repository(root: Path) -> tuple[list[ModelSpec], list[str]]:
                 problems.append(f"{vdir}: needs exactly one of {', '.join(ARTEFACTS)}, found {len(found)}")
                 continue
             try:
-                cfg = ModelConfig.from_dict({**base, **_read_config(vdir / "config.json")}, str(vdir))
+                cfg = ServingConfig.from_dict({**base, **_read_config(vdir / "config.json")}, str(vdir))
             except RepositoryError as exc:
                 problems.append(str(exc))
                 continue

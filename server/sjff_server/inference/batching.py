@@ -45,12 +45,12 @@ from functools import partial
 
 import numpy as np
 
+from ..errors import ResourceExhausted
+from ..interrupt import Interrupted, WorkerPool
 from .engine import InferOptions
-from .errors import ResourceExhausted
-from .interrupt import Interrupted, WorkerPool
 from .window import WindowPolicy
 
-__all__ = ["Batcher", "BatchResult", "WindowPolicy"]
+__all__ = ["Batcher", "BatchResult"]
 
 #: (outputs for this request's rows, learning version that produced them)
 BatchResult = tuple[dict[str, np.ndarray], int]

@@ -25,8 +25,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .durability import Damage, UpdateLog
+from .durability import UpdateLog
 from .records import MAGIC
+from .scan import Damage
 from .snapshots import SnapshotStore, StateInUse, fsync_dir, lock_state
 
 __all__ = ["Plan", "apply_repair", "main", "plan_repair", "state_main"]

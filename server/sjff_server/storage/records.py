@@ -21,10 +21,12 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spikingjelly_ff.runtime.protocol import RuntimeModel
+if TYPE_CHECKING:
+    from spikingjelly_ff.runtime.protocol import RuntimeModel
 
 __all__ = [
     "DIGEST",

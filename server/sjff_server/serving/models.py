@@ -10,14 +10,14 @@ import numpy as np
 
 from spikingjelly_ff.runtime.protocol import RuntimeModel
 
-from .batching import Batcher, BatchResult
-from .engine import Engine, InferOptions, InferPlan, Published, make_engine
-from .errors import ModelNotFound, Unavailable
-from .interrupt import WorkerPool
-from .learning import Learner
-from .options import LearnOptions
+from ..errors import ModelNotFound, Unavailable
+from ..inference.batching import Batcher, BatchResult
+from ..inference.engine import Engine, InferOptions, InferPlan, Published, make_engine
+from ..interrupt import WorkerPool
+from ..learning.learner import Learner
+from ..learning.options import LearnOptions
+from ..storage.snapshots import state_digest
 from .repository import ModelSpec
-from .snapshots import state_digest
 
 __all__ = ["ModelRegistry", "ServedModel", "load_served_model"]
 
@@ -133,10 +133,10 @@ def load_served_model(
 ) -> tuple[ServedModel, list[str]]:
     """Load a model version, recover its learning state; returns it and notes for the log.
     Synchronous (may replay a log): call it from a thread at startup."""
-    from spikingjelly_ff.runtime import load_model
+    from spikingjelly_ff.runtime import load_exported
 
     threads = spec.config.threads if spec.config.threads is not None else ort_threads
-    model = load_model(spec.path, threads=threads) if spec.kind == "analog" else load_model(spec.path)
+    model = load_exported(spec.path, threads=threads) if spec.kind == "analog" else load_exported(spec.path)
     engine = make_engine(model)
     notes: list[str] = []
     learner = None

@@ -16,12 +16,12 @@ import numpy as np
 
 from spikingjelly_ff.runtime.protocol import RuntimeModel
 
-from .engine import Published
-from .errors import InvalidInput, PreconditionFailed, RequestError, VersionConflict
-from .records import DIGEST, UPDATE, Update, UpdateRecord
-from .snapshots import SnapshotInfo, state_digest
+from ..errors import InvalidInput, PreconditionFailed, RequestError, VersionConflict
+from ..inference.engine import Published
+from ..storage.records import DIGEST, UPDATE, Update, UpdateRecord
+from ..storage.snapshots import state_digest
 
-__all__ = ["Staged", "compute_group", "finite", "rebuild"]
+__all__ = ["Result", "Staged", "compute_group", "finite", "rebuild"]
 
 #: per update: (new version, log-odds before it ``[n]``) or the refusal
 Result = tuple[int, np.ndarray] | RequestError
@@ -35,7 +35,6 @@ class Staged:
     published: Published | None
     records: list[UpdateRecord]
     results: list[Result]
-    snapshot: SnapshotInfo | None = None
     sync_s: float = 0.0
     durable: bool = False  # its records are synced: from then on it is applied, whatever follows
 

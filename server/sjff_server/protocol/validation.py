@@ -11,11 +11,11 @@ from sjff_client.codec import tensor_from_contents
 from sjff_client.pb import grpc_service_pb2 as pb
 from sjff_client.pb import learning_pb2 as lpb
 
-from .engine import InferOptions, InferPlan
-from .errors import InvalidInput
-from .records import Update
+from ..errors import InvalidInput
+from ..inference.engine import InferOptions, InferPlan
+from ..storage.records import Update
 
-__all__ = ["IMAGE_DTYPES", "InferPlan", "check_images", "decode_infer", "decode_learn"]
+__all__ = ["IMAGE_DTYPES", "check_images", "decode_infer", "decode_learn"]
 
 IMAGE_DTYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1"), "FP64": np.dtype("<f8"), "FP16": np.dtype("<f2")}
 _INV255 = np.float32(255.0)

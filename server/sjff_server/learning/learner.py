@@ -29,18 +29,18 @@ import numpy as np
 
 from spikingjelly_ff.runtime.protocol import RuntimeModel
 
-from .compute import Staged, compute_group
-from .engine import Engine, Published
-from .errors import Unavailable
+from ..errors import RequestError, Unavailable
+from ..inference.engine import Engine, Published
+from ..storage.records import Update
+from ..storage.snapshots import SnapshotInfo, state_digest
+from ..storage.state import HISTORY, ModelState
+from .compute import Result, Staged, compute_group
 from .options import LearnOptions
-from .records import Update
-from .snapshots import SnapshotInfo, state_digest
-from .state import HISTORY, ModelState, ReplayMismatch, StateMismatch
 from .stats import LearnStats
 from .versions import VersionStore
 from .writer import GroupWriter
 
-__all__ = ["LearnOptions", "Learner", "ReplayMismatch", "StateMismatch", "Update"]
+__all__ = ["Learner"]
 
 log = logging.getLogger("sjff_server.learning")
 
@@ -54,7 +54,7 @@ class Learner:
         version: str,
         engine: Engine,
         model: RuntimeModel,
-        artefact: Path,
+        artifact: Path,
         state_dir: Path,
         options: LearnOptions,
         metrics: Any = None,
@@ -65,18 +65,34 @@ class Learner:
         self.default_eta = float(model.eta)
         self.options = options
         self.metrics = metrics
-        self.state = ModelState(name, version, model, artefact, state_dir, engine.kind)
+        self.state = ModelState(name, version, model, artifact, state_dir, engine.kind)
         self.store = VersionStore(self.state, engine, options, self._snapshotted)
         self.published: Published = engine.publish(0, model)
         #: (version, "update" | "rollback", unix time, samples, restored version), newest last
         self.history: deque[tuple[int, str, float, int, int]] = deque(maxlen=HISTORY)
         self.stats = LearnStats()
-        self.writer = GroupWriter(self)
+        self.writer = GroupWriter(
+            f"{name}-{version}",
+            self._compute,
+            self.store,
+            current=lambda: self.published,
+            publish=self._publish,
+            settled=self._settled,
+            rolled_back=self._rolled_back,
+            on_failed=self._learning_stopped,
+            max_queue=options.max_queue,
+            max_group=options.max_group,
+        )
         self._timer: asyncio.Task | None = None
         self._closing = False
         self._digest: tuple[int, str] | None = None
-        self.failed: str | None = None
+        #: told (with this learner) when learning stops for good
         self.on_failed: Callable[[Learner], None] | None = None
+
+    @property
+    def failed(self) -> str | None:
+        """Why learning stopped (None: it goes on)."""
+        return self.writer.failed
 
     # -- files (see state.py) ---------------------------------------------------------------
 
@@ -137,17 +153,13 @@ class Learner:
             if self.published.version > self.store.last_snapshot and not self._closing and self.failed is None:
                 self.writer.control("snapshot", False, wait=False)
 
-    def stop_learning(self, why: str, exc: Exception) -> None:
-        """Learning is over for this model: fail everything that waits, tell health/metrics."""
-        if self.failed is None:
-            self.failed = why
-            log.error("learning stopped", extra={"model": self.name, "version": self.repo_version, "error": why})
-            if self.metrics is not None:
-                self.metrics.learning_stopped(self.name, self.repo_version)
-            if self.on_failed is not None:
-                self.on_failed(self)
-        self.writer.head = None
-        self.writer.fail_queue(exc)
+    def _learning_stopped(self, why: str) -> None:
+        """The writer stopped learning for good (once): tell the log, health and metrics."""
+        log.error("learning stopped", extra={"model": self.name, "version": self.repo_version, "error": why})
+        if self.metrics is not None:
+            self.metrics.learning_stopped(self.name, self.repo_version)
+        if self.on_failed is not None:
+            self.on_failed(self)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -156,7 +168,7 @@ class Learner:
             raise Unavailable("the server is shutting down")
         if self.failed is not None:
             raise Unavailable(f"learning is stopped for {self.name}: {self.failed}")
-        if self.writer.wake is None:
+        if not self.writer.started:
             raise Unavailable(f"learning of {self.name} has not started yet; retry")
 
     async def learn(self, update: Update, deadline: float | None = None) -> tuple[int, np.ndarray]:
@@ -177,12 +189,34 @@ class Learner:
 
     # -- called by the writer ---------------------------------------------------------------
 
-    def compute(self, base: Published, updates: Sequence[Update]) -> Staged:
+    def _compute(self, base: Published, updates: Sequence[Update]) -> Staged:
         """A group applied on a copy of ``base`` (compute thread)."""
         eta, every = self.default_eta, self.options.digest_every
         return compute_group(base, updates, default_eta=eta, digest_every=every, publish=self.engine.publish)
 
-    def rolled_back(self, pub: Published, restored: int) -> None:
+    def _publish(self, pub: Published) -> None:
+        self.published = pub
+
+    def _settled(self, updates: Sequence[Update], results: Sequence[Result], sync_s: float) -> None:
+        """Count a group whose callers were answered: durable updates and refusals."""
+        st, metrics = self.stats, self.metrics
+        accepted = 0
+        now = time.time()
+        for update, res in zip(updates, results):
+            if isinstance(res, RequestError):
+                st.refused += 1
+                if metrics is not None:
+                    metrics.learn_refused(self.name, self.repo_version, res.reason)
+                continue
+            version, log_odds = res
+            accepted += 1
+            st.learned(log_odds, update.positive)
+            self.history.append((version, "update", now, update.samples, 0))
+        st.group(accepted, now)
+        if metrics is not None and accepted:
+            metrics.learn_group(self.name, self.repo_version, accepted, sync_s, self.published.version)
+
+    def _rolled_back(self, pub: Published, restored: int) -> None:
         """A durable rollback to ``restored``: publish it (this must not fail)."""
         self.published = pub
         self.history.append((pub.version, "rollback", time.time(), 0, restored))

@@ -20,18 +20,17 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .compute import Staged
-from .durability import OutcomeUnknown, StorageError
-from .engine import Published
-from .errors import DeadlineExceeded, InternalError, RequestError, ResourceExhausted, Unavailable, UnknownOutcome
-from .records import Update
-
-if TYPE_CHECKING:
-    from .learning import Learner
+from ..errors import DeadlineExceeded, InternalError, RequestError, ResourceExhausted, Unavailable, UnknownOutcome
+from ..inference.engine import Published
+from ..storage.durability import OutcomeUnknown, StorageError
+from ..storage.records import Update
+from .compute import Result, Staged
+from .versions import VersionStore
 
 __all__ = ["GroupWriter", "Pending"]
 
@@ -59,42 +58,81 @@ def internal(exc: BaseException) -> InternalError:
 
 
 class GroupWriter:
-    """The queue and writer task of one :class:`~sjff_server.learning.Learner`, which owns
-    the published weights, the learning state and the stats this updates."""
+    """The queue and writer task of one model's learning. Its inputs, all narrow:
 
-    def __init__(self, learner: Learner) -> None:
-        self.learner = learner
-        self.queue: deque[Pending | _Control] = deque()
-        self.wake: asyncio.Event | None = None  # set: the writer runs (None before start)
-        tag = f"{learner.name}-{learner.repo_version}"
+    - ``compute(base, updates)``: a group applied on a copy (compute thread), see compute.py;
+    - ``store``: the durable versions (append, snapshot, rollback; I/O thread);
+    - ``current()``: the published weights; ``publish(pub)``: swap in a durable group's;
+    - ``settled(updates, results, sync_s)``: count a durable or refused group (after its
+      callers are answered); ``rolled_back(pub, restored)``: publish a durable rollback;
+    - ``on_failed(why)``: learning has just stopped (called once).
+
+    It owns the queue, the newest computed weights and whether learning has failed; ``tag``
+    (model-version) names its threads and appears in its logs."""
+
+    def __init__(
+        self,
+        tag: str,
+        compute: Callable[[Published, Sequence[Update]], Staged],
+        store: VersionStore,
+        *,
+        current: Callable[[], Published],
+        publish: Callable[[Published], None],
+        settled: Callable[[Sequence[Update], Sequence[Result], float], None],
+        rolled_back: Callable[[Published, int], None],
+        on_failed: Callable[[str], None],
+        max_queue: int,
+        max_group: int,
+    ) -> None:
+        self._tag = tag
+        self._compute_group = compute
+        self._store = store
+        self._current = current
+        self._publish = publish
+        self._settled = settled
+        self._rolled_back = rolled_back
+        self._on_failed = on_failed
+        self._max_queue = max_queue
+        self._max_group = max_group
+        self._queue: deque[Pending | _Control] = deque()
+        self._wake: asyncio.Event | None = None  # set: the writer runs (None before start)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"learn-{tag}")
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"log-{tag}")
-        self.head: Published | None = None  # newest computed weights (durable or about to be)
+        self._head: Published | None = None  # newest computed weights (durable or about to be)
         self._inflight: deque[asyncio.Future] = deque()  # durability stages, oldest first
         self._task: asyncio.Task | None = None
+        self._failed: str | None = None
 
     # -- the learner's side -------------------------------------------------------------------
 
+    @property
+    def started(self) -> bool:
+        return self._wake is not None
+
+    @property
+    def failed(self) -> str | None:
+        """Why learning stopped (None: it has not)."""
+        return self._failed
+
     def start(self) -> None:
-        self.wake = asyncio.Event()
-        self._task = asyncio.create_task(self._write_loop(), name=f"learner-{self.learner.name}")
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._write_loop(), name=f"learner-{self._tag}")
         self._task.add_done_callback(self._task_done)
 
     def submit(self, update: Update, deadline: float | None) -> asyncio.Future:
         """Queue an update; its future gives ``(version, log-odds [n])`` once durable."""
-        limit = self.learner.options.max_queue
-        if len(self.queue) >= limit:
-            raise ResourceExhausted(f"learning queue of {self.learner.name} is full ({limit})")
+        if len(self._queue) >= self._max_queue:
+            raise ResourceExhausted(f"learning queue of {self._tag} is full ({self._max_queue})")
         job = Pending(update, deadline, asyncio.get_running_loop().create_future())
-        self.queue.append(job)
-        self.wake.set()
+        self._queue.append(job)
+        self._wake.set()
         return job.future
 
     def control(self, kind: str, arg: Any = None, wait: bool = True) -> asyncio.Future | None:
         """Queue a snapshot, rollback or stop (after every earlier update)."""
         fut = asyncio.get_running_loop().create_future() if wait else None
-        self.queue.append(_Control(kind, arg, fut))
-        self.wake.set()
+        self._queue.append(_Control(kind, arg, fut))
+        self._wake.set()
         return fut
 
     async def stop(self, final_snapshot: bool) -> None:
@@ -106,14 +144,22 @@ class GroupWriter:
         self._compute.shutdown(wait=True)
         self._io.shutdown(wait=True)
 
-    def fail_queue(self, exc: Exception) -> None:
+    def _stop_learning(self, why: str, exc: Exception) -> None:
+        """Learning is over: fail everything that waits, tell the learner (once)."""
+        if self._failed is None:
+            self._failed = why
+            self._on_failed(why)
+        self._head = None
+        self._fail_queue(exc)
+
+    def _fail_queue(self, exc: Exception) -> None:
         """Fail every queued call; a queued "stop" stays, so that close() still finishes."""
-        keep = [j for j in self.queue if isinstance(j, _Control) and j.kind == "stop"]
-        while self.queue:
-            j = self.queue.popleft()
+        keep = [j for j in self._queue if isinstance(j, _Control) and j.kind == "stop"]
+        while self._queue:
+            j = self._queue.popleft()
             if j.future is not None and not j.future.done() and j not in keep:
                 j.future.set_exception(exc)
-        self.queue.extend(keep)
+        self._queue.extend(keep)
 
     def _task_done(self, task: asyncio.Task) -> None:
         """Supervision: a writer that dies (error or cancellation) must not leave calls waiting.
@@ -121,33 +167,32 @@ class GroupWriter:
         exc = asyncio.CancelledError() if task.cancelled() else task.exception()
         if exc is None:
             return
-        log.error("learning writer failed", exc_info=exc, extra={"model": self.learner.name})
+        log.error("learning writer failed", exc_info=exc, extra={"model": self._tag})
         err = internal(exc)
-        self.learner.stop_learning(f"internal error: {type(exc).__name__}: {exc}", err)
-        for j in list(self.queue):  # nothing is left to run a queued stop: answer it too
+        self._stop_learning(f"internal error: {type(exc).__name__}: {exc}", err)
+        for j in list(self._queue):  # nothing is left to run a queued stop: answer it too
             if j.future is not None and not j.future.done():
                 if isinstance(j, _Control) and j.kind == "stop":
                     j.future.set_result(None)
                 else:
                     j.future.set_exception(err)
-        self.queue.clear()
+        self._queue.clear()
 
     # -- the writer task ----------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        learner = self.learner
         inflight = self._inflight
         while True:
             while inflight and inflight[0].done():
                 inflight.popleft()
-            if not self.queue:
-                self.wake.clear()
-                await self.wake.wait()
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
                 continue
-            head = self.queue[0]
+            head = self._queue[0]
             if isinstance(head, _Control):
-                self.queue.popleft()
+                self._queue.popleft()
                 await self._drain()
                 if head.kind == "stop":
                     await self._stop(head, loop)
@@ -157,30 +202,29 @@ class GroupWriter:
             group = self._take_group()
             if not group:
                 continue
-            if learner.failed is not None:
-                self._fail(group, Unavailable(f"learning is stopped: {learner.failed}"))
+            if self._failed is not None:
+                self._fail(group, Unavailable(f"learning is stopped: {self._failed}"))
                 continue
             if len(inflight) >= 2:  # at most one group syncing while the next one is computed
                 await asyncio.wait([inflight[0]])
-            base = self.head or learner.published
+            base = self._head or self._current()
             updates = [job.update for job in group]
             try:
-                staged = await loop.run_in_executor(self._compute, learner.compute, base, updates)
+                staged = await loop.run_in_executor(self._compute, self._compute_group, base, updates)
             except Exception as exc:  # noqa: BLE001 - a bug, not a bad request: fail this group only
-                log.exception("learning group failed", extra={"model": learner.name})
+                log.exception("learning group failed", extra={"model": self._tag})
                 self._fail(group, InternalError(f"update not applied: {type(exc).__name__}"))
                 continue
             if staged.published is not None:
-                self.head = staged.published
+                self._head = staged.published
             prev = inflight[-1] if inflight else None
             inflight.append(asyncio.ensure_future(self._make_durable(staged, group, prev)))
 
     def _take_group(self) -> list[Pending]:
         group: list[Pending] = []
         now = time.monotonic()
-        limit = self.learner.options.max_group
-        while self.queue and isinstance(self.queue[0], Pending) and len(group) < limit:
-            job = self.queue.popleft()
+        while self._queue and isinstance(self._queue[0], Pending) and len(group) < self._max_group:
+            job = self._queue.popleft()
             if job.future.done():  # the caller went away before it started: not applied
                 continue
             if job.deadline is not None and now > job.deadline:
@@ -190,16 +234,15 @@ class GroupWriter:
         return group
 
     async def _stop(self, head: _Control, loop: asyncio.AbstractEventLoop) -> None:
-        learner = self.learner
-        self.fail_queue(Unavailable("the server is shutting down"))
+        self._fail_queue(Unavailable("the server is shutting down"))
         try:
-            pub = learner.published
-            if head.arg and learner.failed is None and pub.version > max(learner.store.last_snapshot, 0):
-                await loop.run_in_executor(self._io, learner.store.snapshot, pub, False)
+            pub = self._current()
+            if head.arg and self._failed is None and pub.version > max(self._store.last_snapshot, 0):
+                await loop.run_in_executor(self._io, self._store.snapshot, pub, False)
         except Exception as exc:  # noqa: BLE001 - reported, shutdown goes on
-            log.error("final snapshot failed", extra={"model": learner.name, "error": repr(exc)})
+            log.error("final snapshot failed", extra={"model": self._tag, "error": repr(exc)})
         finally:
-            await loop.run_in_executor(self._io, learner.state.log.close)
+            await loop.run_in_executor(self._io, self._store.close)
             head.future.set_result(None)
 
     async def _drain(self) -> None:
@@ -207,7 +250,7 @@ class GroupWriter:
         if self._inflight:
             await asyncio.wait(list(self._inflight))
             self._inflight.clear()
-        self.head = None
+        self._head = None
 
     async def _make_durable(self, staged: Staged, group: list[Pending], prev: asyncio.Future | None) -> None:
         """Write + sync the group's records (after the previous group's), then publish and answer."""
@@ -226,44 +269,42 @@ class GroupWriter:
                     job.future.set_result(res)  # logged, synced and published: it is applied
                 else:
                     job.future.set_exception(res if isinstance(res, RequestError) else err)
-            log.error("learning group failed after its computation", exc_info=exc, extra={"model": self.learner.name})
-            self.learner.stop_learning(f"internal error: {type(exc).__name__}: {exc}", err)
+            log.error("learning group failed after its computation", exc_info=exc, extra={"model": self._tag})
+            self._stop_learning(f"internal error: {type(exc).__name__}: {exc}", err)
             raise
 
     async def _persist_group(self, staged: Staged) -> None:
-        learner = self.learner
-
         def refuse(err: RequestError) -> None:
             staged.results = [r if isinstance(r, RequestError) else err for r in staged.results]
             staged.published = None
 
-        if learner.failed is not None:  # an earlier group's sync failed: this one built on it
-            refuse(Unavailable(f"update not applied: {learner.failed}"))
+        if self._failed is not None:  # an earlier group's sync failed: this one built on it
+            refuse(Unavailable(f"update not applied: {self._failed}"))
             return
         loop = asyncio.get_running_loop()
         try:
-            staged.sync_s = await loop.run_in_executor(self._io, learner.store.append, staged.records)
+            staged.sync_s = await loop.run_in_executor(self._io, self._store.append, staged.records)
         except OutcomeUnknown as exc:
             msg = (
                 f"outcome unknown: {exc}. Check ListVersions (current_version) before retrying, or retry "
                 "with expected_version"
             )
-            learner.stop_learning(str(exc), Unavailable(f"learning is stopped: {exc}"))
+            self._stop_learning(str(exc), Unavailable(f"learning is stopped: {exc}"))
             refuse(UnknownOutcome(msg))
             return
         except Exception as exc:  # noqa: BLE001 - StorageError and anything else before the sync: not applied
             why = f"{type(exc).__name__}: {exc}"
-            learner.stop_learning(why, Unavailable(f"learning is stopped: {why}"))
+            self._stop_learning(why, Unavailable(f"learning is stopped: {why}"))
             refuse(Unavailable(f"update not applied: {why}"))
             return
         staged.durable = True
-        learner.published = staged.published  # the swap: inference sees the whole group at once
+        self._publish(staged.published)  # the swap: inference sees the whole group at once
         # durable and published: what follows must never turn it into "not applied"
         try:
-            staged.snapshot = await loop.run_in_executor(self._io, learner.store.after_append, staged.published)
+            await loop.run_in_executor(self._io, self._store.after_append, staged.published)
         except Exception as exc:  # noqa: BLE001 - the updates are durable; later appends fail safely
             why = f"{type(exc).__name__}: {exc}"
-            learner.stop_learning(why, Unavailable(f"learning is stopped: {why}"))
+            self._stop_learning(why, Unavailable(f"learning is stopped: {why}"))
 
     def _fail(self, jobs: list[Pending], exc: Exception) -> None:
         for j in jobs:
@@ -271,46 +312,32 @@ class GroupWriter:
                 j.future.set_exception(exc)
 
     def _settle(self, group: list[Pending], outcome: Staged) -> None:
-        """Answer each update of a group and count it (the group is durable or refused)."""
-        learner = self.learner
-        st, metrics = learner.stats, learner.metrics
-        accepted = 0
-        now = time.time()
+        """Answer each update of a group, then have it counted (the group is durable or refused)."""
         for job, res in zip(group, outcome.results):
-            if isinstance(res, RequestError):
-                st.refused += 1
-                if metrics is not None:
-                    metrics.learn_refused(learner.name, learner.repo_version, res.reason)
-                if not job.future.done():
-                    job.future.set_exception(res)
+            if job.future.done():
                 continue
-            version, log_odds = res
-            accepted += 1
-            st.learned(log_odds, job.update.positive)
-            learner.history.append((version, "update", now, job.update.samples, 0))
-            if not job.future.done():
+            if isinstance(res, RequestError):
+                job.future.set_exception(res)
+            else:
                 job.future.set_result(res)
-        st.group(accepted, now)
-        if metrics is not None and accepted:
-            metrics.learn_group(learner.name, learner.repo_version, accepted, outcome.sync_s, learner.published.version)
+        self._settled([job.update for job in group], outcome.results, outcome.sync_s)
 
     async def _run_control(self, c: _Control, loop: asyncio.AbstractEventLoop) -> None:
-        learner = self.learner
         try:
-            if learner.failed is not None:
-                raise Unavailable(f"learning is stopped: {learner.failed}")
+            if self._failed is not None:
+                raise Unavailable(f"learning is stopped: {self._failed}")
             if c.kind == "snapshot":
                 export = bool(c.arg)
-                result: Any = await loop.run_in_executor(self._io, learner.store.snapshot, learner.published, export)
+                result: Any = await loop.run_in_executor(self._io, self._store.snapshot, self._current(), export)
             elif c.kind == "rollback":
-                pub, restored = await loop.run_in_executor(self._io, learner.store.rollback, learner.published, c.arg)
-                learner.rolled_back(pub, restored)  # nothing may turn the durable rollback into an error
+                pub, restored = await loop.run_in_executor(self._io, self._store.rollback, self._current(), c.arg)
+                self._rolled_back(pub, restored)  # nothing may turn the durable rollback into an error
                 result = (pub.version, restored)
             else:
                 raise ValueError(f"unknown control {c.kind}")
         except (StorageError, OutcomeUnknown) as exc:
             why = f"{type(exc).__name__}: {exc}"
-            learner.stop_learning(why, Unavailable(f"learning is stopped: {why}"))
+            self._stop_learning(why, Unavailable(f"learning is stopped: {why}"))
             kind = UnknownOutcome if isinstance(exc, OutcomeUnknown) else Unavailable
             self._answer_control(c, kind(f"{c.kind} failed: {exc}"))
             return
@@ -324,4 +351,4 @@ class GroupWriter:
         if c.future is not None and not c.future.done():
             c.future.set_exception(exc)
         elif c.future is None:
-            log.error("background snapshot failed", extra={"model": self.learner.name, "error": repr(exc)})
+            log.error("background snapshot failed", extra={"model": self._tag, "error": repr(exc)})

@@ -23,8 +23,9 @@ import numpy as np
 
 from spikingjelly_ff.runtime.protocol import RuntimeModel
 
-from .durability import LogCorruption, UpdateLog
+from .durability import UpdateLog
 from .records import DIGEST, KINDS, ROLLBACK, UPDATE, UpdateRecord
+from .scan import LogCorruption
 from .snapshots import SnapshotInfo, SnapshotStore, atomic_write, lock_state, state_digest
 
 __all__ = [
@@ -38,6 +39,15 @@ __all__ = [
 
 log = logging.getLogger("sjff_server.state")
 HISTORY = 10000
+
+# The on-disk format, spelled as the files already written spell it ("artefact"; identifiers
+# say "artifact"): changing these strings would orphan every existing state directory.
+#: the marker file tying a state directory to the sha256 of its model file
+MARKER_FILE = "artefact.json"
+#: the marker's JSON field holding the model file's path
+MARKER_PATH_KEY = "artefact"
+#: the snapshot meta key holding the model file's sha256
+SNAPSHOT_SHA_KEY = "artefact_sha256"
 
 
 class StateMismatch(Exception):
@@ -77,12 +87,12 @@ class ModelState:
     """Files of one model version's learning state (see durability.py for the layout)."""
 
     def __init__(
-        self, name: str, repo_version: str, base: RuntimeModel, artefact: Path, directory: Path, kind: str
+        self, name: str, repo_version: str, base: RuntimeModel, artifact: Path, directory: Path, kind: str
     ) -> None:
         self.name = name
         self.repo_version = repo_version
         self.base = base  # pristine artefact weights (never mutated)
-        self.artefact = Path(artefact)
+        self.artifact = Path(artifact)
         self.dir = Path(directory)
         self.kind = kind
         self.sha256 = ""
@@ -101,7 +111,7 @@ class ModelState:
 
     def _check_marker(self, reset_changed: bool) -> list[str]:
         """``artefact.json`` ties the state to the artefact's sha256 (written atomically)."""
-        marker = self.dir / "artefact.json"
+        marker = self.dir / MARKER_FILE
         notes: list[str] = []
         old = None
         if marker.exists():
@@ -127,7 +137,7 @@ class ModelState:
             self.snapshots = SnapshotStore(self.dir / "snapshots")
             old = None
         if old is None:
-            info = {"sha256": self.sha256, "artefact": str(self.artefact), "model": self.name}
+            info = {"sha256": self.sha256, MARKER_PATH_KEY: str(self.artifact), "model": self.name}
             atomic_write(marker, json.dumps({**info, "version": self.repo_version}).encode())
         return notes
 
@@ -146,7 +156,7 @@ class ModelState:
             raise
 
     def _recover(self, reset_changed: bool) -> Recovered:
-        self.sha256 = file_sha256(self.artefact)
+        self.sha256 = file_sha256(self.artifact)
         notes = self._check_marker(reset_changed)
         warnings: list[str] = []
         snaps = self.snapshots.list()
@@ -225,7 +235,7 @@ class ModelState:
 
     def _load_snapshot(self, info: SnapshotInfo) -> RuntimeModel:
         meta, weights, elig = SnapshotStore.read(info.path)
-        if meta.get("artefact_sha256") != self.sha256:
+        if meta.get(SNAPSHOT_SHA_KEY) != self.sha256:
             raise ValueError(f"{info.path}: snapshot of another artefact")
         shapes = [w.shape for w in self.base.weights]
         if [w.shape for w in weights] != shapes or [e.shape for e in elig] != shapes:
@@ -283,7 +293,7 @@ class ModelState:
     ) -> tuple[SnapshotInfo, Path | None]:
         """Snapshot ``model`` as ``version``, start a new log segment, prune old ones."""
         meta = {
-            "artefact_sha256": self.sha256,
+            SNAPSHOT_SHA_KEY: self.sha256,
             "model": self.name,
             "model_version": self.repo_version,
             "kind": self.kind,
@@ -295,6 +305,6 @@ class ModelState:
             self.log.prune(oldest)
         exported = None
         if export:
-            exported = self.dir / "exports" / f"v{version:08d}" / self.artefact.name
+            exported = self.dir / "exports" / f"v{version:08d}" / self.artifact.name
             model.save(exported)
         return info, exported

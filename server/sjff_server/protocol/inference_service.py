@@ -10,11 +10,11 @@ import grpc
 from sjff_client.pb import grpc_service_pb2 as pb
 from sjff_client.pb import grpc_service_pb2_grpc as pb_grpc
 
-from .auth import Authenticator
-from .errors import InvalidInput
+from ..auth import Authenticator
+from ..errors import InvalidInput
+from ..metrics import Metrics
+from ..serving.models import ModelRegistry, ServedModel
 from .messages import ModelMessages
-from .metrics import Metrics
-from .models import ModelRegistry, ServedModel
 from .registration import Malformed
 from .rpc import RpcService, deadline_of
 from .validation import IMAGE_DTYPES, decode_infer

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 from .rpc import status_of
 
 __all__ = ["Malformed", "add_service"]

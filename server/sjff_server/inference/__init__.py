@@ -1,0 +1,1 @@
+"""Execution of a published weight set (engines) and server-side dynamic batching."""

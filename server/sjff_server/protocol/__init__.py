@@ -1,0 +1,1 @@
+"""The gRPC protocol layer: services, the call wrapper, request decoding and answers."""

@@ -1,0 +1,1 @@
+"""Durable learning state: update records, the update log, snapshots, recovery, repair."""

@@ -1,0 +1,150 @@
+"""What both ONNX graphs share: a small node builder, the goodness and log-odds nodes of a
+layer, the ``spikingjelly_ff`` metadata a runtime reads, and the checked, atomic save.
+
+Writing the graph by hand keeps the arithmetic identical to ``dynamics.py`` (Mul, then Add;
+no fused ops), which is what lets onnxruntime reproduce the torch spikes exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from spikingjelly_ff.functional.params import HebbianParams
+
+__all__ = ["OPSET", "Graph", "layer_logit_and_goodness", "save_model", "set_meta"]
+
+OPSET = 18
+
+class Graph:
+    """Small builder: unique names, constants, nodes."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.count = 0
+        self.prefix = prefix  # keeps a Scan body's names apart from the outer graph's
+
+    def name(self, base: str) -> str:
+        self.count += 1
+        return f"{self.prefix}{base}_{self.count}"
+
+    def const(self, value, base: str = "c", dtype=np.float32) -> str:
+        n = self.name(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), n))
+        return n
+
+    def op(
+        self,
+        op_type: str,
+        inputs: list[str],
+        base: str | None = None,
+        outputs: int = 1,
+        out: str | None = None,
+        **attrs,
+    ):
+        names = [out] if out else [self.name(base or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, **attrs))
+        return names[0] if outputs == 1 else names
+
+
+def _goodness(g: Graph, act: str, kind: str, width: int) -> str:
+    """``[B, H]`` -> ``[B]``."""
+    axes = g.const([-1], "axes", np.int64)
+    if kind == "sum_squares":
+        return g.op("ReduceSumSquare", [act, axes], keepdims=0)
+    if kind == "mean_squares":
+        return g.op("Div", [g.op("ReduceSumSquare", [act, axes], keepdims=0), g.const(float(width))])
+    return g.op("ReduceL1", [act, axes], keepdims=0)
+
+
+def _halves(g: Graph, act: str, width: int) -> tuple[str, str]:
+    half = width // 2
+    ax = g.const([1], "ax", np.int64)
+    pos = g.op("Slice", [act, g.const([0], "s", np.int64), g.const([half], "e", np.int64), ax])
+    neg = g.op("Slice", [act, g.const([half], "s", np.int64), g.const([width], "e", np.int64), ax])
+    return pos, neg
+
+
+def layer_logit_and_goodness(g: Graph, act: str, width: int, prob: dict, goodness: str) -> tuple[str, str]:
+    """(log-odds ``[B]``, goodness score ``[B]``) of one layer's activity ``[B, H]``."""
+    kind = prob["kind"]
+    if kind == "sigmoid":
+        gg = _goodness(g, act, goodness, width)
+        logit = g.op("Mul", [g.op("Sub", [gg, g.const(prob["theta"])]), g.const(prob["alpha"])])
+        return logit, gg
+    pos, neg = _halves(g, act, width)
+    gp = _goodness(g, pos, goodness, width // 2)
+    gn = _goodness(g, neg, goodness, width // 2)
+    diff = g.op("Sub", [gp, gn])
+    if kind == "symmetric":
+        eps = g.const(prob["eps"])
+        logit = g.op("Sub", [g.op("Log", [g.op("Add", [gp, eps])]), g.op("Log", [g.op("Add", [gn, eps])])])
+    else:
+        logit = g.op("Mul", [g.op("Sub", [diff, g.const(prob["theta"])]), g.const(prob["alpha"])])
+    return logit, diff
+
+
+def save_model(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
+    onnx.checker.check_model(model, full_check=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, out)
+    return out
+
+
+def _hebbian(hebbian: HebbianParams | dict | None) -> HebbianParams:
+    """On-line learning settings (a mapping of some of their fields is accepted)."""
+    if isinstance(hebbian, HebbianParams):
+        return hebbian
+    return HebbianParams(**(hebbian or {}))
+
+
+def set_meta(
+    model: onnx.ModelProto,
+    net,
+    kind: str,
+    weight_names: list[str] | None = None,
+    hebbian: HebbianParams | dict | None = None,
+) -> None:
+    """Settings a runtime needs to keep learning travel with the graph (model property
+    ``spikingjelly_ff``, JSON)."""
+    import json
+    from dataclasses import asdict
+
+    from spikingjelly_ff import __version__
+
+    code = net.embedding.label_code
+    info = {
+        "format": "spikingjelly-ff/onnx",
+        "format_version": 1,
+        "kind": kind,
+        "num_classes": net.num_classes,
+        "in_features": net.in_features,
+        "score": net.score_kind,
+        "score_layers": net.score_layers,
+        "goodness": net.goodness_kind,
+        "probability": asdict(net.probability),
+        "embedding": {
+            "kind": code.kind,
+            "bits": code.width if code.kind == "pattern" else 0,
+            "scale": code.scale,
+            "patterns": None if code.patterns is None else code.patterns.astype(int).tolist(),
+        },
+        "library_version": __version__,
+    }
+    if kind == "analog":
+        info["layers"] = [
+            {"weight": name, "normalize_input": bool(layer.normalize_input), "bias": layer.synapse.bias is not None}
+            for name, layer in zip(weight_names or [], net.layers)
+        ]
+        info["hebbian"] = _hebbian(hebbian).to_dict()
+        info["shift_views"] = net.shift_views  # scores and label sum 4 * shift_views + 1 views
+        info["image_shape"] = list(net.image_shape) if net.image_shape else None
+    helper.set_model_props(model, {"spikingjelly_ff": json.dumps(info)})
