@@ -92,7 +92,14 @@ def spiking_rows(model_dir: str, x: torch.Tensor, y: torch.Tensor, tmp: Path, im
     ref = run_layer(spikes, net.layers[0].weight.data, torch.zeros(images, net.widths[0]), net.dynamics)
     onnx_same = float((out["spikes_0"] == ref[0].numpy()).mean())
     # the torch-free runtime on the same spikes, every label
-    art = export_spike(net, cfg, tmp / "model.nir", meta["image_shape"])
+    art = export_spike(
+        net,
+        tmp / "model.nir",
+        meta["image_shape"],
+        hebbian=cfg.train.hebbian,
+        evaluation=cfg.eval.params,
+        name=cfg.name,
+    )
     rt = SpikeModel.load(art)
     all_spikes = torch.stack([net.encode(net.rates(xs[:200], torch.full((200,), c)), g) for c in range(10)])
     net.layers[0].neuron.v = 0.0

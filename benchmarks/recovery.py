@@ -139,7 +139,7 @@ def corruption_run(repo: Path, state: Path, token: Path, images, labels, acks: i
     }
 
 
-def write_big_log(state: Path, gib: float, in_features: int, artefact: Path) -> tuple[int, int]:
+def write_big_log(state: Path, gib: float, in_features: int, artifact: Path) -> tuple[int, int]:
     """Format-1 log (one segment, as earlier releases wrote it) of 1,024-image updates."""
     from sjff_server.storage.records import MAGIC_V1, UPDATE, Update, UpdateRecord, encode_payload
     from sjff_server.storage.snapshots import atomic_write
@@ -148,7 +148,7 @@ def write_big_log(state: Path, gib: float, in_features: int, artefact: Path) -> 
     d = state / "mnist" / "1"
     (d / "log").mkdir(parents=True, exist_ok=True)
     atomic_write(
-        d / "artefact.json", f'{{"sha256": "{file_sha256(artefact)}", "model": "mnist", "version": "1"}}'.encode()
+        d / "artefact.json", f'{{"sha256": "{file_sha256(artifact)}", "model": "mnist", "version": "1"}}'.encode()
     )
     images, labels = su.mnist_test(256)
     x = np.tile(su.as_float(images), (4, 1))  # 1,024 real digits

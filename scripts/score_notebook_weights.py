@@ -50,7 +50,7 @@ def main() -> int:
         w = w["weight"] if isinstance(w, dict) else w.T  # spiking weights are stored [inputs, neurons]
         with torch.no_grad():
             net.layers[0].weight.copy_(w)
-            net.embedding.patterns.copy_(torch.load(lpath, map_location="cpu").float())
+        net.embedding.set_patterns(torch.load(lpath, map_location="cpu").float())
         if net.kind == "analog":
             with torch.no_grad():
                 scores = net.scores(x)

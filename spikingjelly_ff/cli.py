@@ -62,8 +62,10 @@ def _export(args) -> int:
         from spikingjelly_ff.export.onnx import analog_to_onnx, spiking_to_onnx
 
         if isinstance(net, AnalogFFNet):
-            h = cfg.train.hebbian
-            hebbian = {"eta": h.eta, "eligibility_tau": h.eligibility_tau}
+            from spikingjelly_ff.functional.params import HebbianParams
+
+            h = cfg.train.hebbian  # the runtime learns with eta and tau; the rest keeps its defaults
+            hebbian = HebbianParams(eta=h.eta, eligibility_tau=h.eligibility_tau)
             path = analog_to_onnx(net, args.out, latent=args.latent, hebbian=hebbian)
         else:
             path = spiking_to_onnx(net, args.out)
@@ -72,7 +74,14 @@ def _export(args) -> int:
             raise ValueError("--format spike needs a spiking model; export analog models with --format onnx")
         from spikingjelly_ff.export.spike import export_spike
 
-        path = export_spike(net, cfg, args.out, meta.get("image_shape"))
+        path = export_spike(
+            net,
+            args.out,
+            meta.get("image_shape"),
+            hebbian=cfg.train.hebbian,
+            evaluation=cfg.eval.params,
+            name=cfg.name,
+        )
     else:
         raise ValueError(f"unknown export format {args.format!r}")
     print(f"wrote {path}")

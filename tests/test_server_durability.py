@@ -414,7 +414,7 @@ def test_learner_rollback_and_state_at(sjff_models, mnist_samples, tmp_path):
     assert history[-2:] == [(7, "rollback"), (8, "update")]
 
 
-def test_changed_artefact_is_detected(sjff_models, tmp_path):
+def test_changed_artifact_is_detected(sjff_models, tmp_path):
     learner = make_learner(sjff_models, tmp_path / "s")
     learner.recover()
     with pytest.raises(StateInUse, match="in use by another process"):  # one owner at a time

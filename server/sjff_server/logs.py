@@ -2,6 +2,10 @@
 
 Every record has ``ts`` (UTC, ISO 8601), ``level``, ``logger`` and ``msg``; values passed with
 ``extra={...}`` become top-level keys. ``--log-format text`` gives plain lines instead.
+
+Logger names are topics that operators filter on (``sjff_server.learning``,
+``sjff_server.inference``, ``sjff_server.state``, …), not module paths: they stay when a module
+moves.
 """
 
 from __future__ import annotations

@@ -5,24 +5,30 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from spikingjelly_ff import __version__
+from spikingjelly_ff.functional.params import EvalParams, HebbianParams
 from spikingjelly_ff.nn.models import SpikingFFNet
 from spikingjelly_ff.runtime.artifact import SpikeArtifact, write_artifact
-
-if TYPE_CHECKING:  # the run settings are read, never built, here
-    from spikingjelly_ff.runs.config import RunConfig
 
 __all__ = ["artifact_from_model", "export_spike", "resolve_spike_path", "to_spikingjelly"]
 
 
-def artifact_from_model(net: SpikingFFNet, cfg: RunConfig, image_shape=None, eligibility=None) -> SpikeArtifact:
-    """The numpy artefact of ``net`` (weights copied to the CPU); ``cfg`` gives only the
-    learning and evaluation settings and the name the model travels with."""
+def artifact_from_model(
+    net: SpikingFFNet,
+    image_shape=None,
+    eligibility=None,
+    *,
+    hebbian: HebbianParams | None = None,
+    evaluation: EvalParams | None = None,
+    name: str = "model",
+) -> SpikeArtifact:
+    """The numpy artefact of ``net`` (weights copied to the CPU), carrying the learning
+    (``hebbian``) and evaluation settings a runtime uses (None: the defaults) and the
+    ``name`` it travels with."""
     code = net.embedding.label_code
     return SpikeArtifact(
         weights=[layer.weight.detach().cpu().numpy().astype(np.float32) for layer in net.layers],
@@ -38,10 +44,10 @@ def artifact_from_model(net: SpikingFFNet, cfg: RunConfig, image_shape=None, eli
         num_classes=net.num_classes,
         label_patterns=None if code.patterns is None else code.patterns.astype(np.uint8),
         image_shape=list(image_shape) if image_shape is not None else None,
-        hebbian=cfg.train.hebbian,
+        hebbian=hebbian or HebbianParams(),
         eligibility=None if eligibility is None else [e.detach().cpu().numpy() for e in eligibility],
-        evaluation=cfg.eval.params,
-        name=cfg.name,
+        evaluation=evaluation or EvalParams(),
+        name=name,
         library_version=__version__,
     )
 
@@ -54,9 +60,19 @@ def resolve_spike_path(out: str | os.PathLike) -> Path:
     return out / "model.nir"
 
 
-def export_spike(net: SpikingFFNet, cfg: RunConfig, out: str | os.PathLike, image_shape=None) -> Path:
-    """Write ``net`` as a spike-runtime artefact; returns the file written."""
-    return write_artifact(resolve_spike_path(out), artifact_from_model(net, cfg, image_shape))
+def export_spike(
+    net: SpikingFFNet,
+    out: str | os.PathLike,
+    image_shape=None,
+    *,
+    hebbian: HebbianParams | None = None,
+    evaluation: EvalParams | None = None,
+    name: str = "model",
+) -> Path:
+    """Write ``net`` as a spike-runtime artefact (see :func:`artifact_from_model`); returns
+    the file written."""
+    art = artifact_from_model(net, image_shape, hebbian=hebbian, evaluation=evaluation, name=name)
+    return write_artifact(resolve_spike_path(out), art)
 
 
 def to_spikingjelly(path: str | os.PathLike) -> torch.nn.Module:

@@ -41,6 +41,24 @@ def sign(x):
     return xp(x).sign(x)
 
 
+def clip01(x):
+    """``x`` clipped to [0, 1] in place (``x`` is a fresh array the caller owns)."""
+    if is_torch(x):
+        return x.clamp_(0.0, 1.0)
+    return np.clip(x, 0.0, 1.0, out=x)
+
+
+def norm_last(x):
+    """Euclidean norm over the last axis, kept as a length-1 axis."""
+    if is_torch(x):
+        return x.norm(dim=-1, keepdim=True)
+    return np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def relu(x):
+    return x.relu() if is_torch(x) else np.maximum(x, 0.0)
+
+
 def where(cond, a, b):
     """Elementwise choice; ``a`` or ``b`` may be Python scalars (dtype follows the array)."""
     if is_torch(cond):

@@ -7,8 +7,8 @@
 
 Either way the embedded input ``[N, D']`` holds the image at ``image_slice`` (the same
 positions of ``x``) and ``scale * code[label]`` at ``label_slice``. Spike encoders use
-``rates`` = embedded input × gain, clipped to [0, 1]. The torch modules of ``embedding.py``
-and every runtime and export read this one object.
+``rates`` = embedded input × gain, clipped to [0, 1] (:func:`spike_rates`). The torch module
+of ``nn/embedding.py`` wraps this one object, and every runtime and export reads it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,18 @@ from functools import cached_property
 
 import numpy as np
 
-__all__ = ["LABEL_KINDS", "LabelCode"]
+from spikingjelly_ff.functional import _array
+
+__all__ = ["LABEL_KINDS", "LabelCode", "spike_rates"]
 
 LABEL_KINDS = ("pattern", "onehot")
+
+
+def spike_rates(values, gain: float):
+    """Spike probabilities: ``values`` (numpy or torch) times ``gain``, clipped to [0, 1]."""
+    if _array.is_torch(values):
+        return _array.clip01(values * gain)
+    return _array.clip01(values * np.float32(gain))
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,6 +97,20 @@ class LabelCode:
         out.setflags(write=False)
         return out
 
+    def neutral(self) -> np.ndarray:
+        """Label part of the "no label" input, ``[L]`` float32: the mean of all patterns, or
+        ``scale / C`` at every one-hot position (what the linear readout is fed)."""
+        return self._neutral
+
+    @cached_property
+    def _neutral(self) -> np.ndarray:
+        if self.kind == "pattern":
+            out = self.patterns.mean(0) * np.float32(self.scale)
+        else:
+            out = np.full(self.num_classes, self.scale / self.num_classes, dtype=np.float32)
+        out.setflags(write=False)
+        return out
+
     def check_labels(self, labels, n: int) -> np.ndarray:
         """``labels`` as ``[n]`` int64, or a ValueError saying what is wrong."""
         labels = np.asarray(labels, dtype=np.int64)
@@ -112,10 +135,13 @@ class LabelCode:
 
     def rates(self, x: np.ndarray, labels, gain: float) -> np.ndarray:
         """Spike probabilities ``[N, D']``: the embedded input times ``gain``, clipped to [0, 1]."""
-        out = self.embed(x, labels)
-        out *= np.float32(gain)
-        return np.clip(out, 0.0, 1.0, out=out)
+        return spike_rates(self.embed(x, labels), gain)
+
+    def image_rates(self, x, gain: float):
+        """Spike probabilities of the images themselves, ``[N, D]`` (numpy or torch, as ``x``);
+        the embedded input holds ``image_slice`` of them."""
+        return spike_rates(x, gain)
 
     def label_rates(self, gain: float) -> np.ndarray:
         """Spike probabilities of every class's label positions, ``[C, L]`` float32."""
-        return np.clip(self.codes() * np.float32(gain), 0.0, 1.0)
+        return spike_rates(self.codes(), gain)

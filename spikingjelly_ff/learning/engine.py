@@ -26,6 +26,7 @@ from spikingjelly_ff.simulation import (
     run_layer,
     scalar_logit,
     score_labels,
+    spike_currents,
 )
 
 __all__ = ["SpikingScorer", "SpikingTrainer"]
@@ -49,18 +50,17 @@ class SpikingTrainer:
     def __init__(
         self,
         net: SpikingFFNet,
-        hcfg: HebbianParams,
+        hebbian: HebbianParams,
         steps_total: int = 1,
         seed: int = 0,
         device: torch.device | str = "cpu",
         sequential: bool = False,
     ) -> None:
         self.net = net
-        self.cfg = hcfg
+        self.hebbian = hebbian
         # Online learning: a batch of rows (e.g. a positive and a negative) is shown one row
         # after another, each followed by its own update.
         self.sequential = sequential
-        self.spec = hcfg
         self.steps_total = max(1, steps_total)
         self.count = 0
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -69,14 +69,14 @@ class SpikingTrainer:
         self._code: LabelCode | None = None
 
     def _online(self, n: int, device: torch.device) -> bool:
-        return learns_online(n, self.spec, self.net.neuron_params, device.type == "cpu")
+        return learns_online(n, self.hebbian, self.net.neuron_params, device.type == "cpu")
 
     @torch.no_grad()
     def train_batch(self, x: Tensor, shown: Tensor, y: Tensor, spikes: Tensor | None = None) -> Tensor:
         """Present images ``x`` ``[N, D]`` with labels ``shown`` and learn towards targets ``y``
         (1 positive, 0 negative). ``spikes`` ``[T, N, D']`` overrides the Bernoulli draw.
         Returns whether each sample was judged positive at the end of its presentation, ``[N]``."""
-        eta = self.cfg.eta * schedule_factor(self.cfg.schedule, self.count / self.steps_total)
+        eta = self.hebbian.eta * schedule_factor(self.hebbian.schedule, self.count / self.steps_total)
         self.count += 1
         if self.sequential and x.shape[0] > 1:
             rows = range(x.shape[0])
@@ -126,7 +126,7 @@ class SpikingTrainer:
         for layer, e in zip(net.layers, self.eligibility):
             w = layer.weight.data
             v = _membrane(layer.neuron, n, w.shape[0], spikes, net.encoder.carry_membrane)
-            pre, tr = run_layer(pre, w, v, net.dynamics, net.backend, (y, self.spec, eta, e), index)
+            pre, tr = run_layer(pre, w, v, net.dynamics, net.backend, (y, self.hebbian, eta, e), index)
             index = None  # deeper layers see dense spike trains
             layer.neuron.v = v
             layer.neuron.trace = tr
@@ -154,7 +154,7 @@ class SpikingTrainer:
         for i, (layer, e) in enumerate(zip(net.layers, self.eligibility)):
             w = layer.weight.data
             v = _membrane(layer.neuron, 1, w.shape[0], w, net.encoder.carry_membrane)
-            pre, tr = online_layer(pre, w.numpy(), v.numpy(), d, target, self.spec, eta, e.numpy(), _torch_matmul)
+            pre, tr = online_layer(pre, w.numpy(), v.numpy(), d, target, self.hebbian, eta, e.numpy(), _torch_matmul)
             layer.neuron.v = v
             layer.neuron.trace = torch.from_numpy(tr)
             if i in net.score_layers:
@@ -205,11 +205,10 @@ class SpikingScorer:
         if spikes is None:
             code = net.embedding.label_code
             gain = net.encoder.gain
-            image_rates = (x * gain).clamp_(0.0, 1.0)
-            label_rates = (torch.tensor(code.codes(), dtype=x.dtype, device=x.device) * gain).clamp_(0.0, 1.0)
+            label_rates = torch.tensor(code.label_rates(gain), dtype=x.dtype, device=x.device)
             d = net.in_features
             current = label_currents(
-                image_rates,
+                code.image_rates(x, gain),
                 label_rates,
                 code.image_slice(d),
                 code.label_slice(d),
@@ -221,12 +220,8 @@ class SpikingScorer:
             )
             num_labels = code.num_classes
         else:
-            c, t, n, _ = spikes.shape
-
-            def current(k: int) -> Tensor:
-                return (spikes[k].reshape(t * n, -1) @ weights[0].T).reshape(t, n, -1)
-
-            num_labels = c
+            current = spike_currents(spikes, weights[0])
+            num_labels = spikes.shape[0]
         states = net.state() if self.use_state else [None] * len(weights)
         outs, finals = score_labels(
             current,

@@ -66,6 +66,11 @@ class HebbianLearner(base.MemoryModule):
     :param eta: learning rate on the exact FF gradient
     :param eligibility_tau: eligibility filter of ``apply()``; ``None`` applies each dW at once
     :param learn_after: only steps t > learn_after (counted from ``reset()``) learn
+
+    The defaults differ from :class:`~spikingjelly_ff.functional.params.HebbianParams`
+    (``eligibility_tau=0.1``, ``learn_after=15``) on purpose: like SpikingJelly's
+    ``STDPLearner``, this step learner's plain form applies each step's dW directly over the
+    whole presentation, and the trainer's window and filter are opt-in.
     """
 
     def __init__(

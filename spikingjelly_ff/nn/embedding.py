@@ -1,16 +1,16 @@
 """Label embeddings: how a candidate label is written into an FF network's input.
 
+One torch module, :class:`LabelEmbedding`, wraps a torch-free
+:class:`~spikingjelly_ff.functional.labels.LabelCode` (what runtimes and exports read) and
+writes it generically: the embedded input ``[N, D']`` holds the image at ``image_slice`` and
+the label's code (a row of the ``codes`` buffer, ``[C, L]``) at ``label_slice``. So a first
+layer can compute the image's current once and add one per-label term instead of running
+``C`` full copies of the input.
+
 * ``PatternEmbedding`` appends a fixed random binary pattern per class (the paper:
   100 bits, each on with probability 0.3), so ``D' = D + bits``.
 * ``OneHotOverlay`` overwrites the first ``C`` inputs with a one-hot code (Hinton's
   choice), so ``D' = D``.
-
-Both map images ``[N, D]`` and labels ``[N]`` to ``[N, D']`` and expose ``all_labels``,
-``[C, N, D']``, for scoring every label in one batched pass. ``label_code`` is the same
-embedding as a torch-free :class:`~spikingjelly_ff.functional.labels.LabelCode` (what runtimes and
-exports read); its ``image_slice`` and ``label_slice`` say which embedded positions come
-from the image and which hold the label code, so a first layer can compute the image's
-current once and add one per-label term instead of running ``C`` full copies of the input.
 """
 
 from __future__ import annotations
@@ -25,115 +25,121 @@ __all__ = ["LabelEmbedding", "OneHotOverlay", "PatternEmbedding", "build_embeddi
 
 
 class LabelEmbedding(nn.Module):
-    """What both embeddings share: the layout of the embedded input, read from
-    :attr:`label_code` (the torch-free description each subclass gives of itself)."""
+    """Images ``[N, D]`` and labels ``[N]`` -> embedded inputs ``[N, D']`` for one
+    :class:`LabelCode`. A pattern code's ``patterns`` ``[C, bits]`` is a buffer, so it travels
+    with the state dict; loading one (or :meth:`set_patterns`) rebuilds the code."""
+
+    def __init__(self, code: LabelCode, params: EmbeddingParams) -> None:
+        super().__init__()
+        self.params = params  # the settings this embedding was built from
+        if code.kind == "pattern":
+            self.register_buffer("patterns", torch.from_numpy(code.patterns.copy()))
+        # derived from the code, so not saved: a state dict holds ``patterns`` alone
+        self.register_buffer("codes", torch.empty(0), persistent=False)
+        self.register_buffer("neutral_code", torch.empty(0), persistent=False)
+        self._set_code(code)
+        self.register_load_state_dict_post_hook(_after_load)
+
+    def _set_code(self, code: LabelCode) -> None:
+        self._code = code
+        device = self.codes.device
+        self.codes = torch.tensor(code.codes(), device=device)  # [C, L] float32, scale applied
+        self.neutral_code = torch.tensor(code.neutral(), device=device)  # [L]
+
+    def _sync(self) -> None:
+        """Rebuild the code from the ``patterns`` buffer (after it was loaded)."""
+        if self.kind == "pattern":
+            patterns = self.patterns.detach().cpu().numpy()
+            self._set_code(LabelCode("pattern", self.num_classes, patterns, self.scale))
+
+    def set_patterns(self, patterns: Tensor) -> None:
+        """Replace the label patterns ``[C, bits]`` (e.g. ones trained elsewhere)."""
+        with torch.no_grad():
+            self.patterns.copy_(patterns)
+        self._sync()
 
     @property
     def label_code(self) -> LabelCode:
-        raise NotImplementedError(f"{type(self).__name__} must define label_code")
+        """This embedding as a torch-free :class:`LabelCode` (built once, not per call)."""
+        return self._code
+
+    @property
+    def kind(self) -> str:
+        return self._code.kind
+
+    @property
+    def num_classes(self) -> int:
+        return self._code.num_classes
+
+    @property
+    def scale(self) -> float:
+        return self._code.scale
 
     def out_features(self, in_features: int) -> int:
-        return self.label_code.input_width(in_features)
+        return self._code.input_width(in_features)
 
     def label_slice(self, in_features: int) -> slice:
         """Positions of the embedded input that depend on the label."""
-        return self.label_code.label_slice(in_features)
+        return self._code.label_slice(in_features)
 
     def image_slice(self, in_features: int) -> slice:
         """Positions of the embedded input copied from the same positions of the image."""
-        return self.label_code.image_slice(in_features)
+        return self._code.image_slice(in_features)
+
+    def code(self, labels: Tensor) -> Tensor:
+        """The label part alone, ``[N, L]``."""
+        return self.codes[labels]
+
+    def _write(self, x: Tensor, label_part: Tensor) -> Tensor:
+        """``[..., N, D']`` from images ``[N, D]`` and label parts broadcastable to ``[..., N, L]``."""
+        d = x.shape[-1]
+        lead = label_part.shape[:-2]
+        out = x.new_empty((*lead, x.shape[0], self.out_features(d)))
+        img = self.image_slice(d)
+        out[..., img] = x[:, img]
+        out[..., self.label_slice(d)] = label_part.to(x.dtype)
+        return out
+
+    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
+        return self._write(x, self.code(labels))
+
+    def all_labels(self, x: Tensor) -> Tensor:
+        """Every label's embedded input, ``[C, N, D']``."""
+        return self._write(x, self.codes.unsqueeze(1).expand(-1, x.shape[0], -1))
+
+    def neutral(self, x: Tensor) -> Tensor:
+        """Input with the code's neutral label part (:meth:`LabelCode.neutral`), used by the
+        linear readout."""
+        return self._write(x, self.neutral_code.expand(x.shape[0], -1))
+
+
+def _after_load(module: LabelEmbedding, _incompatible_keys) -> None:
+    module._sync()  # a module-level function, so a pickled module keeps no lambda
 
 
 class PatternEmbedding(LabelEmbedding):
-    """Append ``scale * patterns[label]`` (``patterns`` ``[C, bits]`` of 0/1, fixed at
-    construction) to the input. ``patterns`` is a buffer, so it travels with the state dict."""
-
-    kind = "pattern"
+    """Append ``scale * patterns[label]`` (``patterns`` ``[C, bits]`` of 0/1, drawn from
+    ``seed`` with torch's generator) to the input."""
 
     def __init__(
         self, num_classes: int = 10, bits: int = 100, density: float = 0.3, seed: int = 0, scale: float = 1.0
     ) -> None:
-        super().__init__()
         if bits < 1 or not 0.0 < density < 1.0:
-            raise ValueError("pattern embedding needs bits >= 1 and 0 < density < 1")
+            raise ValueError(f"pattern embedding needs bits >= 1 and 0 < density < 1, got {bits=}, {density=}")
         g = torch.Generator().manual_seed(seed)
         patterns = (torch.rand(num_classes, bits, generator=g) < density).float()
-        self.register_buffer("patterns", patterns)
-        self.num_classes = num_classes
-        self.bits = bits
-        self.density = density
-        self.seed = seed
-        self.scale = scale
-
-    @property
-    def params(self) -> EmbeddingParams:
-        """The settings this embedding was built from."""
-        return EmbeddingParams("pattern", self.bits, self.density, self.scale, self.seed)
-
-    @property
-    def label_code(self) -> LabelCode:
-        """This embedding as a torch-free :class:`LabelCode` (patterns copied to the CPU)."""
-        return LabelCode("pattern", self.num_classes, self.patterns.detach().cpu().numpy(), self.scale)
-
-    def code(self, labels: Tensor) -> Tensor:
-        """The label part alone, ``[N, bits]``."""
-        return self.patterns[labels] * self.scale
-
-    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
-        return torch.cat((x, self.code(labels).to(x.dtype)), dim=-1)
-
-    def all_labels(self, x: Tensor) -> Tensor:
-        n = x.shape[0]
-        codes = (self.patterns.to(x.dtype) * self.scale).unsqueeze(1).expand(-1, n, -1)
-        return torch.cat((x.unsqueeze(0).expand(self.num_classes, -1, -1), codes), dim=-1)
-
-    def neutral(self, x: Tensor) -> Tensor:
-        """Input with the mean of all patterns, used by the linear readout."""
-        mean = (self.patterns.mean(0) * self.scale).to(x.dtype).expand(x.shape[0], -1)
-        return torch.cat((x, mean), dim=-1)
+        code = LabelCode("pattern", num_classes, patterns.numpy(), scale)
+        super().__init__(code, EmbeddingParams("pattern", bits, density, scale, seed))
 
 
 class OneHotOverlay(LabelEmbedding):
     """Write ``scale * onehot(label)`` over the first ``C`` inputs."""
 
-    kind = "onehot"
-
     def __init__(self, num_classes: int = 10, scale: float = 1.0) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.scale = scale
-
-    @property
-    def params(self) -> EmbeddingParams:
-        """The settings this embedding was built from."""
-        return EmbeddingParams("onehot", scale=self.scale)
-
-    @property
-    def label_code(self) -> LabelCode:
-        """This embedding as a torch-free :class:`LabelCode`."""
-        return LabelCode("onehot", self.num_classes, None, self.scale)
-
-    def code(self, labels: Tensor) -> Tensor:
-        return nn.functional.one_hot(labels, self.num_classes).float() * self.scale
-
-    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
-        out = x.clone()
-        out[:, : self.num_classes] = self.code(labels).to(x.dtype)
-        return out
-
-    def all_labels(self, x: Tensor) -> Tensor:
-        c = self.num_classes
-        out = x.unsqueeze(0).repeat(c, 1, 1)
-        out[:, :, :c] = (torch.eye(c, dtype=x.dtype, device=x.device) * self.scale).unsqueeze(1)
-        return out
-
-    def neutral(self, x: Tensor) -> Tensor:
-        out = x.clone()
-        out[:, : self.num_classes] = self.scale / self.num_classes
-        return out
+        super().__init__(LabelCode("onehot", num_classes, None, scale), EmbeddingParams("onehot", scale=scale))
 
 
-def build_embedding(kind: str, num_classes: int, bits: int, density: float, seed: int, scale: float):
+def build_embedding(kind: str, num_classes: int, bits: int, density: float, seed: int, scale: float) -> LabelEmbedding:
     """Embedding from config fields; ``kind`` is ``pattern`` or ``onehot``."""
     if kind == "pattern":
         return PatternEmbedding(num_classes, bits, density, seed, scale)

@@ -1,7 +1,8 @@
 """FF layers built from SpikingJelly parts.
 
 ``FFLinear``: analog layer l = ReLU(W x_hat), with x_hat the input, optionally
-length-normalised so that a layer cannot read the previous layer's goodness.
+length-normalised so that a layer cannot read the previous layer's goodness
+(``functional.analog.analog_layer``, shared with the torch-free runtime).
 ``SpikingFFLayer``: ``layer.Linear`` synapse followed by an :class:`FFLIFNode`.
 
 Both are ``StepModule``s: ``functional.set_step_mode`` switches them between ``'s'``
@@ -13,14 +14,10 @@ from __future__ import annotations
 from spikingjelly.activation_based import base, layer
 from torch import Tensor, nn
 
+from spikingjelly_ff.functional.analog import analog_layer, length_normalize
 from spikingjelly_ff.nn.neuron import FFLIFNode
 
 __all__ = ["FFLinear", "SpikingFFLayer", "length_normalize"]
-
-
-def length_normalize(x: Tensor, eps: float = 1e-8) -> Tensor:
-    """x / ||x|| over the last dim (Hinton's normalisation between FF layers)."""
-    return x / (x.norm(dim=-1, keepdim=True) + eps)
 
 
 class FFLinear(nn.Module, base.StepModule):
@@ -45,9 +42,7 @@ class FFLinear(nn.Module, base.StepModule):
         return self.synapse.weight
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.normalize_input:
-            x = length_normalize(x)
-        return self.act(self.synapse(x))
+        return analog_layer(x, normalize_input=self.normalize_input, synapse=self.synapse, act=self.act)
 
 
 class SpikingFFLayer(nn.Module, base.StepModule):

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from spikingjelly_ff.functional.goodness import goodness
+from spikingjelly_ff.functional.labels import spike_rates
 from spikingjelly_ff.functional.params import EncoderParams, NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import layer_score, summed_score
@@ -221,7 +222,7 @@ class SpikingFFNet(FFNet):
 
     def rates(self, x: Tensor, labels: Tensor) -> Tensor:
         """Spike probabilities ``[N, D']`` of images ``[N, D]`` with ``labels``."""
-        return (self.embedding(x, labels) * self.encoder.gain).clamp_(0.0, 1.0)
+        return spike_rates(self.embedding(x, labels), self.encoder.gain)
 
     def encode(self, rates: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Input spikes ``[T, N, D']`` with per-step rate ``rates`` ``[N, D']`` (the encoder's coding)."""

@@ -9,42 +9,23 @@ ONNX file. Needs numpy, onnx and onnxruntime (no torch).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from spikingjelly_ff.functional.analog import analog_layer, length_normalize
 from spikingjelly_ff.functional.hebbian import ff_hebbian_delta
 from spikingjelly_ff.functional.labels import LabelCode
-from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.kernels import apply_delta
+from spikingjelly_ff.runtime.onnx_meta import OnnxMeta, load_onnx_meta
 from spikingjelly_ff.runtime.protocol import check_images
 from spikingjelly_ff.runtime.weight_folding import split_weight_only
 
-__all__ = ["AnalogGraph", "AnalogModel", "load_onnx_meta"]
-
-
-def load_onnx_meta(model) -> dict:
-    props = {p.key: p.value for p in model.metadata_props}
-    if "spikingjelly_ff" not in props:
-        raise ValueError("this ONNX file was not exported by spikingjelly-ff (no spikingjelly_ff metadata)")
-    meta = json.loads(props["spikingjelly_ff"])
-    if meta.get("kind") != "analog":
-        raise ValueError(f"expected an analog model, the file holds a {meta.get('kind')!r} model")
-    return meta
-
-
-def label_code_from_meta(meta: dict) -> LabelCode:
-    """The label embedding stored in an export's metadata (patterns inline)."""
-    emb = meta["embedding"]
-    patterns = emb.get("patterns")
-    return LabelCode(
-        emb["kind"], int(meta["num_classes"]), None if patterns is None else np.asarray(patterns), emb["scale"]
-    )
+__all__ = ["AnalogGraph", "AnalogModel", "OnnxMeta", "load_onnx_meta"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,10 +34,7 @@ class AnalogGraph:
     sessions built from it and its settings. ``initial_weights`` ``[H, D]`` are the stored ones."""
 
     proto: object  # onnx.ModelProto as loaded
-    meta: dict
-    label_code: LabelCode
-    probability: Probability
-    hebbian: HebbianParams
+    meta: OnnxMeta
     weight_names: tuple[str, ...]
     weight_dtypes: tuple  # the graph may take some weights as float64 (exact), fed in that dtype
     initial_weights: tuple[np.ndarray, ...]
@@ -75,7 +53,7 @@ class AnalogGraph:
 
         meta = load_onnx_meta(model_proto)
         inits = {t.name: t for t in model_proto.graph.initializer}
-        names = [layer["weight"] for layer in meta["layers"]]
+        names = [layer.weight for layer in meta.layers]
         missing = [n for n in names if n not in inits]
         if missing:
             raise ValueError(f"weights {missing} are missing from the graph")
@@ -104,9 +82,6 @@ class AnalogGraph:
         return cls(
             proto=model_proto,
             meta=meta,
-            label_code=label_code_from_meta(meta),
-            probability=Probability(**meta["probability"]),
-            hebbian=HebbianParams(**(meta.get("hebbian") or {})),
             weight_names=tuple(names),
             weight_dtypes=tuple(a.dtype for a in stored),
             initial_weights=weights,
@@ -157,8 +132,14 @@ class AnalogModel:
     # -- settings (shared) ----------------------------------------------------------------------
 
     @property
-    def meta(self) -> dict:
+    def settings(self) -> OnnxMeta:
+        """The export's settings, typed."""
         return self.graph.meta
+
+    @property
+    def meta(self) -> dict:
+        """The export's settings as their JSON object (for callers that read them by key)."""
+        return self.graph.meta.to_dict()
 
     @property
     def session(self):
@@ -174,28 +155,28 @@ class AnalogModel:
 
     @property
     def probability(self) -> Probability:
-        return self.graph.probability
+        return self.graph.meta.probability
 
     @property
     def label_code(self) -> LabelCode:
-        return self.graph.label_code
+        return self.graph.meta.label_code
 
     @property
     def eta(self) -> float:
         """Default learning rate of :meth:`learn` (the export's Hebbian settings)."""
-        return float(self.graph.hebbian.eta)
+        return float(self.graph.meta.hebbian.eta)
 
     @property
     def eligibility_tau(self) -> float | None:
-        return self.graph.hebbian.eligibility_tau
+        return self.graph.meta.hebbian.eligibility_tau
 
     @property
     def num_classes(self) -> int:
-        return int(self.meta["num_classes"])
+        return self.settings.num_classes
 
     @property
     def in_features(self) -> int:
-        return int(self.meta["in_features"])
+        return self.settings.in_features
 
     def copy(self) -> AnalogModel:
         """An independent model with copied weights and eligibility sharing this one's sessions."""
@@ -255,21 +236,18 @@ class AnalogModel:
         y = np.asarray(positive, dtype=np.float32)
         eta = self.eta if eta is None else float(eta)
         tau = self.eligibility_tau
-        goodness_kind = self.meta["goodness"]
+        meta = self.settings
+        goodness_kind = meta.goodness
         inp = self.embed(x, labels)
         acts = []
-        for layer, w, e in zip(self.meta["layers"], self.weights, self.eligibility):
-            pre = (
-                inp / (np.linalg.norm(inp, axis=1, keepdims=True) + np.float32(1e-8))
-                if layer["normalize_input"]
-                else inp
-            )
-            post = np.maximum(pre @ w.T, 0.0)
+        for layer, w, e in zip(meta.layers, self.weights, self.eligibility):
+            pre = length_normalize(inp) if layer.normalize_input else inp
+            post = analog_layer(pre, w)
             acts.append(post)
             apply_delta(w, ff_hebbian_delta(self.probability, post, pre, y, goodness_kind), eta, tau, e)
             inp = post
         self._feeds = None
-        voting = [i for i in range(len(acts)) if i in self.meta["score_layers"]]  # each layer once, in order
+        voting = [i for i in range(len(acts)) if i in meta.score_layers]  # each layer once, in order
         return summed_score(acts, voting, self.probability, goodness_kind)
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -27,6 +27,7 @@ from spikingjelly_ff.simulation import (
     online_layer,
     run_layer,
     score_labels,
+    spike_currents,
 )
 
 __all__ = ["SpikeModel"]
@@ -143,9 +144,8 @@ class SpikeModel:
         if share_image_spikes is None:
             share_image_spikes = self.art.evaluation.share_image_spikes
         enc, code = self.art.encoder, self.label_code
-        gain = np.float32(enc.gain)
         current = label_currents(
-            np.clip(x * gain, 0.0, 1.0),
+            code.image_rates(x, enc.gain),
             code.label_rates(enc.gain),
             code.image_slice(self.in_features),
             code.label_slice(self.in_features),
@@ -171,16 +171,11 @@ class SpikeModel:
         )
         return outs
 
-    @staticmethod
-    def _spike_current(spikes: np.ndarray, w: np.ndarray):
-        c, t, n, _ = spikes.shape
-        return lambda k: (spikes[k].reshape(t * n, -1) @ w.T).reshape(t, n, -1)
-
     def layer_outputs_from_spikes(self, spikes: np.ndarray) -> list[np.ndarray]:
         """Final traces ``[C, N, H]`` per layer for given input spikes ``[C, T, N, D']``."""
         spikes = np.asarray(spikes, dtype=np.float32)
         return self._score(
-            self._spike_current(spikes, self.weights[0]), spikes.shape[0], carry=self.art.encoder.carry_membrane
+            spike_currents(spikes, self.weights[0]), spikes.shape[0], carry=self.art.encoder.carry_membrane
         )
 
     def scores_from_outputs(self, outs: list[np.ndarray]) -> np.ndarray:
@@ -216,7 +211,7 @@ class SpikeModel:
         x = self._check_images(x)
         rng = np.random.default_rng(seed)
         spikes = encode_spikes(self._rates(x, labels), self.steps, rng, self.art.encoder.coding)[None]
-        outs = self._score(self._spike_current(spikes, self.weights[0]), 1, counts=True, carry=False)
+        outs = self._score(spike_currents(spikes, self.weights[0]), 1, counts=True, carry=False)
         return np.concatenate([o[0] for o in outs], axis=1)
 
     # -- learning -----------------------------------------------------------------------------

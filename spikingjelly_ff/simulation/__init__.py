@@ -20,7 +20,7 @@ from __future__ import annotations
 from spikingjelly_ff.simulation.encoding import SpikeIndex, bernoulli_spikes, encode_spikes, regular_spikes
 from spikingjelly_ff.simulation.layer import Dynamics, input_major, learns_online, neuron_forward, rest, run_layer
 from spikingjelly_ff.simulation.online import online_layer, scalar_logit
-from spikingjelly_ff.simulation.scoring import label_currents, score_labels
+from spikingjelly_ff.simulation.scoring import label_currents, score_labels, spike_currents
 
 __all__ = [
     "Dynamics",
@@ -37,4 +37,5 @@ __all__ = [
     "run_layer",
     "scalar_logit",
     "score_labels",
+    "spike_currents",
 ]

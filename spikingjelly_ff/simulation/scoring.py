@@ -14,7 +14,7 @@ from spikingjelly_ff.simulation.layer import Dynamics, neuron_forward, rest
 
 Array = Any  # torch tensor or numpy array
 
-__all__ = ["label_currents", "score_labels"]
+__all__ = ["label_currents", "score_labels", "spike_currents"]
 
 
 def score_labels(
@@ -164,3 +164,14 @@ def _shared_current(rates: np.ndarray, w: np.ndarray, steps: int, rng, coding: s
         spikes = bernoulli_spikes(rates, t1 - t0, rng)
         np.matmul(spikes.reshape((t1 - t0) * n, -1), wt, out=out[t0 * n : t1 * n])
     return out
+
+
+def spike_currents(spikes: Array, w: Array):
+    """``current(k)`` for given input spikes ``[C, T, N, D']`` of every label: layer 1's input
+    current ``[T, N, H]`` of label k (``w`` ``[H, D']``), the counterpart of :func:`label_currents`."""
+    _, t, n, _ = spikes.shape
+
+    def current(k: int) -> Array:
+        return (spikes[k].reshape(t * n, -1) @ w.T).reshape(t, n, -1)
+
+    return current

@@ -186,7 +186,14 @@ def _export(row: str, model_dir: Path, out_dir: Path) -> Path:
         return analog_to_onnx(net, out_dir / f"{row}.onnx")
     from spikingjelly_ff.export.spike import export_spike
 
-    return export_spike(net, cfg, out_dir / f"{row}.nir", meta["image_shape"])
+    return export_spike(
+        net,
+        out_dir / f"{row}.nir",
+        meta["image_shape"],
+        hebbian=cfg.train.hebbian,
+        evaluation=cfg.eval.params,
+        name=cfg.name,
+    )
 
 
 def _seeded_single_thread(fn):

@@ -90,7 +90,7 @@ def _check(model, heb: AnalogHebbian, what: str) -> None:
 def test_runtime_learn_equals_torch_hebbian(tmp_path, name, tau, batch):
     model_cfg, normalize_first, eta = NETS[name]
     net = _net(model_cfg, normalize_first)
-    path = analog_to_onnx(net, tmp_path / "model.onnx", hebbian={"eta": eta, "eligibility_tau": tau})
+    path = analog_to_onnx(net, tmp_path / "model.onnx", hebbian=HebbianConfig(eta=eta, eligibility_tau=tau))
     model = load_exported(path)
     assert model.eligibility_tau == tau
     heb = AnalogHebbian(net, HebbianConfig(eta=eta, eligibility_tau=tau))

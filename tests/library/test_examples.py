@@ -26,6 +26,13 @@ def test_edge_runtime_example(spiking_run, tmp_path):
     from spikingjelly_ff.runs.checkpoint import load_model
 
     net, cfg, meta = load_model(spiking_run / "model")
-    art = export_spike(net, cfg, tmp_path / "m.nir", meta["image_shape"])
+    art = export_spike(
+        net,
+        tmp_path / "m.nir",
+        meta["image_shape"],
+        hebbian=cfg.train.hebbian,
+        evaluation=cfg.eval.params,
+        name=cfg.name,
+    )
     out = _run("examples/edge_runtime.py", str(art), "--out", str(tmp_path / "learned.nir"))
     assert "accuracy before learning" in out and (tmp_path / "learned.nir").is_file()

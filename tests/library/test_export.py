@@ -129,7 +129,7 @@ def test_spiking_onnx_scan_matches_torch(tmp_path, trace, kwta):
 
 
 @pytest.mark.parametrize("form,fire", [("lif", ">="), ("beta", ">")])
-def test_spike_artefact_reimports_into_spikingjelly(tmp_path, form, fire):
+def test_spike_artifact_reimports_into_spikingjelly(tmp_path, form, fire):
     cfg = config_from_dict(
         {
             "model": {
@@ -144,7 +144,7 @@ def test_spike_artefact_reimports_into_spikingjelly(tmp_path, form, fire):
         }
     )
     net = build_model(cfg.model, 784, 10, 0)
-    path = export_spike(net, cfg, tmp_path)
+    path = export_spike(net, tmp_path, hebbian=cfg.train.hebbian, evaluation=cfg.eval.params, name=cfg.name)
     assert path == tmp_path / "model.nir"
     sj = to_spikingjelly(path)
     g = torch.Generator().manual_seed(0)

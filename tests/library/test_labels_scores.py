@@ -97,7 +97,15 @@ def test_runtime_models_copy_without_sharing_state(tmp_path):
             "train": {"learner": "hebbian", "hebbian": {"eta": 0.3}},
         }
     )
-    model = SpikeModel.load(export_spike(build_model(cfg.model, 12, 10, 0), cfg, tmp_path / "m.nir"))
+    model = SpikeModel.load(
+        export_spike(
+            build_model(cfg.model, 12, 10, 0),
+            tmp_path / "m.nir",
+            hebbian=cfg.train.hebbian,
+            evaluation=cfg.eval.params,
+            name=cfg.name,
+        )
+    )
     assert isinstance(model, RuntimeModel) and model.kind == "spiking" and model.eta == pytest.approx(0.3)
     clone = model.copy()
     x = np.random.default_rng(0).random((1, 12), dtype=np.float32)
@@ -105,6 +113,50 @@ def test_runtime_models_copy_without_sharing_state(tmp_path):
     assert not np.array_equal(clone.weights[0], model.weights[0])
     assert np.array_equal(model.weights[0], model.art.weights[0])
     assert model.with_steps(5).steps == 5 and model.steps == cfg.model.encoder.steps
+
+
+def test_torch_embedding_neutral_and_all_labels_follow_the_code():
+    x = torch.rand(4, 30, generator=torch.Generator().manual_seed(1))
+    pat = PatternEmbedding(10, bits=12, seed=3, scale=2.0)
+    assert torch.equal(pat.neutral(x)[:, 30:], (pat.patterns.mean(0) * 2.0).expand(4, -1))
+    hot = OneHotOverlay(10, scale=0.5)
+    assert torch.equal(hot.neutral(x)[:, :10], torch.full((4, 10), 0.05))
+    assert torch.equal(hot.neutral(x)[:, 10:], x[:, 10:])
+    for emb in (pat, hot):
+        assert all(torch.equal(emb.all_labels(x)[c], emb(x, torch.full((4,), c))) for c in range(10))
+
+
+def test_loading_patterns_rebuilds_the_label_code():
+    a, b = PatternEmbedding(10, bits=12, seed=3), PatternEmbedding(10, bits=12, seed=4)
+    code = b.label_code
+    assert b.label_code is code, "the code is built once, not per call"
+    b.load_state_dict(a.state_dict())
+    assert list(a.state_dict()) == ["patterns"]
+    assert np.array_equal(b.label_code.patterns, a.patterns.numpy()) and torch.equal(b.codes, a.codes)
+    x, labels = torch.rand(3, 30), torch.tensor([1, 2, 3])
+    assert torch.equal(b(x, labels), a(x, labels))
+
+
+def test_onnx_metadata_is_typed_and_keeps_its_keys(tmp_path):
+    import json
+    from pathlib import Path
+
+    import onnx
+
+    from spikingjelly_ff.export.onnx import analog_to_onnx
+    from spikingjelly_ff.runs.build import build_model
+    from spikingjelly_ff.runtime.onnx_meta import META_KEY, OnnxMeta, load_onnx_meta
+
+    cfg = config_from_dict({"model": {"kind": "analog", "layers": [8, 6], "embedding": {"bits": 6}}})
+    heb = HebbianParams(eta=0.4, eligibility_tau=None)
+    proto = onnx.load(analog_to_onnx(build_model(cfg.model, 12, 10, 0), tmp_path / "a.onnx", hebbian=heb))
+    raw = json.loads({p.key: p.value for p in proto.metadata_props}[META_KEY])
+    meta = load_onnx_meta(proto)
+    assert meta.hebbian == heb and [layer.normalize_input for layer in meta.layers] == [False, True]
+    assert meta.to_dict() == raw and OnnxMeta.from_json(meta.to_json()).to_dict() == raw
+    saved = onnx.load(Path(__file__).parents[1] / "golden" / "saved" / "analog.onnx")  # today's format loads
+    old = load_onnx_meta(saved)
+    assert old.label_code.width == 100 and old.layers[0].weight == "w0_1" and old.hebbian == HebbianParams()
 
 
 def test_analog_runtime_copies_share_the_session_not_the_weights(tmp_path):

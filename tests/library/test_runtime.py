@@ -37,7 +37,14 @@ def golden(spiking_run, tmp_path_factory):
     """Export the trained model and record what the torch engine does on fixed spikes."""
     out = tmp_path_factory.mktemp("golden")
     net, cfg, meta = load_model(spiking_run / "model")
-    art = export_spike(net, cfg, out / "model.nir", meta["image_shape"])
+    art = export_spike(
+        net,
+        out / "model.nir",
+        meta["image_shape"],
+        hebbian=cfg.train.hebbian,
+        evaluation=cfg.eval.params,
+        name=cfg.name,
+    )
     g = torch.Generator().manual_seed(7)
     x = torch.rand(6, 784, generator=g)
     infer_spikes = torch.stack([net.encode(net.rates(x, torch.full((6,), c)), g) for c in range(10)])
@@ -65,6 +72,7 @@ CHECK = """
 import sys, json
 import numpy as np
 from spikingjelly_ff.runtime import SpikeModel
+from spikingjelly_ff.simulation import spike_currents
 art, golden = sys.argv[1], sys.argv[2]
 gv = np.load(golden)
 m = SpikeModel.load(art)
@@ -72,7 +80,7 @@ traces = m.layer_outputs_from_spikes(gv["infer_spikes"])
 ok_traces = bool(np.array_equal(traces[0], gv["traces0"]))
 spikes = gv["infer_spikes"]
 carry = m.art.encoder.carry_membrane
-counts = m._score(m._spike_current(spikes, m.weights[0]), spikes.shape[0], counts=True, carry=carry)
+counts = m._score(spike_currents(spikes, m.weights[0]), spikes.shape[0], counts=True, carry=carry)
 ok_counts = bool(np.array_equal(counts[0], gv["counts0"]))
 step = 0
 while f"learn_spikes_{step}" in gv:
@@ -162,7 +170,7 @@ def test_artifact_is_valid_nir(golden):
         ("not_ours", "not a spikingjelly-ff spike artefact"),
     ],
 )
-def test_bad_artefacts_are_refused(golden, tmp_path, damage, message):
+def test_bad_artifacts_are_refused(golden, tmp_path, damage, message):
     art, _ = golden
     bad = tmp_path / "bad.nir"
     data = Path(art).read_bytes()

@@ -159,7 +159,7 @@ def analog_row_macs(model: AnalogModel) -> int:
     is left out) that orders models by cost: 0.2 M for the tests' 784 -> 128 -> 64 net,
     208 M for the shipped config analog-deep (two 2000-unit layers, five views)."""
     weights = list(model.weights)
-    views = 4 * int(model.meta.get("shift_views", 0) or 0) + 1
+    views = 4 * model.settings.shift_views + 1
     first = int(weights[0].size) if weights else 0
     later = sum(int(w.size) for w in weights[1:]) * int(model.num_classes)
     return views * (first + later)

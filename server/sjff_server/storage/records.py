@@ -6,7 +6,7 @@ A payload is ``<u8 kind><u64 version><f64 unix time>`` followed, for an update (
 ``<u64 seed><f64 eta><u32 n><u32 d>``, the images ``[n, d]`` float32, the labels ``[n]``
 int64 and the positive flags ``[n]`` uint8; for a rollback (kind 2) by ``<u64 restored
 version>``; for a digest (kind 3) by the 32-byte sha256 of the learning state at ``version``
-(:func:`sjff_server.snapshots.state_digest`). All little-endian.
+(:func:`sjff_server.storage.snapshots.state_digest`). All little-endian.
 
 Frames of format 2 (segments starting ``SJFFLOG2``) are ``<u32 length><u32 crc32(payload)>
 <u32 crc32(first 8 header bytes)>`` + payload. The header's own checksum is what lets

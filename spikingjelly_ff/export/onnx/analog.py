@@ -129,11 +129,11 @@ def _views(g: Graph, net, images: str, offsets: list[tuple[int, int]]) -> str:
 
 
 def analog_to_onnx(
-    net: AnalogFFNet, out: str | os.PathLike, latent: bool = False, hebbian: HebbianParams | dict | None = None
+    net: AnalogFFNet, out: str | os.PathLike, latent: bool = False, hebbian: HebbianParams | None = None
 ) -> Path:
     """Export an analog FF network (see module docstring for inputs/outputs). Weight ``i`` is
     the initializer named in the ``spikingjelly_ff`` metadata, stored transposed ``[D, H]``;
-    ``hebbian`` (eta, eligibility_tau) sets defaults for on-line learning."""
+    ``hebbian`` (eta, eligibility_tau) sets defaults for on-line learning (None: the defaults)."""
     from dataclasses import asdict
 
     g = Graph()

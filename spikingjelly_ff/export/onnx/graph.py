@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.runtime.onnx_meta import META_KEY, OnnxLayer, OnnxMeta
 
 __all__ = ["OPSET", "Graph", "layer_logit_and_goodness", "save_model", "set_meta"]
 
@@ -99,52 +100,38 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
     return out
 
 
-def _hebbian(hebbian: HebbianParams | dict | None) -> HebbianParams:
-    """On-line learning settings (a mapping of some of their fields is accepted)."""
-    if isinstance(hebbian, HebbianParams):
-        return hebbian
-    return HebbianParams(**(hebbian or {}))
-
-
 def set_meta(
     model: onnx.ModelProto,
     net,
     kind: str,
     weight_names: list[str] | None = None,
-    hebbian: HebbianParams | dict | None = None,
+    hebbian: HebbianParams | None = None,
 ) -> None:
     """Settings a runtime needs to keep learning travel with the graph (model property
-    ``spikingjelly_ff``, JSON)."""
-    import json
-    from dataclasses import asdict
-
+    ``spikingjelly_ff``, JSON: :class:`~spikingjelly_ff.runtime.onnx_meta.OnnxMeta`);
+    ``hebbian`` None: the default learning settings."""
     from spikingjelly_ff import __version__
 
-    code = net.embedding.label_code
-    info = {
-        "format": "spikingjelly-ff/onnx",
-        "format_version": 1,
-        "kind": kind,
-        "num_classes": net.num_classes,
-        "in_features": net.in_features,
-        "score": net.score_kind,
-        "score_layers": net.score_layers,
-        "goodness": net.goodness_kind,
-        "probability": asdict(net.probability),
-        "embedding": {
-            "kind": code.kind,
-            "bits": code.width if code.kind == "pattern" else 0,
-            "scale": code.scale,
-            "patterns": None if code.patterns is None else code.patterns.astype(int).tolist(),
-        },
-        "library_version": __version__,
-    }
-    if kind == "analog":
-        info["layers"] = [
-            {"weight": name, "normalize_input": bool(layer.normalize_input), "bias": layer.synapse.bias is not None}
+    analog = kind == "analog"
+    layers = None
+    if analog:
+        layers = tuple(
+            OnnxLayer(name, bool(layer.normalize_input), layer.synapse.bias is not None)
             for name, layer in zip(weight_names or [], net.layers)
-        ]
-        info["hebbian"] = _hebbian(hebbian).to_dict()
-        info["shift_views"] = net.shift_views  # scores and label sum 4 * shift_views + 1 views
-        info["image_shape"] = list(net.image_shape) if net.image_shape else None
-    helper.set_model_props(model, {"spikingjelly_ff": json.dumps(info)})
+        )
+    meta = OnnxMeta(
+        kind=kind,
+        num_classes=net.num_classes,
+        in_features=net.in_features,
+        score=net.score_kind,
+        score_layers=tuple(net.score_layers),
+        goodness=net.goodness_kind,
+        probability=net.probability,
+        label_code=net.embedding.label_code,
+        library_version=__version__,
+        layers=layers,
+        hebbian=hebbian or HebbianParams(),
+        shift_views=net.shift_views if analog else 0,
+        image_shape=tuple(net.image_shape) if analog and net.image_shape else None,
+    )
+    helper.set_model_props(model, {META_KEY: meta.to_json()})
