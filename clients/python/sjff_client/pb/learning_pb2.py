@@ -24,41 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!spikingjelly_ff/v1/learning.proto\x12\x12spikingjelly_ff.v1\"\x96\x02\n\x0cLearnRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06images\x18\x03 \x01(\x0c\x12\x33\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32!.spikingjelly_ff.v1.ImageEncoding\x12\x0e\n\x06labels\x18\x05 \x03(\x03\x12\x10\n\x08positive\x18\x06 \x03(\x08\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x10\n\x03\x65ta\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10\x65xpected_version\x18\t \x01(\x04H\x02\x88\x01\x01\x12\n\n\x02id\x18\n \x01(\tB\x07\n\x05_seedB\x06\n\x04_etaB\x13\n\x11_expected_version\"\x94\x01\n\rLearnResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x10\n\x08log_odds\x18\x02 \x03(\x02\x12\n\n\x02id\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x12\n\nmodel_name\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\"U\n\x0fSnapshotRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x17\n\x0f\x65xport_artifact\x18\x03 \x01(\x08\"W\n\x10SnapshotResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x15\n\rartifact_path\x18\x03 \x01(\t\x12\r\n\x05\x62ytes\x18\x04 \x01(\x03\"O\n\x13ListVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"?\n\x0cSnapshotInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x01\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\"i\n\x0cVersionEvent\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x01\x12\x0f\n\x07samples\x18\x04 \x01(\r\x12\x18\n\x10restored_version\x18\x05 \x01(\x04\"\xb2\x01\n\x14ListVersionsResponse\x12\x17\n\x0f\x63urrent_version\x18\x01 \x01(\x04\x12\x19\n\x11oldest_restorable\x18\x02 \x01(\x04\x12\x33\n\tsnapshots\x18\x03 \x03(\x0b\x32 .spikingjelly_ff.v1.SnapshotInfo\x12\x31\n\x07history\x18\x04 \x03(\x0b\x32 .spikingjelly_ff.v1.VersionEvent\"M\n\x0fRollbackRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\"=\n\x10RollbackResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x18\n\x10restored_version\x18\x02 \x01(\x04\"<\n\x0fGetStatsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x95\x03\n\nModelStats\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x18\n\x10learning_version\x18\x04 \x01(\x04\x12\x18\n\x10updates_accepted\x18\x05 \x01(\x04\x12\x17\n\x0fupdates_refused\x18\x06 \x01(\x04\x12\x17\n\x0fsamples_learned\x18\x07 \x01(\x04\x12\x12\n\ninferences\x18\x08 \x01(\x04\x12\x18\n\x10snapshot_version\x18\t \x01(\x04\x12\x11\n\tlog_bytes\x18\n \x01(\x03\x12\x13\n\x0blast_update\x18\x0b \x01(\x01\x12\x17\n\x0fmean_group_size\x18\x0c \x01(\x01\x12\x17\n\x0fonline_accuracy\x18\r \x01(\x01\x12\x16\n\x0eonline_samples\x18\x0e \x01(\x04\x12\x18\n\x10learning_enabled\x18\x0f \x01(\x08\x12\x16\n\x0eweights_sha256\x18\x10 \x01(\t\x12\x16\n\x0elearning_error\x18\x11 \x01(\t\"B\n\x10GetStatsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.spikingjelly_ff.v1.ModelStats*b\n\rImageEncoding\x12\x1e\n\x1aIMAGE_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13IMAGE_ENCODING_FP32\x10\x01\x12\x18\n\x14IMAGE_ENCODING_UINT8\x10\x02\x32\x98\x04\n\x08Learning\x12L\n\x05Learn\x12 .spikingjelly_ff.v1.LearnRequest\x1a!.spikingjelly_ff.v1.LearnResponse\x12V\n\x0bLearnStream\x12 .spikingjelly_ff.v1.LearnRequest\x1a!.spikingjelly_ff.v1.LearnResponse(\x01\x30\x01\x12U\n\x08Snapshot\x12#.spikingjelly_ff.v1.SnapshotRequest\x1a$.spikingjelly_ff.v1.SnapshotResponse\x12\x61\n\x0cListVersions\x12\'.spikingjelly_ff.v1.ListVersionsRequest\x1a(.spikingjelly_ff.v1.ListVersionsResponse\x12U\n\x08Rollback\x12#.spikingjelly_ff.v1.RollbackRequest\x1a$.spikingjelly_ff.v1.RollbackResponse\x12U\n\x08GetStats\x12#.spikingjelly_ff.v1.GetStatsRequest\x1a$.spikingjelly_ff.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!spikingjelly_ff/v1/learning.proto\x12\x12spikingjelly_ff.v1\"\xaa\x02\n\x0cLearnRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06images\x18\x03 \x01(\x0c\x12\x33\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32!.spikingjelly_ff.v1.ImageEncoding\x12\x0e\n\x06labels\x18\x05 \x03(\x03\x12\x10\n\x08positive\x18\x06 \x03(\x08\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x10\n\x03\x65ta\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10\x65xpected_version\x18\t \x01(\x04H\x02\x88\x01\x01\x12\n\n\x02id\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\tB\x07\n\x05_seedB\x06\n\x04_etaB\x13\n\x11_expected_version\"\x94\x01\n\rLearnResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x10\n\x08log_odds\x18\x02 \x03(\x02\x12\n\n\x02id\x18\x03 \x01(\t\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x12\n\nmodel_name\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\"U\n\x0fSnapshotRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x17\n\x0f\x65xport_artifact\x18\x03 \x01(\x08\"W\n\x10SnapshotResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x15\n\rartifact_path\x18\x03 \x01(\t\x12\r\n\x05\x62ytes\x18\x04 \x01(\x03\"O\n\x13ListVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"?\n\x0cSnapshotInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x01\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\"i\n\x0cVersionEvent\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x01\x12\x0f\n\x07samples\x18\x04 \x01(\r\x12\x18\n\x10restored_version\x18\x05 \x01(\x04\"\xb2\x01\n\x14ListVersionsResponse\x12\x17\n\x0f\x63urrent_version\x18\x01 \x01(\x04\x12\x19\n\x11oldest_restorable\x18\x02 \x01(\x04\x12\x33\n\tsnapshots\x18\x03 \x03(\x0b\x32 .spikingjelly_ff.v1.SnapshotInfo\x12\x31\n\x07history\x18\x04 \x03(\x0b\x32 .spikingjelly_ff.v1.VersionEvent\"M\n\x0fRollbackRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\"=\n\x10RollbackResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x18\n\x10restored_version\x18\x02 \x01(\x04\"<\n\x0fGetStatsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x95\x03\n\nModelStats\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x18\n\x10learning_version\x18\x04 \x01(\x04\x12\x18\n\x10updates_accepted\x18\x05 \x01(\x04\x12\x17\n\x0fupdates_refused\x18\x06 \x01(\x04\x12\x17\n\x0fsamples_learned\x18\x07 \x01(\x04\x12\x12\n\ninferences\x18\x08 \x01(\x04\x12\x18\n\x10snapshot_version\x18\t \x01(\x04\x12\x11\n\tlog_bytes\x18\n \x01(\x03\x12\x13\n\x0blast_update\x18\x0b \x01(\x01\x12\x17\n\x0fmean_group_size\x18\x0c \x01(\x01\x12\x17\n\x0fonline_accuracy\x18\r \x01(\x01\x12\x16\n\x0eonline_samples\x18\x0e \x01(\x04\x12\x18\n\x10learning_enabled\x18\x0f \x01(\x08\x12\x16\n\x0eweights_sha256\x18\x10 \x01(\t\x12\x16\n\x0elearning_error\x18\x11 \x01(\t\"B\n\x10GetStatsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.spikingjelly_ff.v1.ModelStats*b\n\rImageEncoding\x12\x1e\n\x1aIMAGE_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13IMAGE_ENCODING_FP32\x10\x01\x12\x18\n\x14IMAGE_ENCODING_UINT8\x10\x02\x32\x98\x04\n\x08Learning\x12L\n\x05Learn\x12 .spikingjelly_ff.v1.LearnRequest\x1a!.spikingjelly_ff.v1.LearnResponse\x12V\n\x0bLearnStream\x12 .spikingjelly_ff.v1.LearnRequest\x1a!.spikingjelly_ff.v1.LearnResponse(\x01\x30\x01\x12U\n\x08Snapshot\x12#.spikingjelly_ff.v1.SnapshotRequest\x1a$.spikingjelly_ff.v1.SnapshotResponse\x12\x61\n\x0cListVersions\x12\'.spikingjelly_ff.v1.ListVersionsRequest\x1a(.spikingjelly_ff.v1.ListVersionsResponse\x12U\n\x08Rollback\x12#.spikingjelly_ff.v1.RollbackRequest\x1a$.spikingjelly_ff.v1.RollbackResponse\x12U\n\x08GetStats\x12#.spikingjelly_ff.v1.GetStatsRequest\x1a$.spikingjelly_ff.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'spikingjelly_ff.v1.learning_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEENCODING']._serialized_start=1779
-  _globals['_IMAGEENCODING']._serialized_end=1877
+  _globals['_IMAGEENCODING']._serialized_start=1799
+  _globals['_IMAGEENCODING']._serialized_end=1897
   _globals['_LEARNREQUEST']._serialized_start=58
-  _globals['_LEARNREQUEST']._serialized_end=336
-  _globals['_LEARNRESPONSE']._serialized_start=339
-  _globals['_LEARNRESPONSE']._serialized_end=487
-  _globals['_SNAPSHOTREQUEST']._serialized_start=489
-  _globals['_SNAPSHOTREQUEST']._serialized_end=574
-  _globals['_SNAPSHOTRESPONSE']._serialized_start=576
-  _globals['_SNAPSHOTRESPONSE']._serialized_end=663
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=665
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=744
-  _globals['_SNAPSHOTINFO']._serialized_start=746
-  _globals['_SNAPSHOTINFO']._serialized_end=809
-  _globals['_VERSIONEVENT']._serialized_start=811
-  _globals['_VERSIONEVENT']._serialized_end=916
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=919
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1097
-  _globals['_ROLLBACKREQUEST']._serialized_start=1099
-  _globals['_ROLLBACKREQUEST']._serialized_end=1176
-  _globals['_ROLLBACKRESPONSE']._serialized_start=1178
-  _globals['_ROLLBACKRESPONSE']._serialized_end=1239
-  _globals['_GETSTATSREQUEST']._serialized_start=1241
-  _globals['_GETSTATSREQUEST']._serialized_end=1301
-  _globals['_MODELSTATS']._serialized_start=1304
-  _globals['_MODELSTATS']._serialized_end=1709
-  _globals['_GETSTATSRESPONSE']._serialized_start=1711
-  _globals['_GETSTATSRESPONSE']._serialized_end=1777
-  _globals['_LEARNING']._serialized_start=1880
-  _globals['_LEARNING']._serialized_end=2416
+  _globals['_LEARNREQUEST']._serialized_end=356
+  _globals['_LEARNRESPONSE']._serialized_start=359
+  _globals['_LEARNRESPONSE']._serialized_end=507
+  _globals['_SNAPSHOTREQUEST']._serialized_start=509
+  _globals['_SNAPSHOTREQUEST']._serialized_end=594
+  _globals['_SNAPSHOTRESPONSE']._serialized_start=596
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=683
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=685
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=764
+  _globals['_SNAPSHOTINFO']._serialized_start=766
+  _globals['_SNAPSHOTINFO']._serialized_end=829
+  _globals['_VERSIONEVENT']._serialized_start=831
+  _globals['_VERSIONEVENT']._serialized_end=936
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=939
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1117
+  _globals['_ROLLBACKREQUEST']._serialized_start=1119
+  _globals['_ROLLBACKREQUEST']._serialized_end=1196
+  _globals['_ROLLBACKRESPONSE']._serialized_start=1198
+  _globals['_ROLLBACKRESPONSE']._serialized_end=1259
+  _globals['_GETSTATSREQUEST']._serialized_start=1261
+  _globals['_GETSTATSREQUEST']._serialized_end=1321
+  _globals['_MODELSTATS']._serialized_start=1324
+  _globals['_MODELSTATS']._serialized_end=1729
+  _globals['_GETSTATSRESPONSE']._serialized_start=1731
+  _globals['_GETSTATSRESPONSE']._serialized_end=1797
+  _globals['_LEARNING']._serialized_start=1900
+  _globals['_LEARNING']._serialized_end=2436
 # @@protoc_insertion_point(module_scope)

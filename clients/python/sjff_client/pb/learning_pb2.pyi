@@ -17,7 +17,7 @@ IMAGE_ENCODING_FP32: ImageEncoding
 IMAGE_ENCODING_UINT8: ImageEncoding
 
 class LearnRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "images", "encoding", "labels", "positive", "seed", "eta", "expected_version", "id")
+    __slots__ = ("model_name", "model_version", "images", "encoding", "labels", "positive", "seed", "eta", "expected_version", "id", "request_id")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class LearnRequest(_message.Message):
     ETA_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     images: bytes
@@ -38,7 +39,8 @@ class LearnRequest(_message.Message):
     eta: float
     expected_version: int
     id: str
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., images: _Optional[bytes] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., labels: _Optional[_Iterable[int]] = ..., positive: _Optional[_Iterable[bool]] = ..., seed: _Optional[int] = ..., eta: _Optional[float] = ..., expected_version: _Optional[int] = ..., id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., images: _Optional[bytes] = ..., encoding: _Optional[_Union[ImageEncoding, str]] = ..., labels: _Optional[_Iterable[int]] = ..., positive: _Optional[_Iterable[bool]] = ..., seed: _Optional[int] = ..., eta: _Optional[float] = ..., expected_version: _Optional[int] = ..., id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LearnResponse(_message.Message):
     __slots__ = ("version", "log_odds", "id", "error_code", "error_message", "model_name", "model_version")
