@@ -4,6 +4,7 @@ and the image's dependency list (the "serve" extra) must cover everything the se
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -17,18 +18,19 @@ from sjff_client.pb import grpc_service_pb2, learning_pb2
 from sjff_server.main import build_parser
 
 DEPLOY = su.ROOT / "deploy"
-K8S = DEPLOY / "k8s"
+K8S = DEPLOY / "k8s"  # the default: one replica, local update log
+K8S_REPLICATED = DEPLOY / "k8s-replicated"  # Redis + three replicas
 
 
-def k8s_docs() -> dict[str, list[dict]]:
+def k8s_docs(root=K8S) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(root.glob("*.yaml")):
         out[path.name] = [d for d in yaml.safe_load_all(path.read_text()) if d]
     return out
 
 
-def by_kind(kind: str) -> list[dict]:
-    return [d for docs in k8s_docs().values() for d in docs if d.get("kind") == kind]
+def by_kind(kind: str, root=K8S) -> list[dict]:
+    return [d for docs in k8s_docs(root).values() for d in docs if d.get("kind") == kind]
 
 
 # -- schema: the Kubernetes API models (the `kubernetes` client package) describe every field ---
@@ -38,6 +40,9 @@ KINDS = {
     "Service": "V1Service",
     "PersistentVolumeClaim": "V1PersistentVolumeClaim",
     "Secret": "V1Secret",
+    "StatefulSet": "V1StatefulSet",
+    "ConfigMap": "V1ConfigMap",
+    "PodDisruptionBudget": "V1PodDisruptionBudget",
 }
 
 
@@ -79,14 +84,17 @@ def schema_errors(value, type_name: str, path: str = "") -> list[str]:
 def test_manifests_match_the_kubernetes_schema():
     import kubernetes  # noqa: F401 (a dev dependency: the API schema the manifests are checked against)
 
-    checked = 0
-    for name, docs in k8s_docs().items():
-        for d in docs:
-            if d["kind"] in KINDS:
-                errors = schema_errors(d, KINDS[d["kind"]], f"{name}:{d['kind']}")
-                assert not errors, errors
-                checked += 1
-    assert checked == 5  # 1 Deployment, 1 Service, 2 PersistentVolumeClaims, 1 Secret
+    checked = {}
+    for root in (K8S, K8S_REPLICATED):
+        for name, docs in k8s_docs(root).items():
+            for d in docs:
+                if d["kind"] in KINDS:
+                    errors = schema_errors(d, KINDS[d["kind"]], f"{root.name}/{name}:{d['kind']}")
+                    assert not errors, errors
+                    checked[root.name] = checked.get(root.name, 0) + 1
+    # default: Deployment, Service, 2 claims, Secret; replicated: + Redis ConfigMap, Service,
+    # StatefulSet, one claim (models), two Secrets, PodDisruptionBudget
+    assert checked == {"k8s": 5, "k8s-replicated": 9}
     # and the check does catch mistakes
     (dep,) = by_kind("Deployment")
     bad = json.loads(json.dumps(dep))
@@ -105,8 +113,9 @@ def server_args_ok(args: list[str]) -> None:
     assert not any(a.startswith("--token=") or a == "--token" for a in args)
 
 
-def test_every_manifest_is_well_formed():
-    docs = k8s_docs()
+@pytest.mark.parametrize("root", [K8S, K8S_REPLICATED], ids=lambda r: r.name)
+def test_every_manifest_is_well_formed(root):
+    docs = k8s_docs(root)
     assert {"deployment.yaml", "service.yaml", "pvc.yaml", "kustomization.yaml", "secret.example.yaml"} <= set(docs)
     for name, items in docs.items():
         for d in items:
@@ -115,7 +124,8 @@ def test_every_manifest_is_well_formed():
                 assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", d["metadata"]["name"]), name
     kust = docs["kustomization.yaml"][0]
     for res in kust["resources"]:
-        assert (K8S / res).is_file()
+        assert (root / res).is_file()
+    assert set(kust["resources"]) == set(docs) - {"kustomization.yaml", "secret.example.yaml"}
     assert "secret.example.yaml" not in kust["resources"]  # the real secret is created, never committed
 
 
@@ -266,8 +276,129 @@ def test_serve_extra_covers_what_the_server_imports(sjff_models):
     assert "torch" not in used
 
 
+# -- replicated serving: Redis + three replicas ----------------------------------------------
+
+REDIS_REQUIRED = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction"}
+
+
+def redis_settings(text: str) -> dict[str, str]:
+    """The directives of a redis.conf (whole-line comments only, as Redis reads them)."""
+    out = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            out[key] = value
+    return out
+
+
+def replicated_args_ok(args: list[str]) -> argparse.Namespace:
+    """A replica's command line: accepted by the real parser, Redis named, its password read from
+    a file (never in the URL or an argument), no local state directory."""
+    server_args_ok(args)
+    ns = build_parser().parse_args(args)
+    assert ns.replication and ns.replication.startswith("redis://") and "@" not in ns.replication
+    assert ns.replication_password_file is not None and ns.state_dir is None
+    assert not any("password=" in a.lower() and "password-file" not in a for a in args)
+    return ns
+
+
+def test_redis_config_is_durable_and_never_evicts():
+    conf = (DEPLOY / "redis" / "redis.conf").read_text()
+    settings = redis_settings(conf)
+    assert REDIS_REQUIRED.items() <= settings.items()
+    assert "requirepass" not in settings  # written from the secret at start-up, never committed
+    (cm,) = by_kind("ConfigMap", K8S_REPLICATED)
+    assert cm["data"]["redis.conf"] == conf  # one config for compose and Kubernetes
+
+
+def test_replicated_kubernetes():
+    (dep,) = by_kind("Deployment", K8S_REPLICATED)
+    spec = dep["spec"]
+    assert spec["replicas"] == 3 and spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    pod = spec["template"]["spec"]
+    (c,) = pod["containers"]
+    ns = replicated_args_ok(c["args"])
+    assert ns.replica_id == "$(POD_NAME)" and any(e["name"] == "POD_NAME" for e in c["env"])
+    # ready only once the model is caught up: the per-model health service "<model>/<version>"
+    ready = c["readinessProbe"]["grpc"]
+    assert ready["port"] == ns.port and re.fullmatch(r"[\w.-]+/[\w.-]+", ready["service"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert not any("state" in name for name in volumes)  # stateless replicas
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in volumes.values() if "persistentVolumeClaim" in v}
+    assert claims == {"sjff-models"}
+    (models,) = by_kind("PersistentVolumeClaim", K8S_REPLICATED)
+    assert models["spec"]["accessModes"] == ["ReadOnlyMany"]  # three pods on any nodes read it
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    secret_of = {m["mountPath"]: volumes[m["name"]].get("secret", {}).get("secretName") for m in c["volumeMounts"]}
+    assert secret_of[str(ns.replication_password_file.parent)] == "sjff-redis"
+    assert secret_of[str(ns.token_file.parent)] == "sjff-token" and mounts["/models"]["readOnly"] is True
+    secrets = {d["metadata"]["name"]: d for d in by_kind("Secret", K8S_REPLICATED)}
+    assert {"sjff-token", "sjff-redis"} <= set(secrets) and "password" in secrets["sjff-redis"]["stringData"]
+    # Redis: a StatefulSet whose data is a persistent volume, the password from the same secret
+    (sts,) = by_kind("StatefulSet", K8S_REPLICATED)
+    (redis,) = sts["spec"]["template"]["spec"]["containers"]
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert sts["spec"]["replicas"] == 1 and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    rmounts = {m["name"]: m["mountPath"] for m in redis["volumeMounts"]}
+    assert rmounts[claim["metadata"]["name"]] == redis_settings(cm_conf())["dir"]
+    rvolumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    password_mount = next(n for n, v in rvolumes.items() if v.get("secret", {}).get("secretName") == "sjff-redis")
+    assert f"{rmounts[password_mount]}/password" in redis["command"][-1]
+    assert "requirepass" in redis["command"][-1] and "--requirepass" not in " ".join(redis["command"])
+    assert redis_settings(cm_conf())["include"].startswith(rmounts[next(n for n in rvolumes if n == "auth")])
+    redis_svc = next(d for d in by_kind("Service", K8S_REPLICATED) if d["metadata"]["name"] == "sjff-redis")
+    assert sts["spec"]["serviceName"] == "sjff-redis" and redis_svc["spec"]["clusterIP"] == "None"
+    assert ns.replication.split("//")[1].split(":")[0] == "sjff-redis"
+    (pdb,) = by_kind("PodDisruptionBudget", K8S_REPLICATED)
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert 0 < pdb["spec"]["minAvailable"] < spec["replicas"]
+
+
+def cm_conf() -> str:
+    (cm,) = by_kind("ConfigMap", K8S_REPLICATED)
+    return cm["data"]["redis.conf"]
+
+
+def test_replicated_compose():
+    doc = yaml.safe_load((DEPLOY / "compose.replicated.yaml").read_text())
+    services = doc["services"]
+    replicas = {name: svc for name, svc in services.items() if name.startswith("server-")}
+    assert len(replicas) == 3
+    host_ports = set()
+    for svc in replicas.values():
+        ns = replicated_args_ok(svc["command"])
+        dockerfile = (DEPLOY / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve()
+        assert dockerfile == (DEPLOY / "Dockerfile").resolve()
+        assert ns.replication.split("//")[1].split(":")[0] == "redis"
+        assert str(ns.replication_password_file) == "/run/secrets/redis_password"
+        assert str(ns.token_file) == "/run/secrets/sjff_token" and set(svc["secrets"]) <= set(doc["secrets"])
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert not any(":/state" in v for v in svc["volumes"]) and svc["read_only"] is True
+        assert {int(p.split(":")[1]) for p in svc["ports"]} == {ns.port, ns.metrics_port}
+        host_ports |= {int(p.split(":")[0]) for p in svc["ports"]}
+    assert len(host_ports) == 6  # each replica reachable on its own ports: clients list them all
+    redis = services["redis"]
+    assert redis["image"].split(":")[1].startswith("7")
+    conf = next(v for v in redis["volumes"] if v.endswith("redis.conf:ro"))
+    assert (DEPLOY / conf.split(":")[0]).resolve() == (DEPLOY / "redis" / "redis.conf").resolve()
+    data = next(v for v in redis["volumes"] if v.split(":")[0] in doc["volumes"])
+    assert data.split(":")[1] == redis_settings((DEPLOY / "redis" / "redis.conf").read_text())["dir"]
+    assert "redis_password" in redis["secrets"] and "/run/secrets/redis_password" in redis["command"][-1]
+    assert redis["user"].split(":")[0] not in ("0", "root")
+
+
 @pytest.mark.parametrize("doc", ["README.md"])
 def test_deploy_is_documented(doc):
     text = (DEPLOY / doc).read_text()
     for needle in ("docker build", "compose", "kubectl", "sjff-token", "--health-port", "/state", "/models"):
         assert needle in text, needle
+    for needle in ("Replicated serving", "appendfsync always", "noeviction", "--replication-wait", "sjff-redis"):
+        assert needle in text, needle
+    # the image's list of packages, as the README states it, is the "serve" extra
+    extra = tomllib.loads((su.ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
+    for req in extra:
+        name = re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0]
+        assert f"`{name}`" in text, name

@@ -3,7 +3,8 @@
 /**
  * sjff-client (Node.js):
  *   node cli.js infer --idx t10k-images-idx3-ubyte --index 0 [--count 3] [--target host:port]
- *   node cli.js learn --idx t10k-images-idx3-ubyte --index 0 --label 7     (token: $SJFF_TOKEN)
+ *   node cli.js learn --idx t10k-images-idx3-ubyte --index 0 --label 7 [--request-id ID]  (token: $SJFF_TOKEN)
+ *   node cli.js infer ... --min-version V      (answer from learning version V or later)
  *   node cli.js stats | health
  */
 const fs = require('node:fs');
@@ -39,11 +40,11 @@ async function main() {
   try {
     if (cmd === 'infer') {
       const { images, n } = readIdx(args.idx, Number(args.index || 0), Number(args.count || 1));
-      const r = await client.infer(images, n);
+      const r = await client.infer(images, n, { minVersion: args['min-version'] !== undefined ? Number(args['min-version']) : undefined });
       console.log(JSON.stringify({ label: r.label, version: r.version, model: `${r.modelName}/${r.modelVersion}` }));
     } else if (cmd === 'learn') {
       const { images, n } = readIdx(args.idx, Number(args.index || 0), 1);
-      const r = await client.learn(images, Array(n).fill(Number(args.label)));
+      const r = await client.learn(images, Array(n).fill(Number(args.label)), { requestId: args['request-id'] });
       console.log(JSON.stringify(r));
     } else if (cmd === 'stats') {
       console.log(JSON.stringify(await client.stats()));

@@ -9,6 +9,7 @@
  *   const r = await c.infer(uint8Images, 1);        // r.label [N], r.scores [N][C], r.version
  *   const u = await c.learn(uint8Images, [7]);      // u.version (durable), u.logOdds
  */
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
@@ -155,11 +156,16 @@ class SjffClient {
     return this._call(this.inference, 'ModelMetadata', { name: model, version });
   }
 
-  /** Infer n images; opts: model, version, outputs [names], seed, typed (typed contents). */
+  /**
+   * Infer n images; opts: model, version, outputs [names], seed, typed (typed contents),
+   * minVersion (answer from this learning version or a later one: the server waits for it
+   * within the deadline; pass the version a learn returned to read your writes on any replica).
+   */
   async infer(images, n, opts = {}) {
     const t = imagesTensor(images, n);
     const parameters = {};
     if (opts.seed !== undefined) parameters.seed = { int64_param: opts.seed };
+    if (opts.minVersion !== undefined) parameters.min_version = { int64_param: opts.minVersion };
     if (opts.typed) parameters.typed_output = { bool_param: true };
     const req = {
       model_name: opts.model || this.model,
@@ -197,7 +203,11 @@ class SjffClient {
     });
   }
 
-  /** One durable on-line update; labels [n], positive [n] (default all true). */
+  /**
+   * One durable on-line update; labels [n], positive [n] (default all true). opts.requestId is
+   * its idempotency key (default a fresh UUID, returned as requestId): resend a learn whose
+   * answer was lost with the same key and a replicated server applies it once.
+   */
   async learn(images, labels, opts = {}) {
     const t = imagesTensor(images, labels.length);
     const req = {
@@ -207,12 +217,19 @@ class SjffClient {
       encoding: t.encoding,
       labels,
       positive: opts.positive || [],
+      request_id: opts.requestId || crypto.randomUUID(),
     };
     if (opts.seed !== undefined) req.seed = opts.seed;
     if (opts.eta !== undefined) req.eta = opts.eta;
     if (opts.expectedVersion !== undefined) req.expected_version = opts.expectedVersion;
     const r = await this._call(this.learning, 'Learn', req);
-    return { version: Number(r.version), logOdds: r.log_odds, modelName: r.model_name, modelVersion: r.model_version };
+    return {
+      version: Number(r.version),
+      logOdds: r.log_odds,
+      modelName: r.model_name,
+      modelVersion: r.model_version,
+      requestId: req.request_id,
+    };
   }
 
   async stats(model = '') {

@@ -61,9 +61,12 @@ test('learning needs the token and increments the version', { skip }, async () =
     const r = await c.learn(images, [expected.labels[0]], { seed: 3 });
     assert.strictEqual(r.version, Number(before) + 1);
     assert.strictEqual(r.logOdds.length, 1);
-    const after = await c.infer(images, 1);
-    assert.strictEqual(after.version, r.version);
+    assert.match(r.requestId, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    const mine = await c.learn(images, [expected.labels[0]], { requestId: 'node-key' });
+    assert.strictEqual(mine.requestId, 'node-key');
+    const after = await c.infer(images, 1, { minVersion: mine.version });
+    assert.strictEqual(after.version, mine.version);
     const stats = await c.stats('mnist');
-    assert.strictEqual(Number(stats[0].learning_version), r.version);
+    assert.strictEqual(Number(stats[0].learning_version), mine.version);
   } finally { c.close(); }
 });

@@ -6,7 +6,9 @@
     python -m sjff_client stream t10k-images-idx3-ubyte --labels t10k-labels-idx1-ubyte --count 500
     python -m sjff_client stats | versions | snapshot | rollback VERSION | health
 
-Connection: --target (or $SJFF_TARGET, default localhost:8001), --token-file (or $SJFF_TOKEN),
+Connection: --target (or $SJFF_TARGET, default localhost:8001; give it several times, or
+comma-separated, for the replicas of one replicated deployment: a failed learn or infer moves to
+the next one, a learn with the same --request-id), --token-file (or $SJFF_TOKEN),
 --tls/--ca/--cert/--key for (mutual) TLS.
 """
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from .client import Client, RequestFailed
 from .images import ImageError, is_idx, prepare, read_idx, read_image
+from .targets import split_targets
 
 __all__ = ["main"]
 
@@ -60,7 +63,8 @@ def _labels(path: str | None, index: int, count: int) -> np.ndarray | None:
 
 def _client(args) -> Client:
     return Client(
-        args.target,
+        targets=split_targets(args.target or [os.environ.get("SJFF_TARGET", "localhost:8001")]),
+        attempts=args.attempts,
         model=args.model,
         token_file=args.token_file,
         token_for_inference=args.token_for_inference,
@@ -79,7 +83,7 @@ def _print(args, obj: dict, text: str) -> None:
 
 def cmd_infer(args, c: Client) -> int:
     x = load_images(c, args.image, args.index, args.count, args.invert)
-    r = c.infer(x, version=args.model_version, seed=args.seed, steps=args.steps)
+    r = c.infer(x, version=args.model_version, seed=args.seed, steps=args.steps, min_version=args.min_version)
     truth = _labels(args.labels, args.index, args.count)
     rows = []
     for i in range(len(x)):
@@ -110,10 +114,13 @@ def cmd_learn(args, c: Client) -> int:
         labels = _labels(args.labels, args.index, args.count)
         if labels is None:
             raise ImageError("give --label L or --labels IDX_FILE")
-    r = c.learn(x, labels, np.full(len(x), not args.negative), version=args.model_version, seed=args.seed, eta=args.eta)
+    positive = np.full(len(x), not args.negative)
+    r = c.learn(
+        x, labels, positive, version=args.model_version, seed=args.seed, eta=args.eta, request_id=args.request_id
+    )
     _print(
         args,
-        {"version": r.version, "log_odds": r.log_odds.tolist()},
+        {"version": r.version, "log_odds": r.log_odds.tolist(), "request_id": r.request_id},
         f"update acknowledged: version {r.version}, log-odds before {np.round(r.log_odds, 3).tolist()}",
     )
     return 0
@@ -222,8 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m sjff_client", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--target",
-        default=os.environ.get("SJFF_TARGET", "localhost:8001"),
-        help="host:port (default $SJFF_TARGET or localhost:8001)",
+        action="append",
+        help="host:port; several (repeated or comma-separated): replicas tried in turn "
+        "(default $SJFF_TARGET or localhost:8001)",
+    )
+    ap.add_argument(
+        "--attempts", type=int, help="calls tried at most per learn / infer (default: one per target)"
     )
     ap.add_argument("--model", default=None, help="model name (default mnist)")
     ap.add_argument("--model-version", default="", help="repository version (default: the highest)")
@@ -260,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="IDX label file, to print the true labels")
     p.add_argument("--seed", type=int, help="spike-encoding seed (spiking models)")
     p.add_argument("--steps", type=int, help="time steps (spiking models)")
+    p.add_argument("--min-version", type=int, help="answer from this learning version or a later one (waits)")
     p.set_defaults(func=cmd_infer)
     p = sub.add_parser("learn", help="one on-line update with a label")
     images(p)
@@ -268,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative", action="store_true", help="the label is wrong (a negative sample)")
     p.add_argument("--eta", type=float, help="learning rate (default: the model's)")
     p.add_argument("--seed", type=int, help="spike-encoding seed")
+    p.add_argument(
+        "--request-id", help="idempotency key (default: a fresh uuid4): resend a learn whose answer was lost"
+    )
     p.set_defaults(func=cmd_learn)
     p = sub.add_parser("stream", help="stream IDX samples: learn each (LearnStream) or infer (--infer)")
     p.add_argument("images", help="IDX image file")

@@ -7,21 +7,24 @@
         r.label, r.scores, r.version        # [N] int64, [N, C] float32, learning version
         c.learn(images, labels)             # one on-line update -> LearnResult(version, log_odds)
 
+    Client(targets=["a:8001", "b:8001", "c:8001"])  # replicas: a failed learn moves to the next
+                                                    # target with the same request_id (targets.py)
+
 The two classes have the same public methods with the same parameters (tests/test_clients.py
-checks it): requests are built once, in ``messages.py``; each class only makes the call.
+checks it): requests are built once, in ``messages.py``; connections, options and retries
+live in ``base.py`` / ``targets.py``; each class only makes the call.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
 
-from .channel import DEFAULT_TARGET, make_channel, read_token
+from .base import ClientBase
+from .channel import make_channel
 from .messages import (
-    DEFAULT_MODEL,
     InferResult,
     LearnResult,
     RequestFailed,
@@ -42,9 +45,8 @@ from .messages import (
     stream_learn_request,
 )
 from .pb import grpc_service_pb2 as pb
-from .pb import grpc_service_pb2_grpc as pb_grpc
 from .pb import learning_pb2 as lpb
-from .pb import learning_pb2_grpc as lpb_grpc
+from .targets import RETRY_INFER, RETRY_LEARN, RetryPolicy
 
 __all__ = [
     "AsyncClient",
@@ -52,6 +54,7 @@ __all__ = [
     "InferResult",
     "LearnResult",
     "RequestFailed",
+    "RetryPolicy",
     "build_infer_request",
     "build_learn_request",
     "make_channel",
@@ -72,60 +75,28 @@ async def _aiter(items: AsyncIterable[_T] | Iterable[_T]) -> AsyncIterator[_T]:
             yield item
 
 
-class _Base:
-    """Connection, token and call options; the subclasses make the calls."""
-
-    _aio = False
-
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        model: str = DEFAULT_MODEL,
-        token: str | None = None,
-        token_file: str | os.PathLike | None = None,
-        timeout: float | None = 30.0,
-        token_for_inference: bool = False,
-        channel=None,
-        **tls,
-    ) -> None:
-        self.target = target
-        self.model = model
-        self.timeout = timeout
-        tok = read_token(token, token_file)
-        self._metadata = (("authorization", f"Bearer {tok}"),) if tok else ()
-        # the token goes only where it is needed: a server shares it with nobody else
-        self._inference_metadata = self._metadata if token_for_inference else ()
-        self.channel = channel if channel is not None else make_channel(target, asyncio=self._aio, **tls)
-        self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)
-        self.learning = lpb_grpc.LearningStub(self.channel)
-
-    def _kw(self, timeout: float | None, *, token: bool = False) -> dict:
-        """Call options: the token only for learning calls (``token``), or for every call if
-        the client was made with ``token_for_inference``."""
-        md = self._metadata if token else self._inference_metadata
-        return {"timeout": self.timeout if timeout is None else timeout, "metadata": md}
-
-    def _model(self, model: str | None) -> str:
-        return model or self.model
-
-
-def _learn_outcome(resp: lpb.LearnResponse) -> LearnResult | RequestFailed:
-    """A stream goes on past a refused sample: its RequestFailed is yielded, not raised."""
+def _learn_outcome(resp: lpb.LearnResponse, sent: dict[str, str]) -> LearnResult | RequestFailed:
+    """A stream goes on past a refused sample: its RequestFailed is yielded, not raised.
+    ``sent``: request id -> idempotency key of the requests not answered yet."""
     try:
-        return learn_result(resp)
+        return learn_result(resp, sent.pop(resp.id, ""))
     except RequestFailed as exc:
         return exc
 
 
-class Client(_Base):
+def _sent(req: lpb.LearnRequest, sent: dict[str, str]) -> lpb.LearnRequest:
+    sent[req.id] = req.request_id
+    return req
+
+
+class Client(ClientBase):
     """Blocking client. ``token``/``token_file`` (else ``$SJFF_TOKEN``) is sent with the Learning
     service's calls, and with inference calls too only if ``token_for_inference`` (for a server
     started with ``--protect-inference``); TLS keywords: ``tls``, ``root_ca``, ``client_cert``,
     ``client_key``, ``server_name``."""
 
     def close(self) -> None:
-        self.channel.close()
+        self._pool.close()
 
     def __enter__(self) -> Client:
         return self
@@ -133,23 +104,28 @@ class Client(_Base):
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _call(self, service: str, method: str, request, kw: dict, retry_on: frozenset = frozenset()):
+        return self._pool.call(service, method, request, kw, retry_on)
+
     # inference
     def server_live(self, timeout: float | None = None) -> bool:
-        return self.inference.ServerLive(pb.ServerLiveRequest(), **self._kw(timeout)).live
+        return self._call("inference", "ServerLive", pb.ServerLiveRequest(), self._kw(timeout)).live
 
     def server_ready(self, timeout: float | None = None) -> bool:
-        return self.inference.ServerReady(pb.ServerReadyRequest(), **self._kw(timeout)).ready
+        return self._call("inference", "ServerReady", pb.ServerReadyRequest(), self._kw(timeout)).ready
 
     def model_ready(self, model: str | None = None, version: str = "", timeout: float | None = None) -> bool:
-        return self.inference.ModelReady(model_ready_request(self._model(model), version), **self._kw(timeout)).ready
+        req = model_ready_request(self._model(model), version)
+        return self._call("inference", "ModelReady", req, self._kw(timeout)).ready
 
     def server_metadata(self, timeout: float | None = None) -> pb.ServerMetadataResponse:
-        return self.inference.ServerMetadata(pb.ServerMetadataRequest(), **self._kw(timeout))
+        return self._call("inference", "ServerMetadata", pb.ServerMetadataRequest(), self._kw(timeout))
 
     def model_metadata(
         self, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> pb.ModelMetadataResponse:
-        return self.inference.ModelMetadata(model_metadata_request(self._model(model), version), **self._kw(timeout))
+        req = model_metadata_request(self._model(model), version)
+        return self._call("inference", "ModelMetadata", req, self._kw(timeout))
 
     def infer(
         self,
@@ -164,15 +140,16 @@ class Client(_Base):
         typed: bool = False,
         raw: bool = True,
         request_id: str = "",
+        min_version: int | None = None,
         timeout: float | None = None,
     ) -> InferResult:
         """Infer images ``[N, D]``; ``typed`` asks for typed output contents, ``raw=False``
-        sends typed input contents."""
-        params = infer_parameters(seed, steps, return_latent, typed)
-        req = build_infer_request(
-            images, self._model(model), version, outputs=outputs, parameters=params, raw=raw, request_id=request_id
-        )
-        return parse_infer_response(self.inference.ModelInfer(req, **self._kw(timeout)))
+        sends typed input contents. ``min_version``: answer from learning version >= this one
+        (read your writes across replicas: pass the version a learn returned); the server waits
+        for it within the timeout, else DEADLINE_EXCEEDED. UNAVAILABLE moves to the next target."""
+        params = infer_parameters(seed, steps, return_latent, typed, min_version)
+        req = self._infer_request(images, model, version, outputs, params, raw, request_id)
+        return parse_infer_response(self._call("inference", "ModelInfer", req, self._kw(timeout), RETRY_INFER))
 
     def infer_stream(
         self,
@@ -185,7 +162,7 @@ class Client(_Base):
         """ModelStreamInfer: one result per batch, in order (a refused one raises RequestFailed).
         ``batches`` is pulled lazily, as the stream sends."""
         reqs = (stream_infer_request(i, b, self._model(model), version) for i, b in enumerate(batches))
-        for resp in self.inference.ModelStreamInfer(reqs, **self._kw(timeout)):
+        for resp in self._pool.stub("inference").ModelStreamInfer(reqs, **self._kw(timeout)):
             yield stream_infer_result(resp)
 
     # learning
@@ -200,59 +177,64 @@ class Client(_Base):
         seed: int | None = None,
         eta: float | None = None,
         expected_version: int | None = None,
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> LearnResult:
-        """One durable on-line update from images ``[N, D]`` with ``labels`` ``[N]``."""
-        req = build_learn_request(
-            images, labels, positive, self._model(model), version, seed=seed, eta=eta, expected_version=expected_version
-        )
-        return learn_result(self.learning.Learn(req, **self._kw(timeout, token=True)))
+        """One durable on-line update from images ``[N, D]`` with ``labels`` ``[N]``.
+        ``request_id`` (default: a fresh uuid4) is its idempotency key: on UNAVAILABLE, UNKNOWN or
+        DEADLINE_EXCEEDED the call is retried on the next target with the same key (see
+        ``targets.py``), which a replicated server applies once."""
+        req = self._learn_request(images, labels, positive, model, version, seed, eta, expected_version, request_id)
+        resp = self._call("learning", "Learn", req, self._kw(timeout, token=True), RETRY_LEARN)
+        return learn_result(resp, req.request_id)
 
     def learn_stream(
         self, samples: Iterable[tuple], *, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> Iterator[LearnResult | RequestFailed]:
-        """LearnStream over ``(images, labels[, positive])`` tuples, pulled lazily (a sample may
-        depend on the previous result); yields a LearnResult per sample or the RequestFailed of
-        a refused one (the stream goes on)."""
-        reqs = (stream_learn_request(i, s, self._model(model), version) for i, s in enumerate(samples))
-        for resp in self.learning.LearnStream(reqs, **self._kw(timeout, token=True)):
-            yield _learn_outcome(resp)
+        """LearnStream over ``(images, labels[, positive[, request_id]])`` tuples, pulled lazily (a
+        sample may depend on the previous result); yields a LearnResult per sample or the
+        RequestFailed of a refused one (the stream goes on). A sample without a request_id gets a
+        fresh uuid4 (``LearnResult.request_id``); a stream is never retried."""
+        sent: dict[str, str] = {}
+        reqs = (_sent(stream_learn_request(i, s, self._model(model), version), sent) for i, s in enumerate(samples))
+        for resp in self._pool.stub("learning").LearnStream(reqs, **self._kw(timeout, token=True)):
+            yield _learn_outcome(resp, sent)
 
     def snapshot(
         self, *, model: str | None = None, version: str = "", export: bool = False, timeout: float | None = None
     ) -> lpb.SnapshotResponse:
         """Write a snapshot now (``export``: also a complete model file)."""
         req = snapshot_request(self._model(model), version, export)
-        return self.learning.Snapshot(req, **self._kw(timeout, token=True))
+        return self._call("learning", "Snapshot", req, self._kw(timeout, token=True))
 
     def list_versions(
         self, *, model: str | None = None, version: str = "", limit: int = 100, timeout: float | None = None
     ) -> lpb.ListVersionsResponse:
         """Current learning version, restorable snapshots and the latest ``limit`` history entries."""
         req = list_versions_request(self._model(model), version, limit)
-        return self.learning.ListVersions(req, **self._kw(timeout, token=True))
+        return self._call("learning", "ListVersions", req, self._kw(timeout, token=True))
 
     def rollback(
         self, to_version: int, *, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> lpb.RollbackResponse:
         """Restore the weights of ``to_version`` (as a new version)."""
         req = rollback_request(to_version, self._model(model), version)
-        return self.learning.Rollback(req, **self._kw(timeout, token=True))
+        return self._call("learning", "Rollback", req, self._kw(timeout, token=True))
 
     def stats(self, *, model: str = "", version: str = "", timeout: float | None = None) -> lpb.GetStatsResponse:
         """Learning statistics of one model, or of all (``model=""``)."""
         req = stats_request(model, version)
-        return self.learning.GetStats(req, **self._kw(timeout, token=True))
+        return self._call("learning", "GetStats", req, self._kw(timeout, token=True))
 
 
-class AsyncClient(_Base):
+class AsyncClient(ClientBase):
     """asyncio client (``grpc.aio``); the methods of :class:`Client`, as coroutines (the streams
     as async generators, which also accept async iterables)."""
 
     _aio = True
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self._pool.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -260,25 +242,28 @@ class AsyncClient(_Base):
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
+    async def _call(self, service: str, method: str, request, kw: dict, retry_on: frozenset = frozenset()):
+        return await self._pool.acall(service, method, request, kw, retry_on)
+
     # inference
     async def server_live(self, timeout: float | None = None) -> bool:
-        return (await self.inference.ServerLive(pb.ServerLiveRequest(), **self._kw(timeout))).live
+        return (await self._call("inference", "ServerLive", pb.ServerLiveRequest(), self._kw(timeout))).live
 
     async def server_ready(self, timeout: float | None = None) -> bool:
-        return (await self.inference.ServerReady(pb.ServerReadyRequest(), **self._kw(timeout))).ready
+        return (await self._call("inference", "ServerReady", pb.ServerReadyRequest(), self._kw(timeout))).ready
 
     async def model_ready(self, model: str | None = None, version: str = "", timeout: float | None = None) -> bool:
         req = model_ready_request(self._model(model), version)
-        return (await self.inference.ModelReady(req, **self._kw(timeout))).ready
+        return (await self._call("inference", "ModelReady", req, self._kw(timeout))).ready
 
     async def server_metadata(self, timeout: float | None = None) -> pb.ServerMetadataResponse:
-        return await self.inference.ServerMetadata(pb.ServerMetadataRequest(), **self._kw(timeout))
+        return await self._call("inference", "ServerMetadata", pb.ServerMetadataRequest(), self._kw(timeout))
 
     async def model_metadata(
         self, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> pb.ModelMetadataResponse:
         req = model_metadata_request(self._model(model), version)
-        return await self.inference.ModelMetadata(req, **self._kw(timeout))
+        return await self._call("inference", "ModelMetadata", req, self._kw(timeout))
 
     async def infer(
         self,
@@ -293,14 +278,13 @@ class AsyncClient(_Base):
         typed: bool = False,
         raw: bool = True,
         request_id: str = "",
+        min_version: int | None = None,
         timeout: float | None = None,
     ) -> InferResult:
         """See :meth:`Client.infer`."""
-        params = infer_parameters(seed, steps, return_latent, typed)
-        req = build_infer_request(
-            images, self._model(model), version, outputs=outputs, parameters=params, raw=raw, request_id=request_id
-        )
-        return parse_infer_response(await self.inference.ModelInfer(req, **self._kw(timeout)))
+        params = infer_parameters(seed, steps, return_latent, typed, min_version)
+        req = self._infer_request(images, model, version, outputs, params, raw, request_id)
+        return parse_infer_response(await self._call("inference", "ModelInfer", req, self._kw(timeout), RETRY_INFER))
 
     async def infer_stream(
         self,
@@ -318,7 +302,7 @@ class AsyncClient(_Base):
                 yield stream_infer_request(i, b, self._model(model), version)
                 i += 1
 
-        async for resp in self.inference.ModelStreamInfer(reqs(), **self._kw(timeout)):
+        async for resp in self._pool.stub("inference").ModelStreamInfer(reqs(), **self._kw(timeout)):
             yield stream_infer_result(resp)
 
     # learning
@@ -333,13 +317,13 @@ class AsyncClient(_Base):
         seed: int | None = None,
         eta: float | None = None,
         expected_version: int | None = None,
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> LearnResult:
         """See :meth:`Client.learn`."""
-        req = build_learn_request(
-            images, labels, positive, self._model(model), version, seed=seed, eta=eta, expected_version=expected_version
-        )
-        return learn_result(await self.learning.Learn(req, **self._kw(timeout, token=True)))
+        req = self._learn_request(images, labels, positive, model, version, seed, eta, expected_version, request_id)
+        resp = await self._call("learning", "Learn", req, self._kw(timeout, token=True), RETRY_LEARN)
+        return learn_result(resp, req.request_id)
 
     async def learn_stream(
         self,
@@ -350,38 +334,39 @@ class AsyncClient(_Base):
         timeout: float | None = None,
     ) -> AsyncIterator[LearnResult | RequestFailed]:
         """See :meth:`Client.learn_stream`."""
+        sent: dict[str, str] = {}
 
         async def reqs():
             i = 0
             async for s in _aiter(samples):
-                yield stream_learn_request(i, s, self._model(model), version)
+                yield _sent(stream_learn_request(i, s, self._model(model), version), sent)
                 i += 1
 
-        async for resp in self.learning.LearnStream(reqs(), **self._kw(timeout, token=True)):
-            yield _learn_outcome(resp)
+        async for resp in self._pool.stub("learning").LearnStream(reqs(), **self._kw(timeout, token=True)):
+            yield _learn_outcome(resp, sent)
 
     async def snapshot(
         self, *, model: str | None = None, version: str = "", export: bool = False, timeout: float | None = None
     ) -> lpb.SnapshotResponse:
         """See :meth:`Client.snapshot`."""
         req = snapshot_request(self._model(model), version, export)
-        return await self.learning.Snapshot(req, **self._kw(timeout, token=True))
+        return await self._call("learning", "Snapshot", req, self._kw(timeout, token=True))
 
     async def list_versions(
         self, *, model: str | None = None, version: str = "", limit: int = 100, timeout: float | None = None
     ) -> lpb.ListVersionsResponse:
         """See :meth:`Client.list_versions`."""
         req = list_versions_request(self._model(model), version, limit)
-        return await self.learning.ListVersions(req, **self._kw(timeout, token=True))
+        return await self._call("learning", "ListVersions", req, self._kw(timeout, token=True))
 
     async def rollback(
         self, to_version: int, *, model: str | None = None, version: str = "", timeout: float | None = None
     ) -> lpb.RollbackResponse:
         """See :meth:`Client.rollback`."""
         req = rollback_request(to_version, self._model(model), version)
-        return await self.learning.Rollback(req, **self._kw(timeout, token=True))
+        return await self._call("learning", "Rollback", req, self._kw(timeout, token=True))
 
     async def stats(self, *, model: str = "", version: str = "", timeout: float | None = None) -> lpb.GetStatsResponse:
         """See :meth:`Client.stats`."""
         req = stats_request(model, version)
-        return await self.learning.GetStats(req, **self._kw(timeout, token=True))
+        return await self._call("learning", "GetStats", req, self._kw(timeout, token=True))

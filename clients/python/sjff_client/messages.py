@@ -7,6 +7,7 @@ inside a stream. Both clients (``client.py``) use these; so can any other gRPC s
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -45,12 +46,14 @@ _CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
 class RequestFailed(Exception):
-    """A request refused inside a stream (``code`` is the gRPC status name)."""
+    """A request refused inside a stream (``code`` is the gRPC status name; ``request_id``: the
+    idempotency key of a refused learn, to retry one whose outcome is unknown with it)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, request_id: str = "") -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.request_id = request_id
 
     @property
     def outcome_unknown(self) -> bool:
@@ -96,13 +99,14 @@ class InferResult:
 @dataclass
 class LearnResult:
     """An acknowledged (durable) update: the new learning ``version`` and the log-odds [N] of
-    the samples before it."""
+    the samples before it; ``request_id``: the idempotency key it was sent with."""
 
     version: int
     log_odds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     id: str = ""
     model_name: str = ""
     model_version: str = ""
+    request_id: str = ""
 
 
 def _as_images(images: np.ndarray) -> np.ndarray:
@@ -170,10 +174,12 @@ def build_learn_request(
     seed: int | None = None,
     eta: float | None = None,
     expected_version: int | None = None,
+    id: str = "",
     request_id: str = "",
 ) -> lpb.LearnRequest:
     """A LearnRequest: images ``[N, D]`` (uint8 or float in [0, 1]), labels ``[N]``, and whether
-    each label is the true one (default: all true)."""
+    each label is the true one (default: all true). ``id`` is echoed in the answer;
+    ``request_id`` is the idempotency key (replicated servers apply a key once)."""
     x = _as_images(images)
     labels = np.atleast_1d(np.asarray(labels, dtype=np.int64))
     if x.dtype == np.uint8:
@@ -181,7 +187,13 @@ def build_learn_request(
     else:
         enc, data = lpb.IMAGE_ENCODING_FP32, np.ascontiguousarray(x, dtype="<f4").tobytes()
     req = lpb.LearnRequest(
-        model_name=model, model_version=version, images=data, encoding=enc, labels=labels.tolist(), id=request_id
+        model_name=model,
+        model_version=version,
+        images=data,
+        encoding=enc,
+        labels=labels.tolist(),
+        id=id,
+        request_id=request_id,
     )
     if positive is not None:
         req.positive.extend(np.atleast_1d(np.asarray(positive, dtype=bool)).tolist())
@@ -195,10 +207,23 @@ def build_learn_request(
 
 
 def infer_parameters(
-    seed: int | None = None, steps: int | None = None, return_latent: bool = False, typed: bool = False
+    seed: int | None = None,
+    steps: int | None = None,
+    return_latent: bool = False,
+    typed: bool = False,
+    min_version: int | None = None,
 ) -> dict[str, int | bool | None]:
-    """The request parameters of the inference options (None is left out: the server's default)."""
-    return {"seed": seed, "steps": steps, "return_latent": return_latent or None, "typed_output": typed or None}
+    """The request parameters of the inference options (None is left out: the server's default);
+    ``min_version`` (int64): the lowest learning version the answer may come from."""
+    if min_version is not None and not 0 <= int(min_version) < 2**63:
+        raise ValueError(f"min_version must be in [0, 2**63), got {min_version}")
+    return {
+        "seed": seed,
+        "steps": steps,
+        "return_latent": return_latent or None,
+        "typed_output": typed or None,
+        "min_version": None if min_version is None else int(min_version),
+    }
 
 
 def stream_infer_request(i: int, images: np.ndarray, model: str, version: str) -> pb.ModelInferRequest:
@@ -207,8 +232,14 @@ def stream_infer_request(i: int, images: np.ndarray, model: str, version: str) -
 
 
 def stream_learn_request(i: int, sample: tuple, model: str, version: str) -> lpb.LearnRequest:
-    """Request ``i`` of a LearnStream; ``sample``: ``(images, labels[, positive])``."""
-    return build_learn_request(*sample, model=model, version=version, request_id=str(i))
+    """Request ``i`` of a LearnStream (its id is ``i``); ``sample``: ``(images, labels[, positive[,
+    request_id]])``, without a request_id (or an empty one) a fresh uuid4."""
+    if not 2 <= len(sample) <= 4:
+        raise ValueError(f"a sample is (images, labels[, positive[, request_id]]), got {len(sample)} items")
+    images, labels, positive, request_id = (*sample, None, None)[:4]
+    return build_learn_request(
+        images, labels, positive, model, version, id=str(i), request_id=request_id or str(uuid.uuid4())
+    )
 
 
 def model_ready_request(model: str, version: str) -> pb.ModelReadyRequest:
@@ -236,13 +267,21 @@ def stats_request(model: str, version: str) -> lpb.GetStatsRequest:
     return lpb.GetStatsRequest(model_name=model, model_version=version)
 
 
-def learn_result(resp: lpb.LearnResponse) -> LearnResult:
-    """The result of a Learn / LearnStream answer; a refused one raises :class:`RequestFailed`."""
+def learn_result(resp: lpb.LearnResponse, request_id: str = "") -> LearnResult:
+    """The result of a Learn / LearnStream answer to the request of idempotency key
+    ``request_id`` (the answer does not carry it); a refused one raises :class:`RequestFailed`."""
     if resp.error_code:
-        raise RequestFailed(_CODE_NAMES.get(resp.error_code, str(resp.error_code)), resp.error_message)
+        code = _CODE_NAMES.get(resp.error_code, str(resp.error_code))
+        raise RequestFailed(code, resp.error_message, request_id)
     return LearnResult(
-        resp.version, np.asarray(resp.log_odds, dtype=np.float32), resp.id, resp.model_name, resp.model_version
+        resp.version,
+        np.asarray(resp.log_odds, dtype=np.float32),
+        resp.id,
+        resp.model_name,
+        resp.model_version,
+        request_id,
     )
+
 
 
 def stream_infer_result(resp: pb.ModelStreamInferResponse) -> InferResult:
