@@ -437,3 +437,25 @@ def test_spiking_batches_on_two_workers_never_see_torn_weights(sjff_models, tmp_
         assert rows, f"an answer at version {version} is no row of that version's batch"
         if version > 0:  # and the check can tell versions apart
             assert not any(np.array_equal(scores, row) for row in expected[version - 1])
+
+
+def test_min_version_waits_within_the_deadline(server, mnist_samples):
+    """``min_version`` (read-your-writes): met at once when the model is there, else
+    DEADLINE_EXCEEDED at the call's deadline with a message naming both versions; the answer
+    keeps sjff_version; a non-integer value is INVALID_ARGUMENT."""
+    images, _ = mnist_samples
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.target))
+
+    def infer(value, timeout=10.0):
+        req = build_infer_request(images[:2], "mnist", parameters={"min_version": value})
+        return stub.ModelInfer(req, timeout=timeout)
+
+    resp = infer(0)
+    assert resp.parameters["sjff_version"].int64_param == 0 and resp.raw_output_contents
+    code, message = code_of(lambda: infer(1, timeout=0.3))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "min_version 1" in message and "version 0" in message
+    code, message = code_of(lambda: infer("1"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "min_version" in message
+    code, _ = code_of(lambda: infer(-1))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT

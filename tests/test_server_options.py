@@ -42,6 +42,12 @@ BAD: dict[str, list[str]] = {
     "--max-learn-queue": ["0", "-1"],
     "--segment-mb": ["0", "-1", "0.5", str(2**20 + 1)],
     "--digest-every": ["-1", "sometimes"],
+    "--replication-wait": ["-1", "65", "all"],
+    "--replication-max-lag": ["-1", "1.5", "far"],
+    "--replication-snapshot-every": ["0", "-1", "often"],
+    "--replication-snapshots-keep": ["0", "1001", "x"],
+    "--idempotency-window-s": ["0", "-1", "nan", "inf", str(31 * 86400), "day"],
+    "--replica-timeout-s": ["0", "nan", "inf", "86401"],
 }
 
 #: options that take no number (flags, choices, paths, names)
@@ -62,6 +68,13 @@ NOT_NUMERIC = {
     "--reset-changed-models",
     "--log-level",
     "--log-format",
+    "--replication",
+    "--replication-password-file",
+    "--replication-ca",
+    "--replication-cert",
+    "--replication-key",
+    "--replication-prefix",
+    "--replica-id",
 }
 
 CASES = [(opt, value) for opt, values in BAD.items() for value in values]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from sjff_client.pb import grpc_service_pb2, learning_pb2
 from .auth import Authenticator
 from .interrupt import WorkerPool
 from .learning.options import LearnOptions
+from .learning.replica_options import ReplicationOptions
 from .metrics import Metrics
 from .protocol.inference_service import InferenceService, ServerState
 from .protocol.learning_service import LearningService
@@ -26,7 +28,7 @@ from .serving.models import ModelRegistry, load_served_model
 from .serving.repository import scan_repository
 from .storage.scan import LogCorruption
 from .storage.snapshots import StateInUse
-from .storage.state import ReplayMismatch, StateMismatch
+from .storage.state import ReplayMismatch, StateMismatch, file_sha256
 
 __all__ = ["ServerConfig", "ServerApp"]
 
@@ -65,6 +67,13 @@ class ServerConfig:
     batch_window_us: int = 1000
     workers: int = 1
     learn: LearnOptions = field(default_factory=LearnOptions)
+    #: ``redis://HOST:PORT/DB`` (or ``rediss://``): learning replicated through Redis streams
+    replication: str | None = None
+    replication_password_file: Path | None = None
+    replication_ca: Path | None = None
+    replication_cert: Path | None = None
+    replication_key: Path | None = None
+    replica: ReplicationOptions | None = None  # set with ``replication``
     shutdown_grace_s: float = 10.0
     skip_bad_models: bool = False
     ready_file: Path | None = None
@@ -87,6 +96,8 @@ class ServerApp:
         self.metrics_port: int | None = None
         self.health_port: int | None = None
         self.auth = Authenticator(config.token_file, config.token_env)
+        self.redis = None  # the replication client (--replication)
+        self._durability: asyncio.Task | None = None
         self._stopped = asyncio.Event()
 
     # -- startup ---------------------------------------------------------------------------------
@@ -106,7 +117,7 @@ class ServerApp:
                 served, notes = await asyncio.to_thread(
                     load_served_model,
                     spec,
-                    state_dir=cfg.state_dir,
+                    state_dir=None if self.redis is not None else cfg.state_dir,
                     ort_threads=cfg.ort_threads,
                     learn_options=cfg.learn,
                     pool=self.pool,
@@ -131,6 +142,8 @@ class ServerApp:
                 continue
             for note in notes:
                 log.info(note, extra={"model": spec.name, "version": spec.version})
+            if self.redis is not None and spec.config.learning:
+                served.learner = replicated_learner(served, self.redis, cfg.replica, self.metrics)
             self.registry.add(served)
             self.metrics.inflight_bytes.labels(spec.name, spec.version).set_function(
                 lambda b=served.batcher: b.held_bytes
@@ -182,7 +195,11 @@ class ServerApp:
     async def start(self) -> None:
         cfg = self.config
         creds = self._credentials()
-        if cfg.state_dir is not None and not self.auth.enabled:
+        if cfg.replication:
+            self.redis = await connect_replication(cfg)
+            self._durability = asyncio.create_task(log_durability(self.redis, cfg.replication))
+        learns = cfg.state_dir is not None or self.redis is not None
+        if learns and not self.auth.enabled:
             log.warning(
                 "learning is enabled but no token is configured: every Learning call will be refused "
                 "(set --token-file or $SJFF_TOKEN)"
@@ -233,6 +250,9 @@ class ServerApp:
         for m in self.registry.all():  # before the first call can arrive
             if m.learner is not None:
                 m.learner.on_failed = self._learning_failed
+                if hasattr(m.learner, "on_serving"):  # replicated: NOT_SERVING until caught up
+                    await self.health.set(f"{m.name}/{m.version}", _NOT_SERVING)
+                    m.learner.on_serving = self._model_serving
                 await m.learner.start()
         await self.server.start()
         if cfg.metrics_port is not None:
@@ -249,7 +269,8 @@ class ServerApp:
             "tls": creds is not None,
             "mtls": bool(cfg.tls_client_ca),
             "models": [f"{m.name}/{m.version}" for m in self.registry.all()],
-            "learning": cfg.state_dir is not None,
+            "learning": learns,
+            "replication": self.redis is not None,
             "pid": os.getpid(),
         }
         log.info("server ready", extra=info)
@@ -262,6 +283,13 @@ class ServerApp:
         """A learner stopped (storage or internal error): health says so for the Learning service."""
         if not self._stopped.is_set():
             asyncio.ensure_future(self.health.set(LEARNING_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING))
+
+    def _model_serving(self, learner, ok: bool) -> None:
+        """A replicated model started or stopped serving here (caught up, or lagging/diverged):
+        health of the service ``<model>/<version>`` says so."""
+        if not self._stopped.is_set():
+            status = health_pb2.HealthCheckResponse.SERVING if ok else _NOT_SERVING
+            asyncio.ensure_future(self.health.set(f"{learner.name}/{learner.repo_version}", status))
 
     # -- shutdown --------------------------------------------------------------------------------
 
@@ -284,6 +312,10 @@ class ServerApp:
                     "learning state saved",
                     extra={"model": m.name, "version": m.version, "learning_version": m.published.version},
                 )
+        if self._durability is not None:
+            self._durability.cancel()
+        if self.redis is not None:
+            await self.redis.aclose()
         if self.health_server is not None:
             await self.health_server.stop(0)
         self.pool.close()
@@ -292,3 +324,67 @@ class ServerApp:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+async def connect_replication(cfg: ServerConfig):
+    """The Redis client of ``--replication``. Redis not answering does not stop the start: the
+    replicated models report NOT_SERVING and their apply tasks retry until it answers (what a
+    rolling update wants); bad URLs, files or credentials do. Durability warnings are logged
+    once Redis answers."""
+    from .errors import Unavailable
+    from .replication.redis_conn import CredentialsRefused, connect, redact
+
+    if cfg.replica is None:
+        raise ValueError("--replication needs replication options (ServerConfig.replica)")
+    kw = {"ca": cfg.replication_ca, "cert": cfg.replication_cert, "key": cfg.replication_key}
+    where = {"redis": redact(cfg.replication), "replica": cfg.replica.replica_id}
+    try:
+        client = await connect(cfg.replication, cfg.replication_password_file, **kw)
+    except CredentialsRefused as exc:
+        raise RuntimeError(str(exc)) from None
+    except Unavailable as exc:
+        msg = "Redis unreachable at startup: replicated models NOT_SERVING until it answers"
+        log.error(msg, extra={**where, "error": str(exc)})
+        client = await connect(cfg.replication, cfg.replication_password_file, ping=False, **kw)
+    else:
+        log.info("replication connected", extra=where)
+    return client
+
+
+async def log_durability(client, url: str) -> None:
+    """Log the Redis durability warnings once Redis answers (retrying while it does not)."""
+    from .errors import Unavailable
+    from .replication.redis_conn import check_durability, redact
+
+    delay = 0.5
+    while True:
+        try:
+            warnings = await check_durability(client)
+            break
+        except Unavailable:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    for warning in warnings:
+        log.warning(warning, extra={"redis": redact(url)})
+
+
+def replicated_learner(served, redis, options: ReplicationOptions, metrics):
+    """The learner of ``served`` following its Redis stream from the artefact's weights (the
+    stream refuses a replica whose model file differs from the one it started from)."""
+    from .learning.replicated import ReplicatedLearner
+
+    model = served.published.model  # the artefact (version 0): the stream starts from it
+    sha = artifact_sha256(Path(served.spec.path))
+    return ReplicatedLearner(
+        served.name, served.version, served.engine, model, redis, options, metrics, artifact_sha256=sha
+    )
+
+
+def artifact_sha256(path: Path) -> str:
+    """sha256 of a model file (of a directory: of its files' names and contents, sorted)."""
+    if path.is_file():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + file_sha256(f).encode())
+    return h.hexdigest()

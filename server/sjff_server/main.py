@@ -12,7 +12,9 @@ import argparse
 import asyncio
 import logging
 import math
+import os
 import signal
+import socket
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 from .app import ServerApp, ServerConfig
 from .learning.options import LearnOptions
+from .learning.replica_options import ReplicationOptions
 from .logs import setup_logging
 from .tuning import hold_cpu_latency, parse_cpu_list, pin_process
 
@@ -170,6 +173,30 @@ _OPTIONS: dict[str, tuple[tuple[str, Any, Any, dict[str, Any], str | None], ...]
         ("--reset-changed-models", None, None, {"action": "store_true"},
          "archive the learning state of an artefact that changed"),
     ),
+    "replication": (
+        ("--replication", None, None, {"metavar": "URL"},
+         "redis://HOST:PORT/DB or rediss:// (TLS): learn through one Redis stream per model shared by every "
+         "replica (no --state-dir needed); see docs/server.md"),
+        ("--replication-password-file", Path, None, {},
+         "file holding the Redis password (or $SJFF_REDIS_PASSWORD_FILE); never in the URL"),
+        ("--replication-ca", Path, None, {}, "CA bundle (PEM) verifying the Redis server (rediss://)"),
+        ("--replication-cert", Path, None, {}, "client certificate (PEM) for Redis (rediss://)"),
+        ("--replication-key", Path, None, {}, "client key (PEM) for Redis (rediss://)"),
+        ("--replication-prefix", None, "sjff", {}, "prefix of every Redis key (default sjff)"),
+        ("--replication-wait", _int_in(0, 64), 0, {"metavar": "N"},
+         "Redis replicas that must hold an update before it is acknowledged (WAIT; default 0: the primary's AOF)"),
+        ("--replication-max-lag", _int_in(0), 100, {"metavar": "N"},
+         "entries behind the stream above which a model reports NOT_SERVING (default 100)"),
+        ("--replication-snapshot-every", _int_in(1), 1000, {"metavar": "N"},
+         "versions between snapshots shared in Redis (default 1000)"),
+        ("--replication-snapshots-keep", _int_in(1, 1000), 3, {"metavar": "N"},
+         "shared snapshots kept per model (default 3): the oldest bounds rollback and the stream's trim"),
+        ("--idempotency-window-s", _float_in(1.0, 30 * 86400.0), 86400.0, {"metavar": "S"},
+         "how long a Learn's request_id and its answer are remembered (default 86400 s)"),
+        ("--replica-timeout-s", _float_in(1.0, 86400.0), 30.0, {"metavar": "S"},
+         "a replica silent this long no longer holds back the stream's trim (default 30)"),
+        ("--replica-id", None, None, {"metavar": "ID"}, "this replica's name in Redis (default HOSTNAME-PID)"),
+    ),
     "logging": (
         ("--log-level", None, "info", {"choices": ["debug", "info", "warning", "error"]}, None),
         ("--log-format", None, "json", {"choices": ["json", "text"]}, None),
@@ -200,7 +227,22 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         digest_every=args.digest_every,
         reset_changed=args.reset_changed_models,
     )
+    replica = None
+    if args.replication:
+        replica = ReplicationOptions(
+            replica_id=args.replica_id or f"{socket.gethostname()}-{os.getpid()}",
+            prefix=args.replication_prefix,
+            wait_replicas=args.replication_wait,
+            max_lag=args.replication_max_lag,
+            snapshot_every=args.replication_snapshot_every,
+            snapshots_keep=args.replication_snapshots_keep,
+            digest_every=args.digest_every,
+            idempotency_window_s=args.idempotency_window_s,
+            replica_timeout_s=args.replica_timeout_s,
+            max_group=args.max_group,
+        )
     other = {
+        "replica": replica,
         "token_env": args.token_env or None,
         "max_concurrent_rpcs": args.max_concurrent_rpcs or None,
         "learn": learn,

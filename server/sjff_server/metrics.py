@@ -4,7 +4,11 @@ Names (all prefixed ``sjff_``): ``grpc_requests_total{method,code}``,
 ``grpc_request_seconds{method}``, ``inference_waiting_requests``, ``inference_images_total``,
 ``inference_batch_images`` / ``inference_batch_requests`` (histograms per model),
 ``learning_updates_total{outcome}``, ``learning_group_size``, ``learning_sync_seconds``,
-``model_version`` (the learning version), ``snapshot_version``, ``model_ready``.
+``model_version`` (the learning version), ``snapshot_version``, ``model_ready``; with
+``--replication``: ``replication_lag_entries`` / ``replication_lag_seconds`` (behind the
+stream's end), ``replication_applied_total`` (entries applied), ``replication_digest_checks_total
+{result}`` (ok | mismatch) and ``replication_divergence`` (1 while this replica's weights of the
+model disagree with the others').
 """
 
 from __future__ import annotations
@@ -61,6 +65,19 @@ class Metrics:
         )
         self.state_damaged = per_model(
             Gauge, "state_damaged", "1 if the model version was not loaded because its learning state is damaged"
+        )
+        self.replication_lag_entries = per_model(
+            Gauge, "replication_lag_entries", "stream entries not yet applied by this replica"
+        )
+        self.replication_lag_seconds = per_model(
+            Gauge, "replication_lag_seconds", "age of the oldest stream entry not yet applied by this replica"
+        )
+        self.replication_applied = per_model(Counter, "replication_applied", "stream entries applied by this replica")
+        self.replication_digest_checks = per_model(
+            Counter, "replication_digest_checks", "weight digests compared with the other replicas'", "result"
+        )
+        self.replication_divergence = per_model(
+            Gauge, "replication_divergence", "1 while this replica's weights differ from the others' (NOT_SERVING)"
         )
         Info("sjff_build", "server build information", registry=r).info({"version": version})
         self._req: dict[tuple[str, str], Any] = {}

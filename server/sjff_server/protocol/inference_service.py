@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -11,19 +12,42 @@ from sjff_client.pb import grpc_service_pb2 as pb
 from sjff_client.pb import grpc_service_pb2_grpc as pb_grpc
 
 from ..auth import Authenticator
-from ..errors import InvalidInput
+from ..errors import DeadlineExceeded, InvalidInput, Unavailable
 from ..metrics import Metrics
 from ..serving.models import ModelRegistry, ServedModel
 from .messages import ModelMessages
 from .registration import Malformed
 from .rpc import RpcService, deadline_of
-from .validation import IMAGE_DTYPES, decode_infer
+from .validation import IMAGE_DTYPES, decode_infer, min_version_of
 
 __all__ = ["InferenceService", "ServerState"]
 
 SERVER_NAME = "spikingjelly-ff"
 EXTENSIONS = ["classification", "model_repository_versions", "sjff_learning"]
 _FP32 = IMAGE_DTYPES["FP32"]
+MAX_VERSION_WAIT_S = 30.0  # how long min_version waits in a call without a deadline
+_POLL_S = 0.002
+
+
+async def wait_for_version(served: ServedModel, version: int, deadline: float | None) -> None:
+    """Return once ``served`` publishes learning ``version`` or later (read-your-writes), else
+    :class:`DeadlineExceeded` at ``deadline`` (or after :data:`MAX_VERSION_WAIT_S`)."""
+    if served.published.version >= version:
+        return
+    if deadline is None:
+        deadline = time.monotonic() + MAX_VERSION_WAIT_S
+    learner = served.learner
+    if hasattr(learner, "wait_version"):  # replicated: woken when the version is applied
+        await learner.wait_version(version, deadline)
+        return
+    while served.published.version < version:  # local learning publishes on this loop's learns: poll
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded(
+                f"min_version {version} not reached before the deadline: {served.name}/{served.version} is at "
+                f"version {served.published.version}"
+            )
+        await asyncio.sleep(min(_POLL_S, left))
 
 
 class ServerState:
@@ -87,8 +111,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer, RpcService):
 
     async def ModelReady(self, request, context):
         async def ready():
-            self.registry.get(request.name, request.version)
-            return pb.ModelReadyResponse(ready=self.state.ready)
+            served = self.registry.get(request.name, request.version)
+            serving = getattr(served.learner, "serving", True)  # replicated: caught up and not diverged
+            return pb.ModelReadyResponse(ready=self.state.ready and serving)
 
         return await self._unary("ModelReady", context, ready)
 
@@ -112,6 +137,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer, RpcService):
             raise InvalidInput(request.message)
         served = self.registry.get(request.model_name, request.model_version)
         x, plan = decode_infer(request, served, self.max_rows)
+        min_version = min_version_of(request)
+        if min_version is not None:
+            await wait_for_version(served, min_version, deadline)
+        diverged = getattr(served.learner, "diverged", None)
+        if diverged:
+            raise Unavailable(f"{served.name}/{served.version} is not available on this replica: {diverged}")
         busy = self.active > 0 or time.perf_counter() - self.last_exit < self.busy_gap_s
         self.active += 1
         try:

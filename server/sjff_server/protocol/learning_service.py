@@ -17,7 +17,7 @@ from ..metrics import Metrics
 from ..serving.models import ModelRegistry, ServedModel
 from .registration import Malformed
 from .rpc import RpcService, deadline_of
-from .validation import decode_learn
+from .validation import check_request_id, decode_learn
 
 __all__ = ["LearningService"]
 
@@ -62,7 +62,11 @@ class LearningService(lpb_grpc.LearningServicer, RpcService):
             raise InvalidInput(request.message)
         served = self._learner_of(request.model_name, request.model_version)
         update = decode_learn(request, served, self.max_samples, self.max_eta)
-        version, log_odds = await served.learner.learn(update, deadline)
+        request_id = check_request_id(request.request_id)
+        if request_id and getattr(served.learner, "idempotent", False):
+            version, log_odds = await served.learner.learn(update, deadline, request_id=request_id)
+        else:  # a request id only matters where it makes retries safe (--replication)
+            version, log_odds = await served.learner.learn(update, deadline)
         return lpb.LearnResponse(
             version=version,
             log_odds=log_odds.tolist(),

@@ -15,11 +15,20 @@ from ..errors import InvalidInput
 from ..inference.engine import InferOptions, InferPlan
 from ..storage.records import Update
 
-__all__ = ["IMAGE_DTYPES", "check_images", "decode_infer", "decode_learn"]
+__all__ = [
+    "IMAGE_DTYPES",
+    "MAX_REQUEST_ID",
+    "check_images",
+    "check_request_id",
+    "decode_infer",
+    "decode_learn",
+    "min_version_of",
+]
 
 IMAGE_DTYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1"), "FP64": np.dtype("<f8"), "FP16": np.dtype("<f2")}
 _INV255 = np.float32(255.0)
 INT_KINDS = ("int64_param", "uint64_param")
+MAX_REQUEST_ID = 200  # characters of a LearnRequest.request_id (kept in Redis keys)
 
 
 _min, _max = np.minimum.reduce, np.maximum.reduce
@@ -205,3 +214,19 @@ def decode_learn(request: lpb.LearnRequest, served, max_rows: int, max_eta: floa
         raise InvalidInput("seed must be below 2**63")
     expected = request.expected_version if request.HasField("expected_version") else None
     return Update(np.ascontiguousarray(x), labels, positive, seed, eta, expected)
+
+
+def check_request_id(request_id: str) -> str:
+    """A LearnRequest's idempotency key: printable, at most :data:`MAX_REQUEST_ID` characters."""
+    if len(request_id) > MAX_REQUEST_ID:
+        raise InvalidInput(f"request_id must be at most {MAX_REQUEST_ID} characters, got {len(request_id)}")
+    if not request_id.isprintable():
+        raise InvalidInput("request_id must be printable text")
+    return request_id
+
+
+def min_version_of(request: pb.ModelInferRequest) -> int | None:
+    """The ``min_version`` parameter of a ModelInferRequest (None: not given)."""
+    if not request.parameters or "min_version" not in request.parameters:
+        return None
+    return _int_param("min_version", request.parameters["min_version"], 0, 2**63 - 1)

@@ -38,7 +38,9 @@ __all__ = [
     "Update",
     "UpdateRecord",
     "decode_payload",
+    "decode_update",
     "encode_record",
+    "encode_update",
     "header_size",
 ]
 
@@ -182,3 +184,73 @@ def decode_payload(payload: bytes) -> UpdateRecord:
             raise ValueError("digest payload has the wrong size")
         return UpdateRecord(DIGEST, version, created, digest=payload[off:].hex())
     raise ValueError(f"unknown record kind {kind}")
+
+
+# Replication entries (sjff_server.replication): one Update as bytes, apart from the log's
+# records because a stream entry carries no version yet (the stream's order gives it) and
+# keeps ``expected_version``, which is decided when the entry is applied.
+# ``<u8 format><u8 flags><u64 seed><f64 eta><u64 expected version><u32 n><u32 d>`` + images
+# ``[n, d]`` float32 + labels ``[n]`` int64 + positive ``[n]`` uint8, little-endian; a flag
+# bit says which optional field is set (an unset one is stored as 0).
+UPDATE_FORMAT = 1
+_HAS_SEED, _HAS_ETA, _HAS_EXPECTED = 1, 2, 4
+_UPDATE_HEAD = struct.Struct("<BBQdQII")
+
+
+def encode_update(u: Update) -> bytes:
+    """The bytes of ``u`` for a replication stream entry (format :data:`UPDATE_FORMAT`)."""
+    images = np.asarray(u.images)
+    if images.ndim != 2:
+        raise ValueError(f"update images must be [n, d], got shape {images.shape}")
+    n, d = images.shape
+    labels, positive = np.asarray(u.labels), np.asarray(u.positive)
+    if labels.shape != (n,) or positive.shape != (n,):
+        raise ValueError(f"update labels and positive must be [{n}], got {labels.shape} and {positive.shape}")
+    flags = (
+        (_HAS_SEED if u.seed is not None else 0)
+        | (_HAS_ETA if u.eta is not None else 0)
+        | (_HAS_EXPECTED if u.expected_version is not None else 0)
+    )
+    try:
+        head = _UPDATE_HEAD.pack(
+            UPDATE_FORMAT, flags, u.seed or 0, u.eta or 0.0, u.expected_version or 0, n, d
+        )
+    except struct.error as exc:
+        raise ValueError(f"update seed/expected_version must fit in u64, got {u.seed}/{u.expected_version}") from exc
+    return b"".join(
+        (
+            head,
+            np.ascontiguousarray(images, dtype="<f4").tobytes(),
+            np.ascontiguousarray(labels, dtype="<i8").tobytes(),
+            (positive > 0.5).astype(np.uint8).tobytes(),
+        )
+    )
+
+
+def decode_update(data: bytes) -> Update:
+    """Inverse of :func:`encode_update`; ``ValueError`` if ``data`` is truncated, too long,
+    of another format or has unknown flags."""
+    if len(data) < _UPDATE_HEAD.size:
+        raise ValueError(f"update entry holds {len(data)} bytes, less than its {_UPDATE_HEAD.size}-byte header")
+    fmt, flags, seed, eta, expected, n, d = _UPDATE_HEAD.unpack_from(data)
+    if fmt != UPDATE_FORMAT:
+        raise ValueError(f"update entry of format {fmt}, this server reads format {UPDATE_FORMAT}: upgrade it")
+    if flags & ~(_HAS_SEED | _HAS_ETA | _HAS_EXPECTED):
+        raise ValueError(f"update entry has unknown flags {flags:#04x}")
+    off = _UPDATE_HEAD.size
+    need = n * d * 4 + n * 8 + n
+    if len(data) - off != need:
+        raise ValueError(f"update entry of {n}x{d} samples holds {len(data) - off} data bytes, expected {need}")
+    images = np.frombuffer(data, dtype="<f4", count=n * d, offset=off).reshape(n, d)
+    off += n * d * 4
+    labels = np.frombuffer(data, dtype="<i8", count=n, offset=off)
+    off += n * 8
+    positive = np.frombuffer(data, dtype=np.uint8, count=n, offset=off)
+    return Update(
+        images.astype(np.float32),
+        labels.astype(np.int64),
+        positive.astype(np.float32),
+        seed if flags & _HAS_SEED else None,
+        eta if flags & _HAS_ETA else None,
+        expected if flags & _HAS_EXPECTED else None,
+    )

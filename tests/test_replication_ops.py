@@ -1,0 +1,191 @@
+"""Replicated serving in operation: late replicas, divergence, rollbacks on lagging replicas,
+Redis down at startup, passwords, a changed artefact. Real server processes, real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import serving_utils as su
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis_utils import RedisServer, redis_server, require_redis_server  # noqa: F401 - a fixture
+from sjff_client.pb import learning_pb2 as lpb
+from sjff_server.replication import ReplicationLog, connect
+from sjff_server.storage.records import Update
+from test_replication import MODEL, Replica, cluster, converged, repo, wait_for  # noqa: F401 - fixtures
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+KEY = f"sjff:{{{MODEL}/1}}"
+
+
+def health(r: Replica) -> int:
+    stub = health_pb2_grpc.HealthStub(r.channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=f"{MODEL}/1"), timeout=10).status
+
+
+def metric(r: Replica, name: str) -> float:
+    text = urllib.request.urlopen(r.proc.metrics_url, timeout=10).read().decode()
+    lines = [ln for ln in text.splitlines() if ln.startswith(name + "{")]
+    assert len(lines) == 1, lines
+    return float(lines[0].rsplit(" ", 1)[1])
+
+
+def append_direct(url: str, images: np.ndarray, labels: np.ndarray, n: int) -> None:
+    """``n`` small updates appended straight to the stream (what accepting replicas do), 50 at
+    a time in flight, so a test reaches thousands of versions in seconds."""
+
+    async def go():
+        client = await connect(url)
+        log = ReplicationLog(client, "sjff", f"{MODEL}/1")
+        x = su.as_float(images).reshape(len(images), -1)
+        for start in range(0, n, 50):
+            ups = []
+            for i in range(start, min(n, start + 50)):
+                j = [i % len(x), (i * 7 + 1) % len(x)]
+                ups.append(log.append(Update(x[j], labels[j].astype(np.int64), np.ones(2, np.float32)), f"d-{i}"))
+            await asyncio.gather(*ups)
+        await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_late_replica_catches_up_5000_updates_not_serving_until_then(repo, redis_server, token_path, mnist_samples):  # noqa: F811
+    images, labels = mnist_samples
+    opts = ("--replication-snapshot-every", "100000", "--replication-max-lag", "10")
+    first = Replica(repo, redis_server.url, token_path).start()
+    late = Replica(repo, redis_server.url, token_path, *opts)
+    try:
+        wait_for(first.ready)
+        append_direct(redis_server.url, images, labels, 5000)
+        wait_for(lambda: first.stats().learning_version == 5000, timeout=120)
+        late.start()  # replays 5,000 entries from the artefact (no snapshot: every 100,000)
+        assert health(late) != SERVING and not late.ready()
+        assert len(converged([first, late], 5000)) == 1
+        assert health(late) == SERVING
+    finally:
+        late.close()
+        first.close()
+
+
+def test_divergence_stops_serving_then_recovers(cluster, redis_server, mnist_samples):  # noqa: F811
+    images, labels = mnist_samples
+    replicas = cluster(2)
+    for r in replicas:
+        wait_for(r.ready)
+    redis = redis_server.client()
+    redis.hset(f"{KEY}:digest", "10", "0" * 64)  # what the others "published" for version 10
+    for i in range(10):
+        replicas[i % 2].learn(images[i : i + 1], int(labels[i]), f"v-{i}")
+    for r in replicas:  # both reach 10, disagree with the digest there: NOT_SERVING for that model
+        wait_for(lambda r=r: metric(r, "sjff_replication_divergence") == 1)
+        assert health(r) != SERVING and not r.ready()
+        errors = [x for x in r.proc.log_records() if x.get("msg") == "replica diverged: re-bootstrapping"]
+        assert errors and errors[0]["level"] == "error" and "at version 10" in errors[0]["error"]
+    with pytest.raises(grpc.RpcError) as err:
+        replicas[0].infer(images[:2])
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    redis.hdel(f"{KEY}:digest", "10")  # the operator removes the bad record
+    assert len(converged(replicas, 10)) == 1  # re-bootstrapped from snapshot 7, replayed to 10
+    for r in replicas:
+        assert metric(r, "sjff_replication_divergence") == 0 and health(r) == SERVING
+
+
+def test_rollback_applies_alike_on_a_lagging_replica(cluster, redis_server, mnist_samples):  # noqa: F811
+    """A rollback names its base snapshot and pins it: a replica stopped while newer snapshots
+    are written still rebuilds it; with the pin and the base removed by hand (a replica away
+    too long) it recovers from a snapshot after the rollback instead of answering otherwise."""
+    images, labels = mnist_samples
+    a, b = cluster(2, "--replication-snapshots-keep", "1")
+    for r in (a, b):
+        wait_for(r.ready)
+    for i in range(10):
+        a.learn(images[i : i + 1], int(labels[i]), f"r-{i}")
+    converged([a, b], 10)
+    redis = redis_server.client()
+    for step, drop_base in ((0, False), (1, True)):
+        os.kill(b.proc.pid, signal.SIGSTOP)  # lagging, still live for the trim floor
+        try:
+            target = 8 if step == 0 else 30
+            back = a.learning.Rollback(lpb.RollbackRequest(model_name=MODEL, version=target), metadata=a.token)
+            version = back.version
+            for i in range(20):  # snapshots every 7 (keep 1): the base (7, then 28) stays pinned
+                version = a.learn(images[i : i + 1], int(labels[i]), f"r{step}-{i}").version
+            base = 7 if step == 0 else 28
+            assert redis.exists(f"{KEY}:snap:{base}") and redis.hlen(f"{KEY}:pins") >= 1
+            if drop_base:
+                redis.delete(f"{KEY}:pins", f"{KEY}:snap:{base}")
+                redis.zremrangebyscore(f"{KEY}:snaps", base, base)
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        assert len(converged([a, b], version)) == 1
+    loaded = [x for x in b.proc.log_records() if x.get("msg") == "replica state loaded"]
+    assert loaded[-1]["learning_version"] > 39  # recovered from a snapshot after the rollback
+    assert "rollback" in [x for x in b.proc.log_records() if x.get("msg") == "replica diverged: re-bootstrapping"][
+        -1
+    ]["error"]
+
+
+def test_redis_down_at_startup_starts_not_serving_then_catches_up(repo, redis_server, token_path, mnist_samples):  # noqa: F811
+    images, labels = mnist_samples
+    a = Replica(repo, redis_server.url, token_path).start()
+    b = Replica(repo, redis_server.url, token_path)
+    try:
+        wait_for(a.ready)
+        for i in range(3):
+            a.learn(images[i : i + 1], int(labels[i]), f"s-{i}")
+        digest = a.stats().weights_sha256
+        redis_server.kill9()
+        b.start()  # starts all the same (a rolling update must not crash-loop on a Redis blip)
+        assert health(b) != SERVING and not b.ready()
+        with pytest.raises(grpc.RpcError) as err:
+            b.learn(images[:1], int(labels[0]), "s-x")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        redis_server.restart()
+        assert converged([a, b], 3) == {digest}
+    finally:
+        b.close()
+        a.close()
+
+
+def test_password_file_through_the_server(repo, tmp_path, token_path, mnist_samples):  # noqa: F811
+    require_redis_server()
+    images, labels = mnist_samples
+    secret = tmp_path / "redis-password"
+    secret.write_text("s3cret-pass\n")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope\n")
+    with RedisServer(tmp_path / "redis", password="s3cret-pass") as server:
+        r = Replica(repo, server.url, token_path, "--replication-password-file", str(secret)).start()
+        try:
+            wait_for(r.ready)
+            assert r.learn(images[:1], int(labels[0]), "p-1").version == 1
+        finally:
+            r.close()
+        bad = Replica(repo, server.url, token_path, "--replication-password-file", str(wrong))
+        with pytest.raises(RuntimeError, match="refused the credentials"):
+            bad.proc.start()
+
+
+def test_a_changed_artefact_is_refused(repo, sjff_models, tmp_path, redis_server, token_path, mnist_samples):  # noqa: F811
+    images, labels = mnist_samples
+    a = Replica(repo, redis_server.url, token_path).start()
+    other = su.make_repository(tmp_path / "other", {MODEL: sjff_models["spike"]})
+    b = Replica(other, redis_server.url, token_path)
+    try:
+        wait_for(a.ready)
+        a.learn(images[:1], int(labels[0]), "c-1")
+        b.start()
+        wait_for(lambda: any(x.get("msg", "").startswith("model refused") for x in b.proc.log_records()))
+        assert not b.ready()
+        with pytest.raises(grpc.RpcError) as err:
+            b.learn(images[:1], int(labels[0]), "c-2")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "differs" in err.value.details()
+        assert a.learn(images[1:2], int(labels[1]), "c-3").version == 2  # the others go on
+    finally:
+        b.close()
+        a.close()
