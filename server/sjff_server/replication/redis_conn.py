@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -41,13 +42,15 @@ __all__ = [
 PASSWORD_FILE_ENV = "SJFF_REDIS_PASSWORD_FILE"  # noqa: S105 (the name of a variable, not a secret)
 P = ParamSpec("P")
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 #: a pooled connection idle longer than this is PINGed before use (and replaced if dead)
 HEALTH_CHECK_S = 1.0
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError)
 
 
 class CredentialsRefused(Unavailable):
-    """Redis refused the password or the user: a configuration error, not an outage."""
+    """Redis refused the password or the user, or its TLS certificate failed verification
+    against ``--replication-ca``: a configuration error, not an outage."""
 
 
 def model_key(prefix: str, model: str, *parts: str) -> str:
@@ -176,7 +179,8 @@ async def connect(
     the CA, client certificate and key files), checked with a PING within ``timeout_s``.
 
     ``ValueError``: a malformed URL, a password in it, unreadable files. ``Unavailable``: Redis
-    does not answer or refuses the credentials (``ping=False``: not checked, the client
+    does not answer, or (:class:`CredentialsRefused`) refuses the credentials or fails TLS
+    certificate verification (``ping=False``: not checked, the client
     connects on first use). Commands time out after ``timeout_s`` and are never resent by
     redis-py: an append resent after a timeout could be applied twice; idempotent calls
     are retried by :func:`retrying`. A pooled connection idle over :data:`HEALTH_CHECK_S`
@@ -209,8 +213,38 @@ async def connect(
         ) from exc
     except (RedisError, OSError) as exc:
         await client.aclose()
-        raise Unavailable(f"replication: Redis unreachable at {redact(url)}: {exc or type(exc).__name__}") from exc
+        cert = _cause(exc, ssl.SSLCertVerificationError)
+        if cert is not None:
+            raise CredentialsRefused(
+                f"replication: the TLS certificate of Redis at {redact(url)} failed verification "
+                f"({cert.verify_message}): check --replication-ca (the CA that signed Redis's certificate) "
+                "and the host name in the URL"
+            ) from exc
+        raise Unavailable(
+            f"replication: Redis unreachable at {redact(url)}: {exc or type(exc).__name__}{_hint(url, exc)}"
+        ) from exc
     return client
+
+
+def _cause(exc: BaseException, kind: type[E]) -> E | None:
+    """The exception of type ``kind`` in the chain of ``exc`` (redis-py wraps socket errors)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, kind):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _hint(url: str, exc: BaseException) -> str:
+    """Why Redis may have closed a connection it accepted without answering: a TLS mismatch."""
+    if _cause(exc, ConnectionResetError) is None and "closed by server" not in str(exc):
+        return ""
+    if url.startswith("rediss:"):
+        return " (if Redis requires client certificates, give --replication-cert and --replication-key)"
+    return " (Redis closed the connection without answering: if that port speaks TLS, use a rediss:// URL)"
 
 
 @translate_errors
