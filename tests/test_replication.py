@@ -24,6 +24,7 @@ from sjff_client.pb import learning_pb2_grpc as lpb_grpc
 from sjff_server.harness import ServerProcess
 
 MODEL = "mnist"
+KEY = f"sjff:{{{MODEL}/1}}"  # the Redis keys of its repository version 1
 
 
 @pytest.fixture
@@ -118,21 +119,59 @@ def test_round_robin_learns_converge_and_retries_apply_once(cluster, mnist_sampl
     # a retry of an acknowledged request on another replica: the original answer, nothing applied
     again = replicas[2].learn(images[5:6], int(labels[5]), "req-5")
     assert again.version == 6
-    # a reply dropped on purpose: the client gives up at once, then retries on another replica
-    rid = uuid.uuid4().hex
-    with pytest.raises(grpc.RpcError) as err:
-        replicas[0].learn(images[40:41], int(labels[40]), rid, timeout=0.001)
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    first = replicas[1].learn(images[40:41], int(labels[40]), rid)
-    second = replicas[2].learn(images[40:41], int(labels[40]), rid)
-    assert first.version == second.version and list(first.log_odds) == list(second.log_odds)
-    acked = first.version  # the dropped call may or may not have been appended: applied at most once
-    assert acked in (25,)
-    assert len(converged(replicas, acked)) == 1
+    assert len(converged(replicas, 24)) == 1
     # min_version beyond what exists: DEADLINE_EXCEEDED with a clear message, inference otherwise unchanged
     with pytest.raises(grpc.RpcError) as err:
         replicas[0].infer(images[:2], min_version=acked + 1, timeout=0.5)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_dropped_reply_is_retried_elsewhere_and_applied_once(repo, redis_server, tmp_path, token_path, mnist_samples):  # noqa: F811
+    """A reply truly lost: replica C connects as a Redis user whose XREAD (its apply task's
+    only way to get entries) is revoked, so it appends the update but never applies it and
+    never answers. The client's retry with the same request id on A, then B, gets one answer,
+    from one stream entry; with XREAD granted again C applies it and all three agree."""
+    images, labels = mnist_samples
+    redis = redis_server.client()
+    redis.execute_command("ACL", "SETUSER", "mute", "on", ">mute-pass", "~*", "&*", "+@all")
+    secret = tmp_path / "mute-password"
+    secret.write_text("mute-pass\n")
+    url = redis_server.url.replace("redis://", "redis://mute@", 1)
+    a, b = (Replica(repo, redis_server.url, token_path) for _ in range(2))
+    c = Replica(repo, url, token_path, "--replication-password-file", str(secret))
+    replicas = [a, b, c]
+    try:
+        for r in replicas:
+            r.start()
+        for i in range(3):
+            replicas[i % 3].learn(images[i : i + 1], int(labels[i]), f"d-{i}")
+        assert len(converged(replicas, 3)) == 1
+        redis.execute_command("ACL", "SETUSER", "mute", "-xread")
+        # C's first refused XREAD: from then on no read issued before the revocation is in
+        # flight (one would return the next entry), so C cannot apply what it appends
+        refused = "replication unavailable; retrying"
+        wait_for(lambda: any(x.get("msg") == refused and "xread" in x["error"].lower() for x in c.proc.log_records()))
+        rid = uuid.uuid4().hex
+        x, label = images[40:41], int(labels[40])
+        with pytest.raises(grpc.RpcError) as err:
+            c.learn(x, label, rid, timeout=3.0)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # appended (the idempotency key names the stream's last entry), only the reply was lost
+        [(last_id, fields)] = redis.xrevrange(f"{KEY}:log", count=1)
+        assert fields[b"r"] == rid.encode() and redis.get(f"{KEY}:rid:{rid}") == last_id
+        assert c.stats().learning_version == 3
+        first = a.learn(x, label, rid)
+        second = b.learn(x, label, rid)
+        assert first.version == second.version == 4
+        assert list(first.log_odds) == list(second.log_odds)
+        assert redis.xlen(f"{KEY}:log") == 4  # the retries appended nothing
+        redis.execute_command("ACL", "SETUSER", "mute", "+xread")
+        assert len(converged(replicas, 4)) == 1
+        again = c.learn(x, label, rid)  # the replica that lost the reply repeats the same answer
+        assert again.version == 4 and list(again.log_odds) == list(first.log_odds)
+    finally:
+        for r in replicas:
+            r.close()
 
 
 def test_kill_9_of_a_replica_and_of_redis_loses_nothing_acknowledged(cluster, redis_server, mnist_samples):  # noqa: F811
