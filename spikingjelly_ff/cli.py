@@ -1,6 +1,6 @@
 """``sjff``: the command line, a thin shell over the library.
 
-    sjff train CONFIG [--set key=value ...] --out RUNDIR
+    sjff train CONFIG [--set key=value ...] --out RUNDIR [--nproc N]
     sjff eval MODEL [--dataset mnist|fashion-mnist] [--limit N] [--views S] [--json]
     sjff export MODEL --format onnx|spike|spike-onnx --out PATH
     sjff analyze MODEL [--dataset mnist] [--limit N] [--json] [--plot FILE.png]
@@ -33,8 +33,14 @@ def _train(args) -> int:
     from spikingjelly_ff.runs.train import train
 
     cfg = load_config(args.config, args.set)
-    metrics = train(cfg, args.out, progress=not args.quiet)
-    final = metrics["final"]
+    if args.nproc > 1 or os.environ.get("WORLD_SIZE", "1") != "1":
+        from spikingjelly_ff.runs.launch import train_parallel
+
+        final = train_parallel(cfg, args.out, args.nproc, args.dist_backend, args.dist_timeout, not args.quiet)
+        if final is None:  # a torchrun rank other than 0: rank 0 reports
+            return 0
+    else:
+        final = train(cfg, args.out, progress=not args.quiet)["final"]
     print(json.dumps({"out": str(args.out), **final}) if args.json else f"model written to {Path(args.out) / 'model'}")
     return 0
 
@@ -163,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (model/ and metrics.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel training on N local processes (implies train.draws=per-sample; docs/distributed.md)",
+    )
+    p.add_argument("--dist-backend", default="auto", choices=["auto", "gloo", "nccl"], help="default: nccl on cuda")
+    p.add_argument(
+        "--dist-timeout", type=float, default=300.0, metavar="S", help="seconds a collective waits for the other ranks"
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="test accuracy of a trained model")

@@ -95,6 +95,11 @@ def astype_like(x, ref):
     return x.astype(ref.dtype)
 
 
+def float64(x):
+    """``x`` in float64 (a copy unless it already is)."""
+    return x.double() if is_torch(x) else x.astype(np.float64)
+
+
 def empty(like, shape: tuple):
     """Uninitialised array of ``shape`` with ``like``'s type, dtype and device."""
     if is_torch(like):

@@ -13,6 +13,7 @@ weight layout), averaged over the batch like a mean-reduced loss. Torch or numpy
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from spikingjelly_ff.functional import _array
@@ -21,11 +22,17 @@ from spikingjelly_ff.functional.probability import Probability
 
 Tensor = Any  # a torch tensor or a numpy array
 
+#: Combines the per-rank parts of a data-parallel delta: called with this rank's float64 sum
+#: ``[D, H]`` over its ``n`` rows, returns the batch mean over the rows of every rank.
+DeltaReduce = Callable[[Tensor, int], Tensor]
+
 __all__ = [
+    "DeltaReduce",
     "eligibility_step",
     "ff_hebbian_delta",
     "ff_local_rule_delta",
     "hebbian_delta",
+    "hebbian_sum",
     "local_rule_delta",
     "neuron_modulation",
 ]
@@ -53,6 +60,15 @@ def hebbian_delta(m: Tensor, post: Tensor, pre: Tensor, gain: float = 1.0) -> Te
     return (pre.T @ (m * post)).T * (gain / n)
 
 
+def hebbian_sum(m: Tensor, post: Tensor, pre: Tensor, gain: float = 1.0) -> Tensor:
+    """gain * sum_i (m_i * post_i) pre_i^T in float64, input-major ``[D, H]`` (contiguous).
+
+    The per-rank part of a data-parallel delta: float32 products are exact in float64 and the
+    float64 sum rounds ~1e-16, so the total rounded to float32 does not depend on how the
+    batch was split across ranks (up to a tie at one float32 rounding boundary)."""
+    return (_array.float64(pre).T @ _array.float64(m * post)) * gain
+
+
 def local_rule_delta(m: Tensor, dgdl: Tensor, dact: Tensor, pre: Tensor) -> Tensor:
     """The exact local rule for any goodness/activation: 1/N sum_i (m_i dG/dl_i f'_i) pre_i^T."""
     n = pre.shape[0]
@@ -60,11 +76,22 @@ def local_rule_delta(m: Tensor, dgdl: Tensor, dact: Tensor, pre: Tensor) -> Tens
 
 
 def ff_hebbian_delta(
-    prob: Probability, post: Tensor, pre: Tensor, y: Tensor, goodness_kind: str = "sum_squares"
+    prob: Probability,
+    post: Tensor,
+    pre: Tensor,
+    y: Tensor,
+    goodness_kind: str = "sum_squares",
+    reduce: DeltaReduce | None = None,
 ) -> Tensor:
-    """-dL/dW of a ReLU FF layer with quadratic goodness, computed as a Hebbian product."""
+    """-dL/dW of a ReLU FF layer with quadratic goodness, computed as a Hebbian product.
+
+    With ``reduce`` (data parallel), this batch is one rank's shard: the delta is
+    ``reduce(hebbian_sum(...), N)`` (the mean over every rank's rows) in ``post``'s dtype."""
     gain = hebbian_gain(goodness_kind, post.shape[-1], prob.split)
-    return hebbian_delta(neuron_modulation(prob, post, y, goodness_kind), post, pre, gain)
+    m = neuron_modulation(prob, post, y, goodness_kind)
+    if reduce is None:
+        return hebbian_delta(m, post, pre, gain)
+    return _array.astype_like(reduce(hebbian_sum(m, post, pre, gain), post.shape[0]), post).T
 
 
 def ff_local_rule_delta(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from spikingjelly_ff.functional.hebbian import ff_hebbian_delta
+from spikingjelly_ff.functional.hebbian import DeltaReduce, ff_hebbian_delta
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.kernels import apply_delta
 from spikingjelly_ff.nn.layers import length_normalize
@@ -22,12 +22,14 @@ __all__ = ["AnalogHebbian"]
 class AnalogHebbian:
     """Layer-local Hebbian updates for every layer of an :class:`AnalogFFNet`."""
 
-    def __init__(self, net: AnalogFFNet, hcfg: HebbianParams) -> None:
+    def __init__(self, net: AnalogFFNet, hcfg: HebbianParams, reduce: DeltaReduce | None = None) -> None:
+        """``reduce``: data parallel, combines every layer's delta across ranks (``ff_hebbian_delta``)."""
         if any(layer.synapse.bias is not None for layer in net.layers):
             raise ValueError("Hebbian training needs bias-free layers (model.bias=false)")
         self.net = net
         self.cfg = hcfg
         self.eligibility = [torch.zeros_like(layer.weight) for layer in net.layers]
+        self.reduce = reduce
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor, factor: float = 1.0) -> list[Tensor]:
@@ -38,7 +40,7 @@ class AnalogHebbian:
         for layer, e in zip(self.net.layers, self.eligibility):
             pre = length_normalize(inp) if layer.normalize_input else inp
             post = torch.relu(pre @ layer.weight.T)
-            dw = ff_hebbian_delta(self.net.probability, post, pre, y, self.net.goodness_kind)
+            dw = ff_hebbian_delta(self.net.probability, post, pre, y, self.net.goodness_kind, self.reduce)
             apply_delta(layer.weight.data, dw, eta, self.cfg.eligibility_tau, e)
             acts.append(post)
             inp = post

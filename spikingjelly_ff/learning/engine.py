@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from spikingjelly_ff.functional.hebbian import DeltaReduce
 from spikingjelly_ff.functional.labels import LabelCode
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.schedule import schedule_factor
@@ -55,8 +56,14 @@ class SpikingTrainer:
         seed: int = 0,
         device: torch.device | str = "cpu",
         sequential: bool = False,
+        reduce: DeltaReduce | None = None,
     ) -> None:
+        """``reduce`` (data parallel: every batch is one rank's shard) combines each learning
+        step's delta across ranks (``run_layer``); batches then always take the batched path."""
+        if reduce is not None and sequential:
+            raise ValueError("online (sequential) learning cannot be split across ranks")
         self.net = net
+        self.reduce = reduce
         self.hebbian = hebbian
         # Online learning: a batch of rows (e.g. a positive and a negative) is shown one row
         # after another, each followed by its own update.
@@ -69,6 +76,8 @@ class SpikingTrainer:
         self._code: LabelCode | None = None
 
     def _online(self, n: int, device: torch.device) -> bool:
+        if self.reduce is not None:  # a 1-row shard is still part of a batch
+            return False
         return learns_online(n, self.hebbian, self.net.neuron_params, device.type == "cpu")
 
     @torch.no_grad()
@@ -126,7 +135,7 @@ class SpikingTrainer:
         for layer, e in zip(net.layers, self.eligibility):
             w = layer.weight.data
             v = _membrane(layer.neuron, n, w.shape[0], spikes, net.encoder.carry_membrane)
-            pre, tr = run_layer(pre, w, v, net.dynamics, net.backend, (y, self.hebbian, eta, e), index)
+            pre, tr = run_layer(pre, w, v, net.dynamics, net.backend, (y, self.hebbian, eta, e), index, self.reduce)
             index = None  # deeper layers see dense spike trains
             layer.neuron.v = v
             layer.neuron.trace = tr

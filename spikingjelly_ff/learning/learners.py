@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from spikingjelly.activation_based import base, monitor
 from torch import Tensor, nn
@@ -29,12 +31,20 @@ class LocalLossLearner:
     """Layer-local FF training of an :class:`AnalogFFNet` with one torch optimizer.
 
     Each layer sees its input detached, so its parameters get only the gradient of its own
-    loss BCE(P(G(l)), y).
+    loss BCE(P(G(l)), y). With ``reduce`` (data parallel: each batch is one rank's shard),
+    ``reduce(grads, n)`` turns the gradients (means over this rank's ``n`` rows) into the means
+    over every rank's rows, in place, before the optimizer steps.
     """
 
-    def __init__(self, net: AnalogFFNet, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(
+        self,
+        net: AnalogFFNet,
+        optimizer: torch.optim.Optimizer,
+        reduce: Callable[[list[Tensor], int], None] | None = None,
+    ) -> None:
         self.net = net
         self.optimizer = optimizer
+        self.reduce = reduce
 
     def step(self, x: Tensor, y: Tensor) -> list[Tensor]:
         """One update on embedded inputs ``[N, D']`` with targets ``y`` ``[N]`` (1 = positive).
@@ -49,6 +59,9 @@ class LocalLossLearner:
             inp = out
         self.optimizer.zero_grad(set_to_none=True)
         torch.stack(losses).sum().backward()
+        if self.reduce is not None:
+            grads = [p.grad for group in self.optimizer.param_groups for p in group["params"]]
+            self.reduce([g for g in grads if g is not None], x.shape[0])
         self.optimizer.step()
         return acts
 

@@ -129,6 +129,9 @@ class TrainConfig:
     shuffle: bool = True
     augment_shift: int = 0  # translate training images by up to N pixels (0: no augmentation)
     eval_every: int = 1  # test after every N epochs (0: only at the end)
+    # stream: one random stream for the run (the historical results) | per-sample: every draw
+    # keyed by (seed, epoch, global sample index), so N processes train what one trains
+    draws: str = "stream"
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
 
 
@@ -185,6 +188,7 @@ CHOICES = {
     "train.optimizer.schedule": SCHEDULES,
     "train.hebbian.schedule": SCHEDULES,
     "train.negatives": ("mixed", "paired", "hard"),
+    "train.draws": ("stream", "per-sample"),
     "device": ("cpu", "cuda", "auto"),
     "backend": ("auto", "torch", "cupy"),
 }
@@ -219,6 +223,8 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("model.shift_views is available for analog models only")
     if m.kind == "spiking" and t.readout.enabled:
         raise ConfigError("train.readout is available for analog models only")
+    if t.draws == "per-sample" and t.negatives == "hard":
+        raise ConfigError("train.negatives=hard draws from a look-ahead over the stream; use train.draws=stream")
     if t.limit is not None and t.limit < 1:
         raise ConfigError("train.limit must be >= 1")
 

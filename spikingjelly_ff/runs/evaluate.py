@@ -11,8 +11,9 @@ from torch import Tensor
 
 from spikingjelly_ff.nn.models import AnalogFFNet, FFNet
 from spikingjelly_ff.runs.config import RunConfig
+from spikingjelly_ff.runs.distributed import World
 
-__all__ = ["evaluate_arrays", "evaluate_model", "scorer_for"]
+__all__ = ["evaluate_arrays", "evaluate_model", "evaluate_sharded", "scorer_for"]
 
 Predictor = Callable[[Tensor], Tensor]
 
@@ -48,6 +49,32 @@ def evaluate_arrays(predict: Predictor, x: Tensor, labels: Tensor, batch_size: i
         "n": n,
         "seconds": seconds,
         "images_per_second": n / seconds if seconds else None,
+    }
+
+
+def evaluate_sharded(
+    predictor: Callable[[int], Predictor], x: Tensor, labels: Tensor, batch_size: int, world: World | None = None
+) -> dict:
+    """:func:`evaluate_arrays` with the test batches split across ranks: rank r scores a
+    contiguous run of batches, batch j with ``predictor(j)``, and the predictions ``[N]`` are
+    gathered on every rank (an all-reduce of disjoint slices). As long as ``predictor(j)``
+    depends on j alone, the predictions are those of one process whatever the ranks."""
+    world = world or World()
+    t0 = time.perf_counter()
+    n = len(labels)
+    lo, hi = world.shard(-(-n // batch_size))
+    predictions = torch.zeros(n, dtype=torch.int64)
+    for j in range(lo, hi):
+        rows = slice(j * batch_size, (j + 1) * batch_size)
+        predictions[rows] = predictor(j)(x[rows]).cpu()
+    world.all_sum(predictions)
+    seconds = time.perf_counter() - t0
+    return {
+        "accuracy": int((predictions == labels.cpu()).sum()) / max(n, 1),
+        "n": n,
+        "seconds": seconds,
+        "images_per_second": n / seconds if seconds else None,
+        "predictions": predictions,
     }
 
 

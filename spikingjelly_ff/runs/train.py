@@ -1,7 +1,9 @@
 """Training runs: data, model, learner, per-epoch evaluation, checkpoint and metrics.
 
 ``train(cfg, out_dir)`` writes ``out_dir/model/`` (weights + config) and
-``out_dir/metrics.json`` (per-epoch train/test accuracy and seconds).
+``out_dir/metrics.json`` (per-epoch train/test accuracy and seconds). Given a
+:class:`~spikingjelly_ff.runs.distributed.World` of several ranks, every global batch is split
+across them (``train.draws: per-sample``; docs/distributed.md) and rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from spikingjelly_ff.nn.augment import shift_images
 from spikingjelly_ff.nn.models import AnalogFFNet, FFNet, SpikingFFNet
 from spikingjelly_ff.runs.build import build_model
 from spikingjelly_ff.runs.checkpoint import save_model
-from spikingjelly_ff.runs.config import RunConfig
+from spikingjelly_ff.runs.config import ConfigError, RunConfig
 from spikingjelly_ff.runs.data import load_split
-from spikingjelly_ff.runs.evaluate import evaluate_arrays, scorer_for
+from spikingjelly_ff.runs.distributed import Reducer, World
+from spikingjelly_ff.runs.evaluate import evaluate_arrays, evaluate_sharded, scorer_for
+from spikingjelly_ff.runs.sharded import ShardedLoop, batch_scorer
 
-__all__ = ["make_samples", "resolve_device", "shift_images", "train"]
+__all__ = ["check_parallel", "make_samples", "resolve_device", "shift_images", "train"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,8 +84,9 @@ class _Batcher:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for i in range(0, n, self.batch_size):
-            idx = order[i : i + self.batch_size].to(self.x.device)
-            yield self.x[idx], self.labels[idx]
+            idx = order[i : i + self.batch_size]
+            on_device = idx.to(self.x.device)
+            yield self.x[on_device], self.labels[on_device], idx
 
 
 class _Lookahead:
@@ -127,7 +132,7 @@ class _HardNegatives:
 class AnalogStep:
     """One training step of an analog network (local losses or Hebbian)."""
 
-    def __init__(self, net: AnalogFFNet, cfg: RunConfig, steps_total: int) -> None:
+    def __init__(self, net: AnalogFFNet, cfg: RunConfig, steps_total: int, reducer: Reducer | None = None) -> None:
         t = cfg.train
         self.net = net
         self.cfg = cfg
@@ -140,12 +145,12 @@ class AnalogStep:
                 self.optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
             else:
                 self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-            self.learner = LocalLossLearner(net, self.optimizer)
+            self.learner = LocalLossLearner(net, self.optimizer, None if reducer is None else reducer.grads)
         else:
             from spikingjelly_ff.learning.analog_hebbian import AnalogHebbian
 
             self.optimizer = None
-            self.learner = AnalogHebbian(net, t.hebbian)
+            self.learner = AnalogHebbian(net, t.hebbian, None if reducer is None else reducer.delta)
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         progress = self.count / self.steps_total
@@ -160,15 +165,42 @@ class AnalogStep:
         return self.net.pn_logit(acts) > 0
 
 
+def check_parallel(cfg: RunConfig, world_size: int) -> None:
+    """Refuse what ``world_size`` ranks cannot train as one process would."""
+    t = cfg.train
+    if world_size <= 1:
+        return
+    if t.batch_size == 1:
+        raise ConfigError(
+            "train.batch_size=1 is online learning: each sample learns from the weights the previous one "
+            "left, a sequential chain that cannot be split across processes; train it in one process, or "
+            "scale on-line learning out with the replicated server (docs/distributed.md)"
+        )
+    if t.batch_size < world_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} is smaller than the {world_size} processes; raise it")
+    if t.draws != "per-sample":
+        raise ConfigError(f"{world_size} processes need train.draws=per-sample (draws tied to the global sample index)")
+
+
 def train(
     cfg: RunConfig,
     out_dir: str | Path,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    world: World | None = None,
 ) -> dict:
-    """Train per ``cfg``; save the model and metrics under ``out_dir``; return the metrics."""
+    """Train per ``cfg``; save the model and metrics under ``out_dir``; return the metrics.
+
+    ``world``: this process's rank among data-parallel ranks (default: one process)."""
+    world = world or World()
+    check_parallel(cfg, world.size)
+    if not world.main:
+        log, progress = (lambda s: None), False
+    per_sample = cfg.train.draws == "per-sample"
+    reducer = Reducer(world) if per_sample and cfg.train.batch_size > 1 else None
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -189,29 +221,33 @@ def train(
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     batches = _Batcher(x_train, y_train, cfg.train.batch_size, cfg.train.shuffle, gen)
     steps_total = cfg.train.epochs * len(batches)
-    step = _make_step(net, cfg, steps_total, device)
+    step = _make_step(net, cfg, steps_total, device, reducer)
     scorer = scorer_for(net, cfg, device)
     scorer_scores = _scores_fn(net, cfg, device)
 
     metrics = {"name": cfg.name, "config": cfg.to_dict(), "backend": backend, "device": str(device), "epochs": []}
+    if world.size > 1:
+        metrics["processes"] = world.size
+    loop = ShardedLoop(net, cfg, world, reducer, num_classes, tuple(train_split.shape)) if per_sample else None
+
+    def evaluate(readout: bool = False) -> dict:
+        if not per_sample:
+            predict = scorer_for(net, cfg, device, readout) if readout else scorer
+            return evaluate_arrays(predict, x_test, y_test, cfg.eval.batch_size)
+        return evaluate_sharded(batch_scorer(net, cfg, device, readout), x_test, y_test, cfg.eval.batch_size, world)
+
     log(
         f"{cfg.name}: {net.kind} {in_features}->{'->'.join(map(str, cfg.model.layers))}, "
         f"{len(x_train)} train / {len(x_test)} test samples, learner {cfg.train.learner}, backend {backend}"
     )
     for epoch in range(1, cfg.train.epochs + 1):
         t0 = time.perf_counter()
-        correct = seen = 0
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not progress, leave=False)
-        stream = _Lookahead((shift_images(xb, train_split.shape, cfg.train.augment_shift, gen), lb) for xb, lb in bar)
-        hard = _HardNegatives(scorer_scores) if cfg.train.negatives == "hard" else None
-        for xb, lb in stream:
-            scores = None if hard is None else hard(xb, stream)
-            mode = "paired" if cfg.train.negatives == "hard" else cfg.train.negatives
-            rows, shown, y = make_samples(lb, mode, num_classes, sample_gen, scores)
-            pred = step(xb[rows], shown, y)
-            correct += int((pred.float() == y).sum())
-            seen += len(y)
-            bar.set_postfix(pn_acc=f"{correct / seen:.3f}")
+        if loop is not None:
+            correct, seen = loop.epoch(bar, step, epoch)
+        else:
+            shape = train_split.shape
+            correct, seen = _stream_epoch(bar, step, cfg, num_classes, shape, gen, sample_gen, scorer_scores)
         train_seconds = time.perf_counter() - t0
         record = {
             "epoch": epoch,
@@ -221,15 +257,13 @@ def train(
         }
         last = epoch == cfg.train.epochs
         if last or (cfg.train.eval_every and epoch % cfg.train.eval_every == 0):
-            ev = evaluate_arrays(scorer, x_test, y_test, cfg.eval.batch_size)
+            ev = evaluate()
             record.update(
                 test_accuracy=ev["accuracy"], test_seconds=ev["seconds"], test_images_per_second=ev["images_per_second"]
             )
             if last and getattr(net, "shift_views", 0):
                 views, net.shift_views = net.shift_views, 0
-                record["test_accuracy_single_view"] = evaluate_arrays(scorer, x_test, y_test, cfg.eval.batch_size)[
-                    "accuracy"
-                ]
+                record["test_accuracy_single_view"] = evaluate()["accuracy"]
                 net.shift_views = views
         metrics["epochs"].append(record)
         msg = f"epoch {epoch}: pos/neg acc {record['train_pn_accuracy']:.4f}, {train_seconds:.1f}s"
@@ -241,7 +275,7 @@ def train(
         from spikingjelly_ff.runs.readout import train_readout
 
         ro = train_readout(net, cfg.train.readout, cfg.seed, x_train, y_train, device, log=log)
-        ev = evaluate_arrays(scorer_for(net, cfg, device, readout=True), x_test, y_test, cfg.eval.batch_size)
+        ev = evaluate(readout=True)
         metrics["readout"] = {**ro, "test_accuracy": ev["accuracy"]}
         log(f"readout: test acc {ev['accuracy']:.4f}")
 
@@ -256,8 +290,9 @@ def train(
         "readout_test_accuracy": metrics.get("readout", {}).get("test_accuracy"),
         "seconds_per_epoch": sum(e["train_seconds"] for e in metrics["epochs"]) / len(metrics["epochs"]),
     }
-    save_model(out / "model", net.cpu(), cfg, test_split.shape)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if world.main:
+        save_model(out / "model", net.cpu(), cfg, test_split.shape)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -270,11 +305,13 @@ def _scores_fn(net: FFNet, cfg: RunConfig, device: torch.device):
     return SpikingScorer(net, seed=cfg.seed + 6, device=device, use_state=False).scores
 
 
-def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.device):
+def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.device, reducer: Reducer | None = None):
+    """``step(x, shown, y, spikes=None)`` -> judged positive ``[N]``; ``spikes`` overrides a
+    spiking net's input draw."""
     if isinstance(net, AnalogFFNet):
-        analog = AnalogStep(net, cfg, steps_total)
+        analog = AnalogStep(net, cfg, steps_total, reducer)
 
-        def run(x: Tensor, shown: Tensor, y: Tensor) -> Tensor:
+        def run(x: Tensor, shown: Tensor, y: Tensor, spikes: Tensor | None = None) -> Tensor:
             return analog(net.embedding(x, shown), y)
 
         return run
@@ -282,6 +319,30 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
     from spikingjelly_ff.learning.engine import SpikingTrainer
 
     trainer = SpikingTrainer(
-        net, cfg.train.hebbian, steps_total, seed=cfg.seed + 3, device=device, sequential=cfg.train.batch_size == 1
+        net,
+        cfg.train.hebbian,
+        steps_total,
+        seed=cfg.seed + 3,
+        device=device,
+        sequential=cfg.train.batch_size == 1,
+        reduce=None if reducer is None else reducer.delta,
     )
     return trainer.train_batch
+
+
+def _stream_epoch(bar, step, cfg: RunConfig, num_classes: int, shape, gen, sample_gen, scores) -> tuple[int, int]:
+    """One epoch with the run's random streams (``train.draws: stream``); returns (correctly
+    judged, judged) rows."""
+    correct = seen = 0
+    stream = _Lookahead((shift_images(xb, shape, cfg.train.augment_shift, gen), lb) for xb, lb, _ in bar)
+    hard = _HardNegatives(scores) if cfg.train.negatives == "hard" else None
+    for xb, lb in stream:
+        scores = None if hard is None else hard(xb, stream)
+        mode = "paired" if cfg.train.negatives == "hard" else cfg.train.negatives
+        rows, shown, y = make_samples(lb, mode, num_classes, sample_gen, scores)
+        pred = step(xb[rows], shown, y)
+        correct += int((pred.float() == y).sum())
+        seen += len(y)
+        bar.set_postfix(pn_acc=f"{correct / seen:.3f}")
+    return correct, seen
+

@@ -15,7 +15,7 @@ import numpy as np
 from spikingjelly_ff import kernels
 from spikingjelly_ff.functional import _array
 from spikingjelly_ff.functional.dynamics import charge, fire, reset
-from spikingjelly_ff.functional.hebbian import ff_hebbian_delta
+from spikingjelly_ff.functional.hebbian import DeltaReduce, ff_hebbian_delta
 from spikingjelly_ff.functional.params import HebbianParams, NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.kernels import apply_delta
@@ -76,12 +76,15 @@ def run_layer(
     backend: str = "torch",
     learn: tuple[Array, HebbianParams, float, Array] | None = None,
     pre_index: SpikeIndex | None = None,
+    reduce: DeltaReduce | None = None,
 ) -> tuple[Array, Array]:
     """Present spikes ``pre`` ``[T, N, D]`` to a layer with weights ``w`` ``[H, D]`` and membrane
     ``v`` ``[N, H]`` (updated in place). With ``learn = (y, spec, eta, eligibility)`` the
     weights update in place after every step t > learn_after, as the reference does.
     ``pre_index`` (the :class:`SpikeIndex` of ``pre`` as ``[T * N, D]``) makes the currents
-    sparse sums. Returns output spikes ``[T, N, H]`` and the final trace ``[N, H]``."""
+    sparse sums. ``reduce`` (data parallel: this batch is one rank's shard) combines every
+    step's delta across ranks before it is applied (``ff_hebbian_delta``). Returns output
+    spikes ``[T, N, H]`` and the final trace ``[N, H]``."""
     t_steps, n, _ = pre.shape
     h = w.shape[0]
     tr = _array.zeros(v, (n, h))
@@ -99,7 +102,7 @@ def run_layer(
     k = first + 1  # steps 0..first run before the first update
     out[:k] = neuron_forward(currents(0, k), v, tr, d, backend)
     for t in range(first, t_steps):
-        dw = ff_hebbian_delta(d.probability, tr, pre[t], y, d.goodness)
+        dw = ff_hebbian_delta(d.probability, tr, pre[t], y, d.goodness, reduce)
         apply_delta(w, dw, eta, spec.eligibility_tau, e, backend)
         if t + 1 < t_steps:
             out[t + 1] = neuron_forward(currents(t + 1, t + 2), v, tr, d, backend)[0]

@@ -1,0 +1,128 @@
+"""Data-parallel training on real torch.distributed processes (gloo, CPU, 2 ranks of one
+thread each): the model and the test predictions of 2 processes equal those of one process
+with the same per-sample draws (docs/distributed.md)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from spikingjelly_ff.runs.checkpoint import load_model
+from spikingjelly_ff.runs.config import ConfigError, load_config
+from spikingjelly_ff.runs.launch import DistributedError, launch, train_parallel
+from spikingjelly_ff.runs.train import train
+
+# Not imported from conftest: spawned ranks import this module, and in a session that also
+# collected tests/conftest.py the name ``conftest`` may resolve to that file.
+MINI = Path(__file__).resolve().parents[1] / "data" / "mnist-mini"
+BASE = [f"data.dataset={MINI}", "data.download=false", "train.epochs=1", "threads=1", "eval.limit=300"]
+
+CASES = {
+    "paper-batched-hebbian": ("paper/hebbian-batched-symmetric", []),
+    "spiking-two-layers": (
+        "paper/hebbian-batched-sigmoid",
+        ["model.layers=[200, 100]", "train.negatives=paired", "train.augment_shift=1"],
+    ),
+    "analog-local-loss": ("paper/analog-symmetric", ["model.layers=[128, 64]", "train.augment_shift=1"]),
+    "analog-hebbian": (
+        "paper/analog-symmetric",
+        ["model.layers=[128, 64]", "train.learner=hebbian", "train.hebbian.eta=0.05", "train.negatives=paired"],
+    ),
+}
+
+
+def _config(name: str, *extra: str):
+    base, sets = CASES[name]
+    return load_config(base, [*BASE, *sets, *extra])
+
+
+def _weights(run_dir) -> list[torch.Tensor]:
+    net, _, _ = load_model(run_dir / "model")
+    return [layer.weight.detach().clone() for layer in net.layers]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_two_processes_train_the_one_process_model(name, tmp_path):
+    cfg = _config(name, "train.draws=per-sample")
+    one = train(cfg, tmp_path / "one", log=lambda s: None, progress=False)
+    two = train_parallel(cfg, tmp_path / "two", nproc=2, timeout_s=60, progress=False, log=lambda s: None)
+
+    for a, b in zip(_weights(tmp_path / "two"), _weights(tmp_path / "one")):
+        assert (a - b).norm() <= 1e-5 * b.norm(), f"{name}: weights differ by {(a - b).norm() / b.norm():.2e}"
+    assert two["test_accuracy"] == one["final"]["test_accuracy"]
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["config"]["train"]["draws"] == "per-sample"
+
+
+def _predictions(model_dir, cfg, world=None) -> torch.Tensor:
+    from spikingjelly_ff.runs.data import load_split
+    from spikingjelly_ff.runs.evaluate import evaluate_sharded
+    from spikingjelly_ff.runs.sharded import batch_scorer
+
+    net, _, _ = load_model(model_dir)
+    x, y = load_split(str(MINI), "test", None, False).take(300).to_tensors("cpu")
+    return evaluate_sharded(batch_scorer(net, cfg, torch.device("cpu"), False), x, y, 100, world)["predictions"]
+
+
+@record
+def _gathered_predictions(model_dir, cfg) -> torch.Tensor:
+    from spikingjelly_ff.runs.distributed import close_world, init_world
+
+    world = init_world(torch.device("cpu"), "gloo", 60.0)
+    try:
+        return _predictions(model_dir, cfg, world)
+    finally:
+        close_world()
+
+
+def test_sharded_evaluation_gathers_the_one_process_predictions(tmp_path):
+    """3 test batches on 2 ranks (2 + 1): every rank ends with all 300 predictions, those of
+    one process (a spiking net: each batch scored from rest, its draws keyed by its index)."""
+    cfg = _config("paper-batched-hebbian", "train.draws=per-sample", "train.limit=200", "eval.batch_size=100")
+    train(cfg, tmp_path, log=lambda s: None, progress=False)
+    one = _predictions(tmp_path / "model", cfg)
+    ranks = launch(2, _gathered_predictions, tmp_path / "model", cfg)
+    assert torch.equal(ranks[0], one) and torch.equal(ranks[1], one)
+
+
+def test_online_learning_is_refused_on_several_processes(tmp_path):
+    cfg = load_config("paper/hebbian-online-symmetric", BASE)
+    with pytest.raises(ConfigError, match="online learning.*replicated server"):
+        train_parallel(cfg, tmp_path, nproc=2, progress=False)
+
+
+@record
+def _fail_on_rank_1(timeout_s: float) -> None:
+    from spikingjelly_ff.runs.distributed import init_world
+
+    world = init_world(torch.device("cpu"), "gloo", timeout_s)
+    if world.rank == 1:
+        raise RuntimeError("rank 1 cannot read its data")
+    world.all_sum(torch.zeros(1))  # rank 0 waits here for a rank that is gone
+
+
+def test_a_failed_rank_stops_the_run_with_its_error():
+    """Rank 0 blocks in a collective for rank 1, which raised: the launcher stops rank 0 and
+    reports rank 1's error (without that, the collective timeout would end rank 0)."""
+    with pytest.raises(DistributedError, match="rank 1 of 2 failed.*cannot read its data"):
+        launch(2, _fail_on_rank_1, 20.0, timeout_s=20.0)
+
+
+@record
+def _hang_on_rank_1(timeout_s: float) -> None:
+    from spikingjelly_ff.runs.distributed import init_world
+
+    world = init_world(torch.device("cpu"), "gloo", timeout_s)
+    if world.rank == 1:
+        threading.Event().wait()  # alive but never joins the collective
+    world.all_sum(torch.zeros(1))
+
+
+def test_a_hung_rank_ends_the_run_at_the_collective_timeout():
+    with pytest.raises(DistributedError, match="rank 0 of 2 failed"):
+        launch(2, _hang_on_rank_1, 3.0, timeout_s=30.0)
