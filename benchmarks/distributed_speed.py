@@ -10,7 +10,8 @@ batch are measured: every floating-point tensor handed to ``World.all_sum`` duri
 (the learners' Hebbian deltas and local-loss gradients, not the int64 counts or the gathered
 eval predictions), summed over the epoch and divided by its number of batches. "in
 all-reduce" is the share of rank 0's epoch spent inside those all-reduces: the transfer plus
-the wait for the other rank.
+the wait for the other rank; "all-reduces alone" times one batch's all-reduces between 2
+idle ranks (median of 50), the collectives' own cost on this machine.
 """
 
 from __future__ import annotations
@@ -82,10 +83,28 @@ def run_once(cfg: RunConfig, out_dir: str, world: CountingWorld) -> dict:
 
 @record
 def _rank(cfg: RunConfig, out_dir: str) -> dict:
-    """One rank of a 2-process run (spawned by :func:`launch`, as ``sjff train --nproc 2``)."""
+    """One rank of an N-process run (spawned by :func:`launch`, as ``sjff train --nproc N``)."""
     joined = init_world(torch.device("cpu"), "gloo", 300.0)
     try:
         return run_once(cfg, out_dir, CountingWorld(joined.rank, joined.size, joined.device))
+    finally:
+        close_world()
+
+
+@record
+def _reduce_only(sizes: list[int], iters: int) -> float:
+    """Median seconds of one batch's all-reduces (float64 buffers of ``sizes`` bytes) with no
+    training around them: the collectives' own cost between 2 ranks of this machine."""
+    joined = init_world(torch.device("cpu"), "gloo", 300.0)
+    try:
+        buffers = [torch.ones(n // 8, dtype=torch.float64) for n in sizes]
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            for b in buffers:
+                joined.all_sum(b)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
     finally:
         close_world()
 
@@ -98,12 +117,15 @@ def bench(name: str, limit: int | None, repeats: int) -> dict:
     one, two, reduced, waits = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):  # interleaved, so a change of load hits both sides alike
-            one.append(samples / run_once(cfg, f"{tmp}/one{r}", CountingWorld())["train_seconds"])
+            # Both sides in fresh processes through the launcher, as `sjff train --nproc 1|2`.
+            one.append(samples / launch(1, _rank, cfg, f"{tmp}/one{r}")[0]["train_seconds"])
             rank0 = launch(2, _rank, cfg, f"{tmp}/two{r}")[0]
             two.append(samples / rank0["train_seconds"])
             reduced = rank0["reduced"]
             waits.append(rank0["reduce_seconds"] / rank0["train_seconds"])
     one_s, two_s = statistics.median(one), statistics.median(two)
+    per_batch = reduced[: round(len(reduced) / batches)]  # the same sizes every batch
+    alone = launch(2, _reduce_only, per_batch, 50)[0]
     return {
         "case": name,
         "config": base,
@@ -121,6 +143,7 @@ def bench(name: str, limit: int | None, repeats: int) -> dict:
         "compute_ms_per_batch_1": 1000 * cfg.train.batch_size / one_s,
         "ms_per_batch_2": 1000 * cfg.train.batch_size / two_s,
         "all_reduce_share_2": statistics.median(waits),
+        "reduce_only_ms_per_batch": 1000 * alone,
     }
 
 
@@ -147,13 +170,15 @@ def main() -> int:
             f"{r['compute_ms_per_batch_1']:.1f} ms",
             f"{r['ms_per_batch_2']:.1f} ms",
             f"{100 * r['all_reduce_share_2']:.0f}%",
+            f"{r['reduce_only_ms_per_batch']:.1f} ms",
         ]
         for r in results
     ]
     print_table(
         f"Data-parallel training, gloo, 1 torch thread per process, {os.cpu_count()} cores, torch {torch.__version__}",
         ["case", "samples", "1 proc samples/s", "2 procs samples/s", "speed-up", "efficiency",
-         "all-reduces/batch", "all-reduced/batch", "1 proc ms/batch", "2 procs ms/batch", "2 procs in all-reduce"],
+         "all-reduces/batch", "all-reduced/batch", "1 proc ms/batch", "2 procs ms/batch", "2 procs in all-reduce",
+         "all-reduces alone/batch"],
         rows,
         f"Median of {args.repeats} runs each, 1 epoch, train.draws=per-sample, batch 50. "
         f"Load average (1/5/15 min) before: {'/'.join(f'{x:.2f}' for x in load_before)}, "
