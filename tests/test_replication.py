@@ -54,6 +54,11 @@ class Replica:
         req.request_id = request_id
         return self.learning.Learn(req, metadata=self.token, timeout=timeout)
 
+    def learn_future(self, x, label: int, request_id: str, timeout: float = 600.0) -> grpc.Future:
+        req = build_learn_request(x, [label], None, MODEL)
+        req.request_id = request_id
+        return self.learning.Learn.future(req, metadata=self.token, timeout=timeout)
+
     def infer(self, x, min_version: int | None = None, timeout: float = 30.0) -> pb.ModelInferResponse:
         params = {} if min_version is None else {"min_version": int(min_version)}
         return self.inference.ModelInfer(build_infer_request(x, MODEL, parameters=params), timeout=timeout)
@@ -153,9 +158,10 @@ def test_a_dropped_reply_is_retried_elsewhere_and_applied_once(repo, redis_serve
         wait_for(lambda: any(x.get("msg") == refused and "xread" in x["error"].lower() for x in c.proc.log_records()))
         rid = uuid.uuid4().hex
         x, label = images[40:41], int(labels[40])
-        with pytest.raises(grpc.RpcError) as err:
-            c.learn(x, label, rid, timeout=3.0)
-        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        call = c.learn_future(x, label, rid)  # never answered: C cannot read the stream
+        wait_for(lambda: redis.exists(f"{KEY}:rid:{rid}"))
+        call.cancel()  # the reply is lost
+        assert call.cancelled()
         # appended (the idempotency key names the stream's last entry), only the reply was lost
         [(last_id, fields)] = redis.xrevrange(f"{KEY}:log", count=1)
         assert fields[b"r"] == rid.encode() and redis.get(f"{KEY}:rid:{rid}") == last_id
@@ -185,6 +191,8 @@ def test_kill_9_of_a_replica_and_of_redis_loses_nothing_acknowledged(cluster, re
     replicas[2].close(kill=True)  # kill -9 mid-run; the others go on
     for i in range(10, 20):
         acked = replicas[i % 2].learn(images[i : i + 1], int(labels[i]), f"a-{i}").version
+    redis = redis_server.client()
+    wait_for(lambda: redis.exists(f"{KEY}:snap:14"))  # written in the background by the first to reach 14
     replicas[2].start()  # restarted: from a shared snapshot plus the stream
     assert len(converged(replicas, acked)) == 1 and acked == 20
     loaded = [r for r in replicas[2].proc.log_records() if r.get("msg") == "replica state loaded"]

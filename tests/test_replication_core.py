@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import redis_utils
 from redis_utils import RedisServer, require_redis_server
-from sjff_server.errors import Unavailable
+from sjff_server.errors import Unavailable, VersionConflict
 from sjff_server.replication import (
     Entry,
     ReplicationLog,
@@ -361,3 +361,35 @@ def test_trim_floor_keeps_what_live_replicas_and_snapshots_need(redis_server):
         return True
 
     assert run(session(redis_server, go))
+
+
+def test_rollback_append_refused_when_its_snapshot_went_meanwhile(redis_server):
+    """plan (the base exists) -> another replica prunes it -> append: refused, nothing written;
+    and a prune that listed the pins before the append cannot delete what the append pinned."""
+
+    async def go(log, shared, client):
+        ids = [(await log.append(make_update(seed=i), ""))[0] for i in range(6)]
+        w, e, d = state(0)
+        for v in (2, 4):
+            await shared.put_snapshot(v, ids[v - 1], w, e, d)
+        await client.delete(shared._key("snap", "2"))  # pruned between plan and append
+        with pytest.raises(VersionConflict, match="pruned .*retry"):
+            await log.append_rollback(3, "rb-1", 2, (2,))
+        assert await client.exists(log.rid_key("rb-1")) == 0 and await client.hlen(shared._pins) == 0
+        await log.trim(ids[3])  # the stream before entry 4: gone, so is version 0's replay
+        with pytest.raises(VersionConflict):
+            await log.append_rollback(1, "", 0)
+        assert await log.length() == 3
+        rb, appended = await log.append_rollback(5, "", 4, (4,))  # all there: appended, 4 pinned
+        assert appended and await client.hget(shared._pins, rb) == b"4"
+        await shared.put_snapshot(6, rb, w, e, d)
+
+        async def stale_view(timeout_s):  # a prune that read the pins before the append
+            return set()
+
+        shared.pinned = stale_view
+        assert await shared.prune(1) == [2]  # 4 is pinned now: kept (2 was half gone already)
+        assert await client.exists(shared._key("snap", "4")) == 1
+        return [r.version for r in await shared.snapshots()]
+
+    assert run(session(redis_server, go)) == [4, 6]

@@ -101,7 +101,8 @@ def test_rollback_applies_alike_on_a_lagging_replica(cluster, redis_server, mnis
     are written still rebuilds it; with the pin and the base removed by hand (a replica away
     too long) it recovers from a snapshot after the rollback instead of answering otherwise."""
     images, labels = mnist_samples
-    a, b = cluster(2, "--replication-snapshots-keep", "1")
+    # a long replica timeout: b, stopped, must stay live for the trim floor and the pins however slow this runs
+    a, b = cluster(2, "--replication-snapshots-keep", "1", "--replica-timeout-s", "600")
     for r in (a, b):
         wait_for(r.ready)
     for i in range(10):
@@ -112,7 +113,8 @@ def test_rollback_applies_alike_on_a_lagging_replica(cluster, redis_server, mnis
         os.kill(b.proc.pid, signal.SIGSTOP)  # lagging, still live for the trim floor
         try:
             target = 8 if step == 0 else 30
-            back = a.learning.Rollback(lpb.RollbackRequest(model_name=MODEL, version=target), metadata=a.token)
+            req = lpb.RollbackRequest(model_name=MODEL, version=target)
+            back = a.learning.Rollback(req, metadata=a.token, timeout=60)
             version = back.version
             for i in range(20):  # snapshots every 7 (keep 1): the base (7, then 28) stays pinned
                 version = a.learn(images[i : i + 1], int(labels[i]), f"r{step}-{i}").version

@@ -17,18 +17,24 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Reducer", "World", "close_world", "env_world_size", "init_world", "pick_backend"]
+__all__ = ["INIT_TIMEOUT_S", "Reducer", "World", "close_world", "env_world_size", "init_world", "pick_backend"]
+
+#: Seconds the ranks wait for each other to join (process start-up, imports, rendezvous): kept
+#: apart from the collectives' timeout, so a slow start never passes for a hung collective.
+INIT_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
 class World:
     """This process's place among ``size`` ranks (the default: one process, no collectives).
 
-    ``device`` is where the backend's collectives take tensors (cuda for NCCL)."""
+    ``device`` is where the backend's collectives take tensors (cuda for NCCL); ``group`` the
+    process group they run in (``None``: the default group)."""
 
     rank: int = 0
     size: int = 1
     device: torch.device = torch.device("cpu")
+    group: dist.ProcessGroup | None = None
 
     @property
     def main(self) -> bool:
@@ -46,10 +52,10 @@ class World:
         if self.size == 1:
             return t
         if t.device == self.device and t.is_contiguous():
-            dist.all_reduce(t)
+            dist.all_reduce(t, group=self.group)
             return t
         buf = t.to(self.device).contiguous()
-        dist.all_reduce(buf)
+        dist.all_reduce(buf, group=self.group)
         t.copy_(buf)
         return t
 
@@ -69,10 +75,13 @@ class Reducer:
 
     def grads(self, grads: list[Tensor], n: int) -> None:
         """Local-loss gradients: means over this rank's ``n`` rows -> means over all rows, in
-        place, in one all-reduce of the concatenated gradients."""
+        place, in one all-reduce of the concatenated gradients. A rank with no rows (the last
+        batch of an epoch may have fewer rows than there are ranks) adds exact zeros: its
+        "mean" over nothing may be NaN, and NaN * 0 would spread to every rank."""
         if self.world.size == 1:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads]) * (n / self.rows)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = flat * (n / self.rows) if n else torch.zeros_like(flat)
         self.world.all_sum(flat)
         start = 0
         for g in grads:
@@ -96,17 +105,22 @@ def pick_backend(name: str, device: torch.device) -> str:
     return name
 
 
-def init_world(device: torch.device, backend: str = "auto", timeout_s: float = 300.0) -> World:
+def init_world(
+    device: torch.device, backend: str = "auto", timeout_s: float = 300.0, init_timeout_s: float = INIT_TIMEOUT_S
+) -> World:
     """Join the process group that torchrun (or :func:`launch.launch`) describes in the
-    environment. A collective that waits longer than ``timeout_s`` (a rank died or hangs)
-    raises instead of blocking forever."""
+    environment, waiting up to ``init_timeout_s`` for every rank to join. A collective of the
+    returned world that waits longer than ``timeout_s`` (a rank died or hangs) raises a
+    "Timed out" error instead of blocking forever."""
     name = pick_backend(backend, device)
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
-    dist.init_process_group(name, timeout=timedelta(seconds=timeout_s))
-    return World(dist.get_rank(), dist.get_world_size(), device if name == "nccl" else torch.device("cpu"))
+    dist.init_process_group(name, timeout=timedelta(seconds=init_timeout_s))
+    # All ranks, one group: the same members as the default group, with the short timeout.
+    group = dist.new_group(timeout=timedelta(seconds=timeout_s))
+    return World(dist.get_rank(), dist.get_world_size(), device if name == "nccl" else torch.device("cpu"), group)
 
 
 def close_world() -> None:

@@ -39,6 +39,12 @@ def key(seed: int, purpose: str, epoch: int, index: int) -> int:
     return z >> 1  # torch seeds are signed 64-bit
 
 
+def _stack(draws: list[Tensor], shape: tuple[int, ...], dtype: torch.dtype, dim: int = 0) -> Tensor:
+    """``torch.stack(draws, dim)``; a rank's shard may hold no rows (the last batch of an
+    epoch can be smaller than the process count), then an empty tensor of ``shape``."""
+    return torch.stack(draws, dim) if draws else torch.empty(shape, dtype=dtype)
+
+
 def generator(seed: int, purpose: str, epoch: int, index: int) -> torch.Generator:
     """A CPU generator of its own for one sample and purpose."""
     return torch.Generator().manual_seed(key(seed, purpose, epoch, index))
@@ -51,8 +57,10 @@ def shift_images(
     each drawn from its global sample ``index`` ``[N]``."""
     if max_shift <= 0:
         return x
-    offsets = torch.stack(
-        [torch.randint(0, 2 * max_shift + 1, (2,), generator=generator(seed, "shift", epoch, int(i))) for i in index]
+    offsets = _stack(
+        [torch.randint(0, 2 * max_shift + 1, (2,), generator=generator(seed, "shift", epoch, int(i))) for i in index],
+        (0, 2),
+        torch.int64,
     )  # [N, 2]: dy, dx
     return shift_images_by(x, shape, max_shift, offsets[:, :1], offsets[:, 1:])
 
@@ -65,13 +73,14 @@ def make_samples(
     Returns ``(rows, shown, y, row_keys)``; ``row_keys`` ``[R]`` = 2 * global index + (1 for
     the negative row of a paired sample), which keys that row's input spikes."""
     draws = [generator(seed, "sample", epoch, int(i)) for i in index]
-    offset = torch.stack([torch.randint(1, num_classes, (1,), generator=g) for g in draws]).squeeze(1)
+    offset = _stack([torch.randint(1, num_classes, (1,), generator=g) for g in draws], (0, 1), torch.int64).squeeze(1)
     wrong = (labels + offset.to(labels.device)) % num_classes
     n = labels.shape[0]
     rows = torch.arange(n, device=labels.device)
     keys = index.to(torch.int64).cpu() * 2
     if mode == "mixed":
-        y = torch.stack([torch.rand(1, generator=g) for g in draws]).squeeze(1).lt(0.5).float().to(labels.device)
+        u = _stack([torch.rand(1, generator=g) for g in draws], (0, 1), torch.float32).squeeze(1)
+        y = u.lt(0.5).float().to(labels.device)
         return rows, torch.where(y.bool(), labels, wrong), y, keys
     if mode != "paired":
         raise ValueError(f"per-sample draws support negatives 'mixed' and 'paired'; got {mode!r}")
@@ -83,8 +92,10 @@ def make_samples(
 def row_spikes(rates: Tensor, steps: int, row_keys: Tensor, seed: int, epoch: int) -> Tensor:
     """Bernoulli input spikes ``[steps, R, D]`` for rates ``[R, D]``, row r drawn from
     ``row_keys[r]`` (one ``[steps, D]`` uniform draw per row)."""
-    u = torch.stack(
+    u = _stack(
         [torch.rand(steps, rates.shape[1], generator=generator(seed, "spikes", epoch, int(k))) for k in row_keys],
+        (steps, 0, rates.shape[1]),
+        torch.float32,
         dim=1,
     )
     return (u.to(rates.device) < rates).to(rates.dtype)

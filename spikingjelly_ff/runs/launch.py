@@ -15,7 +15,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, r
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from spikingjelly_ff.runs.config import RunConfig
-from spikingjelly_ff.runs.distributed import close_world, env_world_size, init_world
+from spikingjelly_ff.runs.distributed import INIT_TIMEOUT_S, close_world, env_world_size, init_world
 from spikingjelly_ff.runs.train import check_parallel, resolve_device, train
 
 __all__ = ["DistributedError", "launch", "train_parallel", "train_worker"]
@@ -25,10 +25,11 @@ class DistributedError(RuntimeError):
     """A rank of a data-parallel run failed (its error is in the message)."""
 
 
-def launch(nproc: int, entry: Callable[..., Any], *args: Any, timeout_s: float = 300.0) -> dict[int, Any]:
+def launch(nproc: int, entry: Callable[..., Any], *args: Any, timeout_s: float = INIT_TIMEOUT_S) -> dict[int, Any]:
     """Run ``entry(*args)`` in ``nproc`` local processes (ranks 0..nproc-1, spawned) and return
-    ``{rank: result}``. When one fails, the others are stopped and :class:`DistributedError`
-    names every failed rank and its error."""
+    ``{rank: result}``; ``timeout_s`` bounds the rendezvous (start-up), not the collectives.
+    When one fails, the others are stopped and :class:`DistributedError` names every failed
+    rank and its error."""
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -77,8 +78,9 @@ def train_parallel(
     log: Callable[[str], None] = print,
 ) -> dict | None:
     """Train with ``nproc`` local processes, or as one rank of the torchrun group in the
-    environment; ``train.draws`` becomes ``per-sample`` (logged). Returns the final metrics
-    on rank 0 (``None`` on other torchrun ranks)."""
+    environment; ``train.draws`` becomes ``per-sample`` (logged). ``timeout_s``: how long a
+    collective waits for the other ranks (start-up has its own, ``INIT_TIMEOUT_S``). Returns
+    the final metrics on rank 0 (``None`` on other torchrun ranks)."""
     under_torchrun = env_world_size() > 1
     if under_torchrun and nproc > 1:
         raise ValueError("--nproc starts local workers itself; under torchrun leave it out")
@@ -89,4 +91,4 @@ def train_parallel(
     check_parallel(cfg.validate(), size)
     if under_torchrun:
         return train_worker(cfg, str(out_dir), progress, backend, timeout_s)
-    return launch(nproc, train_worker, cfg, str(out_dir), progress, backend, timeout_s, timeout_s=timeout_s)[0]
+    return launch(nproc, train_worker, cfg, str(out_dir), progress, backend, timeout_s)[0]

@@ -85,14 +85,15 @@ def run_layer(
     sparse sums. ``reduce`` (data parallel: this batch is one rank's shard) combines every
     step's delta across ranks before it is applied (``ff_hebbian_delta``). Returns output
     spikes ``[T, N, H]`` and the final trace ``[N, H]``."""
-    t_steps, n, _ = pre.shape
+    t_steps, n, d_in = pre.shape
     h = w.shape[0]
     tr = _array.zeros(v, (n, h))
 
     def currents(t0: int, t1: int):
         if pre_index is not None:
             return pre_index.rows(t0 * n, t1 * n).matmul(w).reshape(t1 - t0, n, h)
-        return (pre[t0:t1].reshape((t1 - t0) * n, -1) @ w.T).reshape(t1 - t0, n, h)
+        # d_in, not -1: a data-parallel rank's shard may hold no rows (n = 0)
+        return (pre[t0:t1].reshape((t1 - t0) * n, d_in) @ w.T).reshape(t1 - t0, n, h)
 
     first = t_steps if learn is None else learn[1].learn_after + 1
     if first >= t_steps:

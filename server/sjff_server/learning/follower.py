@@ -92,6 +92,7 @@ class Follower:
         self._check_at: int | None = None  # recovery: NOT_SERVING until the digest here agrees
         self._tasks: list[asyncio.Task] = []
         self._snapshot_task: asyncio.Task | None = None
+        self._on_task_done: Callable[[asyncio.Task], None] | None = None
         self._version_waiters: list[tuple[int, asyncio.Future]] = []
 
     def _labels(self) -> tuple[str, str]:
@@ -107,12 +108,17 @@ class Follower:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def _start_tasks(self, on_apply_done: Callable[[asyncio.Task], None]) -> None:
+    def _start_tasks(self, on_task_done: Callable[[asyncio.Task], None]) -> None:
+        """Start the apply and housekeeping tasks; ``on_task_done`` supervises them and every
+        snapshot task (one dying of a bug would otherwise stop silently: no heartbeat, so the
+        trim would pass this replica by)."""
+        self._on_task_done = on_task_done
         self._tasks = [
             asyncio.create_task(self._apply_loop(), name=f"replica-apply-{self.key}"),
             asyncio.create_task(self._housekeeping(), name=f"replica-house-{self.key}"),
         ]
-        self._tasks[0].add_done_callback(on_apply_done)
+        for t in self._tasks:
+            t.add_done_callback(on_task_done)
 
     async def _stop_tasks(self) -> None:
         tasks = [*self._tasks, *([self._snapshot_task] if self._snapshot_task else [])]
@@ -242,7 +248,11 @@ class Follower:
         if pub.version > before.version:
             o = self.options
             if pub.version % o.snapshot_every == 0 and (self._snapshot_task is None or self._snapshot_task.done()):
-                self._snapshot_task = asyncio.create_task(self._shared_snapshot(pub, self.last_id))
+                self._snapshot_task = asyncio.create_task(
+                    self._shared_snapshot(pub, self.last_id), name=f"replica-snapshot-{self.key}"
+                )
+                if self._on_task_done is not None:
+                    self._snapshot_task.add_done_callback(self._on_task_done)
             if o.digest_every and pub.version % o.digest_every == 0:
                 await self._check_digest(pub)
 

@@ -193,6 +193,13 @@ class Replayer:
                 raise Unrestorable(f"snapshot {base} is damaged: {exc}") from None
             if snap is None:
                 raise Unrestorable(f"snapshot {base} is no longer shared")
+            # its header digest only proves the bytes are intact; the published one, that they
+            # are the state every replica had (as the bootstrap checks)
+            published = await self.shared.digest_at(base)
+            if published is not None and published != snap.digest:
+                raise Unrestorable(
+                    f"snapshot {base} has digest {snap.digest[:16]}, the replicas published {published[:16]}"
+                )
         pub, after = await self.start_of(snap)
         pins = {base}
         while pub.version < target:

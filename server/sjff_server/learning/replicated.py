@@ -240,16 +240,20 @@ class ReplicatedLearner(Follower):
             self.history.append((res[0], "update", now, e.update.samples, 0))
 
     def _apply_done(self, task: asyncio.Task) -> None:
-        """Supervision: an apply task that dies of a bug stops learning (inference goes on)."""
-        if task.cancelled() or task.exception() is None:
+        """Supervision: a replication task (apply, housekeeping, snapshot) that dies of a bug
+        stops learning (inference goes on)."""
+        if task.cancelled() or task.exception() is None or self._failed is not None:
             return
         exc = task.exception()
+        for t in (*self._tasks, self._snapshot_task):  # the others would serve again / beat on
+            if t is not None and t is not task:
+                t.cancel()
         if isinstance(exc, ArtifactMismatch):  # an operator's mistake, not a bug: no traceback
             log.error("model refused: its artefact is not the stream's", extra={"model": self.key, "error": str(exc)})
             self._failed = str(exc)
             self._fail_waiters(Unavailable(str(exc)))
         else:
-            log.error("replication apply task failed", exc_info=exc, extra={"model": self.key})
+            log.error("replication task failed", exc_info=exc, extra={"model": self.key, "task": task.get_name()})
             self._failed = f"internal error: {type(exc).__name__}: {exc}"
             self._fail_waiters(InternalError(f"learning stopped by an internal error ({type(exc).__name__})"))
         self._set_serving(False)

@@ -49,6 +49,26 @@ end
 return 0
 """
 
+# KEYS: snaps, pins, the snapshot keys; ARGV: their versions. Deletes those not pinned now
+# (values and index), in one step with the check (see the append script in stream.py);
+# returns the versions deleted.
+_PRUNE = """
+local held = {}
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do
+  for x in string.gmatch(v, '[^,]+') do held[x] = true end
+end
+local gone = {}
+for i = 3, #KEYS do
+  local v = ARGV[i - 2]
+  if not held[v] then
+    redis.call('DEL', KEYS[i])
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], v, v)
+    table.insert(gone, v)
+  end
+end
+return gone
+"""
+
 # KEYS: digest; ARGV: version, digest. nil if published or equal, else the other digest.
 _PUBLISH_DIGEST = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then return false end
@@ -167,6 +187,7 @@ class SharedState:
         self._put_snapshot = redis.register_script(_PUT_SNAPSHOT)
         self._publish = redis.register_script(_PUBLISH_DIGEST)
         self._beat = redis.register_script(_BEAT)
+        self._prune = redis.register_script(_PRUNE)
 
     def _key(self, *parts: str) -> str:
         return model_key(self.prefix, self.model, *parts)
@@ -225,14 +246,12 @@ class SharedState:
             raise ValueError(f"keep must be >= 1, got {keep}")
         pinned = await self.pinned(replica_timeout_s)
         old = [(eid, int(v)) for eid, v in await self.redis.zrange(self._snaps, 0, -(keep + 1), withscores=True)]
-        old = [(eid, v) for eid, v in old if v not in pinned]
+        old = [v for _, v in old if v not in pinned]
         if not old:
             return []
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*(self._key("snap", str(v)) for _, v in old))
-            pipe.zrem(self._snaps, *(eid for eid, _ in old))
-            await pipe.execute()
-        return [v for _, v in old]
+        # the delete re-reads the pins: a rollback appended since pinned() keeps its snapshots
+        keys = [self._snaps, self._pins, *(self._key("snap", str(v)) for v in old)]
+        return [int(v) for v in await self._prune(keys, old)]
 
     @translate_errors
     async def pinned(self, replica_timeout_s: float) -> set[int]:

@@ -20,20 +20,43 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from ..errors import Unavailable
+from ..errors import Unavailable, VersionConflict
 from ..storage.records import Update, decode_update, encode_update
 from .redis_conn import model_key, retrying, translate_errors
 
 __all__ = ["Entry", "ReplicationLog", "entry_position", "parse_id"]
 
-# KEYS: log, seq, pins[, rid]; ARGV: rid window (s), pin ('' or the snapshot versions a
-# rollback needs), then the entry's field/value pairs. Returns {entry id, 1} after an XADD,
-# or {the id stored under rid, 0} for a repeated request. Atomic, and with appendfsync always
-# its writes are on disk before the reply.
+# KEYS: log, seq, pins, snaps, the keys of the snapshots a rollback reads (ARGV[3] of them)[,
+# rid]; ARGV: rid window (s), pin ('' or the snapshot versions a rollback needs), the number
+# of snapshot keys, the oldest pinned version ('': no check), then the entry's field/value
+# pairs. Returns {entry id, 1} after an XADD, {the id stored under rid, 0} for a repeated
+# request, or {'', -1} (nothing written) when a snapshot the rollback reads, or the stream
+# after the oldest of them, is gone: pruned or trimmed between planning and this append,
+# which would leave the rollback unrestorable everywhere. The pin is written here, in the
+# same step as the check, so a later prune (its delete re-reads the pins: shared.py) keeps
+# them. Atomic, and with appendfsync always its writes are on disk before the reply.
 _APPEND = """
-if #KEYS == 4 then
-  local old = redis.call('GET', KEYS[4])
+local ns = tonumber(ARGV[3])
+local rid = KEYS[5 + ns]
+if rid then
+  local old = redis.call('GET', rid)
   if old then return {old, 0} end
+end
+for i = 5, 4 + ns do
+  if redis.call('EXISTS', KEYS[i]) == 0 then return {'', -1} end
+end
+if ARGV[4] ~= '' then
+  local after = 0
+  if ARGV[4] ~= '0' then
+    local m = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[4], ARGV[4], 'LIMIT', 0, 1)
+    if not m[1] then return {'', -1} end
+    after = tonumber(string.match(m[1], '-(%d+)$'))
+  end
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  local nxt
+  if first[1] then nxt = tonumber(string.match(first[1][1], '-(%d+)$'))
+  else nxt = tonumber(redis.call('HGET', KEYS[2], 'n') or '0') + 1 end
+  if nxt > after + 1 then return {'', -1} end
 end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -42,11 +65,15 @@ if ms < last then ms = last end
 local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
 redis.call('HSET', KEYS[2], 'ms', string.format('%d', ms))
 local id = string.format('%d-%d', ms, n)
-redis.call('XADD', KEYS[1], id, unpack(ARGV, 3))
+redis.call('XADD', KEYS[1], id, unpack(ARGV, 5))
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[3], id, ARGV[2]) end
-if #KEYS == 4 then redis.call('SET', KEYS[4], id, 'EX', ARGV[1]) end
+if rid then redis.call('SET', rid, id, 'EX', ARGV[1]) end
 return {id, 1}
 """
+_BASE_GONE = (
+    "the snapshot this rollback is rebuilt from was pruned (or the stream after it trimmed) meanwhile by another "
+    "replica; nothing was appended: retry"
+)
 
 # KEYS: log; ARGV: an entry id. Returns {id of the last entry or '', id of the first entry
 # after ARGV[1] or '', Redis time in ms}: ids only, the entries stay in Redis.
@@ -100,6 +127,13 @@ def _text(b: bytes | str) -> str:
     return b.decode() if isinstance(b, bytes) else b
 
 
+def _checked(entry_id: bytes | str, appended: int) -> tuple[str, bool]:
+    """The append script's reply as ``(entry id, appended?)``; its refusal as :class:`VersionConflict`."""
+    if int(appended) < 0:
+        raise VersionConflict(_BASE_GONE)
+    return _text(entry_id), bool(appended)
+
+
 def _entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
     eid, kind = _text(entry_id), _text(fields.get(b"k", b""))
     rid = _text(fields.get(b"r", b""))
@@ -135,6 +169,7 @@ class ReplicationLog:
         self.key = model_key(prefix, model, "log")
         self._seq = model_key(prefix, model, "seq")
         self._pins = model_key(prefix, model, "pins")
+        self._snaps = model_key(prefix, model, "snaps")
         self.window_s, self.wait_replicas, self.wait_timeout_ms = idempotency_window_s, wait_replicas, wait_timeout_ms
         self._append = redis.register_script(_APPEND)
         self._lag = redis.register_script(_LAG)
@@ -158,8 +193,9 @@ class ReplicationLog:
         applied it); as :meth:`append`."""
         if not 0 <= base <= version:
             raise ValueError(f"rollback needs 0 <= base <= version, got base {base}, version {version}")
-        pin = ",".join(str(v) for v in sorted({base, *pins}))
-        return await self._add({"k": "rollback", "v": str(version), "b": str(base)}, request_id, pin)
+        versions = sorted({base, *pins})
+        fields: dict[str, bytes | str] = {"k": "rollback", "v": str(version), "b": str(base)}
+        return await self._add(fields, request_id, ",".join(map(str, versions)))
 
     @translate_errors
     async def _add(self, fields: dict[str, bytes | str], request_id: str, pin: str = "") -> tuple[str, bool]:
@@ -169,18 +205,24 @@ class ReplicationLog:
         return await add(fields, request_id, pin)
 
     async def _add_once(self, fields: dict[str, bytes | str], request_id: str, pin: str) -> tuple[str, bool]:
-        keys = [self.key, self._seq, self._pins] + ([self.rid_key(request_id)] if request_id else [])
-        args: list[bytes | str | int] = [self.window_s, pin, "r", request_id]
+        versions = [int(v) for v in pin.split(",")] if pin else []
+        snaps = [model_key(self.prefix, self.model, "snap", str(v)) for v in versions if v > 0]
+        keys = [self.key, self._seq, self._pins, self._snaps, *snaps]
+        keys += [self.rid_key(request_id)] if request_id else []
+        # versions grow with stream position: the oldest pinned one needs the longest stretch of stream
+        oldest = str(versions[0]) if versions else ""
+        args: list[bytes | str | int] = [self.window_s, pin, len(snaps), oldest, "r", request_id]
         for k, v in fields.items():
             args += [k, v]
         if not self.wait_replicas:
             eid, appended = await self._append(keys, args)
-            return _text(eid), bool(appended)
+            return _checked(eid, appended)
         # WAIT counts the writes of its own connection: send both on one (a pipeline)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.eval(_APPEND, len(keys), *keys, *args)
             pipe.wait(self.wait_replicas, self.wait_timeout_ms)
             (eid, appended), acked = await pipe.execute()
+        _checked(eid, appended)
         if acked < self.wait_replicas:
             raise Unavailable(
                 f"replication: only {acked} of {self.wait_replicas} Redis replicas acknowledged entry "
