@@ -1,0 +1,173 @@
+"""The FF convolution layer's math: goodness over feature maps and the Hebbian conv rule.
+
+A conv FF layer has activity ``l = ReLU(W * x)`` (cross-correlation, stride ``s``, zero padding
+``p``), shape ``[N, C, OH, OW]``. Its goodness is taken either over the whole feature map
+(``over="map"``: one G per sample, from all ``C * OH * OW`` units) or at each spatial location
+(``over="location"``: one G per sample and location, from the ``C`` channels there). A split
+goodness (symmetric, polar probabilities) puts the first ``C // 2`` channels in the positive
+half. The FF loss is the mean binary cross-entropy over the goodness entries (samples, or
+samples times locations).
+
+With a quadratic goodness dG/dl = c l, and l f'(z) = l for ReLU, so -dL/dW is the modulated
+Hebbian correlation of the post-synaptic map with the input patches::
+
+    dW[o, i, ky, kx] = c / K * sum_{n, y, x} M[n, o, y, x] l[n, o, y, x] x_pad[n, i, y s + ky, x s + kx]
+
+with ``M = -dL/dG`` broadcast over the units of each goodness entry and ``K`` the number of
+entries (``N`` or ``N * OH * OW``). Weights use torch's ``Conv2d`` layout ``[C, I, KH, KW]``.
+Torch tensors or numpy arrays; torch is never imported here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spikingjelly_ff.functional import _array
+from spikingjelly_ff.functional.goodness import goodness, hebbian_gain
+from spikingjelly_ff.functional.probability import Probability
+
+Tensor = Any  # a torch tensor or a numpy array
+
+OVER = ("map", "location")
+
+__all__ = [
+    "OVER",
+    "conv_goodness",
+    "conv_modulation",
+    "conv_output_size",
+    "conv_weight_correlation",
+    "ff_conv_hebbian_delta",
+    "length_normalize_map",
+]
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _check_over(over: str) -> None:
+    if over not in OVER:
+        raise ValueError(f"unknown goodness region {over!r}; choose one of {list(OVER)}")
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """Output length of a convolution along one axis (no dilation)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _units_last(act: Tensor, over: str) -> Tensor:
+    """``[N, C, OH, OW]`` -> the units of each goodness entry on the last axis:
+    ``[N, C * OH * OW]`` (channel-major, so the first half is the first ``C // 2`` channels)
+    or ``[N, OH, OW, C]``."""
+    _check_over(over)
+    if over == "map":
+        return act.reshape(act.shape[0], -1)
+    return act.transpose(0, 2, 3, 1) if not _array.is_torch(act) else act.permute(0, 2, 3, 1)
+
+
+def _units_back(u: Tensor, shape: tuple, over: str) -> Tensor:
+    """Inverse of :func:`_units_last`."""
+    if over == "map":
+        return u.reshape(shape)
+    return u.transpose(0, 3, 1, 2) if not _array.is_torch(u) else u.permute(0, 3, 1, 2)
+
+
+def conv_goodness(
+    act: Tensor, kind: str = "sum_squares", split: bool = False, over: str = "map"
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Goodness of a feature map ``act`` ``[N, C, OH, OW]``: ``[N]`` (``over="map"``) or
+    ``[N, OH, OW]`` (``over="location"``); a ``(G+, G-)`` pair of those when ``split``."""
+    return goodness(_units_last(act, over), kind, split)
+
+
+def _broadcast_targets(y: Tensor, g: Tensor) -> Tensor:
+    """Targets ``[N]`` repeated over the locations of ``g`` ``[N, ...]``."""
+    if g.ndim == 1:
+        return y
+    return _array.zeros(g, g.shape) + y.reshape(-1, *([1] * (g.ndim - 1)))
+
+
+def conv_modulation(
+    prob: Probability, act: Tensor, y: Tensor, goodness_kind: str = "sum_squares", over: str = "map"
+) -> Tensor:
+    """Modulation M = -dL/dG for every unit, ``[N, C, OH, OW]``, from activity ``act`` and
+    targets ``y`` ``[N]`` (1 positive, 0 negative): the unit's goodness entry's M (its half's
+    M for a split probability)."""
+    if prob.split and act.shape[1] % 2:
+        raise ValueError(f"a split goodness needs an even number of channels, got {act.shape[1]}")
+    u = _units_last(act, over)
+    g = goodness(u, goodness_kind, split=prob.split)
+    yb = _broadcast_targets(y, g[0] if prob.split else g)
+    width = u.shape[-1]
+    if prob.split:
+        m_pos, m_neg = prob.modulation(g, yb)
+        half = width // 2
+        m = _array.concat([_array.expand_last(m_pos, half), _array.expand_last(m_neg, width - half)])
+    else:
+        m = _array.expand_last(prob.modulation(g, yb), width)
+    return _units_back(m, act.shape, over)
+
+
+def conv_weight_correlation(
+    post: Tensor,
+    pre: Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+) -> Tensor:
+    """sum_{n, y, x} post[n, o, y, x] pre_pad[n, i, y sy + ky, x sx + kx], ``[C, I, KH, KW]``.
+
+    ``post`` ``[N, C, OH, OW]`` (e.g. M * l), ``pre`` ``[N, I, H, W]``; zero padding. This is
+    the weight gradient of a convolution, written as one contraction per kernel offset so
+    that numpy and torch run the same code."""
+    (kh, kw), (sy, sx), (py, px) = _pair(kernel_size), _pair(stride), _pair(padding)
+    n, ci, h, w = pre.shape
+    oh, ow = post.shape[-2:]
+    if (oh, ow) != (conv_output_size(h, kh, sy, py), conv_output_size(w, kw, sx, px)):
+        raise ValueError(f"post-synaptic map {tuple(post.shape)} does not fit input {tuple(pre.shape)} and the conv")
+    if py or px:
+        padded = _array.zeros(pre, (n, ci, h + 2 * py, w + 2 * px))
+        padded[:, :, py : py + h, px : px + w] = pre
+        pre = padded
+    xp = _array.xp(pre)
+    out = _array.empty(pre, (post.shape[1], ci, kh, kw))
+    for ky in range(kh):
+        for kx in range(kw):
+            patch = pre[:, :, ky : ky + (oh - 1) * sy + 1 : sy, kx : kx + (ow - 1) * sx + 1 : sx]
+            out[:, :, ky, kx] = xp.tensordot(post, patch, ([0, 2, 3], [0, 2, 3]))
+    return out
+
+
+def ff_conv_hebbian_delta(
+    prob: Probability,
+    post: Tensor,
+    pre: Tensor,
+    y: Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    goodness_kind: str = "sum_squares",
+    over: str = "map",
+) -> Tensor:
+    """-dL/dW ``[C, I, KH, KW]`` of a ReLU conv FF layer with quadratic goodness, as a Hebbian
+    correlation. ``post``: the layer's activity l ``[N, C, OH, OW]``; ``pre``: its input
+    (after any normalisation) ``[N, I, H, W]``; ``y`` ``[N]``. Mean over goodness entries."""
+    _check_over(over)
+    n, c, oh, ow = post.shape
+    width = c * oh * ow if over == "map" else c
+    entries = n if over == "map" else n * oh * ow
+    gain = hebbian_gain(goodness_kind, width, prob.split)
+    m = conv_modulation(prob, post, y, goodness_kind, over)
+    return conv_weight_correlation(m * post, pre, kernel_size, stride, padding) * (gain / entries)
+
+
+def length_normalize_map(x: Tensor, over: str = "map", eps: float = 1e-8) -> Tensor:
+    """``x / (||x|| + eps)`` for feature maps ``[..., C, H, W]``: the norm over each sample's
+    whole map (``over="map"``) or over the channels at each location (``"location"``), so a
+    layer cannot read the previous layer's goodness of that region."""
+    _check_over(over)
+    axes = (-3, -2, -1) if over == "map" else (-3,)
+    norm = _array.xp(x).sqrt((x * x).sum(axis=axes, keepdims=True))
+    if _array.is_torch(x):
+        return x / (norm + eps)
+    return x / (norm + x.dtype.type(eps))
