@@ -29,7 +29,7 @@ bench: setup  ## speed tables (benchmarks/*.py)
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/spiking_speed.py
 
-reproduce: setup  ## the paper's table, full MNIST, 10 epochs per row
+reproduce: setup  ## the paper's table, full MNIST, 10 epochs per row, mean ± sd over 5 seeds (hours)
 	$(VENV)/bin/sjff reproduce paper --out runs/paper
 
 clean:

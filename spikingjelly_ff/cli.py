@@ -4,7 +4,7 @@
     sjff eval MODEL [--dataset mnist|fashion-mnist] [--limit N] [--views S] [--json]
     sjff export MODEL --format onnx|spike|spike-onnx --out PATH
     sjff analyze MODEL [--dataset mnist] [--limit N] [--json] [--plot FILE.png]
-    sjff reproduce paper --out DIR [--epochs N] [--limit N]
+    sjff reproduce paper --out DIR [--seeds N] [--epochs N] [--limit N]
     sjff data fetch mnist|fashion-mnist [--root DIR]
 
 and the commands that installed packages add through the ``spikingjelly_ff.commands``
@@ -116,6 +116,7 @@ def _reproduce(args) -> int:
         limit=args.limit,
         test_limit=args.test_limit,
         rows=args.rows,
+        seeds=args.seeds,
         progress=not args.quiet,
     )
     print(f"wrote {Path(args.out) / 'table.md'}")
@@ -222,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use only N training samples")
     p.add_argument("--test-limit", type=int, default=None, help="use only N test samples")
     p.add_argument("--rows", nargs="*", default=None, help="rows to run (analog-sigmoid, ...: paper/ configs)")
+    p.add_argument(
+        "--seeds", type=int, default=5, help="seeds per row: the config's seed, seed+1, ...; table shows mean ± sd"
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_reproduce)
 

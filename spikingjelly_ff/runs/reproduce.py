@@ -1,9 +1,10 @@
-"""``sjff reproduce paper``: train the six rows of arXiv 2406.16479's Table 1 and tabulate
-accuracy, Hoyer sparsity and separability beside the paper's figures."""
+"""``sjff reproduce paper``: train the six rows of arXiv 2406.16479's Table 1 over several seeds
+and tabulate accuracy, Hoyer sparsity and separability (mean ± sd) beside the paper's figures."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from spikingjelly_ff.runs.config import load_config
 from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runs.train import train
 
-__all__ = ["PAPER", "reproduce_paper"]
+__all__ = ["METRICS", "PAPER", "mean_sd", "reproduce_paper"]
 
 # row -> (title, test accuracy %, Hoyer index, separability), as published.
 PAPER = {
@@ -26,6 +27,20 @@ PAPER = {
     "hebbian-online-sigmoid": ("Online Hebbian P_sigma", 81.72, 0.9664, 0.9973),
     "hebbian-online-symmetric": ("Online Hebbian P_sym", 94.33, 0.9641, 0.9822),
 }
+
+#: The per-seed values kept in ``results.json`` and summarised as mean ± sd.
+METRICS = ("test_accuracy", "hoyer", "separability", "seconds_per_epoch", "train_seconds")
+
+
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n − 1) of ``values``; the sd is ``None`` for one value."""
+    if not values:
+        raise ValueError("mean_sd needs at least one value, got none")
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n == 1:
+        return mean, None
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 def _overrides(epochs: int | None, limit: int | None, test_limit: int | None) -> list[str]:
@@ -39,12 +54,13 @@ def _overrides(epochs: int | None, limit: int | None, test_limit: int | None) ->
     return sets
 
 
-def _analyse(run: Path, test_limit: int | None, plot: Path) -> dict:
+def _analyse(run: Path, test_limit: int | None, plot: Path | None) -> dict:
     net, cfg, _ = load_model(run / "model")
     data = load_split(cfg.data.dataset, "test", cfg.data.root, cfg.data.download).take(test_limit)
     x, y = data.to_tensors()
     z = latents(net, x, y, seed=cfg.seed)
-    tsne_plot(z, y, plot, title=cfg.name)
+    if plot is not None:
+        tsne_plot(z, y, plot, title=cfg.name)
     return {"hoyer": hoyer(z), "separability": separability(z, y), "latents": z, "labels": y}
 
 
@@ -74,53 +90,87 @@ def _grid(entries: list[tuple[str, torch.Tensor, torch.Tensor, dict]], path: Pat
     plt.close(fig)
 
 
+def _summary(sets: list[str], runs: list[dict]) -> dict:
+    """A row's entry in ``results.json``: the per-seed records and their mean and sd per metric."""
+    stats = {m: mean_sd([r[m] for r in runs]) for m in METRICS}
+    return {
+        "overrides": sets,
+        "seeds": [r["seed"] for r in runs],
+        "runs": runs,
+        "mean": {m: s[0] for m, s in stats.items()},
+        "sd": {m: s[1] for m, s in stats.items()},
+    }
+
+
 def reproduce_paper(
     out: str | Path,
     epochs: int | None = None,
     limit: int | None = None,
     test_limit: int | None = None,
     rows: list[str] | None = None,
+    seeds: int = 5,
     progress: bool = True,
     log=print,
 ) -> dict:
-    """Train every row (or ``rows``), analyse its latents, write ``out/table.md`` and
-    ``out/results.json``. A row whose run already finished with the same settings is reused."""
+    """Train every row (or ``rows``) with seeds ``seed, seed + 1, …`` (``seeds`` of them, from the
+    row config's seed) into ``out/<row>/seed-<s>/``, analyse the latents, write ``out/table.md``
+    (mean ± sd per row) and ``out/results.json`` (per-seed values). A seed already trained with
+    the same settings is reused, so an interrupted run resumes and ``--seeds`` can be raised later.
+    The t-SNE pictures show each row's first seed."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     rows = list(PAPER) if not rows else rows
     unknown = [r for r in rows if r not in PAPER]
     if unknown:
         raise ValueError(f"unknown rows {unknown}; choose from {list(PAPER)}")
+    out.mkdir(parents=True, exist_ok=True)
     sets = _overrides(epochs, limit, test_limit)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     grid = []
     for row in rows:
-        run = out / row
-        cfg = load_config(f"paper/{row}", sets)
-        done = results.get(row)
-        if not (done and done.get("overrides") == sets and (run / "model" / "config.json").is_file()):
-            log(f"== {row}: training ({cfg.train.epochs} epochs)")
-            t0 = time.perf_counter()
-            metrics = train(cfg, run, log=log, progress=progress)
-            done = {
-                "overrides": sets,
-                "test_accuracy": metrics["final"]["test_accuracy"],
-                "seconds_per_epoch": metrics["final"]["seconds_per_epoch"],
-                "train_seconds": time.perf_counter() - t0,
-            }
-        log(f"== {row}: analysing latents")
-        res = _analyse(run, test_limit, run / "tsne.png")
-        done.update(hoyer=res["hoyer"], separability=res["separability"])
-        results[row] = done
-        results_path.write_text(json.dumps(results, indent=2))
-        grid.append((PAPER[row][0], res["latents"], res["labels"], res))
+        first = load_config(f"paper/{row}", sets).seed
+        prev = results.get(row) or {}
+        # earlier seeds of the same settings are reused; any other settings retrain
+        done = {r["seed"]: r for r in prev.get("runs", [])} if prev.get("overrides") == sets else {}
+        runs = []
+        for k in range(seeds):
+            seed = first + k
+            run = out / row / f"seed-{seed}"
+            rec = done.get(seed)
+            if not (rec and (run / "model" / "config.json").is_file()):
+                cfg = load_config(f"paper/{row}", [*sets, f"seed={seed}"])
+                log(f"== {row} seed {seed}: training ({cfg.train.epochs} epochs)")
+                t0 = time.perf_counter()
+                metrics = train(cfg, run, log=log, progress=progress)
+                rec = {
+                    "seed": seed,
+                    "test_accuracy": metrics["final"]["test_accuracy"],
+                    "seconds_per_epoch": metrics["final"]["seconds_per_epoch"],
+                    "train_seconds": time.perf_counter() - t0,
+                }
+            log(f"== {row} seed {seed}: analysing latents")
+            res = _analyse(run, test_limit, out / row / "tsne.png" if k == 0 else None)
+            rec.update(hoyer=res["hoyer"], separability=res["separability"])
+            runs.append(rec)
+            if k == 0:
+                grid.append((PAPER[row][0], res["latents"], res["labels"], res))
+            results[row] = _summary(sets, runs)
+            results_path.write_text(json.dumps(results, indent=2))
     _grid(grid, out / "latents_tsne.png")
     (out / "table.md").write_text(_table(results, rows, sets))
     return results
 
 
+def _cell(values: list[float], digits: int, scale: float = 1.0) -> str:
+    """``mean ± sd`` of ``scale * values`` with ``digits`` decimals; ``–`` for the sd of one value."""
+    mean, sd = mean_sd([scale * v for v in values])
+    return f"{mean:.{digits}f} ± " + ("–" if sd is None else f"{sd:.{digits}f}")
+
+
 def _table(results: dict, rows: list[str], sets: list[str]) -> str:
+    counts = sorted({len(results[row]["runs"]) for row in rows})
     lines = [
         "# arXiv 2406.16479, Table 1, reproduced",
         "",
@@ -128,6 +178,8 @@ def _table(results: dict, rows: list[str], sets: list[str]) -> str:
         + (f" with {', '.join(sets)}." if sets else ", full MNIST, 10 epochs."),
         "Accuracy is MNIST test accuracy (%); Hoyer and separability are computed on the test latents",
         "with the correct label shown (spike counts for spiking rows).",
+        f"Ours: mean ± sample sd (n − 1) over {'/'.join(map(str, counts))} seeds (the config's seed, seed + 1, …;",
+        "per-seed values in `results.json`); Δ = mean − paper.",
         "",
         "| Row | Accuracy (paper) | Accuracy (ours) | Δ | Hoyer (paper) | Hoyer (ours) "
         "| Separability (paper) | Separability (ours) | s/epoch |",
@@ -135,11 +187,17 @@ def _table(results: dict, rows: list[str], sets: list[str]) -> str:
     ]
     for row in rows:
         title, acc, hy, sep = PAPER[row]
-        r = results[row]
-        ours = 100 * r["test_accuracy"]
+        runs = results[row]["runs"]
+        per = {m: [r[m] for r in runs] for m in METRICS}
+        delta = mean_sd([100 * v for v in per["test_accuracy"]])[0] - acc
         lines.append(
-            f"| {title} | {acc:.2f} | {ours:.2f} | {ours - acc:+.2f} | {hy:.4f} | {r['hoyer']:.4f} | {sep:.4f} | "
-            f"{r['separability']:.4f} | {r['seconds_per_epoch']:.1f} |"
+            f"| {title} | {acc:.2f} | {_cell(per['test_accuracy'], 2, 100.0)} | {delta:+.2f} | {hy:.4f} | "
+            f"{_cell(per['hoyer'], 4)} | {sep:.4f} | {_cell(per['separability'], 4)} | "
+            f"{_cell(per['seconds_per_epoch'], 1)} |"
         )
-    lines += ["", "Latent spaces (t-SNE of 1,500 test latents): `latents_tsne.png`; per row: `<row>/tsne.png`.", ""]
+    lines += [
+        "",
+        "Latent spaces (t-SNE of 1,500 test latents, first seed): `latents_tsne.png`; per row: `<row>/tsne.png`.",
+        "",
+    ]
     return "\n".join(lines)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,7 +31,28 @@ def test_separability_counts_same_label_neighbours():
     assert separability(z, labels[torch.randperm(60, generator=g)]) < 0.6
 
 
-def test_reproduce_command_writes_the_table(tmp_path, monkeypatch, mini):
+def _cells(table: str, title: str) -> list[str]:
+    """The cells of the table row titled ``title``."""
+    line = next(ln for ln in table.splitlines() if ln.startswith(f"| {title} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def _mean_sd(cell: str) -> tuple[float, str]:
+    mean, sd = cell.split(" ± ")
+    return float(mean), sd
+
+
+# metric -> (table column, scale, decimals shown)
+COLUMNS = {
+    "test_accuracy": (2, 100.0, 2),
+    "hoyer": (5, 1.0, 4),
+    "separability": (7, 1.0, 4),
+    "seconds_per_epoch": (8, 1.0, 1),
+}
+
+
+def test_reproduce_command_writes_the_table_over_seeds(tmp_path, monkeypatch, mini):
+    from spikingjelly_ff.cli import main
     from spikingjelly_ff.runs import reproduce
 
     monkeypatch.setattr(
@@ -37,17 +60,54 @@ def test_reproduce_command_writes_the_table(tmp_path, monkeypatch, mini):
         "_overrides",
         lambda e, lim, t: [f"data.dataset={mini}", "train.epochs=1", "train.limit=300", "eval.limit=200"],
     )
-    res = reproduce.reproduce_paper(
-        tmp_path, rows=["analog-symmetric", "hebbian-online-symmetric"], progress=False, log=lambda s: None
-    )
+    rows = ["analog-symmetric", "hebbian-online-symmetric"]
+    titles = {"analog-symmetric": "Analog P_sym", "hebbian-online-symmetric": "Online Hebbian P_sym"}
+    quiet = {"progress": False, "log": lambda s: None}
+
+    # one seed: today's table, the sd shown as "–"
+    res = reproduce.reproduce_paper(tmp_path, rows=rows, seeds=1, **quiet)
     table = (tmp_path / "table.md").read_text()
     assert "| Analog P_sym | 94.87 |" in table and "| Online Hebbian P_sym | 94.33 |" in table
+    for row in rows:
+        cells = _cells(table, titles[row])
+        assert _mean_sd(cells[2]) == (pytest.approx(100 * res[row]["runs"][0]["test_accuracy"], abs=0.005), "–")
+        assert all(c.endswith(" ± –") for c in (cells[2], cells[5], cells[7], cells[8]))
     assert (tmp_path / "latents_tsne.png").stat().st_size > 10_000
-    assert set(res) == {"analog-symmetric", "hebbian-online-symmetric"}
-    assert all(0 <= r["hoyer"] <= 1 and 0 <= r["separability"] <= 1 for r in res.values())
-    # a second call reuses the finished runs
-    mtime = (tmp_path / "analog-symmetric" / "metrics.json").stat().st_mtime
-    reproduce.reproduce_paper(tmp_path, rows=["analog-symmetric"], progress=False, log=lambda s: None)
-    assert (tmp_path / "analog-symmetric" / "metrics.json").stat().st_mtime == mtime
+    assert all(0 <= r["mean"]["hoyer"] <= 1 and 0 <= r["mean"]["separability"] <= 1 for r in res.values())
+
+    # two seeds through the command line: seed 0 is reused, seed 1 trained beside it
+    mtime = (tmp_path / "analog-symmetric" / "seed-0" / "metrics.json").stat().st_mtime
+    assert main(["reproduce", "paper", "--out", str(tmp_path), "--seeds", "2", "--rows", *rows, "--quiet"]) == 0
+    assert (tmp_path / "analog-symmetric" / "seed-0" / "metrics.json").stat().st_mtime == mtime
+    results = json.loads((tmp_path / "results.json").read_text())
+    table = (tmp_path / "table.md").read_text()
+    for row in rows:
+        assert results[row]["seeds"] == [0, 1]
+        assert (tmp_path / row / "seed-1" / "model" / "config.json").is_file()
+        assert (tmp_path / row / "tsne.png").is_file()
+        cells = _cells(table, titles[row])
+        for metric, (col, scale, digits) in COLUMNS.items():
+            values = scale * np.array([r[metric] for r in results[row]["runs"]])
+            assert len(values) == 2
+            mean, sd = _mean_sd(cells[col])
+            tol = 0.5 * 10**-digits + 1e-9
+            assert mean == pytest.approx(values.mean(), abs=tol)
+            assert float(sd) == pytest.approx(values.std(ddof=1), abs=tol)
+        acc = 100 * np.array([r["test_accuracy"] for r in results[row]["runs"]])
+        assert float(cells[3]) == pytest.approx(acc.mean() - float(cells[1]), abs=0.005 + 1e-9)
+    a, b = results["analog-symmetric"]["runs"]
+    assert (a["test_accuracy"], a["hoyer"]) != (b["test_accuracy"], b["hoyer"])  # the seed reaches training
+
     with pytest.raises(ValueError, match="unknown rows"):
         reproduce.reproduce_paper(tmp_path, rows=["resnet"], log=lambda s: None)
+    with pytest.raises(ValueError, match="seeds must be at least 1"):
+        reproduce.reproduce_paper(tmp_path, rows=rows, seeds=0, log=lambda s: None)
+
+
+def test_mean_sd_is_the_sample_sd():
+    from spikingjelly_ff.runs.reproduce import mean_sd
+
+    values = [0.91, 0.915, 0.902, 0.93]
+    mean, sd = mean_sd(values)
+    assert mean == pytest.approx(np.mean(values)) and sd == pytest.approx(np.std(values, ddof=1))
+    assert mean_sd([0.5]) == (0.5, None)
