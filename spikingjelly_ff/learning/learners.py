@@ -22,13 +22,14 @@ from spikingjelly_ff.functional.dynamics import TraceParams, trace_step
 from spikingjelly_ff.functional.hebbian import ff_hebbian_delta
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.kernels import apply_delta
+from spikingjelly_ff.nn.conv_models import AnalogConvFFNet
 from spikingjelly_ff.nn.models import AnalogFFNet
 
 __all__ = ["HebbianLearner", "LocalLossLearner"]
 
 
 class LocalLossLearner:
-    """Layer-local FF training of an :class:`AnalogFFNet` with one torch optimizer.
+    """Layer-local FF training of an :class:`AnalogFFNet` (or conv net) with one torch optimizer.
 
     Each layer sees its input detached, so its parameters get only the gradient of its own
     loss BCE(P(G(l)), y). With ``reduce`` (data parallel: each batch is one rank's shard),
@@ -49,14 +50,18 @@ class LocalLossLearner:
     def step(self, x: Tensor, y: Tensor) -> list[Tensor]:
         """One update on embedded inputs ``[N, D']`` with targets ``y`` ``[N]`` (1 = positive).
 
-        Returns every layer's activity before the update (detached), ``[N, H_l]`` each."""
-        losses, acts = [], []
-        inp = x
-        for layer in self.net.layers:
-            out = layer(inp.detach())
-            losses.append(self.net.probability.loss(self.net.layer_goodness(out), y))
-            acts.append(out.detach())
-            inp = out
+        Returns every layer's activity before the update (detached), ``[N, H_l]`` each (maps
+        ``[N, C_l, OH_l, OW_l]`` for a conv net)."""
+        if isinstance(self.net, AnalogConvFFNet):
+            losses, acts = _conv_losses(self.net, x, y)
+        else:
+            losses, acts = [], []
+            inp = x
+            for layer in self.net.layers:
+                out = layer(inp.detach())
+                losses.append(self.net.probability.loss(self.net.layer_goodness(out), y))
+                acts.append(out.detach())
+                inp = out
         self.optimizer.zero_grad(set_to_none=True)
         torch.stack(losses).sum().backward()
         if self.reduce is not None:
@@ -64,6 +69,19 @@ class LocalLossLearner:
             self.reduce([g for g in grads if g is not None], x.shape[0])
         self.optimizer.step()
         return acts
+
+
+def _conv_losses(net: AnalogConvFFNet, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """Every conv layer's FF loss over its goodness region and its activity map (detached);
+    a layer reads the previous one's pooled output detached, as the dense loop does."""
+    losses, acts = [], []
+    inp = net.as_maps(x)
+    for layer in net.layers:
+        act = layer.activity(inp.detach())
+        losses.append(net.layer_loss(act, y))
+        acts.append(act.detach())
+        inp = layer.pool(act)
+    return losses, acts
 
 
 class HebbianLearner(base.MemoryModule):

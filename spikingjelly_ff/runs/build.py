@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from spikingjelly_ff.nn.conv_models import AnalogConvFFNet
 from spikingjelly_ff.nn.embedding import build_embedding
 from spikingjelly_ff.nn.models import AnalogFFNet, FFNet, SpikingFFNet
 from spikingjelly_ff.runs.config import ModelConfig
@@ -12,13 +13,17 @@ __all__ = ["build_model"]
 
 
 def build_model(m: ModelConfig, in_features: int, num_classes: int, seed: int, backend: str = "torch") -> FFNet:
-    """Build an analog or spiking FF network from config; weights drawn from ``seed``."""
+    """Build an analog (dense or conv) or spiking FF network from config; weights drawn from
+    ``seed``. A conv net learns its image shape from the data (``net.image_shape``)."""
     e = m.embedding
     emb = build_embedding(e.kind, num_classes, e.bits, e.density, seed if e.seed is None else e.seed, e.scale)
     torch.manual_seed(seed)
     shared = (in_features, m.layers, emb, m.probability, m.goodness, m.score, m.score_layers, num_classes)
-    if m.kind == "analog":
-        net: FFNet = AnalogFFNet(*shared, bias=m.bias, normalize=m.normalize, shift_views=m.shift_views)
+    if m.conv:
+        conv = (in_features, m.conv, *shared[2:])
+        net: FFNet = AnalogConvFFNet(*conv, over=m.goodness_over, bias=m.bias, shift_views=m.shift_views)
+    elif m.kind == "analog":
+        net = AnalogFFNet(*shared, bias=m.bias, normalize=m.normalize, shift_views=m.shift_views)
     else:
         net = SpikingFFNet(*shared, neuron=m.neuron, trace=m.trace, encoder=m.encoder, backend=backend)
     if m.init == "normal":

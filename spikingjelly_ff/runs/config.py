@@ -37,6 +37,7 @@ from spikingjelly_ff.functional.probability import Probability
 
 __all__ = [
     "ConfigError",
+    "ConvLayerConfig",
     "DataConfig",
     "EmbeddingConfig",
     "EncoderConfig",
@@ -78,6 +79,19 @@ HebbianConfig = HebbianParams
 
 
 @dataclass
+class ConvLayerConfig:
+    """One analog conv FF layer (``nn.conv.FFConv2d``): ``channels`` feature maps of
+    ``kernel`` x ``kernel``, then optional ``pool`` (max | avg) over ``pool_size`` windows."""
+
+    channels: int = 32
+    kernel: int = 5
+    stride: int = 1
+    padding: int = 0
+    pool: str | None = None
+    pool_size: int = 2
+
+
+@dataclass
 class ModelConfig:
     kind: str = "analog"  # analog | spiking
     layers: list[int] = field(default_factory=lambda: [200])
@@ -96,6 +110,10 @@ class ModelConfig:
     neuron: NeuronParams = field(default_factory=NeuronParams)
     trace: TraceParams = field(default_factory=TraceParams)
     encoder: EncoderParams = field(default_factory=EncoderParams)
+    # analog conv net (empty: the dense net of ``layers``): its layers, with ``layers: []``;
+    # the label is written into the image (``embedding.kind: onehot``)
+    conv: list[ConvLayerConfig] = field(default_factory=list)
+    goodness_over: str = "map"  # conv goodness (and next-layer normalisation) region: map | location
 
 
 @dataclass
@@ -180,6 +198,7 @@ CHOICES = {
     "model.embedding.kind": LABEL_KINDS,
     "model.encoder.coding": CODINGS,
     "model.score": ("probability", "goodness"),
+    "model.goodness_over": ("map", "location"),
     "model.neuron.form": FORMS,
     "model.neuron.fire": FIRE_RULES,
     "model.trace.kind": TRACE_KINDS,
@@ -200,7 +219,9 @@ def _validate(cfg: RunConfig) -> None:
         if flat[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {flat[key]!r}")
     m, t = cfg.model, cfg.train
-    if not m.layers or any(h < 1 for h in m.layers):
+    if m.conv:
+        _validate_conv(cfg)
+    elif not m.layers or any(h < 1 for h in m.layers):
         raise ConfigError("model.layers must be a non-empty list of positive widths")
     if m.probability.kind != "sigmoid" and any(h % 2 for h in m.layers):
         raise ConfigError(f"{m.probability.kind} probability splits layers in halves: widths must be even")
@@ -215,7 +236,7 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("model.encoder.rest_steps must be >= 0")
     if m.kind == "spiking" and not -1 <= t.hebbian.learn_after < m.encoder.steps - 1:
         raise ConfigError("train.hebbian.learn_after must lie in [-1, model.encoder.steps - 1)")
-    if m.score_layers is not None and any(not 0 <= i < len(m.layers) for i in m.score_layers):
+    if m.score_layers is not None and any(not 0 <= i < len(m.conv or m.layers) for i in m.score_layers):
         raise ConfigError("model.score_layers holds a layer index out of range")
     if m.shift_views < 0:
         raise ConfigError("model.shift_views must be >= 0")
@@ -227,6 +248,28 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("train.negatives=hard draws from a look-ahead over the stream; use train.draws=stream")
     if t.limit is not None and t.limit < 1:
         raise ConfigError("train.limit must be >= 1")
+
+
+def _validate_conv(cfg: RunConfig) -> None:
+    """What a conv net (``model.conv`` set) needs; the image size is checked when it is built."""
+    m, t = cfg.model, cfg.train
+    if m.layers:
+        raise ConfigError("model.conv builds a conv-only network: set model.layers: []")
+    if m.kind != "analog" or t.learner != "local-loss":
+        raise ConfigError("model.conv is available for analog models trained with train.learner=local-loss")
+    if m.embedding.kind != "onehot":
+        raise ConfigError("model.conv writes the label into the image: set model.embedding.kind=onehot")
+    if t.readout.enabled:
+        raise ConfigError("train.readout is available for dense models only")
+    for i, c in enumerate(m.conv):
+        key = f"model.conv[{i}]"
+        if min(c.channels, c.kernel, c.stride, c.pool_size) < 1 or c.padding < 0:
+            raise ConfigError(f"{key}: channels, kernel, stride and pool_size must be >= 1, padding >= 0")
+        if c.pool not in (None, "max", "avg"):
+            raise ConfigError(f"{key}.pool must be one of max, avg or null; got {c.pool!r}")
+        if m.probability.kind != "sigmoid" and c.channels % 2:
+            kind = m.probability.kind
+            raise ConfigError(f"{kind} probability splits channels in halves: {key}.channels must be even")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,221 @@
+"""Analog convolutional FF network (``AnalogConvFFNet``), trained layer-locally.
+
+The candidate label is written into the image as Hinton does: the network's
+:class:`LabelEmbedding` (kind ``onehot``) overwrites the first C pixels of the flattened
+image, i.e. the start of the first row, with ``scale * onehot(label)``; the embedded image is
+reshaped to ``[N, 1, H, W]``. Each layer is an :class:`FFConv2d`: activity
+l = ReLU(W * x_hat) ``[N, C, OH, OW]``, where x_hat is the previous layer's (pooled) output,
+length-normalised over the goodness region for every layer after the first. Goodness is
+taken over the whole map or at each location (``over``, ``functional.conv``); a layer's score
+is its summed log-odds over its goodness entries, a label's score the sum over the voting
+layers (``scores.summed_score`` of the entries' units). All labels are scored in one batched
+pass over ``C * n`` inputs per chunk of ``score_chunk`` images.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from spikingjelly_ff.functional.conv import OVER, conv_goodness, conv_output_size
+from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.scores import layer_score as entry_score
+from spikingjelly_ff.functional.scores import summed_score
+from spikingjelly_ff.nn.conv import FFConv2d
+from spikingjelly_ff.nn.embedding import LabelEmbedding
+from spikingjelly_ff.nn.models import AnalogFFNet, FFNet
+
+__all__ = ["AnalogConvFFNet", "ConvSpec", "entry_units"]
+
+
+class ConvSpec(Protocol):
+    """What a conv layer's description holds (the run config's ``model.conv`` entries)."""
+
+    channels: int
+    kernel: int
+    stride: int
+    padding: int
+    pool: str | None  # None, "max" or "avg", over pool_size windows (stride = window)
+    pool_size: int
+
+
+def entry_units(act: Tensor, over: str) -> Tensor:
+    """The units of every goodness entry on the last axis, ``[K, units]``: ``[N, C * OH * OW]``
+    for ``over="map"`` (channel-major, so a split's first half is the first ``C // 2``
+    channels), ``[N * OH * OW, C]`` for ``"location"`` (sample-major)."""
+    if over == "map":
+        return act.flatten(1)
+    return act.permute(0, 2, 3, 1).reshape(-1, act.shape[1])
+
+
+class AnalogConvFFNet(AnalogFFNet):
+    """Stack of :class:`FFConv2d` layers on images ``[N, H * W]`` (flat, as every FF net takes
+    them; ``image_shape`` gives ``(H, W)``, or a square is assumed).
+
+    An :class:`AnalogFFNet` to the trainer and the evaluator (``scores``, ``view_scores``,
+    ``predict``, ``pn_logit``); activities are maps ``[N, C_l, OH_l, OW_l]`` (before pooling),
+    and ``widths`` the channels. No linear readout.
+    """
+
+    kind = "analog"
+
+    def __init__(
+        self,
+        in_features: int,
+        conv: list[ConvSpec],
+        embedding: LabelEmbedding,
+        probability: Probability,
+        goodness_kind: str = "sum_squares",
+        score: str = "probability",
+        score_layers: list[int] | None = None,
+        num_classes: int = 10,
+        *,
+        over: str = "map",
+        bias: bool = False,
+        shift_views: int = 0,
+        image_shape: tuple[int, int] | None = None,
+        label_channels: bool = True,
+        score_chunk: int = 200,
+    ) -> None:
+        """``score_chunk``: images per batched all-label pass (``C * score_chunk`` inputs)."""
+        if over not in OVER:
+            raise ValueError(f"unknown goodness region {over!r}; choose one of {list(OVER)}")
+        if embedding.kind != "onehot":
+            kind = embedding.kind
+            raise ValueError(f"a conv FF net writes the label into the image: use a onehot embedding, got {kind!r}")
+        if not conv:
+            raise ValueError("a conv FF net needs at least one conv layer")
+        # FFNet, not AnalogFFNet: the layers are convolutions, built here.
+        FFNet.__init__(
+            self, in_features, [c.channels for c in conv], embedding, probability, goodness_kind, score,
+            score_layers, num_classes,
+        )  # fmt: skip
+        self.shift_views = shift_views
+        self.normalize = True
+        self.over = over
+        self.score_chunk = score_chunk
+        self.image_shape = image_shape
+        self.label_channels = label_channels
+        chans = [self.in_channels, *self.widths]
+        self.layers = nn.ModuleList(
+            FFConv2d(
+                chans[i], spec.channels, spec.kernel, stride=spec.stride, padding=spec.padding, bias=bias,
+                normalize_input=over if i > 0 else None, pool=spec.pool, pool_size=spec.pool_size,
+            )
+            for i, spec in enumerate(conv)
+        )  # fmt: skip
+        self.specs = list(conv)
+
+    # -- shapes --------------------------------------------------------------------------
+
+    def _hw(self) -> tuple[int, int]:
+        if self.image_shape is not None:
+            h, w = self.image_shape
+        else:
+            h = w = int(round(self.in_features**0.5))
+        if h * w != self.in_features:
+            raise ValueError(f"image shape {(h, w)} does not hold the {self.in_features} inputs; set image_shape")
+        return int(h), int(w)
+
+    def map_shapes(self) -> list[tuple[int, int, int]]:
+        """Activity shape ``(C, OH, OW)`` of every layer (before its pooling)."""
+        h, w = self._hw()
+        out = []
+        for spec in self.specs:
+            h, w = (conv_output_size(s, spec.kernel, spec.stride, spec.padding) for s in (h, w))
+            if h < 1 or w < 1:
+                raise ValueError(f"conv layer {len(out)} leaves no output ({h} x {w}); use smaller kernels or pools")
+            out.append((spec.channels, h, w))
+            if spec.pool is not None:
+                h, w = h // spec.pool_size, w // spec.pool_size
+        return out
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the first layer: the image, and C label maps with ``label_channels``."""
+        return 1 + self.num_classes * self.label_channels
+
+    def as_maps(self, x: Tensor) -> Tensor:
+        """Embedded inputs ``[N, H * W]`` as maps ``[N, in_channels, H, W]``: the image (label
+        pixels included), then with ``label_channels`` the label code read back from its
+        pixels, each of the C values constant over a map, so every location sees the label."""
+        n, (h, w) = x.shape[0], self._hw()
+        img = x.reshape(n, 1, h, w)
+        if not self.label_channels:
+            return img
+        code = x[:, self.embedding.label_slice(self.in_features)]
+        return torch.cat([img, code[:, :, None, None].expand(n, -1, h, w)], dim=1)
+
+    # -- activity, goodness, loss ----------------------------------------------------------
+
+    def activities(self, x: Tensor) -> list[Tensor]:
+        """Every layer's activity ``[N, C_l, OH_l, OW_l]`` for embedded inputs ``[N, H * W]``."""
+        out = []
+        inp = self.as_maps(x)
+        for layer in self.layers:
+            act = layer.activity(inp)
+            out.append(act)
+            inp = layer.pool(act)
+        return out
+
+    def layer_goodness(self, activity: Tensor):
+        """G (or (G+, G-)) of one layer's map ``[N, C, OH, OW]``: ``[N]`` or ``[N, OH, OW]``."""
+        return conv_goodness(activity, self.goodness_kind, split=self.probability.split, over=self.over)
+
+    def layer_loss(self, activity: Tensor, y: Tensor) -> Tensor:
+        """The layer's FF loss: mean BCE over its goodness entries, targets ``y`` ``[N]``
+        repeated over the locations."""
+        g = self.layer_goodness(activity)
+        g1 = g[0] if isinstance(g, tuple) else g
+        return self.probability.loss(g, y.reshape(-1, *([1] * (g1.ndim - 1))).expand_as(g1))
+
+    def _layer(self, activity: Tensor, score: str) -> Tensor:
+        n = activity.shape[0]
+        units = entry_units(activity, self.over)
+        # one score per goodness entry; the sample's is their sum (over its locations)
+        return entry_score(units, self.probability, self.goodness_kind, score).reshape(n, -1).sum(1)
+
+    def _summed(self, activities: list[Tensor], score: str) -> Tensor:
+        if self.over == "map":  # one entry per sample: the dense sum as is
+            units = [entry_units(a, "map") for a in activities]
+            return summed_score(units, self.score_layers, self.probability, self.goodness_kind, score)
+        return torch.stack([self._layer(activities[i], score) for i in self.score_layers]).sum(0)
+
+    def layer_score(self, activity: Tensor) -> Tensor:
+        """Score ``[N]`` of one layer's map: its goodness entries' scores summed."""
+        return self._layer(activity, self.score_kind)
+
+    def score_activities(self, activities: list[Tensor]) -> Tensor:
+        """Sum of the voting layers' scores, ``[N]``."""
+        return self._summed(activities, self.score_kind)
+
+    def pn_logit(self, activities: list[Tensor]) -> Tensor:
+        """Summed log-odds that each sample is positive, ``[N]``."""
+        return self._summed(activities, "probability")
+
+    # -- all-label scoring ----------------------------------------------------------------
+
+    def all_label_activities(self, x: Tensor) -> list[Tensor]:
+        """Every layer's activity for images ``[N, H * W]`` under every label, label-major
+        ``[C * N, ...]`` (the label pixels feed the first conv, so there is no image/label
+        separation to exploit as in the dense net)."""
+        c, n = self.num_classes, x.shape[0]
+        return self.activities(self.embedding.all_labels(x).reshape(c * n, -1))
+
+    def scores(self, x: Tensor) -> Tensor:
+        """Score of every label, ``[N, C]``: batched passes over ``C * n`` inputs, ``n`` at
+        most ``score_chunk`` images, to bound the memory of the feature maps."""
+        c = self.num_classes
+        parts = []
+        for xb in torch.split(x, self.score_chunk):
+            s = self.score_activities(self.all_label_activities(xb))
+            parts.append(s.reshape(c, xb.shape[0]).transpose(0, 1))
+        return torch.cat(parts) if parts else x.new_zeros((0, c))
+
+    def latent(self, activities: list[Tensor], layers: list[int] | None = None) -> Tensor:
+        raise NotImplementedError("a conv FF net has no linear readout")
+
+    def attach_readout(self, layers: list[int]) -> nn.Linear:
+        raise NotImplementedError("a conv FF net has no linear readout")
