@@ -74,14 +74,8 @@ class LocalLossLearner:
 def _conv_losses(net: AnalogConvFFNet, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     """Every conv layer's FF loss over its goodness region and its activity map (detached);
     a layer reads the previous one's pooled output detached, as the dense loop does."""
-    losses, acts = [], []
-    inp = net.as_maps(x)
-    for layer in net.layers:
-        act = layer.activity(inp.detach())
-        losses.append(net.layer_loss(act, y))
-        acts.append(act.detach())
-        inp = layer.pool(act)
-    return losses, acts
+    acts = net.activities(x, detach=True)
+    return [net.layer_loss(a, y) for a in acts], [a.detach() for a in acts]
 
 
 class HebbianLearner(base.MemoryModule):

@@ -14,6 +14,7 @@ activity before pooling (``activity``); ``forward`` returns what the next layer 
 
 from __future__ import annotations
 
+import torch
 from spikingjelly.activation_based import base, layer
 from torch import Tensor, nn
 
@@ -47,6 +48,7 @@ class FFConv2d(nn.Module, base.StepModule):
         over that region (use the previous layer's goodness region), as ``FFLinear`` does
         for layers after the first
     :param pool: ``None``, ``"max"`` or ``"avg"``, over ``pool_size`` windows
+    :param label_maps: ``(L, OH, OW)``: learn label weights ``[L, C, OH, OW]``, one per unit
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class FFConv2d(nn.Module, base.StepModule):
         pool: str | None = None,
         pool_size: Size = 2,
         step_mode: str = "s",
+        label_maps: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
         if normalize_input is not None and normalize_input not in OVER:
@@ -69,6 +72,16 @@ class FFConv2d(nn.Module, base.StepModule):
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias, step_mode=step_mode
         )
         self.act = nn.ReLU()
+        # Label weights B [L, C, OH, OW], zero at start: every unit gets its own pre-activation
+        # term code @ B, as a dense layer's one-hot input gives each hidden unit its own label
+        # weights. A label term shared by all locations of a channel (constant label maps
+        # through the kernel) only lets a channel count its local features, which barely tells
+        # a right label from a wrong one; a term per location lets the label select *where*
+        # each feature should be (a 7 has its bar at the top), as a dense layer's template does.
+        self.label_bias: nn.Parameter | None = None
+        if label_maps is not None:
+            k, oh, ow = label_maps
+            self.label_bias = nn.Parameter(torch.zeros(k, out_channels, oh, ow))
         self.pool = _pool(pool, pool_size, step_mode)
         self.normalize_input = normalize_input
         self.step_mode = step_mode
@@ -78,15 +91,21 @@ class FFConv2d(nn.Module, base.StepModule):
         """``[C, I, KH, KW]``."""
         return self.synapse.weight
 
-    def activity(self, x: Tensor) -> Tensor:
-        """The layer activity l = ReLU(W * x_hat) before pooling, what goodness reads.
-        Calls ``synapse`` and ``act`` as modules, so hooks on them see every call."""
+    def activity(self, x: Tensor, code: Tensor | None = None) -> Tensor:
+        """The layer activity l = ReLU(W * x_hat + code @ B) before pooling, what goodness
+        reads; ``code`` ``[.., L]`` (the label code) is needed with ``label_maps``. Calls
+        ``synapse`` and ``act`` as modules, so hooks on them see every call."""
         if self.normalize_input is not None:
             x = length_normalize_map(x, self.normalize_input)
-        return self.act(self.synapse(x))
+        z = self.synapse(x)
+        if self.label_bias is not None:
+            if code is None:
+                raise ValueError("this layer has label weights: pass the label code")
+            z = z + torch.tensordot(code, self.label_bias, 1)
+        return self.act(z)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.activity(x))
+    def forward(self, x: Tensor, code: Tensor | None = None) -> Tensor:
+        return self.pool(self.activity(x, code))
 
 
 class SpikingFFConv2d(nn.Module, base.StepModule):

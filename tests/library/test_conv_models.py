@@ -45,6 +45,7 @@ def test_local_loss_reads_the_goodness_region():
     learner = LocalLossLearner(net, torch.optim.SGD(net.layers.parameters(), lr=0.1))
     acts = learner.step(net.embedding(torch.rand(4, 784), torch.arange(4)), torch.tensor([1.0, 0.0, 1.0, 0.0]))
     assert acts[0].shape == (4, 8, 24, 24)
+    assert [tuple(layer.label_bias.shape) for layer in net.layers] == [(10, 8, 24, 24), (10, 8, 10, 10)]
     assert all(not torch.equal(a, b) for a, b in zip(before, net.layers.parameters()))
 
 
@@ -66,12 +67,14 @@ def test_config_round_trips_and_refuses_what_a_conv_net_cannot_do():
 
 def test_trains_on_the_subset_and_reloads(tmp_path):
     cfg = conv_config(
-        f"data.dataset={MINI}", "data.download=false", "train.epochs=4", "train.batch_size=10",
+        f"data.dataset={MINI}", "data.download=false", "train.epochs=3", "train.batch_size=10",
         "train.optimizer.lr=0.003", "train.negatives=paired", "train.eval_every=0", "threads=2",
     )  # fmt: skip
     metrics = train(cfg, tmp_path, log=lambda s: None, progress=False)
     acc = metrics["final"]["test_accuracy"]
-    assert acc > 0.2  # ten classes: chance is 0.1
+    # seed 0 gives 0.786, 0.834, 0.874 after epochs 1-3 (2 threads); the floor leaves margin
+    # for other machines. Without per-unit label weights this stayed near 0.2.
+    assert acc > 0.75
     net, _, meta = load_model(tmp_path / "model")
     assert meta["image_shape"] == [28, 28]
     from spikingjelly_ff.runs.evaluate import evaluate_model
