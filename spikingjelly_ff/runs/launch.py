@@ -6,6 +6,9 @@ the environment). Rank 0 writes the model and metrics; a rank that fails stops e
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
+import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +28,31 @@ class DistributedError(RuntimeError):
     """A rank of a data-parallel run failed (its error is in the message)."""
 
 
+def _reporting(entry: Callable[..., Any], folder: str, *args: Any) -> Any:
+    """Run ``entry(*args)`` as a worker; its error goes to ``<folder>/rank-<r>.err`` before it
+    propagates. The elastic agent stops the other ranks as soon as it sees one fail, and the rank
+    that failed first (the root cause) may be killed while the agent still records the ranks it
+    took down ("connection closed by peer"): these files, written before the process exits,
+    keep every rank's error and its order."""
+    try:
+        return entry(*args)
+    except BaseException as exc:
+        path = Path(folder) / f"rank-{os.environ.get('RANK', '?')}.err"
+        with open(path, "w") as fh:
+            fh.write("".join(traceback.format_exception_only(type(exc), exc)).strip())
+            fh.flush()
+            os.fsync(fh.fileno())
+        raise
+
+
+def _rank_errors(folder: str) -> list[tuple[int, str, str]]:
+    """``(mtime_ns, rank, error)`` of every rank that wrote one, earliest first."""
+    found = []
+    for path in Path(folder).glob("rank-*.err"):
+        found.append((path.stat().st_mtime_ns, path.stem.split("-", 1)[1], path.read_text()))
+    return sorted(found)
+
+
 def launch(nproc: int, entry: Callable[..., Any], *args: Any, timeout_s: float = INIT_TIMEOUT_S) -> dict[int, Any]:
     """Run ``entry(*args)`` in ``nproc`` local processes (ranks 0..nproc-1, spawned) and return
     ``{rank: result}``; ``timeout_s`` bounds the rendezvous (start-up), not the collectives.
@@ -42,18 +70,20 @@ def launch(nproc: int, entry: Callable[..., Any], *args: Any, timeout_s: float =
         monitor_interval=0.1,
         start_method="spawn",
     )
-    try:
-        return elastic_launch(config, entry)(*args)
-    except ChildFailedError as exc:
-        # Every failed rank, earliest first: the root cause and the ranks it took down (a rank
-        # waiting on a dead peer may report "connection closed" before the peer's own error).
-        lines = []
-        for rank, failure in sorted(exc.failures.items(), key=lambda item: item[1].timestamp):
-            message = failure.message
-            if isinstance(message, dict):  # the error file the worker's @record wrote
-                message = message.get("message", message)
-            lines.append(f"rank {rank} of {nproc} failed: {message}")
-        raise DistributedError("; ".join(lines)) from exc
+    with tempfile.TemporaryDirectory(prefix="sjff-ranks-") as folder:
+        try:
+            return elastic_launch(config, _reporting)(entry, folder, *args)
+        except ChildFailedError as exc:
+            # Every failed rank, earliest first: the root cause, then the ranks it took down (a
+            # rank waiting on a dead peer reports "connection closed" after the peer's own error).
+            lines = [f"rank {rank} of {nproc} failed: {error}" for _, rank, error in _rank_errors(folder)]
+            if not lines:  # a rank died without raising (killed, crashed): what the agent saw
+                for rank, failure in sorted(exc.failures.items(), key=lambda item: item[1].timestamp):
+                    message = failure.message
+                    if isinstance(message, dict):  # the error file the worker's @record wrote
+                        message = message.get("message", message)
+                    lines.append(f"rank {rank} of {nproc} failed: {message}")
+            raise DistributedError("; ".join(lines)) from exc
 
 
 @record
