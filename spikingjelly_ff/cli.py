@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -152,6 +153,28 @@ def _run_plugin(name: str, rest: list[str]) -> int:
     return command(rest)
 
 
+def _count(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="sjff", description="Forward-Forward and Hebbian learning for SpikingJelly networks"
@@ -172,14 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     p.add_argument(
         "--nproc",
-        type=int,
+        type=_count,
         default=1,
         metavar="N",
         help="data-parallel training on N local processes (implies train.draws=per-sample; docs/distributed.md)",
     )
     p.add_argument("--dist-backend", default="auto", choices=["auto", "gloo", "nccl"], help="default: nccl on cuda")
     p.add_argument(
-        "--dist-timeout", type=float, default=300.0, metavar="S", help="seconds a collective waits for the other ranks"
+        "--dist-timeout", type=_seconds, default=300.0, metavar="S", help="seconds a collective waits for other ranks"
     )
     p.set_defaults(func=_train)
 
@@ -224,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=int, default=None, help="use only N test samples")
     p.add_argument("--rows", nargs="*", default=None, help="rows to run (analog-sigmoid, ...: paper/ configs)")
     p.add_argument(
-        "--seeds", type=int, default=5, help="seeds per row: the config's seed, seed+1, ...; table shows mean ± sd"
+        "--seeds", type=_count, default=5, help="seeds per row: the config's seed, seed+1, ...; table shows mean ± sd"
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_reproduce)

@@ -272,3 +272,23 @@ def test_shift_views_train_eval_and_export_agree(tmp_path, mini):
     assert np.array_equal(sess.run(["label"], {"images": x.numpy()})[0], net.predict(x).numpy())
     proc = _sjff("eval", str(model), "--views", "-1", cwd=ROOT)
     assert proc.returncode == 2 and ">= 0" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "paper/analog-sigmoid", "--nproc", "0"], "--nproc: must be an integer >= 1, got '0'"),
+        (["train", "paper/analog-sigmoid", "--nproc", "two"], "--nproc: must be an integer >= 1, got 'two'"),
+        (["train", "paper/analog-sigmoid", "--dist-timeout", "nan"], "--dist-timeout: must be a number of seconds > 0"),
+        (["train", "paper/analog-sigmoid", "--dist-timeout", "-1"], "--dist-timeout: must be a number of seconds > 0"),
+        (["reproduce", "paper", "--seeds", "0"], "--seeds: must be an integer >= 1, got '0'"),
+    ],
+)
+def test_cli_counts_and_timeouts_are_validated(tmp_path, capsys, args, message):
+    """A process count, seed count or timeout out of range is one argparse error (exit 2), and
+    nothing is trained (a run with --nproc 0 used to train in one process)."""
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
