@@ -121,9 +121,7 @@ def encode_payload(r: UpdateRecord) -> bytes:
             (
                 head,
                 _UPDATE.pack(u.seed, u.eta, n, d),
-                np.ascontiguousarray(u.images, dtype="<f4").tobytes(),
-                np.ascontiguousarray(u.labels, dtype="<i8").tobytes(),
-                (np.asarray(u.positive) > 0.5).astype(np.uint8).tobytes(),
+                _pack_samples(u.images, u.labels, u.positive),
             )
         )
     if r.kind == ROLLBACK:
@@ -134,6 +132,32 @@ def encode_payload(r: UpdateRecord) -> bytes:
             raise ValueError(f"a digest record needs a sha256 (64 hex digits), got {r.digest!r}")
         return head + raw
     raise ValueError(f"unknown record kind {r.kind}")
+
+
+def _pack_samples(images, labels, positive) -> bytes:
+    """The sample block shared by log records and stream entries: images ``[n, d]`` float32,
+    labels ``[n]`` int64, positive ``[n]`` uint8, little-endian."""
+    return b"".join(
+        (
+            np.ascontiguousarray(images, dtype="<f4").tobytes(),
+            np.ascontiguousarray(labels, dtype="<i8").tobytes(),
+            (np.asarray(positive) > 0.5).astype(np.uint8).tobytes(),
+        )
+    )
+
+
+def _unpack_samples(data: bytes, off: int, n: int, d: int, what: str):
+    """Inverse of :func:`_pack_samples` for the block at ``off`` to the end of ``data``:
+    ``(images float32, labels int64, positive float32)``; ``ValueError`` if its size is off."""
+    need = n * d * 4 + n * 8 + n
+    if len(data) - off != need:
+        raise ValueError(f"{what} {n}x{d} samples holds {len(data) - off} data bytes, expected {need}")
+    images = np.frombuffer(data, dtype="<f4", count=n * d, offset=off).reshape(n, d)
+    off += n * d * 4
+    labels = np.frombuffer(data, dtype="<i8", count=n, offset=off)
+    off += n * 8
+    positive = np.frombuffer(data, dtype=np.uint8, count=n, offset=off)
+    return images.astype(np.float32), labels.astype(np.int64), positive.astype(np.float32)
 
 
 def frame_header(payload: bytes) -> bytes:
@@ -164,15 +188,8 @@ def decode_payload(payload: bytes) -> UpdateRecord:
             raise ValueError("update payload too short")
         seed, eta, n, d = _UPDATE.unpack_from(payload, off)
         off += _UPDATE.size
-        need = n * d * 4 + n * 8 + n
-        if len(payload) - off != need:
-            raise ValueError(f"update payload holds {len(payload) - off} bytes, expected {need}")
-        images = np.frombuffer(payload, dtype="<f4", count=n * d, offset=off).reshape(n, d)
-        off += n * d * 4
-        labels = np.frombuffer(payload, dtype="<i8", count=n, offset=off)
-        off += n * 8
-        positive = np.frombuffer(payload, dtype=np.uint8, count=n, offset=off).astype(np.float32)
-        update = Update(images.astype(np.float32), labels.astype(np.int64), positive, seed, eta)
+        images, labels, positive = _unpack_samples(payload, off, n, d, "update payload of")
+        update = Update(images, labels, positive, seed, eta)
         return UpdateRecord(UPDATE, version, created, update)
     if kind == ROLLBACK:
         if len(payload) != off + _ROLLBACK.size:
@@ -217,14 +234,7 @@ def encode_update(u: Update) -> bytes:
         )
     except struct.error as exc:
         raise ValueError(f"update seed/expected_version must fit in u64, got {u.seed}/{u.expected_version}") from exc
-    return b"".join(
-        (
-            head,
-            np.ascontiguousarray(images, dtype="<f4").tobytes(),
-            np.ascontiguousarray(labels, dtype="<i8").tobytes(),
-            (positive > 0.5).astype(np.uint8).tobytes(),
-        )
-    )
+    return head + _pack_samples(images, labels, positive)
 
 
 def decode_update(data: bytes) -> Update:
@@ -237,19 +247,11 @@ def decode_update(data: bytes) -> Update:
         raise ValueError(f"update entry of format {fmt}, this server reads format {UPDATE_FORMAT}: upgrade it")
     if flags & ~(_HAS_SEED | _HAS_ETA | _HAS_EXPECTED):
         raise ValueError(f"update entry has unknown flags {flags:#04x}")
-    off = _UPDATE_HEAD.size
-    need = n * d * 4 + n * 8 + n
-    if len(data) - off != need:
-        raise ValueError(f"update entry of {n}x{d} samples holds {len(data) - off} data bytes, expected {need}")
-    images = np.frombuffer(data, dtype="<f4", count=n * d, offset=off).reshape(n, d)
-    off += n * d * 4
-    labels = np.frombuffer(data, dtype="<i8", count=n, offset=off)
-    off += n * 8
-    positive = np.frombuffer(data, dtype=np.uint8, count=n, offset=off)
+    images, labels, positive = _unpack_samples(data, _UPDATE_HEAD.size, n, d, "update entry of")
     return Update(
-        images.astype(np.float32),
-        labels.astype(np.int64),
-        positive.astype(np.float32),
+        images,
+        labels,
+        positive,
         seed if flags & _HAS_SEED else None,
         eta if flags & _HAS_ETA else None,
         expected if flags & _HAS_EXPECTED else None,
