@@ -24,7 +24,7 @@ from spikingjelly_ff.runtime import load_exported
 def server(sjff_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     # "batched": a window far longer than any test, so requests batch whatever the timing
-    configs = {"snn": {"max_steps": 400}, "batched": {"max_queue_delay_us": 30_000_000, "max_batch_size": 64}}
+    configs = {"snn": {"max_steps": 20_000}, "batched": {"max_queue_delay_us": 30_000_000, "max_batch_size": 64}}
     models = {"mnist": sjff_models["analog"], "snn": sjff_models["spike"], "batched": sjff_models["analog"]}
     su.make_repository(root, models, configs)
     # a second repository version of mnist, to address versions
@@ -132,7 +132,7 @@ def test_spiking_inference_matches_the_runtime(client, spike, mnist_samples):
     r = client.infer(x[:1], model="snn", steps=10, return_latent=True)
     assert r.outputs["latent"].shape == (1, spike.weights[0].shape[0])
     assert not np.array_equal(r.scores, spike.scores(x[:1], seed=0))  # 10 steps differ from 23
-    assert code_of(lambda: client.infer(x[:1], model="snn", steps=100000))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: client.infer(x[:1], model="snn", steps=20_001))[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert "spiking models only" in code_of(lambda: client.infer(x[:1], steps=3))[1]
 
 
@@ -234,25 +234,22 @@ def test_inline_limit_follows_the_model_cost(server):
     assert loaded["snn"]["inline_rows"] == 0
 
 
-def test_deadline_interrupts_a_long_spiking_batch(server, client, spike, mnist_samples):
+def test_deadline_interrupts_a_long_spiking_batch(server, client, mnist_samples):
+    """A deadline that expires while the single spiking worker runs a long batch interrupts it
+    inside its time-step loop (the server logs "batch interrupted", which only an interruption
+    writes) and the worker serves the next request. No wall-clock ratio is asserted."""
     images, _ = mnist_samples
     big = su.as_float(images[:256])
-    t0 = time.perf_counter()
-    spike.scores(big[:32], seed=0)
-    full = (time.perf_counter() - t0) * 8 * 400 / 23  # rough time of the whole batch at 400 steps
-    t0 = time.perf_counter()
-    code, _ = code_of(lambda: client.infer(big, model="snn", steps=400, timeout=0.3))
+    # 256 images x 20,000 steps: minutes on any CPU, so the 0.3 s deadline always falls inside it
+    code, _ = code_of(lambda: client.infer(big, model="snn", steps=20_000, timeout=0.3))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    # the single spiking worker is soon free again: the batch was interrupted inside its
-    # time-step loop (at the next Python bytecode after the numpy call in progress) instead of
-    # running to its end
-    r = client.infer(big[:1], model="snn", timeout=30)
+    r = client.infer(big[:1], model="snn", timeout=60)
     assert r.label.shape == (1,)
-    took = time.perf_counter() - t0
-    assert took < full / 2, (took, full)
-    time.sleep(0.2)
-    ran = [rec["ran_s"] for rec in server.log_records() if rec["msg"].startswith("batch interrupted")]
-    assert ran and ran[-1] < full / 2, (ran, full)  # it stopped long before its natural end
+    end = time.monotonic() + 30  # the record is written when the worker stops: poll, bounded
+    while not (hit := [rec for rec in server.log_records() if rec["msg"].startswith("batch interrupted")]):
+        assert time.monotonic() < end, "the long batch was never interrupted"
+        time.sleep(0.05)
+    assert hit[-1]["images"] == 256
 
 
 def test_structured_logs(server, client):
@@ -441,20 +438,26 @@ def test_spiking_batches_on_two_workers_never_see_torn_weights(sjff_models, tmp_
 
 def test_min_version_waits_within_the_deadline(server, mnist_samples):
     """``min_version`` (read-your-writes): met at once when the model is there, else
-    DEADLINE_EXCEEDED at the call's deadline with a message naming both versions; the answer
-    keeps sjff_version; a non-integer value is INVALID_ARGUMENT."""
+    DEADLINE_EXCEEDED after ``min_version_wait_ms`` (or near the call's deadline) with a message
+    naming both versions; the answer keeps sjff_version; a non-integer value is INVALID_ARGUMENT."""
     images, _ = mnist_samples
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.target))
 
-    def infer(value, timeout=10.0):
-        req = build_infer_request(images[:2], "mnist", parameters={"min_version": value})
+    def infer(value, timeout=30.0, **params):
+        req = build_infer_request(images[:2], "mnist", parameters={"min_version": value, **params})
         return stub.ModelInfer(req, timeout=timeout)
 
     resp = infer(0)
     assert resp.parameters["sjff_version"].int64_param == 0 and resp.raw_output_contents
-    code, message = code_of(lambda: infer(1, timeout=0.3))
+    # the server's own bound (min_version_wait_ms) ends the wait long before the client's deadline
+    code, message = code_of(lambda: infer(1, min_version_wait_ms=200))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "min_version 1" in message and "version 0" in message
+    # the call's deadline bounds the wait too (which side's timer fires first is not asserted)
+    code, _ = code_of(lambda: infer(1, timeout=0.3))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    code, message = code_of(lambda: infer(1, min_version_wait_ms=-1))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "min_version_wait_ms" in message
     code, message = code_of(lambda: infer("1"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "min_version" in message
     code, _ = code_of(lambda: infer(-1))

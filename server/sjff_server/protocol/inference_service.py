@@ -18,24 +18,35 @@ from ..serving.models import ModelRegistry, ServedModel
 from .messages import ModelMessages
 from .registration import Malformed
 from .rpc import RpcService, deadline_of
-from .validation import IMAGE_DTYPES, decode_infer, min_version_of
+from .validation import MAX_VERSION_WAIT_MS, IMAGE_DTYPES, decode_infer, min_version_of, version_wait_of
 
 __all__ = ["InferenceService", "ServerState"]
 
 SERVER_NAME = "spikingjelly-ff"
 EXTENSIONS = ["classification", "model_repository_versions", "sjff_learning"]
 _FP32 = IMAGE_DTYPES["FP32"]
-MAX_VERSION_WAIT_S = 30.0  # how long min_version waits in a call without a deadline
 _POLL_S = 0.002
+# the wait for min_version ends this much before the call's deadline, so that the server's
+# DEADLINE_EXCEEDED (which names both versions) reaches the client before its own timer fires
+_REPLY_MARGIN_S, _REPLY_MARGIN_FRACTION = 0.25, 0.2
 
 
-async def wait_for_version(served: ServedModel, version: int, deadline: float | None) -> None:
+def version_wait_end(deadline: float | None, wait_s: float | None, now: float) -> float:
+    """When a ``min_version`` wait gives up (a ``time.monotonic()`` instant): after ``wait_s``
+    if given, and in any case a reply margin before the call's ``deadline`` (at most
+    ``MAX_VERSION_WAIT_MS`` without one)."""
+    end = now + (MAX_VERSION_WAIT_MS / 1e3 if wait_s is None else wait_s)
+    if deadline is not None:
+        left = max(0.0, deadline - now)
+        end = min(end, deadline - min(_REPLY_MARGIN_S, _REPLY_MARGIN_FRACTION * left))
+    return end
+
+
+async def wait_for_version(served: ServedModel, version: int, deadline: float) -> None:
     """Return once ``served`` publishes learning ``version`` or later (read-your-writes), else
-    :class:`DeadlineExceeded` at ``deadline`` (or after :data:`MAX_VERSION_WAIT_S`)."""
+    :class:`DeadlineExceeded` at ``deadline`` (see :func:`version_wait_end`)."""
     if served.published.version >= version:
         return
-    if deadline is None:
-        deadline = time.monotonic() + MAX_VERSION_WAIT_S
     learner = served.learner
     if hasattr(learner, "wait_version"):  # replicated: woken when the version is applied
         await learner.wait_version(version, deadline)
@@ -137,9 +148,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer, RpcService):
             raise InvalidInput(request.message)
         served = self.registry.get(request.model_name, request.model_version)
         x, plan = decode_infer(request, served, self.max_rows)
-        min_version = min_version_of(request)
+        min_version, wait_s = min_version_of(request), version_wait_of(request)  # both validated
         if min_version is not None:
-            await wait_for_version(served, min_version, deadline)
+            await wait_for_version(served, min_version, version_wait_end(deadline, wait_s, time.monotonic()))
         diverged = getattr(served.learner, "diverged", None)
         if diverged:
             raise Unavailable(f"{served.name}/{served.version} is not available on this replica: {diverged}")

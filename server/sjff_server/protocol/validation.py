@@ -23,6 +23,7 @@ __all__ = [
     "decode_infer",
     "decode_learn",
     "min_version_of",
+    "version_wait_of",
 ]
 
 IMAGE_DTYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1"), "FP64": np.dtype("<f8"), "FP16": np.dtype("<f2")}
@@ -230,3 +231,14 @@ def min_version_of(request: pb.ModelInferRequest) -> int | None:
     if not request.parameters or "min_version" not in request.parameters:
         return None
     return _int_param("min_version", request.parameters["min_version"], 0, 2**63 - 1)
+
+
+MAX_VERSION_WAIT_MS = 30_000  # the longest ``min_version_wait_ms`` (and the wait of a call without a deadline)
+
+
+def version_wait_of(request: pb.ModelInferRequest) -> float | None:
+    """The ``min_version_wait_ms`` parameter in seconds: how long the server waits for
+    ``min_version`` before it answers DEADLINE_EXCEEDED (None: until just before the deadline)."""
+    if not request.parameters or "min_version_wait_ms" not in request.parameters:
+        return None
+    return _int_param("min_version_wait_ms", request.parameters["min_version_wait_ms"], 0, MAX_VERSION_WAIT_MS) / 1e3
