@@ -88,8 +88,13 @@ def make_tls(directory: Path, name: str = "sjff test") -> TlsFiles:
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
-    ca_cert = issue(f"{name} CA", ca_key, subject(f"{name} CA"), ca_key,
-                    [(x509.BasicConstraints(ca=True, path_length=0), True), (ca_usage, True)])
+    ca_cert = issue(
+        f"{name} CA",
+        ca_key,
+        subject(f"{name} CA"),
+        ca_key,
+        [(x509.BasicConstraints(ca=True, path_length=0), True), (ca_usage, True)],
+    )
     ca, _ = write("ca", ca_key, ca_cert)
     leaf_usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
     san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])

@@ -23,9 +23,7 @@ def lint(tree: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(str(tree / p) for p in (".", "server", "clients/python"))
     env["COLUMNS"] = "400"  # one line per contract in the report
-    return subprocess.run(
-        [str(LINT), "--no-cache"], cwd=tree, env=env, capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([str(LINT), "--no-cache"], cwd=tree, env=env, capture_output=True, text=True, timeout=300)
 
 
 def copy_tree(dst: Path) -> Path:

@@ -39,7 +39,7 @@ class Replica:
         args = ["--replication", url, "--replication-snapshot-every", "7", "--digest-every", "5"]
         args += ["--replication-max-lag", "0", "--snapshot-interval", "0", *extra]
         self.proc = ServerProcess(repo, token_file=token_path, extra_args=args)
-        self.token = ((("authorization", f"Bearer {token_path.read_text().strip()}"),))
+        self.token = (("authorization", f"Bearer {token_path.read_text().strip()}"),)
         self.channel = None
 
     def start(self) -> Replica:

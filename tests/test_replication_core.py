@@ -283,8 +283,12 @@ def test_snapshots_round_trip_bit_exact_and_prune(redis_server):
             assert await shared.put_snapshot(v, f"{v}-{v}", w, e, d)
         w, e, d = state(99)
         assert not await shared.put_snapshot(20, "21-21", w, e, d)  # another replica, same version
-        assert [(r.version, r.entry_id) for r in await shared.snapshots()] == [(10, "10-10"), (20, "20-20"),
-                                                                              (30, "30-30"), (40, "40-40")]
+        assert [(r.version, r.entry_id) for r in await shared.snapshots()] == [
+            (10, "10-10"),
+            (20, "20-20"),
+            (30, "30-30"),
+            (40, "40-40"),
+        ]
         s = await shared.newest_at_or_below(35)
         w, e, d = state(30)
         assert (s.version, s.entry_id, s.digest) == (30, "30-30", d)

@@ -128,9 +128,10 @@ def test_rollback_applies_alike_on_a_lagging_replica(cluster, redis_server, mnis
         assert len(converged([a, b], version)) == 1
     loaded = [x for x in b.proc.log_records() if x.get("msg") == "replica state loaded"]
     assert loaded[-1]["learning_version"] > 39  # recovered from a snapshot after the rollback
-    assert "rollback" in [x for x in b.proc.log_records() if x.get("msg") == "replica diverged: re-bootstrapping"][
-        -1
-    ]["error"]
+    assert (
+        "rollback"
+        in [x for x in b.proc.log_records() if x.get("msg") == "replica diverged: re-bootstrapping"][-1]["error"]
+    )
 
 
 def test_redis_down_at_startup_starts_not_serving_then_catches_up(repo, redis_server, token_path, mnist_samples):  # noqa: F811

@@ -178,6 +178,7 @@ def test_every_refusal_has_a_status_and_a_reason_named_after_it():
 
 def test_a_refinement_of_a_refusal_keeps_its_status():
     """status_of walks the class hierarchy: a subclass of a refusal is answered as its base."""
+
     class TooWide(InvalidInput):
         pass
 

@@ -18,7 +18,7 @@ from ..serving.models import ModelRegistry, ServedModel
 from .messages import ModelMessages
 from .registration import Malformed
 from .rpc import RpcService, deadline_of
-from .validation import MAX_VERSION_WAIT_MS, IMAGE_DTYPES, decode_infer, min_version_of, version_wait_of
+from .validation import IMAGE_DTYPES, MAX_VERSION_WAIT_MS, decode_infer, min_version_of, version_wait_of
 
 __all__ = ["InferenceService", "ServerState"]
 

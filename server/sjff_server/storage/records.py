@@ -229,9 +229,7 @@ def encode_update(u: Update) -> bytes:
         | (_HAS_EXPECTED if u.expected_version is not None else 0)
     )
     try:
-        head = _UPDATE_HEAD.pack(
-            UPDATE_FORMAT, flags, u.seed or 0, u.eta or 0.0, u.expected_version or 0, n, d
-        )
+        head = _UPDATE_HEAD.pack(UPDATE_FORMAT, flags, u.seed or 0, u.eta or 0.0, u.expected_version or 0, n, d)
     except struct.error as exc:
         raise ValueError(f"update seed/expected_version must fit in u64, got {u.seed}/{u.expected_version}") from exc
     return head + _pack_samples(images, labels, positive)
