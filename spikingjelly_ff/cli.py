@@ -77,7 +77,9 @@ def _export(args) -> int:
         else:
             path = spiking_to_onnx(net, args.out)
     elif args.format == "spike":
-        if not isinstance(net, SpikingFFNet):
+        from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
+
+        if not isinstance(net, (SpikingFFNet, SpikingConvFFNet)):
             raise ValueError("--format spike needs a spiking model; export analog models with --format onnx")
         from spikingjelly_ff.export.spike import export_spike
 

@@ -1,5 +1,5 @@
-"""Export a trained spiking FF model to the spike-runtime artefact (NIR + our metadata), and
-import an artefact back into SpikingJelly."""
+"""Export a trained spiking FF model (dense ``SpikingFFNet`` or ``SpikingConvFFNet``) to the
+spike-runtime artefact (NIR + our metadata), and import a dense artefact back into SpikingJelly."""
 
 from __future__ import annotations
 
@@ -12,13 +12,30 @@ import torch
 from spikingjelly_ff import __version__
 from spikingjelly_ff.functional.params import EvalParams, HebbianParams
 from spikingjelly_ff.nn.models import SpikingFFNet
+from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 from spikingjelly_ff.runtime.artifact import SpikeArtifact, write_artifact
+from spikingjelly_ff.runtime.conv_artifact import ConvLayerMeta, SpikeConv
 
 __all__ = ["artifact_from_model", "export_spike", "resolve_spike_path", "to_spikingjelly"]
 
 
+def _conv_layout(net: SpikingConvFFNet) -> SpikeConv:
+    """The conv layers' settings and shapes as the artefact records them."""
+    layers = []
+    shape = (1, *net._hw())
+    for spec, (c, oh, ow) in zip(net.specs, net.map_shapes()):
+        la = ConvLayerMeta(c, spec.kernel, spec.stride, spec.padding, spec.pool, spec.pool_size, shape, (c, oh, ow))
+        layers.append(la)
+        shape = la.out_shape
+    return SpikeConv(net.over, layers)
+
+
+def _arrays(tensors) -> list[np.ndarray]:
+    return [t.detach().cpu().numpy().astype(np.float32) for t in tensors]
+
+
 def artifact_from_model(
-    net: SpikingFFNet,
+    net: SpikingFFNet | SpikingConvFFNet,
     image_shape=None,
     eligibility=None,
     *,
@@ -28,10 +45,17 @@ def artifact_from_model(
 ) -> SpikeArtifact:
     """The numpy artefact of ``net`` (weights copied to the CPU), carrying the learning
     (``hebbian``) and evaluation settings a runtime uses (None: the defaults) and the
-    ``name`` it travels with."""
+    ``name`` it travels with. A conv net's weights are its conv weights, then its label
+    weights (``eligibility`` in the same order), and its image shape is the net's own."""
     code = net.embedding.label_code
+    conv = None
+    weights = _arrays(layer.weight for layer in net.layers)
+    if isinstance(net, SpikingConvFFNet):
+        conv = _conv_layout(net)
+        weights += _arrays(layer.label_bias for layer in net.layers)
+        image_shape = net._hw()
     return SpikeArtifact(
-        weights=[layer.weight.detach().cpu().numpy().astype(np.float32) for layer in net.layers],
+        weights=weights,
         neuron=net.neuron_params,
         trace=net.trace_params,
         encoder=net.encoder,
@@ -45,10 +69,11 @@ def artifact_from_model(
         label_patterns=None if code.patterns is None else code.patterns.astype(np.uint8),
         image_shape=list(image_shape) if image_shape is not None else None,
         hebbian=hebbian or HebbianParams(),
-        eligibility=None if eligibility is None else [e.detach().cpu().numpy() for e in eligibility],
+        eligibility=None if eligibility is None else _arrays(eligibility),
         evaluation=evaluation or EvalParams(),
         name=name,
         library_version=__version__,
+        conv=conv,
     )
 
 
@@ -61,7 +86,7 @@ def resolve_spike_path(out: str | os.PathLike) -> Path:
 
 
 def export_spike(
-    net: SpikingFFNet,
+    net: SpikingFFNet | SpikingConvFFNet,
     out: str | os.PathLike,
     image_shape=None,
     *,

@@ -15,12 +15,17 @@ Hebbian correlation of the post-synaptic map with the input patches::
 
 with ``M = -dL/dG`` broadcast over the units of each goodness entry and ``K`` the number of
 entries (``N`` or ``N * OH * OW``). Weights use torch's ``Conv2d`` layout ``[C, I, KH, KW]``.
-Torch tensors or numpy arrays; torch is never imported here.
+The forward convolution (:func:`conv2d`) and the pooling (:func:`pool2d`) are here too, so that
+torch training and the numpy runtime share them. Torch tensors or numpy arrays; torch is never
+imported here.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from spikingjelly_ff.functional import _array
 from spikingjelly_ff.functional.goodness import goodness, hebbian_gain
@@ -35,9 +40,12 @@ __all__ = [
     "conv_goodness",
     "conv_modulation",
     "conv_output_size",
+    "conv2d",
     "conv_weight_correlation",
     "ff_conv_hebbian_delta",
+    "ff_conv_hebbian_deltas",
     "length_normalize_map",
+    "pool2d",
 ]
 
 
@@ -48,6 +56,51 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
 def _check_over(over: str) -> None:
     if over not in OVER:
         raise ValueError(f"unknown goodness region {over!r}; choose one of {list(OVER)}")
+
+
+def conv2d(x: Tensor, w: Tensor, stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0) -> Tensor:
+    """Cross-correlation of ``x`` ``[N, I, H, W]`` with ``w`` ``[C, I, KH, KW]`` (zero padding),
+    ``[N, C, OH, OW]``, as torch's ``conv2d``. Tensors go to ``torch.nn.functional.conv2d``;
+    numpy gathers the input patches once (im2col) and contracts them with the kernels in one
+    matrix product."""
+    if _array.is_torch(x):
+        return _array.xp(x).nn.functional.conv2d(x, w, stride=stride, padding=padding)
+    (kh, kw), (sy, sx), (py, px) = w.shape[-2:], _pair(stride), _pair(padding)
+    oh, ow = conv_output_size(x.shape[2], kh, sy, py), conv_output_size(x.shape[3], kw, sx, px)
+    if py or px:
+        x = np.pad(x, ((0, 0), (0, 0), (py, py), (px, px)))
+    win = sliding_window_view(x, (kh, kw), axis=(2, 3))  # [N, I, H', W', KH, KW], a view
+    win = win[:, :, : (oh - 1) * sy + 1 : sy, : (ow - 1) * sx + 1 : sx]
+    z = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))  # [N, OH, OW, C]
+    return np.ascontiguousarray(z.transpose(0, 3, 1, 2))
+
+
+def pool2d(x: Tensor, kind: str | None, size: int) -> Tensor:
+    """Max or average pooling of maps ``[..., C, H, W]`` over ``size`` windows with stride
+    ``size`` (a partial last window is dropped, as torch's pools do); ``kind`` None: ``x``
+    itself. Tensors go to ``torch.nn.functional`` (leading axes folded into one)."""
+    if kind is None:
+        return x
+    if kind not in ("max", "avg"):
+        raise ValueError(f"unknown pooling {kind!r}; choose 'max' or 'avg'")
+    c, h, w = tuple(x.shape[-3:])
+    oh, ow = h // size, w // size
+    if _array.is_torch(x):
+        f = _array.xp(x).nn.functional
+        pool = f.max_pool2d if kind == "max" else f.avg_pool2d
+        return pool(x.reshape(-1, c, h, w), size).reshape(*x.shape[:-3], c, oh, ow)
+    # one elementwise pass per window offset, in the window's row-major order (as torch sums
+    # it): far faster than a reduction over two strided axes of a [.., OH, s, OW, s] view
+    part = x[..., : oh * size, : ow * size]
+    out = np.array(part[..., ::size, ::size])
+    combine = np.maximum if kind == "max" else np.add
+    for dy in range(size):
+        for dx in range(size):
+            if dy or dx:
+                combine(out, part[..., dy::size, dx::size], out=out)
+    if kind == "avg":
+        out /= out.dtype.type(size * size)
+    return out
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
@@ -152,13 +205,36 @@ def ff_conv_hebbian_delta(
     """-dL/dW ``[C, I, KH, KW]`` of a ReLU conv FF layer with quadratic goodness, as a Hebbian
     correlation. ``post``: the layer's activity l ``[N, C, OH, OW]``; ``pre``: its input
     (after any normalisation) ``[N, I, H, W]``; ``y`` ``[N]``. Mean over goodness entries."""
+    return ff_conv_hebbian_deltas(prob, post, pre, y, None, kernel_size, stride, padding, goodness_kind, over)[0]
+
+
+def ff_conv_hebbian_deltas(
+    prob: Probability,
+    post: Tensor,
+    pre: Tensor,
+    y: Tensor,
+    code: Tensor | None,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    goodness_kind: str = "sum_squares",
+    over: str = "map",
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`ff_conv_hebbian_delta` and, for a layer whose pre-activation also has a label
+    term ``code @ B`` (B ``[L, C, OH, OW]``, one weight per unit and label), -dL/dB
+    ``[L, C, OH, OW]``: the same modulated post-synaptic map correlated with the label code
+    ``code`` ``[N, L]`` (a dense Hebbian product; None: no label term, returns None)."""
     _check_over(over)
     n, c, oh, ow = post.shape
     width = c * oh * ow if over == "map" else c
     entries = n if over == "map" else n * oh * ow
-    gain = hebbian_gain(goodness_kind, width, prob.split)
-    m = conv_modulation(prob, post, y, goodness_kind, over)
-    return conv_weight_correlation(m * post, pre, kernel_size, stride, padding) * (gain / entries)
+    gain = hebbian_gain(goodness_kind, width, prob.split) / entries
+    mod = conv_modulation(prob, post, y, goodness_kind, over) * post
+    dw = conv_weight_correlation(mod, pre, kernel_size, stride, padding) * gain
+    if code is None:
+        return dw, None
+    db = _array.xp(mod).tensordot(code, mod, ([0], [0])) * gain
+    return dw, db
 
 
 def length_normalize_map(x: Tensor, over: str = "map", eps: float = 1e-8) -> Tensor:

@@ -18,6 +18,7 @@ import torch
 from spikingjelly.activation_based import base, monitor
 from torch import Tensor, nn
 
+from spikingjelly_ff.functional.conv import conv_output_size, ff_conv_hebbian_deltas
 from spikingjelly_ff.functional.dynamics import TraceParams, trace_step
 from spikingjelly_ff.functional.hebbian import ff_hebbian_delta
 from spikingjelly_ff.functional.probability import Probability
@@ -79,7 +80,8 @@ def _conv_losses(net: AnalogConvFFNet, x: Tensor, y: Tensor) -> tuple[list[Tenso
 
 
 class HebbianLearner(base.MemoryModule):
-    """Modulated Hebbian learner for one synapse (``nn.Linear``) and its neuron.
+    """Modulated Hebbian learner for one synapse (``nn.Linear``, or ``nn.Conv2d`` with the
+    Hebbian conv rule of ``functional.conv``) and its neuron.
 
     :param step_mode: ``'s'`` or ``'m'``, as the monitored modules run
     :param synapse: the ``Linear`` whose weight learns; its input is the pre-synaptic activity
@@ -110,12 +112,20 @@ class HebbianLearner(base.MemoryModule):
         eligibility_tau: float | None = None,
         learn_after: int = -1,
         backend: str = "torch",
+        over: str = "map",
+        label_layer: nn.Module | None = None,
     ) -> None:
+        """Conv synapses: ``over``, goodness over each sample's whole map or per location;
+        ``label_layer``, the module (a :class:`SpikingFFConv2d`) whose ``label_bias`` B
+        ``[L, C, OH, OW]`` adds ``code @ B`` to the current, called as ``label_layer(x,
+        code)``: B learns too (``step`` writes its ``.grad``, ``apply`` its own eligibility)."""
         super().__init__()
         if step_mode not in ("s", "m"):
             raise ValueError(f"unsupported step_mode {step_mode!r}")
-        if not isinstance(synapse, nn.Linear):
-            raise NotImplementedError("HebbianLearner supports Linear synapses")
+        if not isinstance(synapse, (nn.Linear, nn.Conv2d)):
+            raise NotImplementedError("HebbianLearner supports Linear and Conv2d synapses")
+        if isinstance(synapse, nn.Conv2d) and (synapse.dilation != (1, 1) or synapse.groups != 1):
+            raise NotImplementedError("the Hebbian conv rule supports dilation 1 and groups 1")
         if synapse.bias is not None:
             raise ValueError("the Hebbian FF rule has no bias term; build the synapse with bias=False")
         self.step_mode = step_mode
@@ -127,6 +137,7 @@ class HebbianLearner(base.MemoryModule):
         self.eligibility_tau = eligibility_tau
         self.learn_after = learn_after
         self.backend = backend
+        self.over = over
         self.in_spike_monitor = monitor.InputMonitor(synapse, function_on_input=torch.Tensor.detach)
         self.out_spike_monitor = monitor.OutputMonitor(sn, function_on_output=torch.Tensor.detach)
         self.register_memory("trace_post", None)
@@ -134,17 +145,36 @@ class HebbianLearner(base.MemoryModule):
         # The eligibility trace outlives samples (it is the paper's running update), so it is a
         # buffer, not a memory: reset() leaves it alone.
         self.register_buffer("eligibility", torch.zeros_like(synapse.weight))
+        self.label_layer = label_layer
+        self._label_weight: nn.Parameter | None = None
+        self._code_records: list[Tensor] = []
+        self._code_hook = None
+        if label_layer is not None:
+            if not isinstance(synapse, nn.Conv2d) or getattr(label_layer, "label_bias", None) is None:
+                raise ValueError("label_layer needs a conv synapse and a layer with label weights (label_bias)")
+            self._label_weight = label_layer.label_bias
+            self.register_buffer("label_eligibility", torch.zeros_like(label_layer.label_bias))
+            self._code_hook = label_layer.register_forward_pre_hook(self._record_code, with_kwargs=True)
+
+    def _record_code(self, _module, args, kwargs) -> None:
+        code = args[1] if len(args) > 1 else kwargs.get("code")
+        if code is None:
+            raise ValueError("the label layer ran without its label spikes")
+        self._code_records.append(code.detach())
 
     def reset(self) -> None:
         """Clear the post trace, the step counter and the records; keep weights and eligibility."""
         super().reset()
         self.in_spike_monitor.clear_recorded_data()
         self.out_spike_monitor.clear_recorded_data()
+        self._code_records.clear()
 
     def close(self) -> None:
         """Remove the hooks for good."""
         self.in_spike_monitor.remove_hooks()
         self.out_spike_monitor.remove_hooks()
+        if self._code_hook is not None:
+            self._code_hook.remove()
 
     def _steps(self):
         pres, posts = self.in_spike_monitor.records, self.out_spike_monitor.records
@@ -158,11 +188,45 @@ class HebbianLearner(base.MemoryModule):
         self.in_spike_monitor.clear_recorded_data()
         self.out_spike_monitor.clear_recorded_data()
 
+    def _post_map(self, pre: Tensor, post: Tensor) -> Tensor:
+        """A conv synapse's post-synaptic activity as a map ``[N, C, OH, OW]`` (the neuron
+        may see it flattened)."""
+        s = self.synapse
+        if pre.ndim != 4 or pre.shape[1] != s.in_channels:
+            raise ValueError("recorded input does not match the conv synapse")
+        oh, ow = (conv_output_size(pre.shape[2 + i], s.kernel_size[i], s.stride[i], s.padding[i]) for i in (0, 1))
+        if post.numel() != pre.shape[0] * s.out_channels * oh * ow:
+            raise ValueError("recorded activity does not match the conv synapse's output")
+        return post.reshape(pre.shape[0], s.out_channels, oh, ow)
+
+    def _delta(self, activity: Tensor, pre: Tensor, y: Tensor, code: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        if isinstance(self.synapse, nn.Conv2d):
+            s = self.synapse
+            return ff_conv_hebbian_deltas(
+                self.probability, self._post_map(pre, activity), pre, y, code, s.kernel_size, s.stride, s.padding,
+                self.goodness, self.over,
+            )  # fmt: skip
+        return ff_hebbian_delta(self.probability, activity, pre, y, self.goodness), None
+
+    def _codes(self):
+        """The recorded label spikes, one ``[N, L]`` per step (``None`` without label weights)."""
+        if self.label_layer is None:
+            while True:
+                yield None
+        for code in self._code_records:
+            yield from code if self.step_mode == "m" else (code,)
+
     def _deltas(self, y: Tensor):
-        """Consume the records; yield dW ``[H, D]`` for every step inside the learning window."""
+        """Consume the records; yield (dW, dB) for every step inside the learning window (dB:
+        the label weights' delta, ``None`` without them)."""
         y = y.to(self.synapse.weight.dtype)
+        conv = isinstance(self.synapse, nn.Conv2d)
+        codes = self._codes()
         for pre, post in self._steps():
-            if pre.shape[-1] != self.synapse.in_features or post.shape[-1] != self.synapse.out_features:
+            code = next(codes)
+            if conv:
+                self._post_map(pre, post)
+            elif pre.shape[-1] != self.synapse.in_features or post.shape[-1] != self.synapse.out_features:
                 raise ValueError("recorded activity does not match the synapse shape")
             if self.trace_params is None:
                 activity = post
@@ -173,7 +237,8 @@ class HebbianLearner(base.MemoryModule):
             t = self.t
             self.t = t + 1
             if t > self.learn_after:
-                yield ff_hebbian_delta(self.probability, activity, pre, y, self.goodness)
+                yield self._delta(activity, pre, y, code)
+        self._code_records.clear()
 
     @torch.no_grad()
     def step(self, y: Tensor, on_grad: bool = True, scale: float = 1.0) -> Tensor | None:
@@ -182,25 +247,34 @@ class HebbianLearner(base.MemoryModule):
         ``on_grad=True`` subtracts it from ``weight.grad`` (so an SGD optimizer with lr eta
         ascends the FF objective) and returns ``None``; otherwise returns it.
         """
-        total = None
-        for dw in self._deltas(y):
+        total = total_b = None
+        for dw, db in self._deltas(y):
             total = dw if total is None else total + dw
+            if db is not None:
+                total_b = db if total_b is None else total_b + db
         if total is None:
             return None
         if scale != 1.0:
             total = total * scale
+            total_b = None if total_b is None else total_b * scale
         if not on_grad:
             return total
-        w = self.synapse.weight
-        w.grad = -total if w.grad is None else w.grad - total
+        for p, d in ((self.synapse.weight, total), (self._label_weight, total_b)):
+            if p is not None and d is not None:
+                p.grad = -d if p.grad is None else p.grad - d
         return None
 
     @torch.no_grad()
     def apply(self, y: Tensor) -> int:
         """Apply the recorded steps' updates in place, one step at a time; returns how many."""
         w = self.synapse.weight
+        # the fused CUDA update walks [H, D] layouts; conv weights take the torch update
+        backend = self.backend if w.ndim == 2 else "torch"
         count = 0
-        for dw in self._deltas(y):
-            apply_delta(w.data, dw, self.eta, self.eligibility_tau, self.eligibility, self.backend)
+        for dw, db in self._deltas(y):
+            apply_delta(w.data, dw, self.eta, self.eligibility_tau, self.eligibility, backend)
+            if db is not None:
+                lw = self._label_weight
+                apply_delta(lw.data, db, self.eta, self.eligibility_tau, self.label_eligibility, "torch")
             count += 1
         return count

@@ -125,14 +125,21 @@ class SpikingFFConv2d(nn.Module, base.StepModule):
         pool: str | None = None,
         pool_size: Size = 2,
         step_mode: str = "s",
+        label_maps: tuple[int, int, int] | None = None,
         **kwargs,
     ) -> None:
         """``args``, ``kwargs``: the neuron's, those of :class:`FFLIFNode` (``neuron``,
-        ``trace``, ``backend``)."""
+        ``trace``, ``backend``). ``label_maps`` ``(L, OH, OW)``: label weights B
+        ``[L, C, OH, OW]`` (zero at start), one per unit and label position, through which
+        label spikes ``[.., L]`` add ``code @ B`` to the current (``forward(x, code)``)."""
         super().__init__()
         self.synapse = layer.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False, step_mode=step_mode
         )
+        self.label_bias: nn.Parameter | None = None
+        if label_maps is not None:
+            k, oh, ow = label_maps
+            self.label_bias = nn.Parameter(torch.zeros(k, out_channels, oh, ow))
         self.neuron = FFLIFNode(*args, step_mode=step_mode, **kwargs)
         self.pool = _pool(pool, pool_size, step_mode)
         self.step_mode = step_mode
@@ -151,8 +158,14 @@ class SpikingFFConv2d(nn.Module, base.StepModule):
             raise RuntimeError("the layer has not run since its last reset")
         return tr.reshape(tr.shape[0], *self._map_shape)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, code: Tensor | None = None) -> Tensor:
+        """Input spikes ``[.., I, H, W]`` (and label spikes ``code`` ``[.., L]`` with label
+        weights) -> output spikes ``[.., C, OH, OW]``, pooled when ``pool`` is set."""
         z = self.synapse(x)
+        if self.label_bias is not None:
+            if code is None:
+                raise ValueError("this layer has label weights: pass the label spikes")
+            z = z + torch.tensordot(code, self.label_bias, 1)
         self._map_shape = tuple(z.shape[-3:])
         # a view for the contiguous conv output: the neuron and its kernels see [.., units]
         spikes = self.neuron(z.flatten(-3))

@@ -31,7 +31,7 @@ from spikingjelly_ff.nn.conv import FFConv2d
 from spikingjelly_ff.nn.embedding import LabelEmbedding
 from spikingjelly_ff.nn.models import AnalogFFNet, FFNet
 
-__all__ = ["AnalogConvFFNet", "ConvSpec", "entry_units"]
+__all__ = ["AnalogConvFFNet", "ConvScores", "ConvSpec", "entry_units"]
 
 
 class ConvSpec(Protocol):
@@ -54,7 +54,80 @@ def entry_units(act: Tensor, over: str) -> Tensor:
     return act.permute(0, 2, 3, 1).reshape(-1, act.shape[1])
 
 
-class AnalogConvFFNet(AnalogFFNet):
+class ConvScores:
+    """Shapes and scores shared by the analog and spiking conv nets: needs ``specs`` (the
+    :class:`ConvSpec` list), ``in_features``, ``image_shape``, ``over``, ``probability``,
+    ``goodness_kind``, ``score_kind`` and ``score_layers``. Activities are maps
+    ``[N, C_l, OH_l, OW_l]`` (the layer's output before pooling, or its trace map)."""
+
+    specs: list
+    in_features: int
+    image_shape: tuple[int, int] | None
+    over: str
+    probability: Probability
+    goodness_kind: str
+    score_kind: str
+    score_layers: list[int]
+
+    def _hw(self) -> tuple[int, int]:
+        if self.image_shape is not None:
+            h, w = self.image_shape
+        else:
+            h = w = int(round(self.in_features**0.5))
+        if h * w != self.in_features:
+            raise ValueError(f"image shape {(h, w)} does not hold the {self.in_features} inputs; set image_shape")
+        return int(h), int(w)
+
+    def map_shapes(self) -> list[tuple[int, int, int]]:
+        """Activity shape ``(C, OH, OW)`` of every layer (before its pooling)."""
+        h, w = self._hw()
+        out = []
+        for spec in self.specs:
+            h, w = (conv_output_size(s, spec.kernel, spec.stride, spec.padding) for s in (h, w))
+            if h < 1 or w < 1:
+                raise ValueError(f"conv layer {len(out)} leaves no output ({h} x {w}); use smaller kernels or pools")
+            out.append((spec.channels, h, w))
+            if spec.pool is not None:
+                h, w = h // spec.pool_size, w // spec.pool_size
+        return out
+
+    def layer_goodness(self, activity: Tensor):
+        """G (or (G+, G-)) of one layer's map ``[N, C, OH, OW]``: ``[N]`` or ``[N, OH, OW]``."""
+        return conv_goodness(activity, self.goodness_kind, split=self.probability.split, over=self.over)
+
+    def layer_loss(self, activity: Tensor, y: Tensor) -> Tensor:
+        """The layer's FF loss: mean BCE over its goodness entries, targets ``y`` ``[N]``
+        repeated over the locations."""
+        g = self.layer_goodness(activity)
+        g1 = g[0] if isinstance(g, tuple) else g
+        return self.probability.loss(g, y.reshape(-1, *([1] * (g1.ndim - 1))).expand_as(g1))
+
+    def _layer(self, activity: Tensor, score: str) -> Tensor:
+        n = activity.shape[0]
+        units = entry_units(activity, self.over)
+        # one score per goodness entry; the sample's is their sum (over its locations)
+        return entry_score(units, self.probability, self.goodness_kind, score).reshape(n, -1).sum(1)
+
+    def _summed(self, activities: list[Tensor], score: str) -> Tensor:
+        if self.over == "map":  # one entry per sample: the dense sum as is
+            units = [entry_units(a, "map") for a in activities]
+            return summed_score(units, self.score_layers, self.probability, self.goodness_kind, score)
+        return torch.stack([self._layer(activities[i], score) for i in self.score_layers]).sum(0)
+
+    def layer_score(self, activity: Tensor) -> Tensor:
+        """Score ``[N]`` of one layer's map: its goodness entries' scores summed."""
+        return self._layer(activity, self.score_kind)
+
+    def score_activities(self, activities: list[Tensor]) -> Tensor:
+        """Sum of the voting layers' scores, ``[N]``."""
+        return self._summed(activities, self.score_kind)
+
+    def pn_logit(self, activities: list[Tensor]) -> Tensor:
+        """Summed log-odds that each sample is positive, ``[N]``."""
+        return self._summed(activities, "probability")
+
+
+class AnalogConvFFNet(ConvScores, AnalogFFNet):
     """Stack of :class:`FFConv2d` layers on images ``[N, H * W]`` (flat, as every FF net takes
     them; ``image_shape`` gives ``(H, W)``, or a square is assumed).
 
@@ -114,30 +187,6 @@ class AnalogConvFFNet(AnalogFFNet):
             for i, spec in enumerate(conv)
         )  # fmt: skip
 
-    # -- shapes --------------------------------------------------------------------------
-
-    def _hw(self) -> tuple[int, int]:
-        if self.image_shape is not None:
-            h, w = self.image_shape
-        else:
-            h = w = int(round(self.in_features**0.5))
-        if h * w != self.in_features:
-            raise ValueError(f"image shape {(h, w)} does not hold the {self.in_features} inputs; set image_shape")
-        return int(h), int(w)
-
-    def map_shapes(self) -> list[tuple[int, int, int]]:
-        """Activity shape ``(C, OH, OW)`` of every layer (before its pooling)."""
-        h, w = self._hw()
-        out = []
-        for spec in self.specs:
-            h, w = (conv_output_size(s, spec.kernel, spec.stride, spec.padding) for s in (h, w))
-            if h < 1 or w < 1:
-                raise ValueError(f"conv layer {len(out)} leaves no output ({h} x {w}); use smaller kernels or pools")
-            out.append((spec.channels, h, w))
-            if spec.pool is not None:
-                h, w = h // spec.pool_size, w // spec.pool_size
-        return out
-
     def label_code(self, x: Tensor) -> Tensor:
         """The label code read back from the label pixels of embedded inputs ``[N, H * W]``,
         ``[N, C]``: with ``label_maps`` every layer adds ``code @ B`` to its pre-activation,
@@ -159,41 +208,6 @@ class AnalogConvFFNet(AnalogFFNet):
             out.append(act)
             inp = layer.pool(act)
         return out
-
-    def layer_goodness(self, activity: Tensor):
-        """G (or (G+, G-)) of one layer's map ``[N, C, OH, OW]``: ``[N]`` or ``[N, OH, OW]``."""
-        return conv_goodness(activity, self.goodness_kind, split=self.probability.split, over=self.over)
-
-    def layer_loss(self, activity: Tensor, y: Tensor) -> Tensor:
-        """The layer's FF loss: mean BCE over its goodness entries, targets ``y`` ``[N]``
-        repeated over the locations."""
-        g = self.layer_goodness(activity)
-        g1 = g[0] if isinstance(g, tuple) else g
-        return self.probability.loss(g, y.reshape(-1, *([1] * (g1.ndim - 1))).expand_as(g1))
-
-    def _layer(self, activity: Tensor, score: str) -> Tensor:
-        n = activity.shape[0]
-        units = entry_units(activity, self.over)
-        # one score per goodness entry; the sample's is their sum (over its locations)
-        return entry_score(units, self.probability, self.goodness_kind, score).reshape(n, -1).sum(1)
-
-    def _summed(self, activities: list[Tensor], score: str) -> Tensor:
-        if self.over == "map":  # one entry per sample: the dense sum as is
-            units = [entry_units(a, "map") for a in activities]
-            return summed_score(units, self.score_layers, self.probability, self.goodness_kind, score)
-        return torch.stack([self._layer(activities[i], score) for i in self.score_layers]).sum(0)
-
-    def layer_score(self, activity: Tensor) -> Tensor:
-        """Score ``[N]`` of one layer's map: its goodness entries' scores summed."""
-        return self._layer(activity, self.score_kind)
-
-    def score_activities(self, activities: list[Tensor]) -> Tensor:
-        """Sum of the voting layers' scores, ``[N]``."""
-        return self._summed(activities, self.score_kind)
-
-    def pn_logit(self, activities: list[Tensor]) -> Tensor:
-        """Summed log-odds that each sample is positive, ``[N]``."""
-        return self._summed(activities, "probability")
 
     # -- all-label scoring ----------------------------------------------------------------
 

@@ -7,21 +7,33 @@ import torch
 from spikingjelly_ff.nn.conv_models import AnalogConvFFNet
 from spikingjelly_ff.nn.embedding import build_embedding
 from spikingjelly_ff.nn.models import AnalogFFNet, FFNet, SpikingFFNet
+from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 from spikingjelly_ff.runs.config import ModelConfig
 
 __all__ = ["build_model"]
 
 
-def build_model(m: ModelConfig, in_features: int, num_classes: int, seed: int, backend: str = "torch") -> FFNet:
-    """Build an analog (dense or conv) or spiking FF network from config; weights drawn from
-    ``seed``. A conv net learns its image shape from the data (``net.image_shape``)."""
+def build_model(
+    m: ModelConfig,
+    in_features: int,
+    num_classes: int,
+    seed: int,
+    backend: str = "torch",
+    image_shape: tuple[int, int] | None = None,
+) -> FFNet:
+    """Build an analog or spiking, dense or conv FF network from config; weights drawn from
+    ``seed``. ``image_shape`` ``(H, W)`` (default: square) sizes a spiking conv net's label
+    weights; an analog conv net also learns it later from the data (``net.image_shape``)."""
     e = m.embedding
     emb = build_embedding(e.kind, num_classes, e.bits, e.density, seed if e.seed is None else e.seed, e.scale)
     torch.manual_seed(seed)
     shared = (in_features, m.layers, emb, m.probability, m.goodness, m.score, m.score_layers, num_classes)
-    if m.conv:
-        conv = (in_features, m.conv, *shared[2:])
-        net: FFNet = AnalogConvFFNet(*conv, over=m.goodness_over, bias=m.bias, shift_views=m.shift_views)
+    conv = (in_features, m.conv, *shared[2:])
+    if m.conv and m.kind == "spiking":
+        params = {"neuron": m.neuron, "trace": m.trace, "encoder": m.encoder}
+        net: FFNet = SpikingConvFFNet(*conv, **params, over=m.goodness_over, image_shape=image_shape, backend=backend)
+    elif m.conv:
+        net = AnalogConvFFNet(*conv, over=m.goodness_over, bias=m.bias, shift_views=m.shift_views)
     elif m.kind == "analog":
         net = AnalogFFNet(*shared, bias=m.bias, normalize=m.normalize, shift_views=m.shift_views)
     else:

@@ -82,9 +82,10 @@ def load_model(
     d = Path(model_dir)
     meta = read_meta(d)
     cfg = config_from_dict(meta["run"])
-    net = build_model(cfg.model, meta["in_features"], meta["num_classes"], cfg.seed, backend)
-    if meta.get("image_shape"):
-        net.image_shape = tuple(meta["image_shape"])
+    shape = tuple(meta["image_shape"]) if meta.get("image_shape") else None
+    net = build_model(cfg.model, meta["in_features"], meta["num_classes"], cfg.seed, backend, shape)
+    if shape:
+        net.image_shape = shape
     if meta.get("readout_layers") is not None:
         net.attach_readout(meta["readout_layers"])
     weights = d / "model.safetensors"

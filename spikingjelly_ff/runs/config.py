@@ -80,7 +80,7 @@ HebbianConfig = HebbianParams
 
 @dataclass
 class ConvLayerConfig:
-    """One analog conv FF layer (``nn.conv.FFConv2d``): ``channels`` feature maps of
+    """One conv FF layer (``nn.conv.FFConv2d`` or ``SpikingFFConv2d``): ``channels`` feature maps of
     ``kernel`` x ``kernel``, then optional ``pool`` (max | avg) over ``pool_size`` windows."""
 
     channels: int = 32
@@ -110,8 +110,9 @@ class ModelConfig:
     neuron: NeuronParams = field(default_factory=NeuronParams)
     trace: TraceParams = field(default_factory=TraceParams)
     encoder: EncoderParams = field(default_factory=EncoderParams)
-    # analog conv net (empty: the dense net of ``layers``): its layers, with ``layers: []``;
-    # the label is written into the image (``embedding.kind: onehot``)
+    # conv net (empty: the dense net of ``layers``): its layers, with ``layers: []``; an analog
+    # one writes the label into the image (``embedding.kind: onehot``), a spiking one feeds the
+    # label spikes to every unit through label weights (any embedding)
     conv: list[ConvLayerConfig] = field(default_factory=list)
     goodness_over: str = "map"  # conv goodness (and next-layer normalisation) region: map | location
 
@@ -255,10 +256,16 @@ def _validate_conv(cfg: RunConfig) -> None:
     m, t = cfg.model, cfg.train
     if m.layers:
         raise ConfigError("model.conv builds a conv-only network: set model.layers: []")
-    if m.kind != "analog" or t.learner != "local-loss":
-        raise ConfigError("model.conv is available for analog models trained with train.learner=local-loss")
-    if m.embedding.kind != "onehot":
-        raise ConfigError("model.conv writes the label into the image: set model.embedding.kind=onehot")
+    if m.kind == "analog" and t.learner != "local-loss":
+        raise ConfigError("an analog model.conv net trains with train.learner=local-loss")
+    if m.kind == "analog" and m.embedding.kind != "onehot":
+        raise ConfigError("an analog model.conv net writes the label into the image: set model.embedding.kind=onehot")
+    if m.kind == "spiking" and m.encoder.carry_membrane:
+        raise ConfigError(
+            "a spiking model.conv net starts every presentation from rest: set model.encoder.carry_membrane=false"
+        )
+    if m.kind == "spiking" and t.draws != "stream":
+        raise ConfigError("a spiking model.conv net trains in one process: use train.draws=stream")
     if t.readout.enabled:
         raise ConfigError("train.readout is available for dense models only")
     for i, c in enumerate(m.conv):

@@ -50,9 +50,7 @@ def generator(seed: int, purpose: str, epoch: int, index: int) -> torch.Generato
     return torch.Generator().manual_seed(key(seed, purpose, epoch, index))
 
 
-def shift_images(
-    x: Tensor, shape: tuple[int, int], max_shift: int, index: Tensor, seed: int, epoch: int
-) -> Tensor:
+def shift_images(x: Tensor, shape: tuple[int, int], max_shift: int, index: Tensor, seed: int, epoch: int) -> Tensor:
     """Random translation of images ``[N, H*W]`` (as ``augment.shift_images``), the offset of
     each drawn from its global sample ``index`` ``[N]``."""
     if max_shift <= 0:

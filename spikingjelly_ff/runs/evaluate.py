@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from spikingjelly_ff.nn.models import AnalogFFNet, FFNet
+from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 from spikingjelly_ff.runs.config import RunConfig
 from spikingjelly_ff.runs.distributed import World
 
@@ -31,6 +32,10 @@ def scorer_for(net: FFNet, cfg: RunConfig, device: torch.device | str, readout: 
 
     if readout:
         raise ValueError("a linear readout exists for analog models only")
+    if isinstance(net, SpikingConvFFNet):
+        from spikingjelly_ff.learning.conv_engine import SpikingConvScorer
+
+        return SpikingConvScorer(net, seed=cfg.seed + 4, device=device, repeats=cfg.eval.repeats).predict
     return SpikingScorer(
         net, share_image_spikes=cfg.eval.share_image_spikes, seed=cfg.seed + 4, device=device, repeats=cfg.eval.repeats
     ).predict

@@ -23,6 +23,7 @@ from spikingjelly_ff.functional.schedule import schedule_factor
 from spikingjelly_ff.learning.learners import LocalLossLearner
 from spikingjelly_ff.nn.augment import shift_images
 from spikingjelly_ff.nn.models import AnalogFFNet, FFNet, SpikingFFNet
+from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 from spikingjelly_ff.runs.build import build_model
 from spikingjelly_ff.runs.checkpoint import save_model
 from spikingjelly_ff.runs.config import ConfigError, RunConfig
@@ -215,7 +216,7 @@ def train(
     from spikingjelly_ff.kernels import resolve_backend
 
     backend = resolve_backend(cfg.backend, device)
-    net = build_model(cfg.model, in_features, num_classes, cfg.seed, backend).to(device)
+    net = build_model(cfg.model, in_features, num_classes, cfg.seed, backend, tuple(train_split.shape)).to(device)
     net.image_shape = tuple(train_split.shape)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
@@ -300,6 +301,10 @@ def _scores_fn(net: FFNet, cfg: RunConfig, device: torch.device):
     """All-label scores ``[N, C]`` of the current model (for hard negatives)."""
     if isinstance(net, AnalogFFNet):
         return torch.no_grad()(net.scores)
+    if isinstance(net, SpikingConvFFNet):
+        from spikingjelly_ff.learning.conv_engine import SpikingConvScorer
+
+        return SpikingConvScorer(net, seed=cfg.seed + 6, device=device).scores
     from spikingjelly_ff.learning.engine import SpikingScorer
 
     return SpikingScorer(net, seed=cfg.seed + 6, device=device, use_state=False).scores
@@ -315,6 +320,11 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
             return analog(net.embedding(x, shown), y)
 
         return run
+    if isinstance(net, SpikingConvFFNet):
+        from spikingjelly_ff.learning.conv_engine import SpikingConvTrainer
+
+        conv = SpikingConvTrainer(net, cfg.train.hebbian, steps_total, seed=cfg.seed + 3, device=device)
+        return conv.train_batch
     assert isinstance(net, SpikingFFNet)
     from spikingjelly_ff.learning.engine import SpikingTrainer
 
@@ -345,4 +355,3 @@ def _stream_epoch(bar, step, cfg: RunConfig, num_classes: int, shape, gen, sampl
         seen += len(y)
         bar.set_postfix(pn_acc=f"{correct / seen:.3f}")
     return correct, seen
-

@@ -6,9 +6,9 @@
     model.learn(images, labels, positive)      # one on-line Hebbian update
     model.save("model.nir")
 
-``load_exported`` opens either kind of export: a spike artefact (``.nir``) as a ``SpikeModel``
-or an analog ONNX file as an ``AnalogModel`` (needs onnx and onnxruntime). Both offer
-``scores``, ``predict``, ``learn``, ``copy`` and ``save``.
+``load_exported`` opens any export: a spike artefact (``.nir``) as a ``SpikeModel`` (or, for a
+spiking conv net, a ``SpikeConvModel``) or an analog ONNX file as an ``AnalogModel`` (needs onnx
+and onnxruntime). All offer ``scores``, ``predict``, ``learn``, ``copy`` and ``save``.
 
 Nothing here imports torch; an edge device needs numpy and h5py only.
 """
@@ -20,12 +20,14 @@ import warnings
 from pathlib import Path
 
 from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact, read_artifact, write_artifact
+from spikingjelly_ff.runtime.conv_model import SpikeConvModel
 from spikingjelly_ff.runtime.model import SpikeModel
 
 __all__ = [
     "AnalogModel",
     "ArtifactError",
     "SpikeArtifact",
+    "SpikeConvModel",
     "SpikeModel",
     "load_exported",
     "read_artifact",
@@ -34,9 +36,9 @@ __all__ = [
 
 
 def load_exported(path: str | os.PathLike, threads: int | None = None):
-    """An exported model: ``SpikeModel`` for ``.nir``/``.h5`` files (or a directory holding
-    ``model.nir``), ``AnalogModel`` for ``.onnx`` files. (A trained torch network from a run
-    directory is ``spikingjelly_ff.load_model``.)"""
+    """An exported model: ``SpikeModel`` (``SpikeConvModel`` for a conv net) for ``.nir``/``.h5``
+    files (or a directory holding ``model.nir``), ``AnalogModel`` for ``.onnx`` files. (A trained
+    torch network from a run directory is ``spikingjelly_ff.load_model``.)"""
     p = Path(path)
     if p.is_dir():
         for name in ("model.nir", "model.onnx"):
@@ -49,7 +51,8 @@ def load_exported(path: str | os.PathLike, threads: int | None = None):
         from spikingjelly_ff.runtime.analog import AnalogModel
 
         return AnalogModel.load(p, threads)
-    return SpikeModel.load(p)
+    art = read_artifact(p)
+    return SpikeConvModel(art) if art.conv is not None else SpikeModel(art)
 
 
 def __getattr__(name: str):

@@ -5,6 +5,10 @@ Inference runs the exported ONNX graph in onnxruntime. The weights are fed as gr
 instead of rebuilding the session. Learning is the exact Hebbian form of the FF gradient
 (``hebbian.ff_hebbian_delta``) in numpy; ``save`` writes the updated weights back into the
 ONNX file. Needs numpy, onnx and onnxruntime (no torch).
+
+A conv export (``OnnxMeta.conv`` set) is served the same way; its weights are the kernels
+``[C, I, KH, KW]`` then the label weights ``[L, C, OH, OW]``, stored in torch's layout, and
+it learns with the conv rule of ``runtime.analog_conv``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ __all__ = ["AnalogGraph", "AnalogModel", "OnnxMeta", "load_onnx_meta"]
 @dataclass(frozen=True, eq=False)
 class AnalogGraph:
     """What every copy of a loaded analog model shares: the ONNX model, the onnxruntime
-    sessions built from it and its settings. ``initial_weights`` ``[H, D]`` are the stored ones."""
+    sessions built from it and its settings. ``initial_weights`` (``[H, D]``, or a conv
+    export's arrays in torch's layout) are the stored ones."""
 
     proto: object  # onnx.ModelProto as loaded
     meta: OnnxMeta
@@ -53,21 +58,21 @@ class AnalogGraph:
 
         meta = load_onnx_meta(model_proto)
         inits = {t.name: t for t in model_proto.graph.initializer}
-        names = [layer.weight for layer in meta.layers]
+        names = list(meta.weight_names())
         missing = [n for n in names if n not in inits]
         if missing:
             raise ValueError(f"weights {missing} are missing from the graph")
-        # [D, H] in the graph (MatMul x @ W^T); we keep W [H, D] like torch.
+        # [D, H] in the graph (MatMul x @ W^T); we keep W [H, D] like torch (conv: as stored).
         stored = [numpy_helper.to_array(inits[n]) for n in names]
-        weights = tuple(np.ascontiguousarray(a.T, dtype=np.float32) for a in stored)
+        weights = tuple(np.ascontiguousarray(_layout(meta, a), dtype=np.float32) for a in stored)
         # Declare the weights as inputs so each run can feed the current weights.
         served = onnx.ModelProto()
         served.CopyFrom(model_proto)
         existing = {i.name for i in served.graph.input}
-        for name, w in zip(names, weights):
+        for name, a in zip(names, stored):
             if name not in existing:
                 elem = inits[name].data_type
-                served.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, list(w.T.shape)))
+                served.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, list(a.shape)))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # the weights are inputs on purpose; skip ORT's warning about it
         if threads:
@@ -92,6 +97,12 @@ class AnalogGraph:
             derived=tuple(split.derived),
             output_names=tuple(o.name for o in session.get_outputs()),
         )
+
+
+def _layout(meta: OnnxMeta, a: np.ndarray) -> np.ndarray:
+    """A weight between the graph's layout and the runtime's (either way): dense weights are
+    stored transposed (``[D, H]``, for ``x @ W``), a conv export's as the runtime keeps them."""
+    return a if meta.conv is not None else a.T
 
 
 class AnalogModel:
@@ -193,8 +204,9 @@ class AnalogModel:
 
     @property
     def weights(self) -> list[np.ndarray]:
-        """Weights ``[H, D]`` float32 per layer. Assign a new list (or call :meth:`learn`)
-        to change them; arrays changed in place by other code must be re-assigned."""
+        """Weights ``[H, D]`` float32 per layer (a conv export: the kernels, then the label
+        weights). Assign a new list (or call :meth:`learn`) to change them; arrays changed in
+        place by other code must be re-assigned."""
         return self._weights
 
     @weights.setter
@@ -209,7 +221,7 @@ class AnalogModel:
         if self._feeds is None:
             g = self.graph
             layers = zip(g.weight_names, self._weights, g.weight_dtypes)
-            full = {n: np.ascontiguousarray(w.T, dtype=dt) for n, w, dt in layers}
+            full = {n: np.ascontiguousarray(_layout(g.meta, w), dtype=dt) for n, w, dt in layers}
             feeds = {n: full[n] for n in g.direct}
             if g.derive is not None:
                 values = g.derive.run(list(g.derived), {n: full[n] for n in g.derive_inputs})
@@ -237,6 +249,12 @@ class AnalogModel:
         eta = self.eta if eta is None else float(eta)
         tau = self.eligibility_tau
         meta = self.settings
+        if meta.conv is not None:
+            from spikingjelly_ff.runtime.analog_conv import conv_learn
+
+            log_odds = conv_learn(meta, self.weights, self.eligibility, self.embed(x, labels), y, eta, tau)
+            self._feeds = None
+            return log_odds
         goodness_kind = meta.goodness
         inp = self.embed(x, labels)
         acts = []
@@ -260,7 +278,7 @@ class AnalogModel:
         by_name = {t.name: i for i, t in enumerate(proto.graph.initializer)}
         for name, w, dt in zip(self.graph.weight_names, self.weights, self.graph.weight_dtypes):
             proto.graph.initializer[by_name[name]].CopyFrom(
-                numpy_helper.from_array(np.ascontiguousarray(w.T, dtype=dt), name)
+                numpy_helper.from_array(np.ascontiguousarray(_layout(self.graph.meta, w), dtype=dt), name)
             )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

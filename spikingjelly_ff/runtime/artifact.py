@@ -10,6 +10,10 @@ Layout (readable by ``nir.read``, which looks at ``/version`` and ``/node`` only
         label_patterns              [C, bits] uint8 (pattern embedding only)
         eligibility/<i>             [H, D] float32 (optional: state of on-line learning)
 
+A spiking conv net (format version 2, meta ``conv``) has image and label inputs and
+Conv2d -> LIF -> pooling nodes per layer instead (see ``conv_artifact``); its weights are the
+conv weights, then the label weights, of every layer.
+
 NIR's LIF is continuous-time; a discrete layer maps with dt = 1e-4 s as SpikingJelly's
 NIR exchange does: tau = tau_steps * dt, r = tau_steps (input not decayed) or 1.
 Everything here needs numpy and h5py only.
@@ -21,6 +25,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +40,15 @@ from spikingjelly_ff.functional.params import (
     TraceParams,
 )
 from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.runtime.conv_artifact import SpikeConv, read_conv_weights, write_conv_nodes
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "SpikeArtifact", "read_artifact", "write_artifact"]
 
 FORMAT = "spikingjelly-ff/spike"
 FORMAT_VERSION = 1
+#: conv artefacts: a runtime that predates them refuses them by their version
+CONV_FORMAT_VERSION = 2
+READ_VERSIONS = (FORMAT_VERSION, CONV_FORMAT_VERSION)
 NIR_VERSION = "1.0.8"
 DT = 1e-4
 REQUIRED_META = (
@@ -85,6 +94,20 @@ class SpikeArtifact:
     model_version: int = 1
     name: str = "model"
     library_version: str = ""
+    #: the conv layers of a spiking conv net (None: dense layers)
+    conv: SpikeConv | None = None
+
+    @property
+    def format_version(self) -> int:
+        return FORMAT_VERSION if self.conv is None else CONV_FORMAT_VERSION
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.weights) if self.conv is None else len(self.conv.layers)
+
+    def layer_names(self) -> list[str]:
+        """The NIR nodes that hold :attr:`weights`, in order."""
+        return [f"linear_{i}" for i in range(len(self.weights))] if self.conv is None else self.conv.node_names()
 
     def label_code(self) -> LabelCode:
         """The label embedding (raises :class:`ArtifactError` when the patterns do not fit it)."""
@@ -103,15 +126,15 @@ class SpikeArtifact:
         return self.label_code().input_width(self.in_features)
 
     def meta(self) -> dict:
-        return {
+        meta = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "library_version": self.library_version,
             "name": self.name,
             "model_version": self.model_version,
             "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "dt": DT,
-            "layers": [f"linear_{i}" for i in range(len(self.weights))],
+            "layers": self.layer_names(),
             "neuron": self.neuron.to_dict(),
             "trace": self.trace.to_dict(),
             "encoder": self.encoder.to_dict(),
@@ -126,12 +149,17 @@ class SpikeArtifact:
             "hebbian": self.hebbian.to_dict(),
             "evaluation": self.evaluation.to_dict(),
         }
+        if self.conv is not None:
+            meta["conv"] = self.conv.to_dict()
+        return meta
 
     def validate(self) -> SpikeArtifact:
         if not self.weights:
             raise ArtifactError("the network has no layers")
         width = self.input_width()  # checks the label patterns too
-        for i, w in enumerate(self.weights):
+        if self.conv is not None:
+            self._validate_conv()
+        for i, w in enumerate(self.weights if self.conv is None else []):
             if w.ndim != 2:
                 raise ArtifactError(f"layer {i}: weight must be 2-D, got shape {w.shape}")
             if w.shape[1] != width:
@@ -141,9 +169,19 @@ class SpikeArtifact:
             width = w.shape[0]
         if self.eligibility is not None and [e.shape for e in self.eligibility] != [w.shape for w in self.weights]:
             raise ArtifactError("eligibility traces do not match the weights")
-        if any(not 0 <= i < len(self.weights) for i in self.score_layers):
+        if any(not 0 <= i < self.num_layers for i in self.score_layers):
             raise ArtifactError("score_layers names a layer that does not exist")
         return self
+
+    def _validate_conv(self) -> None:
+        if self.image_shape is not None and int(np.prod(self.image_shape)) != self.in_features:
+            raise ArtifactError(f"image shape {self.image_shape} does not hold {self.in_features} inputs")
+        why = self.conv.check(self.weights, self.image_shape, self.label_code().width)
+        if why is not None:
+            raise ArtifactError(why)
+        for i, w in enumerate(self.weights):
+            if not np.all(np.isfinite(w)):
+                raise ArtifactError(f"weight array {i} holds non-finite values")
 
 
 def _embedding_meta(e: EmbeddingParams) -> dict:
@@ -151,7 +189,8 @@ def _embedding_meta(e: EmbeddingParams) -> dict:
     return {"kind": e.kind, "bits": e.bits, "density": e.density, "scale": e.scale}
 
 
-def _lif_params(p: NeuronParams, h: int) -> dict[str, np.ndarray]:
+def _lif_params(p: NeuronParams, h: int | tuple[int, ...]) -> dict[str, np.ndarray]:
+    """NIR LIF parameters of ``h`` neurons (or a map of that shape)."""
     if p.form == "beta":
         tau_steps, r, leak = 1.0 / (1.0 - p.beta), 1.0 / (1.0 - p.beta), 0.0
     else:
@@ -169,6 +208,28 @@ def _lif_params(p: NeuronParams, h: int) -> dict[str, np.ndarray]:
     }
 
 
+def _write_dense_nodes(nodes, strings, art: SpikeArtifact) -> list[tuple[str, str]]:
+    """Input -> (Linear -> LIF) x L -> Output into the h5py group ``nodes``; returns the edges."""
+    names = ["input"]
+    g = nodes.create_group("input")
+    g.create_dataset("type", data="Input", dtype=strings)
+    g.create_dataset("shape", data=np.array([art.input_width()], dtype=np.int64))
+    for i, w in enumerate(art.weights):
+        g = nodes.create_group(f"linear_{i}")
+        g.create_dataset("type", data="Linear", dtype=strings)
+        g.create_dataset("weight", data=np.asarray(w, dtype=np.float32))
+        g = nodes.create_group(f"lif_{i}")
+        g.create_dataset("type", data="LIF", dtype=strings)
+        for k, v in _lif_params(art.neuron, w.shape[0]).items():
+            g.create_dataset(k, data=v)
+        names += [f"linear_{i}", f"lif_{i}"]
+    g = nodes.create_group("output")
+    g.create_dataset("type", data="Output", dtype=strings)
+    g.create_dataset("shape", data=np.array([art.weights[-1].shape[0]], dtype=np.int64))
+    names.append("output")
+    return list(zip(names, names[1:]))
+
+
 def write_artifact(path: str | os.PathLike, art: SpikeArtifact) -> Path:
     """Write ``art`` to ``path`` atomically (temp file, fsync, rename)."""
     import h5py
@@ -183,28 +244,15 @@ def write_artifact(path: str | os.PathLike, art: SpikeArtifact) -> Path:
         node = f.create_group("node")
         node.create_dataset("type", data="NIRGraph", dtype=strings)
         nodes = node.create_group("nodes")
-        names = ["input"]
-        g = nodes.create_group("input")
-        g.create_dataset("type", data="Input", dtype=strings)
-        g.create_dataset("shape", data=np.array([art.input_width()], dtype=np.int64))
-        for i, w in enumerate(art.weights):
-            g = nodes.create_group(f"linear_{i}")
-            g.create_dataset("type", data="Linear", dtype=strings)
-            g.create_dataset("weight", data=np.asarray(w, dtype=np.float32))
-            g = nodes.create_group(f"lif_{i}")
-            g.create_dataset("type", data="LIF", dtype=strings)
-            for k, v in _lif_params(art.neuron, w.shape[0]).items():
-                g.create_dataset(k, data=v)
-            names += [f"linear_{i}", f"lif_{i}"]
-        g = nodes.create_group("output")
-        g.create_dataset("type", data="Output", dtype=strings)
-        g.create_dataset("shape", data=np.array([art.weights[-1].shape[0]], dtype=np.int64))
-        names.append("output")
-        edges = np.array([[a, b] for a, b in zip(names, names[1:])], dtype=object)
-        node.create_dataset("edges", data=edges, dtype=strings)
+        if art.conv is not None:
+            width = art.label_code().width
+            edges = write_conv_nodes(nodes, strings, art.conv, art.weights, width, partial(_lif_params, art.neuron))
+        else:
+            edges = _write_dense_nodes(nodes, strings, art)
+        node.create_dataset("edges", data=np.array(edges, dtype=object), dtype=strings)
         ours = f.create_group("spikingjelly_ff")
         ours.attrs["format"] = FORMAT
-        ours.attrs["format_version"] = FORMAT_VERSION
+        ours.attrs["format_version"] = art.format_version
         ours.create_dataset("meta", data=json.dumps(art.meta(), sort_keys=True), dtype=strings)
         if art.label_patterns is not None:
             ours.create_dataset("label_patterns", data=np.asarray(art.label_patterns, dtype=np.uint8))
@@ -251,9 +299,10 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
         if ours.attrs.get("format") != FORMAT:
             raise ArtifactError(f"{path}: unknown format {ours.attrs.get('format')!r}")
         version = int(ours.attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS:
             raise ArtifactError(
-                f"{path}: format version {version} is not supported (this runtime reads {FORMAT_VERSION})"
+                f"{path}: format version {version} is not supported "
+                f"(this runtime reads {', '.join(map(str, READ_VERSIONS))})"
             )
         try:
             meta = json.loads(_text(ours["meta"]))
@@ -263,7 +312,14 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
         if missing:
             raise ArtifactError(f"{path}: metadata lacks {', '.join(missing)}")
         try:
-            weights = [np.asarray(nodes[name]["weight"][()], dtype=np.float32) for name in meta["layers"]]
+            conv = SpikeConv.from_dict(meta["conv"]) if "conv" in meta else None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{path}: invalid conv settings: {exc!r}") from exc
+        try:
+            if conv is not None:
+                weights = read_conv_weights(nodes, conv)
+            else:
+                weights = [np.asarray(nodes[name]["weight"][()], dtype=np.float32) for name in meta["layers"]]
         except KeyError as exc:
             raise ArtifactError(f"{path}: NIR graph lacks layer {exc}") from exc
         except OSError as exc:
@@ -294,6 +350,7 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
             model_version=int(meta.get("model_version", 1)),
             name=str(meta.get("name", "model")),
             library_version=str(meta.get("library_version", "")),
+            conv=conv,
         )
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: invalid settings: {exc}") from exc

@@ -4,7 +4,8 @@ Written by ``export/onnx`` and read by the torch-free :class:`~spikingjelly_ff.r
 The JSON keys are those of every export so far, so older files load unchanged:
 ``format``, ``format_version``, ``kind``, ``num_classes``, ``in_features``, ``score``,
 ``score_layers``, ``goodness``, ``probability``, ``embedding`` (kind, bits, scale, patterns),
-``library_version``; analog exports add ``layers``, ``hebbian``, ``shift_views``, ``image_shape``.
+``library_version``; analog exports add ``layers``, ``hebbian``, ``shift_views``, ``image_shape``,
+and conv exports (``export/onnx/conv.py``) ``conv``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from spikingjelly_ff.functional.labels import LabelCode
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
 
-__all__ = ["META_KEY", "OnnxLayer", "OnnxMeta", "load_onnx_meta"]
+__all__ = ["META_KEY", "OnnxConv", "OnnxConvLayer", "OnnxLayer", "OnnxMeta", "load_onnx_meta"]
 
 META_KEY = "spikingjelly_ff"  # the ONNX model property holding the JSON
 FORMAT = "spikingjelly-ff/onnx"
@@ -36,9 +37,49 @@ class OnnxLayer:
 
 
 @dataclass(frozen=True)
+class OnnxConvLayer:
+    """One conv layer of a conv export (the matching :class:`OnnxLayer` names its kernel
+    ``[C, I, KH, KW]``, stored in torch's layout): square ``kernel``, ``stride`` and zero
+    ``padding``; ``pool`` None, "max" or "avg" over ``pool_size`` windows (stride = window)
+    after the layer; ``in_shape`` ``(I, H, W)`` and ``map_shape`` ``(C, OH, OW)`` (before the
+    pooling); ``label_weight`` the initializer of the label weights ``[L, C, OH, OW]`` (None
+    without label maps)."""
+
+    kernel: int
+    stride: int
+    padding: int
+    pool: str | None
+    pool_size: int
+    in_shape: tuple[int, int, int]
+    map_shape: tuple[int, int, int]
+    label_weight: str | None = None
+
+
+@dataclass(frozen=True)
+class OnnxConv:
+    """What a conv export adds: the goodness region ``over`` ("map" or "location"; layers
+    after the first length-normalise their input over it) and the conv layers."""
+
+    over: str
+    layers: tuple[OnnxConvLayer, ...]
+
+    def to_dict(self) -> dict:
+        return {"over": self.over, "layers": [asdict(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OnnxConv:
+        layers = []
+        for layer in d["layers"]:
+            shapes = {k: tuple(int(v) for v in layer[k]) for k in ("in_shape", "map_shape")}
+            layers.append(OnnxConvLayer(**{**layer, **shapes}))
+        return cls(over=d["over"], layers=tuple(layers))
+
+
+@dataclass(frozen=True)
 class OnnxMeta:
     """An export's settings. ``layers``, ``shift_views`` and ``image_shape`` are analog-only
-    (``layers`` None for a spiking export); ``hebbian`` is the default on-line learning."""
+    (``layers`` None for a spiking export); ``hebbian`` is the default on-line learning;
+    ``conv`` is set for a conv export (its ``layers`` then name the conv kernels)."""
 
     kind: str
     num_classes: int
@@ -53,6 +94,15 @@ class OnnxMeta:
     hebbian: HebbianParams = field(default_factory=HebbianParams)
     shift_views: int = 0
     image_shape: tuple[int, int] | None = None
+    conv: OnnxConv | None = None
+
+    def weight_names(self) -> tuple[str, ...]:
+        """The initializers a runtime learns, in the order of its ``weights``: every layer's
+        weight, then (conv exports) every layer's label weights."""
+        names = tuple(layer.weight for layer in self.layers or ())
+        if self.conv is not None:
+            names += tuple(c.label_weight for c in self.conv.layers if c.label_weight is not None)
+        return names
 
     def to_dict(self) -> dict:
         """The JSON object, keys in the order exports have always written them."""
@@ -80,6 +130,8 @@ class OnnxMeta:
             info["hebbian"] = self.hebbian.to_dict()
             info["shift_views"] = self.shift_views  # scores and label sum 4 * shift_views + 1 views
             info["image_shape"] = list(self.image_shape) if self.image_shape else None
+        if self.conv is not None:
+            info["conv"] = self.conv.to_dict()
         return info
 
     def to_json(self) -> str:
@@ -108,6 +160,7 @@ class OnnxMeta:
             hebbian=HebbianParams(**(meta.get("hebbian") or {})),
             shift_views=int(meta.get("shift_views") or 0),
             image_shape=None if not shape else tuple(shape),
+            conv=None if meta.get("conv") is None else OnnxConv.from_dict(meta["conv"]),
         )
 
     @classmethod

@@ -12,30 +12,48 @@ float rounding. What makes it fast:
   sample: the per-step updates are kept as a low-rank correction and applied once at the
   end of the sample.
 
-Shapes: spikes ``[T, N, D]``; weights ``[H, D]``; membrane/trace ``[N, H]``.
+Shapes: spikes ``[T, N, D]``; weights ``[H, D]``; membrane/trace ``[N, H]``. The conv layers
+(``conv``: image spikes ``[T, N, I, H, W]``, label weights per unit) are built on the same
+neuron loop and Hebbian rule.
 """
 
 from __future__ import annotations
 
+from spikingjelly_ff.simulation.conv import (
+    ConvLayout,
+    conv_current,
+    conv_score,
+    label_current,
+    present_conv,
+    run_conv_layer,
+    score_conv_labels,
+)
 from spikingjelly_ff.simulation.encoding import SpikeIndex, bernoulli_spikes, encode_spikes, regular_spikes
 from spikingjelly_ff.simulation.layer import Dynamics, input_major, learns_online, neuron_forward, rest, run_layer
 from spikingjelly_ff.simulation.online import online_layer, scalar_logit
 from spikingjelly_ff.simulation.scoring import label_currents, score_labels, spike_currents
 
 __all__ = [
+    "ConvLayout",
     "Dynamics",
     "SpikeIndex",
     "bernoulli_spikes",
+    "conv_current",
+    "conv_score",
     "encode_spikes",
     "input_major",
+    "label_current",
     "label_currents",
     "learns_online",
     "neuron_forward",
     "online_layer",
+    "present_conv",
     "regular_spikes",
     "rest",
+    "run_conv_layer",
     "run_layer",
     "scalar_logit",
+    "score_conv_labels",
     "score_labels",
     "spike_currents",
 ]

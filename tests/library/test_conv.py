@@ -13,6 +13,7 @@ from spikingjelly_ff.functional.conv import (
     conv_goodness,
     conv_weight_correlation,
     ff_conv_hebbian_delta,
+    ff_conv_hebbian_deltas,
     length_normalize_map,
 )
 from spikingjelly_ff.functional.dynamics import NeuronParams, TraceParams
@@ -28,15 +29,22 @@ PROBS = {
 }
 
 
-def autograd_conv_delta(prob, w, x, y, stride, padding, goodness_kind, over):
-    """-dL/dW by autograd, L = mean BCE over the goodness entries of relu(conv(x, W))."""
+def autograd_conv_delta(prob, w, x, y, stride, padding, goodness_kind, over, code=None, b=None):
+    """-dL/dW by autograd, L = mean BCE over the goodness entries of relu(conv(x, W) + code @ B);
+    with ``code`` ``[N, L]`` and ``b`` ``[L, C, OH, OW]`` also -dL/dB."""
     w = w.clone().requires_grad_(True)
-    act = torch.relu(F.conv2d(x, w, stride=stride, padding=padding))
+    z = F.conv2d(x, w, stride=stride, padding=padding)
+    if b is not None:
+        b = b.clone().requires_grad_(True)
+        z = z + torch.tensordot(code, b, 1)
+    act = torch.relu(z)
     g = conv_goodness(act, goodness_kind, split=prob.split, over=over)
     g_one = g[0] if prob.split else g
     y_entries = y.reshape(-1, *([1] * (g_one.ndim - 1))).expand_as(g_one)
-    (grad,) = torch.autograd.grad(prob.loss(g, y_entries), w)
-    return -grad, act.detach()
+    grads = torch.autograd.grad(prob.loss(g, y_entries), [w] if b is None else [w, b])
+    if b is None:
+        return -grads[0], act.detach()
+    return (-grads[0], -grads[1]), act.detach()
 
 
 @st.composite
@@ -73,6 +81,34 @@ def test_conv_hebbian_delta_equals_negative_gradient(case, seed, prob_kind, good
     # the same pure function on numpy arrays (the torch-free runtime's path)
     delta_np = ff_conv_hebbian_delta(prob, act.numpy(), x.numpy(), y.numpy(), k, stride, padding, goodness_kind, over)
     np.testing.assert_allclose(delta_np, expected.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    case=conv_cases(),
+    seed=st.integers(0, 2**31 - 1),
+    prob_kind=st.sampled_from(sorted(PROBS)),
+    over=st.sampled_from(["map", "location"]),
+    labels=st.integers(1, 5),
+)
+def test_conv_hebbian_deltas_with_label_weights_equal_negative_gradients(case, seed, prob_kind, over, labels):
+    """The theorem for a conv layer whose pre-activation also has a label term code @ B (one
+    weight per unit and label, as the conv nets read the label): dW and dB are both -dL/d."""
+    n, ci, h, w, c, k, stride, padding = case
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(c, ci, k, k, generator=g, dtype=F64) * 0.5
+    x = torch.rand(n, ci, h, w, generator=g, dtype=F64)
+    oh, ow = F.conv2d(x, weight, stride=stride, padding=padding).shape[-2:]
+    b = torch.randn(labels, c, oh, ow, generator=g, dtype=F64) * 0.5
+    code = (torch.rand(n, labels, generator=g, dtype=F64) < 0.5).double()
+    y = (torch.rand(n, generator=g, dtype=F64) < 0.5).double()
+    prob = PROBS[prob_kind]
+    (dw_exp, db_exp), act = autograd_conv_delta(prob, weight, x, y, stride, padding, "sum_squares", over, code, b)
+    dw, db = ff_conv_hebbian_deltas(prob, act, x, y, code, k, stride, padding, "sum_squares", over)
+    torch.testing.assert_close(dw, dw_exp, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(db, db_exp, rtol=1e-9, atol=1e-12)
+    args = (prob, act.numpy(), x.numpy(), y.numpy(), code.numpy(), k, stride, padding, "sum_squares", over)
+    np.testing.assert_allclose(ff_conv_hebbian_deltas(*args)[1], db_exp.numpy(), rtol=1e-9, atol=1e-12)
 
 
 def test_theorem_cases_are_not_trivial():

@@ -5,8 +5,8 @@ copy and publishes a new object), so a batch always runs on one whole weight set
 
 - :class:`AnalogEngine`: the exported ONNX graph in onnxruntime; the weights of each version
   are fed as graph inputs, prepared once per version as contiguous ``[D, H]`` arrays.
-- :class:`SpikeEngine`: the torch-free spiking runtime (numpy), with per-request ``seed``
-  and ``steps``.
+- :class:`SpikeEngine`: the torch-free spiking runtime (numpy: ``SpikeModel`` or
+  ``SpikeConvModel``), with per-request ``seed`` and ``steps``.
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ class SpikeEngine(Engine):
         super().__init__(model)
         self.default_steps = int(model.steps)
         c = self.num_classes
-        latent = int(sum(w.shape[0] for w in model.weights))
+        # a conv model's weights are kernels and label weights: it states its latent width
+        latent = int(getattr(model, "latent_width", 0)) or int(sum(w.shape[0] for w in model.weights))
         self.outputs = {
             "scores": OutputSpec("scores", "FP32", (-1, c)),
             "probability": OutputSpec("probability", "FP32", (-1, c)),

@@ -21,6 +21,7 @@ from spikingjelly_ff.nn.models import AnalogFFNet
 
 __all__ = ["analog_to_onnx"]
 
+
 def _embed_all_labels(g: Graph, net, images: str) -> str:
     """``images [N, D]`` -> ``[C * N, D']`` with every label embedded (label-major)."""
     c = net.num_classes
@@ -133,8 +134,16 @@ def analog_to_onnx(
 ) -> Path:
     """Export an analog FF network (see module docstring for inputs/outputs). Weight ``i`` is
     the initializer named in the ``spikingjelly_ff`` metadata, stored transposed ``[D, H]``;
-    ``hebbian`` (eta, eligibility_tau) sets defaults for on-line learning (None: the defaults)."""
+    ``hebbian`` (eta, eligibility_tau) sets defaults for on-line learning (None: the defaults).
+    A conv net (``AnalogConvFFNet``) is exported by :func:`~spikingjelly_ff.export.onnx.conv.conv_to_onnx`."""
     from dataclasses import asdict
+
+    from spikingjelly_ff.nn.conv_models import AnalogConvFFNet
+
+    if isinstance(net, AnalogConvFFNet):
+        from spikingjelly_ff.export.onnx.conv import conv_to_onnx
+
+        return conv_to_onnx(net, out, latent, hebbian)
 
     g = Graph()
     c = net.num_classes

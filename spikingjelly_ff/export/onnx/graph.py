@@ -21,6 +21,7 @@ __all__ = ["OPSET", "Graph", "layer_logit_and_goodness", "save_model", "set_meta
 
 OPSET = 18
 
+
 class Graph:
     """Small builder: unique names, constants, nodes."""
 

@@ -18,6 +18,7 @@ from spikingjelly_ff.nn.models import SpikingFFNet
 
 __all__ = ["spiking_to_onnx"]
 
+
 def _neuron_step(g: Graph, v: str, current: str, net: SpikingFFNet) -> tuple[str, str, str]:
     """Charge, fire, reset: returns (spike float ``[N, H]``, spike bool, new v)."""
     p = net.neuron_params

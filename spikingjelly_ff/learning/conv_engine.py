@@ -1,0 +1,118 @@
+"""Training and all-label scoring of a :class:`SpikingConvFFNet`: a thin torch wrapper around
+``simulation.conv`` (the presentation, the Hebbian conv rule and the scoring loop, shared with
+the numpy runtime ``runtime.conv_model``). Here: the torch random draws of the spikes, the
+learning-rate schedule, and the net's parameters and scores.
+
+One presentation shows image spikes ``[T, N, 1, H, W]`` and label spikes ``[T, N, L]`` for
+``T = encoder.steps`` steps, from rest; see :func:`~spikingjelly_ff.simulation.run_conv_layer`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.functional.schedule import schedule_factor
+from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
+from spikingjelly_ff.simulation import ConvLayout, encode_spikes, present_conv, score_conv_labels
+
+__all__ = ["SpikingConvScorer", "SpikingConvTrainer", "conv_layouts"]
+
+
+def conv_layouts(net: SpikingConvFFNet) -> list[ConvLayout]:
+    """Stride, padding and pooling of every layer, from the net's conv specs."""
+    return [ConvLayout(s.stride, s.padding, s.pool, s.pool_size) for s in net.specs]
+
+
+def _arrays(net: SpikingConvFFNet) -> tuple[list[Tensor], list[Tensor]]:
+    """The conv weights and label weights as plain tensors (learning updates them in place)."""
+    return [la.weight.data for la in net.layers], [la.label_bias.data for la in net.layers]
+
+
+class SpikingConvTrainer:
+    """Hebbian training of a :class:`SpikingConvFFNet`, one batch (``N >= 1``) at a time; the
+    eligibility traces of W and B outlive batches (the paper's running update)."""
+
+    def __init__(
+        self,
+        net: SpikingConvFFNet,
+        hebbian: HebbianParams,
+        steps_total: int = 1,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.net = net
+        self.hebbian = hebbian
+        self.steps_total = max(1, steps_total)
+        self.count = 0
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.eligibility = [(torch.zeros_like(la.weight), torch.zeros_like(la.label_bias)) for la in net.layers]
+
+    def draw(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Image spikes ``[T, N, 1, H, W]`` and label spikes ``[T, N, L]``."""
+        net = self.net
+        steps, coding = net.encoder.steps, net.encoder.coding
+        image = encode_spikes(net.image_rates(x), steps, self.generator, coding)
+        return image, encode_spikes(net.label_rates(labels), steps, self.generator, coding)
+
+    @torch.no_grad()
+    def train_batch(self, x: Tensor, shown: Tensor, y: Tensor, spikes: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Present images ``x`` ``[N, D]`` with labels ``shown`` and learn towards ``y`` (1
+        positive, 0 negative); ``spikes`` (image, label) overrides the draw. Returns whether
+        each sample was judged positive at the end of its presentation, ``[N]``."""
+        net = self.net
+        eta = self.hebbian.eta * schedule_factor(self.hebbian.schedule, self.count / self.steps_total)
+        self.count += 1
+        pre, code = self.draw(x, shown) if spikes is None else spikes
+        y = y.to(pre.dtype)
+        learns = [(y, self.hebbian, eta, e_w, e_b) for e_w, e_b in self.eligibility]
+        w, b = _arrays(net)
+        acts = present_conv(pre, code, w, b, conv_layouts(net), net.dynamics, net.over, net.backend, learns)
+        return net.pn_logit(acts) > 0
+
+
+class SpikingConvScorer:
+    """Scores every candidate label of images with a :class:`SpikingConvFFNet`: one draw of
+    image spikes per image serves every label (so the first layer's conv current is computed
+    once), and all labels' label bits use the same uniform draws (common random numbers),
+    shared by the images of a chunk. Scores are summed over ``repeats`` presentations."""
+
+    chunk = 100  # images per internal batch: bounds the [T, N, C * OH * OW] currents
+
+    def __init__(self, net: SpikingConvFFNet, seed: int = 0, device="cpu", repeats: int = 1) -> None:
+        self.net = net
+        self.repeats = repeats
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    @torch.no_grad()
+    def scores(self, x: Tensor) -> Tensor:
+        """Score of every label, ``[N, C]``."""
+        parts = [self._scores(xb) for xb in torch.split(x, self.chunk)]
+        return torch.cat(parts) if parts else x.new_zeros((0, self.net.num_classes))
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.scores(x).argmax(1)
+
+    def _scores(self, x: Tensor) -> Tensor:
+        net = self.net
+        steps = net.encoder.steps
+        total = x.new_zeros(x.shape[0], net.num_classes)
+        rates = net.embedding.codes.to(x.dtype) * net.encoder.gain  # [C, L]
+        rates = rates.clamp(0.0, 1.0)
+        w, b = _arrays(net)
+        layouts = conv_layouts(net)
+        for _ in range(self.repeats):
+            image = encode_spikes(net.image_rates(x), steps, self.generator, net.encoder.coding)
+            # one label draw per chunk, shared by its images: the label current [T, 1, U] is
+            # then computed once per label and broadcast over the images
+            if net.encoder.coding == "bernoulli":
+                uniform = torch.rand(steps, 1, rates.shape[1], generator=self.generator, device=x.device)
+                codes = [(uniform < rates[k]).to(x.dtype) for k in range(net.num_classes)]
+            else:
+                codes = [encode_spikes(rates[k : k + 1], steps, self.generator, net.encoder.coding) for k in
+                         range(net.num_classes)]  # fmt: skip
+            total += score_conv_labels(
+                image, codes, w, b, layouts, net.dynamics, net.score_activities, net.over, net.backend
+            )
+        return total

@@ -1,0 +1,127 @@
+"""Spiking convolutional FF network (``SpikingConvFFNet``), learned by the Hebbian conv rule.
+
+An image ``[N, H * W]`` spikes as a map ``[T, N, 1, H, W]`` (rate ``gain * pixel`` per step);
+the candidate label spikes as its code ``[T, N, L]`` (the paper's 100-bit pattern or a
+one-hot, rate ``gain * code``) and reaches *every* unit of *every* layer through that layer's
+label weights B ``[L, C, OH, OW]`` (one per unit and label position, as a dense layer's label
+inputs have their own weights), so no label pixel has to be written into the image. Each layer
+is a :class:`SpikingFFConv2d`: conv synapse plus label current, our multi-step neuron on the
+flattened map, a post-synaptic trace per unit, optional pooling of the spikes for the next
+layer. Goodness, scores and the summed log-odds come from :class:`ConvScores` on the trace
+maps, over the whole map or per location. Membranes start every presentation from rest.
+
+The presentation and learning loop (fast, no module hooks) is ``learning.conv_engine``; the
+module graph (``forward``) serves :class:`~spikingjelly_ff.learning.learners.HebbianLearner`
+and checks the engine.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from spikingjelly_ff.functional.conv import OVER
+from spikingjelly_ff.functional.labels import spike_rates
+from spikingjelly_ff.functional.params import EncoderParams, NeuronParams, TraceParams
+from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.nn.conv import SpikingFFConv2d
+from spikingjelly_ff.nn.conv_models import ConvScores, ConvSpec
+from spikingjelly_ff.nn.embedding import LabelEmbedding
+from spikingjelly_ff.nn.models import FFNet
+
+__all__ = ["SpikingConvFFNet"]
+
+
+class SpikingConvFFNet(ConvScores, FFNet):
+    """Stack of :class:`SpikingFFConv2d` layers with label weights; ``kind`` "spiking".
+
+    ``widths`` are the channels; activities are trace maps ``[N, C_l, OH_l, OW_l]``."""
+
+    kind = "spiking"
+
+    def __init__(
+        self,
+        in_features: int,
+        conv: list[ConvSpec],
+        embedding: LabelEmbedding,
+        probability: Probability,
+        goodness_kind: str = "sum_squares",
+        score: str = "probability",
+        score_layers: list[int] | None = None,
+        num_classes: int = 10,
+        *,
+        neuron: NeuronParams,
+        trace: TraceParams,
+        encoder: EncoderParams,
+        over: str = "map",
+        image_shape: tuple[int, int] | None = None,
+        backend: str = "torch",
+    ) -> None:
+        if over not in OVER:
+            raise ValueError(f"unknown goodness region {over!r}; choose one of {list(OVER)}")
+        if not conv:
+            raise ValueError("a conv FF net needs at least one conv layer")
+        if encoder.carry_membrane:
+            raise ValueError("a spiking conv net starts every presentation from rest: set encoder.carry_membrane=false")
+        FFNet.__init__(
+            self, in_features, [c.channels for c in conv], embedding, probability, goodness_kind, score,
+            score_layers, num_classes,
+        )  # fmt: skip
+        self.over = over
+        self.image_shape = image_shape
+        self.specs = list(conv)
+        self.neuron_params = neuron
+        self.trace_params = trace
+        self.encoder = encoder
+        self.backend = backend
+        width = embedding.label_code.width
+        chans = [1, *self.widths]
+        self.layers = nn.ModuleList(
+            SpikingFFConv2d(
+                chans[i], spec.channels, spec.kernel, neuron, trace, backend=backend, stride=spec.stride,
+                padding=spec.padding, pool=spec.pool, pool_size=spec.pool_size, step_mode="m",
+                label_maps=(width, *shape[1:]),
+            )
+            for i, (spec, shape) in enumerate(zip(conv, self.map_shapes()))
+        )  # fmt: skip
+
+    @property
+    def label_width(self) -> int:
+        """Label positions L of the code."""
+        return self.embedding.label_code.width
+
+    @property
+    def dynamics(self):
+        """Neuron, trace, probability and goodness as one :class:`~spikingjelly_ff.simulation.Dynamics`."""
+        from spikingjelly_ff.simulation import Dynamics
+
+        return Dynamics(self.neuron_params, self.trace_params, self.probability, self.goodness_kind)
+
+    def set_backend(self, backend: str) -> None:
+        self.backend = backend
+        for layer in self.layers:
+            layer.neuron.backend = backend
+
+    def image_rates(self, x: Tensor) -> Tensor:
+        """Spike probabilities of images ``[N, H * W]`` as maps ``[N, 1, H, W]``."""
+        return spike_rates(x, self.encoder.gain).reshape(x.shape[0], 1, *self._hw())
+
+    def label_rates(self, labels: Tensor) -> Tensor:
+        """Spike probabilities of the label code of ``labels`` ``[N]``, ``[N, L]``."""
+        return spike_rates(self.embedding.code(labels), self.encoder.gain)
+
+    def forward(self, spikes: Tensor, code: Tensor) -> Tensor:
+        """Output spikes of the last layer (pooled) for image spikes ``[T, N, 1, H, W]`` and
+        label spikes ``[T, N, L]``; every layer's trace is left in its neuron."""
+        for layer in self.layers:
+            spikes = layer(spikes, code)
+        return spikes
+
+    @torch.no_grad()
+    def present(self, spikes: Tensor, code: Tensor) -> list[Tensor]:
+        """One presentation from rest; each layer's trace map ``[N, C, OH, OW]``."""
+        for layer in self.layers:
+            layer.neuron.v = 0.0
+            layer.neuron.clear_trace()
+        self(spikes, code)
+        return [layer.activity.clone() for layer in self.layers]

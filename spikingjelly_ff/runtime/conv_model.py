@@ -1,0 +1,231 @@
+"""``SpikeConvModel``: all-label scoring and on-line Hebbian learning of an exported spiking
+conv FF network (``SpikingConvFFNet``), with numpy only.
+
+It runs the same simulation code as training (``simulation.conv``) and draws its spikes in the
+same order as ``learning.conv_engine`` (with numpy's generator): given the same input spikes
+it produces the same spikes as the torch trainer and scorer, and weights and scores equal up
+to float rounding (tests/library/test_spiking_conv_runtime.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from spikingjelly_ff.functional.labels import spike_rates
+from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact, read_artifact, write_artifact
+from spikingjelly_ff.runtime.protocol import check_images
+from spikingjelly_ff.simulation import ConvLayout, Dynamics, conv_score, encode_spikes, present_conv, score_conv_labels
+
+__all__ = ["SpikeConvModel"]
+
+
+class SpikeConvModel:
+    """A loaded spiking conv artefact. Arrays are float32; images are ``[N, H * W]`` in [0, 1].
+
+    ``weights`` (the conv weights ``[C, I, KH, KW]`` of every layer, then its label weights
+    ``[L, C, OH, OW]``) and ``eligibility`` (same shapes) are this model's own arrays, by
+    default copies of the artefact's; everything else is read from the (immutable) artefact.
+    """
+
+    kind = "spiking"
+    chunk = 100  # images per internal batch of scoring: bounds the [T, N, U] currents
+
+    def __init__(
+        self,
+        art: SpikeArtifact,
+        weights: list[np.ndarray] | None = None,
+        eligibility: list[np.ndarray] | None = None,
+    ) -> None:
+        if art.conv is None:
+            raise ArtifactError("not a spiking conv artefact (load dense ones with SpikeModel)")
+        if weights is None:
+            art.validate()
+            weights, eligibility = art.weights, art.eligibility
+        elif [np.shape(w) for w in weights] != [w.shape for w in art.weights]:
+            raise ValueError("weights do not match the artefact's layer shapes")
+        self.art = art
+        self.label_code = art.label_code()
+        self.weights = [np.array(w, dtype=np.float32, order="C") for w in weights]
+        self.eligibility = [
+            np.array(e, dtype=np.float32, order="C") for e in (eligibility or [np.zeros_like(w) for w in self.weights])
+        ]
+        self.dynamics = Dynamics(art.neuron, art.trace, art.probability, art.goodness)
+        self.layouts = [ConvLayout(la.stride, la.padding, la.pool, la.pool_size) for la in art.conv.layers]
+        self._score = partial(conv_score, over=art.conv.over, score_layers=art.score_layers, prob=art.probability,
+                              goodness_kind=art.goodness)  # fmt: skip
+
+    # -- persistence ------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SpikeConvModel:
+        return cls(read_artifact(path))
+
+    def to_artifact(self) -> SpikeArtifact:
+        return replace(
+            self.art, weights=[w.copy() for w in self.weights], eligibility=[e.copy() for e in self.eligibility]
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write weights, eligibility and settings atomically."""
+        return write_artifact(path, self.to_artifact())
+
+    def copy(self) -> SpikeConvModel:
+        """An independent model with copied weights and eligibility (for copy-on-write updates)."""
+        return SpikeConvModel(self.art, self.weights, self.eligibility)
+
+    def with_steps(self, steps: int) -> SpikeConvModel:
+        """A copy that presents every input for ``steps`` steps."""
+        art = replace(self.art, encoder=replace(self.art.encoder, steps=int(steps)))
+        return SpikeConvModel(art, self.weights, self.eligibility)
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layouts)
+
+    @property
+    def kernels(self) -> list[np.ndarray]:
+        """The conv weights ``[C, I, KH, KW]`` per layer (the arrays themselves)."""
+        return self.weights[: self.num_layers]
+
+    @property
+    def label_weights(self) -> list[np.ndarray]:
+        """The label weights ``[L, C, OH, OW]`` per layer (the arrays themselves)."""
+        return self.weights[self.num_layers :]
+
+    @property
+    def num_classes(self) -> int:
+        return self.art.num_classes
+
+    @property
+    def in_features(self) -> int:
+        return self.art.in_features
+
+    @property
+    def steps(self) -> int:
+        return self.art.encoder.steps
+
+    @property
+    def probability(self):
+        return self.art.probability
+
+    @property
+    def eta(self) -> float:
+        """Default learning rate of :meth:`learn` (the artefact's Hebbian settings)."""
+        return float(self.art.hebbian.eta)
+
+    @property
+    def learn_spec(self) -> HebbianParams:
+        h = self.art.hebbian
+        return HebbianParams(float(h.eta), h.eligibility_tau, int(h.learn_after))
+
+    @property
+    def latent_width(self) -> int:
+        """Width of :meth:`latent`: every unit of every layer's map."""
+        return int(sum(np.prod(la.map_shape) for la in self.art.conv.layers))
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def image_rates(self, x: np.ndarray) -> np.ndarray:
+        """Spike probabilities of images ``[N, H * W]`` as maps ``[N, 1, H, W]``."""
+        return spike_rates(x, self.art.encoder.gain).reshape(x.shape[0], *self.art.conv.layers[0].in_shape)
+
+    def draw(self, x: np.ndarray, labels: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+        """Image spikes ``[T, N, 1, H, W]`` and label spikes ``[T, N, L]`` (image first, as the
+        torch trainer draws them)."""
+        x = check_images(x, self.in_features)
+        labels = self.label_code.check_labels(labels, x.shape[0])
+        enc = self.art.encoder
+        image = encode_spikes(self.image_rates(x), enc.steps, rng, enc.coding)
+        return image, encode_spikes(self.label_code.label_rates(enc.gain)[labels], enc.steps, rng, enc.coding)
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def scores(self, x: np.ndarray, seed: int | None = 0, repeats: int | None = None) -> np.ndarray:
+        """Score of every label, ``[N, C]`` (higher is more likely), summed over ``repeats``
+        presentations (default: the export's setting); ``SpikingConvScorer``'s algorithm."""
+        x = check_images(x, self.in_features)
+        repeats = self.art.evaluation.repeats if repeats is None else int(repeats)
+        if repeats < 1:
+            raise ValueError("repeats must be >= 1")
+        rng = np.random.default_rng(seed)
+        parts = [self._scores(x[i : i + self.chunk], rng, repeats) for i in range(0, x.shape[0], self.chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.num_classes), np.float32)
+
+    def _scores(self, x: np.ndarray, rng, repeats: int) -> np.ndarray:
+        enc = self.art.encoder
+        rates = self.label_code.label_rates(enc.gain)  # [C, L]
+        total = np.zeros((x.shape[0], self.num_classes), np.float32)
+        for _ in range(repeats):
+            image = encode_spikes(self.image_rates(x), enc.steps, rng, enc.coding)
+            # one label draw per chunk, shared by its images (common random numbers)
+            if enc.coding == "bernoulli":
+                uniform = rng.random((enc.steps, 1, rates.shape[1]), dtype=np.float32)
+                codes = [(uniform < rates[k]).astype(np.float32) for k in range(self.num_classes)]
+            else:
+                codes = [encode_spikes(rates[k : k + 1], enc.steps, rng, enc.coding) for k in range(self.num_classes)]
+            total += self.scores_from_spikes(image, codes)
+        return total
+
+    def scores_from_spikes(self, image: np.ndarray, codes: list[np.ndarray]) -> np.ndarray:
+        """Scores ``[N, C]`` of image spikes ``[T, N, 1, H, W]`` shown with each label's spikes
+        ``codes[k]`` ``[T, N or 1, L]``."""
+        image = np.asarray(image, dtype=np.float32)
+        codes = [np.asarray(c, dtype=np.float32) for c in codes]
+        return score_conv_labels(
+            image, codes, self.kernels, self.label_weights, self.layouts, self.dynamics,
+            partial(self._score, score=self.art.score), self.art.conv.over, "numpy",
+        )  # fmt: skip
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Softmax over labels of the summed log-odds (a normalised confidence), ``[N, C]``."""
+        z = scores - scores.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, x: np.ndarray, seed: int | None = 0) -> np.ndarray:
+        return self.scores(x, seed).argmax(axis=1)
+
+    def latent(self, x: np.ndarray, labels: np.ndarray, seed: int | None = 0) -> np.ndarray:
+        """Spike counts of every unit of every layer with ``labels`` shown, ``[N, latent_width]``."""
+        image, code = self.draw(x, labels, np.random.default_rng(seed))
+        counts = present_conv(
+            image, code, self.kernels, self.label_weights, self.layouts, self.dynamics, self.art.conv.over, "numpy",
+            counts=True,
+        )  # fmt: skip
+        return np.concatenate([c.reshape(c.shape[0], -1) for c in counts], axis=1)
+
+    # -- learning -----------------------------------------------------------------------------
+
+    def learn(
+        self, x: np.ndarray, labels: np.ndarray, positive: np.ndarray, seed: int | None = 0, eta: float | None = None
+    ) -> np.ndarray:
+        """One Hebbian update from images ``[N, H * W]`` shown with ``labels`` ``[N]``;
+        ``positive`` ``[N]`` says whether each label is the true one. Returns the summed
+        log-odds of the presentation (its activities while learning)."""
+        image, code = self.draw(x, labels, np.random.default_rng(seed))
+        return self.learn_spikes(image, code, np.asarray(positive, dtype=np.float32), eta)
+
+    def learn_spikes(self, image: np.ndarray, code: np.ndarray, y: np.ndarray, eta: float | None = None) -> np.ndarray:
+        """Present image spikes ``[T, N, 1, H, W]`` and label spikes ``[T, N, L]`` and learn
+        towards ``y`` ``[N]`` (1 positive), as ``SpikingConvTrainer.train_batch`` does: the
+        weights and eligibility change in place. Returns the summed log-odds ``[N]``."""
+        image = np.asarray(image, dtype=np.float32)
+        code = np.asarray(code, dtype=np.float32)
+        y = np.asarray(y, dtype=np.float32).reshape(-1)
+        spec = self.learn_spec
+        eta = spec.eta if eta is None else float(eta)
+        n = self.num_layers
+        learns = [(y, spec, eta, e_w, e_b) for e_w, e_b in zip(self.eligibility[:n], self.eligibility[n:])]
+        acts = present_conv(
+            image, code, self.kernels, self.label_weights, self.layouts, self.dynamics, self.art.conv.over, "numpy",
+            learns,
+        )  # fmt: skip
+        return self._score(acts)

@@ -1,0 +1,210 @@
+"""Spiking conv FF layers, one presentation from rest: conv and label currents, the neuron loop
+over the flattened map, the Hebbian conv rule learning in place inside the window, pooling for
+the next layer, and all-label scoring. Written once for torch tensors and numpy arrays: the
+torch engine (``learning.conv_engine``) and the runtime (``runtime.conv_model``) both run it.
+
+Each layer's currents come from one batched convolution over all ``T * N`` frames before its
+learning window, and one frame at a time inside it, because the weights change after every
+step t > ``learn_after`` (as the dense :func:`~.layer.run_layer` and the step-by-step module
+graph do): dW (conv) and dB (label weights) are the Hebbian conv rule on the trace map at t and
+the input frame at t (``functional.conv.ff_conv_hebbian_deltas``), applied through the
+eligibility trace with ``kernels.apply_delta``.
+
+Shapes: image spikes ``[T, N, I, H, W]``; label spikes ``[T, N, L]`` (``[T, 1, L]``: one label
+draw shared by the images); conv weights W ``[C, I, KH, KW]``; label weights B
+``[L, C, OH, OW]``; trace maps ``[N, C, OH, OW]``; a layer's U = C * OH * OW units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from spikingjelly_ff.functional import _array
+from spikingjelly_ff.functional.conv import OVER, conv2d, ff_conv_hebbian_deltas, pool2d
+from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.scores import layer_score
+from spikingjelly_ff.kernels import apply_delta
+from spikingjelly_ff.simulation.layer import Dynamics, neuron_forward
+
+Array = Any  # torch tensor or numpy array
+#: (targets y [N], Hebbian settings, eta, eligibility of W, eligibility of B)
+Learn = tuple[Array, HebbianParams, float, Array, Array]
+
+__all__ = [
+    "ConvLayout",
+    "Learn",
+    "conv_current",
+    "conv_score",
+    "label_current",
+    "present_conv",
+    "run_conv_layer",
+    "score_conv_labels",
+]
+
+
+@dataclass(frozen=True)
+class ConvLayout:
+    """Geometry of one conv layer besides its weights: the convolution's ``stride`` and zero
+    ``padding``, and the pooling of its spikes for the next layer (``pool`` None, "max" or
+    "avg", over ``pool_size`` windows with stride ``pool_size``)."""
+
+    stride: int = 1
+    padding: int = 0
+    pool: str | None = None
+    pool_size: int = 2
+
+
+def conv_current(pre: Array, w: Array, stride=1, padding=0) -> Array:
+    """Image part of the current, frames ``[K, N, I, H, W]`` -> ``[K, N, U]``."""
+    k, n = pre.shape[:2]
+    z = conv2d(pre.reshape(k * n, *pre.shape[2:]), w, stride, padding)
+    return z.reshape(k, n, -1)
+
+
+def label_current(code: Array, b: Array) -> Array:
+    """Label part, label spikes ``[K, N, L]`` -> ``[K, N, U]``."""
+    return (code.reshape(-1, b.shape[0]) @ b.reshape(b.shape[0], -1)).reshape(*code.shape[:2], -1)
+
+
+def run_conv_layer(
+    pre: Array,
+    code: Array,
+    w: Array,
+    b: Array,
+    d: Dynamics,
+    stride=1,
+    padding=0,
+    over: str = "map",
+    backend: str = "torch",
+    learn: Learn | None = None,
+    image_current: Array | None = None,
+) -> tuple[Array, Array]:
+    """Present input spikes ``pre`` ``[T, N, I, H, W]`` and label spikes ``code`` ``[T, N, L]``
+    to one layer (weights ``w``, label weights ``b``) from rest. With ``learn = (y, spec, eta,
+    e_w, e_b)`` ``w`` and ``b`` (and their eligibility traces) learn in place after every step
+    t > ``spec.learn_after``, the goodness taken ``over`` the map or each location.
+    ``image_current`` (no learning): the conv part of the currents ``[T, N, U]``, when already
+    computed. Returns the output spikes ``[T, N, C, OH, OW]`` (before pooling) and the final
+    trace map ``[N, C, OH, OW]``."""
+    t_steps, n = pre.shape[:2]
+    c, oh, ow = b.shape[1:]
+    units = c * oh * ow
+    v = _array.zeros(pre, (n, units))
+    tr = _array.zeros(pre, (n, units))
+
+    def currents(t0: int, t1: int) -> Array:
+        image = image_current[t0:t1] if image_current is not None else conv_current(pre[t0:t1], w, stride, padding)
+        return _array.contiguous(image + label_current(code[t0:t1], b))
+
+    first = t_steps if learn is None else learn[1].learn_after + 1
+    if first >= t_steps:
+        out = neuron_forward(currents(0, t_steps), v, tr, d, backend)
+        return out.reshape(t_steps, n, c, oh, ow), tr.reshape(n, c, oh, ow)
+    y, spec, eta, e_w, e_b = learn
+    kernel = tuple(w.shape[-2:])
+    out = _array.zeros(pre, (t_steps, n, units))
+    k = first + 1  # steps 0..first run before the first update
+    out[:k] = neuron_forward(currents(0, k), v, tr, d, backend)
+    for t in range(first, t_steps):
+        dw, db = ff_conv_hebbian_deltas(
+            d.probability, tr.reshape(n, c, oh, ow), pre[t], y, code[t], kernel, stride, padding, d.goodness, over
+        )
+        # conv weights are 4-D: the torch (or numpy) update; the CuPy kernel is written for [H, D]
+        apply_delta(w, dw, eta, spec.eligibility_tau, e_w, "torch")
+        apply_delta(b, db, eta, spec.eligibility_tau, e_b, "torch")
+        if t + 1 < t_steps:
+            out[t + 1] = neuron_forward(currents(t + 1, t + 2), v, tr, d, backend)[0]
+    return out.reshape(t_steps, n, c, oh, ow), tr.reshape(n, c, oh, ow)
+
+
+def present_conv(
+    pre: Array,
+    code: Array,
+    weights: list[Array],
+    label_weights: list[Array],
+    layouts: list[ConvLayout],
+    d: Dynamics,
+    over: str = "map",
+    backend: str = "torch",
+    learns: list[Learn] | None = None,
+    first_current: Array | None = None,
+    counts: bool = False,
+) -> list[Array]:
+    """One presentation of image spikes ``pre`` and label spikes ``code`` to the whole stack,
+    each layer from rest, its spikes pooled for the next. ``learns``: one :data:`Learn` per
+    layer (every layer learns in place). ``first_current``: layer 1's conv current
+    ``[T, N, U_1]`` when already computed. Returns each layer's final trace map (or, with
+    ``counts``, its spike counts) ``[N, C, OH, OW]``."""
+    acts = []
+    last = len(weights) - 1
+    for i, (w, b, lay) in enumerate(zip(weights, label_weights, layouts)):
+        learn = None if learns is None else learns[i]
+        current = first_current if i == 0 else None
+        out, tr = run_conv_layer(pre, code, w, b, d, lay.stride, lay.padding, over, backend, learn, current)
+        acts.append(out.sum(0) if counts else tr)
+        if i < last:  # the last layer's pooled spikes feed nothing
+            pre = pool2d(out, lay.pool, lay.pool_size)
+    return acts
+
+
+def score_conv_labels(
+    image: Array,
+    codes: list[Array],
+    weights: list[Array],
+    label_weights: list[Array],
+    layouts: list[ConvLayout],
+    d: Dynamics,
+    score: Callable[[list[Array]], Array],
+    over: str = "map",
+    backend: str = "torch",
+) -> Array:
+    """Scores ``[N, C]`` of every candidate label: image spikes ``image`` ``[T, N, I, H, W]``
+    shown with each label's spikes ``codes[k]`` (``[T, N, L]`` or ``[T, 1, L]``, the latter
+    broadcast over the images), each presentation from rest. The first layer's conv current
+    does not depend on the label, so it is computed once. ``score(acts)`` turns the trace maps
+    into ``[N]`` (:func:`conv_score`, or the torch net's ``score_activities``)."""
+    first = conv_current(image, weights[0], layouts[0].stride, layouts[0].padding)
+    total = _array.zeros(image, (image.shape[1], len(codes)))
+    for k, code in enumerate(codes):
+        acts = present_conv(image, code, weights, label_weights, layouts, d, over, backend, first_current=first)
+        total[:, k] += score(acts)
+    return total
+
+
+def _entry_units(act: Array, over: str) -> Array:
+    """The units of every goodness entry on the last axis: ``[N, U]`` (``over="map"``) or
+    ``[N * OH * OW, C]`` (``"location"``, sample-major)."""
+    if over == "map":
+        return act.reshape(act.shape[0], -1)
+    t = act.permute(0, 2, 3, 1) if _array.is_torch(act) else act.transpose(0, 2, 3, 1)
+    return t.reshape(-1, act.shape[1])
+
+
+def conv_score(
+    acts: list[Array],
+    over: str,
+    score_layers: list[int],
+    prob: Probability,
+    goodness_kind: str = "sum_squares",
+    score: str = "probability",
+) -> Array:
+    """Summed score ``[N]`` of trace maps ``acts`` (one ``[N, C, OH, OW]`` per layer): each
+    voting layer's score summed over its goodness entries, then over the voting layers (as
+    ``nn.conv_models.ConvScores``); ``score="probability"`` gives the summed log-odds.
+    Torch tensors are stacked and summed; numpy arrays add one layer at a time into float32."""
+    if over not in OVER:
+        raise ValueError(f"unknown goodness region {over!r}; choose one of {list(OVER)}")
+    n = acts[0].shape[0]
+    parts = [layer_score(_entry_units(acts[i], over), prob, goodness_kind, score).reshape(n, -1).sum(1)
+             for i in score_layers]  # fmt: skip
+    if _array.is_torch(acts[0]):
+        return _array.xp(acts[0]).stack(parts).sum(0)
+    total = np.zeros(n, dtype=np.float32)
+    for p in parts:
+        total += p
+    return total

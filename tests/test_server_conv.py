@@ -1,0 +1,67 @@
+"""An analog conv FF net served over real gRPC on loopback: saved as a run's model, exported
+with ``sjff export``, loaded by a real server process; ModelInfer gives the torch net's
+labels, and a Learn bumps the version and serves the learned weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import serving_utils as su
+import torch
+from sjff_client import Client
+from sjff_server.harness import ServerProcess
+
+from spikingjelly_ff.cli import main as sjff
+from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.checkpoint import save_model
+from spikingjelly_ff.runs.config import load_config
+from spikingjelly_ff.runtime import load_exported
+
+SMALL = "model.conv=[{channels: 4, kernel: 5, pool: max}, {channels: 6, kernel: 3, padding: 1}]"
+
+
+@pytest.fixture(scope="module")
+def conv_export(tmp_path_factory):
+    """(the torch net, its ONNX export via ``sjff export``) of a small untrained conv net with
+    random label weights (so that its labels vary); learning eta 0.05 from the config."""
+    d = tmp_path_factory.mktemp("conv")
+    cfg = load_config("conv/analog-mnist", [SMALL, "model.goodness_over=location", "train.hebbian.eta=0.05"])
+    net = build_model(cfg.model, 784, 10, seed=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.label_bias.copy_(torch.randn(layer.label_bias.shape, generator=g) * 0.1)
+    save_model(d / "run" / "model", net, cfg)
+    assert sjff(["export", str(d / "run" / "model"), "--format", "onnx", "--out", str(d / "conv.onnx")]) == 0
+    return net, d / "conv.onnx"
+
+
+def test_serves_and_learns_a_conv_model(conv_export, tmp_path, token_path, mnist_samples):
+    net, path = conv_export
+    images, labels = mnist_samples
+    x = su.as_float(images[:40])
+    repo = su.make_repository(tmp_path / "repo", {"conv": path})
+    local = load_exported(path, threads=1)
+    assert local.settings.conv is not None and local.eta == pytest.approx(0.05)
+    with torch.no_grad():
+        want = net.predict(torch.from_numpy(x)).numpy()
+    assert len(set(want.tolist())) > 1  # the check below tells labels apart
+    args = ["--max-eta", "1", "--snapshot-interval", "0"]
+    with ServerProcess(repo, state_dir=tmp_path / "state", token_file=token_path, extra_args=args) as srv:
+        with Client(srv.target, token_file=token_path) as c:
+            got = c.infer(x, model="conv")
+            assert got.version == 0
+            assert np.array_equal(got.label, want)
+            # the same graph and weights (the server's thread count may change the float32 order)
+            np.testing.assert_allclose(got.scores, local.scores(x), rtol=1e-6, atol=1e-5)
+            assert got.outputs["goodness"].shape == (40, 10, 2)
+
+            r = c.learn(x[:6], labels[:6], model="conv")
+            assert r.version == 1 and r.log_odds.shape == (6,)
+            lo = local.learn(x[:6], labels[:6], np.ones(6, np.float32))
+            np.testing.assert_allclose(r.log_odds, lo, rtol=1e-6, atol=1e-5)
+            after = c.infer(x, model="conv")
+            assert after.version == 1
+            np.testing.assert_allclose(after.scores, local.scores(x), rtol=1e-6, atol=1e-5)
+            assert np.abs(after.scores - got.scores).max() > 1e-3  # the update reached inference
+        assert srv.stop() == 0

@@ -1,0 +1,80 @@
+"""A spiking conv FF net served over real gRPC on loopback: saved as a run's model, exported
+with ``sjff export --format spike``, loaded by a real server process; ModelInfer gives the
+numpy runtime's (and the torch scorer's) labels, and a Learn bumps the version and serves the
+learned weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import serving_utils as su
+import torch
+from sjff_client import Client
+from sjff_server.harness import ServerProcess
+
+from spikingjelly_ff.cli import main as sjff
+from spikingjelly_ff.learning.conv_engine import SpikingConvScorer
+from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.checkpoint import save_model
+from spikingjelly_ff.runs.config import load_config
+from spikingjelly_ff.runtime import SpikeConvModel, load_exported
+
+# a small net with deterministic (regular) spike coding, so that torch and numpy draw alike
+SPIKING_CONV = [
+    "model.kind=spiking", "model.layers=[]", "model.goodness_over=location",
+    "model.conv=[{channels: 4, kernel: 5, pool: max}, {channels: 6, kernel: 3, padding: 1}]",
+    "model.probability={kind: symmetric, eps: 0.01}", "model.embedding={kind: pattern, bits: 20, density: 0.3}",
+    "model.neuron={form: beta, beta: 0.85, v_threshold: 0.001}", "model.trace={kind: leaky, decay: 0.85}",
+    "model.encoder={gain: 0.5, steps: 12, rest_steps: 0, carry_membrane: false, coding: regular}",
+    "train.learner=hebbian", "train.hebbian={eta: 0.05, eligibility_tau: 0.1, learn_after: 5}",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def spiking_conv_export(tmp_path_factory):
+    """(the torch net, its spike export via ``sjff export``) of a small untrained spiking conv
+    net with random label weights (so that its labels vary)."""
+    d = tmp_path_factory.mktemp("spiking_conv")
+    cfg = load_config(None, SPIKING_CONV)
+    net = build_model(cfg.model, 784, 10, seed=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.label_bias.copy_(torch.randn(layer.label_bias.shape, generator=g) * 0.1)
+    save_model(d / "run" / "model", net, cfg)
+    assert sjff(["export", str(d / "run" / "model"), "--format", "spike", "--out", str(d / "export")]) == 0
+    return net, d / "export" / "model.nir"
+
+
+def test_serves_and_learns_a_spiking_conv_model(spiking_conv_export, tmp_path, token_path, mnist_samples):
+    net, path = spiking_conv_export
+    images, labels = mnist_samples
+    x = su.as_float(images[:20])
+    repo = su.make_repository(tmp_path / "repo", {"sconv": path})
+    local = load_exported(path)
+    assert isinstance(local, SpikeConvModel) and local.eta == pytest.approx(0.05)
+    want = SpikingConvScorer(net).predict(torch.from_numpy(x)).numpy()
+    assert len(set(want.tolist())) > 1  # the check below tells labels apart
+    args = ["--max-eta", "1", "--snapshot-interval", "0"]
+    with ServerProcess(repo, state_dir=tmp_path / "state", token_file=token_path, extra_args=args) as srv:
+        with Client(srv.target, token_file=token_path) as c:
+            meta = c.model_metadata("sconv")
+            assert meta.platform == "spikingjelly_ff_spike"
+            latent = next(o for o in meta.outputs if o.name == "latent")
+            assert list(latent.shape) == [-1, local.latent_width]
+            got = c.infer(x, model="sconv")
+            assert got.version == 0
+            assert np.array_equal(got.label, want)
+            np.testing.assert_allclose(got.scores, local.scores(x, seed=0), rtol=1e-5, atol=1e-4)
+            lat = c.infer(x[:2], model="sconv", return_latent=True).outputs["latent"]
+            assert lat.shape == (2, local.latent_width) and lat.sum() > 0
+
+            r = c.learn(x[:6], labels[:6], model="sconv", seed=5)
+            assert r.version == 1 and r.log_odds.shape == (6,)
+            lo = local.learn(x[:6], labels[:6], np.ones(6, np.float32), seed=5)
+            np.testing.assert_allclose(r.log_odds, lo, rtol=1e-5, atol=1e-4)
+            after = c.infer(x, model="sconv")
+            assert after.version == 1
+            np.testing.assert_allclose(after.scores, local.scores(x, seed=0), rtol=1e-5, atol=1e-4)
+            assert np.abs(after.scores - got.scores).max() > 1e-3  # the update reached inference
+        assert srv.stop() == 0
