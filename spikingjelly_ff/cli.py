@@ -75,6 +75,10 @@ def _export(args) -> int:
             hebbian = HebbianParams(eta=h.eta, eligibility_tau=h.eligibility_tau)
             path = analog_to_onnx(net, args.out, latent=args.latent, hebbian=hebbian)
         else:
+            from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
+
+            if isinstance(net, SpikingConvFFNet):
+                raise ValueError("a spiking conv model exports with --format spike (the NIR spike artefact)")
             path = spiking_to_onnx(net, args.out)
     elif args.format == "spike":
         from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet

@@ -48,6 +48,8 @@ class SpikeModel:
         weights: list[np.ndarray] | None = None,
         eligibility: list[np.ndarray] | None = None,
     ) -> None:
+        if art.conv is not None:
+            raise ValueError("a spiking conv artefact runs in runtime.SpikeConvModel: open it with load_exported()")
         if weights is None:
             art.validate()
             weights = art.weights

@@ -18,7 +18,14 @@ from spikingjelly_ff.export.spike import export_spike
 from spikingjelly_ff.functional.conv import conv2d, pool2d
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.learning.conv_engine import SpikingConvScorer, SpikingConvTrainer, conv_layouts
-from spikingjelly_ff.runtime import ArtifactError, SpikeConvModel, load_exported, read_artifact, write_artifact
+from spikingjelly_ff.runtime import (
+    ArtifactError,
+    SpikeConvModel,
+    SpikeModel,
+    load_exported,
+    read_artifact,
+    write_artifact,
+)
 from spikingjelly_ff.runtime.conv_artifact import label_to_nir
 from spikingjelly_ff.simulation import run_conv_layer, score_conv_labels
 
@@ -167,6 +174,8 @@ def test_artifact_is_a_nir_conv_graph(tmp_path):
         write_artifact(tmp_path / "bad.nir", replace(art, image_shape=None))
     with pytest.raises(ArtifactError, match="not a spiking conv"):
         SpikeConvModel(replace(art, conv=None))
+    with pytest.raises(ValueError, match="load_exported"):  # the dense runtime says where it runs
+        SpikeModel(art)
 
 
 def test_runtime_runs_without_torch(tmp_path):
@@ -204,6 +213,9 @@ def test_exported_trained_model_matches_torch_on_mnist(tmp_path, mini):
     sets = [f"data.dataset={mini}", "data.download=false", "train.epochs=1", "train.limit=300", "eval.limit=50"]
     train(load_config(None, [*SPIKING_CONV, *sets, "threads=1"]), tmp_path, log=lambda s: None, progress=False)
     assert sjff(["export", str(tmp_path / "model"), "--format", "spike", "--out", str(tmp_path / "export")]) == 0
+    # ONNX has no spiking conv export: one clear line, exit 2
+    assert sjff(["export", str(tmp_path / "model"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert not (tmp_path / "m.onnx").exists()
     model = load_exported(tmp_path / "export")
     net, cfg, _ = load_model(tmp_path / "model")
     assert isinstance(model, SpikeConvModel) and model.eta == pytest.approx(cfg.train.hebbian.eta)
