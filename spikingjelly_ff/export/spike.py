@@ -13,7 +13,7 @@ from spikingjelly_ff import __version__
 from spikingjelly_ff.functional.params import EvalParams, HebbianParams
 from spikingjelly_ff.nn.models import SpikingFFNet
 from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
-from spikingjelly_ff.runtime.artifact import SpikeArtifact, write_artifact
+from spikingjelly_ff.runtime.artifact import SpikeArtifact, read_artifact, write_artifact
 from spikingjelly_ff.runtime.conv_artifact import ConvLayerMeta, SpikeConv
 
 __all__ = ["artifact_from_model", "export_spike", "resolve_spike_path", "to_spikingjelly"]
@@ -53,6 +53,8 @@ def artifact_from_model(
     if isinstance(net, SpikingConvFFNet):
         conv = _conv_layout(net)
         weights += _arrays(layer.label_bias for layer in net.layers)
+        if image_shape is not None and tuple(image_shape) != net._hw():
+            raise ValueError(f"image_shape {tuple(image_shape)} differs from the conv net's own {net._hw()}")
         image_shape = net._hw()
     return SpikeArtifact(
         weights=weights,
@@ -68,7 +70,7 @@ def artifact_from_model(
         num_classes=net.num_classes,
         label_patterns=None if code.patterns is None else code.patterns.astype(np.uint8),
         image_shape=list(image_shape) if image_shape is not None else None,
-        hebbian=hebbian or HebbianParams(),
+        hebbian=hebbian or _default_hebbian(net.encoder.steps),
         eligibility=None if eligibility is None else _arrays(eligibility),
         evaluation=evaluation or EvalParams(),
         name=name,
@@ -83,6 +85,13 @@ def resolve_spike_path(out: str | os.PathLike) -> Path:
     if out.suffix in (".nir", ".h5", ".hdf5"):
         return out
     return out / "model.nir"
+
+
+def _default_hebbian(steps: int) -> HebbianParams:
+    """The default learning settings, with a learning window the presentation can hold (the
+    default ``learn_after`` of 15 leaves nothing to learn from in a presentation of <= 16 steps)."""
+    default = HebbianParams()
+    return HebbianParams(learn_after=min(default.learn_after, steps - 2))
 
 
 def export_spike(
@@ -111,4 +120,8 @@ def to_spikingjelly(path: str | os.PathLike) -> torch.nn.Module:
     from spikingjelly.activation_based.nir_exchange import import_from_nir
 
     p = Path(path)
-    return import_from_nir(resolve_spike_path(p) if p.is_dir() else p, dt=1e-4, step_mode="m")
+    file = resolve_spike_path(p) if p.is_dir() else p
+    if read_artifact(file).conv is not None:
+        # SpikingJelly's importer knows neither NIR's Threshold (our max pooling) nor two inputs
+        raise ValueError("to_spikingjelly rebuilds dense artefacts; a conv artefact runs in runtime.SpikeConvModel")
+    return import_from_nir(file, dt=1e-4, step_mode="m")

@@ -152,6 +152,8 @@ class HebbianLearner(base.MemoryModule):
         if label_layer is not None:
             if not isinstance(synapse, nn.Conv2d) or getattr(label_layer, "label_bias", None) is None:
                 raise ValueError("label_layer needs a conv synapse and a layer with label weights (label_bias)")
+            if getattr(label_layer, "synapse", None) is not synapse:
+                raise ValueError("label_layer must be the layer that owns this synapse")
             self._label_weight = label_layer.label_bias
             self.register_buffer("label_eligibility", torch.zeros_like(label_layer.label_bias))
             self._code_hook = label_layer.register_forward_pre_hook(self._record_code, with_kwargs=True)
@@ -241,11 +243,12 @@ class HebbianLearner(base.MemoryModule):
         self._code_records.clear()
 
     @torch.no_grad()
-    def step(self, y: Tensor, on_grad: bool = True, scale: float = 1.0) -> Tensor | None:
+    def step(self, y: Tensor, on_grad: bool = True, scale: float = 1.0) -> Tensor | tuple[Tensor, Tensor] | None:
         """Sum of the dW of all recorded steps, times ``scale``.
 
         ``on_grad=True`` subtracts it from ``weight.grad`` (so an SGD optimizer with lr eta
-        ascends the FF objective) and returns ``None``; otherwise returns it.
+        ascends the FF objective) and returns ``None``; otherwise returns it. With label
+        weights the same holds for their dB: ``label_bias.grad``, or a ``(dW, dB)`` pair.
         """
         total = total_b = None
         for dw, db in self._deltas(y):
@@ -258,7 +261,7 @@ class HebbianLearner(base.MemoryModule):
             total = total * scale
             total_b = None if total_b is None else total_b * scale
         if not on_grad:
-            return total
+            return total if self._label_weight is None else (total, total_b)
         for p, d in ((self.synapse.weight, total), (self._label_weight, total_b)):
             if p is not None and d is not None:
                 p.grad = -d if p.grad is None else p.grad - d

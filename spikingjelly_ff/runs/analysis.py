@@ -47,6 +47,10 @@ def latents(net, x: Tensor, labels: Tensor, seed: int = 0) -> Tensor:
 
     if isinstance(net, AnalogFFNet):
         return torch.cat(net.label_activities(x, labels), dim=1)
+    from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
+
+    if isinstance(net, SpikingConvFFNet):
+        raise ValueError("sjff analyze covers dense models; a spiking conv model has no latent analysis yet")
     from spikingjelly_ff.learning.engine import SpikingScorer
 
     scorer = SpikingScorer(net, seed=seed)

@@ -22,8 +22,8 @@ def build_model(
     image_shape: tuple[int, int] | None = None,
 ) -> FFNet:
     """Build an analog or spiking, dense or conv FF network from config; weights drawn from
-    ``seed``. ``image_shape`` ``(H, W)`` (default: square) sizes a spiking conv net's label
-    weights; an analog conv net also learns it later from the data (``net.image_shape``)."""
+    ``seed``. ``image_shape`` ``(H, W)`` (default: square) sizes a conv net's maps and label
+    weights."""
     e = m.embedding
     emb = build_embedding(e.kind, num_classes, e.bits, e.density, seed if e.seed is None else e.seed, e.scale)
     torch.manual_seed(seed)
@@ -33,7 +33,9 @@ def build_model(
         params = {"neuron": m.neuron, "trace": m.trace, "encoder": m.encoder}
         net: FFNet = SpikingConvFFNet(*conv, **params, over=m.goodness_over, image_shape=image_shape, backend=backend)
     elif m.conv:
-        net = AnalogConvFFNet(*conv, over=m.goodness_over, bias=m.bias, shift_views=m.shift_views)
+        net = AnalogConvFFNet(
+            *conv, over=m.goodness_over, bias=m.bias, shift_views=m.shift_views, image_shape=image_shape
+        )
     elif m.kind == "analog":
         net = AnalogFFNet(*shared, bias=m.bias, normalize=m.normalize, shift_views=m.shift_views)
     else:

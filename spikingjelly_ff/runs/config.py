@@ -239,6 +239,8 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("train.hebbian.learn_after must lie in [-1, model.encoder.steps - 1)")
     if m.score_layers is not None and any(not 0 <= i < len(m.conv or m.layers) for i in m.score_layers):
         raise ConfigError("model.score_layers holds a layer index out of range")
+    if m.score_layers is not None and len(set(m.score_layers)) != len(m.score_layers):
+        raise ConfigError("model.score_layers names a layer twice (each voting layer counts once)")
     if m.shift_views < 0:
         raise ConfigError("model.shift_views must be >= 0")
     if m.kind == "spiking" and m.shift_views:
@@ -266,6 +268,11 @@ def _validate_conv(cfg: RunConfig) -> None:
         )
     if m.kind == "spiking" and t.draws != "stream":
         raise ConfigError("a spiking model.conv net trains in one process: use train.draws=stream")
+    if m.kind == "spiking" and not cfg.eval.share_image_spikes:
+        raise ConfigError(
+            "a spiking model.conv net scores every label on one draw of image spikes: "
+            "eval.share_image_spikes must stay true"
+        )
     if t.readout.enabled:
         raise ConfigError("train.readout is available for dense models only")
     for i, c in enumerate(m.conv):

@@ -173,6 +173,16 @@ class SpikeArtifact:
             raise ArtifactError("score_layers names a layer that does not exist")
         return self
 
+    def check_learning(self) -> None:
+        """ValueError when on-line learning would change nothing: the learning window
+        (steps t > ``learn_after``) is empty for this presentation length."""
+        steps, after = self.encoder.steps, self.hebbian.learn_after
+        if after >= steps - 1:
+            raise ValueError(
+                f"this model cannot learn: its learning window starts after step {after} but a presentation "
+                f"has {steps} steps (export it with hebbian.learn_after < {steps - 1})"
+            )
+
     def _validate_conv(self) -> None:
         if self.image_shape is not None and int(np.prod(self.image_shape)) != self.in_features:
             raise ArtifactError(f"image shape {self.image_shape} does not hold {self.in_features} inputs")

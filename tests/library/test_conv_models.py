@@ -80,3 +80,15 @@ def test_trains_on_the_subset_and_reloads(tmp_path):
     from spikingjelly_ff.runs.evaluate import evaluate_model
 
     assert evaluate_model(tmp_path / "model", root=None)["accuracy"] == pytest.approx(acc)
+
+
+def test_non_square_images_build_train_and_score():
+    """The conv maps and label weights follow the images' own shape (16 x 36 here)."""
+    from spikingjelly_ff.learning.learners import LocalLossLearner
+
+    cfg = conv_config()
+    net = build_model(cfg.model, 16 * 36, 10, seed=0, image_shape=(16, 36))
+    assert net.map_shapes() == [(8, 12, 32), (8, 4, 14)]
+    learner = LocalLossLearner(net, torch.optim.SGD(net.layers.parameters(), lr=0.1))
+    learner.step(net.embedding(torch.rand(4, 576), torch.arange(4)), torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert net.scores(torch.rand(3, 576)).shape == (3, 10)

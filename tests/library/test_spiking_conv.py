@@ -51,6 +51,7 @@ def test_engine_equals_module_graph_with_hebbian_learners(over, kwta):
     weights, label weights, eligibility traces and final trace maps."""
     spec = HebbianParams(eta=0.7, eligibility_tau=0.3, learn_after=4)
     fast, ref = small_net(over, kwta), small_net(over, kwta)
+    initial = [(la.weight.clone(), la.label_bias.clone()) for la in fast.layers]
     x, labels, image, code, y = draw(fast, 5, 1)
     trainer = SpikingConvTrainer(fast, spec)
     trainer.train_batch(x, labels, y, spikes=(image, code))
@@ -69,8 +70,9 @@ def test_engine_equals_module_graph_with_hebbian_learners(over, kwta):
         for layer, learner in zip(ref.layers, learners):
             inp = layer(inp, code[t])
             learner.apply(y)
-    for a, b, e, lr in zip(fast.layers, ref.layers, trainer.eligibility, learners):
-        assert not torch.equal(a.weight, b.weight.new_zeros(b.weight.shape))
+    for a, b, e, lr, (w0, b0) in zip(fast.layers, ref.layers, trainer.eligibility, learners, initial):
+        # both learned (every layer's weights and label weights moved), and learned alike
+        assert (a.weight - w0).abs().max() > 1e-6 and (a.label_bias - b0).abs().max() > 1e-6
         torch.testing.assert_close(a.weight, b.weight, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(a.label_bias, b.label_bias, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(e[0], lr.eligibility, rtol=1e-10, atol=1e-12)
@@ -106,6 +108,12 @@ def test_learner_step_writes_the_summed_negative_delta_to_grad():
                 s.stride, s.padding,
             )  # fmt: skip
             dw_sum, db_sum = dw_sum + dw, db_sum + db
+    dw_ret, db_ret = learner.step(y, on_grad=False)  # the same sums, returned as a pair
+    torch.testing.assert_close(dw_ret, dw_sum)
+    torch.testing.assert_close(db_ret, db_sum)
+    learner.reset()  # present again: step() consumed the records
+    functional.reset_net(net)
+    layer(image, code)
     learner.step(y)
     assert float(dw_sum.abs().sum()) > 0 and float(db_sum.abs().sum()) > 0
     torch.testing.assert_close(layer.weight.grad, -dw_sum)
@@ -118,6 +126,8 @@ def test_learner_refuses_what_it_cannot_learn():
     layer = net.layers[0]
     with pytest.raises(ValueError, match="label_layer"):
         HebbianLearner("m", torch.nn.Linear(3, 4, bias=False), layer.neuron, net.probability, label_layer=layer)
+    with pytest.raises(ValueError, match="owns this synapse"):
+        HebbianLearner("m", layer.synapse, layer.neuron, net.probability, label_layer=net.layers[1])
     dilated = torch.nn.Conv2d(1, 4, 3, dilation=2, bias=False)
     with pytest.raises(NotImplementedError, match="dilation"):
         HebbianLearner("m", dilated, layer.neuron, net.probability)
@@ -164,3 +174,41 @@ def test_spiking_conv_net_learns_mnist_without_autograd(tmp_path):
     assert isinstance(net, SpikingConvFFNet) and meta["kind"] == "spiking"
     assert all(p.grad is None for p in net.parameters())
     assert evaluate_model(tmp_path / "model", root=None, limit=200)["accuracy"] == pytest.approx(acc)
+
+
+def test_conv_entry_points_refuse_what_they_do_not_cover(tmp_path):
+    """One clear error instead of a failure deep inside: latent analysis and SpikingJelly's NIR
+    import are for dense models; an export's image shape must be the net's own; a config may
+    not name a voting layer twice, nor score a spiking conv net on separate image draws."""
+    from spikingjelly_ff.export.spike import export_spike, to_spikingjelly
+    from spikingjelly_ff.runs.analysis import latents
+    from spikingjelly_ff.runs.config import ConfigError, load_config
+
+    net = small_net("map", dtype=torch.float32)
+    with pytest.raises(ValueError, match="dense models"):
+        latents(net, torch.rand(2, 144), torch.tensor([0, 1]))
+    path = export_spike(net, tmp_path / "m.nir")
+    with pytest.raises(ValueError, match="dense artefacts"):
+        to_spikingjelly(path)
+    with pytest.raises(ValueError, match="image_shape"):
+        export_spike(net, tmp_path / "n.nir", image_shape=(16, 9))
+    with pytest.raises(ConfigError, match="twice"):
+        load_config(None, [*SPIKING_CONV, "model.score_layers=[1, 1]"])
+    with pytest.raises(ConfigError, match="share_image_spikes"):
+        load_config(None, [*SPIKING_CONV, "eval.share_image_spikes=false"])
+
+
+def test_an_export_without_learning_settings_gets_a_window_that_fits():
+    """``export_spike`` without ``hebbian``: the default learn_after (15) is cut to the
+    presentation (9 steps here), so the runtime's learn() changes the weights; an artefact
+    whose window is empty says so."""
+    from dataclasses import replace
+
+    from spikingjelly_ff.export.spike import artifact_from_model
+
+    net = small_net("map", dtype=torch.float32)
+    art = artifact_from_model(net)
+    assert art.hebbian.learn_after == 7
+    art.check_learning()
+    with pytest.raises(ValueError, match="cannot learn"):
+        replace(art, hebbian=HebbianParams(learn_after=8)).check_learning()
