@@ -65,3 +65,24 @@ def test_serves_and_learns_a_conv_model(conv_export, tmp_path, token_path, mnist
             np.testing.assert_allclose(after.scores, local.scores(x), rtol=1e-6, atol=1e-5)
             assert np.abs(after.scores - got.scores).max() > 1e-3  # the update reached inference
         assert srv.stop() == 0
+
+
+def test_row_macs_of_a_conv_export_count_every_label_pass(tmp_path):
+    """The event-loop cost estimate of a conv export: every view and label runs every conv
+    layer (C I K^2 multiply-adds per output location) and adds its label term (one add per
+    unit; code @ B itself depends on the weights alone and runs once per version)."""
+    from sjff_server.inference.engine import analog_row_macs
+
+    from spikingjelly_ff.export.onnx import analog_to_onnx
+
+    cfg = load_config("conv/analog-mnist", [SMALL, "model.shift_views=1"])
+    net = build_model(cfg.model, 784, 10, seed=0)
+    net.image_shape = (28, 28)
+    model = load_exported(analog_to_onnx(net, tmp_path / "conv.onnx"), threads=1)
+    # the label weights feed only the part of the graph that runs once per weight version
+    label_weights = [c.label_weight for c in model.settings.conv.layers]
+    assert len(label_weights) == 2 and set(label_weights) <= set(model.graph.derive_inputs)
+    # 28 x 28 -> conv 5x5, 4 channels -> 24 x 24, max-pooled to 12 x 12 -> conv 3x3 (padding 1), 6 channels -> 12 x 12
+    per_label = (4 * 1 * 5 * 5 * 24 * 24 + 4 * 24 * 24) + (6 * 4 * 3 * 3 * 12 * 12 + 6 * 12 * 12)
+    views = 4 * 1 + 1
+    assert analog_row_macs(model) == views * 10 * per_label

@@ -15,9 +15,10 @@ Hebbian correlation of the post-synaptic map with the input patches::
 
 with ``M = -dL/dG`` broadcast over the units of each goodness entry and ``K`` the number of
 entries (``N`` or ``N * OH * OW``). Weights use torch's ``Conv2d`` layout ``[C, I, KH, KW]``.
-The forward convolution (:func:`conv2d`) and the pooling (:func:`pool2d`) are here too, so that
-torch training and the numpy runtime share them. Torch tensors or numpy arrays; torch is never
-imported here.
+The forward convolution (:func:`conv2d`), the pooling (:func:`pool2d`), the goodness entries'
+unit layout (:func:`entry_units`) and the score summed over the voting layers
+(:func:`conv_summed_score`) are here too, so that the torch nets, the simulation and the numpy
+runtimes share them. Torch tensors or numpy arrays; torch is never imported here.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from spikingjelly_ff.functional import _array
 from spikingjelly_ff.functional.goodness import goodness, hebbian_gain
 from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.scores import layer_score
 
 Tensor = Any  # a torch tensor or a numpy array
 
@@ -37,11 +39,16 @@ OVER = ("map", "location")
 
 __all__ = [
     "OVER",
+    "check_conv_settings",
+    "check_map_shape",
     "conv_goodness",
+    "conv_layer_score",
     "conv_modulation",
     "conv_output_size",
+    "conv_summed_score",
     "conv2d",
     "conv_weight_correlation",
+    "entry_units",
     "ff_conv_hebbian_delta",
     "ff_conv_hebbian_deltas",
     "length_normalize_map",
@@ -108,6 +115,36 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) 
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def check_conv_settings(
+    kernel: int, stride: int, padding: int, pool: str | None, pool_size: int, channels: int | None = None
+) -> None:
+    """Raise ``ValueError`` naming the setting unless ``kernel``, ``stride``, ``pool_size`` (and
+    ``channels``, when given) are ints >= 1, ``padding`` an int >= 0 and ``pool`` None, "max"
+    or "avg": what stored layer settings must hold before any shape is computed from them."""
+    least = {"kernel": 1, "stride": 1, "padding": 0, "pool_size": 1}
+    values = {"kernel": kernel, "stride": stride, "padding": padding, "pool_size": pool_size}
+    if channels is not None:
+        least["channels"], values["channels"] = 1, channels
+    for name, v in values.items():
+        # bool is an int to Python, but True is no kernel size
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least[name]:
+            raise ValueError(f"conv layer {name} must be an integer >= {least[name]}, got {v!r}")
+    if pool not in (None, "max", "avg"):
+        raise ValueError(f"unknown pooling {pool!r}; choose None, 'max' or 'avg'")
+
+
+def check_map_shape(value, name: str = "shape") -> tuple[int, int, int]:
+    """``value`` as a map shape ``(C, H, W)`` of three ints >= 1; ``ValueError`` naming
+    ``name`` otherwise."""
+    try:
+        shape = tuple(int(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be three integers >= 1 (C, H, W), got {value!r}") from exc
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"{name} must be three integers >= 1 (C, H, W), got {value!r}")
+    return shape
+
+
 def _units_last(act: Tensor, over: str) -> Tensor:
     """``[N, C, OH, OW]`` -> the units of each goodness entry on the last axis:
     ``[N, C * OH * OW]`` (channel-major, so the first half is the first ``C // 2`` channels)
@@ -116,6 +153,45 @@ def _units_last(act: Tensor, over: str) -> Tensor:
     if over == "map":
         return act.reshape(act.shape[0], -1)
     return act.transpose(0, 2, 3, 1) if not _array.is_torch(act) else act.permute(0, 2, 3, 1)
+
+
+def entry_units(act: Tensor, over: str) -> Tensor:
+    """The units of every goodness entry of maps ``[N, C, OH, OW]`` as rows, ``[K, units]``:
+    ``[N, C * OH * OW]`` (``over="map"``, channel-major, so a split's first half is the first
+    ``C // 2`` channels) or ``[N * OH * OW, C]`` (``"location"``, sample-major)."""
+    u = _units_last(act, over)
+    return u.reshape(-1, u.shape[-1])
+
+
+def conv_layer_score(
+    act: Tensor, prob: Probability, goodness_kind: str = "sum_squares", score: str = "probability", over: str = "map"
+) -> Tensor:
+    """Score ``[N]`` of one layer's map ``[N, C, OH, OW]``: the ``score`` (log-odds or
+    goodness, ``functional.scores.layer_score``) of each goodness entry, summed over the
+    sample's entries (its locations)."""
+    n = act.shape[0]
+    return layer_score(entry_units(act, over), prob, goodness_kind, score).reshape(n, -1).sum(1)
+
+
+def conv_summed_score(
+    acts: list[Tensor],
+    layers: list[int],
+    prob: Probability,
+    goodness_kind: str = "sum_squares",
+    score: str = "probability",
+    over: str = "map",
+) -> Tensor:
+    """Sum of :func:`conv_layer_score` over the voting ``layers`` of maps ``acts`` (one
+    ``[N, C, OH, OW]`` per layer), in the order given (a layer named twice counts twice), ``[N]``.
+    Torch tensors are stacked and summed; numpy arrays add one layer at a time into float32
+    (as ``functional.scores.summed_score``)."""
+    parts = [conv_layer_score(acts[i], prob, goodness_kind, score, over) for i in layers]
+    if _array.is_torch(acts[0]):
+        return _array.xp(acts[0]).stack(parts).sum(0)
+    total = np.zeros(acts[0].shape[0], dtype=np.float32)
+    for p in parts:
+        total += p
+    return total
 
 
 def _units_back(u: Tensor, shape: tuple, over: str) -> Tensor:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from spikingjelly_ff.functional.labels import spike_rates
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.schedule import schedule_factor
 from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 from spikingjelly_ff.simulation import ConvLayout, encode_spikes, present_conv, score_conv_labels
+from spikingjelly_ff.simulation.conv import SCORE_CHUNK
 
 __all__ = ["SpikingConvScorer", "SpikingConvTrainer", "conv_layouts"]
 
@@ -78,7 +80,7 @@ class SpikingConvScorer:
     once), and all labels' label bits use the same uniform draws (common random numbers),
     shared by the images of a chunk. Scores are summed over ``repeats`` presentations."""
 
-    chunk = 100  # images per internal batch: bounds the [T, N, C * OH * OW] currents
+    chunk = SCORE_CHUNK  # images per internal batch (and label draw), as the numpy runtime's
 
     def __init__(self, net: SpikingConvFFNet, seed: int = 0, device="cpu", repeats: int = 1) -> None:
         self.net = net
@@ -98,8 +100,7 @@ class SpikingConvScorer:
         net = self.net
         steps = net.encoder.steps
         total = x.new_zeros(x.shape[0], net.num_classes)
-        rates = net.embedding.codes.to(x.dtype) * net.encoder.gain  # [C, L]
-        rates = rates.clamp(0.0, 1.0)
+        rates = spike_rates(net.embedding.codes.to(x.dtype), net.encoder.gain)  # [C, L]
         w, b = _arrays(net)
         layouts = conv_layouts(net)
         for _ in range(self.repeats):

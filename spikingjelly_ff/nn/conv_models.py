@@ -12,7 +12,7 @@ fields, or, as constant label maps, one term per channel, and the net stayed nea
 (26 % after 4 epochs on the mini set; 88 % after 3 with them). Goodness is
 taken over the whole map or at each location (``over``, ``functional.conv``); a layer's score
 is its summed log-odds over its goodness entries, a label's score the sum over the voting
-layers (``scores.summed_score`` of the entries' units). All labels are scored in one batched
+layers (``functional.conv.conv_summed_score``). All labels are scored in one batched
 pass over ``C * n`` inputs per chunk of ``score_chunk`` images.
 """
 
@@ -23,10 +23,15 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from spikingjelly_ff.functional.conv import OVER, conv_goodness, conv_output_size
+from spikingjelly_ff.functional.conv import (
+    OVER,
+    conv_goodness,
+    conv_layer_score,
+    conv_output_size,
+    conv_summed_score,
+    entry_units,
+)
 from spikingjelly_ff.functional.probability import Probability
-from spikingjelly_ff.functional.scores import layer_score as entry_score
-from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.nn.conv import FFConv2d
 from spikingjelly_ff.nn.embedding import LabelEmbedding
 from spikingjelly_ff.nn.models import AnalogFFNet, FFNet
@@ -43,15 +48,6 @@ class ConvSpec(Protocol):
     padding: int
     pool: str | None  # None, "max" or "avg", over pool_size windows (stride = window)
     pool_size: int
-
-
-def entry_units(act: Tensor, over: str) -> Tensor:
-    """The units of every goodness entry on the last axis, ``[K, units]``: ``[N, C * OH * OW]``
-    for ``over="map"`` (channel-major, so a split's first half is the first ``C // 2``
-    channels), ``[N * OH * OW, C]`` for ``"location"`` (sample-major)."""
-    if over == "map":
-        return act.flatten(1)
-    return act.permute(0, 2, 3, 1).reshape(-1, act.shape[1])
 
 
 class ConvScores:
@@ -103,16 +99,11 @@ class ConvScores:
         return self.probability.loss(g, y.reshape(-1, *([1] * (g1.ndim - 1))).expand_as(g1))
 
     def _layer(self, activity: Tensor, score: str) -> Tensor:
-        n = activity.shape[0]
-        units = entry_units(activity, self.over)
         # one score per goodness entry; the sample's is their sum (over its locations)
-        return entry_score(units, self.probability, self.goodness_kind, score).reshape(n, -1).sum(1)
+        return conv_layer_score(activity, self.probability, self.goodness_kind, score, self.over)
 
     def _summed(self, activities: list[Tensor], score: str) -> Tensor:
-        if self.over == "map":  # one entry per sample: the dense sum as is
-            units = [entry_units(a, "map") for a in activities]
-            return summed_score(units, self.score_layers, self.probability, self.goodness_kind, score)
-        return torch.stack([self._layer(activities[i], score) for i in self.score_layers]).sum(0)
+        return conv_summed_score(activities, self.score_layers, self.probability, self.goodness_kind, score, self.over)
 
     def layer_score(self, activity: Tensor) -> Tensor:
         """Score ``[N]`` of one layer's map: its goodness entries' scores summed."""

@@ -26,7 +26,7 @@ from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.kernels import apply_delta
 from spikingjelly_ff.runtime.onnx_meta import OnnxMeta, load_onnx_meta
-from spikingjelly_ff.runtime.protocol import check_images
+from spikingjelly_ff.runtime.protocol import check_images, check_targets
 from spikingjelly_ff.runtime.weight_folding import split_weight_only
 
 __all__ = ["AnalogGraph", "AnalogModel", "OnnxMeta", "load_onnx_meta"]
@@ -245,7 +245,7 @@ class AnalogModel:
         """One Hebbian update of every layer from images shown with ``labels``; ``positive``
         says whether each label is the true one. Returns the summed log-odds before learning."""
         x = self._check_images(x)
-        y = np.asarray(positive, dtype=np.float32)
+        y = check_targets(positive, x.shape[0])
         eta = self.eta if eta is None else float(eta)
         tau = self.eligibility_tau
         meta = self.settings

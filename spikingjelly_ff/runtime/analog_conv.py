@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from spikingjelly_ff.functional.conv import conv2d, ff_conv_hebbian_deltas, length_normalize_map, pool2d
-from spikingjelly_ff.functional.scores import layer_score
+from spikingjelly_ff.functional.conv import (
+    conv2d,
+    conv_summed_score,
+    ff_conv_hebbian_deltas,
+    length_normalize_map,
+    pool2d,
+)
 from spikingjelly_ff.kernels import apply_delta
 from spikingjelly_ff.runtime.onnx_meta import OnnxMeta
 
@@ -53,17 +58,9 @@ def conv_activities(
 
 
 def conv_log_odds(meta: OnnxMeta, acts: list[np.ndarray]) -> np.ndarray:
-    """Summed log-odds ``[N]`` that each sample is positive (``AnalogConvFFNet.pn_logit``):
-    each voting layer's log-odds summed over its goodness entries."""
-    over = meta.conv.over
-    total = np.zeros(acts[0].shape[0], dtype=np.float32)
-    for i in range(len(acts)):  # each voting layer once, in order
-        if i not in meta.score_layers:
-            continue
-        a = acts[i]
-        units = a.reshape(a.shape[0], -1) if over == "map" else a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
-        total += layer_score(units, meta.probability, meta.goodness).reshape(a.shape[0], -1).sum(1)
-    return total
+    """Summed log-odds ``[N]`` that each sample is positive (``AnalogConvFFNet.pn_logit``, and
+    the graph's ``probability``): each voting layer's log-odds summed over its goodness entries."""
+    return conv_summed_score(acts, meta.score_layers, meta.probability, meta.goodness, "probability", meta.conv.over)
 
 
 def conv_learn(

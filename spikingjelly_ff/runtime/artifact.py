@@ -173,10 +173,12 @@ class SpikeArtifact:
             raise ArtifactError("score_layers names a layer that does not exist")
         return self
 
-    def check_learning(self) -> None:
+    def check_learning(self, steps: int | None = None) -> None:
         """ValueError when on-line learning would change nothing: the learning window
-        (steps t > ``learn_after``) is empty for this presentation length."""
-        steps, after = self.encoder.steps, self.hebbian.learn_after
+        (steps t > ``learn_after``) is empty for a presentation of ``steps`` (default: the
+        encoder's) steps."""
+        steps = self.encoder.steps if steps is None else steps
+        after = self.hebbian.learn_after
         if after >= steps - 1:
             raise ValueError(
                 f"this model cannot learn: its learning window starts after step {after} but a presentation "

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from spikingjelly_ff.functional.conv import OVER, conv_output_size
+from spikingjelly_ff.functional.conv import OVER, check_conv_settings, check_map_shape, conv_output_size
 
 __all__ = ["ConvLayerMeta", "SpikeConv", "label_from_nir", "label_to_nir", "read_conv_weights", "write_conv_nodes"]
 
@@ -43,10 +43,11 @@ class ConvLayerMeta:
     map_shape: tuple[int, int, int]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "in_shape", tuple(int(v) for v in self.in_shape))
-        object.__setattr__(self, "map_shape", tuple(int(v) for v in self.map_shape))
-        if self.pool not in (None, "max", "avg"):
-            raise ValueError(f"unknown pooling {self.pool!r}")
+        # a tampered artefact fails here, as a ValueError that names the setting (read_artifact
+        # makes it an ArtifactError), not as a ZeroDivisionError in the shape checks
+        check_conv_settings(self.kernel, self.stride, self.padding, self.pool, self.pool_size, self.channels)
+        object.__setattr__(self, "in_shape", check_map_shape(self.in_shape, "in_shape"))
+        object.__setattr__(self, "map_shape", check_map_shape(self.map_shape, "map_shape"))
 
     @property
     def out_shape(self) -> tuple[int, int, int]:

@@ -19,8 +19,9 @@ import numpy as np
 from spikingjelly_ff.functional.labels import spike_rates
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact, read_artifact, write_artifact
-from spikingjelly_ff.runtime.protocol import check_images
+from spikingjelly_ff.runtime.protocol import check_images, check_targets
 from spikingjelly_ff.simulation import ConvLayout, Dynamics, conv_score, encode_spikes, present_conv, score_conv_labels
+from spikingjelly_ff.simulation.conv import SCORE_CHUNK
 
 __all__ = ["SpikeConvModel"]
 
@@ -34,7 +35,7 @@ class SpikeConvModel:
     """
 
     kind = "spiking"
-    chunk = 100  # images per internal batch of scoring: bounds the [T, N, U] currents
+    chunk = SCORE_CHUNK  # images per internal batch of scoring (and label draw), as the torch scorer's
 
     def __init__(
         self,
@@ -210,8 +211,10 @@ class SpikeConvModel:
         """One Hebbian update from images ``[N, H * W]`` shown with ``labels`` ``[N]``;
         ``positive`` ``[N]`` says whether each label is the true one. Returns the summed
         log-odds of the presentation (its activities while learning)."""
+        x = check_images(x, self.in_features)
+        y = check_targets(positive, x.shape[0])
         image, code = self.draw(x, labels, np.random.default_rng(seed))
-        return self.learn_spikes(image, code, np.asarray(positive, dtype=np.float32), eta)
+        return self.learn_spikes(image, code, y, eta)
 
     def learn_spikes(self, image: np.ndarray, code: np.ndarray, y: np.ndarray, eta: float | None = None) -> np.ndarray:
         """Present image spikes ``[T, N, 1, H, W]`` and label spikes ``[T, N, L]`` and learn
@@ -219,7 +222,18 @@ class SpikeConvModel:
         weights and eligibility change in place. Returns the summed log-odds ``[N]``."""
         image = np.asarray(image, dtype=np.float32)
         code = np.asarray(code, dtype=np.float32)
-        y = np.asarray(y, dtype=np.float32).reshape(-1)
+        in_shape = tuple(self.art.conv.layers[0].in_shape)
+        if image.ndim != 5 or image.shape[2:] != in_shape:
+            raise ValueError(
+                f"image spikes must have shape [T, N, {', '.join(map(str, in_shape))}], got {list(image.shape)}"
+            )
+        t, n = image.shape[:2]
+        width = self.label_weights[0].shape[0]
+        if code.shape != (t, n, width):
+            # one label draw per image: learning has no [T, 1, L] shared draw, as scoring has
+            raise ValueError(f"label spikes must have shape [{t}, {n}, {width}] (T, N, L), got {list(code.shape)}")
+        y = check_targets(y, n)
+        self.art.check_learning(t)
         spec = self.learn_spec
         eta = spec.eta if eta is None else float(eta)
         n = self.num_layers

@@ -17,7 +17,7 @@ import numpy as np
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.runtime.artifact import SpikeArtifact, read_artifact, write_artifact
-from spikingjelly_ff.runtime.protocol import check_images
+from spikingjelly_ff.runtime.protocol import check_images, check_targets
 from spikingjelly_ff.simulation import (
     Dynamics,
     encode_spikes,
@@ -224,14 +224,18 @@ class SpikeModel:
         """One Hebbian update from images ``[N, D]`` shown with ``labels`` ``[N]``; ``positive``
         ``[N]`` says whether each label is the true one. Returns the log-odds before learning."""
         x = self._check_images(x)
+        y = check_targets(positive, x.shape[0])
         spikes = encode_spikes(self._rates(x, labels), self.steps, np.random.default_rng(seed), self.art.encoder.coding)
-        return self.learn_spikes(spikes, np.asarray(positive, dtype=np.float32), eta)
+        return self.learn_spikes(spikes, y, eta)
 
     def learn_spikes(self, spikes: np.ndarray, y: np.ndarray, eta: float | None = None) -> np.ndarray:
         """Present ``[T, N, D']`` spikes and learn towards ``y`` ``[N]`` (1 positive); the weights
         and eligibility change in place. Membranes start at rest."""
         spikes = np.asarray(spikes, dtype=np.float32)
-        y = np.asarray(y, dtype=np.float32)
+        if spikes.ndim != 3:
+            raise ValueError(f"spikes must have shape [T, N, D'], got {list(spikes.shape)}")
+        y = check_targets(y, spikes.shape[1])
+        self.art.check_learning(spikes.shape[0])
         spec = self.learn_spec
         eta = spec.eta if eta is None else float(eta)
         n = spikes.shape[1]

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from spikingjelly_ff.functional.conv import OVER, check_conv_settings, check_map_shape
 from spikingjelly_ff.functional.labels import LabelCode
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
@@ -54,6 +55,13 @@ class OnnxConvLayer:
     map_shape: tuple[int, int, int]
     label_weight: str | None = None
 
+    def __post_init__(self) -> None:
+        # bad settings in a file's metadata fail on load, naming the setting (not in the
+        # runtime's convolution or the server's cost estimate)
+        check_conv_settings(self.kernel, self.stride, self.padding, self.pool, self.pool_size)
+        object.__setattr__(self, "in_shape", check_map_shape(self.in_shape, "in_shape"))
+        object.__setattr__(self, "map_shape", check_map_shape(self.map_shape, "map_shape"))
+
 
 @dataclass(frozen=True)
 class OnnxConv:
@@ -68,11 +76,12 @@ class OnnxConv:
 
     @classmethod
     def from_dict(cls, d: dict) -> OnnxConv:
-        layers = []
-        for layer in d["layers"]:
-            shapes = {k: tuple(int(v) for v in layer[k]) for k in ("in_shape", "map_shape")}
-            layers.append(OnnxConvLayer(**{**layer, **shapes}))
-        return cls(over=d["over"], layers=tuple(layers))
+        if d["over"] not in OVER:
+            raise ValueError(f"unknown goodness region {d['over']!r}; choose one of {list(OVER)}")
+        try:
+            return cls(over=d["over"], layers=tuple(OnnxConvLayer(**layer) for layer in d["layers"]))
+        except TypeError as exc:  # a setting missing, unknown, or layers not a list of objects
+            raise ValueError(f"invalid conv layer settings: {exc}") from exc
 
 
 @dataclass(frozen=True)

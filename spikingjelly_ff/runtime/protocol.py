@@ -14,7 +14,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["RuntimeModel", "check_images"]
+__all__ = ["RuntimeModel", "check_images", "check_targets"]
 
 
 def check_images(x, in_features: int, unit_range: bool = True) -> np.ndarray:
@@ -28,6 +28,23 @@ def check_images(x, in_features: int, unit_range: bool = True) -> np.ndarray:
     if unit_range and (x.min(initial=0.0) < 0.0 or x.max(initial=0.0) > 1.0):
         raise ValueError("image values must lie in [0, 1]")
     return x
+
+
+def check_targets(positive, n: int) -> np.ndarray:
+    """``positive`` as float32 ``[n]``: the learning target of each of ``n`` samples, 1 where
+    the label shown is the true one, 0 where it is not (a soft target in between is allowed);
+    raises ``ValueError`` saying what is wrong otherwise (no broadcasting: one per sample)."""
+    try:
+        y = np.asarray(positive, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"positive must be numbers (one target per sample): {exc}") from exc
+    if y.shape != (n,):
+        raise ValueError(f"positive must have shape [{n}] (one target per sample), got {list(y.shape)}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("positive targets must be finite, got NaN or Inf")
+    if y.size and (y.min() < 0.0 or y.max() > 1.0):
+        raise ValueError(f"positive targets must lie in [0, 1], got values in [{y.min():g}, {y.max():g}]")
+    return y
 
 
 @runtime_checkable

@@ -21,13 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from spikingjelly_ff.functional import _array
-from spikingjelly_ff.functional.conv import OVER, conv2d, ff_conv_hebbian_deltas, pool2d
+from spikingjelly_ff.functional.conv import conv2d, conv_summed_score, ff_conv_hebbian_deltas, pool2d
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
-from spikingjelly_ff.functional.scores import layer_score
 from spikingjelly_ff.kernels import apply_delta
 from spikingjelly_ff.simulation.layer import Dynamics, neuron_forward
 
@@ -35,7 +32,13 @@ Array = Any  # torch tensor or numpy array
 #: (targets y [N], Hebbian settings, eta, eligibility of W, eligibility of B)
 Learn = tuple[Array, HebbianParams, float, Array, Array]
 
+#: images per scoring chunk, in the torch scorer and the numpy runtime alike: the images of a
+#: chunk share one label draw (so equal chunks keep their scores equal in distribution), and
+#: it bounds the ``[T, N, U]`` currents
+SCORE_CHUNK = 100
+
 __all__ = [
+    "SCORE_CHUNK",
     "ConvLayout",
     "Learn",
     "conv_current",
@@ -88,9 +91,11 @@ def run_conv_layer(
     to one layer (weights ``w``, label weights ``b``) from rest. With ``learn = (y, spec, eta,
     e_w, e_b)`` ``w`` and ``b`` (and their eligibility traces) learn in place after every step
     t > ``spec.learn_after``, the goodness taken ``over`` the map or each location.
-    ``image_current`` (no learning): the conv part of the currents ``[T, N, U]``, when already
-    computed. Returns the output spikes ``[T, N, C, OH, OW]`` (before pooling) and the final
-    trace map ``[N, C, OH, OW]``."""
+    ``image_current``: the conv part of the currents ``[T, N, U]``, when already computed
+    (refused with ``learn``: it would be stale after the first update). Returns the output
+    spikes ``[T, N, C, OH, OW]`` (before pooling) and the final trace map ``[N, C, OH, OW]``."""
+    if learn is not None and image_current is not None:
+        raise ValueError("a layer that learns computes its own currents: pass image_current or learn, not both")
     t_steps, n = pre.shape[:2]
     c, oh, ow = b.shape[1:]
     units = c * oh * ow
@@ -138,8 +143,10 @@ def present_conv(
     """One presentation of image spikes ``pre`` and label spikes ``code`` to the whole stack,
     each layer from rest, its spikes pooled for the next. ``learns``: one :data:`Learn` per
     layer (every layer learns in place). ``first_current``: layer 1's conv current
-    ``[T, N, U_1]`` when already computed. Returns each layer's final trace map (or, with
-    ``counts``, its spike counts) ``[N, C, OH, OW]``."""
+    ``[T, N, U_1]`` when already computed (refused with ``learns``). Returns each layer's final
+    trace map (or, with ``counts``, its spike counts) ``[N, C, OH, OW]``."""
+    if learns is not None and first_current is not None:
+        raise ValueError("a stack that learns computes its own currents: pass first_current or learns, not both")
     acts = []
     last = len(weights) - 1
     for i, (w, b, lay) in enumerate(zip(weights, label_weights, layouts)):
@@ -176,15 +183,6 @@ def score_conv_labels(
     return total
 
 
-def _entry_units(act: Array, over: str) -> Array:
-    """The units of every goodness entry on the last axis: ``[N, U]`` (``over="map"``) or
-    ``[N * OH * OW, C]`` (``"location"``, sample-major)."""
-    if over == "map":
-        return act.reshape(act.shape[0], -1)
-    t = act.permute(0, 2, 3, 1) if _array.is_torch(act) else act.transpose(0, 2, 3, 1)
-    return t.reshape(-1, act.shape[1])
-
-
 def conv_score(
     acts: list[Array],
     over: str,
@@ -195,16 +193,6 @@ def conv_score(
 ) -> Array:
     """Summed score ``[N]`` of trace maps ``acts`` (one ``[N, C, OH, OW]`` per layer): each
     voting layer's score summed over its goodness entries, then over the voting layers (as
-    ``nn.conv_models.ConvScores``); ``score="probability"`` gives the summed log-odds.
-    Torch tensors are stacked and summed; numpy arrays add one layer at a time into float32."""
-    if over not in OVER:
-        raise ValueError(f"unknown goodness region {over!r}; choose one of {list(OVER)}")
-    n = acts[0].shape[0]
-    parts = [layer_score(_entry_units(acts[i], over), prob, goodness_kind, score).reshape(n, -1).sum(1)
-             for i in score_layers]  # fmt: skip
-    if _array.is_torch(acts[0]):
-        return _array.xp(acts[0]).stack(parts).sum(0)
-    total = np.zeros(n, dtype=np.float32)
-    for p in parts:
-        total += p
-    return total
+    ``nn.conv_models.ConvScores``; ``functional.conv.conv_summed_score``);
+    ``score="probability"`` gives the summed log-odds."""
+    return conv_summed_score(acts, score_layers, prob, goodness_kind, score, over)

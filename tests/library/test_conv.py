@@ -11,7 +11,9 @@ from spikingjelly.activation_based import functional
 
 from spikingjelly_ff.functional.conv import (
     conv_goodness,
+    conv_summed_score,
     conv_weight_correlation,
+    entry_units,
     ff_conv_hebbian_delta,
     ff_conv_hebbian_deltas,
     length_normalize_map,
@@ -152,6 +154,33 @@ def test_conv_goodness_regions():
     gp, gn = conv_goodness(act, split=True, over="map")
     torch.testing.assert_close(gp, (act[:, :2] ** 2).sum((1, 2, 3)))
     torch.testing.assert_close(gn, (act[:, 2:] ** 2).sum((1, 2, 3)))
+
+
+@pytest.mark.parametrize("score", ["probability", "goodness"])
+@pytest.mark.parametrize("prob", ["sigmoid", "symmetric"])
+def test_entry_units_and_the_summed_score(prob, score):
+    """The goodness entries' units: a sample's whole map channel-major, or each location's
+    channels, sample-major; the summed score adds each voting layer's entries' scores, a
+    layer named twice twice, alike on tensors and numpy arrays."""
+    acts = [torch.rand(2, 4, 3, 5), torch.rand(2, 6, 2, 2)]
+    a = acts[0]
+    assert torch.equal(entry_units(a, "map"), a.reshape(2, 60))
+    loc = entry_units(a, "location")
+    assert loc.shape == (30, 4) and torch.equal(loc[7], a[0, :, 1, 2]) and torch.equal(loc[15 + 7], a[1, :, 1, 2])
+    assert np.array_equal(entry_units(a.numpy(), "location"), loc.numpy())
+    p = PROBS[prob]
+    for over in ("map", "location"):
+        one = [conv_summed_score(acts, [i], p, "sum_squares", score, over) for i in range(2)]
+        assert one[0].shape == (2,)
+        summed = conv_summed_score(acts, [1, 0, 1], p, "sum_squares", score, over)
+        torch.testing.assert_close(summed, one[0] + 2 * one[1])
+        on_numpy = conv_summed_score([t.numpy() for t in acts], [1, 0, 1], p, "sum_squares", score, over)
+        assert on_numpy.dtype == np.float32
+        np.testing.assert_allclose(on_numpy, summed.numpy(), rtol=1e-5, atol=1e-5)
+    g = conv_goodness(acts[1], over="location").reshape(2, -1).sum(1)
+    torch.testing.assert_close(conv_summed_score(acts, [1], PROBS["sigmoid"], score="goodness", over="location"), g)
+    with pytest.raises(ValueError, match="goodness region"):
+        entry_units(a, "pixel")
 
 
 @pytest.mark.parametrize("over,dims", [("map", (-3, -2, -1)), ("location", (-3,))])

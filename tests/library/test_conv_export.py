@@ -3,6 +3,8 @@ the torch-free runtime's on-line conv rule against the same update computed with
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -17,7 +19,7 @@ from spikingjelly_ff.runs.build import build_model
 from spikingjelly_ff.runs.config import load_config
 from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runtime import load_exported
-from spikingjelly_ff.runtime.onnx_meta import load_onnx_meta
+from spikingjelly_ff.runtime.onnx_meta import META_KEY, load_onnx_meta
 
 # Float32 rounding, not the graph, bounds the agreement: the outputs are float32 sums of
 # thousands of terms (a map's G+ and G- are sums of ~1000 squares of size O(100); a
@@ -198,3 +200,37 @@ def test_runtime_conv_learn_refuses_bias(tmp_path, mini):
     assert model.scores(x).shape == (2, 10)
     with pytest.raises(ValueError, match="bias-free"):
         model.learn(x, np.array([1, 2]), np.array([True, False]))
+
+
+def test_runtime_learn_log_odds_follow_the_graph_with_repeated_score_layers(tmp_path, mini):
+    """A voting layer named twice counts twice in torch, in the ONNX graph and in the runtime's
+    learn log-odds alike (one summed score for all three)."""
+    net = _net("map", "max")  # log-odds of O(1): the graph's probability tells them apart
+    net.score_layers = [1, 1]
+    model = load_exported(analog_to_onnx(net, tmp_path / "dup.onnx"))
+    x, labels = _images(mini, 6), np.arange(6)
+    log_odds = model.copy().learn(x, labels, np.ones(6), eta=0.0)
+    with torch.no_grad():
+        want = net.pn_logit(net.activities(net.embedding(torch.from_numpy(x), torch.from_numpy(labels)))).numpy()
+    _close(log_odds, want, "log-odds")
+    graph = _outputs(tmp_path / "dup.onnx", x)["probability"][np.arange(6), labels]
+    _close(1.0 / (1.0 + np.exp(-log_odds)), graph, "the graph's probability")
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("stride", 0), ("pool_size", 0), ("pool_size", "2"), ("kernel", True), ("padding", -1), ("kernel", 2.5),
+     ("map_shape", [6, 12]), ("in_shape", None)],
+)  # fmt: skip
+def test_tampered_conv_metadata_is_refused_on_load(tmp_path, field, value):
+    """Bad layer settings in the metadata are refused when the export loads, saying which,
+    instead of failing later inside a division or the convolution."""
+    path = analog_to_onnx(_net("map", "max"), tmp_path / "conv.onnx")
+    proto = onnx.load(str(path))
+    prop = next(p for p in proto.metadata_props if p.key == META_KEY)
+    meta = json.loads(prop.value)
+    meta["conv"]["layers"][0][field] = value
+    prop.value = json.dumps(meta)
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ValueError, match=field):
+        load_exported(tmp_path / "bad.onnx")

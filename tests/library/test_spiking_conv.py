@@ -2,6 +2,7 @@
 ``HebbianLearner`` per layer (conv weights and label weights), the learner's ``step()``
 writes the summed -delta into ``.grad``, and the net learns MNIST without autograd."""
 
+import numpy as np
 import pytest
 import torch
 from spikingjelly.activation_based import functional
@@ -212,3 +213,13 @@ def test_an_export_without_learning_settings_gets_a_window_that_fits():
     art.check_learning()
     with pytest.raises(ValueError, match="cannot learn"):
         replace(art, hebbian=HebbianParams(learn_after=8)).check_learning()
+    from spikingjelly_ff.runtime import SpikeConvModel
+
+    model = SpikeConvModel(replace(art, hebbian=HebbianParams(learn_after=8)))
+    before = [w.copy() for w in model.weights]
+    with pytest.raises(ValueError, match="cannot learn"):  # refused, not a silent no-op
+        model.learn(np.random.default_rng(0).random((2, 144), dtype=np.float32), np.array([1, 2]), np.ones(2))
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.weights))
+    learned = SpikeConvModel(art)
+    learned.learn(np.random.default_rng(0).random((2, 144), dtype=np.float32), np.array([1, 2]), np.ones(2))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, learned.weights))

@@ -27,7 +27,8 @@ from spikingjelly_ff.runtime import (
     write_artifact,
 )
 from spikingjelly_ff.runtime.conv_artifact import label_to_nir
-from spikingjelly_ff.simulation import run_conv_layer, score_conv_labels
+from spikingjelly_ff.simulation import conv_current, present_conv, run_conv_layer, score_conv_labels
+from spikingjelly_ff.simulation.conv import SCORE_CHUNK
 
 F32 = torch.float32
 SPEC = HebbianParams(eta=0.7, eligibility_tau=0.3, learn_after=4)
@@ -235,3 +236,48 @@ def test_exported_trained_model_matches_torch_on_mnist(tmp_path, mini):
     diffs = [float(np.abs(a - _np(t)).max() / max(1.0, float(np.abs(_np(t)).max()))) for a, t in
              zip(model.weights, _net_arrays(net))]  # fmt: skip
     assert max(diffs) <= 1e-5, diffs
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("stride", 0), ("pool_size", 0), ("pool_size", "2"), ("channels", 0), ("kernel", True), ("padding", -1),
+     ("stride", 1.5)],
+)  # fmt: skip
+def test_tampered_conv_settings_are_an_artifact_error(tmp_path, field, value):
+    """A layer setting that no layer can have is refused as an ``ArtifactError`` that names it,
+    not a ZeroDivisionError or TypeError out of the shape checks."""
+    net = small_net("map", dtype=F32)
+    net.image_shape = (12, 12)
+    path = export_spike(net, tmp_path / "m.nir")
+    with h5py.File(path, "r+") as f:
+        ours = f["spikingjelly_ff"]
+        meta = json.loads(ours["meta"][()])
+        meta["conv"]["layers"][0][field] = value
+        del ours["meta"]
+        ours.create_dataset("meta", data=json.dumps(meta), dtype=h5py.string_dtype())
+    with pytest.raises(ArtifactError, match=field):
+        load_exported(path)
+
+
+def test_a_precomputed_current_cannot_learn():
+    """The conv current given to a layer (or to the first layer of a stack) is stale after the
+    first update: learning with one is refused, and nothing learns."""
+    net = small_net("map", dtype=F32)
+    _, _, image, code, y = draw(net, 3, 1, dtype=F32)
+    w, b = [la.weight.data.clone() for la in net.layers], [la.label_bias.data.clone() for la in net.layers]
+    before = [t.clone() for t in w + b]
+    learns = [(y, SPEC, 0.7, torch.zeros_like(wi), torch.zeros_like(bi)) for wi, bi in zip(w, b)]
+    current = conv_current(image, w[0])
+    with pytest.raises(ValueError, match="image_current"):
+        run_conv_layer(image, code, w[0], b[0], net.dynamics, learn=learns[0], image_current=current)
+    with pytest.raises(ValueError, match="first_current"):
+        present_conv(image, code, w, b, conv_layouts(net), net.dynamics, learns=learns, first_current=current)
+    assert all(torch.equal(t, t0) for t, t0 in zip(w + b, before))
+    # without learning the given current is the one computed inside
+    out, _ = run_conv_layer(image, code, w[0], b[0], net.dynamics, image_current=current)
+    assert torch.equal(out, run_conv_layer(image, code, w[0], b[0], net.dynamics)[0])
+
+
+def test_torch_and_numpy_share_the_images_of_a_label_draw():
+    """Images of one scoring chunk share one label draw: the scorer and the runtime chunk alike."""
+    assert SpikingConvScorer.chunk == SpikeConvModel.chunk == SCORE_CHUNK

@@ -153,16 +153,35 @@ class AnalogEngine(Engine):
 
 
 def analog_row_macs(model: AnalogModel) -> int:
-    """Multiply-accumulates per image of an analog export, from its weight shapes (``[H, D]``
-    per layer): the first layer once per view, each later layer once per label and view
-    (every label is scored), over ``4 * shift_views + 1`` views. An estimate (elementwise work
-    is left out) that orders models by cost: 0.2 M for the tests' 784 -> 128 -> 64 net,
-    208 M for the shipped config analog-deep (two 2000-unit layers, five views)."""
+    """Multiply-accumulates per image of an analog export, over ``4 * shift_views + 1`` views.
+    Dense (weights ``[H, D]`` per layer): the first layer once per view, each later layer once
+    per label and view (every label is scored). Conv (:func:`conv_row_macs`): every layer once
+    per label and view. An estimate (elementwise work is left out) that orders models by cost:
+    0.2 M for the tests' 784 -> 128 -> 64 net, 208 M for the shipped config analog-deep (two
+    2000-unit layers, five views)."""
+    settings = model.settings
+    views = 4 * settings.shift_views + 1
+    if settings.conv is not None:
+        return views * int(model.num_classes) * conv_row_macs(settings.conv.layers)
     weights = list(model.weights)
-    views = 4 * model.settings.shift_views + 1
     first = int(weights[0].size) if weights else 0
     later = sum(int(w.size) for w in weights[1:]) * int(model.num_classes)
     return views * (first + later)
+
+
+def conv_row_macs(layers) -> int:
+    """Multiply-accumulates of one pass of one embedded image through conv layers (the
+    metadata's ``OnnxConvLayer``): each output location of a ``[C, OH, OW]`` map takes
+    ``I * K^2`` per channel, and each unit one add of its label term (``code @ B`` depends on
+    the weights alone: the graph computes it once per weight version, not per image)."""
+    total = 0
+    for layer in layers:
+        c, oh, ow = layer.map_shape
+        units = c * oh * ow
+        total += units * layer.in_shape[0] * layer.kernel**2
+        if layer.label_weight is not None:
+            total += units
+    return total
 
 
 class SpikeEngine(Engine):

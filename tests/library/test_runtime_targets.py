@@ -1,0 +1,101 @@
+"""Every runtime's ``learn`` refuses malformed targets with one clear ``ValueError`` (and
+leaves the weights alone), the spiking conv runtime's ``learn_spikes`` refuses spikes of the
+wrong shape, and ``runtime.protocol.check_targets`` accepts exactly the targets [N] in [0, 1]."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_spiking_conv import small_net
+
+from spikingjelly_ff.export.onnx import analog_to_onnx
+from spikingjelly_ff.export.spike import export_spike
+from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.config import config_from_dict
+from spikingjelly_ff.runtime import load_exported
+
+SPEC = HebbianParams(eta=0.5, eligibility_tau=None, learn_after=2)
+CONV = [{"channels": 4, "kernel": 3, "pool": "max"}, {"channels": 6, "kernel": 3}]
+
+
+def _model(kind: str, tmp_path):
+    """(model, in_features) of a small export of each runtime: dense or conv, analog or spiking."""
+    if kind == "spiking-conv":
+        net = small_net("map", dtype=torch.float32)
+        net.image_shape = (12, 12)
+        return load_exported(export_spike(net, tmp_path / "m.nir", hebbian=SPEC)), 144
+    model = {
+        "analog": {"kind": "analog", "layers": [12, 8]},
+        "analog-conv": {"kind": "analog", "layers": [], "conv": CONV, "embedding": {"kind": "onehot"}},
+        "spiking": {"kind": "spiking", "layers": [12, 8], "encoder": {"steps": 6}},
+    }[kind]
+    train = {"learner": "hebbian", "hebbian": {"learn_after": 2}} if kind == "spiking" else {}
+    net = build_model(config_from_dict({"model": model, "train": train}).model, 144, 10, 0)
+    if kind == "spiking":
+        return load_exported(export_spike(net, tmp_path / "m.nir", (12, 12), hebbian=SPEC)), 144
+    net.image_shape = (12, 12)
+    return load_exported(analog_to_onnx(net, tmp_path / "m.onnx", hebbian=SPEC)), 144
+
+
+BAD = {
+    "one flag for three images": ([1.0], "shape"),
+    "two flags for three images": ([1.0, 0.0], "shape"),
+    "a row of flags": ([[1.0, 0.0, 1.0]], "shape"),
+    "above one": ([2.0, 0.0, 1.0], r"\[0, 1\]"),
+    "below zero": ([1.0, -1.0, 0.5], r"\[0, 1\]"),
+    "NaN": ([1.0, np.nan, 0.0], "finite"),
+    "text": (["yes", "no", "yes"], "number"),
+}
+
+
+@pytest.mark.parametrize("kind", ["analog", "analog-conv", "spiking", "spiking-conv"])
+def test_every_runtime_learn_refuses_malformed_targets(kind, tmp_path):
+    model, d = _model(kind, tmp_path)
+    x = np.random.default_rng(0).uniform(size=(3, d)).astype(np.float32)
+    labels = np.array([1, 2, 3])
+    before = [w.copy() for w in model.weights]
+    for name, (positive, message) in BAD.items():
+        with pytest.raises(ValueError, match=message):
+            model.learn(x, labels, np.array(positive) if name != "text" else positive)
+        assert all(np.array_equal(a, b) for a, b in zip(model.weights, before)), name
+    # valid targets: booleans, 0/1 ints, and soft targets in [0, 1] all learn
+    for positive in ([True, False, True], [1, 0, 1], [0.25, 1.0, 0.0]):
+        log_odds = model.copy().learn(x, labels, positive)
+        assert log_odds.shape == (3,) and np.all(np.isfinite(log_odds))
+
+
+def test_spiking_conv_learn_spikes_refuses_spikes_of_the_wrong_shape(tmp_path):
+    model, _ = _model("spiking-conv", tmp_path)
+    rng = np.random.default_rng(1)
+    t, n, width = 6, 3, model.label_weights[0].shape[0]
+    image = (rng.uniform(size=(t, n, 1, 12, 12)) < 0.3).astype(np.float32)
+    code = (rng.uniform(size=(t, n, width)) < 0.3).astype(np.float32)
+    y = np.array([1.0, 0.0, 1.0])
+    before = [w.copy() for w in model.weights]
+    bad = {
+        "label spikes shared by the images": (image, code[:, :1], "label spikes"),
+        "label spikes of other steps": (image, code[:4], "label spikes"),
+        "label spikes of another width": (image, code[:, :, :5], "label spikes"),
+        "flat images": (image.reshape(t, n, 144), code, "image spikes"),
+        "images of another size": (image[..., :10, :], code, "image spikes"),
+        "targets of another length": (image, code, "shape"),
+    }
+    for name, (im, co, message) in bad.items():
+        with pytest.raises(ValueError, match=message):
+            model.learn_spikes(im, co, y[:2] if name.startswith("targets") else y)
+        assert all(np.array_equal(a, b) for a, b in zip(model.weights, before)), name
+    assert model.learn_spikes(image, code, y).shape == (3,)
+    assert not np.array_equal(model.weights[0], before[0])
+
+
+def test_check_targets():
+    from spikingjelly_ff.runtime.protocol import check_targets
+
+    got = check_targets([True, False, 1, 0.5], 4)
+    assert got.dtype == np.float32 and got.tolist() == [1.0, 0.0, 1.0, 0.5]
+    assert check_targets(np.zeros(0), 0).shape == (0,)
+    for bad, n in [([1.0], 2), (np.ones((2, 1)), 2), ([np.inf, 0.0], 2), ([1.5, 0.0], 2), (None, 1)]:
+        with pytest.raises(ValueError, match="positive"):
+            check_targets(bad, n)
