@@ -27,7 +27,7 @@ from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.nn.conv import SpikingFFConv2d
 from spikingjelly_ff.nn.conv_models import ConvScores, ConvSpec
 from spikingjelly_ff.nn.embedding import LabelEmbedding
-from spikingjelly_ff.nn.models import FFNet
+from spikingjelly_ff.nn.models import FFNet, SpikingFFNet
 
 __all__ = ["SpikingConvFFNet"]
 
@@ -90,17 +90,9 @@ class SpikingConvFFNet(ConvScores, FFNet):
         """Label positions L of the code."""
         return self.embedding.label_code.width
 
-    @property
-    def dynamics(self):
-        """Neuron, trace, probability and goodness as one :class:`~spikingjelly_ff.simulation.Dynamics`."""
-        from spikingjelly_ff.simulation import Dynamics
-
-        return Dynamics(self.neuron_params, self.trace_params, self.probability, self.goodness_kind)
-
-    def set_backend(self, backend: str) -> None:
-        self.backend = backend
-        for layer in self.layers:
-            layer.neuron.backend = backend
+    # the same neuron, trace and backend settings as the dense spiking net: one definition
+    dynamics = SpikingFFNet.dynamics
+    set_backend = SpikingFFNet.set_backend
 
     def image_rates(self, x: Tensor) -> Tensor:
         """Spike probabilities of images ``[N, H * W]`` as maps ``[N, 1, H, W]``."""
