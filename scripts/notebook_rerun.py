@@ -81,7 +81,7 @@ class tqdm:  # silent stand-in: the loops only iterate and set a description
 
 
 MAXI = {limit}
-torch.set_num_threads(1)
+torch.set_num_threads({threads})
 """
 
 # the notebook's hyper-parameter cell also builds a model of its own; only its two constants
@@ -120,10 +120,26 @@ layer = LIF_Layer(batch_size, 28*28 + 100, num_neurons, topk=config[2], tau=0.85
 layer.set_out_trace(config[1])
 layer.set_probabilities(config[0])
 labels = torch.bernoulli(torch.ones((10, 100)) * 0.3).long()
+"""
+
+EPOCHS = """
 for ep in range({epochs}):
     layer = train_network(layer, labels, use_eval=False, max_i=MAXI)
     cor, tot = test(layer, max_i=MAXI)
     print(f"epoch {{ep + 1}}: test accuracy {{float(cor / tot):.4f}}", flush=True)
+"""
+
+# benchmarks/notebook_speed.py: the notebook's own train and test calls, timed (``max_i`` stops
+# its loops after max_i + 1 batches)
+TIMING = """
+import json, time
+t0 = time.perf_counter()
+layer = train_network(layer, labels, use_eval=False, max_i={train_batches} - 1)
+t1 = time.perf_counter()
+cor, tot = test(layer, max_i={test_batches} - 1)
+t2 = time.perf_counter()
+print("SJFF_TIMING " + json.dumps({{"train_samples": {train_batches} * batch_size, "train_seconds": t1 - t0,
+      "test_images": int(tot), "test_seconds": t2 - t1, "threads": torch.get_num_threads()}}), flush=True)
 """
 
 
@@ -143,15 +159,30 @@ def notebook_cells(path: Path) -> dict[str, str]:
     return found
 
 
-def program(path: Path, row: str, seed: int, epochs: int, limit: int | None) -> str:
+def program(
+    path: Path,
+    row: str,
+    seed: int,
+    epochs: int,
+    limit: int | None,
+    threads: int = 1,
+    timing: tuple[int, int] | None = None,
+) -> str:
+    """The notebook's cells and our driver as one program: ``epochs`` epochs with the test
+    accuracy after each, or with ``timing = (train_batches, test_batches)`` one timed call of
+    its train loop and of its test loop (a ``SJFF_TIMING {json}`` line)."""
     cells = notebook_cells(path)
     batch, probability, trace = ROWS[row]
-    parts = [HEADER.format(limit=limit if limit else 10**8)]
+    parts = [HEADER.format(limit=limit if limit else 10**8, threads=threads)]
     for name, src in cells.items():
         parts.append(f"# ---- notebook cell: {name}\n{src}\n")
         if name == "steps":
             parts.append(HYPER)
-    parts.append(DRIVER.format(seed=seed, batch=batch, probability=probability, trace=trace, epochs=epochs))
+    parts.append(DRIVER.format(seed=seed, batch=batch, probability=probability, trace=trace))
+    if timing is None:
+        parts.append(EPOCHS.format(epochs=epochs))
+    else:
+        parts.append(TIMING.format(train_batches=timing[0], test_batches=timing[1]))
     return "\n".join(parts)
 
 

@@ -270,6 +270,8 @@ def test_serve_extra_covers_what_the_server_imports(sjff_models):
         "mpmath",
     }
     ok |= {"setuptools", "grpcio-tools"}
+    # numba's own dependency, and what numba imports only when it happens to be installed
+    ok |= {"llvmlite", "scipy", "cffi", "pycparser", "pyyaml", "charset-normalizer"}
     missing = {m: sorted(ds) for m, ds in norm.items() if not ds & ok}
     assert not missing, f"the server imports {missing}, which the 'serve' extra (the Docker image) lacks"
     used = set().union(*norm.values())

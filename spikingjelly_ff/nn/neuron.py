@@ -79,13 +79,14 @@ class FFLIFNode(base.MemoryModule):
         """Let the membrane evolve ``steps`` steps with no input (spikes only reset it)."""
         from spikingjelly_ff.simulation import Dynamics, rest
 
-        if not isinstance(self.v, Tensor):
+        v = self.v
+        if not isinstance(v, Tensor):
             return
         d = Dynamics(self.params, self.trace_params, None)
-        if self.v.device.type == "cpu" and self.v.is_contiguous():
-            rest(self.v.numpy(), d, steps)  # in place on the tensor's memory: tiny ops are cheaper in numpy
+        if v.device.type == "cpu" and v.is_contiguous():
+            rest(v.numpy(), d, steps)  # in place on the tensor's memory: tiny ops are cheaper in numpy
         else:
-            self.v = rest(self.v, d, steps)
+            self.v = rest(v, d, steps)
 
     def clear_trace(self) -> None:
         """Start a new presentation: the trace is per sample, the membrane may carry over."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from spikingjelly_ff.functional.goodness import goodness, hebbian_gain
 from spikingjelly_ff.functional.params import HebbianParams
-from spikingjelly_ff.kernels import numpy_loop
+from spikingjelly_ff.kernels import numba_online, numpy_loop
 from spikingjelly_ff.simulation.layer import Dynamics, run_layer
 
 __all__ = ["online_layer", "scalar_logit"]
@@ -27,6 +27,7 @@ def online_layer(
     eta: float,
     e: np.ndarray,
     matmul=np.matmul,
+    compiled: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`run_layer` with learning for one sample (numpy, ``N = 1``), without a full pass
     over ``w`` per step.
@@ -42,19 +43,38 @@ def online_layer(
     input: ``w.T`` should be contiguous (see :func:`input_major`); otherwise a transposed copy
     is made and written back. ``matmul`` does the few products (torch passes its own BLAS:
     mixing numpy's and torch's thread pools in one process costs more than the products).
+
+    ``compiled`` (default: when numba is installed and the layer allows it) runs the whole
+    presentation as one call of ``kernels.numba_online`` instead of the numpy steps below.
     """
     if spec.eligibility_tau is None:
         raise ValueError("online_layer needs an eligibility trace; use run_layer")
     if pre.shape[0] <= spec.learn_after + 1:
         return run_layer(pre, w, v, d)
+    if compiled is None:
+        compiled = numba_online.supported(d.neuron, d.goodness, w.dtype) and v.dtype == w.dtype == e.dtype
+    run = _online_compiled if compiled else _online_input_major
     wt, et = w.T, e.T
     if wt.flags.c_contiguous and et.flags.c_contiguous:
-        return _online_input_major(pre, wt, et, v, d, y, spec, eta, matmul)
+        return run(pre, wt, et, v, d, y, spec, eta, matmul)
     wt, et = np.ascontiguousarray(wt), np.ascontiguousarray(et)
-    out = _online_input_major(pre, wt, et, v, d, y, spec, eta, matmul)
+    out = run(pre, wt, et, v, d, y, spec, eta, matmul)
     w[...] = wt.T
     e[...] = et.T
     return out
+
+
+def _online_compiled(pre, wt, et, v, d: Dynamics, y: float, spec: HebbianParams, eta: float, matmul=None):
+    """:func:`online_layer` as one compiled call (``kernels.numba_online``)."""
+    gain = hebbian_gain(d.goodness, wt.shape[1], d.probability.split)
+    vv = v.reshape(-1)  # [1, H] -> [H], a view (written in place)
+    out, tr = numba_online.present_online(
+        pre[:, 0, :], wt, et, vv, d.neuron, d.trace, d.probability, d.goodness, gain, y,
+        spec.learn_after + 1, spec.eligibility_tau, eta,
+    )  # fmt: skip
+    if not np.shares_memory(vv, v):
+        v[...] = vv.reshape(v.shape)
+    return out[:, None, :], tr[None, :]
 
 
 _TRIL: dict[int, tuple] = {}

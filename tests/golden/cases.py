@@ -44,7 +44,14 @@ def fingerprint() -> dict:
     import onnxruntime
     import torch
 
+    try:  # the compiled batch-1 kernel sums in its own order: another path, other last bits
+        import numba
+
+        numba_version = numba.__version__
+    except ImportError:
+        numba_version = None
     return {
+        "numba": numba_version,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -1,6 +1,6 @@
 """Rewrite the golden fixtures: ``golden.json``, ``golden.npz`` and ``saved/``.
 
-    python tests/golden/make_golden.py
+    python tests/golden/make_golden.py [--keep-saved]
 
 RERUN ONLY DELIBERATELY. These files pin the library's behaviour bit for bit (see
 ``tests/test_golden.py``); regenerating them after a change makes the test pass whatever the
@@ -39,8 +39,9 @@ def main() -> None:
     import spikingjelly_ff
 
     print(f"library: {spikingjelly_ff.__file__}")
+    # --keep-saved: the committed model files stay as they are (they pin an older file format)
     with tempfile.TemporaryDirectory() as tmp:
-        values = cases.compute(Path(tmp), write_saved_files=True)
+        values = cases.compute(Path(tmp), write_saved_files="--keep-saved" not in sys.argv)
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=Path(spikingjelly_ff.__file__).parent, capture_output=True, text=True
     ).stdout.strip()

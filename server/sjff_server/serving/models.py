@@ -139,6 +139,11 @@ def load_served_model(
     model = load_exported(spec.path, threads=threads) if spec.kind == "analog" else load_exported(spec.path)
     engine = make_engine(model)
     notes: list[str] = []
+    if spec.kind == "spiking" and spec.config.learning:
+        from spikingjelly_ff.kernels import numba_online
+
+        # compile the batch-1 learning kernel now, not inside the first Learn's deadline
+        notes.append(f"compiled batch-1 learning kernel: {'on' if numba_online.warm_up() else 'off (numpy path)'}")
     learner = None
     if spec.config.learning and state_dir is not None:
         learner = Learner(

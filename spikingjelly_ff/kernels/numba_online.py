@@ -1,0 +1,335 @@
+"""One compiled call per presentation: a batch-1 spiking layer with Hebbian learning (numba).
+
+The numpy path (``simulation.online``) spends a sample's time dispatching about forty tiny
+numpy calls; here the whole presentation (input currents, neuron steps, the modulated
+Hebbian deltas through the eligibility trace, and the write-back of W and e) is one call to
+machine code, used by the torch engine's online training and the torch-free runtime alike.
+
+Same arithmetic as ``functional.dynamics`` (float32, each op rounded on its own, no fused
+multiply-add) and the same algebra as ``simulation.online``: inside the learning window the
+weights after learning step j are W0 + eta A_j e0 + eta tau sum_q B_{j-q} u_q x_q^T, so the
+currents are sums over the inputs that spiked and W, e are written once, in one pass, at the
+end. The sums run in another order than numpy's BLAS, so weights agree to float rounding;
+spikes are equal unless a membrane lands within rounding of the threshold (the tests check
+both against the numpy path and the per-step reference).
+
+Optional: without numba, :data:`AVAILABLE` is false and callers keep the numpy path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from spikingjelly_ff.functional.params import NeuronParams, TraceParams
+from spikingjelly_ff.functional.probability import KINDS, Probability
+
+try:  # numba is an optional extra ([fast]); the numpy path needs nothing
+    import numba
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised on installs without the extra
+    numba = None
+    AVAILABLE = False
+
+__all__ = ["AVAILABLE", "enabled", "present_online", "rest_beta", "supported", "warm_up"]
+
+_FORM = {"beta": 0, "lif": 1}
+_TRACE = {"count": 0, "leaky": 1, "hard": 2, "none": 3}
+_GOODNESS = {"sum_squares": 0, "mean_squares": 1}
+
+
+def enabled() -> bool:
+    """numba is installed and ``SJFF_COMPILED`` is not ``0`` (the switch benchmarks and
+    debugging use to run the numpy path)."""
+    return AVAILABLE and os.environ.get("SJFF_COMPILED", "1") != "0"
+
+
+def supported(p: NeuronParams, goodness: str, dtype) -> bool:
+    """Whether :func:`present_online` handles this layer (no k-WTA, quadratic goodness, float32)."""
+    return enabled() and p.kwta is None and goodness in _GOODNESS and np.dtype(dtype) == np.float32
+
+
+def present_online(
+    x: np.ndarray,
+    wt: np.ndarray,
+    et: np.ndarray,
+    v: np.ndarray,
+    p: NeuronParams,
+    tp: TraceParams,
+    prob: Probability,
+    goodness: str,
+    gain: float,
+    y: float,
+    first: int,
+    tau: float,
+    eta: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Present one sample ``x`` ``[T, D]`` to a layer and learn at every step t >= ``first``.
+
+    ``wt``, ``et`` ``[D, H]`` (W and the eligibility trace, input-major, C-contiguous
+    float32) and the membrane ``v`` ``[H]`` are updated in place. ``gain`` is dG/dl / l,
+    ``tau`` the eligibility constant, ``eta`` this step's learning rate.
+    Returns spikes ``[T, H]`` and the final trace ``[H]`` (float32)."""
+    neuron, a_sum, b_sum = _constants(p, tp, max(0, x.shape[0] - first), tau)
+    return _kernel(
+        np.ascontiguousarray(x, dtype=np.float32),
+        wt,
+        et,
+        v,
+        neuron,
+        _FORM[p.form],
+        p.decay_input,
+        p.fire == ">=",
+        _TRACE[tp.kind],
+        KINDS.index(prob.kind),
+        prob.alpha,
+        prob.theta,
+        prob.eps,
+        prob.clip,
+        _GOODNESS[goodness],
+        float(gain),
+        float(y),
+        int(first),
+        float(tau),
+        float(eta),
+        a_sum,
+        b_sum,
+    )
+
+
+_CONSTANTS: dict = {}
+
+
+def _constants(p: NeuronParams, tp: TraceParams, k: int, tau: float):
+    """The neuron's float32 constants, and A_j = a + ... + a^(j+1), B_m = 1 + ... + a^m
+    (a = 1 - tau) in float64 as the numpy path computes them; cached (a few per run)."""
+    key = (p, tp, k, tau)
+    c = _CONSTANTS.get(key)
+    if c is None:
+        neuron = np.array(
+            [p.beta, p.tau, p.v_reset, p.v_threshold, tp.decay, tp.one_minus_decay, tp.increment], dtype=np.float32
+        )
+        a = 1.0 - tau
+        c = (
+            neuron,
+            np.cumsum(a ** np.arange(1, k + 1, dtype=np.float64)),
+            np.cumsum(a ** np.arange(k, dtype=np.float64)),
+        )
+        if len(_CONSTANTS) < 64:
+            _CONSTANTS[key] = c
+    return c
+
+
+def warm_up() -> bool:
+    """Compile (or load from the disk cache) the kernels now, so that the first Learn does not
+    wait for it (about 2 s the first time on a machine). Returns whether they are in use."""
+    if not enabled():
+        return False
+    x = np.ones((3, 2), np.float32)
+    w, e, v = np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32), np.zeros(2, np.float32)
+    present_online(
+        x, w, e, v, NeuronParams(), TraceParams(), Probability("symmetric"), "sum_squares", 2.0, 1.0, 1, 0.1, 0.1
+    )
+    rest_beta(v, 0.5, 1)
+    return True
+
+
+def rest_beta(v: np.ndarray, beta: float, steps: int) -> None:
+    """``steps`` silent steps of the beta neuron in place on a float32 ``v``: v <- v * beta + 0,
+    as ``dynamics.charge`` computes it (the + 0 turns -0.0 into 0.0, as there)."""
+    _rest_beta(v.reshape(-1), np.float32(beta), steps)
+
+
+def _rest_beta_impl(v, beta, steps):
+    zero = np.float32(0.0)
+    for _ in range(steps):
+        for j in range(v.shape[0]):
+            v[j] = v[j] * beta + zero
+
+
+def _impl(x, wt, et, v, neuron, form, decay_input, fire_ge, trace_kind, prob_kind, alpha, theta, eps, clip,
+          goodness, gain, y, first, tau, eta, a_sum, b_sum):  # fmt: skip
+    t_steps, d = x.shape
+    h = wt.shape[1]
+    beta, ntau, v_reset, v_th = neuron[0], neuron[1], neuron[2], neuron[3]
+    decay, omd, incr = neuron[4], neuron[5], neuron[6]
+    one = np.float32(1.0)
+    k = max(0, t_steps - first)
+    # the inputs that spiked at each step: every current is a sum over them
+    count = np.zeros(t_steps, np.int64)
+    idx = np.empty((t_steps, d), np.int64)
+    for t in range(t_steps):
+        c = 0
+        for i in range(d):
+            if x[t, i] != 0.0:
+                idx[t, c] = i
+                c += 1
+        count[t] = c
+    us = np.zeros((max(k, 1), h), np.float32)  # gain * M * trace of each learning step
+    out = np.zeros((t_steps, h), np.float32)
+    tr = np.zeros(h, np.float32)
+    cur = np.empty(h, np.float32)
+    q = np.empty(h, np.float32)
+    split = prob_kind != 0
+    half = h // 2 if split else h
+    for t in range(t_steps):
+        # W0 x_t, then (inside the window) eta A_j (e0 x_t) and the deltas learned so far
+        for j in range(h):
+            cur[j] = 0.0
+        for c in range(count[t]):
+            i = idx[t, c]
+            xi = x[t, i]
+            for j in range(h):
+                cur[j] += xi * wt[i, j]
+        n_learned = min(max(0, t - first), k)
+        if n_learned > 0:
+            for j in range(h):
+                q[j] = 0.0
+            for c in range(count[t]):
+                i = idx[t, c]
+                xi = x[t, i]
+                for j in range(h):
+                    q[j] += xi * et[i, j]
+            ca = np.float32(eta * a_sum[n_learned - 1])
+            for j in range(h):
+                cur[j] += q[j] * ca
+            for m in range(n_learned):
+                # x_m . x_t over the inputs of learning step m
+                ts = first + m
+                dot = 0.0
+                for c in range(count[ts]):
+                    i = idx[ts, c]
+                    dot += x[ts, i] * x[t, i]
+                if dot != 0.0:
+                    cm = np.float32(eta * tau * b_sum[n_learned - 1 - m] * dot)
+                    for j in range(h):
+                        cur[j] += cm * us[m, j]
+        # charge, fire, reset, trace: dynamics.py's arithmetic
+        for j in range(h):
+            vj = v[j]
+            if form == 0:
+                vj = vj * beta + cur[j]
+            elif decay_input:
+                vj = vj + (cur[j] - (vj - v_reset)) / ntau
+            else:
+                vj = vj - (vj - v_reset) / ntau + cur[j]
+            s = one if (vj >= v_th if fire_ge else vj > v_th) else np.float32(0.0)
+            vj = vj * (one - s)
+            if v_reset != 0.0:
+                vj = vj + s * v_reset
+            v[j] = vj
+            if trace_kind == 0:
+                tr[j] = tr[j] + s * incr
+            elif trace_kind == 1:
+                tr[j] = tr[j] * decay + s * omd
+            elif trace_kind == 2:
+                tr[j] = tr[j] * decay * (one - s) + s
+            else:
+                tr[j] = s
+            out[t, j] = s
+        if t >= first:
+            _modulated(tr, us[t - first], split, half, prob_kind, alpha, theta, eps, clip, goodness, gain, y)
+    if k == 0:
+        return out, tr
+    # write-back, one pass over W and e: W += eta A_{K-1} e0 + eta tau sum_q B_{K-1-q} u_q x_q^T,
+    # e <- a^K e0 + tau sum_q a^(K-1-q) u_q x_q^T
+    a = 1.0 - tau
+    cw = np.float32(eta * a_sum[k - 1])
+    ak = np.float32(a**k)
+    wq = np.empty(k, np.float32)
+    eq = np.empty(k, np.float32)
+    for m in range(k):
+        wq[m] = np.float32(eta * tau * b_sum[k - 1 - m])
+        eq[m] = np.float32(tau * a ** (k - 1 - m))
+    hit = np.zeros(d, np.bool_)
+    for m in range(k):
+        ts = first + m
+        for c in range(count[ts]):
+            hit[idx[ts, c]] = True
+    dw = np.empty(h, np.float32)
+    de = np.empty(h, np.float32)
+    for i in range(d):
+        if hit[i]:
+            for j in range(h):
+                dw[j] = 0.0
+                de[j] = 0.0
+            for m in range(k):
+                xm = x[first + m, i]
+                if xm != 0.0:
+                    for j in range(h):
+                        dw[j] += (xm * us[m, j]) * wq[m]
+                        de[j] += (xm * us[m, j]) * eq[m]
+            for j in range(h):
+                e0 = et[i, j]
+                wt[i, j] = wt[i, j] + e0 * cw + dw[j]
+                et[i, j] = e0 * ak + de[j]
+        else:
+            for j in range(h):
+                e0 = et[i, j]
+                wt[i, j] = wt[i, j] + e0 * cw
+                et[i, j] = e0 * ak
+    return out, tr
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _modulated_impl(tr, out, split, half, prob_kind, alpha, theta, eps, clip, goodness, gain, y):
+    """out = gain * M * trace: ``probability.py``'s modulation on scalars (kinds in KINDS order:
+    sigmoid, symmetric, polar; M = 0 where P lies outside the clip)."""
+    h = tr.shape[0]
+    gp = 0.0
+    gn = 0.0
+    for j in range(half):
+        gp += float(tr[j]) * float(tr[j])
+    if split:
+        for j in range(half, h):
+            gn += float(tr[j]) * float(tr[j])
+    if goodness == 1:
+        gp /= half
+        gn /= half
+    if prob_kind == 0:
+        prob = _sigmoid(alpha * (gp - theta))
+        mp = alpha * (y - prob)
+        mn = 0.0
+    elif prob_kind == 1:
+        prob = (gp + eps) / (gp + gn + 2 * eps)
+        inv_s = 1.0 / (gp + gn + 2 * eps)
+        mp = y / (gp + eps) - inv_s
+        mn = (1 - y) / (gn + eps) - inv_s
+    else:
+        prob = _sigmoid(alpha * (gp - gn - theta))
+        mp = alpha * (y - prob)
+        mn = -mp
+    if clip > 0 and not (clip <= prob <= 1.0 - clip):
+        mp = 0.0
+        mn = 0.0
+    fp = np.float32(mp * gain)
+    fn = np.float32(mn * gain)
+    for j in range(half):
+        out[j] = tr[j] * fp
+    for j in range(half, h):
+        out[j] = tr[j] * fn
+
+
+def _jit(fn):
+    """numba.njit with the machine code cached on disk (later processes skip the compile),
+    or without a cache where no writable cache directory exists (a read-only install)."""
+    try:
+        return numba.njit(cache=True)(fn)
+    except RuntimeError:
+        return numba.njit(fn)
+
+
+if AVAILABLE:
+    _sigmoid = _jit(_sigmoid)
+    _modulated = _jit(_modulated_impl)
+    _kernel = _jit(_impl)
+    _rest_beta = _jit(_rest_beta_impl)
+else:  # pragma: no cover
+    _modulated = _modulated_impl
+    _kernel = _impl
+    _rest_beta = _rest_beta_impl
