@@ -117,7 +117,7 @@ def main() -> int:
         "Durable Learns/s, spiking model (paper online row, 884 -> 200, T = 23 + 20), real server on loopback",
         ["clients", "numpy path: median (min-max)", "compiled kernel", "speed-up"],
         rows,
-        f"{args.rounds} rounds of {args.seconds:g} s per point, the two servers alternating; one MNIST image per Learn.",
+        f"{args.rounds} rounds of {args.seconds:g} s per point, the servers alternating; one MNIST image per Learn.",
     )
     save_json(args.json, out)
     return 0
