@@ -315,7 +315,7 @@ def _modulated_impl(tr, out, split, half, prob_kind, alpha, theta, eps, clip, go
         out[j] = tr[j] * fn
 
 
-def _jit(fn):
+def jit(fn):
     """numba.njit with the machine code cached on disk (later processes skip the compile),
     or without a cache where no writable cache directory exists (a read-only install)."""
     try:
@@ -325,10 +325,10 @@ def _jit(fn):
 
 
 if AVAILABLE:
-    _sigmoid = _jit(_sigmoid)
-    _modulated = _jit(_modulated_impl)
-    _kernel = _jit(_impl)
-    _rest_beta = _jit(_rest_beta_impl)
+    _sigmoid = jit(_sigmoid)
+    _modulated = jit(_modulated_impl)
+    _kernel = jit(_impl)
+    _rest_beta = jit(_rest_beta_impl)
 else:  # pragma: no cover
     _modulated = _modulated_impl
     _kernel = _impl

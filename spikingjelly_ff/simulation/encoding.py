@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from spikingjelly_ff.functional import _array
+from spikingjelly_ff.kernels import numba_online, numba_spikes
 
 Array = Any  # torch tensor or numpy array
 
@@ -91,6 +92,12 @@ def bernoulli_spikes(rates: Array, steps: int, rng, index: bool = False, dense: 
         torch = _array.xp(rates)
         live = flat.nonzero().squeeze(1)
         hits = torch.rand(steps, live.numel(), generator=rng, device=rates.device) < flat[live]
+        d = rates.shape[-1]
+        n = flat.numel() // d
+        if index and dense and rates.device.type == "cpu" and rates.dtype == torch.float32 and numba_online.enabled():
+            out, cols, offsets = numba_spikes.scatter_hits(hits.numpy(), live.numpy(), n, d)
+            spikes = torch.from_numpy(out).reshape(steps, *rates.shape)
+            return spikes, SpikeIndex(torch.from_numpy(cols), torch.from_numpy(offsets))
         out = None
         if dense or not index:
             out = torch.zeros(steps, flat.numel(), dtype=rates.dtype, device=rates.device)
@@ -98,8 +105,6 @@ def bernoulli_spikes(rates: Array, steps: int, rng, index: bool = False, dense: 
             out = out.reshape(steps, *rates.shape)
         if not index:
             return out
-        d = rates.shape[-1]
-        n = flat.numel() // d
         t_idx, j_idx = hits.nonzero(as_tuple=True)
         pos = live[j_idx]
         rows = t_idx * n + torch.div(pos, d, rounding_mode="floor")

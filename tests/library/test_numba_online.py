@@ -127,3 +127,19 @@ def test_compiled_rest_equals_the_numpy_steps(monkeypatch):
     assert not numba_online.enabled()
     stepped = rest(v0.copy(), d, 20)
     assert compiled.tobytes() == stepped.tobytes()
+
+
+def test_compiled_spike_scatter_equals_the_torch_ops(monkeypatch):
+    """Dense spikes and the sparse index from the compiled scatter equal the torch path's."""
+    import torch
+
+    from spikingjelly_ff.simulation import bernoulli_spikes
+
+    rates = torch.rand(7, 30, generator=torch.Generator().manual_seed(0)) * 0.6
+    rates[rates < 0.2] = 0.0  # silent inputs: drawn for nothing
+    rates[3] = 0.0  # a sample with no spike at all: empty rows
+    got = bernoulli_spikes(rates, 9, torch.Generator().manual_seed(1), index=True)
+    monkeypatch.setenv("SJFF_COMPILED", "0")
+    want = bernoulli_spikes(rates, 9, torch.Generator().manual_seed(1), index=True)
+    assert torch.equal(got[0], want[0]) and got[0].dtype == want[0].dtype and got[0].sum() > 0
+    assert torch.equal(got[1].cols, want[1].cols) and torch.equal(got[1].offsets, want[1].offsets)

@@ -1,0 +1,52 @@
+"""Bernoulli hits to a dense spike train and its sparse row index in one compiled pass (numba).
+
+The torch path of ``simulation.encoding.bernoulli_spikes`` builds the same three arrays with
+six tensor ops (scatter, nonzero, gather, division, bincount, cumsum), each a pass over the
+hits; for a training batch that was most of the encoding's time. Exact: the outputs are
+integers and 0/1 values. Without numba (:data:`numba_online.AVAILABLE` false) the torch ops run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spikingjelly_ff.kernels import numba_online
+
+__all__ = ["scatter_hits"]
+
+
+def scatter_hits(hits: np.ndarray, live: np.ndarray, n: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``hits`` ``[T, L]`` (bool: input ``live[l]`` of the flattened ``[N * D]`` rates spiked at
+    step t; ``live`` ascending) -> dense float32 spikes ``[T, N * D]``, and the index of the
+    ``[T * N, D]`` rows: ``cols`` ``[nnz]`` (input of each spike, row after row) and ``offsets``
+    ``[T * N]`` (where each row starts)."""
+    return _scatter(hits.view(np.uint8), live.astype(np.int64, copy=False), n, d)
+
+
+def _scatter_impl(hits, live, n, d):
+    t_steps, width = hits.shape
+    dense = np.zeros((t_steps, n * d), np.float32)
+    nnz = 0
+    for t in range(t_steps):
+        for j in range(width):
+            nnz += hits[t, j]
+    cols = np.empty(nnz, np.int64)
+    counts = np.zeros(t_steps * n, np.int64)
+    k = 0
+    for t in range(t_steps):
+        for j in range(width):
+            if hits[t, j]:
+                p = live[j]
+                dense[t, p] = 1.0
+                cols[k] = p % d
+                counts[t * n + p // d] += 1
+                k += 1
+    offsets = np.empty(t_steps * n, np.int64)
+    total = 0
+    for r in range(t_steps * n):
+        offsets[r] = total
+        total += counts[r]
+    return dense, cols, offsets
+
+
+_scatter = numba_online.jit(_scatter_impl) if numba_online.AVAILABLE else _scatter_impl
