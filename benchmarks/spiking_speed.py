@@ -111,6 +111,7 @@ def main() -> int:
         ("batched Hebbian training (batch 50)", "hebbian-batched-symmetric", "epoch <= 20 s"),
         ("online Hebbian training (batch 1)", "hebbian-online-symmetric", "epoch <= 60 s"),
     ):
+        bench_training(row, 200, reference=False)  # warm-up: numba's disk cache, the allocator
         cfg, sec = bench_training(row, args.samples, reference=False)
         _, base = bench_training(row, args.baseline_samples, reference=True)
         rate, base_rate = args.samples / sec, args.baseline_samples / base
@@ -133,6 +134,7 @@ def main() -> int:
             "baseline_samples_per_second": base_rate,
             "dense_gflops": gflops,
         }
+    bench_testing(500, reference=False)  # warm-up
     cfg, sec = bench_testing(args.test_images, reference=False)
     _, base = bench_testing(max(100, args.baseline_samples // 6), reference=True)
     rate, base_rate = args.test_images / sec, max(100, args.baseline_samples // 6) / base
