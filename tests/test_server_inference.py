@@ -402,17 +402,27 @@ def test_spiking_batches_on_two_workers_never_see_torn_weights(sjff_models, tmp_
     async def run() -> int:
         async with AsyncClient(srv.target, token_file=token_path, model="snn") as c:
             done = asyncio.Event()
+            rounds = asyncio.Condition()
+            finished = [0]  # reader rounds completed
 
             async def learner(w: int) -> None:
                 for k in range(20):
                     i = w * 20 + k
                     r = await c.learn(images[i : i + 1], [labels[i]], seed=w * 1000 + k)
                     acked[r.version] = (i, w * 1000 + k)
+                    # let a whole reader round start after this version: the readers see many
+                    # versions however fast a Learn is on this machine
+                    async with rounds:
+                        target = finished[0] + 2
+                        await rounds.wait_for(lambda t=target: finished[0] >= t)
 
             async def readers() -> None:
                 while not done.is_set():
                     for r in await asyncio.gather(*[c.infer(probe, timeout=60) for _ in range(8)]):
                         observed.append((r.version, r.scores[0].copy()))
+                    async with rounds:
+                        finished[0] += 1
+                        rounds.notify_all()
 
             reading = asyncio.ensure_future(readers())
             await asyncio.gather(*[learner(w) for w in range(2)])
