@@ -5,6 +5,8 @@ goodness the kernel takes."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,10 @@ from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.kernels import numba_online
 from spikingjelly_ff.simulation import Dynamics, input_major, online_layer, run_layer
 
-pytestmark = pytest.mark.skipif(not numba_online.AVAILABLE, reason="numba not installed (extra [fast])")
+# CI installs the dev extra, numba included: there the kernel is tested or the run fails
+pytestmark = pytest.mark.skipif(
+    not numba_online.AVAILABLE and not os.environ.get("CI"), reason="numba not installed (extra [fast])"
+)
 
 PROBS = {
     "sigmoid": Probability("sigmoid", alpha=0.5, theta=2.0),
@@ -107,6 +112,11 @@ def test_modulation_on_scalars_is_the_probability_modules():
                     want = a * prob.modulation((a**2).sum(), y) * 2.0
                 np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-7)
     assert hebbian_gain("sum_squares", 10) == 2.0
+
+
+def test_the_compiled_kernel_is_what_runs():
+    assert numba_online.AVAILABLE, "numba is missing: install the [fast] extra"
+    assert type(numba_online._kernel).__name__ == "CPUDispatcher"
 
 
 def test_layers_the_kernel_does_not_take_fall_back_to_numpy():
