@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - exercised on installs without the extr
     numba = None
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "enabled", "present_online", "rest_beta", "supported", "warm_up"]
+__all__ = ["AVAILABLE", "eligibility_apply", "enabled", "present_online", "rest_beta", "supported", "warm_up"]
 
 _FORM = {"beta": 0, "lif": 1}
 _TRACE = {"count": 0, "leaky": 1, "hard": 2, "none": 3}
@@ -72,54 +72,40 @@ def present_online(
     float32) and the membrane ``v`` ``[H]`` are updated in place. ``gain`` is dG/dl / l,
     ``tau`` the eligibility constant, ``eta`` this step's learning rate.
     Returns spikes ``[T, H]`` and the final trace ``[H]`` (float32)."""
-    neuron, a_sum, b_sum = _constants(p, tp, max(0, x.shape[0] - first), tau)
-    return _kernel(
-        np.ascontiguousarray(x, dtype=np.float32),
-        wt,
-        et,
-        v,
-        neuron,
-        _FORM[p.form],
-        p.decay_input,
-        p.fire == ">=",
-        _TRACE[tp.kind],
-        KINDS.index(prob.kind),
-        prob.alpha,
-        prob.theta,
-        prob.eps,
-        prob.clip,
-        _GOODNESS[goodness],
-        float(gain),
-        float(y),
-        int(first),
-        float(tau),
-        float(eta),
-        a_sum,
-        b_sum,
+    plan = _plan(p, tp, prob, goodness, gain, first, max(0, x.shape[0] - first), tau)
+    return _kernel(np.ascontiguousarray(x, dtype=np.float32), wt, et, v, *plan, float(y), float(eta))
+
+
+_PLANS: dict = {}
+
+
+def _plan(p: NeuronParams, tp: TraceParams, prob: Probability, goodness: str, gain: float, first: int, k: int, tau):
+    """The kernel's constants as a few arrays (numba checks each argument's type on every call,
+    so fewer arguments cost less): the neuron's float32 constants, the integer switches, the
+    float64 parameters, and A_j = a + ... + a^(j+1), B_m = 1 + ... + a^m (a = 1 - tau) in
+    float64 as the numpy path computes them. Cached by the identity of the (immutable)
+    parameter objects, a few per run."""
+    key = (id(p), id(tp), id(prob), goodness, gain, first, k, tau)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is p and hit[1] is tp and hit[2] is prob:
+        return hit[3]
+    neuron = np.array(
+        [p.beta, p.tau, p.v_reset, p.v_threshold, tp.decay, tp.one_minus_decay, tp.increment], dtype=np.float32
     )
-
-
-_CONSTANTS: dict = {}
-
-
-def _constants(p: NeuronParams, tp: TraceParams, k: int, tau: float):
-    """The neuron's float32 constants, and A_j = a + ... + a^(j+1), B_m = 1 + ... + a^m
-    (a = 1 - tau) in float64 as the numpy path computes them; cached (a few per run)."""
-    key = (p, tp, k, tau)
-    c = _CONSTANTS.get(key)
-    if c is None:
-        neuron = np.array(
-            [p.beta, p.tau, p.v_reset, p.v_threshold, tp.decay, tp.one_minus_decay, tp.increment], dtype=np.float32
-        )
-        a = 1.0 - tau
-        c = (
-            neuron,
-            np.cumsum(a ** np.arange(1, k + 1, dtype=np.float64)),
-            np.cumsum(a ** np.arange(k, dtype=np.float64)),
-        )
-        if len(_CONSTANTS) < 64:
-            _CONSTANTS[key] = c
-    return c
+    switches = np.array(
+        [_FORM[p.form], p.decay_input, p.fire == ">=", _TRACE[tp.kind], KINDS.index(prob.kind), _GOODNESS[goodness],
+         first],
+        dtype=np.int64,
+    )  # fmt: skip
+    floats = np.array([prob.alpha, prob.theta, prob.eps, prob.clip, gain, tau], dtype=np.float64)
+    a = 1.0 - tau
+    a_sum = np.cumsum(a ** np.arange(1, k + 1, dtype=np.float64))
+    b_sum = np.cumsum(a ** np.arange(k, dtype=np.float64))
+    plan = (neuron, switches, floats, a_sum, b_sum)
+    if len(_PLANS) > 64:
+        _PLANS.clear()
+    _PLANS[key] = (p, tp, prob, plan)
+    return plan
 
 
 def warm_up() -> bool:
@@ -149,24 +135,31 @@ def _rest_beta_impl(v, beta, steps):
             v[j] = v[j] * beta + zero
 
 
-def _impl(x, wt, et, v, neuron, form, decay_input, fire_ge, trace_kind, prob_kind, alpha, theta, eps, clip,
-          goodness, gain, y, first, tau, eta, a_sum, b_sum):  # fmt: skip
+def _impl(x, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta):
+    form, decay_input, fire_ge, trace_kind = switches[0], switches[1] != 0, switches[2] != 0, switches[3]
+    prob_kind, goodness, first = switches[4], switches[5], switches[6]
+    alpha, theta, eps, clip, gain, tau = floats[0], floats[1], floats[2], floats[3], floats[4], floats[5]
     t_steps, d = x.shape
     h = wt.shape[1]
     beta, ntau, v_reset, v_th = neuron[0], neuron[1], neuron[2], neuron[3]
     decay, omd, incr = neuron[4], neuron[5], neuron[6]
     one = np.float32(1.0)
     k = max(0, t_steps - first)
-    # the inputs that spiked at each step: every current is a sum over them
-    count = np.zeros(t_steps, np.int64)
-    idx = np.empty((t_steps, d), np.int64)
+    # the inputs that spiked at each step (CSR: step t's are idx[ptr[t]:ptr[t + 1]]); every
+    # current is a sum over them
+    ptr = np.zeros(t_steps + 1, np.int64)
     for t in range(t_steps):
         c = 0
         for i in range(d):
+            c += x[t, i] != 0.0
+        ptr[t + 1] = ptr[t] + c
+    idx = np.empty(ptr[t_steps], np.int64)
+    for t in range(t_steps):
+        c = ptr[t]
+        for i in range(d):
             if x[t, i] != 0.0:
-                idx[t, c] = i
+                idx[c] = i
                 c += 1
-        count[t] = c
     us = np.zeros((max(k, 1), h), np.float32)  # gain * M * trace of each learning step
     out = np.zeros((t_steps, h), np.float32)
     tr = np.zeros(h, np.float32)
@@ -176,22 +169,10 @@ def _impl(x, wt, et, v, neuron, form, decay_input, fire_ge, trace_kind, prob_kin
     half = h // 2 if split else h
     for t in range(t_steps):
         # W0 x_t, then (inside the window) eta A_j (e0 x_t) and the deltas learned so far
-        for j in range(h):
-            cur[j] = 0.0
-        for c in range(count[t]):
-            i = idx[t, c]
-            xi = x[t, i]
-            for j in range(h):
-                cur[j] += xi * wt[i, j]
+        _rows_sum(cur, wt, x, idx, ptr, t)
         n_learned = min(max(0, t - first), k)
         if n_learned > 0:
-            for j in range(h):
-                q[j] = 0.0
-            for c in range(count[t]):
-                i = idx[t, c]
-                xi = x[t, i]
-                for j in range(h):
-                    q[j] += xi * et[i, j]
+            _rows_sum(q, et, x, idx, ptr, t)
             ca = np.float32(eta * a_sum[n_learned - 1])
             for j in range(h):
                 cur[j] += q[j] * ca
@@ -199,8 +180,8 @@ def _impl(x, wt, et, v, neuron, form, decay_input, fire_ge, trace_kind, prob_kin
                 # x_m . x_t over the inputs of learning step m
                 ts = first + m
                 dot = 0.0
-                for c in range(count[ts]):
-                    i = idx[ts, c]
+                for c in range(ptr[ts], ptr[ts + 1]):
+                    i = idx[c]
                     dot += x[ts, i] * x[t, i]
                 if dot != 0.0:
                     cm = np.float32(eta * tau * b_sum[n_learned - 1 - m] * dot)
@@ -246,8 +227,8 @@ def _impl(x, wt, et, v, neuron, form, decay_input, fire_ge, trace_kind, prob_kin
     hit = np.zeros(d, np.bool_)
     for m in range(k):
         ts = first + m
-        for c in range(count[ts]):
-            hit[idx[ts, c]] = True
+        for c in range(ptr[ts], ptr[ts + 1]):
+            hit[idx[c]] = True
     dw = np.empty(h, np.float32)
     de = np.empty(h, np.float32)
     for i in range(d):
@@ -271,6 +252,37 @@ def _impl(x, wt, et, v, neuron, form, decay_input, fire_ge, trace_kind, prob_kin
                 wt[i, j] = wt[i, j] + e0 * cw
                 et[i, j] = e0 * ak
     return out, tr
+
+
+def eligibility_apply(e: np.ndarray, w: np.ndarray, dw: np.ndarray, tau: float, eta: float) -> bool:
+    """In place, one pass: e <- (1 - tau) e + tau dW, then w <- w + eta e, each op rounded to
+    float32 as ``torch_loop``/``numpy_loop`` round it (the batched learning window calls this
+    once per step; the tensor ops make five passes over the matrix and two temporaries).
+    ``e``, ``w``, ``dw`` share one shape; returns False (nothing done) unless all three are
+    float32 and C-contiguous."""
+    arrays = (e, w, dw)
+    if not all(a.dtype == np.float32 and a.flags.c_contiguous and a.shape == e.shape for a in arrays):
+        return False
+    _eligibility(e.reshape(-1), w.reshape(-1), dw.reshape(-1), np.float32(1.0 - tau), np.float32(tau), np.float32(eta))
+    return True
+
+
+def _eligibility_impl(e, w, dw, a, tau, eta):
+    for i in range(e.shape[0]):
+        ei = e[i] * a + dw[i] * tau
+        e[i] = ei
+        w[i] = w[i] + ei * eta
+
+
+def _rows_sum_impl(out, mat, x, idx, ptr, t):
+    """out = sum over the inputs i that spiked at step t of x[t, i] * mat[i] (a row of W or e)."""
+    for j in range(out.shape[0]):
+        out[j] = 0.0
+    for c in range(ptr[t], ptr[t + 1]):
+        i = idx[c]
+        xi = x[t, i]
+        for j in range(out.shape[0]):
+            out[j] += xi * mat[i, j]
 
 
 def _sigmoid(z):
@@ -325,11 +337,15 @@ def jit(fn):
 
 
 if AVAILABLE:
+    _rows_sum = jit(_rows_sum_impl)
+    _eligibility = jit(_eligibility_impl)
     _sigmoid = jit(_sigmoid)
     _modulated = jit(_modulated_impl)
     _kernel = jit(_impl)
     _rest_beta = jit(_rest_beta_impl)
 else:  # pragma: no cover
+    _rows_sum = _rows_sum_impl
+    _eligibility = _eligibility_impl
     _modulated = _modulated_impl
     _kernel = _impl
     _rest_beta = _rest_beta_impl

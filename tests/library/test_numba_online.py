@@ -153,3 +153,28 @@ def test_compiled_spike_scatter_equals_the_torch_ops(monkeypatch):
     want = bernoulli_spikes(rates, 9, torch.Generator().manual_seed(1), index=True)
     assert torch.equal(got[0], want[0]) and got[0].dtype == want[0].dtype and got[0].sum() > 0
     assert torch.equal(got[1].cols, want[1].cols) and torch.equal(got[1].offsets, want[1].offsets)
+
+
+def test_fused_eligibility_update_equals_the_tensor_ops_bit_for_bit(monkeypatch):
+    import torch
+
+    from spikingjelly_ff.kernels import apply_delta
+    from spikingjelly_ff.simulation import input_major
+
+    g = torch.Generator().manual_seed(7)
+    w0, e0, dw = (input_major(torch.randn(30, 50, generator=g)) for _ in range(3))
+    got = [w0.clone().t().contiguous().t(), e0.clone().t().contiguous().t()]  # input-major copies
+    apply_delta(got[0], dw, 0.3, 0.1, got[1])
+    monkeypatch.setenv("SJFF_COMPILED", "0")
+    want = [w0.clone(), e0.clone()]
+    apply_delta(want[0], dw, 0.3, 0.1, want[1])
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert not torch.equal(got[0], w0)
+    # a layout the compiled pass does not take (output-major) goes through the tensor ops
+    monkeypatch.delenv("SJFF_COMPILED")
+    views = [t.T.numpy() for t in (got[1], got[0], dw)]  # e, w, dW
+    assert numba_online.eligibility_apply(*[v.copy() for v in views], 0.1, 0.3)  # input-major: taken
+    w1, e1 = w0.contiguous(), e0.contiguous()
+    assert not numba_online.eligibility_apply(w1.T.numpy(), e1.T.numpy(), dw.T.numpy(), 0.1, 0.3)
+    apply_delta(w1, dw, 0.3, 0.1, e1)
+    assert torch.equal(w1, want[0]) and torch.equal(e1, want[1])
