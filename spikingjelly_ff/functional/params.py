@@ -70,6 +70,13 @@ class NeuronParams:
             raise ValueError("kwta must be a positive number of winners or None")
 
     @property
+    def silent_at_rest(self) -> bool:
+        """Whether a membrane can never fire with no input after a step with input: without
+        k-WTA every neuron above threshold fired and reset at the last input step, and with no
+        input V only decays (towards v_reset, or 0 for the beta form)."""
+        return self.kwta is None and self.v_reset <= self.v_threshold and (self.form == "lif" or self.v_threshold >= 0)
+
+    @property
     def decay(self) -> float:
         """Per-step membrane decay factor with no input."""
         return self.beta if self.form == "beta" else 1.0 - 1.0 / self.tau

@@ -52,7 +52,7 @@ def supported(p: NeuronParams, goodness: str, dtype) -> bool:
 
 
 def present_online(
-    x: np.ndarray,
+    x: np.ndarray | None,
     wt: np.ndarray,
     et: np.ndarray,
     v: np.ndarray,
@@ -65,15 +65,24 @@ def present_online(
     first: int,
     tau: float,
     eta: float,
+    rest: int = 0,
+    draws: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Present one sample ``x`` ``[T, D]`` to a layer and learn at every step t >= ``first``.
+    """Present one sample ``x`` ``[T, D]`` to a layer and learn at every step t >= ``first``,
+    then let it rest ``rest`` steps with no input.
 
     ``wt``, ``et`` ``[D, H]`` (W and the eligibility trace, input-major, C-contiguous
     float32) and the membrane ``v`` ``[H]`` are updated in place. ``gain`` is dG/dl / l,
-    ``tau`` the eligibility constant, ``eta`` this step's learning rate.
+    ``tau`` the eligibility constant, ``eta`` this step's learning rate. With ``draws =
+    (u [T, L], rates [L], live [L])``, Bernoulli draws of the inputs ``live`` (ascending),
+    ``x`` is None: the spikes are made in the same call.
     Returns spikes ``[T, H]`` and the final trace ``[H]`` (float32)."""
-    plan = _plan(p, tp, prob, goodness, gain, first, max(0, x.shape[0] - first), tau)
-    return _kernel(np.ascontiguousarray(x, dtype=np.float32), wt, et, v, *plan, float(y), float(eta))
+    steps = draws[0].shape[0] if draws is not None else x.shape[0]
+    plan = _plan(p, tp, prob, goodness, gain, first, max(0, steps - first), tau)
+    if draws is None:
+        return _kernel(np.ascontiguousarray(x, dtype=np.float32), wt, et, v, *plan, float(y), float(eta), rest)
+    u, rates, live = draws
+    return _kernel_draws(u, rates, live, wt.shape[0], wt, et, v, *plan, float(y), float(eta), rest)
 
 
 _PLANS: dict = {}
@@ -94,7 +103,7 @@ def _plan(p: NeuronParams, tp: TraceParams, prob: Probability, goodness: str, ga
     )
     switches = np.array(
         [_FORM[p.form], p.decay_input, p.fire == ">=", _TRACE[tp.kind], KINDS.index(prob.kind), _GOODNESS[goodness],
-         first],
+         first, p.silent_at_rest],
         dtype=np.int64,
     )  # fmt: skip
     floats = np.array([prob.alpha, prob.theta, prob.eps, prob.clip, gain, tau], dtype=np.float64)
@@ -115,9 +124,10 @@ def warm_up() -> bool:
         return False
     x = np.ones((3, 2), np.float32)
     w, e, v = np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32), np.zeros(2, np.float32)
-    present_online(
-        x, w, e, v, NeuronParams(), TraceParams(), Probability("symmetric"), "sum_squares", 2.0, 1.0, 1, 0.1, 0.1
-    )
+    args = (NeuronParams(), TraceParams(), Probability("symmetric"), "sum_squares", 2.0, 1.0, 1, 0.1, 0.1, 1)
+    present_online(x, w, e, v, *args)
+    one = (np.zeros((3, 1), np.float32), np.ones(1, np.float32), np.zeros(1, np.int64))
+    present_online(None, w, e, v, *args, draws=one)
     rest_beta(v, 0.5, 1)
     return True
 
@@ -135,18 +145,10 @@ def _rest_beta_impl(v, beta, steps):
             v[j] = v[j] * beta + zero
 
 
-def _impl(x, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta):
-    form, decay_input, fire_ge, trace_kind = switches[0], switches[1] != 0, switches[2] != 0, switches[3]
-    prob_kind, goodness, first = switches[4], switches[5], switches[6]
-    alpha, theta, eps, clip, gain, tau = floats[0], floats[1], floats[2], floats[3], floats[4], floats[5]
+def _csr_impl(x):
+    """The inputs that spiked at each step of ``x`` ``[T, D]``, as CSR: step t's are
+    ``idx[ptr[t]:ptr[t + 1]]``, ascending (every current is a sum over them)."""
     t_steps, d = x.shape
-    h = wt.shape[1]
-    beta, ntau, v_reset, v_th = neuron[0], neuron[1], neuron[2], neuron[3]
-    decay, omd, incr = neuron[4], neuron[5], neuron[6]
-    one = np.float32(1.0)
-    k = max(0, t_steps - first)
-    # the inputs that spiked at each step (CSR: step t's are idx[ptr[t]:ptr[t + 1]]); every
-    # current is a sum over them
     ptr = np.zeros(t_steps + 1, np.int64)
     for t in range(t_steps):
         c = 0
@@ -160,6 +162,47 @@ def _impl(x, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta):
             if x[t, i] != 0.0:
                 idx[c] = i
                 c += 1
+    return ptr, idx
+
+
+def _draws_impl(u, rates, live, d):
+    """Spikes ``[T, D]`` and their CSR from Bernoulli draws: input ``live[l]`` spikes at step t
+    when ``u[t, l] < rates[l]`` (``simulation.encoding.SampleDraws``; ``live`` ascending)."""
+    t_steps, n_live = u.shape
+    x = np.zeros((t_steps, d), np.float32)
+    ptr = np.zeros(t_steps + 1, np.int64)
+    idx = np.empty(t_steps * n_live, np.int64)
+    c = 0
+    for t in range(t_steps):
+        for j in range(n_live):
+            if u[t, j] < rates[j]:
+                x[t, live[j]] = 1.0
+                idx[c] = live[j]
+                c += 1
+        ptr[t + 1] = c
+    return x, ptr, idx[:c]
+
+
+def _impl(x, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta, rest):
+    ptr, idx = _csr(x)
+    return _core(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta, rest)
+
+
+def _impl_draws(u, rates, live, d, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta, rest):
+    x, ptr, idx = _draws(u, rates, live, d)
+    return _core(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta, rest)
+
+
+def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta, rest):
+    form, decay_input, fire_ge, trace_kind = switches[0], switches[1] != 0, switches[2] != 0, switches[3]
+    prob_kind, goodness, first, silent = switches[4], switches[5], switches[6], switches[7] != 0
+    alpha, theta, eps, clip, gain, tau = floats[0], floats[1], floats[2], floats[3], floats[4], floats[5]
+    t_steps, d = x.shape
+    h = wt.shape[1]
+    beta, ntau, v_reset, v_th = neuron[0], neuron[1], neuron[2], neuron[3]
+    decay, omd, incr = neuron[4], neuron[5], neuron[6]
+    one = np.float32(1.0)
+    k = max(0, t_steps - first)
     us = np.zeros((max(k, 1), h), np.float32)  # gain * M * trace of each learning step
     out = np.zeros((t_steps, h), np.float32)
     tr = np.zeros(h, np.float32)
@@ -212,6 +255,21 @@ def _impl(x, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta):
             out[t, j] = s
         if t >= first:
             _modulated(tr, us[t - first], split, half, prob_kind, alpha, theta, eps, clip, goodness, gain, y)
+    # the rest steps (no input): the membrane decays, and where it could reach the threshold it
+    # fires and resets, as simulation.rest does
+    zero = np.float32(0.0)
+    for _ in range(rest):
+        for j in range(h):
+            vj = v[j]
+            if form == 0:
+                vj = vj * beta + zero
+            elif decay_input:
+                vj = vj + (zero - (vj - v_reset)) / ntau
+            else:
+                vj = vj - (vj - v_reset) / ntau + zero
+            if not silent and (vj >= v_th if fire_ge else vj > v_th):
+                vj = v_reset
+            v[j] = vj
     if k == 0:
         return out, tr
     # write-back, one pass over W and e: W += eta A_{K-1} e0 + eta tau sum_q B_{K-1-q} u_q x_q^T,
@@ -341,11 +399,19 @@ if AVAILABLE:
     _eligibility = jit(_eligibility_impl)
     _sigmoid = jit(_sigmoid)
     _modulated = jit(_modulated_impl)
+    _csr = jit(_csr_impl)
+    _draws = jit(_draws_impl)
+    _core = jit(_core_impl)
     _kernel = jit(_impl)
+    _kernel_draws = jit(_impl_draws)
     _rest_beta = jit(_rest_beta_impl)
 else:  # pragma: no cover
     _rows_sum = _rows_sum_impl
     _eligibility = _eligibility_impl
     _modulated = _modulated_impl
+    _csr = _csr_impl
+    _draws = _draws_impl
+    _core = _core_impl
     _kernel = _impl
+    _kernel_draws = _impl_draws
     _rest_beta = _rest_beta_impl

@@ -12,7 +12,7 @@ import numpy as np
 
 from spikingjelly_ff.kernels import numba_online
 
-__all__ = ["scatter_hits"]
+__all__ = ["live_rates", "scatter_hits"]
 
 
 def scatter_hits(hits: np.ndarray, live: np.ndarray, n: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -21,6 +21,38 @@ def scatter_hits(hits: np.ndarray, live: np.ndarray, n: int, d: int) -> tuple[np
     ``[T * N, D]`` rows: ``cols`` ``[nnz]`` (input of each spike, row after row) and ``offsets``
     ``[T * N]`` (where each row starts)."""
     return _scatter(hits.view(np.uint8), live.astype(np.int64, copy=False), n, d)
+
+
+def live_rates(
+    image: np.ndarray, gain: float, label_rates: np.ndarray, image_at: slice, label_at: slice, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The positive spike probabilities of one embedded sample and where they are: the image's
+    ``clip(image * gain, 0, 1)`` (``functional.labels.spike_rates``) at ``image_at`` and the
+    label's rates at ``label_at`` among ``width`` inputs. Returns ``(rates [L], live [L])``,
+    ``live`` ascending: what ``simulation.encoding.bernoulli_draws`` draws for."""
+    return _live(image, np.float32(gain), label_rates, image_at.start, image_at.stop, label_at.start, label_at.stop,
+                 width)  # fmt: skip
+
+
+def _live_impl(image, gain, label_rates, i0, i1, l0, l1, width):
+    rates = np.zeros(width, np.float32)
+    for p in range(i0, i1):
+        r = image[p] * gain
+        rates[p] = min(max(r, np.float32(0.0)), np.float32(1.0))
+    for p in range(l0, l1):
+        rates[p] = label_rates[p - l0]
+    n = 0
+    for p in range(width):
+        n += rates[p] != 0.0
+    live = np.empty(n, np.int64)
+    out = np.empty(n, np.float32)
+    n = 0
+    for p in range(width):
+        if rates[p] != 0.0:
+            live[n] = p
+            out[n] = rates[p]
+            n += 1
+    return out, live
 
 
 def _scatter_impl(hits, live, n, d):
@@ -50,3 +82,4 @@ def _scatter_impl(hits, live, n, d):
 
 
 _scatter = numba_online.jit(_scatter_impl) if numba_online.AVAILABLE else _scatter_impl
+_live = numba_online.jit(_live_impl) if numba_online.AVAILABLE else _live_impl

@@ -13,12 +13,15 @@ import torch
 from torch import Tensor
 
 from spikingjelly_ff.functional.hebbian import DeltaReduce
-from spikingjelly_ff.functional.labels import LabelCode
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.schedule import schedule_factor
+from spikingjelly_ff.kernels import numba_online, numba_spikes
 from spikingjelly_ff.nn.models import SpikingFFNet
 from spikingjelly_ff.simulation import (
+    SampleDraws,
     SpikeIndex,
+    bernoulli_draws,
+    draws_at,
     encode_spikes,
     input_major,
     label_currents,
@@ -73,7 +76,8 @@ class SpikingTrainer:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.eligibility = [input_major(torch.zeros_like(layer.weight)) for layer in net.layers]
         self._rng: np.random.Generator | None = None  # numpy stream of the online path, seeded from ours
-        self._code: LabelCode | None = None
+        self._code: tuple | None = None  # the online path's label layout (see _layout)
+        self._views: tuple | None = None  # (memory pointers, [(W, e) numpy views]) of the online path
 
     def _online(self, n: int, device: torch.device) -> bool:
         if self.reduce is not None:  # a 1-row shard is still part of a batch
@@ -143,32 +147,77 @@ class SpikingTrainer:
         net.end_presentation()
         return net.pn_logit(acts) > 0
 
+    def _numpy_views(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(W, e) of every layer as numpy arrays on the tensors' memory, kept between samples
+        and made again when a weight tensor's memory changed."""
+        ptrs = [(layer.weight.data_ptr(), e.data_ptr()) for layer, e in zip(self.net.layers, self.eligibility)]
+        if self._views is None or self._views[0] != ptrs:
+            views = [(layer.weight.detach().numpy(), e.numpy()) for layer, e in zip(self.net.layers, self.eligibility)]
+            self._views = (ptrs, views)
+        return self._views[1]
+
+    def _layout(self) -> tuple:
+        """(label code, gain, label rates [C, L], image slice, label slice, width): fixed
+        during training, so computed once."""
+        if self._code is None:
+            code, gain = self.net.embedding.label_code, self.net.encoder.gain
+            d = self.net.in_features
+            image, label = code.image_slice(d), code.label_slice(d)
+            self._code = (code, gain, code.label_rates(gain), image, label, max(image.stop, label.stop))
+        return self._code
+
+    def _label_rates(self, shown: Tensor) -> np.ndarray:
+        code, _, label_rates, *_ = self._layout()
+        c = int(shown[0])
+        if not 0 <= c < label_rates.shape[0]:
+            code.check_labels(shown.numpy(), 1)  # raises the one message for a bad label
+        return label_rates[c]
+
     def _rates_numpy(self, x: Tensor, shown: Tensor) -> np.ndarray:
-        if self._code is None:  # the label code is fixed during training
-            self._code = self.net.embedding.label_code
-        return self._code.rates(x.numpy(), shown.numpy(), self.net.encoder.gain)
+        """Spike probabilities of one sample ``[D']``: the image's and the shown label's, put
+        together as the label code lays them out."""
+        code, gain, _, image, label, width = self._layout()
+        rates = np.empty(width, dtype=np.float32)
+        rates[image] = code.image_rates(x.numpy()[0], gain)[image]
+        rates[label] = self._label_rates(shown)
+        return rates
+
+    def _draws(self, x: Tensor, shown: Tensor) -> SampleDraws:
+        """One sample's Bernoulli draws; the rates come from one compiled call when numba runs."""
+        steps = self.net.encoder.steps
+        if not numba_online.enabled():
+            return bernoulli_draws(self._rates_numpy(x, shown), steps, self._rng)
+        _, gain, _, image, label, width = self._layout()
+        rates, live = numba_spikes.live_rates(x.numpy()[0], gain, self._label_rates(shown), image, label, width)
+        return draws_at(rates, live, width, steps, self._rng)
 
     def _present_online(self, x: Tensor, shown: Tensor, y: Tensor, eta: float, spikes: Tensor | None) -> Tensor:
-        """One sample, in numpy on the tensors' memory (every op here is tiny)."""
+        """One sample, in numpy on the tensors' memory (every op here is tiny); each layer's
+        presentation, rest steps included, is one call of ``online_layer``."""
         net = self.net
-        if spikes is None:
+        enc = net.encoder
+        if spikes is not None:
+            pre = spikes.numpy()
+        else:
             if self._rng is None:
                 self._rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
-            pre = encode_spikes(self._rates_numpy(x, shown), net.encoder.steps, self._rng, net.encoder.coding)
-        else:
-            pre = spikes.numpy()
+            if enc.coding == "bernoulli":  # the draws: the compiled presentation makes the spikes
+                pre = self._draws(x, shown)
+            else:
+                pre = encode_spikes(self._rates_numpy(x, shown)[None], enc.steps, self._rng, enc.coding)
         d = net.dynamics
         target = float(y[0])
+        rest_steps = enc.rest_steps if enc.carry_membrane else 0  # what end_presentation() does
         logit = 0.0
-        for i, (layer, e) in enumerate(zip(net.layers, self.eligibility)):
-            w = layer.weight.data
-            v = _membrane(layer.neuron, 1, w.shape[0], w, net.encoder.carry_membrane)
-            pre, tr = online_layer(pre, w.numpy(), v.numpy(), d, target, self.hebbian, eta, e.numpy(), _torch_matmul)
+        for i, (layer, (w, e)) in enumerate(zip(net.layers, self._numpy_views())):
+            v = _membrane(layer.neuron, 1, w.shape[0], layer.weight, enc.carry_membrane)
+            pre, tr = online_layer(
+                pre, w, v.numpy(), d, target, self.hebbian, eta, e, _torch_matmul, rest_steps=rest_steps
+            )
             layer.neuron.v = v
             layer.neuron.trace = torch.from_numpy(tr)
             if i in net.score_layers:
                 logit += scalar_logit(d, tr[0])
-        net.end_presentation()
         return torch.tensor([logit > 0])
 
 

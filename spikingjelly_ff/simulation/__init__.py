@@ -28,7 +28,15 @@ from spikingjelly_ff.simulation.conv import (
     run_conv_layer,
     score_conv_labels,
 )
-from spikingjelly_ff.simulation.encoding import SpikeIndex, bernoulli_spikes, encode_spikes, regular_spikes
+from spikingjelly_ff.simulation.encoding import (
+    SampleDraws,
+    SpikeIndex,
+    bernoulli_draws,
+    bernoulli_spikes,
+    draws_at,
+    encode_spikes,
+    regular_spikes,
+)
 from spikingjelly_ff.simulation.layer import Dynamics, input_major, learns_online, neuron_forward, rest, run_layer
 from spikingjelly_ff.simulation.online import online_layer, scalar_logit
 from spikingjelly_ff.simulation.scoring import label_currents, score_labels, spike_currents
@@ -36,10 +44,13 @@ from spikingjelly_ff.simulation.scoring import label_currents, score_labels, spi
 __all__ = [
     "ConvLayout",
     "Dynamics",
+    "SampleDraws",
     "SpikeIndex",
+    "bernoulli_draws",
     "bernoulli_spikes",
     "conv_current",
     "conv_score",
+    "draws_at",
     "encode_spikes",
     "input_major",
     "label_current",

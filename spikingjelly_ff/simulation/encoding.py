@@ -16,7 +16,15 @@ from spikingjelly_ff.kernels import numba_online, numba_spikes
 
 Array = Any  # torch tensor or numpy array
 
-__all__ = ["SpikeIndex", "bernoulli_spikes", "encode_spikes", "regular_spikes"]
+__all__ = [
+    "SampleDraws",
+    "SpikeIndex",
+    "bernoulli_draws",
+    "bernoulli_spikes",
+    "draws_at",
+    "encode_spikes",
+    "regular_spikes",
+]
 
 
 @dataclass
@@ -109,10 +117,41 @@ def bernoulli_spikes(rates: Array, steps: int, rng, index: bool = False, dense: 
         pos = live[j_idx]
         rows = t_idx * n + torch.div(pos, d, rounding_mode="floor")
         return out, SpikeIndex(pos % d, _row_offsets(rows, steps * n))
-    live = np.flatnonzero(flat)
-    out = np.zeros((steps, flat.size), dtype=np.float32)
-    if live.size:
-        u = rng.random((steps, live.size), dtype=np.float32)
-        np.less(u, flat[live], out=u)  # 1.0 / 0.0 in place: one temporary fewer (batch 1 is op-bound)
-        out[:, live] = u
-    return out.reshape(steps, *rates.shape)
+    return bernoulli_draws(flat, steps, rng).dense().reshape(steps, *rates.shape)
+
+
+@dataclass(frozen=True)
+class SampleDraws:
+    """Bernoulli input before it is made dense: input ``live[l]`` spikes at step t when
+    ``u[t, l] < rates[l]``. ``u`` ``[T, L]`` float32 uniforms, ``rates`` ``[L]``, ``live``
+    ``[L]`` ascending positions among ``width`` inputs. Batch-1 learning hands these to the
+    compiled presentation, which makes the spikes itself."""
+
+    u: np.ndarray
+    rates: np.ndarray
+    live: np.ndarray
+    width: int
+
+    @property
+    def steps(self) -> int:
+        return self.u.shape[0]
+
+    def dense(self) -> np.ndarray:
+        """Float spikes ``[T, width]``."""
+        out = np.zeros((self.steps, self.width), dtype=np.float32)
+        if self.live.size:
+            out[:, self.live] = self.u < self.rates
+        return out
+
+
+def bernoulli_draws(rates: np.ndarray, steps: int, rng: np.random.Generator) -> SampleDraws:
+    """The draws of :func:`bernoulli_spikes` for flat numpy ``rates`` ``[D]``: uniforms only
+    where the rate is positive, in ``rng``'s order (the same spikes either way)."""
+    live = np.flatnonzero(rates)
+    return draws_at(rates[live], live, rates.size, steps, rng)
+
+
+def draws_at(rates: np.ndarray, live: np.ndarray, width: int, steps: int, rng: np.random.Generator) -> SampleDraws:
+    """:func:`bernoulli_draws` given the positive ``rates`` ``[L]`` and their ascending
+    positions ``live`` among ``width`` inputs."""
+    return SampleDraws(rng.random((steps, live.size), dtype=np.float32), rates, live, width)

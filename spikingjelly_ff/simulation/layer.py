@@ -46,10 +46,7 @@ def rest(v: Array, d: Dynamics, steps: int) -> Array:
     """Membrane after ``steps`` steps with no input (spikes only reset it); numpy arrays are
     updated in place (and returned), tensors are returned new."""
     p = d.neuron
-    # Without k-WTA every neuron above threshold fired and reset at the last input step, and
-    # with no input V only decays (towards v_reset, or 0 for the beta form): no spike is
-    # possible, so the firing test can be skipped.
-    silent = p.kwta is None and p.v_reset <= p.v_threshold and (p.form == "lif" or p.v_threshold >= 0)
+    silent = p.silent_at_rest  # no spike is possible: the firing test can be skipped
     if silent and p.form == "beta" and isinstance(v, np.ndarray):
         if numba_online.enabled() and v.dtype == np.float32 and v.flags.c_contiguous:
             numba_online.rest_beta(v, p.beta, steps)  # one call instead of 2 x steps numpy calls

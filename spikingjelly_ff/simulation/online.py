@@ -12,13 +12,14 @@ import numpy as np
 from spikingjelly_ff.functional.goodness import goodness, hebbian_gain
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.kernels import numba_online, numpy_loop
-from spikingjelly_ff.simulation.layer import Dynamics, run_layer
+from spikingjelly_ff.simulation.encoding import SampleDraws
+from spikingjelly_ff.simulation.layer import Dynamics, rest, run_layer
 
 __all__ = ["online_layer", "scalar_logit"]
 
 
 def online_layer(
-    pre: np.ndarray,
+    pre: np.ndarray | SampleDraws,
     w: np.ndarray,
     v: np.ndarray,
     d: Dynamics,
@@ -28,16 +29,18 @@ def online_layer(
     e: np.ndarray,
     matmul=np.matmul,
     compiled: bool | None = None,
+    rest_steps: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`run_layer` with learning for one sample (numpy, ``N = 1``), without a full pass
-    over ``w`` per step.
+    over ``w`` per step, then ``rest_steps`` steps with no input (:func:`rest`).
 
     Inside the window the weights after learning step j are
     W_j = W0 + eta A_j e0 + eta tau sum_q B_{j-q} u_q x_q^T with a = 1 - tau,
     A_j = a + ... + a^(j+1), B_m = 1 + ... + a^m and u_q x_q^T the Hebbian delta of step q,
     so every current is W0 x + eta A_j (e0 x) + a small sum over the deltas so far. W and e
-    are written once, at the end. ``pre`` ``[T, 1, D]``; ``v`` ``[1, H]``; ``w``, ``e``
-    ``[H, D]`` are updated in place. Without an eligibility trace use :func:`run_layer`.
+    are written once, at the end. ``pre`` ``[T, 1, D]`` (or the sample's Bernoulli
+    :class:`SampleDraws`); ``v`` ``[1, H]``; ``w``, ``e`` ``[H, D]`` are updated in place.
+    Without an eligibility trace use :func:`run_layer`.
 
     Only the inputs that spiked in the sample touch W, so the work is done on W's rows per
     input: ``w.T`` should be contiguous (see :func:`input_major`); otherwise a transposed copy
@@ -45,33 +48,47 @@ def online_layer(
     mixing numpy's and torch's thread pools in one process costs more than the products).
 
     ``compiled`` (default: when numba is installed and the layer allows it) runs the whole
-    presentation as one call of ``kernels.numba_online`` instead of the numpy steps below.
+    presentation, spikes from the draws and rest steps included, as one call of
+    ``kernels.numba_online`` instead of the numpy steps below.
     """
     if spec.eligibility_tau is None:
         raise ValueError("online_layer needs an eligibility trace; use run_layer")
-    if pre.shape[0] <= spec.learn_after + 1:
-        return run_layer(pre, w, v, d)
     if compiled is None:
         compiled = numba_online.supported(d.neuron, d.goodness, w.dtype) and v.dtype == w.dtype == e.dtype
-    run = _online_compiled if compiled else _online_input_major
+    steps = pre.steps if isinstance(pre, SampleDraws) else pre.shape[0]
+    if isinstance(pre, SampleDraws) and (not compiled or steps <= spec.learn_after + 1):
+        pre = pre.dense()[:, None, :]
+    if steps <= spec.learn_after + 1:
+        out = run_layer(pre, w, v, d)
+        if rest_steps:
+            rest(v, d, rest_steps)
+        return out
     wt, et = w.T, e.T
-    if wt.flags.c_contiguous and et.flags.c_contiguous:
-        return run(pre, wt, et, v, d, y, spec, eta, matmul)
-    wt, et = np.ascontiguousarray(wt), np.ascontiguousarray(et)
-    out = run(pre, wt, et, v, d, y, spec, eta, matmul)
-    w[...] = wt.T
-    e[...] = et.T
+    copied = not (wt.flags.c_contiguous and et.flags.c_contiguous)
+    if copied:
+        wt, et = np.ascontiguousarray(wt), np.ascontiguousarray(et)
+    if compiled:
+        out = _online_compiled(pre, wt, et, v, d, y, spec, eta, rest_steps)
+    else:
+        out = _online_input_major(pre, wt, et, v, d, y, spec, eta, matmul)
+        if rest_steps:
+            rest(v, d, rest_steps)
+    if copied:
+        w[...] = wt.T
+        e[...] = et.T
     return out
 
 
-def _online_compiled(pre, wt, et, v, d: Dynamics, y: float, spec: HebbianParams, eta: float, matmul=None):
+def _online_compiled(pre, wt, et, v, d: Dynamics, y: float, spec: HebbianParams, eta: float, rest_steps: int):
     """:func:`online_layer` as one compiled call (``kernels.numba_online``)."""
     gain = hebbian_gain(d.goodness, wt.shape[1], d.probability.split)
     vv = v.reshape(-1)  # [1, H] -> [H], a view (written in place)
-    out, tr = numba_online.present_online(
-        pre[:, 0, :], wt, et, vv, d.neuron, d.trace, d.probability, d.goodness, gain, y,
-        spec.learn_after + 1, spec.eligibility_tau, eta,
-    )  # fmt: skip
+    args = (wt, et, vv, d.neuron, d.trace, d.probability, d.goodness, gain, y, spec.learn_after + 1,
+            spec.eligibility_tau, eta, rest_steps)  # fmt: skip
+    if isinstance(pre, SampleDraws):
+        out, tr = numba_online.present_online(None, *args, draws=(pre.u, pre.rates, pre.live))
+    else:
+        out, tr = numba_online.present_online(pre[:, 0, :], *args)
     if not np.shares_memory(vv, v):
         v[...] = vv.reshape(v.shape)
     return out[:, None, :], tr[None, :]

@@ -178,3 +178,17 @@ def test_fused_eligibility_update_equals_the_tensor_ops_bit_for_bit(monkeypatch)
     assert not numba_online.eligibility_apply(w1.T.numpy(), e1.T.numpy(), dw.T.numpy(), 0.1, 0.3)
     apply_delta(w1, dw, 0.3, 0.1, e1)
     assert torch.equal(w1, want[0]) and torch.equal(e1, want[1])
+
+
+def test_online_trainer_refuses_a_label_outside_the_code():
+    import torch
+
+    from spikingjelly_ff.learning.engine import SpikingTrainer
+    from spikingjelly_ff.runs.build import build_model
+    from spikingjelly_ff.runs.config import load_config
+
+    cfg = load_config("paper/hebbian-online-symmetric")
+    trainer = SpikingTrainer(build_model(cfg.model, 784, 10, 0), cfg.train.hebbian)
+    for label in (-1, 10):
+        with pytest.raises(ValueError, match=r"labels must be 1 integers in \[0, 10\)"):
+            trainer.train_batch(torch.rand(1, 784), torch.tensor([label]), torch.ones(1))
