@@ -1,12 +1,15 @@
 """The FF convolution layer's math: goodness over feature maps and the Hebbian conv rule.
 
 A conv FF layer has activity ``l = ReLU(W * x)`` (cross-correlation, stride ``s``, zero padding
-``p``), shape ``[N, C, OH, OW]``. Its goodness is taken either over the whole feature map
-(``over="map"``: one G per sample, from all ``C * OH * OW`` units) or at each spatial location
-(``over="location"``: one G per sample and location, from the ``C`` channels there). A split
-goodness (symmetric, polar probabilities) puts the first ``C // 2`` channels in the positive
-half. The FF loss is the mean binary cross-entropy over the goodness entries (samples, or
-samples times locations).
+``p``), shape ``[N, C, OH, OW]``. Its goodness is taken over the whole feature map
+(``over="map"``: one G per sample, from all ``C * OH * OW`` units), at each spatial location
+(``over="location"``: one G per sample and location, from the ``C`` channels there), or over
+channel groups (``over="group:K"``: the channels split into K groups of ``C / K`` consecutive
+ones, one G per sample and group, from the group's ``C / K * OH * OW`` units; "group:1" is
+"map"). A split goodness (symmetric, polar probabilities) puts the first half of an entry's
+channels in the positive half: the first ``C // 2`` channels (map, location) or the first
+``C / (2K)`` of each group. The FF loss is the mean binary cross-entropy over the goodness
+entries (samples, samples times locations, or samples times groups).
 
 With a quadratic goodness dG/dl = c l, and l f'(z) = l for ReLU, so -dL/dW is the modulated
 Hebbian correlation of the post-synaptic map with the input patches::
@@ -14,15 +17,18 @@ Hebbian correlation of the post-synaptic map with the input patches::
     dW[o, i, ky, kx] = c / K * sum_{n, y, x} M[n, o, y, x] l[n, o, y, x] x_pad[n, i, y s + ky, x s + kx]
 
 with ``M = -dL/dG`` broadcast over the units of each goodness entry and ``K`` the number of
-entries (``N`` or ``N * OH * OW``). Weights use torch's ``Conv2d`` layout ``[C, I, KH, KW]``.
-The forward convolution (:func:`conv2d`), the pooling (:func:`pool2d`), the goodness entries'
-unit layout (:func:`entry_units`) and the score summed over the voting layers
-(:func:`conv_summed_score`) are here too, so that the torch nets, the simulation and the numpy
-runtimes share them. Torch tensors or numpy arrays; torch is never imported here.
+entries (``N``, ``N * OH * OW`` or ``N`` times the groups). Weights use torch's ``Conv2d``
+layout ``[C, I, KH, KW]``. The forward convolution (:func:`conv2d`), the pooling
+(:func:`pool2d`), the goodness entries' unit layout (:func:`entry_units`), the region's parser
+(:func:`goodness_groups`) and the score summed over the voting layers (:func:`conv_summed_score`)
+are here too, so that the torch nets, the simulation and the numpy runtimes share them. Torch
+tensors or numpy arrays; torch is never imported here.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -35,6 +41,7 @@ from spikingjelly_ff.functional.scores import layer_score
 
 Tensor = Any  # a torch tensor or a numpy array
 
+#: the base goodness regions; "group:K" (:func:`goodness_groups`) names K channel groups
 OVER = ("map", "location")
 
 __all__ = [
@@ -49,6 +56,7 @@ __all__ = [
     "conv2d",
     "conv_weight_correlation",
     "entry_units",
+    "goodness_groups",
     "ff_conv_hebbian_delta",
     "ff_conv_hebbian_deltas",
     "length_normalize_map",
@@ -60,9 +68,28 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _check_over(over: str) -> None:
-    if over not in OVER:
-        raise ValueError(f"unknown goodness region {over!r}; choose one of {list(OVER)}")
+def goodness_groups(over: str, channels: Iterable[int] = (), split: bool = False) -> int | None:
+    """The channel-group count K of goodness region ``over`` ("group:K"), or None for "map" and
+    "location": the one parser of the region. ``ValueError`` for any other string, for K < 1,
+    when a count in ``channels`` (each conv layer's C) is not a multiple of K, or when a
+    ``split`` goodness would halve a group of an odd number of channels (C / K odd)."""
+    if over in OVER:
+        return None
+    if not isinstance(over, str) or not over.startswith("group:"):
+        raise ValueError(f"unknown goodness region {over!r}; choose one of {list(OVER)} or 'group:K' (K >= 1 groups)")
+    tail = over[len("group:") :]
+    if re.fullmatch(r"[0-9]+", tail) is None or int(tail) < 1:
+        raise ValueError(f"goodness region {over!r}: the number of channel groups K must be an integer >= 1")
+    k = int(tail)
+    for c in channels:
+        if c % k:
+            raise ValueError(f"goodness region {over!r}: {c} channels do not split into {k} groups of equal size")
+        if split and (c // k) % 2:
+            raise ValueError(
+                f"goodness region {over!r}: a split goodness needs an even number of channels per group, "
+                f"got {c} // {k} = {c // k}"
+            )
+    return k
 
 
 def conv2d(x: Tensor, w: Tensor, stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0) -> Tensor:
@@ -145,11 +172,14 @@ def check_map_shape(value, name: str = "shape") -> tuple[int, int, int]:
     return shape
 
 
-def _units_last(act: Tensor, over: str) -> Tensor:
+def _units_last(act: Tensor, over: str, split: bool = False) -> Tensor:
     """``[N, C, OH, OW]`` -> the units of each goodness entry on the last axis:
-    ``[N, C * OH * OW]`` (channel-major, so the first half is the first ``C // 2`` channels)
-    or ``[N, OH, OW, C]``."""
-    _check_over(over)
+    ``[N, C * OH * OW]`` (channel-major, so the first half is the first ``C // 2`` channels),
+    ``[N, OH, OW, C]`` or ``[N, K, C / K * OH * OW]`` (each group channel-major). ``split``:
+    a group must hold an even number of channels."""
+    k = goodness_groups(over, (act.shape[1],), split)
+    if k is not None:
+        return act.reshape(act.shape[0], k, -1)
     if over == "map":
         return act.reshape(act.shape[0], -1)
     return act.transpose(0, 2, 3, 1) if not _array.is_torch(act) else act.permute(0, 2, 3, 1)
@@ -158,7 +188,8 @@ def _units_last(act: Tensor, over: str) -> Tensor:
 def entry_units(act: Tensor, over: str) -> Tensor:
     """The units of every goodness entry of maps ``[N, C, OH, OW]`` as rows, ``[K, units]``:
     ``[N, C * OH * OW]`` (``over="map"``, channel-major, so a split's first half is the first
-    ``C // 2`` channels) or ``[N * OH * OW, C]`` (``"location"``, sample-major)."""
+    ``C // 2`` channels), ``[N * OH * OW, C]`` (``"location"``, sample-major) or
+    ``[N * G, C / G * OH * OW]`` (``"group:G"``, sample-major, each group channel-major)."""
     u = _units_last(act, over)
     return u.reshape(-1, u.shape[-1])
 
@@ -168,9 +199,10 @@ def conv_layer_score(
 ) -> Tensor:
     """Score ``[N]`` of one layer's map ``[N, C, OH, OW]``: the ``score`` (log-odds or
     goodness, ``functional.scores.layer_score``) of each goodness entry, summed over the
-    sample's entries (its locations)."""
+    sample's entries (its locations or groups)."""
     n = act.shape[0]
-    return layer_score(entry_units(act, over), prob, goodness_kind, score).reshape(n, -1).sum(1)
+    u = _units_last(act, over, prob.split)
+    return layer_score(u.reshape(-1, u.shape[-1]), prob, goodness_kind, score).reshape(n, -1).sum(1)
 
 
 def conv_summed_score(
@@ -196,7 +228,7 @@ def conv_summed_score(
 
 def _units_back(u: Tensor, shape: tuple, over: str) -> Tensor:
     """Inverse of :func:`_units_last`."""
-    if over == "map":
+    if over != "location":  # map and channel groups: the units are the map, reshaped
         return u.reshape(shape)
     return u.transpose(0, 3, 1, 2) if not _array.is_torch(u) else u.permute(0, 3, 1, 2)
 
@@ -204,13 +236,14 @@ def _units_back(u: Tensor, shape: tuple, over: str) -> Tensor:
 def conv_goodness(
     act: Tensor, kind: str = "sum_squares", split: bool = False, over: str = "map"
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Goodness of a feature map ``act`` ``[N, C, OH, OW]``: ``[N]`` (``over="map"``) or
-    ``[N, OH, OW]`` (``over="location"``); a ``(G+, G-)`` pair of those when ``split``."""
-    return goodness(_units_last(act, over), kind, split)
+    """Goodness of a feature map ``act`` ``[N, C, OH, OW]``: ``[N]`` (``over="map"``),
+    ``[N, OH, OW]`` (``"location"``) or ``[N, K]`` (``"group:K"``); a ``(G+, G-)`` pair of
+    those when ``split``."""
+    return goodness(_units_last(act, over, split), kind, split)
 
 
 def _broadcast_targets(y: Tensor, g: Tensor) -> Tensor:
-    """Targets ``[N]`` repeated over the locations of ``g`` ``[N, ...]``."""
+    """Targets ``[N]`` repeated over the entries of ``g`` ``[N, ...]`` (locations, groups)."""
     if g.ndim == 1:
         return y
     return _array.zeros(g, g.shape) + y.reshape(-1, *([1] * (g.ndim - 1)))
@@ -224,7 +257,7 @@ def conv_modulation(
     M for a split probability)."""
     if prob.split and act.shape[1] % 2:
         raise ValueError(f"a split goodness needs an even number of channels, got {act.shape[1]}")
-    u = _units_last(act, over)
+    u = _units_last(act, over, prob.split)
     g = goodness(u, goodness_kind, split=prob.split)
     yb = _broadcast_targets(y, g[0] if prob.split else g)
     width = u.shape[-1]
@@ -300,10 +333,12 @@ def ff_conv_hebbian_deltas(
     term ``code @ B`` (B ``[L, C, OH, OW]``, one weight per unit and label), -dL/dB
     ``[L, C, OH, OW]``: the same modulated post-synaptic map correlated with the label code
     ``code`` ``[N, L]`` (a dense Hebbian product; None: no label term, returns None)."""
-    _check_over(over)
     n, c, oh, ow = post.shape
-    width = c * oh * ow if over == "map" else c
-    entries = n if over == "map" else n * oh * ow
+    if over == "location":
+        width, entries = c, n * oh * ow
+    else:  # map: one group of all channels
+        k = goodness_groups(over, (c,), prob.split) or 1
+        width, entries = c // k * oh * ow, n * k
     gain = hebbian_gain(goodness_kind, width, prob.split) / entries
     mod = conv_modulation(prob, post, y, goodness_kind, over) * post
     dw = conv_weight_correlation(mod, pre, kernel_size, stride, padding) * gain
@@ -315,9 +350,13 @@ def ff_conv_hebbian_deltas(
 
 def length_normalize_map(x: Tensor, over: str = "map", eps: float = 1e-8) -> Tensor:
     """``x / (||x|| + eps)`` for feature maps ``[..., C, H, W]``: the norm over each sample's
-    whole map (``over="map"``) or over the channels at each location (``"location"``), so a
-    layer cannot read the previous layer's goodness of that region."""
-    _check_over(over)
+    whole map (``over="map"``), over the channels at each location (``"location"``) or over
+    each channel group's units (``"group:K"``), so a layer cannot read the previous layer's
+    goodness of that region."""
+    k = goodness_groups(over, (x.shape[-3],))
+    if k is not None:  # each group as a map of its own: [..., K, C / K, H, W]
+        c, h, w = x.shape[-3:]
+        return length_normalize_map(x.reshape(*x.shape[:-3], k, c // k, h, w), "map", eps).reshape(x.shape)
     axes = (-3, -2, -1) if over == "map" else (-3,)
     norm = _array.xp(x).sqrt((x * x).sum(axis=axes, keepdims=True))
     if _array.is_torch(x):

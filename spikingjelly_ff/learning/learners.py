@@ -115,7 +115,8 @@ class HebbianLearner(base.MemoryModule):
         over: str = "map",
         label_layer: nn.Module | None = None,
     ) -> None:
-        """Conv synapses: ``over``, goodness over each sample's whole map or per location;
+        """Conv synapses: ``over``, goodness over each sample's whole map, per location or per
+        channel group ("map", "location", "group:K");
         ``label_layer``, the module (a :class:`SpikingFFConv2d`) whose ``label_bias`` B
         ``[L, C, OH, OW]`` adds ``code @ B`` to the current, called as ``label_layer(x,
         code)``: B learns too (``step`` writes its ``.grad``, ``apply`` its own eligibility)."""

@@ -1,8 +1,8 @@
 """Convolutional FF layers built from SpikingJelly parts.
 
 ``FFConv2d``: analog layer l = ReLU(W * x_hat), x_hat the input, optionally length-normalised
-over each sample's map or each location's channels (``functional.conv.length_normalize_map``),
-then optional max/avg pooling for the next layer.
+over each sample's map, each location's channels or each channel group
+(``functional.conv.length_normalize_map``), then optional max/avg pooling for the next layer.
 ``SpikingFFConv2d``: ``layer.Conv2d`` synapse followed by an :class:`FFLIFNode` that runs on the
 flattened feature map, so one trace per unit of the map and the same CuPy kernel as the dense
 layer; optional pooling of the output spikes.
@@ -18,7 +18,7 @@ import torch
 from spikingjelly.activation_based import base, layer
 from torch import Tensor, nn
 
-from spikingjelly_ff.functional.conv import OVER, length_normalize_map
+from spikingjelly_ff.functional.conv import goodness_groups, length_normalize_map
 from spikingjelly_ff.nn.neuron import FFLIFNode
 
 __all__ = ["POOLS", "FFConv2d", "SpikingFFConv2d"]
@@ -44,8 +44,8 @@ class FFConv2d(nn.Module, base.StepModule):
     """Analog conv FF layer: ``[.., I, H, W] -> [.., C, OH, OW]`` (pooled by ``forward`` when
     ``pool`` is set); stateless, so both step modes agree.
 
-    :param normalize_input: ``None``, ``"map"`` or ``"location"``: length-normalise the input
-        over that region (use the previous layer's goodness region), as ``FFLinear`` does
+    :param normalize_input: ``None``, ``"map"``, ``"location"`` or ``"group:K"``: length-normalise
+        the input over that region (use the previous layer's goodness region), as ``FFLinear`` does
         for layers after the first
     :param pool: ``None``, ``"max"`` or ``"avg"``, over ``pool_size`` windows
     :param label_maps: ``(L, OH, OW)``: learn label weights ``[L, C, OH, OW]``, one per unit
@@ -66,8 +66,11 @@ class FFConv2d(nn.Module, base.StepModule):
         label_maps: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
-        if normalize_input is not None and normalize_input not in OVER:
-            raise ValueError(f"unknown normalisation region {normalize_input!r}; choose one of {[None, *OVER]}")
+        if normalize_input is not None:
+            try:
+                goodness_groups(normalize_input, (in_channels,))
+            except ValueError as exc:
+                raise ValueError(f"bad normalisation region: {exc}") from exc
         self.synapse = layer.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias, step_mode=step_mode
         )

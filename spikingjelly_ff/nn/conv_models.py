@@ -10,7 +10,8 @@ output, length-normalised over the goodness region for every layer after the fir
 code in the label pixels): without them the label reached only the first row's receptive
 fields, or, as constant label maps, one term per channel, and the net stayed near chance
 (26 % after 4 epochs on the mini set; 88 % after 3 with them). Goodness is
-taken over the whole map or at each location (``over``, ``functional.conv``); a layer's score
+taken over the whole map, at each location or over channel groups (``over``: "map",
+"location" or "group:K", ``functional.conv``); a layer's score
 is its summed log-odds over its goodness entries, a label's score the sum over the voting
 layers (``functional.conv.conv_summed_score``). All labels are scored in one batched
 pass over ``C * n`` inputs per chunk of ``score_chunk`` images.
@@ -24,12 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from spikingjelly_ff.functional.conv import (
-    OVER,
     conv_goodness,
     conv_layer_score,
     conv_output_size,
     conv_summed_score,
     entry_units,
+    goodness_groups,
 )
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.nn.conv import FFConv2d
@@ -88,18 +89,19 @@ class ConvScores:
         return out
 
     def layer_goodness(self, activity: Tensor):
-        """G (or (G+, G-)) of one layer's map ``[N, C, OH, OW]``: ``[N]`` or ``[N, OH, OW]``."""
+        """G (or (G+, G-)) of one layer's map ``[N, C, OH, OW]``: ``[N]``, ``[N, OH, OW]`` or
+        ``[N, K]`` (``over`` "map", "location", "group:K")."""
         return conv_goodness(activity, self.goodness_kind, split=self.probability.split, over=self.over)
 
     def layer_loss(self, activity: Tensor, y: Tensor) -> Tensor:
         """The layer's FF loss: mean BCE over its goodness entries, targets ``y`` ``[N]``
-        repeated over the locations."""
+        repeated over the locations or groups."""
         g = self.layer_goodness(activity)
         g1 = g[0] if isinstance(g, tuple) else g
         return self.probability.loss(g, y.reshape(-1, *([1] * (g1.ndim - 1))).expand_as(g1))
 
     def _layer(self, activity: Tensor, score: str) -> Tensor:
-        # one score per goodness entry; the sample's is their sum (over its locations)
+        # one score per goodness entry; the sample's is their sum (over its locations or groups)
         return conv_layer_score(activity, self.probability, self.goodness_kind, score, self.over)
 
     def _summed(self, activities: list[Tensor], score: str) -> Tensor:
@@ -148,8 +150,7 @@ class AnalogConvFFNet(ConvScores, AnalogFFNet):
         score_chunk: int = 200,
     ) -> None:
         """``score_chunk``: images per batched all-label pass (``C * score_chunk`` inputs)."""
-        if over not in OVER:
-            raise ValueError(f"unknown goodness region {over!r}; choose one of {list(OVER)}")
+        goodness_groups(over, [c.channels for c in conv], probability.split)  # a clear error here
         if embedding.kind != "onehot":
             kind = embedding.kind
             raise ValueError(f"a conv FF net writes the label into the image: use a onehot embedding, got {kind!r}")

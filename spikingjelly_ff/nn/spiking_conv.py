@@ -8,7 +8,7 @@ inputs have their own weights), so no label pixel has to be written into the ima
 is a :class:`SpikingFFConv2d`: conv synapse plus label current, our multi-step neuron on the
 flattened map, a post-synaptic trace per unit, optional pooling of the spikes for the next
 layer. Goodness, scores and the summed log-odds come from :class:`ConvScores` on the trace
-maps, over the whole map or per location. Membranes start every presentation from rest.
+maps, over the whole map, per location or per channel group. Membranes start every presentation from rest.
 
 The presentation and learning loop (fast, no module hooks) is ``learning.conv_engine``; the
 module graph (``forward``) serves :class:`~spikingjelly_ff.learning.learners.HebbianLearner`
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from spikingjelly_ff.functional.conv import OVER
+from spikingjelly_ff.functional.conv import goodness_groups
 from spikingjelly_ff.functional.labels import spike_rates
 from spikingjelly_ff.functional.params import EncoderParams, NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import Probability
@@ -57,8 +57,7 @@ class SpikingConvFFNet(ConvScores, FFNet):
         image_shape: tuple[int, int] | None = None,
         backend: str = "torch",
     ) -> None:
-        if over not in OVER:
-            raise ValueError(f"unknown goodness region {over!r}; choose one of {list(OVER)}")
+        goodness_groups(over, [c.channels for c in conv], probability.split)  # a clear error here
         if not conv:
             raise ValueError("a conv FF net needs at least one conv layer")
         if encoder.carry_membrane:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from spikingjelly_ff.functional.conv import goodness_groups
 from spikingjelly_ff.functional.goodness import GOODNESS
 from spikingjelly_ff.functional.params import (
     CODINGS,
@@ -114,7 +115,11 @@ class ModelConfig:
     # one writes the label into the image (``embedding.kind: onehot``), a spiking one feeds the
     # label spikes to every unit through label weights (any embedding)
     conv: list[ConvLayerConfig] = field(default_factory=list)
-    goodness_over: str = "map"  # conv goodness (and next-layer normalisation) region: map | location
+    # conv goodness (and next-layer normalisation) region: map (one entry per sample) | location
+    # (one per sample and location) | group:K (the channels in K groups of consecutive ones, one
+    # entry per sample and group; every layer's channels a multiple of K, and even per group for
+    # a split probability; group:1 is map)
+    goodness_over: str = "map"
 
 
 @dataclass
@@ -199,7 +204,6 @@ CHOICES = {
     "model.embedding.kind": LABEL_KINDS,
     "model.encoder.coding": CODINGS,
     "model.score": ("probability", "goodness"),
-    "model.goodness_over": ("map", "location"),
     "model.neuron.form": FORMS,
     "model.neuron.fire": FIRE_RULES,
     "model.trace.kind": TRACE_KINDS,
@@ -220,6 +224,10 @@ def _validate(cfg: RunConfig) -> None:
         if flat[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {flat[key]!r}")
     m, t = cfg.model, cfg.train
+    try:  # map | location | group:K, parsed where the conv layers are (functional.conv)
+        goodness_groups(m.goodness_over)
+    except ValueError as exc:
+        raise ConfigError(f"model.goodness_over: {exc}") from exc
     if m.conv:
         _validate_conv(cfg)
     elif not m.layers or any(h < 1 for h in m.layers):
@@ -284,6 +292,10 @@ def _validate_conv(cfg: RunConfig) -> None:
         if m.probability.kind != "sigmoid" and c.channels % 2:
             kind = m.probability.kind
             raise ConfigError(f"{kind} probability splits channels in halves: {key}.channels must be even")
+        try:  # a channel-group region must split every layer's channels evenly
+            goodness_groups(m.goodness_over, (c.channels,), m.probability.split)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.channels: {exc}") from exc
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -188,7 +188,7 @@ class SpikeArtifact:
     def _validate_conv(self) -> None:
         if self.image_shape is not None and int(np.prod(self.image_shape)) != self.in_features:
             raise ArtifactError(f"image shape {self.image_shape} does not hold {self.in_features} inputs")
-        why = self.conv.check(self.weights, self.image_shape, self.label_code().width)
+        why = self.conv.check(self.weights, self.image_shape, self.label_code().width, self.probability.split)
         if why is not None:
             raise ArtifactError(why)
         for i, w in enumerate(self.weights):

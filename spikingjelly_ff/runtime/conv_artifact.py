@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from spikingjelly_ff.functional.conv import OVER, check_conv_settings, check_map_shape, conv_output_size
+from spikingjelly_ff.functional.conv import check_conv_settings, check_map_shape, conv_output_size, goodness_groups
 
 __all__ = ["ConvLayerMeta", "SpikeConv", "label_from_nir", "label_to_nir", "read_conv_weights", "write_conv_nodes"]
 
@@ -63,9 +63,10 @@ class ConvLayerMeta:
 
 @dataclass(frozen=True)
 class SpikeConv:
-    """The conv part of a spike artefact: goodness region ``over`` ("map" or "location") and
-    the layers. The artefact's ``weights`` are the conv weights of every layer, then the label
-    weights of every layer (the analog conv runtime's order); eligibility likewise."""
+    """The conv part of a spike artefact: goodness region ``over`` ("map", "location" or
+    "group:K") and the layers. The artefact's ``weights`` are the conv weights of every layer,
+    then the label weights of every layer (the analog conv runtime's order); eligibility
+    likewise."""
 
     over: str
     layers: list[ConvLayerMeta] = field(default_factory=list)
@@ -88,10 +89,14 @@ class SpikeConv:
         n = len(self.layers)
         return [f"conv_{i}" for i in range(n)] + [f"label_{i}" for i in range(n)]
 
-    def check(self, weights: list[np.ndarray], image_shape, label_width: int) -> str | None:
-        """Why the layers do not fit ``weights``, the image shape and the label width, or None."""
-        if self.over not in OVER:
-            return f"unknown goodness region {self.over!r}"
+    def check(self, weights: list[np.ndarray], image_shape, label_width: int, split: bool = False) -> str | None:
+        """Why the layers do not fit ``weights``, the image shape and the label width, or None;
+        ``split``: the probability splits each goodness entry (a channel group's channels
+        must then be even)."""
+        try:  # the region, and for channel groups every layer's channels
+            goodness_groups(self.over, [la.channels for la in self.layers], split)
+        except ValueError as exc:
+            return str(exc)
         n = len(self.layers)
         if n == 0:
             return "the network has no conv layers"

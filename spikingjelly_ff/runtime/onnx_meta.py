@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from spikingjelly_ff.functional.conv import OVER, check_conv_settings, check_map_shape
+from spikingjelly_ff.functional.conv import check_conv_settings, check_map_shape, goodness_groups
 from spikingjelly_ff.functional.labels import LabelCode
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
@@ -65,8 +65,8 @@ class OnnxConvLayer:
 
 @dataclass(frozen=True)
 class OnnxConv:
-    """What a conv export adds: the goodness region ``over`` ("map" or "location"; layers
-    after the first length-normalise their input over it) and the conv layers."""
+    """What a conv export adds: the goodness region ``over`` ("map", "location" or "group:K";
+    layers after the first length-normalise their input over it) and the conv layers."""
 
     over: str
     layers: tuple[OnnxConvLayer, ...]
@@ -75,13 +75,17 @@ class OnnxConv:
         return {"over": self.over, "layers": [asdict(layer) for layer in self.layers]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> OnnxConv:
-        if d["over"] not in OVER:
-            raise ValueError(f"unknown goodness region {d['over']!r}; choose one of {list(OVER)}")
+    def from_dict(cls, d: dict, split: bool = False) -> OnnxConv:
+        """``split``: the probability splits each goodness entry (a channel group must then
+        hold an even number of channels)."""
+        goodness_groups(d["over"])
         try:
-            return cls(over=d["over"], layers=tuple(OnnxConvLayer(**layer) for layer in d["layers"]))
+            conv = cls(over=d["over"], layers=tuple(OnnxConvLayer(**layer) for layer in d["layers"]))
         except TypeError as exc:  # a setting missing, unknown, or layers not a list of objects
             raise ValueError(f"invalid conv layer settings: {exc}") from exc
+        # a channel-group region must split every layer's channels (fails on load, not in a reshape)
+        goodness_groups(conv.over, [layer.map_shape[0] for layer in conv.layers], split)
+        return conv
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ class OnnxMeta:
         )
         layers = meta.get("layers")
         shape = meta.get("image_shape")
+        prob = Probability(**meta["probability"])
         return cls(
             kind=meta["kind"],
             num_classes=int(meta["num_classes"]),
@@ -162,14 +167,14 @@ class OnnxMeta:
             score=meta["score"],
             score_layers=tuple(meta["score_layers"]),
             goodness=meta["goodness"],
-            probability=Probability(**meta["probability"]),
+            probability=prob,
             label_code=code,
             library_version=str(meta.get("library_version", "")),
             layers=None if layers is None else tuple(OnnxLayer(**layer) for layer in layers),
             hebbian=HebbianParams(**(meta.get("hebbian") or {})),
             shift_views=int(meta.get("shift_views") or 0),
             image_shape=None if not shape else tuple(shape),
-            conv=None if meta.get("conv") is None else OnnxConv.from_dict(meta["conv"]),
+            conv=None if meta.get("conv") is None else OnnxConv.from_dict(meta["conv"], prob.split),
         )
 
     @classmethod

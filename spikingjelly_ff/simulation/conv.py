@@ -90,7 +90,8 @@ def run_conv_layer(
     """Present input spikes ``pre`` ``[T, N, I, H, W]`` and label spikes ``code`` ``[T, N, L]``
     to one layer (weights ``w``, label weights ``b``) from rest. With ``learn = (y, spec, eta,
     e_w, e_b)`` ``w`` and ``b`` (and their eligibility traces) learn in place after every step
-    t > ``spec.learn_after``, the goodness taken ``over`` the map or each location.
+    t > ``spec.learn_after``, the goodness taken ``over`` the map, each location or each channel
+    group ("group:K").
     ``image_current``: the conv part of the currents ``[T, N, U]``, when already computed
     (refused with ``learn``: it would be stale after the first update). Returns the output
     spikes ``[T, N, C, OH, OW]`` (before pooling) and the final trace map ``[N, C, OH, OW]``."""

@@ -1,7 +1,8 @@
 """ONNX graph of an analog conv FF network (``AnalogConvFFNet``): ``images [N, H*W]`` ->
 ``scores [N, C]``, ``probability [N, C]`` (sigmoid of the summed log-odds), ``goodness
 [N, C, L]`` (each layer's goodness score: G, or G+ - G- when split, summed over the map's
-locations for ``over="location"``) and ``label [N]``, the outputs of the dense export.
+locations for ``over="location"`` and over its channel groups for ``"group:K"``) and
+``label [N]``, the outputs of the dense export.
 
 Every label is written into the first C pixels (label-major ``[C * N, H*W]``, as
 ``embedding.all_labels``), the batch is reshaped to ``[C * N, 1, H, W]`` and each layer runs
@@ -24,6 +25,7 @@ from onnx import TensorProto, helper
 
 from spikingjelly_ff.export.onnx.analog import _embed_all_labels, _views
 from spikingjelly_ff.export.onnx.graph import OPSET, Graph, layer_logit_and_goodness, save_model, set_meta
+from spikingjelly_ff.functional.conv import goodness_groups
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.nn.augment import view_offsets
 from spikingjelly_ff.nn.conv_models import AnalogConvFFNet
@@ -38,12 +40,16 @@ def _array(p) -> np.ndarray:
     return p.detach().cpu().numpy().astype(np.float32)
 
 
-def _normalize(g: Graph, x: str, over: str) -> str:
-    """``x / (||x|| + 1e-8)`` over each sample's map or each location's channels
-    (``functional.conv.length_normalize_map``)."""
-    axes = [1, 2, 3] if over == "map" else [1]
+def _normalize(g: Graph, x: str, over: str, shape: tuple[int, int, int]) -> str:
+    """``x / (||x|| + 1e-8)`` over each sample's map, each location's channels or each channel
+    group of ``x`` ``[B, *shape]`` (``functional.conv.length_normalize_map``)."""
+    k = goodness_groups(over, shape[:1])
+    if k is not None:  # [B, K, C/K * H * W]: one norm per group, then back to maps
+        x = g.op("Reshape", [x, g.const([-1, k, int(np.prod(shape)) // k], "shape", np.int64)])
+    axes = [1, 2, 3] if over == "map" else [1] if over == "location" else [2]
     norm = g.op("Sqrt", [g.op("ReduceSumSquare", [x, g.const(axes, "axes", np.int64)], keepdims=1)])
-    return g.op("Div", [x, g.op("Add", [norm, g.const(1e-8)])])
+    out = g.op("Div", [x, g.op("Add", [norm, g.const(1e-8)])])
+    return out if k is None else g.op("Reshape", [out, g.const([-1, *shape], "shape", np.int64)])
 
 
 def _label_term(g: Graph, net: AnalogConvFFNet, z: str, b: str, shape: tuple[int, int, int]) -> str:
@@ -61,18 +67,25 @@ def _label_term(g: Graph, net: AnalogConvFFNet, z: str, b: str, shape: tuple[int
 def _entries_score(g: Graph, net: AnalogConvFFNet, act: str, shape: tuple[int, int, int]) -> tuple[str, str]:
     """(log-odds ``[B]``, goodness score ``[B]``) of the activity ``[B, ch, OH, OW]``: the
     dense nodes on each goodness entry's units (``conv_models.entry_units``), summed over the
-    entries of a sample for ``over="location"``."""
+    entries of a sample for ``over="location"`` and ``"group:K"``."""
     ch, oh, ow = shape
     settings = asdict(net.probability)
     if net.over == "map":  # channel-major units: a split's first half is the first ch // 2 channels
         units = g.op("Reshape", [act, g.const([-1, ch * oh * ow], "shape", np.int64)])
         return layer_logit_and_goodness(g, units, ch * oh * ow, settings, net.goodness_kind)
-    units = g.op("Reshape", [g.op("Transpose", [act], perm=[0, 2, 3, 1]), g.const([-1, ch], "shape", np.int64)])
-    logit, good = layer_logit_and_goodness(g, units, ch, settings, net.goodness_kind)  # [B*OH*OW] each
+    k = goodness_groups(net.over, (ch,), net.probability.split)
+    if k is None:  # location: each location's channels
+        units = g.op("Reshape", [g.op("Transpose", [act], perm=[0, 2, 3, 1]), g.const([-1, ch], "shape", np.int64)])
+        width, entries = ch, oh * ow
+    else:  # consecutive channels, channel-major: a split's first half is a group's first ch // (2k)
+        units = g.op("Reshape", [act, g.const([-1, ch // k * oh * ow], "shape", np.int64)])
+        width, entries = ch // k * oh * ow, k
+    logit, good = layer_logit_and_goodness(g, units, width, settings, net.goodness_kind)  # [B*entries] each
     axes = g.const([1], "axes", np.int64)
 
-    def per_sample(t: str) -> str:  # [B*OH*OW] -> [B]: summed over the sample's locations
-        return g.op("ReduceSum", [g.op("Reshape", [t, g.const([-1, oh * ow], "shape", np.int64)]), axes], keepdims=0)
+    def per_sample(t: str) -> str:  # [B*entries] -> [B]: summed over the sample's entries
+        by_sample = g.op("Reshape", [t, g.const([-1, entries], "shape", np.int64)])
+        return g.op("ReduceSum", [by_sample, axes], keepdims=0)
 
     return per_sample(logit), per_sample(good)
 
@@ -96,7 +109,7 @@ def conv_to_onnx(
     weight_names, logits, goods, conv_layers = [], [], [], []
     for i, (layer, spec, shape) in enumerate(zip(net.layers, net.specs, shapes)):
         if layer.normalize_input is not None:
-            x = _normalize(g, x, layer.normalize_input)
+            x = _normalize(g, x, layer.normalize_input, in_shapes[i])
         weight_names.append(g.const(_array(layer.weight), f"w{i}"))
         inputs = [x, weight_names[-1]]
         if layer.synapse.bias is not None:
