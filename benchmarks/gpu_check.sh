@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the workplace's `device` tool): the CuPy-vs-torch
-# equivalence tests and the GPU throughput benchmark. Needs torch + CuPy there (the image has
-# both); pure-Python packages it lacks (spikingjelly, loguru, nir, nirtorch) travel as wheels
-# in .whl/ (see docs/gpu.md for the download command).
-# With MNIST reachable (SJFF_DATA_DIR or the cache; e.g. the gzipped IDX files in .mnist/mnist,
-# carried too) it also trains one epoch of the paper's batched P_sym row with each backend.
+# equivalence tests, the GPU throughput benchmark and, with MNIST, the paper's batched row
+# through `sjff train` on each path. Needs torch + CuPy there (the image has both);
+# pure-Python packages it lacks (spikingjelly, loguru, nir, nirtorch) travel as wheels in .whl/
+# (see docs/gpu.md for the download command), MNIST as gzipped IDX files in .mnist/mnist.
 #   run: bash benchmarks/gpu_check.sh     (carry: [".whl", ".mnist"])
+# Every step has its own time limit, so that a hung kernel cannot eat the machine's time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -15,18 +15,31 @@ fi
 export PYTHONPATH="$PWD:$PWD/server:$PWD/clients/python:${PYTHONPATH:-}"
 export PYTHONUNBUFFERED=1
 [ -d .mnist ] && export SJFF_DATA_DIR="${SJFF_DATA_DIR:-$PWD/.mnist}"
+OUT="${OUT:-/tmp/sjff-gpu-out}"
+mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cupy', cupy.__version__)"
-echo "== CuPy kernels vs torch (tests/library/test_kernels.py)"
-python3 -m pytest -v -p no:cacheprovider tests/library/test_kernels.py
-rc=$?
-echo "== GPU throughput"
-python3 benchmarks/gpu_speed.py ${OUT:+--json "$OUT/gpu_speed.json"} || rc=1
-echo "== One epoch of the paper's batched P_sym row on MNIST (spikingjelly_ff/configs/paper), torch vs cupy"
+rc=0
+echo "== CuPy kernels vs torch (tests/library/test_kernels.py, test_present_kernel.py)"
+timeout 300 python3 -m pytest -q -rs -p no:cacheprovider tests/library/test_kernels.py tests/library/test_present_kernel.py || rc=1
+echo "== GPU throughput (benchmarks/gpu_speed.py)"
+timeout 300 python3 benchmarks/gpu_speed.py --online-samples 1000 --images 10000 --json "$OUT/gpu_speed.json" || rc=1
+echo "== The paper's batched P_sym row on MNIST through sjff train (spikingjelly_ff/configs/paper)"
 if python3 -c "from spikingjelly_ff.runs.data import find_dataset; find_dataset('mnist')" 2>/dev/null; then
-  for b in torch cupy; do
-    python3 -m spikingjelly_ff.cli train paper/hebbian-batched-symmetric --set device=cuda \
-      --set backend=$b --set train.epochs=1 --out "/tmp/sjff-gpu-$b" --quiet --json || rc=1
+  # name, backend, SJFF_PRESENT, epochs, seed: the one-launch path three times (seeds 0-2)
+  for path in "torch torch 1 1 0" "cupy-step cupy 0 1 0" "cupy-s0 cupy 1 2 0" "cupy-s1 cupy 1 2 1" "cupy-s2 cupy 1 2 2"; do
+    set -- $path
+    SJFF_PRESENT=$3 timeout 240 python3 -m spikingjelly_ff.cli train paper/hebbian-batched-symmetric \
+      --set device=cuda --set backend=$2 --set train.epochs=$4 --set seed=$5 --out "$OUT/train-$1" --quiet --json \
+      >/dev/null || rc=1
+    python3 - "$1" "$OUT/train-$1/metrics.json" <<'PY' || rc=1
+import json, sys
+m = json.load(open(sys.argv[2]))
+for e in m["epochs"]:
+    print(f"{sys.argv[1]:>10}  epoch {e['epoch']}: {e['train_seconds']:.2f} s train "
+          f"({e['train_samples_per_second']:,.0f} samples/s), pos/neg acc {e['train_pn_accuracy']:.4f}"
+          + (f", test acc {e['test_accuracy']:.4f}" if "test_accuracy" in e else ""))
+PY
   done
 else
   echo "skipped: MNIST not found (set SJFF_DATA_DIR)"

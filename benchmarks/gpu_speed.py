@@ -3,12 +3,15 @@
     python benchmarks/gpu_speed.py [--samples 60000] [--json out.json]
 
 Needs a CUDA device and CuPy. Rows: online (batch 1) and batched Hebbian training (batch 50 and 500) and
-all-label testing, for the paper's configuration and a 2000-neuron layer.
+all-label testing, for the paper's configuration and a 2000-neuron layer. Three paths: torch,
+``cupy/step`` (our neuron kernel, one launch per time step: ``SJFF_PRESENT=0``) and ``cupy``
+(the whole presentation in one launch, ``ff_present.cu``, where the layer fits).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -32,7 +35,12 @@ def sync_time(fn) -> float:
     return time.perf_counter() - t
 
 
-def bench(width: int, batch: int, backend: str, samples: int, images: int) -> tuple[float, float]:
+PATHS = {"torch": ("torch", "1"), "cupy/step": ("cupy", "0"), "cupy": ("cupy", "1")}
+
+
+def bench(width: int, batch: int, path: str, samples: int, images: int) -> tuple[float, float]:
+    backend, present = PATHS[path]
+    os.environ["SJFF_PRESENT"] = present
     row = "online" if batch == 1 else "batched"
     cfg = load_config(f"paper/hebbian-{row}-symmetric", [f"model.layers=[{width}]", f"train.batch_size={batch}"])
     net = build_model(cfg.model, 784, 10, 0, backend=backend).cuda()
@@ -70,6 +78,27 @@ def launch_cost(backend: str, calls: int = 2000) -> float:
     )
 
 
+def present_cost(batch: int, calls: int = 500) -> float:
+    """Microseconds per ``kernels.present`` call of the paper's layer learning a batch: the
+    kernel's own pace, without the training loop around it."""
+    from spikingjelly_ff import kernels
+    from spikingjelly_ff.simulation.layer import input_major
+
+    cfg = load_config("paper/hebbian-batched-symmetric", [])
+    net = build_model(cfg.model, 784, 10, 0, backend="cupy").cuda()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = (torch.rand(23, batch, 884, generator=g, device="cuda") < 0.15).float()
+    y = (torch.rand(batch, generator=g, device="cuda") < 0.5).float()
+    w = input_major(net.layers[0].weight.data)
+    e = torch.zeros_like(w)
+    v = torch.zeros(batch, 200, device="cuda")
+    spec = cfg.train.hebbian
+    learn = (y, e, net.dynamics.probability, net.dynamics.goodness, spec.learn_after + 1, spec.eligibility_tau, 0.5)
+    p, tp = net.dynamics.neuron, net.dynamics.trace
+    kernels.present(x, w, v, p, tp, learn, 20)
+    return sync_time(lambda: [kernels.present(x, w, v, p, tp, learn, 20) for _ in range(calls)]) / calls * 1e6
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=60000)
@@ -84,7 +113,7 @@ def main() -> int:
     failed = 0
     # batch 1 is the online mode: per-sample launches dominate, so fewer samples suffice
     for width, batch in ((200, 1), (200, 50), (200, 500), (2000, 500)):
-        for backend in ("torch", "cupy"):
+        for backend in PATHS:
             n = min(args.samples, args.online_samples) if batch == 1 else args.samples
             try:
                 tr, te = bench(width, batch, backend, n, args.images)
@@ -106,6 +135,13 @@ def main() -> int:
         "One-step neuron call (batch 50 x 200 neurons)",
         ["backend", "us per call"],
         [[b, f"{c:.1f}"] for b, c in costs.items()],
+    )
+    present = {batch: present_cost(batch) for batch in (1, 50, 500)}
+    out["present_call_us"] = present
+    print_table(
+        "One learning presentation in one launch (884->200, 23 steps + 20 rest), back to back",
+        ["batch", "us per presentation", "samples/s"],
+        [[b, f"{c:.1f}", f"{b / c * 1e6:,.0f}"] for b, c in present.items()],
     )
     save_json(args.json, out)
     return 1 if failed else 0

@@ -2,7 +2,8 @@
 
 * ``numpy_loop``: numpy arrays (the torch-free runtime; batch-1 training on the CPU);
 * ``torch_loop``: torch tensors on any device;
-* ``cupy_backend``: our CUDA kernels (``ff_neuron.cu``) on torch's CUDA tensors.
+* ``cupy_backend``: our CUDA kernels (``ff_neuron.cu``) on torch's CUDA tensors, and
+  ``cupy_present``: a whole presentation of a layer in one launch (``ff_present.cu``).
 
 ``neuron_forward`` runs a layer's neurons over T steps given the input currents;
 ``apply_delta`` applies a Hebbian delta, directly or through the eligibility trace. All backends give
@@ -23,12 +24,17 @@ from spikingjelly_ff.kernels import numpy_loop
 
 BACKENDS = ("torch", "cupy")
 
-__all__ = ["BACKENDS", "apply_delta", "neuron_forward", "resolve_backend"]
+__all__ = ["BACKENDS", "apply_delta", "neuron_forward", "present", "present_fits", "resolve_backend"]
+
+
+def _load(module: str) -> ModuleType:
+    """A torch or CuPy module of this package, imported by name on first use."""
+    return importlib.import_module(f"{__name__}.{module}")
 
 
 def _backend(name: str) -> ModuleType:
     """``torch_loop`` or ``cupy_backend``, imported on first use."""
-    return importlib.import_module(f"{__name__}.{'cupy_backend' if name == 'cupy' else 'torch_loop'}")
+    return _load("cupy_backend" if name == "cupy" else "torch_loop")
 
 
 def resolve_backend(name: str, device) -> str:
@@ -67,3 +73,16 @@ def apply_delta(w, dw, eta: float, tau: float | None = None, e=None, backend: st
         numpy_loop.eligibility_apply(e, w, dw, tau, eta)
     else:
         _backend(backend).eligibility_apply(e, w, dw, tau, eta)
+
+
+def present_fits(backend: str, w, p: NeuronParams, goodness_kind: str, n: int, d: int, has_e: bool) -> bool:
+    """Whether a presentation of ``n`` samples to weights ``w`` ``[H, D]`` runs as one launch
+    (``cupy_present.present``): the CuPy backend on a CUDA tensor, and a layer it supports."""
+    if backend != "cupy" or isinstance(w, np.ndarray) or not w.is_cuda:
+        return False
+    return _load("cupy_present").present_supported(p, goodness_kind, n, d, w.shape[0], has_e, w.device.index or 0)
+
+
+def present(x, w, v, p: NeuronParams, tp: TraceParams, learn=None, rest_steps: int = 0):
+    """One presentation of a layer in one launch (``cupy_present.present``)."""
+    return _load("cupy_present").present(x, w, v, p, tp, learn, rest_steps)

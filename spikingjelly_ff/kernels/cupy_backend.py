@@ -1,4 +1,5 @@
-"""CuPy launchers for the kernels in ``ff_neuron.cu`` (GPU only).
+"""CuPy launchers for the per-step kernels in ``ff_neuron.cu`` (GPU only); the module they
+are compiled in, shared with ``cupy_present`` (the one-launch presentation).
 
 Tensors stay torch tensors: they cross to CuPy through DLPack without copies, and the
 kernels run on torch's current CUDA stream.
@@ -14,10 +15,11 @@ import torch
 
 from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 
-SOURCE = Path(__file__).with_name("ff_neuron.cu")
+# ff_present.cu includes ff_neuron.cu: one module holds every kernel
+SOURCE = Path(__file__).with_name("ff_present.cu")
 TRACE_CODES = {"count": 0, "leaky": 1, "hard": 2, "none": 3}
 THREADS = 256
-COMPILE_OPTIONS = ("--std=c++14",)
+COMPILE_OPTIONS = ("--std=c++14", f"-I{SOURCE.parent}")
 
 
 def available() -> bool:
@@ -39,7 +41,7 @@ def _module():
     return cupy.RawModule(code=SOURCE.read_text(), options=COMPILE_OPTIONS)
 
 
-def _cp(t: torch.Tensor) -> np.uint64:
+def device_ptr(t: torch.Tensor) -> np.uint64:
     """A kernel's pointer argument: the tensor's device address. CuPy packs a numpy uint64 as
     8 bytes, which is a pointer; no DLPack wrapper per call (learning launches once per step).
     The caller keeps ``t`` alive for the launch."""
@@ -64,7 +66,7 @@ def aligned_delta(e: torch.Tensor, w: torch.Tensor, dw: torch.Tensor) -> torch.T
 
 
 @functools.cache
-def _kernel(name: str):
+def kernel(name: str):
     return _module().get_function(name)
 
 
@@ -75,12 +77,12 @@ def _external_stream(ptr: int):
     return cupy.cuda.ExternalStream(ptr)
 
 
-def _stream():
+def stream():
     """torch's current stream as a CuPy stream (cached: learning calls this once per step)."""
     return _external_stream(torch.cuda.current_stream().cuda_stream)
 
 
-def _params(p: NeuronParams, tp: TraceParams) -> tuple:
+def neuron_args(p: NeuronParams, tp: TraceParams) -> tuple:
     f = np.float32
     return (
         np.int32(0 if p.form == "beta" else 1),
@@ -122,41 +124,41 @@ def neuron_forward(
     t_steps, n, h = current.shape
     spikes = torch.empty_like(current)
     seq = torch.empty_like(current) if trace_seq else None
-    with _stream():
+    with stream():
         if p.kwta is None or p.kwta >= h:
             grid = ((n * h + THREADS - 1) // THREADS,)
-            _kernel("sjff_neuron_forward")(
+            kernel("sjff_neuron_forward")(
                 grid,
                 (THREADS,),
                 (
-                    _cp(current),
-                    _cp(v),
-                    _cp(trace),
-                    _cp(spikes),
-                    _cp(seq) if seq is not None else np.uint64(0),
+                    device_ptr(current),
+                    device_ptr(v),
+                    device_ptr(trace),
+                    device_ptr(spikes),
+                    device_ptr(seq) if seq is not None else np.uint64(0),
                     np.int32(t_steps),
                     np.int32(n * h),
-                    *_params(p, tp),
+                    *neuron_args(p, tp),
                 ),
             )
         else:
             scratch = torch.empty_like(v)
             grid = ((n + 63) // 64,)
-            _kernel("sjff_neuron_forward_kwta")(
+            kernel("sjff_neuron_forward_kwta")(
                 grid,
                 (64,),
                 (
-                    _cp(current),
-                    _cp(v),
-                    _cp(trace),
-                    _cp(spikes),
-                    _cp(seq) if seq is not None else np.uint64(0),
-                    _cp(scratch),
+                    device_ptr(current),
+                    device_ptr(v),
+                    device_ptr(trace),
+                    device_ptr(spikes),
+                    device_ptr(seq) if seq is not None else np.uint64(0),
+                    device_ptr(scratch),
                     np.int32(t_steps),
                     np.int32(n),
                     np.int32(h),
                     np.int32(p.kwta),
-                    *_params(p, tp),
+                    *neuron_args(p, tp),
                 ),
             )
     return spikes, seq
@@ -171,14 +173,14 @@ def eligibility_apply(e: torch.Tensor, w: torch.Tensor, dw: torch.Tensor, tau: f
     dw = aligned_delta(e, w, dw)
     n = e.numel()
     grid = ((n + THREADS - 1) // THREADS,)
-    with _stream():
-        _kernel("sjff_eligibility_apply")(
+    with stream():
+        kernel("sjff_eligibility_apply")(
             grid,
             (THREADS,),
             (
-                _cp(e),
-                _cp(w),
-                _cp(dw),
+                device_ptr(e),
+                device_ptr(w),
+                device_ptr(dw),
                 np.int64(n),
                 np.float32(1.0 - tau),
                 np.float32(tau),

@@ -1,27 +1,44 @@
-// Runs the CUDA kernels of ff_neuron.cu on the CPU, one simulated thread after another, so
-// that their logic is tested on machines without a GPU (tests/test_kernels.py). The kernels
-// use no shared memory and no __syncthreads, so sequential emulation is exact.
-// Build: g++ -O2 -ffp-contract=off -shared -fPIC host_emulation.cpp -o libsjff_emu.so
+// Runs the CUDA kernels of ff_neuron.cu and ff_present.cu on the CPU, so that their logic is
+// tested on machines without a GPU (tests/library/test_kernels.py, test_present_kernel.py).
+// The per-thread kernels of ff_neuron.cu use no shared memory and no __syncthreads: their
+// simulated threads run one after another. The presentation kernel runs one thread per block
+// (blockDim 1, so __syncthreads has nothing to wait for), every block on its own std::thread,
+// because its grid barrier needs all blocks running at once.
+// Build: g++ -O2 -ffp-contract=off -shared -fPIC -pthread host_emulation.cpp -o libsjff_emu.so
 
+#include <atomic>
 #include <cmath>
+#include <thread>
+#include <vector>
 
 #define SJFF_HOST_EMULATION 1
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __noinline__
 #define __restrict__
 #define SJFF_RN_MUL(a, b) ((float)((float)(a) * (float)(b)))
 #define SJFF_RN_ADD(a, b) ((float)((float)(a) + (float)(b)))
 #define SJFF_RN_SUB(a, b) ((float)((float)(a) - (float)(b)))
 #define SJFF_RN_DIV(a, b) ((float)((float)(a) / (float)(b)))
 #define SJFF_NEG_INF (-INFINITY)
+#define SJFF_THREADFENCE() std::atomic_thread_fence(std::memory_order_seq_cst)
+#define SJFF_ATOMIC_INC(p) __atomic_fetch_add((p), 1u, __ATOMIC_SEQ_CST)
+#define SJFF_ATOMIC_ZERO(p) __atomic_exchange_n((p), 0u, __ATOMIC_SEQ_CST)
+#define SJFF_FFS(x) __builtin_ffs((int)(x))
+#define SJFF_SPIN() std::this_thread::yield()
+#define SJFF_LDCG(p) (*(p))
+#define SJFF_STCG(p, v) (*(p) = (v))
+static thread_local float* sjff_emu_smem = nullptr;
+#define SJFF_SHARED_FLOATS() float* smem = sjff_emu_smem
+#define __syncthreads() ((void)0)
 
 struct Dim3 {
     int x = 0;
 };
-static thread_local Dim3 blockIdx, threadIdx, blockDim;
+static thread_local Dim3 blockIdx, threadIdx, blockDim, gridDim;
 
-#include "ff_neuron.cu"
+#include "ff_present.cu"
 
 extern "C" {
 
@@ -54,5 +71,27 @@ void emu_eligibility_apply(float* e, float* w, const float* dw, long long n, flo
         blockIdx.x = (int)b;
         sjff_eligibility_apply(e, w, dw, n, keep, tau, eta);
     }
+}
+
+// ``nb`` blocks of one thread each, ``smem_floats`` floats of shared memory per block.
+void emu_present(const float* x, unsigned int* bits, unsigned int* cols, float* w, float* e, float* v, float* trace,
+                 float* spikes, const float* y, float* partial, unsigned int* bar, int nb, long long smem_floats, int T,
+                 int N, int D, int H, int HB, long long w_sh, long long w_sd, int first, int rest_steps, int silent,
+                 int chunk, NeuronArgs a, LearnArgs l) {
+    std::vector<std::thread> blocks;
+    for (int b = 0; b < nb; ++b) {
+        blocks.emplace_back([=]() {
+            std::vector<float> shared((size_t)smem_floats);
+            sjff_emu_smem = shared.data();
+            blockIdx.x = b;
+            gridDim.x = nb;
+            blockDim.x = 1;
+            threadIdx.x = 0;
+            sjff_present(x, bits, cols, w, e, v, trace, spikes, y, partial, bar, T, N, D, H, HB, w_sh, w_sd, first,
+                         rest_steps, silent, chunk, SJFF_UNPACK, l.prob_kind, l.alpha, l.theta, l.eps, l.clip,
+                         l.half, l.mean, l.gain_n, l.has_e, l.keep, l.tau, l.eta);
+        });
+    }
+    for (auto& t : blocks) t.join();
 }
 }

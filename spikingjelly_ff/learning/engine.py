@@ -136,15 +136,17 @@ class SpikingTrainer:
         y = y.to(spikes.dtype)
         acts = []
         pre = spikes
+        enc = net.encoder
+        rest_steps = enc.rest_steps if enc.carry_membrane else 0  # what end_presentation() does
         for layer, e in zip(net.layers, self.eligibility):
             w = layer.weight.data
-            v = _membrane(layer.neuron, n, w.shape[0], spikes, net.encoder.carry_membrane)
-            pre, tr = run_layer(pre, w, v, net.dynamics, net.backend, (y, self.hebbian, eta, e), index, self.reduce)
+            v = _membrane(layer.neuron, n, w.shape[0], spikes, enc.carry_membrane)
+            learn = (y, self.hebbian, eta, e)
+            pre, tr = run_layer(pre, w, v, net.dynamics, net.backend, learn, index, self.reduce, rest_steps)
             index = None  # deeper layers see dense spike trains
             layer.neuron.v = v
             layer.neuron.trace = tr
             acts.append(tr)
-        net.end_presentation()
         return net.pn_logit(acts) > 0
 
     def _numpy_views(self) -> list[tuple[np.ndarray, np.ndarray]]:

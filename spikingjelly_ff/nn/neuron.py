@@ -77,16 +77,10 @@ class FFLIFNode(base.MemoryModule):
     @torch.no_grad()
     def rest(self, steps: int) -> None:
         """Let the membrane evolve ``steps`` steps with no input (spikes only reset it)."""
-        from spikingjelly_ff.simulation import Dynamics, rest
+        from spikingjelly_ff.simulation.layer import Dynamics, rest_inplace
 
-        v = self.v
-        if not isinstance(v, Tensor):
-            return
-        d = Dynamics(self.params, self.trace_params, None)
-        if v.device.type == "cpu" and v.is_contiguous():
-            rest(v.numpy(), d, steps)  # in place on the tensor's memory: tiny ops are cheaper in numpy
-        else:
-            self.v = rest(v, d, steps)
+        if isinstance(self.v, Tensor):
+            rest_inplace(self.v, Dynamics(self.params, self.trace_params, None), steps)
 
     def clear_trace(self) -> None:
         """Start a new presentation: the trace is per sample, the membrane may carry over."""

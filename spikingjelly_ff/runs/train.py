@@ -84,10 +84,10 @@ class _Batcher:
     def __iter__(self):
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        on_device = order.to(self.x.device)  # one copy per epoch, not one per batch
         for i in range(0, n, self.batch_size):
-            idx = order[i : i + self.batch_size]
-            on_device = idx.to(self.x.device)
-            yield self.x[on_device], self.labels[on_device], idx
+            rows = on_device[i : i + self.batch_size]
+            yield self.x[rows], self.labels[rows], order[i : i + self.batch_size]
 
 
 class _Lookahead:
@@ -216,6 +216,10 @@ def train(
     from spikingjelly_ff.kernels import resolve_backend
 
     backend = resolve_backend(cfg.backend, device)
+    if backend == "cupy":
+        from spikingjelly_ff.kernels import cupy_present
+
+        cupy_present.warm_up()  # compile before the clock of the first epoch starts
     net = build_model(cfg.model, in_features, num_classes, cfg.seed, backend, tuple(train_split.shape)).to(device)
     net.image_shape = tuple(train_split.shape)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
@@ -343,15 +347,18 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
 def _stream_epoch(bar, step, cfg: RunConfig, num_classes: int, shape, gen, sample_gen, scores) -> tuple[int, int]:
     """One epoch with the run's random streams (``train.draws: stream``); returns (correctly
     judged, judged) rows."""
-    correct = seen = 0
+    correct, seen = None, 0
     stream = _Lookahead((shift_images(xb, shape, cfg.train.augment_shift, gen), lb) for xb, lb, _ in bar)
     hard = _HardNegatives(scores) if cfg.train.negatives == "hard" else None
-    for xb, lb in stream:
+    for i, (xb, lb) in enumerate(stream):
         scores = None if hard is None else hard(xb, stream)
         mode = "paired" if cfg.train.negatives == "hard" else cfg.train.negatives
         rows, shown, y = make_samples(lb, mode, num_classes, sample_gen, scores)
-        pred = step(xb[rows], shown, y)
-        correct += int((pred.float() == y).sum())
+        pred = step(xb if mode == "mixed" else xb[rows], shown, y)  # mixed: every row once, in order
+        # counted on the device: reading it every batch would make the host wait for the GPU
+        hits = (pred.float() == y).sum()
+        correct = hits if correct is None else correct + hits
         seen += len(y)
-        bar.set_postfix(pn_acc=f"{correct / seen:.3f}")
-    return correct, seen
+        if not bar.disable and i % 20 == 0:
+            bar.set_postfix(pn_acc=f"{int(correct) / seen:.3f}")
+    return 0 if correct is None else int(correct), seen

@@ -92,12 +92,17 @@ def encode_spikes(rates: Array, steps: int, rng, coding: str = "bernoulli", inde
 
 def bernoulli_spikes(rates: Array, steps: int, rng, index: bool = False, dense: bool = True):
     """``[steps, *rates.shape]`` float spikes, 1 with probability ``rates``; random numbers
-    are drawn only where the rate is positive. ``rng``: a torch.Generator or numpy Generator.
-    With ``index`` (torch), also returns the :class:`SpikeIndex` of the ``[steps * N, D]`` rows;
-    ``dense=False`` then skips the dense tensor (returned as ``None``)."""
+    are drawn only where the rate is positive (on a GPU, everywhere). ``rng``: a
+    torch.Generator or numpy Generator. With ``index`` (torch), also returns the
+    :class:`SpikeIndex` of the ``[steps * N, D]`` rows; ``dense=False`` then skips the dense
+    tensor (returned as ``None``)."""
     flat = rates.reshape(-1)
     if _array.is_torch(rates):
         torch = _array.xp(rates)
+        if rates.is_cuda and not index:
+            # finding the live inputs first (nonzero) would make the host wait for the GPU at
+            # every batch; a draw for every input keeps the presentation queue full
+            return torch.bernoulli(rates.expand(steps, *rates.shape), generator=rng)
         live = flat.nonzero().squeeze(1)
         hits = torch.rand(steps, live.numel(), generator=rng, device=rates.device) < flat[live]
         d = rates.shape[-1]

@@ -23,7 +23,7 @@ from spikingjelly_ff.simulation.encoding import SpikeIndex
 
 Array = Any  # torch tensor or numpy array
 
-__all__ = ["Dynamics", "input_major", "learns_online", "neuron_forward", "rest", "run_layer"]
+__all__ = ["Dynamics", "input_major", "learns_online", "neuron_forward", "rest", "rest_inplace", "run_layer"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,28 @@ def rest(v: Array, d: Dynamics, steps: int) -> Array:
     return out
 
 
+def rest_inplace(v: Array, d: Dynamics, steps: int) -> Array:
+    """:func:`rest` on ``v`` in place, for tensors too (returns ``v``)."""
+    if steps <= 0:
+        return v
+    if isinstance(v, np.ndarray):
+        return rest(v, d, steps)
+    if v.device.type == "cpu" and v.is_contiguous():
+        rest(v.numpy(), d, steps)  # in place on the tensor's memory: tiny ops are cheaper in numpy
+        return v
+    return v.copy_(rest(v, d, steps))
+
+
+def _fused(pre: Array, w: Array, d: Dynamics, backend: str, learn, reduce) -> bool:
+    """Whether the presentation runs as one CUDA launch (``kernels.present``)."""
+    if reduce is not None or backend != "cupy" or not _array.is_torch(w):
+        return False
+    has_e = learn is not None and learn[1].eligibility_tau is not None
+    if has_e and learn[3].stride() != w.stride():
+        return False
+    return kernels.present_fits(backend, w, d.neuron, d.goodness, pre.shape[1], pre.shape[2], has_e)
+
+
 def run_layer(
     pre: Array,
     w: Array,
@@ -77,14 +99,35 @@ def run_layer(
     learn: tuple[Array, HebbianParams, float, Array] | None = None,
     pre_index: SpikeIndex | None = None,
     reduce: DeltaReduce | None = None,
+    rest_steps: int = 0,
 ) -> tuple[Array, Array]:
     """Present spikes ``pre`` ``[T, N, D]`` to a layer with weights ``w`` ``[H, D]`` and membrane
     ``v`` ``[N, H]`` (updated in place). With ``learn = (y, spec, eta, eligibility)`` the
     weights update in place after every step t > learn_after, as the reference does.
     ``pre_index`` (the :class:`SpikeIndex` of ``pre`` as ``[T * N, D]``) makes the currents
     sparse sums. ``reduce`` (data parallel: this batch is one rank's shard) combines every
-    step's delta across ranks before it is applied (``ff_hebbian_delta``). Returns output
-    spikes ``[T, N, H]`` and the final trace ``[N, H]``."""
+    step's delta across ranks before it is applied (``ff_hebbian_delta``). ``rest_steps``
+    steps with no input follow (:func:`rest`). Returns output spikes ``[T, N, H]`` and the
+    final trace ``[N, H]``.
+
+    With the ``cupy`` backend the whole presentation is one launch when the layer fits
+    (``kernels.present``: state in shared memory, currents and deltas summed in the
+    kernel's own order, so equal to the per-step path to float rounding)."""
+    if _fused(pre, w, d, backend, learn, reduce):
+        fused = None
+        if learn is not None:
+            y, spec, eta, e = learn
+            first = spec.learn_after + 1
+            e = e if spec.eligibility_tau is not None else None
+            fused = (y, e, d.probability, d.goodness, first, spec.eligibility_tau, eta)
+        return kernels.present(pre, w, v, d.neuron, d.trace, fused, rest_steps)
+    out, tr = _run_steps(pre, w, v, d, backend, learn, pre_index, reduce)
+    rest_inplace(v, d, rest_steps)
+    return out, tr
+
+
+def _run_steps(pre, w, v, d: Dynamics, backend: str, learn, pre_index, reduce) -> tuple[Array, Array]:
+    """:func:`run_layer`'s input steps, one neuron call (and one delta) per learning step."""
     t_steps, n, d_in = pre.shape
     h = w.shape[0]
     tr = _array.zeros(v, (n, h))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -46,3 +50,19 @@ def spiking_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("spiking_run")
     train(mini_config("spiking"), out, log=lambda s: None, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def emulated(tmp_path_factory):
+    """The CUDA kernels compiled for the CPU (``kernels/host_emulation.cpp``), as a ctypes
+    library. Without g++ the test skips, or fails where CI requires the tool
+    (``SJFF_REQUIRE_CUDA_TOOLS=1``)."""
+    if shutil.which("g++") is None:
+        if os.environ.get("SJFF_REQUIRE_CUDA_TOOLS") == "1":
+            pytest.fail("g++ is not installed (SJFF_REQUIRE_CUDA_TOOLS=1)")
+        pytest.skip("g++ is not installed")
+    src = ROOT / "spikingjelly_ff" / "kernels" / "host_emulation.cpp"
+    lib = tmp_path_factory.mktemp("emu") / "libsjff_emu.so"
+    flags = ["-O2", "-ffp-contract=off", "-shared", "-fPIC", "-pthread"]
+    subprocess.run(["g++", *flags, str(src), "-o", str(lib)], check=True)
+    return ctypes.CDLL(str(lib))

@@ -1,0 +1,233 @@
+"""One launch per presentation: the CuPy launcher of ``sjff_present`` (``ff_present.cu``).
+
+A layer's input steps, its learning window's updates and its rest steps run in one kernel;
+see docs/gpu.md for the work split. ``present_launch`` builds the launch for tensors on any
+device, so the host emulation test checks the launcher's arguments on the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spikingjelly_ff.functional.goodness import hebbian_gain
+from spikingjelly_ff.functional.params import NeuronParams, TraceParams
+from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.kernels.cupy_backend import device_ptr, kernel, neuron_args, stream
+
+PRESENT_THREADS = 256
+PRESENT_STAGED = 8192  # floats of shared memory for staging other blocks' goodness sums
+PRESENT_SHARED_LIMIT = 48 * 1024  # bytes of dynamic shared memory a launch may use without opt-in
+PROB_CODES = {"sigmoid": 0, "symmetric": 1, "polar": 2}
+_BARRIERS: dict[str, torch.Tensor] = {}
+
+
+def learn_args(
+    prob: Probability, goodness_kind: str, h: int, n: int, tau: float | None, eta: float
+) -> tuple:
+    """``LearnArgs`` of ff_present.cu, in order: the probability, the goodness halves, the
+    delta's scale gain / N (a float32 of the float64 quotient, as ``hebbian_delta`` scales)
+    and the eligibility constants as ``eligibility_apply`` rounds them."""
+    f = np.float32
+    gain = hebbian_gain(goodness_kind, h, prob.split)
+    return (
+        np.int32(PROB_CODES[prob.kind]),
+        f(prob.alpha),
+        f(prob.theta),
+        f(prob.eps),
+        f(prob.clip),
+        np.int32(h // 2 if prob.split else h),
+        np.int32(goodness_kind == "mean_squares"),
+        f(gain / max(n, 1)),
+        np.int32(tau is not None),
+        f(1.0 - tau) if tau is not None else f(1.0),
+        f(tau) if tau is not None else f(0.0),
+        f(eta),
+    )
+
+
+def present_blocks(h: int, sms: int) -> tuple[int, int]:
+    """(neurons per block, blocks): at most one block per multiprocessor, so that all are
+    resident together, as the grid barrier needs."""
+    hb = -(-h // max(1, sms))
+    return hb, -(-h // hb)
+
+
+def present_chunk(n: int, blocks: int) -> int:
+    """Blocks whose goodness sums (2 per sample) a block stages in shared memory at a time."""
+    return max(1, min(blocks, PRESENT_STAGED // (2 * max(n, 1))))
+
+
+def present_shared_floats(n: int, d: int, hb: int, has_e: bool, chunk: int) -> int:
+    """Floats of shared memory per block (the layout at the top of ``sjff_present``)."""
+    return hb * d * (2 if has_e else 1) + 3 * n * hb + 2 * n + chunk * 2 * n
+
+
+@functools.cache
+def _multiprocessors(device: int) -> int:
+    import cupy
+
+    return int(cupy.cuda.Device(device).attributes["MultiProcessorCount"])
+
+
+@functools.cache
+def _shared_limit(device: int) -> int:
+    """Bytes of dynamic shared memory one ``sjff_present`` block may have: the device's opt-in
+    maximum, set on the kernel once, or the 48 KiB every device allows."""
+    import cupy
+
+    optin = int(cupy.cuda.Device(device).attributes.get("MaxSharedMemoryPerBlockOptin", 0))
+    if optin <= PRESENT_SHARED_LIMIT:
+        return PRESENT_SHARED_LIMIT
+    try:
+        kernel("sjff_present").max_dynamic_shared_size_bytes = optin
+    except Exception:  # noqa: BLE001 - a CuPy without the attribute: stay within 48 KiB
+        return PRESENT_SHARED_LIMIT
+    return optin
+
+
+def present_enabled() -> bool:
+    """``SJFF_PRESENT=0`` turns the one-launch presentation off (benchmarks compare the paths)."""
+    return os.environ.get("SJFF_PRESENT", "1") != "0"
+
+
+def present_supported(p: NeuronParams, goodness_kind: str, n: int, d: int, h: int, has_e: bool, device: int) -> bool:
+    """Whether ``present`` can run this layer: no k-WTA, a quadratic goodness and state that
+    fits in one block's shared memory."""
+    if not present_enabled() or (p.kwta is not None and p.kwta < h) or n < 1:
+        return False
+    if goodness_kind not in ("sum_squares", "mean_squares"):
+        return False
+    hb, blocks = present_blocks(h, _multiprocessors(device))
+    return 4 * present_shared_floats(n, d, hb, has_e, present_chunk(n, blocks)) <= _shared_limit(device)
+
+
+def warm_up() -> None:
+    """Compile the module now (NVRTC, about a second) rather than inside the first batch."""
+    for name in ("sjff_neuron_forward", "sjff_eligibility_apply", "sjff_present"):
+        kernel(name)
+
+
+def present(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    v: torch.Tensor,
+    p: NeuronParams,
+    tp: TraceParams,
+    learn: tuple[torch.Tensor, torch.Tensor | None, Probability, str, int, float | None, float] | None = None,
+    rest_steps: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One presentation of spikes ``x`` ``[T, N, D]`` (0/1) to weights ``w`` ``[H, D]`` (any
+    strides) and membranes ``v`` ``[N, H]`` (updated in place), in one launch. With
+    ``learn = (y, e, probability, goodness, first, tau, eta)`` the weights (and ``e``, laid out
+    like ``w``) learn after every step t >= first. ``rest_steps`` steps with no input follow.
+    Returns spikes ``[T, N, H]`` and the trace after the last input step ``[N, H]``."""
+    if x.dtype != torch.float32 or not x.is_cuda:
+        raise TypeError("the cupy backend needs float32 CUDA tensors")
+    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    launch = present_launch(x, w, v, p, tp, learn, rest_steps, _multiprocessors(device))
+    if launch.shared_bytes > _shared_limit(device):
+        raise ValueError(f"the layer needs {launch.shared_bytes} bytes of shared memory per block")
+    with stream():
+        kernel("sjff_present")((launch.blocks,), (PRESENT_THREADS,), launch.args, shared_mem=launch.shared_bytes)
+    if launch.v is not v:
+        v.copy_(launch.v)
+    return launch.spikes, launch.trace
+
+
+@dataclass
+class PresentLaunch:
+    """Everything one ``sjff_present`` launch needs: the grid, the shared memory, the
+    arguments in the kernel's order (device addresses as numpy uint64) and the tensors they
+    point to, which must stay alive until the kernel has run."""
+
+    blocks: int
+    shared_bytes: int
+    args: tuple
+    spikes: torch.Tensor
+    trace: torch.Tensor
+    v: torch.Tensor
+    keep: tuple
+
+
+def present_launch(x, w, v, p: NeuronParams, tp: TraceParams, learn, rest_steps: int, sms: int) -> PresentLaunch:
+    """The launch of :func:`present` for a device with ``sms`` multiprocessors, on tensors of
+    any device (the host emulation test runs it on CPU tensors)."""
+    x = x.contiguous()
+    t_steps, n, d = x.shape
+    h = w.shape[0]
+    v_c = v if v.is_contiguous() else v.contiguous()
+    if learn is None:
+        y, e, first, prob, goodness_kind, tau, eta = torch.zeros(n, device=x.device), None, t_steps, None, "", None, 0.0
+    else:
+        y, e, prob, goodness_kind, first, tau, eta = learn
+        y = y.to(torch.float32).contiguous()
+        if e is not None and e.stride() != w.stride():
+            raise ValueError(f"e and w need one memory layout, got strides {e.stride()} and {w.stride()}")
+    shape = (t_steps, n, d, h, w.stride(0), w.stride(1))
+    blocks, shared, sizes, fixed = _fixed_args(shape, first, rest_steps, p, tp, prob, goodness_kind, tau, eta, sms)
+    has_e = bool(fixed[-4])
+    spikes = torch.empty(t_steps, n, h, dtype=torch.float32, device=x.device)
+    trace = torch.empty(n, h, dtype=torch.float32, device=x.device)
+    bits, cols, partial = _scratch(x.device, sizes)
+    bar = _barrier(x.device)
+    pointers = (x, bits, cols, w, e if has_e else None, v_c, trace, spikes, y, partial, bar)
+    args = (*(np.uint64(0) if t is None else device_ptr(t) for t in pointers), *fixed)
+    return PresentLaunch(blocks, shared, args, spikes, trace, v_c, pointers)
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_args(shape, first, rest_steps, p, tp, prob, goodness_kind, tau, eta, sms) -> tuple:
+    """(blocks, shared bytes, scratch sizes, the launch's arguments after its pointers): the
+    same from one batch to the next, so built once (NeuronParams and friends are frozen)."""
+    t_steps, n, d, h, stride_h, stride_d = shape
+    if prob is None:  # no learning: the learning arguments are placeholders
+        la = learn_args(Probability(), "sum_squares", h, n, None, 0.0)
+    else:
+        la = learn_args(prob, goodness_kind, h, n, tau, eta)
+    hb, blocks = present_blocks(h, sms)
+    chunk = present_chunk(n, blocks)
+    fixed = (
+        *(np.int32(k) for k in (t_steps, n, d, h, hb)),
+        np.int64(stride_h),
+        np.int64(stride_d),
+        *(np.int32(k) for k in (first, rest_steps, p.silent_at_rest, chunk)),
+        *neuron_args(p, tp),
+        *la,
+    )
+    sizes = (t_steps * n * ((d + 31) // 32), t_steps * d * ((n + 31) // 32) if first < t_steps else 1, 4 * blocks * n)
+    return blocks, 4 * present_shared_floats(n, d, hb, bool(la[8]), chunk), sizes, fixed
+
+
+_SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _scratch(device: torch.device, sizes: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernel's scratch buffers (packed input by input and by sample, goodness sums), kept
+    per device, stream and size: launches on one stream run one after another, so the next
+    launch may reuse them."""
+    on = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), on, sizes)
+    if key not in _SCRATCH:
+        if len(_SCRATCH) > 16:
+            _SCRATCH.clear()
+        bits, cols, partial = sizes
+        _SCRATCH[key] = (
+            torch.empty(bits, dtype=torch.int32, device=device),
+            torch.empty(cols, dtype=torch.int32, device=device),
+            torch.empty(partial, dtype=torch.float32, device=device),
+        )
+    return _SCRATCH[key]
+
+
+def _barrier(device: torch.device) -> torch.Tensor:
+    """The grid barrier's two counters on ``device``, zeroed once: every launch leaves them
+    ready for the next."""
+    key = str(device)
+    if key not in _BARRIERS:
+        _BARRIERS[key] = torch.zeros(2, dtype=torch.int32, device=device)
+    return _BARRIERS[key]
