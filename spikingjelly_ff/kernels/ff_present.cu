@@ -106,19 +106,21 @@ __device__ void sjff_modulation(float gp, float gn, float y, const LearnArgs& l,
     }
 }
 
-// The current of neuron h0 + j for sample n at step t: its weights summed over the inputs that
-// fired, in ascending input order.
-__device__ __forceinline__ float sjff_current(const unsigned int* bits_tn, const float* wr, const int WD) {
-    float cur = 0.0f;
-    for (int q = 0; q < WD; ++q) {
-        unsigned int word = SJFF_LDCG(bits_tn + q);
+// The sum of values[i * stride] over the set bits i of the bit words mask[0..words), in
+// ascending i: a current (the weights of the inputs that fired) or a delta (the coefficients
+// of the samples whose input fired).
+__device__ __forceinline__ float sjff_masked_sum(const unsigned int* mask, const int words, const float* values,
+                                                 const int stride) {
+    float sum = 0.0f;
+    for (int q = 0; q < words; ++q) {
+        unsigned int word = SJFF_LDCG(mask + q);
         while (word) {
             const int b = SJFF_FFS(word) - 1;
             word &= word - 1u;
-            cur = SJFF_RN_ADD(cur, wr[q * 32 + b]);
+            sum = SJFF_RN_ADD(sum, values[(q * 32 + b) * stride]);
         }
     }
-    return cur;
+    return sum;
 }
 
 // One neuron step of item (n, j) of this block from its current; writes the spike.
@@ -211,7 +213,7 @@ extern "C" __global__ void sjff_present(
     const int pre = learns ? first + 1 : T;
     for (long long i = tid; i < (long long)pre * N * hb; i += nt) {
         const int t = (int)(i / (N * hb)), r = (int)(i % (N * hb)), n = r / hb, j = r % hb;
-        const float cur = sjff_current(bits + ((long long)t * N + n) * WD, ws + (long long)j * D, WD);
+        const float cur = sjff_masked_sum(bits + ((long long)t * N + n) * WD, WD, ws + (long long)j * D, 1);
         spikes[((long long)t * N + n) * H + h0 + j] = cur;
     }
     __syncthreads();
@@ -228,7 +230,7 @@ extern "C" __global__ void sjff_present(
         if (t > first) {  // 4. a step after an update: currents with the new weights
             for (int i = tid; i < N * hb; i += nt) {
                 const int n = i / hb, j = i % hb;
-                const float cur = sjff_current(bits + ((long long)t * N + n) * WD, ws + (long long)j * D, WD);
+                const float cur = sjff_masked_sum(bits + ((long long)t * N + n) * WD, WD, ws + (long long)j * D, 1);
                 sjff_step(cur, vs, trs, n * HB + j, spikes + ((long long)t * N + n) * H + h0 + j, a);
             }
             __syncthreads();
@@ -287,16 +289,7 @@ extern "C" __global__ void sjff_present(
         //    coefficients of the samples whose input fired, in ascending sample order
         for (int i = tid; i < hb * D; i += nt) {
             const int j = i / D, d = i % D;
-            const unsigned int* mask = cols + ((long long)t * D + d) * NW;
-            float dw = 0.0f;
-            for (int k = 0; k < NW; ++k) {
-                unsigned int word = SJFF_LDCG(mask + k);
-                while (word) {
-                    const int b = SJFF_FFS(word) - 1;
-                    word &= word - 1u;
-                    dw = SJFF_RN_ADD(dw, coef[(k * 32 + b) * HB + j]);
-                }
-            }
+            float dw = sjff_masked_sum(cols + ((long long)t * D + d) * NW, NW, coef + j, HB);
             dw = SJFF_RN_MUL(dw, l.gain_n);
             if (l.has_e) {
                 const float ei = SJFF_RN_ADD(SJFF_RN_MUL(es[i], l.keep), SJFF_RN_MUL(dw, l.tau));

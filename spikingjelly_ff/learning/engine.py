@@ -78,6 +78,7 @@ class SpikingTrainer:
         self._rng: np.random.Generator | None = None  # numpy stream of the online path, seeded from ours
         self._code: tuple | None = None  # the online path's label layout (see _layout)
         self._views: tuple | None = None  # (memory pointers, [(W, e) numpy views]) of the online path
+        self._plan: tuple | None = None  # see _online_plan
 
     def _online(self, n: int, device: torch.device) -> bool:
         if self.reduce is not None:  # a 1-row shard is still part of a batch
@@ -184,41 +185,51 @@ class SpikingTrainer:
         rates[label] = self._label_rates(shown)
         return rates
 
-    def _draws(self, x: Tensor, shown: Tensor) -> SampleDraws:
+    def _draws(self, x: Tensor, shown: Tensor, compiled: bool) -> SampleDraws:
         """One sample's Bernoulli draws; the rates come from one compiled call when numba runs."""
         steps = self.net.encoder.steps
-        if not numba_online.enabled():
+        if not compiled:
             return bernoulli_draws(self._rates_numpy(x, shown), steps, self._rng)
         _, gain, _, image, label, width = self._layout()
         rates, live = numba_spikes.live_rates(x.numpy()[0], gain, self._label_rates(shown), image, label, width)
         return draws_at(rates, live, width, steps, self._rng)
 
+    def _online_plan(self) -> tuple:
+        """(layers, their neurons, dynamics, encoder, rest steps, scoring layers) of the online
+        path: fixed during training, and every module attribute costs a lookup per sample."""
+        if self._plan is None:
+            net = self.net
+            enc = net.encoder
+            layers = list(net.layers)
+            rest_steps = enc.rest_steps if enc.carry_membrane else 0  # what end_presentation() does
+            self._plan = (layers, [layer.neuron for layer in layers], net.dynamics, enc, rest_steps,
+                          frozenset(net.score_layers))  # fmt: skip
+        return self._plan
+
     def _present_online(self, x: Tensor, shown: Tensor, y: Tensor, eta: float, spikes: Tensor | None) -> Tensor:
         """One sample, in numpy on the tensors' memory (every op here is tiny); each layer's
         presentation, rest steps included, is one call of ``online_layer``."""
-        net = self.net
-        enc = net.encoder
+        layers, neurons, d, enc, rest_steps, scoring = self._online_plan()
+        compiled = numba_online.enabled()
         if spikes is not None:
             pre = spikes.numpy()
         else:
             if self._rng is None:
                 self._rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
             if enc.coding == "bernoulli":  # the draws: the compiled presentation makes the spikes
-                pre = self._draws(x, shown)
+                pre = self._draws(x, shown, compiled)
             else:
                 pre = encode_spikes(self._rates_numpy(x, shown)[None], enc.steps, self._rng, enc.coding)
-        d = net.dynamics
         target = float(y[0])
-        rest_steps = enc.rest_steps if enc.carry_membrane else 0  # what end_presentation() does
         logit = 0.0
-        for i, (layer, (w, e)) in enumerate(zip(net.layers, self._numpy_views())):
-            v = _membrane(layer.neuron, 1, w.shape[0], layer.weight, enc.carry_membrane)
+        for i, (layer, neuron, (w, e)) in enumerate(zip(layers, neurons, self._numpy_views())):
+            v = _membrane(neuron, 1, w.shape[0], layer.weight, enc.carry_membrane)
             pre, tr = online_layer(
-                pre, w, v.numpy(), d, target, self.hebbian, eta, e, _torch_matmul, rest_steps=rest_steps
+                pre, w, v.numpy(), d, target, self.hebbian, eta, e, _torch_matmul, compiled, rest_steps
             )
-            layer.neuron.v = v
-            layer.neuron.trace = torch.from_numpy(tr)
-            if i in net.score_layers:
+            neuron.v = v
+            neuron.trace = torch.from_numpy(tr)
+            if i in scoring:
                 logit += scalar_logit(d, tr[0])
         return torch.tensor([logit > 0])
 

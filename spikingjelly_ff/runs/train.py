@@ -56,6 +56,8 @@ def make_samples(
     the labels the network confuses most are shown most often, as Hinton suggests.
     """
     n = labels.shape[0]
+    if n == 1 and scores is None and mode == "mixed" and labels.device.type == "cpu":
+        return _one_mixed_sample(labels, num_classes, generator)
     if scores is None:
         wrong = (labels + torch.randint(1, num_classes, (n,), generator=generator, device=labels.device)) % num_classes
     else:
@@ -68,6 +70,19 @@ def make_samples(
         return rows, shown, y
     y = torch.cat((torch.ones(n, device=labels.device), torch.zeros(n, device=labels.device)))
     return torch.cat((rows, rows)), torch.cat((labels, wrong)), y
+
+
+def _one_mixed_sample(labels: Tensor, num_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """``make_samples`` of one CPU row, ``mixed``: the same two draws in the same order, the
+    rest on Python numbers (on-line training makes one sample at a time, and eight tiny tensor
+    ops cost more than its presentation's draws)."""
+    offset = int(torch.randint(1, num_classes, (1,), generator=generator))
+    positive = float(torch.rand(1, generator=generator)) < 0.5
+    label = int(labels[0])
+    shown = label if positive else (label + offset) % num_classes
+    rows = torch.zeros(1, dtype=torch.int64)
+    dtype = torch.promote_types(labels.dtype, torch.int64)  # as labels + an int64 draw
+    return rows, torch.tensor([shown], dtype=dtype), torch.tensor([1.0 if positive else 0.0])
 
 
 @dataclass

@@ -292,3 +292,24 @@ def test_cli_counts_and_timeouts_are_validated(tmp_path, capsys, args, message):
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("dtype", ["int64", "uint8"])
+def test_one_sample_make_samples_equals_the_batch_path(dtype):
+    """On-line training's one-row shortcut draws the same numbers in the same order as the
+    tensor path, so a seeded run makes the same samples either way."""
+    import torch
+
+    from spikingjelly_ff.runs import train
+
+    g_fast, g_ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for i in range(500):
+        labels = torch.tensor([i % 10], dtype=getattr(torch, dtype))
+        rows, shown, y = train.make_samples(labels, "mixed", 10, g_fast)
+        # the batch path, as make_samples runs it for n > 1
+        wrong = (labels + torch.randint(1, 10, (1,), generator=g_ref)) % 10
+        y_ref = (torch.rand(1, generator=g_ref) < 0.5).float()
+        shown_ref = torch.where(y_ref.bool(), labels, wrong)
+        assert torch.equal(rows, torch.arange(1))
+        assert torch.equal(shown, shown_ref) and shown.dtype == shown_ref.dtype
+        assert torch.equal(y, y_ref) and y.dtype == y_ref.dtype
