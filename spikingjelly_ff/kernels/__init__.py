@@ -75,12 +75,18 @@ def apply_delta(w, dw, eta: float, tau: float | None = None, e=None, backend: st
         _backend(backend).eligibility_apply(e, w, dw, tau, eta)
 
 
-def present_fits(backend: str, w, p: NeuronParams, goodness_kind: str, n: int, d: int, has_e: bool) -> bool:
-    """Whether a presentation of ``n`` samples to weights ``w`` ``[H, D]`` runs as one launch
-    (``cupy_present.present``): the CuPy backend on a CUDA tensor, and a layer it supports."""
+def present_fits(backend: str, x, w, v, e, p: NeuronParams, goodness_kind: str, split: bool) -> bool:
+    """Whether a presentation of spikes ``x`` ``[T, N, D]`` to weights ``w`` ``[H, D]`` with
+    membranes ``v`` (and eligibility ``e``, or None) runs as one launch
+    (``cupy_present.present``): the CuPy backend, float32 tensors on one CUDA device, and a
+    layer it supports."""
     if backend != "cupy" or isinstance(w, np.ndarray) or not w.is_cuda:
         return False
-    return _load("cupy_present").present_supported(p, goodness_kind, n, d, w.shape[0], has_e, w.device.index or 0)
+    cp = _load("cupy_present")
+    if not cp.tensors_fit(x, w, v, e):
+        return False
+    _, n, d = x.shape
+    return cp.present_supported(p, goodness_kind, n, d, w.shape[0], e is not None, w.device.index or 0, split)
 
 
 def present(x, w, v, p: NeuronParams, tp: TraceParams, learn=None, rest_steps: int = 0):

@@ -17,9 +17,21 @@ from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 
 # ff_present.cu includes ff_neuron.cu: one module holds every kernel
 SOURCE = Path(__file__).with_name("ff_present.cu")
+INCLUDED = Path(__file__).with_name("ff_neuron.cu")
 TRACE_CODES = {"count": 0, "leaky": 1, "hard": 2, "none": 3}
 THREADS = 256
-COMPILE_OPTIONS = ("--std=c++14", f"-I{SOURCE.parent}")
+COMPILE_OPTIONS = ("--std=c++14",)
+
+
+def module_source() -> str:
+    """The module's CUDA code with ``ff_neuron.cu`` pasted where ``ff_present.cu`` includes it:
+    CuPy keys its on-disk cache of compiled modules on the code string alone, so an included
+    file that changed would otherwise load the old binary."""
+    include = f'#include "{INCLUDED.name}"'
+    code = SOURCE.read_text()
+    if include not in code:
+        raise RuntimeError(f"{SOURCE.name} no longer includes {INCLUDED.name}")
+    return code.replace(include, INCLUDED.read_text(), 1)
 
 
 def available() -> bool:
@@ -38,7 +50,7 @@ def available() -> bool:
 def _module():
     import cupy
 
-    return cupy.RawModule(code=SOURCE.read_text(), options=COMPILE_OPTIONS)
+    return cupy.RawModule(code=module_source(), options=COMPILE_OPTIONS)
 
 
 def device_ptr(t: torch.Tensor) -> np.uint64:
@@ -77,9 +89,10 @@ def _external_stream(ptr: int):
     return cupy.cuda.ExternalStream(ptr)
 
 
-def stream():
-    """torch's current stream as a CuPy stream (cached: learning calls this once per step)."""
-    return _external_stream(torch.cuda.current_stream().cuda_stream)
+def stream(device: torch.device | None = None):
+    """torch's current stream (of ``device``, default the current one) as a CuPy stream
+    (cached: learning calls this once per step)."""
+    return _external_stream(torch.cuda.current_stream(device).cuda_stream)
 
 
 def neuron_args(p: NeuronParams, tp: TraceParams) -> tuple:

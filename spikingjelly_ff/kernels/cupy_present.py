@@ -23,7 +23,7 @@ PRESENT_THREADS = 256
 PRESENT_STAGED = 8192  # floats of shared memory for staging other blocks' goodness sums
 PRESENT_SHARED_LIMIT = 48 * 1024  # bytes of dynamic shared memory a launch may use without opt-in
 PROB_CODES = {"sigmoid": 0, "symmetric": 1, "polar": 2}
-_BARRIERS: dict[str, torch.Tensor] = {}
+_BARRIERS: dict[tuple[str, int], torch.Tensor] = {}
 
 
 def learn_args(
@@ -90,17 +90,25 @@ def _shared_limit(device: int) -> int:
     return optin
 
 
+def tensors_fit(x: torch.Tensor, w: torch.Tensor, v: torch.Tensor, e: torch.Tensor | None = None) -> bool:
+    """The kernel reads raw float32 memory: every tensor float32 and on one CUDA device."""
+    ts = (x, w, v) if e is None else (x, w, v, e)
+    return all(t.dtype == torch.float32 and t.is_cuda and t.device == x.device for t in ts)
+
+
 def present_enabled() -> bool:
     """``SJFF_PRESENT=0`` turns the one-launch presentation off (benchmarks compare the paths)."""
     return os.environ.get("SJFF_PRESENT", "1") != "0"
 
 
-def present_supported(p: NeuronParams, goodness_kind: str, n: int, d: int, h: int, has_e: bool, device: int) -> bool:
-    """Whether ``present`` can run this layer: no k-WTA, a quadratic goodness and state that
-    fits in one block's shared memory."""
+def present_supported(
+    p: NeuronParams, goodness_kind: str, n: int, d: int, h: int, has_e: bool, device: int, split: bool = False
+) -> bool:
+    """Whether ``present`` can run this layer: no k-WTA, a quadratic goodness (over two equal
+    halves for a split probability) and state that fits in one block's shared memory."""
     if not present_enabled() or (p.kwta is not None and p.kwta < h) or n < 1:
         return False
-    if goodness_kind not in ("sum_squares", "mean_squares"):
+    if goodness_kind not in ("sum_squares", "mean_squares") or (split and h % 2):
         return False
     hb, blocks = present_blocks(h, _multiprocessors(device))
     return 4 * present_shared_floats(n, d, hb, has_e, present_chunk(n, blocks)) <= _shared_limit(device)
@@ -126,13 +134,16 @@ def present(
     ``learn = (y, e, probability, goodness, first, tau, eta)`` the weights (and ``e``, laid out
     like ``w``) learn after every step t >= first. ``rest_steps`` steps with no input follow.
     Returns spikes ``[T, N, H]`` and the trace after the last input step ``[N, H]``."""
-    if x.dtype != torch.float32 or not x.is_cuda:
-        raise TypeError("the cupy backend needs float32 CUDA tensors")
+    import cupy
+
+    e = None if learn is None else learn[1]
+    if not tensors_fit(x, w, v, e):
+        raise TypeError("the one-launch presentation needs float32 tensors on one CUDA device (x, w, v and e)")
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     launch = present_launch(x, w, v, p, tp, learn, rest_steps, _multiprocessors(device))
     if launch.shared_bytes > _shared_limit(device):
         raise ValueError(f"the layer needs {launch.shared_bytes} bytes of shared memory per block")
-    with stream():
+    with cupy.cuda.Device(device), stream(x.device):
         kernel("sjff_present")((launch.blocks,), (PRESENT_THREADS,), launch.args, shared_mem=launch.shared_bytes)
     if launch.v is not v:
         v.copy_(launch.v)
@@ -174,7 +185,7 @@ def present_launch(x, w, v, p: NeuronParams, tp: TraceParams, learn, rest_steps:
     spikes = torch.empty(t_steps, n, h, dtype=torch.float32, device=x.device)
     trace = torch.empty(n, h, dtype=torch.float32, device=x.device)
     bits, cols, partial = _scratch(x.device, sizes)
-    bar = _barrier(x.device)
+    bar = _barrier(x.device, _stream_key(x.device))
     pointers = (x, bits, cols, w, e if has_e else None, v_c, trace, spikes, y, partial, bar)
     args = (*(np.uint64(0) if t is None else device_ptr(t) for t in pointers), *fixed)
     return PresentLaunch(blocks, shared, args, spikes, trace, v_c, pointers)
@@ -210,8 +221,7 @@ def _scratch(device: torch.device, sizes: tuple[int, int, int]) -> tuple[torch.T
     """The kernel's scratch buffers (packed input by input and by sample, goodness sums), kept
     per device, stream and size: launches on one stream run one after another, so the next
     launch may reuse them."""
-    on = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), on, sizes)
+    key = (str(device), _stream_key(device), sizes)
     if key not in _SCRATCH:
         if len(_SCRATCH) > 16:
             _SCRATCH.clear()
@@ -224,10 +234,16 @@ def _scratch(device: torch.device, sizes: tuple[int, int, int]) -> tuple[torch.T
     return _SCRATCH[key]
 
 
-def _barrier(device: torch.device) -> torch.Tensor:
-    """The grid barrier's two counters on ``device``, zeroed once: every launch leaves them
-    ready for the next."""
-    key = str(device)
+def _barrier(device: torch.device, on: int) -> torch.Tensor:
+    """The grid barrier's two counters for launches on stream ``on`` of ``device``, zeroed
+    once: every launch leaves them ready for the next, and launches on one stream run one
+    after another."""
+    key = (str(device), on)
     if key not in _BARRIERS:
         _BARRIERS[key] = torch.zeros(2, dtype=torch.int32, device=device)
     return _BARRIERS[key]
+
+
+def _stream_key(device: torch.device) -> int:
+    """The stream launches on ``device`` go to (0 for the CPU tensors of the emulation test)."""
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0

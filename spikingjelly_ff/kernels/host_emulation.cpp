@@ -1,12 +1,14 @@
 // Runs the CUDA kernels of ff_neuron.cu and ff_present.cu on the CPU, so that their logic is
 // tested on machines without a GPU (tests/library/test_kernels.py, test_present_kernel.py).
 // The per-thread kernels of ff_neuron.cu use no shared memory and no __syncthreads: their
-// simulated threads run one after another. The presentation kernel runs one thread per block
-// (blockDim 1, so __syncthreads has nothing to wait for), every block on its own std::thread,
-// because its grid barrier needs all blocks running at once.
-// Build: g++ -O2 -ffp-contract=off -shared -fPIC -pthread host_emulation.cpp -o libsjff_emu.so
+// simulated threads run one after another. The presentation kernel runs every simulated
+// thread of every block on its own std::thread (its grid barrier needs all blocks running at
+// once; __syncthreads is a std::barrier per block).
+// Build: g++ -std=c++20 -O2 -ffp-contract=off -shared -fPIC -pthread host_emulation.cpp -o libsjff_emu.so
 
 #include <atomic>
+#include <barrier>
+#include <memory>
 #include <cmath>
 #include <thread>
 #include <vector>
@@ -31,7 +33,8 @@
 #define SJFF_STCG(p, v) (*(p) = (v))
 static thread_local float* sjff_emu_smem = nullptr;
 #define SJFF_SHARED_FLOATS() float* smem = sjff_emu_smem
-#define __syncthreads() ((void)0)
+static thread_local std::barrier<>* sjff_block_barrier = nullptr;  // null: one thread per block
+#define __syncthreads() (sjff_block_barrier ? sjff_block_barrier->arrive_and_wait() : (void)0)
 
 struct Dim3 {
     int x = 0;
@@ -73,25 +76,32 @@ void emu_eligibility_apply(float* e, float* w, const float* dw, long long n, flo
     }
 }
 
-// ``nb`` blocks of one thread each, ``smem_floats`` floats of shared memory per block.
+// ``nb`` blocks of ``threads`` threads each, ``smem_floats`` floats of shared memory per block.
 void emu_present(const float* x, unsigned int* bits, unsigned int* cols, float* w, float* e, float* v, float* trace,
-                 float* spikes, const float* y, float* partial, unsigned int* bar, int nb, long long smem_floats, int T,
-                 int N, int D, int H, int HB, long long w_sh, long long w_sd, int first, int rest_steps, int silent,
-                 int chunk, NeuronArgs a, LearnArgs l) {
-    std::vector<std::thread> blocks;
+                 float* spikes, const float* y, float* partial, unsigned int* bar, int nb, int threads,
+                 long long smem_floats, int T, int N, int D, int H, int HB, long long w_sh, long long w_sd, int first,
+                 int rest_steps, int silent, int chunk, NeuronArgs a, LearnArgs l) {
+    std::vector<std::vector<float>> shared(nb, std::vector<float>((size_t)smem_floats));
+    std::vector<std::unique_ptr<std::barrier<>>> barriers;
+    for (int b = 0; b < nb; ++b) barriers.emplace_back(new std::barrier<>(threads));
+    std::vector<std::thread> pool;
     for (int b = 0; b < nb; ++b) {
-        blocks.emplace_back([=]() {
-            std::vector<float> shared((size_t)smem_floats);
-            sjff_emu_smem = shared.data();
-            blockIdx.x = b;
-            gridDim.x = nb;
-            blockDim.x = 1;
-            threadIdx.x = 0;
-            sjff_present(x, bits, cols, w, e, v, trace, spikes, y, partial, bar, T, N, D, H, HB, w_sh, w_sd, first,
-                         rest_steps, silent, chunk, SJFF_UNPACK, l.prob_kind, l.alpha, l.theta, l.eps, l.clip,
-                         l.half, l.mean, l.gain_n, l.has_e, l.keep, l.tau, l.eta);
-        });
+        for (int th = 0; th < threads; ++th) {
+            std::barrier<>* block_barrier = threads > 1 ? barriers[b].get() : nullptr;
+            float* smem = shared[b].data();
+            pool.emplace_back([=]() {
+                sjff_emu_smem = smem;
+                sjff_block_barrier = block_barrier;
+                blockIdx.x = b;
+                gridDim.x = nb;
+                blockDim.x = threads;
+                threadIdx.x = th;
+                sjff_present(x, bits, cols, w, e, v, trace, spikes, y, partial, bar, T, N, D, H, HB, w_sh, w_sd,
+                             first, rest_steps, silent, chunk, SJFF_UNPACK, l.prob_kind, l.alpha, l.theta, l.eps,
+                             l.clip, l.half, l.mean, l.gain_n, l.has_e, l.keep, l.tau, l.eta);
+            });
+        }
     }
-    for (auto& t : blocks) t.join();
+    for (auto& t : pool) t.join();
 }
 }

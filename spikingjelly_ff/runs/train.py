@@ -82,7 +82,7 @@ def _one_mixed_sample(labels: Tensor, num_classes: int, generator: torch.Generat
     shown = label if positive else (label + offset) % num_classes
     rows = torch.zeros(1, dtype=torch.int64)
     dtype = torch.promote_types(labels.dtype, torch.int64)  # as labels + an int64 draw
-    return rows, torch.tensor([shown], dtype=dtype), torch.tensor([1.0 if positive else 0.0])
+    return rows, torch.tensor([shown], dtype=dtype), torch.tensor([1.0 if positive else 0.0], dtype=torch.float32)
 
 
 @dataclass

@@ -80,14 +80,14 @@ def rest_inplace(v: Array, d: Dynamics, steps: int) -> Array:
     return v.copy_(rest(v, d, steps))
 
 
-def _fused(pre: Array, w: Array, d: Dynamics, backend: str, learn, reduce) -> bool:
+def _fused(pre: Array, w: Array, v: Array, d: Dynamics, backend: str, learn, reduce) -> bool:
     """Whether the presentation runs as one CUDA launch (``kernels.present``)."""
     if reduce is not None or backend != "cupy" or not _array.is_torch(w):
         return False
-    has_e = learn is not None and learn[1].eligibility_tau is not None
-    if has_e and learn[3].stride() != w.stride():
+    e = learn[3] if learn is not None and learn[1].eligibility_tau is not None else None
+    if e is not None and e.stride() != w.stride():
         return False
-    return kernels.present_fits(backend, w, d.neuron, d.goodness, pre.shape[1], pre.shape[2], has_e)
+    return kernels.present_fits(backend, pre, w, v, e, d.neuron, d.goodness, d.probability.split)
 
 
 def run_layer(
@@ -113,7 +113,7 @@ def run_layer(
     With the ``cupy`` backend the whole presentation is one launch when the layer fits
     (``kernels.present``: state in shared memory, currents and deltas summed in the
     kernel's own order, so equal to the per-step path to float rounding)."""
-    if _fused(pre, w, d, backend, learn, reduce):
+    if _fused(pre, w, v, d, backend, learn, reduce):
         fused = None
         if learn is not None:
             y, spec, eta, e = learn

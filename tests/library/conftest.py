@@ -63,6 +63,6 @@ def emulated(tmp_path_factory):
         pytest.skip("g++ is not installed")
     src = ROOT / "spikingjelly_ff" / "kernels" / "host_emulation.cpp"
     lib = tmp_path_factory.mktemp("emu") / "libsjff_emu.so"
-    flags = ["-O2", "-ffp-contract=off", "-shared", "-fPIC", "-pthread"]
+    flags = ["-std=c++20", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-pthread"]
     subprocess.run(["g++", *flags, str(src), "-o", str(lib)], check=True)
     return ctypes.CDLL(str(lib))

@@ -100,12 +100,13 @@ def _nvrtc() -> ctypes.CDLL:
 
 
 def test_cuda_source_compiles_with_nvrtc_as_cupy_does():
-    """CuPy compiles ff_present.cu (which includes ff_neuron.cu) with NVRTC, which has no math
-    headers (nvcc includes them): the source must build there too, with the launcher's own
-    options, and hold every kernel the launcher calls."""
+    """CuPy compiles ff_present.cu with ff_neuron.cu pasted in (``module_source``) with NVRTC,
+    which has no math headers (nvcc includes them): the code must build there too, with the
+    launcher's own options, and hold every kernel the launcher calls."""
     nvrtc = _nvrtc()
     prog = ctypes.c_void_p()
-    src = cupy_backend.SOURCE.read_bytes()
+    src = cupy_backend.module_source().encode()
+    assert b"#include" not in src  # the included file is pasted in: CuPy's cache sees its text
     assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src, cupy_backend.SOURCE.name.encode(), 0, None, None) == 0
     opts = [o.encode() for o in (*cupy_backend.COMPILE_OPTIONS, "-arch=compute_80")]
     rc = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))

@@ -67,9 +67,12 @@ def _problem(seed: int, t: int, n: int, d: int, h: int):
     return x, w, v, y
 
 
-def _emulate(emulated, x, w, v, y, dyn: Dynamics, spec: HebbianParams | None, blocks: int, rest_steps: int):
+def _emulate(
+    emulated, x, w, v, y, dyn: Dynamics, spec: HebbianParams | None, blocks: int, rest_steps: int, threads: int = 1
+):
     """Run ``sjff_present`` in the host emulation with the arguments ``cupy_present`` builds
-    for a GPU with ``blocks`` multiprocessors, on input-major weights as the trainer keeps them."""
+    for a GPU with ``blocks`` multiprocessors (``threads`` per block), on input-major weights
+    as the trainer keeps them."""
     wt = input_major(torch.from_numpy(w.copy()))
     et = input_major(torch.zeros_like(wt))
     vt = torch.from_numpy(v.copy())
@@ -84,11 +87,11 @@ def _emulate(emulated, x, w, v, y, dyn: Dynamics, spec: HebbianParams | None, bl
     pointers = [ctypes.c_void_p(int(q)) for q in a[:11]]
     t, n, d, h, hb, w_sh, w_sd, first, rest, silent, chunk = (int(q) for q in a[11:22])
     emulated.emu_present(
-        *pointers, launch.blocks, ctypes.c_longlong(launch.shared_bytes // 4), t, n, d, h, hb,
+        *pointers, launch.blocks, threads, ctypes.c_longlong(launch.shared_bytes // 4), t, n, d, h, hb,
         ctypes.c_longlong(w_sh), ctypes.c_longlong(w_sd), first, rest, silent, chunk, _struct(a[22:34]),
         _struct(a[34:]),
     )  # fmt: skip
-    assert int(launch.keep[-1][0]) == 0  # the barrier is ready for the next launch
+    assert int(launch.keep[-1][0]) == 0  # the barrier's count is back to 0 for the next launch
     assert launch.v is vt
     return launch.spikes.numpy(), launch.trace.numpy(), vt.numpy(), wt.numpy(), et.numpy()
 
@@ -103,14 +106,14 @@ def _torch_path(x, w, v, y, dyn: Dynamics, spec: HebbianParams | None, rest_step
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("blocks", [3, 20])
-def test_presentation_kernel_logic_equals_torch_path(emulated, case, blocks, monkeypatch):
+@pytest.mark.parametrize("blocks,threads", [(3, 1), (20, 1), (3, 4), (20, 3)])
+def test_presentation_kernel_logic_equals_torch_path(emulated, case, blocks, threads, monkeypatch):
     dyn, spec = CASES[case]
     # 40 samples: two words of sample bits; few staged sums, so that 20 blocks take 3 chunks
     monkeypatch.setattr(cupy_present, "PRESENT_STAGED", 2 * 40 * 8)
     assert cupy_present.present_chunk(40, cupy_present.present_blocks(40, 20)[1]) == 8
     x, w, v, y = _problem(11, 23, 40, 70, 40)  # 70 inputs: two full bit words and a partial one
-    got = _emulate(emulated, x, w, v, y, dyn, spec, blocks, rest_steps=20)
+    got = _emulate(emulated, x, w, v, y, dyn, spec, blocks, rest_steps=20, threads=threads)
     want = _torch_path(x, w, v, y, dyn, spec, rest_steps=20)
     spikes, trace, v_out, w_out, e_out = got
     assert spikes.sum() > 0 and not np.array_equal(w_out, w)  # the case is not trivial
@@ -151,8 +154,12 @@ def test_presentation_learns_the_same_over_many_presentations(emulated):
 
 def test_present_supported_refuses_what_it_cannot_run():
     p = NeuronParams(form="beta", beta=0.85, v_threshold=0.001)
-    assert not kernels.present_fits("torch", torch.zeros(3, 4), p, "sum_squares", 2, 4, True)
-    assert not kernels.present_fits("cupy", torch.zeros(3, 4), p, "sum_squares", 2, 4, True)  # CPU tensor
+    x, w, v, e = torch.zeros(5, 2, 4), torch.zeros(3, 4), torch.zeros(2, 3), torch.zeros(3, 4)
+    assert not kernels.present_fits("torch", x, w, v, e, p, "sum_squares", False)
+    assert not kernels.present_fits("cupy", x, w, v, e, p, "sum_squares", False)  # CPU tensors
+    assert not cupy_present.tensors_fit(x, w, v, e)
+    # odd width under a split probability: the per-step path raises its own error
+    assert not cupy_present.present_supported(p, "sum_squares", 2, 4, 3, True, 0, split=True)
     blocks = cupy_present.present_blocks(200, 132)
     assert blocks == (2, 100)
     # the paper layer fits one block's shared memory; a 10k-input one with 4 rows per block does not
@@ -177,12 +184,17 @@ def test_presentation_kernel_equals_torch_on_gpu(case):
         wt = input_major(torch.from_numpy(w.copy()).cuda())
         et = input_major(torch.zeros_like(wt))
         vt = torch.from_numpy(v.copy()).cuda()
-        assert kernels.present_fits(backend, wt, dyn.neuron, dyn.goodness, 50, 884, True) == (backend == "cupy")
+        fits = kernels.present_fits(backend, xs, wt, vt, et, dyn.neuron, dyn.goodness, dyn.probability.split)
+        assert fits == (backend == "cupy")
         s, tr = run_layer(xs, wt, vt, dyn, backend, (ys, spec, spec.eta, et), rest_steps=20)
         outs.append((s, tr, vt, wt, et))
     torch.cuda.synchronize()
     (s_a, tr_a, v_a, w_a, e_a), (s_b, tr_b, v_b, w_b, e_b) = outs
-    assert torch.equal(s_a, s_b) and torch.equal(tr_a, tr_b)
-    torch.testing.assert_close(v_a, v_b, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(w_a, w_b, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(e_a, e_b, rtol=1e-5, atol=1e-6)
+    # the sums run in another order than cuBLAS: a membrane that sits on the threshold may
+    # fire on one path only (none did on the H200 of docs/gpu.md), so allow a rare flip
+    assert (s_a != s_b).float().mean() < 1e-3 and s_a.sum() > 0
+    if torch.equal(s_a, s_b):
+        assert torch.equal(tr_a, tr_b)
+        torch.testing.assert_close(v_a, v_b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w_a, w_b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(e_a, e_b, rtol=1e-4, atol=1e-5)
