@@ -26,9 +26,7 @@ PROB_CODES = {"sigmoid": 0, "symmetric": 1, "polar": 2}
 _BARRIERS: dict[tuple[str, int], torch.Tensor] = {}
 
 
-def learn_args(
-    prob: Probability, goodness_kind: str, h: int, n: int, tau: float | None, eta: float
-) -> tuple:
+def learn_args(prob: Probability, goodness_kind: str, h: int, n: int, tau: float | None, eta: float) -> tuple:
     """``LearnArgs`` of ff_present.cu, in order: the probability, the goodness halves, the
     delta's scale gain / N (a float32 of the float64 quotient, as ``hebbian_delta`` scales)
     and the eligibility constants as ``eligibility_apply`` rounds them."""
