@@ -87,7 +87,8 @@ def _fused(pre: Array, w: Array, v: Array, d: Dynamics, backend: str, learn, red
     e = learn[3] if learn is not None and learn[1].eligibility_tau is not None else None
     if e is not None and e.stride() != w.stride():
         return False
-    return kernels.present_fits(backend, pre, w, v, e, d.neuron, d.goodness, d.probability.split)
+    split = d.probability is not None and d.probability.split
+    return kernels.present_fits(backend, pre, w, v, e, d.neuron, d.goodness, split)
 
 
 def run_layer(
