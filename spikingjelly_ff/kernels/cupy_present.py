@@ -132,11 +132,13 @@ def present(
     ``learn = (y, e, probability, goodness, first, tau, eta)`` the weights (and ``e``, laid out
     like ``w``) learn after every step t >= first. ``rest_steps`` steps with no input follow.
     Returns spikes ``[T, N, H]`` and the trace after the last input step ``[N, H]``."""
-    import cupy
-
     e = None if learn is None else learn[1]
     if not tensors_fit(x, w, v, e):
         raise TypeError("the one-launch presentation needs float32 tensors on one CUDA device (x, w, v and e)")
+    try:
+        import cupy
+    except ImportError as exc:
+        raise RuntimeError("the one-launch presentation needs CuPy (pip install 'spikingjelly-ff[cuda]')") from exc
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     launch = present_launch(x, w, v, p, tp, learn, rest_steps, _multiprocessors(device))
     if launch.shared_bytes > _shared_limit(device):

@@ -158,6 +158,8 @@ def test_present_supported_refuses_what_it_cannot_run():
     assert not kernels.present_fits("torch", x, w, v, e, p, "sum_squares", False)
     assert not kernels.present_fits("cupy", x, w, v, e, p, "sum_squares", False)  # CPU tensors
     assert not cupy_present.tensors_fit(x, w, v, e)
+    with pytest.raises(TypeError, match="float32 tensors on one CUDA device"):
+        cupy_present.present(x, w, v, p, TraceParams("count", scale=10.0))
     # odd width under a split probability: the per-step path raises its own error
     assert not cupy_present.present_supported(p, "sum_squares", 2, 4, 3, True, 0, split=True)
     blocks = cupy_present.present_blocks(200, 132)
