@@ -183,3 +183,33 @@ def test_a_refinement_of_a_refusal_keeps_its_status():
         pass
 
     assert status_of(TooWide("too wide")) == (grpc.StatusCode.INVALID_ARGUMENT, "too wide")
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        (0.0, True),
+        (-0.0, True),  # valid, though its sign bit fails the one-pass integer check
+        (1.0, True),
+        (np.nextafter(np.float32(1), np.float32(2)), False),
+        (-np.float32(1e-45), False),  # the smallest negative subnormal
+        (float("nan"), False),
+        (float("inf"), False),
+        (float("-inf"), False),
+    ],
+)
+def test_raw_fp32_range_check_at_the_edges(value, ok):
+    """The raw FP32 fast path (one max over the bits) accepts and refuses exactly what the
+    float comparison does, at the edges of [0, 1] and for NaN and Inf."""
+    x = np.full((2, 784), 0.5, np.float32)
+    x[1, 783] = value
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="images", datatype="FP32", shape=[2, 784])
+    request.raw_input_contents.append(x.tobytes())
+    served = type("Served", (), {"in_features": 784, "default_plan": InferPlan(InferOptions(), ("scores",))})()
+    if ok:
+        got, _ = decode_infer(request, served, 16)
+        assert got.shape == (2, 784) and np.array_equal(got.view(np.uint32), x.view(np.uint32))
+    else:
+        with pytest.raises(InvalidInput, match="NaN or Inf|must lie in"):
+            decode_infer(request, served, 16)

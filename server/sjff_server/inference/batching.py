@@ -139,7 +139,18 @@ class Batcher:
                 if self._on_batch is not None:
                     self._on_batch(1, len(x))
                 return result
-        return await self._enqueue(x, opts, deadline, delay, nbytes)
+        it = self._enqueue(x, opts, deadline, delay, nbytes)
+        try:
+            return await it.future
+        except BaseException:
+            # cancelled or expired while queued (or its batch failed): a request that left the
+            # queue without running drops its images now, even while the item still sits in
+            # the queue, so dead requests hold no memory. (A try block, not a done callback:
+            # that would cost an extra event-loop callback on every answered request.)
+            if not it.taken and it.nbytes:
+                self._release(it)
+                it.x = None
+            raise
 
     def _admit(self, nbytes: int) -> None:
         limit = self.max_bytes
@@ -162,16 +173,9 @@ class Batcher:
         self.held_bytes -= it.nbytes
         it.nbytes = 0
 
-    def _settled(self, it: _Item, _: asyncio.Future) -> None:
-        # a request that left the queue without running (cancelled, expired): drop its images
-        # now, even while the item still sits in the queue, so dead requests hold no memory
-        if not it.taken:
-            self._release(it)
-            it.x = None
-
     def _enqueue(
         self, x: np.ndarray, opts: InferOptions, deadline: float | None, delay: float | None, nbytes: int
-    ) -> asyncio.Future:
+    ) -> _Item:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -179,7 +183,6 @@ class Batcher:
         it = _Item(x, opts, fut, deadline, loop.time())
         it.nbytes = nbytes
         self.held_bytes += it.nbytes
-        fut.add_done_callback(partial(self._settled, it))
         self._pending.append(it)
         rows = self._rows = self._rows + len(x)
         if delay is not None:  # nothing scheduled yet: this request opens a batch
@@ -196,7 +199,7 @@ class Batcher:
         ):
             self._scheduled.cancel()
             self._scheduled = loop.call_soon(self._flush)
-        return fut
+        return it
 
     @property
     def queued(self) -> int:

@@ -148,9 +148,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer, RpcService):
             raise InvalidInput(request.message)
         served = self.registry.get(request.model_name, request.model_version)
         x, plan = decode_infer(request, served, self.max_rows)
-        min_version, wait_s = min_version_of(request), version_wait_of(request)  # both validated
-        if min_version is not None:
-            await wait_for_version(served, min_version, version_wait_end(deadline, wait_s, time.monotonic()))
+        if request.parameters:  # both validated
+            min_version, wait_s = min_version_of(request), version_wait_of(request)
+            if min_version is not None:
+                await wait_for_version(served, min_version, version_wait_end(deadline, wait_s, time.monotonic()))
         diverged = getattr(served.learner, "diverged", None)
         if diverged:
             raise Unavailable(f"{served.name}/{served.version} is not available on this replica: {diverged}")

@@ -28,6 +28,7 @@ __all__ = [
 
 IMAGE_DTYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1"), "FP64": np.dtype("<f8"), "FP16": np.dtype("<f2")}
 _INV255 = np.float32(255.0)
+_F32 = IMAGE_DTYPES["FP32"]
 INT_KINDS = ("int64_param", "uint64_param")
 MAX_REQUEST_ID = 200  # characters of a LearnRequest.request_id (kept in Redis keys)
 
@@ -35,8 +36,17 @@ MAX_REQUEST_ID = 200  # characters of a LearnRequest.request_id (kept in Redis k
 _min, _max = np.minimum.reduce, np.maximum.reduce
 
 
+_ONE_BITS = np.uint32(0x3F800000)  # the bit pattern of float32 1.0
+_U32 = np.dtype("<u4")
+
+
 def check_images(x: np.ndarray) -> np.ndarray:
     """``x`` float32 ``[N, D]`` must be finite and in [0, 1]; returns it."""
+    # One pass for the common case: read as unsigned integers, the floats in [+0, 1] are
+    # exactly the patterns <= that of 1.0 (a set sign bit, Inf and NaN all read larger).
+    # Anything else (-0.0 included, which is valid) takes the exact float check below.
+    if x.dtype == np.float32 and x.size and _max(x.view(_U32), axis=None) <= _ONE_BITS:
+        return x
     if x.size and not (_min(x, axis=None) >= 0.0 and _max(x, axis=None) <= 1.0):  # NaN fails both comparisons
         if not np.isfinite(x).all():
             raise InvalidInput("images contain NaN or Inf")
@@ -48,8 +58,15 @@ def check_images(x: np.ndarray) -> np.ndarray:
 
 
 def _images(
-    buf: bytes | None, contents, datatype: str, shape: tuple[int, ...], in_features: int, max_rows: int
+    buf: bytes | None, tensor, datatype: str, shape, in_features: int, max_rows: int
 ) -> np.ndarray:
+    """Images ``[N, in_features]`` float32 from raw bytes ``buf`` or, without them, the typed
+    contents of ``tensor`` (an InferInputTensor); ``shape`` as sent."""
+    if buf is not None and datatype == "FP32" and len(shape) == 2 and shape[1] == in_features:
+        n = shape[0]  # the common request: raw FP32 [N, D]
+        if 1 <= n <= max_rows and len(buf) == 4 * n * in_features:
+            return check_images(np.frombuffer(buf, dtype=_F32).reshape(n, in_features))
+    shape = tuple(shape)
     if len(shape) < 2 or any(d < 0 for d in shape):
         raise InvalidInput(f"images must have shape [N, {in_features}], got {list(shape)}")
     n = shape[0]
@@ -77,7 +94,7 @@ def _images(
         if datatype == "FP16":
             raise InvalidInput("FP16 images must be sent as raw_input_contents")
         try:
-            x = tensor_from_contents(contents, datatype, count)  # range-checked: 300 never wraps to 44
+            x = tensor_from_contents(tensor.contents, datatype, count)  # range-checked: 300 never wraps to 44
         except (ValueError, OverflowError) as exc:
             raise InvalidInput(f"images: {exc}") from None
     x = x.reshape(n, in_features)
@@ -122,7 +139,7 @@ def decode_infer(request: pb.ModelInferRequest, served, max_rows: int) -> tuple[
         buf = raw[0]
     else:
         buf = None
-    x = _images(buf, t.contents, t.datatype, tuple(t.shape), served.in_features, max_rows)
+    x = _images(buf, t, t.datatype, t.shape, served.in_features, max_rows)
     if not request.parameters and not request.outputs:
         return x, served.default_plan  # the common request: nothing more to decode
 
