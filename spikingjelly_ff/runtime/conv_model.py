@@ -9,24 +9,21 @@ to float rounding (tests/library/test_spiking_conv_runtime.py).
 
 from __future__ import annotations
 
-import os
-from dataclasses import replace
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
 from spikingjelly_ff.functional.labels import spike_rates
-from spikingjelly_ff.functional.params import HebbianParams
-from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact, read_artifact, write_artifact
+from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact
 from spikingjelly_ff.runtime.protocol import check_images, check_targets
+from spikingjelly_ff.runtime.spike_base import SpikeArtifactModel
 from spikingjelly_ff.simulation import ConvLayout, Dynamics, conv_score, encode_spikes, present_conv, score_conv_labels
 from spikingjelly_ff.simulation.conv import SCORE_CHUNK
 
 __all__ = ["SpikeConvModel"]
 
 
-class SpikeConvModel:
+class SpikeConvModel(SpikeArtifactModel):
     """A loaded spiking conv artefact. Arrays are float32; images are ``[N, H * W]`` in [0, 1].
 
     ``weights`` (the conv weights ``[C, I, KH, KW]`` of every layer, then its label weights
@@ -34,7 +31,6 @@ class SpikeConvModel:
     default copies of the artefact's; everything else is read from the (immutable) artefact.
     """
 
-    kind = "spiking"
     chunk = SCORE_CHUNK  # images per internal batch of scoring (and label draw), as the torch scorer's
 
     def __init__(
@@ -61,30 +57,6 @@ class SpikeConvModel:
         self._score = partial(conv_score, over=art.conv.over, score_layers=art.score_layers, prob=art.probability,
                               goodness_kind=art.goodness)  # fmt: skip
 
-    # -- persistence ------------------------------------------------------------------------
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> SpikeConvModel:
-        return cls(read_artifact(path))
-
-    def to_artifact(self) -> SpikeArtifact:
-        return replace(
-            self.art, weights=[w.copy() for w in self.weights], eligibility=[e.copy() for e in self.eligibility]
-        )
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write weights, eligibility and settings atomically."""
-        return write_artifact(path, self.to_artifact())
-
-    def copy(self) -> SpikeConvModel:
-        """An independent model with copied weights and eligibility (for copy-on-write updates)."""
-        return SpikeConvModel(self.art, self.weights, self.eligibility)
-
-    def with_steps(self, steps: int) -> SpikeConvModel:
-        """A copy that presents every input for ``steps`` steps."""
-        art = replace(self.art, encoder=replace(self.art.encoder, steps=int(steps)))
-        return SpikeConvModel(art, self.weights, self.eligibility)
-
     # -- properties ---------------------------------------------------------------------------
 
     @property
@@ -100,32 +72,6 @@ class SpikeConvModel:
     def label_weights(self) -> list[np.ndarray]:
         """The label weights ``[L, C, OH, OW]`` per layer (the arrays themselves)."""
         return self.weights[self.num_layers :]
-
-    @property
-    def num_classes(self) -> int:
-        return self.art.num_classes
-
-    @property
-    def in_features(self) -> int:
-        return self.art.in_features
-
-    @property
-    def steps(self) -> int:
-        return self.art.encoder.steps
-
-    @property
-    def probability(self):
-        return self.art.probability
-
-    @property
-    def eta(self) -> float:
-        """Default learning rate of :meth:`learn` (the artefact's Hebbian settings)."""
-        return float(self.art.hebbian.eta)
-
-    @property
-    def learn_spec(self) -> HebbianParams:
-        h = self.art.hebbian
-        return HebbianParams(float(h.eta), h.eligibility_tau, int(h.learn_after))
 
     @property
     def latent_width(self) -> int:

@@ -8,16 +8,12 @@ up to float rounding (tests/test_runtime.py checks this against golden vectors).
 
 from __future__ import annotations
 
-import os
-from dataclasses import replace
-from pathlib import Path
-
 import numpy as np
 
-from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.scores import summed_score
-from spikingjelly_ff.runtime.artifact import SpikeArtifact, read_artifact, write_artifact
+from spikingjelly_ff.runtime.artifact import SpikeArtifact
 from spikingjelly_ff.runtime.protocol import check_images, check_targets
+from spikingjelly_ff.runtime.spike_base import SpikeArtifactModel
 from spikingjelly_ff.simulation import (
     Dynamics,
     encode_spikes,
@@ -33,14 +29,12 @@ from spikingjelly_ff.simulation import (
 __all__ = ["SpikeModel"]
 
 
-class SpikeModel:
+class SpikeModel(SpikeArtifactModel):
     """A loaded spike artefact. Arrays are float32; images are ``[N, in_features]`` in [0, 1].
 
     ``weights`` and ``eligibility`` (``[H, D]`` per layer) are this model's own arrays, by
     default copies of the artefact's; everything else is read from the (immutable) artefact.
     """
-
-    kind = "spiking"
 
     def __init__(
         self,
@@ -64,58 +58,6 @@ class SpikeModel:
             input_major(np.asarray(e, dtype=np.float32)) for e in (eligibility or [np.zeros_like(w) for w in weights])
         ]
         self.dynamics = Dynamics(art.neuron, art.trace, art.probability, art.goodness)
-
-    # -- persistence ------------------------------------------------------------------------
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> SpikeModel:
-        return cls(read_artifact(path))
-
-    def to_artifact(self) -> SpikeArtifact:
-        return replace(
-            self.art, weights=[w.copy() for w in self.weights], eligibility=[e.copy() for e in self.eligibility]
-        )
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write weights, eligibility and settings atomically."""
-        return write_artifact(path, self.to_artifact())
-
-    def copy(self) -> SpikeModel:
-        """An independent model with copied weights and eligibility (for copy-on-write updates)."""
-        return SpikeModel(self.art, self.weights, self.eligibility)
-
-    def with_steps(self, steps: int) -> SpikeModel:
-        """A copy that presents every input for ``steps`` steps."""
-        art = replace(self.art, encoder=replace(self.art.encoder, steps=int(steps)))
-        return SpikeModel(art, self.weights, self.eligibility)
-
-    # -- properties ---------------------------------------------------------------------------
-
-    @property
-    def num_classes(self) -> int:
-        return self.art.num_classes
-
-    @property
-    def in_features(self) -> int:
-        return self.art.in_features
-
-    @property
-    def steps(self) -> int:
-        return self.art.encoder.steps
-
-    @property
-    def probability(self):
-        return self.art.probability
-
-    @property
-    def eta(self) -> float:
-        """Default learning rate of :meth:`learn` (the artefact's Hebbian settings)."""
-        return float(self.art.hebbian.eta)
-
-    @property
-    def learn_spec(self) -> HebbianParams:
-        h = self.art.hebbian
-        return HebbianParams(float(h.eta), h.eligibility_tau, int(h.learn_after))
 
     # -- inputs -------------------------------------------------------------------------------
 
