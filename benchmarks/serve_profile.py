@@ -34,7 +34,7 @@ import serve
 import serve_workers as workers
 
 #: thread names as /proc shows them -> what they are
-THREADS = {"python": "gRPC poller, other Python threads", "event_engine": "gRPC event engine"}
+THREADS = {"event_engine": "gRPC event engine"}
 
 
 def thread_cpu(pid: int) -> dict[tuple[int, str], tuple[float, float]]:
@@ -55,10 +55,16 @@ def thread_cpu(pid: int) -> dict[tuple[int, str], tuple[float, float]]:
 def per_call(pid: int, before: dict, after: dict, calls: float) -> dict[str, tuple[float, float]]:
     """{thread group: (user µs, system µs) per call}; the thread whose id is the pid is the
     event loop, the others are grouped by name."""
+    main_name = next((name for tid, name in after if tid == pid), "")
     groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for key, (u, s) in after.items():
         u0, s0 = before.get(key, (0.0, 0.0))
-        name = "event loop (main)" if key[0] == pid else THREADS.get(key[1], key[1])
+        if key[0] == pid:
+            name = "event loop (main)"
+        elif key[1] == main_name:  # Python 3.11 does not name its threads: they carry the process's name
+            name = "gRPC poller, other Python threads"
+        else:
+            name = THREADS.get(key[1], key[1])
         groups[name][0] += (u - u0) * 1e6 / calls
         groups[name][1] += (s - s0) * 1e6 / calls
     return {k: (u, s) for k, (u, s) in groups.items() if u + s > 0.05}
@@ -84,9 +90,17 @@ def by_object(data: Path) -> dict[str, float]:
     return shares
 
 
-SHORT = {"libpython": "Python interpreter", "[kernel": "kernel", "cygrpc": "gRPC Cython layer (cygrpc)",
-         "onnxruntime": "onnxruntime", "_message": "protobuf (upb)", "_multiarray": "numpy",
-         "libc.so": "libc (malloc, memcpy)", "_asyncio": "asyncio C accelerator"}  # fmt: skip
+SHORT = {
+    "libpython": "Python interpreter",
+    "python": "Python interpreter",  # a statically linked interpreter
+    "[kernel": "kernel",
+    "cygrpc": "gRPC Cython layer (cygrpc)",
+    "onnxruntime": "onnxruntime",
+    "_message": "protobuf (upb)",
+    "_multiarray": "numpy",
+    "libc": "libc (malloc, memcpy)",
+    "_asyncio": "asyncio C accelerator",
+}
 
 
 def short(dso: str) -> str:
@@ -100,15 +114,27 @@ def measure(target: str, method: str, pid: int, args, exe: Path, work, data: Pat
     rec = None
     if data is not None:
         cmd = ["perf", "record", "-F", "2000", "-t", str(pid), "-o", str(data), "--", "sleep", str(args.seconds)]
-        rec = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rec = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     before = thread_cpu(pid)
     res = workers.run_native(exe, target, method, work.infer, args.clients, args.seconds)
     after = thread_cpu(pid)
+    # every call the server answered in the window: the timed ones, the refused ones and the
+    # generator's warm-up calls (as serve_workers.run_native counts them)
+    calls = res["calls"] + sum(res["errors"].values()) + workers.NATIVE_WARM_UP_CALLS * min(2, args.clients)
+    if res["errors"]:
+        print(f"  refused calls: {res['errors']}", flush=True)
+    threads = per_call(pid, before, after, calls)
+    user, system = threads.get("event loop (main)", (0.0, 0.0))
+    objects: dict[str, float] = {}
     if rec is not None:
-        rec.wait()
-    threads = per_call(pid, before, after, res["rate"] * args.seconds)
-    loop_us = sum(threads.get("event loop (main)", (0.0, 0.0)))
-    return {"rate": res["rate"], "threads": threads, "loop_us": loop_us, "objects": by_object(data) if rec else {}}
+        _, err = rec.communicate()
+        if rec.returncode == 0 and data.exists():
+            objects = by_object(data)
+        else:
+            print(f"  perf record failed ({rec.returncode}): {err.decode(errors='replace').strip()[-300:]}", flush=True)
+    # without kernel samples (perf_event_paranoid > 1 for a user) the shares are of user time
+    kernel = any(dso.startswith("[kernel") for dso in objects)
+    return {"rate": res["rate"], "threads": threads, "loop_us": user + system if kernel else user, "objects": objects}
 
 
 def print_tables(points: dict, clients: int) -> None:
@@ -124,7 +150,9 @@ def print_tables(points: dict, clients: int) -> None:
         print(f"| {n} | {su:.1f} | {ss:.1f} | {eu:.1f} | {es:.1f} |")
     if not srv["objects"]:
         return
-    print("\nevent-loop thread, µs per call by shared object (perf samples x the thread's CPU per call):\n")
+    kernel = any(d.startswith("[kernel") for d in srv["objects"])
+    what = "CPU" if kernel else "user CPU (perf saw no kernel samples: perf_event_paranoid > 1?)"
+    print(f"\nevent-loop thread, µs per call by shared object (perf samples x the thread's {what} per call):\n")
     print("| shared object | server | echo |")
     print("| --- | ---: | ---: |")
     rows: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])

@@ -147,6 +147,8 @@ class Batcher:
             # queue without running drops its images now, even while the item still sits in
             # the queue, so dead requests hold no memory. (A try block, not a done callback:
             # that would cost an extra event-loop callback on every answered request.)
+            if not it.future.done():  # this coroutine was closed some other way: withdraw it
+                it.future.cancel()
             if not it.taken and it.nbytes:
                 self._release(it)
                 it.x = None
