@@ -32,6 +32,18 @@ def rows(n: int, value: float, width: int = 4) -> np.ndarray:
     return np.full((n, width), value, dtype=np.float32)
 
 
+def recording_run():
+    """(sizes, run): a run function that returns its images as output ``x`` and records the
+    size of every batch it ran in ``sizes``."""
+    sizes: list[int] = []
+
+    def run(x, opts):
+        sizes.append(len(x))
+        return {"x": x}, 0
+
+    return sizes, run
+
+
 class Blocker:
     """A run function that blocks (on a worker thread) while running ``x`` with ``block_rows``
     rows or more, until :meth:`release`; it records each call's size and thread."""
@@ -129,11 +141,7 @@ def test_a_request_left_over_from_a_full_batch_waits_for_its_own_window():
 
 
 def test_queue_delay_waits_for_more():
-    sizes = []
-
-    def run(x, opts):
-        sizes.append(len(x))
-        return {"x": x}, 0
+    sizes, run = recording_run()
 
     async def main():
         b = Batcher(run, max_batch=4, max_delay_s=LONG)
@@ -150,11 +158,7 @@ def test_queue_delay_waits_for_more():
 def test_a_closed_waiting_coroutine_withdraws_its_request():
     """A queued request whose coroutine ends without its task being cancelled (closed, as a
     caller dropping it would) leaves the queue with its bytes: the next batch runs without it."""
-    sizes = []
-
-    def run(x, opts):
-        sizes.append(len(x))
-        return {"x": x}, 0
+    sizes, run = recording_run()
 
     async def main():
         b = Batcher(run, max_batch=3, max_delay_s=LONG)
@@ -175,11 +179,7 @@ def test_a_closed_waiting_coroutine_withdraws_its_request():
 def test_batches_form_under_concurrent_arrivals():
     """Requests arriving one per loop turn (as grpc.aio delivers them) share a batch when the
     caller reports load (busy): the first waits in a window that the others join."""
-    sizes = []
-
-    def run(x, opts):
-        sizes.append(len(x))
-        return {"x": x}, 0
+    sizes, run = recording_run()
 
     async def main():
         b = Batcher(run, max_batch=19, busy_delay_s=LONG)
