@@ -4,7 +4,7 @@
     sjff eval MODEL [--dataset mnist|fashion-mnist] [--limit N] [--views S] [--json]
     sjff export MODEL --format onnx|spike|spike-onnx --out PATH
     sjff analyze MODEL [--dataset mnist] [--limit N] [--json] [--plot FILE.png]
-    sjff reproduce paper --out DIR [--seeds N] [--epochs N] [--limit N]
+    sjff reproduce paper|beyond --out DIR [--seeds N] [--epochs N] [--limit N]
     sjff data fetch mnist|fashion-mnist [--root DIR]
 
 and the commands that installed packages add through the ``spikingjelly_ff.commands``
@@ -113,17 +113,17 @@ def _analyze(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from spikingjelly_ff.runs.reproduce import reproduce_paper
+    from spikingjelly_ff.runs import reproduce
 
-    if args.what != "paper":
-        raise ValueError("only `sjff reproduce paper` exists")
-    reproduce_paper(
+    run = {"paper": reproduce.reproduce_paper, "beyond": reproduce.reproduce_beyond}[args.what]
+    seeds = reproduce.DEFAULT_SEEDS[args.what] if args.seeds is None else args.seeds
+    run(
         args.out,
         epochs=args.epochs,
         limit=args.limit,
         test_limit=args.test_limit,
         rows=args.rows,
-        seeds=args.seeds,
+        seeds=seeds,
         progress=not args.quiet,
     )
     print(f"wrote {Path(args.out) / 'table.md'}")
@@ -245,15 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_analyze)
 
-    p = sub.add_parser("reproduce", help="reproduce the paper's table")
-    p.add_argument("what", choices=["paper"])
+    p = sub.add_parser("reproduce", help="the paper's table, or the models beyond it, over several seeds")
+    p.add_argument("what", choices=["paper", "beyond"])
     p.add_argument("--out", required=True)
     p.add_argument("--epochs", type=int, default=None, help="cut the epochs of every row (default: the paper's 10)")
     p.add_argument("--limit", type=int, default=None, help="use only N training samples")
     p.add_argument("--test-limit", type=int, default=None, help="use only N test samples")
-    p.add_argument("--rows", nargs="*", default=None, help="rows to run (analog-sigmoid, ...: paper/ configs)")
     p.add_argument(
-        "--seeds", type=_count, default=5, help="seeds per row: the config's seed, seed+1, ...; table shows mean ± sd"
+        "--rows", nargs="*", default=None, help="rows to run (paper: analog-sigmoid, ...; beyond: spiking-mnist, ...)"
+    )
+    p.add_argument(
+        "--seeds",
+        type=_count,
+        default=None,
+        help="seeds per row (paper 5, beyond 3): the config's seed, seed+1, ...; table shows mean ± sd",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_reproduce)

@@ -104,6 +104,43 @@ def test_reproduce_command_writes_the_table_over_seeds(tmp_path, monkeypatch, mi
         reproduce.reproduce_paper(tmp_path, rows=rows, seeds=0, log=lambda s: None)
 
 
+def test_reproduce_beyond_tabulates_every_seed(tmp_path, monkeypatch, mini):
+    from spikingjelly_ff.cli import main
+    from spikingjelly_ff.runs import reproduce
+
+    monkeypatch.setattr(
+        reproduce,
+        "_overrides",
+        lambda e, lim, t: [f"data.dataset={mini}", "train.epochs=1", "train.limit=200", "eval.limit=100"],
+    )
+    rows = ["spiking-mnist", "analog-deep"]
+    assert main(["reproduce", "beyond", "--out", str(tmp_path), "--seeds", "2", "--rows", *rows, "--quiet"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    table = (tmp_path / "table.md").read_text()
+    for row in rows:
+        runs = results[row]["runs"]
+        assert [r["seed"] for r in runs] == results[row]["seeds"] == [0, 1]
+        acc = 100 * np.array([r["test_accuracy"] for r in runs])
+        cells = _cells(table, reproduce.BEYOND[row][0])
+        mean, sd = _mean_sd(cells[2])
+        assert mean == pytest.approx(acc.mean(), abs=0.005 + 1e-9)
+        assert float(sd) == pytest.approx(acc.std(ddof=1), abs=0.005 + 1e-9)
+        assert cells[3] == f"{acc[0]:.2f}, {acc[1]:.2f} (seeds 0, 1)"
+        assert cells[5] == f"`{row}`"
+        for r in runs:
+            saved = json.loads((tmp_path / row / f"seed-{r['seed']}" / "metrics.json").read_text())
+            assert r["test_accuracy"] == saved["final"]["test_accuracy"]
+    assert "test_accuracy_single_view" in results["analog-deep"]["runs"][0]  # 5 views and the image alone
+
+    # a third seed reuses the first two (the default for `beyond` is 3)
+    mtime = (tmp_path / "spiking-mnist" / "seed-1" / "metrics.json").stat().st_mtime
+    res = reproduce.reproduce_beyond(tmp_path, rows=["spiking-mnist"], progress=False, log=lambda s: None)
+    assert (tmp_path / "spiking-mnist" / "seed-1" / "metrics.json").stat().st_mtime == mtime
+    assert res["spiking-mnist"]["seeds"] == [0, 1, 2]
+    with pytest.raises(ValueError, match="unknown rows"):
+        reproduce.reproduce_beyond(tmp_path, rows=["analog-sigmoid"], log=lambda s: None)
+
+
 def test_mean_sd_is_the_sample_sd():
     from spikingjelly_ff.runs.reproduce import mean_sd
 
