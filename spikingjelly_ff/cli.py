@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="the paper's table, or the models beyond it, over several seeds")
     p.add_argument("what", choices=["paper", "beyond"])
     p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=int, default=None, help="cut the epochs of every row (default: the paper's 10)")
+    p.add_argument("--epochs", type=int, default=None, help="cut the epochs of every row (default: the config's, 10)")
     p.add_argument("--limit", type=int, default=None, help="use only N training samples")
     p.add_argument("--test-limit", type=int, default=None, help="use only N test samples")
     p.add_argument(

@@ -127,18 +127,47 @@ def test_reproduce_beyond_tabulates_every_seed(tmp_path, monkeypatch, mini):
         assert float(sd) == pytest.approx(acc.std(ddof=1), abs=0.005 + 1e-9)
         assert cells[3] == f"{acc[0]:.2f}, {acc[1]:.2f} (seeds 0, 1)"
         assert cells[5] == f"`{row}`"
+        assert cells[1] == reproduce.BEYOND[row][1]
         for r in runs:
             saved = json.loads((tmp_path / row / f"seed-{r['seed']}" / "metrics.json").read_text())
             assert r["test_accuracy"] == saved["final"]["test_accuracy"]
+            config = json.loads((tmp_path / row / f"seed-{r['seed']}" / "model" / "config.json").read_text())
+            assert config["run"]["seed"] == r["seed"]  # the seed reaches training
     assert "test_accuracy_single_view" in results["analog-deep"]["runs"][0]  # 5 views and the image alone
 
     # a third seed reuses the first two (the default for `beyond` is 3)
-    mtime = (tmp_path / "spiking-mnist" / "seed-1" / "metrics.json").stat().st_mtime
+    def mtimes(row):
+        return [(tmp_path / row / f"seed-{s}" / "metrics.json").stat().st_mtime for s in (0, 1)]
+
+    before = mtimes("spiking-mnist")
     res = reproduce.reproduce_beyond(tmp_path, rows=["spiking-mnist"], progress=False, log=lambda s: None)
-    assert (tmp_path / "spiking-mnist" / "seed-1" / "metrics.json").stat().st_mtime == mtime
+    assert mtimes("spiking-mnist") == before
     assert res["spiking-mnist"]["seeds"] == [0, 1, 2]
+    assert (tmp_path / "spiking-mnist" / "seed-2" / "model" / "config.json").is_file()
+    # other settings retrain every seed
+    monkeypatch.setattr(
+        reproduce,
+        "_overrides",
+        lambda e, lim, t: [f"data.dataset={mini}", "train.epochs=1", "train.limit=150", "eval.limit=100"],
+    )
+    before = mtimes("analog-deep")
+    reproduce.reproduce_beyond(tmp_path, rows=["analog-deep"], seeds=2, progress=False, log=lambda s: None)
+    assert all(a != b for a, b in zip(mtimes("analog-deep"), before))
     with pytest.raises(ValueError, match="unknown rows"):
         reproduce.reproduce_beyond(tmp_path, rows=["analog-sigmoid"], log=lambda s: None)
+
+
+@pytest.mark.parametrize(("what", "seeds"), [("paper", 5), ("beyond", 3)])
+def test_reproduce_command_seeds_default_per_table(tmp_path, monkeypatch, what, seeds):
+    from spikingjelly_ff.cli import main
+    from spikingjelly_ff.runs import reproduce
+
+    calls = []
+    monkeypatch.setattr(reproduce, f"reproduce_{what}", lambda out, **kw: calls.append(kw))
+    assert main(["reproduce", what, "--out", str(tmp_path), "--quiet"]) == 0
+    assert calls[0]["seeds"] == seeds
+    assert main(["reproduce", what, "--out", str(tmp_path), "--seeds", "2", "--quiet"]) == 0
+    assert calls[1]["seeds"] == 2
 
 
 def test_mean_sd_is_the_sample_sd():
