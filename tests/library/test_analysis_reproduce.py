@@ -51,15 +51,19 @@ COLUMNS = {
 }
 
 
+def _tiny_runs(monkeypatch, mini: str, train: int, test: int) -> None:
+    """Every row trains one epoch on ``train`` samples of the mini set, tested on ``test``."""
+    from spikingjelly_ff.runs import reproduce
+
+    sets = [f"data.dataset={mini}", "train.epochs=1", f"train.limit={train}", f"eval.limit={test}"]
+    monkeypatch.setattr(reproduce, "_overrides", lambda e, lim, t: sets)
+
+
 def test_reproduce_command_writes_the_table_over_seeds(tmp_path, monkeypatch, mini):
     from spikingjelly_ff.cli import main
     from spikingjelly_ff.runs import reproduce
 
-    monkeypatch.setattr(
-        reproduce,
-        "_overrides",
-        lambda e, lim, t: [f"data.dataset={mini}", "train.epochs=1", "train.limit=300", "eval.limit=200"],
-    )
+    _tiny_runs(monkeypatch, mini, 300, 200)
     rows = ["analog-symmetric", "hebbian-online-symmetric"]
     titles = {"analog-symmetric": "Analog P_sym", "hebbian-online-symmetric": "Online Hebbian P_sym"}
     quiet = {"progress": False, "log": lambda s: None}
@@ -108,11 +112,7 @@ def test_reproduce_beyond_tabulates_every_seed(tmp_path, monkeypatch, mini):
     from spikingjelly_ff.cli import main
     from spikingjelly_ff.runs import reproduce
 
-    monkeypatch.setattr(
-        reproduce,
-        "_overrides",
-        lambda e, lim, t: [f"data.dataset={mini}", "train.epochs=1", "train.limit=200", "eval.limit=100"],
-    )
+    _tiny_runs(monkeypatch, mini, 200, 100)
     rows = ["spiking-mnist", "analog-deep"]
     assert main(["reproduce", "beyond", "--out", str(tmp_path), "--seeds", "2", "--rows", *rows, "--quiet"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
@@ -145,11 +145,7 @@ def test_reproduce_beyond_tabulates_every_seed(tmp_path, monkeypatch, mini):
     assert res["spiking-mnist"]["seeds"] == [0, 1, 2]
     assert (tmp_path / "spiking-mnist" / "seed-2" / "model" / "config.json").is_file()
     # other settings retrain every seed
-    monkeypatch.setattr(
-        reproduce,
-        "_overrides",
-        lambda e, lim, t: [f"data.dataset={mini}", "train.epochs=1", "train.limit=150", "eval.limit=100"],
-    )
+    _tiny_runs(monkeypatch, mini, 150, 100)
     before = mtimes("analog-deep")
     reproduce.reproduce_beyond(tmp_path, rows=["analog-deep"], seeds=2, progress=False, log=lambda s: None)
     assert all(a != b for a, b in zip(mtimes("analog-deep"), before))
