@@ -153,9 +153,15 @@ def _seed_runs(config: str, run_dir: Path, prev: dict | None, sets: list[str], s
         yield k, run, dict(rec)
 
 
-def _load_results(out: Path) -> dict:
+def _start(out, table: dict, rows, seeds: int, epochs, limit, test_limit) -> tuple[Path, list[str], list[str], dict]:
+    """Check the request, make ``out``; return it, the rows, the config overrides and the
+    ``results.json`` already there (``{}`` for none)."""
+    out = Path(out)
+    rows = _check(rows, table, seeds)
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    return out, rows, _overrides(epochs, limit, test_limit), results
 
 
 def reproduce_paper(
@@ -173,11 +179,7 @@ def reproduce_paper(
     (mean ± sd per row) and ``out/results.json`` (per-seed values). A seed already trained with
     the same settings is reused, so an interrupted run resumes and ``--seeds`` can be raised later.
     The t-SNE pictures show each row's first seed."""
-    out = Path(out)
-    rows = _check(rows, PAPER, seeds)
-    out.mkdir(parents=True, exist_ok=True)
-    sets = _overrides(epochs, limit, test_limit)
-    results = _load_results(out)
+    out, rows, sets, results = _start(out, PAPER, rows, seeds, epochs, limit, test_limit)
     grid = []
     for row in rows:
         runs = []
@@ -209,11 +211,7 @@ def reproduce_beyond(
     into ``out/<row>/seed-<s>/``; ``out/table.md`` gives the test accuracy as mean ± sd with
     every seed's value, ``out/results.json`` the per-seed records. Resumes like
     :func:`reproduce_paper`."""
-    out = Path(out)
-    rows = _check(rows, BEYOND, seeds)
-    out.mkdir(parents=True, exist_ok=True)
-    sets = _overrides(epochs, limit, test_limit)
-    results = _load_results(out)
+    out, rows, sets, results = _start(out, BEYOND, rows, seeds, epochs, limit, test_limit)
     for row in rows:
         runs = []
         for _, _, rec in _seed_runs(row, out / row, results.get(row), sets, seeds, progress, log):
