@@ -4,6 +4,7 @@ labels, and a Learn bumps the version and serves the learned weights."""
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 import serving_utils as su
@@ -86,3 +87,61 @@ def test_row_macs_of_a_conv_export_count_every_label_pass(tmp_path):
     per_label = (4 * 1 * 5 * 5 * 24 * 24 + 4 * 24 * 24) + (6 * 4 * 3 * 3 * 12 * 12 + 6 * 12 * 12)
     views = 4 * 1 + 1
     assert analog_row_macs(model) == views * 10 * per_label
+
+
+def test_serves_and_learns_a_competitive_conv_model(tmp_path, token_path, mnist_samples):
+    """A competitive conv export (no label input, one pass scores every class): served labels
+    are the torch net's, a Learn with true labels is durable and versioned, a negative sample
+    is refused with INVALID_ARGUMENT and changes nothing, and the cost estimate counts one
+    pass per view."""
+    from sjff_server.inference.engine import analog_row_macs
+
+    cfg = load_config(
+        None,
+        [
+            "model.layers=[]", "model.goodness_over=group:10", "train.negatives=none",
+            "model.probability={kind: competitive, temperature: 0.2, eps: 1.0e-8}", "train.hebbian.eta=0.05",
+            "model.conv=[{channels: 10, kernel: 5, pool: max}, {channels: 20, kernel: 3, padding: 1}]",
+        ],
+    )  # fmt: skip
+    net = build_model(cfg.model, 784, 10, seed=0)
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.weight.mul_(3.0)  # every class group active on real digits
+    save_model(tmp_path / "run" / "model", net, cfg)
+    path = tmp_path / "comp.onnx"
+    assert sjff(["export", str(tmp_path / "run" / "model"), "--format", "onnx", "--out", str(path)]) == 0
+    local = load_exported(path, threads=1)
+    per_pass = (10 * 1 * 5 * 5 * 24 * 24) + (20 * 10 * 3 * 3 * 12 * 12)
+    assert analog_row_macs(local) == per_pass
+    images, labels = mnist_samples
+    x = su.as_float(images[:30])
+    with torch.no_grad():
+        want = net.predict(torch.from_numpy(x)).numpy()
+    repo = su.make_repository(tmp_path / "repo", {"comp": path})
+    args = ["--max-eta", "1", "--snapshot-interval", "0"]
+    with ServerProcess(repo, state_dir=tmp_path / "state", token_file=token_path, extra_args=args) as srv:
+        with Client(srv.target, token_file=token_path) as c:
+            got = c.infer(x, model="comp")
+            assert np.array_equal(got.label, want)
+            np.testing.assert_allclose(got.outputs["probability"].sum(1), 1.0, rtol=1e-5)
+            with pytest.raises(grpc.RpcError) as err:
+                c.learn(x[:4], labels[:4], positive=[1, 0, 1, 1], model="comp")
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "true labels only" in err.value.details()
+            assert c.infer(x, model="comp").version == 0  # the refused update changed nothing
+            r = c.learn(x[:6], labels[:6], model="comp")
+            assert r.version == 1 and r.log_odds.shape == (6,)
+            lo = local.learn(x[:6], labels[:6], np.ones(6, np.float32))
+            np.testing.assert_allclose(r.log_odds, lo, rtol=1e-6, atol=1e-5)
+            after = c.infer(x, model="comp")
+            assert after.version == 1
+            np.testing.assert_allclose(after.scores, local.scores(x), rtol=1e-6, atol=1e-5)
+        assert srv.stop() == 0
+    # the acknowledged update survives a restart: the recovered model serves the learned weights
+    with ServerProcess(repo, state_dir=tmp_path / "state", token_file=token_path, extra_args=args) as srv:
+        with Client(srv.target, token_file=token_path) as c:
+            again = c.infer(x, model="comp")
+            assert again.version == 1
+            np.testing.assert_allclose(again.scores, local.scores(x), rtol=1e-6, atol=1e-5)
+        assert srv.stop() == 0

@@ -51,6 +51,11 @@ def artifact_from_model(
     conv = None
     weights = _arrays(layer.weight for layer in net.layers)
     if isinstance(net, SpikingConvFFNet):
+        if net.competitive:
+            raise ValueError(
+                "a competitive spiking conv net has no spike artefact yet (the artefact and SpikeConvModel "
+                "score and learn with label inputs); evaluate it with sjff eval"
+            )
         conv = _conv_layout(net)
         weights += _arrays(layer.label_bias for layer in net.layers)
         if image_shape is not None and tuple(image_shape) != net._hw():

@@ -60,6 +60,7 @@ __all__ = [
     "ff_conv_hebbian_delta",
     "ff_conv_hebbian_deltas",
     "length_normalize_map",
+    "normalize_region",
     "pool2d",
 ]
 
@@ -199,9 +200,13 @@ def conv_layer_score(
 ) -> Tensor:
     """Score ``[N]`` of one layer's map ``[N, C, OH, OW]``: the ``score`` (log-odds or
     goodness, ``functional.scores.layer_score``) of each goodness entry, summed over the
-    sample's entries (its locations or groups)."""
+    sample's entries (its locations or groups). A competitive ``prob`` (one channel group per
+    class, ``over="group:C"``) gives each class's log-probability (or goodness), ``[N, C]``."""
     n = act.shape[0]
     u = _units_last(act, over, prob.split)
+    if prob.competitive:  # one entry per class: the class scores [N, C] themselves
+        g = goodness(u, goodness_kind)
+        return prob.logit(g) if score == "probability" else g
     return layer_score(u.reshape(-1, u.shape[-1]), prob, goodness_kind, score).reshape(n, -1).sum(1)
 
 
@@ -214,13 +219,14 @@ def conv_summed_score(
     over: str = "map",
 ) -> Tensor:
     """Sum of :func:`conv_layer_score` over the voting ``layers`` of maps ``acts`` (one
-    ``[N, C, OH, OW]`` per layer), in the order given (a layer named twice counts twice), ``[N]``.
+    ``[N, C, OH, OW]`` per layer), in the order given (a layer named twice counts twice), ``[N]``
+    (``[N, C]`` for a competitive ``prob``).
     Torch tensors are stacked and summed; numpy arrays add one layer at a time into float32
     (as ``functional.scores.summed_score``)."""
     parts = [conv_layer_score(acts[i], prob, goodness_kind, score, over) for i in layers]
     if _array.is_torch(acts[0]):
         return _array.xp(acts[0]).stack(parts).sum(0)
-    total = np.zeros(acts[0].shape[0], dtype=np.float32)
+    total = np.zeros(parts[0].shape, dtype=np.float32)
     for p in parts:
         total += p
     return total
@@ -253,14 +259,16 @@ def conv_modulation(
     prob: Probability, act: Tensor, y: Tensor, goodness_kind: str = "sum_squares", over: str = "map"
 ) -> Tensor:
     """Modulation M = -dL/dG for every unit, ``[N, C, OH, OW]``, from activity ``act`` and
-    targets ``y`` ``[N]`` (1 positive, 0 negative): the unit's goodness entry's M (its half's
-    M for a split probability)."""
+    targets ``y`` ``[N]`` (1 positive, 0 negative; class labels for a competitive ``prob``):
+    the unit's goodness entry's M (its half's M for a split probability)."""
     if prob.split and act.shape[1] % 2:
         raise ValueError(f"a split goodness needs an even number of channels, got {act.shape[1]}")
     u = _units_last(act, over, prob.split)
     g = goodness(u, goodness_kind, split=prob.split)
-    yb = _broadcast_targets(y, g[0] if prob.split else g)
     width = u.shape[-1]
+    if prob.competitive:  # the class entries compete: M [N, C] from the labels
+        return _units_back(_array.expand_last(prob.modulation(g, y), width), act.shape, over)
+    yb = _broadcast_targets(y, g[0] if prob.split else g)
     if prob.split:
         m_pos, m_neg = prob.modulation(g, yb)
         half = width // 2
@@ -338,7 +346,8 @@ def ff_conv_hebbian_deltas(
         width, entries = c, n * oh * ow
     else:  # map: one group of all channels
         k = goodness_groups(over, (c,), prob.split) or 1
-        width, entries = c // k * oh * ow, n * k
+        # a competitive loss is one cross-entropy per sample, not one BCE per entry
+        width, entries = c // k * oh * ow, n if prob.competitive else n * k
     gain = hebbian_gain(goodness_kind, width, prob.split) / entries
     mod = conv_modulation(prob, post, y, goodness_kind, over) * post
     dw = conv_weight_correlation(mod, pre, kernel_size, stride, padding) * gain
@@ -346,6 +355,14 @@ def ff_conv_hebbian_deltas(
         return dw, None
     db = _array.xp(mod).tensordot(code, mod, ([0], [0])) * gain
     return dw, db
+
+
+def normalize_region(over: str, prob: Probability) -> str:
+    """The region over which a layer after the first length-normalises its input: the goodness
+    region ``over``, so that no layer reads the previous one's goodness, except for a
+    competitive ``prob``, whose class groups would each be scaled to the same length: there the
+    whole map, so a layer still sees which class groups of the previous one were active."""
+    return "map" if prob.competitive else over
 
 
 def length_normalize_map(x: Tensor, over: str = "map", eps: float = 1e-8) -> Tensor:

@@ -8,12 +8,21 @@ that multiplies the Hebbian product in the weight update dW = M * dG/dl * x^T.
 Shapes: goodness ``g`` (or ``g_pos``/``g_neg``) and targets ``y`` are ``[N]``; every
 function returns ``[N]`` (or a pair of ``[N]`` tensors for the split functions). They work
 on torch tensors and numpy arrays; only ``Probability.loss`` (for autograd) needs torch.
+
+The ``competitive`` kind is not a P(positive | G): a layer's channels form one group per
+class, the class goodnesses ``g`` ``[N, C]`` compete through a softmax of log(G_c + eps) / T,
+and the loss is the cross-entropy against the true class ``labels`` ``[N]`` (channel-wise
+competitive FF, Papachristodoulou et al., AAAI 2024; no negative samples, no label input).
+Its modulation M_c = -dL/dG_c = (1[c = label] - p_c) / (T (G_c + eps)) is again one scalar
+per goodness entry, so the Hebbian rule and the theorem hold unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from spikingjelly_ff.functional import _array
 
@@ -22,6 +31,8 @@ Tensor = Any  # a torch tensor or a numpy array
 __all__ = [
     "KINDS",
     "Probability",
+    "competitive_log_probs",
+    "competitive_modulation",
     "polar_logit",
     "polar_modulation",
     "polar_probability",
@@ -33,7 +44,7 @@ __all__ = [
     "symmetric_probability",
 ]
 
-KINDS = ("sigmoid", "symmetric", "polar")
+KINDS = ("sigmoid", "symmetric", "polar", "competitive")
 
 
 def sigmoid_logit(g: Tensor, alpha: float, theta: float) -> Tensor:
@@ -83,12 +94,37 @@ def polar_modulation(g_pos: Tensor, g_neg: Tensor, y: Tensor, alpha: float, thet
     return m, -m
 
 
+def _log_softmax(z: Tensor) -> Tensor:
+    """log softmax over the last axis."""
+    if _array.is_torch(z):
+        return _array.xp(z).log_softmax(z, -1)
+    shifted = z - z.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def competitive_log_probs(g: Tensor, temperature: float, eps: float) -> Tensor:
+    """log p_c = log softmax_c(log(G_c + eps) / T) of class goodnesses ``g`` ``[N, C]``."""
+    return _log_softmax(_array.log(g + eps) / temperature)
+
+
+def competitive_modulation(g: Tensor, labels: Tensor, temperature: float, eps: float) -> Tensor:
+    """M = -dL/dG = (onehot(label) - p) / (T (G + eps)), ``[N, C]``, L the cross-entropy of
+    :func:`competitive_log_probs` against class ``labels`` ``[N]``."""
+    p = _array.exp(competitive_log_probs(g, temperature, eps))
+    onehot = _array.zeros(g, g.shape)
+    rows = _array.xp(g).arange(g.shape[0])
+    onehot[rows, labels] = 1
+    return (onehot - p) / (temperature * (g + eps))
+
+
 @dataclass(frozen=True)
 class Probability:
     """A probability function with its parameters; ``G`` is a tensor or a ``(G+, G-)`` pair.
 
     ``kind``: ``sigmoid`` (uses ``alpha``, ``theta``), ``symmetric`` (uses ``eps``) or
     ``polar`` (uses ``alpha``, ``theta``). The last two need a split goodness.
+    ``competitive`` (uses ``temperature``, ``eps``) reads class goodnesses ``[N, C]`` and class
+    labels instead of ``[N]`` goodnesses and positive/negative targets (module docstring).
     ``clip`` > 0 computes the loss on P clamped to [clip, 1 - clip], as the paper's code
     does: samples whose P saturates beyond the clamp contribute no gradient (M = 0).
     """
@@ -98,19 +134,29 @@ class Probability:
     theta: float = 0.0
     eps: float = 0.01
     clip: float = 0.0
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown probability {self.kind!r}; choose one of {list(KINDS)}")
         if self.kind == "symmetric" and not self.eps > 0:
             raise ValueError("symmetric probability needs eps > 0")
+        if self.kind == "competitive" and not (self.eps > 0 and self.temperature > 0):
+            raise ValueError("competitive probability needs eps > 0 and temperature > 0")
+        if self.kind == "competitive" and self.clip:
+            raise ValueError("competitive probability has no clamp: set clip=0")
         if not 0.0 <= self.clip < 0.5:
             raise ValueError("clip must lie in [0, 0.5)")
 
     @property
     def split(self) -> bool:
         """Whether this function reads a positive and a negative half of the layer."""
-        return self.kind != "sigmoid"
+        return self.kind in ("symmetric", "polar")
+
+    @property
+    def competitive(self) -> bool:
+        """Whether goodnesses are per class ``[N, C]`` and targets class labels."""
+        return self.kind == "competitive"
 
     def _pair(self, g: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         if not isinstance(g, tuple):
@@ -118,7 +164,10 @@ class Probability:
         return g
 
     def logit(self, g: Tensor | tuple[Tensor, Tensor]) -> Tensor:
-        """log(P / (1 - P)), ``[N]``; numerically safer than ``P`` for losses and scores."""
+        """log(P / (1 - P)), ``[N]``; numerically safer than ``P`` for losses and scores.
+        Competitive: the class log-probabilities ``[N, C]``."""
+        if self.competitive:
+            return competitive_log_probs(g, self.temperature, self.eps)
         if self.kind == "sigmoid":
             if isinstance(g, tuple):
                 raise TypeError("sigmoid probability needs a single goodness tensor")
@@ -129,15 +178,20 @@ class Probability:
         return polar_logit(gp, gn, self.alpha, self.theta)
 
     def __call__(self, g: Tensor | tuple[Tensor, Tensor]) -> Tensor:
-        """P, ``[N]``."""
+        """P, ``[N]`` (competitive: class probabilities ``[N, C]``)."""
+        if self.competitive:
+            return _array.exp(self.logit(g))
         if self.kind == "symmetric":
             gp, gn = self._pair(g)
             return symmetric_probability(gp, gn, self.eps)
         return _array.sigmoid(self.logit(g))
 
     def loss(self, g: Tensor | tuple[Tensor, Tensor], y: Tensor) -> Tensor:
-        """Mean binary cross-entropy of P against targets ``y`` (1 positive, 0 negative); torch only."""
+        """Mean binary cross-entropy of P against targets ``y`` (1 positive, 0 negative); torch only.
+        Competitive: mean cross-entropy against class labels ``y`` ``[N]``."""
         F = _array.xp(y).nn.functional
+        if self.competitive:
+            return F.nll_loss(self.logit(g), y.long())
 
         if self.clip > 0:
             p = self(g)
@@ -154,7 +208,10 @@ class Probability:
         return tuple(x * keep for x in m) if isinstance(m, tuple) else m * keep
 
     def modulation(self, g: Tensor | tuple[Tensor, Tensor], y: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        """M = -dL/dG per sample: ``[N]``, or ``([N], [N])`` for split functions."""
+        """M = -dL/dG per sample: ``[N]``, or ``([N], [N])`` for split functions (competitive:
+        ``[N, C]`` from class goodnesses ``[N, C]`` and labels ``y`` ``[N]``)."""
+        if self.competitive:
+            return competitive_modulation(g, y, self.temperature, self.eps)
         if self.kind == "sigmoid":
             if isinstance(g, tuple):
                 raise TypeError("sigmoid probability needs a single goodness tensor")

@@ -56,22 +56,26 @@ class SpikingConvTrainer:
         net = self.net
         steps, coding = net.encoder.steps, net.encoder.coding
         image = encode_spikes(net.image_rates(x), steps, self.generator, coding)
+        if net.competitive:  # no label input: no label spikes, no draws for them
+            return image, image.new_zeros(steps, x.shape[0], 0)
         return image, encode_spikes(net.label_rates(labels), steps, self.generator, coding)
 
     @torch.no_grad()
     def train_batch(self, x: Tensor, shown: Tensor, y: Tensor, spikes: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Present images ``x`` ``[N, D]`` with labels ``shown`` and learn towards ``y`` (1
         positive, 0 negative); ``spikes`` (image, label) overrides the draw. Returns whether
-        each sample was judged positive at the end of its presentation, ``[N]``."""
+        each sample was judged positive at the end of its presentation, ``[N]``. A
+        competitive net sees no label and learns towards the class ``shown``; it returns
+        whether that class scored highest."""
         net = self.net
         eta = self.hebbian.eta * schedule_factor(self.hebbian.schedule, self.count / self.steps_total)
         self.count += 1
         pre, code = self.draw(x, shown) if spikes is None else spikes
-        y = y.to(pre.dtype)
-        learns = [(y, self.hebbian, eta, e_w, e_b) for e_w, e_b in self.eligibility]
+        target = shown if net.competitive else y.to(pre.dtype)
+        learns = [(target, self.hebbian, eta, e_w, e_b) for e_w, e_b in self.eligibility]
         w, b = _arrays(net)
         acts = present_conv(pre, code, w, b, conv_layouts(net), net.dynamics, net.over, net.backend, learns)
-        return net.pn_logit(acts) > 0
+        return net.judged(acts, target)
 
 
 class SpikingConvScorer:
@@ -100,6 +104,14 @@ class SpikingConvScorer:
         net = self.net
         steps = net.encoder.steps
         total = x.new_zeros(x.shape[0], net.num_classes)
+        if net.competitive:  # no label: one presentation scores every class
+            w, b = _arrays(net)
+            for _ in range(self.repeats):
+                image = encode_spikes(net.image_rates(x), steps, self.generator, net.encoder.coding)
+                code = x.new_zeros(steps, x.shape[0], 0)
+                acts = present_conv(image, code, w, b, conv_layouts(net), net.dynamics, net.over, net.backend)
+                total += net.score_activities(acts)
+            return total
         rates = spike_rates(net.embedding.codes.to(x.dtype), net.encoder.gain)  # [C, L]
         w, b = _arrays(net)
         layouts = conv_layouts(net)

@@ -31,6 +31,7 @@ from spikingjelly_ff.functional.conv import (
     conv_summed_score,
     entry_units,
     goodness_groups,
+    normalize_region,
 )
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.nn.conv import FFConv2d
@@ -93,10 +94,27 @@ class ConvScores:
         ``[N, K]`` (``over`` "map", "location", "group:K")."""
         return conv_goodness(activity, self.goodness_kind, split=self.probability.split, over=self.over)
 
+    @property
+    def competitive(self) -> bool:
+        """Channel-wise competitive FF: one channel group per class, no label input, class
+        labels as targets and one scoring pass (``functional.probability``)."""
+        return self.probability.competitive
+
+    def _check_competitive(self, num_classes: int) -> None:
+        """A competitive net needs one goodness entry per class: ``over == "group:C"``."""
+        if self.competitive and self.over != f"group:{num_classes}":
+            raise ValueError(
+                f"competitive probability scores one channel group per class: set goodness_over='group:{num_classes}'"
+                f", got {self.over!r}"
+            )
+
     def layer_loss(self, activity: Tensor, y: Tensor) -> Tensor:
         """The layer's FF loss: mean BCE over its goodness entries, targets ``y`` ``[N]``
-        repeated over the locations or groups."""
+        repeated over the locations or groups (competitive: the cross-entropy of the class
+        goodnesses against class labels ``y``)."""
         g = self.layer_goodness(activity)
+        if self.competitive:
+            return self.probability.loss(g, y)
         g1 = g[0] if isinstance(g, tuple) else g
         return self.probability.loss(g, y.reshape(-1, *([1] * (g1.ndim - 1))).expand_as(g1))
 
@@ -112,12 +130,22 @@ class ConvScores:
         return self._layer(activity, self.score_kind)
 
     def score_activities(self, activities: list[Tensor]) -> Tensor:
-        """Sum of the voting layers' scores, ``[N]``."""
+        """Sum of the voting layers' scores, ``[N]`` (competitive: every class's, ``[N, C]``)."""
         return self._summed(activities, self.score_kind)
 
     def pn_logit(self, activities: list[Tensor]) -> Tensor:
         """Summed log-odds that each sample is positive, ``[N]``."""
+        if self.competitive:
+            raise TypeError("a competitive net judges classes, not positive samples: use score_activities")
         return self._summed(activities, "probability")
+
+    def judged(self, activities: list[Tensor], y: Tensor) -> Tensor:
+        """Whether training judged each sample right, ``[N]`` bool: judged positive (``y`` 1/0
+        targets, compared by the caller), or, competitive, the class ``y`` scored highest (the
+        caller's targets are then all 1)."""
+        if self.competitive:
+            return self.score_activities(activities).argmax(1) == y
+        return self.pn_logit(activities) > 0
 
 
 class AnalogConvFFNet(ConvScores, AnalogFFNet):
@@ -151,7 +179,7 @@ class AnalogConvFFNet(ConvScores, AnalogFFNet):
     ) -> None:
         """``score_chunk``: images per batched all-label pass (``C * score_chunk`` inputs)."""
         goodness_groups(over, [c.channels for c in conv], probability.split)  # a clear error here
-        if embedding.kind != "onehot":
+        if embedding.kind != "onehot" and not probability.competitive:
             kind = embedding.kind
             raise ValueError(f"a conv FF net writes the label into the image: use a onehot embedding, got {kind!r}")
         if not conv:
@@ -164,26 +192,31 @@ class AnalogConvFFNet(ConvScores, AnalogFFNet):
         self.shift_views = shift_views
         self.normalize = True
         self.over = over
+        self._check_competitive(num_classes)
         self.score_chunk = score_chunk
         self.image_shape = image_shape
+        label_maps = label_maps and not probability.competitive  # a competitive net sees no label
         self.label_maps = label_maps
         self.specs = list(conv)
         shapes = [m[1:] for m in self.map_shapes()]
         chans = [1, *self.widths]
+        region = normalize_region(over, probability)
         self.layers = nn.ModuleList(
             FFConv2d(
                 chans[i], spec.channels, spec.kernel, stride=spec.stride, padding=spec.padding, bias=bias,
-                normalize_input=over if i > 0 else None, pool=spec.pool, pool_size=spec.pool_size,
+                normalize_input=region if i > 0 else None, pool=spec.pool, pool_size=spec.pool_size,
                 label_maps=(num_classes, *shapes[i]) if label_maps else None,
             )
             for i, spec in enumerate(conv)
         )  # fmt: skip
 
-    def label_code(self, x: Tensor) -> Tensor:
+    def label_code(self, x: Tensor) -> Tensor | None:
         """The label code read back from the label pixels of embedded inputs ``[N, H * W]``,
         ``[N, C]``: with ``label_maps`` every layer adds ``code @ B`` to its pre-activation,
         so every unit of every layer sees the label, not only the first row's receptive
-        fields."""
+        fields. None for a competitive net (plain images, no label)."""
+        if self.competitive:
+            return None
         return x[:, self.embedding.label_slice(self.in_features)]
 
     # -- activity, goodness, loss ----------------------------------------------------------
@@ -214,6 +247,9 @@ class AnalogConvFFNet(ConvScores, AnalogFFNet):
         """Score of every label, ``[N, C]``: batched passes over ``C * n`` inputs, ``n`` at
         most ``score_chunk`` images, to bound the memory of the feature maps."""
         c = self.num_classes
+        if self.competitive:  # one pass scores every class
+            parts = [self.score_activities(self.activities(xb)) for xb in torch.split(x, self.score_chunk * c)]
+            return torch.cat(parts) if parts else x.new_zeros((0, c))
         parts = []
         for xb in torch.split(x, self.score_chunk):
             s = self.score_activities(self.all_label_activities(xb))

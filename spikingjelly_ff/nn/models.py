@@ -75,6 +75,11 @@ class FFNet(nn.Module):
         """Summed log-odds that each sample is positive, ``[N]`` (> 0 means P > 1/2)."""
         return summed_score(activities, self.score_layers, self.probability, self.goodness_kind)
 
+    def judged(self, activities: list[Tensor], y: Tensor) -> Tensor:
+        """Whether training judged each sample right, ``[N]`` bool: here, judged positive
+        (compared with the 1/0 targets ``y`` by the caller)."""
+        return self.pn_logit(activities) > 0
+
     def latent(self, activities: list[Tensor], layers: list[int] | None = None) -> Tensor:
         """Concatenated activity of ``layers`` (default all), ``[N, sum H]``."""
         idx = range(len(activities)) if layers is None else layers

@@ -67,13 +67,14 @@ class SpikingConvFFNet(ConvScores, FFNet):
             score_layers, num_classes,
         )  # fmt: skip
         self.over = over
+        self._check_competitive(num_classes)
         self.image_shape = image_shape
         self.specs = list(conv)
         self.neuron_params = neuron
         self.trace_params = trace
         self.encoder = encoder
         self.backend = backend
-        width = embedding.label_code.width
+        width = 0 if probability.competitive else embedding.label_code.width  # competitive: no label input
         chans = [1, *self.widths]
         self.layers = nn.ModuleList(
             SpikingFFConv2d(
@@ -86,8 +87,8 @@ class SpikingConvFFNet(ConvScores, FFNet):
 
     @property
     def label_width(self) -> int:
-        """Label positions L of the code."""
-        return self.embedding.label_code.width
+        """Label positions L of the code (0 for a competitive net, which sees no label)."""
+        return self.layers[0].label_bias.shape[0]
 
     # the same neuron, trace and backend settings as the dense spiking net: one definition
     dynamics = SpikingFFNet.dynamics
@@ -98,7 +99,10 @@ class SpikingConvFFNet(ConvScores, FFNet):
         return spike_rates(x, self.encoder.gain).reshape(x.shape[0], 1, *self._hw())
 
     def label_rates(self, labels: Tensor) -> Tensor:
-        """Spike probabilities of the label code of ``labels`` ``[N]``, ``[N, L]``."""
+        """Spike probabilities of the label code of ``labels`` ``[N]``, ``[N, L]`` (``[N, 0]``
+        for a competitive net)."""
+        if self.competitive:
+            return torch.zeros(labels.shape[0], 0, device=labels.device)
         return spike_rates(self.embedding.code(labels), self.encoder.gain)
 
     def forward(self, spikes: Tensor, code: Tensor) -> Tensor:

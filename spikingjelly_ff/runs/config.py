@@ -147,7 +147,8 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     hebbian: HebbianParams = field(default_factory=HebbianParams)
     # mixed: each sample positive or negative (paper) | paired: both | hard: paired, with the
-    # wrong label drawn by the model's confusion (Hinton's hard negatives)
+    # wrong label drawn by the model's confusion (Hinton's hard negatives) | none: no negative
+    # samples, the competitive probability's class labels as targets
     negatives: str = "mixed"
     limit: int | None = None  # use only the first N training samples
     shuffle: bool = True
@@ -211,7 +212,7 @@ CHOICES = {
     "train.optimizer.kind": ("adam", "sgd"),
     "train.optimizer.schedule": SCHEDULES,
     "train.hebbian.schedule": SCHEDULES,
-    "train.negatives": ("mixed", "paired", "hard"),
+    "train.negatives": ("mixed", "paired", "hard", "none"),
     "train.draws": ("stream", "per-sample"),
     "device": ("cpu", "cuda", "auto"),
     "backend": ("auto", "torch", "cupy"),
@@ -232,7 +233,11 @@ def _validate(cfg: RunConfig) -> None:
         _validate_conv(cfg)
     elif not m.layers or any(h < 1 for h in m.layers):
         raise ConfigError("model.layers must be a non-empty list of positive widths")
-    if m.probability.kind != "sigmoid" and any(h % 2 for h in m.layers):
+    if m.probability.competitive and not m.conv:
+        raise ConfigError("competitive probability scores channel groups: it needs a conv net (model.conv)")
+    if m.probability.competitive != (t.negatives == "none"):
+        raise ConfigError("competitive probability and train.negatives=none go together (class labels, no negatives)")
+    if m.probability.split and any(h % 2 for h in m.layers):
         raise ConfigError(f"{m.probability.kind} probability splits layers in halves: widths must be even")
     if t.learner == "hebbian" and m.goodness == "l1":
         raise ConfigError("the Hebbian learner needs a quadratic goodness (sum_squares or mean_squares)")
@@ -268,7 +273,9 @@ def _validate_conv(cfg: RunConfig) -> None:
         raise ConfigError("model.conv builds a conv-only network: set model.layers: []")
     if m.kind == "analog" and t.learner != "local-loss":
         raise ConfigError("an analog model.conv net trains with train.learner=local-loss")
-    if m.kind == "analog" and m.embedding.kind != "onehot":
+    if m.probability.competitive and not m.goodness_over.startswith("group:"):
+        raise ConfigError("competitive probability needs one channel group per class: model.goodness_over=group:C")
+    if m.kind == "analog" and m.embedding.kind != "onehot" and not m.probability.competitive:
         raise ConfigError("an analog model.conv net writes the label into the image: set model.embedding.kind=onehot")
     if m.kind == "spiking" and m.encoder.carry_membrane:
         raise ConfigError(
@@ -289,7 +296,7 @@ def _validate_conv(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: channels, kernel, stride and pool_size must be >= 1, padding >= 0")
         if c.pool not in (None, "max", "avg"):
             raise ConfigError(f"{key}.pool must be one of max, avg or null; got {c.pool!r}")
-        if m.probability.kind != "sigmoid" and c.channels % 2:
+        if m.probability.split and c.channels % 2:
             kind = m.probability.kind
             raise ConfigError(f"{kind} probability splits channels in halves: {key}.channels must be even")
         try:  # a channel-group region must split every layer's channels evenly

@@ -53,9 +53,12 @@ def make_samples(
     negative with probability 1/2 (the paper); ``paired`` shows every row both ways.
     Negatives get a uniformly random wrong label, or, given the model's current ``scores``
     ``[N, C]`` (``negatives: hard``), a wrong label drawn in proportion to softmax(scores):
-    the labels the network confuses most are shown most often, as Hinton suggests.
+    the labels the network confuses most are shown most often, as Hinton suggests. ``none``
+    (competitive nets): every row once, shown its true class, target 1.
     """
     n = labels.shape[0]
+    if mode == "none":
+        return torch.arange(n, device=labels.device), labels, torch.ones(n, device=labels.device)
     if n == 1 and scores is None and mode == "mixed" and labels.device.type == "cpu":
         return _one_mixed_sample(labels, num_classes, generator)
     if scores is None:
@@ -178,7 +181,7 @@ class AnalogStep:
             acts = self.learner.step(x, y)
         else:
             acts = self.learner.step(x, y, schedule_factor(self.cfg.train.hebbian.schedule, progress))
-        return self.net.pn_logit(acts) > 0
+        return self.net.judged(acts, y)
 
 
 def check_parallel(cfg: RunConfig, world_size: int) -> None:
@@ -335,7 +338,11 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
     if isinstance(net, AnalogFFNet):
         analog = AnalogStep(net, cfg, steps_total, reducer)
 
+        competitive = getattr(net, "competitive", False)
+
         def run(x: Tensor, shown: Tensor, y: Tensor, spikes: Tensor | None = None) -> Tensor:
+            if competitive:  # plain images, class labels as targets; right when the class wins
+                return analog(x, shown)
             return analog(net.embedding(x, shown), y)
 
         return run

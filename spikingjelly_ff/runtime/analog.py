@@ -243,16 +243,22 @@ class AnalogModel:
         self, x: np.ndarray, labels: np.ndarray, positive: np.ndarray, seed: int | None = None, eta: float | None = None
     ) -> np.ndarray:
         """One Hebbian update of every layer from images shown with ``labels``; ``positive``
-        says whether each label is the true one. Returns the summed log-odds before learning."""
+        says whether each label is the true one. Returns the summed log-odds before learning
+        (a competitive conv net: the labels' summed log-probabilities; it learns from true
+        labels only, ``positive`` all 1)."""
         x = self._check_images(x)
         y = check_targets(positive, x.shape[0])
         eta = self.eta if eta is None else float(eta)
         tau = self.eligibility_tau
         meta = self.settings
         if meta.conv is not None:
-            from spikingjelly_ff.runtime.analog_conv import conv_learn
+            from spikingjelly_ff.runtime.analog_conv import competitive_targets, conv_learn
 
-            log_odds = conv_learn(meta, self.weights, self.eligibility, self.embed(x, labels), y, eta, tau)
+            if self.probability.competitive:  # plain images, the true classes as targets
+                inp, y = x, competitive_targets(self.label_code, labels, y)
+            else:
+                inp = self.embed(x, labels)
+            log_odds = conv_learn(meta, self.weights, self.eligibility, inp, y, eta, tau)
             self._feeds = None
             return log_odds
         goodness_kind = meta.goodness

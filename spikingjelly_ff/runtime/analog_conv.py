@@ -21,12 +21,23 @@ from spikingjelly_ff.functional.conv import (
     conv_summed_score,
     ff_conv_hebbian_deltas,
     length_normalize_map,
+    normalize_region,
     pool2d,
 )
 from spikingjelly_ff.kernels import apply_delta
 from spikingjelly_ff.runtime.onnx_meta import OnnxMeta
 
-__all__ = ["conv_activities", "conv_learn", "conv_log_odds"]
+__all__ = ["competitive_targets", "conv_activities", "conv_learn", "conv_log_odds"]
+
+
+def competitive_targets(label_code, labels, positive: np.ndarray) -> np.ndarray:
+    """The class targets ``[N]`` int64 of a competitive net's update: ``labels`` checked as
+    any label is (``label_code.check_labels``), each shown as the true one (``positive`` 1):
+    a competitive net has no negative samples, so a 0 target is refused (``ValueError``)."""
+    labels = label_code.check_labels(labels, positive.shape[0])
+    if np.any(positive != 1.0):
+        raise ValueError("a competitive model learns from true labels only: every positive target must be 1")
+    return np.asarray(labels, dtype=np.int64)
 
 
 def conv_activities(
@@ -40,13 +51,15 @@ def conv_activities(
         raise ValueError("not a conv export")
     if any(layer.bias for layer in meta.layers):
         raise ValueError("on-line conv learning needs bias-free layers (export with model.bias=false)")
-    code = inp[:, meta.label_code.label_slice(meta.in_features)]
+    # a competitive net sees the plain image: no label pixels to read
+    code = None if meta.probability.competitive else inp[:, meta.label_code.label_slice(meta.in_features)]
     kernels = weights[: len(conv.layers)]
     labels = iter(weights[len(conv.layers) :])
     x = inp.reshape(inp.shape[0], *conv.layers[0].in_shape)
+    region = normalize_region(conv.over, meta.probability)
     pres, acts = [], []
     for layer, spec, w in zip(meta.layers, conv.layers, kernels):
-        pre = length_normalize_map(x, conv.over) if layer.normalize_input else x
+        pre = length_normalize_map(x, region) if layer.normalize_input else x
         z = conv2d(pre, w, spec.stride, spec.padding)
         if spec.label_weight is not None:
             z += np.tensordot(code, next(labels), 1)
@@ -59,7 +72,8 @@ def conv_activities(
 
 def conv_log_odds(meta: OnnxMeta, acts: list[np.ndarray]) -> np.ndarray:
     """Summed log-odds ``[N]`` that each sample is positive (``AnalogConvFFNet.pn_logit``, and
-    the graph's ``probability``): each voting layer's log-odds summed over its goodness entries."""
+    the graph's ``probability``): each voting layer's log-odds summed over its goodness entries
+    (a competitive net: the summed class log-probabilities ``[N, C]``)."""
     return conv_summed_score(acts, meta.score_layers, meta.probability, meta.goodness, "probability", meta.conv.over)
 
 
@@ -73,9 +87,10 @@ def conv_learn(
     tau: float | None,
 ) -> np.ndarray:
     """One Hebbian update of every conv layer (kernels and label weights, in place) from
-    embedded inputs ``inp`` ``[N, H*W]`` and targets ``y`` ``[N]`` (1 positive, 0 negative).
-    Every layer reads the activities before the update. Returns the summed log-odds before
-    learning ``[N]``."""
+    embedded inputs ``inp`` ``[N, H*W]`` and targets ``y`` ``[N]`` (1 positive, 0 negative;
+    a competitive net: plain images and class labels). Every layer reads the activities before
+    the update. Returns the summed log-odds (competitive: the label's summed log-probability)
+    before learning ``[N]``."""
     conv = meta.conv
     pres, acts, code = conv_activities(meta, weights, inp)
     n_layers = len(conv.layers)
@@ -98,4 +113,6 @@ def conv_learn(
         if has_labels:
             j = next(label_index)
             apply_delta(weights[j], db, eta, tau, eligibility[j])
+    if meta.probability.competitive:  # each sample's log-probability of its class
+        return conv_log_odds(meta, acts)[np.arange(len(y)), y]
     return conv_log_odds(meta, acts)

@@ -70,7 +70,11 @@ def conv_current(pre: Array, w: Array, stride=1, padding=0) -> Array:
 
 
 def label_current(code: Array, b: Array) -> Array:
-    """Label part, label spikes ``[K, N, L]`` -> ``[K, N, U]``."""
+    """Label part, label spikes ``[K, N, L]`` -> ``[K, N, U]`` (zeros when L = 0: a
+    competitive net sees no label)."""
+    if b.shape[0] == 0:
+        c, oh, ow = b.shape[1:]
+        return _array.zeros(b, (*code.shape[:2], c * oh * ow))
     return (code.reshape(-1, b.shape[0]) @ b.reshape(b.shape[0], -1)).reshape(*code.shape[:2], -1)
 
 

@@ -156,13 +156,15 @@ def analog_row_macs(model: AnalogModel) -> int:
     """Multiply-accumulates per image of an analog export, over ``4 * shift_views + 1`` views.
     Dense (weights ``[H, D]`` per layer): the first layer once per view, each later layer once
     per label and view (every label is scored). Conv (:func:`conv_row_macs`): every layer once
-    per label and view. An estimate (elementwise work is left out) that orders models by cost:
-    0.2 M for the tests' 784 -> 128 -> 64 net, 208 M for the shipped config analog-deep (two
-    2000-unit layers, five views)."""
+    per label and view (once per view for a competitive net, which sees no label). An estimate
+    (elementwise work is left out) that orders models by cost: 0.2 M for the tests' 784 -> 128
+    -> 64 net, 208 M for the shipped config analog-deep (two 2000-unit layers, five views)."""
     settings = model.settings
     views = 4 * settings.shift_views + 1
     if settings.conv is not None:
-        return views * int(model.num_classes) * conv_row_macs(settings.conv.layers)
+        # every label is a pass, but a competitive net's one pass scores every class
+        passes = 1 if settings.probability.competitive else int(model.num_classes)
+        return views * passes * conv_row_macs(settings.conv.layers)
     weights = list(model.weights)
     first = int(weights[0].size) if weights else 0
     later = sum(int(w.size) for w in weights[1:]) * int(model.num_classes)

@@ -24,7 +24,14 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from spikingjelly_ff.export.onnx.analog import _embed_all_labels, _views
-from spikingjelly_ff.export.onnx.graph import OPSET, Graph, layer_logit_and_goodness, save_model, set_meta
+from spikingjelly_ff.export.onnx.graph import (
+    OPSET,
+    Graph,
+    _goodness,
+    layer_logit_and_goodness,
+    save_model,
+    set_meta,
+)
 from spikingjelly_ff.functional.conv import goodness_groups
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.nn.augment import view_offsets
@@ -90,6 +97,19 @@ def _entries_score(g: Graph, net: AnalogConvFFNet, act: str, shape: tuple[int, i
     return per_sample(logit), per_sample(good)
 
 
+def _class_scores(g: Graph, net: AnalogConvFFNet, act: str, shape: tuple[int, int, int]) -> tuple[str, str]:
+    """(class log-probabilities ``[B, C]``, class goodnesses ``[B, C]``) of a competitive
+    net's activity ``[B, ch, OH, OW]``: log softmax of log(G_c + eps) / T over its channel
+    groups (``functional.probability.competitive_log_probs``)."""
+    ch, oh, ow = shape
+    c, prob = net.num_classes, net.probability
+    width = ch // c * oh * ow
+    units = g.op("Reshape", [act, g.const([-1, c, width], "shape", np.int64)])
+    good = _goodness(g, units, net.goodness_kind, width)  # [B, C]
+    z = g.op("Div", [g.op("Log", [g.op("Add", [good, g.const(prob.eps)])]), g.const(prob.temperature)])
+    return g.op("LogSoftmax", [z], axis=1), good
+
+
 def conv_to_onnx(
     net: AnalogConvFFNet, out: str | os.PathLike, latent: bool = False, hebbian: HebbianParams | None = None
 ) -> Path:
@@ -103,7 +123,8 @@ def conv_to_onnx(
     views = view_offsets(net.shift_views)
     src = _views(g, net, "images", views) if len(views) > 1 else "images"  # [V * N, H*W]
     h, w = net._hw()
-    x = g.op("Reshape", [_embed_all_labels(g, net, src), g.const([-1, 1, h, w], "shape", np.int64)])
+    embedded = src if net.competitive else _embed_all_labels(g, net, src)  # a competitive net sees no label
+    x = g.op("Reshape", [embedded, g.const([-1, 1, h, w], "shape", np.int64)])
     shapes = net.map_shapes()
     in_shapes = [(1, h, w)]
     weight_names, logits, goods, conv_layers = [], [], [], []
@@ -126,7 +147,7 @@ def conv_to_onnx(
             label_name = g.const(_array(layer.label_bias), f"label_w{i}")
             z = _label_term(g, net, z, label_name, shape)
         act = g.op("Relu", [z])
-        lg, gd = _entries_score(g, net, act, shape)
+        lg, gd = (_class_scores if net.competitive else _entries_score)(g, net, act, shape)
         logits.append(lg)
         goods.append(gd)
         x = act
@@ -166,8 +187,10 @@ def conv_to_onnx(
 
 
 def _outputs(g: Graph, net: AnalogConvFFNet, views: list, logits: list[str], goods: list[str]) -> None:
-    """The graph outputs from each layer's log-odds and goodness score ``[C * V*N]``."""
-    c = net.num_classes
+    """The graph outputs from each layer's log-odds and goodness score ``[C * V*N]`` (label-major),
+    or, for a competitive net, its class log-probabilities and goodnesses ``[V*N, C]``; there
+    ``probability`` is the softmax over the classes of the summed log-probabilities."""
+    c, competitive = net.num_classes, net.competitive
     per_layer = logits if net.score_kind == "probability" else goods
     score, total_logit = per_layer[net.score_layers[0]], logits[net.score_layers[0]]
     for i in net.score_layers[1:]:
@@ -175,6 +198,8 @@ def _outputs(g: Graph, net: AnalogConvFFNet, views: list, logits: list[str], goo
         total_logit = g.op("Add", [total_logit, logits[i]])
 
     def by_label(t: str, extra: list[int]) -> str:  # [C*N, *extra] -> [N, C, *extra]
+        if competitive:  # already [N, C, *extra]
+            return t
         r = g.op("Reshape", [t, g.const([c, -1, *extra], "shape", np.int64)])
         return g.op("Transpose", [r], perm=[1, 0, *range(2, 2 + len(extra))])
 
@@ -191,7 +216,11 @@ def _outputs(g: Graph, net: AnalogConvFFNet, views: list, logits: list[str], goo
         n = g.op("Shape", ["images"], start=0, end=1)
         return g.op("Slice", [t, g.const([0], "s", np.int64), n, g.const([0], "ax", np.int64)])
 
-    g.op("Sigmoid", [image_itself(by_label(total_logit, []))], out="probability")
-    stacked = g.op("Concat", [g.op("Unsqueeze", [gd, g.const([1], "a", np.int64)]) for gd in goods], axis=1)
+    if competitive:
+        g.op("Softmax", [image_itself(total_logit)], axis=1, out="probability")
+    else:
+        g.op("Sigmoid", [image_itself(by_label(total_logit, []))], out="probability")
+    axis = 2 if competitive else 1  # the layer axis after [V*N, C] or [C*V*N]
+    stacked = g.op("Concat", [g.op("Unsqueeze", [gd, g.const([axis], "a", np.int64)]) for gd in goods], axis=axis)
     g.op("Identity", [image_itself(by_label(stacked, [len(goods)]))], out="goodness")
     g.op("ArgMax", ["scores"], out="label", axis=1, keepdims=0)
