@@ -137,6 +137,11 @@ def test_serves_and_learns_a_competitive_conv_model(tmp_path, token_path, mnist_
             after = c.infer(x, model="comp")
             assert after.version == 1
             np.testing.assert_allclose(after.scores, local.scores(x), rtol=1e-6, atol=1e-5)
+            # the returned margins > 0 where the label won: the on-line accuracy counts them
+            right = float(np.mean(r.log_odds > 0))
+            assert 0 < right < 1  # both kinds among the six, so the count is tested
+            stats = {m.model_name: m for m in c.stats().models}["comp"]
+            assert stats.online_accuracy == pytest.approx(right)
         assert srv.stop() == 0
     # the acknowledged update survives a restart: the recovered model serves the learned weights
     with ServerProcess(repo, state_dir=tmp_path / "state", token_file=token_path, extra_args=args) as srv:

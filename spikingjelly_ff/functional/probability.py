@@ -19,7 +19,7 @@ per goodness entry, so the Hebbian rule and the theorem hold unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -104,12 +104,30 @@ def _log_softmax(z: Tensor) -> Tensor:
 
 def competitive_log_probs(g: Tensor, temperature: float, eps: float) -> Tensor:
     """log p_c = log softmax_c(log(G_c + eps) / T) of class goodnesses ``g`` ``[N, C]``."""
+    _check_classes(g)
     return _log_softmax(_array.log(g + eps) / temperature)
+
+
+def _check_classes(g: Tensor, labels: Tensor | None = None) -> None:
+    """``ValueError`` unless ``g`` is ``[N, C]`` and ``labels`` (when given) ``[N]`` integers in
+    [0, C): a competitive probability reads one goodness per class."""
+    if g.ndim != 2:
+        raise ValueError(f"competitive probability needs class goodnesses [N, C], got shape {list(g.shape)}")
+    if labels is None:
+        return
+    if tuple(labels.shape) != (g.shape[0],):
+        raise ValueError(f"class labels must have shape [{g.shape[0]}], got {list(labels.shape)}")
+    kind = str(labels.dtype)
+    if "int" not in kind or "uint8" in kind:  # uint8/bool index as masks
+        raise ValueError(f"class labels must be integers, got {kind}")
+    if labels.shape[0] and (int(labels.min()) < 0 or int(labels.max()) >= g.shape[1]):
+        raise ValueError(f"class labels must lie in [0, {g.shape[1]}), got [{int(labels.min())}, {int(labels.max())}]")
 
 
 def competitive_modulation(g: Tensor, labels: Tensor, temperature: float, eps: float) -> Tensor:
     """M = -dL/dG = (onehot(label) - p) / (T (G + eps)), ``[N, C]``, L the cross-entropy of
     :func:`competitive_log_probs` against class ``labels`` ``[N]``."""
+    _check_classes(g, labels)
     p = _array.exp(competitive_log_probs(g, temperature, eps))
     onehot = _array.zeros(g, g.shape)
     rows = _array.xp(g).arange(g.shape[0])
@@ -147,6 +165,14 @@ class Probability:
             raise ValueError("competitive probability has no clamp: set clip=0")
         if not 0.0 <= self.clip < 0.5:
             raise ValueError("clip must lie in [0, 0.5)")
+
+    def to_dict(self) -> dict:
+        """The settings as exports record them: ``temperature`` only for the competitive kind,
+        so the other kinds' records stay as earlier versions wrote and read them."""
+        d = asdict(self)
+        if not self.competitive:
+            del d["temperature"]
+        return d
 
     @property
     def split(self) -> bool:
@@ -191,7 +217,8 @@ class Probability:
         Competitive: mean cross-entropy against class labels ``y`` ``[N]``."""
         F = _array.xp(y).nn.functional
         if self.competitive:
-            return F.nll_loss(self.logit(g), y.long())
+            _check_classes(g, y)
+            return F.nll_loss(self.logit(g), y)
 
         if self.clip > 0:
             p = self(g)

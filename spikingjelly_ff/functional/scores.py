@@ -19,7 +19,7 @@ from spikingjelly_ff.functional.probability import Probability
 
 Tensor = Any  # a torch tensor or a numpy array
 
-__all__ = ["SCORES", "layer_score", "summed_score"]
+__all__ = ["SCORES", "class_margin", "layer_score", "summed_score"]
 
 SCORES = ("probability", "goodness")
 
@@ -52,3 +52,14 @@ def summed_score(
     for p in parts:
         total += p
     return total
+
+
+def class_margin(scores: Tensor, labels: Tensor) -> Tensor:
+    """``scores[n, label] - max_{c != label} scores[n, c]``, ``[N]``, of class scores ``[N, C]``
+    (a competitive net's summed log-probabilities): > 0 exactly when the label wins, the role
+    the summed log-odds play for a labelled sample of an FF net."""
+    rows = _array.xp(scores).arange(scores.shape[0])
+    own = scores[rows, labels]
+    others = _array.copy(scores)
+    others[rows, labels] = -float("inf")
+    return own - others.max(1) if not _array.is_torch(scores) else own - others.max(1).values

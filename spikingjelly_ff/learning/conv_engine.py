@@ -56,8 +56,8 @@ class SpikingConvTrainer:
         net = self.net
         steps, coding = net.encoder.steps, net.encoder.coding
         image = encode_spikes(net.image_rates(x), steps, self.generator, coding)
-        if net.competitive:  # no label input: no label spikes, no draws for them
-            return image, image.new_zeros(steps, x.shape[0], 0)
+        if net.competitive:
+            return image, net.no_label_spikes(image)
         return image, encode_spikes(net.label_rates(labels), steps, self.generator, coding)
 
     @torch.no_grad()
@@ -108,7 +108,7 @@ class SpikingConvScorer:
             w, b = _arrays(net)
             for _ in range(self.repeats):
                 image = encode_spikes(net.image_rates(x), steps, self.generator, net.encoder.coding)
-                code = x.new_zeros(steps, x.shape[0], 0)
+                code = net.no_label_spikes(image)
                 acts = present_conv(image, code, w, b, conv_layouts(net), net.dynamics, net.over, net.backend)
                 total += net.score_activities(acts)
             return total

@@ -34,6 +34,7 @@ from spikingjelly_ff.functional.conv import (
     normalize_region,
 )
 from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.scores import class_margin
 from spikingjelly_ff.nn.conv import FFConv2d
 from spikingjelly_ff.nn.embedding import LabelEmbedding
 from spikingjelly_ff.nn.models import AnalogFFNet, FFNet
@@ -66,6 +67,7 @@ class ConvScores:
     goodness_kind: str
     score_kind: str
     score_layers: list[int]
+    class_groups = True  # conv layers: the competitive probability's class groups
 
     def _hw(self) -> tuple[int, int]:
         if self.image_shape is not None:
@@ -93,12 +95,6 @@ class ConvScores:
         """G (or (G+, G-)) of one layer's map ``[N, C, OH, OW]``: ``[N]``, ``[N, OH, OW]`` or
         ``[N, K]`` (``over`` "map", "location", "group:K")."""
         return conv_goodness(activity, self.goodness_kind, split=self.probability.split, over=self.over)
-
-    @property
-    def competitive(self) -> bool:
-        """Channel-wise competitive FF: one channel group per class, no label input, class
-        labels as targets and one scoring pass (``functional.probability``)."""
-        return self.probability.competitive
 
     def _check_competitive(self, num_classes: int) -> None:
         """A competitive net needs one goodness entry per class: ``over == "group:C"``."""
@@ -144,7 +140,7 @@ class ConvScores:
         targets, compared by the caller), or, competitive, the class ``y`` scored highest (the
         caller's targets are then all 1)."""
         if self.competitive:
-            return self.score_activities(activities).argmax(1) == y
+            return class_margin(self.score_activities(activities), y) > 0
         return self.pn_logit(activities) > 0
 
 

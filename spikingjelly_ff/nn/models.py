@@ -42,6 +42,11 @@ class FFNet(nn.Module):
         num_classes: int = 10,
     ) -> None:
         super().__init__()
+        if probability.competitive and not self.class_groups:
+            raise ValueError(
+                "competitive probability scores one channel group per class: it needs a conv net "
+                f"(model.conv), not {type(self).__name__}"
+            )
         self.in_features = in_features
         self.widths = list(widths)
         self.embedding = embedding
@@ -53,6 +58,16 @@ class FFNet(nn.Module):
         self.readout: nn.Linear | None = None
         self.readout_layers: list[int] = []
         self.image_shape: tuple[int, int] | None = None  # (H, W) of the images, where known
+
+    #: whether the net's layers can hold one channel group per class (conv nets), which the
+    #: competitive probability needs
+    class_groups = False
+
+    @property
+    def competitive(self) -> bool:
+        """Channel-wise competitive FF: one channel group per class, no label input, class
+        labels as targets and one scoring pass (``functional.probability``)."""
+        return self.probability.competitive
 
     @property
     def input_width(self) -> int:

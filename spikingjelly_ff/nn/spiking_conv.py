@@ -99,11 +99,15 @@ class SpikingConvFFNet(ConvScores, FFNet):
         return spike_rates(x, self.encoder.gain).reshape(x.shape[0], 1, *self._hw())
 
     def label_rates(self, labels: Tensor) -> Tensor:
-        """Spike probabilities of the label code of ``labels`` ``[N]``, ``[N, L]`` (``[N, 0]``
-        for a competitive net)."""
+        """Spike probabilities of the label code of ``labels`` ``[N]``, ``[N, L]``."""
         if self.competitive:
-            return torch.zeros(labels.shape[0], 0, device=labels.device)
+            raise TypeError("a competitive net sees no label: its label spikes are no_label_spikes()")
         return spike_rates(self.embedding.code(labels), self.encoder.gain)
+
+    def no_label_spikes(self, images: Tensor) -> Tensor:
+        """The label input of a competitive net for image spikes ``[T, N, ...]``: ``[T, N, 0]``
+        (no label, no draws)."""
+        return images.new_zeros(images.shape[0], images.shape[1], 0)
 
     def forward(self, spikes: Tensor, code: Tensor) -> Tensor:
         """Output spikes of the last layer (pooled) for image spikes ``[T, N, 1, H, W]`` and

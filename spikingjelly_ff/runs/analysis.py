@@ -43,14 +43,13 @@ def separability(latent: Tensor, labels: Tensor, k: int = 5, chunk: int = 1024) 
 @torch.no_grad()
 def latents(net, x: Tensor, labels: Tensor, seed: int = 0) -> Tensor:
     """Latents ``[N, sum H]`` with the correct labels shown."""
+    from spikingjelly_ff.nn.conv_models import ConvScores
     from spikingjelly_ff.nn.models import AnalogFFNet
 
+    if isinstance(net, ConvScores):
+        raise ValueError("sjff analyze covers dense models; a conv model has no latent analysis yet")
     if isinstance(net, AnalogFFNet):
         return torch.cat(net.label_activities(x, labels), dim=1)
-    from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
-
-    if isinstance(net, SpikingConvFFNet):
-        raise ValueError("sjff analyze covers dense models; a spiking conv model has no latent analysis yet")
     from spikingjelly_ff.learning.engine import SpikingScorer
 
     scorer = SpikingScorer(net, seed=seed)

@@ -66,10 +66,15 @@ def shift_images(x: Tensor, shape: tuple[int, int], max_shift: int, index: Tenso
 def make_samples(
     labels: Tensor, index: Tensor, mode: str, num_classes: int, seed: int, epoch: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``train.make_samples`` with per-sample draws (``mixed`` or ``paired`` negatives).
+    """``train.make_samples`` with per-sample draws (``mixed`` or ``paired`` negatives, or
+    ``none``: every row once with its true class, target 1, nothing drawn).
 
     Returns ``(rows, shown, y, row_keys)``; ``row_keys`` ``[R]`` = 2 * global index + (1 for
     the negative row of a paired sample), which keys that row's input spikes."""
+    if mode == "none":
+        n = labels.shape[0]
+        keys = index.to(torch.int64).cpu() * 2
+        return torch.arange(n, device=labels.device), labels, torch.ones(n, device=labels.device), keys
     draws = [generator(seed, "sample", epoch, int(i)) for i in index]
     offset = _stack([torch.randint(1, num_classes, (1,), generator=g) for g in draws], (0, 1), torch.int64).squeeze(1)
     wrong = (labels + offset.to(labels.device)) % num_classes
@@ -81,7 +86,7 @@ def make_samples(
         y = u.lt(0.5).float().to(labels.device)
         return rows, torch.where(y.bool(), labels, wrong), y, keys
     if mode != "paired":
-        raise ValueError(f"per-sample draws support negatives 'mixed' and 'paired'; got {mode!r}")
+        raise ValueError(f"per-sample draws support negatives 'mixed', 'paired' and 'none'; got {mode!r}")
     ones = torch.ones(n, device=labels.device)
     y = torch.cat((ones, torch.zeros_like(ones)))
     return torch.cat((rows, rows)), torch.cat((labels, wrong)), y, torch.cat((keys, keys + 1))

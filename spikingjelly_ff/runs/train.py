@@ -289,7 +289,8 @@ def train(
                 record["test_accuracy_single_view"] = evaluate()["accuracy"]
                 net.shift_views = views
         metrics["epochs"].append(record)
-        msg = f"epoch {epoch}: pos/neg acc {record['train_pn_accuracy']:.4f}, {train_seconds:.1f}s"
+        judged = "class" if net.competitive else "pos/neg"  # train_pn_accuracy: the net's own judgement
+        msg = f"epoch {epoch}: {judged} acc {record['train_pn_accuracy']:.4f}, {train_seconds:.1f}s"
         if "test_accuracy" in record:
             msg += f", test acc {record['test_accuracy']:.4f}"
         log(msg)
@@ -338,7 +339,7 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
     if isinstance(net, AnalogFFNet):
         analog = AnalogStep(net, cfg, steps_total, reducer)
 
-        competitive = getattr(net, "competitive", False)
+        competitive = net.competitive
 
         def run(x: Tensor, shown: Tensor, y: Tensor, spikes: Tensor | None = None) -> Tensor:
             if competitive:  # plain images, class labels as targets; right when the class wins

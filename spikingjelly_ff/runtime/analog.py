@@ -244,8 +244,9 @@ class AnalogModel:
     ) -> np.ndarray:
         """One Hebbian update of every layer from images shown with ``labels``; ``positive``
         says whether each label is the true one. Returns the summed log-odds before learning
-        (a competitive conv net: the labels' summed log-probabilities; it learns from true
-        labels only, ``positive`` all 1)."""
+        (a competitive conv net, which learns from true labels only, ``positive`` all 1: the
+        margin of each label's summed log-probability over the best other class; > 0 means
+        right in both cases)."""
         x = self._check_images(x)
         y = check_targets(positive, x.shape[0])
         eta = self.eta if eta is None else float(eta)

@@ -24,6 +24,7 @@ from spikingjelly_ff.functional.conv import (
     normalize_region,
     pool2d,
 )
+from spikingjelly_ff.functional.scores import class_margin
 from spikingjelly_ff.kernels import apply_delta
 from spikingjelly_ff.runtime.onnx_meta import OnnxMeta
 
@@ -89,8 +90,8 @@ def conv_learn(
     """One Hebbian update of every conv layer (kernels and label weights, in place) from
     embedded inputs ``inp`` ``[N, H*W]`` and targets ``y`` ``[N]`` (1 positive, 0 negative;
     a competitive net: plain images and class labels). Every layer reads the activities before
-    the update. Returns the summed log-odds (competitive: the label's summed log-probability)
-    before learning ``[N]``."""
+    the update. Returns the summed log-odds before learning ``[N]`` (competitive: the margin of
+    the label's summed log-probability over the best other class, ``functional.scores.class_margin``)."""
     conv = meta.conv
     pres, acts, code = conv_activities(meta, weights, inp)
     n_layers = len(conv.layers)
@@ -113,6 +114,6 @@ def conv_learn(
         if has_labels:
             j = next(label_index)
             apply_delta(weights[j], db, eta, tau, eligibility[j])
-    if meta.probability.competitive:  # each sample's log-probability of its class
-        return conv_log_odds(meta, acts)[np.arange(len(y)), y]
+    if meta.probability.competitive:  # > 0 when the label wins, as log-odds > 0 for a positive
+        return class_margin(conv_log_odds(meta, acts), y)
     return conv_log_odds(meta, acts)

@@ -138,7 +138,7 @@ class SpikeArtifact:
             "neuron": self.neuron.to_dict(),
             "trace": self.trace.to_dict(),
             "encoder": self.encoder.to_dict(),
-            "probability": asdict(self.probability),
+            "probability": self.probability.to_dict(),
             "goodness": self.goodness,
             "score": self.score,
             "score_layers": list(self.score_layers),
@@ -366,4 +366,6 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
         )
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: invalid settings: {exc}") from exc
+    if art.probability.competitive:  # no export writes one: the spike runtime scores with labels
+        raise ArtifactError(f"{path}: a spike artefact cannot hold a competitive model")
     return art.validate()

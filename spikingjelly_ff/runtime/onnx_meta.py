@@ -129,7 +129,7 @@ class OnnxMeta:
             "score": self.score,
             "score_layers": list(self.score_layers),
             "goodness": self.goodness,
-            "probability": asdict(self.probability),
+            "probability": self.probability.to_dict(),
             "embedding": {
                 "kind": code.kind,
                 "bits": code.width if code.kind == "pattern" else 0,
@@ -160,6 +160,14 @@ class OnnxMeta:
         layers = meta.get("layers")
         shape = meta.get("image_shape")
         prob = Probability(**meta["probability"])
+        conv = None if meta.get("conv") is None else OnnxConv.from_dict(meta["conv"], prob.split)
+        if prob.competitive and (conv is None or conv.over != f"group:{int(meta['num_classes'])}"):
+            raise ValueError(
+                "a competitive probability needs conv layers with one channel group per class "
+                f"(over 'group:{int(meta['num_classes'])}')"
+            )
+        if prob.competitive and any(layer.label_weight is not None for layer in conv.layers):
+            raise ValueError("a competitive conv net has no label weights")
         return cls(
             kind=meta["kind"],
             num_classes=int(meta["num_classes"]),
@@ -174,7 +182,7 @@ class OnnxMeta:
             hebbian=HebbianParams(**(meta.get("hebbian") or {})),
             shift_views=int(meta.get("shift_views") or 0),
             image_shape=None if not shape else tuple(shape),
-            conv=None if meta.get("conv") is None else OnnxConv.from_dict(meta["conv"], prob.split),
+            conv=conv,
         )
 
     @classmethod

@@ -14,6 +14,7 @@ from spikingjelly_ff.export.spike import artifact_from_model
 from spikingjelly_ff.functional.conv import conv_goodness, ff_conv_hebbian_deltas, length_normalize_map
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.scores import class_margin
 from spikingjelly_ff.kernels import apply_delta
 from spikingjelly_ff.runs.build import build_model
 from spikingjelly_ff.runs.config import ConfigError, load_config
@@ -224,7 +225,7 @@ def test_runtime_learns_as_torch_does(tmp_path, mini, tau):
         got = model.learn(x, labels, np.ones(len(x), dtype=np.float32))
         acts = _torch_competitive_step(net, torch.from_numpy(x), torch.from_numpy(labels), eta, tau, elig)
         with torch.no_grad():
-            want = net.score_activities(acts)[torch.arange(len(x)), torch.from_numpy(labels)]
+            want = class_margin(net.score_activities(acts), torch.from_numpy(labels))
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-4)
         for i, layer in enumerate(net.layers):
             np.testing.assert_allclose(model.weights[i], layer.weight.detach().numpy(), rtol=1e-5, atol=1e-6)
@@ -275,3 +276,120 @@ def test_spiking_competitive_net_learns_without_labels_in_its_input(tmp_path, mi
     assert metrics["final"]["test_accuracy"] > 0.3  # chance is 0.1
     with pytest.raises(ValueError, match="no spike artefact"):
         artifact_from_model(net)
+
+
+# -- refusals, batch independence, per-sample draws, reloads ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [({"clip": 0.1}, "no clamp"), ({"eps": 0.0}, "eps > 0"), ({"temperature": -1.0}, "temperature > 0")],
+)
+def test_probability_settings_that_cannot_work_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Probability("competitive", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "g,labels,message",
+    [
+        (torch.rand(3), None, r"class goodnesses \[N, C\]"),
+        (torch.rand(3, 10), torch.tensor([0, 1, 10]), r"lie in \[0, 10\)"),
+        (torch.rand(3, 10), torch.tensor([-1, 0, 0]), r"lie in \[0, 10\)"),
+        (torch.rand(3, 10), torch.tensor([0.0, 1.0, 2.0]), "must be integers"),
+        (torch.rand(3, 10), torch.tensor([0, 1]), r"shape \[3\]"),
+    ],
+)
+def test_class_goodnesses_and_labels_are_checked(g, labels, message):
+    prob = Probability("competitive", temperature=0.2)
+    with pytest.raises(ValueError, match=message):
+        prob.logit(g) if labels is None else prob.modulation(g, labels)
+
+
+def test_dense_nets_refuse_the_competitive_probability():
+    from spikingjelly_ff.nn.embedding import build_embedding
+    from spikingjelly_ff.nn.models import AnalogFFNet
+
+    emb = build_embedding("onehot", 10, 0, 0.0, 0, 1.0)
+    with pytest.raises(ValueError, match="needs a conv net"):
+        AnalogFFNet(784, [20, 20], emb, Probability("competitive"))
+
+
+def test_an_image_scores_the_same_in_any_batch(mini):
+    net = _net()
+    x, _ = _images(mini, 9)
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        torch.testing.assert_close(net.scores(xt[:1]), net.scores(xt)[:1])
+        torch.testing.assert_close(net.scores(xt[4:7]), net.scores(xt)[4:7])
+
+
+def test_per_sample_draws_show_every_row_once_with_its_class():
+    from spikingjelly_ff.runs import draws
+
+    labels, index = torch.tensor([3, 1, 4, 1]), torch.tensor([10, 11, 12, 13])
+    rows, shown, y, keys = draws.make_samples(labels, index, "none", 10, seed=0, epoch=1)
+    assert rows.tolist() == [0, 1, 2, 3] and shown.tolist() == [3, 1, 4, 1] and y.tolist() == [1, 1, 1, 1]
+    assert keys.tolist() == [20, 22, 24, 26]
+
+
+def test_per_sample_training_gives_the_stream_free_result_and_learns(tmp_path, mini):
+    sets = (f"data.dataset={mini}", "data.download=false", "train.epochs=1", "train.batch_size=5",
+            "model.conv=[{channels: 20, kernel: 5, pool: max}, {channels: 40, kernel: 3, padding: 1}]")  # fmt: skip
+    metrics = train(_config(*sets, "train.draws=per-sample"), tmp_path, log=lambda s: None, progress=False)
+    assert metrics["final"]["test_accuracy"] > 0.25  # one pass over 2,000 images; chance is 0.1
+
+
+def test_tampered_onnx_metadata_is_refused_on_load(tmp_path):
+    import json
+
+    import onnx
+
+    from spikingjelly_ff.runtime.onnx_meta import META_KEY
+
+    path = analog_to_onnx(_net(), tmp_path / "c.onnx")
+    for change, message in [
+        (lambda m: m["conv"].update(over="group:5"), "one channel group per class"),
+        (lambda m: m.pop("conv"), "one channel group per class"),
+        (lambda m: m["conv"]["layers"][0].update(label_weight="w0"), "no label weights"),
+    ]:
+        proto = onnx.load(str(path))
+        prop = next(p for p in proto.metadata_props if p.key == META_KEY)
+        meta = json.loads(prop.value)
+        change(meta)
+        prop.value = json.dumps(meta)
+        onnx.save(proto, str(tmp_path / "bad.onnx"))
+        with pytest.raises(ValueError, match=message):
+            load_exported(tmp_path / "bad.onnx")
+
+
+def test_other_kinds_record_no_temperature():
+    assert "temperature" not in Probability("symmetric").to_dict()
+    assert Probability("competitive", temperature=0.3).to_dict()["temperature"] == 0.3
+
+
+def test_a_saved_spiking_competitive_run_reloads_and_evaluates(tmp_path, mini, capsys):
+    import json
+
+    from spikingjelly_ff.cli import main as sjff
+    from spikingjelly_ff.learning.conv_engine import SpikingConvScorer
+    from spikingjelly_ff.runs.checkpoint import load_model
+
+    cfg = _config(
+        f"data.dataset={mini}", "data.download=false", "train.epochs=1", "train.limit=300", "eval.limit=100",
+        "train.hebbian={eta: 0.002, eligibility_tau: 0.1, learn_after: 7, schedule: cosine}", kind="spiking",
+    )  # fmt: skip
+    metrics = train(cfg, tmp_path / "run", log=lambda s: None, progress=False)
+    loaded = load_model(tmp_path / "run" / "model")
+    net = loaded[0] if isinstance(loaded, tuple) else loaded
+    assert net.competitive and net.label_width == 0
+    x, _ = _images(mini, 100)
+    xt = torch.from_numpy(x)
+    once = SpikingConvScorer(net, seed=4, repeats=1).scores(xt)
+    # regular coding draws nothing: two presentations give twice the scores of one
+    torch.testing.assert_close(SpikingConvScorer(net, seed=4, repeats=2).scores(xt), 2 * once)
+    assert float(once.std(0).max()) > 0  # the scores differ between images
+    capsys.readouterr()
+    assert sjff(["eval", str(tmp_path / "run" / "model"), "--dataset", str(mini), "--limit", "100", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["accuracy"] == metrics["final"]["test_accuracy"]  # the reloaded net scores as the trained one

@@ -16,8 +16,9 @@ graph scores the translated views too and ``scores``/``label`` sum over them.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from spikingjelly_ff.functional.conv import goodness_groups
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.nn.augment import view_offsets
 from spikingjelly_ff.nn.conv_models import AnalogConvFFNet
-from spikingjelly_ff.runtime.onnx_meta import META_KEY, OnnxConv, OnnxConvLayer, load_onnx_meta
+from spikingjelly_ff.runtime.onnx_meta import META_KEY, OnnxConv, OnnxConvLayer, OnnxMeta
 
 __all__ = ["conv_to_onnx"]
 
@@ -181,8 +182,9 @@ def conv_to_onnx(
     model.ir_version = 8
     set_meta(model, net, "analog", weight_names, hebbian)
     # the dense settings plus the conv layers; the image shape the conv reads, always
-    meta = replace(load_onnx_meta(model), image_shape=(h, w), conv=OnnxConv(net.over, tuple(conv_layers)))
-    helper.set_model_props(model, {META_KEY: meta.to_json()})
+    info = json.loads(next(p.value for p in model.metadata_props if p.key == META_KEY))
+    info.update(image_shape=[h, w], conv=OnnxConv(net.over, tuple(conv_layers)).to_dict())
+    helper.set_model_props(model, {META_KEY: OnnxMeta.from_dict(info).to_json()})  # checked as a load checks it
     return save_model(model, out)
 
 
