@@ -113,7 +113,7 @@ def test_reproduce_beyond_tabulates_every_seed(tmp_path, monkeypatch, mini):
     from spikingjelly_ff.runs import reproduce
 
     _tiny_runs(monkeypatch, mini, 200, 100)
-    rows = ["spiking-mnist", "analog-deep"]
+    rows = ["spiking-mnist", "analog-deep", "conv/analog-competitive-mnist"]
     assert main(["reproduce", "beyond", "--out", str(tmp_path), "--seeds", "2", "--rows", *rows, "--quiet"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     table = (tmp_path / "table.md").read_text()
