@@ -37,6 +37,9 @@ BEYOND = {
     "spiking-fashion": ("Spiking Hebbian, 1000 LIF, regular rate coding, no autograd", "Fashion-MNIST"),
     "analog-deep": ("Analog FF, 2 × 2000 ReLU, hard negatives, shifts, 5 test views", "MNIST"),
     "conv/analog-competitive-mnist": ("Analog conv FF, channel-wise competitive, 30-120-360, 5 test views", "MNIST"),
+    "conv/analog-competitive-fashion": (
+        "Analog conv FF, channel-wise competitive, 30-120-360, 5 test views", "Fashion-MNIST"
+    ),
 }
 
 #: Seeds per row unless told: the paper's runs are short, the others are not.
