@@ -37,6 +37,20 @@ def conv_export(tmp_path_factory):
     return net, d / "conv.onnx"
 
 
+def _learn_and_compare(c, local, x, labels, model: str):
+    """Learn the first six samples through the server and on ``local`` (the export loaded
+    here): the same log-odds back, version 1 served with the same scores. Returns the Learn's
+    reply and the inference after it."""
+    r = c.learn(x[:6], labels[:6], model=model)
+    assert r.version == 1 and r.log_odds.shape == (6,)
+    lo = local.learn(x[:6], labels[:6], np.ones(6, np.float32))
+    np.testing.assert_allclose(r.log_odds, lo, rtol=1e-6, atol=1e-5)
+    after = c.infer(x, model=model)
+    assert after.version == 1
+    np.testing.assert_allclose(after.scores, local.scores(x), rtol=1e-6, atol=1e-5)
+    return r, after
+
+
 def test_serves_and_learns_a_conv_model(conv_export, tmp_path, token_path, mnist_samples):
     net, path = conv_export
     images, labels = mnist_samples
@@ -57,13 +71,7 @@ def test_serves_and_learns_a_conv_model(conv_export, tmp_path, token_path, mnist
             np.testing.assert_allclose(got.scores, local.scores(x), rtol=1e-6, atol=1e-5)
             assert got.outputs["goodness"].shape == (40, 10, 2)
 
-            r = c.learn(x[:6], labels[:6], model="conv")
-            assert r.version == 1 and r.log_odds.shape == (6,)
-            lo = local.learn(x[:6], labels[:6], np.ones(6, np.float32))
-            np.testing.assert_allclose(r.log_odds, lo, rtol=1e-6, atol=1e-5)
-            after = c.infer(x, model="conv")
-            assert after.version == 1
-            np.testing.assert_allclose(after.scores, local.scores(x), rtol=1e-6, atol=1e-5)
+            _, after = _learn_and_compare(c, local, x, labels, "conv")
             assert np.abs(after.scores - got.scores).max() > 1e-3  # the update reached inference
         assert srv.stop() == 0
 
@@ -130,13 +138,7 @@ def test_serves_and_learns_a_competitive_conv_model(tmp_path, token_path, mnist_
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "true labels only" in err.value.details()
             assert c.infer(x, model="comp").version == 0  # the refused update changed nothing
-            r = c.learn(x[:6], labels[:6], model="comp")
-            assert r.version == 1 and r.log_odds.shape == (6,)
-            lo = local.learn(x[:6], labels[:6], np.ones(6, np.float32))
-            np.testing.assert_allclose(r.log_odds, lo, rtol=1e-6, atol=1e-5)
-            after = c.infer(x, model="comp")
-            assert after.version == 1
-            np.testing.assert_allclose(after.scores, local.scores(x), rtol=1e-6, atol=1e-5)
+            r, _ = _learn_and_compare(c, local, x, labels, "comp")
             # the returned margins > 0 where the label won: the on-line accuracy counts them
             right = float(np.mean(r.log_odds > 0))
             assert 0 < right < 1  # both kinds among the six, so the count is tested
