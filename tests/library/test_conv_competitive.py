@@ -393,3 +393,25 @@ def test_a_saved_spiking_competitive_run_reloads_and_evaluates(tmp_path, mini, c
     assert sjff(["eval", str(tmp_path / "run" / "model"), "--dataset", str(mini), "--limit", "100", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert evaluated["accuracy"] == metrics["final"]["test_accuracy"]  # the reloaded net scores as the trained one
+
+
+def test_a_spike_artefact_claiming_a_competitive_model_is_refused(tmp_path):
+    """No export writes one; a file edited to say so is refused on load, not scored with labels."""
+    import json
+
+    import h5py
+    from test_conv_groups import small_group_net
+
+    from spikingjelly_ff.export.spike import export_spike
+    from spikingjelly_ff.runtime.artifact import ArtifactError
+
+    path = export_spike(small_group_net(), tmp_path / "m.nir")
+    assert load_exported(path).num_classes == 10  # the untouched file loads
+    with h5py.File(path, "r+") as f:
+        ours = f["spikingjelly_ff"]
+        meta = json.loads(ours["meta"][()])
+        meta["probability"] = {"kind": "competitive", "eps": 0.01, "temperature": 0.2}
+        del ours["meta"]
+        ours.create_dataset("meta", data=json.dumps(meta), dtype=h5py.string_dtype())
+    with pytest.raises(ArtifactError, match="cannot hold a competitive model"):
+        load_exported(path)
