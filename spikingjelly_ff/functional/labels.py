@@ -112,8 +112,15 @@ class LabelCode:
         return out
 
     def check_labels(self, labels, n: int) -> np.ndarray:
-        """``labels`` as ``[n]`` int64, or a ValueError saying what is wrong."""
-        labels = np.asarray(labels, dtype=np.int64)
+        """``labels`` as ``[n]`` int64, or a ValueError saying what is wrong (a fractional or
+        non-finite label is refused, not rounded)."""
+        raw = np.asarray(labels)
+        if raw.dtype.kind not in "iuf" or (
+            raw.dtype.kind == "f" and not np.all(np.isfinite(raw) & (raw == np.round(raw)))
+        ):
+            shown = raw.ravel()[:4].tolist()
+            raise ValueError(f"labels must be {n} integers in [0, {self.num_classes}), got {raw.dtype} values {shown}")
+        labels = raw.astype(np.int64)
         if labels.shape != (n,):
             raise ValueError(f"labels must be {n} integers in [0, {self.num_classes}), got shape {list(labels.shape)}")
         if labels.min(initial=0) < 0 or labels.max(initial=0) >= self.num_classes:

@@ -415,3 +415,15 @@ def test_a_spike_artefact_claiming_a_competitive_model_is_refused(tmp_path):
         ours.create_dataset("meta", data=json.dumps(meta), dtype=h5py.string_dtype())
     with pytest.raises(ArtifactError, match="cannot hold a competitive model"):
         load_exported(path)
+
+
+@pytest.mark.parametrize("labels", [[1.5, 2, 3], [float("nan"), 2, 3], [True, False, True], ["1", "2", "3"]])
+def test_runtime_refuses_labels_that_are_no_integers_and_learns_nothing(tmp_path, labels):
+    """A fractional, NaN, boolean or text label is refused, not rounded to some class."""
+    model = load_exported(analog_to_onnx(_net(), tmp_path / "c.onnx"))
+    before = [w.copy() for w in model.weights]
+    x = np.random.default_rng(0).random((3, 784), dtype=np.float32)
+    with pytest.raises(ValueError, match="labels must be 3 integers"):
+        model.learn(x, labels, np.ones(3, dtype=np.float32))
+    assert all(np.array_equal(w, w0) for w, w0 in zip(model.weights, before))
+    model.learn(x, np.array([1.0, 2.0, 3.0]), np.ones(3, dtype=np.float32))  # whole numbers as floats are labels
