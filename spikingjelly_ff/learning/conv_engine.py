@@ -104,19 +104,17 @@ class SpikingConvScorer:
         net = self.net
         steps = net.encoder.steps
         total = x.new_zeros(x.shape[0], net.num_classes)
-        if net.competitive:  # no label: one presentation scores every class
-            w, b = _arrays(net)
-            for _ in range(self.repeats):
-                image = encode_spikes(net.image_rates(x), steps, self.generator, net.encoder.coding)
-                code = net.no_label_spikes(image)
-                acts = present_conv(image, code, w, b, conv_layouts(net), net.dynamics, net.over, net.backend)
-                total += net.score_activities(acts)
-            return total
-        rates = spike_rates(net.embedding.codes.to(x.dtype), net.encoder.gain)  # [C, L]
+        # the label codes' spike rates [C, L]; a competitive net has none
+        rates = None if net.competitive else spike_rates(net.embedding.codes.to(x.dtype), net.encoder.gain)
         w, b = _arrays(net)
         layouts = conv_layouts(net)
         for _ in range(self.repeats):
             image = encode_spikes(net.image_rates(x), steps, self.generator, net.encoder.coding)
+            if net.competitive:  # no label: one presentation scores every class
+                code = net.no_label_spikes(image)
+                acts = present_conv(image, code, w, b, layouts, net.dynamics, net.over, net.backend)
+                total += net.score_activities(acts)
+                continue
             # one label draw per chunk, shared by its images: the label current [T, 1, U] is
             # then computed once per label and broadcast over the images
             if net.encoder.coding == "bernoulli":
