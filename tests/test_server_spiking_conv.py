@@ -5,6 +5,8 @@ learned weights."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import serving_utils as su
@@ -13,7 +15,7 @@ from sjff_client import Client
 from sjff_server.harness import ServerProcess
 
 from spikingjelly_ff.cli import main as sjff
-from spikingjelly_ff.learning.conv_engine import SpikingConvScorer
+from spikingjelly_ff.learning.conv_engine import SpikingConvScorer, SpikingConvTrainer
 from spikingjelly_ff.runs.build import build_model
 from spikingjelly_ff.runs.checkpoint import save_model
 from spikingjelly_ff.runs.config import load_config
@@ -77,4 +79,60 @@ def test_serves_and_learns_a_spiking_conv_model(spiking_conv_export, tmp_path, t
             assert after.version == 1
             np.testing.assert_allclose(after.scores, local.scores(x, seed=0), rtol=1e-5, atol=1e-4)
             assert np.abs(after.scores - got.scores).max() > 1e-3  # the update reached inference
+        assert srv.stop() == 0
+
+
+def test_serves_and_learns_a_competitive_spiking_conv_model(tmp_path, token_path, mnist_samples):
+    """A channel-wise competitive spiking conv export (no label input, one presentation scores
+    every class): served labels are the torch scorer's, a Learn with true labels returns the
+    runtime's class margins and is durable and versioned, and a negative sample is refused
+    with INVALID_ARGUMENT and changes nothing."""
+    import grpc
+
+    sets = [s for s in SPIKING_CONV if not s.startswith(("model.goodness_over", "model.probability", "model.conv"))]
+    cfg = load_config(None, [
+        *sets, "model.goodness_over=group:10", "train.negatives=none",
+        "model.probability={kind: competitive, temperature: 0.2, eps: 1.0e-8}",
+        "model.conv=[{channels: 20, kernel: 5, pool: max}, {channels: 30, kernel: 3, padding: 1}]",
+    ])  # fmt: skip
+    net = build_model(cfg.model, 784, 10, seed=0)
+    images, labels = mnist_samples
+    x = su.as_float(images[:20])
+    # a little training on other digits, so that the served labels vary
+    trainer = SpikingConvTrainer(net, replace(cfg.train.hebbian, eta=0.002))
+    for i in range(20, 255, 5):
+        trainer.train_batch(torch.from_numpy(su.as_float(images[i : i + 5])), torch.from_numpy(labels[i : i + 5]), None)
+    save_model(tmp_path / "run" / "model", net, cfg)
+    path = tmp_path / "export"
+    assert sjff(["export", str(tmp_path / "run" / "model"), "--format", "spike", "--out", str(path)]) == 0
+    local = load_exported(path)
+    assert isinstance(local, SpikeConvModel) and local.competitive
+    want = SpikingConvScorer(net).predict(torch.from_numpy(x)).numpy()
+    assert len(set(want.tolist())) > 1  # the check below tells labels apart
+    repo = su.make_repository(tmp_path / "repo", {"comp": path / "model.nir"})
+    args = ["--max-eta", "1", "--snapshot-interval", "0"]
+    with ServerProcess(repo, state_dir=tmp_path / "state", token_file=token_path, extra_args=args) as srv:
+        with Client(srv.target, token_file=token_path) as c:
+            got = c.infer(x, model="comp")
+            assert got.version == 0 and np.array_equal(got.label, want)
+            with pytest.raises(grpc.RpcError) as err:
+                c.learn(x[:4], labels[:4], positive=[1, 0, 1, 1], model="comp")
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "true labels only" in err.value.details()
+            assert c.infer(x, model="comp").version == 0  # the refused update changed nothing
+            r = c.learn(x[:6], labels[:6], model="comp", seed=5)
+            assert r.version == 1
+            margin = local.learn(x[:6], labels[:6], np.ones(6, np.float32), seed=5)
+            np.testing.assert_allclose(r.log_odds, margin, rtol=1e-5, atol=1e-4)
+            after = c.infer(x, model="comp")
+            assert after.version == 1
+            np.testing.assert_allclose(after.scores, local.scores(x, seed=0), rtol=1e-5, atol=1e-4)
+            assert np.abs(after.scores - got.scores).max() > 1e-3  # the update reached inference
+        assert srv.stop() == 0
+    # the acknowledged update survives a restart
+    with ServerProcess(repo, state_dir=tmp_path / "state", token_file=token_path, extra_args=args) as srv:
+        with Client(srv.target, token_file=token_path) as c:
+            again = c.infer(x, model="comp")
+            assert again.version == 1
+            np.testing.assert_allclose(again.scores, local.scores(x, seed=0), rtol=1e-5, atol=1e-4)
         assert srv.stop() == 0

@@ -27,7 +27,7 @@ def _conv_layout(net: SpikingConvFFNet) -> SpikeConv:
         la = ConvLayerMeta(c, spec.kernel, spec.stride, spec.padding, spec.pool, spec.pool_size, shape, (c, oh, ow))
         layers.append(la)
         shape = la.out_shape
-    return SpikeConv(net.over, layers)
+    return SpikeConv(net.over, layers, labelled=not net.competitive)
 
 
 def _arrays(tensors) -> list[np.ndarray]:
@@ -46,16 +46,12 @@ def artifact_from_model(
     """The numpy artefact of ``net`` (weights copied to the CPU), carrying the learning
     (``hebbian``) and evaluation settings a runtime uses (None: the defaults) and the
     ``name`` it travels with. A conv net's weights are its conv weights, then its label
-    weights (``eligibility`` in the same order), and its image shape is the net's own."""
+    weights (``eligibility`` in the same order; empty for a competitive net, which sees no
+    label), and its image shape is the net's own."""
     code = net.embedding.label_code
     conv = None
     weights = _arrays(layer.weight for layer in net.layers)
     if isinstance(net, SpikingConvFFNet):
-        if net.competitive:
-            raise ValueError(
-                "a competitive spiking conv net has no spike artefact yet (the artefact and SpikeConvModel "
-                "score and learn with label inputs); evaluate it with sjff eval"
-            )
         conv = _conv_layout(net)
         weights += _arrays(layer.label_bias for layer in net.layers)
         if image_shape is not None and tuple(image_shape) != net._hw():

@@ -26,7 +26,7 @@ from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.kernels import apply_delta
 from spikingjelly_ff.runtime.onnx_meta import OnnxMeta, load_onnx_meta
-from spikingjelly_ff.runtime.protocol import check_images, check_targets
+from spikingjelly_ff.runtime.protocol import check_images, check_targets, competitive_targets
 from spikingjelly_ff.runtime.weight_folding import split_weight_only
 
 __all__ = ["AnalogGraph", "AnalogModel", "OnnxMeta", "load_onnx_meta"]
@@ -253,7 +253,7 @@ class AnalogModel:
         tau = self.eligibility_tau
         meta = self.settings
         if meta.conv is not None:
-            from spikingjelly_ff.runtime.analog_conv import competitive_targets, conv_learn
+            from spikingjelly_ff.runtime.analog_conv import conv_learn
 
             if self.probability.competitive:  # plain images, the true classes as targets
                 inp, y = x, competitive_targets(self.label_code, labels, y)

@@ -28,17 +28,7 @@ from spikingjelly_ff.functional.scores import class_margin
 from spikingjelly_ff.kernels import apply_delta
 from spikingjelly_ff.runtime.onnx_meta import OnnxMeta
 
-__all__ = ["competitive_targets", "conv_activities", "conv_learn", "conv_log_odds"]
-
-
-def competitive_targets(label_code, labels, positive: np.ndarray) -> np.ndarray:
-    """The class targets ``[N]`` int64 of a competitive net's update: ``labels`` checked as
-    any label is (``label_code.check_labels``), each shown as the true one (``positive`` 1):
-    a competitive net has no negative samples, so a 0 target is refused (``ValueError``)."""
-    labels = label_code.check_labels(labels, positive.shape[0])
-    if np.any(positive != 1.0):
-        raise ValueError("a competitive model learns from true labels only: every positive target must be 1")
-    return np.asarray(labels, dtype=np.int64)
+__all__ = ["conv_activities", "conv_learn", "conv_log_odds"]
 
 
 def conv_activities(

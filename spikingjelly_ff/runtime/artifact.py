@@ -125,6 +125,11 @@ class SpikeArtifact:
     def input_width(self) -> int:
         return self.label_code().input_width(self.in_features)
 
+    def label_width(self) -> int:
+        """Label positions L of a conv net's label input: the code's width, or 0 for a
+        channel-wise competitive net, which sees no label."""
+        return 0 if self.probability.competitive else self.label_code().width
+
     def meta(self) -> dict:
         meta = {
             "format": FORMAT,
@@ -156,6 +161,8 @@ class SpikeArtifact:
     def validate(self) -> SpikeArtifact:
         if not self.weights:
             raise ArtifactError("the network has no layers")
+        if self.probability.competitive and self.conv is None:
+            raise ArtifactError("a competitive probability needs conv layers (one channel group per class)")
         width = self.input_width()  # checks the label patterns too
         if self.conv is not None:
             self._validate_conv()
@@ -188,7 +195,18 @@ class SpikeArtifact:
     def _validate_conv(self) -> None:
         if self.image_shape is not None and int(np.prod(self.image_shape)) != self.in_features:
             raise ArtifactError(f"image shape {self.image_shape} does not hold {self.in_features} inputs")
-        why = self.conv.check(self.weights, self.image_shape, self.label_code().width, self.probability.split)
+        competitive = self.probability.competitive
+        if competitive and self.conv.over != f"group:{self.num_classes}":
+            raise ArtifactError(
+                f"a competitive probability needs one channel group per class (over 'group:{self.num_classes}'), "
+                f"got {self.conv.over!r}"
+            )
+        if competitive == self.conv.labelled:  # a competitive net, and only one, sees no label
+            raise ArtifactError(
+                "a competitive conv net has no label input" if competitive
+                else "a conv net without label input needs the competitive probability"
+            )  # fmt: skip
+        why = self.conv.check(self.weights, self.image_shape, self.label_width(), self.probability.split)
         if why is not None:
             raise ArtifactError(why)
         for i, w in enumerate(self.weights):
@@ -257,7 +275,7 @@ def write_artifact(path: str | os.PathLike, art: SpikeArtifact) -> Path:
         node.create_dataset("type", data="NIRGraph", dtype=strings)
         nodes = node.create_group("nodes")
         if art.conv is not None:
-            width = art.label_code().width
+            width = art.label_width()
             edges = write_conv_nodes(nodes, strings, art.conv, art.weights, width, partial(_lif_params, art.neuron))
         else:
             edges = _write_dense_nodes(nodes, strings, art)
@@ -366,6 +384,4 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
         )
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: invalid settings: {exc}") from exc
-    if art.probability.competitive:  # no export writes one: the spike runtime scores with labels
-        raise ArtifactError(f"{path}: a spike artefact cannot hold a competitive model")
     return art.validate()

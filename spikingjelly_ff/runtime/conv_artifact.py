@@ -8,7 +8,9 @@ A spiking conv net is written as a NIR graph with two inputs, the image ``input`
     lif_i -> pool_i (SumPool2d) -> max_i (Threshold 0.5)   for max pooling (max of 0/1 spikes)
     lif_i -> pool_i (AvgPool2d)                            for average pooling
 
-and the last layer feeds ``output``. NIR sums the edges into a node, and has no per-location
+and the last layer feeds ``output``. A channel-wise competitive net sees no label (meta
+``labelled`` false): its graph has no ``label`` input and no ``label_i`` nodes, and its label
+weights are empty ``[0, C, OH, OW]`` arrays. NIR sums the edges into a node, and has no per-location
 linear map, so the label weights B ``[L, C, OH, OW]`` (one weight per unit and label) are the
 kernel of ``label_i``: a Conv2d with padding (OH - 1, OW - 1) on the ``[L, 1, 1]`` label input
 outputs exactly code @ B ``[C, OH, OW]`` when its kernel is B with the first two axes swapped
@@ -70,24 +72,32 @@ class SpikeConv:
 
     over: str
     layers: list[ConvLayerMeta] = field(default_factory=list)
+    #: whether the net has a label input (False: channel-wise competitive, no label nodes)
+    labelled: bool = True
 
     @classmethod
     def from_dict(cls, d: dict) -> SpikeConv:
-        return cls(d["over"], [ConvLayerMeta(**{k: v for k, v in la.items() if k != "nodes"}) for la in d["layers"]])
+        labelled = d.get("labelled", True)  # files written before competitive nets have labels
+        if not isinstance(labelled, bool):
+            raise ValueError(f"labelled must be true or false, got {labelled!r}")
+        layers = [ConvLayerMeta(**{k: v for k, v in la.items() if k != "nodes"}) for la in d["layers"]]
+        return cls(d["over"], layers, labelled)
 
     def to_dict(self) -> dict:
         layers = []
         for i, la in enumerate(self.layers):
             entry = asdict(la) | {"in_shape": list(la.in_shape), "map_shape": list(la.map_shape)}
             # where the arrays are: W in conv_i, B in label_i (see label_to_nir)
-            entry["nodes"] = {"conv": f"conv_{i}", "label_weights": f"label_{i}", "lif": f"lif_{i}"}
+            label = f"label_{i}" if self.labelled else None
+            entry["nodes"] = {"conv": f"conv_{i}", "label_weights": label, "lif": f"lif_{i}"}
             layers.append(entry)
-        return {"over": self.over, "layers": layers}
+        return {"over": self.over, "labelled": self.labelled, "layers": layers}
 
     def node_names(self) -> list[str]:
-        """The NIR nodes that hold the artefact's ``weights``, in order."""
+        """The NIR nodes that hold the artefact's ``weights``, in order (no label nodes when
+        the net is not ``labelled``: its label weights are empty)."""
         n = len(self.layers)
-        return [f"conv_{i}" for i in range(n)] + [f"label_{i}" for i in range(n)]
+        return [f"conv_{i}" for i in range(n)] + ([f"label_{i}" for i in range(n)] if self.labelled else [])
 
     def check(self, weights: list[np.ndarray], image_shape, label_width: int, split: bool = False) -> str | None:
         """Why the layers do not fit ``weights``, the image shape and the label width, or None;
@@ -102,6 +112,8 @@ class SpikeConv:
             return "the network has no conv layers"
         if len(weights) != 2 * n:
             return f"{n} conv layers need {2 * n} weight arrays (conv, then label weights), got {len(weights)}"
+        if not self.labelled and label_width != 0:
+            return f"a conv net without label input has label width 0, got {label_width}"
         if image_shape is None or len(image_shape) != 2:
             return "a conv artefact needs image_shape [H, W]"
         shape = (1, *(int(v) for v in image_shape))
@@ -159,17 +171,20 @@ def write_conv_nodes(nodes, strings, conv: SpikeConv, weights: list[np.ndarray],
     """Write the graph's nodes into the h5py group ``nodes``; returns the edges.
     ``lif(shape)`` gives the LIF parameters of a map of that shape."""
     n = len(conv.layers)
-    for name, shape in (("input", conv.layers[0].in_shape), ("label", (label_width, 1, 1))):
+    inputs = [("input", conv.layers[0].in_shape)] + ([("label", (label_width, 1, 1))] if conv.labelled else [])
+    for name, shape in inputs:
         g = nodes.create_group(name)
         g.create_dataset("type", data="Input", dtype=strings)
         g.create_dataset("shape", data=np.array(shape, dtype=np.int64))
     edges, prev = [], "input"
     for i, la in enumerate(conv.layers):
         _conv_group(nodes, f"conv_{i}", strings, weights[i], la.in_shape[1:], la.stride, _pair(la.padding))
-        oh, ow = la.map_shape[1:]
-        _conv_group(nodes, f"label_{i}", strings, label_to_nir(weights[n + i]), (1, 1), 1, [oh - 1, ow - 1])
         _lif_group(nodes, f"lif_{i}", strings, lif(la.map_shape))
-        edges += [(prev, f"conv_{i}"), ("label", f"label_{i}"), (f"conv_{i}", f"lif_{i}"), (f"label_{i}", f"lif_{i}")]
+        edges += [(prev, f"conv_{i}"), (f"conv_{i}", f"lif_{i}")]
+        if conv.labelled:
+            oh, ow = la.map_shape[1:]
+            _conv_group(nodes, f"label_{i}", strings, label_to_nir(weights[n + i]), (1, 1), 1, [oh - 1, ow - 1])
+            edges += [("label", f"label_{i}"), (f"label_{i}", f"lif_{i}")]
         prev = f"lif_{i}"
         if la.pool is not None:
             g = nodes.create_group(f"pool_{i}")
@@ -193,8 +208,11 @@ def write_conv_nodes(nodes, strings, conv: SpikeConv, weights: list[np.ndarray],
 
 
 def read_conv_weights(nodes, conv: SpikeConv) -> list[np.ndarray]:
-    """The artefact's weights from the NIR nodes: conv weights, then label weights ``[L, C, OH, OW]``."""
+    """The artefact's weights from the NIR nodes: conv weights, then label weights ``[L, C, OH, OW]``
+    (empty ``[0, C, OH, OW]`` for a net without label input)."""
     n = len(conv.layers)
     kernels = [np.asarray(nodes[f"conv_{i}"]["weight"][()], dtype=np.float32) for i in range(n)]
+    if not conv.labelled:
+        return kernels + [np.zeros((0, *la.map_shape), dtype=np.float32) for la in conv.layers]
     labels = [label_from_nir(np.asarray(nodes[f"label_{i}"]["weight"][()], dtype=np.float32)) for i in range(n)]
     return kernels + labels

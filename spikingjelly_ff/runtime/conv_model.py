@@ -1,5 +1,6 @@
 """``SpikeConvModel``: all-label scoring and on-line Hebbian learning of an exported spiking
-conv FF network (``SpikingConvFFNet``), with numpy only.
+conv FF network (``SpikingConvFFNet``), with numpy only. A channel-wise competitive net sees no
+label: one presentation scores every class, and it learns from true labels only.
 
 It runs the same simulation code as training (``simulation.conv``) and draws its spikes in the
 same order as ``learning.conv_engine`` (with numpy's generator): given the same input spikes
@@ -14,8 +15,9 @@ from functools import partial
 import numpy as np
 
 from spikingjelly_ff.functional.labels import spike_rates
+from spikingjelly_ff.functional.scores import class_margin
 from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact
-from spikingjelly_ff.runtime.protocol import check_images, check_targets
+from spikingjelly_ff.runtime.protocol import check_images, check_targets, competitive_targets
 from spikingjelly_ff.runtime.spike_base import SpikeArtifactModel
 from spikingjelly_ff.simulation import ConvLayout, Dynamics, conv_score, encode_spikes, present_conv, score_conv_labels
 from spikingjelly_ff.simulation.conv import SCORE_CHUNK
@@ -84,13 +86,20 @@ class SpikeConvModel(SpikeArtifactModel):
         """Spike probabilities of images ``[N, H * W]`` as maps ``[N, 1, H, W]``."""
         return spike_rates(x, self.art.encoder.gain).reshape(x.shape[0], *self.art.conv.layers[0].in_shape)
 
+    @property
+    def competitive(self) -> bool:
+        """Channel-wise competitive: no label input, class scores from one presentation."""
+        return self.art.probability.competitive
+
     def draw(self, x: np.ndarray, labels: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
         """Image spikes ``[T, N, 1, H, W]`` and label spikes ``[T, N, L]`` (image first, as the
-        torch trainer draws them)."""
+        torch trainer draws them; a competitive net's label spikes are ``[T, N, 0]``)."""
         x = check_images(x, self.in_features)
         labels = self.label_code.check_labels(labels, x.shape[0])
         enc = self.art.encoder
         image = encode_spikes(self.image_rates(x), enc.steps, rng, enc.coding)
+        if self.competitive:  # no label, no draws (as the torch trainer's no_label_spikes)
+            return image, np.zeros((*image.shape[:2], 0), np.float32)
         return image, encode_spikes(self.label_code.label_rates(enc.gain)[labels], enc.steps, rng, enc.coding)
 
     # -- inference ----------------------------------------------------------------------------
@@ -112,6 +121,9 @@ class SpikeConvModel(SpikeArtifactModel):
         total = np.zeros((x.shape[0], self.num_classes), np.float32)
         for _ in range(repeats):
             image = encode_spikes(self.image_rates(x), enc.steps, rng, enc.coding)
+            if self.competitive:  # no label: one presentation scores every class
+                total += self.class_scores_from_spikes(image)
+                continue
             # one label draw per chunk, shared by its images (common random numbers)
             if enc.coding == "bernoulli":
                 uniform = rng.random((enc.steps, 1, rates.shape[1]), dtype=np.float32)
@@ -121,9 +133,23 @@ class SpikeConvModel(SpikeArtifactModel):
             total += self.scores_from_spikes(image, codes)
         return total
 
+    def class_scores_from_spikes(self, image: np.ndarray) -> np.ndarray:
+        """A competitive net's class scores ``[N, C]`` (summed log-probabilities of the voting
+        layers) of image spikes ``[T, N, 1, H, W]``, one presentation."""
+        if not self.competitive:
+            raise TypeError("a label-scored net shows every label: use scores_from_spikes")
+        image = np.asarray(image, dtype=np.float32)
+        acts = present_conv(
+            image, np.zeros((*image.shape[:2], 0), np.float32), self.kernels, self.label_weights, self.layouts,
+            self.dynamics, self.art.conv.over, "numpy",
+        )  # fmt: skip
+        return self._score(acts, score=self.art.score)
+
     def scores_from_spikes(self, image: np.ndarray, codes: list[np.ndarray]) -> np.ndarray:
         """Scores ``[N, C]`` of image spikes ``[T, N, 1, H, W]`` shown with each label's spikes
         ``codes[k]`` ``[T, N or 1, L]``."""
+        if self.competitive:
+            raise TypeError("a competitive net sees no label: use class_scores_from_spikes")
         image = np.asarray(image, dtype=np.float32)
         codes = [np.asarray(c, dtype=np.float32) for c in codes]
         return score_conv_labels(
@@ -156,16 +182,22 @@ class SpikeConvModel(SpikeArtifactModel):
     ) -> np.ndarray:
         """One Hebbian update from images ``[N, H * W]`` shown with ``labels`` ``[N]``;
         ``positive`` ``[N]`` says whether each label is the true one. Returns the summed
-        log-odds of the presentation (its activities while learning)."""
+        log-odds of the presentation (its activities while learning). A competitive net
+        learns from true labels only (``positive`` all 1, else ``ValueError``) and returns the
+        margin of each label's summed log-probability over the best other class."""
         x = check_images(x, self.in_features)
         y = check_targets(positive, x.shape[0])
+        if self.competitive:  # checked before any draw: a refused update changes nothing
+            y = competitive_targets(self.label_code, labels, y)
         image, code = self.draw(x, labels, np.random.default_rng(seed))
         return self.learn_spikes(image, code, y, eta)
 
     def learn_spikes(self, image: np.ndarray, code: np.ndarray, y: np.ndarray, eta: float | None = None) -> np.ndarray:
         """Present image spikes ``[T, N, 1, H, W]`` and label spikes ``[T, N, L]`` and learn
-        towards ``y`` ``[N]`` (1 positive), as ``SpikingConvTrainer.train_batch`` does: the
-        weights and eligibility change in place. Returns the summed log-odds ``[N]``."""
+        towards ``y`` ``[N]`` (1 positive; a competitive net: the true classes, with label
+        spikes ``[T, N, 0]``), as ``SpikingConvTrainer.train_batch`` does: the weights and
+        eligibility change in place. Returns the summed log-odds ``[N]`` (competitive: the
+        class margin, > 0 where the true class scored highest)."""
         image = np.asarray(image, dtype=np.float32)
         code = np.asarray(code, dtype=np.float32)
         in_shape = tuple(self.art.conv.layers[0].in_shape)
@@ -178,7 +210,9 @@ class SpikeConvModel(SpikeArtifactModel):
         if code.shape != (t, n, width):
             # one label draw per image: learning has no [T, 1, L] shared draw, as scoring has
             raise ValueError(f"label spikes must have shape [{t}, {n}, {width}] (T, N, L), got {list(code.shape)}")
-        y = check_targets(y, n)
+        if n == 0:
+            raise ValueError("learning needs at least one sample, got none")
+        y = self.label_code.check_labels(y, n) if self.competitive else check_targets(y, n)
         self.art.check_learning(t)
         spec = self.learn_spec
         eta = spec.eta if eta is None else float(eta)
@@ -188,4 +222,6 @@ class SpikeConvModel(SpikeArtifactModel):
             image, code, self.kernels, self.label_weights, self.layouts, self.dynamics, self.art.conv.over, "numpy",
             learns,
         )  # fmt: skip
+        if self.competitive:
+            return class_margin(self._score(acts), y)
         return self._score(acts)

@@ -135,6 +135,9 @@ class SpikeModel(SpikeArtifactModel):
         repeats = self.art.evaluation.repeats if repeats is None else int(repeats)
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
+        x = self._check_images(x)
+        if x.shape[0] == 0:  # nothing to present (the scorer's reshapes need a batch)
+            return np.zeros((0, self.num_classes), np.float32)
         rng = np.random.default_rng(seed)
         total = self.scores_from_outputs(self.layer_outputs(x, rng=rng))
         for _ in range(repeats - 1):

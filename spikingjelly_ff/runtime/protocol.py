@@ -14,7 +14,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["RuntimeModel", "check_images", "check_targets"]
+__all__ = ["RuntimeModel", "check_images", "check_targets", "competitive_targets"]
 
 
 def check_images(x, in_features: int, unit_range: bool = True) -> np.ndarray:
@@ -33,18 +33,31 @@ def check_images(x, in_features: int, unit_range: bool = True) -> np.ndarray:
 def check_targets(positive, n: int) -> np.ndarray:
     """``positive`` as float32 ``[n]``: the learning target of each of ``n`` samples, 1 where
     the label shown is the true one, 0 where it is not (a soft target in between is allowed);
-    raises ``ValueError`` saying what is wrong otherwise (no broadcasting: one per sample)."""
+    raises ``ValueError`` saying what is wrong otherwise (no broadcasting: one per sample; no
+    empty batch: learning from nothing is a caller's mistake)."""
     try:
         y = np.asarray(positive, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"positive must be numbers (one target per sample): {exc}") from exc
     if y.shape != (n,):
         raise ValueError(f"positive must have shape [{n}] (one target per sample), got {list(y.shape)}")
+    if n == 0:
+        raise ValueError("learning needs at least one sample, got none")
     if not np.all(np.isfinite(y)):
         raise ValueError("positive targets must be finite, got NaN or Inf")
     if y.size and (y.min() < 0.0 or y.max() > 1.0):
         raise ValueError(f"positive targets must lie in [0, 1], got values in [{y.min():g}, {y.max():g}]")
     return y
+
+
+def competitive_targets(label_code, labels, positive: np.ndarray) -> np.ndarray:
+    """The class targets ``[N]`` int64 of a competitive net's update: ``labels`` checked as
+    any label is (``label_code.check_labels``), each shown as the true one (``positive`` 1):
+    a competitive net has no negative samples, so a 0 target is refused (``ValueError``)."""
+    labels = label_code.check_labels(labels, positive.shape[0])
+    if np.any(positive != 1.0):
+        raise ValueError("a competitive model learns from true labels only: every positive target must be 1")
+    return np.asarray(labels, dtype=np.int64)
 
 
 @runtime_checkable

@@ -274,8 +274,8 @@ def test_spiking_competitive_net_learns_without_labels_in_its_input(tmp_path, mi
     assert all(float((layer.weight.detach() - w).abs().max()) > 0 for layer, w in zip(net.layers, w0))
     metrics = train(cfg, tmp_path, log=lambda s: None, progress=False)
     assert metrics["final"]["test_accuracy"] > 0.3  # chance is 0.1
-    with pytest.raises(ValueError, match="no spike artefact"):
-        artifact_from_model(net)
+    art = artifact_from_model(net)  # the spike artefact holds it without label input
+    assert not art.conv.labelled and [w.shape[0] for w in art.weights[2:]] == [0, 0]
 
 
 # -- refusals, batch independence, per-sample draws, reloads ----------------------------------
@@ -395,8 +395,9 @@ def test_a_saved_spiking_competitive_run_reloads_and_evaluates(tmp_path, mini, c
     assert evaluated["accuracy"] == metrics["final"]["test_accuracy"]  # the reloaded net scores as the trained one
 
 
-def test_a_spike_artefact_claiming_a_competitive_model_is_refused(tmp_path):
-    """No export writes one; a file edited to say so is refused on load, not scored with labels."""
+def test_a_labelled_spike_artefact_claiming_a_competitive_model_is_refused(tmp_path):
+    """A label-scored net's file edited to say competitive is refused on load, not scored
+    without its labels (test_spiking_conv_competitive_runtime has the real competitive files)."""
     import json
 
     import h5py
@@ -413,7 +414,7 @@ def test_a_spike_artefact_claiming_a_competitive_model_is_refused(tmp_path):
         meta["probability"] = {"kind": "competitive", "eps": 0.01, "temperature": 0.2}
         del ours["meta"]
         ours.create_dataset("meta", data=json.dumps(meta), dtype=h5py.string_dtype())
-    with pytest.raises(ArtifactError, match="cannot hold a competitive model"):
+    with pytest.raises(ArtifactError, match="one channel group per class"):
         load_exported(path)
 
 

@@ -66,6 +66,17 @@ def test_every_runtime_learn_refuses_malformed_targets(kind, tmp_path):
         assert log_odds.shape == (3,) and np.all(np.isfinite(log_odds))
 
 
+@pytest.mark.parametrize("kind", ["analog", "analog-conv", "spiking", "spiking-conv"])
+def test_every_runtime_learn_refuses_an_empty_batch(kind, tmp_path):
+    """No images: one clear ValueError (it was a ZeroDivisionError or a reshape error)."""
+    model, d = _model(kind, tmp_path)
+    before = [w.copy() for w in model.weights]
+    with pytest.raises(ValueError, match="at least one sample"):
+        model.learn(np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    assert all(np.array_equal(a, b) for a, b in zip(model.weights, before))
+    assert model.scores(np.zeros((0, d), np.float32)).shape == (0, 10)  # scoring nothing is fine
+
+
 def test_spiking_conv_learn_spikes_refuses_spikes_of_the_wrong_shape(tmp_path):
     model, _ = _model("spiking-conv", tmp_path)
     rng = np.random.default_rng(1)
@@ -95,7 +106,8 @@ def test_check_targets():
 
     got = check_targets([True, False, 1, 0.5], 4)
     assert got.dtype == np.float32 and got.tolist() == [1.0, 0.0, 1.0, 0.5]
-    assert check_targets(np.zeros(0), 0).shape == (0,)
+    with pytest.raises(ValueError, match="at least one sample"):  # learning from nothing
+        check_targets(np.zeros(0), 0)
     for bad, n in [([1.0], 2), (np.ones((2, 1)), 2), ([np.inf, 0.0], 2), ([1.5, 0.0], 2), (None, 1)]:
         with pytest.raises(ValueError, match="positive"):
             check_targets(bad, n)
