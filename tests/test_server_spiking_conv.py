@@ -110,7 +110,9 @@ def test_serves_and_learns_a_competitive_spiking_conv_model(tmp_path, token_path
     want = SpikingConvScorer(net).predict(torch.from_numpy(x)).numpy()
     assert len(set(want.tolist())) > 1  # the check below tells labels apart
     repo = su.make_repository(tmp_path / "repo", {"comp": path / "model.nir"})
-    args = ["--max-eta", "1", "--snapshot-interval", "0"]
+    # a digest of the state with every update, stats and a snapshot: each hashes or writes the
+    # empty label weights and their eligibility
+    args = ["--max-eta", "1", "--snapshot-interval", "0", "--digest-every", "1"]
     with ServerProcess(repo, state_dir=tmp_path / "state", token_file=token_path, extra_args=args) as srv:
         with Client(srv.target, token_file=token_path) as c:
             got = c.infer(x, model="comp")
@@ -128,11 +130,35 @@ def test_serves_and_learns_a_competitive_spiking_conv_model(tmp_path, token_path
             assert after.version == 1
             np.testing.assert_allclose(after.scores, local.scores(x, seed=0), rtol=1e-5, atol=1e-4)
             assert np.abs(after.scores - got.scores).max() > 1e-3  # the update reached inference
+            r = c.learn(x[6:9], labels[6:9], model="comp", seed=6)
+            assert r.version == 2
+            local.learn(x[6:9], labels[6:9], np.ones(3, np.float32), seed=6)
+            stats = c.stats(model="comp").models[0]
+            assert stats.learning_version == 2 and stats.updates_refused == 1
+            snap = c.snapshot(model="comp", export=True)
+            assert snap.version == 2 and snap.bytes > 0
+            exported = load_exported(snap.artifact_path)  # the served state as a spike artefact
+            assert exported.competitive
+            for a, b in zip(exported.weights + exported.eligibility, local.weights + local.eligibility):
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
         assert srv.stop() == 0
-    # the acknowledged update survives a restart
+    # the acknowledged updates survive a restart
     with ServerProcess(repo, state_dir=tmp_path / "state", token_file=token_path, extra_args=args) as srv:
         with Client(srv.target, token_file=token_path) as c:
             again = c.infer(x, model="comp")
-            assert again.version == 1
+            assert again.version == 2
             np.testing.assert_allclose(again.scores, local.scores(x, seed=0), rtol=1e-5, atol=1e-4)
         assert srv.stop() == 0
+
+
+def test_state_digest_of_empty_arrays():
+    """A competitive net's label weights are [0, C, OH, OW]: the digest hashes their dtype and
+    shape (an empty view cannot be cast to bytes), and tells shapes apart."""
+    from sjff_server.storage.snapshots import state_digest
+
+    w = [np.ones((2, 1, 3, 3), np.float32), np.zeros((0, 2, 4, 4), np.float32)]
+    e = [np.zeros_like(a) for a in w]
+    digest = state_digest(w, e)
+    assert digest == state_digest([a.copy() for a in w], e)
+    assert digest != state_digest([w[0], np.zeros((0, 2, 4, 5), np.float32)], e)
+    assert digest != state_digest([w[0] * 2, w[1]], e)

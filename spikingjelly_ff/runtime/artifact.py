@@ -48,7 +48,9 @@ FORMAT = "spikingjelly-ff/spike"
 FORMAT_VERSION = 1
 #: conv artefacts: a runtime that predates them refuses them by their version
 CONV_FORMAT_VERSION = 2
-READ_VERSIONS = (FORMAT_VERSION, CONV_FORMAT_VERSION)
+#: conv artefacts without label input (competitive nets), likewise
+UNLABELLED_CONV_FORMAT_VERSION = 3
+READ_VERSIONS = (FORMAT_VERSION, CONV_FORMAT_VERSION, UNLABELLED_CONV_FORMAT_VERSION)
 NIR_VERSION = "1.0.8"
 DT = 1e-4
 REQUIRED_META = (
@@ -99,7 +101,9 @@ class SpikeArtifact:
 
     @property
     def format_version(self) -> int:
-        return FORMAT_VERSION if self.conv is None else CONV_FORMAT_VERSION
+        if self.conv is None:
+            return FORMAT_VERSION
+        return CONV_FORMAT_VERSION if self.conv.labelled else UNLABELLED_CONV_FORMAT_VERSION
 
     @property
     def num_layers(self) -> int:
@@ -347,11 +351,13 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
             raise ArtifactError(f"{path}: invalid conv settings: {exc!r}") from exc
         try:
             if conv is not None:
-                weights = read_conv_weights(nodes, conv)
+                weights = read_conv_weights(nodes, conv)  # ValueError: label nodes that must not be there
             else:
                 weights = [np.asarray(nodes[name]["weight"][()], dtype=np.float32) for name in meta["layers"]]
         except KeyError as exc:
             raise ArtifactError(f"{path}: NIR graph lacks layer {exc}") from exc
+        except ValueError as exc:
+            raise ArtifactError(f"{path}: {exc}") from exc
         except OSError as exc:
             raise ArtifactError(f"{path}: cannot read weights (truncated?): {exc}") from exc
         patterns = ours["label_patterns"][()] if "label_patterns" in ours else None
@@ -384,4 +390,6 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
         )
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: invalid settings: {exc}") from exc
+    if art.format_version != version:  # e.g. a conv file edited to claim another kind
+        raise ArtifactError(f"{path}: format version {version} does not match its content ({art.format_version})")
     return art.validate()

@@ -213,6 +213,9 @@ def read_conv_weights(nodes, conv: SpikeConv) -> list[np.ndarray]:
     n = len(conv.layers)
     kernels = [np.asarray(nodes[f"conv_{i}"]["weight"][()], dtype=np.float32) for i in range(n)]
     if not conv.labelled:
+        stray = [k for k in ("label", *(f"label_{i}" for i in range(n))) if k in nodes]
+        if stray:  # weights the runtime would drop, an input other NIR readers would see
+            raise ValueError(f"a conv net without label input has label nodes: {', '.join(stray)}")
         return kernels + [np.zeros((0, *la.map_shape), dtype=np.float32) for la in conv.layers]
     labels = [label_from_nir(np.asarray(nodes[f"label_{i}"]["weight"][()], dtype=np.float32)) for i in range(n)]
     return kernels + labels

@@ -212,7 +212,13 @@ class SpikeConvModel(SpikeArtifactModel):
             raise ValueError(f"label spikes must have shape [{t}, {n}, {width}] (T, N, L), got {list(code.shape)}")
         if n == 0:
             raise ValueError("learning needs at least one sample, got none")
-        y = self.label_code.check_labels(y, n) if self.competitive else check_targets(y, n)
+        if self.competitive:
+            # y holds classes here, not 0/1 targets: a float array would be taken for classes
+            if not np.issubdtype(np.asarray(y).dtype, np.integer):
+                raise ValueError("a competitive model learns towards classes: y must be integer class labels")
+            y = self.label_code.check_labels(y, n)
+        else:
+            y = check_targets(y, n)
         self.art.check_learning(t)
         spec = self.learn_spec
         eta = spec.eta if eta is None else float(eta)

@@ -14,9 +14,13 @@ from test_conv_competitive import _config
 from test_runtime import _run_without_torch
 
 from spikingjelly_ff.export.spike import export_spike
-from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.functional.params import EncoderParams, HebbianParams, NeuronParams, TraceParams
+from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.learning.conv_engine import SpikingConvScorer, SpikingConvTrainer, conv_layouts
+from spikingjelly_ff.nn.embedding import build_embedding
+from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.config import ConvLayerConfig
 from spikingjelly_ff.runtime import ArtifactError, SpikeConvModel, load_exported, read_artifact
 from spikingjelly_ff.simulation import present_conv
 
@@ -126,6 +130,9 @@ def test_negatives_and_bad_labels_are_refused_and_change_nothing(tmp_path):
     for labels, positive, message in cases:
         with pytest.raises(ValueError, match=message):
             model.learn(x, labels, positive)
+    image, code = model.draw(x, np.array([4, 5, 6]), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="integer class labels"):  # 0/1 targets are not classes
+        model.learn_spikes(image, code, np.array([1.0, 0.0, 1.0], np.float32))
     assert all(np.array_equal(a, b) for a, b in zip(model.weights + model.eligibility, before))
 
 
@@ -153,6 +160,40 @@ def test_tampered_competitive_artefacts_are_refused(tmp_path, edit, message):
     assert read_artifact(path).probability.competitive  # the untouched file loads
     _edit_meta(path, edit)
     with pytest.raises(ArtifactError, match=message):
+        load_exported(path)
+
+
+def test_label_nodes_and_a_wrong_format_version_are_refused(tmp_path):
+    """A competitive file (format version 3) that holds label nodes (weights a runtime would
+    drop, an input other NIR readers would see), or that claims version 2, is refused."""
+    path = export_spike(_net(), tmp_path / "m.nir")
+    with h5py.File(path) as f:
+        assert f["spikingjelly_ff"].attrs["format_version"] == 3
+    stray = tmp_path / "stray.nir"
+    stray.write_bytes(path.read_bytes())
+    with h5py.File(stray, "r+") as f:
+        f["node/nodes"].create_group("label_0")
+    with pytest.raises(ArtifactError, match="label nodes: label_0"):
+        load_exported(stray)
+    with h5py.File(path, "r+") as f:
+        f["spikingjelly_ff"].attrs["format_version"] = 2
+    with pytest.raises(ArtifactError, match="format version 2 does not match"):
+        load_exported(path)
+
+
+def test_a_labelled_file_claiming_the_competitive_probability_is_refused(tmp_path):
+    """A label-scored net with one channel group per class, its file edited to say
+    competitive: refused (it has a label input), not scored without its labels."""
+    torch.manual_seed(0)
+    net = SpikingConvFFNet(
+        144, [ConvLayerConfig(20, 3, pool="max", pool_size=2)], build_embedding("pattern", 10, 20, 0.3, 0, 1.0),
+        Probability("symmetric", eps=0.01), neuron=NeuronParams(), trace=TraceParams("leaky", 0.85),
+        encoder=EncoderParams(gain=0.6, steps=9, carry_membrane=False), over="group:10", image_shape=(12, 12),
+    )  # fmt: skip
+    path = export_spike(net, tmp_path / "m.nir")
+    assert not read_artifact(path).probability.competitive  # the untouched file loads
+    _edit_meta(path, lambda m: m.update(probability={"kind": "competitive", "eps": 1e-8, "temperature": 0.2}))
+    with pytest.raises(ArtifactError, match="a competitive conv net has no label input"):
         load_exported(path)
 
 

@@ -68,7 +68,8 @@ def state_digest(weights: list[np.ndarray], eligibility: list[np.ndarray]) -> st
     for a in (*weights, *eligibility):
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
+        if a.size:  # a view with a zero in its shape cannot be cast (a competitive net's empty label weights)
+            h.update(memoryview(a).cast("B"))
     return h.hexdigest()
 
 
