@@ -48,6 +48,20 @@ def spiking_conv_export(tmp_path_factory):
     return net, d / "export" / "model.nir"
 
 
+def _learn_and_compare(c, local, x, labels, model: str, before) -> None:
+    """Learn the first six samples through the server and on ``local`` (the export loaded
+    here), seed 5: the same log-odds back, version 1 served with the same scores, which differ
+    from ``before``'s (the update reached inference)."""
+    r = c.learn(x[:6], labels[:6], model=model, seed=5)
+    assert r.version == 1 and r.log_odds.shape == (6,)
+    lo = local.learn(x[:6], labels[:6], np.ones(6, np.float32), seed=5)
+    np.testing.assert_allclose(r.log_odds, lo, rtol=1e-5, atol=1e-4)
+    after = c.infer(x, model=model)
+    assert after.version == 1
+    np.testing.assert_allclose(after.scores, local.scores(x, seed=0), rtol=1e-5, atol=1e-4)
+    assert np.abs(after.scores - before.scores).max() > 1e-3
+
+
 def test_serves_and_learns_a_spiking_conv_model(spiking_conv_export, tmp_path, token_path, mnist_samples):
     net, path = spiking_conv_export
     images, labels = mnist_samples
@@ -71,14 +85,7 @@ def test_serves_and_learns_a_spiking_conv_model(spiking_conv_export, tmp_path, t
             lat = c.infer(x[:2], model="sconv", return_latent=True).outputs["latent"]
             assert lat.shape == (2, local.latent_width) and lat.sum() > 0
 
-            r = c.learn(x[:6], labels[:6], model="sconv", seed=5)
-            assert r.version == 1 and r.log_odds.shape == (6,)
-            lo = local.learn(x[:6], labels[:6], np.ones(6, np.float32), seed=5)
-            np.testing.assert_allclose(r.log_odds, lo, rtol=1e-5, atol=1e-4)
-            after = c.infer(x, model="sconv")
-            assert after.version == 1
-            np.testing.assert_allclose(after.scores, local.scores(x, seed=0), rtol=1e-5, atol=1e-4)
-            assert np.abs(after.scores - got.scores).max() > 1e-3  # the update reached inference
+            _learn_and_compare(c, local, x, labels, "sconv", got)
         assert srv.stop() == 0
 
 
@@ -122,14 +129,7 @@ def test_serves_and_learns_a_competitive_spiking_conv_model(tmp_path, token_path
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "true labels only" in err.value.details()
             assert c.infer(x, model="comp").version == 0  # the refused update changed nothing
-            r = c.learn(x[:6], labels[:6], model="comp", seed=5)
-            assert r.version == 1
-            margin = local.learn(x[:6], labels[:6], np.ones(6, np.float32), seed=5)
-            np.testing.assert_allclose(r.log_odds, margin, rtol=1e-5, atol=1e-4)
-            after = c.infer(x, model="comp")
-            assert after.version == 1
-            np.testing.assert_allclose(after.scores, local.scores(x, seed=0), rtol=1e-5, atol=1e-4)
-            assert np.abs(after.scores - got.scores).max() > 1e-3  # the update reached inference
+            _learn_and_compare(c, local, x, labels, "comp", got)  # the runtime's class margins back
             r = c.learn(x[6:9], labels[6:9], model="comp", seed=6)
             assert r.version == 2
             local.learn(x[6:9], labels[6:9], np.ones(3, np.float32), seed=6)
