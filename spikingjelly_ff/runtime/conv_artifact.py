@@ -112,8 +112,6 @@ class SpikeConv:
             return "the network has no conv layers"
         if len(weights) != 2 * n:
             return f"{n} conv layers need {2 * n} weight arrays (conv, then label weights), got {len(weights)}"
-        if not self.labelled and label_width != 0:
-            return f"a conv net without label input has label width 0, got {label_width}"
         if image_shape is None or len(image_shape) != 2:
             return "a conv artefact needs image_shape [H, W]"
         shape = (1, *(int(v) for v in image_shape))

@@ -25,6 +25,12 @@ from spikingjelly_ff.simulation.conv import SCORE_CHUNK
 __all__ = ["SpikeConvModel"]
 
 
+def _no_label_spikes(image: np.ndarray) -> np.ndarray:
+    """A competitive net's label input for image spikes ``[T, N, ...]``: ``[T, N, 0]`` (as the
+    torch net's ``no_label_spikes``)."""
+    return np.zeros((*image.shape[:2], 0), np.float32)
+
+
 class SpikeConvModel(SpikeArtifactModel):
     """A loaded spiking conv artefact. Arrays are float32; images are ``[N, H * W]`` in [0, 1].
 
@@ -98,8 +104,8 @@ class SpikeConvModel(SpikeArtifactModel):
         labels = self.label_code.check_labels(labels, x.shape[0])
         enc = self.art.encoder
         image = encode_spikes(self.image_rates(x), enc.steps, rng, enc.coding)
-        if self.competitive:  # no label, no draws (as the torch trainer's no_label_spikes)
-            return image, np.zeros((*image.shape[:2], 0), np.float32)
+        if self.competitive:  # no label, no draws
+            return image, _no_label_spikes(image)
         return image, encode_spikes(self.label_code.label_rates(enc.gain)[labels], enc.steps, rng, enc.coding)
 
     # -- inference ----------------------------------------------------------------------------
@@ -140,7 +146,7 @@ class SpikeConvModel(SpikeArtifactModel):
             raise TypeError("a label-scored net shows every label: use scores_from_spikes")
         image = np.asarray(image, dtype=np.float32)
         acts = present_conv(
-            image, np.zeros((*image.shape[:2], 0), np.float32), self.kernels, self.label_weights, self.layouts,
+            image, _no_label_spikes(image), self.kernels, self.label_weights, self.layouts,
             self.dynamics, self.art.conv.over, "numpy",
         )  # fmt: skip
         return self._score(acts, score=self.art.score)
