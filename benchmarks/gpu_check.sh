@@ -20,8 +20,9 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cupy', cupy.__version__)"
 rc=0
-echo "== CuPy kernels vs torch (tests/library/test_kernels.py, test_present_kernel.py)"
-timeout 300 python3 -m pytest -q -rs -p no:cacheprovider tests/library/test_kernels.py tests/library/test_present_kernel.py || rc=1
+echo "== CuPy kernels vs torch (tests/library/test_kernels.py, test_present_kernel.py, test_present_scoring.py)"
+timeout 300 python3 -m pytest -q -rs -p no:cacheprovider tests/library/test_kernels.py tests/library/test_present_kernel.py \
+  tests/library/test_present_scoring.py || rc=1
 echo "== GPU throughput (benchmarks/gpu_speed.py)"
 timeout 300 python3 benchmarks/gpu_speed.py --online-samples 1000 --images 10000 --json "$OUT/gpu_speed.json" || rc=1
 echo "== The paper's batched P_sym row on MNIST through sjff train (spikingjelly_ff/configs/paper)"
@@ -38,7 +39,8 @@ m = json.load(open(sys.argv[2]))
 for e in m["epochs"]:
     print(f"{sys.argv[1]:>10}  epoch {e['epoch']}: {e['train_seconds']:.2f} s train "
           f"({e['train_samples_per_second']:,.0f} samples/s), pos/neg acc {e['train_pn_accuracy']:.4f}"
-          + (f", test acc {e['test_accuracy']:.4f}" if "test_accuracy" in e else ""))
+          + (f", test acc {e['test_accuracy']:.4f} ({e['test_images_per_second']:,.0f} images/s)"
+             if "test_accuracy" in e else ""))
 PY
   done
 else

@@ -24,7 +24,15 @@ from spikingjelly_ff.kernels import numpy_loop
 
 BACKENDS = ("torch", "cupy")
 
-__all__ = ["BACKENDS", "apply_delta", "neuron_forward", "present", "present_fits", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "apply_delta",
+    "neuron_forward",
+    "present",
+    "present_fits",
+    "present_rows",
+    "resolve_backend",
+]
 
 
 def _load(module: str) -> ModuleType:
@@ -87,6 +95,23 @@ def present_fits(backend: str, x, w, v, e, p: NeuronParams, goodness_kind: str, 
         return False
     _, n, d = x.shape
     return cp.present_supported(p, goodness_kind, n, d, w.shape[0], e is not None, w.device.index or 0, split)
+
+
+def present_rows(backend: str, w, p: NeuronParams, rows: int, d: int) -> int:
+    """The most samples, up to ``rows``, that one launch presenting ``d`` inputs to weights
+    ``w`` ``[H, d]`` can take without learning (``cupy_present.present``); 0 when none fits or
+    the layer is not float32 on a CUDA device with the CuPy backend."""
+    if backend != "cupy" or isinstance(w, np.ndarray) or not w.is_cuda:
+        return 0
+    cp = _load("cupy_present")
+    if not cp.tensors_fit(w, w, w):
+        return 0
+    r = rows
+    while r >= 1:  # the shared memory grows with the samples of a launch: halve until it fits
+        if cp.present_supported(p, "sum_squares", r, d, w.shape[0], False, w.device.index or 0):
+            return r
+        r //= 2
+    return 0
 
 
 def present(x, w, v, p: NeuronParams, tp: TraceParams, learn=None, rest_steps: int = 0):

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from spikingjelly_ff import kernels
 from spikingjelly_ff.functional.hebbian import DeltaReduce
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.schedule import schedule_factor
@@ -25,11 +26,13 @@ from spikingjelly_ff.simulation import (
     encode_spikes,
     input_major,
     label_currents,
+    label_spikes,
     learns_online,
     online_layer,
     run_layer,
     scalar_logit,
     score_labels,
+    score_labels_present,
     spike_currents,
 )
 
@@ -273,43 +276,49 @@ class SpikingScorer:
             return [torch.cat(p, dim=1) for p in zip(*parts)]
         net = self.net
         weights = [layer.weight.data for layer in net.layers]
-        if spikes is None:
-            code = net.embedding.label_code
-            gain = net.encoder.gain
-            label_rates = torch.tensor(code.label_rates(gain), dtype=x.dtype, device=x.device)
-            d = net.in_features
-            current = label_currents(
-                code.image_rates(x, gain),
-                label_rates,
-                code.image_slice(d),
-                code.label_slice(d),
-                weights[0],
-                net.encoder.steps,
-                self.generator,
-                self.share,
-                net.encoder.coding,
-            )
-            num_labels = code.num_classes
-        else:
-            current = spike_currents(spikes, weights[0])
-            num_labels = spikes.shape[0]
         states = net.state() if self.use_state else [None] * len(weights)
-        outs, finals = score_labels(
-            current,
-            num_labels,
-            weights,
-            net.dynamics,
-            states,
-            net.encoder.carry_membrane,
-            net.encoder.rest_steps,
-            net.backend,
-            counts,
-        )
+        carry, rest_steps = net.encoder.carry_membrane, net.encoder.rest_steps
+        code = net.embedding.label_code
+        num_labels = code.num_classes if spikes is None else spikes.shape[0]
+        if spikes is None:
+            gain, d = net.encoder.gain, net.in_features
+            label_rates = torch.tensor(code.label_rates(gain), dtype=x.dtype, device=x.device)
+            rates = (code.image_rates(x, gain), label_rates, code.image_slice(d), code.label_slice(d))
+        rows = self._present_rows(x, weights, num_labels, carry) if spikes is not None or self.share else 0
+        if rows:  # one launch per layer (and per label, with carried membranes)
+            if spikes is None:
+                width = weights[0].shape[1]  # the embedded input: image and label positions
+                first = label_spikes(*rates, width, net.encoder.steps, self.generator, net.encoder.coding)
+            else:
+                first = spikes.__getitem__
+            outs, finals = score_labels_present(
+                first, num_labels, weights, net.dynamics, states, carry, rest_steps, kernels.present, rows, counts
+            )
+        else:
+            if spikes is None:
+                steps, coding = net.encoder.steps, net.encoder.coding
+                current = label_currents(*rates, weights[0], steps, self.generator, self.share, coding)
+            else:
+                current = spike_currents(spikes, weights[0])
+            outs, finals = score_labels(
+                current, num_labels, weights, net.dynamics, states, carry, rest_steps, net.backend, counts
+            )
         if self.use_state:
             for layer, v in zip(net.layers, finals):
                 if v is not None:
                     layer.neuron.v = v
         return outs
+
+    def _present_rows(self, x: Tensor, weights: list[Tensor], num_labels: int, carry: bool) -> int:
+        """Samples per launch when every layer's presentation can be one launch of the
+        presentation kernel (``kernels.present_rows``; CuPy on a GPU, float32), at least one
+        label's images; else 0 (the per-step path)."""
+        n = x.shape[0]
+        want = n if carry else num_labels * n
+        rows = want
+        for w in weights:
+            rows = min(rows, kernels.present_rows(self.net.backend, w, self.net.dynamics.neuron, want, w.shape[1]))
+        return rows if rows >= n and x.dtype == torch.float32 else 0
 
     @torch.no_grad()
     def scores(self, x: Tensor, spikes: Tensor | None = None) -> Tensor:

@@ -39,7 +39,13 @@ from spikingjelly_ff.simulation.encoding import (
 )
 from spikingjelly_ff.simulation.layer import Dynamics, input_major, learns_online, neuron_forward, rest, run_layer
 from spikingjelly_ff.simulation.online import online_layer, scalar_logit
-from spikingjelly_ff.simulation.scoring import label_currents, score_labels, spike_currents
+from spikingjelly_ff.simulation.scoring import (
+    label_currents,
+    label_spikes,
+    score_labels,
+    score_labels_present,
+    spike_currents,
+)
 
 __all__ = [
     "ConvLayout",
@@ -55,6 +61,7 @@ __all__ = [
     "input_major",
     "label_current",
     "label_currents",
+    "label_spikes",
     "learns_online",
     "neuron_forward",
     "online_layer",
@@ -66,5 +73,6 @@ __all__ = [
     "scalar_logit",
     "score_conv_labels",
     "score_labels",
+    "score_labels_present",
     "spike_currents",
 ]

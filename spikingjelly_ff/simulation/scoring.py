@@ -14,7 +14,7 @@ from spikingjelly_ff.simulation.layer import Dynamics, neuron_forward, rest
 
 Array = Any  # torch tensor or numpy array
 
-__all__ = ["label_currents", "score_labels", "spike_currents"]
+__all__ = ["label_currents", "label_spikes", "score_labels", "score_labels_present", "spike_currents"]
 
 
 def score_labels(
@@ -59,6 +59,96 @@ def score_labels(
             if carry:
                 v[...] = rest(v, d, rest_steps)
     return outputs, (vs if carry else [None] * len(weights))
+
+
+def score_labels_present(
+    first_spikes,
+    num_labels: int,
+    weights: list[Array],
+    d: Dynamics,
+    states: list[Array | None],
+    carry: bool,
+    rest_steps: int,
+    present,
+    rows: int,
+    counts: bool = False,
+) -> tuple[list[Array], list[Array]]:
+    """:func:`score_labels` with every layer's presentation one launch of the whole
+    presentation kernel (torch tensors; ``kernels.present`` on a GPU).
+
+    ``first_spikes(k)`` returns layer 1's input spikes ``[T, N, D']`` for label k (see
+    :func:`label_spikes`); ``present(x, w, v, neuron, trace, None, rest_steps)`` presents
+    spikes ``x`` ``[T, R, D]`` to weights ``w`` from membranes ``v`` ``[R, H]`` (updated in
+    place, then resting ``rest_steps`` steps) and returns spikes ``[T, R, H]`` and the final
+    trace ``[R, H]``; ``rows`` is the most samples one launch may take. Without ``carry``
+    every label starts from rest, so all labels' samples run together, ``rows`` at a time; with
+    ``carry`` the labels run one after another (``rows >= N``), each layer's membrane resting
+    between them. Same returns as :func:`score_labels`."""
+    torch = _array.xp(weights[0])
+    if not carry:
+        x = torch.cat([first_spikes(k) for k in range(num_labels)], dim=1)  # [T, C * N, D'], label-major
+        t, cn, _ = x.shape
+        outputs = []
+        for w in weights:
+            h = w.shape[0]
+            spikes = x.new_empty(t, cn, h)
+            final = x.new_empty(cn, h)
+            for r0 in range(0, cn, rows):
+                r1 = min(cn, r0 + rows)
+                s, tr = present(x[:, r0:r1].contiguous(), w, x.new_zeros(r1 - r0, h), d.neuron, d.trace, None, 0)
+                spikes[:, r0:r1] = s
+                final[r0:r1] = s.sum(0) if counts else tr
+            outputs.append(final.reshape(num_labels, cn // num_labels, h))
+            x = spikes
+        return outputs, [None] * len(weights)
+    outputs, vs = [], []
+    for k in range(num_labels):
+        x = first_spikes(k)
+        n = x.shape[1]
+        if n > rows:
+            raise ValueError(f"{n} samples do not fit one launch of at most {rows}")
+        for i, w in enumerate(weights):
+            h = w.shape[0]
+            if k == 0:
+                outputs.append(x.new_empty(num_labels, n, h))
+                start = states[i] if states[i] is not None and tuple(states[i].shape) == (n, h) else None
+                vs.append(x.new_zeros(n, h) if start is None else start.clone().contiguous())
+            x, tr = present(x, w, vs[i], d.neuron, d.trace, None, rest_steps)
+            outputs[i][k] = x.sum(0) if counts else tr
+    return outputs, vs
+
+
+def label_spikes(
+    image_rates: Array,
+    label_rates: Array,
+    image_slice: slice,
+    label_slice: slice,
+    width: int,
+    steps: int,
+    rng,
+    coding: str = "bernoulli",
+):
+    """Input spikes of every candidate label for :func:`score_labels_present` (torch): the
+    draws :func:`label_currents` makes with ``share``, in its order (one draw of image spikes,
+    one uniform per step, image and label position, shared by every label), so both scorers
+    see the same spikes. Returns ``spikes(k)`` ``[T, N, width]`` for label k."""
+    torch = _array.xp(image_rates)
+    n, lw = image_rates.shape[0], label_rates.shape[1]
+    keep = torch.arange(image_slice.start, image_slice.stop, device=image_rates.device)
+    image = encode_spikes(image_rates.index_select(1, keep), steps, rng, coding)  # [T, N, S]
+    u = torch.rand(steps, n, lw, generator=rng, device=image_rates.device) if coding == "bernoulli" else None
+
+    def spikes(k: int):
+        out = image_rates.new_zeros(steps, n, width)
+        out[:, :, image_slice] = image
+        rate = label_rates[k]  # [L]
+        if u is None:
+            out[:, :, label_slice] = regular_spikes(rate.expand(n, lw), steps)
+        else:
+            out[:, :, label_slice] = (u < rate).to(out.dtype)
+        return out
+
+    return spikes
 
 
 def label_currents(

@@ -66,3 +66,42 @@ def emulated(tmp_path_factory):
     flags = ["-std=c++20", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-pthread"]
     subprocess.run(["g++", *flags, str(src), "-o", str(lib)], check=True)
     return ctypes.CDLL(str(lib))
+
+
+def _struct(values: tuple) -> ctypes.Structure:
+    """A ctypes struct laid out like a kernel's argument struct, from the launcher's tuple."""
+    import numpy as np
+
+    fields = [(f"f{i}", ctypes.c_int if isinstance(v, np.int32) else ctypes.c_float) for i, v in enumerate(values)]
+    cls = type("Args", (ctypes.Structure,), {"_fields_": fields})
+    return cls(*[int(v) if isinstance(v, np.int32) else float(v) for v in values])
+
+
+def run_emulated(emulated, launch, threads: int = 1) -> None:
+    """Run one ``sjff_present`` launch (``cupy_present.PresentLaunch`` built on CPU tensors) in
+    the host emulation, ``threads`` simulated threads per block."""
+    a = launch.args
+    pointers = [ctypes.c_void_p(int(q)) for q in a[:11]]
+    t, n, d, h, hb, w_sh, w_sd, first, rest, silent, chunk = (int(q) for q in a[11:22])
+    emulated.emu_present(
+        *pointers, launch.blocks, threads, ctypes.c_longlong(launch.shared_bytes // 4), t, n, d, h, hb,
+        ctypes.c_longlong(w_sh), ctypes.c_longlong(w_sd), first, rest, silent, chunk, _struct(a[22:34]),
+        _struct(a[34:]),
+    )  # fmt: skip
+    assert int(launch.keep[-1][0]) == 0  # the barrier's count is back to 0 for the next launch
+
+
+def emulated_present(emulated, blocks: int, threads: int = 1):
+    """``kernels.present`` for CPU tensors: the launch ``cupy_present`` builds for a GPU with
+    ``blocks`` multiprocessors, run in the host emulation."""
+    from spikingjelly_ff.kernels import cupy_present
+
+    def present(x, w, v, p, tp, learn=None, rest_steps: int = 0):
+        launch = cupy_present.present_launch(x, w, v, p, tp, learn, rest_steps, blocks)
+        run_emulated(emulated, launch, threads)
+        if launch.v is not v:
+            v.copy_(launch.v)
+        return launch.spikes, launch.trace
+
+    return present
+

@@ -4,12 +4,12 @@ are exercised), against the per-step torch path; on a GPU, through CuPy against 
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_emulated
 
 from spikingjelly_ff import kernels
 from spikingjelly_ff.functional.params import HebbianParams, NeuronParams, TraceParams
@@ -49,13 +49,6 @@ CASES = {
 }
 
 
-def _struct(values: tuple) -> ctypes.Structure:
-    """A ctypes struct laid out like the kernel's argument struct, from the launcher's tuple."""
-    fields = [(f"f{i}", ctypes.c_int if isinstance(v, np.int32) else ctypes.c_float) for i, v in enumerate(values)]
-    cls = type("Args", (ctypes.Structure,), {"_fields_": fields})
-    return cls(*[int(v) if isinstance(v, np.int32) else float(v) for v in values])
-
-
 def _problem(seed: int, t: int, n: int, d: int, h: int):
     """Input spikes, weights on a 1/64 grid (their sums are exact in any order, so the first
     steps' currents equal the torch path's bit for bit), membranes and targets."""
@@ -83,15 +76,7 @@ def _emulate(
                  spec.eta)  # fmt: skip
     launch = cupy_present.present_launch(torch.from_numpy(x), wt, vt, dyn.neuron, dyn.trace, learn, rest_steps, blocks)
     assert launch.blocks > 1
-    a = launch.args
-    pointers = [ctypes.c_void_p(int(q)) for q in a[:11]]
-    t, n, d, h, hb, w_sh, w_sd, first, rest, silent, chunk = (int(q) for q in a[11:22])
-    emulated.emu_present(
-        *pointers, launch.blocks, threads, ctypes.c_longlong(launch.shared_bytes // 4), t, n, d, h, hb,
-        ctypes.c_longlong(w_sh), ctypes.c_longlong(w_sd), first, rest, silent, chunk, _struct(a[22:34]),
-        _struct(a[34:]),
-    )  # fmt: skip
-    assert int(launch.keep[-1][0]) == 0  # the barrier's count is back to 0 for the next launch
+    run_emulated(emulated, launch, threads)
     assert launch.v is vt
     return launch.spikes.numpy(), launch.trace.numpy(), vt.numpy(), wt.numpy(), et.numpy()
 
