@@ -97,21 +97,17 @@ def present_fits(backend: str, x, w, v, e, p: NeuronParams, goodness_kind: str, 
     return cp.present_supported(p, goodness_kind, n, d, w.shape[0], e is not None, w.device.index or 0, split)
 
 
-def present_rows(backend: str, w, p: NeuronParams, rows: int, d: int) -> int:
-    """The most samples, up to ``rows``, that one launch presenting ``d`` inputs to weights
-    ``w`` ``[H, d]`` can take without learning (``cupy_present.present``); 0 when none fits or
-    the layer is not float32 on a CUDA device with the CuPy backend."""
+def present_rows(backend: str, w, p: NeuronParams, rows: int, d: int, least: int = 1) -> int:
+    """Samples per launch for presenting ``d`` inputs to weights ``w`` ``[H, d]`` without
+    learning (``cupy_present.present``): ``rows`` or the largest of its halvings that fits,
+    else ``least`` if it fits; 0 when none does, or the layer is not float32 on a CUDA device
+    with the CuPy backend."""
     if backend != "cupy" or isinstance(w, np.ndarray) or not w.is_cuda:
         return 0
     cp = _load("cupy_present")
     if not cp.tensors_fit(w, w, w):
         return 0
-    r = rows
-    while r >= 1:  # the shared memory grows with the samples of a launch: halve until it fits
-        if cp.present_supported(p, "sum_squares", r, d, w.shape[0], False, w.device.index or 0):
-            return r
-        r //= 2
-    return 0
+    return cp.inference_rows(p, rows, d, w.shape[0], w.device.index or 0, least)
 
 
 def present(x, w, v, p: NeuronParams, tp: TraceParams, learn=None, rest_steps: int = 0):

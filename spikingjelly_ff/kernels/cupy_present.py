@@ -112,6 +112,18 @@ def present_supported(
     return 4 * present_shared_floats(n, d, hb, has_e, present_chunk(n, blocks)) <= _shared_limit(device)
 
 
+def inference_rows(p: NeuronParams, rows: int, d: int, h: int, device: int, least: int = 1) -> int:
+    """The samples per launch of an inference presentation (``kernels.present_rows``):
+    ``rows`` or the largest of its halvings that :func:`present_supported` takes (the shared
+    memory grows with the samples of a launch), else ``least`` if it fits; else 0."""
+    r = rows
+    while r >= max(1, least):
+        if present_supported(p, "sum_squares", r, d, h, False, device):
+            return r
+        r //= 2
+    return least if least >= 1 and present_supported(p, "sum_squares", least, d, h, False, device) else 0
+
+
 def warm_up() -> None:
     """Compile the module now (NVRTC, about a second) rather than inside the first batch."""
     for name in ("sjff_neuron_forward", "sjff_eligibility_apply", "sjff_present"):

@@ -314,11 +314,16 @@ class SpikingScorer:
         presentation kernel (``kernels.present_rows``; CuPy on a GPU, float32), at least one
         label's images; else 0 (the per-step path)."""
         n = x.shape[0]
-        want = n if carry else num_labels * n
-        rows = want
-        for w in weights:
-            rows = min(rows, kernels.present_rows(self.net.backend, w, self.net.dynamics.neuron, want, w.shape[1]))
-        return rows if rows >= n and x.dtype == torch.float32 else 0
+        if x.dtype != torch.float32:
+            return 0
+        backend, neuron = self.net.backend, self.net.dynamics.neuron
+        rows = n if carry else num_labels * n
+        while rows:  # until every layer takes launches of the same size
+            fit = min(kernels.present_rows(backend, w, neuron, rows, w.shape[1], n) for w in weights)
+            if fit == rows:
+                break
+            rows = fit
+        return rows if rows >= n else 0
 
     @torch.no_grad()
     def scores(self, x: Tensor, spikes: Tensor | None = None) -> Tensor:

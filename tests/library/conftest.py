@@ -104,4 +104,3 @@ def emulated_present(emulated, blocks: int, threads: int = 1):
         return launch.spikes, launch.trace
 
     return present
-

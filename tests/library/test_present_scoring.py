@@ -14,7 +14,7 @@ from conftest import emulated_present
 from spikingjelly_ff import kernels
 from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import Probability
-from spikingjelly_ff.kernels import cupy_backend
+from spikingjelly_ff.kernels import cupy_backend, cupy_present
 from spikingjelly_ff.learning.engine import SpikingScorer
 from spikingjelly_ff.runs.build import build_model
 from spikingjelly_ff.runs.config import load_config
@@ -109,6 +109,41 @@ def test_label_spikes_draw_what_label_currents_draw(coding, binary):
         torch.testing.assert_close(spike_currents(x.unsqueeze(0), w)(0), want(k), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("limit,sms", [(227 * 1024, 132), (48 * 1024, 132), (48 * 1024, 20)])
+@pytest.mark.parametrize("h", [200, 2000])
+def test_inference_rows_fit_the_shared_memory(monkeypatch, limit, sms, h):
+    """Samples per launch for a GPU with ``sms`` multiprocessors and ``limit`` bytes of shared
+    memory per block: ``rows`` or the largest halving that fits, else ``least``; what it
+    returns fits, and twice as many (a halving's parent) does not."""
+    monkeypatch.setattr(cupy_present, "_multiprocessors", lambda device: sms)
+    monkeypatch.setattr(cupy_present, "_shared_limit", lambda device: limit)
+    p = DYN.neuron
+
+    def fits(r: int) -> bool:
+        return cupy_present.present_supported(p, "sum_squares", r, 884, h, False, 0)
+
+    r = cupy_present.inference_rows(p, 2500, 884, h, 0, least=250)
+    if r:
+        assert fits(r) and r in (2500, 1250, 625, 312, 250)
+        assert r == 2500 or not fits(2 * r if r != 250 else 312)
+    else:
+        assert not any(fits(k) for k in (2500, 1250, 625, 312, 250))
+    if (limit, sms, h) == (227 * 1024, 132, 200):
+        assert r == 2500  # the paper's layer: all ten labels of 250 images in one launch on an H200
+    monkeypatch.setenv("SJFF_PRESENT", "0")
+    assert cupy_present.inference_rows(p, 2500, 884, h, 0, least=250) == 0
+    monkeypatch.delenv("SJFF_PRESENT")
+    kwta = dataclasses.replace(p, kwta=5)
+    assert cupy_present.inference_rows(kwta, 2500, 884, h, 0, least=250) == 0
+
+
+def test_present_rows_refuses_what_is_not_a_cuda_float32_layer():
+    w = torch.zeros(20, 884)
+    assert kernels.present_rows("cupy", w, DYN.neuron, 100, 884, 10) == 0  # a CPU tensor
+    assert kernels.present_rows("torch", w, DYN.neuron, 100, 884, 10) == 0
+    assert kernels.present_rows("cupy", w.numpy(), DYN.neuron, 100, 884, 10) == 0
+
+
 def _net(seed: int, carry: bool, widths: str = "[20, 12]"):
     """The paper's spiking net (``paper/hebbian-batched-symmetric``), two small layers."""
     sets = [f"model.layers={widths}", f"model.encoder.carry_membrane={str(carry).lower()}"]
@@ -127,19 +162,26 @@ def test_scorer_takes_the_kernel_path_where_it_fits(emulated, monkeypatch, carry
     its per-step path, drawing the same spikes from the same seed."""
     x = torch.rand(30, 784) * (torch.rand(30, 784) < 0.3)
     per_step = SpikingScorer(_net(0, carry), seed=5)
+    per_step.chunk = 10  # three chunks: with carry, the membranes pass from one to the next
     want = per_step.scores(x)
     net = _net(0, carry)
     net.backend = "cupy"  # what a GPU run selects; the launches below run in the emulation
     calls = []
-    monkeypatch.setattr(kernels, "present_rows", lambda backend, w, p, rows, d: calls.append(rows) or rows)
+    monkeypatch.setattr(kernels, "present_rows", lambda backend, w, p, rows, d, least: calls.append(rows) or rows)
     monkeypatch.setattr(kernels, "present", emulated_present(emulated, blocks=4))
-    got = SpikingScorer(net, seed=5).scores(x)
-    assert calls and calls[0] == (30 if carry else 300)
+    scorer = SpikingScorer(net, seed=5)
+    scorer.chunk = 10
+    got = scorer.scores(x)
+    assert calls and calls[0] == (10 if carry else 100)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert got.std() > 0
+    assert torch.equal(scorer.generator.get_state(), per_step.generator.get_state())  # the same draws, no more
     for a, b in zip(net.state(), per_step.net.state()):
         if carry:
+            assert a is not None and float(a.abs().sum()) > 0
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        else:
+            assert a is None and b is None
 
 
 def test_scorer_keeps_the_per_step_path_where_no_launch_fits(monkeypatch):
@@ -147,7 +189,7 @@ def test_scorer_keeps_the_per_step_path_where_no_launch_fits(monkeypatch):
     for rows in (0, 7):
         net = _net(1, False)
         net.backend = "cupy"
-        monkeypatch.setattr(kernels, "present_rows", lambda backend, w, p, want, d, r=rows: r)
+        monkeypatch.setattr(kernels, "present_rows", lambda backend, w, p, want, d, least, r=rows: r)
         monkeypatch.setattr(kernels, "present", lambda *a, **k: pytest.fail("the kernel path was taken"))
         # the per-step path's CuPy neuron kernel needs a GPU: its torch twin stands in
         monkeypatch.setattr(kernels, "_backend", lambda name: kernels._load("torch_loop"))
@@ -174,5 +216,7 @@ def test_kernel_scoring_equals_per_step_scoring_on_gpu(monkeypatch, carry):
         assert (rows > 0) == (flag == "1")
         outs.append(scorer.scores(x))
     a, b = outs
-    assert (a.argmax(1) == b.argmax(1)).float().mean() > 0.99  # a rare threshold tie may flip a spike
-    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2)
+    # the kernel sums currents in another order than cuBLAS: a membrane on the threshold may
+    # fire on one path only, which moves that image's scores; nearly all must agree
+    close = ((a - b).abs() <= 1e-3 + 1e-3 * b.abs()).all(1)
+    assert close.float().mean() > 0.99 and (a.argmax(1) == b.argmax(1)).float().mean() > 0.99
