@@ -50,8 +50,7 @@ def score_labels(
                 current = (spikes.reshape(t * n, -1) @ w.T).reshape(t, n, h)
             if k == 0:
                 outputs.append(_array.empty(current, (num_labels, n, h)))
-                start = states[i] if carry and states[i] is not None and tuple(states[i].shape) == (n, h) else None
-                vs.append(_array.zeros(current, (n, h)) if start is None else _array.contiguous(_array.copy(start)))
+                vs.append(_start_membrane(states[i] if carry else None, current, n, h))
             v = vs[i] if carry else _array.zeros(current, (n, h))
             tr = _array.zeros(current, (n, h))
             spikes = neuron_forward(_array.contiguous(current), v, tr, d, backend)
@@ -59,6 +58,14 @@ def score_labels(
             if carry:
                 v[...] = rest(v, d, rest_steps)
     return outputs, (vs if carry else [None] * len(weights))
+
+
+def _start_membrane(state: Array | None, like: Array, n: int, h: int) -> Array:
+    """A layer's first membrane ``[n, h]`` when labels carry it: a copy of ``state`` where it
+    has that shape (the network's state from the previous batch), else zeros."""
+    if state is not None and tuple(state.shape) == (n, h):
+        return _array.contiguous(_array.copy(state))
+    return _array.zeros(like, (n, h))
 
 
 def score_labels_present(
@@ -111,8 +118,7 @@ def score_labels_present(
             h = w.shape[0]
             if k == 0:
                 outputs.append(x.new_empty(num_labels, n, h))
-                start = states[i] if states[i] is not None and tuple(states[i].shape) == (n, h) else None
-                vs.append(x.new_zeros(n, h) if start is None else start.clone().contiguous())
+                vs.append(_start_membrane(states[i], x, n, h))
             x, tr = present(x, w, vs[i], d.neuron, d.trace, None, rest_steps)
             outputs[i][k] = x.sum(0) if counts else tr
     return outputs, vs
