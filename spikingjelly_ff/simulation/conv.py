@@ -109,6 +109,8 @@ def run_conv_layer(
 
     def currents(t0: int, t1: int) -> Array:
         image = image_current[t0:t1] if image_current is not None else conv_current(pre[t0:t1], w, stride, padding)
+        if b.shape[0] == 0:  # a competitive net sees no label: no zeros to allocate and add
+            return _array.contiguous(image)
         return _array.contiguous(image + label_current(code[t0:t1], b))
 
     first = t_steps if learn is None else learn[1].learn_after + 1

@@ -134,6 +134,10 @@ def test_weight_correlation_is_the_conv_weight_gradient(stride, padding):
     post = torch.randn_like(F.conv2d(x, w, stride=stride, padding=padding))
     expected = torch.nn.grad.conv2d_weight(x, w.shape, post, stride=stride, padding=padding)
     torch.testing.assert_close(conv_weight_correlation(post, x, (3, 2), stride, padding), expected)
+    # numpy runs its own loop over kernel offsets
+    got = conv_weight_correlation(post.numpy(), x.numpy(), (3, 2), stride, padding)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_weight_correlation_rejects_a_map_of_the_wrong_size():
