@@ -19,6 +19,17 @@ OUT="${OUT:-/tmp/sjff-gpu-out}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cupy', cupy.__version__)"
+show() {  # NAME METRICS_JSON: one line per epoch of a sjff train run
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[2]))
+for e in m["epochs"]:
+    print(f"{sys.argv[1]:>10}  epoch {e['epoch']}: {e['train_seconds']:.2f} s train "
+          f"({e['train_samples_per_second']:,.0f} samples/s), pos/neg acc {e['train_pn_accuracy']:.4f}"
+          + (f", test acc {e['test_accuracy']:.4f} ({e['test_images_per_second']:,.0f} images/s)"
+             if "test_accuracy" in e else ""))
+PY
+}
 rc=0
 echo "== CuPy kernels vs torch (tests/library/test_kernels.py, test_present_kernel.py, test_present_scoring.py)"
 timeout 300 python3 -m pytest -q -rs -p no:cacheprovider tests/library/test_kernels.py tests/library/test_present_kernel.py \
@@ -33,16 +44,13 @@ if python3 -c "from spikingjelly_ff.runs.data import find_dataset; find_dataset(
     SJFF_PRESENT=$3 timeout 240 python3 -m spikingjelly_ff.cli train paper/hebbian-batched-symmetric \
       --set device=cuda --set backend=$2 --set train.epochs=$4 --set seed=$5 --out "$OUT/train-$1" --quiet --json \
       >/dev/null || rc=1
-    python3 - "$1" "$OUT/train-$1/metrics.json" <<'PY' || rc=1
-import json, sys
-m = json.load(open(sys.argv[2]))
-for e in m["epochs"]:
-    print(f"{sys.argv[1]:>10}  epoch {e['epoch']}: {e['train_seconds']:.2f} s train "
-          f"({e['train_samples_per_second']:,.0f} samples/s), pos/neg acc {e['train_pn_accuracy']:.4f}"
-          + (f", test acc {e['test_accuracy']:.4f} ({e['test_images_per_second']:,.0f} images/s)"
-             if "test_accuracy" in e else ""))
-PY
+    show "$1" "$OUT/train-$1/metrics.json" || rc=1
   done
+  echo "== The competitive spiking conv net (conv/spiking-competitive-mnist), 3,000 MNIST images, torch on the GPU"
+  timeout 180 python3 -m spikingjelly_ff.cli train conv/spiking-competitive-mnist --set device=cuda \
+    --set train.epochs=1 --set train.limit=3000 --set eval.limit=1000 --out "$OUT/train-sconv" --quiet --json \
+    >/dev/null || rc=1
+  show sconv "$OUT/train-sconv/metrics.json" || rc=1
 else
   echo "skipped: MNIST not found (set SJFF_DATA_DIR)"
 fi
