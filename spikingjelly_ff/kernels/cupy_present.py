@@ -60,9 +60,12 @@ def present_chunk(n: int, blocks: int) -> int:
     return max(1, min(blocks, PRESENT_STAGED // (2 * max(n, 1))))
 
 
-def present_shared_floats(n: int, d: int, hb: int, has_e: bool, chunk: int) -> int:
-    """Floats of shared memory per block (the layout at the top of ``sjff_present``)."""
-    return hb * d * (2 if has_e else 1) + 3 * n * hb + 2 * n + chunk * 2 * n
+def present_shared_floats(n: int, d: int, hb: int, has_e: bool, chunk: int, learns: bool = True) -> int:
+    """Floats of shared memory per block (the layout at the top of ``sjff_present``). A launch
+    that does not learn touches only the weights, membranes and traces: the Hebbian
+    coefficients, modulations and staged goodness sums get no room."""
+    state = hb * d * (2 if has_e else 1) + 2 * n * hb
+    return state + (n * hb + 2 * n + chunk * 2 * n if learns else 0)
 
 
 @functools.cache
@@ -100,16 +103,25 @@ def present_enabled() -> bool:
 
 
 def present_supported(
-    p: NeuronParams, goodness_kind: str, n: int, d: int, h: int, has_e: bool, device: int, split: bool = False
+    p: NeuronParams,
+    goodness_kind: str,
+    n: int,
+    d: int,
+    h: int,
+    has_e: bool,
+    device: int,
+    split: bool = False,
+    learns: bool = True,
 ) -> bool:
     """Whether ``present`` can run this layer: no k-WTA, a quadratic goodness (over two equal
-    halves for a split probability) and state that fits in one block's shared memory."""
+    halves for a split probability) and state that fits in one block's shared memory (less
+    of it for a launch that does not ``learn``)."""
     if not present_enabled() or (p.kwta is not None and p.kwta < h) or n < 1:
         return False
     if goodness_kind not in ("sum_squares", "mean_squares") or (split and h % 2):
         return False
     hb, blocks = present_blocks(h, _multiprocessors(device))
-    return 4 * present_shared_floats(n, d, hb, has_e, present_chunk(n, blocks)) <= _shared_limit(device)
+    return 4 * present_shared_floats(n, d, hb, has_e, present_chunk(n, blocks), learns) <= _shared_limit(device)
 
 
 def inference_rows(p: NeuronParams, rows: int, d: int, h: int, device: int, least: int = 1) -> int:
@@ -118,10 +130,10 @@ def inference_rows(p: NeuronParams, rows: int, d: int, h: int, device: int, leas
     memory grows with the samples of a launch), else ``least`` if it fits; else 0."""
     r = rows
     while r >= max(1, least):
-        if present_supported(p, "sum_squares", r, d, h, False, device):
+        if present_supported(p, "sum_squares", r, d, h, False, device, learns=False):
             return r
         r //= 2
-    return least if least >= 1 and present_supported(p, "sum_squares", least, d, h, False, device) else 0
+    return least if least >= 1 and present_supported(p, "sum_squares", least, d, h, False, device, learns=False) else 0
 
 
 def warm_up() -> None:
@@ -223,7 +235,7 @@ def _fixed_args(shape, first, rest_steps, p, tp, prob, goodness_kind, tau, eta, 
         *la,
     )
     sizes = (t_steps * n * ((d + 31) // 32), t_steps * d * ((n + 31) // 32) if first < t_steps else 1, 4 * blocks * n)
-    return blocks, 4 * present_shared_floats(n, d, hb, bool(la[8]), chunk), sizes, fixed
+    return blocks, 4 * present_shared_floats(n, d, hb, bool(la[8]), chunk, first < t_steps), sizes, fixed
 
 
 _SCRATCH: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}

@@ -135,7 +135,9 @@ __device__ __forceinline__ void sjff_step(float cur, float* vs, float* trs, int 
 
 // Shared memory, in floats: weights and eligibility rows [HB, D] each; membrane, trace and
 // Hebbian coefficient [N, HB] each; per-sample goodness, then modulation, [2, N]; the staged
-// goodness sums of `chunk` blocks [chunk, 2, N]. cupy_present.present_shared_floats() agrees.
+// goodness sums of `chunk` blocks [chunk, 2, N]. A launch that does not learn (first >= T)
+// touches only the weights, membranes and traces and is given room for those alone.
+// cupy_present.present_shared_floats() agrees.
 extern "C" __global__ void sjff_present(
     const float* __restrict__ x,       // [T, N, D] input spikes (0 or 1)
     unsigned int* __restrict__ bits,   // [T, N, WD] scratch: x packed by input, WD = ceil(D / 32)

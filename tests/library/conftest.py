@@ -83,11 +83,12 @@ def run_emulated(emulated, launch, threads: int = 1) -> None:
     a = launch.args
     pointers = [ctypes.c_void_p(int(q)) for q in a[:11]]
     t, n, d, h, hb, w_sh, w_sd, first, rest, silent, chunk = (int(q) for q in a[11:22])
-    emulated.emu_present(
+    touched = emulated.emu_present(
         *pointers, launch.blocks, threads, ctypes.c_longlong(launch.shared_bytes // 4), t, n, d, h, hb,
         ctypes.c_longlong(w_sh), ctypes.c_longlong(w_sd), first, rest, silent, chunk, _struct(a[22:34]),
         _struct(a[34:]),
     )  # fmt: skip
+    assert touched == 0, f"the kernel wrote {touched} floats past the shared memory the launcher gave it"
     assert int(launch.keep[-1][0]) == 0  # the barrier's count is back to 0 for the next launch
 
 

@@ -119,6 +119,15 @@ def test_presentation_kernel_without_learning(emulated):
     np.testing.assert_array_equal(spikes, want[0])  # weights on the 1/64 grid: exact currents
     np.testing.assert_array_equal(trace, want[1])
     np.testing.assert_array_equal(v_out, want[2])
+    # room for the weights, membranes and traces alone (the emulation checks that the kernel
+    # stays in it); a learning launch also gets the Hebbian coefficients and goodness sums
+    launch = cupy_present.present_launch(
+        torch.from_numpy(x), input_major(torch.from_numpy(w.copy())), torch.from_numpy(v), PAPER.neuron, PAPER.trace,
+        None, 20, 4,
+    )  # fmt: skip
+    t, n, d, h, hb = (int(a) for a in launch.args[11:16])
+    assert launch.shared_bytes == 4 * (hb * d + 2 * n * hb)
+    assert launch.shared_bytes < 4 * cupy_present.present_shared_floats(n, d, hb, False, 1)
 
 
 def test_presentation_learns_the_same_over_many_presentations(emulated):
