@@ -25,7 +25,7 @@ import json, sys
 m = json.load(open(sys.argv[2]))
 for e in m["epochs"]:
     print(f"{sys.argv[1]:>10}  epoch {e['epoch']}: {e['train_seconds']:.2f} s train "
-          f"({e['train_samples_per_second']:,.0f} samples/s), pos/neg acc {e['train_pn_accuracy']:.4f}"
+          f"({e['train_samples_per_second']:,.0f} samples/s), train acc {e['train_pn_accuracy']:.4f}"
           + (f", test acc {e['test_accuracy']:.4f} ({e['test_images_per_second']:,.0f} images/s)"
              if "test_accuracy" in e else ""))
 PY
@@ -46,7 +46,8 @@ if python3 -c "from spikingjelly_ff.runs.data import find_dataset; find_dataset(
       >/dev/null || rc=1
     show "$1" "$OUT/train-$1/metrics.json" || rc=1
   done
-  echo "== The competitive spiking conv net (conv/spiking-competitive-mnist), 3,000 MNIST images, torch on the GPU"
+  echo "== The competitive spiking conv net (conv/spiking-competitive-mnist), 3,000 MNIST images on the GPU"
+  echo "   (torch convolutions, the CuPy neuron kernel on the flattened maps: backend auto)"
   timeout 180 python3 -m spikingjelly_ff.cli train conv/spiking-competitive-mnist --set device=cuda \
     --set train.epochs=1 --set train.limit=3000 --set eval.limit=1000 --out "$OUT/train-sconv" --quiet --json \
     >/dev/null || rc=1

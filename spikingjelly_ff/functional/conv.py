@@ -113,13 +113,17 @@ def conv2d(x: Tensor, w: Tensor, stride: int | tuple[int, int] = 1, padding: int
 def pool2d(x: Tensor, kind: str | None, size: int) -> Tensor:
     """Max or average pooling of maps ``[..., C, H, W]`` over ``size`` windows with stride
     ``size`` (a partial last window is dropped, as torch's pools do); ``kind`` None: ``x``
-    itself. Tensors and arrays alike, without autograd (the spiking stack and the runtime)."""
+    itself. A CUDA tensor or one that needs a gradient goes to torch's own pools."""
     if kind is None:
         return x
     if kind not in ("max", "avg"):
         raise ValueError(f"unknown pooling {kind!r}; choose 'max' or 'avg'")
-    h, w = tuple(x.shape[-2:])
+    c, h, w = tuple(x.shape[-3:])
     oh, ow = h // size, w // size
+    if _array.is_torch(x) and (x.is_cuda or x.requires_grad):  # one kernel; autograd
+        f = _array.xp(x).nn.functional
+        pool = f.max_pool2d if kind == "max" else f.avg_pool2d
+        return pool(x.reshape(-1, c, h, w), size).reshape(*x.shape[:-3], c, oh, ow)
     # one elementwise pass per window offset, in the window's row-major order (as torch's
     # avg_pool2d sums it): 4-6x faster than torch's max_pool2d on CPU (one thread, the
     # spiking nets' [T N, C, 24, 24] spikes), and far faster than a reduction over two

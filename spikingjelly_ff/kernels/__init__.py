@@ -83,18 +83,21 @@ def apply_delta(w, dw, eta: float, tau: float | None = None, e=None, backend: st
         _backend(backend).eligibility_apply(e, w, dw, tau, eta)
 
 
-def present_fits(backend: str, x, w, v, e, p: NeuronParams, goodness_kind: str, split: bool) -> bool:
+def present_fits(
+    backend: str, x, w, v, e, p: NeuronParams, goodness_kind: str, split: bool, learns: bool = True
+) -> bool:
     """Whether a presentation of spikes ``x`` ``[T, N, D]`` to weights ``w`` ``[H, D]`` with
     membranes ``v`` (and eligibility ``e``, or None) runs as one launch
     (``cupy_present.present``): the CuPy backend, float32 tensors on one CUDA device, and a
-    layer it supports."""
+    layer it supports (one that does not ``learn`` needs less shared memory)."""
     if backend != "cupy" or isinstance(w, np.ndarray) or not w.is_cuda:
         return False
     cp = _load("cupy_present")
     if not cp.tensors_fit(x, w, v, e):
         return False
     _, n, d = x.shape
-    return cp.present_supported(p, goodness_kind, n, d, w.shape[0], e is not None, w.device.index or 0, split)
+    device = w.device.index or 0
+    return cp.present_supported(p, goodness_kind, n, d, w.shape[0], e is not None, device, split, learns)
 
 
 def present_rows(backend: str, w, p: NeuronParams, rows: int, d: int, least: int = 1) -> int:

@@ -77,15 +77,15 @@ void emu_eligibility_apply(float* e, float* w, const float* dw, long long n, flo
 }
 
 // ``nb`` blocks of ``threads`` threads each, ``smem_floats`` floats of shared memory per block.
-// Each block's shared memory is followed by guard floats: returns how many of them the kernel
-// changed (0: it stayed within the room the launcher gave it).
-static constexpr int SJFF_EMU_GUARD = 1024;
+// Each block's shared memory is followed by as many guard floats again (at least 1024):
+// returns how many of them the kernel changed (0: it stayed within the room it was given).
 int emu_present(const float* x, unsigned int* bits, unsigned int* cols, float* w, float* e, float* v, float* trace,
                  float* spikes, const float* y, float* partial, unsigned int* bar, int nb, int threads,
                  long long smem_floats, int T, int N, int D, int H, int HB, long long w_sh, long long w_sd, int first,
                  int rest_steps, int silent, int chunk, NeuronArgs a, LearnArgs l) {
     const float sentinel = -1234.5f;
-    std::vector<std::vector<float>> shared(nb, std::vector<float>((size_t)smem_floats + SJFF_EMU_GUARD, sentinel));
+    const long long guard = smem_floats > 1024 ? smem_floats : 1024;
+    std::vector<std::vector<float>> shared(nb, std::vector<float>((size_t)(smem_floats + guard), sentinel));
     std::vector<std::unique_ptr<std::barrier<>>> barriers;
     for (int b = 0; b < nb; ++b) barriers.emplace_back(new std::barrier<>(threads));
     std::vector<std::thread> pool;
@@ -109,7 +109,7 @@ int emu_present(const float* x, unsigned int* bits, unsigned int* cols, float* w
     for (auto& t : pool) t.join();
     int touched = 0;
     for (const auto& block : shared) {
-        for (int i = 0; i < SJFF_EMU_GUARD; ++i) touched += block[(size_t)smem_floats + i] != sentinel;
+        for (long long i = 0; i < guard; ++i) touched += block[(size_t)(smem_floats + i)] != sentinel;
     }
     return touched;
 }

@@ -88,7 +88,7 @@ def _fused(pre: Array, w: Array, v: Array, d: Dynamics, backend: str, learn, red
     if e is not None and e.stride() != w.stride():
         return False
     split = d.probability is not None and d.probability.split
-    return kernels.present_fits(backend, pre, w, v, e, d.neuron, d.goodness, split)
+    return kernels.present_fits(backend, pre, w, v, e, d.neuron, d.goodness, split, learn is not None)
 
 
 def run_layer(

@@ -59,6 +59,10 @@ def test_conv2d_and_pool2d_agree_on_numpy_and_torch(stride, padding):
         want = torch_pool(frames.reshape(6, 4, 7, 9), size).reshape(2, 3, 4, 7 // size, 9 // size)
         assert torch.equal(pool2d(frames, kind, size), want)
         np.testing.assert_array_equal(pool2d(frames.numpy(), kind, size), want.numpy())
+    grad = frames.clone().requires_grad_()  # autograd goes to torch's pools
+    pooled = pool2d(grad, "max", 2)
+    pooled.sum().backward()
+    assert torch.equal(pooled.detach(), pool2d(frames, "max", 2)) and grad.grad.sum() == pooled.numel()
     frames_np = frames.numpy()
     assert pool2d(frames_np, None, 2) is frames_np and pool2d(frames, None, 2) is frames
     with pytest.raises(ValueError, match="pooling"):
