@@ -1,7 +1,9 @@
 """Training runs: data, model, learner, per-epoch evaluation, checkpoint and metrics.
 
 ``train(cfg, out_dir)`` writes ``out_dir/model/`` (weights + config) and
-``out_dir/metrics.json`` (per-epoch train/test accuracy and seconds). Given a
+``out_dir/metrics.json`` (per-epoch train/test accuracy and seconds), the latter after every
+epoch too, so that a long run can be followed and an interrupted one keeps its record (it has
+a ``final`` section once the run has ended). Given a
 :class:`~spikingjelly_ff.runs.distributed.World` of several ranks, every global batch is split
 across them (``train.draws: per-sample``; docs/distributed.md) and rank 0 writes the files.
 """
@@ -289,6 +291,8 @@ def train(
                 record["test_accuracy_single_view"] = evaluate()["accuracy"]
                 net.shift_views = views
         metrics["epochs"].append(record)
+        if world.main:
+            _write_json(out / "metrics.json", metrics)
         judged = "class" if net.competitive else "pos/neg"  # train_pn_accuracy: the net's own judgement
         msg = f"epoch {epoch}: {judged} acc {record['train_pn_accuracy']:.4f}, {train_seconds:.1f}s"
         if "test_accuracy" in record:
@@ -316,8 +320,15 @@ def train(
     }
     if world.main:
         save_model(out / "model", net.cpu(), cfg, test_split.shape)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Replace ``path`` with ``data`` in one step: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def _scores_fn(net: FFNet, cfg: RunConfig, device: torch.device):

@@ -209,6 +209,28 @@ def test_training_is_reproducible_from_the_seed(tmp_path, mini):
     assert wa == wb and a["final"]["test_accuracy"] == b["final"]["test_accuracy"]
 
 
+def test_metrics_are_written_after_every_epoch(tmp_path, mini):
+    """A long run can be followed, and an interrupted one keeps its record: metrics.json holds
+    every finished epoch (no ``final`` section yet) before the next one starts."""
+    from spikingjelly_ff.runs.train import train
+
+    cfg = load_config(
+        "paper/hebbian-online-symmetric",
+        [f"data.dataset={mini}", "train.epochs=2", "train.limit=100", "eval.limit=50", "train.eval_every=1"],
+    )
+    seen = []
+
+    def log(line: str) -> None:
+        if line.startswith("epoch "):
+            seen.append(json.loads((tmp_path / "metrics.json").read_text()))
+
+    metrics = train(cfg, tmp_path, log=log, progress=False)
+    assert [len(m["epochs"]) for m in seen] == [1, 2] and all("final" not in m for m in seen)
+    assert seen[0]["epochs"][0] == metrics["epochs"][0]
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics  # then the whole record
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
