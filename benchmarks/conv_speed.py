@@ -23,14 +23,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table, save_json  # noqa: E402
 
 import spikingjelly_ff.functional.conv as fconv  # noqa: E402
 import spikingjelly_ff.simulation.conv as sconv  # noqa: E402
-from spikingjelly_ff.runs.config import load_config  # noqa: E402
+from spikingjelly_ff.runs.config import ConfigError, load_config  # noqa: E402
 from spikingjelly_ff.runs.train import train  # noqa: E402
 
 #: (module, function, row name): the steps of a spiking conv presentation
@@ -69,14 +67,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     overrides = [
         "train.epochs=1",
         f"train.limit={args.images}",
         f"eval.limit={args.test}",
-        f"threads={args.threads}",
+        f"threads={args.threads}",  # train() sets torch's threads from it
     ]
-    cfg = load_config(args.config, overrides)
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if cfg.model.kind != "spiking" or not cfg.model.conv:
         raise SystemExit(f"{args.config} is not a spiking conv config")
     seconds: Counter = Counter()
