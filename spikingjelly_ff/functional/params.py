@@ -19,6 +19,7 @@ __all__ = [
     "CODINGS",
     "FIRE_RULES",
     "FORMS",
+    "HEBBIAN_UPDATES",
     "LABEL_KINDS",
     "SCHEDULES",
     "TRACE_KINDS",
@@ -167,21 +168,31 @@ class EmbeddingParams:
         return asdict(self)
 
 
+#: when a spiking layer's Hebbian delta is applied: after every learning step, or once per presentation
+HEBBIAN_UPDATES = ("step", "presentation")
+
+
 @dataclass(frozen=True)
 class HebbianParams:
     """Hebbian learning: a step ``eta`` on the exact FF gradient, filtered by the eligibility
     trace e <- (1 - tau) e + tau dW (``eligibility_tau``; None applies dW directly); a spiking
     layer learns only at steps t > ``learn_after`` (-1: all); ``schedule`` decays eta over a run.
+    ``update``: "step", the weights change after every such step (the paper's running update),
+    or "presentation" (spiking conv layers): they stay fixed while a sample is shown and the
+    summed delta of those steps is applied once after it.
     """
 
     eta: float = 0.1
     eligibility_tau: float | None = 0.1
     learn_after: int = 15
     schedule: str = "constant"
+    update: str = "step"
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.update not in HEBBIAN_UPDATES:
+            raise ValueError(f"update must be one of {HEBBIAN_UPDATES}, got {self.update!r}")
         if self.learn_after < -1:
             raise ValueError(f"learn_after must be >= -1, got {self.learn_after}")
 

@@ -9,6 +9,8 @@ One presentation shows image spikes ``[T, N, 1, H, W]`` and label spikes ``[T, N
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -34,7 +36,13 @@ def _arrays(net: SpikingConvFFNet) -> tuple[list[Tensor], list[Tensor]]:
 
 class SpikingConvTrainer:
     """Hebbian training of a :class:`SpikingConvFFNet`, one batch (``N >= 1``) at a time; the
-    eligibility traces of W and B outlive batches (the paper's running update)."""
+    eligibility traces of W and B outlive batches (the paper's running update).
+
+    With an ``optimizer`` over the net's parameters (and ``hebbian.update == "presentation"``)
+    the deltas are not applied with eta: as SpikingJelly's learners do, -dW (the batch's summed
+    Hebbian delta over the learning window, per image and window step) is written into each
+    weight's ``.grad`` and the optimizer steps; ``lr_at(progress)`` sets its learning rate
+    before each step. Still no autograd: the gradients are the Hebbian products."""
 
     def __init__(
         self,
@@ -43,13 +51,19 @@ class SpikingConvTrainer:
         steps_total: int = 1,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        optimizer: torch.optim.Optimizer | None = None,
+        lr_at: Callable[[float], float] | None = None,
     ) -> None:
+        if optimizer is not None and hebbian.update != "presentation":
+            raise ValueError('an optimizer steps once per presentation: set the Hebbian update to "presentation"')
         self.net = net
         self.hebbian = hebbian
         self.steps_total = max(1, steps_total)
         self.count = 0
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.eligibility = [(torch.zeros_like(la.weight), torch.zeros_like(la.label_bias)) for la in net.layers]
+        self.optimizer = optimizer
+        self.lr_at = lr_at
 
     def draw(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Image spikes ``[T, N, 1, H, W]`` and label spikes ``[T, N, L]``."""
@@ -68,14 +82,29 @@ class SpikingConvTrainer:
         competitive net sees no label and learns towards the class ``shown``; it returns
         whether that class scored highest."""
         net = self.net
-        eta = self.hebbian.eta * schedule_factor(self.hebbian.schedule, self.count / self.steps_total)
+        progress = self.count / self.steps_total
+        eta = self.hebbian.eta * schedule_factor(self.hebbian.schedule, progress)
         self.count += 1
         pre, code = self.draw(x, shown) if spikes is None else spikes
         target = shown if net.competitive else y.to(pre.dtype)
         learns = [(target, self.hebbian, eta, e_w, e_b) for e_w, e_b in self.eligibility]
         w, b = _arrays(net)
-        acts = present_conv(pre, code, w, b, conv_layouts(net), net.dynamics, net.over, net.backend, learns)
+        deltas: list | None = None if self.optimizer is None else []
+        acts = present_conv(pre, code, w, b, conv_layouts(net), net.dynamics, net.over, net.backend, learns,
+                            deltas=deltas)  # fmt: skip
+        if deltas:
+            self._optimizer_step(deltas, progress, pre.shape[0] - self.hebbian.learn_after - 1)
         return net.judged(acts, target)
+
+    def _optimizer_step(self, deltas: list, progress: float, window: int) -> None:
+        """-dW per window step into ``.grad`` of every layer's weights, then one optimizer step."""
+        for layer, (dw, db) in zip(self.net.layers, deltas):
+            layer.weight.grad = -dw / window
+            layer.label_bias.grad = -db / window
+        if self.lr_at is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(progress)
+        self.optimizer.step()
 
 
 class SpikingConvScorer:

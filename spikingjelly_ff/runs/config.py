@@ -23,6 +23,7 @@ from spikingjelly_ff.functional.params import (
     CODINGS,
     FIRE_RULES,
     FORMS,
+    HEBBIAN_UPDATES,
     LABEL_KINDS,
     SCHEDULES,
     TRACE_KINDS,
@@ -146,6 +147,10 @@ class TrainConfig:
     learner: str = "local-loss"  # local-loss (autograd per layer) | hebbian (no autograd)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     hebbian: HebbianParams = field(default_factory=HebbianParams)
+    # how a spiking conv net applies its Hebbian deltas: eta (through the eligibility trace, as
+    # the paper) | optimizer: -dW into .grad, then train.optimizer steps (needs
+    # hebbian.update=presentation; eta, eligibility_tau and the Hebbian schedule then go unused)
+    hebbian_apply: str = "eta"
     # mixed: each sample positive or negative (paper) | paired: both | hard: paired, with the
     # wrong label drawn by the model's confusion (Hinton's hard negatives) | none: no negative
     # samples, the competitive probability's class labels as targets
@@ -212,6 +217,8 @@ CHOICES = {
     "train.optimizer.kind": ("adam", "sgd"),
     "train.optimizer.schedule": SCHEDULES,
     "train.hebbian.schedule": SCHEDULES,
+    "train.hebbian.update": HEBBIAN_UPDATES,
+    "train.hebbian_apply": ("eta", "optimizer"),
     "train.negatives": ("mixed", "paired", "hard", "none"),
     "train.draws": ("stream", "per-sample"),
     "device": ("cpu", "cuda", "auto"),
@@ -264,6 +271,14 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("train.negatives=hard draws from a look-ahead over the stream; use train.draws=stream")
     if t.limit is not None and t.limit < 1:
         raise ConfigError("train.limit must be >= 1")
+    spiking_conv = m.kind == "spiking" and bool(m.conv)
+    if t.hebbian.update == "presentation" and not spiking_conv:
+        raise ConfigError("train.hebbian.update=presentation is implemented for spiking conv nets (model.conv)")
+    if t.hebbian_apply == "optimizer" and (not spiking_conv or t.hebbian.update != "presentation"):
+        raise ConfigError(
+            "train.hebbian_apply=optimizer steps once per presentation of a spiking conv net: "
+            "it needs model.conv and train.hebbian.update=presentation"
+        )
 
 
 def _validate_conv(cfg: RunConfig) -> None:

@@ -160,12 +160,7 @@ class AnalogStep:
         self.steps_total = max(1, steps_total)
         self.count = 0
         if t.learner == "local-loss":
-            params = list(net.layers.parameters())
-            o = t.optimizer
-            if o.kind == "adam":
-                self.optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-            else:
-                self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+            self.optimizer = make_optimizer(list(net.layers.parameters()), t.optimizer)
             self.learner = LocalLossLearner(net, self.optimizer, None if reducer is None else reducer.grads)
         else:
             from spikingjelly_ff.learning.analog_hebbian import AnalogHebbian
@@ -184,6 +179,13 @@ class AnalogStep:
         else:
             acts = self.learner.step(x, y, schedule_factor(self.cfg.train.hebbian.schedule, progress))
         return self.net.judged(acts, y)
+
+
+def make_optimizer(params: list, o) -> torch.optim.Optimizer:
+    """The torch optimizer of the config's ``train.optimizer`` section over ``params``."""
+    if o.kind == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 def check_parallel(cfg: RunConfig, world_size: int) -> None:
@@ -361,7 +363,12 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
     if isinstance(net, SpikingConvFFNet):
         from spikingjelly_ff.learning.conv_engine import SpikingConvTrainer
 
-        conv = SpikingConvTrainer(net, cfg.train.hebbian, steps_total, seed=cfg.seed + 3, device=device)
+        t = cfg.train
+        optimizer, lr_at = None, None
+        if t.hebbian_apply == "optimizer":  # -dW into .grad, then the optimizer steps
+            optimizer = make_optimizer(list(net.layers.parameters()), t.optimizer)
+            lr_at = lambda progress: t.optimizer.lr * schedule_factor(t.optimizer.schedule, progress)  # noqa: E731
+        conv = SpikingConvTrainer(net, t.hebbian, steps_total, cfg.seed + 3, device, optimizer, lr_at)
         return conv.train_batch
     assert isinstance(net, SpikingFFNet)
     from spikingjelly_ff.learning.engine import SpikingTrainer

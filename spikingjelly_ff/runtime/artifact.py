@@ -167,6 +167,8 @@ class SpikeArtifact:
             raise ArtifactError("the network has no layers")
         if self.probability.competitive and self.conv is None:
             raise ArtifactError("a competitive probability needs conv layers (one channel group per class)")
+        if self.hebbian.update != "step" and self.conv is None:
+            raise ArtifactError(f"a dense network learns with hebbian.update=step, not {self.hebbian.update!r}")
         width = self.input_width()  # checks the label patterns too
         if self.conv is not None:
             self._validate_conv()

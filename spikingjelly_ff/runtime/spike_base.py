@@ -79,4 +79,4 @@ class SpikeArtifactModel:
     @property
     def learn_spec(self) -> HebbianParams:
         h = self.art.hebbian
-        return HebbianParams(float(h.eta), h.eligibility_tau, int(h.learn_after))
+        return HebbianParams(float(h.eta), h.eligibility_tau, int(h.learn_after), update=h.update)

@@ -23,6 +23,7 @@ from typing import Any
 
 from spikingjelly_ff.functional import _array
 from spikingjelly_ff.functional.conv import conv2d, conv_summed_score, ff_conv_hebbian_deltas, pool2d
+from spikingjelly_ff.functional.dynamics import trace_step
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.kernels import apply_delta
@@ -47,6 +48,7 @@ __all__ = [
     "present_conv",
     "run_conv_layer",
     "score_conv_labels",
+    "window_deltas",
 ]
 
 
@@ -90,12 +92,15 @@ def run_conv_layer(
     backend: str = "torch",
     learn: Learn | None = None,
     image_current: Array | None = None,
+    deltas: list | None = None,
 ) -> tuple[Array, Array]:
     """Present input spikes ``pre`` ``[T, N, I, H, W]`` and label spikes ``code`` ``[T, N, L]``
     to one layer (weights ``w``, label weights ``b``) from rest. With ``learn = (y, spec, eta,
     e_w, e_b)`` ``w`` and ``b`` (and their eligibility traces) learn in place after every step
     t > ``spec.learn_after``, the goodness taken ``over`` the map, each location or each channel
-    group ("group:K").
+    group ("group:K"); with ``spec.update == "presentation"`` once, after the last step, from
+    the summed delta of those steps (:func:`window_deltas`), or, when a ``deltas`` list is
+    given, not at all: ``(dW, dB)`` is appended to it for the caller to apply (an optimizer).
     ``image_current``: the conv part of the currents ``[T, N, U]``, when already computed
     (refused with ``learn``: it would be stale after the first update). Returns the output
     spikes ``[T, N, C, OH, OW]`` (before pooling) and the final trace map ``[N, C, OH, OW]``."""
@@ -114,9 +119,20 @@ def run_conv_layer(
         return _array.contiguous(image + label_current(code[t0:t1], b))
 
     first = t_steps if learn is None else learn[1].learn_after + 1
-    if first >= t_steps:
+    window = learn is not None and learn[1].update == "presentation"
+    if first >= t_steps or window:  # the weights stay fixed while the sample is shown
         out = neuron_forward(currents(0, t_steps), v, tr, d, backend)
+        if window and first < t_steps:
+            y, spec, eta, e_w, e_b = learn
+            dw, db = window_deltas(d, out, pre, code, y, first, tuple(w.shape[-2:]), (c, oh, ow), stride, padding, over)
+            if deltas is not None:
+                deltas.append((dw, db))
+            else:
+                apply_delta(w, dw, eta, spec.eligibility_tau, e_w, "torch")
+                apply_delta(b, db, eta, spec.eligibility_tau, e_b, "torch")
         return out.reshape(t_steps, n, c, oh, ow), tr.reshape(n, c, oh, ow)
+    if deltas is not None:
+        raise ValueError('collected deltas need a presentation update (HebbianParams.update="presentation")')
     y, spec, eta, e_w, e_b = learn
     kernel = tuple(w.shape[-2:])
     out = _array.zeros(pre, (t_steps, n, units))
@@ -134,6 +150,45 @@ def run_conv_layer(
     return out.reshape(t_steps, n, c, oh, ow), tr.reshape(n, c, oh, ow)
 
 
+def window_deltas(
+    d: Dynamics,
+    spikes: Array,
+    pre: Array,
+    code: Array,
+    y: Array,
+    first: int,
+    kernel: tuple[int, int],
+    map_shape: tuple[int, int, int],
+    stride=1,
+    padding=0,
+    over: str = "map",
+) -> tuple[Array, Array]:
+    """Summed Hebbian conv deltas of steps ``first .. T - 1`` of a presentation with fixed
+    weights: sum_t (dW_t, dB_t), each the rule on the trace map at t and the input at t, as the
+    step update would apply them had the weights not moved. ``spikes`` ``[T, N, U]`` (the
+    layer's output, a map of ``map_shape`` (C, OH, OW) flattened), ``pre`` ``[T, N, I, H, W]``,
+    ``code`` ``[T, N, L]``, targets ``y`` ``[N]``.
+    The traces are rebuilt from the spikes with the neuron's trace rule, and all K steps go
+    through one correlation over ``K * N`` frames. Returns dW ``[C, I, KH, KW]`` and dB
+    ``[L, C, OH, OW]``."""
+    t_steps, n = spikes.shape[:2]
+    trace = _array.zeros(spikes, (n, spikes.shape[-1]))
+    traces = []
+    for t in range(t_steps):
+        trace = trace_step(trace, spikes[t] > 0, d.trace)
+        if t >= first:
+            traces.append(trace)
+    k = len(traces)
+    post = _array.concat(traces, axis=0).reshape(k * n, *map_shape)
+    frames = pre[first:].reshape(k * n, *pre.shape[2:])
+    targets = _array.concat([y] * k, axis=0)
+    labels = code[first:].reshape(k * n, code.shape[-1])
+    # the rule averages over the K * N rows it is given: times K is the sum over the steps
+    prob, kind = d.probability, d.goodness
+    dw, db = ff_conv_hebbian_deltas(prob, post, frames, targets, labels, kernel, stride, padding, kind, over)
+    return dw * k, db * k
+
+
 def present_conv(
     pre: Array,
     code: Array,
@@ -146,12 +201,15 @@ def present_conv(
     learns: list[Learn] | None = None,
     first_current: Array | None = None,
     counts: bool = False,
+    deltas: list | None = None,
 ) -> list[Array]:
     """One presentation of image spikes ``pre`` and label spikes ``code`` to the whole stack,
     each layer from rest, its spikes pooled for the next. ``learns``: one :data:`Learn` per
-    layer (every layer learns in place). ``first_current``: layer 1's conv current
-    ``[T, N, U_1]`` when already computed (refused with ``learns``). Returns each layer's final
-    trace map (or, with ``counts``, its spike counts) ``[N, C, OH, OW]``."""
+    layer (every layer learns in place; with presentation updates and a ``deltas`` list, each
+    layer's ``(dW, dB)`` is appended to it instead, see :func:`run_conv_layer`).
+    ``first_current``: layer 1's conv current ``[T, N, U_1]`` when already computed (refused
+    with ``learns``). Returns each layer's final trace map (or, with ``counts``, its spike
+    counts) ``[N, C, OH, OW]``."""
     if learns is not None and first_current is not None:
         raise ValueError("a stack that learns computes its own currents: pass first_current or learns, not both")
     acts = []
@@ -159,7 +217,7 @@ def present_conv(
     for i, (w, b, lay) in enumerate(zip(weights, label_weights, layouts)):
         learn = None if learns is None else learns[i]
         current = first_current if i == 0 else None
-        out, tr = run_conv_layer(pre, code, w, b, d, lay.stride, lay.padding, over, backend, learn, current)
+        out, tr = run_conv_layer(pre, code, w, b, d, lay.stride, lay.padding, over, backend, learn, current, deltas)
         acts.append(out.sum(0) if counts else tr)
         if i < last:  # the last layer's pooled spikes feed nothing
             pre = pool2d(out, lay.pool, lay.pool_size)
