@@ -60,6 +60,16 @@ def _eval(args) -> int:
     return 0
 
 
+def _runtime_hebbian(cfg):
+    """The Hebbian settings a spike artefact carries for on-line learning: the run's, except
+    that a net trained by an optimizer (which the runtime does not have) learns on-line with
+    the step rule at the run's eta."""
+    from dataclasses import replace
+
+    h = cfg.train.hebbian
+    return replace(h, update="step") if cfg.train.hebbian_apply == "optimizer" else h
+
+
 def _export(args) -> int:
     from spikingjelly_ff.nn.models import AnalogFFNet, SpikingFFNet
     from spikingjelly_ff.runs.checkpoint import load_model
@@ -91,7 +101,7 @@ def _export(args) -> int:
             net,
             args.out,
             meta.get("image_shape"),
-            hebbian=cfg.train.hebbian,
+            hebbian=_runtime_hebbian(cfg),
             evaluation=cfg.eval.params,
             name=cfg.name,
         )

@@ -197,7 +197,10 @@ class HebbianParams:
             raise ValueError(f"learn_after must be >= -1, got {self.learn_after}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.update == "step":  # the default, left out: artefacts stay readable by earlier runtimes
+            del d["update"]
+        return d
 
 
 @dataclass(frozen=True)

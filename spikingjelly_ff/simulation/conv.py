@@ -106,6 +106,8 @@ def run_conv_layer(
     spikes ``[T, N, C, OH, OW]`` (before pooling) and the final trace map ``[N, C, OH, OW]``."""
     if learn is not None and image_current is not None:
         raise ValueError("a layer that learns computes its own currents: pass image_current or learn, not both")
+    if learn is None and deltas is not None:
+        raise ValueError("deltas are collected from a layer that learns: pass learn with the deltas list")
     t_steps, n = pre.shape[:2]
     c, oh, ow = b.shape[1:]
     units = c * oh * ow
