@@ -1,6 +1,7 @@
 """Presentation updates of a spiking conv net (``HebbianParams.update="presentation"``): the
 weights stay fixed while a sample is shown and the summed Hebbian delta of the learning window
-is applied once, with eta (torch engine and numpy runtime alike) or, SpikingJelly style, as
+is applied once, with eta (torch engine and numpy runtime alike: the runtime's side is
+``test_spiking_conv_runtime.test_runtime_learns_like_the_trainer``) or, SpikingJelly style, as
 -dW in ``.grad`` for a torch optimizer (``train.hebbian_apply=optimizer``)."""
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import pytest
 import torch
 from test_spiking_conv import draw, small_net
 
-from spikingjelly_ff.export.spike import export_spike
 from spikingjelly_ff.functional.conv import ff_conv_hebbian_deltas
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.learning.conv_engine import SpikingConvTrainer
-from spikingjelly_ff.runtime import SpikeConvModel, load_exported
+from spikingjelly_ff.runtime import load_exported
 from spikingjelly_ff.simulation import run_conv_layer
 
 F32 = torch.float32
@@ -140,29 +140,6 @@ def test_an_optimizer_step_is_the_eta_step_it_stands_for():
         assert (a - b).abs().max() <= 1e-12
         assert (a - start).abs().max() > 1e-4
     assert all(p.grad is not None for p in by_sgd.parameters()) and all(p.grad is None for p in by_eta.parameters())
-
-
-def test_runtime_learns_by_presentation_like_the_trainer(tmp_path):
-    """The exported model carries ``update: presentation`` and its numpy runtime learns as the
-    torch trainer with eta and the eligibility trace does (weights and traces within 1e-5)."""
-    spec = replace(SPEC, eligibility_tau=0.3)
-    net = small_net("location", dtype=F32)
-    net.image_shape = (12, 12)
-    model = load_exported(export_spike(net, tmp_path / "m.nir", hebbian=spec))
-    assert isinstance(model, SpikeConvModel) and model.learn_spec.update == "presentation"
-    trainer = SpikingConvTrainer(net, spec)
-    for step in range(3):
-        x, labels, image, code, y = draw(net, 4, 10 + step, dtype=F32)
-        judged = trainer.train_batch(x, labels, y, spikes=(image, code))
-        log_odds = model.learn_spikes(image.numpy(), code.numpy(), y.numpy())
-        assert np.array_equal(log_odds > 0, judged.numpy())
-    want = [la.weight.detach().numpy() for la in net.layers] + [la.label_bias.detach().numpy() for la in net.layers]
-    assert max(np.abs(a - b).max() for a, b in zip(model.weights, want)) <= 1e-5
-    want_e = [e[0].numpy() for e in trainer.eligibility] + [e[1].numpy() for e in trainer.eligibility]
-    assert max(np.abs(a - b).max() for a, b in zip(model.eligibility, want_e)) <= 1e-5
-    assert np.abs(want_e[0]).max() > 1e-4
-    again = SpikeConvModel.load(model.save(tmp_path / "learned.nir"))
-    assert again.learn_spec.update == "presentation"
 
 
 @pytest.mark.parametrize(

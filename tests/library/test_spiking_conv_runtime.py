@@ -92,16 +92,19 @@ def test_a_layer_spikes_alike_on_numpy_and_torch(over, kwta):
     np.testing.assert_allclose(bn, b.numpy(), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("over", ["map", "location"])
-def test_runtime_learns_like_the_trainer(over, tmp_path):
+@pytest.mark.parametrize("over,update", [("map", "step"), ("location", "step"), ("location", "presentation")])
+def test_runtime_learns_like_the_trainer(over, update, tmp_path):
     """Batches of given spikes: ``SpikeConvModel.learn_spikes`` leaves the trainer's weights,
     label weights and eligibility traces (1e-5), judges the samples alike, and the artefact it
-    saves holds its learned state."""
+    saves holds its learned state; with updates after every step of the window or once per
+    presentation (the artefact records which)."""
+    spec = replace(SPEC, update=update)
     net = small_net(over, dtype=F32)
     net.image_shape = (12, 12)
-    model = load_exported(export_spike(net, tmp_path / "m.nir", hebbian=SPEC))
+    model = load_exported(export_spike(net, tmp_path / "m.nir", hebbian=spec))
     assert isinstance(model, SpikeConvModel) and model.eta == pytest.approx(0.7)
-    trainer = SpikingConvTrainer(net, SPEC)
+    assert model.learn_spec.update == update
+    trainer = SpikingConvTrainer(net, spec)
     for step in range(3):
         x, labels, image, code, y = draw(net, 4, 10 + step, dtype=F32)
         judged = trainer.train_batch(x, labels, y, spikes=(image, code))
@@ -113,6 +116,7 @@ def test_runtime_learns_like_the_trainer(over, tmp_path):
     assert max(np.abs(a - b).max() for a, b in zip(model.eligibility, want_e)) <= 1e-5
     assert np.abs(want_e[0]).max() > 1e-4  # the traces hold something
     again = SpikeConvModel.load(model.save(tmp_path / "learned.nir"))
+    assert again.learn_spec.update == update
     for a, b in zip(again.weights + again.eligibility, model.weights + model.eligibility):
         assert np.array_equal(a, b)
     other = model.copy()
