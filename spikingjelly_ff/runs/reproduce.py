@@ -38,7 +38,16 @@ BEYOND = {
     "analog-deep": ("Analog FF, 2 × 2000 ReLU, hard negatives, shifts, 5 test views", "MNIST"),
     "conv/analog-competitive-mnist": ("Analog conv FF, channel-wise competitive, 30-120-360, 5 test views", "MNIST"),
     "conv/analog-competitive-fashion": (
-        "Analog conv FF, channel-wise competitive, 30-120-360, 5 test views", "Fashion-MNIST"
+        "Analog conv FF, channel-wise competitive, 30-120-360, 5 test views",
+        "Fashion-MNIST",
+    ),
+    "conv/spiking-competitive-adam-mnist": (
+        "Spiking conv Hebbian, channel-wise competitive, 20-40-80, Adam once per presentation, no autograd",
+        "MNIST",
+    ),
+    "conv/spiking-competitive-adam-fashion": (
+        "Spiking conv Hebbian, channel-wise competitive, 20-40-80, Adam once per presentation, no autograd",
+        "Fashion-MNIST",
     ),
 }
 
