@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from spikingjelly_ff import kernels
 from spikingjelly_ff.functional import _array
 from spikingjelly_ff.functional.conv import conv2d, conv_summed_score, ff_conv_hebbian_deltas, pool2d
-from spikingjelly_ff.functional.dynamics import trace_step
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.kernels import apply_delta
@@ -122,16 +122,19 @@ def run_conv_layer(
 
     first = t_steps if learn is None else learn[1].learn_after + 1
     window = learn is not None and learn[1].update == "presentation"
-    if first >= t_steps or window:  # the weights stay fixed while the sample is shown
+    if window and first < t_steps:  # the weights stay fixed while the sample is shown
+        # the neuron's own trace after every step feeds the rule
+        out, traces = kernels.neuron_forward(currents(0, t_steps), v, tr, d.neuron, d.trace, backend, trace_seq=True)
+        y, spec, eta, e_w, e_b = learn
+        dw, db = window_deltas(d, traces, pre, code, y, first, tuple(w.shape[-2:]), (c, oh, ow), stride, padding, over)
+        if deltas is not None:
+            deltas.append((dw, db))
+        else:
+            apply_delta(w, dw, eta, spec.eligibility_tau, e_w, "torch")
+            apply_delta(b, db, eta, spec.eligibility_tau, e_b, "torch")
+        return out.reshape(t_steps, n, c, oh, ow), tr.reshape(n, c, oh, ow)
+    if first >= t_steps:  # nothing to learn: one pass
         out = neuron_forward(currents(0, t_steps), v, tr, d, backend)
-        if window and first < t_steps:
-            y, spec, eta, e_w, e_b = learn
-            dw, db = window_deltas(d, out, pre, code, y, first, tuple(w.shape[-2:]), (c, oh, ow), stride, padding, over)
-            if deltas is not None:
-                deltas.append((dw, db))
-            else:
-                apply_delta(w, dw, eta, spec.eligibility_tau, e_w, "torch")
-                apply_delta(b, db, eta, spec.eligibility_tau, e_b, "torch")
         return out.reshape(t_steps, n, c, oh, ow), tr.reshape(n, c, oh, ow)
     if deltas is not None:
         raise ValueError('collected deltas need a presentation update (HebbianParams.update="presentation")')
@@ -154,7 +157,7 @@ def run_conv_layer(
 
 def window_deltas(
     d: Dynamics,
-    spikes: Array,
+    traces: Array,
     pre: Array,
     code: Array,
     y: Array,
@@ -167,21 +170,14 @@ def window_deltas(
 ) -> tuple[Array, Array]:
     """Summed Hebbian conv deltas of steps ``first .. T - 1`` of a presentation with fixed
     weights: sum_t (dW_t, dB_t), each the rule on the trace map at t and the input at t, as the
-    step update would apply them had the weights not moved. ``spikes`` ``[T, N, U]`` (the
-    layer's output, a map of ``map_shape`` (C, OH, OW) flattened), ``pre`` ``[T, N, I, H, W]``,
-    ``code`` ``[T, N, L]``, targets ``y`` ``[N]``.
-    The traces are rebuilt from the spikes with the neuron's trace rule, and all K steps go
+    step update would apply them had the weights not moved. ``traces`` ``[T, N, U]`` (the
+    layer's trace after every step, a map of ``map_shape`` (C, OH, OW) flattened), ``pre``
+    ``[T, N, I, H, W]``, ``code`` ``[T, N, L]``, targets ``y`` ``[N]``. All K steps go
     through one correlation over ``K * N`` frames. Returns dW ``[C, I, KH, KW]`` and dB
     ``[L, C, OH, OW]``."""
-    t_steps, n = spikes.shape[:2]
-    trace = _array.zeros(spikes, (n, spikes.shape[-1]))
-    traces = []
-    for t in range(t_steps):
-        trace = trace_step(trace, spikes[t] > 0, d.trace)
-        if t >= first:
-            traces.append(trace)
-    k = len(traces)
-    post = _array.concat(traces, axis=0).reshape(k * n, *map_shape)
+    t_steps, n = traces.shape[:2]
+    k = t_steps - first
+    post = traces[first:].reshape(k * n, *map_shape)
     frames = pre[first:].reshape(k * n, *pre.shape[2:])
     targets = _array.concat([y] * k, axis=0)
     labels = code[first:].reshape(k * n, code.shape[-1])
