@@ -105,6 +105,13 @@ def _export(args) -> int:
             evaluation=cfg.eval.params,
             name=cfg.name,
         )
+        if cfg.train.hebbian_apply == "optimizer":  # say so: on-line learning is not the training rule
+            h = cfg.train.hebbian
+            print(
+                f"note: {cfg.name} was trained by an optimizer on its presentation deltas; the artefact "
+                f"learns on-line with the step rule at eta={h.eta} (learn_after={h.learn_after})",
+                file=sys.stderr,
+            )
     else:
         raise ValueError(f"unknown export format {args.format!r}")
     print(f"wrote {path}")

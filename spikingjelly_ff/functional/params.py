@@ -196,6 +196,12 @@ class HebbianParams:
         if self.learn_after < -1:
             raise ValueError(f"learn_after must be >= -1, got {self.learn_after}")
 
+    def require_step(self, who: str) -> None:
+        """Refuse a presentation update where only the step rule exists (``who`` names the
+        learner in the message) instead of silently applying the step rule."""
+        if self.update != "step":
+            raise ValueError(f"{who} learns with update='step', not {self.update!r}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         if self.update == "step":  # the default, left out: artefacts stay readable by earlier runtimes

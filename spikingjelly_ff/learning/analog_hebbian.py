@@ -26,8 +26,7 @@ class AnalogHebbian:
         """``reduce``: data parallel, combines every layer's delta across ranks (``ff_hebbian_delta``)."""
         if any(layer.synapse.bias is not None for layer in net.layers):
             raise ValueError("Hebbian training needs bias-free layers (model.bias=false)")
-        if hcfg.update != "step":
-            raise ValueError(f"an analog net learns with update='step' (one delta per batch), not {hcfg.update!r}")
+        hcfg.require_step("an analog net (one delta per batch)")
         self.net = net
         self.cfg = hcfg
         self.eligibility = [torch.zeros_like(layer.weight) for layer in net.layers]

@@ -39,10 +39,12 @@ class SpikingConvTrainer:
     eligibility traces of W and B outlive batches (the paper's running update).
 
     With an ``optimizer`` over the net's parameters (and ``hebbian.update == "presentation"``)
-    the deltas are not applied with eta: as SpikingJelly's learners do, -dW (the batch's summed
-    Hebbian delta over the learning window, per image and window step) is written into each
-    weight's ``.grad`` and the optimizer steps; ``lr_at(progress)`` sets its learning rate
-    before each step. Still no autograd: the gradients are the Hebbian products."""
+    the deltas are not applied with eta: -dW/K, the Hebbian delta of the K window steps summed
+    over the steps and averaged over the batch's images, i.e. the mean per image and window
+    step, is written into each weight's ``.grad`` and the optimizer steps; ``lr_at(progress)``
+    sets its learning rate before each step. (SpikingJelly's learners and our
+    ``HebbianLearner.step`` write the summed -dW: with SGD, lr here is eta per step there.)
+    Still no autograd: the gradients are the Hebbian products."""
 
     def __init__(
         self,
@@ -86,17 +88,23 @@ class SpikingConvTrainer:
         eta = self.hebbian.eta * schedule_factor(self.hebbian.schedule, progress)
         self.count += 1
         pre, code = self.draw(x, shown) if spikes is None else spikes
+        window = pre.shape[0] - self.hebbian.learn_after - 1
+        if window < 1:  # training that never learns is a mistake, not a no-op
+            raise ValueError(
+                f"the learning window (steps t > learn_after={self.hebbian.learn_after}) is empty for "
+                f"{pre.shape[0]} steps: set learn_after < {pre.shape[0] - 1}"
+            )
         target = shown if net.competitive else y.to(pre.dtype)
         learns = [(target, self.hebbian, eta, e_w, e_b) for e_w, e_b in self.eligibility]
         w, b = _arrays(net)
-        deltas: list | None = None if self.optimizer is None else []
+        deltas: list[tuple[Tensor, Tensor]] | None = None if self.optimizer is None else []
         acts = present_conv(pre, code, w, b, conv_layouts(net), net.dynamics, net.over, net.backend, learns,
                             deltas=deltas)  # fmt: skip
         if deltas:
-            self._optimizer_step(deltas, progress, pre.shape[0] - self.hebbian.learn_after - 1)
+            self._optimizer_step(deltas, progress, window)
         return net.judged(acts, target)
 
-    def _optimizer_step(self, deltas: list, progress: float, window: int) -> None:
+    def _optimizer_step(self, deltas: list[tuple[Tensor, Tensor]], progress: float, window: int) -> None:
         """-dW per window step into ``.grad`` of every layer's weights, then one optimizer step."""
         for layer, (dw, db) in zip(self.net.layers, deltas):
             layer.weight.grad = -dw / window

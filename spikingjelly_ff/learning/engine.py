@@ -68,8 +68,7 @@ class SpikingTrainer:
         step's delta across ranks (``run_layer``); batches then always take the batched path."""
         if reduce is not None and sequential:
             raise ValueError("online (sequential) learning cannot be split across ranks")
-        if hebbian.update != "step":
-            raise ValueError(f"a dense spiking net learns with update='step', not {hebbian.update!r}")
+        hebbian.require_step("a dense spiking net")
         self.net = net
         self.reduce = reduce
         self.hebbian = hebbian

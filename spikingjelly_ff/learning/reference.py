@@ -25,6 +25,7 @@ class ReferenceLoop:
     def __init__(self, net: SpikingFFNet, hcfg: HebbianParams | None = None) -> None:
         self.net = net
         hcfg = hcfg or HebbianParams()
+        hcfg.require_step("the per-step reference loop")
         functional.set_step_mode(net, "s")
         self.learners = [
             HebbianLearner(

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -172,13 +173,18 @@ class AnalogStep:
         progress = self.count / self.steps_total
         self.count += 1
         if self.optimizer is not None:
-            f = schedule_factor(self.cfg.train.optimizer.schedule, progress)
+            lr = optimizer_lr(self.cfg.train.optimizer, progress)
             for group in self.optimizer.param_groups:
-                group["lr"] = self.cfg.train.optimizer.lr * f
+                group["lr"] = lr
             acts = self.learner.step(x, y)
         else:
             acts = self.learner.step(x, y, schedule_factor(self.cfg.train.hebbian.schedule, progress))
         return self.net.judged(acts, y)
+
+
+def optimizer_lr(o, progress: float) -> float:
+    """The learning rate of the config's ``train.optimizer`` section at ``progress`` in [0, 1)."""
+    return o.lr * schedule_factor(o.schedule, progress)
 
 
 def make_optimizer(params: list, o) -> torch.optim.Optimizer:
@@ -367,7 +373,7 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
         optimizer, lr_at = None, None
         if t.hebbian_apply == "optimizer":  # -dW into .grad, then the optimizer steps
             optimizer = make_optimizer(list(net.layers.parameters()), t.optimizer)
-            lr_at = lambda progress: t.optimizer.lr * schedule_factor(t.optimizer.schedule, progress)  # noqa: E731
+            lr_at = partial(optimizer_lr, t.optimizer)
         conv = SpikingConvTrainer(net, t.hebbian, steps_total, cfg.seed + 3, device, optimizer, lr_at)
         return conv.train_batch
     assert isinstance(net, SpikingFFNet)

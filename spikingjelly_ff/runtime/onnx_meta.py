@@ -109,6 +109,9 @@ class OnnxMeta:
     image_shape: tuple[int, int] | None = None
     conv: OnnxConv | None = None
 
+    def __post_init__(self) -> None:
+        self.hebbian.require_step("an ONNX model (one delta per batch)")
+
     def weight_names(self) -> tuple[str, ...]:
         """The initializers a runtime learns, in the order of its ``weights``: every layer's
         weight, then (conv exports) every layer's label weights."""

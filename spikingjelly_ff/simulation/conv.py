@@ -92,7 +92,7 @@ def run_conv_layer(
     backend: str = "torch",
     learn: Learn | None = None,
     image_current: Array | None = None,
-    deltas: list | None = None,
+    deltas: list[tuple[Array, Array]] | None = None,
 ) -> tuple[Array, Array]:
     """Present input spikes ``pre`` ``[T, N, I, H, W]`` and label spikes ``code`` ``[T, N, L]``
     to one layer (weights ``w``, label weights ``b``) from rest. With ``learn = (y, spec, eta,
@@ -122,6 +122,10 @@ def run_conv_layer(
 
     first = t_steps if learn is None else learn[1].learn_after + 1
     window = learn is not None and learn[1].update == "presentation"
+    if deltas is not None and not window:
+        raise ValueError('collected deltas need a presentation update (HebbianParams.update="presentation")')
+    if deltas is not None and first >= t_steps:  # the caller would step its optimizer on nothing
+        raise ValueError(f"the learning window (steps t > learn_after={first - 1}) is empty for {t_steps} steps")
     if window and first < t_steps:  # the weights stay fixed while the sample is shown
         # the neuron's own trace after every step feeds the rule
         out, traces = kernels.neuron_forward(currents(0, t_steps), v, tr, d.neuron, d.trace, backend, trace_seq=True)
@@ -136,8 +140,6 @@ def run_conv_layer(
     if first >= t_steps:  # nothing to learn: one pass
         out = neuron_forward(currents(0, t_steps), v, tr, d, backend)
         return out.reshape(t_steps, n, c, oh, ow), tr.reshape(n, c, oh, ow)
-    if deltas is not None:
-        raise ValueError('collected deltas need a presentation update (HebbianParams.update="presentation")')
     y, spec, eta, e_w, e_b = learn
     kernel = tuple(w.shape[-2:])
     out = _array.zeros(pre, (t_steps, n, units))
@@ -169,12 +171,12 @@ def window_deltas(
     over: str = "map",
 ) -> tuple[Array, Array]:
     """Summed Hebbian conv deltas of steps ``first .. T - 1`` of a presentation with fixed
-    weights: sum_t (dW_t, dB_t), each the rule on the trace map at t and the input at t, as the
-    step update would apply them had the weights not moved. ``traces`` ``[T, N, U]`` (the
-    layer's trace after every step, a map of ``map_shape`` (C, OH, OW) flattened), ``pre``
-    ``[T, N, I, H, W]``, ``code`` ``[T, N, L]``, targets ``y`` ``[N]``. All K steps go
-    through one correlation over ``K * N`` frames. Returns dW ``[C, I, KH, KW]`` and dB
-    ``[L, C, OH, OW]``."""
+    weights: sum_t (dW_t, dB_t), each the rule (a mean over the N images) on the trace map at t
+    and the input at t, as the step update would apply them had the weights not moved.
+    ``traces`` ``[T, N, U]`` (the layer's trace after every step, a map of ``map_shape``
+    (C, OH, OW) flattened), ``pre`` ``[T, N, I, H, W]``, ``code`` ``[T, N, L]``, targets ``y``
+    ``[N]``. All K steps go through one correlation over ``K * N`` frames. Returns dW
+    ``[C, I, KH, KW]`` and dB ``[L, C, OH, OW]``."""
     t_steps, n = traces.shape[:2]
     k = t_steps - first
     post = traces[first:].reshape(k * n, *map_shape)
@@ -199,7 +201,7 @@ def present_conv(
     learns: list[Learn] | None = None,
     first_current: Array | None = None,
     counts: bool = False,
-    deltas: list | None = None,
+    deltas: list[tuple[Array, Array]] | None = None,
 ) -> list[Array]:
     """One presentation of image spikes ``pre`` and label spikes ``code`` to the whole stack,
     each layer from rest, its spikes pooled for the next. ``learns``: one :data:`Learn` per

@@ -28,6 +28,7 @@ def test_numba_is_installed_where_required():
     """Where numba is required (CI), a missing numba is a failure, not a module of skips."""
     assert numba_online.AVAILABLE, "numba is not installed (SJFF_REQUIRE_NUMBA=1; pip install 'spikingjelly-ff[fast]')"
 
+
 PROBS = {
     "sigmoid": Probability("sigmoid", alpha=0.5, theta=2.0),
     "symmetric": Probability("symmetric", eps=0.01),

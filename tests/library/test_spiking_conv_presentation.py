@@ -101,9 +101,35 @@ def test_collected_deltas_need_a_presentation_update():
         run_conv_layer(image, code, w, b, net.dynamics, deltas=[])
 
 
-def test_dense_learners_refuse_presentation_updates():
+def test_an_empty_learning_window_is_refused():
+    """With learn_after >= T - 1 no step would learn: the trainer and a layer asked for its
+    deltas refuse instead of stepping an optimizer on nothing (the weights stay as they were)."""
+    net, (image, code, y, w, b) = _layer_inputs("map", False)
+    steps = image.shape[0]
+    late = replace(SPEC, learn_after=steps - 1)
+    w0 = w.clone()
+    with pytest.raises(ValueError, match="learning window"):
+        run_conv_layer(image, code, w, b, net.dynamics, learn=(y, late, 0.7, None, None), deltas=[])
+    assert torch.equal(w, w0)
+    x, labels, image, code, y = draw(net, 2, 5)
+    params = [p.detach().clone() for p in net.parameters()]
+    for update in ("step", "presentation"):
+        for optimizer in (None, torch.optim.SGD(net.parameters(), lr=0.1)):
+            if optimizer is not None and update == "step":
+                continue
+            trainer = SpikingConvTrainer(net, replace(SPEC, learn_after=steps - 1, update=update), optimizer=optimizer)
+            with pytest.raises(ValueError, match="learning window"):
+                trainer.train_batch(x, labels, y, spikes=(image, code))
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), params))
+    one = SpikingConvTrainer(net, replace(SPEC, learn_after=steps - 2))  # one window step: learns
+    one.train_batch(x, labels, y, spikes=(image, code))
+    assert not all(torch.equal(a, b) for a, b in zip(net.parameters(), params))
+
+
+def test_dense_learners_refuse_presentation_updates(tmp_path):
     """Only spiking conv layers implement presentation updates: the dense spiking engine, the
-    analog Hebbian learner and a dense spike artefact refuse them instead of ignoring them."""
+    analog Hebbian learner, the per-step reference loop, a dense spike artefact and ONNX
+    metadata refuse them instead of ignoring them."""
     from test_conv_competitive import _config
 
     from spikingjelly_ff.export.spike import artifact_from_model
@@ -121,6 +147,23 @@ def test_dense_learners_refuse_presentation_updates():
         AnalogHebbian(analog, SPEC)
     with pytest.raises(ArtifactError, match="hebbian.update=step"):
         artifact_from_model(spiking, hebbian=SPEC).validate()
+    from spikingjelly_ff.learning.reference import ReferenceLoop
+    from spikingjelly_ff.runtime.onnx_meta import OnnxMeta
+
+    with pytest.raises(ValueError, match="update='step'"):
+        ReferenceLoop(spiking, SPEC)
+    import onnx
+
+    from spikingjelly_ff.export.onnx import analog_to_onnx
+    from spikingjelly_ff.runtime.onnx_meta import load_onnx_meta
+
+    with pytest.raises(ValueError, match="update='step'"):  # an ONNX runtime learns one delta per batch
+        analog_to_onnx(analog, tmp_path / "a.onnx", hebbian=SPEC)
+    meta = load_onnx_meta(onnx.load(analog_to_onnx(analog, tmp_path / "a.onnx")))
+    broken = meta.to_dict()
+    broken["hebbian"] = SPEC.to_dict()
+    with pytest.raises(ValueError, match="update='step'"):
+        OnnxMeta.from_dict(broken)
 
 
 def test_an_optimizer_step_is_the_eta_step_it_stands_for():
@@ -161,7 +204,7 @@ def test_bad_presentation_settings_are_config_errors(sets, message):
         _config(*sets, kind="spiking")
 
 
-def test_sjff_train_steps_adam_on_hebbian_deltas_and_exports(tmp_path, mini):
+def test_sjff_train_steps_adam_on_hebbian_deltas_and_exports(tmp_path, mini, capsys):
     """``sjff train`` with ``hebbian_apply=optimizer`` (Adam on the Hebbian deltas of a
     competitive spiking conv net, 300 mini-MNIST images): the run learns (well above chance on
     200 test images), its saved config says how it was trained, and the exported artefact's
@@ -184,7 +227,9 @@ def test_sjff_train_steps_adam_on_hebbian_deltas_and_exports(tmp_path, mini):
     assert metrics["final"]["test_accuracy"] > 0.2  # chance is 0.1 (0.29 reached)
     net, saved, _ = load_model(tmp_path / "run" / "model")
     assert saved.train.hebbian_apply == "optimizer" and saved.train.hebbian.update == "presentation"
+    capsys.readouterr()
     assert sjff(["export", str(tmp_path / "run" / "model"), "--format", "spike", "--out", str(tmp_path / "ex")]) == 0
+    assert "learns on-line with the step rule at eta=" in capsys.readouterr().err  # the export says so
     model = load_exported(tmp_path / "ex")
     assert model.learn_spec.update == "step"  # no optimizer in the runtime: on-line, the step rule at eta
     x = load_split(str(mini), "test").images[:100].reshape(100, -1).astype(np.float32) / np.float32(255.0)

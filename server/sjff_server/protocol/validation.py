@@ -57,9 +57,7 @@ def check_images(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _images(
-    buf: bytes | None, tensor, datatype: str, shape, in_features: int, max_rows: int
-) -> np.ndarray:
+def _images(buf: bytes | None, tensor, datatype: str, shape, in_features: int, max_rows: int) -> np.ndarray:
     """Images ``[N, in_features]`` float32 from raw bytes ``buf`` or, without them, the typed
     contents of ``tensor`` (an InferInputTensor); ``shape`` as sent."""
     if buf is not None and datatype == "FP32" and len(shape) == 2 and shape[1] == in_features:
