@@ -229,9 +229,17 @@ def _verify_into(files: dict[str, bytes], ds: KnownDataset, target: Path) -> Non
             raise DataError(f"{name}: checksum mismatch (sha256 {digest[:12]}…)")
     target.mkdir(parents=True, exist_ok=True)
     for name, raw in files.items():
-        tmp = target / (name + ".part")
-        tmp.write_bytes(raw)
-        os.replace(tmp, target / name)
+        # A temp name of this writer's own: processes that fetch at once (the ranks of
+        # `sjff train --nproc`, runs started together on a fresh machine) must not rename each
+        # other's half-written file; each rename puts a whole, verified file in place.
+        fd, tmp = tempfile.mkstemp(dir=target, prefix=name + ".", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+            os.replace(tmp, target / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _from_directory(directory: Path) -> dict[str, bytes]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,35 @@ def test_fetch_tries_every_source_and_verifies(tmp_path, monkeypatch, mini):
         data.fetch("mini2", log=lambda s: None)
     msg = str(err.value)
     assert "checksum mismatch" in msg and "download from http://127.0.0.1:9/none" in msg
+
+
+def test_two_processes_fetching_at_once_both_succeed(tmp_path, monkeypatch, mini):
+    """The ranks of `sjff train --nproc 2` on a fresh machine fetch the same dataset at once.
+    Interleave two writers deterministically: the second writes and renames every file while
+    the first is between writing its first file and renaming it. Each must rename its own temp
+    file (a shared `NAME.part` was renamed away under the first one, which then failed), and
+    no temp file may be left behind."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SJFF_DATA_DIR", raising=False)
+    digests = {f: __import__("hashlib").sha256(data._read_bytes(data._file(mini, f))).hexdigest() for f in data.FILES}
+    monkeypatch.setitem(data.DATASETS, "mini", data.KnownDataset("mini", digests, (), npm=None, debian=str(mini)))
+    files = data._from_directory(mini)
+    target = tmp_path / "cache" / "spikingjelly-ff" / "mini"
+    real_replace = os.replace
+    interleaved = []
+
+    def replace(src, dst):
+        if not interleaved:  # the first writer's first rename: the other process runs in between
+            interleaved.append(True)
+            data._verify_into(files, data.DATASETS["mini"], target)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(data.os, "replace", replace)
+    data._verify_into(files, data.DATASETS["mini"], target)
+    assert interleaved
+    assert sorted(p.name for p in target.iterdir()) == sorted(data.FILES)
+    fetched, source = data.load_split("mini", "train"), data.load_split(str(mini), "train")
+    assert np.array_equal(fetched.images, source.images) and np.array_equal(fetched.labels, source.labels)
 
 
 def test_gzipped_debian_layout_is_read(tmp_path):
