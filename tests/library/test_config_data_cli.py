@@ -127,6 +127,11 @@ def test_fetch_tries_every_source_and_verifies(tmp_path, monkeypatch, mini):
         data.fetch("mini2", log=lambda s: None)
     msg = str(err.value)
     assert "checksum mismatch" in msg and "download from http://127.0.0.1:9/none" in msg
+    # A Debian package that is not installed: the error names the package that provides it.
+    absent = data.KnownDataset("mini3", digests, (), debian=str(tmp_path / "none"), debian_package="dataset-mini3")
+    monkeypatch.setitem(data.DATASETS, "mini3", absent)
+    with pytest.raises(data.DataError, match=r"not there; `apt-get install dataset-mini3` provides it"):
+        data.fetch("mini3", log=lambda s: None)
 
 
 def test_two_processes_fetching_at_once_both_succeed(tmp_path, monkeypatch, mini):
