@@ -13,8 +13,8 @@ fields, or, as constant label maps, one term per channel, and the net stayed nea
 taken over the whole map, at each location or over channel groups (``over``: "map",
 "location" or "group:K", ``functional.conv``); a layer's score
 is its summed log-odds over its goodness entries, a label's score the sum over the voting
-layers (``functional.conv.conv_summed_score``). All labels are scored in one batched
-pass over ``C * n`` inputs per chunk of ``score_chunk`` images.
+layers (``functional.conv.conv_summed_score``). All labels are scored in batched passes
+of at most ``score_inputs`` inputs (``C`` per image; one per image for a competitive net).
 """
 
 from __future__ import annotations
@@ -171,9 +171,9 @@ class AnalogConvFFNet(ConvScores, AnalogFFNet):
         shift_views: int = 0,
         image_shape: tuple[int, int] | None = None,
         label_maps: bool = True,
-        score_chunk: int = 200,
+        score_inputs: int | None = None,
     ) -> None:
-        """``score_chunk``: images per batched all-label pass (``C * score_chunk`` inputs)."""
+        """``score_inputs``: inputs per batched scoring pass (default: :meth:`pass_inputs`)."""
         goodness_groups(over, [c.channels for c in conv], probability.split)  # a clear error here
         if embedding.kind != "onehot" and not probability.competitive:
             kind = embedding.kind
@@ -189,7 +189,7 @@ class AnalogConvFFNet(ConvScores, AnalogFFNet):
         self.normalize = True
         self.over = over
         self._check_competitive(num_classes)
-        self.score_chunk = score_chunk
+        self.score_inputs = score_inputs
         self.image_shape = image_shape
         label_maps = label_maps and not probability.competitive  # a competitive net sees no label
         self.label_maps = label_maps
@@ -239,15 +239,27 @@ class AnalogConvFFNet(ConvScores, AnalogFFNet):
         c, n = self.num_classes, x.shape[0]
         return self.activities(self.embedding.all_labels(x).reshape(c * n, -1))
 
+    def pass_inputs(self, device: torch.device) -> int:
+        """Inputs per scoring pass: ``score_inputs``, else 64 on CPU and 2000 elsewhere. On
+        one CPU thread torch's conv scores 2-4x more images per second in passes of 64 inputs
+        than of 1000-2000, whose feature maps (2000 x 30 x 28 x 28 floats: 188 MB for a first
+        layer of 30 channels) leave the caches (``benchmarks/conv_score_passes.py``). The
+        scores do not depend on it: every image's maps are computed alone."""
+        if self.score_inputs is not None:
+            return self.score_inputs
+        return 64 if device.type == "cpu" else 2000
+
     def scores(self, x: Tensor) -> Tensor:
-        """Score of every label, ``[N, C]``: batched passes over ``C * n`` inputs, ``n`` at
-        most ``score_chunk`` images, to bound the memory of the feature maps."""
+        """Score of every label, ``[N, C]``: batched passes of at most :meth:`pass_inputs`
+        inputs (``C`` per image, the image under every label; a competitive net scores every
+        class from the image alone)."""
         c = self.num_classes
+        inputs = self.pass_inputs(x.device)
         if self.competitive:  # one pass scores every class
-            parts = [self.score_activities(self.activities(xb)) for xb in torch.split(x, self.score_chunk * c)]
+            parts = [self.score_activities(self.activities(xb)) for xb in torch.split(x, inputs)]
             return torch.cat(parts) if parts else x.new_zeros((0, c))
         parts = []
-        for xb in torch.split(x, self.score_chunk):
+        for xb in torch.split(x, max(1, inputs // c)):
             s = self.score_activities(self.all_label_activities(xb))
             parts.append(s.reshape(c, xb.shape[0]).transpose(0, 1))
         return torch.cat(parts) if parts else x.new_zeros((0, c))

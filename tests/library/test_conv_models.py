@@ -25,7 +25,7 @@ def test_scores_are_chunked_all_label_passes(over):
     cfg = conv_config(f"model.goodness_over={over}")
     net = build_model(cfg.model, 784, 10, seed=0)
     net.image_shape = (28, 28)
-    net.score_chunk = 3
+    net.score_inputs = 30  # passes of 3 images x 10 labels
     x = torch.rand(7, 784)
     s = net.scores(x)
     assert s.shape == (7, 10)
