@@ -37,6 +37,11 @@ Learn = tuple[Array, HebbianParams, float, Array, Array]
 #: chunk share one label draw (so equal chunks keep their scores equal in distribution), and
 #: it bounds the ``[T, N, U]`` currents
 SCORE_CHUNK = 100
+#: frames per convolution call on the CPU: the maps of a scoring chunk's T * N = 1,200 frames
+#: leave the caches, and torch's conv on one thread runs faster in passes of 64 (as the analog
+#: ``AnalogConvFFNet.pass_inputs``); each frame is convolved alone, so the currents, bit for
+#: bit, do not depend on it
+CONV_PASS = 64
 
 __all__ = [
     "SCORE_CHUNK",
@@ -67,7 +72,13 @@ class ConvLayout:
 def conv_current(pre: Array, w: Array, stride=1, padding=0) -> Array:
     """Image part of the current, frames ``[K, N, I, H, W]`` -> ``[K, N, U]``."""
     k, n = pre.shape[:2]
-    z = conv2d(pre.reshape(k * n, *pre.shape[2:]), w, stride, padding)
+    frames = pre.reshape(k * n, *pre.shape[2:])
+    if k * n <= CONV_PASS or (_array.is_torch(frames) and frames.is_cuda):
+        z = conv2d(frames, w, stride, padding)
+    else:
+        z = _array.concat(
+            [conv2d(frames[i : i + CONV_PASS], w, stride, padding) for i in range(0, k * n, CONV_PASS)], 0
+        )
     return z.reshape(k, n, -1)
 
 

@@ -28,7 +28,7 @@ from spikingjelly_ff.runtime import (
 )
 from spikingjelly_ff.runtime.conv_artifact import label_to_nir
 from spikingjelly_ff.simulation import conv_current, present_conv, run_conv_layer, score_conv_labels
-from spikingjelly_ff.simulation.conv import SCORE_CHUNK
+from spikingjelly_ff.simulation.conv import CONV_PASS, SCORE_CHUNK
 
 F32 = torch.float32
 SPEC = HebbianParams(eta=0.7, eligibility_tau=0.3, learn_after=4)
@@ -286,6 +286,20 @@ def test_a_precomputed_current_cannot_learn():
     # without learning the given current is the one computed inside
     out, _ = run_conv_layer(image, code, w[0], b[0], net.dynamics, image_current=current)
     assert torch.equal(out, run_conv_layer(image, code, w[0], b[0], net.dynamics)[0])
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_conv_currents_in_passes_equal_one_convolution(backend):
+    """More than CONV_PASS frames are convolved in passes; the currents are those of one call,
+    bit for bit, in torch and numpy (a partial last pass included)."""
+    g = torch.Generator().manual_seed(3)
+    pre = (torch.rand(7, 2 * CONV_PASS // 7 + 3, 2, 9, 9, generator=g) < 0.3).float()  # T * N > 2 passes
+    w = torch.randn(4, 2, 3, 3, generator=g)
+    if backend == "numpy":
+        pre, w = pre.numpy(), w.numpy()
+    got = conv_current(pre, w, stride=1, padding=1)
+    one = conv2d(pre.reshape(-1, 2, 9, 9), w, 1, 1).reshape(7, pre.shape[1], -1)
+    assert pre.shape[0] * pre.shape[1] > 2 * CONV_PASS and (got == one).all()
 
 
 def test_torch_and_numpy_share_the_images_of_a_label_draw():
