@@ -42,9 +42,12 @@ def main() -> None:
     args = ap.parse_args()
     try:
         cfg = load_config(args.config, [])
-        sizes = [int(s) for s in args.passes.split(",")]
-    except (ConfigError, ValueError) as exc:
+    except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
+    try:
+        sizes = [int(s) for s in args.passes.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --passes wants comma-separated whole numbers, got {args.passes!r}") from None
     if cfg.model.kind != "analog" or not cfg.model.conv or min(sizes) < 1 or args.images < 1 or args.rounds < 1:
         raise SystemExit("error: needs an analog conv config, pass sizes >= 1, --images >= 1 and --rounds >= 1")
     torch.set_num_threads(args.threads)

@@ -246,6 +246,8 @@ class AnalogConvFFNet(ConvScores, AnalogFFNet):
         layer of 30 channels) leave the caches (``benchmarks/conv_score_passes.py``). The
         scores do not depend on it: every image's maps are computed alone."""
         if self.score_inputs is not None:
+            if self.score_inputs < 1:
+                raise ValueError(f"score_inputs must be at least 1, got {self.score_inputs}")
             return self.score_inputs
         return 64 if device.type == "cpu" else 2000
 

@@ -34,6 +34,9 @@ def test_scores_are_chunked_all_label_passes(over):
         acts = net.activities(net.embedding(x, torch.full((7,), c)))
         torch.testing.assert_close(s[:, c], net.score_activities(acts))
     assert [tuple(a.shape[1:]) for a in acts] == net.map_shapes() == [(8, 24, 24), (8, 10, 10)]
+    net.score_inputs = 0
+    with pytest.raises(ValueError, match="score_inputs must be at least 1"):
+        net.scores(x)
 
 
 def test_local_loss_reads_the_goodness_region():
