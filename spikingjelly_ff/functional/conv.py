@@ -45,6 +45,7 @@ Tensor = Any  # a torch tensor or a numpy array
 OVER = ("map", "location")
 
 __all__ = [
+    "CPU_CONV_PASS",
     "OVER",
     "check_conv_settings",
     "check_map_shape",
@@ -63,6 +64,14 @@ __all__ = [
     "normalize_region",
     "pool2d",
 ]
+
+
+#: inputs per convolution call on the CPU, for the analog conv scorer and the spiking conv
+#: currents alike: on one CPU thread torch's conv runs 2-4x faster per input in passes of 64
+#: than of 1,000-2,000, whose feature maps (2,000 x 30 x 28 x 28 floats: 188 MB) leave the
+#: caches (``benchmarks/conv_score_passes.py``). Every input is convolved alone, so the
+#: results do not depend on it, bit for bit.
+CPU_CONV_PASS = 64
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:

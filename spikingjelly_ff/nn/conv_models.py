@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from spikingjelly_ff.functional.conv import (
+    CPU_CONV_PASS,
     conv_goodness,
     conv_layer_score,
     conv_output_size,
@@ -240,16 +241,14 @@ class AnalogConvFFNet(ConvScores, AnalogFFNet):
         return self.activities(self.embedding.all_labels(x).reshape(c * n, -1))
 
     def pass_inputs(self, device: torch.device) -> int:
-        """Inputs per scoring pass: ``score_inputs``, else 64 on CPU and 2000 elsewhere. On
-        one CPU thread torch's conv scores 2-4x more images per second in passes of 64 inputs
-        than of 1000-2000, whose feature maps (2000 x 30 x 28 x 28 floats: 188 MB for a first
-        layer of 30 channels) leave the caches (``benchmarks/conv_score_passes.py``). The
-        scores do not depend on it: every image's maps are computed alone."""
+        """Inputs per scoring pass: ``score_inputs``, else ``functional.conv.CPU_CONV_PASS``
+        on the CPU and 2000 elsewhere (not measured off the CPU). The scores do not depend on
+        it."""
         if self.score_inputs is not None:
             if self.score_inputs < 1:
                 raise ValueError(f"score_inputs must be at least 1, got {self.score_inputs}")
             return self.score_inputs
-        return 64 if device.type == "cpu" else 2000
+        return CPU_CONV_PASS if device.type == "cpu" else 2000
 
     def scores(self, x: Tensor) -> Tensor:
         """Score of every label, ``[N, C]``: batched passes of at most :meth:`pass_inputs`

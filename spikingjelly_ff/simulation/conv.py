@@ -23,7 +23,13 @@ from typing import Any
 
 from spikingjelly_ff import kernels
 from spikingjelly_ff.functional import _array
-from spikingjelly_ff.functional.conv import conv2d, conv_summed_score, ff_conv_hebbian_deltas, pool2d
+from spikingjelly_ff.functional.conv import (
+    CPU_CONV_PASS,
+    conv2d,
+    conv_summed_score,
+    ff_conv_hebbian_deltas,
+    pool2d,
+)
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.kernels import apply_delta
@@ -37,11 +43,8 @@ Learn = tuple[Array, HebbianParams, float, Array, Array]
 #: chunk share one label draw (so equal chunks keep their scores equal in distribution), and
 #: it bounds the ``[T, N, U]`` currents
 SCORE_CHUNK = 100
-#: frames per convolution call on the CPU: the maps of a scoring chunk's T * N = 1,200 frames
-#: leave the caches, and torch's conv on one thread runs faster in passes of 64 (as the analog
-#: ``AnalogConvFFNet.pass_inputs``); each frame is convolved alone, so the currents, bit for
-#: bit, do not depend on it
-CONV_PASS = 64
+#: frames per conv call on the CPU (a scoring chunk holds T * N = 1,200 frames)
+CONV_PASS = CPU_CONV_PASS
 
 __all__ = [
     "SCORE_CHUNK",
