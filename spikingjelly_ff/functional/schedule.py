@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["SCHEDULES", "schedule_factor"]
+__all__ = ["SCHEDULES", "schedule_factor", "warmup_factor"]
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -18,3 +18,15 @@ def schedule_factor(kind: str, progress: float) -> float:
     if kind == "constant":
         return 1.0
     raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
+
+
+def warmup_factor(warmup: float, progress: float) -> float:
+    """Linear ramp of the rate over the first ``warmup`` fraction of the run, ``progress`` in
+    [0, 1]: progress / warmup, then 1. Adam's first steps have the size of the rate whatever the
+    gradient, so a wide layer (small initial weights) can lose units before its moment
+    estimates settle; at rate 0 the first step still feeds those estimates."""
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"warmup must be a fraction of the run in [0, 1), got {warmup}")
+    if warmup == 0.0 or progress >= warmup:
+        return 1.0
+    return max(progress, 0.0) / warmup

@@ -130,6 +130,7 @@ class OptimizerConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | cosine | linear (decay to 0 over the run)
+    warmup: float = 0.0  # fraction of the run over which the rate ramps up linearly from 0
 
 
 @dataclass
@@ -255,6 +256,8 @@ def _validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key} must be >= 1")
     if m.encoder.rest_steps < 0:
         raise ConfigError("model.encoder.rest_steps must be >= 0")
+    if not 0.0 <= t.optimizer.warmup < 1.0:
+        raise ConfigError(f"train.optimizer.warmup is a fraction of the run in [0, 1); got {t.optimizer.warmup}")
     if m.kind == "spiking" and not -1 <= t.hebbian.learn_after < m.encoder.steps - 1:
         raise ConfigError("train.hebbian.learn_after must lie in [-1, model.encoder.steps - 1)")
     if m.score_layers is not None and any(not 0 <= i < len(m.conv or m.layers) for i in m.score_layers):

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from spikingjelly_ff.functional.schedule import schedule_factor
+from spikingjelly_ff.functional.schedule import schedule_factor, warmup_factor
 from spikingjelly_ff.learning.learners import LocalLossLearner
 from spikingjelly_ff.nn.augment import shift_images
 from spikingjelly_ff.nn.models import AnalogFFNet, FFNet, SpikingFFNet
@@ -184,7 +184,7 @@ class AnalogStep:
 
 def optimizer_lr(o, progress: float) -> float:
     """The learning rate of the config's ``train.optimizer`` section at ``progress`` in [0, 1)."""
-    return o.lr * schedule_factor(o.schedule, progress)
+    return o.lr * schedule_factor(o.schedule, progress) * warmup_factor(o.warmup, progress)
 
 
 def make_optimizer(params: list, o) -> torch.optim.Optimizer:

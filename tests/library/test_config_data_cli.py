@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from spikingjelly_ff.cli import main
+from spikingjelly_ff.functional.schedule import schedule_factor, warmup_factor
 from spikingjelly_ff.runs import data
 from spikingjelly_ff.runs.config import (
     CONFIG_DIR,
@@ -22,6 +23,7 @@ from spikingjelly_ff.runs.config import (
     load_config,
     shipped_configs,
 )
+from spikingjelly_ff.runs.train import optimizer_lr
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,11 +60,28 @@ def test_shipped_configs_load():
         (["model.neuron.beta=1.5"], "beta must lie in"),
         (["model.shift_views=-1"], "shift_views must be >= 0"),
         (["model.kind=spiking", "train.learner=hebbian", "model.shift_views=1"], "analog models only"),
+        (["train.optimizer.warmup=1.0"], r"warmup is a fraction of the run in \[0, 1\)"),
+        (["train.optimizer.warmup=-0.1"], r"warmup is a fraction of the run in \[0, 1\)"),
     ],
 )
 def test_bad_configs_give_clear_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("paper/analog-symmetric", overrides)
+
+
+def test_warmup_ramps_the_rate_then_hands_over_to_the_schedule():
+    o = load_config("paper/analog-symmetric", ["train.optimizer.lr=0.01", "train.optimizer.schedule=cosine"])
+    o = o.train.optimizer
+    assert [optimizer_lr(o, p) for p in (0.0, 0.5)] == [0.01, pytest.approx(0.005)]  # no warm-up: the schedule alone
+    o.warmup = 0.1
+    assert optimizer_lr(o, 0.0) == 0.0
+    assert optimizer_lr(o, 0.05) == pytest.approx(0.5 * 0.01 * schedule_factor("cosine", 0.05))
+    assert optimizer_lr(o, 0.1) == pytest.approx(0.01 * schedule_factor("cosine", 0.1))
+    assert optimizer_lr(o, 0.5) == pytest.approx(0.005)
+    rates = [optimizer_lr(o, i / 100) for i in range(11)]
+    assert rates == sorted(rates)  # rises through the ramp
+    with pytest.raises(ValueError, match="warmup must be a fraction"):
+        warmup_factor(1.0, 0.5)
 
 
 def test_overrides_parse_yaml_values():
