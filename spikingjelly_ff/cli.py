@@ -125,7 +125,9 @@ def _analyze(args) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"hoyer {result['hoyer']:.4f}  separability {result['separability']:.4f}  (n={result['n']})")
+        silent = ", ".join(f"{k}/{w}" for k, w in zip(result["silent"], result["widths"]))
+        scores = f"hoyer {result['hoyer']:.4f}  separability {result['separability']:.4f}"
+        print(f"{scores}  silent units {silent}  (n={result['n']})")
     return 0
 
 

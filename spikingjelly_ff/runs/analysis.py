@@ -1,8 +1,10 @@
-"""Latent-space analysis: Hoyer sparsity, k-NN separability and a t-SNE picture.
+"""Latent-space analysis: Hoyer sparsity, k-NN separability, silent units and a t-SNE picture.
 
 Latents are computed on test images with the correct label embedded: the concatenated
-layer activities for analog models, the spike counts over the input steps for spiking
-models (as the paper does).
+layer activities for analog models, each channel's mean over its map for analog conv models
+(a competitive one sees the plain image), the spike counts over the input steps for spiking
+models (as the paper does). A unit is silent when its latent is 0 on every image: a ReLU that
+never opens, a neuron that never fires, a channel dark over every map.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["analyze_model", "hoyer", "latents", "separability", "tsne_plot"]
+__all__ = ["analyze_model", "hoyer", "latents", "separability", "silent_units", "tsne_plot"]
 
 
 def hoyer(latent: Tensor, eps: float = 1e-3) -> float:
@@ -47,13 +49,27 @@ def latents(net, x: Tensor, labels: Tensor, seed: int = 0) -> Tensor:
     from spikingjelly_ff.nn.models import AnalogFFNet
 
     if isinstance(net, ConvScores):
-        raise ValueError("sjff analyze covers dense models; a conv model has no latent analysis yet")
+        if not isinstance(net, AnalogFFNet):
+            raise ValueError("sjff analyze covers dense and analog conv models; a spiking conv model has none yet")
+        shown = x if net.competitive else net.embedding(x, labels)
+        # in parts: a wide net's first map alone is ~0.2 MB per image
+        return torch.cat([_channel_means(net.activities(part)) for part in torch.split(shown, 500)])
     if isinstance(net, AnalogFFNet):
         return torch.cat(net.label_activities(x, labels), dim=1)
     from spikingjelly_ff.learning.engine import SpikingScorer
 
     scorer = SpikingScorer(net, seed=seed)
     return torch.cat([scorer.latent(x[i : i + 1000], labels[i : i + 1000]) for i in range(0, len(x), 1000)])
+
+
+def _channel_means(maps: list[Tensor]) -> Tensor:
+    """``[N, sum C]``: each channel's mean over its ``[N, C, H, W]`` map, the layers side by side."""
+    return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
+
+
+def silent_units(latent: Tensor, widths: list[int]) -> list[int]:
+    """Units of each layer whose latent is 0 on every row of ``latent`` ``[N, sum widths]``."""
+    return [int((part.abs().amax(dim=0) == 0).sum()) for part in torch.split(latent, widths, dim=1)]
 
 
 def tsne_plot(latent: Tensor, labels: Tensor, path: str | Path, title: str = "", n: int = 1500, seed: int = 0) -> Path:
@@ -83,7 +99,8 @@ def tsne_plot(latent: Tensor, labels: Tensor, path: str | Path, title: str = "",
 def analyze_model(
     model_dir, dataset: str | None = None, limit: int | None = None, plot=None, device: str = "cpu", seed: int = 0
 ) -> dict:
-    """Hoyer and separability of a model's test latents; optionally a t-SNE PNG."""
+    """Hoyer, separability and silent units (per layer, of ``widths``) of a model's test
+    latents; optionally a t-SNE PNG."""
     from spikingjelly_ff.runs.checkpoint import load_model
     from spikingjelly_ff.runs.data import load_split
 
@@ -98,6 +115,8 @@ def analyze_model(
     out = {
         "hoyer": hoyer(z),
         "separability": separability(z, y.cpu()),
+        "silent": silent_units(z, list(net.widths)),
+        "widths": list(net.widths),
         "n": len(y),
         "width": z.shape[1],
         "dataset": ds,

@@ -246,6 +246,7 @@ def test_cli_train_eval_export_analyze(tmp_path, mini):
     assert an.returncode == 0, an.stderr
     res = json.loads(an.stdout)
     assert 0 <= res["hoyer"] <= 1 and 0 <= res["separability"] <= 1
+    assert len(res["silent"]) == len(res["widths"]) and all(0 <= k <= w for k, w in zip(res["silent"], res["widths"]))
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -16,7 +16,9 @@ from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import class_margin
 from spikingjelly_ff.kernels import apply_delta
+from spikingjelly_ff.runs.analysis import analyze_model, latents
 from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.checkpoint import save_model
 from spikingjelly_ff.runs.config import ConfigError, load_config
 from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runs.train import train
@@ -161,6 +163,26 @@ def test_analog_competitive_net_learns_the_subset(tmp_path, mini):
     metrics = train(cfg, tmp_path, log=lambda s: None, progress=False)
     assert metrics["final"]["test_accuracy"] > 0.5  # chance is 0.1; 0.674 on this machine
     assert metrics["epochs"][-1]["train_pn_accuracy"] > 0.5  # the true class won in training
+
+
+def test_analyze_counts_the_silent_channels_of_a_saved_conv_model(tmp_path, mini):
+    cfg = _config(f"data.dataset={mini}", "data.download=false")
+    net = _net()
+    before = analyze_model(save_model(tmp_path / "alive", net, cfg), limit=40)
+    assert before["silent"] == [0, 0] and before["widths"] == [10, 20]
+    with torch.no_grad():  # inputs and pooled ReLU maps are >= 0: negative kernels never open
+        net.layers[0].weight[3] = -net.layers[0].weight[3].abs()
+        net.layers[1].weight[[0, 7]] = -net.layers[1].weight[[0, 7]].abs()
+    after = analyze_model(save_model(tmp_path / "dark", net, cfg), limit=40)
+    assert after["silent"] == [1, 2] and after["n"] == 40
+    # the latent: each channel's mean over its map, the competitive net shown the plain image
+    x, y = (torch.from_numpy(a) for a in _images(mini, 40))
+    z = latents(net, x, y)
+    torch.testing.assert_close(z, torch.cat([m.mean(dim=(2, 3)) for m in net.activities(x)], dim=1))
+    assert z.shape == (40, 30) and not z[:, [3, 10, 17]].any()
+    spiking = build_model(_config(kind="spiking").model, 784, 10, seed=0)
+    with pytest.raises(ValueError, match="spiking conv model has none yet"):
+        latents(spiking, x, y)
 
 
 # -- export and runtime ------------------------------------------------------------------------
