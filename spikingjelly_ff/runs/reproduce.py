@@ -38,7 +38,7 @@ BEYOND = {
     "analog-deep": ("Analog FF, 2 × 2000 ReLU, hard negatives, shifts, 5 test views", "MNIST"),
     "conv/analog-competitive-mnist": ("Analog conv FF, channel-wise competitive, 30-120-360, 5 test views", "MNIST"),
     "conv/analog-competitive-fashion": (
-        "Analog conv FF, channel-wise competitive, 30-120-360, 5 test views",
+        "Analog conv FF, channel-wise competitive, 60-240-480, warm-up, 5 test views",
         "Fashion-MNIST",
     ),
     "conv/spiking-competitive-adam-mnist": (
