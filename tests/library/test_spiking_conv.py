@@ -178,15 +178,16 @@ def test_spiking_conv_net_learns_mnist_without_autograd(tmp_path):
 
 
 def test_conv_entry_points_refuse_what_they_do_not_cover(tmp_path):
-    """One clear error instead of a failure deep inside: latent analysis and SpikingJelly's NIR
-    import are for dense models; an export's image shape must be the net's own; a config may
-    not name a voting layer twice, nor score a spiking conv net on separate image draws."""
+    """One clear error instead of a failure deep inside: latent analysis is for dense and
+    analog conv models, SpikingJelly's NIR import for dense ones; an export's image shape must
+    be the net's own; a config may not name a voting layer twice, nor score a spiking conv net
+    on separate image draws."""
     from spikingjelly_ff.export.spike import export_spike, to_spikingjelly
     from spikingjelly_ff.runs.analysis import latents
     from spikingjelly_ff.runs.config import ConfigError, load_config
 
     net = small_net("map", dtype=torch.float32)
-    with pytest.raises(ValueError, match="dense models"):
+    with pytest.raises(ValueError, match="a spiking conv model has none yet"):
         latents(net, torch.rand(2, 144), torch.tensor([0, 1]))
     path = export_spike(net, tmp_path / "m.nir")
     with pytest.raises(ValueError, match="dense artefacts"):
