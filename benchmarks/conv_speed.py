@@ -1,7 +1,7 @@
 """Spiking conv FF training and testing speed, and where a training batch spends its time.
 
     python benchmarks/conv_speed.py [--config conv/spiking-competitive-mnist] [--images 600]
-                                    [--test 500] [--threads 1] [--json OUT]
+                                    [--test 500] [--threads 1] [--json OUT] [--set KEY=VALUE ...]
 
 Trains the config for one pass over the first ``--images`` training images, then tests on the
 first ``--test`` test images, through ``sjff train``'s own code (``runs.train.train``), and
@@ -66,12 +66,16 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=500, help="test images")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a config override, as for sjff train"
+    )
     args = ap.parse_args()
     overrides = [
         "train.epochs=1",
         f"train.limit={args.images}",
         f"eval.limit={args.test}",
         f"threads={args.threads}",  # train() sets torch's threads from it
+        *args.set,
     ]
     try:
         cfg = load_config(args.config, overrides)
