@@ -33,7 +33,10 @@ except ImportError:  # pragma: no cover - exercised on installs without the extr
     numba = None
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "eligibility_apply", "enabled", "present_online", "rest_beta", "supported", "warm_up"]
+__all__ = [
+    "AVAILABLE", "eligibility_apply", "enabled", "neuron_constants", "neuron_loop", "neuron_step", "present_online",
+    "rest_beta", "step_switches", "supported", "warm_up",
+]  # fmt: skip
 
 _FORM = {"beta": 0, "lif": 1}
 _TRACE = {"count": 0, "leaky": 1, "hard": 2, "none": 3}
@@ -98,9 +101,7 @@ def _plan(p: NeuronParams, tp: TraceParams, prob: Probability, goodness: str, ga
     hit = _PLANS.get(key)
     if hit is not None and hit[0] is p and hit[1] is tp and hit[2] is prob:
         return hit[3]
-    neuron = np.array(
-        [p.beta, p.tau, p.v_reset, p.v_threshold, tp.decay, tp.one_minus_decay, tp.increment], dtype=np.float32
-    )
+    neuron = neuron_constants(p, tp)
     switches = np.array(
         [_FORM[p.form], p.decay_input, p.fire == ">=", _TRACE[tp.kind], KINDS.index(prob.kind), _GOODNESS[goodness],
          first, p.silent_at_rest],
@@ -117,6 +118,19 @@ def _plan(p: NeuronParams, tp: TraceParams, prob: Probability, goodness: str, ga
     return plan
 
 
+def neuron_constants(p: NeuronParams, tp: TraceParams) -> np.ndarray:
+    """The neuron's and trace's float32 constants as the compiled step reads them: beta, tau,
+    v_reset, v_threshold, trace decay, 1 - decay, trace increment."""
+    return np.array(
+        [p.beta, p.tau, p.v_reset, p.v_threshold, tp.decay, tp.one_minus_decay, tp.increment], dtype=np.float32
+    )
+
+
+def step_switches(p: NeuronParams, tp: TraceParams) -> tuple[int, bool, bool, int]:
+    """The compiled step's switches: form, decay_input, fire on >=, trace kind."""
+    return _FORM[p.form], bool(p.decay_input), p.fire == ">=", _TRACE[tp.kind]
+
+
 def warm_up() -> bool:
     """Compile (or load from the disk cache) the kernels now, so that the first Learn does not
     wait for it (about 2 s the first time on a machine). Returns whether they are in use."""
@@ -129,6 +143,8 @@ def warm_up() -> bool:
     one = (np.zeros((3, 1), np.float32), np.ones(1, np.float32), np.zeros(1, np.int64))
     present_online(None, w, e, v, *args, draws=one)
     rest_beta(v, 0.5, 1)
+    spikes = np.empty((3, 2), np.float32)  # the layer-wide neuron loop (numba_neuron)
+    neuron_loop(x, v, v.copy(), spikes, spikes.copy(), *step_switches(args[0], args[1]), neuron_constants(*args[:2]))
     return True
 
 
@@ -193,6 +209,53 @@ def _impl_draws(u, rates, live, d, wt, et, v, neuron, switches, floats, a_sum, b
     return _core(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta, rest)
 
 
+def _neuron_step_impl(vj, cj, trj, form, decay_input, fire_ge, trace_kind, neuron):
+    """One unit's charge, fire, reset and trace step, dynamics.py's arithmetic in float32 (each
+    op rounded on its own): returns (membrane, trace, spike). ``neuron`` holds the float32
+    constants of :func:`neuron_constants`; ``form`` and ``trace_kind`` index _FORM and _TRACE.
+    The one compiled copy of the step: the presentation kernel and the neuron loop
+    (``numba_neuron``) both call it."""
+    beta, ntau, v_reset, v_th = neuron[0], neuron[1], neuron[2], neuron[3]
+    decay, omd, incr = neuron[4], neuron[5], neuron[6]
+    one = np.float32(1.0)
+    if form == 0:
+        vj = vj * beta + cj
+    elif decay_input:
+        vj = vj + (cj - (vj - v_reset)) / ntau
+    else:
+        vj = vj - (vj - v_reset) / ntau + cj
+    s = one if (vj >= v_th if fire_ge else vj > v_th) else np.float32(0.0)
+    vj = vj * (one - s)
+    if v_reset != 0.0:
+        vj = vj + s * v_reset
+    if trace_kind == 0:
+        trj = trj + s * incr
+    elif trace_kind == 1:
+        trj = trj * decay + s * omd
+    elif trace_kind == 2:
+        trj = trj * decay * (one - s) + s
+    else:
+        trj = s
+    return vj, trj, s
+
+
+def _neuron_loop_impl(cur, v, tr, spikes, seq, form, decay_input, fire_ge, trace_kind, neuron):
+    """Every unit's steps of ``cur`` ``[T, M]`` in place on ``v``, ``tr`` ``[M]``: spikes and (when
+    ``seq`` has T rows) the traces into ``[T, M]`` (``numba_neuron.neuron_forward``). Here, in the
+    step's file, because numba's disk cache is per file: a kernel in another file that calls
+    the step would keep its cached copy of an old step."""
+    steps, units = cur.shape
+    keep = seq.shape[0] > 0
+    for t in range(steps):
+        for j in range(units):
+            vj, trj, s = neuron_step(v[j], cur[t, j], tr[j], form, decay_input, fire_ge, trace_kind, neuron)
+            v[j] = vj
+            tr[j] = trj
+            spikes[t, j] = s
+            if keep:
+                seq[t, j] = trj
+
+
 def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta, rest):
     form, decay_input, fire_ge, trace_kind = switches[0], switches[1] != 0, switches[2] != 0, switches[3]
     prob_kind, goodness, first, silent = switches[4], switches[5], switches[6], switches[7] != 0
@@ -200,8 +263,6 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
     t_steps, d = x.shape
     h = wt.shape[1]
     beta, ntau, v_reset, v_th = neuron[0], neuron[1], neuron[2], neuron[3]
-    decay, omd, incr = neuron[4], neuron[5], neuron[6]
-    one = np.float32(1.0)
     k = max(0, t_steps - first)
     us = np.zeros((max(k, 1), h), np.float32)  # gain * M * trace of each learning step
     out = np.zeros((t_steps, h), np.float32)
@@ -230,29 +291,8 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
                     cm = np.float32(eta * tau * b_sum[n_learned - 1 - m] * dot)
                     for j in range(h):
                         cur[j] += cm * us[m, j]
-        # charge, fire, reset, trace: dynamics.py's arithmetic
         for j in range(h):
-            vj = v[j]
-            if form == 0:
-                vj = vj * beta + cur[j]
-            elif decay_input:
-                vj = vj + (cur[j] - (vj - v_reset)) / ntau
-            else:
-                vj = vj - (vj - v_reset) / ntau + cur[j]
-            s = one if (vj >= v_th if fire_ge else vj > v_th) else np.float32(0.0)
-            vj = vj * (one - s)
-            if v_reset != 0.0:
-                vj = vj + s * v_reset
-            v[j] = vj
-            if trace_kind == 0:
-                tr[j] = tr[j] + s * incr
-            elif trace_kind == 1:
-                tr[j] = tr[j] * decay + s * omd
-            elif trace_kind == 2:
-                tr[j] = tr[j] * decay * (one - s) + s
-            else:
-                tr[j] = s
-            out[t, j] = s
+            v[j], tr[j], out[t, j] = neuron_step(v[j], cur[j], tr[j], form, decay_input, fire_ge, trace_kind, neuron)
         if t >= first:
             _modulated(tr, us[t - first], split, half, prob_kind, alpha, theta, eps, clip, goodness, gain, y)
     # the rest steps (no input): the membrane decays, and where it could reach the threshold it
@@ -395,6 +435,8 @@ def jit(fn):
 
 
 if AVAILABLE:
+    neuron_step = jit(_neuron_step_impl)
+    neuron_loop = jit(_neuron_loop_impl)
     _rows_sum = jit(_rows_sum_impl)
     _eligibility = jit(_eligibility_impl)
     _sigmoid = jit(_sigmoid)
@@ -406,6 +448,8 @@ if AVAILABLE:
     _kernel_draws = jit(_impl_draws)
     _rest_beta = jit(_rest_beta_impl)
 else:  # pragma: no cover
+    neuron_step = _neuron_step_impl
+    neuron_loop = _neuron_loop_impl
     _rows_sum = _rows_sum_impl
     _eligibility = _eligibility_impl
     _modulated = _modulated_impl

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spikingjelly_ff.functional.dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
+from spikingjelly_ff.kernels import numba_neuron
 
 __all__ = ["eligibility_apply", "neuron_forward"]
 
@@ -20,6 +21,8 @@ def neuron_forward(current, v, trace, p: NeuronParams, tp: TraceParams, trace_se
     """T steps of charge/fire/reset/trace. ``current`` ``[T, N, H]``; ``v`` and ``trace`` ``[N, H]``
     are updated in place. Returns float spikes ``[T, N, H]`` and, with ``trace_seq``, the trace
     after every step ``[T, N, H]`` (else ``None``)."""
+    if numba_neuron.supported(p, current, v, trace):  # one compiled pass, the same values
+        return numba_neuron.neuron_forward(current, v, trace, p, tp, trace_seq)
     spikes = np.empty_like(current)
     seq = np.empty_like(current) if trace_seq else None
     if p.kwta is not None and p.kwta < v.shape[-1]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from spikingjelly_ff.functional.dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
-from spikingjelly_ff.kernels import numba_online
+from spikingjelly_ff.kernels import numba_neuron, numba_online
 
 __all__ = ["eligibility_apply", "neuron_forward"]
 
@@ -28,6 +28,11 @@ def neuron_forward(
     optionally the trace after every step ``[T, N, H]``."""
     if p.kwta is not None and p.kwta < v.shape[-1]:
         return _neuron_forward_generic(current, v, trace, p, tp, trace_seq)
+    if current.device.type == "cpu" and not current.requires_grad:
+        arrays = (current.numpy(), v.numpy(), trace.numpy()) if not v.requires_grad else ()
+        if arrays and numba_neuron.supported(p, *arrays):  # one compiled pass, the same values
+            spikes, seq = numba_neuron.neuron_forward(*arrays, p, tp, trace_seq)
+            return torch.from_numpy(spikes), (torch.from_numpy(seq) if seq is not None else None)
     # In-place form of dynamics.charge/fire/reset/trace_step with the same values: every op
     # rounds once, and products with 0/1 spikes are exact. The reset is arithmetic,
     # v * (1 - s) + s * v_reset, because masked_fill_ costs several times more on the CPU.
