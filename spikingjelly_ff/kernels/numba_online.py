@@ -209,21 +209,26 @@ def _impl_draws(u, rates, live, d, wt, et, v, neuron, switches, floats, a_sum, b
     return _core(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta, rest)
 
 
+def _charge_impl(vj, cj, form, decay_input, neuron):
+    """``dynamics.charge`` of one float32 membrane ``vj`` with current ``cj`` (``neuron``: the
+    constants of :func:`neuron_constants`)."""
+    if form == 0:
+        return vj * neuron[0] + cj
+    if decay_input:
+        return vj + (cj - (vj - neuron[2])) / neuron[1]
+    return vj - (vj - neuron[2]) / neuron[1] + cj
+
+
 def _neuron_step_impl(vj, cj, trj, form, decay_input, fire_ge, trace_kind, neuron):
     """One unit's charge, fire, reset and trace step, dynamics.py's arithmetic in float32 (each
     op rounded on its own): returns (membrane, trace, spike). ``neuron`` holds the float32
     constants of :func:`neuron_constants`; ``form`` and ``trace_kind`` index _FORM and _TRACE.
     The one compiled copy of the step: the presentation kernel and the neuron loop
     (``numba_neuron``) both call it."""
-    beta, ntau, v_reset, v_th = neuron[0], neuron[1], neuron[2], neuron[3]
+    v_reset, v_th = neuron[2], neuron[3]
     decay, omd, incr = neuron[4], neuron[5], neuron[6]
     one = np.float32(1.0)
-    if form == 0:
-        vj = vj * beta + cj
-    elif decay_input:
-        vj = vj + (cj - (vj - v_reset)) / ntau
-    else:
-        vj = vj - (vj - v_reset) / ntau + cj
+    vj = charge(vj, cj, form, decay_input, neuron)
     s = one if (vj >= v_th if fire_ge else vj > v_th) else np.float32(0.0)
     vj = vj * (one - s)
     if v_reset != 0.0:
@@ -262,7 +267,7 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
     alpha, theta, eps, clip, gain, tau = floats[0], floats[1], floats[2], floats[3], floats[4], floats[5]
     t_steps, d = x.shape
     h = wt.shape[1]
-    beta, ntau, v_reset, v_th = neuron[0], neuron[1], neuron[2], neuron[3]
+    v_reset, v_th = neuron[2], neuron[3]
     k = max(0, t_steps - first)
     us = np.zeros((max(k, 1), h), np.float32)  # gain * M * trace of each learning step
     out = np.zeros((t_steps, h), np.float32)
@@ -300,13 +305,7 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
     zero = np.float32(0.0)
     for _ in range(rest):
         for j in range(h):
-            vj = v[j]
-            if form == 0:
-                vj = vj * beta + zero
-            elif decay_input:
-                vj = vj + (zero - (vj - v_reset)) / ntau
-            else:
-                vj = vj - (vj - v_reset) / ntau + zero
+            vj = charge(v[j], zero, form, decay_input, neuron)
             if not silent and (vj >= v_th if fire_ge else vj > v_th):
                 vj = v_reset
             v[j] = vj
@@ -425,17 +424,20 @@ def _modulated_impl(tr, out, split, half, prob_kind, alpha, theta, eps, clip, go
         out[j] = tr[j] * fn
 
 
-def jit(fn):
+def jit(fn, **options):
     """numba.njit with the machine code cached on disk (later processes skip the compile),
     or without a cache where no writable cache directory exists (a read-only install)."""
     try:
-        return numba.njit(cache=True)(fn)
+        return numba.njit(cache=True, **options)(fn)
     except RuntimeError:
-        return numba.njit(fn)
+        return numba.njit(**options)(fn)
 
 
 if AVAILABLE:
-    neuron_step = jit(_neuron_step_impl)
+    # inlined into the kernels at numba's level: as calls they kept the loops from being
+    # optimised as one (the presentation kernel ran 1.6x slower)
+    charge = jit(_charge_impl, inline="always")
+    neuron_step = jit(_neuron_step_impl, inline="always")
     neuron_loop = jit(_neuron_loop_impl)
     _rows_sum = jit(_rows_sum_impl)
     _eligibility = jit(_eligibility_impl)
@@ -448,6 +450,7 @@ if AVAILABLE:
     _kernel_draws = jit(_impl_draws)
     _rest_beta = jit(_rest_beta_impl)
 else:  # pragma: no cover
+    charge = _charge_impl
     neuron_step = _neuron_step_impl
     neuron_loop = _neuron_loop_impl
     _rows_sum = _rows_sum_impl
