@@ -438,7 +438,7 @@ if AVAILABLE:
     # optimised as one (the presentation kernel ran 1.6x slower)
     charge = jit(_charge_impl, inline="always")
     neuron_step = jit(_neuron_step_impl, inline="always")
-    neuron_loop = jit(_neuron_loop_impl)
+    neuron_loop = jit(_neuron_loop_impl, nogil=True)  # the server steps models on worker threads
     _rows_sum = jit(_rows_sum_impl)
     _eligibility = jit(_eligibility_impl)
     _sigmoid = jit(_sigmoid)
