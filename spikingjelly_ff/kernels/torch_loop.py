@@ -28,9 +28,10 @@ def neuron_forward(
     optionally the trace after every step ``[T, N, H]``."""
     if p.kwta is not None and p.kwta < v.shape[-1]:
         return _neuron_forward_generic(current, v, trace, p, tp, trace_seq)
-    if current.device.type == "cpu" and not current.requires_grad:
-        arrays = (current.numpy(), v.numpy(), trace.numpy()) if not v.requires_grad else ()
-        if arrays and numba_neuron.supported(p, *arrays):  # one compiled pass, the same values
+    tensors = (current, v, trace)
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad for t in tensors):
+        arrays = tuple(t.numpy() for t in tensors)
+        if numba_neuron.supported(p, *arrays):  # one compiled pass, the same values
             spikes, seq = numba_neuron.neuron_forward(*arrays, p, tp, trace_seq)
             return torch.from_numpy(spikes), (torch.from_numpy(seq) if seq is not None else None)
     # In-place form of dynamics.charge/fire/reset/trace_step with the same values: every op
