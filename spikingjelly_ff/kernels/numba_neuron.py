@@ -12,6 +12,8 @@ numba is in use (:func:`supported`); without it they run as before.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from spikingjelly_ff.functional.params import NeuronParams, TraceParams
@@ -23,9 +25,11 @@ __all__ = ["neuron_forward", "supported"]
 def supported(p: NeuronParams, *arrays) -> bool:
     """Whether :func:`neuron_forward` runs this layer: numba in use, no k-WTA (a step that
     ranks the whole layer), and float32 C-contiguous ``arrays`` (numpy)."""
-    if not numba_online.enabled() or p.kwta is not None:
-        return False
-    return all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
+    return numba_online.enabled() and p.kwta is None and all(_fits(a) for a in arrays)
+
+
+def _fits(a: np.ndarray) -> bool:
+    return a.dtype == np.float32 and a.flags.c_contiguous
 
 
 def neuron_forward(
@@ -35,6 +39,9 @@ def neuron_forward(
     ``trace`` ``[N, H]`` are updated in place (float32, C-contiguous: :func:`supported`).
     Returns float32 spikes ``[T, N, H]`` and, with ``trace_seq``, the trace after every step
     ``[T, N, H]`` (else ``None``)."""
+    bad = [name for name, a in (("current", current), ("v", v), ("trace", trace)) if not _fits(a)]
+    if bad:  # a reshaped copy of v or trace would take the updates and drop them
+        raise ValueError(f"{', '.join(bad)}: the compiled neuron loop needs float32 C-contiguous arrays")
     steps = current.shape[0]
     cur = current.reshape(steps, -1)
     units = cur.shape[1]
@@ -49,14 +56,6 @@ def neuron_forward(
     return spikes.reshape(current.shape), (seq.reshape(current.shape) if trace_seq else None)
 
 
-_CONSTANTS: dict = {}
-
-
+@functools.lru_cache(maxsize=64)
 def _constants(p: NeuronParams, tp: TraceParams) -> np.ndarray:
-    key = (p, tp)  # frozen dataclasses: a few per run
-    c = _CONSTANTS.get(key)
-    if c is None:
-        if len(_CONSTANTS) > 64:
-            _CONSTANTS.clear()
-        c = _CONSTANTS[key] = numba_online.neuron_constants(p, tp)
-    return c
+    return numba_online.neuron_constants(p, tp)  # frozen dataclasses: a few per run; read only

@@ -75,13 +75,20 @@ def test_compiled_loop_equals_the_op_loops_bit_for_bit(neuron, trace, monkeypatc
             assert a.tobytes() == b.tobytes(), f"{name} differ from the {loop} loop's"
 
 
-def test_without_trace_sequence_and_wrong_state_size():
+def test_without_trace_sequence_and_refused_states():
     p, tp = NEURONS["beta"], TRACES["leaky"]
     cur, v, tr = state(4, p)
     spikes, seq = numba_neuron.neuron_forward(cur, v, tr, p, tp)
     assert seq is None and spikes.shape == cur.shape
     with pytest.raises(ValueError, match="currents of 771 units per step for a state of 257 membranes"):
         numba_neuron.neuron_forward(cur, v[:1], tr[:1], p, tp)
+    # a strided state would be updated through a copy and the updates lost: refused, unchanged
+    wide = np.zeros((3, 2 * 257), np.float32)
+    with pytest.raises(ValueError, match="v: the compiled neuron loop needs float32 C-contiguous arrays"):
+        numba_neuron.neuron_forward(cur, wide[:, ::2], tr, p, tp)
+    with pytest.raises(ValueError, match="current, trace: "):
+        numba_neuron.neuron_forward(cur.astype(np.float64), v, tr.T.copy().T, p, tp)
+    assert not wide.any()
 
 
 def test_the_loops_hand_float32_layers_to_the_compiled_loop(monkeypatch):
