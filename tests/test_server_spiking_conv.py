@@ -32,12 +32,17 @@ SPIKING_CONV = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def spiking_conv_export(tmp_path_factory):
+#: SpikingJelly's soft reset (a spike lowers V by the threshold) instead of V <- 0
+SOFT = ["model.neuron={form: beta, beta: 0.85, v_threshold: 0.05, v_reset: null}"]
+
+
+@pytest.fixture(scope="module", params=["hard-reset", "soft-reset"])
+def spiking_conv_export(tmp_path_factory, request):
     """(the torch net, its spike export via ``sjff export``) of a small untrained spiking conv
-    net with random label weights (so that its labels vary)."""
+    net with random label weights (so that its labels vary), with either reset."""
     d = tmp_path_factory.mktemp("spiking_conv")
-    cfg = load_config(None, SPIKING_CONV)
+    cfg = load_config(None, SPIKING_CONV + (SOFT if request.param == "soft-reset" else []))
+    assert cfg.model.neuron.soft_reset == (request.param == "soft-reset")
     net = build_model(cfg.model, 784, 10, seed=0)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():

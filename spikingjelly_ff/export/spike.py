@@ -122,7 +122,13 @@ def to_spikingjelly(path: str | os.PathLike) -> torch.nn.Module:
 
     p = Path(path)
     file = resolve_spike_path(p) if p.is_dir() else p
-    if read_artifact(file).conv is not None:
+    art = read_artifact(file)
+    if art.conv is not None:
         # SpikingJelly's importer knows neither NIR's Threshold (our max pooling) nor two inputs
         raise ValueError("to_spikingjelly rebuilds dense artefacts; a conv artefact runs in runtime.SpikeConvModel")
+    if art.neuron.soft_reset:
+        raise ValueError(
+            "to_spikingjelly: the neuron resets softly (v_reset: null), which NIR 1.0's LIF cannot say "
+            "(its v_reset is NaN in the file); the artefact runs in runtime.SpikeModel"
+        )
     return import_from_nir(file, dt=1e-4, step_mode="m")

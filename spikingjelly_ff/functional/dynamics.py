@@ -27,8 +27,8 @@ def charge(v: Tensor, x: Tensor, p: NeuronParams) -> Tensor:
     if p.form == "beta":
         return v * p.beta + x
     if p.decay_input:
-        return v + (x - (v - p.v_reset)) / p.tau
-    return v - (v - p.v_reset) / p.tau + x
+        return v + (x - (v - p.v_rest)) / p.tau
+    return v - (v - p.v_rest) / p.tau + x
 
 
 def kwta_mask(v: Tensor, k: int) -> Tensor:
@@ -52,7 +52,10 @@ def fire(v: Tensor, p: NeuronParams) -> Tensor:
 
 
 def reset(v: Tensor, spike: Tensor, p: NeuronParams) -> Tensor:
-    """Hard reset: V = v_reset where a spike occurred."""
+    """Where a spike occurred: V = v_reset (hard reset), or V - v_threshold (soft reset,
+    ``v_reset=None``)."""
+    if p.v_reset is None:
+        return _array.where(spike, v - p.v_threshold, v)
     return _array.where(spike, p.v_reset, v)
 
 

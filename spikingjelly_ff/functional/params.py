@@ -45,8 +45,10 @@ class NeuronParams:
     ``form='lif'`` (SpikingJelly's LIFNode, same op order): V <- V - (V - v_reset) / tau + I
     when ``decay_input`` is false, else V <- V + (I - (V - v_reset)) / tau.
     A neuron fires when V > v_threshold (``fire='>'``) or V >= v_threshold (``'>='``),
-    then V is set to ``v_reset``. ``kwta`` (k winners) lets only the k largest
-    membranes of a sample fire; ``None`` lets all fire.
+    then V is set to ``v_reset`` (hard reset) or, with ``v_reset=None`` (SpikingJelly's soft
+    reset), lowered by v_threshold, so that its rate follows the size of a positive current
+    instead of only its sign; the lif form then decays towards 0. ``kwta`` (k winners) lets
+    only the k largest membranes of a sample fire; ``None`` lets all fire.
     """
 
     form: str = "beta"
@@ -54,7 +56,7 @@ class NeuronParams:
     tau: float = 2.0
     decay_input: bool = False
     v_threshold: float = 0.001
-    v_reset: float = 0.0
+    v_reset: float | None = 0.0
     fire: str = ">"
     kwta: int | None = None
 
@@ -69,13 +71,28 @@ class NeuronParams:
             raise ValueError("tau must be > 1")
         if self.kwta is not None and self.kwta < 1:
             raise ValueError("kwta must be a positive number of winners or None")
+        if self.v_reset is None and not self.v_threshold > 0:
+            raise ValueError("a soft reset (v_reset None) lowers V by v_threshold, which must be > 0")
 
     @property
     def silent_at_rest(self) -> bool:
         """Whether a membrane can never fire with no input after a step with input: without
         k-WTA every neuron above threshold fired and reset at the last input step, and with no
-        input V only decays (towards v_reset, or 0 for the beta form)."""
+        input V only decays (towards v_reset, or 0 for the beta form). A soft reset may leave V
+        above the threshold, so it is never silent."""
+        if self.v_reset is None:
+            return False
         return self.kwta is None and self.v_reset <= self.v_threshold and (self.form == "lif" or self.v_threshold >= 0)
+
+    @property
+    def soft_reset(self) -> bool:
+        """Whether a spike lowers V by v_threshold (``v_reset=None``) instead of setting it."""
+        return self.v_reset is None
+
+    @property
+    def v_rest(self) -> float:
+        """The potential the lif form decays towards: v_reset, or 0 with a soft reset."""
+        return 0.0 if self.v_reset is None else self.v_reset
 
     @property
     def decay(self) -> float:

@@ -103,7 +103,7 @@ def neuron_args(p: NeuronParams, tp: TraceParams) -> tuple:
         f(p.tau),
         np.int32(p.decay_input),
         f(p.v_threshold),
-        f(p.v_reset),
+        f(p.v_rest),
         np.int32(p.fire == ">="),
         np.int32(TRACE_CODES[tp.kind]),
         f(tp.decay),
@@ -111,6 +111,7 @@ def neuron_args(p: NeuronParams, tp: TraceParams) -> tuple:
         f(tp.increment),
         # torch on CUDA divides by a Python scalar as a multiply by its float32 reciprocal
         f(1.0) / f(p.tau),
+        np.int32(p.soft_reset),
     )
 
 

@@ -24,7 +24,7 @@ struct NeuronArgs {
     float tau;
     int decay_input;
     float v_threshold;
-    float v_reset;
+    float v_reset;  // with a soft reset: the lif form's rest potential, 0
     int fire_ge;
     int trace_kind;
     float trace_decay;
@@ -33,16 +33,17 @@ struct NeuronArgs {
     // 0: divide by tau. Else multiply by it: torch on CUDA computes x / scalar as
     // x * ((float)1 / (float)scalar), and the kernel must equal torch on the same device.
     float tau_recip;
+    int soft_reset;  // 1: a spike lowers V by v_threshold (v_reset=None); 0: V = v_reset
 };
 
 #define SJFF_NEURON_PARAMS                                                                          \
     const int form, const float beta, const float tau, const int decay_input, const float v_threshold, \
         const float v_reset, const int fire_ge, const int trace_kind, const float trace_decay,          \
-        const float trace_one_minus_decay, const float trace_increment, const float tau_recip
+        const float trace_one_minus_decay, const float trace_increment, const float tau_recip, const int soft_reset
 #define SJFF_NEURON_ARGS                                                                                 \
     NeuronArgs a = {form,       beta,        tau,                   decay_input,                 \
                     v_threshold, v_reset,     fire_ge,               trace_kind,                  \
-                    trace_decay, trace_one_minus_decay, trace_increment, tau_recip}
+                    trace_decay, trace_one_minus_decay, trace_increment, tau_recip, soft_reset}
 
 __device__ __forceinline__ float sjff_over_tau(float x, const NeuronArgs& a) {
     return a.tau_recip != 0.0f ? SJFF_RN_MUL(x, a.tau_recip) : SJFF_RN_DIV(x, a.tau);
@@ -60,6 +61,11 @@ __device__ __forceinline__ float sjff_charge(float v, float x, const NeuronArgs&
 
 __device__ __forceinline__ bool sjff_fires(float v, const NeuronArgs& a) {
     return a.fire_ge ? (v >= a.v_threshold) : (v > a.v_threshold);
+}
+
+// The membrane after a spike: v_reset, or v - v_threshold for a soft reset.
+__device__ __forceinline__ float sjff_reset(float v, const NeuronArgs& a) {
+    return a.soft_reset ? SJFF_RN_SUB(v, a.v_threshold) : a.v_reset;
 }
 
 __device__ __forceinline__ float sjff_trace(float tr, bool s, const NeuronArgs& a) {
@@ -92,7 +98,7 @@ extern "C" __global__ void sjff_neuron_forward(
         const long long k = (long long)t * NH + i;
         vi = sjff_charge(vi, current[k], a);
         const bool s = sjff_fires(vi, a);
-        if (s) vi = a.v_reset;
+        if (s) vi = sjff_reset(vi, a);
         tr = sjff_trace(tr, s, a);
         spikes[k] = s ? 1.0f : 0.0f;
         if (trace_seq) trace_seq[k] = tr;
@@ -153,7 +159,7 @@ extern "C" __global__ void sjff_neuron_forward_kwta(
         const float kth = k < H ? sjff_kth_largest(sc, H, k) : SJFF_NEG_INF;
         for (int h = 0; h < H; ++h) {
             const bool s = sjff_fires(vr[h], a) && vr[h] >= kth;
-            if (s) vr[h] = a.v_reset;
+            if (s) vr[h] = sjff_reset(vr[h], a);
             tr[h] = sjff_trace(tr[h], s, a);
             spikes[base + h] = s ? 1.0f : 0.0f;
             if (trace_seq) trace_seq[base + h] = tr[h];

@@ -127,7 +127,7 @@ __device__ __forceinline__ float sjff_masked_sum(const unsigned int* mask, const
 __device__ __forceinline__ void sjff_step(float cur, float* vs, float* trs, int k, float* spike, const NeuronArgs& a) {
     float vi = sjff_charge(vs[k], cur, a);
     const bool s = sjff_fires(vi, a);
-    if (s) vi = a.v_reset;
+    if (s) vi = sjff_reset(vi, a);
     vs[k] = vi;
     trs[k] = sjff_trace(trs[k], s, a);
     *spike = s ? 1.0f : 0.0f;
@@ -309,7 +309,7 @@ extern "C" __global__ void sjff_present(
         float vi = vs[n * HB + j];
         for (int r = 0; r < rest_steps; ++r) {
             vi = sjff_charge(vi, 0.0f, a);
-            if (!silent && sjff_fires(vi, a)) vi = a.v_reset;
+            if (!silent && sjff_fires(vi, a)) vi = sjff_reset(vi, a);
         }
         v[(long long)n * H + h0 + j] = vi;
         trace[(long long)n * H + h0 + j] = trs[n * HB + j];

@@ -48,7 +48,7 @@ extern "C" {
 void emu_neuron_forward(const float* current, float* v, float* trace, float* spikes, float* trace_seq, int T, int NH,
                         NeuronArgs a) {
 #define SJFF_UNPACK a.form, a.beta, a.tau, a.decay_input, a.v_threshold, a.v_reset, a.fire_ge, a.trace_kind, \
-                    a.trace_decay, a.trace_one_minus_decay, a.trace_increment, a.tau_recip
+                    a.trace_decay, a.trace_one_minus_decay, a.trace_increment, a.tau_recip, a.soft_reset
     blockDim.x = 1;
     threadIdx.x = 0;
     for (int b = 0; b < NH; ++b) {

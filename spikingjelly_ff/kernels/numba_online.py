@@ -120,9 +120,11 @@ def _plan(p: NeuronParams, tp: TraceParams, prob: Probability, goodness: str, ga
 
 def neuron_constants(p: NeuronParams, tp: TraceParams) -> np.ndarray:
     """The neuron's and trace's float32 constants as the compiled step reads them: beta, tau,
-    v_reset, v_threshold, trace decay, 1 - decay, trace increment."""
+    v_reset (for a soft reset the lif form's rest potential, 0), v_threshold, trace decay,
+    1 - decay, trace increment, and 1 for a soft reset (0: hard)."""
     return np.array(
-        [p.beta, p.tau, p.v_reset, p.v_threshold, tp.decay, tp.one_minus_decay, tp.increment], dtype=np.float32
+        [p.beta, p.tau, p.v_rest, p.v_threshold, tp.decay, tp.one_minus_decay, tp.increment, p.soft_reset],
+        dtype=np.float32,
     )
 
 
@@ -230,9 +232,12 @@ def _neuron_step_impl(vj, cj, trj, form, decay_input, fire_ge, trace_kind, neuro
     one = np.float32(1.0)
     vj = charge(vj, cj, form, decay_input, neuron)
     s = one if (vj >= v_th if fire_ge else vj > v_th) else np.float32(0.0)
-    vj = vj * (one - s)
-    if v_reset != 0.0:
-        vj = vj + s * v_reset
+    if neuron[7] != 0.0:  # soft reset
+        vj = vj - s * v_th
+    else:
+        vj = vj * (one - s)
+        if v_reset != 0.0:
+            vj = vj + s * v_reset
     if trace_kind == 0:
         trj = trj + s * incr
     elif trace_kind == 1:
@@ -307,7 +312,7 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
         for j in range(h):
             vj = charge(v[j], zero, form, decay_input, neuron)
             if not silent and (vj >= v_th if fire_ge else vj > v_th):
-                vj = v_reset
+                vj = vj - v_th if neuron[7] != 0.0 else v_reset
             v[j] = vj
     if k == 0:
         return out, tr

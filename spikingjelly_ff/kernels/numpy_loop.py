@@ -48,11 +48,15 @@ def neuron_forward(current, v, trace, p: NeuronParams, tp: TraceParams, trace_se
             v[...] = charge(v, current[t], p)
         st = spikes[t]
         compare(v, c.v_threshold, out=st, casting="unsafe")  # 1.0 / 0.0
-        np.subtract(c.one, st, out=tmp)
-        np.multiply(v, tmp, out=v)  # arithmetic reset, as in the torch loop
-        if c.v_reset:
-            np.multiply(st, c.v_reset, out=tmp)
-            np.add(v, tmp, out=v)
+        if p.v_reset is None:  # soft reset: v - s * v_threshold
+            np.multiply(st, c.v_threshold, out=tmp)
+            np.subtract(v, tmp, out=v)
+        else:
+            np.subtract(c.one, st, out=tmp)
+            np.multiply(v, tmp, out=v)  # arithmetic reset, as in the torch loop
+            if c.v_reset:
+                np.multiply(st, c.v_reset, out=tmp)
+                np.add(v, tmp, out=v)
         if tp.kind == "count":
             np.multiply(st, c.increment, out=tmp)
             np.add(trace, tmp, out=trace)
@@ -92,7 +96,7 @@ def _constants(p: NeuronParams, tp: TraceParams) -> _Consts:
     if c is None:
         f = np.float32
         c = _CONSTS[key] = _Consts(
-            f(p.beta), f(p.v_threshold), f(p.v_reset), f(tp.increment), f(tp.decay), f(tp.one_minus_decay), f(1.0)
+            f(p.beta), f(p.v_threshold), f(p.v_rest), f(tp.increment), f(tp.decay), f(tp.one_minus_decay), f(1.0)
         )
     return c
 

@@ -36,7 +36,8 @@ def neuron_forward(
             return torch.from_numpy(spikes), (torch.from_numpy(seq) if seq is not None else None)
     # In-place form of dynamics.charge/fire/reset/trace_step with the same values: every op
     # rounds once, and products with 0/1 spikes are exact. The reset is arithmetic,
-    # v * (1 - s) + s * v_reset, because masked_fill_ costs several times more on the CPU.
+    # v * (1 - s) + s * v_reset (soft: v - s * v_threshold), because masked_fill_ costs
+    # several times more on the CPU.
     spikes = torch.empty_like(current)
     seq = torch.empty_like(current) if trace_seq else None
     keep = torch.empty_like(v)
@@ -47,9 +48,12 @@ def neuron_forward(
         st = spikes[t]
         compare(v, p.v_threshold, out=st)
         torch.sub(one, st, out=keep)
-        v.mul_(keep)
-        if p.v_reset != 0.0:
-            v.add_(st, alpha=p.v_reset)
+        if p.v_reset is None:
+            v.sub_(st, alpha=p.v_threshold)
+        else:
+            v.mul_(keep)
+            if p.v_reset != 0.0:
+                v.add_(st, alpha=p.v_reset)
         if tp.kind == "count":
             trace.add_(st, alpha=tp.increment)
         elif tp.kind == "leaky":

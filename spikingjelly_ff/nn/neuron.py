@@ -51,7 +51,7 @@ class FFLIFNode(base.MemoryModule):
     def extra_repr(self) -> str:
         p, tp = self.params, self.trace_params
         return (
-            f"form={p.form}, decay={p.decay:g}, v_threshold={p.v_threshold:g}, fire='{p.fire}', "
+            f"form={p.form}, decay={p.decay:g}, v_threshold={p.v_threshold:g}, v_reset={p.v_reset}, fire='{p.fire}', "
             f"kwta={p.kwta}, trace={tp.kind}, backend={self.backend}, step_mode={self.step_mode}"
         )
 

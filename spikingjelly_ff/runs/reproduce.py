@@ -49,6 +49,10 @@ BEYOND = {
         "Spiking conv Hebbian, channel-wise competitive, 20-40-80, Adam once per presentation, no autograd",
         "Fashion-MNIST",
     ),
+    "conv/spiking-soft-fashion": (
+        "Spiking conv Hebbian, the same with a soft reset (threshold 0.35) and 23 steps, no autograd",
+        "Fashion-MNIST",
+    ),
 }
 
 #: Seeds per row unless told: the paper's runs are short, the others are not.

@@ -230,7 +230,7 @@ def _lif_params(p: NeuronParams, h: int | tuple[int, ...]) -> dict[str, np.ndarr
     if p.form == "beta":
         tau_steps, r, leak = 1.0 / (1.0 - p.beta), 1.0 / (1.0 - p.beta), 0.0
     else:
-        tau_steps, r, leak = p.tau, (1.0 if p.decay_input else p.tau), p.v_reset
+        tau_steps, r, leak = p.tau, (1.0 if p.decay_input else p.tau), p.v_rest
 
     def full(v: float) -> np.ndarray:
         return np.full(h, v, dtype=np.float32)
@@ -240,7 +240,8 @@ def _lif_params(p: NeuronParams, h: int | tuple[int, ...]) -> dict[str, np.ndarr
         "r": full(r),
         "v_leak": full(leak),
         "v_threshold": full(p.v_threshold),
-        "v_reset": full(p.v_reset),
+        # NIR 1.0's LIF knows only a hard reset: a soft one is marked NaN (the meta is exact)
+        "v_reset": full(np.nan if p.soft_reset else p.v_reset),
     }
 
 

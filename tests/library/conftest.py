@@ -80,13 +80,17 @@ def _struct(values: tuple) -> ctypes.Structure:
 def run_emulated(emulated, launch, threads: int = 1) -> None:
     """Run one ``sjff_present`` launch (``cupy_present.PresentLaunch`` built on CPU tensors) in
     the host emulation, ``threads`` simulated threads per block."""
+    from spikingjelly_ff.functional.params import NeuronParams, TraceParams
+    from spikingjelly_ff.kernels.cupy_backend import neuron_args
+
     a = launch.args
+    k = 22 + len(neuron_args(NeuronParams(), TraceParams()))  # the NeuronArgs end here
     pointers = [ctypes.c_void_p(int(q)) for q in a[:11]]
     t, n, d, h, hb, w_sh, w_sd, first, rest, silent, chunk = (int(q) for q in a[11:22])
     touched = emulated.emu_present(
         *pointers, launch.blocks, threads, ctypes.c_longlong(launch.shared_bytes // 4), t, n, d, h, hb,
-        ctypes.c_longlong(w_sh), ctypes.c_longlong(w_sd), first, rest, silent, chunk, _struct(a[22:34]),
-        _struct(a[34:]),
+        ctypes.c_longlong(w_sh), ctypes.c_longlong(w_sd), first, rest, silent, chunk, _struct(a[22:k]),
+        _struct(a[k:]),
     )  # fmt: skip
     assert touched == 0, f"the kernel wrote {touched} floats past the shared memory the launcher gave it"
     assert int(launch.keep[-1][0]) == 0  # the barrier's count is back to 0 for the next launch

@@ -3,6 +3,7 @@ artefact re-imported into SpikingJelly."""
 
 from __future__ import annotations
 
+import nir
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -11,10 +12,12 @@ import torch
 
 from spikingjelly_ff.export.onnx import analog_to_onnx, spiking_to_onnx
 from spikingjelly_ff.export.spike import export_spike, to_spikingjelly
+from spikingjelly_ff.learning.engine import SpikingScorer
 from spikingjelly_ff.runs.build import build_model
 from spikingjelly_ff.runs.checkpoint import load_model
 from spikingjelly_ff.runs.config import config_from_dict
 from spikingjelly_ff.runs.data import load_split
+from spikingjelly_ff.runtime import SpikeModel, read_artifact
 from spikingjelly_ff.simulation import rest, run_layer
 
 
@@ -90,8 +93,9 @@ def test_onehot_and_sigmoid_analog_export(tmp_path):
         np.testing.assert_allclose(scores, net.scores(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("trace,kwta", [("leaky", None), ("count", None), ("hard", 7)])
-def test_spiking_onnx_scan_matches_torch(tmp_path, trace, kwta):
+@pytest.mark.parametrize("trace,kwta,soft", [("leaky", None, False), ("count", None, False), ("hard", 7, False),
+                                             ("leaky", None, True)])  # fmt: skip
+def test_spiking_onnx_scan_matches_torch(tmp_path, trace, kwta, soft):
     cfg = config_from_dict(
         {
             "model": {
@@ -100,7 +104,8 @@ def test_spiking_onnx_scan_matches_torch(tmp_path, trace, kwta):
                 "init": "normal",
                 "init_std": 0.5,
                 "trace": {"kind": trace},
-                "neuron": {"kwta": kwta},
+                # soft: a spike lowers V by the threshold, which may leave V to fire at rest
+                "neuron": {"kwta": kwta, **({"v_reset": None, "v_threshold": 0.3} if soft else {})},
                 "probability": {"kind": "symmetric"},
             },
             "train": {"learner": "hebbian"},
@@ -126,6 +131,38 @@ def test_spiking_onnx_scan_matches_torch(tmp_path, trace, kwta):
         traces.append(tr)
     assert pre.sum() > 0
     np.testing.assert_allclose(out["logit"], net.pn_logit(traces).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_soft_reset_artifact_keeps_its_neuron_and_refuses_spikingjelly(tmp_path):
+    """NIR 1.0's LIF resets to v_reset only: a soft-reset net's artefact marks v_reset NaN in its
+    LIF nodes, keeps the exact neuron in its meta (the runtime spikes as torch does), and
+    ``to_spikingjelly`` refuses it instead of rebuilding a hard-reset network."""
+    cfg = config_from_dict(
+        {
+            "model": {
+                "kind": "spiking",
+                "layers": [60],
+                "init": "normal",
+                "init_std": 0.3,
+                "neuron": {"v_reset": None, "v_threshold": 0.4},
+                "encoder": {"carry_membrane": False, "coding": "regular"},
+            },
+            "train": {"learner": "hebbian"},
+        }
+    )
+    net = build_model(cfg.model, 784, 10, 0)
+    path = export_spike(net, tmp_path, hebbian=cfg.train.hebbian, evaluation=cfg.eval.params, name=cfg.name)
+    art = read_artifact(path)
+    assert art.neuron == net.neuron_params and art.neuron.soft_reset
+    graph = nir.read(path)
+    assert np.isnan(graph.nodes["lif_0"].v_reset).all() and graph.nodes["lif_0"].v_leak.max() == 0.0
+    with pytest.raises(ValueError, match="resets softly"):
+        to_spikingjelly(path)
+    x = torch.rand(8, 784, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # regular coding draws nothing: the same spikes on both sides
+        want = SpikingScorer(net, seed=0).scores(x).numpy()
+    got = SpikeModel.load(path).scores(x.numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("form,fire", [("lif", ">="), ("beta", ">")])

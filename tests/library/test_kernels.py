@@ -25,6 +25,9 @@ CASES = [
     (NeuronParams(form="lif", tau=3.0, v_threshold=0.3, decay_input=False), TraceParams("hard", 0.8)),
     (NeuronParams(form="lif", tau=2.5, v_threshold=0.3, decay_input=True, v_reset=-0.1), TraceParams("leaky", 0.6)),
     (NeuronParams(form="beta", beta=0.9, v_threshold=0.05, kwta=5), TraceParams("leaky", 0.85)),
+    (NeuronParams(form="beta", beta=0.85, v_threshold=0.2, v_reset=None), TraceParams("leaky", 0.85)),
+    (NeuronParams(form="lif", tau=2.5, v_threshold=0.3, v_reset=None, fire=">="), TraceParams("count", scale=5.0)),
+    (NeuronParams(form="beta", beta=0.9, v_threshold=0.05, v_reset=None, kwta=5), TraceParams("hard", 0.8)),
 ]
 
 
@@ -141,24 +144,16 @@ class _Args(ctypes.Structure):
         ("trace_one_minus_decay", ctypes.c_float),
         ("trace_increment", ctypes.c_float),
         ("tau_recip", ctypes.c_float),
+        ("soft_reset", ctypes.c_int),
     ]
 
 
 def _args(p: NeuronParams, tp: TraceParams, tau_recip: float = 0.0) -> _Args:
-    return _Args(
-        0 if p.form == "beta" else 1,
-        p.beta,
-        p.tau,
-        int(p.decay_input),
-        p.v_threshold,
-        p.v_reset,
-        int(p.fire == ">="),
-        cupy_backend.TRACE_CODES[tp.kind],
-        tp.decay,
-        tp.one_minus_decay,
-        tp.increment,
-        tau_recip,
-    )
+    """The kernel's NeuronArgs as the CuPy launch passes them, with ``tau_recip`` set (0:
+    divide by tau, as torch does on the CPU)."""
+    values = [x.item() for x in cupy_backend.neuron_args(p, tp)]
+    values[-2] = tau_recip
+    return _Args(*values)
 
 
 def _ptr(a: np.ndarray):
@@ -244,8 +239,8 @@ def test_kernel_reciprocal_mode_equals_torch_cuda_arithmetic(emulated, monkeypat
 
     def charge(v, x, q):
         if q.decay_input:
-            return v + (x - (v - q.v_reset)) * float(inv)
-        return v - (v - q.v_reset) * float(inv) + x
+            return v + (x - (v - q.v_rest)) * float(inv)
+        return v - (v - q.v_rest) * float(inv) + x
 
     monkeypatch.setattr(torch_loop, "charge", charge)
     g = np.random.default_rng(8)

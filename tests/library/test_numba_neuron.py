@@ -25,6 +25,9 @@ NEURONS = {
     "beta-ge-reset": NeuronParams(beta=0.6, v_threshold=0.4, v_reset=-0.2, fire=">="),
     "lif": NeuronParams(form="lif", tau=3.0, v_threshold=0.5, v_reset=-0.1, fire=">="),
     "lif-decay-input": NeuronParams(form="lif", tau=2.0, decay_input=True, v_threshold=0.3),
+    # soft reset (v_reset None): V - v_threshold after a spike
+    "beta-soft": NeuronParams(beta=0.85, v_threshold=0.3, v_reset=None),
+    "lif-soft": NeuronParams(form="lif", tau=2.5, decay_input=True, v_threshold=0.4, v_reset=None, fire=">="),
 }
 TRACES = {
     "count": TraceParams(kind="count", scale=3.0),

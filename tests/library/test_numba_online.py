@@ -39,6 +39,7 @@ NEURONS = {
     "beta": NeuronParams(beta=0.85, v_threshold=0.001),
     "lif": NeuronParams(form="lif", tau=3.0, v_threshold=0.5, v_reset=-0.1, fire=">="),
     "lif-decay-input": NeuronParams(form="lif", tau=2.0, decay_input=True, v_threshold=0.3),
+    "beta-soft": NeuronParams(beta=0.85, v_threshold=0.2, v_reset=None),
 }
 
 

@@ -41,6 +41,11 @@ CASES = {
         ),
         HebbianParams(eta=0.2, eligibility_tau=0.3, learn_after=10),
     ),
+    # soft reset (V - v_threshold after a spike): V may stay above threshold and fire at rest
+    "soft-reset": (
+        dataclasses.replace(PAPER, neuron=NeuronParams(form="beta", beta=0.85, v_threshold=0.1, v_reset=None)),
+        HebbianParams(eta=0.5, eligibility_tau=0.1, learn_after=15),
+    ),
     # a negative threshold: the membrane can fire during the rest steps
     "fires-at-rest": (
         dataclasses.replace(PAPER, neuron=NeuronParams(form="beta", beta=0.85, v_threshold=-0.05)),

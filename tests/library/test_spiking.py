@@ -39,6 +39,30 @@ def small_net(prob="symmetric", trace="leaky", carry=True, layers=(16, 8), kwta=
     return cfg, build_model(cfg.model, 20, 10, 0)
 
 
+
+def test_soft_reset_rate_grows_with_the_current_where_the_hard_reset_codes_its_sign():
+    """Constant currents over 24 steps through SpikingJelly's two resets. The paper's neuron
+    (threshold 0.001, V <- 0) fires at every step for any positive current; with the soft reset
+    (``v_reset=None``: V <- V - V_th) the spike count rises with the current, and V keeps the
+    remainder, as SpikingJelly's neurons with ``v_reset=None`` do."""
+    currents = torch.linspace(0.05, 1.0, 20)
+    counts = {}
+    for name, p in (("hard", NeuronParams(v_threshold=0.001)), ("soft", NeuronParams(v_threshold=0.4, v_reset=None))):
+        v, total = torch.zeros(20), torch.zeros(20)
+        for _ in range(24):
+            v = charge(v, currents, p)
+            s = fire(v, p)
+            v = reset(v, s, p)
+            total += s.float()
+        counts[name] = total
+    assert torch.all(counts["hard"] == 24)
+    soft = counts["soft"]
+    assert torch.all(soft[1:] >= soft[:-1]) and len(set(soft.tolist())) >= 8 and soft[0] == 0 and soft[-1] == 24
+    v = reset(torch.tensor([0.9, 0.2]), torch.tensor([True, False]), NeuronParams(v_threshold=0.4, v_reset=None))
+    assert torch.allclose(v, torch.tensor([0.5, 0.2]))
+    with pytest.raises(ValueError, match="must be > 0"):
+        NeuronParams(v_threshold=0.0, v_reset=None)
+
 def test_node_single_and_multi_step_agree_and_reset_net_clears_state():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(12, 4, 30, generator=g)

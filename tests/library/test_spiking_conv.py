@@ -19,12 +19,12 @@ from spikingjelly_ff.runs.config import ConvLayerConfig
 F64 = torch.float64
 
 
-def small_net(over: str, kwta: int | None = None, dtype=F64) -> SpikingConvFFNet:
+def small_net(over: str, kwta: int | None = None, dtype=F64, neuron: NeuronParams | None = None) -> SpikingConvFFNet:
     torch.manual_seed(0)
     emb = build_embedding("pattern", 10, 20, 0.3, 0, 1.0)
     conv = [ConvLayerConfig(4, 3, pool="max", pool_size=2), ConvLayerConfig(6, 3, padding=1)]
     net = SpikingConvFFNet(
-        144, conv, emb, Probability("symmetric", eps=0.01), neuron=NeuronParams(kwta=kwta),
+        144, conv, emb, Probability("symmetric", eps=0.01), neuron=neuron or NeuronParams(kwta=kwta),
         trace=TraceParams("leaky", 0.85), encoder=EncoderParams(gain=0.6, steps=9, carry_membrane=False),
         over=over,
     )  # fmt: skip

@@ -16,7 +16,7 @@ from test_spiking_conv import SPIKING_CONV, draw, small_net
 
 from spikingjelly_ff.export.spike import export_spike
 from spikingjelly_ff.functional.conv import conv2d, pool2d
-from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.functional.params import HebbianParams, NeuronParams
 from spikingjelly_ff.learning.conv_engine import SpikingConvScorer, SpikingConvTrainer, conv_layouts
 from spikingjelly_ff.runtime import (
     ArtifactError,
@@ -92,14 +92,22 @@ def test_a_layer_spikes_alike_on_numpy_and_torch(over, kwta):
     np.testing.assert_allclose(bn, b.numpy(), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("over,update", [("map", "step"), ("location", "step"), ("location", "presentation")])
-def test_runtime_learns_like_the_trainer(over, update, tmp_path):
+#: a neuron that resets softly (V - v_threshold after a spike), SpikingJelly's v_reset=None
+SOFT = NeuronParams(beta=0.85, v_threshold=0.05, v_reset=None)
+
+
+@pytest.mark.parametrize(
+    "over,update,neuron",
+    [("map", "step", None), ("location", "step", None), ("location", "presentation", None),
+     ("location", "presentation", SOFT)],
+)  # fmt: skip
+def test_runtime_learns_like_the_trainer(over, update, neuron, tmp_path):
     """Batches of given spikes: ``SpikeConvModel.learn_spikes`` leaves the trainer's weights,
     label weights and eligibility traces (1e-5), judges the samples alike, and the artefact it
     saves holds its learned state; with updates after every step of the window or once per
-    presentation (the artefact records which)."""
+    presentation (the artefact records which), and for a neuron with a soft reset."""
     spec = replace(SPEC, update=update)
-    net = small_net(over, dtype=F32)
+    net = small_net(over, dtype=F32, neuron=neuron)
     net.image_shape = (12, 12)
     model = load_exported(export_spike(net, tmp_path / "m.nir", hebbian=spec))
     assert isinstance(model, SpikeConvModel) and model.eta == pytest.approx(0.7)
@@ -124,11 +132,12 @@ def test_runtime_learns_like_the_trainer(over, update, tmp_path):
     assert np.array_equal(again.weights[0], model.weights[0]) and not np.array_equal(other.weights[0], model.weights[0])
 
 
-def test_runtime_scores_like_the_scorer(tmp_path):
+@pytest.mark.parametrize("neuron", [None, SOFT], ids=["hard-reset", "soft-reset"])
+def test_runtime_scores_like_the_scorer(tmp_path, neuron):
     """Regular coding draws no random numbers: the runtime's ``scores`` equal the torch
     scorer's. Bernoulli spikes given to both: the same scores (the runtime's numpy score vs
     the net's ``score_activities``)."""
-    net = small_net("location", dtype=F32)
+    net = small_net("location", dtype=F32, neuron=neuron)
     net.image_shape = (12, 12)
     net.encoder = replace(net.encoder, coding="regular")
     x = torch.rand(23, 144, generator=torch.Generator().manual_seed(3))

@@ -25,13 +25,9 @@ def _neuron_step(g: Graph, v: str, current: str, net: SpikingFFNet) -> tuple[str
     if p.form == "beta":
         v = g.op("Add", [g.op("Mul", [v, g.const(p.beta)]), current])
     elif p.decay_input:
-        v = g.op(
-            "Add", [v, g.op("Div", [g.op("Sub", [current, g.op("Sub", [v, g.const(p.v_reset)])]), g.const(p.tau)])]
-        )
+        v = g.op("Add", [v, g.op("Div", [g.op("Sub", [current, g.op("Sub", [v, g.const(p.v_rest)])]), g.const(p.tau)])])
     else:
-        v = g.op(
-            "Add", [g.op("Sub", [v, g.op("Div", [g.op("Sub", [v, g.const(p.v_reset)]), g.const(p.tau)])]), current]
-        )
+        v = g.op("Add", [g.op("Sub", [v, g.op("Div", [g.op("Sub", [v, g.const(p.v_rest)]), g.const(p.tau)])]), current])
     th = g.const(p.v_threshold)
     fired = g.op("Greater" if p.fire == ">" else "GreaterOrEqual", [v, th])
     if p.kwta is not None:
@@ -46,7 +42,7 @@ def _neuron_step(g: Graph, v: str, current: str, net: SpikingFFNet) -> tuple[str
             ],
         )
         fired = g.op("And", [fired, g.op("GreaterOrEqual", [v, kth])])
-    v = g.op("Where", [fired, g.const(p.v_reset), v])
+    v = g.op("Where", [fired, g.op("Sub", [v, th]) if p.soft_reset else g.const(p.v_reset), v])
     spike = g.op("Cast", [fired], to=TensorProto.FLOAT)
     return spike, fired, v
 
@@ -119,7 +115,7 @@ def spiking_to_onnx(net: SpikingFFNet, out: str | os.PathLike) -> Path:
         if net.encoder.carry_membrane:
             # Rest steps: no input. Without k-WTA no spike is possible, so only the decay is
             # written out; with k-WTA a neuron held back at the last step may still fire.
-            silent = p.kwta is None and p.v_reset <= p.v_threshold and (p.form == "lif" or p.v_threshold >= 0)
+            silent = p.silent_at_rest
             zero = g.const(0.0)
             for _ in range(net.encoder.rest_steps):
                 if silent:
@@ -129,7 +125,7 @@ def spiking_to_onnx(net: SpikingFFNet, out: str | os.PathLike) -> Path:
                         else g.op(
                             "Add",
                             [
-                                g.op("Sub", [v, g.op("Div", [g.op("Sub", [v, g.const(p.v_reset)]), g.const(p.tau)])]),
+                                g.op("Sub", [v, g.op("Div", [g.op("Sub", [v, g.const(p.v_rest)]), g.const(p.tau)])]),
                                 zero,
                             ],
                         )
