@@ -51,9 +51,10 @@ def main() -> int:
         test, data = load_split(str(MINI), "test"), str(MINI)
 
     out = args.out
-    # a fresh repository and learning state every run (the server refuses state that belongs
-    # to a different model, which a previous demo run would leave behind)
-    for stale in ("models", "state"):
+    # a fresh run, repository and learning state every time (the server refuses state that
+    # belongs to a different model, which a previous demo would leave behind, and `sjff train`
+    # refuses to start over a run a stopped demo left)
+    for stale in ("run", "models", "state"):
         shutil.rmtree(out / stale, ignore_errors=True)
     sets = [f"data.dataset={data}", "train.epochs=1", f"train.limit={args.limit}", "eval.limit=1000"]
     sjff(

@@ -1,6 +1,6 @@
 """``sjff``: the command line, a thin shell over the library.
 
-    sjff train CONFIG [--set key=value ...] --out RUNDIR [--nproc N]
+    sjff train CONFIG [--set key=value ...] --out RUNDIR [--resume] [--nproc N]
     sjff eval MODEL [--dataset mnist|fashion-mnist] [--limit N] [--views S] [--json]
     sjff export MODEL --format onnx|spike|spike-onnx --out PATH
     sjff analyze MODEL [--dataset mnist] [--limit N] [--json] [--plot FILE.png]
@@ -37,11 +37,13 @@ def _train(args) -> int:
     if args.nproc > 1 or os.environ.get("WORLD_SIZE", "1") != "1":
         from spikingjelly_ff.runs.launch import train_parallel
 
-        final = train_parallel(cfg, args.out, args.nproc, args.dist_backend, args.dist_timeout, not args.quiet)
+        final = train_parallel(
+            cfg, args.out, args.nproc, args.dist_backend, args.dist_timeout, not args.quiet, resume=args.resume
+        )
         if final is None:  # a torchrun rank other than 0: rank 0 reports
             return 0
     else:
-        final = train(cfg, args.out, progress=not args.quiet)["final"]
+        final = train(cfg, args.out, progress=not args.quiet, resume=args.resume)["final"]
     print(json.dumps({"out": str(args.out), **final}) if args.json else f"model written to {Path(args.out) / 'model'}")
     return 0
 
@@ -218,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (model/ and metrics.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the stopped run in --out from its last finished epoch (same config and --set options)",
+    )
     p.add_argument(
         "--nproc",
         type=_count,

@@ -67,6 +67,26 @@ class SpikingConvTrainer:
         self.optimizer = optimizer
         self.lr_at = lr_at
 
+    def state_dict(self) -> dict:
+        """What training goes on from besides the weights: the step count, the spike draws'
+        stream, the eligibility traces and the optimizer's state."""
+        return {
+            "count": self.count,
+            "generator": self.generator.get_state(),
+            "eligibility": [(ew.clone(), eb.clone()) for ew, eb in self.eligibility],
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.count = int(state["count"])
+        self.generator.set_state(state["generator"])
+        for (ew, eb), (sw, sb) in zip(self.eligibility, state["eligibility"], strict=True):
+            ew.copy_(sw)
+            eb.copy_(sb)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+
     def draw(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Image spikes ``[T, N, 1, H, W]`` and label spikes ``[T, N, L]``."""
         net = self.net

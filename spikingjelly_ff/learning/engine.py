@@ -51,6 +51,11 @@ def _torch_matmul(a, b):
     return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
+def _carried(neuron) -> tuple:
+    """A neuron's membrane and trace as they stand (a float before the first step), copied."""
+    return tuple(x.clone() if isinstance(x, Tensor) else x for x in (neuron.v, neuron.trace))
+
+
 class SpikingTrainer:
     """Hebbian training of a :class:`SpikingFFNet`, one batch (``N >= 1``) at a time."""
 
@@ -83,6 +88,32 @@ class SpikingTrainer:
         self._code: tuple | None = None  # the online path's label layout (see _layout)
         self._views: tuple | None = None  # (memory pointers, [(W, e) numpy views]) of the online path
         self._plan: tuple | None = None  # see _online_plan
+
+    def state_dict(self) -> dict:
+        """What training goes on from besides the weights: the step count, the random streams,
+        the eligibility traces and each layer's carried membrane and trace."""
+        return {
+            "count": self.count,
+            "generator": self.generator.get_state(),
+            "rng": None if self._rng is None else self._rng.bit_generator.state,
+            "eligibility": [e.clone() for e in self.eligibility],
+            "neurons": [_carried(layer.neuron) for layer in self.net.layers],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (the eligibility is copied into the tensors the
+        online path views)."""
+        self.count = int(state["count"])
+        self.generator.set_state(state["generator"])
+        self._rng = None
+        if state["rng"] is not None:
+            self._rng = np.random.default_rng()
+            self._rng.bit_generator.state = state["rng"]  # numpy refuses another bit generator's state
+        for e, saved in zip(self.eligibility, state["eligibility"], strict=True):
+            e.copy_(saved)
+        for layer, (v, trace) in zip(self.net.layers, state["neurons"], strict=True):
+            dev = layer.weight.device  # the state is read onto the CPU
+            layer.neuron.v, layer.neuron.trace = (x.to(dev) if isinstance(x, Tensor) else x for x in (v, trace))
 
     def _online(self, n: int, device: torch.device) -> bool:
         if self.reduce is not None:  # a 1-row shard is still part of a batch

@@ -158,7 +158,8 @@ def _seed_runs(config: str, run_dir: Path, prev: dict | None, sets: list[str], s
             cfg = load_config(config, [*sets, f"seed={seed}"])
             log(f"== {config} seed {seed}: training ({cfg.train.epochs} epochs)")
             t0 = time.perf_counter()
-            final = train(cfg, run, log=log, progress=progress)["final"]
+            # a seed stopped part-way goes on from its last finished epoch
+            final = train(cfg, run, log=log, progress=progress, resume=None)["final"]
             rec = {
                 "seed": seed,
                 "test_accuracy": final["test_accuracy"],

@@ -27,6 +27,46 @@ class ShardedLoop:
         self.shape = shape
         self.last_batch = 0
 
+    def global_state(self, state: dict) -> dict:
+        """A learner's state with this rank's carried membranes and traces gathered into the
+        whole batch's, the same on every rank: what one process would hold, so that a resumed
+        run may use any number of ranks. A rank's rows are its shard ``[lo, hi)`` of the last
+        batch, twice with paired negatives (positives, then negatives), as one process's are of
+        the whole batch. Collective: every rank calls it."""
+        if "neurons" not in state or self.world.size == 1:
+            return state
+        blocks, n = self._blocks(), self.last_batch
+        lo, hi = self.world.shard(n)
+
+        def whole(x):
+            if not isinstance(x, torch.Tensor):  # a float: nothing presented yet (on every rank)
+                return x
+            if x.shape[0] != blocks * (hi - lo):
+                rank = self.world.rank
+                raise RuntimeError(f"rank {rank}: a carried state of {x.shape[0]} rows for a shard of {hi - lo}")
+            full = x.new_zeros(blocks, n, *x.shape[1:])
+            full[:, lo:hi] = x.reshape(blocks, hi - lo, *x.shape[1:])
+            return self.world.all_sum(full).reshape(blocks * n, *x.shape[1:])  # disjoint rows: a concatenation
+
+        return {**state, "neurons": [tuple(whole(x) for x in pair) for pair in state["neurons"]]}
+
+    def local_state(self, state: dict) -> dict:
+        """The inverse of :meth:`global_state` for this rank (after ``last_batch`` is restored)."""
+        if "neurons" not in state or self.world.size == 1:
+            return state
+        blocks, n = self._blocks(), self.last_batch
+        lo, hi = self.world.shard(n)
+
+        def mine(x):
+            if not isinstance(x, torch.Tensor):
+                return x
+            return x.reshape(blocks, n, *x.shape[1:])[:, lo:hi].reshape(blocks * (hi - lo), *x.shape[1:]).clone()
+
+        return {**state, "neurons": [tuple(mine(x) for x in pair) for pair in state["neurons"]]}
+
+    def _blocks(self) -> int:
+        return 2 if self.cfg.train.negatives == "paired" else 1
+
     def epoch(self, batches, step, epoch: int) -> tuple[int, int]:
         """One epoch; returns (correctly judged, judged) rows over all ranks."""
         cfg, net = self.cfg, self.net

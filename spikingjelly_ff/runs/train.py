@@ -3,7 +3,9 @@
 ``train(cfg, out_dir)`` writes ``out_dir/model/`` (weights + config) and
 ``out_dir/metrics.json`` (per-epoch train/test accuracy and seconds), the latter after every
 epoch too, so that a long run can be followed and an interrupted one keeps its record (it has
-a ``final`` section once the run has ended). Given a
+a ``final`` section once the run has ended); ``out_dir/resume.pt``, also after every epoch,
+lets a stopped run go on from its last finished epoch (:mod:`~spikingjelly_ff.runs.resume`).
+Given a
 :class:`~spikingjelly_ff.runs.distributed.World` of several ranks, every global batch is split
 across them (``train.draws: per-sample``; docs/distributed.md) and rank 0 writes the files.
 """
@@ -33,6 +35,8 @@ from spikingjelly_ff.runs.config import ConfigError, RunConfig
 from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runs.distributed import Reducer, World
 from spikingjelly_ff.runs.evaluate import evaluate_arrays, evaluate_sharded, scorer_for
+from spikingjelly_ff.runs.resume import NAME as RESUME_NAME
+from spikingjelly_ff.runs.resume import generator_of, save_state, state_to_resume
 from spikingjelly_ff.runs.sharded import ShardedLoop, batch_scorer
 
 __all__ = ["check_parallel", "make_samples", "resolve_device", "shift_images", "train"]
@@ -169,6 +173,23 @@ class AnalogStep:
             self.optimizer = None
             self.learner = AnalogHebbian(net, t.hebbian, None if reducer is None else reducer.delta)
 
+    def state_dict(self) -> dict:
+        """What training goes on from besides the weights: the step count, the optimizer's
+        state and the Hebbian eligibility traces."""
+        return {
+            "count": self.count,
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "eligibility": [e.clone() for e in getattr(self.learner, "eligibility", [])],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.count = int(state["count"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        for e, saved in zip(getattr(self.learner, "eligibility", []), state["eligibility"], strict=True):
+            e.copy_(saved)
+
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         progress = self.count / self.steps_total
         self.count += 1
@@ -217,10 +238,14 @@ def train(
     log: Callable[[str], None] = print,
     progress: bool = True,
     world: World | None = None,
+    resume: bool | None = False,
 ) -> dict:
     """Train per ``cfg``; save the model and metrics under ``out_dir``; return the metrics.
 
-    ``world``: this process's rank among data-parallel ranks (default: one process)."""
+    ``world``: this process's rank among data-parallel ranks (default: one process).
+    ``resume``: True continues the stopped run in ``out_dir`` from its last finished epoch
+    (``resume.pt``, see :mod:`~spikingjelly_ff.runs.resume`), False refuses to start over
+    one, None continues one written with the same settings and otherwise starts afresh."""
     world = world or World()
     check_parallel(cfg, world.size)
     if not world.main:
@@ -254,14 +279,32 @@ def train(
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     batches = _Batcher(x_train, y_train, cfg.train.batch_size, cfg.train.shuffle, gen)
     steps_total = cfg.train.epochs * len(batches)
-    step = _make_step(net, cfg, steps_total, device, reducer)
+    step, learner = _make_step(net, cfg, steps_total, device, reducer)
     scorer = scorer_for(net, cfg, device)
     scorer_scores = _scores_fn(net, cfg, device)
+    # every random stream of the run, by name, for the resume state
+    streams = {"order": gen, "samples": sample_gen, "scorer": generator_of(scorer), "hard": generator_of(scorer_scores)}
+    streams = {k: g for k, g in streams.items() if g is not None}
 
     metrics = {"name": cfg.name, "config": cfg.to_dict(), "backend": backend, "device": str(device), "epochs": []}
     if world.size > 1:
         metrics["processes"] = world.size
     loop = ShardedLoop(net, cfg, world, reducer, num_classes, tuple(train_split.shape)) if per_sample else None
+    first = 1
+    state = state_to_resume(out, cfg.to_dict(), resume, log)
+    if state is not None:
+        net.load_state_dict(state["net"])
+        if loop is not None:
+            loop.last_batch = state["last_batch"]
+        learner.load_state_dict(state["learner"] if loop is None else loop.local_state(state["learner"]))
+        for name, g in streams.items():
+            g.set_state(state["streams"][name])
+        # the record so far; backend, device and processes are this part's
+        here = {k: v for k, v in metrics.items() if k in ("backend", "device", "processes")}
+        metrics = {k: v for k, v in state["metrics"].items() if k != "processes"} | here
+        metrics.setdefault("resumed_after", []).append(state["epoch"])
+        first = state["epoch"] + 1
+        log(f"{out}: resuming after epoch {state['epoch']} of {cfg.train.epochs}")
 
     def evaluate(readout: bool = False) -> dict:
         if not per_sample:
@@ -273,7 +316,7 @@ def train(
         f"{cfg.name}: {net.kind} {in_features}->{'->'.join(map(str, cfg.model.layers))}, "
         f"{len(x_train)} train / {len(x_test)} test samples, learner {cfg.train.learner}, backend {backend}"
     )
-    for epoch in range(1, cfg.train.epochs + 1):
+    for epoch in range(first, cfg.train.epochs + 1):
         t0 = time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not progress, leave=False)
         if loop is not None:
@@ -299,8 +342,14 @@ def train(
                 record["test_accuracy_single_view"] = evaluate()["accuracy"]
                 net.shift_views = views
         metrics["epochs"].append(record)
+        learner_state = learner.state_dict() if loop is None else loop.global_state(learner.state_dict())
         if world.main:
             _write_json(out / "metrics.json", metrics)
+            save_state(out, {
+                "config": cfg.to_dict(), "epoch": epoch, "metrics": metrics, "net": net.state_dict(),
+                "learner": learner_state, "streams": {k: g.get_state() for k, g in streams.items()},
+                "last_batch": None if loop is None else loop.last_batch,
+            })  # fmt: skip
         judged = "class" if net.competitive else "pos/neg"  # train_pn_accuracy: the net's own judgement
         msg = f"epoch {epoch}: {judged} acc {record['train_pn_accuracy']:.4f}, {train_seconds:.1f}s"
         if "test_accuracy" in record:
@@ -329,6 +378,7 @@ def train(
     if world.main:
         save_model(out / "model", net.cpu(), cfg, test_split.shape)
         _write_json(out / "metrics.json", metrics)
+        (out / RESUME_NAME).unlink(missing_ok=True)  # the run is complete: nothing to resume
     return metrics
 
 
@@ -353,8 +403,9 @@ def _scores_fn(net: FFNet, cfg: RunConfig, device: torch.device):
 
 
 def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.device, reducer: Reducer | None = None):
-    """``step(x, shown, y, spikes=None)`` -> judged positive ``[N]``; ``spikes`` overrides a
-    spiking net's input draw."""
+    """``(step, learner)``: ``step(x, shown, y, spikes=None)`` -> judged positive ``[N]``
+    (``spikes`` overrides a spiking net's input draw); ``learner`` has the ``state_dict()`` and
+    ``load_state_dict()`` a resumed run needs."""
     if isinstance(net, AnalogFFNet):
         analog = AnalogStep(net, cfg, steps_total, reducer)
 
@@ -365,7 +416,7 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
                 return analog(x, shown)
             return analog(net.embedding(x, shown), y)
 
-        return run
+        return run, analog
     if isinstance(net, SpikingConvFFNet):
         from spikingjelly_ff.learning.conv_engine import SpikingConvTrainer
 
@@ -375,7 +426,7 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
             optimizer = make_optimizer(list(net.layers.parameters()), t.optimizer)
             lr_at = partial(optimizer_lr, t.optimizer)
         conv = SpikingConvTrainer(net, t.hebbian, steps_total, cfg.seed + 3, device, optimizer, lr_at)
-        return conv.train_batch
+        return conv.train_batch, conv
     assert isinstance(net, SpikingFFNet)
     from spikingjelly_ff.learning.engine import SpikingTrainer
 
@@ -388,7 +439,7 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
         sequential=cfg.train.batch_size == 1,
         reduce=None if reducer is None else reducer.delta,
     )
-    return trainer.train_batch
+    return trainer.train_batch, trainer
 
 
 def _stream_epoch(bar, step, cfg: RunConfig, num_classes: int, shape, gen, sample_gen, scores) -> tuple[int, int]:

@@ -72,6 +72,41 @@ def test_a_last_batch_smaller_than_the_process_count(name, tmp_path):
     _same_model_on_two_processes(name, tmp_path, "train.limit=201", "train.batch_size=100")
 
 
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        ("analog-local-loss", []),
+        ("spiking-two-layers", []),  # carried membranes of paired rows, gathered across the ranks
+        ("spiking-two-layers", ["train.limit=201", "train.batch_size=100"]),  # rank 1's last shard is empty
+    ],
+)
+def test_a_stopped_run_resumes_on_two_processes(name, extra, tmp_path):
+    """Per-sample draws make a run's state the same on any number of ranks: a run stopped
+    after epoch 1 on one process goes on from resume.pt on two, where every rank loads it, to
+    the model of an uninterrupted two-process run."""
+
+    class Stopped(Exception):
+        pass
+
+    def stop(line: str) -> None:
+        if line.startswith("epoch 1:"):
+            raise Stopped
+
+    cfg = _config(name, "train.draws=per-sample", "train.epochs=3", "train.eval_every=1", *extra)
+    two = train_parallel(cfg, tmp_path / "two", nproc=2, timeout_s=60, progress=False, log=lambda s: None)
+    with pytest.raises(Stopped):
+        train(cfg, tmp_path / "resumed", log=stop, progress=False)
+    resumed = train_parallel(cfg, tmp_path / "resumed", nproc=2, timeout_s=60, progress=False, log=lambda s: None,
+                             resume=True)  # fmt: skip
+    for a, b in zip(_weights(tmp_path / "resumed"), _weights(tmp_path / "two")):
+        assert (a - b).norm() <= 1e-5 * b.norm(), f"{name}: weights differ by {(a - b).norm() / b.norm():.2e}"
+    assert resumed["test_accuracy"] == two["test_accuracy"]
+    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert metrics["resumed_after"] == [1] and len(metrics["epochs"]) == 3
+    assert metrics["processes"] == 2  # the part after the stop ran on two
+    assert not (tmp_path / "resumed" / "resume.pt").exists()
+
+
 @record
 def _reduce_with_an_empty_rank() -> list[torch.Tensor]:
     from spikingjelly_ff.runs.distributed import Reducer, close_world, init_world

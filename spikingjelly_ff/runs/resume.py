@@ -1,0 +1,125 @@
+"""The state a training run goes on from: written after every epoch to ``OUT/resume.pt``, so
+that a run stopped part-way (killed, a machine taken back, a session's end) continues from its
+last finished epoch with ``sjff train CONFIG --out OUT --resume`` to the weights and metrics
+the uninterrupted run would have reached.
+
+The file holds the run's config, the finished epochs, the metrics so far, the network's
+tensors, the learner's (step count, optimizer moments, eligibility traces, carried membranes)
+and every random stream of the run (the batch order and image shifts, the negative labels,
+the learner's spike draws, the test scorers'). It is written to a temporary file, synced and
+renamed over the last one, so a crash while writing leaves the previous epoch's state; it is
+removed once the run has written its model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spikingjelly_ff.runs.checkpoint import CheckpointError
+
+__all__ = ["FORMAT", "NAME", "check_resumable", "generator_of", "load_state", "save_state", "state_to_resume"]
+
+NAME = "resume.pt"
+FORMAT = 1
+# config keys that may differ between the stopped run and its continuation: they change how
+# fast it runs, not what it computes
+_FREE_KEYS = {"threads"}
+
+
+def save_state(out_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``out_dir/resume.pt`` atomically (temporary file, fsync, rename)."""
+    out = Path(out_dir)
+    path, tmp = out / NAME, out / f".{NAME}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(out, os.O_RDONLY)
+    try:  # the rename itself survives a power loss once the directory is synced
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def load_state(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The state in ``out_dir/resume.pt``, or ``None`` where there is none."""
+    path = Path(out_dir) / NAME
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a truncated or foreign file
+        raise CheckpointError(
+            f"{path}: cannot read the run's state ({exc}); delete it to start the run afresh"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a resume state of format {FORMAT}; delete it to start the run afresh")
+    return state
+
+
+def check_resumable(state: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+    """Refuse to continue a run under another config than the one it started with (``threads``
+    aside): the continuation would be neither run."""
+    saved, now = _flat(state["config"]), _flat(config)
+    diff = sorted(k for k in saved.keys() | now.keys() if k not in _FREE_KEYS and saved.get(k) != now.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:6])
+        more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
+        raise CheckpointError(
+            f"{path} was written by a run with other settings ({shown}{more}): resume it with the same config and "
+            "--set options, or delete it to start afresh"
+        )
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def generator_of(fn: Any) -> torch.Generator | None:
+    """The random stream of a scorer's bound method (``SpikingScorer(...).predict``), if any;
+    analog scorers draw nothing."""
+    return getattr(getattr(fn, "__self__", None), "generator", None)
+
+
+def state_to_resume(
+    out_dir: str | os.PathLike, config: dict[str, Any], resume: bool | None, log: Callable[[str], None] = print
+) -> dict[str, Any] | None:
+    """The state a run of ``config`` (``RunConfig.to_dict()``) in ``out_dir`` goes on from, or
+    ``None`` to start afresh. ``resume``: True requires one written with the same settings;
+    False refuses to start over one (it would throw its epochs away); None (``sjff
+    reproduce``) takes one written with the same settings and otherwise starts afresh."""
+    out = Path(out_dir)
+    path = out / NAME
+    state = load_state(out)
+    if state is None:
+        if resume:
+            done = (out / "model" / "config.json").is_file()
+            why = "the run there has finished (model/ is written)" if done else f"there is no {NAME}"
+            raise CheckpointError(f"{out}: nothing to resume: {why}")
+        return None
+    if resume is False:
+        raise CheckpointError(
+            f"{out} holds a stopped run (epoch {state['epoch']} of {state['config']['train']['epochs']} done): "
+            f"continue it with --resume, or delete {path} to start afresh"
+        )
+    try:
+        check_resumable(state, config, path)
+    except CheckpointError:
+        if resume:
+            raise
+        log(f"{path} was written with other settings: starting afresh")
+        return None
+    return state

@@ -1,0 +1,167 @@
+"""A training run stopped after an epoch goes on from ``resume.pt`` to the weights and metrics
+of the run that was never stopped; what cannot be continued is refused with a clear error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import MINI, mini_config
+from safetensors.torch import load_file
+
+from spikingjelly_ff.runs.checkpoint import CheckpointError
+from spikingjelly_ff.runs.config import load_config
+from spikingjelly_ff.runs.train import train
+
+SMALL_CONV = (
+    "model.conv=[{channels: 10, kernel: 3, padding: 1, pool: max, pool_size: 2}, {channels: 20, kernel: 3, padding: 1}]"
+)
+
+
+class Stopped(Exception):
+    """What stops a run in these tests, right after an epoch has been recorded."""
+
+
+def stop_after(epoch: int):
+    def log(line: str) -> None:
+        if line.startswith(f"epoch {epoch}:"):
+            raise Stopped
+
+    return log
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def conv_config(base: str, *sets: str):
+    subset = [f"data.dataset={MINI}", "data.download=false", "train.limit=300", "eval.limit=100", "train.epochs=3"]
+    return load_config(base, [*subset, *sets])
+
+
+def three(kind: str, **sets):
+    return mini_config(kind, **{"train.epochs": 3, **sets})
+
+
+# each learner with the random streams it draws from: batch order, image shifts, negatives
+# (paired, hard), spike draws (numpy on the online path), the test scorer's, an optimizer's
+# moments and schedule, eligibility traces
+CASES = {
+    "analog local losses, Adam, paired negatives": lambda: three("analog", **{"train.eval_every": 1}),
+    "analog Hebbian, eligibility trace": lambda: three(
+        "analog", **{"train.learner": "hebbian", "train.hebbian.eligibility_tau": 0.5, "train.eval_every": 1}
+    ),
+    "spiking online (batch 1)": lambda: three("spiking", **{"train.eval_every": 1}),
+    "spiking batched, hard negatives, shifted images": lambda: three(
+        "spiking", **{"train.batch_size": 20, "train.negatives": "hard", "train.augment_shift": 1}
+    ),
+    "spiking conv, Adam on Hebbian deltas": lambda: conv_config(
+        "conv/spiking-competitive-adam-mnist", "train.eval_every=1"
+    ),
+    "analog conv, warm-up, shifted images": lambda: conv_config(
+        "conv/analog-competitive-mnist",
+        SMALL_CONV,
+        "model.score_layers=[1]",
+        "train.eval_every=1",
+        "train.augment_shift=1",
+    ),
+}
+
+
+def _weights(run) -> dict:
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+def _same_run(a: dict, b: dict, run_a, run_b) -> None:
+    wa, wb = _weights(run_a), _weights(run_b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    keys = ("train_pn_accuracy", "test_accuracy")
+    assert [{k: e.get(k) for k in keys} for e in a["epochs"]] == [{k: e.get(k) for k in keys} for e in b["epochs"]]
+    assert a["final"]["test_accuracy"] == b["final"]["test_accuracy"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_stopped_run_resumes_to_the_uninterrupted_run(case, tmp_path):
+    cfg = CASES[case]()
+    assert cfg.train.epochs == 3
+    straight = train(cfg, tmp_path / "straight", log=quiet, progress=False)
+    with pytest.raises(Stopped):
+        train(cfg, tmp_path / "stopped", log=stop_after(1), progress=False)
+    state = tmp_path / "stopped" / "resume.pt"
+    assert state.is_file() and not (tmp_path / "stopped" / "model").exists()
+    lines = []
+    resumed = train(cfg, tmp_path / "stopped", log=lines.append, progress=False, resume=True)
+    assert any("resuming after epoch 1 of 3" in line for line in lines)
+    assert [line.split(":")[0] for line in lines if line.startswith("epoch")] == ["epoch 2", "epoch 3"]
+    _same_run(straight, resumed, tmp_path / "straight", tmp_path / "stopped")
+    assert resumed["resumed_after"] == [1]
+    assert json.loads((tmp_path / "stopped" / "metrics.json").read_text())["resumed_after"] == [1]
+    assert not state.exists()  # a finished run has nothing to resume
+    assert not (tmp_path / "straight" / "resume.pt").exists()
+
+
+@pytest.fixture
+def stopped(tmp_path):
+    """A 3-epoch spiking run stopped after its first epoch; returns (config, run directory)."""
+    cfg = three("spiking")
+    with pytest.raises(Stopped):
+        train(cfg, tmp_path / "run", log=stop_after(1), progress=False)
+    return cfg, tmp_path / "run"
+
+
+def test_what_cannot_be_resumed_is_refused(stopped, tmp_path):
+    cfg, run = stopped
+    with pytest.raises(CheckpointError, match=r"holds a stopped run \(epoch 1 of 3 done\): continue it with --resume"):
+        train(cfg, run, log=quiet, progress=False)  # starting over would throw its epochs away
+    other = three("spiking", **{"train.hebbian.eta": 0.01})
+    with pytest.raises(CheckpointError, match=r"other settings \(train.hebbian.eta: 0.5 -> 0.01\)"):
+        train(other, run, log=quiet, progress=False, resume=True)
+    with pytest.raises(CheckpointError, match="nothing to resume: there is no resume.pt"):
+        train(cfg, tmp_path / "empty", log=quiet, progress=False, resume=True)
+    assert (run / "resume.pt").is_file()  # none of the refusals touched it
+    train(cfg, run, log=quiet, progress=False, resume=True)
+    with pytest.raises(CheckpointError, match=r"nothing to resume: the run there has finished \(model/ is written\)"):
+        train(cfg, run, log=quiet, progress=False, resume=True)
+
+
+def test_a_damaged_state_is_refused_and_a_torn_write_is_ignored(stopped):
+    cfg, run = stopped
+    (run / ".resume.pt.tmp").write_bytes(b"half a state")  # a write cut short leaves the last state
+    train(cfg, run, log=quiet, progress=False, resume=True)
+    with pytest.raises(Stopped):
+        train(cfg, run / "again", log=stop_after(1), progress=False)
+    state = run / "again" / "resume.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="cannot read the run's state .*delete it to start the run afresh"):
+        train(cfg, run / "again", log=quiet, progress=False, resume=True)
+
+
+def test_resuming_where_possible_takes_the_same_settings_and_starts_other_ones_afresh(stopped):
+    """``resume=None``, as ``sjff reproduce`` trains its seeds; ``threads`` may change."""
+    cfg, run = stopped
+    lines = []
+    two = three("spiking", threads=2)
+    assert train(two, run, log=lines.append, progress=False, resume=None)["resumed_after"] == [1]
+    with pytest.raises(Stopped):
+        train(cfg, run / "b", log=stop_after(1), progress=False)
+    lines = []
+    other = three("spiking", **{"train.hebbian.eta": 0.01})
+    metrics = train(other, run / "b", log=lines.append, progress=False, resume=None)  # as `sjff reproduce` does
+    assert "resumed_after" not in metrics and len(metrics["epochs"]) == 3
+    assert any("written with other settings: starting afresh" in line for line in lines)
+
+
+def test_the_cli_resumes_and_refuses_with_one_line(stopped, capsys):
+    from spikingjelly_ff.cli import main
+
+    cfg, run = stopped
+    sets = [f"data.dataset={MINI}", "data.download=false", "train.epochs=3"]
+    args = ["train", "paper/hebbian-online-symmetric", *[a for s in sets for a in ("--set", s)], "--out", str(run)]
+    assert main([*args, "--quiet"]) == 2
+    assert "holds a stopped run" in capsys.readouterr().err
+    assert main([*args, "--quiet", "--resume", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test_accuracy"] is not None
+    assert not (run / "resume.pt").exists()
