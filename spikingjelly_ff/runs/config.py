@@ -160,6 +160,9 @@ class TrainConfig:
     shuffle: bool = True
     augment_shift: int = 0  # translate training images by up to N pixels (0: no augmentation)
     eval_every: int = 1  # test after every N epochs (0: only at the end)
+    # write the resume state (runs/resume.py) every N batches within an epoch too, so that a
+    # stopped run loses at most N batches (0: at the end of every epoch only)
+    checkpoint_batches: int = 0
     # stream: one random stream for the run (the historical results) | per-sample: every draw
     # keyed by (seed, epoch, global sample index), so N processes train what one trains
     draws: str = "stream"
@@ -274,6 +277,8 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("train.negatives=hard draws from a look-ahead over the stream; use train.draws=stream")
     if t.limit is not None and t.limit < 1:
         raise ConfigError("train.limit must be >= 1")
+    if t.checkpoint_batches < 0:
+        raise ConfigError("train.checkpoint_batches must be >= 0 (0: the resume state at the end of every epoch only)")
     spiking_conv = m.kind == "spiking" and bool(m.conv)
     if t.hebbian.update == "presentation" and not spiking_conv:
         raise ConfigError("train.hebbian.update=presentation is implemented for spiking conv nets (model.conv)")

@@ -1,12 +1,13 @@
-"""The state a training run goes on from: written after every epoch to ``OUT/resume.pt``, so
-that a run stopped part-way (killed, a machine taken back, a session's end) continues from its
-last finished epoch with ``sjff train CONFIG --out OUT --resume`` to the weights and metrics
-the uninterrupted run would have reached.
+"""The state a training run goes on from: written after every epoch (and every
+``train.checkpoint_batches`` batches) to ``OUT/resume.pt``, so that a run stopped part-way
+(killed, a machine taken back, a session's end) continues from there with ``sjff train CONFIG
+--out OUT --resume`` to the weights and metrics the uninterrupted run would have reached.
 
 The file holds the run's config, the finished epochs, the metrics so far, the network's
 tensors, the learner's (step count, optimizer moments, eligibility traces, carried membranes)
 and every random stream of the run (the batch order and image shifts, the negative labels,
-the learner's spike draws, the test scorers'). It is written to a temporary file, synced and
+the learner's spike draws, the test scorers') and, within an epoch, its sample order, the next
+batch and the batches drawn ahead. It is written to a temporary file, synced and
 renamed over the last one, so a crash while writing leaves the previous epoch's state; it is
 removed once the run has written its model.
 """
@@ -22,13 +23,22 @@ import torch
 
 from spikingjelly_ff.runs.checkpoint import CheckpointError
 
-__all__ = ["FORMAT", "NAME", "check_resumable", "generator_of", "load_state", "save_state", "state_to_resume"]
+__all__ = [
+    "FORMAT",
+    "NAME",
+    "RunParts",
+    "check_resumable",
+    "generator_of",
+    "load_state",
+    "save_state",
+    "state_to_resume",
+]
 
 NAME = "resume.pt"
 FORMAT = 1
 # config keys that may differ between the stopped run and its continuation: they change how
 # fast it runs, not what it computes
-_FREE_KEYS = {"threads"}
+_FREE_KEYS = {"threads", "train.checkpoint_batches"}
 
 
 def save_state(out_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -111,8 +121,10 @@ def state_to_resume(
             raise CheckpointError(f"{out}: nothing to resume: {why}")
         return None
     if resume is False:
+        at = state.get("position")
+        within = "" if at is None else f", and {at['batch']} batches of epoch {at['epoch']}"
         raise CheckpointError(
-            f"{out} holds a stopped run (epoch {state['epoch']} of {state['config']['train']['epochs']} done): "
+            f"{out} holds a stopped run (epoch {state['epoch']} of {state['config']['train']['epochs']} done{within}): "
             f"continue it with --resume, or delete {path} to start afresh"
         )
     try:
@@ -123,3 +135,51 @@ def state_to_resume(
         log(f"{path} was written with other settings: starting afresh")
         return None
     return state
+
+
+class RunParts:
+    """The parts of a training run that ``resume.pt`` holds the state of: the network's
+    tensors, the ``learner``'s (``state_dict()`` / ``load_state_dict()``), the named random
+    ``streams``, the data-parallel ``loop`` (``ShardedLoop``; None on one process) and the
+    ``batches`` (the epoch's sample order)."""
+
+    def __init__(self, net: torch.nn.Module, learner: Any, streams: dict[str, torch.Generator], loop, batches) -> None:
+        self.net, self.learner, self.streams, self.loop, self.batches = net, learner, streams, loop, batches
+
+    def state(self, config: dict, done: int, position: dict | None, metrics: dict) -> dict[str, Any]:
+        """The state after ``done`` epochs, and within the next at ``position`` (where its
+        loop stopped; the sample order is added here). Collective on several ranks: the
+        carried membranes are gathered into the whole batch's."""
+        learner = self.learner.state_dict()
+        if self.loop is not None:
+            learner = self.loop.global_state(learner)
+        if position is not None:
+            position = {**position, "order": self.batches.order}
+        return {
+            "config": config,
+            "epoch": done,
+            "position": position,
+            "metrics": metrics,
+            "net": self.net.state_dict(),
+            "learner": learner,
+            "last_batch": None if self.loop is None else self.loop.last_batch,
+            "streams": {k: g.get_state() for k, g in self.streams.items()},
+        }
+
+    def restore(self, state: dict[str, Any], device: torch.device | str) -> dict | None:
+        """Load ``state`` into the parts; returns the position within the next epoch (its
+        drawn-ahead tensors on ``device``), or None where the run stopped at an epoch's end."""
+        self.net.load_state_dict(state["net"])
+        learner = state["learner"]
+        if self.loop is not None:
+            self.loop.last_batch = state["last_batch"]  # before local_state, which slices by it
+            learner = self.loop.local_state(learner)
+        self.learner.load_state_dict(learner)
+        for name, g in self.streams.items():
+            g.set_state(state["streams"][name])
+        position = state.get("position")
+        if position is None:
+            return None
+        self.batches.resume_at = (position["order"], position["source"])
+        buffer = [tuple(t.to(device) for t in batch) for batch in position.get("buffer", [])]
+        return {**position, "buffer": buffer, "pending": [p.to(device) for p in position.get("pending", [])]}

@@ -67,13 +67,20 @@ class ShardedLoop:
     def _blocks(self) -> int:
         return 2 if self.cfg.train.negatives == "paired" else 1
 
-    def epoch(self, batches, step, epoch: int) -> tuple[int, int]:
-        """One epoch; returns (correctly judged, judged) rows over all ranks."""
+    def epoch(self, batches, step, epoch: int, at: dict | None = None, checkpoint=None) -> tuple[int, int]:
+        """One epoch; returns (correctly judged, judged) rows over all ranks. Every
+        ``train.checkpoint_batches`` batches ``checkpoint(position)`` is called on every rank
+        with what picks the epoch up there (``at`` of a resumed run): the next batch and the
+        counts so far, summed over the ranks."""
         cfg, net = self.cfg, self.net
         paired = cfg.train.negatives == "paired"
         spiking = isinstance(net, SpikingFFNet)
         counts = torch.zeros(2, dtype=torch.int64)
-        for xb, lb, ib in batches:
+        if at is not None and self.world.main:  # the counts before the stop, once
+            counts += torch.tensor(at["counts"])
+        first = 0 if at is None else at["batch"]
+        every = cfg.train.checkpoint_batches
+        for b, (xb, lb, ib) in enumerate(batches, first):
             n = len(lb)
             lo, hi = self.world.shard(n)
             xb, lb, ib = xb[lo:hi], lb[lo:hi], ib[lo:hi]
@@ -94,6 +101,9 @@ class ShardedLoop:
             counts += torch.tensor([int((pred.float() == y).sum()), len(y)])
             if hasattr(batches, "set_postfix"):
                 batches.set_postfix(pn_acc=f"{int(counts[0]) / max(int(counts[1]), 1):.3f}")
+            if checkpoint is not None and every and (b + 1) % every == 0:
+                total = self.world.all_sum(counts.clone())
+                checkpoint({"batch": b + 1, "source": b + 1, "counts": total.tolist()})
         self.world.all_sum(counts)
         return int(counts[0]), int(counts[1])
 

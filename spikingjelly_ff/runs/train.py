@@ -36,7 +36,7 @@ from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runs.distributed import Reducer, World
 from spikingjelly_ff.runs.evaluate import evaluate_arrays, evaluate_sharded, scorer_for
 from spikingjelly_ff.runs.resume import NAME as RESUME_NAME
-from spikingjelly_ff.runs.resume import generator_of, save_state, state_to_resume
+from spikingjelly_ff.runs.resume import RunParts, generator_of, save_state, state_to_resume
 from spikingjelly_ff.runs.sharded import ShardedLoop, batch_scorer
 
 __all__ = ["check_parallel", "make_samples", "resolve_device", "shift_images", "train"]
@@ -103,14 +103,24 @@ class _Batcher:
     shuffle: bool
     generator: torch.Generator
 
+    # the epoch's sample order (drawn when an epoch starts) and, for the next epoch only, where
+    # a resumed run picks it up: (order, first batch)
+    order: Tensor | None = None
+    resume_at: tuple[Tensor, int] | None = None
+
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self):
         n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.resume_at is not None:
+            (self.order, start), self.resume_at = self.resume_at, None
+        else:
+            self.order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            start = 0
+        order = self.order
         on_device = order.to(self.x.device)  # one copy per epoch, not one per batch
-        for i in range(0, n, self.batch_size):
+        for i in range(start * self.batch_size, n, self.batch_size):
             rows = on_device[i : i + self.batch_size]
             yield self.x[rows], self.labels[rows], order[i : i + self.batch_size]
 
@@ -290,21 +300,29 @@ def train(
     if world.size > 1:
         metrics["processes"] = world.size
     loop = ShardedLoop(net, cfg, world, reducer, num_classes, tuple(train_split.shape)) if per_sample else None
-    first = 1
+    parts = RunParts(net, learner, streams, loop, batches)
+    first, position = 1, None
     state = state_to_resume(out, cfg.to_dict(), resume, log)
     if state is not None:
-        net.load_state_dict(state["net"])
-        if loop is not None:
-            loop.last_batch = state["last_batch"]
-        learner.load_state_dict(state["learner"] if loop is None else loop.local_state(state["learner"]))
-        for name, g in streams.items():
-            g.set_state(state["streams"][name])
+        position = parts.restore(state, device)
         # the record so far; backend, device and processes are this part's
         here = {k: v for k, v in metrics.items() if k in ("backend", "device", "processes")}
         metrics = {k: v for k, v in state["metrics"].items() if k != "processes"} | here
-        metrics.setdefault("resumed_after", []).append(state["epoch"])
         first = state["epoch"] + 1
-        log(f"{out}: resuming after epoch {state['epoch']} of {cfg.train.epochs}")
+        batch = 0 if position is None else position["batch"]
+        metrics.setdefault("resumed_at", []).append({"epoch": first, "batch": batch})
+        log(f"{out}: resuming epoch {first} of {cfg.train.epochs} at batch {batch + 1} of {len(batches)}")
+
+    def save(done: int, position: dict | None = None) -> None:
+        """Write the resume state after ``done`` epochs (and, within the next, at ``position``);
+        every rank calls it (the carried membranes are gathered)."""
+        state = parts.state(cfg.to_dict(), done, position, metrics)
+        if world.main:
+            save_state(out, state)
+
+    def checkpoint(epoch: int, t0: float, at: dict) -> None:
+        if at["batch"] < len(batches):  # the epoch's end is saved with its record
+            save(epoch - 1, {**at, "epoch": epoch, "seconds": time.perf_counter() - t0})
 
     def evaluate(readout: bool = False) -> dict:
         if not per_sample:
@@ -317,13 +335,16 @@ def train(
         f"{len(x_train)} train / {len(x_test)} test samples, learner {cfg.train.learner}, backend {backend}"
     )
     for epoch in range(first, cfg.train.epochs + 1):
-        t0 = time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not progress, leave=False)
+        at, position = position, None  # a position picks up the first resumed epoch only
+        t0 = time.perf_counter() - (0.0 if at is None else at["seconds"])  # the seconds before the stop count
+        tick = partial(checkpoint, epoch, t0) if cfg.train.checkpoint_batches else None
+        desc, skip = f"epoch {epoch}/{cfg.train.epochs}", 0 if at is None else at["batch"]
+        bar = tqdm(batches, desc=desc, disable=not progress, leave=False, initial=skip, total=len(batches))
         if loop is not None:
-            correct, seen = loop.epoch(bar, step, epoch)
+            correct, seen = loop.epoch(bar, step, epoch, at, tick)
         else:
             shape = train_split.shape
-            correct, seen = _stream_epoch(bar, step, cfg, num_classes, shape, gen, sample_gen, scorer_scores)
+            correct, seen = _stream_epoch(bar, step, cfg, num_classes, shape, gen, sample_gen, scorer_scores, at, tick)
         train_seconds = time.perf_counter() - t0
         record = {
             "epoch": epoch,
@@ -342,14 +363,9 @@ def train(
                 record["test_accuracy_single_view"] = evaluate()["accuracy"]
                 net.shift_views = views
         metrics["epochs"].append(record)
-        learner_state = learner.state_dict() if loop is None else loop.global_state(learner.state_dict())
         if world.main:
             _write_json(out / "metrics.json", metrics)
-            save_state(out, {
-                "config": cfg.to_dict(), "epoch": epoch, "metrics": metrics, "net": net.state_dict(),
-                "learner": learner_state, "streams": {k: g.get_state() for k, g in streams.items()},
-                "last_batch": None if loop is None else loop.last_batch,
-            })  # fmt: skip
+        save(epoch)
         judged = "class" if net.competitive else "pos/neg"  # train_pn_accuracy: the net's own judgement
         msg = f"epoch {epoch}: {judged} acc {record['train_pn_accuracy']:.4f}, {train_seconds:.1f}s"
         if "test_accuracy" in record:
@@ -442,21 +458,34 @@ def _make_step(net: FFNet, cfg: RunConfig, steps_total: int, device: torch.devic
     return trainer.train_batch, trainer
 
 
-def _stream_epoch(bar, step, cfg: RunConfig, num_classes: int, shape, gen, sample_gen, scores) -> tuple[int, int]:
+def _stream_epoch(
+    bar, step, cfg: RunConfig, num_classes: int, shape, gen, sample_gen, scores, at=None, checkpoint=None
+) -> tuple[int, int]:
     """One epoch with the run's random streams (``train.draws: stream``); returns (correctly
-    judged, judged) rows."""
-    correct, seen = None, 0
+    judged, judged) rows. Every ``train.checkpoint_batches`` batches ``checkpoint(position)``
+    is called with what picks the epoch up there (``at`` of a resumed run): the next batch, the
+    counts, and the batches (images shifted) and hard-negative scores already drawn ahead."""
+    correct, seen, first = 0, 0, 0
     stream = _Lookahead((shift_images(xb, shape, cfg.train.augment_shift, gen), lb) for xb, lb, _ in bar)
     hard = _HardNegatives(scores) if cfg.train.negatives == "hard" else None
-    for i, (xb, lb) in enumerate(stream):
+    if at is not None:
+        correct, seen, first = at["correct"], at["seen"], at["batch"]
+        stream.buffer = list(at["buffer"])
+        if hard is not None:
+            hard.pending = list(at["pending"])
+    every = cfg.train.checkpoint_batches
+    for i, (xb, lb) in enumerate(stream, first):
         scores = None if hard is None else hard(xb, stream)
         mode = "paired" if cfg.train.negatives == "hard" else cfg.train.negatives
         rows, shown, y = make_samples(lb, mode, num_classes, sample_gen, scores)
         pred = step(xb if mode == "mixed" else xb[rows], shown, y)  # mixed: every row once, in order
         # counted on the device: reading it every batch would make the host wait for the GPU
-        hits = (pred.float() == y).sum()
-        correct = hits if correct is None else correct + hits
+        correct = correct + (pred.float() == y).sum()
         seen += len(y)
         if not bar.disable and i % 20 == 0:
             bar.set_postfix(pn_acc=f"{int(correct) / seen:.3f}")
-    return 0 if correct is None else int(correct), seen
+        if checkpoint is not None and every and (i + 1) % every == 0:
+            pending = [] if hard is None else list(hard.pending)
+            checkpoint({"batch": i + 1, "source": i + 1 + len(stream.buffer), "correct": int(correct), "seen": seen,
+                        "buffer": list(stream.buffer), "pending": pending})  # fmt: skip
+    return int(correct), seen

@@ -62,6 +62,7 @@ def test_shipped_configs_load():
         (["model.kind=spiking", "train.learner=hebbian", "model.shift_views=1"], "analog models only"),
         (["train.optimizer.warmup=1.0"], r"warmup is a fraction of the run in \[0, 1\)"),
         (["train.optimizer.warmup=-0.1"], r"warmup is a fraction of the run in \[0, 1\)"),
+        (["train.checkpoint_batches=-1"], "train.checkpoint_batches must be >= 0"),
     ],
 )
 def test_bad_configs_give_clear_errors(overrides, message):

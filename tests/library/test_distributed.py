@@ -73,36 +73,48 @@ def test_a_last_batch_smaller_than_the_process_count(name, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "extra"),
+    ("name", "extra", "stop"),
     [
-        ("analog-local-loss", []),
-        ("spiking-two-layers", []),  # carried membranes of paired rows, gathered across the ranks
-        ("spiking-two-layers", ["train.limit=201", "train.batch_size=100"]),  # rank 1's last shard is empty
+        ("analog-local-loss", [], (1, 0)),
+        ("spiking-two-layers", [], (1, 0)),  # carried membranes of paired rows, gathered across the ranks
+        ("spiking-two-layers", ["train.limit=201", "train.batch_size=100"], (1, 0)),  # rank 1's last shard is empty
+        ("spiking-two-layers", ["train.checkpoint_batches=13"], (2, 26)),  # within epoch 2 of 40 batches
     ],
 )
-def test_a_stopped_run_resumes_on_two_processes(name, extra, tmp_path):
-    """Per-sample draws make a run's state the same on any number of ranks: a run stopped
-    after epoch 1 on one process goes on from resume.pt on two, where every rank loads it, to
-    the model of an uninterrupted two-process run."""
+def test_a_stopped_run_resumes_on_two_processes(name, extra, stop, tmp_path, monkeypatch):
+    """Per-sample draws make a run's state the same on any number of ranks: a run stopped on
+    one process (after epoch 1, or at batch 26 of epoch 2) goes on from resume.pt on two, where
+    every rank loads it, to the model of an uninterrupted two-process run (whose ranks write
+    their checkpoints together)."""
+    from spikingjelly_ff.runs import train as train_module
 
     class Stopped(Exception):
         pass
 
-    def stop(line: str) -> None:
-        if line.startswith("epoch 1:"):
+    real = train_module.save_state
+
+    def save_then_stop(out, state):
+        real(out, state)
+        position = state["position"] or {"epoch": state["epoch"], "batch": 0}
+        if (position["epoch"], position["batch"]) == stop:
             raise Stopped
 
     cfg = _config(name, "train.draws=per-sample", "train.epochs=3", "train.eval_every=1", *extra)
     two = train_parallel(cfg, tmp_path / "two", nproc=2, timeout_s=60, progress=False, log=lambda s: None)
-    with pytest.raises(Stopped):
-        train(cfg, tmp_path / "resumed", log=stop, progress=False)
+    with monkeypatch.context() as m, pytest.raises(Stopped):
+        m.setattr(train_module, "save_state", save_then_stop)
+        train(cfg, tmp_path / "resumed", log=lambda s: None, progress=False)
     resumed = train_parallel(cfg, tmp_path / "resumed", nproc=2, timeout_s=60, progress=False, log=lambda s: None,
                              resume=True)  # fmt: skip
     for a, b in zip(_weights(tmp_path / "resumed"), _weights(tmp_path / "two")):
         assert (a - b).norm() <= 1e-5 * b.norm(), f"{name}: weights differ by {(a - b).norm() / b.norm():.2e}"
     assert resumed["test_accuracy"] == two["test_accuracy"]
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
-    assert metrics["resumed_after"] == [1] and len(metrics["epochs"]) == 3
+    two_metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    at = {"epoch": 2, "batch": stop[1]}
+    assert metrics["resumed_at"] == [at] and len(metrics["epochs"]) == 3
+    judged = [e["train_pn_accuracy"] for e in two_metrics["epochs"]]
+    assert [e["train_pn_accuracy"] for e in metrics["epochs"]] == judged  # the counts before the stop included
     assert metrics["processes"] == 2  # the part after the stop ran on two
     assert not (tmp_path / "resumed" / "resume.pt").exists()
 

@@ -4,12 +4,15 @@ of the run that was never stopped; what cannot be continued is refused with a cl
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 
 import pytest
 import torch
 from conftest import MINI, mini_config
 from safetensors.torch import load_file
 
+from spikingjelly_ff.runs import train as train_module
 from spikingjelly_ff.runs.checkpoint import CheckpointError
 from spikingjelly_ff.runs.config import load_config
 from spikingjelly_ff.runs.train import train
@@ -94,13 +97,58 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_run(case, tmp_path):
     assert state.is_file() and not (tmp_path / "stopped" / "model").exists()
     lines = []
     resumed = train(cfg, tmp_path / "stopped", log=lines.append, progress=False, resume=True)
-    assert any("resuming after epoch 1 of 3" in line for line in lines)
+    assert any("resuming epoch 2 of 3 at batch 1 of" in line for line in lines)
     assert [line.split(":")[0] for line in lines if line.startswith("epoch")] == ["epoch 2", "epoch 3"]
     _same_run(straight, resumed, tmp_path / "straight", tmp_path / "stopped")
-    assert resumed["resumed_after"] == [1]
-    assert json.loads((tmp_path / "stopped" / "metrics.json").read_text())["resumed_after"] == [1]
+    assert resumed["resumed_at"] == [{"epoch": 2, "batch": 0}]
+    assert json.loads((tmp_path / "stopped" / "metrics.json").read_text())["resumed_at"] == resumed["resumed_at"]
     assert not state.exists()  # a finished run has nothing to resume
     assert not (tmp_path / "straight" / "resume.pt").exists()
+
+
+def every_third(cfg):
+    """``cfg`` writing its resume state about every third of an epoch, and that interval."""
+    n = math.ceil((cfg.train.limit or 2000) / cfg.train.batch_size)  # the subset has 2,000 images
+    every = max(1, n // 3)
+    return replace(cfg, train=replace(cfg.train, checkpoint_batches=every)), every
+
+
+def stop_at_checkpoint(monkeypatch, epoch: int, batch: int) -> None:
+    """Stop the run right after it has written its state at ``batch`` of ``epoch``."""
+    real = train_module.save_state
+
+    def save_then_stop(out, state):
+        real(out, state)
+        position = state["position"]
+        if position is not None and (position["epoch"], position["batch"]) == (epoch, batch):
+            raise Stopped
+
+    monkeypatch.setattr(train_module, "save_state", save_then_stop)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "analog local losses, Adam, paired negatives",
+        "spiking online (batch 1)",
+        "spiking batched, hard negatives, shifted images",  # batches and scores drawn ahead
+        "spiking conv, Adam on Hebbian deltas",
+    ],
+)
+def test_a_run_stopped_within_an_epoch_resumes_to_the_uninterrupted_run(case, tmp_path, monkeypatch):
+    plain = CASES[case]()
+    straight = train(plain, tmp_path / "straight", log=quiet, progress=False)  # no checkpoints within epochs
+    cfg, every = every_third(plain)
+    with monkeypatch.context() as m:
+        stop_at_checkpoint(m, epoch=2, batch=2 * every)
+        with pytest.raises(Stopped):
+            train(cfg, tmp_path / "stopped", log=quiet, progress=False)
+    lines = []
+    resumed = train(cfg, tmp_path / "stopped", log=lines.append, progress=False, resume=True)
+    assert any(f"resuming epoch 2 of 3 at batch {2 * every + 1} of" in line for line in lines)
+    assert resumed["resumed_at"] == [{"epoch": 2, "batch": 2 * every}]
+    _same_run(straight, resumed, tmp_path / "straight", tmp_path / "stopped")
+    assert not (tmp_path / "stopped" / "resume.pt").exists()
 
 
 @pytest.fixture
@@ -144,13 +192,13 @@ def test_resuming_where_possible_takes_the_same_settings_and_starts_other_ones_a
     cfg, run = stopped
     lines = []
     two = three("spiking", threads=2)
-    assert train(two, run, log=lines.append, progress=False, resume=None)["resumed_after"] == [1]
+    assert train(two, run, log=lines.append, progress=False, resume=None)["resumed_at"] == [{"epoch": 2, "batch": 0}]
     with pytest.raises(Stopped):
         train(cfg, run / "b", log=stop_after(1), progress=False)
     lines = []
     other = three("spiking", **{"train.hebbian.eta": 0.01})
     metrics = train(other, run / "b", log=lines.append, progress=False, resume=None)  # as `sjff reproduce` does
-    assert "resumed_after" not in metrics and len(metrics["epochs"]) == 3
+    assert "resumed_at" not in metrics and len(metrics["epochs"]) == 3
     assert any("written with other settings: starting afresh" in line for line in lines)
 
 
