@@ -3,8 +3,9 @@
 ``train(cfg, out_dir)`` writes ``out_dir/model/`` (weights + config) and
 ``out_dir/metrics.json`` (per-epoch train/test accuracy and seconds), the latter after every
 epoch too, so that a long run can be followed and an interrupted one keeps its record (it has
-a ``final`` section once the run has ended); ``out_dir/resume.pt``, also after every epoch,
-lets a stopped run go on from its last finished epoch (:mod:`~spikingjelly_ff.runs.resume`).
+a ``final`` section once the run has ended); ``out_dir/resume.pt``, written after every epoch
+(and every ``train.checkpoint_batches`` batches), lets a stopped run go on from there
+(:mod:`~spikingjelly_ff.runs.resume`).
 Given a
 :class:`~spikingjelly_ff.runs.distributed.World` of several ranks, every global batch is split
 across them (``train.draws: per-sample``; docs/distributed.md) and rank 0 writes the files.
@@ -253,9 +254,10 @@ def train(
     """Train per ``cfg``; save the model and metrics under ``out_dir``; return the metrics.
 
     ``world``: this process's rank among data-parallel ranks (default: one process).
-    ``resume``: True continues the stopped run in ``out_dir`` from its last finished epoch
-    (``resume.pt``, see :mod:`~spikingjelly_ff.runs.resume`), False refuses to start over
-    one, None continues one written with the same settings and otherwise starts afresh."""
+    ``resume``: True continues the stopped run in ``out_dir`` from its last state (after an
+    epoch, or within one with ``train.checkpoint_batches``; ``resume.pt``, see
+    :mod:`~spikingjelly_ff.runs.resume`), False refuses to start over one, None continues one
+    written with the same settings and otherwise starts afresh."""
     world = world or World()
     check_parallel(cfg, world.size)
     if not world.main:
