@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the stopped run in --out from its last finished epoch (same config and --set options)",
+        help="continue the stopped run in --out from where it wrote its state (same config and --set options)",
     )
     p.add_argument(
         "--nproc",

@@ -158,7 +158,7 @@ def _seed_runs(config: str, run_dir: Path, prev: dict | None, sets: list[str], s
             cfg = load_config(config, [*sets, f"seed={seed}"])
             log(f"== {config} seed {seed}: training ({cfg.train.epochs} epochs)")
             t0 = time.perf_counter()
-            # a seed stopped part-way goes on from its last finished epoch
+            # a seed stopped part-way goes on from its last state (resume.pt)
             final = train(cfg, run, log=log, progress=progress, resume=None)["final"]
             rec = {
                 "seed": seed,

@@ -36,9 +36,9 @@ __all__ = [
 
 NAME = "resume.pt"
 FORMAT = 1
-# config keys that may differ between the stopped run and its continuation: they change how
-# fast it runs, not what it computes
-_FREE_KEYS = {"threads", "train.checkpoint_batches"}
+# config keys that may differ between the stopped run and its continuation: where it writes its
+# state, not what it computes (threads may change float sums, so they must stay)
+_FREE_KEYS = {"train.checkpoint_batches"}
 
 
 def save_state(out_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -75,9 +75,11 @@ def load_state(out_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def check_resumable(state: dict[str, Any], config: dict[str, Any], path: Path) -> None:
-    """Refuse to continue a run under another config than the one it started with (``threads``
-    aside): the continuation would be neither run."""
-    saved, now = _flat(state["config"]), _flat(config)
+    """Refuse to continue a run under another config than the one it started with
+    (``train.checkpoint_batches`` aside), or on another kind of device or backend than the one
+    it resolved (``device: auto``): the continuation would be neither run. ``config`` is the
+    run's ``to_dict()`` with the resolved ``run.device`` and ``run.backend``."""
+    saved, now = _flat({**state["config"], "run": state.get("run")}), _flat(config)
     diff = sorted(k for k in saved.keys() | now.keys() if k not in _FREE_KEYS and saved.get(k) != now.get(k))
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:6])
@@ -107,13 +109,24 @@ def generator_of(fn: Any) -> torch.Generator | None:
 def state_to_resume(
     out_dir: str | os.PathLike, config: dict[str, Any], resume: bool | None, log: Callable[[str], None] = print
 ) -> dict[str, Any] | None:
-    """The state a run of ``config`` (``RunConfig.to_dict()``) in ``out_dir`` goes on from, or
-    ``None`` to start afresh. ``resume``: True requires one written with the same settings;
-    False refuses to start over one (it would throw its epochs away); None (``sjff
-    reproduce``) takes one written with the same settings and otherwise starts afresh."""
+    """The state a run of ``config`` (``RunConfig.to_dict()`` and the resolved ``run.device``
+    and ``run.backend``) in ``out_dir`` goes on from, or ``None`` to start afresh. ``resume``:
+    True requires one written with the same settings; False refuses to start over one (it
+    would throw its epochs away); None (``sjff reproduce``) takes one written with the same
+    settings and otherwise starts afresh. The state of a run that wrote its model but stopped
+    before removing it is removed."""
     out = Path(out_dir)
     path = out / NAME
-    state = load_state(out)
+    try:
+        state = load_state(out)
+    except CheckpointError as exc:
+        if resume is not None:
+            raise
+        log(f"{exc}: starting afresh")
+        state = None
+    if state is not None and _finished(state, out):
+        path.unlink()
+        state = None
     if state is None:
         if resume:
             done = (out / "model" / "config.json").is_file()
@@ -183,3 +196,9 @@ class RunParts:
         self.batches.resume_at = (position["order"], position["source"])
         buffer = [tuple(t.to(device) for t in batch) for batch in position.get("buffer", [])]
         return {**position, "buffer": buffer, "pending": [p.to(device) for p in position.get("pending", [])]}
+
+
+def _finished(state: dict[str, Any], out: Path) -> bool:
+    """The state is of the run's last epoch, and the model it went on to write is there."""
+    last = state["position"] is None and state["epoch"] == state["config"]["train"]["epochs"]
+    return last and (out / "model" / "config.json").is_file()

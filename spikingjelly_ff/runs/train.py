@@ -31,7 +31,7 @@ from spikingjelly_ff.nn.augment import shift_images
 from spikingjelly_ff.nn.models import AnalogFFNet, FFNet, SpikingFFNet
 from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 from spikingjelly_ff.runs.build import build_model
-from spikingjelly_ff.runs.checkpoint import save_model
+from spikingjelly_ff.runs.checkpoint import CheckpointError, save_model
 from spikingjelly_ff.runs.config import ConfigError, RunConfig
 from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runs.distributed import Reducer, World
@@ -304,7 +304,9 @@ def train(
     loop = ShardedLoop(net, cfg, world, reducer, num_classes, tuple(train_split.shape)) if per_sample else None
     parts = RunParts(net, learner, streams, loop, batches)
     first, position = 1, None
-    state = state_to_resume(out, cfg.to_dict(), resume, log)
+    run = {"device": device.type, "backend": backend}  # what device: auto and backend: auto resolved to
+    state = state_to_resume(out, {**cfg.to_dict(), "run": run}, resume, log)
+    _same_state_on_every_rank(world, state, len(batches))
     if state is not None:
         position = parts.restore(state, device)
         # the record so far; backend, device and processes are this part's
@@ -320,7 +322,7 @@ def train(
         every rank calls it (the carried membranes are gathered)."""
         state = parts.state(cfg.to_dict(), done, position, metrics)
         if world.main:
-            save_state(out, state)
+            save_state(out, {**state, "run": run})
 
     def checkpoint(epoch: int, t0: float, at: dict) -> None:
         if at["batch"] < len(batches):  # the epoch's end is saved with its record
@@ -396,8 +398,23 @@ def train(
     if world.main:
         save_model(out / "model", net.cpu(), cfg, test_split.shape)
         _write_json(out / "metrics.json", metrics)
-        (out / RESUME_NAME).unlink(missing_ok=True)  # the run is complete: nothing to resume
+        for name in (RESUME_NAME, f".{RESUME_NAME}.tmp"):  # the run is complete: nothing to resume
+            (out / name).unlink(missing_ok=True)
     return metrics
+
+
+def _same_state_on_every_rank(world: World, state: dict | None, batches: int) -> None:
+    """Refuse to go on where the ranks read different states (an output folder that is not
+    shared between nodes): they would wait on each other's collectives until the timeout."""
+    if world.size == 1:
+        return
+    where = 0.0 if state is None else 1.0 + state["epoch"] * (batches + 1) + ((state["position"] or {}).get("batch", 0))
+    sums = world.all_sum(torch.tensor([where, where * where], dtype=torch.float64))
+    if world.size * float(sums[1]) != float(sums[0]) ** 2:  # all equal iff the variance is 0
+        raise CheckpointError(
+            f"rank {world.rank}: the ranks read different resume states from {RESUME_NAME} (is the output folder "
+            "shared by every node?)"
+        )
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -143,6 +143,53 @@ def test_an_empty_rank_adds_zero_gradients():
         assert torch.equal(grads[0], torch.ones(3)) and torch.equal(grads[1], torch.full((2, 2), 4.0))
 
 
+@record
+def _gather_and_split_membranes() -> tuple:
+    from spikingjelly_ff.runs.distributed import close_world, init_world
+    from spikingjelly_ff.runs.sharded import ShardedLoop
+
+    world = init_world(torch.device("cpu"), "gloo", 60.0)
+    try:
+        loop = ShardedLoop(None, _config("spiking-two-layers"), world, None, 10, (28, 28))  # paired negatives
+        loop.last_batch = 5
+        lo, hi = world.shard(5)
+        whole = torch.arange(30.0).reshape(10, 3)  # rows: the batch's 5 positives, then its 5 negatives
+        mine = torch.cat((whole[lo:hi], whole[5 + lo : 5 + hi]))  # what this rank carries
+        gathered = loop.global_state({"count": 3, "neurons": [(mine, 0.0)]})
+        back = loop.local_state(gathered)
+        return gathered["neurons"][0], back["neurons"][0], mine, gathered["count"]
+    finally:
+        close_world()
+
+
+def test_carried_membranes_are_gathered_across_ranks_and_split_back():
+    """What two ranks carry (each its shard of the positives and of the negatives) becomes, in
+    the resume state, what one process carries, and goes back to each rank unchanged."""
+    ranks = launch(2, _gather_and_split_membranes)
+    assert len(ranks) == 2
+    for (gathered, trace), (back, _), mine, count in ranks.values():
+        assert torch.equal(gathered, torch.arange(30.0).reshape(10, 3)) and trace == 0.0 and count == 3
+        assert torch.equal(back, mine)
+
+
+@record
+def _resume_from_different_states() -> None:
+    from spikingjelly_ff.runs.distributed import close_world, init_world
+    from spikingjelly_ff.runs.train import _same_state_on_every_rank
+
+    world = init_world(torch.device("cpu"), "gloo", 60.0)
+    try:  # rank 1 sees no resume.pt where rank 0 reads one: an output folder not shared by the nodes
+        state = {"epoch": 1, "position": None} if world.rank == 0 else None
+        _same_state_on_every_rank(world, state, 40)
+    finally:
+        close_world()
+
+
+def test_ranks_that_read_different_states_are_refused():
+    with pytest.raises(DistributedError, match="read different resume states from resume.pt"):
+        launch(2, _resume_from_different_states)
+
+
 def _predictions(model_dir, cfg, world=None) -> torch.Tensor:
     from spikingjelly_ff.runs.data import load_split
     from spikingjelly_ff.runs.evaluate import evaluate_sharded

@@ -12,9 +12,11 @@ import torch
 from conftest import MINI, mini_config
 from safetensors.torch import load_file
 
+from spikingjelly_ff.kernels import resolve_backend
 from spikingjelly_ff.runs import train as train_module
 from spikingjelly_ff.runs.checkpoint import CheckpointError
 from spikingjelly_ff.runs.config import load_config
+from spikingjelly_ff.runs.resume import load_state, save_state
 from spikingjelly_ff.runs.train import train
 
 SMALL_CONV = (
@@ -188,18 +190,44 @@ def test_a_damaged_state_is_refused_and_a_torn_write_is_ignored(stopped):
 
 
 def test_resuming_where_possible_takes_the_same_settings_and_starts_other_ones_afresh(stopped):
-    """``resume=None``, as ``sjff reproduce`` trains its seeds; ``threads`` may change."""
+    """``resume=None``, as ``sjff reproduce`` trains its seeds."""
     cfg, run = stopped
-    lines = []
-    two = three("spiking", threads=2)
-    assert train(two, run, log=lines.append, progress=False, resume=None)["resumed_at"] == [{"epoch": 2, "batch": 0}]
-    with pytest.raises(Stopped):
-        train(cfg, run / "b", log=stop_after(1), progress=False)
-    lines = []
-    other = three("spiking", **{"train.hebbian.eta": 0.01})
-    metrics = train(other, run / "b", log=lines.append, progress=False, resume=None)  # as `sjff reproduce` does
-    assert "resumed_at" not in metrics and len(metrics["epochs"]) == 3
-    assert any("written with other settings: starting afresh" in line for line in lines)
+    assert train(cfg, run, log=quiet, progress=False, resume=None)["resumed_at"] == [{"epoch": 2, "batch": 0}]
+    for name, setting in [("other", {"train.hebbian.eta": 0.01}), ("damaged", {})]:
+        with pytest.raises(Stopped):
+            train(cfg, run / name, log=stop_after(1), progress=False)
+        if name == "damaged":
+            (run / name / "resume.pt").write_bytes(b"not a state")
+        lines = []
+        metrics = train(three("spiking", **setting), run / name, log=lines.append, progress=False, resume=None)
+        assert "resumed_at" not in metrics and len(metrics["epochs"]) == 3
+        assert any("starting afresh" in line for line in lines), name
+
+
+def test_threads_another_device_or_backend_are_other_settings(stopped):
+    """Float sums may change with the thread count, and the state of a CUDA run does not load
+    on the CPU: a run resumes where it was stopped, on what it was stopped on."""
+    cfg, run = stopped
+    with pytest.raises(CheckpointError, match=r"other settings \(threads: 1 -> 2\)"):
+        train(three("spiking", threads=2), run, log=quiet, progress=False, resume=True)
+    state = load_state(run)
+    assert state["run"] == {"device": "cpu", "backend": resolve_backend(cfg.backend, "cpu")}
+    save_state(run, {**state, "run": {"device": "cuda", "backend": "cupy"}})
+    with pytest.raises(CheckpointError, match=r"run.backend: 'cupy' -> '\w+', run.device: 'cuda' -> 'cpu'"):
+        train(cfg, run, log=quiet, progress=False, resume=True)
+
+
+def test_a_run_that_wrote_its_model_but_not_removed_its_state_is_finished(tmp_path, monkeypatch):
+    """Stopped between writing model/ and removing resume.pt: nothing is left to resume, and
+    the stale state is removed rather than refusing a new run."""
+    cfg = three("spiking")
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "RESUME_NAME", "not-this-one.pt")  # the removal misses the state
+        train(cfg, tmp_path, log=quiet, progress=False)
+    assert (tmp_path / "resume.pt").is_file() and (tmp_path / "model" / "config.json").is_file()
+    with pytest.raises(CheckpointError, match="nothing to resume: the run there has finished"):
+        train(cfg, tmp_path, log=quiet, progress=False, resume=True)
+    assert not (tmp_path / "resume.pt").exists()
 
 
 def test_the_cli_resumes_and_refuses_with_one_line(stopped, capsys):
