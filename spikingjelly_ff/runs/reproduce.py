@@ -53,6 +53,10 @@ BEYOND = {
         "Spiking conv Hebbian, the same with a soft reset (threshold 0.35) and 23 steps, no autograd",
         "Fashion-MNIST",
     ),
+    "conv/spiking-soft-mnist": (
+        "Spiking conv Hebbian, the same with a soft reset (threshold 0.35) and 23 steps, no autograd",
+        "MNIST",
+    ),
 }
 
 #: Seeds per row unless told: the paper's runs are short, the others are not.
