@@ -30,6 +30,7 @@ __all__ = [
     "check_resumable",
     "generator_of",
     "load_state",
+    "nothing_to_resume",
     "save_state",
     "state_to_resume",
 ]
@@ -129,9 +130,7 @@ def state_to_resume(
         state = None
     if state is None:
         if resume:
-            done = (out / "model" / "config.json").is_file()
-            why = "the run there has finished (model/ is written)" if done else f"there is no {NAME}"
-            raise CheckpointError(f"{out}: nothing to resume: {why}")
+            nothing_to_resume(out)
         return None
     if resume is False:
         at = state.get("position")
@@ -202,3 +201,10 @@ def _finished(state: dict[str, Any], out: Path) -> bool:
     """The state is of the run's last epoch, and the model it went on to write is there."""
     last = state["position"] is None and state["epoch"] == state["config"]["train"]["epochs"]
     return last and (out / "model" / "config.json").is_file()
+
+
+def nothing_to_resume(out: Path) -> None:
+    """Raise the error of ``--resume`` where ``out`` holds no state to go on from."""
+    done = (out / "model" / "config.json").is_file()
+    why = "the run there has finished (model/ is written)" if done else f"there is no {NAME}"
+    raise CheckpointError(f"{out}: nothing to resume: {why}")

@@ -37,7 +37,7 @@ from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runs.distributed import Reducer, World
 from spikingjelly_ff.runs.evaluate import evaluate_arrays, evaluate_sharded, scorer_for
 from spikingjelly_ff.runs.resume import NAME as RESUME_NAME
-from spikingjelly_ff.runs.resume import RunParts, generator_of, save_state, state_to_resume
+from spikingjelly_ff.runs.resume import RunParts, generator_of, nothing_to_resume, save_state, state_to_resume
 from spikingjelly_ff.runs.sharded import ShardedLoop, batch_scorer
 
 __all__ = ["check_parallel", "make_samples", "resolve_device", "shift_images", "train"]
@@ -265,6 +265,8 @@ def train(
     per_sample = cfg.train.draws == "per-sample"
     reducer = Reducer(world) if per_sample and cfg.train.batch_size > 1 else None
     out = Path(out_dir)
+    if resume and not (out / RESUME_NAME).is_file():  # before the data is read or the folder made
+        nothing_to_resume(out)
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
