@@ -55,6 +55,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
+    "flatten",
     "load_config",
     "resolve_config",
 ]
@@ -231,7 +232,7 @@ CHOICES = {
 
 
 def _validate(cfg: RunConfig) -> None:
-    flat = _flatten(cfg.to_dict())
+    flat = flatten(cfg.to_dict())
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {flat[key]!r}")
@@ -328,12 +329,13 @@ def _validate_conv(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}.channels: {exc}") from exc
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level, keys joined by dots (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out

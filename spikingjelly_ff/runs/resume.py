@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from spikingjelly_ff.runs.checkpoint import CheckpointError
+from spikingjelly_ff.runs.config import flatten
 
 __all__ = [
     "FORMAT",
@@ -80,7 +81,7 @@ def check_resumable(state: dict[str, Any], config: dict[str, Any], path: Path) -
     (``train.checkpoint_batches`` aside), or on another kind of device or backend than the one
     it resolved (``device: auto``): the continuation would be neither run. ``config`` is the
     run's ``to_dict()`` with the resolved ``run.device`` and ``run.backend``."""
-    saved, now = _flat({**state["config"], "run": state.get("run")}), _flat(config)
+    saved, now = flatten({**state["config"], "run": state.get("run")}), flatten(config)
     diff = sorted(k for k in saved.keys() | now.keys() if k not in _FREE_KEYS and saved.get(k) != now.get(k))
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:6])
@@ -89,16 +90,6 @@ def check_resumable(state: dict[str, Any], config: dict[str, Any], path: Path) -
             f"{path} was written by a run with other settings ({shown}{more}): resume it with the same config and "
             "--set options, or delete it to start afresh"
         )
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def generator_of(fn: Any) -> torch.Generator | None:

@@ -171,6 +171,7 @@ def test_what_cannot_be_resumed_is_refused(stopped, tmp_path):
         train(other, run, log=quiet, progress=False, resume=True)
     with pytest.raises(CheckpointError, match="nothing to resume: there is no resume.pt"):
         train(cfg, tmp_path / "empty", log=quiet, progress=False, resume=True)
+    assert not (tmp_path / "empty").exists()  # refused before making the run folder
     assert (run / "resume.pt").is_file()  # none of the refusals touched it
     train(cfg, run, log=quiet, progress=False, resume=True)
     with pytest.raises(CheckpointError, match=r"nothing to resume: the run there has finished \(model/ is written\)"):
