@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="S",
-        help="analog: classify from 4S+1 shifted views (default: model's)",
+        help="analog and spiking conv: classify from 4S+1 shifted views (default: the model's)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_eval)

@@ -27,7 +27,7 @@ def _conv_layout(net: SpikingConvFFNet) -> SpikeConv:
         la = ConvLayerMeta(c, spec.kernel, spec.stride, spec.padding, spec.pool, spec.pool_size, shape, (c, oh, ow))
         layers.append(la)
         shape = la.out_shape
-    return SpikeConv(net.over, layers, labelled=not net.competitive)
+    return SpikeConv(net.over, layers, labelled=not net.competitive, shift_views=net.shift_views)
 
 
 def _arrays(tensors) -> list[np.ndarray]:

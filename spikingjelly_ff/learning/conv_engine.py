@@ -17,6 +17,7 @@ from torch import Tensor
 from spikingjelly_ff.functional.labels import spike_rates
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.schedule import schedule_factor
+from spikingjelly_ff.functional.views import translate, view_offsets
 from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 from spikingjelly_ff.simulation import ConvLayout, encode_spikes, present_conv, score_conv_labels
 from spikingjelly_ff.simulation.conv import SCORE_CHUNK
@@ -139,7 +140,8 @@ class SpikingConvScorer:
     """Scores every candidate label of images with a :class:`SpikingConvFFNet`: one draw of
     image spikes per image serves every label (so the first layer's conv current is computed
     once), and all labels' label bits use the same uniform draws (common random numbers),
-    shared by the images of a chunk. Scores are summed over ``repeats`` presentations."""
+    shared by the images of a chunk. Scores are summed over ``repeats`` presentations, and over
+    the net's ``shift_views`` translated views."""
 
     chunk = SCORE_CHUNK  # images per internal batch (and label draw), as the numpy runtime's
 
@@ -150,8 +152,15 @@ class SpikingConvScorer:
 
     @torch.no_grad()
     def scores(self, x: Tensor) -> Tensor:
-        """Score of every label, ``[N, C]``."""
-        parts = [self._scores(xb) for xb in torch.split(x, self.chunk)]
+        """Score of every label, ``[N, C]``; with the net's ``shift_views``, summed over the
+        views of each chunk of images in ``view_offsets`` order."""
+        shape, offsets = self.net._hw(), view_offsets(self.net.shift_views)
+        parts = []
+        for xb in torch.split(x, self.chunk):
+            total = self._scores(xb)
+            for dy, dx in offsets[1:]:
+                total += self._scores(translate(xb, shape, dy, dx))
+            parts.append(total)
         return torch.cat(parts) if parts else x.new_zeros((0, self.net.num_classes))
 
     def predict(self, x: Tensor) -> Tensor:

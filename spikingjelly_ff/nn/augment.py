@@ -1,4 +1,4 @@
-"""Image translations: random shifts for training, fixed shifts for test-time views.
+"""Image translations: random shifts for training (test-time views: ``functional.views``).
 
 Images are flattened rows ``[N, H*W]``; moved pixels leave zeros behind.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["shift_images", "shift_images_by", "translate", "view_offsets"]
+__all__ = ["shift_images", "shift_images_by"]
 
 
 def shift_images(x: Tensor, shape: tuple[int, int], max_shift: int, generator: torch.Generator) -> Tensor:
@@ -32,22 +32,3 @@ def shift_images_by(x: Tensor, shape: tuple[int, int], max_shift: int, dy: Tenso
     cols = (torch.arange(w).unsqueeze(0) + dx).to(x.device)  # [N, W]
     out = pad.gather(1, rows.unsqueeze(2).expand(n, h, w + 2 * max_shift))
     return out.gather(2, cols.unsqueeze(1).expand(n, h, w)).reshape(n, h * w)
-
-
-def translate(x: Tensor, shape: tuple[int, int], dy: int, dx: int) -> Tensor:
-    """Every image ``[N, H*W]`` moved ``dy`` pixels down and ``dx`` right (negative: up/left)."""
-    h, w = shape
-    k = max(abs(dy), abs(dx))
-    if k == 0:
-        return x
-    pad = torch.nn.functional.pad(x.reshape(-1, h, w), (k,) * 4)
-    return pad[:, k - dy : k - dy + h, k - dx : k - dx + w].reshape(x.shape)
-
-
-def view_offsets(shift: int) -> list[tuple[int, int]]:
-    """(dy, dx) of the test-time views: the image itself, then 1..``shift`` pixels down, up,
-    right and left (``4 * shift + 1`` views)."""
-    out = [(0, 0)]
-    for s in range(1, shift + 1):
-        out += [(s, 0), (-s, 0), (0, s), (0, -s)]
-    return out

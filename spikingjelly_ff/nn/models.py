@@ -17,7 +17,7 @@ from spikingjelly_ff.functional.labels import spike_rates
 from spikingjelly_ff.functional.params import EncoderParams, NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import layer_score, summed_score
-from spikingjelly_ff.nn.augment import translate, view_offsets
+from spikingjelly_ff.functional.views import translate, view_offsets
 from spikingjelly_ff.nn.embedding import LabelEmbedding
 from spikingjelly_ff.nn.layers import FFLinear, SpikingFFLayer
 
@@ -178,7 +178,7 @@ class AnalogFFNet(FFNet):
 
     def view_scores(self, x: Tensor) -> Tensor:
         """Classification scores ``[N, C]``: :meth:`scores` summed over the image and its
-        translated copies (``augment.view_offsets(shift_views)``); the image alone when
+        translated copies (``functional.views.view_offsets(shift_views)``); the image alone when
         ``shift_views`` is 0."""
         if not self.shift_views:
             return self.scores(x)

@@ -54,9 +54,12 @@ class SpikingConvFFNet(ConvScores, FFNet):
         trace: TraceParams,
         encoder: EncoderParams,
         over: str = "map",
+        shift_views: int = 0,
         image_shape: tuple[int, int] | None = None,
         backend: str = "torch",
     ) -> None:
+        """``shift_views``: the scorer sums the scores of the image and of its copies moved
+        1..``shift_views`` pixels down, up, right and left (``functional.views``)."""
         goodness_groups(over, [c.channels for c in conv], probability.split)  # a clear error here
         if not conv:
             raise ValueError("a conv FF net needs at least one conv layer")
@@ -68,6 +71,9 @@ class SpikingConvFFNet(ConvScores, FFNet):
         )  # fmt: skip
         self.over = over
         self._check_competitive(num_classes)
+        if shift_views < 0:
+            raise ValueError(f"shift_views must be >= 0, got {shift_views}")
+        self.shift_views = shift_views
         self.image_shape = image_shape
         self.specs = list(conv)
         self.neuron_params = neuron

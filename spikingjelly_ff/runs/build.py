@@ -31,7 +31,9 @@ def build_model(
     conv = (in_features, m.conv, *shared[2:])
     if m.conv and m.kind == "spiking":
         params = {"neuron": m.neuron, "trace": m.trace, "encoder": m.encoder}
-        net: FFNet = SpikingConvFFNet(*conv, **params, over=m.goodness_over, image_shape=image_shape, backend=backend)
+        net: FFNet = SpikingConvFFNet(
+            *conv, **params, over=m.goodness_over, shift_views=m.shift_views, image_shape=image_shape, backend=backend
+        )
     elif m.conv:
         net = AnalogConvFFNet(
             *conv, over=m.goodness_over, bias=m.bias, shift_views=m.shift_views, image_shape=image_shape

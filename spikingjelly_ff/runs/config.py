@@ -107,8 +107,8 @@ class ModelConfig:
     embedding: EmbeddingParams = field(default_factory=EmbeddingParams)
     score: str = "probability"  # probability: sum of log-odds over layers | goodness: sum of G
     score_layers: list[int] | None = None  # which layers vote (default: all)
-    # analog: classify by the scores summed over the image and its copies moved 1..N pixels
-    # down, up, right and left (4N + 1 views; 0: the image alone)
+    # analog and spiking conv: classify by the scores summed over the image and its copies moved
+    # 1..N pixels down, up, right and left (4N + 1 views; 0: the image alone)
     shift_views: int = 0
     neuron: NeuronParams = field(default_factory=NeuronParams)
     trace: TraceParams = field(default_factory=TraceParams)
@@ -270,8 +270,8 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("model.score_layers names a layer twice (each voting layer counts once)")
     if m.shift_views < 0:
         raise ConfigError("model.shift_views must be >= 0")
-    if m.kind == "spiking" and m.shift_views:
-        raise ConfigError("model.shift_views is available for analog models only")
+    if m.kind == "spiking" and m.shift_views and not m.conv:
+        raise ConfigError("model.shift_views is available for analog models and spiking conv models only")
     if m.kind == "spiking" and t.readout.enabled:
         raise ConfigError("train.readout is available for analog models only")
     if t.draws == "per-sample" and t.negatives == "hard":

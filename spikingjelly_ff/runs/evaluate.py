@@ -94,15 +94,16 @@ def evaluate_model(
     shift_views: int | None = None,
 ) -> dict:
     """Load a model directory and measure its accuracy on ``dataset`` (default: its own);
-    ``shift_views`` overrides an analog model's test-time views (0: the image alone)."""
+    ``shift_views`` overrides the test-time views of an analog or spiking conv model (0: the image
+    alone)."""
     from spikingjelly_ff.kernels import resolve_backend
     from spikingjelly_ff.runs.checkpoint import load_model
     from spikingjelly_ff.runs.data import load_split
 
     net, cfg, meta = load_model(model_dir, device=device, backend=resolve_backend(cfg_backend(model_dir), device))
     if shift_views is not None:
-        if not isinstance(net, AnalogFFNet):
-            raise ValueError("shifted test views exist for analog models only")
+        if not hasattr(net, "shift_views"):
+            raise ValueError("shifted test views exist for analog models and spiking conv models only")
         if shift_views < 0:
             raise ValueError("the number of shifted views must be >= 0")
         net.shift_views = shift_views

@@ -10,9 +10,9 @@ Layout (readable by ``nir.read``, which looks at ``/version`` and ``/node`` only
         label_patterns              [C, bits] uint8 (pattern embedding only)
         eligibility/<i>             [H, D] float32 (optional: state of on-line learning)
 
-A spiking conv net (format version 2, meta ``conv``) has image and label inputs and
-Conv2d -> LIF -> pooling nodes per layer instead (see ``conv_artifact``); its weights are the
-conv weights, then the label weights, of every layer.
+A spiking conv net (format version 2, meta ``conv``; 3 without label input, 4 when scored over
+shifted views) has image and label inputs and Conv2d -> LIF -> pooling nodes per layer instead
+(see ``conv_artifact``); its weights are the conv weights, then the label weights, of every layer.
 
 NIR's LIF is continuous-time; a discrete layer maps with dt = 1e-4 s as SpikingJelly's
 NIR exchange does: tau = tau_steps * dt, r = tau_steps (input not decayed) or 1.
@@ -50,7 +50,10 @@ FORMAT_VERSION = 1
 CONV_FORMAT_VERSION = 2
 #: conv artefacts without label input (competitive nets), likewise
 UNLABELLED_CONV_FORMAT_VERSION = 3
-READ_VERSIONS = (FORMAT_VERSION, CONV_FORMAT_VERSION, UNLABELLED_CONV_FORMAT_VERSION)
+#: conv artefacts scored over shifted views: a runtime that predates views would score the image
+#: alone and give other answers, so it refuses them
+VIEWS_CONV_FORMAT_VERSION = 4
+READ_VERSIONS = (FORMAT_VERSION, CONV_FORMAT_VERSION, UNLABELLED_CONV_FORMAT_VERSION, VIEWS_CONV_FORMAT_VERSION)
 NIR_VERSION = "1.0.8"
 DT = 1e-4
 REQUIRED_META = (
@@ -103,6 +106,8 @@ class SpikeArtifact:
     def format_version(self) -> int:
         if self.conv is None:
             return FORMAT_VERSION
+        if self.conv.shift_views:
+            return VIEWS_CONV_FORMAT_VERSION
         return CONV_FORMAT_VERSION if self.conv.labelled else UNLABELLED_CONV_FORMAT_VERSION
 
     @property

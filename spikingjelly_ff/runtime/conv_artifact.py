@@ -66,14 +66,21 @@ class ConvLayerMeta:
 @dataclass(frozen=True)
 class SpikeConv:
     """The conv part of a spike artefact: goodness region ``over`` ("map", "location" or
-    "group:K") and the layers. The artefact's ``weights`` are the conv weights of every layer,
-    then the label weights of every layer (the analog conv runtime's order); eligibility
-    likewise."""
+    "group:K"), the layers and the test-time views (``shift_views``). The artefact's
+    ``weights`` are the conv weights of every layer, then the label weights of every layer (the
+    analog conv runtime's order); eligibility likewise."""
 
     over: str
     layers: list[ConvLayerMeta] = field(default_factory=list)
     #: whether the net has a label input (False: channel-wise competitive, no label nodes)
     labelled: bool = True
+    #: scores sum over the image and its copies moved 1..N pixels (4N + 1 views; 0: the image)
+    shift_views: int = 0
+
+    def __post_init__(self) -> None:
+        views = self.shift_views
+        if isinstance(views, bool) or not isinstance(views, int) or views < 0:
+            raise ValueError(f"shift_views must be an integer >= 0, got {views!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> SpikeConv:
@@ -81,7 +88,7 @@ class SpikeConv:
         if not isinstance(labelled, bool):
             raise ValueError(f"labelled must be true or false, got {labelled!r}")
         layers = [ConvLayerMeta(**{k: v for k, v in la.items() if k != "nodes"}) for la in d["layers"]]
-        return cls(d["over"], layers, labelled)
+        return cls(d["over"], layers, labelled, d.get("shift_views", 0))  # files before views: none
 
     def to_dict(self) -> dict:
         layers = []
@@ -91,7 +98,7 @@ class SpikeConv:
             label = f"label_{i}" if self.labelled else None
             entry["nodes"] = {"conv": f"conv_{i}", "label_weights": label, "lif": f"lif_{i}"}
             layers.append(entry)
-        return {"over": self.over, "labelled": self.labelled, "layers": layers}
+        return {"over": self.over, "labelled": self.labelled, "shift_views": self.shift_views, "layers": layers}
 
     def node_names(self) -> list[str]:
         """The NIR nodes that hold the artefact's ``weights``, in order (no label nodes when

@@ -16,6 +16,7 @@ import numpy as np
 
 from spikingjelly_ff.functional.labels import spike_rates
 from spikingjelly_ff.functional.scores import class_margin
+from spikingjelly_ff.functional.views import translate, view_offsets
 from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact
 from spikingjelly_ff.runtime.protocol import check_images, check_targets, competitive_targets
 from spikingjelly_ff.runtime.spike_base import SpikeArtifactModel
@@ -112,13 +113,21 @@ class SpikeConvModel(SpikeArtifactModel):
 
     def scores(self, x: np.ndarray, seed: int | None = 0, repeats: int | None = None) -> np.ndarray:
         """Score of every label, ``[N, C]`` (higher is more likely), summed over ``repeats``
-        presentations (default: the export's setting); ``SpikingConvScorer``'s algorithm."""
+        presentations (default: the export's setting) and the export's shifted views;
+        ``SpikingConvScorer``'s algorithm."""
         x = check_images(x, self.in_features)
         repeats = self.art.evaluation.repeats if repeats is None else int(repeats)
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
         rng = np.random.default_rng(seed)
-        parts = [self._scores(x[i : i + self.chunk], rng, repeats) for i in range(0, x.shape[0], self.chunk)]
+        shape, offsets = tuple(self.art.image_shape), view_offsets(self.art.conv.shift_views)
+        parts = []
+        for i in range(0, x.shape[0], self.chunk):
+            xb = x[i : i + self.chunk]
+            total = self._scores(xb, rng, repeats)
+            for dy, dx in offsets[1:]:  # the export's test-time views, in the torch scorer's order
+                total += self._scores(translate(xb, shape, dy, dx), rng, repeats)
+            parts.append(total)
         return np.concatenate(parts) if parts else np.zeros((0, self.num_classes), np.float32)
 
     def _scores(self, x: np.ndarray, rng, repeats: int) -> np.ndarray:

@@ -59,7 +59,7 @@ def test_shipped_configs_load():
         (["train.epochs"], "expects key=value"),
         (["model.neuron.beta=1.5"], "beta must lie in"),
         (["model.shift_views=-1"], "shift_views must be >= 0"),
-        (["model.kind=spiking", "train.learner=hebbian", "model.shift_views=1"], "analog models only"),
+        (["model.kind=spiking", "train.learner=hebbian", "model.shift_views=1"], "and spiking conv models only"),
         (["train.optimizer.warmup=1.0"], r"warmup is a fraction of the run in \[0, 1\)"),
         (["train.optimizer.warmup=-0.1"], r"warmup is a fraction of the run in \[0, 1\)"),
         (["train.checkpoint_batches=-1"], "train.checkpoint_batches must be >= 0"),

@@ -254,7 +254,7 @@ def test_weight_only_nodes_run_once_per_version(analog_run, mini, tmp_path):
 def test_analog_shift_views_in_torch_and_onnx(tmp_path):
     """shift_views: the classifier sums the scores of the image and of its copies moved one
     pixel down, up, right and left; the ONNX graph makes the same views itself."""
-    from spikingjelly_ff.nn.augment import translate, view_offsets
+    from spikingjelly_ff.functional.views import translate, view_offsets
 
     cfg = config_from_dict({"model": {"kind": "analog", "layers": [30, 20], "shift_views": 1}})
     net = build_model(cfg.model, 784, 10, 0)
@@ -277,9 +277,22 @@ def test_analog_shift_views_in_torch_and_onnx(tmp_path):
 
 
 def test_translate_moves_pixels_and_fills_zeros():
-    from spikingjelly_ff.nn.augment import translate
+    """One translation for torch and numpy: the same pixels move, zeros fill in, and a move
+    past the edge leaves an empty image."""
+    from spikingjelly_ff.functional.views import translate
 
     img = torch.arange(1, 13, dtype=torch.float32).reshape(1, 12)  # 3 x 4
     down_left = translate(img, (3, 4), 1, -1).reshape(3, 4)
     assert down_left.tolist() == [[0, 0, 0, 0], [2, 3, 4, 0], [6, 7, 8, 0]]
+    assert translate(img, (3, 4), -2, 3).reshape(3, 4).tolist() == [[0, 0, 0, 9], [0, 0, 0, 0], [0, 0, 0, 0]]
     assert torch.equal(translate(img, (3, 4), 0, 0), img)
+    assert not translate(img, (3, 4), 3, 0).any()
+    x = torch.rand(7, 28 * 28, generator=torch.Generator().manual_seed(0))
+    for dy, dx in [(1, 0), (-1, 0), (0, 1), (0, -1), (2, -3), (-5, 4)]:
+        t = translate(x, (28, 28), dy, dx)
+        n = translate(x.numpy(), (28, 28), dy, dx)
+        assert isinstance(n, np.ndarray) and n.dtype == np.float32 and n.shape == (7, 784)
+        assert np.array_equal(t.numpy(), n)
+        pad = torch.nn.functional.pad(x.reshape(7, 28, 28), (5,) * 4)  # the same move by padding
+        want = pad[:, 5 - dy : 5 - dy + 28, 5 - dx : 5 - dx + 28].reshape(7, 784)
+        assert torch.equal(t, want)

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from spikingjelly_ff.export.onnx.graph import OPSET, Graph, layer_logit_and_goodness, save_model, set_meta
 from spikingjelly_ff.functional.params import HebbianParams
-from spikingjelly_ff.nn.augment import view_offsets
+from spikingjelly_ff.functional.views import view_offsets
 from spikingjelly_ff.nn.models import AnalogFFNet
 
 __all__ = ["analog_to_onnx"]
@@ -107,7 +107,7 @@ def _separable_current(g: Graph, net, images: str, w: str, bias: np.ndarray | No
 
 def _views(g: Graph, net, images: str, offsets: list[tuple[int, int]]) -> str:
     """``images [N, H*W]`` -> ``[V * N, H*W]``: each translated view (zero-filled), view-major,
-    as ``augment.translate`` makes them."""
+    as ``functional.views.translate`` makes them."""
     if net.image_shape is None:
         raise ValueError("a model with shift_views needs its image shape to be exported")
     h, w = net.image_shape

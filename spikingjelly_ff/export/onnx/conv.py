@@ -35,7 +35,7 @@ from spikingjelly_ff.export.onnx.graph import (
 )
 from spikingjelly_ff.functional.conv import goodness_groups
 from spikingjelly_ff.functional.params import HebbianParams
-from spikingjelly_ff.nn.augment import view_offsets
+from spikingjelly_ff.functional.views import view_offsets
 from spikingjelly_ff.nn.conv_models import AnalogConvFFNet
 from spikingjelly_ff.runtime.onnx_meta import META_KEY, OnnxConv, OnnxConvLayer, OnnxMeta
 
