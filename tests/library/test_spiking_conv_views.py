@@ -5,7 +5,6 @@ way; training reports both accuracies and ``sjff eval --views`` reproduces each.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import h5py
@@ -14,6 +13,7 @@ import pytest
 import torch
 from test_conv_competitive import _config
 from test_spiking_conv import small_net
+from test_spiking_conv_competitive_runtime import _edit_meta
 
 from spikingjelly_ff.cli import main
 from spikingjelly_ff.export.spike import export_spike
@@ -108,12 +108,7 @@ def test_bernoulli_views_draw_in_the_same_order(tmp_path):
 def test_tampered_views_are_an_artifact_error(tmp_path, value):
     net = _labelled(1)
     path = export_spike(net, tmp_path / "m.nir")
-    with h5py.File(path, "r+") as f:
-        ours = f["spikingjelly_ff"]
-        meta = json.loads(ours["meta"][()])
-        meta["conv"]["shift_views"] = value
-        del ours["meta"]
-        ours.create_dataset("meta", data=json.dumps(meta), dtype=h5py.string_dtype())
+    _edit_meta(path, lambda meta: meta["conv"].update(shift_views=value))
     with pytest.raises(ArtifactError, match="shift_views"):
         load_exported(path)
 
