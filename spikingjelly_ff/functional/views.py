@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from spikingjelly_ff.functional import _array
 
-__all__ = ["translate", "view_offsets"]
+__all__ = ["check_views", "translate", "view_offsets"]
+
+
+def check_views(shift: int, shape: tuple[int, int] | None = None) -> None:
+    """ValueError unless ``shift`` (views moved 1..shift pixels) is an integer >= 0 and, given
+    the image ``shape``, below min(H, W): a larger move leaves nothing of the image."""
+    if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+        raise ValueError(f"shift_views must be an integer >= 0, got {shift!r}")
+    if shape is not None and shift and shift >= min(shape):
+        raise ValueError(f"shift_views {shift} must be below the image's smaller side ({min(shape)} of {tuple(shape)})")
 
 
 def view_offsets(shift: int) -> list[tuple[int, int]]:
@@ -26,6 +35,8 @@ def translate(x, shape: tuple[int, int], dy: int, dx: int):
     if dy == 0 and dx == 0:
         return x
     h, w = shape
+    if abs(dy) >= h or abs(dx) >= w:  # moved out of the frame
+        return _array.xp(x).zeros_like(x)
     img = x.reshape(-1, h, w)
     out = _array.xp(x).zeros_like(img)
     # out[y, x] = img[y - dy, x - dx] wherever that pixel exists

@@ -145,16 +145,21 @@ class SpikingConvScorer:
 
     chunk = SCORE_CHUNK  # images per internal batch (and label draw), as the numpy runtime's
 
-    def __init__(self, net: SpikingConvFFNet, seed: int = 0, device="cpu", repeats: int = 1) -> None:
+    def __init__(
+        self, net: SpikingConvFFNet, seed: int = 0, device="cpu", repeats: int = 1, views: bool = True
+    ) -> None:
+        """``views``: sum the net's shifted views (False: the image alone, as training's hard
+        negatives are mined)."""
         self.net = net
         self.repeats = repeats
+        self.views = views
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     @torch.no_grad()
     def scores(self, x: Tensor) -> Tensor:
         """Score of every label, ``[N, C]``; with the net's ``shift_views``, summed over the
         views of each chunk of images in ``view_offsets`` order."""
-        shape, offsets = self.net._hw(), view_offsets(self.net.shift_views)
+        shape, offsets = self.net._hw(), view_offsets(self.net.shift_views if self.views else 0)
         parts = []
         for xb in torch.split(x, self.chunk):
             total = self._scores(xb)

@@ -24,6 +24,7 @@ from spikingjelly_ff.functional.conv import goodness_groups
 from spikingjelly_ff.functional.labels import spike_rates
 from spikingjelly_ff.functional.params import EncoderParams, NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.views import check_views
 from spikingjelly_ff.nn.conv import SpikingFFConv2d
 from spikingjelly_ff.nn.conv_models import ConvScores, ConvSpec
 from spikingjelly_ff.nn.embedding import LabelEmbedding
@@ -71,10 +72,9 @@ class SpikingConvFFNet(ConvScores, FFNet):
         )  # fmt: skip
         self.over = over
         self._check_competitive(num_classes)
-        if shift_views < 0:
-            raise ValueError(f"shift_views must be >= 0, got {shift_views}")
-        self.shift_views = shift_views
         self.image_shape = image_shape
+        check_views(shift_views, self._hw())
+        self.shift_views = shift_views
         self.specs = list(conv)
         self.neuron_params = neuron
         self.trace_params = trace

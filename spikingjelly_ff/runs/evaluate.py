@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from spikingjelly_ff.functional.views import check_views
 from spikingjelly_ff.nn.models import AnalogFFNet, FFNet
 from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 from spikingjelly_ff.runs.config import RunConfig
@@ -106,6 +107,8 @@ def evaluate_model(
             raise ValueError("shifted test views exist for analog models and spiking conv models only")
         if shift_views < 0:
             raise ValueError("the number of shifted views must be >= 0")
+        if net.image_shape is not None:
+            check_views(shift_views, tuple(net.image_shape))
         net.shift_views = shift_views
     ds = dataset or cfg.data.dataset
     data = load_split(ds, split, root or cfg.data.root, download=cfg.data.download).take(limit)

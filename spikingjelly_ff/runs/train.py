@@ -330,9 +330,9 @@ def train(
         if at["batch"] < len(batches):  # the epoch's end is saved with its record
             save(epoch - 1, {**at, "epoch": epoch, "seconds": time.perf_counter() - t0})
 
-    def evaluate(readout: bool = False) -> dict:
-        if not per_sample:
-            predict = scorer_for(net, cfg, device, readout) if readout else scorer
+    def evaluate(readout: bool = False, fresh: bool = False) -> dict:
+        if not per_sample:  # fresh: a scorer of its own, as `sjff eval` scores (same draws)
+            predict = scorer_for(net, cfg, device, readout) if readout or fresh else scorer
             return evaluate_arrays(predict, x_test, y_test, cfg.eval.batch_size)
         return evaluate_sharded(batch_scorer(net, cfg, device, readout), x_test, y_test, cfg.eval.batch_size, world)
 
@@ -366,7 +366,7 @@ def train(
             )
             if last and getattr(net, "shift_views", 0):
                 views, net.shift_views = net.shift_views, 0
-                record["test_accuracy_single_view"] = evaluate()["accuracy"]
+                record["test_accuracy_single_view"] = evaluate(fresh=True)["accuracy"]
                 net.shift_views = views
         metrics["epochs"].append(record)
         if world.main:
@@ -433,7 +433,7 @@ def _scores_fn(net: FFNet, cfg: RunConfig, device: torch.device):
     if isinstance(net, SpikingConvFFNet):
         from spikingjelly_ff.learning.conv_engine import SpikingConvScorer
 
-        return SpikingConvScorer(net, seed=cfg.seed + 6, device=device).scores
+        return SpikingConvScorer(net, seed=cfg.seed + 6, device=device, views=False).scores  # the image alone
     from spikingjelly_ff.learning.engine import SpikingScorer
 
     return SpikingScorer(net, seed=cfg.seed + 6, device=device, use_state=False).scores

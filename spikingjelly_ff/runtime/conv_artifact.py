@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from spikingjelly_ff.functional.conv import check_conv_settings, check_map_shape, conv_output_size, goodness_groups
+from spikingjelly_ff.functional.views import check_views
 
 __all__ = ["ConvLayerMeta", "SpikeConv", "label_from_nir", "label_to_nir", "read_conv_weights", "write_conv_nodes"]
 
@@ -78,9 +79,7 @@ class SpikeConv:
     shift_views: int = 0
 
     def __post_init__(self) -> None:
-        views = self.shift_views
-        if isinstance(views, bool) or not isinstance(views, int) or views < 0:
-            raise ValueError(f"shift_views must be an integer >= 0, got {views!r}")
+        check_views(self.shift_views)  # the bound needs the image shape: check()
 
     @classmethod
     def from_dict(cls, d: dict) -> SpikeConv:
@@ -121,6 +120,10 @@ class SpikeConv:
             return f"{n} conv layers need {2 * n} weight arrays (conv, then label weights), got {len(weights)}"
         if image_shape is None or len(image_shape) != 2:
             return "a conv artefact needs image_shape [H, W]"
+        try:
+            check_views(self.shift_views, tuple(int(v) for v in image_shape))
+        except ValueError as exc:
+            return str(exc)
         shape = (1, *(int(v) for v in image_shape))
         for i, la in enumerate(self.layers):
             if la.in_shape != shape:

@@ -286,7 +286,8 @@ def test_translate_moves_pixels_and_fills_zeros():
     assert down_left.tolist() == [[0, 0, 0, 0], [2, 3, 4, 0], [6, 7, 8, 0]]
     assert translate(img, (3, 4), -2, 3).reshape(3, 4).tolist() == [[0, 0, 0, 9], [0, 0, 0, 0], [0, 0, 0, 0]]
     assert torch.equal(translate(img, (3, 4), 0, 0), img)
-    assert not translate(img, (3, 4), 3, 0).any()
+    for dy, dx in [(3, 0), (4, 0), (-5, 0), (0, 4), (0, -7), (9, 9)]:  # out of the frame: nothing left
+        assert not translate(img, (3, 4), dy, dx).any() and not translate(img.numpy(), (3, 4), dy, dx).any()
     x = torch.rand(7, 28 * 28, generator=torch.Generator().manual_seed(0))
     for dy, dx in [(1, 0), (-1, 0), (0, 1), (0, -1), (2, -3), (-5, 4)]:
         t = translate(x, (28, 28), dy, dx)

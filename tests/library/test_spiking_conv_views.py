@@ -50,30 +50,40 @@ def _competitive(views: int):
     return net
 
 
+def _images(net, n: int, seed: int) -> torch.Tensor:
+    h, w = net._hw()
+    return torch.rand(n, h * w, generator=torch.Generator().manual_seed(seed))
+
+
 @pytest.mark.parametrize("make", [_labelled, _competitive], ids=["labelled", "competitive"])
 def test_scorer_sums_the_scores_of_the_views(make):
     """Regular coding draws nothing, so the scores with views are exactly the sum of the
-    scores of each translated batch scored alone, in view_offsets order."""
+    scores of each translated batch scored alone, in view_offsets order (230 images: three
+    chunks); the scorer hard negatives are mined with (``views=False``) scores the image alone."""
     net = make(1)
-    side = net._hw()
-    x = torch.rand(23, side[0] * side[1], generator=torch.Generator().manual_seed(3))
+    x = _images(net, 230, 3)
     got = SpikingConvScorer(net).scores(x)
+    alone = SpikingConvScorer(net, views=False).scores(x)
     net.shift_views = 0
-    parts = [SpikingConvScorer(net).scores(translate(x, side, dy, dx)) for dy, dx in view_offsets(1)]
+    parts = [SpikingConvScorer(net).scores(translate(x, net._hw(), dy, dx)) for dy, dx in view_offsets(1)]
     want = parts[0]
     for p in parts[1:]:
         want = want + p
-    assert got.shape == (23, 10) and torch.equal(got, want)
-    assert not torch.equal(got, parts[0])  # the views change the scores
+    assert got.shape == (230, 10) and torch.equal(got, want)
+    assert torch.equal(alone, parts[0]) and not torch.equal(got, alone)
 
 
-@pytest.mark.parametrize("make", [_labelled, _competitive], ids=["labelled", "competitive"])
-def test_runtime_scores_the_views_like_the_scorer(tmp_path, make):
+@pytest.mark.parametrize(
+    "make,plain_version",
+    [(_labelled, CONV_FORMAT_VERSION), (_competitive, UNLABELLED_CONV_FORMAT_VERSION)],
+    ids=["labelled", "competitive"],
+)
+def test_runtime_scores_the_views_like_the_scorer(tmp_path, make, plain_version):
     """The artefact records the views and is format version 4; the numpy runtime's scores
-    equal the torch scorer's (float rounding), with the same labels."""
+    equal the torch scorer's (float rounding), with the same labels. Without views the file
+    keeps its old version; one written before views (no ``shift_views`` key) loads as such."""
     net = make(1)
-    side = net._hw()
-    x = torch.rand(23, side[0] * side[1], generator=torch.Generator().manual_seed(4))
+    x = _images(net, 230, 4)
     path = export_spike(net, tmp_path / "m.nir")
     art = read_artifact(path)
     assert art.conv.shift_views == 1 and art.format_version == VIEWS_CONV_FORMAT_VERSION
@@ -83,25 +93,63 @@ def test_runtime_scores_the_views_like_the_scorer(tmp_path, make):
     got = model.scores(x.numpy())
     assert np.array_equal(got.argmax(1), want.argmax(1))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    net.shift_views = 0  # the same net without views: the old format, other scores
-    plain = read_artifact(export_spike(net, tmp_path / "plain.nir"))
-    assert plain.conv.shift_views == 0 and plain.format_version in (CONV_FORMAT_VERSION, UNLABELLED_CONV_FORMAT_VERSION)
-    assert not np.allclose(load_exported(tmp_path / "plain.nir").scores(x.numpy()), got)
+    net.shift_views = 0  # the same net without views: the old format, the image's scores
+    plain_path = export_spike(net, tmp_path / "plain.nir")
+    assert read_artifact(plain_path).conv.shift_views == 0
+    assert read_artifact(plain_path).format_version == plain_version
+    plain = load_exported(plain_path).scores(x.numpy())
+    assert not np.allclose(plain, got)
+    _edit_meta(plain_path, lambda meta: meta["conv"].pop("shift_views"))  # as written before views
+    assert read_artifact(plain_path).conv.shift_views == 0
+    assert np.array_equal(load_exported(plain_path).scores(x.numpy()), plain)
 
 
-def test_bernoulli_views_draw_in_the_same_order(tmp_path):
-    """Bernoulli coding: each view draws its own spikes (chunk by chunk, view by view), so the
-    scores with views are reproducible from the seed and change with it, in torch and in the
-    runtime (whose generator is numpy's: only the algorithm is shared, not the draws)."""
+def test_bernoulli_views_draw_chunk_by_chunk_then_view_by_view(tmp_path):
+    """Bernoulli coding: each view draws its own spikes, chunk by chunk and within a chunk view
+    by view, in torch and in the runtime (each with its own generator); the other order gives
+    other scores, so the test sees it."""
     net = _labelled(1, coding="bernoulli")
-    x = torch.rand(40, 144, generator=torch.Generator().manual_seed(5))
-    scorer = SpikingConvScorer(net, seed=2)
-    a, b = scorer.scores(x), SpikingConvScorer(net, seed=2).scores(x)
-    assert torch.equal(a, b)  # the same seed, the same draws
-    assert not torch.equal(a, SpikingConvScorer(net, seed=3).scores(x))
+    x = _images(net, 230, 5)
+    offsets, side = view_offsets(1), net._hw()
+
+    def by_hand(score, xs, chunk: int, view_major: bool = False):
+        chunks = [xs[i : i + chunk] for i in range(0, len(xs), chunk)]
+        if view_major:  # every chunk's first view, then every chunk's second, ...
+            per = [[score(translate(c, side, dy, dx)) for c in chunks] for dy, dx in offsets]
+            return [sum(p[i] for p in per[1:]) + per[0][i] for i in range(len(chunks))]
+        out = []
+        for c in chunks:
+            total = score(c)
+            for dy, dx in offsets[1:]:
+                total += score(translate(c, side, dy, dx))
+            out.append(total)
+        return out
+
+    got = SpikingConvScorer(net, seed=2).scores(x)
+    s = SpikingConvScorer(net, seed=2)
+    assert torch.equal(got, torch.cat(by_hand(s._scores, x, s.chunk)))
+    s = SpikingConvScorer(net, seed=2)
+    assert not torch.equal(got, torch.cat(by_hand(s._scores, x, s.chunk, view_major=True)))
     model = load_exported(export_spike(net, tmp_path / "m.nir"))
-    assert np.array_equal(model.scores(x.numpy(), seed=7), model.scores(x.numpy(), seed=7))
-    assert not np.array_equal(model.scores(x.numpy(), seed=7), model.scores(x.numpy(), seed=8))
+    got = model.scores(x.numpy(), seed=7)
+    rng = np.random.default_rng(7)
+    want = by_hand(lambda c: model._scores(c, rng, 1), x.numpy(), model.chunk)
+    assert np.array_equal(got, np.concatenate(want))
+    rng = np.random.default_rng(7)
+    other = by_hand(lambda c: model._scores(c, rng, 1), x.numpy(), model.chunk, view_major=True)
+    assert not np.array_equal(got, np.concatenate(other))
+
+
+def test_views_must_leave_part_of_the_image(tmp_path):
+    """A move of the image's side or more leaves nothing: refused by the net, by `sjff eval`'s
+    override and in an artefact (a tampered file cannot ask for a million views)."""
+    cfg = load_config("conv/spiking-soft-mnist", ["model.shift_views=28"])
+    with pytest.raises(ValueError, match="below the image's smaller side"):
+        build_model(cfg.model, 784, 10, seed=0, image_shape=(28, 28))
+    path = export_spike(_labelled(1), tmp_path / "m.nir")
+    _edit_meta(path, lambda meta: meta["conv"].update(shift_views=1_000_000))
+    with pytest.raises(ArtifactError, match="below the image's smaller side"):
+        load_exported(path)
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, "1", True])
@@ -131,10 +179,12 @@ def test_config_takes_views_for_spiking_conv_nets_only():
         load_config("paper/hebbian-online-symmetric", ["model.shift_views=1"])
 
 
-def test_training_reports_both_accuracies_and_eval_reproduces_them(tmp_path, mini):
+@pytest.mark.parametrize("coding", ["regular", "bernoulli"])
+def test_training_reports_both_accuracies_and_eval_reproduces_them(tmp_path, mini, coding):
     """A spiking conv run with views tests with them and with the image alone; `sjff eval`
-    gives each again (`--views 0` for the image alone), and the exported artefact predicts
-    every test image as the torch scorer does."""
+    gives each again (`--views 0` for the image alone; with Bernoulli spikes too, each pass
+    drawing as a fresh scorer does), and the exported artefact predicts every test image as
+    the torch scorer does (regular coding: no draws to differ)."""
     from spikingjelly_ff.runs.data import load_split
     from spikingjelly_ff.runs.evaluate import evaluate_model
     from spikingjelly_ff.runs.train import train
@@ -144,7 +194,7 @@ def test_training_reports_both_accuracies_and_eval_reproduces_them(tmp_path, min
         [
             f"data.dataset={mini}", "data.download=false", "train.epochs=1", "train.limit=40", "eval.limit=30",
             "model.encoder.steps=9", "train.hebbian.learn_after=3", SMALL, "model.score_layers=[1]",
-            "model.shift_views=1", "threads=1",
+            "model.shift_views=1", "threads=1", f"model.encoder.coding={coding}",
         ],
     )  # fmt: skip
     final = train(cfg, tmp_path / "r", log=lambda s: None, progress=False)["final"]
@@ -152,6 +202,8 @@ def test_training_reports_both_accuracies_and_eval_reproduces_them(tmp_path, min
     model = tmp_path / "r" / "model"
     assert evaluate_model(model, limit=30)["accuracy"] == final["test_accuracy"]
     assert evaluate_model(model, limit=30, shift_views=0)["accuracy"] == final["test_accuracy_single_view"]
+    if coding == "bernoulli":  # torch and numpy draw from their own generators
+        return
     assert main(["export", str(model), "--format", "spike", "--out", str(tmp_path / "m.nir")]) == 0
     from spikingjelly_ff.runs.checkpoint import load_model
 
@@ -161,3 +213,15 @@ def test_training_reports_both_accuracies_and_eval_reproduces_them(tmp_path, min
     assert runtime.art.conv.shift_views == 1
     torch_labels = SpikingConvScorer(net, seed=cfg.seed + 4).predict(x).numpy()
     assert np.array_equal(runtime.predict(x.numpy()), torch_labels)
+
+
+def test_hard_negatives_are_mined_from_the_image_alone():
+    """The views are a test-time setting: training's hard-negative scores stay the image's."""
+    from spikingjelly_ff.runs.train import _scores_fn
+
+    cfg = load_config("conv/spiking-soft-mnist", ["model.shift_views=1"])
+    net = _labelled(1)
+    x = _images(net, 30, 6)
+    got = _scores_fn(net, cfg, "cpu")(x)
+    assert torch.equal(got, SpikingConvScorer(net, views=False).scores(x))
+    assert not torch.equal(got, SpikingConvScorer(net).scores(x))
