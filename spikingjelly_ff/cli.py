@@ -2,7 +2,7 @@
 
     sjff train CONFIG [--set key=value ...] --out RUNDIR [--resume] [--nproc N]
     sjff eval MODEL [--dataset mnist|fashion-mnist] [--limit N] [--views S] [--json]
-    sjff export MODEL --format onnx|spike|spike-onnx --out PATH
+    sjff export MODEL --format onnx|spike --out PATH [--views S]
     sjff analyze MODEL [--dataset mnist] [--limit N] [--json] [--plot FILE.png]
     sjff reproduce paper|beyond --out DIR [--seeds N] [--epochs N] [--limit N]
     sjff data fetch mnist|fashion-mnist [--root DIR]
@@ -77,6 +77,10 @@ def _export(args) -> int:
     from spikingjelly_ff.runs.checkpoint import load_model
 
     net, cfg, meta = load_model(args.model)
+    if args.views is not None:
+        from spikingjelly_ff.runs.evaluate import set_views
+
+        set_views(net, args.views)
     if args.format == "onnx":
         from spikingjelly_ff.export.onnx import analog_to_onnx, spiking_to_onnx
 
@@ -260,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["onnx", "spike"])
     p.add_argument("--out", required=True, help="output file (or directory for --format spike)")
     p.add_argument("--latent", action="store_true", help="analog ONNX: also output the latent activity")
+    p.add_argument(
+        "--views",
+        type=int,
+        default=None,
+        metavar="S",
+        help="analog and spiking conv: the export classifies from 4S+1 shifted views (default: the model's)",
+    )
     p.set_defaults(func=_export)
 
     p = sub.add_parser("analyze", help="latent-space sparsity, separability and a t-SNE picture")

@@ -15,7 +15,7 @@ from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 from spikingjelly_ff.runs.config import RunConfig
 from spikingjelly_ff.runs.distributed import World
 
-__all__ = ["evaluate_arrays", "evaluate_model", "evaluate_sharded", "scorer_for"]
+__all__ = ["evaluate_arrays", "evaluate_model", "evaluate_sharded", "scorer_for", "set_views"]
 
 Predictor = Callable[[Tensor], Tensor]
 
@@ -84,6 +84,18 @@ def evaluate_sharded(
     }
 
 
+def set_views(net: FFNet, shift_views: int) -> None:
+    """Score ``net`` over ``4 * shift_views + 1`` shifted views from now on (0: the image
+    alone); ValueError for a net without views or a shift that leaves nothing of the image."""
+    if not hasattr(net, "shift_views"):
+        raise ValueError("shifted test views exist for analog models and spiking conv models only")
+    if shift_views < 0:
+        raise ValueError("the number of shifted views must be >= 0")
+    if net.image_shape is not None:
+        check_views(shift_views, tuple(net.image_shape))
+    net.shift_views = shift_views
+
+
 def evaluate_model(
     model_dir: str | Path,
     dataset: str | None = None,
@@ -103,13 +115,7 @@ def evaluate_model(
 
     net, cfg, meta = load_model(model_dir, device=device, backend=resolve_backend(cfg_backend(model_dir), device))
     if shift_views is not None:
-        if not hasattr(net, "shift_views"):
-            raise ValueError("shifted test views exist for analog models and spiking conv models only")
-        if shift_views < 0:
-            raise ValueError("the number of shifted views must be >= 0")
-        if net.image_shape is not None:
-            check_views(shift_views, tuple(net.image_shape))
-        net.shift_views = shift_views
+        set_views(net, shift_views)
     ds = dataset or cfg.data.dataset
     data = load_split(ds, split, root or cfg.data.root, download=cfg.data.download).take(limit)
     if data.images.shape[1] != meta["in_features"]:

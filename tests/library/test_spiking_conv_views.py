@@ -213,15 +213,11 @@ def test_training_reports_both_accuracies_and_eval_reproduces_them(tmp_path, min
     assert runtime.art.conv.shift_views == 1
     torch_labels = SpikingConvScorer(net, seed=cfg.seed + 4).predict(x).numpy()
     assert np.array_equal(runtime.predict(x.numpy()), torch_labels)
-
-
-def test_hard_negatives_are_mined_from_the_image_alone():
-    """The views are a test-time setting: training's hard-negative scores stay the image's."""
-    from spikingjelly_ff.runs.train import _scores_fn
-
-    cfg = load_config("conv/spiking-soft-mnist", ["model.shift_views=1"])
-    net = _labelled(1)
-    x = _images(net, 30, 6)
-    got = _scores_fn(net, cfg, "cpu")(x)
-    assert torch.equal(got, SpikingConvScorer(net, views=False).scores(x))
-    assert not torch.equal(got, SpikingConvScorer(net).scores(x))
+    # `sjff export --views` sets the views the artefact scores with (0: the image alone)
+    assert main(["export", str(model), "--format", "spike", "--views", "0", "--out", str(tmp_path / "one.nir")]) == 0
+    single = load_exported(tmp_path / "one.nir")
+    assert single.art.conv.shift_views == 0 and single.art.format_version == UNLABELLED_CONV_FORMAT_VERSION
+    net.shift_views = 0
+    assert np.array_equal(single.predict(x.numpy()), SpikingConvScorer(net, seed=cfg.seed + 4).predict(x).numpy())
+    assert main(["export", str(model), "--format", "spike", "--views", "28", "--out", str(tmp_path / "x.nir")]) == 2
+    assert not (tmp_path / "x.nir").exists()
