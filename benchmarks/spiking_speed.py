@@ -25,7 +25,7 @@ from spikingjelly_ff.learning.reference import ReferenceLoop  # noqa: E402
 from spikingjelly_ff.runs.build import build_model  # noqa: E402
 from spikingjelly_ff.runs.config import load_config  # noqa: E402
 from spikingjelly_ff.runs.data import load_split  # noqa: E402
-from spikingjelly_ff.runs.train import make_samples  # noqa: E402
+from spikingjelly_ff.runs.samples import make_samples  # noqa: E402
 
 
 def dense_flops_train(cfg, samples: int) -> float:

@@ -22,7 +22,8 @@ from common import machine, matmul_peak, print_table, save_json, timed  # noqa: 
 from spikingjelly_ff.runs.build import build_model  # noqa: E402
 from spikingjelly_ff.runs.config import load_config  # noqa: E402
 from spikingjelly_ff.runs.data import load_split  # noqa: E402
-from spikingjelly_ff.runs.train import AnalogStep, make_samples  # noqa: E402
+from spikingjelly_ff.runs.samples import make_samples  # noqa: E402
+from spikingjelly_ff.runs.steps import AnalogStep  # noqa: E402
 
 DEFAULT = ["paper/analog-sigmoid", "paper/analog-symmetric", "analog-deep"]
 

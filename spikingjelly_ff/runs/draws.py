@@ -5,7 +5,7 @@ handles it. That is what makes N data-parallel processes train the model one pro
 
 The key is mixed by splitmix64 into the seed of a torch CPU generator (Mersenne Twister,
 one per sample and purpose: ~2 us to seed); draws are made on the CPU and moved to the
-data's device. The default ``stream`` draws (one generator for the run) are in ``train.py``.
+data's device. The default ``stream`` draws (one generator for the run) are in ``samples.py``.
 """
 
 from __future__ import annotations

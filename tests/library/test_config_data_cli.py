@@ -23,7 +23,7 @@ from spikingjelly_ff.runs.config import (
     load_config,
     shipped_configs,
 )
-from spikingjelly_ff.runs.train import optimizer_lr
+from spikingjelly_ff.runs.steps import optimizer_lr
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -378,12 +378,12 @@ def test_one_sample_make_samples_equals_the_batch_path(dtype):
     tensor path, so a seeded run makes the same samples either way."""
     import torch
 
-    from spikingjelly_ff.runs import train
+    from spikingjelly_ff.runs.samples import make_samples
 
     g_fast, g_ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     for i in range(500):
         labels = torch.tensor([i % 10], dtype=getattr(torch, dtype))
-        rows, shown, y = train.make_samples(labels, "mixed", 10, g_fast)
+        rows, shown, y = make_samples(labels, "mixed", 10, g_fast)
         # the batch path, as make_samples runs it for n > 1
         wrong = (labels + torch.randint(1, 10, (1,), generator=g_ref)) % 10
         y_ref = (torch.rand(1, generator=g_ref) < 0.5).float()

@@ -1,0 +1,171 @@
+"""The sample stream of a training run: batches in the epoch's order, the positive and
+negative samples of each, hard negatives scored ahead, and the epoch loop over them.
+
+``stream_epoch`` drives one epoch of ``train.draws: stream`` (one process); the sharded loop
+(:mod:`~spikingjelly_ff.runs.sharded`) does the same for ``per-sample`` draws. A stopped
+epoch is picked up where :mod:`~spikingjelly_ff.runs.resume` saved it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from spikingjelly_ff.nn.augment import shift_images
+from spikingjelly_ff.runs.config import RunConfig
+
+__all__ = ["Batcher", "HardNegatives", "Lookahead", "make_samples", "stream_epoch"]
+
+
+def make_samples(
+    labels: Tensor, mode: str, num_classes: int, generator: torch.Generator, scores: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Positive and negative samples of a batch.
+
+    Returns ``(index, shown_label, y)``: which batch row each sample uses, the label written
+    into it, and the target (1 positive, 0 negative). ``mixed`` makes each row positive or
+    negative with probability 1/2 (the paper); ``paired`` shows every row both ways.
+    Negatives get a uniformly random wrong label, or, given the model's current ``scores``
+    ``[N, C]`` (``negatives: hard``), a wrong label drawn in proportion to softmax(scores):
+    the labels the network confuses most are shown most often, as Hinton suggests. ``none``
+    (competitive nets): every row once, shown its true class, target 1.
+    """
+    n = labels.shape[0]
+    if mode == "none":
+        return torch.arange(n, device=labels.device), labels, torch.ones(n, device=labels.device)
+    if n == 1 and scores is None and mode == "mixed" and labels.device.type == "cpu":
+        return _one_mixed_sample(labels, num_classes, generator)
+    if scores is None:
+        wrong = (labels + torch.randint(1, num_classes, (n,), generator=generator, device=labels.device)) % num_classes
+    else:
+        logits = scores.float().scatter(1, labels.unsqueeze(1), float("-inf"))
+        wrong = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator).squeeze(1)
+    rows = torch.arange(n, device=labels.device)
+    if mode == "mixed":
+        y = (torch.rand(n, generator=generator, device=labels.device) < 0.5).float()
+        shown = torch.where(y.bool(), labels, wrong)
+        return rows, shown, y
+    y = torch.cat((torch.ones(n, device=labels.device), torch.zeros(n, device=labels.device)))
+    return torch.cat((rows, rows)), torch.cat((labels, wrong)), y
+
+
+def _one_mixed_sample(labels: Tensor, num_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """``make_samples`` of one CPU row, ``mixed``: the same two draws in the same order, the
+    rest on Python numbers (on-line training makes one sample at a time, and eight tiny tensor
+    ops cost more than its presentation's draws)."""
+    offset = int(torch.randint(1, num_classes, (1,), generator=generator))
+    positive = float(torch.rand(1, generator=generator)) < 0.5
+    label = int(labels[0])
+    shown = label if positive else (label + offset) % num_classes
+    rows = torch.zeros(1, dtype=torch.int64)
+    dtype = torch.promote_types(labels.dtype, torch.int64)  # as labels + an int64 draw
+    return rows, torch.tensor([shown], dtype=dtype), torch.tensor([1.0 if positive else 0.0], dtype=torch.float32)
+
+
+@dataclass
+class Batcher:
+    """The batches of an epoch: ``(images [B, D], labels [B], dataset rows [B])``, in an order
+    drawn from ``generator`` when the epoch starts (``shuffle``), else in dataset order."""
+
+    x: Tensor
+    labels: Tensor
+    batch_size: int
+    shuffle: bool
+    generator: torch.Generator
+
+    # the epoch's sample order (drawn when an epoch starts) and, for the next epoch only, where
+    # a resumed run picks it up: (order, first batch)
+    order: Tensor | None = None
+    resume_at: tuple[Tensor, int] | None = None
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        if self.resume_at is not None:
+            (self.order, start), self.resume_at = self.resume_at, None
+        else:
+            self.order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            start = 0
+        order = self.order
+        on_device = order.to(self.x.device)  # one copy per epoch, not one per batch
+        for i in range(start * self.batch_size, n, self.batch_size):
+            rows = on_device[i : i + self.batch_size]
+            yield self.x[rows], self.labels[rows], order[i : i + self.batch_size]
+
+
+class Lookahead:
+    """Iterator over batches that can also hand out the next few batches in advance."""
+
+    def __init__(self, source) -> None:
+        self.source = iter(source)
+        self.buffer: list = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.buffer.pop(0) if self.buffer else next(self.source)
+
+    def upcoming(self, images: int) -> list:
+        """The next batches (left in place) until they hold at least ``images`` images."""
+        while sum(len(b[0]) for b in self.buffer) < images:
+            try:
+                self.buffer.append(next(self.source))
+            except StopIteration:
+                break
+        return self.buffer
+
+
+class HardNegatives:
+    """All-label scores for hard negatives, computed for ~``block`` images at a time: scoring
+    one image per call (online training) would cost far more than learning from it."""
+
+    def __init__(self, scores_fn, block: int = 200) -> None:
+        self.scores_fn = scores_fn
+        self.block = block
+        self.pending: list[Tensor] = []
+
+    def __call__(self, xb: Tensor, stream: Lookahead) -> Tensor:
+        if not self.pending:
+            chunk = [xb, *(b for b, _ in stream.upcoming(self.block - len(xb)))]
+            scores = self.scores_fn(torch.cat(chunk))
+            self.pending = list(torch.split(scores, [len(c) for c in chunk]))
+        return self.pending.pop(0)
+
+
+def stream_epoch(
+    bar, step, cfg: RunConfig, num_classes: int, shape, gen, sample_gen, scores, at=None, checkpoint=None
+) -> tuple[int, int]:
+    """One epoch with the run's random streams (``train.draws: stream``); returns (correctly
+    judged, judged) rows. Every ``train.checkpoint_batches`` batches ``checkpoint(position)``
+    is called with what picks the epoch up there (``at`` of a resumed run): the next batch, the
+    counts, and the batches (images shifted) and hard-negative scores already drawn ahead."""
+    correct, seen, first = 0, 0, 0
+    stream = Lookahead((shift_images(xb, shape, cfg.train.augment_shift, gen), lb) for xb, lb, _ in bar)
+    hard = HardNegatives(scores) if cfg.train.negatives == "hard" else None
+    if at is not None:
+        correct, seen, first = at["correct"], at["seen"], at["batch"]
+        stream.buffer = list(at["buffer"])
+        if hard is not None:
+            hard.pending = list(at["pending"])
+    every = cfg.train.checkpoint_batches
+    for i, (xb, lb) in enumerate(stream, first):
+        scores = None if hard is None else hard(xb, stream)
+        mode = "paired" if cfg.train.negatives == "hard" else cfg.train.negatives
+        rows, shown, y = make_samples(lb, mode, num_classes, sample_gen, scores)
+        pred = step(xb if mode == "mixed" else xb[rows], shown, y)  # mixed: every row once, in order
+        # counted on the device: reading it every batch would make the host wait for the GPU
+        correct = correct + (pred.float() == y).sum()
+        seen += len(y)
+        if not bar.disable and i % 20 == 0:
+            bar.set_postfix(pn_acc=f"{int(correct) / seen:.3f}")
+        if checkpoint is not None and every and (i + 1) % every == 0:
+            pending = [] if hard is None else list(hard.pending)
+            checkpoint({"batch": i + 1, "source": i + 1 + len(stream.buffer), "correct": int(correct), "seen": seen,
+                        "buffer": list(stream.buffer), "pending": pending})  # fmt: skip
+    return int(correct), seen
