@@ -1,23 +1,20 @@
-"""Dynamic batching, interruptible workers, tokens, request validation, repository scanning."""
+"""Dynamic batching: windows, shared batches, cancellation, the byte budget, large batches off the
+event loop."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 
 import grpc
 import numpy as np
 import pytest
-from sjff_client.pb import grpc_service_pb2 as pb
-from sjff_server.auth import Authenticator, AuthError
 from sjff_server.errors import RequestError
 from sjff_server.inference.batching import Batcher
-from sjff_server.inference.engine import InferOptions, InferPlan
-from sjff_server.interrupt import Interrupted, WorkerPool
+from sjff_server.inference.engine import InferOptions
+from sjff_server.interrupt import WorkerPool
 from sjff_server.protocol.rpc import status_of
-from sjff_server.protocol.validation import decode_infer
 from sjff_server.serving.repository import scan_repository
 
 # -- batching -------------------------------------------------------------------------------------
@@ -291,7 +288,6 @@ def test_served_analog_model_runs_large_requests_off_the_loop(sjff_models, mnist
     import serving_utils as su
     from sjff_server.learning.options import LearnOptions
     from sjff_server.serving.models import load_served_model
-    from sjff_server.serving.repository import scan_repository
 
     from spikingjelly_ff.runtime import load_exported
 
@@ -331,211 +327,6 @@ def test_served_analog_model_runs_large_requests_off_the_loop(sjff_models, mnist
     assert served.batcher.inline_rows == 16_000_000 // served.engine.row_macs
     assert gate.calls[0] == (4096, gate.calls[0][1]) and gate.calls[0][1] != loop_thread
     assert gate.calls[1] == (1, loop_thread)
-
-
-# -- interruptible workers ------------------------------------------------------------------------
-
-
-def spin(seconds: float, started: threading.Event | None = None) -> int:
-    if started is not None:
-        started.set()
-    end = time.perf_counter() + seconds
-    n = 0
-    while time.perf_counter() < end:  # a Python loop, like the time-step loop
-        n += 1
-    return n
-
-
-def test_interrupt_stops_a_running_loop_and_the_worker_survives():
-    pool = WorkerPool(1)
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        started = threading.Event()
-        job = pool.submit(lambda: spin(600.0, started), loop)
-        assert await loop.run_in_executor(None, started.wait, LONG)
-        assert pool.interrupt(job)
-        with pytest.raises(Interrupted):  # spin would return a count, 10 minutes from now
-            await job.future
-        # a queued job (the worker is held by `hold`) is dropped without running
-        release = threading.Event()
-        hold = pool.submit(lambda: release.wait(LONG), loop)
-        ran = []
-        queued = pool.submit(lambda: ran.append(1), loop)
-        assert pool.interrupt(queued) and queued.fn is None  # its inputs are let go at once
-        with pytest.raises(Interrupted):
-            await queued.future
-        release.set()
-        assert await hold.future is True
-        assert await pool.submit(lambda: 42, loop).future == 42
-        assert ran == []
-
-    asyncio.run(main())
-    pool.close()
-
-
-def test_interrupt_races_never_lose_a_job():
-    """Interrupts that arrive just as jobs finish must neither hang nor kill the worker."""
-    pool = WorkerPool(2)
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        rng = np.random.default_rng(0)
-        jobs = []
-        for _ in range(300):
-            job = pool.submit(lambda d=float(rng.uniform(0, 0.002)): spin(d), loop)
-            jobs.append(job)
-            if rng.random() < 0.5:
-                loop.call_later(float(rng.uniform(0, 0.003)), pool.interrupt, job)
-        results = await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs), return_exceptions=True), 60)
-        assert all(isinstance(r, int | Interrupted) for r in results)
-        # both workers still run jobs: two jobs that can only finish together, on two threads
-        both = threading.Barrier(2, timeout=LONG)
-        pair = [pool.submit(lambda: (both.wait(), threading.get_ident())[1], loop) for _ in range(2)]
-        idents = await asyncio.gather(*(j.future for j in pair))
-        assert len(set(idents)) == 2
-
-    asyncio.run(main())
-    pool.close()
-
-
-# -- tokens ---------------------------------------------------------------------------------------
-
-
-def md(value):
-    return (("authorization", value),)
-
-
-def test_authenticator(tmp_path, monkeypatch):
-    f = tmp_path / "tokens"
-    f.write_text("# comment\nfirst-token-0123456789\nsecond-token-0123456789\n")
-    auth = Authenticator(f, None, recheck_s=0.0)
-    assert auth.check(md("Bearer first-token-0123456789")) is None
-    assert auth.check(md("bearer second-token-0123456789")) is None
-    assert status_of(auth.check(None))[0] == grpc.StatusCode.UNAUTHENTICATED
-    wrong = auth.check(md("Bearer wrong-token-0123456789"))
-    assert status_of(wrong) == (grpc.StatusCode.UNAUTHENTICATED, "invalid token")
-    assert status_of(auth.check(md("Basic first-token-0123456789")))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert status_of(auth.check(md("Bearer first-token-012345678")))[0] == grpc.StatusCode.UNAUTHENTICATED  # a prefix
-    # rotation: the file is re-read when it changes
-    f.write_text("third-token-0123456789\n")
-    import os
-
-    os.utime(f, (time.time() + 5, time.time() + 5))
-    assert auth.check(md("Bearer third-token-0123456789")) is None
-    assert auth.check(md("Bearer first-token-0123456789")) is not None
-    monkeypatch.setenv("MY_TOKEN", "env-token-0123456789")
-    assert Authenticator(None, "MY_TOKEN").check(md("Bearer env-token-0123456789")) is None
-    never = Authenticator(None, "UNSET_VARIABLE_XYZ").check(md("Bearer x"))
-    assert status_of(never)[0] == grpc.StatusCode.PERMISSION_DENIED
-    f.write_text("short\n")
-    with pytest.raises(AuthError, match="at least 16"):
-        Authenticator(f, None)
-
-
-# -- validation -----------------------------------------------------------------------------------
-
-
-class FakeServed:
-    kind = "analog"
-    in_features = 4
-    num_classes = 3
-    max_steps = None
-    default_outputs = ["scores", "label"]
-    default_plan = InferPlan(InferOptions(), ("scores", "label"))
-
-    class engine:  # noqa: N801
-        outputs = {
-            "scores": type("S", (), {"datatype": "FP32", "shape": (-1, 3)})(),
-            "label": type("S", (), {"datatype": "INT64", "shape": (-1,)})(),
-        }
-
-
-def req(data, datatype="FP32", shape=None, raw=True, **kw) -> pb.ModelInferRequest:
-    arr = np.asarray(data)
-    r = pb.ModelInferRequest(model_name="m", **kw)
-    t = r.inputs.add(name="images", datatype=datatype, shape=shape if shape is not None else arr.shape)
-    if raw:
-        r.raw_input_contents.append(arr.tobytes())
-    else:
-        t.contents.fp32_contents.extend(arr.ravel().tolist())
-    return r
-
-
-@pytest.mark.parametrize(
-    ("request_", "message"),
-    [
-        (req(np.zeros((1, 5), np.float32)), "shape [N, 4]"),
-        (req(np.zeros((1, 4), np.float32), shape=[1, 2, 3]), "shape [N, 4]"),
-        (req(np.zeros((1, 4), np.float32), shape=[2, 4]), "hold 16 bytes"),
-        (req(np.array([[0, np.nan, 0, 0]], np.float32)), "NaN or Inf"),
-        (req(np.array([[0, np.inf, 0, 0]], np.float32)), "NaN or Inf"),
-        (req(np.array([[0, 2, 0, 0]], np.float32)), "lie in [0, 1]"),
-        (req(np.zeros((1, 4), np.int32), datatype="INT32"), "FP32"),
-        (req(np.zeros((1, 4), np.float32), datatype="BYTES"), "FP32"),
-        (req(np.zeros((0, 4), np.float32)), "no image"),
-        (req(np.zeros((1, 4), np.float32), shape=[-1, 4]), "shape"),
-        (req(np.zeros((1, 3), np.float32), raw=False, shape=[1, 4]), "holds 3 values"),
-    ],
-)
-def test_bad_inference_inputs(request_, message):
-    with pytest.raises(RequestError) as err:
-        decode_infer(request_, FakeServed, 100)
-    assert status_of(err.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
-    assert message in err.value.message
-
-
-def test_good_inference_inputs():
-    x, plan = decode_infer(req(np.full((2, 4), 255, np.uint8), datatype="UINT8"), FakeServed, 100)
-    assert x.dtype == np.float32 and x.max() == 1.0 and plan.outputs == ("scores", "label")
-    x, _ = decode_infer(req(np.full((1, 2, 2), 0.5, np.float64), datatype="FP64"), FakeServed, 100)
-    assert x.shape == (1, 4) and x.dtype == np.float32
-    x, _ = decode_infer(req(np.full((1, 4), 0.25, np.float32), raw=False), FakeServed, 100)
-    np.testing.assert_array_equal(x, np.full((1, 4), 0.25, np.float32))
-    r = req(np.zeros((1, 4), np.float32))
-    r.outputs.add(name="nope")
-    with pytest.raises(RequestError, match="unknown output"):
-        decode_infer(r, FakeServed, 100)
-    r = req(np.zeros((1, 4), np.float32))
-    r.parameters["steps"].int64_param = 3
-    with pytest.raises(RequestError, match="spiking models only"):
-        decode_infer(r, FakeServed, 100)
-    r = req(np.zeros((1, 4), np.float32))
-    r.parameters["seed"].string_param = "x"
-    with pytest.raises(RequestError, match="must be an integer"):
-        decode_infer(r, FakeServed, 100)
-    with pytest.raises(RequestError, match="at most 1 images"):
-        decode_infer(req(np.zeros((2, 4), np.float32)), FakeServed, 1)
-
-
-# -- repository -----------------------------------------------------------------------------------
-
-
-def test_repository_scan(tmp_path, sjff_models):
-    import shutil
-
-    (tmp_path / "good" / "1").mkdir(parents=True)
-    shutil.copy(sjff_models["analog"], tmp_path / "good" / "1" / "model.onnx")
-    (tmp_path / "good" / "3").mkdir()
-    shutil.copy(sjff_models["spike"], tmp_path / "good" / "3" / "model.nir")
-    (tmp_path / "good" / "config.json").write_text(json.dumps({"max_batch_size": 8}))
-    (tmp_path / "good" / "3" / "config.json").write_text(json.dumps({"learning": False}))
-    (tmp_path / "empty" / "1").mkdir(parents=True)
-    (tmp_path / "badcfg" / "1").mkdir(parents=True)
-    shutil.copy(sjff_models["analog"], tmp_path / "badcfg" / "1" / "model.onnx")
-    (tmp_path / "badcfg" / "config.json").write_text(json.dumps({"max_batch": 8}))
-    (tmp_path / "bad name!" / "1").mkdir(parents=True)
-    specs, problems = scan_repository(tmp_path)
-    assert [(s.name, s.version, s.kind, s.config.max_batch_size, s.config.learning) for s in specs] == [
-        ("good", "1", "analog", 8, True),
-        ("good", "3", "spiking", 8, False),
-    ]
-    text = "\n".join(problems)
-    assert (
-        "needs exactly one of" in text
-        and "unknown config keys ['max_batch']" in text
-        and "not a valid model name" in text
-    )
 
 
 def test_window_policy_waits_only_under_load():

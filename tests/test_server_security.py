@@ -20,8 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sjff_client import AsyncClient, Client
 from sjff_client.cli import main as client_cli
+from sjff_server.auth import Authenticator, AuthError
 from sjff_server.harness import ServerProcess
 from sjff_server.healthcheck import check
+from sjff_server.protocol.rpc import status_of
 
 
 def _key():
@@ -321,3 +323,37 @@ def test_learning_is_never_served_without_an_authenticator():
 
     with pytest.raises(ValueError, match="needs an Authenticator"):
         LearningService(ModelRegistry(), Metrics(), None)
+
+
+# -- tokens ---------------------------------------------------------------------------------------
+
+
+def md(value):
+    return (("authorization", value),)
+
+
+def test_authenticator(tmp_path, monkeypatch):
+    f = tmp_path / "tokens"
+    f.write_text("# comment\nfirst-token-0123456789\nsecond-token-0123456789\n")
+    auth = Authenticator(f, None, recheck_s=0.0)
+    assert auth.check(md("Bearer first-token-0123456789")) is None
+    assert auth.check(md("bearer second-token-0123456789")) is None
+    assert status_of(auth.check(None))[0] == grpc.StatusCode.UNAUTHENTICATED
+    wrong = auth.check(md("Bearer wrong-token-0123456789"))
+    assert status_of(wrong) == (grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+    assert status_of(auth.check(md("Basic first-token-0123456789")))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert status_of(auth.check(md("Bearer first-token-012345678")))[0] == grpc.StatusCode.UNAUTHENTICATED  # a prefix
+    # rotation: the file is re-read when it changes
+    f.write_text("third-token-0123456789\n")
+    import os
+
+    os.utime(f, (time.time() + 5, time.time() + 5))
+    assert auth.check(md("Bearer third-token-0123456789")) is None
+    assert auth.check(md("Bearer first-token-0123456789")) is not None
+    monkeypatch.setenv("MY_TOKEN", "env-token-0123456789")
+    assert Authenticator(None, "MY_TOKEN").check(md("Bearer env-token-0123456789")) is None
+    never = Authenticator(None, "UNSET_VARIABLE_XYZ").check(md("Bearer x"))
+    assert status_of(never)[0] == grpc.StatusCode.PERMISSION_DENIED
+    f.write_text("short\n")
+    with pytest.raises(AuthError, match="at least 16"):
+        Authenticator(f, None)

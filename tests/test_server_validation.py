@@ -1,4 +1,5 @@
-"""Typed ``contents`` are range-checked: a value that does not fit its datatype (300 for UINT8)
+"""Request validation. Bad inference inputs get INVALID_ARGUMENT with a message that names the
+problem; typed ``contents`` are range-checked: a value that does not fit its datatype (300 for UINT8)
 is INVALID_ARGUMENT, never wrapped (300 -> 44) and never an OverflowError (INTERNAL)."""
 
 from __future__ import annotations
@@ -213,3 +214,78 @@ def test_raw_fp32_range_check_at_the_edges(value, ok):
     else:
         with pytest.raises(InvalidInput, match="NaN or Inf|must lie in"):
             decode_infer(request, served, 16)
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+
+class FakeServed:
+    kind = "analog"
+    in_features = 4
+    num_classes = 3
+    max_steps = None
+    default_outputs = ["scores", "label"]
+    default_plan = InferPlan(InferOptions(), ("scores", "label"))
+
+    class engine:  # noqa: N801
+        outputs = {
+            "scores": type("S", (), {"datatype": "FP32", "shape": (-1, 3)})(),
+            "label": type("S", (), {"datatype": "INT64", "shape": (-1,)})(),
+        }
+
+
+def req(data, datatype="FP32", shape=None, raw=True, **kw) -> pb.ModelInferRequest:
+    arr = np.asarray(data)
+    r = pb.ModelInferRequest(model_name="m", **kw)
+    t = r.inputs.add(name="images", datatype=datatype, shape=shape if shape is not None else arr.shape)
+    if raw:
+        r.raw_input_contents.append(arr.tobytes())
+    else:
+        t.contents.fp32_contents.extend(arr.ravel().tolist())
+    return r
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (req(np.zeros((1, 5), np.float32)), "shape [N, 4]"),
+        (req(np.zeros((1, 4), np.float32), shape=[1, 2, 3]), "shape [N, 4]"),
+        (req(np.zeros((1, 4), np.float32), shape=[2, 4]), "hold 16 bytes"),
+        (req(np.array([[0, np.nan, 0, 0]], np.float32)), "NaN or Inf"),
+        (req(np.array([[0, np.inf, 0, 0]], np.float32)), "NaN or Inf"),
+        (req(np.array([[0, 2, 0, 0]], np.float32)), "lie in [0, 1]"),
+        (req(np.zeros((1, 4), np.int32), datatype="INT32"), "FP32"),
+        (req(np.zeros((1, 4), np.float32), datatype="BYTES"), "FP32"),
+        (req(np.zeros((0, 4), np.float32)), "no image"),
+        (req(np.zeros((1, 4), np.float32), shape=[-1, 4]), "shape"),
+        (req(np.zeros((1, 3), np.float32), raw=False, shape=[1, 4]), "holds 3 values"),
+    ],
+)
+def test_bad_inference_inputs(request_, message):
+    with pytest.raises(RequestError) as err:
+        decode_infer(request_, FakeServed, 100)
+    assert status_of(err.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.message
+
+
+def test_good_inference_inputs():
+    x, plan = decode_infer(req(np.full((2, 4), 255, np.uint8), datatype="UINT8"), FakeServed, 100)
+    assert x.dtype == np.float32 and x.max() == 1.0 and plan.outputs == ("scores", "label")
+    x, _ = decode_infer(req(np.full((1, 2, 2), 0.5, np.float64), datatype="FP64"), FakeServed, 100)
+    assert x.shape == (1, 4) and x.dtype == np.float32
+    x, _ = decode_infer(req(np.full((1, 4), 0.25, np.float32), raw=False), FakeServed, 100)
+    np.testing.assert_array_equal(x, np.full((1, 4), 0.25, np.float32))
+    r = req(np.zeros((1, 4), np.float32))
+    r.outputs.add(name="nope")
+    with pytest.raises(RequestError, match="unknown output"):
+        decode_infer(r, FakeServed, 100)
+    r = req(np.zeros((1, 4), np.float32))
+    r.parameters["steps"].int64_param = 3
+    with pytest.raises(RequestError, match="spiking models only"):
+        decode_infer(r, FakeServed, 100)
+    r = req(np.zeros((1, 4), np.float32))
+    r.parameters["seed"].string_param = "x"
+    with pytest.raises(RequestError, match="must be an integer"):
+        decode_infer(r, FakeServed, 100)
+    with pytest.raises(RequestError, match="at most 1 images"):
+        decode_infer(req(np.zeros((2, 4), np.float32)), FakeServed, 1)
