@@ -20,6 +20,17 @@ def make_learner(sjff_models, state, **opts) -> Learner:
     return Learner("mnist", "1", make_engine(model), model, sjff_models["analog"], state, LearnOptions(**opts))
 
 
+async def started_learner(sjff_models, state, xs, labels, n: int, **opts) -> Learner:
+    """A recovered, started learner (no snapshots unless ``opts`` ask for them) that has
+    acknowledged ``n`` updates: sample i with seed i."""
+    learner = make_learner(sjff_models, state, **{"snapshot_every": 0, "snapshot_interval_s": 0, **opts})
+    learner.recover()
+    await learner.start()
+    for i in range(n):
+        await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+    return learner
+
+
 def learn_and_crash(sjff_models, state, xs, labels, n, **opts):
     """``n`` updates (sample i, seed i) on a fresh learner, closed without a final snapshot (as a
     crash after the last acknowledgement would leave it); returns the weights it served."""

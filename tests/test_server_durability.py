@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 import pytest
-from learner_utils import code, job, learn_and_crash, make_learner, replay
+from learner_utils import code, job, learn_and_crash, make_learner, replay, started_learner
 from serving_utils import as_float
 from sjff_server.errors import RequestError
 from sjff_server.storage.durability import UpdateLog
@@ -23,9 +23,7 @@ def test_learner_orders_groups_refuses_and_recovers(sjff_models, mnist_samples, 
     xs = as_float(images[:40])
 
     async def run():
-        learner = make_learner(sjff_models, tmp_path / "state", snapshot_every=15, snapshot_interval_s=0)
-        learner.recover()
-        await learner.start()
+        learner = await started_learner(sjff_models, tmp_path / "state", xs, labels, 0, snapshot_every=15)
         # 30 concurrent updates: applied in submission order, grouped, each its own version
         results = await asyncio.gather(*[learner.learn(job(xs[i : i + 1], labels[i], seed=i)) for i in range(30)])
         assert [v for v, _ in results] == list(range(1, 31))
@@ -79,11 +77,7 @@ def test_learner_rollback_and_state_at(sjff_models, mnist_samples, tmp_path):
     xs = as_float(images[:10])
 
     async def run():
-        learner = make_learner(sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0)
-        learner.recover()
-        await learner.start()
-        for i in range(6):
-            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        learner = await started_learner(sjff_models, tmp_path / "s", xs, labels, 6)
         new, restored = await learner.rollback(2)
         assert (new, restored) == (7, 2)
         v, _ = await learner.learn(job(xs[7:8], labels[7], seed=7))
@@ -139,11 +133,7 @@ def test_replay_is_checked_against_logged_digests(sjff_models, mnist_samples, tm
     xs = as_float(images[:12])
 
     async def run():
-        learner = make_learner(sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0, digest_every=4)
-        learner.recover()
-        await learner.start()
-        for i in range(10):
-            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        learner = await started_learner(sjff_models, tmp_path / "s", xs, labels, 10, digest_every=4)
         version, digest = learner.weights_digest()
         assert version == 10
         assert digest == state_digest(learner.published.model.weights, learner.published.model.eligibility)
@@ -271,11 +261,7 @@ def test_a_log_that_ends_before_the_newest_snapshot_is_refused_then_repaired(sjf
     state = tmp_path / "s"
 
     async def run():
-        learner = make_learner(sjff_models, state, snapshot_every=0, snapshot_interval_s=0)
-        learner.recover()
-        await learner.start()
-        for i in range(5):
-            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        learner = await started_learner(sjff_models, state, xs, labels, 5)
         await learner.snapshot()
         await learner.close(final_snapshot=False)
 

@@ -7,7 +7,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from learner_utils import code, job, make_learner
+from learner_utils import code, job, make_learner, started_learner
 from serving_utils import as_float
 from sjff_server.errors import RequestError
 
@@ -17,11 +17,7 @@ def test_storage_failure_stops_learning_but_keeps_the_durable_weights(sjff_model
     xs = as_float(images[:20])
 
     async def run():
-        learner = make_learner(sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0)
-        learner.recover()
-        await learner.start()
-        for i in range(3):
-            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        learner = await started_learner(sjff_models, tmp_path / "s", xs, labels, 3)
         durable = [w.copy() for w in learner.published.model.weights]
         real_append = learner.log.append
 
@@ -88,10 +84,7 @@ def test_outcome_unknown_when_the_log_cannot_be_cut_back(sjff_models, mnist_samp
     xs = as_float(images[:4])
 
     async def run():
-        learner = make_learner(sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0)
-        learner.recover()
-        await learner.start()
-        await learner.learn(job(xs[:1], labels[0], seed=0))
+        learner = await started_learner(sjff_models, tmp_path / "s", xs, labels, 1)
         monkeypatch.setattr(durability, "_sync", lambda fd: (_ for _ in ()).throw(OSError(5, "EIO")))
         monkeypatch.setattr(durability.os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(OSError(5, "EIO")))
         with pytest.raises(RequestError) as err:
@@ -157,9 +150,7 @@ def test_close_finishes_when_storage_fails_during_shutdown(sjff_models, mnist_sa
     xs = as_float(images[:4])
 
     async def run():
-        learner = make_learner(sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0, max_group=1)
-        learner.recover()
-        await learner.start()
+        learner = await started_learner(sjff_models, tmp_path / "s", xs, labels, 0, max_group=1)
 
         def failing_append(records):
             raise OSError(5, "Input/output error")
@@ -179,11 +170,7 @@ def test_a_rollback_that_fails_before_its_append_reuses_no_version(sjff_models, 
     xs = as_float(images[:6])
 
     async def run():
-        learner = make_learner(sjff_models, tmp_path / "s", snapshot_every=0, snapshot_interval_s=0)
-        learner.recover()
-        await learner.start()
-        for i in range(3):
-            await learner.learn(job(xs[i : i + 1], labels[i], seed=i))
+        learner = await started_learner(sjff_models, tmp_path / "s", xs, labels, 3)
         real_publish = learner.engine.publish
 
         def failing_publish(version, model):
