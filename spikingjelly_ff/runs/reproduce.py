@@ -57,6 +57,10 @@ BEYOND = {
         "Spiking conv Hebbian, the same with a soft reset (threshold 0.35) and 23 steps, no autograd",
         "MNIST",
     ),
+    "conv/spiking-soft-shift-mnist": (
+        "Spiking conv Hebbian, the same trained on 1-pixel shifts, 5 test views, no autograd",
+        "MNIST",
+    ),
 }
 
 #: Seeds per row unless told: the paper's runs are short, the others are not.
