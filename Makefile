@@ -32,7 +32,7 @@ bench: setup  ## speed tables (benchmarks/*.py)
 reproduce: setup  ## the paper's table, full MNIST, 10 epochs per row, mean ± sd over 5 seeds (~35 min, 1 core)
 	$(VENV)/bin/sjff reproduce paper --out runs/paper
 
-reproduce-beyond: setup  ## the models beyond the paper, 10 epochs, mean ± sd over 3 seeds (~14 h, 1 core)
+reproduce-beyond: setup  ## the models beyond the paper, 10 epochs, mean ± sd over 3 seeds (~37 h of one-thread runs here, docs/results/beyond.json)
 	$(VENV)/bin/sjff reproduce beyond --out runs/beyond
 
 clean:

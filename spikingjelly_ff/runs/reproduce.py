@@ -61,6 +61,10 @@ BEYOND = {
         "Spiking conv Hebbian, the same trained on 1-pixel shifts, 5 test views, no autograd",
         "MNIST",
     ),
+    "conv/spiking-soft-shift-wide-mnist": (
+        "Spiking conv Hebbian, the same on 30-60-120 channels, 5 test views, no autograd",
+        "MNIST",
+    ),
 }
 
 #: Seeds per row unless told: the paper's runs are short, the others are not.
