@@ -255,6 +255,8 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("the Hebbian learner needs a quadratic goodness (sum_squares or mean_squares)")
     if m.kind == "spiking" and t.learner != "hebbian":
         raise ConfigError("spiking models train with train.learner=hebbian")
+    if not 0 <= cfg.seed < 2**63:  # numpy's generators refuse negative seeds, torch's take 64 bits
+        raise ConfigError(f"seed must lie in [0, 2**63), got {cfg.seed}")
     for key in ("train.epochs", "train.batch_size", "eval.batch_size", "model.encoder.steps"):
         if flat[key] < 1:
             raise ConfigError(f"{key} must be >= 1")

@@ -63,6 +63,8 @@ def test_shipped_configs_load():
         (["train.optimizer.warmup=1.0"], r"warmup is a fraction of the run in \[0, 1\)"),
         (["train.optimizer.warmup=-0.1"], r"warmup is a fraction of the run in \[0, 1\)"),
         (["train.checkpoint_batches=-1"], "train.checkpoint_batches must be >= 0"),
+        (["seed=-1"], r"seed must lie in \[0, 2\*\*63\)"),
+        ([f"seed={2**63}"], r"seed must lie in \[0, 2\*\*63\)"),
     ],
 )
 def test_bad_configs_give_clear_errors(overrides, message):
