@@ -36,7 +36,7 @@ def spiking_row(model_dir: str, limit: int | None, tmp: Path) -> dict:
     x = data.images.astype(np.float32) / 255.0
     path = export_spike(net, tmp / "conv.nir", meta.get("image_shape"), hebbian=cfg.train.hebbian, name=cfg.name)
     model = load_exported(path)
-    scorer = SpikingConvScorer(net, seed=cfg.seed + 4)
+    scorer = SpikingConvScorer(net, seed=cfg.seed + 4, readout=net.readout is not None)  # the class sjff eval gives
     t_torch, pred_t = timed(lambda: scorer.predict(torch.from_numpy(x)).numpy())
     t_rt, pred_r = timed(model.predict, x)
     return {

@@ -2,6 +2,7 @@
 
     sjff train CONFIG [--set key=value ...] --out RUNDIR [--resume] [--nproc N]
     sjff eval MODEL [--dataset mnist|fashion-mnist] [--limit N] [--views S] [--json]
+    sjff readout MODEL [--set train.readout.key=value ...] --out DIR [--json]
     sjff export MODEL --format onnx|spike --out PATH [--views S]
     sjff analyze MODEL [--dataset mnist] [--limit N] [--json] [--plot FILE.png]
     sjff reproduce paper|beyond --out DIR [--seeds N] [--epochs N] [--limit N]
@@ -59,6 +60,15 @@ def _eval(args) -> int:
     else:
         acc, n, sec = result["accuracy"], result["n"], result["seconds"]
         print(f"{result['dataset']} {args.split}: accuracy {acc:.4f} on {n} images in {sec:.1f}s")
+    return 0
+
+
+def _readout(args) -> int:
+    from spikingjelly_ff.runs.readout import fit_readout
+
+    metrics = fit_readout(args.model, args.out, args.set, log=(lambda s: None) if args.json else print)
+    ro = metrics["readout"]
+    print(json.dumps({"out": str(args.out), **ro}) if args.json else f"model written to {Path(args.out) / 'model'}")
     return 0
 
 
@@ -258,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("readout", help="fit a linear readout to a trained model (its train.readout settings)")
+    p.add_argument("model", help="model directory (RUNDIR/model)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train.readout.* key")
+    p.add_argument("--out", required=True, help="output directory (model/ with the readout, and metrics.json)")
+    p.add_argument("--json", action="store_true", help="print the readout's metrics as JSON")
+    p.set_defaults(func=_readout)
 
     p = sub.add_parser("export", help="export a model to ONNX or the spike-runtime format")
     p.add_argument("model")

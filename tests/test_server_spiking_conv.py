@@ -94,6 +94,31 @@ def test_serves_and_learns_a_spiking_conv_model(spiking_conv_export, tmp_path, t
         assert srv.stop() == 0
 
 
+def _competitive_net(mnist_samples, *extra: str):
+    """(config, net) of a small channel-wise competitive spiking conv net, trained a little on
+    digits 20-254 so that its labels on the first 20 vary; ``extra``: more config settings."""
+    sets = [s for s in SPIKING_CONV if not s.startswith(("model.goodness_over", "model.probability", "model.conv"))]
+    cfg = load_config(None, [
+        *sets, "model.goodness_over=group:10", "train.negatives=none",
+        "model.probability={kind: competitive, temperature: 0.2, eps: 1.0e-8}",
+        "model.conv=[{channels: 20, kernel: 5, pool: max}, {channels: 30, kernel: 3, padding: 1}]", *extra,
+    ])  # fmt: skip
+    net = build_model(cfg.model, 784, 10, seed=0)
+    images, labels = mnist_samples
+    trainer = SpikingConvTrainer(net, replace(cfg.train.hebbian, eta=0.002))
+    for i in range(20, 255, 5):
+        trainer.train_batch(torch.from_numpy(su.as_float(images[i : i + 5])), torch.from_numpy(labels[i : i + 5]), None)
+    return cfg, net
+
+
+def _export(net, cfg, tmp_path):
+    """``net`` saved as a run's model and exported by ``sjff export --format spike``; the folder."""
+    save_model(tmp_path / "run" / "model", net, cfg)
+    path = tmp_path / "export"
+    assert sjff(["export", str(tmp_path / "run" / "model"), "--format", "spike", "--out", str(path)]) == 0
+    return path
+
+
 def test_serves_and_learns_a_competitive_spiking_conv_model(tmp_path, token_path, mnist_samples):
     """A channel-wise competitive spiking conv export (no label input, one presentation scores
     every class): served labels are the torch scorer's, a Learn with true labels returns the
@@ -101,22 +126,10 @@ def test_serves_and_learns_a_competitive_spiking_conv_model(tmp_path, token_path
     with INVALID_ARGUMENT and changes nothing."""
     import grpc
 
-    sets = [s for s in SPIKING_CONV if not s.startswith(("model.goodness_over", "model.probability", "model.conv"))]
-    cfg = load_config(None, [
-        *sets, "model.goodness_over=group:10", "train.negatives=none",
-        "model.probability={kind: competitive, temperature: 0.2, eps: 1.0e-8}",
-        "model.conv=[{channels: 20, kernel: 5, pool: max}, {channels: 30, kernel: 3, padding: 1}]",
-    ])  # fmt: skip
-    net = build_model(cfg.model, 784, 10, seed=0)
+    cfg, net = _competitive_net(mnist_samples)
     images, labels = mnist_samples
     x = su.as_float(images[:20])
-    # a little training on other digits, so that the served labels vary
-    trainer = SpikingConvTrainer(net, replace(cfg.train.hebbian, eta=0.002))
-    for i in range(20, 255, 5):
-        trainer.train_batch(torch.from_numpy(su.as_float(images[i : i + 5])), torch.from_numpy(labels[i : i + 5]), None)
-    save_model(tmp_path / "run" / "model", net, cfg)
-    path = tmp_path / "export"
-    assert sjff(["export", str(tmp_path / "run" / "model"), "--format", "spike", "--out", str(path)]) == 0
+    path = _export(net, cfg, tmp_path)
     local = load_exported(path)
     assert isinstance(local, SpikeConvModel) and local.competitive
     want = SpikingConvScorer(net).predict(torch.from_numpy(x)).numpy()
@@ -167,3 +180,39 @@ def test_state_digest_of_empty_arrays():
     assert digest == state_digest([a.copy() for a in w], e)
     assert digest != state_digest([w[0], np.zeros((0, 2, 4, 5), np.float32)], e)
     assert digest != state_digest([w[0] * 2, w[1]], e)
+
+
+def test_serves_a_spiking_conv_model_with_a_readout(tmp_path, token_path, mnist_samples):
+    """A competitive spiking conv net with a linear readout (``train.readout``), exported: the
+    server answers the readout's classes (the torch scorer's with its readout and the runtime's,
+    not the goodness score's), a Learn changes the conv kernels and returns the readout's class
+    margins, and the served state exported as a snapshot keeps the readout as it was."""
+    from spikingjelly_ff.runs.readout import train_readout
+
+    cfg, net = _competitive_net(mnist_samples, "train.readout={enabled: true, layers: [0, 1], epochs: 5, lr: 0.003}")
+    images, labels = mnist_samples
+    x = su.as_float(images[:20])
+    fit = torch.from_numpy(su.as_float(images[20:255]))
+    train_readout(net, cfg.train.readout, 0, fit, torch.from_numpy(labels[20:255]).long(), "cpu", log=lambda s: None)
+    path = _export(net, cfg, tmp_path)
+    local = load_exported(path)
+    assert local.art.readout is not None
+    want = SpikingConvScorer(net, readout=True).predict(torch.from_numpy(x)).numpy()
+    goodness = SpikingConvScorer(net).predict(torch.from_numpy(x)).numpy()
+    assert not np.array_equal(want, goodness) and len(set(want.tolist())) > 1  # the check tells them apart
+    repo = su.make_repository(tmp_path / "repo", {"ro": path / "model.nir"})
+    args = ["--max-eta", "1", "--snapshot-interval", "0"]
+    with ServerProcess(repo, state_dir=tmp_path / "state", token_file=token_path, extra_args=args) as srv:
+        with Client(srv.target, token_file=token_path) as c:
+            got = c.infer(x, model="ro")
+            assert got.version == 0 and np.array_equal(got.label, want)
+            kernels = [k.copy() for k in local.kernels]
+            _learn_and_compare(c, local, x, labels, "ro", got)  # the readout's class margins back
+            assert any(np.abs(a - b).max() > 0 for a, b in zip(local.kernels, kernels))
+            snap = c.snapshot(model="ro", export=True)
+            exported = load_exported(snap.artifact_path)
+            for a, b in zip(exported.art.readout, local.art.readout):
+                assert np.array_equal(a, b)
+            for a, b in zip(exported.weights, local.weights):
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        assert srv.stop() == 0

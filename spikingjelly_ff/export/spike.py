@@ -14,7 +14,7 @@ from spikingjelly_ff.functional.params import EvalParams, HebbianParams
 from spikingjelly_ff.nn.models import SpikingFFNet
 from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 from spikingjelly_ff.runtime.artifact import SpikeArtifact, read_artifact, write_artifact
-from spikingjelly_ff.runtime.conv_artifact import ConvLayerMeta, SpikeConv
+from spikingjelly_ff.runtime.conv_artifact import ConvLayerMeta, ConvReadout, SpikeConv
 
 __all__ = ["artifact_from_model", "export_spike", "resolve_spike_path", "to_spikingjelly"]
 
@@ -27,7 +27,8 @@ def _conv_layout(net: SpikingConvFFNet) -> SpikeConv:
         la = ConvLayerMeta(c, spec.kernel, spec.stride, spec.padding, spec.pool, spec.pool_size, shape, (c, oh, ow))
         layers.append(la)
         shape = la.out_shape
-    return SpikeConv(net.over, layers, labelled=not net.competitive, shift_views=net.shift_views)
+    readout = None if net.readout is None else ConvReadout(tuple(net.readout_layers), net.readout_grid)
+    return SpikeConv(net.over, layers, labelled=not net.competitive, shift_views=net.shift_views, readout=readout)
 
 
 def _arrays(tensors) -> list[np.ndarray]:
@@ -49,7 +50,7 @@ def artifact_from_model(
     weights (``eligibility`` in the same order; empty for a competitive net, which sees no
     label), and its image shape is the net's own."""
     code = net.embedding.label_code
-    conv = None
+    conv = readout = None
     weights = _arrays(layer.weight for layer in net.layers)
     if isinstance(net, SpikingConvFFNet):
         conv = _conv_layout(net)
@@ -57,6 +58,10 @@ def artifact_from_model(
         if image_shape is not None and tuple(image_shape) != net._hw():
             raise ValueError(f"image_shape {tuple(image_shape)} differs from the conv net's own {net._hw()}")
         image_shape = net._hw()
+        if net.readout is not None:
+            readout = tuple(_arrays((net.readout.weight, net.readout.bias)))
+    elif net.readout is not None:  # not reached: train.readout refuses dense spiking nets
+        raise ValueError("a dense spiking net's readout cannot be exported")
     return SpikeArtifact(
         weights=weights,
         neuron=net.neuron_params,
@@ -77,6 +82,7 @@ def artifact_from_model(
         name=name,
         library_version=__version__,
         conv=conv,
+        readout=readout,
     )
 
 

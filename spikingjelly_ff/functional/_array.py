@@ -75,6 +75,14 @@ def ones_bool(x):
     return np.ones(x.shape, dtype=bool)
 
 
+def log_softmax(z):
+    """log softmax over the last axis."""
+    if is_torch(z):
+        return xp(z).log_softmax(z, -1)
+    shifted = z - z.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
 def concat(parts, axis: int = -1):
     if is_torch(parts[0]):
         return xp(parts[0]).cat(parts, dim=axis)

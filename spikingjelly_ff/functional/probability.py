@@ -22,8 +22,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
 from spikingjelly_ff.functional import _array
 
 Tensor = Any  # a torch tensor or a numpy array
@@ -94,18 +92,10 @@ def polar_modulation(g_pos: Tensor, g_neg: Tensor, y: Tensor, alpha: float, thet
     return m, -m
 
 
-def _log_softmax(z: Tensor) -> Tensor:
-    """log softmax over the last axis."""
-    if _array.is_torch(z):
-        return _array.xp(z).log_softmax(z, -1)
-    shifted = z - z.max(-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-
-
 def competitive_log_probs(g: Tensor, temperature: float, eps: float) -> Tensor:
     """log p_c = log softmax_c(log(G_c + eps) / T) of class goodnesses ``g`` ``[N, C]``."""
     _check_classes(g)
-    return _log_softmax(_array.log(g + eps) / temperature)
+    return _array.log_softmax(_array.log(g + eps) / temperature)
 
 
 def _check_classes(g: Tensor, labels: Tensor | None = None) -> None:

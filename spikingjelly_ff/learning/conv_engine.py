@@ -16,6 +16,7 @@ from torch import Tensor
 
 from spikingjelly_ff.functional.labels import spike_rates
 from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.functional.readout import map_latent
 from spikingjelly_ff.functional.schedule import schedule_factor
 from spikingjelly_ff.functional.views import translate, view_offsets
 from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
@@ -146,13 +147,23 @@ class SpikingConvScorer:
     chunk = SCORE_CHUNK  # images per internal batch (and label draw), as the numpy runtime's
 
     def __init__(
-        self, net: SpikingConvFFNet, seed: int = 0, device="cpu", repeats: int = 1, views: bool = True
+        self,
+        net: SpikingConvFFNet,
+        seed: int = 0,
+        device="cpu",
+        repeats: int = 1,
+        views: bool = True,
+        readout: bool = False,
     ) -> None:
         """``views``: sum the net's shifted views (False: the image alone, as training's hard
-        negatives are mined)."""
+        negatives are mined). ``readout``: the scores are the net's readout logits (a
+        competitive net with a readout), not its goodness scores."""
+        if readout and net.readout is None:
+            raise ValueError("this model has no trained readout")
         self.net = net
         self.repeats = repeats
         self.views = views
+        self.readout = readout
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     @torch.no_grad()
@@ -171,6 +182,20 @@ class SpikingConvScorer:
     def predict(self, x: Tensor) -> Tensor:
         return self.scores(x).argmax(1)
 
+    @torch.no_grad()
+    def latent(self, x: Tensor, layers: list[int], grid: int) -> Tensor:
+        """The readout's input for images ``[N, D]`` alone (one presentation each, no views),
+        ``[N, F]``: a competitive net's trace maps of ``layers`` averaged on a ``grid``."""
+        net = self.net
+        parts = []
+        w, b = _arrays(net)
+        for xb in torch.split(x, self.chunk):
+            image = encode_spikes(net.image_rates(xb), net.encoder.steps, self.generator, net.encoder.coding)
+            acts = present_conv(image, net.no_label_spikes(image), w, b, conv_layouts(net), net.dynamics, net.over,
+                                net.backend)  # fmt: skip
+            parts.append(map_latent(acts, layers, grid))
+        return torch.cat(parts)
+
     def _scores(self, x: Tensor) -> Tensor:
         net = self.net
         steps = net.encoder.steps
@@ -184,7 +209,7 @@ class SpikingConvScorer:
             if net.competitive:  # no label: one presentation scores every class
                 code = net.no_label_spikes(image)
                 acts = present_conv(image, code, w, b, layouts, net.dynamics, net.over, net.backend)
-                total += net.score_activities(acts)
+                total += net.readout(net.latent(acts)) if self.readout else net.score_activities(acts)
                 continue
             # one label draw per chunk, shared by its images: the label current [T, 1, U] is
             # then computed once per label and broadcast over the images

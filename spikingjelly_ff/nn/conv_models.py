@@ -266,7 +266,7 @@ class AnalogConvFFNet(ConvScores, AnalogFFNet):
         return torch.cat(parts) if parts else x.new_zeros((0, c))
 
     def latent(self, activities: list[Tensor], layers: list[int] | None = None) -> Tensor:
-        raise NotImplementedError("a conv FF net has no linear readout")
+        raise NotImplementedError("an analog conv FF net has no linear readout")
 
-    def attach_readout(self, layers: list[int]) -> nn.Linear:
-        raise NotImplementedError("a conv FF net has no linear readout")
+    def attach_readout(self, layers: list[int], grid: int | None = None) -> nn.Linear:
+        raise NotImplementedError("an analog conv FF net has no linear readout")

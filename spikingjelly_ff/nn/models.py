@@ -105,7 +105,8 @@ class FFNet(nn.Module):
             raise RuntimeError("this model has no trained readout")
         return self.readout(self.latent(activities, self.readout_layers))
 
-    def attach_readout(self, layers: list[int]) -> nn.Linear:
+    def attach_readout(self, layers: list[int], grid: int | None = None) -> nn.Linear:
+        """A fresh readout on the concatenated activity of ``layers`` (``grid``: conv nets only)."""
         width = sum(self.widths[i] for i in layers)
         self.readout = nn.Linear(width, self.num_classes)
         self.readout_layers = list(layers)

@@ -24,6 +24,7 @@ from spikingjelly_ff.functional.conv import goodness_groups
 from spikingjelly_ff.functional.labels import spike_rates
 from spikingjelly_ff.functional.params import EncoderParams, NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.readout import map_latent, readout_grid
 from spikingjelly_ff.functional.views import check_views
 from spikingjelly_ff.nn.conv import SpikingFFConv2d
 from spikingjelly_ff.nn.conv_models import ConvScores, ConvSpec
@@ -80,6 +81,7 @@ class SpikingConvFFNet(ConvScores, FFNet):
         self.trace_params = trace
         self.encoder = encoder
         self.backend = backend
+        self.readout_grid: int | None = None  # set with the readout (attach_readout)
         width = 0 if probability.competitive else embedding.label_code.width  # competitive: no label input
         chans = [1, *self.widths]
         self.layers = nn.ModuleList(
@@ -114,6 +116,26 @@ class SpikingConvFFNet(ConvScores, FFNet):
         """The label input of a competitive net for image spikes ``[T, N, ...]``: ``[T, N, 0]``
         (no label, no draws)."""
         return images.new_zeros(images.shape[0], images.shape[1], 0)
+
+    # -- the linear readout (train.readout): a competitive net's trace maps, averaged on a grid --
+
+    def latent(self, activities: list[Tensor], layers: list[int] | None = None) -> Tensor:
+        """The readout's input ``[N, sum_l C_l * g * g]``: each of ``layers``' (default the
+        readout's) trace maps averaged over a g x g grid of windows, g the readout's grid."""
+        layers = self.readout_layers if layers is None else layers
+        return map_latent(activities, layers, readout_grid(self.map_shapes(), layers, self.readout_grid))
+
+    def attach_readout(self, layers: list[int], grid: int | None = None) -> nn.Linear:
+        """A fresh readout on ``layers``' trace maps averaged over a ``grid`` x ``grid`` tiling
+        (default: the smallest chosen map's side). A competitive net only: the readout reads
+        the activity of the image alone, and only a competitive net has no label input."""
+        if not self.competitive:
+            raise ValueError("a spiking conv readout reads the activity of the image alone: it needs a competitive net")
+        shapes = self.map_shapes()
+        g = readout_grid(shapes, list(layers), grid)
+        self.readout = nn.Linear(sum(shapes[i][0] for i in layers) * g * g, self.num_classes)
+        self.readout_layers, self.readout_grid = list(layers), g
+        return self.readout
 
     def forward(self, spikes: Tensor, code: Tensor) -> Tensor:
         """Output spikes of the last layer (pooled) for image spikes ``[T, N, 1, H, W]`` and

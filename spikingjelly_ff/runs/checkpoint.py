@@ -87,7 +87,7 @@ def load_model(
     if shape:
         net.image_shape = shape
     if meta.get("readout_layers") is not None:
-        net.attach_readout(meta["readout_layers"])
+        net.attach_readout(meta["readout_layers"], cfg.train.readout.grid)  # a conv net's grid: the config's
     weights = d / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"{d}: model.safetensors is missing")

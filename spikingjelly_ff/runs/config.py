@@ -140,6 +140,9 @@ class ReadoutConfig:
     epochs: int = 3
     lr: float = 0.01
     layers: list[int] | None = None  # layers whose activity feeds the readout (default: all but the first)
+    weight_decay: float = 0.0  # L2 on the readout's weights (standardised latents)
+    schedule: str = "constant"  # constant | cosine | linear (decay to 0 over the readout's epochs)
+    grid: int | None = None  # spiking conv: maps averaged on grid x grid windows (default: the smallest side)
 
 
 @dataclass
@@ -226,6 +229,7 @@ CHOICES = {
     "train.hebbian_apply": ("eta", "optimizer"),
     "train.negatives": ("mixed", "paired", "hard", "none"),
     "train.draws": ("stream", "per-sample"),
+    "train.readout.schedule": SCHEDULES,
     "device": ("cpu", "cuda", "auto"),
     "backend": ("auto", "torch", "cupy"),
 }
@@ -274,8 +278,8 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("model.shift_views must be >= 0")
     if m.kind == "spiking" and m.shift_views and not m.conv:
         raise ConfigError("model.shift_views is available for analog models and spiking conv models only")
-    if m.kind == "spiking" and t.readout.enabled:
-        raise ConfigError("train.readout is available for analog models only")
+    if t.readout.enabled:
+        _validate_readout(cfg)
     if t.draws == "per-sample" and t.negatives == "hard":
         raise ConfigError("train.negatives=hard draws from a look-ahead over the stream; use train.draws=stream")
     if t.limit is not None and t.limit < 1:
@@ -290,6 +294,27 @@ def _validate(cfg: RunConfig) -> None:
             "train.hebbian_apply=optimizer steps once per presentation of a spiking conv net: "
             "it needs model.conv and train.hebbian.update=presentation"
         )
+
+
+def _validate_readout(cfg: RunConfig) -> None:
+    """What ``train.readout`` needs (a conv net's grid is checked against its maps when the net
+    is built, before training)."""
+    m, r = cfg.model, cfg.train.readout
+    if m.conv and not (m.kind == "spiking" and m.probability.competitive):
+        raise ConfigError(
+            "train.readout on a conv net reads the image's activity without a label: it needs a spiking "
+            "competitive net (model.kind=spiking, model.probability.kind=competitive)"
+        )
+    if m.kind == "spiking" and not m.conv:
+        raise ConfigError("train.readout is available for analog dense nets and competitive spiking conv nets")
+    if r.epochs < 1 or not r.lr > 0 or not r.weight_decay >= 0:
+        raise ConfigError("train.readout needs epochs >= 1, lr > 0 and weight_decay >= 0")
+    if r.layers is not None and (not r.layers or any(not 0 <= i < len(m.conv or m.layers) for i in r.layers)):
+        raise ConfigError("train.readout.layers must name existing layers (at least one)")
+    if r.layers is not None and len(set(r.layers)) != len(r.layers):
+        raise ConfigError("train.readout.layers names a layer twice")
+    if r.grid is not None and (not m.conv or isinstance(r.grid, bool) or r.grid < 1):
+        raise ConfigError("train.readout.grid is an integer >= 1 of a conv net's readout (null: the smallest map)")
 
 
 def _validate_conv(cfg: RunConfig) -> None:
@@ -314,8 +339,6 @@ def _validate_conv(cfg: RunConfig) -> None:
             "a spiking model.conv net scores every label on one draw of image spikes: "
             "eval.share_image_spikes must stay true"
         )
-    if t.readout.enabled:
-        raise ConfigError("train.readout is available for dense models only")
     for i, c in enumerate(m.conv):
         key = f"model.conv[{i}]"
         if min(c.channels, c.kernel, c.stride, c.pool_size) < 1 or c.padding < 0:

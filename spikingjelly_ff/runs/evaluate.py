@@ -31,12 +31,13 @@ def scorer_for(net: FFNet, cfg: RunConfig, device: torch.device | str, readout: 
         return predict
     from spikingjelly_ff.learning.engine import SpikingScorer
 
-    if readout:
-        raise ValueError("a linear readout exists for analog models only")
     if isinstance(net, SpikingConvFFNet):
         from spikingjelly_ff.learning.conv_engine import SpikingConvScorer
 
-        return SpikingConvScorer(net, seed=cfg.seed + 4, device=device, repeats=cfg.eval.repeats).predict
+        scorer = SpikingConvScorer(net, seed=cfg.seed + 4, device=device, repeats=cfg.eval.repeats, readout=readout)
+        return scorer.predict
+    if readout:
+        raise ValueError("a linear readout exists for analog models and competitive spiking conv models only")
     return SpikingScorer(
         net, share_image_spikes=cfg.eval.share_image_spikes, seed=cfg.seed + 4, device=device, repeats=cfg.eval.repeats
     ).predict

@@ -108,6 +108,10 @@ def train(
         cupy_present.warm_up()  # compile before the clock of the first epoch starts
     net = build_model(cfg.model, in_features, num_classes, cfg.seed, backend, tuple(train_split.shape)).to(device)
     net.image_shape = tuple(train_split.shape)
+    if cfg.train.readout.enabled:
+        from spikingjelly_ff.runs.readout import check_readout
+
+        check_readout(net, cfg.train.readout)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     batches = Batcher(x_train, y_train, cfg.train.batch_size, cfg.train.shuffle, gen)

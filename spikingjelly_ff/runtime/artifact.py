@@ -9,6 +9,8 @@ Layout (readable by ``nir.read``, which looks at ``/version`` and ``/node`` only
                                     score, embedding, sizes, hebbian defaults, versions
         label_patterns              [C, bits] uint8 (pattern embedding only)
         eligibility/<i>             [H, D] float32 (optional: state of on-line learning)
+        readout/weight, /bias       [C, F], [C] float32 (conv nets with a readout, meta
+                                    conv.readout: it reads trace maps, which NIR has no node for)
 
 A spiking conv net (format version 2, meta ``conv``; 3 without label input, 4 when scored over
 shifted views) has image and label inputs and Conv2d -> LIF -> pooling nodes per layer instead
@@ -53,7 +55,12 @@ UNLABELLED_CONV_FORMAT_VERSION = 3
 #: conv artefacts scored over shifted views: a runtime that predates views would score the image
 #: alone and give other answers, so it refuses them
 VIEWS_CONV_FORMAT_VERSION = 4
-READ_VERSIONS = (FORMAT_VERSION, CONV_FORMAT_VERSION, UNLABELLED_CONV_FORMAT_VERSION, VIEWS_CONV_FORMAT_VERSION)
+#: conv artefacts classified by a linear readout: likewise, an older runtime would use the goodness
+READOUT_CONV_FORMAT_VERSION = 5
+READ_VERSIONS = (
+    FORMAT_VERSION, CONV_FORMAT_VERSION, UNLABELLED_CONV_FORMAT_VERSION, VIEWS_CONV_FORMAT_VERSION,
+    READOUT_CONV_FORMAT_VERSION,
+)  # fmt: skip
 NIR_VERSION = "1.0.8"
 DT = 1e-4
 REQUIRED_META = (
@@ -101,11 +108,16 @@ class SpikeArtifact:
     library_version: str = ""
     #: the conv layers of a spiking conv net (None: dense layers)
     conv: SpikeConv | None = None
+    #: (weight [C, F], bias [C]) of the readout that ``conv.readout`` describes; fixed while
+    #: the runtime learns on-line (the Hebbian rule changes ``weights`` only)
+    readout: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def format_version(self) -> int:
         if self.conv is None:
             return FORMAT_VERSION
+        if self.conv.readout is not None:
+            return READOUT_CONV_FORMAT_VERSION
         if self.conv.shift_views:
             return VIEWS_CONV_FORMAT_VERSION
         return CONV_FORMAT_VERSION if self.conv.labelled else UNLABELLED_CONV_FORMAT_VERSION
@@ -177,6 +189,8 @@ class SpikeArtifact:
         width = self.input_width()  # checks the label patterns too
         if self.conv is not None:
             self._validate_conv()
+        elif self.readout is not None:
+            raise ArtifactError("a readout is available for conv nets only")
         for i, w in enumerate(self.weights if self.conv is None else []):
             if w.ndim != 2:
                 raise ArtifactError(f"layer {i}: weight must be 2-D, got shape {w.shape}")
@@ -223,6 +237,17 @@ class SpikeArtifact:
         for i, w in enumerate(self.weights):
             if not np.all(np.isfinite(w)):
                 raise ArtifactError(f"weight array {i} holds non-finite values")
+        spec = self.conv.readout
+        if (spec is None) != (self.readout is None):
+            raise ArtifactError("the readout's settings (meta conv.readout) and its arrays come together")
+        if spec is not None:
+            w, b = self.readout
+            want = (self.num_classes, spec.width(self.conv.layers))
+            if np.shape(w) != want or np.shape(b) != (self.num_classes,):
+                raise ArtifactError(f"readout weight {np.shape(w)} and bias {np.shape(b)}: expected {want} and "
+                                    f"({self.num_classes},)")  # fmt: skip
+            if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
+                raise ArtifactError("the readout holds non-finite values")
 
 
 def _embedding_meta(e: EmbeddingParams) -> dict:
@@ -302,6 +327,10 @@ def write_artifact(path: str | os.PathLike, art: SpikeArtifact) -> Path:
             el = ours.create_group("eligibility")
             for i, e in enumerate(art.eligibility):
                 el.create_dataset(str(i), data=np.asarray(e, dtype=np.float32))
+        if art.readout is not None:
+            ro = ours.create_group("readout")
+            for name, a in zip(("weight", "bias"), art.readout):
+                ro.create_dataset(name, data=np.asarray(a, dtype=np.float32))
         f.flush()
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -373,6 +402,12 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
         if "eligibility" in ours:
             el = ours["eligibility"]
             eligibility = [np.asarray(el[str(i)][()], dtype=np.float32) for i in range(len(weights))]
+        readout = None
+        if "readout" in ours:
+            try:
+                readout = tuple(np.asarray(ours["readout"][k][()], dtype=np.float32) for k in ("weight", "bias"))
+            except KeyError as exc:
+                raise ArtifactError(f"{path}: the readout lacks {exc}") from exc
     try:
         art = SpikeArtifact(
             weights=weights,
@@ -395,6 +430,7 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
             name=str(meta.get("name", "model")),
             library_version=str(meta.get("library_version", "")),
             conv=conv,
+            readout=readout,
         )
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: invalid settings: {exc}") from exc

@@ -25,9 +25,18 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from spikingjelly_ff.functional.conv import check_conv_settings, check_map_shape, conv_output_size, goodness_groups
+from spikingjelly_ff.functional.readout import readout_grid
 from spikingjelly_ff.functional.views import check_views
 
-__all__ = ["ConvLayerMeta", "SpikeConv", "label_from_nir", "label_to_nir", "read_conv_weights", "write_conv_nodes"]
+__all__ = [
+    "ConvLayerMeta",
+    "ConvReadout",
+    "SpikeConv",
+    "label_from_nir",
+    "label_to_nir",
+    "read_conv_weights",
+    "write_conv_nodes",
+]
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,32 @@ class ConvLayerMeta:
 
 
 @dataclass(frozen=True)
+class ConvReadout:
+    """A linear softmax readout on the trace maps of ``layers``, each averaged on a ``grid`` x
+    ``grid`` tiling (``functional.readout``); its weight ``[C, F]`` and bias ``[C]`` are the
+    artefact's ``readout`` arrays. The class is its argmax, not the goodness score's."""
+
+    layers: tuple[int, ...]
+    grid: int
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ConvReadout:
+        layers, grid = d["layers"], d["grid"]
+        if not isinstance(layers, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
+            raise ValueError(f"readout layers must be a list of layer indices, got {layers!r}")
+        if isinstance(grid, bool) or not isinstance(grid, int):
+            raise ValueError(f"the readout grid must be an integer, got {grid!r}")
+        return cls(tuple(layers), grid)
+
+    def to_dict(self) -> dict:
+        return {"layers": list(self.layers), "grid": self.grid}
+
+    def width(self, layers: list[ConvLayerMeta]) -> int:
+        """Width F of the readout's input."""
+        return sum(layers[i].channels for i in self.layers) * self.grid * self.grid
+
+
+@dataclass(frozen=True)
 class SpikeConv:
     """The conv part of a spike artefact: goodness region ``over`` ("map", "location" or
     "group:K"), the layers and the test-time views (``shift_views``). The artefact's
@@ -77,6 +112,8 @@ class SpikeConv:
     labelled: bool = True
     #: scores sum over the image and its copies moved 1..N pixels (4N + 1 views; 0: the image)
     shift_views: int = 0
+    #: the readout that classifies (None: the goodness score)
+    readout: ConvReadout | None = None
 
     def __post_init__(self) -> None:
         check_views(self.shift_views)  # the bound needs the image shape: check()
@@ -87,7 +124,8 @@ class SpikeConv:
         if not isinstance(labelled, bool):
             raise ValueError(f"labelled must be true or false, got {labelled!r}")
         layers = [ConvLayerMeta(**{k: v for k, v in la.items() if k != "nodes"}) for la in d["layers"]]
-        return cls(d["over"], layers, labelled, d.get("shift_views", 0))  # files before views: none
+        readout = ConvReadout.from_dict(d["readout"]) if d.get("readout") is not None else None
+        return cls(d["over"], layers, labelled, d.get("shift_views", 0), readout)  # files before views: none
 
     def to_dict(self) -> dict:
         layers = []
@@ -97,7 +135,10 @@ class SpikeConv:
             label = f"label_{i}" if self.labelled else None
             entry["nodes"] = {"conv": f"conv_{i}", "label_weights": label, "lif": f"lif_{i}"}
             layers.append(entry)
-        return {"over": self.over, "labelled": self.labelled, "shift_views": self.shift_views, "layers": layers}
+        out = {"over": self.over, "labelled": self.labelled, "shift_views": self.shift_views, "layers": layers}
+        if self.readout is not None:
+            out["readout"] = self.readout.to_dict()
+        return out
 
     def node_names(self) -> list[str]:
         """The NIR nodes that hold the artefact's ``weights``, in order (no label nodes when
@@ -137,6 +178,13 @@ class SpikeConv:
             if weights[n + i].shape != want:
                 return f"conv layer {i}: label weight shape {weights[n + i].shape}, expected {want}"
             shape = la.out_shape
+        if self.readout is not None:
+            if self.labelled:
+                return "a readout reads the image's activity without a label: it needs a net without label input"
+            try:
+                readout_grid([la.map_shape for la in self.layers], list(self.readout.layers), self.readout.grid)
+            except ValueError as exc:
+                return f"readout: {exc}"
         return None
 
 

@@ -15,6 +15,7 @@ from functools import partial
 import numpy as np
 
 from spikingjelly_ff.functional.labels import spike_rates
+from spikingjelly_ff.functional.readout import map_latent, readout_logits
 from spikingjelly_ff.functional.scores import class_margin
 from spikingjelly_ff.functional.views import translate, view_offsets
 from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact
@@ -150,7 +151,8 @@ class SpikeConvModel(SpikeArtifactModel):
 
     def class_scores_from_spikes(self, image: np.ndarray) -> np.ndarray:
         """A competitive net's class scores ``[N, C]`` (summed log-probabilities of the voting
-        layers) of image spikes ``[T, N, 1, H, W]``, one presentation."""
+        layers, or the readout's logits where the artefact has one) of image spikes
+        ``[T, N, 1, H, W]``, one presentation."""
         if not self.competitive:
             raise TypeError("a label-scored net shows every label: use scores_from_spikes")
         image = np.asarray(image, dtype=np.float32)
@@ -158,7 +160,16 @@ class SpikeConvModel(SpikeArtifactModel):
             image, _no_label_spikes(image), self.kernels, self.label_weights, self.layouts,
             self.dynamics, self.art.conv.over, "numpy",
         )  # fmt: skip
-        return self._score(acts, score=self.art.score)
+        return self._class_scores(acts, self.art.score)
+
+    def _class_scores(self, acts: list[np.ndarray], score: str | None = None) -> np.ndarray:
+        """Class scores ``[N, C]`` of a competitive net's trace maps: the readout's logits, else
+        the voting layers' summed log-probabilities (``score``: the artefact's score kind)."""
+        spec = self.art.conv.readout
+        if spec is None:
+            return self._score(acts) if score is None else self._score(acts, score=score)
+        weight, bias = self.art.readout
+        return readout_logits(map_latent(acts, list(spec.layers), spec.grid), weight, bias)
 
     def scores_from_spikes(self, image: np.ndarray, codes: list[np.ndarray]) -> np.ndarray:
         """Scores ``[N, C]`` of image spikes ``[T, N, 1, H, W]`` shown with each label's spikes
@@ -244,5 +255,5 @@ class SpikeConvModel(SpikeArtifactModel):
             learns,
         )  # fmt: skip
         if self.competitive:
-            return class_margin(self._score(acts), y)
+            return class_margin(self._class_scores(acts), y)
         return self._score(acts)

@@ -173,3 +173,17 @@ def test_mean_sd_is_the_sample_sd():
     mean, sd = mean_sd(values)
     assert mean == pytest.approx(np.mean(values)) and sd == pytest.approx(np.std(values, ddof=1))
     assert mean_sd([0.5]) == (0.5, None)
+
+
+def test_a_readout_row_reports_the_readout_accuracy(tmp_path, monkeypatch, mini):
+    """A row whose model classifies by its readout (``train.readout``) tabulates the readout's
+    accuracy, the class ``sjff eval`` gives, and keeps the goodness score's beside it."""
+    from spikingjelly_ff.runs import reproduce
+
+    _tiny_runs(monkeypatch, mini, 100, 60)
+    row = "conv/spiking-readout-fashion"
+    res = reproduce.reproduce_beyond(tmp_path, rows=[row], seeds=1, progress=False, log=lambda s: None)
+    rec = res[row]["runs"][0]
+    saved = json.loads((tmp_path / row / "seed-0" / "metrics.json").read_text())["final"]
+    assert rec["test_accuracy"] == saved["readout_test_accuracy"] is not None
+    assert rec["goodness_test_accuracy"] == saved["test_accuracy"]

@@ -140,6 +140,11 @@ def analog_to_onnx(
 
     from spikingjelly_ff.nn.conv_models import AnalogConvFFNet
 
+    if net.readout is not None:  # the graph classifies by goodness: it would answer other classes
+        raise ValueError(
+            "this model classifies with its linear readout, which the ONNX export does not hold: "
+            "export a model trained without train.readout"
+        )
     if isinstance(net, AnalogConvFFNet):
         from spikingjelly_ff.export.onnx.conv import conv_to_onnx
 
