@@ -209,7 +209,7 @@ class SpikingConvScorer:
             if net.competitive:  # no label: one presentation scores every class
                 code = net.no_label_spikes(image)
                 acts = present_conv(image, code, w, b, layouts, net.dynamics, net.over, net.backend)
-                total += net.readout(net.latent(acts)) if self.readout else net.score_activities(acts)
+                total += net.readout_logits(acts) if self.readout else net.score_activities(acts)
                 continue
             # one label draw per chunk, shared by its images: the label current [T, 1, U] is
             # then computed once per label and broadcast over the images

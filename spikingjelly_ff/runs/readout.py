@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from spikingjelly_ff.functional.readout import fold_standardization, readout_grad, readout_grid
+from spikingjelly_ff.functional.readout import fold_standardization, readout_grad, readout_grid, readout_logits
 from spikingjelly_ff.functional.schedule import schedule_factor
 from spikingjelly_ff.nn.models import FFNet
 from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
@@ -75,6 +75,8 @@ def train_readout(
     shuffled from ``seed``; Adam at ``rc.lr`` on ``rc.schedule``, L2 ``rc.weight_decay`` on the
     weights); returns the layers, the grid (conv nets), training accuracy per epoch and the
     seconds it took (the latents' presentations included)."""
+    if len(x) < 2:  # the latents are standardised by their spread over the images
+        raise ValueError(f"a readout learns from at least 2 images, got {len(x)}")
     t0 = time.perf_counter()
     layers = _layers(net, rc)
     head = net.attach_readout(layers, rc.grid).to(device)
@@ -98,7 +100,7 @@ def train_readout(
             idx = order[i : i + BATCH]
             h = feats[idx]
             with torch.no_grad():
-                logits = h @ weight.T + bias
+                logits = readout_logits(h, weight, bias)
                 weight.grad, bias.grad = readout_grad(h, logits, labels[idx])
             for group in opt.param_groups:
                 group["lr"] = rc.lr * schedule_factor(rc.schedule, step / steps)
@@ -128,7 +130,7 @@ def fit_readout(model_dir, out, sets: list[str] | None = None, log: Callable[[st
     if other:  # anything else would describe another model than the weights
         raise ConfigError(f"sjff readout sets train.readout.* keys only, got {', '.join(other)}")
     net, cfg, _ = load_model(model_dir)
-    cfg = config_from_dict(apply_overrides(cfg.to_dict(), ["train.readout.enabled=true", *sets]))
+    cfg = config_from_dict(apply_overrides(cfg.to_dict(), [*sets, "train.readout.enabled=true"]))
     check_readout(net, cfg.train.readout)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

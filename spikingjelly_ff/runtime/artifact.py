@@ -408,6 +408,8 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
                 readout = tuple(np.asarray(ours["readout"][k][()], dtype=np.float32) for k in ("weight", "bias"))
             except KeyError as exc:
                 raise ArtifactError(f"{path}: the readout lacks {exc}") from exc
+            except OSError as exc:
+                raise ArtifactError(f"{path}: cannot read the readout (truncated?): {exc}") from exc
     try:
         art = SpikeArtifact(
             weights=weights,

@@ -247,3 +247,15 @@ def test_a_labelled_spiking_conv_net_gets_no_readout():
     labelled = build_model(cfg.model, 784, 10, seed=0)
     with pytest.raises(ValueError, match="needs a competitive net"):
         train_readout(labelled, cfg.train.readout, 0, torch.rand(4, 784), torch.arange(4), "cpu", log=lambda s: None)
+
+
+def test_sjff_readout_always_enables_the_readout(plain_run, tmp_path, capsys):
+    """``--set train.readout.enabled=false`` cannot write a model whose config says it has no
+    readout while its weights hold one; and a readout needs at least two training images."""
+    args = ["readout", str(plain_run[0] / "model"), "--out", str(tmp_path / "ro")]
+    args += ["--set", "train.readout.enabled=false", "--set", "train.readout.epochs=1"]
+    assert sjff(args) == 0
+    net, cfg, _ = load_model(tmp_path / "ro" / "model")
+    assert cfg.train.readout.enabled and net.readout is not None
+    with pytest.raises(ValueError, match="at least 2 images"):
+        train_readout(net, cfg.train.readout, 0, torch.rand(1, 784), torch.zeros(1, dtype=torch.long), "cpu")
