@@ -188,13 +188,17 @@ class SpikingConvScorer:
         ``[N, F]``: a competitive net's trace maps of ``layers`` averaged on a ``grid``."""
         net = self.net
         parts = []
-        w, b = _arrays(net)
         for xb in torch.split(x, self.chunk):
             image = encode_spikes(net.image_rates(xb), net.encoder.steps, self.generator, net.encoder.coding)
-            acts = present_conv(image, net.no_label_spikes(image), w, b, conv_layouts(net), net.dynamics, net.over,
-                                net.backend)  # fmt: skip
-            parts.append(map_latent(acts, layers, grid))
+            parts.append(map_latent(self._present_alone(image), layers, grid))
         return torch.cat(parts)
+
+    def _present_alone(self, image: Tensor) -> list[Tensor]:
+        """A competitive net's trace maps for image spikes ``[T, N, 1, H, W]`` (no label)."""
+        net = self.net
+        w, b = _arrays(net)
+        return present_conv(image, net.no_label_spikes(image), w, b, conv_layouts(net), net.dynamics, net.over,
+                            net.backend)  # fmt: skip
 
     def _scores(self, x: Tensor) -> Tensor:
         net = self.net
@@ -207,8 +211,7 @@ class SpikingConvScorer:
         for _ in range(self.repeats):
             image = encode_spikes(net.image_rates(x), steps, self.generator, net.encoder.coding)
             if net.competitive:  # no label: one presentation scores every class
-                code = net.no_label_spikes(image)
-                acts = present_conv(image, code, w, b, layouts, net.dynamics, net.over, net.backend)
+                acts = self._present_alone(image)
                 total += net.readout_logits(acts) if self.readout else net.score_activities(acts)
                 continue
             # one label draw per chunk, shared by its images: the label current [T, 1, U] is
