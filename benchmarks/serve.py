@@ -3,6 +3,7 @@
     python benchmarks/serve.py                       # everything (about 2 minutes on 2 cores)
     python benchmarks/serve.py --quick               # shorter runs
     python benchmarks/serve.py --model m.onnx --json out.json
+    python benchmarks/serve.py --server-procs 2        # two read-only processes on one port
 
 What it measures, all on loopback, in one run:
 
@@ -20,7 +21,10 @@ What it measures, all on loopback, in one run:
    C++ library are installed, else Python grpc.aio processes) runs in its own process(es) and
    competes with the server for the same cores, as any client on this machine would; it sends
    pre-serialised requests without parsing responses, so it costs both servers the same.
-3. Learning: acknowledged (fsync'ed) Learn updates per second at 1, 8 and 32 clients.
+3. Learning: acknowledged (fsync'ed) Learn updates per second at 1, 8 and 32 clients (not
+   with ``--server-procs`` above 1: those processes share the port with ``--reuse-port`` and
+   serve read-only, and the load generator opens ``4 N`` connections so that the kernel
+   spreads them).
 
 Reliability (malformed requests, concurrent learn + infer, kill -9, missing token) is not
 measured here: tests/test_server_fuzz.py, tests/test_server_learning.py and
@@ -186,10 +190,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "or Python grpc.aio processes",
     )
     ap.add_argument("--client-procs", type=int, default=2, help="Python load generator processes (default 2)")
+    ap.add_argument(
+        "--channels",
+        type=int,
+        help="connections of the C++ load generator (default 2; with --server-procs N, 4 N: the kernel "
+        "places each connection on one process)",
+    )
     ap.add_argument("--latency-calls", type=int, default=3000)
-    ap.add_argument("--learn-seconds", type=float, default=4.0)
+    ap.add_argument("--learn-seconds", type=float, default=4.0, help="per learning point (0: no learning rows)")
     ap.add_argument("--quick", action="store_true", help="1 round, 2 s per point")
     ap.add_argument("--server-args", default="", help="extra sjff serve arguments (quoted)")
+    ap.add_argument(
+        "--server-procs",
+        type=int,
+        default=1,
+        help="sjff serve processes sharing the port (--reuse-port); above 1 they serve read-only and the "
+        "learning rows are left out",
+    )
     ap.add_argument(
         "--pin",
         action="store_true",
@@ -204,13 +221,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
+    if args.seconds <= 0 or args.rounds < 1 or args.server_procs < 1 or args.learn_seconds < 0:
+        ap.error("--seconds must be > 0, --rounds and --server-procs >= 1, --learn-seconds >= 0")
+    if args.channels is None:
+        args.channels = 2 if args.server_procs == 1 else 4 * args.server_procs
+    if args.channels < 1:
+        ap.error("--channels must be >= 1")
     if args.quick:
-        args.rounds, args.seconds, args.learn_seconds, args.latency_calls = 1, 2.0, 2.0, 1500
+        args.rounds, args.seconds, args.latency_calls = 1, 2.0, 1500
+        args.learn_seconds = min(args.learn_seconds, 2.0)
     return args
 
 
+class ServerGroup:
+    """``n`` read-only ``sjff serve`` processes sharing one loopback port (``--reuse-port``),
+    used like one :class:`~sjff_server.harness.ServerProcess`: ``target``, ``pid`` (all of
+    them, for CPU time) and ``members`` (for their metrics)."""
+
+    def __init__(self, repo: Path, n: int, token_file: Path, extra: list[str]) -> None:
+        import socket
+
+        from sjff_server.harness import ServerProcess
+
+        with socket.socket() as s:  # a free port, then named by every process
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        args = [*extra, "--port", str(port), "--reuse-port"]
+        self.members = [ServerProcess(repo, token_file=token_file, extra_args=args) for _ in range(n)]
+        self.target = f"127.0.0.1:{port}"
+
+    @property
+    def pid(self) -> tuple[int, ...]:
+        return tuple(m.pid for m in self.members)
+
+    def __enter__(self) -> ServerGroup:
+        with contextlib.ExitStack() as started:
+            for m in self.members:
+                started.enter_context(m)
+            started.pop_all()  # all up: stopped by __exit__ from now on
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m in self.members:
+            m.__exit__(*exc)
+
+
 def measure_server(args, work: Workdir, model_path: Path, images, labels, server_cpus, exe, results: dict) -> None:
-    """Start the server and the echo, then time latency, throughput and learning into ``results``."""
+    """Start the server (or :class:`ServerGroup`) and the echo, then time latency, throughput
+    and learning into ``results``."""
     from sjff_server.harness import ServerProcess
 
     extra = args.server_args.split()
@@ -218,21 +276,27 @@ def measure_server(args, work: Workdir, model_path: Path, images, labels, server
         extra += ["--cpu-latency-us", str(args.cpu_latency_us)]
     if server_cpus:
         extra += ["--cpus", ",".join(map(str, sorted(server_cpus)))]
-    load = measure.LoadClient(exe if args.client != "python" else None, args.client_procs)
+    load = measure.LoadClient(exe if args.client != "python" else None, args.client_procs, args.channels)
     results["load_generator"] = load.name
-    srv = ServerProcess(work.root / "repo", state_dir=work.root / "state", token_file=work.token_file, extra_args=extra)
+    results["channels"] = args.channels if load.exe is not None else args.client_procs
+    results["server_procs"] = args.server_procs
+    if args.server_procs > 1:
+        srv = ServerGroup(work.root / "repo", args.server_procs, work.token_file, extra)
+    else:
+        srv = ServerProcess(
+            work.root / "repo", state_dir=work.root / "state", token_file=work.token_file, extra_args=extra
+        )
     with contextlib.ExitStack() as stack:
         stack.enter_context(srv)  # started here, stopped (SIGTERM, drained) on the way out
         echo = workers.Echo(server_cpus)
         stack.callback(echo.close)
         results["accuracy_500"] = check_predictions(srv.target, model_path, images, labels)
-        results["latency"] = measure.latency(
-            srv.target, echo.target, work.infer, exe, args.latency_calls, args.rounds
-        )
+        results["latency"] = measure.latency(srv.target, echo.target, work.infer, exe, args.latency_calls, args.rounds)
         results["throughput"] = measure.throughput(
             srv, echo, work.infer, load, args.concurrency, args.seconds, args.rounds
         )
-        results["learning"] = measure.learning(srv, work.learn, load, args.learn_seconds, TOKEN)
+        learns = args.server_procs == 1 and args.learn_seconds > 0
+        results["learning"] = measure.learning(srv, work.learn, load, args.learn_seconds, TOKEN) if learns else None
         results["batching"] = measure.batch_stats(measure.scrape(srv))
 
 

@@ -107,19 +107,23 @@ def in_process_latency(model_path: Path, x: np.ndarray, n: int, payload: bytes) 
 
 @dataclass
 class LoadClient:
-    """The throughput load generator: the C++ one (``exe``) or ``procs`` Python processes."""
+    """The throughput load generator: the C++ one (``exe``, over ``channels`` connections) or
+    ``procs`` Python processes (a connection each)."""
 
     exe: Path | None
     procs: int
+    channels: int = 2
 
     @property
     def name(self) -> str:
         return "native" if self.exe is not None else "python"
 
-    def run(self, target: str, method: str, payload: Path, concurrency: int, seconds: float, pid=None) -> dict:
+    def run(
+        self, target: str, method: str, payload: Path, concurrency: int, seconds: float, pid: int | tuple | None = None
+    ) -> dict:
         """One load point (see :func:`serve_workers.summarise`), without per-call latencies."""
         if self.exe is not None:
-            r = run_native(self.exe, target, method, payload, concurrency, seconds, pid=pid)
+            r = run_native(self.exe, target, method, payload, concurrency, seconds, channels=self.channels, pid=pid)
             del r["latencies"]
             return r
         return run_load(target, method, payload, concurrency, seconds, min(self.procs, concurrency), pid=pid)
@@ -191,15 +195,15 @@ def learning(srv, payload: Path, load: LoadClient, seconds: float, token: str) -
 
 def batch_stats(lines: list[str]) -> dict:
     """Requests per executed batch since the server started, from its Prometheus histogram."""
-    vals = {}
-    buckets = {}
-    for ln in lines:
+    vals: dict[str, float] = {}
+    buckets: dict[str, float] = {}
+    for ln in lines:  # several processes' lines add up
         for key in ("sum", "count"):
             if ln.startswith(f"sjff_inference_batch_requests_{key}"):
-                vals[key] = float(ln.split()[-1])
+                vals[key] = vals.get(key, 0.0) + float(ln.split()[-1])
         if ln.startswith("sjff_inference_batch_requests_bucket"):
             le = ln.split('le="')[1].split('"')[0]
-            buckets[le] = float(ln.split()[-1])
+            buckets[le] = buckets.get(le, 0.0) + float(ln.split()[-1])
     batches = vals.get("count", 0.0)
     return {
         "requests": vals.get("sum", 0.0),
@@ -210,8 +214,12 @@ def batch_stats(lines: list[str]) -> dict:
 
 
 def scrape(srv) -> list[str]:
-    """The server's /metrics lines; none where it cannot be read."""
-    try:
-        return urllib.request.urlopen(srv.metrics_url, timeout=5).read().decode().splitlines()  # noqa: S310 - loopback
-    except OSError:
-        return []
+    """The server's /metrics lines (of a :class:`ServerGroup`: every process's); none where
+    they cannot be read."""
+    lines: list[str] = []
+    for one in getattr(srv, "members", (srv,)):
+        try:
+            lines += urllib.request.urlopen(one.metrics_url, timeout=5).read().decode().splitlines()  # noqa: S310
+        except OSError:
+            pass
+    return lines

@@ -67,7 +67,9 @@ def print_latency(r: dict) -> None:
 
 def print_throughput(r: dict) -> None:
     """Inferences/s per number of clients beside the echo, and batching over the run."""
-    print(f"throughput load generator: {r['load_generator']}")
+    print(f"throughput load generator: {r['load_generator']}, {r.get('channels', 2)} connections")
+    if r.get("server_procs", 1) > 1:
+        print(f"server: {r['server_procs']} processes on one port (--reuse-port)")
     head = ("clients", "server inferences/s", "p50", "p99", "echo calls/s", "server / echo", "CPU/call server, echo")
     print(row(*head, "requests/batch"))
     print(row(*["---:"] * (len(head) + 1)))
@@ -98,6 +100,9 @@ def print_throughput(r: dict) -> None:
 def print_learning(r: dict) -> None:
     """Acknowledged durable Learn updates/s per number of clients."""
     learn = r["learning"]
+    if learn is None:
+        print("learning: not measured (--learn-seconds 0, or --server-procs above 1: read-only processes)")
+        return
     print(row("learning clients", "acknowledged durable updates/s", "p50", "p99"))
     print(row("---:", "---:", "---:", "---:"))
     for c, x in learn["runs"].items():

@@ -148,10 +148,14 @@ def _command(mode: str, *args: object) -> list[str]:
     return [*CLIENT_PREFIX, sys.executable, __file__, mode, *map(str, args)]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time (s) of a process, all its threads, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int | tuple[int, ...]) -> float:
+    """User + system CPU time (s) of a process, all its threads, from /proc (of several
+    processes: their sum)."""
+    total = 0
+    for one in (pid,) if isinstance(pid, int) else pid:
+        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def summarise(latencies: list[float], calls: int, elapsed: float, errors: dict, cpu_per_call_s: float) -> dict:
@@ -184,7 +188,7 @@ def run_load(
     seconds: float,
     procs: int,
     count: int = 0,
-    pid: int | None = None,
+    pid: int | tuple[int, ...] | None = None,
 ) -> dict:
     """The Python load generator in ``procs`` processes (splitting the concurrency), results
     merged as :func:`summarise`; with ``pid``, also that process's CPU time per call."""
@@ -276,7 +280,7 @@ def run_native(
     seconds: float = 0.0,
     count: int = 0,
     channels: int = 2,
-    pid: int | None = None,
+    pid: int | tuple[int, ...] | None = None,
 ) -> dict:
     """``concurrency`` calls in flight over ``channels`` connections for ``seconds`` (or
     ``count`` calls): the keys of :func:`summarise` plus ``latencies`` (s).

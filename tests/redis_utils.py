@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from serving_utils import free_port
 
 __all__ = ["RedisServer", "TlsFiles", "make_tls", "redis_server", "require_redis_server"]
 
@@ -108,12 +108,6 @@ def make_tls(directory: Path, name: str = "sjff test") -> TlsFiles:
         exts += [(x509.ExtendedKeyUsage([usage]), False), *extra]
         files[stem] = write(stem, key, issue(f"{name} {stem}", key, ca_cert.subject, ca_key, exts))
     return TlsFiles(ca, *files["server"], *files["client"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

@@ -58,6 +58,7 @@ NOT_NUMERIC = {
     "--host",
     "--metrics-host",
     "--ready-file",
+    "--reuse-port",
     "--token-file",
     "--token-env",
     "--protect-inference",

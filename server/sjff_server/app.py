@@ -49,6 +49,7 @@ class ServerConfig:
     metrics_port: int | None = 8002
     metrics_host: str = "0.0.0.0"  # noqa: S104
     health_port: int | None = None
+    reuse_port: bool = False  # SO_REUSEPORT on the gRPC port (several processes on one port)
     state_dir: Path | None = None
     token_file: Path | None = None
     token_env: str | None = "SJFF_TOKEN"  # noqa: S105 - the name of a variable, not a token
@@ -166,6 +167,19 @@ class ServerApp:
             damaged = "; ".join(f"{n}/{v}: {why}" for (n, v), why in self.registry.unavailable.items())
             raise RuntimeError("no model could be loaded" + (f" ({damaged})" if damaged else ""))
 
+    def _check_port_sharing(self) -> None:
+        """Processes may share a port only where that cannot split the learning state."""
+        cfg = self.config
+        if not cfg.reuse_port:
+            return
+        if cfg.port == 0:
+            raise ValueError("--reuse-port needs a fixed --port (the processes sharing it must all name it)")
+        if cfg.state_dir is not None and not cfg.replication:
+            raise ValueError(
+                "--reuse-port with --state-dir needs --replication: processes sharing a port must learn through "
+                "one log (the Redis stream); each with its own local log would learn apart from the others"
+            )
+
     def _credentials(self) -> grpc.ServerCredentials | None:
         cfg = self.config
         if not cfg.tls_cert and not cfg.tls_key:
@@ -183,7 +197,7 @@ class ServerApp:
         return [
             ("grpc.max_receive_message_length", n),
             ("grpc.max_send_message_length", n),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if self.config.reuse_port else 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10000),
             # BDP probing grows each stream's flow-control window with the measured bandwidth:
@@ -194,6 +208,7 @@ class ServerApp:
 
     async def start(self) -> None:
         cfg = self.config
+        self._check_port_sharing()
         creds = self._credentials()
         if cfg.replication:
             self.redis = await connect_replication(cfg)
@@ -238,9 +253,15 @@ class ServerApp:
         )
         reflection.enable_server_reflection(names, self.server)
         address = f"{cfg.host}:{cfg.port}"
-        self.port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        except RuntimeError:  # gRPC's "Failed to bind" names no reason
+            self.port = 0
         if not self.port:
-            raise RuntimeError(f"cannot listen on {address}")
+            raise RuntimeError(
+                f"cannot listen on {address}: the address is not local or the port is taken (processes may share "
+                "a port only when every one of them runs with --reuse-port, as the same user)"
+            )
         if cfg.health_port is not None:
             # plaintext health only, for probes that cannot speak (m)TLS
             self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])

@@ -152,6 +152,14 @@ _OPTIONS: dict[str, tuple[tuple[str, Any, Any, dict[str, Any], str | None], ...]
             "extra plaintext port serving only grpc.health.v1 (for probes under TLS)",
         ),
         ("--ready-file", Path, None, {}, "write {port, metrics_port, ...} as JSON here once ready"),
+        (
+            "--reuse-port",
+            None,
+            None,
+            {"action": "store_true"},
+            "share --port with other sjff serve processes of this user (SO_REUSEPORT: the kernel spreads "
+            "connections over them); read-only, or learning with --replication",
+        ),
     ),
     "security": (
         ("--token-file", Path, None, {}, "file with the bearer token(s), one per line (re-read when it changes)"),
