@@ -21,10 +21,12 @@ What it measures, all on loopback, in one run:
    C++ library are installed, else Python grpc.aio processes) runs in its own process(es) and
    competes with the server for the same cores, as any client on this machine would; it sends
    pre-serialised requests without parsing responses, so it costs both servers the same.
-3. Learning: acknowledged (fsync'ed) Learn updates per second at 1, 8 and 32 clients (not
-   with ``--server-procs`` above 1: those processes share the port with ``--reuse-port`` and
-   serve read-only, and the load generator opens ``4 N`` connections so that the kernel
-   spreads them).
+3. Learning: acknowledged (fsync'ed) Learn updates per second at 1, 8 and 32 clients.
+
+With ``--server-procs N`` above 1 the server is N read-only processes sharing the port
+(``--reuse-port``), so there are no learning rows; the C++ load generator opens ``4 N``
+connections (``--channels``), which the kernel places on the processes (the Python one opens
+one per ``--client-procs`` process), and the JSON records the images each process answered.
 
 Reliability (malformed requests, concurrent learn + infer, kill -9, missing token) is not
 measured here: tests/test_server_fuzz.py, tests/test_server_learning.py and
@@ -53,7 +55,7 @@ import numpy as np
 import serve_measure as measure
 import serve_workers as workers
 from serve_report import print_table
-from serve_workers import CACHE, TOKEN, native_client
+from serve_workers import CACHE, NATIVE_CHANNELS, TOKEN, native_client
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -224,7 +226,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.seconds <= 0 or args.rounds < 1 or args.server_procs < 1 or args.learn_seconds < 0:
         ap.error("--seconds must be > 0, --rounds and --server-procs >= 1, --learn-seconds >= 0")
     if args.channels is None:
-        args.channels = 2 if args.server_procs == 1 else 4 * args.server_procs
+        args.channels = NATIVE_CHANNELS if args.server_procs == 1 else 4 * args.server_procs
     if args.channels < 1:
         ap.error("--channels must be >= 1")
     if args.quick:
@@ -239,16 +241,13 @@ class ServerGroup:
     them, for CPU time) and ``members`` (for their metrics)."""
 
     def __init__(self, repo: Path, n: int, token_file: Path, extra: list[str]) -> None:
-        import socket
+        from sjff_server.harness import ServerProcess, free_port
 
-        from sjff_server.harness import ServerProcess
-
-        with socket.socket() as s:  # a free port, then named by every process
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         args = [*extra, "--port", str(port), "--reuse-port"]
         self.members = [ServerProcess(repo, token_file=token_file, extra_args=args) for _ in range(n)]
         self.target = f"127.0.0.1:{port}"
+        self._stack = contextlib.ExitStack()
 
     @property
     def pid(self) -> tuple[int, ...]:
@@ -258,12 +257,11 @@ class ServerGroup:
         with contextlib.ExitStack() as started:
             for m in self.members:
                 started.enter_context(m)
-            started.pop_all()  # all up: stopped by __exit__ from now on
+            self._stack = started.pop_all()  # all up: each stopped on the way out, even if another fails to
         return self
 
     def __exit__(self, *exc) -> None:
-        for m in self.members:
-            m.__exit__(*exc)
+        self._stack.__exit__(*exc)
 
 
 def measure_server(args, work: Workdir, model_path: Path, images, labels, server_cpus, exe, results: dict) -> None:
@@ -279,6 +277,12 @@ def measure_server(args, work: Workdir, model_path: Path, images, labels, server
     load = measure.LoadClient(exe if args.client != "python" else None, args.client_procs, args.channels)
     results["load_generator"] = load.name
     results["channels"] = args.channels if load.exe is not None else args.client_procs
+    if load.exe is None and args.client_procs < 2 * args.server_procs:
+        print(
+            f"note: the Python load generator opens one connection per process ({args.client_procs}); "
+            f"the kernel places each on one of the {args.server_procs} servers (--client-procs sets more)",
+            flush=True,
+        )
     results["server_procs"] = args.server_procs
     if args.server_procs > 1:
         srv = ServerGroup(work.root / "repo", args.server_procs, work.token_file, extra)
@@ -298,6 +302,8 @@ def measure_server(args, work: Workdir, model_path: Path, images, labels, server
         learns = args.server_procs == 1 and args.learn_seconds > 0
         results["learning"] = measure.learning(srv, work.learn, load, args.learn_seconds, TOKEN) if learns else None
         results["batching"] = measure.batch_stats(measure.scrape(srv))
+        if args.server_procs > 1:  # how the kernel spread the connections
+            results["images_per_process"] = [measure.images_inferred(measure.scrape(m)) for m in srv.members]
 
 
 def main(argv: list[str] | None = None) -> int:

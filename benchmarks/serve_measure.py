@@ -112,7 +112,7 @@ class LoadClient:
 
     exe: Path | None
     procs: int
-    channels: int = 2
+    channels: int
 
     @property
     def name(self) -> str:
@@ -213,6 +213,11 @@ def batch_stats(lines: list[str]) -> dict:
     }
 
 
+def images_inferred(lines: list[str]) -> float:
+    """Images a server has answered (its ``sjff_inference_images_total``, all models)."""
+    return sum(float(ln.split()[-1]) for ln in lines if ln.startswith("sjff_inference_images_total"))
+
+
 def scrape(srv) -> list[str]:
     """The server's /metrics lines (of a :class:`ServerGroup`: every process's); none where
     they cannot be read."""
@@ -221,5 +226,5 @@ def scrape(srv) -> list[str]:
         try:
             lines += urllib.request.urlopen(one.metrics_url, timeout=5).read().decode().splitlines()  # noqa: S310
         except OSError:
-            pass
+            return []  # some processes' counts alone would not add up to the whole
     return lines

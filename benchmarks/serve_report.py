@@ -67,9 +67,10 @@ def print_latency(r: dict) -> None:
 
 def print_throughput(r: dict) -> None:
     """Inferences/s per number of clients beside the echo, and batching over the run."""
-    print(f"throughput load generator: {r['load_generator']}, {r.get('channels', 2)} connections")
-    if r.get("server_procs", 1) > 1:
-        print(f"server: {r['server_procs']} processes on one port (--reuse-port)")
+    print(f"throughput load generator: {r['load_generator']}, {r['channels']} connections")
+    if r["server_procs"] > 1:
+        spread = ", ".join(f"{n:,.0f}" for n in r.get("images_per_process", []))
+        print(f"server: {r['server_procs']} processes on one port (--reuse-port); images answered by each: {spread}")
     head = ("clients", "server inferences/s", "p50", "p99", "echo calls/s", "server / echo", "CPU/call server, echo")
     print(row(*head, "requests/batch"))
     print(row(*["---:"] * (len(head) + 1)))

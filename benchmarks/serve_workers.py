@@ -191,7 +191,8 @@ def run_load(
     pid: int | tuple[int, ...] | None = None,
 ) -> dict:
     """The Python load generator in ``procs`` processes (splitting the concurrency), results
-    merged as :func:`summarise`; with ``pid``, also that process's CPU time per call."""
+    merged as :func:`summarise`; with ``pid`` (one or several), also those processes' CPU time
+    per call."""
     procs = max(1, min(procs, concurrency))
     shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
     cpu0 = cpu_seconds(pid) if pid else 0.0
@@ -246,6 +247,7 @@ class Echo:
 
 NATIVE_SRC = ROOT / "benchmarks" / "native" / "grpc_load.cc"
 NATIVE_WARM_UP_CALLS = 20  # grpc_load's warm-up calls on each channel, before timing starts
+NATIVE_CHANNELS = 2  # grpc_load's connections unless told otherwise
 
 
 def native_client() -> tuple[Path | None, str]:
@@ -279,7 +281,7 @@ def run_native(
     concurrency: int,
     seconds: float = 0.0,
     count: int = 0,
-    channels: int = 2,
+    channels: int = NATIVE_CHANNELS,
     pid: int | tuple[int, ...] | None = None,
 ) -> dict:
     """``concurrency`` calls in flight over ``channels`` connections for ``seconds`` (or

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from serving_utils import free_port
+from sjff_server.harness import free_port
 
 __all__ = ["RedisServer", "TlsFiles", "make_tls", "redis_server", "require_redis_server"]
 

@@ -6,6 +6,8 @@ split the learning state is refused before anything starts."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import urllib.request
 
 import grpc
@@ -17,8 +19,7 @@ from sjff_client.client import build_infer_request
 from sjff_client.messages import build_learn_request, parse_infer_response
 from sjff_client.pb import grpc_service_pb2_grpc as pb_grpc
 from sjff_client.pb import learning_pb2_grpc as lpb_grpc
-from sjff_server.harness import ServerProcess
-from sjff_server.main import main
+from sjff_server.harness import ServerProcess, free_port
 
 LEARN_OK = 'code="OK",method="Learn"'  # the text format sorts labels
 MNIST_1 = 'model="mnist",version="1"'
@@ -49,7 +50,7 @@ def _infer_on_new_connection(target: str, request) -> int:
 
 def test_processes_sharing_a_port_all_answer(sjff_models, tmp_path):
     repo = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
-    port = su.free_port()
+    port = free_port()
     args = ["--port", str(port), "--reuse-port"]
     images, _ = su.mnist_test(1)
     request = build_infer_request(images.astype(np.float32) / 255.0, "mnist")
@@ -67,7 +68,7 @@ def test_replicas_sharing_a_port_learn_through_one_stream(sjff_models, tmp_path,
     stream, a read of that version on a new connection sees it, and both processes end at the
     last version answering alike."""
     repo = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
-    port = su.free_port()
+    port = free_port()
     args = ["--port", str(port), "--reuse-port", "--replication", redis_server.url, "--replication-max-lag", "0"]
     token = (("authorization", f"Bearer {token_path.read_text().strip()}"),)
     images, labels = su.mnist_test(40)
@@ -103,13 +104,26 @@ def test_replicas_sharing_a_port_learn_through_one_stream(sjff_models, tmp_path,
 @pytest.mark.parametrize("first_shares", [False, True])
 def test_a_port_is_shared_only_when_every_process_asks(sjff_models, tmp_path, first_shares):
     repo = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
-    port = su.free_port()
+    port = free_port()
     first = ["--port", str(port)] + (["--reuse-port"] if first_shares else [])
     second = ["--port", str(port)] + ([] if first_shares else ["--reuse-port"])
     with ServerProcess(repo, extra_args=first, metrics=False) as a:
         with pytest.raises(RuntimeError, match="exited with 2") as failed:
             ServerProcess(repo, extra_args=second, metrics=False).start()
         assert f"cannot listen on 127.0.0.1:{port}" in str(failed.value)
+        assert a.alive()
+
+
+def test_a_taken_metrics_port_is_named(sjff_models, tmp_path):
+    """The likeliest mistake with --reuse-port: two processes left on one --metrics-port. The
+    second is refused before it joins the shared gRPC port."""
+    repo = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
+    port, metrics = free_port(), free_port()
+    args = ["--port", str(port), "--reuse-port", "--metrics-port", str(metrics)]
+    with ServerProcess(repo, extra_args=args, metrics=False) as a:
+        with pytest.raises(RuntimeError, match="exited with 2") as failed:
+            ServerProcess(repo, extra_args=args, metrics=False).start()
+        assert f"cannot serve metrics on 0.0.0.0:{metrics}" in str(failed.value)
         assert a.alive()
 
 
@@ -120,11 +134,13 @@ def test_a_port_is_shared_only_when_every_process_asks(sjff_models, tmp_path, fi
         (["--port", "8123", "--state-dir", "STATE"], "--reuse-port with --state-dir needs --replication"),
     ],
 )
-def test_port_sharing_that_would_split_learning_is_refused(args, message, tmp_path, capsys):
+def test_port_sharing_that_would_split_learning_is_refused(args, message, sjff_models, tmp_path):
+    repo = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
     state = tmp_path / "state"
-    argv = ["--model-repository", str(tmp_path / "missing"), "--metrics-port", "-1", "--reuse-port"]
-    argv += [str(state) if a == "STATE" else a for a in args]
-    assert main(argv) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sjff serve: error:")]
-    assert len(errors) == 1 and message in errors[0], errors
-    assert not state.exists()  # refused before anything was written
+    cmd = [sys.executable, "-m", "sjff_server", "--model-repository", str(repo), "--metrics-port", "-1"]
+    cmd += ["--reuse-port", *(str(state) if a == "STATE" else a for a in args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("sjff serve: error:")]
+    assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
+    assert not state.exists()  # refused before the models were loaded or anything written

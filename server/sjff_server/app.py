@@ -252,16 +252,27 @@ class ServerApp:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.server)
+        if cfg.metrics_port is not None:  # before the gRPC port, which a process sharing it must not join in vain
+            try:
+                self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+            except OSError as exc:
+                raise OSError(
+                    f"cannot serve metrics on {cfg.metrics_host}:{cfg.metrics_port}: {exc.strerror or exc} "
+                    "(processes sharing a port each need their own --metrics-port, or 0 for any free one)"
+                ) from exc
         address = f"{cfg.host}:{cfg.port}"
         try:
             self.port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
-        except RuntimeError:  # gRPC's "Failed to bind" names no reason
-            self.port = 0
-        if not self.port:
+        except RuntimeError as exc:  # gRPC's "Failed to bind" gives no reason
+            causes = "the address is not local, the port is privileged or taken"
+            if creds is not None:
+                causes += ", or the TLS certificate or key is not valid"
             raise RuntimeError(
-                f"cannot listen on {address}: the address is not local or the port is taken (processes may share "
-                "a port only when every one of them runs with --reuse-port, as the same user)"
-            )
+                f"cannot listen on {address}: {causes} (processes may share a port only when every one of them "
+                f"runs with --reuse-port, as the same user). gRPC: {exc}"
+            ) from exc
+        if not self.port:
+            raise RuntimeError(f"cannot listen on {address}")
         if cfg.health_port is not None:
             # plaintext health only, for probes that cannot speak (m)TLS
             self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -276,8 +287,6 @@ class ServerApp:
                     m.learner.on_serving = self._model_serving
                 await m.learner.start()
         await self.server.start()
-        if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         learning_ok = all(m.learner is None or m.learner.failed is None for m in self.registry.all())
         for service in ("", INFERENCE_SERVICE, LEARNING_SERVICE):
             ok = learning_ok or service != LEARNING_SERVICE
