@@ -277,7 +277,7 @@ def measure_server(args, work: Workdir, model_path: Path, images, labels, server
     load = measure.LoadClient(exe if args.client != "python" else None, args.client_procs, args.channels)
     results["load_generator"] = load.name
     results["channels"] = args.channels if load.exe is not None else args.client_procs
-    if load.exe is None and args.client_procs < 2 * args.server_procs:
+    if load.exe is None and args.server_procs > 1 and args.client_procs < 2 * args.server_procs:
         print(
             f"note: the Python load generator opens one connection per process ({args.client_procs}); "
             f"the kernel places each on one of the {args.server_procs} servers (--client-procs sets more)",
