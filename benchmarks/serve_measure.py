@@ -47,6 +47,7 @@ def _handler_latency(model_path: Path, n: int, payload: bytes) -> tuple[float, f
     from sjff_server.learning.options import LearnOptions
     from sjff_server.metrics import Metrics
     from sjff_server.protocol.inference_service import InferenceService, ServerState
+    from sjff_server.protocol.registration import serialize_answer
     from sjff_server.serving.models import ModelRegistry, load_served_model
     from sjff_server.serving.repository import scan_repository
 
@@ -75,7 +76,7 @@ def _handler_latency(model_path: Path, n: int, payload: bytes) -> tuple[float, f
             lat = []
             for i in range(n + 200):
                 t = time.perf_counter()
-                (await svc.ModelInfer(pb.ModelInferRequest.FromString(payload), ctx)).SerializeToString()
+                serialize_answer(await svc.ModelInfer(pb.ModelInferRequest.FromString(payload), ctx))
                 if i >= 200:
                     lat.append(time.perf_counter() - t)
             pool.close()

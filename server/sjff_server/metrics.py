@@ -13,9 +13,14 @@ model disagree with the others').
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["Metrics"]
 
@@ -23,17 +28,48 @@ _LATENCY = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+class CallStats:
+    """gRPC calls by method and status code, and their latency histogram, counted in plain
+    Python by the event loop and read by the scrape (``collect``). Every call updates these,
+    and a prometheus_client Counter plus Histogram cost several calls and a lock each."""
+
+    def __init__(self) -> None:
+        self.calls: dict[tuple[str, str], int] = {}
+        #: method -> calls per latency bucket (the last: above every bound), then their seconds
+        self.latency: dict[str, list[float]] = {}
+
+    def add(self, method: str, code: str, seconds: float) -> None:
+        key = (method, code)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        h = self.latency.get(method)
+        if h is None:
+            h = self.latency[method] = [0] * (len(_LATENCY) + 1) + [0.0]
+        h[bisect_left(_LATENCY, seconds)] += 1  # le: a call of exactly a bound counts in its bucket
+        h[-1] += seconds
+
+    def collect(self) -> Iterator[Any]:
+        # copies first: the loop may add a key while the scrape's thread reads
+        calls = CounterMetricFamily(
+            "sjff_grpc_requests", "gRPC calls by method and status code", labels=["method", "code"]
+        )
+        for (method, code), n in list(self.calls.items()):
+            calls.add_metric([method, code], n)
+        yield calls
+        hist = HistogramMetricFamily("sjff_grpc_request_seconds", "gRPC call latency (server side)", labels=["method"])
+        bounds = [*map(floatToGoString, _LATENCY), "+Inf"]
+        for method, h in list(self.latency.items()):
+            h = list(h)
+            hist.add_metric([method], list(zip(bounds, accumulate(h[:-1]))), sum_value=h[-1])
+        yield hist
+
+
 class Metrics:
     """All server metrics in one private registry (so tests can run several servers)."""
 
     def __init__(self, version: str = "") -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "sjff_grpc_requests", "gRPC calls by method and status code", ["method", "code"], registry=r
-        )
-        self.latency = Histogram(
-            "sjff_grpc_request_seconds", "gRPC call latency (server side)", ["method"], buckets=_LATENCY, registry=r
-        )
+        self.calls = CallStats()
+        r.register(self.calls)
         self.waiting = Gauge(
             "sjff_inference_waiting_requests", "inference requests waiting for their batch's answer", registry=r
         )
@@ -80,8 +116,6 @@ class Metrics:
             Gauge, "replication_divergence", "1 while this replica's weights differ from the others' (NOT_SERVING)"
         )
         Info("sjff_build", "server build information", registry=r).info({"version": version})
-        self._req: dict[tuple[str, str], Any] = {}
-        self._lat: dict[str, Any] = {}
         self._http = None
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:  # noqa: S104 - metrics are meant to be scraped
@@ -96,18 +130,10 @@ class Metrics:
             self._http.server_close()
             self._http = None
 
-    # -- hot path: children are looked up once ------------------------------------------------
+    # -- hot path: calls counted in plain Python, batch children looked up once --------------------
 
     def request(self, method: str, code: str, seconds: float) -> None:
-        key = (method, code)
-        c = self._req.get(key)
-        if c is None:
-            c = self._req[key] = self.requests.labels(method, code)
-        c.inc()
-        h = self._lat.get(method)
-        if h is None:
-            h = self._lat[method] = self.latency.labels(method)
-        h.observe(seconds)
+        self.calls.add(method, code, seconds)
 
     def batch_observer(self, model: str, version: str):
         """A callback ``(requests, images)`` for one model's batcher."""

@@ -1,8 +1,9 @@
 """Dynamic batching of concurrent inference requests for one model version.
 
 Requests that arrive while the model is busy (or within ``max_delay_s`` of the first one)
-are concatenated into one batch of at most ``max_batch`` images, run once, and the outputs
-are split back per request. Only requests with equal :class:`InferOptions` share a batch.
+are concatenated into one batch of at most ``max_batch`` images, run once, and each request
+is answered with the batch's outputs and its row range (:data:`Answer`). Only requests with
+equal :class:`InferOptions` share a batch.
 With a configured window (``max_delay_s``) a batch of fewer than ``max_batch`` images runs
 once its oldest request has waited the window out, also a request left over from a full one.
 
@@ -50,15 +51,21 @@ from ..interrupt import Interrupted, WorkerPool
 from .engine import InferOptions
 from .window import WindowPolicy
 
-__all__ = ["Batcher", "BatchResult"]
+__all__ = ["Answer", "BatchResult", "Batcher", "Queued", "rows_of"]
 
-#: (outputs for this request's rows, learning version that produced them)
+#: (outputs, learning version that produced them): what a run returns for a batch, and what
+#: :meth:`Batcher.infer` returns for one request's rows
 BatchResult = tuple[dict[str, np.ndarray], int]
+#: what a request is answered with: ``(outputs of its whole batch, version, start, stop)``,
+#: its rows being ``start:stop`` (slicing is left to whoever encodes the answer)
+Answer = tuple[dict[str, np.ndarray], int, int, int]
 RunFn = Callable[[np.ndarray, InferOptions], BatchResult]
 log = logging.getLogger("sjff_server.batching")
 
 
-class _Item:
+class Queued:
+    """A request waiting in the queue (or in a running batch) for its ``future``."""
+
     __slots__ = ("x", "rows", "nbytes", "opts", "future", "deadline", "taken", "t")
 
     def __init__(
@@ -105,7 +112,7 @@ class Batcher:
         self.name = name
         self.held_bytes = 0  # decoded images of queued and running requests
         self._on_batch = on_batch
-        self._pending: deque[_Item] = deque()
+        self._pending: deque[Queued] = deque()
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
         self._inflight = 0  # batches on the pool
         self._rows = 0  # images pending
@@ -123,36 +130,57 @@ class Batcher:
         busy: bool = False,
         wire_bytes: int = 0,
     ) -> BatchResult:
-        """Outputs for images ``x`` ``[N, D]``. ``deadline`` is a ``time.monotonic()`` instant
+        """Outputs for images ``x`` ``[N, D]`` (:meth:`submit`, then the wait for the batch)."""
+        answer = self.submit(x, opts, deadline, busy, wire_bytes)
+        if type(answer) is Queued:
+            try:
+                answer = await answer.future
+            except BaseException:
+                self.withdraw(answer)
+                raise
+        return rows_of(answer)
+
+    def submit(
+        self,
+        x: np.ndarray,
+        opts: InferOptions,
+        deadline: float | None = None,
+        busy: bool = False,
+        wire_bytes: int = 0,
+    ) -> Answer | Queued:
+        """Run or queue images ``x`` ``[N, D]``. ``deadline`` is a ``time.monotonic()`` instant
         after which the request is dropped (TimeoutError); ``busy`` says that other requests are
         in flight (so waiting for them pays); ``wire_bytes``: what else the request holds while
         it waits (its message), counted with ``x.nbytes``. A small request with nothing queued
-        and no reason to wait runs at once on the loop (no future, no extra event-loop turns);
-        otherwise it joins a batch. ResourceExhausted when the budget is spent."""
+        and no reason to wait runs at once on the loop and its :data:`Answer` is returned (no
+        future, no extra event-loop turns); otherwise a :class:`Queued` request whose ``future``
+        gives the answer, and which the caller hands to :meth:`withdraw` if that wait ends in an
+        exception (cancelled, expired, failed). ResourceExhausted when the budget is spent.
+
+        Synchronous, so that a handler waits in its own frame (one coroutine resumed per
+        answer, not a chain of them)."""
         nbytes = x.nbytes + wire_bytes
         self._admit(nbytes)
         delay = None
         if self._scheduled is None:
             delay = self.max_delay_s or self.window.delay(busy)
             if delay == 0 and not self._pending and len(x) <= self.inline_rows:
-                result = self._run(x, opts)
+                outs, version = self._run(x, opts)
                 if self._on_batch is not None:
                     self._on_batch(1, len(x))
-                return result
-        it = self._enqueue(x, opts, deadline, delay, nbytes)
-        try:
-            return await it.future
-        except BaseException:
-            # cancelled or expired while queued (or its batch failed): a request that left the
-            # queue without running drops its images now, even while the item still sits in
-            # the queue, so dead requests hold no memory. (A try block, not a done callback:
-            # that would cost an extra event-loop callback on every answered request.)
-            if not it.future.done():  # this coroutine was closed some other way: withdraw it
-                it.future.cancel()
-            if not it.taken and it.nbytes:
-                self._release(it)
-                it.x = None
-            raise
+                return outs, version, 0, len(x)
+        return self._enqueue(x, opts, deadline, delay, nbytes)
+
+    def withdraw(self, it: Queued) -> None:
+        """The wait for ``it`` ended in an exception (cancelled, expired, or its batch failed):
+        a request that left the queue without running drops its images now, even while the
+        item still sits in the queue, so dead requests hold no memory. (Called by the waiter,
+        not a done callback: that would cost an extra event-loop callback on every answer.)"""
+        if not it.future.done():  # the waiter was closed some other way: withdraw it
+            it.future.cancel()
+        if not it.taken and it.nbytes:
+            self._release(it)
+            it.x = None
 
     def _admit(self, nbytes: int) -> None:
         limit = self.max_bytes
@@ -171,18 +199,18 @@ class Batcher:
             "retry later or raise --max-inflight-mb",
         )
 
-    def _release(self, it: _Item) -> None:
+    def _release(self, it: Queued) -> None:
         self.held_bytes -= it.nbytes
         it.nbytes = 0
 
     def _enqueue(
         self, x: np.ndarray, opts: InferOptions, deadline: float | None, delay: float | None, nbytes: int
-    ) -> _Item:
+    ) -> Queued:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        it = _Item(x, opts, fut, deadline, loop.time())
+        it = Queued(x, opts, fut, deadline, loop.time())
         it.nbytes = nbytes
         self.held_bytes += it.nbytes
         self._pending.append(it)
@@ -207,7 +235,7 @@ class Batcher:
     def queued(self) -> int:
         return len(self._pending)
 
-    def _live(self, it: _Item, now: float) -> bool:
+    def _live(self, it: Queued, now: float) -> bool:
         if it.future.done():  # cancelled by the client meanwhile
             return False
         if it.deadline is not None and now > it.deadline:
@@ -215,10 +243,10 @@ class Batcher:
             return False
         return True
 
-    def _take(self) -> list[_Item]:
+    def _take(self) -> list[Queued]:
         """The next batch: the oldest live request plus following ones with equal options."""
         now = time.monotonic()
-        first: _Item | None = None
+        first: Queued | None = None
         while self._pending:
             it = self._pending.popleft()
             if self._live(it, now):
@@ -229,12 +257,13 @@ class Batcher:
             return []
         batch, rows = [first], first.rows
         if first.opts.seed is None and first.opts.steps is None:  # an explicit seed: reproducible, unbatched
-            keep: deque[_Item] = deque()
+            keep: deque[Queued] = deque()
             while self._pending and rows < self.max_batch:
                 it = self._pending.popleft()
                 if not self._live(it, now):
                     continue
-                if it.opts != first.opts or rows + it.rows > self.max_batch:
+                # most requests carry the plan's own options object: identity first
+                if (it.opts is not first.opts and it.opts != first.opts) or rows + it.rows > self.max_batch:
                     keep.append(it)
                     if len(keep) > 64:  # do not scan the whole queue for matches
                         break
@@ -287,35 +316,30 @@ class Batcher:
         self._flush_at = None
         return True
 
-    def _split(self, batch: list[_Item], result: BatchResult) -> None:
+    def _split(self, batch: list[Queued], result: BatchResult) -> None:
         outs, version = result
-        if len(batch) == 1:
-            it = batch[0]
-            if not it.future.done():
-                it.future.set_result(result)
-            return
         start = 0
         for it in batch:
             stop = start + it.rows
             if not it.future.done():
-                it.future.set_result(({k: v[start:stop] for k, v in outs.items()}, version))
+                it.future.set_result((outs, version, start, stop))
             start = stop
 
-    def _fail(self, batch: list[_Item], exc: BaseException) -> None:
+    def _fail(self, batch: list[Queued], exc: BaseException) -> None:
         for it in batch:
             if not it.future.done():
                 it.future.set_exception(exc)
 
-    def _done(self, batch: list[_Item]) -> None:
+    def _done(self, batch: list[Queued]) -> None:
         """The batch has stopped running: its requests hold no more memory here."""
         for it in batch:
             self._release(it)
             it.x = None
 
-    def _inputs(self, batch: list[_Item]) -> np.ndarray:
+    def _inputs(self, batch: list[Queued]) -> np.ndarray:
         return batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
 
-    def _run_inline(self, batch: list[_Item]) -> None:
+    def _run_inline(self, batch: list[Queued]) -> None:
         x = self._inputs(batch)
         try:
             result = self._run(x, batch[0].opts)
@@ -328,7 +352,7 @@ class Batcher:
             self._on_batch(len(batch), len(x))
         self._split(batch, result)
 
-    async def _run_threaded(self, batch: list[_Item]) -> None:
+    async def _run_threaded(self, batch: list[Queued]) -> None:
         assert self._pool is not None
         loop = asyncio.get_running_loop()
         x = self._inputs(batch)
@@ -372,3 +396,9 @@ class Batcher:
             self._inflight -= 1
             if self._pending and self._scheduled is None:
                 self._scheduled = loop.call_soon(self._flush)
+
+
+def rows_of(answer: Answer) -> BatchResult:
+    """One request's outputs (views of its rows) and version from its :data:`Answer`."""
+    outs, version, start, stop = answer
+    return {k: v[start:stop] for k, v in outs.items()}, version

@@ -1,8 +1,9 @@
 """Protocol answers of a served model: its ModelMetadataResponse and its ModelInferResponses.
 
 :class:`ModelMessages` is built once per served model (by the inference service) and keeps
-what every answer shares: the metadata, and per batch size the metadata of an answer with
-the default outputs, so the common answer is a copy of a prepared message plus the data.
+what every answer shares: the metadata, and per batch size the serialised metadata of an
+answer with the default outputs, so the common answer is prepared bytes plus its rows' data
+(no message is built for it). Handlers may return bytes or messages (registration.py).
 """
 
 from __future__ import annotations
@@ -11,10 +12,45 @@ import numpy as np
 from sjff_client.codec import CONTENTS_FIELD
 from sjff_client.pb import grpc_service_pb2 as pb
 
+from ..inference.batching import Answer
 from ..inference.engine import InferPlan
 from ..serving.models import ServedModel
 
-__all__ = ["ModelMessages"]
+__all__ = ["ModelMessages", "stream_answer"]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _tag_and_length(number: int, length: int) -> bytes:
+    """What precedes the ``length`` bytes of a length-delimited protobuf field on the wire."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field (bytes, string or message) as it appears on the wire.
+    Fields may come in any order in a message, and repeated ones in the order sent."""
+    return _tag_and_length(number, len(data)) + data
+
+
+def _version_param(version: int) -> bytes:
+    """The ``parameters`` entry ``sjff_version`` of a ModelInferResponse, serialised."""
+    m = pb.ModelInferResponse()
+    m.parameters["sjff_version"].int64_param = version
+    return m.SerializeToString()
+
+
+def stream_answer(answer: bytes | pb.ModelInferResponse) -> bytes | pb.ModelStreamInferResponse:
+    """A ModelStreamInferResponse carrying ``answer`` (its field 2)."""
+    if type(answer) is bytes:
+        return _field(2, answer)
+    return pb.ModelStreamInferResponse(infer_response=answer)
 
 
 def _classification(values: np.ndarray, k: int) -> list[bytes]:
@@ -33,7 +69,13 @@ class ModelMessages:
         for o in served.engine.outputs.values():
             md.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
         self._metadata = md
-        self._templates: dict[int, pb.ModelInferResponse] = {}  # rows -> default-output metadata
+        # (rows, bytes per row of each output) -> pieces of a default answer (_answer_pieces)
+        self._pieces: dict[tuple[int, tuple[int, ...]], tuple[bytes, list[bytes]]] = {}
+        self._batch: dict[str, np.ndarray] | None = None  # the last batch's outputs ...
+        self._blobs: list[bytes] = []  # ... as bytes, per default output ...
+        self._row_bytes: tuple[int, ...] = ()  # ... and the bytes of one row of each
+        self._param_version = -1
+        self._param = b""  # the serialised sjff_version parameter of _param_version
 
     def metadata(self, versions: list[str]) -> pb.ModelMetadataResponse:
         """ModelMetadataResponse listing the repository ``versions`` of the model."""
@@ -42,14 +84,48 @@ class ModelMessages:
         md.versions.extend(versions)
         return md
 
-    def _template(self, plan: InferPlan, outs: dict[str, np.ndarray]) -> pb.ModelInferResponse:
-        """Response metadata of the default outputs for one batch size (no data, no id)."""
+    def infer_answer(
+        self, request: pb.ModelInferRequest, plan: InferPlan, answer: Answer
+    ) -> bytes | pb.ModelInferResponse:
+        """The ModelInferResponse for ``answer`` (:data:`~sjff_server.inference.batching.Answer`):
+        serialised, for the default outputs (the common answer, assembled from pieces prepared
+        once per batch size, per batch and per learning version), else the message of
+        :meth:`infer_response`. Both encode the same message (tests/test_server_messages.py)."""
+        outs, version, start, stop = answer
+        if plan is not self.served.default_plan:
+            return self.infer_response(request, plan, {k: v[start:stop] for k, v in outs.items()}, version)
+        if outs is not self._batch:  # the outputs of a new batch: to bytes once for all its requests
+            self._batch = outs
+            self._blobs = blobs = [outs[n].tobytes() for n in plan.outputs]
+            self._row_bytes = tuple(len(b) // len(outs[n]) for n, b in zip(plan.outputs, blobs))
+        rows = stop - start
+        key = (rows, self._row_bytes)
+        pieces = self._pieces.get(key)
+        if pieces is None:
+            pieces = self._pieces.setdefault(key, self._answer_pieces(plan, outs, rows))
+        head, prefixes = pieces
+        if version != self._param_version:
+            self._param_version = version
+            self._param = _version_param(version)
+        parts = [head, self._param]
+        if request.id:
+            parts.append(_field(3, request.id.encode()))
+        for prefix, blob, row in zip(prefixes, self._blobs, self._row_bytes):
+            parts.append(prefix)
+            parts.append(blob[start * row : stop * row])
+        return b"".join(parts)
+
+    def _answer_pieces(self, plan: InferPlan, outs: dict[str, np.ndarray], rows: int) -> tuple[bytes, list[bytes]]:
+        """For a default answer of ``rows`` rows: its name, version and output tensors (no id,
+        no parameters, no data) serialised, and the tag and length of each output's raw
+        contents."""
         served = self.served
         t = pb.ModelInferResponse(model_name=served.name, model_version=served.version)
-        t.parameters["sjff_version"].int64_param = 0
         for name in plan.outputs:
-            t.outputs.add(name=name, datatype=served.engine.outputs[name].datatype, shape=outs[name].shape)
-        return t
+            shape = (rows, *outs[name].shape[1:])
+            t.outputs.add(name=name, datatype=served.engine.outputs[name].datatype, shape=shape)
+        prefixes = [_tag_and_length(6, rows * row) for row in self._row_bytes]
+        return t.SerializeToString(), prefixes
 
     def infer_response(
         self, request: pb.ModelInferRequest, plan: InferPlan, outs: dict[str, np.ndarray], version: int
@@ -57,18 +133,6 @@ class ModelMessages:
         """The ModelInferResponse for ``outs`` (learning ``version``); raw contents unless
         ``plan.typed``."""
         served = self.served
-        if plan is served.default_plan:  # the common answer: copy a prepared message, add the data
-            names = plan.outputs
-            rows = len(outs[names[0]])
-            template = self._templates.get(rows)
-            if template is None:
-                template = self._templates.setdefault(rows, self._template(plan, outs))
-            resp = pb.ModelInferResponse()
-            resp.CopyFrom(template)
-            resp.id = request.id
-            resp.parameters["sjff_version"].int64_param = version
-            resp.raw_output_contents.extend([outs[n].tobytes() for n in names])
-            return resp
         resp = pb.ModelInferResponse(model_name=served.name, model_version=served.version, id=request.id)
         resp.parameters["sjff_version"].int64_param = version
         specs = served.engine.outputs

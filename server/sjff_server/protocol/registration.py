@@ -1,4 +1,5 @@
-"""Register servicers with deserializers that never fail.
+"""Register servicers with deserializers that never fail, and serializers that also pass
+through answers a handler has serialised itself.
 
 The generated ``add_*Servicer_to_server`` helpers parse requests with ``FromString``; bytes that
 are not a valid message then make gRPC answer UNKNOWN ("Exception deserializing request").
@@ -17,7 +18,7 @@ import grpc
 from ..errors import InvalidInput
 from .rpc import status_of
 
-__all__ = ["Malformed", "add_service"]
+__all__ = ["Malformed", "add_service", "serialize_answer"]
 
 
 class Malformed:
@@ -44,6 +45,11 @@ def _deserializer(cls: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+def serialize_answer(message: Any) -> bytes:
+    """A handler's answer as bytes: a message, or bytes it serialised itself (messages.py)."""
+    return message if type(message) is bytes else message.SerializeToString()
+
+
 def _guard(fn: Callable) -> Callable:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if type(request) is Malformed:
@@ -59,9 +65,9 @@ def add_service(server: grpc.aio.Server, servicer: Any, module: ModuleType, serv
     desc = module.DESCRIPTOR.services_by_name[service]
     handlers = {}
     for m in desc.methods:
-        req, resp = getattr(module, m.input_type.name), getattr(module, m.output_type.name)
+        req = getattr(module, m.input_type.name)
         fn = getattr(servicer, m.name)
-        kw = {"request_deserializer": _deserializer(req), "response_serializer": resp.SerializeToString}
+        kw = {"request_deserializer": _deserializer(req), "response_serializer": serialize_answer}
         if m.client_streaming and m.server_streaming:
             handlers[m.name] = grpc.stream_stream_rpc_method_handler(fn, **kw)
         elif m.client_streaming:
@@ -69,7 +75,9 @@ def add_service(server: grpc.aio.Server, servicer: Any, module: ModuleType, serv
         elif m.server_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(fn, **kw)
         else:
-            handlers[m.name] = grpc.unary_unary_rpc_method_handler(_guard(fn), **kw)
+            # a method that answers a Malformed request itself skips the wrapper's extra frame
+            unwrapped = getattr(fn, "accepts_malformed", False)
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(fn if unwrapped else _guard(fn), **kw)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(desc.full_name, handlers),))
     server.add_registered_method_handlers(desc.full_name, handlers)
     return desc.full_name

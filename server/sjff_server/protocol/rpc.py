@@ -108,13 +108,19 @@ class RpcService:
             code = "CANCELLED"
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
-            status, message = self._status(exc)
+            status, message = self._failure(method, exc, model)
             code = status.name
-            if status == Code.INTERNAL:
-                self.log.exception(f"{method} failed", extra={"model": model} if model else None)
             await context.abort(status, message)
         finally:
             self.metrics.request(method, code, time.perf_counter() - t0)
+
+    def _failure(self, method: str, exc: Exception, model: str = "") -> tuple[grpc.StatusCode, str]:
+        """The status a call that failed with ``exc`` ends with; INTERNAL ones are logged
+        (naming ``model``)."""
+        status, message = self._status(exc)
+        if status == Code.INTERNAL:
+            self.log.exception(f"{method} failed", extra={"model": model} if model else None)
+        return status, message
 
     async def _item(
         self,
@@ -130,10 +136,8 @@ class RpcService:
         try:
             return await fn()
         except Exception as exc:  # noqa: BLE001 - reported in-band; the stream goes on
-            status, message = self._status(exc)
+            status, message = self._failure(method, exc, model)
             code = status.name
-            if status == Code.INTERNAL:
-                self.log.exception(f"{method} failed", extra={"model": model} if model else None)
             return answer_error(status, message)
         finally:
             self.metrics.request(method, code, time.perf_counter() - t0)

@@ -1,0 +1,74 @@
+"""The answers of ModelInfer: the serialised default answer (prepared bytes plus each request's
+rows) parses to exactly the message the general builder makes, for every row range of a batch,
+with and without a request id, across learning versions and batch sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import serving_utils as su
+from sjff_client.pb import grpc_service_pb2 as pb
+from sjff_server.inference.engine import InferOptions, InferPlan
+from sjff_server.interrupt import WorkerPool
+from sjff_server.learning.options import LearnOptions
+from sjff_server.protocol.messages import ModelMessages, stream_answer
+from sjff_server.serving.models import load_served_model
+from sjff_server.serving.repository import scan_repository
+
+
+@pytest.fixture(scope="module", params=["analog", "spike"])
+def served(request, sjff_models, tmp_path_factory):
+    root = su.make_repository(tmp_path_factory.mktemp("repo"), {"m": sjff_models[request.param]})
+    (spec,), _ = scan_repository(root)
+    pool = WorkerPool(1)
+    model, _ = load_served_model(spec, state_dir=None, ort_threads=1, learn_options=LearnOptions(), pool=pool)
+    yield model
+    pool.close()
+
+
+def _request(id_: str = "") -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(model_name="m", id=id_)
+
+
+def test_default_answer_bytes_equal_the_general_message(served, mnist_samples):
+    images, _ = mnist_samples
+    x = su.as_float(images[:5])
+    outs, _ = served._run_batch(x, served.default_plan.opts)
+    messages = ModelMessages(served)
+    plan = served.default_plan
+    for version in (0, 7, 2**40):
+        for start, stop in ((0, 5), (0, 1), (1, 3), (4, 5)):
+            for id_ in ("", "req-é-42"):
+                request = _request(id_)
+                got = messages.infer_answer(request, plan, (outs, version, start, stop))
+                assert type(got) is bytes
+                rows = {k: v[start:stop] for k, v in outs.items()}
+                want = messages.infer_response(request, plan, rows, version)
+                parsed = pb.ModelInferResponse.FromString(got)
+                assert parsed == want
+                assert [list(o.shape) for o in parsed.outputs][0][0] == stop - start
+                assert parsed.parameters["sjff_version"].int64_param == version
+    # a second batch (new outputs object) is encoded from its own data, not the cached one
+    outs2, _ = served._run_batch(su.as_float(images[5:7]), served.default_plan.opts)
+    got = pb.ModelInferResponse.FromString(messages.infer_answer(_request(), plan, (outs2, 3, 1, 2)))
+    assert got == messages.infer_response(_request(), plan, {k: v[1:2] for k, v in outs2.items()}, 3)
+
+
+def test_other_plans_and_streams(served, mnist_samples):
+    images, _ = mnist_samples
+    x = su.as_float(images[:3])
+    messages = ModelMessages(served)
+    typed = InferPlan(InferOptions(), served.default_plan.outputs, None, True)
+    outs, _ = served._run_batch(x, typed.opts)
+    got = messages.infer_answer(_request("t"), typed, (outs, 2, 1, 3))
+    assert isinstance(got, pb.ModelInferResponse) and not got.raw_output_contents
+    assert got == messages.infer_response(_request("t"), typed, {k: v[1:3] for k, v in outs.items()}, 2)
+    # a stream carries either form as the same ModelStreamInferResponse
+    raw = messages.infer_answer(_request("s"), served.default_plan, (outs, 2, 0, 3))
+    from_bytes = pb.ModelStreamInferResponse.FromString(stream_answer(raw))
+    from_message = stream_answer(pb.ModelInferResponse.FromString(raw))
+    assert from_bytes == from_message and from_bytes.infer_response.id == "s"
+    assert np.array_equal(
+        np.frombuffer(from_bytes.infer_response.raw_output_contents[0], dtype=np.float32),
+        outs[served.default_plan.outputs[0]].ravel(),
+    )
