@@ -176,9 +176,20 @@ def main() -> int:
     ]
     print_table(
         f"Data-parallel training, gloo, 1 torch thread per process, {os.cpu_count()} cores, torch {torch.__version__}",
-        ["case", "samples", "1 proc samples/s", "2 procs samples/s", "speed-up", "efficiency",
-         "all-reduces/batch", "all-reduced/batch", "1 proc ms/batch", "2 procs ms/batch", "2 procs in all-reduce",
-         "all-reduces alone/batch"],
+        [
+            "case",
+            "samples",
+            "1 proc samples/s",
+            "2 procs samples/s",
+            "speed-up",
+            "efficiency",
+            "all-reduces/batch",
+            "all-reduced/batch",
+            "1 proc ms/batch",
+            "2 procs ms/batch",
+            "2 procs in all-reduce",
+            "all-reduces alone/batch",
+        ],
         rows,
         f"Median of {args.repeats} runs each, 1 epoch, train.draws=per-sample, batch 50. "
         f"Load average (1/5/15 min) before: {'/'.join(f'{x:.2f}' for x in load_before)}, "

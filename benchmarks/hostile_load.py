@@ -61,9 +61,7 @@ def deep_model() -> Path:
     sets = ["train.epochs=1", "train.limit=500", f"data.dataset={ROOT / 'tests/data/mnist-mini'}"]
     sets += ["data.download=false", "train.eval_every=0"]
     args = [a for s in sets for a in ("--set", s)]
-    subprocess.run(
-        [*cli, "train", "analog-deep", *args, "--out", str(work), "--quiet"], check=True, cwd=ROOT
-    )
+    subprocess.run([*cli, "train", "analog-deep", *args, "--out", str(work), "--quiet"], check=True, cwd=ROOT)
     subprocess.run([*cli, "export", str(work / "model"), "--format", "onnx", "--out", str(out)], check=True, cwd=ROOT)
     return out
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
 import tempfile
@@ -43,41 +42,16 @@ class _Context:
 
 
 async def _measure(model: Path, payload: bytes, concurrency: int, rounds: int) -> tuple[float, float]:
+    from serve_measure import in_process_service
     from sjff_client.pb import grpc_service_pb2 as pb
     from sjff_server.app import ServerConfig
-    from sjff_server.interrupt import WorkerPool
-    from sjff_server.learning.options import LearnOptions
-    from sjff_server.metrics import Metrics
     from sjff_server.protocol import registration
-    from sjff_server.protocol.inference_service import InferenceService, ServerState
-    from sjff_server.serving.models import ModelRegistry, load_served_model
-    from sjff_server.serving.repository import scan_repository
 
     with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp) / "mnist" / "1"
-        repo.mkdir(parents=True)
-        shutil.copy(model, repo / "model.onnx")
-        specs, _ = scan_repository(Path(tmp))
-        metrics = Metrics("")
-        pool = WorkerPool(1, "bench")
-        window = ServerConfig.batch_window_us / 1e6
-        served, _ = load_served_model(
-            specs[0],
-            state_dir=None,
-            ort_threads=1,
-            learn_options=LearnOptions(),
-            pool=pool,
-            metrics=metrics,
-            busy_delay_s=window,
-        )
-        registry = ModelRegistry()
-        registry.add(served)
-        state = ServerState()
-        state.ready = True
-        service = InferenceService(registry, state, metrics)
+        service, served, pool = in_process_service(model, Path(tmp), ServerConfig.batch_window_us / 1e6)
         # the handler as add_service registers it
         server = _Recorder()
-        registration.add_service(server, service, sys.modules[pb.__name__], "GRPCInferenceService")
+        registration.add_service(server, service, pb, "GRPCInferenceService")
         handler = server.handlers["ModelInfer"]
         parse, serialize, call = handler.request_deserializer, handler.response_serializer, handler.unary_unary
         ctx = _Context()

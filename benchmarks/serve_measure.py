@@ -39,17 +39,44 @@ def _timed(fn, n: int, idle_s: float = 0.0) -> tuple[float, float]:
     return percentiles(lat)
 
 
-def _handler_latency(model_path: Path, n: int, payload: bytes) -> tuple[float, float]:
-    """(p50, p99) ms of the server's whole ModelInfer handler (parse the request bytes,
-    validate, engine, encode, serialise the response, metrics) called directly, no gRPC."""
-    from sjff_client.pb import grpc_service_pb2 as pb
+def in_process_service(model_path: Path, root: Path, busy_delay_s: float = 0.0):
+    """``(InferenceService, ServedModel, WorkerPool)`` serving ``model_path`` as model "mnist"
+    from a repository made under ``root``, as ``sjff serve`` loads it; no gRPC, no learning.
+    Close the pool when done."""
     from sjff_server.interrupt import WorkerPool
     from sjff_server.learning.options import LearnOptions
     from sjff_server.metrics import Metrics
     from sjff_server.protocol.inference_service import InferenceService, ServerState
-    from sjff_server.protocol.registration import serialize_answer
     from sjff_server.serving.models import ModelRegistry, load_served_model
     from sjff_server.serving.repository import scan_repository
+
+    repo = root / "mnist" / "1"
+    repo.mkdir(parents=True)
+    shutil.copy(model_path, repo / "model.onnx")
+    specs, _ = scan_repository(root)
+    metrics = Metrics("")
+    pool = WorkerPool(1, "bench")
+    served, _ = load_served_model(
+        specs[0],
+        state_dir=None,
+        ort_threads=1,
+        learn_options=LearnOptions(),
+        pool=pool,
+        metrics=metrics,
+        busy_delay_s=busy_delay_s,
+    )
+    registry = ModelRegistry()
+    registry.add(served)
+    state = ServerState()
+    state.ready = True
+    return InferenceService(registry, state, metrics), served, pool
+
+
+def _handler_latency(model_path: Path, n: int, payload: bytes) -> tuple[float, float]:
+    """(p50, p99) ms of the server's whole ModelInfer handler (parse the request bytes,
+    validate, engine, encode, serialise the response, metrics) called directly, no gRPC."""
+    from sjff_client.pb import grpc_service_pb2 as pb
+    from sjff_server.protocol.registration import serialize_answer
 
     class Context:  # what the handler asks of a grpc.aio context on the success path
         def time_remaining(self) -> None:
@@ -57,20 +84,7 @@ def _handler_latency(model_path: Path, n: int, payload: bytes) -> tuple[float, f
 
     async def run() -> tuple[float, float]:
         with tempfile.TemporaryDirectory() as tmp:
-            repo = Path(tmp) / "mnist" / "1"
-            repo.mkdir(parents=True)
-            shutil.copy(model_path, repo / "model.onnx")
-            specs, _ = scan_repository(Path(tmp))
-            metrics = Metrics("")
-            pool = WorkerPool(1, "bench")
-            served, _ = load_served_model(
-                specs[0], state_dir=None, ort_threads=1, learn_options=LearnOptions(), pool=pool, metrics=metrics
-            )
-            registry = ModelRegistry()
-            registry.add(served)
-            state = ServerState()
-            state.ready = True
-            svc = InferenceService(registry, state, metrics)
+            svc, _, pool = in_process_service(model_path, Path(tmp))
             svc.busy_gap_s = 0.0  # back-to-back calls here are a lone client's, not load
             ctx = Context()
             lat = []
