@@ -1,17 +1,26 @@
 """The answers of ModelInfer: the serialised default answer (prepared bytes plus each request's
 rows) parses to exactly the message the general builder makes, for every row range of a batch,
-with and without a request id, across learning versions and batch sizes."""
+with and without a request id, across learning versions and batch sizes; and its failures are
+answered as every other unary call's."""
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
 import numpy as np
 import pytest
 import serving_utils as su
 from sjff_client.pb import grpc_service_pb2 as pb
+from sjff_server.errors import InvalidInput, ModelNotFound, ResourceExhausted
 from sjff_server.inference.engine import InferOptions, InferPlan
 from sjff_server.interrupt import WorkerPool
 from sjff_server.learning.options import LearnOptions
+from sjff_server.metrics import Metrics
+from sjff_server.protocol.inference_service import InferenceService, ServerState
 from sjff_server.protocol.messages import ModelMessages, stream_answer
+from sjff_server.protocol.registration import Malformed
+from sjff_server.protocol.rpc import status_of
 from sjff_server.serving.models import load_served_model
 from sjff_server.serving.repository import scan_repository
 
@@ -72,3 +81,79 @@ def test_other_plans_and_streams(served, mnist_samples):
         np.frombuffer(from_bytes.infer_response.raw_output_contents[0], dtype=np.float32),
         outs[served.default_plan.outputs[0]].ravel(),
     )
+
+
+def test_outputs_without_one_row_per_image_are_answered_as_a_message(served, mnist_samples):
+    """Rows are sliced as bytes only when every default output holds one row per image."""
+    images, _ = mnist_samples
+    outs, _ = served._run_batch(su.as_float(images[:3]), served.default_plan.opts)
+    first = served.default_plan.outputs[0]
+    odd = {**outs, first: outs[first][:2]}  # one output a row short
+    messages = ModelMessages(served)
+    got = messages.infer_answer(_request("x"), served.default_plan, (odd, 1, 0, 2))
+    assert isinstance(got, pb.ModelInferResponse)
+    assert got == messages.infer_response(_request("x"), served.default_plan, {k: v[0:2] for k, v in odd.items()}, 1)
+    # the next, regular batch is bytes again
+    assert type(messages.infer_answer(_request(), served.default_plan, (outs, 1, 0, 3))) is bytes
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    def __init__(self) -> None:
+        self.status = None
+
+    def time_remaining(self):
+        return None
+
+    def invocation_metadata(self):
+        return ()
+
+    async def abort(self, code, details):
+        self.status = (code, details)
+        raise _Aborted
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [InvalidInput("bad images"), ModelNotFound("no such model"), ResourceExhausted("full"), RuntimeError("boom")],
+    ids=lambda e: type(e).__name__,
+)
+def test_model_infer_answers_failures_like_every_unary_call(exc):
+    """ModelInfer writes RpcService._unary's steps out: the same status, message and metrics
+    code for the same failure (and a malformed request is INVALID_ARGUMENT with its reason)."""
+
+    class Registry:
+        def get(self, name, version):
+            raise exc
+
+    metrics = Metrics("")
+    state = ServerState()
+    service = InferenceService(Registry(), state, metrics)
+
+    async def fail():
+        raise exc
+
+    async def both():
+        a, b = _Context(), _Context()
+        with pytest.raises(_Aborted):
+            await service.ModelInfer(pb.ModelInferRequest(model_name="m"), a)
+        with pytest.raises(_Aborted):
+            await service._unary("Other", b, fail, "m")
+        return a.status, b.status
+
+    got, want = asyncio.run(both())
+    assert got == want and got[0] == status_of(exc)[0]
+    calls = metrics.calls.calls
+    assert calls[("ModelInfer", got[0].name)] == calls[("Other", got[0].name)] == 1
+
+    async def malformed():
+        ctx = _Context()
+        with pytest.raises(_Aborted):
+            await service.ModelInfer(Malformed("inference.ModelInferRequest", "truncated"), ctx)
+        return ctx.status
+
+    code, message = asyncio.run(malformed())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a valid inference.ModelInferRequest" in message

@@ -31,7 +31,8 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class CallStats:
     """gRPC calls by method and status code, and their latency histogram, counted in plain
     Python by the event loop and read by the scrape (``collect``). Every call updates these,
-    and a prometheus_client Counter plus Histogram cost several calls and a lock each."""
+    and a prometheus_client Counter plus Histogram cost several calls and a lock each. Unlike
+    those, no ``_created`` samples are exported."""
 
     def __init__(self) -> None:
         self.calls: dict[tuple[str, str], int] = {}
@@ -47,17 +48,27 @@ class CallStats:
         h[bisect_left(_LATENCY, seconds)] += 1  # le: a call of exactly a bound counts in its bucket
         h[-1] += seconds
 
-    def collect(self) -> Iterator[Any]:
-        # copies first: the loop may add a key while the scrape's thread reads
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily]:
         calls = CounterMetricFamily(
             "sjff_grpc_requests", "gRPC calls by method and status code", labels=["method", "code"]
         )
-        for (method, code), n in list(self.calls.items()):
+        hist = HistogramMetricFamily("sjff_grpc_request_seconds", "gRPC call latency (server side)", labels=["method"])
+        return calls, hist
+
+    def describe(self) -> Iterator[Any]:
+        """The families without samples: the registry learns their names (name filters of
+        the scrape, duplicate checks) without a collection."""
+        yield from self._families()
+
+    def collect(self) -> Iterator[Any]:
+        calls, hist = self._families()
+        # copies first: the loop may add a key while the scrape's thread reads
+        for (method, code), n in self.calls.copy().items():
             calls.add_metric([method, code], n)
         yield calls
-        hist = HistogramMetricFamily("sjff_grpc_request_seconds", "gRPC call latency (server side)", labels=["method"])
         bounds = [*map(floatToGoString, _LATENCY), "+Inf"]
-        for method, h in list(self.latency.items()):
+        for method, h in self.latency.copy().items():
             h = list(h)
             hist.add_metric([method], list(zip(bounds, accumulate(h[:-1]))), sum_value=h[-1])
         yield hist

@@ -69,12 +69,14 @@ class ModelMessages:
         for o in served.engine.outputs.values():
             md.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
         self._metadata = md
-        # (rows, bytes per row of each output) -> pieces of a default answer (_answer_pieces)
-        self._pieces: dict[tuple[int, tuple[int, ...]], tuple[bytes, list[bytes]]] = {}
+        # (rows, the outputs' bytes per row, row shapes and dtypes) -> pieces of a default answer
+        self._pieces: dict[tuple, tuple[bytes, list[bytes]]] = {}
         self._batch: dict[str, np.ndarray] | None = None  # the last batch's outputs ...
         self._blobs: list[bytes] = []  # ... as bytes, per default output ...
         self._row_bytes: tuple[int, ...] = ()  # ... and the bytes of one row of each
-        self._param_version = -1
+        self._layout: tuple = ()
+        self._rowwise = False  # the last batch's outputs all hold one row per image
+        self._param_version: int | None = None
         self._param = b""  # the serialised sjff_version parameter of _param_version
 
     def metadata(self, versions: list[str]) -> pb.ModelMetadataResponse:
@@ -96,10 +98,17 @@ class ModelMessages:
             return self.infer_response(request, plan, {k: v[start:stop] for k, v in outs.items()}, version)
         if outs is not self._batch:  # the outputs of a new batch: to bytes once for all its requests
             self._batch = outs
-            self._blobs = blobs = [outs[n].tobytes() for n in plan.outputs]
-            self._row_bytes = tuple(len(b) // len(outs[n]) for n, b in zip(plan.outputs, blobs))
+            arrays = [outs[n] for n in plan.outputs]
+            # rows are sliced as bytes: every output must hold one row per image of the batch
+            self._rowwise = len({len(a) for a in arrays}) == 1 and len(arrays[0]) > 0
+            if self._rowwise:
+                self._blobs = [a.tobytes() for a in arrays]
+                self._row_bytes = tuple(len(b) // len(a) for a, b in zip(arrays, self._blobs))
+                self._layout = (self._row_bytes, tuple(a.shape[1:] for a in arrays), tuple(a.dtype for a in arrays))
+        if not self._rowwise:
+            return self.infer_response(request, plan, {k: v[start:stop] for k, v in outs.items()}, version)
         rows = stop - start
-        key = (rows, self._row_bytes)
+        key = (rows, self._layout)
         pieces = self._pieces.get(key)
         if pieces is None:
             pieces = self._pieces.setdefault(key, self._answer_pieces(plan, outs, rows))

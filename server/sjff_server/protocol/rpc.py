@@ -98,7 +98,9 @@ class RpcService:
         self, method: str, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[Resp]], model: str = ""
     ) -> Resp:
         """Authorise, await ``fn()`` and return its answer; a failure ends the call with its
-        status (INTERNAL ones are logged, naming ``model``). Counted under ``method``."""
+        status (INTERNAL ones are logged, naming ``model``). Counted under ``method``.
+        (``InferenceService.ModelInfer`` writes these steps out for the busiest call: keep the
+        two alike; tests/test_server_messages.py checks they answer failures the same way.)"""
         t0 = time.perf_counter()
         code = "OK"
         try:
