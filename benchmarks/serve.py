@@ -83,6 +83,8 @@ def dataset() -> tuple[str, str]:
 def prepare_model(path: str | None) -> Path:
     """``path``, else the cached paper model (trained and exported on first use)."""
     if path:
+        if not Path(path).is_file():
+            raise SystemExit(f"--model {path}: no such file (an analog ONNX export, sjff export --format onnx)")
         return Path(path)
     data, _ = dataset()
     out = CACHE / f"analog-{'mnist' if data == 'mnist' else 'mini'}.onnx"

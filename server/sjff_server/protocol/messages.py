@@ -12,7 +12,7 @@ import numpy as np
 from sjff_client.codec import CONTENTS_FIELD
 from sjff_client.pb import grpc_service_pb2 as pb
 
-from ..inference.batching import Answer
+from ..inference.batching import Answer, rows_of
 from ..inference.engine import InferPlan
 from ..serving.models import ServedModel
 
@@ -69,7 +69,7 @@ class ModelMessages:
         for o in served.engine.outputs.values():
             md.outputs.add(name=o.name, datatype=o.datatype, shape=list(o.shape))
         self._metadata = md
-        # (rows, the outputs' bytes per row, row shapes and dtypes) -> pieces of a default answer
+        # (rows, the outputs' row shapes and dtypes) -> pieces of a default answer
         self._pieces: dict[tuple, tuple[bytes, list[bytes]]] = {}
         self._batch: dict[str, np.ndarray] | None = None  # the last batch's outputs ...
         self._blobs: list[bytes] = []  # ... as bytes, per default output ...
@@ -95,7 +95,7 @@ class ModelMessages:
         :meth:`infer_response`. Both encode the same message (tests/test_server_messages.py)."""
         outs, version, start, stop = answer
         if plan is not self.served.default_plan:
-            return self.infer_response(request, plan, {k: v[start:stop] for k, v in outs.items()}, version)
+            return self.infer_response(request, plan, *rows_of(answer))
         if outs is not self._batch:  # the outputs of a new batch: to bytes once for all its requests
             self._batch = outs
             arrays = [outs[n] for n in plan.outputs]
@@ -104,9 +104,9 @@ class ModelMessages:
             if self._rowwise:
                 self._blobs = [a.tobytes() for a in arrays]
                 self._row_bytes = tuple(len(b) // len(a) for a, b in zip(arrays, self._blobs))
-                self._layout = (self._row_bytes, tuple(a.shape[1:] for a in arrays), tuple(a.dtype for a in arrays))
+                self._layout = (tuple(a.shape[1:] for a in arrays), tuple(a.dtype for a in arrays))
         if not self._rowwise:
-            return self.infer_response(request, plan, {k: v[start:stop] for k, v in outs.items()}, version)
+            return self.infer_response(request, plan, *rows_of(answer))
         rows = stop - start
         key = (rows, self._layout)
         pieces = self._pieces.get(key)
