@@ -1,0 +1,185 @@
+"""How much of serve.py's gap to the bare echo any asyncio gRPC handler pays, and how much
+is the server's own work. Prints a table.
+
+    python benchmarks/serve_floor.py [--clients 32] [--seconds 3] [--rounds 6] [--pin]
+
+Alternating rounds of the C++ load generator (serve.py's load: one MNIST image per ModelInfer
+call) against four servers, all started before the first round:
+
+* ``echo``: the bare grpc.aio echo, serve.py's reference;
+* ``sjff serve, echo``: ``sjff serve`` whose ModelInfer returns the request bytes unparsed
+  (what our process, its options, threads and other services cost a call);
+* ``sjff serve, echo after a turn``: the same, answered one event-loop turn later through a
+  future, as a batched call waits for its batch (what a handler that suspends costs);
+* ``sjff serve``: the server as shipped.
+
+Per server: the median over rounds of its rate as a share of the echo's rate in the same
+round, of its CPU per call (all threads) over the echo's, and of its event-loop thread's CPU
+per call. The variants replace only the ModelInfer handler, in this file's ``serve`` mode:
+``python benchmarks/serve_floor.py serve VARIANT SJFF_SERVE_ARGS...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serve  # noqa: E402 - the benchmark's model and payload
+import serve_workers as workers  # noqa: E402
+
+VARIANTS = {"echo": "sjff serve, echo", "echo-turn": "sjff serve, echo after a turn", "server": "sjff serve"}
+
+
+# -- the server variants (this file's ``serve`` mode, in the server's own process) ---------------
+
+
+def _echo_handler(after_turn: bool):
+    async def echo(request: bytes, context) -> bytes:
+        return request
+
+    async def echo_after_turn(request: bytes, context) -> bytes:
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        loop.call_soon(answer.set_result, request)
+        return await answer
+
+    return echo_after_turn if after_turn else echo
+
+
+def run_variant(variant: str, args: list[str]) -> int:
+    """``sjff serve ARGS`` with ModelInfer answered by the echo ``variant`` (no parsing)."""
+    import grpc
+    from sjff_server import app
+    from sjff_server.main import main
+
+    if variant != "server":
+        shipped = app.add_service
+
+        def add_service(server, servicer, module, service):
+            name = shipped(server, servicer, module, service)
+            if service == "GRPCInferenceService":  # replaces the registered ModelInfer handler
+                handler = grpc.unary_unary_rpc_method_handler(_echo_handler(variant == "echo-turn"))
+                server.add_registered_method_handlers(name, {"ModelInfer": handler})
+            return name
+
+        app.add_service = add_service
+    return main(args)
+
+
+def variant_server(variant: str, repo: Path, token_file: Path | None = None, extra: list[str] | None = None):
+    """A :class:`~sjff_server.harness.ServerProcess` (not started) of ``variant`` on ``repo``."""
+    from sjff_server.harness import ServerProcess
+
+    class Variant(ServerProcess):
+        def command(self) -> list[str]:
+            cmd = super().command()
+            return [cmd[0], __file__, "serve", variant, *cmd[3:]]  # in place of "-m sjff_server"
+
+    return Variant(repo, token_file=token_file, extra_args=extra)
+
+
+# -- the measurement ------------------------------------------------------------------------------
+
+
+def main_thread_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid``'s main thread, which runs the event loop."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=32, help="calls in flight")
+    p.add_argument("--seconds", type=float, default=3.0, help="per server and round")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--model", help="analog ONNX export (default: serve.py's cached model)")
+    p.add_argument("--pin", action="store_true", help="servers on the last CPU, the load generator on the others")
+    args = p.parse_args(argv)
+    if args.clients < 1 or args.seconds <= 0 or args.rounds < 1:
+        p.error("--clients, --seconds and --rounds must be positive")
+    return args
+
+
+def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float, float]]]:
+    """{server: [(calls/s, CPU µs per call, event-loop CPU µs per call) per round]}."""
+    exe, why = workers.native_client()
+    if exe is None:
+        raise SystemExit(f"the C++ load generator is needed: {why}")
+    model = serve.prepare_model(args.model)
+    from spikingjelly_ff.runs.data import load_split
+
+    data, _ = serve.dataset()
+    split = load_split(data, "test")
+    work = serve.Workdir.create(model, split.images[:500], split.labels[:500])
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus: set[int] | None = None
+    extra: list[str] = []
+    if args.pin:
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs two CPUs or more")
+        server_cpus = {cpus[-1]}
+        workers.CLIENT_PREFIX[:] = ["taskset", "-c", ",".join(map(str, cpus[:-1]))]
+        extra = ["--cpus", str(cpus[-1])]
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work.root, ignore_errors=True)
+        echo = workers.Echo(server_cpus)
+        stack.callback(echo.close)
+        targets = {"echo": (echo.target, workers.ECHO, echo.proc.pid)}
+        for variant, label in VARIANTS.items():
+            srv = stack.enter_context(variant_server(variant, work.root / "repo", work.token_file, extra))
+            targets[label] = (srv.target, workers.INFER, srv.pid)
+        for target, method, pid in targets.values():  # warm up: connections, caches, the first batches
+            workers.run_native(exe, target, method, work.infer, args.clients, seconds=1, pid=pid)
+        rounds: dict[str, list[tuple[float, float, float]]] = {k: [] for k in targets}
+        for _ in range(args.rounds):
+            for name, (target, method, pid) in targets.items():
+                loop0 = main_thread_seconds(pid)
+                out = workers.run_native(exe, target, method, work.infer, args.clients, seconds=args.seconds, pid=pid)
+                calls = out["rate"] * args.seconds
+                loop_us = (main_thread_seconds(pid) - loop0) * 1e6 / calls
+                rounds[name].append((out["rate"], out["server_cpu_us"], loop_us))
+    return rounds
+
+
+def report(rounds: dict[str, list[tuple[float, float, float]]], args: argparse.Namespace) -> str:
+    echo = rounds["echo"]
+    lines = [
+        f"{args.clients} clients, {args.rounds} rounds of {args.seconds:g} s per server"
+        + (", servers pinned to one CPU" if args.pin else ""),
+        "",
+        "| server | rate / echo's, median [min, max] | CPU per call / echo's | event-loop CPU per call |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, runs in rounds.items():
+        share = [100 * r[0] / e[0] for r, e in zip(runs, echo)]
+        cpu = [r[1] / e[1] for r, e in zip(runs, echo)]
+        loop = statistics.median(r[2] for r in runs)
+        lines.append(
+            f"| {name} | {statistics.median(share):.0f} % [{min(share):.0f}, {max(share):.0f}] "
+            f"| {statistics.median(cpu):.2f}× | {loop:.0f} µs |"
+        )
+    rates = [r[0] for r in echo]
+    lines.append(f"\necho: {min(rates):,.0f}–{max(rates):,.0f} calls/s over the rounds")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        if len(argv) < 2 or argv[1] not in VARIANTS:
+            raise SystemExit(f"serve mode: expected one of {', '.join(VARIANTS)}")
+        return run_variant(argv[1], argv[2:])
+    args = parse_args(argv)
+    print(report(measure(args), args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

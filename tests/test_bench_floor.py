@@ -1,0 +1,48 @@
+"""benchmarks/serve_floor.py's server variants are what its table says: ``sjff serve`` whose
+ModelInfer returns the request bytes (at once, or one event-loop turn later), and the server
+as shipped."""
+
+from __future__ import annotations
+
+import sys
+
+import grpc
+import numpy as np
+import pytest
+import serving_utils as su
+from sjff_client.pb import grpc_service_pb2 as pb
+
+sys.path.insert(0, str(su.ROOT / "benchmarks"))
+import serve_floor  # noqa: E402
+import serve_workers as workers  # noqa: E402
+
+
+def _request() -> bytes:
+    req = pb.ModelInferRequest(model_name="mnist", id="floor")
+    req.inputs.add(name="images", datatype="FP32", shape=[1, 784])
+    req.raw_input_contents.append(np.full((1, 784), 0.25, np.float32).tobytes())
+    return req.SerializeToString()
+
+
+@pytest.mark.parametrize("variant", sorted(serve_floor.VARIANTS))
+def test_variant_answers_as_described(variant, sjff_models, tmp_path):
+    root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
+    payload = _request()
+    with serve_floor.variant_server(variant, root) as srv, grpc.insecure_channel(srv.target) as channel:
+        call = channel.unary_unary(workers.INFER)  # bytes in, bytes out
+        answer = call(payload, timeout=30)
+        ready = pb.ServerReadyResponse.FromString(
+            channel.unary_unary("/inference.GRPCInferenceService/ServerReady")(b"", timeout=30)
+        )
+    assert ready.ready  # the other methods are the server's own
+    if variant == "server":
+        out = pb.ModelInferResponse.FromString(answer)
+        assert out.model_name == "mnist" and out.id == "floor"
+        assert [o.name for o in out.outputs] and len(out.raw_output_contents) == len(out.outputs)
+    else:
+        assert answer == payload
+
+
+def test_serve_mode_refuses_an_unknown_variant():
+    with pytest.raises(SystemExit, match="expected one of"):
+        serve_floor.main(["serve", "nothing"])
