@@ -102,8 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", help="analog ONNX export (default: serve.py's cached model)")
     p.add_argument("--pin", action="store_true", help="servers on the last CPU, the load generator on the others")
     args = p.parse_args(argv)
-    if args.clients < 1 or args.seconds <= 0 or args.rounds < 1:
-        p.error("--clients, --seconds and --rounds must be positive")
+    if args.clients < 1 or not 0 < args.seconds < float("inf") or args.rounds < 1:  # NaN fails too
+        p.error("--clients, --seconds and --rounds must be positive, --seconds finite")
     return args
 
 
