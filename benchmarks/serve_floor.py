@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve  # noqa: E402 - the benchmark's model and payload
 import serve_workers as workers  # noqa: E402
+from serve_profile import thread_cpu  # noqa: E402 - per-thread CPU from /proc
 
 VARIANTS = {"echo": "sjff serve, echo", "echo-turn": "sjff serve, echo after a turn", "server": "sjff serve"}
 
@@ -90,8 +91,7 @@ def variant_server(variant: str, repo: Path, token_file: Path | None = None, ext
 
 def main_thread_seconds(pid: int) -> float:
     """CPU seconds (user + system) of ``pid``'s main thread, which runs the event loop."""
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return next(sum(t) for (tid, _), t in thread_cpu(pid).items() if tid == pid)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
