@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import shutil
 import statistics
 import sys
@@ -118,15 +117,11 @@ def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float, floa
     data, _ = serve.dataset()
     split = load_split(data, "test")
     work = serve.Workdir.create(model, split.images[:500], split.labels[:500])
-    cpus = sorted(os.sched_getaffinity(0))
     server_cpus: set[int] | None = None
     extra: list[str] = []
-    if args.pin:
-        if len(cpus) < 2:
-            raise SystemExit("--pin needs two CPUs or more")
-        server_cpus = {cpus[-1]}
-        workers.CLIENT_PREFIX[:] = ["taskset", "-c", ",".join(map(str, cpus[:-1]))]
-        extra = ["--cpus", str(cpus[-1])]
+    if args.pin:  # serve.py's split: the last CPU for the servers, the others for the clients
+        server_cpus, _ = serve.pin_cpus({})
+        extra = ["--cpus", ",".join(map(str, sorted(server_cpus)))]
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, work.root, ignore_errors=True)
         echo = workers.Echo(server_cpus)
