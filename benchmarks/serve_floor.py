@@ -2,6 +2,7 @@
 is the server's own work. Prints a table.
 
     python benchmarks/serve_floor.py [--clients 32] [--seconds 3] [--rounds 6] [--pin]
+                                     [--compare "SJFF_SERVE_ARGS"]...
 
 Alternating rounds of the C++ load generator (serve.py's load: one MNIST image per ModelInfer
 call) against four servers, all started before the first round:
@@ -11,7 +12,9 @@ call) against four servers, all started before the first round:
   (what our process, its options, threads and other services cost a call);
 * ``sjff serve, echo after a turn``: the same, answered one event-loop turn later through a
   future, as a batched call waits for its batch (what a handler that suspends costs);
-* ``sjff serve``: the server as shipped.
+* ``sjff serve``: the server as shipped;
+* with ``--compare ARGS`` (repeatable): the shipped server started with ``ARGS`` as well
+  (``--compare "--batch-window-us 4000"``), to weigh an option in the same rounds.
 
 Per server: the median over rounds of its rate as a share of the echo's rate in the same
 round, of its CPU per call (all threads) over the echo's, and of its event-loop thread's CPU
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shlex
 import shutil
 import statistics
 import sys
@@ -100,9 +104,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--model", help="analog ONNX export (default: serve.py's cached model)")
     p.add_argument("--pin", action="store_true", help="servers on the last CPU, the load generator on the others")
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="one more shipped server, started with these sjff serve arguments (quoted; repeatable)",
+    )
     args = p.parse_args(argv)
     if args.clients < 1 or not 0 < args.seconds < float("inf") or args.rounds < 1:  # NaN fails too
         p.error("--clients, --seconds and --rounds must be positive, --seconds finite")
+    if any(not more.strip() for more in args.compare) or len(set(args.compare)) < len(args.compare):
+        p.error("each --compare needs sjff serve arguments, and no two the same")
     return args
 
 
@@ -130,6 +143,10 @@ def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float, floa
         for variant, label in VARIANTS.items():
             srv = stack.enter_context(variant_server(variant, work.root / "repo", work.token_file, extra))
             targets[label] = (srv.target, workers.INFER, srv.pid)
+        for more in args.compare:
+            args_more = extra + shlex.split(more)
+            srv = stack.enter_context(variant_server("server", work.root / "repo", work.token_file, args_more))
+            targets[f"{VARIANTS['server']} {more}"] = (srv.target, workers.INFER, srv.pid)
         for target, method, pid in targets.values():  # warm up: connections, caches, the first batches
             workers.run_native(exe, target, method, work.infer, args.clients, seconds=1, pid=pid)
         rounds: dict[str, list[tuple[float, float, float]]] = {k: [] for k in targets}

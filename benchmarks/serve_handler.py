@@ -1,15 +1,20 @@
 """CPU per call of the server's ModelInfer handler in process, under concurrency, no gRPC.
 
     python benchmarks/serve_handler.py [--concurrency 9 32] [--rounds 1000] [--reps 5] [--model M]
+                                       [--evict-mb 0 16]
 
 Each round starts ``concurrency`` calls at once on one event loop (the handler the server
 registers, with its deserializer and serializer, on the benchmark's cached model with the
 server's default batch window), so they batch as under load. Prints the process CPU time per
 call (best and median of ``reps`` runs: the best is the least disturbed by other work on the
-machine) and the requests per batch. The per-call Python cost that serve.py's throughput
-ratio depends on, without the gRPC transport's run-to-run noise; to compare two trees, run
-this file from each (``PYTHONPATH`` pointing at the other tree's ``server``, repository root
-and ``clients/python``).
+machine), the engine's own CPU per batch (the onnxruntime run, median run), the same batch
+run again back to back (nothing between the runs: its warm cost) and the requests per batch.
+``--evict-mb N`` writes over N MiB of memory between rounds (not counted), as the gRPC
+transport and the load generator sharing the caches do under load: what the handler and its
+engine cost when they find the caches cold. The per-call Python cost that serve.py's
+throughput ratio depends on, without the gRPC transport's run-to-run noise; to compare two
+trees, run this file from each (``PYTHONPATH`` pointing at the other tree's ``server``,
+repository root and ``clients/python``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve  # noqa: E402 - the benchmark's model and request
 
+_BACK_TO_BACK = 200  # engine runs of one batch in a row, for its warm cost
+
 
 class _Context:
     """What the handler asks of a gRPC context: no deadline, no metadata."""
@@ -41,7 +48,11 @@ class _Context:
         raise RuntimeError(f"{code}: {details}")
 
 
-async def _measure(model: Path, payload: bytes, concurrency: int, rounds: int) -> tuple[float, float]:
+async def _measure(
+    model: Path, payload: bytes, concurrency: int, rounds: int, evict_mb: int = 0
+) -> tuple[float, float, float]:
+    """(process CPU µs per call, engine CPU µs per batch, the same batch's engine CPU µs back
+    to back, requests per batch)."""
     from serve_measure import in_process_service
     from sjff_client.pb import grpc_service_pb2 as pb
     from sjff_server.app import ServerConfig
@@ -55,28 +66,44 @@ async def _measure(model: Path, payload: bytes, concurrency: int, rounds: int) -
         handler = server.handlers["ModelInfer"]
         parse, serialize, call = handler.request_deserializer, handler.response_serializer, handler.unary_unary
         ctx = _Context()
-        engine_run, batches = served.engine.run, [0]
+        engine_run, batches, engine_cpu, last = served.engine.run, [0], [0.0], []
 
         def counted(*args):
             batches[0] += 1
-            return engine_run(*args)
+            last[:] = args
+            t = time.thread_time()  # batches run inline, on this thread
+            try:
+                return engine_run(*args)
+            finally:
+                engine_cpu[0] += time.thread_time() - t
 
         served.engine.run = counted  # one engine run per batch
+        junk = np.zeros(evict_mb << 17)  # float64: 2**17 per MiB
 
         async def one() -> bytes:
             return serialize(await call(parse(payload), ctx))
 
-        async def run(n: int) -> None:
+        async def run(n: int) -> float:
+            """Process CPU seconds of ``n`` rounds, the evictions between them left out."""
+            cpu = 0.0
             for _ in range(n):
+                if junk.size:
+                    np.add(junk, 1.0, out=junk)
+                t = time.process_time()
                 await asyncio.gather(*[one() for _ in range(concurrency)])
+                cpu += time.process_time() - t
+            return cpu
 
         await run(50)
-        before = batches[0]
-        t = time.process_time()
-        await run(rounds)
-        cpu = time.process_time() - t
+        before, engine_before = batches[0], engine_cpu[0]
+        cpu = await run(rounds)
+        t = time.thread_time()
+        for _ in range(_BACK_TO_BACK):  # the last batch again, nothing in between
+            engine_run(*last)
+        warm = (time.thread_time() - t) / _BACK_TO_BACK
         pool.close()
-    return cpu / (rounds * concurrency) * 1e6, rounds * concurrency / max(batches[0] - before, 1)
+    calls, n_batches = rounds * concurrency, max(batches[0] - before, 1)
+    return cpu / calls * 1e6, (engine_cpu[0] - engine_before) / n_batches * 1e6, warm * 1e6, calls / n_batches
 
 
 class _Recorder:
@@ -98,18 +125,26 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[9, 32])
     ap.add_argument("--rounds", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--evict-mb", type=int, nargs="+", default=[0], help="MiB written over between rounds")
     args = ap.parse_args()
-    if min(args.concurrency) < 1 or args.rounds < 1 or args.reps < 1:
-        ap.error("--concurrency, --rounds and --reps must be positive")
+    if min(args.concurrency) < 1 or args.rounds < 1 or args.reps < 1 or min(args.evict_mb) < 0:
+        ap.error("--concurrency, --rounds and --reps must be positive, --evict-mb not negative")
     model = serve.prepare_model(args.model)
     payload = serve.infer_payload(np.random.default_rng(0).integers(0, 255, (1, 784), dtype=np.uint8))
     print(f"model {model}; {args.rounds} rounds x {args.reps} runs per row")
-    print("| calls at once | CPU per call, best | median | requests/batch |")
-    print("| ---: | ---: | ---: | ---: |")
+    print(
+        "| calls at once | MiB evicted per round | CPU per call, best | median | engine per batch "
+        "| same batch back to back | requests/batch |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for c in args.concurrency:
-        runs = [asyncio.run(_measure(model, payload, c, args.rounds)) for _ in range(args.reps)]
-        cpu = [r[0] for r in runs]
-        print(f"| {c} | {min(cpu):.1f} µs | {statistics.median(cpu):.1f} µs | {runs[0][1]:.1f} |")
+        for mb in args.evict_mb:
+            runs = [asyncio.run(_measure(model, payload, c, args.rounds, mb)) for _ in range(args.reps)]
+            cpu = [r[0] for r in runs]
+            engine, warm = statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs)
+            best, median = min(cpu), statistics.median(cpu)
+            times = f"{best:.1f} µs | {median:.1f} µs | {engine:.0f} µs | {warm:.0f} µs"
+            print(f"| {c} | {mb} | {times} | {runs[0][3]:.1f} |")
     return 0
 
 

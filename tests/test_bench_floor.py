@@ -46,3 +46,11 @@ def test_variant_answers_as_described(variant, sjff_models, tmp_path):
 def test_serve_mode_refuses_an_unknown_variant():
     with pytest.raises(SystemExit, match="expected one of"):
         serve_floor.main(["serve", "nothing"])
+
+
+def test_compare_takes_server_arguments_and_refuses_empty_or_repeated_ones():
+    args = serve_floor.parse_args(["--compare", "--batch-window-us 4000", "--compare=--workers 2"])
+    assert args.compare == ["--batch-window-us 4000", "--workers 2"]
+    for bad in (["--compare", " "], ["--compare=--workers 2", "--compare=--workers 2"]):
+        with pytest.raises(SystemExit):
+            serve_floor.parse_args(bad)
