@@ -50,7 +50,7 @@ class _Context:
 
 async def _measure(
     model: Path, payload: bytes, concurrency: int, rounds: int, evict_mb: int = 0
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
     """(process CPU µs per call, engine CPU µs per batch, the same batch's engine CPU µs back
     to back, requests per batch)."""
     from serve_measure import in_process_service
