@@ -6,8 +6,9 @@ files under ``tests/golden/saved/`` are loaded and scored. All values (weights, 
 predictions, accuracies, log-odds, eligibility) must hash to what ``tests/golden/make_golden.py``
 recorded before the refactor (see ``tests/golden/cases.py`` for the list).
 
-On a machine whose numeric fingerprint (torch, numpy, onnxruntime, CPU capability) differs
-from the recording one, BLAS may round differently: float values are then compared with
+On a machine whose numeric fingerprint (library versions, and the CPU core as numpy's SIMD
+dispatch, numba and torch see it: ``cases.fingerprint``) differs from the recording one, the
+kernels may round differently: float values are then compared with
 rtol 1e-4 / atol 1e-5 on the stored elements, and predictions exactly.
 """
 

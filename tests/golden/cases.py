@@ -40,20 +40,30 @@ SAVED_ANALOG, SAVED_SPIKING = "analog-symmetric", "hebbian-online-symmetric"  # 
 
 
 def fingerprint() -> dict:
-    """The numeric environment; exact hashes are only expected where it is the same."""
+    """The numeric environment; exact hashes are only expected where it is the same.
+
+    Libraries pick their kernels by CPU at run time, so the versions are not enough: numpy
+    dispatches its loops to the best SIMD target the CPU has (an AVX-512 Ice Lake or Zen 4
+    core gets other reductions than a Skylake one, with other last bits), and numba, BLAS and
+    onnxruntime tune to the core as well (``host_cpu``: the core as LLVM names it, which is
+    what numba compiles for)."""
     import onnxruntime
     import torch
+    from numpy._core import _multiarray_umath as umath
 
     try:  # the compiled batch-1 kernel sums in its own order: another path, other last bits
+        import llvmlite.binding
         import numba
 
-        numba_version = numba.__version__
+        numba_version, host_cpu = numba.__version__, llvmlite.binding.get_host_cpu_name()
     except ImportError:
-        numba_version = None
+        numba_version, host_cpu = None, None
     return {
         "numba": numba_version,
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "numpy_simd": [t for t in umath.__cpu_dispatch__ if umath.__cpu_features__.get(t)],
+        "host_cpu": host_cpu,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "onnxruntime": onnxruntime.__version__,
         "machine": platform.machine(),
