@@ -4,12 +4,12 @@ Every paper row is trained with a fixed seed on the MNIST subset, scored, export
 spike artefact), run in the torch-free runtime and taught one runtime step; the committed model
 files under ``tests/golden/saved/`` are loaded and scored. All values (weights, scores,
 predictions, accuracies, log-odds, eligibility) must hash to what ``tests/golden/make_golden.py``
-recorded before the refactor (see ``tests/golden/cases.py`` for the list).
+recorded (see ``tests/golden/cases.py`` for the list; ``golden.json`` names the commit).
 
 On a machine whose numeric fingerprint (library versions, and the CPU core as numpy's SIMD
 dispatch, numba and torch see it: ``cases.fingerprint``) differs from the recording one, the
-kernels may round differently: float values are then compared with
-rtol 1e-4 / atol 1e-5 on the stored elements, and predictions exactly.
+kernels may round differently: float values are then compared with rtol 1e-4 / atol 1e-5 on
+the stored elements, and predictions exactly.
 """
 
 from __future__ import annotations

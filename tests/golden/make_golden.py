@@ -4,8 +4,10 @@
 
 RERUN ONLY DELIBERATELY. These files pin the library's behaviour bit for bit (see
 ``tests/test_golden.py``); regenerating them after a change makes the test pass whatever the
-change did. They were made at the commit named in ``golden.json`` (before the issue-13
-refactor); rerun only for an intended change of results, and say so in the commit.
+change did. They were first made before the issue-13 refactor, and re-made with
+``--keep-saved`` when the fingerprint came to name the CPU core (the values of the commit
+named in ``golden.json``, on that machine); rerun only for an intended change of results, or
+to move the exact check to another CPU, and say so in the commit.
 
 ``golden.json`` holds, per value, the sha256 of its raw bytes, its shape and dtype, and the
 numeric fingerprint of the machine; ``golden.npz`` holds the values themselves (every
