@@ -49,7 +49,11 @@ def fingerprint() -> dict:
     what numba compiles for)."""
     import onnxruntime
     import torch
-    from numpy._core import _multiarray_umath as umath
+
+    try:
+        from numpy._core import _multiarray_umath as umath
+    except ImportError:  # numpy 1.x
+        from numpy.core import _multiarray_umath as umath
 
     try:  # the compiled batch-1 kernel sums in its own order: another path, other last bits
         import llvmlite.binding
