@@ -2,10 +2,11 @@
 is the server's own work. Prints a table.
 
     python benchmarks/serve_floor.py [--clients 32] [--seconds 3] [--rounds 6] [--pin]
-                                     [--compare "SJFF_SERVE_ARGS"]...
+                                     [--compare="SJFF_SERVE_ARGS"]...
 
 Alternating rounds of the C++ load generator (serve.py's load: one MNIST image per ModelInfer
-call) against four servers, all started before the first round:
+call) against four servers, and one more per ``--compare``, all started before the first
+round:
 
 * ``echo``: the bare grpc.aio echo, serve.py's reference;
 * ``sjff serve, echo``: ``sjff serve`` whose ModelInfer returns the request bytes unparsed
@@ -13,8 +14,9 @@ call) against four servers, all started before the first round:
 * ``sjff serve, echo after a turn``: the same, answered one event-loop turn later through a
   future, as a batched call waits for its batch (what a handler that suspends costs);
 * ``sjff serve``: the server as shipped;
-* with ``--compare ARGS`` (repeatable): the shipped server started with ``ARGS`` as well
-  (``--compare "--batch-window-us 4000"``), to weigh an option in the same rounds.
+* with ``--compare=ARGS`` (repeatable): the shipped server started with ``ARGS`` as well
+  (``--compare="--batch-window-us 4000"``; the ``=`` lets a lone flag such as
+  ``--compare=--reuse-port`` through), to weigh an option in the same rounds.
 
 Per server: the median over rounds of its rate as a share of the echo's rate in the same
 round, of its CPU per call (all threads) over the echo's, and of its event-loop thread's CPU
@@ -109,12 +111,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="ARGS",
-        help="one more shipped server, started with these sjff serve arguments (quoted; repeatable)",
+        help='one more shipped server, started with these sjff serve arguments (--compare="ARGS"; repeatable)',
     )
     args = p.parse_args(argv)
     if args.clients < 1 or not 0 < args.seconds < float("inf") or args.rounds < 1:  # NaN fails too
         p.error("--clients, --seconds and --rounds must be positive, --seconds finite")
-    if any(not more.strip() for more in args.compare) or len(set(args.compare)) < len(args.compare):
+    try:  # one spelling per set of arguments: it names the server in the table
+        args.compare = [shlex.join(shlex.split(more)) for more in args.compare]
+    except ValueError as exc:
+        p.error(f"--compare: {exc}")
+    if not all(args.compare) or len(set(args.compare)) < len(args.compare):
         p.error("each --compare needs sjff serve arguments, and no two the same")
     return args
 

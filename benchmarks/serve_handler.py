@@ -11,7 +11,7 @@ machine), the engine's own CPU per batch (the onnxruntime run, median run), the 
 run again back to back (nothing between the runs: its warm cost) and the requests per batch.
 ``--evict-mb N`` writes over N MiB of memory between rounds (not counted), as the gRPC
 transport and the load generator sharing the caches do under load: what the handler and its
-engine cost when they find the caches cold. The per-call Python cost that serve.py's
+engine cost when other work has gone through the caches since the last batch. The per-call Python cost that serve.py's
 throughput ratio depends on, without the gRPC transport's run-to-run noise; to compare two
 trees, run this file from each (``PYTHONPATH`` pointing at the other tree's ``server``,
 repository root and ``clients/python``).
@@ -60,50 +60,57 @@ async def _measure(
 
     with tempfile.TemporaryDirectory() as tmp:
         service, served, pool = in_process_service(model, Path(tmp), ServerConfig.batch_window_us / 1e6)
-        # the handler as add_service registers it
-        server = _Recorder()
-        registration.add_service(server, service, pb, "GRPCInferenceService")
-        handler = server.handlers["ModelInfer"]
-        parse, serialize, call = handler.request_deserializer, handler.response_serializer, handler.unary_unary
-        ctx = _Context()
-        engine_run, batches, engine_cpu, last = served.engine.run, [0], [0.0], []
+        try:
+            # the handler as add_service registers it
+            server = _Recorder()
+            registration.add_service(server, service, pb, "GRPCInferenceService")
+            handler = server.handlers["ModelInfer"]
+            parse, serialize, call = handler.request_deserializer, handler.response_serializer, handler.unary_unary
+            ctx = _Context()
+            engine_run, batches, engine_cpu, last = served.engine.run, [0], [0.0], []
 
-        def counted(*args):
-            batches[0] += 1
-            last[:] = args
-            t = time.thread_time()  # batches run inline, on this thread
-            try:
-                return engine_run(*args)
-            finally:
-                engine_cpu[0] += time.thread_time() - t
+            def counted(*args):
+                batches[0] += 1
+                last[:] = args
+                t = time.thread_time()  # the thread that runs the batch (inline: the loop's)
+                try:
+                    return engine_run(*args)
+                finally:
+                    engine_cpu[0] += time.thread_time() - t
 
-        served.engine.run = counted  # one engine run per batch
-        junk = np.zeros(evict_mb << 17)  # float64: 2**17 per MiB
+            served.engine.run = counted  # one engine run per batch
+            junk = np.zeros(evict_mb << 17)  # float64: 2**17 per MiB
 
-        async def one() -> bytes:
-            return serialize(await call(parse(payload), ctx))
+            async def one() -> bytes:
+                return serialize(await call(parse(payload), ctx))
 
-        async def run(n: int) -> float:
-            """Process CPU seconds of ``n`` rounds, the evictions between them left out."""
-            cpu = 0.0
-            for _ in range(n):
-                if junk.size:
-                    np.add(junk, 1.0, out=junk)
-                t = time.process_time()
-                await asyncio.gather(*[one() for _ in range(concurrency)])
-                cpu += time.process_time() - t
-            return cpu
+            async def run(n: int) -> float:
+                """Process CPU seconds of ``n`` rounds, the evictions between them left out."""
+                cpu = 0.0
+                for _ in range(n):
+                    if junk.size:
+                        _evict(junk)
+                    t = time.process_time()
+                    await asyncio.gather(*[one() for _ in range(concurrency)])
+                    cpu += time.process_time() - t
+                return cpu
 
-        await run(50)
-        before, engine_before = batches[0], engine_cpu[0]
-        cpu = await run(rounds)
-        t = time.thread_time()
-        for _ in range(_BACK_TO_BACK):  # the last batch again, nothing in between
-            engine_run(*last)
-        warm = (time.thread_time() - t) / _BACK_TO_BACK
-        pool.close()
+            await run(50)
+            before, engine_before = batches[0], engine_cpu[0]
+            cpu = await run(rounds)
+            t = time.thread_time()
+            for _ in range(_BACK_TO_BACK):  # the last batch again, nothing in between
+                engine_run(*last)
+            warm = (time.thread_time() - t) / _BACK_TO_BACK
+        finally:
+            pool.close()
     calls, n_batches = rounds * concurrency, max(batches[0] - before, 1)
     return cpu / calls * 1e6, (engine_cpu[0] - engine_before) / n_batches * 1e6, warm * 1e6, calls / n_batches
+
+
+def _evict(junk: np.ndarray) -> None:
+    """Write over every element of ``junk`` (what other work leaves in the caches)."""
+    np.add(junk, 1.0, out=junk)
 
 
 class _Recorder:

@@ -48,9 +48,15 @@ def test_serve_mode_refuses_an_unknown_variant():
         serve_floor.main(["serve", "nothing"])
 
 
-def test_compare_takes_server_arguments_and_refuses_empty_or_repeated_ones():
-    args = serve_floor.parse_args(["--compare", "--batch-window-us 4000", "--compare=--workers 2"])
-    assert args.compare == ["--batch-window-us 4000", "--workers 2"]
-    for bad in (["--compare", " "], ["--compare=--workers 2", "--compare=--workers 2"]):
+def test_compare_takes_server_arguments_and_refuses_empty_repeated_or_unbalanced_ones():
+    args = serve_floor.parse_args(
+        ["--compare", "--batch-window-us 4000", "--compare=--reuse-port", "--compare= --workers  '2' "]
+    )
+    assert args.compare == ["--batch-window-us 4000", "--reuse-port", "--workers 2"]
+    for bad in (
+        ["--compare", " "],
+        ["--compare=--workers 2", "--compare=--workers  2"],  # the same arguments, spelled twice
+        ["--compare=--cpus '0"],
+    ):
         with pytest.raises(SystemExit):
             serve_floor.parse_args(bad)

@@ -50,28 +50,35 @@ def fingerprint() -> dict:
     import onnxruntime
     import torch
 
-    try:
-        from numpy._core import _multiarray_umath as umath
-    except ImportError:  # numpy 1.x
-        from numpy.core import _multiarray_umath as umath
-
     try:  # the compiled batch-1 kernel sums in its own order: another path, other last bits
         import llvmlite.binding
         import numba
+        import numba.core.config
 
-        numba_version, host_cpu = numba.__version__, llvmlite.binding.get_host_cpu_name()
+        numba_version = numba.__version__
+        host_cpu = numba.core.config.CPU_NAME or llvmlite.binding.get_host_cpu_name()  # what numba targets
     except ImportError:
         numba_version, host_cpu = None, None
     return {
         "numba": numba_version,
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "numpy_simd": [t for t in umath.__cpu_dispatch__ if umath.__cpu_features__.get(t)],
+        "numpy_simd": _numpy_simd(),
         "host_cpu": host_cpu,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "onnxruntime": onnxruntime.__version__,
         "machine": platform.machine(),
     }
+
+
+def _numpy_simd() -> list[str] | None:
+    """The SIMD targets numpy dispatches its loops to on this CPU (``numpy.show_config``'s
+    "SIMD Extensions" found; None where numpy does not say)."""
+    try:
+        found = np.show_config(mode="dicts").get("SIMD Extensions", {}).get("found")
+    except (TypeError, ValueError):  # a numpy without the dicts mode
+        return None
+    return list(found) if found is not None else None
 
 
 def sha256(a: np.ndarray) -> str:
