@@ -151,7 +151,10 @@ def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float, floa
             targets[label] = (srv.target, workers.INFER, srv.pid)
         for more in args.compare:
             args_more = extra + shlex.split(more)
-            srv = stack.enter_context(variant_server("server", work.root / "repo", work.token_file, args_more))
+            try:
+                srv = stack.enter_context(variant_server("server", work.root / "repo", work.token_file, args_more))
+            except RuntimeError as exc:  # the server's own refusal, e.g. an unknown option
+                raise SystemExit(f"--compare={more}: {exc}") from None
             targets[f"{VARIANTS['server']} {more}"] = (srv.target, workers.INFER, srv.pid)
         for target, method, pid in targets.values():  # warm up: connections, caches, the first batches
             workers.run_native(exe, target, method, work.infer, args.clients, seconds=1, pid=pid)

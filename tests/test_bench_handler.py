@@ -43,8 +43,9 @@ def test_the_eviction_runs_between_rounds_and_is_not_counted(monkeypatch, sjff_m
     assert cpu_us < 1e6  # per call; the evictions would add 1000 s / 4 calls = 2.5e8 µs
 
 
-def test_a_negative_eviction_is_refused(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["serve_handler.py", "--evict-mb", "-1"])
+@pytest.mark.parametrize("mb", ["-1", "4097"])
+def test_an_eviction_out_of_range_is_refused(mb, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["serve_handler.py", "--evict-mb", "0", mb])
     with pytest.raises(SystemExit):
         serve_handler.main()
-    assert "--evict-mb not negative" in capsys.readouterr().err
+    assert "--evict-mb must lie in [0, 4096]" in capsys.readouterr().err
