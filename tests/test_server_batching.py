@@ -340,8 +340,76 @@ def test_window_policy_waits_only_under_load():
     assert not w.productive()
     w.record(6)  # a window caught company: keep waiting, end early once 6 are queued
     assert w.productive() and w.delay(busy=False) == 0.002
-    ends = [w.early_flush_at() for _ in range(16)]
-    assert ends.count(None) == 2 and set(ends) - {None} == {6}  # every 8th window explores
+    ends, exploring = [], []
+    for _ in range(16):
+        ends.append(w.early_flush_at())
+        exploring.append(w.exploring)
+    assert ends == [6] * 16 and exploring == ([False] * 7 + [True]) * 2  # every 8th window explores
+    # an exploring window waits twice the mean spacing of its calls for the next, at least 100 µs
+    assert w.quiet_gap(1.0, 1.0009, 4) == pytest.approx(0.0006)
+    assert w.quiet_gap(1.0, 1.00001, 6) == 100e-6 and w.quiet_gap(1.0, 1.0, 1) == 100e-6
     for _ in range(32):
         w.record(1)  # load has gone
     assert not w.productive()
+    assert w.delay(busy=True) == 0.0  # windows keep catching nobody: a busy signal alone is not load
+    w.record(9)
+    w.short(2)  # a window ran out with 2, below the count it expected: larger sizes are forgotten
+    w.record(2)
+    assert w.early_flush_at() == 2 and len(w.sizes) == 32
+
+
+def _wave(b: Batcher, n: int):
+    """``n`` calls queued in one event-loop turn (so none can miss a window: timers only fire
+    between turns), answered within 30 s (a window of LONG seconds is never waited out)."""
+    calls = [b.infer(rows(1, 0), InferOptions(), busy=True) for _ in range(n)]
+    return asyncio.wait_for(asyncio.gather(*calls), 30)
+
+
+def test_an_exploring_window_grows_the_batch_and_ends_on_a_quiet_gap():
+    """Windows end as soon as the count of recent windows is queued; every 8th explores for more
+    and ends once no call has come for a quiet gap (microseconds here), not after its window."""
+    sizes, run = recording_run()
+
+    async def main():
+        b = Batcher(run, max_batch=64, busy_delay_s=LONG)
+        b.window.record(3)  # recent windows held 3 requests
+        for _ in range(7):
+            await _wave(b, 3)
+        await _wave(b, 5)  # the 8th window: 5 calls, one batch
+        await _wave(b, 5)  # and the next window expects 5
+
+    asyncio.run(main())
+    assert sizes == [3] * 7 + [5, 5]
+
+
+def test_a_lone_client_that_looks_busy_stops_waiting_for_company():
+    """A lone client whose next call comes right after its answer looks busy to the server; once
+    a few windows in a row caught nobody, its calls run at once instead of waiting out a window."""
+    sizes, run = recording_run()
+
+    async def main():
+        b = Batcher(run, max_batch=64, busy_delay_s=0.05)
+        for _ in range(12):
+            await asyncio.wait_for(b.infer(rows(1, 0), InferOptions(), busy=True), 30)
+        return len(b.window.sizes)
+
+    windows = asyncio.run(main())
+    assert sizes == [1] * 12
+    assert windows == 4  # only the first 4 calls waited out a window
+
+
+def test_a_window_that_runs_out_forgets_the_sizes_it_expected():
+    """Clients gone: a window that runs out below the count it waited for resets the memory, so
+    the next window ends at the new count instead of waiting its window out again."""
+    sizes, run = recording_run()
+
+    async def main():
+        b = Batcher(run, max_batch=64, busy_delay_s=LONG)
+        b.window.record(6)
+        b.window.window_s = 0.05  # this window runs out (with 2 of the 6 it expects)
+        await _wave(b, 2)
+        b.window.window_s = LONG
+        await _wave(b, 2)  # ends at 2 queued, not after LONG
+
+    asyncio.run(main())
+    assert sizes == [2, 2]

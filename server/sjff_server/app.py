@@ -65,7 +65,7 @@ class ServerConfig:
     max_learn_samples: int = 1024
     max_eta: float = 1000.0
     ort_threads: int = 1
-    batch_window_us: int = 1000
+    batch_window_us: int = 4000
     workers: int = 1
     learn: LearnOptions = field(default_factory=LearnOptions)
     #: ``redis://HOST:PORT/DB`` (or ``rediss://``): learning replicated through Redis streams

@@ -125,9 +125,9 @@ _OPTIONS: dict[str, tuple[tuple[str, Any, Any, dict[str, Any], str | None], ...]
         (
             "--batch-window-us",
             _int_in(0, 1_000_000),
-            1000,
+            4000,
             {},
-            "under load, how long a request may wait for others to share its batch (0..1000000; default 1000; 0: "
+            "under load, how long a request may wait for others to share its batch (0..1000000; default 4000; 0: "
             "never)",
         ),
         ("--workers", _int_in(1, 1024), 1, {}, "threads running spiking-model batches (default 1)"),

@@ -116,8 +116,9 @@ class Batcher:
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
         self._inflight = 0  # batches on the pool
         self._rows = 0  # images pending
-        self._timed = False  # the scheduled flush is a window (call_later)
+        self._timed = False  # the scheduled flush is a window (a timer)
         self._flush_at: int | None = None  # requests at which the window ends early
+        self._window_end = 0.0  # loop time at which the open window ends
         # batches that only ever run on workers wait for a free worker instead of a window
         self.window = WindowPolicy(self.busy_delay_s if self.inline_rows else 0.0)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -217,7 +218,8 @@ class Batcher:
         rows = self._rows = self._rows + len(x)
         if delay is not None:  # nothing scheduled yet: this request opens a batch
             if delay > 0 and rows < self.max_batch:
-                self._scheduled = loop.call_later(delay, self._flush)
+                self._window_end = it.t + delay
+                self._scheduled = loop.call_at(self._window_end, self._flush)
                 self._timed = True
                 self._flush_at = None if self.max_delay_s else self.window.early_flush_at()
             else:
@@ -228,7 +230,12 @@ class Batcher:
             rows >= self.max_batch or (self._flush_at is not None and len(self._pending) >= self._flush_at)
         ):
             self._scheduled.cancel()
-            self._scheduled = loop.call_soon(self._flush)
+            if rows < self.max_batch and self.window.exploring:
+                # an exploring window stays open while calls keep coming (WindowPolicy)
+                quiet = self.window.quiet_gap(self._pending[0].t, it.t, len(self._pending))
+                self._scheduled = loop.call_at(min(self._window_end, it.t + quiet), self._flush)
+            else:
+                self._scheduled = loop.call_soon(self._flush)
         return it
 
     @property
@@ -289,10 +296,13 @@ class Batcher:
             batch = self._take()
             if not batch:
                 break
+            rows = sum(it.rows for it in batch)
             if first and windowed and not self.max_delay_s:
+                if self._flush_at is not None and len(batch) < self._flush_at and rows < self.max_batch:
+                    self.window.short(len(batch))  # the window ran out before the company it expected came
                 self.window.record(len(batch))
             first = False
-            if sum(it.rows for it in batch) <= self.inline_rows:
+            if rows <= self.inline_rows:
                 self._run_inline(batch)
             else:
                 # too costly for the loop: a worker thread (queued in the pool if all are busy)
