@@ -365,9 +365,14 @@ def _wave(b: Batcher, n: int):
     return asyncio.wait_for(asyncio.gather(*calls), 30)
 
 
-def test_an_exploring_window_grows_the_batch_and_ends_on_a_quiet_gap():
-    """Windows end as soon as the count of recent windows is queued; every 8th explores for more
-    and ends once no call has come for a quiet gap (microseconds here), not after its window."""
+def test_an_exploring_window_grows_the_batch_and_ends_on_a_quiet_gap(monkeypatch):
+    """Windows end as soon as the count of recent windows is queued; every 8th explores for more:
+    it stays open past that count (across event-loop turns) and ends once no call has come for a
+    quiet gap (here at least 1 s, so no pause of the machine splits the batch), not after its
+    window."""
+    from sjff_server.inference import window
+
+    monkeypatch.setattr(window, "MIN_QUIET_S", 1.0)
     sizes, run = recording_run()
 
     async def main():
@@ -375,11 +380,32 @@ def test_an_exploring_window_grows_the_batch_and_ends_on_a_quiet_gap():
         b.window.record(3)  # recent windows held 3 requests
         for _ in range(7):
             await _wave(b, 3)
-        await _wave(b, 5)  # the 8th window: 5 calls, one batch
+        first = asyncio.ensure_future(_wave(b, 3))  # the 8th window reaches the count of 3 ...
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert b.queued == 3  # ... and stays open for more
+        await _wave(b, 2)  # they join it: one batch of 5, ended by the quiet gap
+        await first
         await _wave(b, 5)  # and the next window expects 5
 
     asyncio.run(main())
     assert sizes == [3] * 7 + [5, 5]
+
+
+def test_a_window_ended_at_its_count_keeps_its_sizes_when_its_batch_is_split():
+    """A window that ended early at the count it expected remembers that count even when its
+    requests run as several batches (different options): only a window that ran out forgets."""
+    sizes, run = recording_run()
+
+    async def main():
+        b = Batcher(run, max_batch=64, busy_delay_s=LONG)
+        b.window.record(4)
+        calls = [b.infer(rows(1, 0), InferOptions(latent=i % 2 == 1), busy=True) for i in range(4)]
+        await asyncio.wait_for(asyncio.gather(*calls), 30)
+        return list(b.window.sizes)
+
+    assert asyncio.run(main()) == [4, 2]  # the window's first batch is recorded; 4 is kept
+    assert sizes == [2, 2]
 
 
 def test_a_lone_client_that_looks_busy_stops_waiting_for_company():

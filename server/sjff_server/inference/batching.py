@@ -11,8 +11,8 @@ The queue window adapts to load (:class:`WindowPolicy`). grpc.aio accepts one ca
 event-loop turn and a turn costs a few hundred microseconds, so concurrent requests reach
 the batcher one after another and would rarely meet; under load the first request of a batch
 therefore waits up to ``busy_delay_s`` for company, and the model's weights are read once per
-batch instead of once per request. A lone client never waits (except on a rare, short probe
-that detects load).
+batch instead of once per request. A lone client does not wait (except on a rare, short probe
+that detects load); one fast enough to look busy waits out at most four windows first.
 
 Where a batch runs:
 
@@ -287,6 +287,14 @@ class Batcher:
     def _flush(self) -> None:
         self._scheduled = None
         windowed, self._timed = self._timed, False
+        # a window that ended before the count it expected came (not one ended early at that
+        # count, whose first batch may still be smaller: other options, seeds, row limits)
+        ran_out = (
+            windowed
+            and self._flush_at is not None
+            and len(self._pending) < self._flush_at
+            and self._rows < self.max_batch
+        )
         first = True
         while self._pending:
             if not self.inline_rows and self._inflight >= self._pool.size:
@@ -298,8 +306,8 @@ class Batcher:
                 break
             rows = sum(it.rows for it in batch)
             if first and windowed and not self.max_delay_s:
-                if self._flush_at is not None and len(batch) < self._flush_at and rows < self.max_batch:
-                    self.window.short(len(batch))  # the window ran out before the company it expected came
+                if ran_out:
+                    self.window.short(len(batch))
                 self.window.record(len(batch))
             first = False
             if rows <= self.inline_rows:

@@ -20,7 +20,8 @@ class WindowPolicy:
     - Wait the full window when any of the last ``memory`` windows caught company (load is
       present), or when the caller reports other requests in flight (``busy``) unless the last
       :data:`LONE_WINDOWS` windows each held one request (a lone client fast enough to look
-      busy would otherwise wait out every window).
+      busy would otherwise wait out every window); then only a probe that catches company
+      opens windows again.
     - Otherwise do not wait, but every ``probe_every``-th time wait a quarter window: a probe
       that detects load when requests only ever arrive one at a time.
     - End the window early once as many requests are queued as the largest recent window held
@@ -35,6 +36,7 @@ class WindowPolicy:
         self.window_s = max(0.0, window_s)
         self.probe_every = probe_every
         self.sizes: deque[int] = deque(maxlen=memory)
+        self._lone_windows = min(LONE_WINDOWS, memory)
         self.exploring = False  # the current window explores (set by early_flush_at)
         self._lone = 0
         self._windows = 0
@@ -45,7 +47,7 @@ class WindowPolicy:
     def delay(self, busy: bool) -> float:
         if self.window_s <= 0:
             return 0.0
-        if self.productive() or (busy and len(self.sizes) < LONE_WINDOWS):
+        if self.productive() or (busy and len(self.sizes) < self._lone_windows):
             return self.window_s
         self._lone += 1
         if self._lone >= self.probe_every:
