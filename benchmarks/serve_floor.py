@@ -5,7 +5,7 @@ is the server's own work. Prints a table.
                                      [--compare="SJFF_SERVE_ARGS"]...
 
 Alternating rounds of the C++ load generator (serve.py's load: one MNIST image per ModelInfer
-call) against four servers, and one more per ``--compare``, all started before the first
+call) against six servers, and one more per ``--compare``, all started before the first
 round:
 
 * ``echo``: the bare grpc.aio echo, serve.py's reference;
@@ -13,6 +13,11 @@ round:
   (what our process, its options, threads and other services cost a call);
 * ``sjff serve, echo after a turn``: the same, answered one event-loop turn later through a
   future, as a batched call waits for its batch (what a handler that suspends costs);
+* ``sjff serve, parses``: ModelInfer parses the request (as the shipped handler receives it)
+  and answers an empty response naming the model and the request's id (what parsing costs);
+* ``sjff serve, no model run``: the shipped server whose analog engine answers every batch
+  with the outputs it computed for the first batch of that size (what the handler costs
+  without the model);
 * ``sjff serve``: the server as shipped;
 * with ``--compare=ARGS`` (repeatable): the shipped server started with ``ARGS`` as well
   (``--compare="--batch-window-us 4000"``; the ``=`` lets a lone flag such as
@@ -20,7 +25,10 @@ round:
 
 Per server: the median over rounds of its rate as a share of the echo's rate in the same
 round, of its CPU per call (all threads) over the echo's, and of its event-loop thread's CPU
-per call. The variants replace only the ModelInfer handler, in this file's ``serve`` mode:
+per call. With ``--clients 1`` a call's time is the inverse of the rate, so the table also
+gives the median time per call more than the echo's (µs): the steps from the echo to the
+shipped server split a lone client's latency. The variants replace only the ModelInfer
+handler (``no-model``: only the analog engine's run), in this file's ``serve`` mode:
 ``python benchmarks/serve_floor.py serve VARIANT SJFF_SERVE_ARGS...``.
 """
 
@@ -40,7 +48,13 @@ import serve  # noqa: E402 - the benchmark's model and payload
 import serve_workers as workers  # noqa: E402
 from serve_profile import thread_cpu  # noqa: E402 - per-thread CPU from /proc
 
-VARIANTS = {"echo": "sjff serve, echo", "echo-turn": "sjff serve, echo after a turn", "server": "sjff serve"}
+VARIANTS = {
+    "echo": "sjff serve, echo",
+    "echo-turn": "sjff serve, echo after a turn",
+    "parse": "sjff serve, parses",
+    "no-model": "sjff serve, no model run",
+    "server": "sjff serve",
+}
 
 
 # -- the server variants (this file's ``serve`` mode, in the server's own process) ---------------
@@ -59,19 +73,52 @@ def _echo_handler(after_turn: bool):
     return echo_after_turn if after_turn else echo
 
 
+def _parsing_handler():
+    """ModelInfer parsing its request, answering an empty response (the model's name, the id)."""
+    import grpc
+    from sjff_client.pb import grpc_service_pb2 as pb
+
+    async def parse(request: pb.ModelInferRequest, context) -> bytes:
+        return pb.ModelInferResponse(model_name=request.model_name, id=request.id).SerializeToString()
+
+    return grpc.unary_unary_rpc_method_handler(parse, request_deserializer=pb.ModelInferRequest.FromString)
+
+
+def _reuse_model_outputs() -> None:
+    """Every analog batch is answered with the outputs of the first batch of its size (a new
+    dict each time, so the answer is encoded as for a new batch): no model run."""
+    from sjff_server.inference.engine import AnalogEngine
+
+    shipped = AnalogEngine.run
+    first: dict[int, dict] = {}
+
+    def run(self, pub, x, opts):
+        outs = first.get(len(x))
+        if outs is None:
+            outs = first[len(x)] = shipped(self, pub, x, opts)
+        return dict(outs)
+
+    AnalogEngine.run = run
+
+
 def run_variant(variant: str, args: list[str]) -> int:
-    """``sjff serve ARGS`` with ModelInfer answered by the echo ``variant`` (no parsing)."""
+    """``sjff serve ARGS`` with ModelInfer answered as ``variant`` says (VARIANTS)."""
     import grpc
     from sjff_server import app
     from sjff_server.main import main
 
-    if variant != "server":
+    if variant == "no-model":
+        _reuse_model_outputs()
+    elif variant != "server":
         shipped = app.add_service
+        if variant == "parse":
+            handler = _parsing_handler()
+        else:
+            handler = grpc.unary_unary_rpc_method_handler(_echo_handler(variant == "echo-turn"))
 
         def add_service(server, servicer, module, service):
             name = shipped(server, servicer, module, service)
             if service == "GRPCInferenceService":  # replaces the registered ModelInfer handler
-                handler = grpc.unary_unary_rpc_method_handler(_echo_handler(variant == "echo-turn"))
                 server.add_registered_method_handlers(name, {"ModelInfer": handler})
             return name
 
@@ -175,17 +222,21 @@ def report(rounds: dict[str, list[tuple[float, float, float]]], args: argparse.N
         f"{args.clients} clients, {args.rounds} rounds of {args.seconds:g} s per server"
         + (", servers pinned to one CPU" if args.pin else ""),
         "",
-        "| server | rate / echo's, median [min, max] | CPU per call / echo's | event-loop CPU per call |",
-        "| --- | ---: | ---: | ---: |",
     ]
+    lone = args.clients == 1  # one call in flight: a call takes 1 / rate
+    head = "| server | rate / echo's, median [min, max] | CPU per call / echo's | event-loop CPU per call |"
+    lines += [head + (" time per call over the echo's |" if lone else ""), "| --- |" + " ---: |" * (4 if lone else 3)]
     for name, runs in rounds.items():
         share = [100 * r[0] / e[0] for r, e in zip(runs, echo)]
         cpu = [r[1] / e[1] for r, e in zip(runs, echo)]
         loop = statistics.median(r[2] for r in runs)
-        lines.append(
+        row = (
             f"| {name} | {statistics.median(share):.0f} % [{min(share):.0f}, {max(share):.0f}] "
             f"| {statistics.median(cpu):.2f}× | {loop:.0f} µs |"
         )
+        if lone:
+            row += f" {statistics.median(1e6 / r[0] - 1e6 / e[0] for r, e in zip(runs, echo)):.0f} µs |"
+        lines.append(row)
     rates = [r[0] for r in echo]
     lines.append(f"\necho: {min(rates):,.0f}–{max(rates):,.0f} calls/s over the rounds")
     return "\n".join(lines)

@@ -228,6 +228,18 @@ def batch_stats(lines: list[str]) -> dict:
     }
 
 
+def model_run(lines: list[str]) -> tuple[float, float]:
+    """(seconds, batches): how long the server's model ran, over how many batches, since it
+    started (its ``sjff_inference_batch_seconds`` histogram, all models and processes)."""
+    total = batches = 0.0
+    for ln in lines:
+        if ln.startswith("sjff_inference_batch_seconds_sum"):
+            total += float(ln.split()[-1])
+        elif ln.startswith("sjff_inference_batch_seconds_count"):
+            batches += float(ln.split()[-1])
+    return total, batches
+
+
 def images_inferred(lines: list[str]) -> float:
     """Images a server has answered (its ``sjff_inference_images_total``, all models)."""
     return sum(float(ln.split()[-1]) for ln in lines if ln.startswith("sjff_inference_images_total"))

@@ -51,6 +51,9 @@ def print_latency(r: dict) -> None:
         h = ip["handler"]
         note = "decode, validate, engine, encode, serialise, metrics; no gRPC"
         print(row("in-process ModelInfer handler, 1 image", ms(h[0]), ms(h[1]), note))
+    if "model_run_in_server_ms" in r:
+        note = "the server's sjff_inference_batch_seconds over the gRPC rows below: a lone client's call"
+        print(row("engine call inside the server, 1 image (mean)", ms(r["model_run_in_server_ms"]), "", note))
     names = {
         "native": "C++ client (grpc_load, 1 call in flight)",
         "python": "Python blocking client (grpc.insecure_channel)",

@@ -1,6 +1,7 @@
 """benchmarks/serve_floor.py's server variants are what its table says: ``sjff serve`` whose
-ModelInfer returns the request bytes (at once, or one event-loop turn later), and the server
-as shipped."""
+ModelInfer returns the request bytes (at once, or one event-loop turn later), parses the
+request and answers an empty response, or runs the shipped handler without the model; and the
+server as shipped."""
 
 from __future__ import annotations
 
@@ -14,13 +15,17 @@ from sjff_client.pb import grpc_service_pb2 as pb
 
 sys.path.insert(0, str(su.ROOT / "benchmarks"))
 import serve_floor  # noqa: E402
+import serve_measure  # noqa: E402
 import serve_workers as workers  # noqa: E402
 
 
-def _request() -> bytes:
+def _request(half: int = 0) -> bytes:
+    """One image whose upper (0) or lower (1) half is lit."""
     req = pb.ModelInferRequest(model_name="mnist", id="floor")
     req.inputs.add(name="images", datatype="FP32", shape=[1, 784])
-    req.raw_input_contents.append(np.full((1, 784), 0.25, np.float32).tobytes())
+    image = np.zeros((1, 784), np.float32)
+    image[0, half * 392 : (half + 1) * 392] = 0.25
+    req.raw_input_contents.append(image.tobytes())
     return req.SerializeToString()
 
 
@@ -35,12 +40,25 @@ def test_variant_answers_as_described(variant, sjff_models, tmp_path):
             channel.unary_unary("/inference.GRPCInferenceService/ServerReady")(b"", timeout=30)
         )
     assert ready.ready  # the other methods are the server's own
-    if variant == "server":
+    if variant in ("server", "no-model"):
         out = pb.ModelInferResponse.FromString(answer)
         assert out.model_name == "mnist" and out.id == "floor"
         assert [o.name for o in out.outputs] and len(out.raw_output_contents) == len(out.outputs)
+    elif variant == "parse":
+        assert pb.ModelInferResponse.FromString(answer) == pb.ModelInferResponse(model_name="mnist", id="floor")
     else:
         assert answer == payload
+
+
+@pytest.mark.parametrize("variant", ["server", "no-model"])
+def test_no_model_variant_answers_the_first_outputs_again(variant, sjff_models, tmp_path):
+    root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
+    with serve_floor.variant_server(variant, root) as srv, grpc.insecure_channel(srv.target) as channel:
+        call = channel.unary_unary(workers.INFER)
+        first, second, again = (pb.ModelInferResponse.FromString(call(_request(h), timeout=30)) for h in (0, 1, 0))
+    assert first.raw_output_contents == again.raw_output_contents  # the same image: the same outputs
+    same = first.raw_output_contents == second.raw_output_contents
+    assert same == (variant == "no-model")  # another image: other scores, unless the model does not run
 
 
 def test_serve_mode_refuses_an_unknown_variant():
@@ -60,3 +78,17 @@ def test_compare_takes_server_arguments_and_refuses_empty_repeated_or_unbalanced
     ):
         with pytest.raises(SystemExit):
             serve_floor.parse_args(bad)
+
+
+def test_the_model_run_time_is_read_from_the_servers_metrics(sjff_models, tmp_path):
+    """serve.py's "engine call inside the server" row: sjff_inference_batch_seconds counts one
+    batch per lone call, and the model's time grows with them."""
+    root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
+    with serve_floor.variant_server("server", root) as srv, grpc.insecure_channel(srv.target) as channel:
+        call = channel.unary_unary(workers.INFER)
+        seconds0, batches0 = serve_measure.model_run(serve_measure.scrape(srv))
+        for _ in range(3):
+            call(_request(), timeout=30)
+        seconds, batches = serve_measure.model_run(serve_measure.scrape(srv))
+    assert batches - batches0 == 3
+    assert seconds > seconds0

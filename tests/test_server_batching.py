@@ -281,6 +281,50 @@ def test_large_batches_run_off_the_event_loop():
     assert run.calls[0][1] != loop_thread and all(t == loop_thread for _, t in run.calls[1:])
 
 
+def test_each_batch_reports_how_long_the_model_ran_on_it(monkeypatch):
+    """on_batch gets (requests, images, seconds the run took): inline at once, inline after a
+    window, and on a worker, where the time a batch waited for the busy worker does not count.
+    The clock is the run's own: each run moves it on by one second per image."""
+    from types import SimpleNamespace
+
+    from sjff_server.inference import batching
+
+    clock = [0.0]
+    monkeypatch.setattr(batching, "time", SimpleNamespace(perf_counter=lambda: clock[0], monotonic=time.monotonic))
+    first_started, release = threading.Event(), threading.Event()
+
+    def run(x, opts):
+        if len(x) == 3:  # the first worker batch holds the worker until released
+            first_started.set()
+            assert release.wait(LONG)
+        clock[0] += len(x)
+        return {"x": x}, 0
+
+    seen = []
+    pool = WorkerPool(1)
+
+    async def main():
+        on = Batcher(run, max_batch=8, on_batch=lambda *a: seen.append(a))  # no pool: always inline
+        await on.infer(rows(2, 0.5), InferOptions())
+        windowed = Batcher(run, max_batch=4, max_delay_s=LONG, on_batch=lambda *a: seen.append(a))
+        await asyncio.gather(windowed.infer(rows(2, 0.5), InferOptions()), windowed.infer(rows(2, 0.5), InferOptions()))
+        threaded = Batcher(run, max_batch=64, pool=pool, inline_rows=1, on_batch=lambda *a: seen.append(a))
+        first = asyncio.ensure_future(threaded.infer(rows(3, 0.5), InferOptions()))
+        await asyncio.get_running_loop().run_in_executor(None, first_started.wait, LONG)
+        second = asyncio.ensure_future(threaded.infer(rows(5, 0.5), InferOptions()))
+        for _ in range(5):  # the second batch is handed to the pool, behind the first
+            await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(first, second)
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        pool.close()
+    assert seen == [(1, 2, 2.0), (2, 4, 4.0), (1, 3, 3.0), (1, 5, 5.0)]
+
+
 def test_served_analog_model_runs_large_requests_off_the_loop(sjff_models, mnist_samples, tmp_path):
     """The server's wiring: load_served_model gives an analog model the worker pool and an
     inline limit from its per-image cost, so a 4,096-image request runs on a worker while the

@@ -216,6 +216,8 @@ def test_concurrent_requests_are_batched_and_correct(server, analog, mnist_sampl
     assert _metric(metrics, f"sjff_inference_batch_requests_count{key}") == 1  # one batch ...
     assert _metric(metrics, f"sjff_inference_batch_requests_sum{key}") == 64  # ... of all 64 requests
     assert _metric(metrics, f"sjff_inference_batch_images_sum{key}") == 64
+    assert _metric(metrics, f"sjff_inference_batch_seconds_count{key}") == 1  # the model ran once ...
+    assert _metric(metrics, f"sjff_inference_batch_seconds_sum{key}") > 0  # ... for some time
     for name in (
         "sjff_grpc_requests_total",
         "sjff_grpc_request_seconds_bucket",

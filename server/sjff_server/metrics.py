@@ -26,6 +26,8 @@ __all__ = ["Metrics"]
 
 _LATENCY = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: model run time per batch (seconds): an MNIST image takes tens of microseconds
+_RUN = (5e-5, 1e-4, 2e-4, 5e-4, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 
 class CallStats:
@@ -94,6 +96,9 @@ class Metrics:
         self.batch_requests = per_model(
             Histogram, "inference_batch_requests", "requests per executed batch", buckets=_SIZES
         )
+        self.batch_seconds = per_model(
+            Histogram, "inference_batch_seconds", "model run time per executed batch", buckets=_RUN
+        )
         self.updates = per_model(Counter, "learning_updates", "learning updates by outcome", "outcome")
         self.group = per_model(Histogram, "learning_group_size", "updates made durable by one fsync", buckets=_SIZES)
         self.sync = per_model(Histogram, "learning_sync_seconds", "update log write + fsync time", buckets=_LATENCY)
@@ -147,15 +152,17 @@ class Metrics:
         self.calls.add(method, code, seconds)
 
     def batch_observer(self, model: str, version: str):
-        """A callback ``(requests, images)`` for one model's batcher."""
+        """A callback ``(requests, images, seconds the model ran)`` for one model's batcher."""
         images = self.images.labels(model, version)
         per_images = self.batch_images.labels(model, version)
         per_requests = self.batch_requests.labels(model, version)
+        ran = self.batch_seconds.labels(model, version)
 
-        def observe(requests: int, n: int) -> None:
+        def observe(requests: int, n: int, seconds: float) -> None:
             images.inc(n)
             per_images.observe(n)
             per_requests.observe(requests)
+            ran.observe(seconds)
 
         return observe
 

@@ -86,7 +86,8 @@ class Batcher:
 
     ``pool``: worker threads for batches of more than ``inline_rows`` images (without a pool
     every batch runs inline). ``max_bytes``: budget of decoded image bytes held (None: no
-    limit); ``name`` names the model in refusals."""
+    limit); ``name`` names the model in refusals. ``on_batch(requests, images, seconds)`` is
+    told of every executed batch and how long ``run`` took on it."""
 
     def __init__(
         self,
@@ -99,7 +100,7 @@ class Batcher:
         inline_rows: int = 0,
         max_bytes: int | None = None,
         name: str = "",
-        on_batch: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self._run = run
         self.max_batch = max(1, int(max_batch))
@@ -166,9 +167,10 @@ class Batcher:
         if self._scheduled is None:
             delay = self.max_delay_s or self.window.delay(busy)
             if delay == 0 and not self._pending and len(x) <= self.inline_rows:
+                t0 = time.perf_counter()
                 outs, version = self._run(x, opts)
                 if self._on_batch is not None:
-                    self._on_batch(1, len(x))
+                    self._on_batch(1, len(x), time.perf_counter() - t0)
                 return outs, version, 0, len(x)
         return self._enqueue(x, opts, deadline, delay, nbytes)
 
@@ -359,6 +361,7 @@ class Batcher:
 
     def _run_inline(self, batch: list[Queued]) -> None:
         x = self._inputs(batch)
+        t0 = time.perf_counter()
         try:
             result = self._run(x, batch[0].opts)
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
@@ -367,8 +370,14 @@ class Batcher:
         finally:
             self._done(batch)
         if self._on_batch is not None:
-            self._on_batch(len(batch), len(x))
+            self._on_batch(len(batch), len(x), time.perf_counter() - t0)
         self._split(batch, result)
+
+    def _timed_run(self, x: np.ndarray, opts: InferOptions) -> tuple[BatchResult, float]:
+        """``run`` on a worker thread, and how long it took there (not the wait for a worker)."""
+        t0 = time.perf_counter()
+        result = self._run(x, opts)
+        return result, time.perf_counter() - t0
 
     async def _run_threaded(self, batch: list[Queued]) -> None:
         assert self._pool is not None
@@ -376,7 +385,7 @@ class Batcher:
         x = self._inputs(batch)
         rows = len(x)
         opts = batch[0].opts
-        job = self._pool.submit(partial(self._run, x, opts), loop)
+        job = self._pool.submit(partial(self._timed_run, x, opts), loop)
         del x  # the job holds the images; once it is dropped or done nothing here does
         pool = self._pool
 
@@ -392,7 +401,7 @@ class Batcher:
             it.future.add_done_callback(gone)
         t0 = time.perf_counter()
         try:
-            result = await job.future
+            result, ran_s = await job.future
         except Interrupted:
             log.info(
                 "batch interrupted: every request gone",
@@ -403,7 +412,7 @@ class Batcher:
             self._fail(batch, exc)
         else:
             if self._on_batch is not None:
-                self._on_batch(len(batch), rows)
+                self._on_batch(len(batch), rows, ran_s)
             self._split(batch, result)
         finally:
             if timer is not None:
