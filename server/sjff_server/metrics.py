@@ -2,7 +2,8 @@
 
 Names (all prefixed ``sjff_``): ``grpc_requests_total{method,code}``,
 ``grpc_request_seconds{method}``, ``inference_waiting_requests``, ``inference_images_total``,
-``inference_batch_images`` / ``inference_batch_requests`` (histograms per model),
+``inference_batch_images`` / ``inference_batch_requests`` / ``inference_batch_seconds``
+(histograms per model: images and requests per executed batch, the model's run time on it),
 ``learning_updates_total{outcome}``, ``learning_group_size``, ``learning_sync_seconds``,
 ``model_version`` (the learning version), ``snapshot_version``, ``model_ready``; with
 ``--replication``: ``replication_lag_entries`` / ``replication_lag_seconds`` (behind the
@@ -30,6 +31,23 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _RUN = (5e-5, 1e-4, 2e-4, 5e-4, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 
+def _new_hist(bounds: tuple) -> list[float]:
+    """A histogram counted in plain Python: observations per bucket of ``bounds`` (the last:
+    above every bound), then their sum."""
+    return [0] * (len(bounds) + 1) + [0.0]
+
+
+def _observe(h: list[float], bounds: tuple, value: float) -> None:
+    h[bisect_left(bounds, value)] += 1  # le: a value of exactly a bound counts in its bucket
+    h[-1] += value
+
+
+def _add_hist(family: HistogramMetricFamily, labels: list[str], h: list[float], bounds: tuple) -> None:
+    h = list(h)  # a copy: the loop may observe while the scrape's thread reads
+    edges = [*map(floatToGoString, bounds), "+Inf"]
+    family.add_metric(labels, list(zip(edges, accumulate(h[:-1]))), sum_value=h[-1])
+
+
 class CallStats:
     """gRPC calls by method and status code, and their latency histogram, counted in plain
     Python by the event loop and read by the scrape (``collect``). Every call updates these,
@@ -46,9 +64,8 @@ class CallStats:
         self.calls[key] = self.calls.get(key, 0) + 1
         h = self.latency.get(method)
         if h is None:
-            h = self.latency[method] = [0] * (len(_LATENCY) + 1) + [0.0]
-        h[bisect_left(_LATENCY, seconds)] += 1  # le: a call of exactly a bound counts in its bucket
-        h[-1] += seconds
+            h = self.latency[method] = _new_hist(_LATENCY)
+        _observe(h, _LATENCY, seconds)
 
     @staticmethod
     def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily]:
@@ -69,11 +86,58 @@ class CallStats:
         for (method, code), n in self.calls.copy().items():
             calls.add_metric([method, code], n)
         yield calls
-        bounds = [*map(floatToGoString, _LATENCY), "+Inf"]
         for method, h in self.latency.copy().items():
-            h = list(h)
-            hist.add_metric([method], list(zip(bounds, accumulate(h[:-1]))), sum_value=h[-1])
+            _add_hist(hist, [method], h, _LATENCY)
         yield hist
+
+
+class BatchStats:
+    """Per model version: images inferred, and per executed batch its requests, images and
+    the model's run time, counted in plain Python by the event loop like :class:`CallStats`
+    (the batcher reports every batch there, also one that ran on a worker) and read by the
+    scrape. No ``_created`` samples."""
+
+    #: histogram name, help, bounds; the order of :meth:`observer`'s histograms
+    HISTOGRAMS = (
+        ("sjff_inference_batch_images", "images per executed batch", _SIZES),
+        ("sjff_inference_batch_requests", "requests per executed batch", _SIZES),
+        ("sjff_inference_batch_seconds", "model run time per executed batch", _RUN),
+    )
+
+    def __init__(self) -> None:
+        #: (model, version) -> [images inferred, then one histogram per HISTOGRAMS entry]
+        self.models: dict[tuple[str, str], list] = {}
+
+    def observer(self, model: str, version: str):
+        """A callback ``(requests, images, seconds the model ran)`` for one model's batcher."""
+        stats = self.models.setdefault((model, version), [0, *(_new_hist(b) for _, _, b in self.HISTOGRAMS)])
+        per_images, per_requests, ran = stats[1:]
+
+        def observe(requests: int, n: int, seconds: float) -> None:
+            stats[0] += n
+            _observe(per_images, _SIZES, n)
+            _observe(per_requests, _SIZES, requests)
+            _observe(ran, _RUN, seconds)
+
+        return observe
+
+    def _families(self) -> list:
+        labels = ["model", "version"]
+        images = CounterMetricFamily("sjff_inference_images", "images inferred", labels=labels)
+        return [images, *(HistogramMetricFamily(name, doc, labels=labels) for name, doc, _ in self.HISTOGRAMS)]
+
+    def describe(self) -> Iterator[Any]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Any]:
+        images, *hists = self._families()
+        models = list(self.models.items())
+        for key, stats in models:
+            images.add_metric(list(key), stats[0])
+            for family, h, (_, _, bounds) in zip(hists, stats[1:], self.HISTOGRAMS):
+                _add_hist(family, list(key), h, bounds)
+        yield images
+        yield from hists
 
 
 class Metrics:
@@ -91,14 +155,8 @@ class Metrics:
             """A metric labelled by model and version (and ``labels``)."""
             return cls(f"sjff_{name}", doc, ["model", "version", *labels], registry=r, **kw)
 
-        self.images = per_model(Counter, "inference_images", "images inferred")
-        self.batch_images = per_model(Histogram, "inference_batch_images", "images per executed batch", buckets=_SIZES)
-        self.batch_requests = per_model(
-            Histogram, "inference_batch_requests", "requests per executed batch", buckets=_SIZES
-        )
-        self.batch_seconds = per_model(
-            Histogram, "inference_batch_seconds", "model run time per executed batch", buckets=_RUN
-        )
+        self.batches = BatchStats()
+        r.register(self.batches)
         self.updates = per_model(Counter, "learning_updates", "learning updates by outcome", "outcome")
         self.group = per_model(Histogram, "learning_group_size", "updates made durable by one fsync", buckets=_SIZES)
         self.sync = per_model(Histogram, "learning_sync_seconds", "update log write + fsync time", buckets=_LATENCY)
@@ -146,25 +204,14 @@ class Metrics:
             self._http.server_close()
             self._http = None
 
-    # -- hot path: calls counted in plain Python, batch children looked up once --------------------
+    # -- hot path: calls and batches counted in plain Python -------------------------------------
 
     def request(self, method: str, code: str, seconds: float) -> None:
         self.calls.add(method, code, seconds)
 
     def batch_observer(self, model: str, version: str):
         """A callback ``(requests, images, seconds the model ran)`` for one model's batcher."""
-        images = self.images.labels(model, version)
-        per_images = self.batch_images.labels(model, version)
-        per_requests = self.batch_requests.labels(model, version)
-        ran = self.batch_seconds.labels(model, version)
-
-        def observe(requests: int, n: int, seconds: float) -> None:
-            images.inc(n)
-            per_images.observe(n)
-            per_requests.observe(requests)
-            ran.observe(seconds)
-
-        return observe
+        return self.batches.observer(model, version)
 
     # -- learning -------------------------------------------------------------------------------
 
