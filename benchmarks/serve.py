@@ -300,7 +300,7 @@ def measure_server(args, work: Workdir, model_path: Path, images, labels, server
         run0 = measure.model_run(measure.scrape(srv))
         results["latency"] = measure.latency(srv.target, echo.target, work.infer, exe, args.latency_calls, args.rounds)
         run1 = measure.model_run(measure.scrape(srv))
-        if run1[1] > run0[1]:  # the model's own time per call inside the server, one call in flight
+        if run0[1] and run1[1] > run0[1]:  # the model's own time per call inside the server, one call in flight
             results["model_run_in_server_ms"] = 1e3 * (run1[0] - run0[0]) / (run1[1] - run0[1])
         results["throughput"] = measure.throughput(
             srv, echo, work.infer, load, args.concurrency, args.seconds, args.rounds
