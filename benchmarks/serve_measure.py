@@ -208,22 +208,29 @@ def learning(srv, payload: Path, load: LoadClient, seconds: float, token: str) -
     }
 
 
+def hist_totals(lines: list[str], name: str) -> tuple[float, float]:
+    """(sum, count) of Prometheus histogram ``name`` over every label set and process."""
+    total = count = 0.0
+    for ln in lines:  # several models' and processes' lines add up
+        if ln.startswith(f"{name}_sum"):
+            total += float(ln.split()[-1])
+        elif ln.startswith(f"{name}_count"):
+            count += float(ln.split()[-1])
+    return total, count
+
+
 def batch_stats(lines: list[str]) -> dict:
     """Requests per executed batch since the server started, from its Prometheus histogram."""
-    vals: dict[str, float] = {}
+    requests, batches = hist_totals(lines, "sjff_inference_batch_requests")
     buckets: dict[str, float] = {}
-    for ln in lines:  # several processes' lines add up
-        for key in ("sum", "count"):
-            if ln.startswith(f"sjff_inference_batch_requests_{key}"):
-                vals[key] = vals.get(key, 0.0) + float(ln.split()[-1])
+    for ln in lines:
         if ln.startswith("sjff_inference_batch_requests_bucket"):
             le = ln.split('le="')[1].split('"')[0]
             buckets[le] = buckets.get(le, 0.0) + float(ln.split()[-1])
-    batches = vals.get("count", 0.0)
     return {
-        "requests": vals.get("sum", 0.0),
+        "requests": requests,
         "batches": batches,
-        "mean_requests_per_batch": vals.get("sum", 0.0) / batches if batches else float("nan"),
+        "mean_requests_per_batch": requests / batches if batches else float("nan"),
         "batches_of_2_or_more": 1.0 - buckets.get("1.0", 0.0) / batches if batches else float("nan"),
     }
 
@@ -231,13 +238,7 @@ def batch_stats(lines: list[str]) -> dict:
 def model_run(lines: list[str]) -> tuple[float, float]:
     """(seconds, batches): how long the server's model ran, over how many batches, since it
     started (its ``sjff_inference_batch_seconds`` histogram, all models and processes)."""
-    total = batches = 0.0
-    for ln in lines:
-        if ln.startswith("sjff_inference_batch_seconds_sum"):
-            total += float(ln.split()[-1])
-        elif ln.startswith("sjff_inference_batch_seconds_count"):
-            batches += float(ln.split()[-1])
-    return total, batches
+    return hist_totals(lines, "sjff_inference_batch_seconds")
 
 
 def images_inferred(lines: list[str]) -> float:

@@ -112,12 +112,13 @@ class BatchStats:
         """A callback ``(requests, images, seconds the model ran)`` for one model's batcher."""
         stats = self.models.setdefault((model, version), [0, *(_new_hist(b) for _, _, b in self.HISTOGRAMS)])
         per_images, per_requests, ran = stats[1:]
+        (_, _, image_bounds), (_, _, request_bounds), (_, _, run_bounds) = self.HISTOGRAMS
 
         def observe(requests: int, n: int, seconds: float) -> None:
             stats[0] += n
-            _observe(per_images, _SIZES, n)
-            _observe(per_requests, _SIZES, requests)
-            _observe(ran, _RUN, seconds)
+            _observe(per_images, image_bounds, n)
+            _observe(per_requests, request_bounds, requests)
+            _observe(ran, run_bounds, seconds)
 
         return observe
 
