@@ -97,6 +97,29 @@ def test_outputs_without_one_row_per_image_are_answered_as_a_message(served, mni
     assert type(messages.infer_answer(_request(), served.default_plan, (outs, 1, 0, 3))) is bytes
 
 
+def test_small_analog_batches_run_the_lit_input_graph(sjff_models, mnist_samples, tmp_path):
+    """The engine runs a batch of at most LIT_MAX_ROWS images on the graph whose first layer
+    reads only the lit inputs' weight rows (runtime.lit_inputs), a larger one on the full graph."""
+    from spikingjelly_ff.runtime.analog import LIT_MAX_ROWS
+
+    root = su.make_repository(tmp_path, {"m": sjff_models["analog"]})
+    (spec,), _ = scan_repository(root)
+    pool = WorkerPool(1)
+    served, _ = load_served_model(spec, state_dir=None, ort_threads=1, learn_options=LearnOptions(), pool=pool)
+    pool.close()
+    graph = served.engine.graph
+    used = []
+    for name in ("small", "session"):
+        session = getattr(graph, name)
+        session.run = lambda *a, _run=session.run, _name=name: used.append(_name) or _run(*a)
+    images, _ = mnist_samples
+    small, _ = served._run_batch(su.as_float(images[:LIT_MAX_ROWS]), served.default_plan.opts)
+    full, _ = served._run_batch(su.as_float(images[: LIT_MAX_ROWS + 1]), served.default_plan.opts)
+    assert used == ["small", "session"]
+    for name in small:
+        np.testing.assert_allclose(small[name], full[name][:LIT_MAX_ROWS], rtol=1e-6, atol=1e-6)
+
+
 class _Aborted(Exception):
     pass
 

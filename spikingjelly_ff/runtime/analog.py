@@ -25,11 +25,16 @@ from spikingjelly_ff.functional.labels import LabelCode
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.kernels import apply_delta
+from spikingjelly_ff.runtime.lit_inputs import gather_lit_inputs
 from spikingjelly_ff.runtime.onnx_meta import OnnxMeta, load_onnx_meta
 from spikingjelly_ff.runtime.protocol import check_images, check_targets, competitive_targets
 from spikingjelly_ff.runtime.weight_folding import split_weight_only
 
-__all__ = ["AnalogGraph", "AnalogModel", "OnnxMeta", "load_onnx_meta"]
+__all__ = ["LIT_MAX_ROWS", "AnalogGraph", "AnalogModel", "OnnxMeta", "load_onnx_meta"]
+
+#: batches of at most this many images skip their unlit inputs in the first layer
+#: (``runtime.lit_inputs``): faster up to here, slower beyond (``benchmarks/lit_inputs.py``)
+LIT_MAX_ROWS = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +49,7 @@ class AnalogGraph:
     weight_dtypes: tuple  # the graph may take some weights as float64 (exact), fed in that dtype
     initial_weights: tuple[np.ndarray, ...]
     session: object  # onnxruntime.InferenceSession of the per-call graph
+    small: object  # the same graph for batches of at most LIT_MAX_ROWS images (lit_inputs)
     derive: object | None  # session computing the tensors that depend on the weights alone
     derive_inputs: tuple[str, ...]
     direct: tuple[str, ...]
@@ -81,6 +87,8 @@ class AnalogGraph:
         split = split_weight_only(served, names)
         cpu = ["CPUExecutionProvider"]
         session = ort.InferenceSession(split.per_call.SerializeToString(), opts, providers=cpu)
+        lit = gather_lit_inputs(split.per_call, [*split.direct, *split.derived])
+        small = session if lit is split.per_call else ort.InferenceSession(lit.SerializeToString(), opts, providers=cpu)
         derive = None
         if split.derive is not None:
             derive = ort.InferenceSession(split.derive.SerializeToString(), opts, providers=cpu)
@@ -91,12 +99,20 @@ class AnalogGraph:
             weight_dtypes=tuple(a.dtype for a in stored),
             initial_weights=weights,
             session=session,
+            small=small,
             derive=derive,
             derive_inputs=tuple(i.name for i in derive.get_inputs()) if derive is not None else (),
             direct=tuple(split.direct),
             derived=tuple(split.derived),
             output_names=tuple(o.name for o in session.get_outputs()),
         )
+
+    def session_for(self, rows: int):
+        """The session for a batch of ``rows`` images: a small batch's first-layer product
+        reads only the weight rows of its lit inputs, which is what a lone call's cold caches
+        pay for most; a larger batch lights most inputs and runs the plain product faster
+        (``benchmarks/lit_inputs.py``)."""
+        return self.small if rows <= LIT_MAX_ROWS else self.session
 
 
 def _layout(meta: OnnxMeta, a: np.ndarray) -> np.ndarray:
@@ -199,8 +215,9 @@ class AnalogModel:
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """All graph outputs (scores, probability, goodness, label, ...) for images ``[N, D]``."""
-        feeds = {"images": self._check_images(x), **self.weight_feeds()}
-        return dict(zip(self.graph.output_names, self.graph.session.run(None, feeds)))
+        x = self._check_images(x)
+        feeds = {"images": x, **self.weight_feeds()}
+        return dict(zip(self.graph.output_names, self.graph.session_for(len(x)).run(None, feeds)))
 
     @property
     def weights(self) -> list[np.ndarray]:

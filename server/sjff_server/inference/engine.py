@@ -131,10 +131,10 @@ class AnalogEngine(Engine):
 
     def __init__(self, model: AnalogModel) -> None:
         super().__init__(model)
-        self.session = model.session
+        self.graph = model.graph
         self.weight_names = list(model.weight_names)
         self.outputs = {}
-        for o in self.session.get_outputs():
+        for o in self.graph.session.get_outputs():
             shape = tuple(d if isinstance(d, int) else -1 for d in o.shape)
             self.outputs[o.name] = OutputSpec(o.name, _ORT_TYPES.get(o.type, "FP32"), shape)
         self.output_names = list(self.outputs)
@@ -149,7 +149,7 @@ class AnalogEngine(Engine):
     def run(self, pub: Published, x: np.ndarray, opts: InferOptions) -> dict[str, np.ndarray]:
         feeds = dict(pub.feeds)
         feeds[self.input_name] = x
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        return dict(zip(self.output_names, self.graph.session_for(len(x)).run(self.output_names, feeds)))
 
 
 def analog_row_macs(model: AnalogModel) -> int:
