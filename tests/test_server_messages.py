@@ -83,6 +83,23 @@ def test_other_plans_and_streams(served, mnist_samples):
     )
 
 
+def test_an_output_that_is_not_c_contiguous_is_answered_with_its_rows_bytes(served, mnist_samples):
+    """A lone call's answer joins the arrays' own buffers; one whose output is not C-contiguous
+    (a transposed view, as an engine may return) goes through tobytes and encodes the same."""
+    images, _ = mnist_samples
+    outs, _ = served._run_batch(su.as_float(images[:3]), served.default_plan.opts)
+    first = served.default_plan.outputs[0]
+    fortran = np.asfortranarray(np.tile(outs[first].reshape(3, -1), (1, 2)))  # [3, 2k], not C-contiguous
+    assert not fortran.flags.c_contiguous
+    odd = {**outs, first: fortran}
+    plan, messages = served.default_plan, ModelMessages(served)
+    for start, stop in ((0, 3), (1, 2)):  # the whole batch, then part of it
+        got = messages.infer_answer(_request("y"), plan, (odd, 4, start, stop))
+        assert type(got) is bytes
+        want = messages.infer_response(_request("y"), plan, {k: v[start:stop] for k, v in odd.items()}, 4)
+        assert pb.ModelInferResponse.FromString(got) == want
+
+
 def test_outputs_without_one_row_per_image_are_answered_as_a_message(served, mnist_samples):
     """Rows are sliced as bytes only when every default output holds one row per image."""
     images, _ = mnist_samples

@@ -72,7 +72,8 @@ class ModelMessages:
         # (rows, the outputs' row shapes and dtypes) -> pieces of a default answer
         self._pieces: dict[tuple, tuple[bytes, list[bytes]]] = {}
         self._batch: dict[str, np.ndarray] | None = None  # the last batch's outputs ...
-        self._blobs: list[bytes] = []  # ... as bytes, per default output ...
+        self._arrays: list[np.ndarray] = []  # ... per default output ...
+        self._blobs: list[bytes] | None = None  # ... as bytes (made for the first partial answer) ...
         self._row_bytes: tuple[int, ...] = ()  # ... and the bytes of one row of each
         self._layout: tuple = ()
         self._rowwise = False  # the last batch's outputs all hold one row per image
@@ -96,18 +97,31 @@ class ModelMessages:
         outs, version, start, stop = answer
         if plan is not self.served.default_plan:
             return self.infer_response(request, plan, *rows_of(answer))
-        if outs is not self._batch:  # the outputs of a new batch: to bytes once for all its requests
+        if outs is not self._batch:  # the outputs of a new batch
             self._batch = outs
-            arrays = [outs[n] for n in plan.outputs]
+            arrays = self._arrays = [outs[n] for n in plan.outputs]
+            self._blobs = None
             # rows are sliced as bytes: every output must hold one row per image of the batch
             self._rowwise = len({len(a) for a in arrays}) == 1 and len(arrays[0]) > 0
             if self._rowwise:
-                self._blobs = [a.tobytes() for a in arrays]
-                self._row_bytes = tuple(len(b) // len(a) for a, b in zip(arrays, self._blobs))
+                self._row_bytes = tuple(a.nbytes // len(a) for a in arrays)
                 self._layout = (tuple(a.shape[1:] for a in arrays), tuple(a.dtype for a in arrays))
         if not self._rowwise:
             return self.infer_response(request, plan, *rows_of(answer))
         rows = stop - start
+        if start == 0 and rows == len(self._arrays[0]):  # the whole batch (a lone call's): the arrays' own bytes
+            try:
+                return self._join(request, plan, outs, version, rows, self._arrays)
+            except (BufferError, ValueError, TypeError):  # not C-contiguous: its rows go through tobytes
+                pass
+        if self._blobs is None:  # to bytes once for all the batch's requests
+            self._blobs = [a.tobytes() for a in self._arrays]
+        rows_data = [blob[start * row : stop * row] for blob, row in zip(self._blobs, self._row_bytes)]
+        return self._join(request, plan, outs, version, rows, rows_data)
+
+    def _join(self, request, plan: InferPlan, outs: dict[str, np.ndarray], version: int, rows: int, data: list) -> bytes:
+        """The serialised answer of ``rows`` rows whose raw contents are ``data`` (bytes-like,
+        one per default output, in order)."""
         key = (rows, self._layout)
         pieces = self._pieces.get(key)
         if pieces is None:
@@ -119,10 +133,10 @@ class ModelMessages:
         parts = [head, self._param]
         if request.id:
             parts.append(_field(3, request.id.encode()))
-        for prefix, blob, row in zip(prefixes, self._blobs, self._row_bytes):
+        for prefix, contents in zip(prefixes, data):
             parts.append(prefix)
-            parts.append(blob[start * row : stop * row])
-        return b"".join(parts)
+            parts.append(contents)
+        return b"".join(parts)  # raises BufferError or ValueError on an array that is not C-contiguous
 
     def _answer_pieces(self, plan: InferPlan, outs: dict[str, np.ndarray], rows: int) -> tuple[bytes, list[bytes]]:
         """For a default answer of ``rows`` rows: its name, version and output tensors (no id,
