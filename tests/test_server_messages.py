@@ -116,7 +116,9 @@ def test_outputs_without_one_row_per_image_are_answered_as_a_message(served, mni
 
 def test_small_analog_batches_run_the_lit_input_graph(sjff_models, mnist_samples, tmp_path):
     """The engine runs a batch of at most LIT_MAX_ROWS images on the graph whose first layer
-    reads only the lit inputs' weight rows (runtime.lit_inputs), a larger one on the full graph."""
+    reads only the lit inputs' weight rows (runtime.lit_inputs), a larger one on the full
+    graph: with NaN in the weight row of a pixel no image lights, only the full graph's
+    answers are NaN."""
     from spikingjelly_ff.runtime.analog import LIT_MAX_ROWS
 
     root = su.make_repository(tmp_path, {"m": sjff_models["analog"]})
@@ -124,17 +126,21 @@ def test_small_analog_batches_run_the_lit_input_graph(sjff_models, mnist_samples
     pool = WorkerPool(1)
     served, _ = load_served_model(spec, state_dir=None, ort_threads=1, learn_options=LearnOptions(), pool=pool)
     pool.close()
-    graph = served.engine.graph
-    used = []
-    for name in ("small", "session"):
-        session = getattr(graph, name)
-        session.run = lambda *a, _run=session.run, _name=name: used.append(_name) or _run(*a)
     images, _ = mnist_samples
-    small, _ = served._run_batch(su.as_float(images[:LIT_MAX_ROWS]), served.default_plan.opts)
-    full, _ = served._run_batch(su.as_float(images[: LIT_MAX_ROWS + 1]), served.default_plan.opts)
-    assert used == ["small", "session"]
+    x = su.as_float(images[: LIT_MAX_ROWS + 1])
+    opts = served.default_plan.opts
+    small, _ = served._run_batch(x[:LIT_MAX_ROWS], opts)
+    full, _ = served._run_batch(x, opts)
     for name in small:
         np.testing.assert_allclose(small[name], full[name][:LIT_MAX_ROWS], rtol=1e-6, atol=1e-6)
+    feeds = served.published.feeds
+    (name,) = [k for k, v in feeds.items() if v.ndim == 2 and v.shape[0] == x.shape[1]]  # image rows [D, H]
+    unlit = int(np.flatnonzero((x == 0).all(axis=0))[0])
+    poisoned = feeds[name].copy()
+    poisoned[unlit] = np.nan
+    feeds[name] = poisoned
+    assert np.isfinite(served._run_batch(x[:LIT_MAX_ROWS], opts)[0]["scores"]).all()
+    assert np.isnan(served._run_batch(x, opts)[0]["scores"]).all()
 
 
 class _Aborted(Exception):

@@ -106,3 +106,27 @@ def test_small_batches_run_the_lit_graph_with_the_full_graphs_answers(which, pap
     # AnalogModel.run picks by batch size and answers the same either way
     one_by_one = np.concatenate([model.run(x[i : i + 1])["scores"] for i in range(8)])
     np.testing.assert_allclose(one_by_one, model.run(x[:8])["scores"], rtol=1e-6, atol=1e-6)
+
+
+def test_graph_run_calls_the_binding_or_else_the_public_api(paper_like, mini):
+    """AnalogGraph.run calls onnxruntime's binding (``_sess``) where the session has one and
+    the public ``run`` otherwise, with the same answers."""
+    import dataclasses
+
+    class PublicOnly:  # a session without the private binding
+        def __init__(self, session) -> None:
+            self._session, self.calls = session, 0
+
+        def run(self, output_names, feeds, run_options=None):
+            self.calls += 1
+            return self._session.run(output_names, feeds, run_options)
+
+    model = load_exported(paper_like)
+    graph = model.graph
+    public = dataclasses.replace(graph, small=PublicOnly(graph.small), session=PublicOnly(graph.session))
+    names = list(graph.output_names)
+    for n in (1, LIT_MAX_ROWS + 1):
+        feeds = {"images": _images(mini, n), **model.weight_feeds()}
+        for a, b in zip(graph.run(names, feeds), public.run(names, feeds)):
+            np.testing.assert_array_equal(a, b)
+    assert public.small.calls == 1 and public.session.calls == 1

@@ -149,7 +149,7 @@ class AnalogEngine(Engine):
     def run(self, pub: Published, x: np.ndarray, opts: InferOptions) -> dict[str, np.ndarray]:
         feeds = dict(pub.feeds)
         feeds[self.input_name] = x
-        return dict(zip(self.output_names, self.graph.session_for(len(x)).run(self.output_names, feeds)))
+        return dict(zip(self.output_names, self.graph.run(self.output_names, feeds)))
 
 
 def analog_row_macs(model: AnalogModel) -> int:

@@ -119,7 +119,9 @@ class ModelMessages:
         rows_data = [blob[start * row : stop * row] for blob, row in zip(self._blobs, self._row_bytes)]
         return self._join(request, plan, outs, version, rows, rows_data)
 
-    def _join(self, request, plan: InferPlan, outs: dict[str, np.ndarray], version: int, rows: int, data: list) -> bytes:
+    def _join(
+        self, request, plan: InferPlan, outs: dict[str, np.ndarray], version: int, rows: int, data: list
+    ) -> bytes:
         """The serialised answer of ``rows`` rows whose raw contents are ``data`` (bytes-like,
         one per default output, in order)."""
         key = (rows, self._layout)
