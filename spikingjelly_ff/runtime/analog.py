@@ -88,7 +88,12 @@ class AnalogGraph:
         cpu = ["CPUExecutionProvider"]
         session = ort.InferenceSession(split.per_call.SerializeToString(), opts, providers=cpu)
         lit = gather_lit_inputs(split.per_call, [*split.direct, *split.derived])
-        small = session if lit is split.per_call else ort.InferenceSession(lit.SerializeToString(), opts, providers=cpu)
+        small = session
+        if lit is not split.per_call:  # a rewritten copy: without the stored weights, which are always fed
+            kept = [t for t in lit.graph.initializer if t.name not in split.direct]
+            del lit.graph.initializer[:]
+            lit.graph.initializer.extend(kept)
+            small = ort.InferenceSession(lit.SerializeToString(), opts, providers=cpu)
         derive = None
         if split.derive is not None:
             derive = ort.InferenceSession(split.derive.SerializeToString(), opts, providers=cpu)
@@ -114,13 +119,15 @@ class AnalogGraph:
         (``benchmarks/lit_inputs.py``)."""
         return self.small if rows <= LIT_MAX_ROWS else self.session
 
-    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """``output_names`` of the per-call graph for ``feeds`` (the images ``[N, D]`` and the
-        weight feeds), on :meth:`session_for` the batch. It calls onnxruntime's binding itself
-        where the session has one (``_sess``): the wrapper's checks of the feed names, which are
-        always the same here, cost a lone call 15-20 µs on a cold core."""
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """``output_names`` (None: all) of the per-call graph for ``feeds`` (the images
+        ``[N, D]`` and the weight feeds), on :meth:`session_for` the batch. It calls
+        onnxruntime's binding itself where the session has one (``_sess``): the wrapper's checks
+        of the feed names, which are always the same here, cost a lone call 15-20 µs on a cold
+        core."""
         session = self.session_for(len(feeds["images"]))
-        return getattr(session, "_sess", session).run(output_names, feeds, None)
+        names = list(self.output_names) if output_names is None else output_names
+        return getattr(session, "_sess", session).run(names, feeds, None)
 
 
 def _layout(meta: OnnxMeta, a: np.ndarray) -> np.ndarray:
@@ -225,7 +232,7 @@ class AnalogModel:
         """All graph outputs (scores, probability, goodness, label, ...) for images ``[N, D]``."""
         x = self._check_images(x)
         feeds = {"images": x, **self.weight_feeds()}
-        return dict(zip(self.graph.output_names, self.graph.run(list(self.graph.output_names), feeds)))
+        return dict(zip(self.graph.output_names, self.graph.run(None, feeds)))
 
     @property
     def weights(self) -> list[np.ndarray]:

@@ -112,7 +112,7 @@ class ModelMessages:
         if start == 0 and rows == len(self._arrays[0]):  # the whole batch (a lone call's): the arrays' own bytes
             try:
                 return self._join(request, plan, outs, version, rows, self._arrays)
-            except (BufferError, ValueError, TypeError):  # not C-contiguous: its rows go through tobytes
+            except (BufferError, ValueError, TypeError):  # not C-contiguous (numpy raises one of these)
                 pass
         if self._blobs is None:  # to bytes once for all the batch's requests
             self._blobs = [a.tobytes() for a in self._arrays]
@@ -138,7 +138,7 @@ class ModelMessages:
         for prefix, contents in zip(prefixes, data):
             parts.append(prefix)
             parts.append(contents)
-        return b"".join(parts)  # raises BufferError or ValueError on an array that is not C-contiguous
+        return b"".join(parts)  # raises on an array that is not C-contiguous
 
     def _answer_pieces(self, plan: InferPlan, outs: dict[str, np.ndarray], rows: int) -> tuple[bytes, list[bytes]]:
         """For a default answer of ``rows`` rows: its name, version and output tensors (no id,
