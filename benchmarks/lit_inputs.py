@@ -26,17 +26,19 @@ import serve  # noqa: E402 - the benchmark's model and data
 
 
 def load_pair(path: Path):
-    """(full, lit): the model with the plain first-layer product and with the lit-input one,
-    both run through ``AnalogModel.run`` (the lit one at any batch size)."""
-    import spikingjelly_ff.runtime.analog as analog
-    from spikingjelly_ff.runtime import load_exported
+    """(full, lit): the model with the plain first-layer product and with the lit-input one at
+    any batch size, sharing the loaded graph's sessions and weights."""
+    from dataclasses import replace
 
-    full, lit = load_exported(path, threads=1), load_exported(path, threads=1)
-    if lit.graph.small is lit.graph.session:
+    from spikingjelly_ff.runtime import load_exported
+    from spikingjelly_ff.runtime.analog import AnalogModel
+
+    model = load_exported(path, threads=1)
+    g = model.graph
+    if g.small is g.session:
         raise SystemExit(f"{path}: no first-layer product to rewrite (runtime.lit_inputs)")
-    object.__setattr__(full.graph, "small", full.graph.session)
-    object.__setattr__(lit.graph, "session", lit.graph.small)
-    assert analog.LIT_MAX_ROWS >= 1
+    full = AnalogModel(replace(g, small=g.session), model.weights)
+    lit = AnalogModel(replace(g, session=g.small), model.weights)
     return full, lit
 
 

@@ -63,7 +63,7 @@ def gather_lit_inputs(model, weights: list[str], images: str = "images"):
     if not targets:
         return model
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    taken = inputs | consts | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+    taken = inputs | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
 
     def fresh(name: str) -> str:  # a tensor name the graph does not use yet
         while name in taken:
