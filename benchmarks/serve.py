@@ -137,6 +137,21 @@ class Workdir:
         return w
 
 
+def native_workdir(model: str | None) -> tuple[Path, Workdir]:
+    """The C++ load generator and a :class:`Workdir` of ``model`` (else the cached paper
+    model) with payloads from the test split, for benchmarks that need the C++ client
+    (SystemExit where it cannot be built)."""
+    exe, why = workers.native_client()
+    if exe is None:
+        raise SystemExit(f"the C++ load generator is needed: {why}")
+    model_path = prepare_model(model)
+    from spikingjelly_ff.runs.data import load_split
+
+    data, _ = dataset()
+    split = load_split(data, "test")
+    return exe, Workdir.create(model_path, split.images[:500], split.labels[:500])
+
+
 def pin_cpus(results: dict) -> tuple[set[int], set[int]]:
     """(server CPUs, all usable CPUs) for --pin: the last CPU for the server, echo and
     in-process reference, the others for every client process (started through taskset)."""

@@ -174,15 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float, float]]]:
     """{server: [(calls/s, CPU µs per call, event-loop CPU µs per call) per round]}."""
-    exe, why = workers.native_client()
-    if exe is None:
-        raise SystemExit(f"the C++ load generator is needed: {why}")
-    model = serve.prepare_model(args.model)
-    from spikingjelly_ff.runs.data import load_split
-
-    data, _ = serve.dataset()
-    split = load_split(data, "test")
-    work = serve.Workdir.create(model, split.images[:500], split.labels[:500])
+    exe, work = serve.native_workdir(args.model)
     server_cpus: set[int] | None = None
     extra: list[str] = []
     if args.pin:  # serve.py's split: the last CPU for the servers, the others for the clients

@@ -185,15 +185,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def measure(args: argparse.Namespace) -> str:
-    exe, why = workers.native_client()
-    if exe is None:
-        raise SystemExit(f"the C++ load generator is needed: {why}")
-    model = serve.prepare_model(args.model)
-    from spikingjelly_ff.runs.data import load_split
-
-    data, _ = serve.dataset()
-    split = load_split(data, "test")
-    work = serve.Workdir.create(model, split.images[:500], split.labels[:500])
+    exe, work = serve.native_workdir(args.model)
     out = Path(tempfile.mkdtemp(prefix="sjff-steps-")) / "steps.json"
     warm = 300
     client: dict[str, list[float]] = {"echo": [], "server": []}
