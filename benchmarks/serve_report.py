@@ -1,5 +1,5 @@
-"""The tables benchmarks/serve.py prints from its results (Markdown, as README.md and
-docs/server.md quote them)."""
+"""The tables benchmarks/serve.py prints from its results (Markdown, as
+docs/serving-performance.md quotes them)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def ms(x: float) -> str:
 
 
 def print_table(r: dict) -> None:
-    """All of the run's tables, in the order README.md and docs/server.md show them."""
+    """All of the run's tables, in the order docs/serving-performance.md shows them."""
     print()
     print_latency(r)
     print()

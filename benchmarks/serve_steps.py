@@ -128,22 +128,29 @@ def timed_server(repo: Path, out: Path, token_file: Path | None = None, extra: l
 # -- the measurement ------------------------------------------------------------------------------
 
 
-def summarise(samples: dict[str, list[int]], skip: int) -> dict[str, tuple[float, float, float]]:
-    """{step label: (p10, p50, p90) µs} over the calls after the first ``skip`` (the warm-up);
-    the rest of the handler is its time minus the steps', call by call (one of each per call)."""
-    kept = {key: [ns / 1e3 for ns in samples[key][skip:]] for key, _ in STEPS}
-    calls = len(kept["handler"])
-    if calls == 0:
-        raise ValueError("no timed call")
-    if any(len(kept[k]) != calls for k in ("decode", "model", "answer")):
+def timed_calls(first: int, rounds: int, warm_up: int, calls: int) -> list[range]:
+    """Where the timed calls sit among the server's calls, in order: after ``first`` warm-up
+    calls, ``rounds`` runs of the load generator that each send ``warm_up`` calls of their own
+    before the ``calls`` it times."""
+    return [range(first + r * (warm_up + calls) + warm_up, first + (r + 1) * (warm_up + calls)) for r in range(rounds)]
+
+
+def summarise(samples: dict[str, list[int]], keep: list[range]) -> dict[str, tuple[float, float, float]]:
+    """{step label: (p10, p50, p90) µs} over the calls at the indices ``keep`` (one of each
+    step per call: one call in flight); the rest of the handler is its time minus the steps',
+    call by call. ValueError when the calls did not run each step once."""
+    calls = len(samples["handler"])
+    if any(len(samples[k]) != calls for k in ("decode", "check", "model", "answer")):
         raise ValueError("each call should run each step once (one call in flight)")
+    kept = {key: [samples[key][i] / 1e3 for r in keep for i in r] for key, _ in STEPS}
+    if not kept["handler"]:
+        raise ValueError("no timed call")
     kept["rest"] = [h - d - m - a for h, d, m, a in zip(kept["handler"], kept["decode"], kept["model"], kept["answer"])]
     labels = dict(STEPS, rest=REST)
     out = {}
     for key, values in kept.items():
-        if values:
-            q = statistics.quantiles(values, n=10, method="inclusive")
-            out[labels[key]] = (q[0], statistics.median(values), q[-1])
+        q = statistics.quantiles(values, n=10, method="inclusive")
+        out[labels[key]] = (q[0], statistics.median(values), q[-1])
     return out
 
 
@@ -196,20 +203,22 @@ def measure(args: argparse.Namespace) -> str:
             try:
                 srv = stack.enter_context(timed_server(work.root / "repo", out, work.token_file, args.server_args))
             except RuntimeError as exc:  # the server's own refusal, e.g. an unknown option
-                raise SystemExit(f"--server-args: {exc}") from None
-            targets = {"echo": (echo.target, workers.ECHO), "server": (srv.target, workers.INFER)}
-            for target, method in targets.values():  # warm up: connections, caches, the first batches
+                raise SystemExit(f"the timed server did not start: {exc}") from None
+            targets = [("echo", echo.target, workers.ECHO), ("server", srv.target, workers.INFER)]
+            for _, target, method in targets:  # warm up: connections, caches, the first batches
                 workers.run_native(exe, target, method, work.infer, 1, count=warm)
-            for _ in range(args.rounds):
-                for name, (target, method) in targets.items():
+            for r in range(args.rounds):
+                for name, target, method in targets[:: -1 if r % 2 else 1]:  # either first, in turn
                     run = workers.run_native(exe, target, method, work.infer, 1, count=args.calls)
                     client[name].append(run["p50_ms"])
         # the server has exited (SIGTERM, graceful) and written its times
         samples = json.loads(out.read_text())
-        # the warm-up's calls, each run's own warm-up calls included
-        skip = warm + workers.NATIVE_WARM_UP_CALLS
-        steps = summarise(samples, skip)
-        return report(steps, client, len(samples["handler"]) - skip)
+        # one connection at one call in flight: each run of the generator warms it up first
+        warm_up = workers.NATIVE_WARM_UP_CALLS
+        keep = timed_calls(warm + warm_up, args.rounds, warm_up, args.calls)
+        if len(samples["handler"]) != keep[-1].stop:
+            raise SystemExit(f"the server timed {len(samples['handler'])} calls, {keep[-1].stop} were sent")
+        return report(summarise(samples, keep), client, sum(map(len, keep)))
     finally:
         shutil.rmtree(work.root, ignore_errors=True)
         shutil.rmtree(out.parent, ignore_errors=True)

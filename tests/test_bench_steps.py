@@ -58,17 +58,23 @@ def test_timed_server_times_each_step_of_every_call_and_answers_as_shipped(sjff_
         assert samples["decode"][i] > samples["check"][i] > 0
 
 
-def test_summary_drops_the_warm_up_and_splits_the_handler_call_by_call():
+def test_timed_calls_leave_out_every_warm_up():
+    # 320 warm-up calls, then two runs of the generator: 20 calls of its own warm-up, 5 timed
+    assert serve_steps.timed_calls(320, 2, 20, 5) == [range(340, 345), range(365, 370)]
+    assert serve_steps.timed_calls(0, 1, 0, 3) == [range(0, 3)]
+
+
+def test_summary_keeps_the_timed_calls_and_splits_the_handler_call_by_call():
     ns = 1000  # 1 µs
     samples = {
-        "handler": [999 * ns] + [100 * ns, 200 * ns, 300 * ns],
-        "decode": [1 * ns] + [10 * ns, 20 * ns, 30 * ns],
-        "check": [1 * ns] + [5 * ns, 5 * ns, 5 * ns],
-        "model": [1 * ns] + [50 * ns, 100 * ns, 150 * ns],
-        "answer": [1 * ns] + [10 * ns, 20 * ns, 30 * ns],
+        "handler": [999 * ns, 100 * ns, 998 * ns, 200 * ns, 300 * ns],
+        "decode": [1 * ns, 10 * ns, 1 * ns, 20 * ns, 30 * ns],
+        "check": [1 * ns, 5 * ns, 1 * ns, 5 * ns, 5 * ns],
+        "model": [1 * ns, 50 * ns, 1 * ns, 100 * ns, 150 * ns],
+        "answer": [1 * ns, 10 * ns, 1 * ns, 20 * ns, 30 * ns],
     }
-    steps = serve_steps.summarise(samples, skip=1)
-    assert steps["ModelInfer handler"][1] == 200  # the warm-up's 999 µs is left out
+    steps = serve_steps.summarise(samples, [range(1, 2), range(3, 5)])
+    assert steps["ModelInfer handler"][1] == 200  # the warm-up calls' 999 and 998 µs are left out
     p10, p50, p90 = steps[serve_steps.REST]  # 100-70, 200-140, 300-210 µs
     assert p50 == 60 and 30 <= p10 < p50 < p90 <= 90
     table = serve_steps.report(steps, {"echo": [0.4, 0.5], "server": [0.6, 0.8]}, 3)
@@ -79,9 +85,9 @@ def test_summary_drops_the_warm_up_and_splits_the_handler_call_by_call():
 def test_summary_refuses_calls_that_did_not_run_each_step_once():
     samples = {"handler": [5, 5], "decode": [1, 1], "check": [1, 1], "model": [1], "answer": [1, 1]}
     with pytest.raises(ValueError, match="once"):
-        serve_steps.summarise(samples, skip=0)
+        serve_steps.summarise(samples, [range(2)])
     with pytest.raises(ValueError, match="no timed call"):
-        serve_steps.summarise({k: [] for k in samples}, skip=0)
+        serve_steps.summarise({k: [] for k in samples}, [range(0)])
 
 
 def test_arguments_split_server_args_and_refuse_bad_ones():
