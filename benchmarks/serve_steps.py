@@ -33,7 +33,6 @@ import argparse
 import atexit
 import contextlib
 import json
-import os
 import shlex
 import shutil
 import statistics
@@ -49,12 +48,12 @@ import serve_workers as workers  # noqa: E402
 #: (key, label) of each timed step, in the table's order
 STEPS = (
     ("handler", "ModelInfer handler"),
-    ("decode", "  decode the request"),
-    ("check", "    of it, the images' range check"),
-    ("model", "  the model's run (engine)"),
-    ("answer", "  the answer"),
+    ("decode", "decode the request"),
+    ("check", "of it, the images' range check"),
+    ("model", "the model's run (engine)"),
+    ("answer", "the answer"),
 )
-REST = "  the rest of the handler"
+REST = "the rest of the handler"
 
 
 # -- the timed server (this file's ``serve`` mode, in the server's own process) ------------------
@@ -166,7 +165,7 @@ def report(steps: dict[str, tuple[float, float, float]], client: dict[str, list[
         "| --- | ---: | ---: | ---: |",
     ]
     for label, (p10, p50, p90) in steps.items():
-        lines.append(f"| {label.strip()} | {p10:.1f} | {p50:.1f} | {p90:.1f} |")
+        lines.append(f"| {label} | {p10:.1f} | {p50:.1f} | {p90:.1f} |")
     return "\n".join(lines)
 
 
@@ -235,5 +234,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())
