@@ -103,8 +103,9 @@ def present_fits(
 def present_rows(backend: str, w, p: NeuronParams, rows: int, d: int, least: int = 1) -> int:
     """Samples per launch for presenting ``d`` inputs to weights ``w`` ``[H, d]`` without
     learning (``cupy_present.present``): ``rows`` or the largest of its halvings that fits,
-    else ``least`` if it fits; 0 when none does, or the layer is not float32 on a CUDA device
-    with the CuPy backend."""
+    else ``least`` if it fits; 0 when none does, when a block would hold more neurons than
+    ``cupy_present.INFERENCE_NEURONS_PER_BLOCK`` (the per-step path is faster there), or when
+    the layer is not float32 on a CUDA device with the CuPy backend."""
     if backend != "cupy" or isinstance(w, np.ndarray) or not w.is_cuda:
         return 0
     cp = _load("cupy_present")

@@ -23,6 +23,11 @@ PRESENT_THREADS = 256
 PRESENT_STAGED = 8192  # floats of shared memory for staging other blocks' goodness sums
 PRESENT_SHARED_LIMIT = 48 * 1024  # bytes of dynamic shared memory a launch may use without opt-in
 PROB_CODES = {"sigmoid": 0, "symmetric": 1, "polar": 2}
+# An inference launch sums each neuron's current in its block, input by input, where the
+# per-step path has cuBLAS; measured on an H200 (docs/gpu.md) it scored as fast or faster at
+# two neurons per block (884->200 on 132 multiprocessors: 1.02-1.7x the per-step path) and
+# slower from three on (884->300 to 884->2000: 0.74x down to 0.28x).
+INFERENCE_NEURONS_PER_BLOCK = 2
 _BARRIERS: dict[tuple[str, int], torch.Tensor] = {}
 
 
@@ -127,7 +132,11 @@ def present_supported(
 def inference_rows(p: NeuronParams, rows: int, d: int, h: int, device: int, least: int = 1) -> int:
     """The samples per launch of an inference presentation (``kernels.present_rows``):
     ``rows`` or the largest of its halvings that :func:`present_supported` takes (the shared
-    memory grows with the samples of a launch), else ``least`` if it fits; else 0."""
+    memory grows with the samples of a launch), else ``least`` if it fits; else 0, also for a
+    layer that gives a block more than ``INFERENCE_NEURONS_PER_BLOCK`` neurons (the per-step
+    path scores it faster)."""
+    if present_blocks(h, _multiprocessors(device))[0] > INFERENCE_NEURONS_PER_BLOCK:
+        return 0
     r = rows
     while r >= max(1, least):
         if present_supported(p, "sum_squares", r, d, h, False, device, learns=False):

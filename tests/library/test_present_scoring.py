@@ -117,6 +117,7 @@ def test_inference_rows_fit_the_shared_memory(monkeypatch, limit, sms, h):
     returns fits, and twice as many (a halving's parent) does not."""
     monkeypatch.setattr(cupy_present, "_multiprocessors", lambda device: sms)
     monkeypatch.setattr(cupy_present, "_shared_limit", lambda device: limit)
+    monkeypatch.setattr(cupy_present, "INFERENCE_NEURONS_PER_BLOCK", 10**6)  # the room alone decides here
     p = DYN.neuron
 
     def fits(r: int) -> bool:
@@ -140,6 +141,21 @@ def test_inference_rows_fit_the_shared_memory(monkeypatch, limit, sms, h):
     monkeypatch.delenv("SJFF_PRESENT")
     kwta = dataclasses.replace(p, kwta=5)
     assert cupy_present.inference_rows(kwta, 2500, 884, h, 0, least=250) == 0
+
+
+@pytest.mark.parametrize(
+    "h,sms,takes",
+    [(200, 132, True), (264, 132, True), (265, 132, False), (2000, 132, False), (200, 100, True), (200, 99, False)],
+)
+def test_inference_leaves_layers_of_more_than_two_neurons_per_block_to_the_per_step_path(monkeypatch, h, sms, takes):
+    """Where a block would hold more than two neurons (h > 2 * multiprocessors) inference
+    takes the per-step path, which scores such layers faster (docs/gpu.md), even where the
+    launch fits the shared memory."""
+    monkeypatch.setattr(cupy_present, "_multiprocessors", lambda device: sms)
+    monkeypatch.setattr(cupy_present, "_shared_limit", lambda device: 227 * 1024)
+    p = DYN.neuron
+    assert cupy_present.present_supported(p, "sum_squares", 250, 884, h, False, 0, learns=False)
+    assert (cupy_present.inference_rows(p, 2500, 884, h, 0, least=250) > 0) == takes
 
 
 def test_present_rows_refuses_what_is_not_a_cuda_float32_layer():
@@ -211,6 +227,8 @@ def test_kernel_scoring_equals_per_step_scoring_on_gpu(monkeypatch, carry):
     """On the GPU: the paper's 884 -> 200 layer scoring 500 images through ``sjff_present``
     (``SJFF_PRESENT=1``) against the per-step CuPy path (``SJFF_PRESENT=0``), same seed."""
     outs = []
+    # compare the paths on any GPU, also one whose blocks would hold more than two neurons
+    monkeypatch.setattr(cupy_present, "INFERENCE_NEURONS_PER_BLOCK", 10**6)
     for flag in ("0", "1"):
         monkeypatch.setenv("SJFF_PRESENT", flag)
         net = _net(0, carry, "[200]").cuda()

@@ -1,0 +1,100 @@
+"""All-label testing on the GPU by layer width: one launch per step against one launch per
+label and layer (``sjff_present``), and the path ``SpikingScorer`` takes.
+
+    python benchmarks/gpu_scoring.py [--images 10000] [--widths 200 300 ...] [--rounds 2] [--json F]
+
+Needs a CUDA device and CuPy. The paper's configuration (``paper/hebbian-batched-symmetric``,
+carried membranes: one launch per label and layer) with one hidden layer of each width, on
+random sparse images (a fifth of the pixels lit), 2,000 images per call. Columns, images/s
+(the best of ``--rounds`` alternating rounds):
+
+* ``per step``: ``SJFF_PRESENT=0``, cuBLAS for the currents and our neuron kernel per step;
+* ``one launch``: ``sjff_present`` wherever the launch fits the shared memory, the width rule
+  (``cupy_present.INFERENCE_NEURONS_PER_BLOCK``) lifted;
+* ``shipped``: the scorer as it is, which leaves layers of more than that many neurons per
+  block (more than twice the multiprocessors) to the per-step path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table, save_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from spikingjelly_ff.kernels import cupy_present  # noqa: E402
+from spikingjelly_ff.learning.engine import SpikingScorer  # noqa: E402
+from spikingjelly_ff.runs.build import build_model  # noqa: E402
+from spikingjelly_ff.runs.config import load_config  # noqa: E402
+
+SHIPPED_RULE = cupy_present.INFERENCE_NEURONS_PER_BLOCK
+# column: (SJFF_PRESENT, neurons per block an inference launch may hold)
+PATHS = {"per step": ("0", SHIPPED_RULE), "one launch": ("1", 10**6), "shipped": ("1", SHIPPED_RULE)}
+
+
+def images_per_second(net, x: torch.Tensor, present: str, rule: int, chunk: int = 2000) -> float:
+    os.environ["SJFF_PRESENT"] = present
+    cupy_present.INFERENCE_NEURONS_PER_BLOCK = rule
+    try:
+        scorer = SpikingScorer(net, device="cuda")
+        scorer.predict(x[:100])  # compiles the module on first use
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for i in range(0, len(x), chunk):
+            scorer.predict(x[i : i + chunk])
+        torch.cuda.synchronize()
+        return len(x) / (time.perf_counter() - t)
+    finally:
+        cupy_present.INFERENCE_NEURONS_PER_BLOCK = SHIPPED_RULE
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--widths", type=int, nargs="+", default=[200, 264, 300, 400, 600, 1000, 2000])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.images < 1 or args.rounds < 1 or min(args.widths) < 1:
+        ap.error("--images, --rounds and every width must be at least 1")
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 1
+    g = torch.Generator(device="cuda").manual_seed(0)
+    shape = (args.images, 784)
+    x = torch.rand(shape, generator=g, device="cuda") * (torch.rand(shape, generator=g, device="cuda") < 0.2)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    rows, out = [], {"gpu": torch.cuda.get_device_name(), "multiprocessors": sms, "widths": {}}
+    for width in args.widths:
+        cfg = load_config("paper/hebbian-batched-symmetric", [f"model.layers=[{width}]"])
+        net = build_model(cfg.model, 784, 10, 0, backend="cupy").cuda()
+        rates: dict[str, list[float]] = {name: [] for name in PATHS}
+        for r in range(args.rounds):
+            for name in PATHS if r % 2 == 0 else reversed(PATHS):
+                rates[name].append(images_per_second(net, x, *PATHS[name]))
+        best = {name: max(v) for name, v in rates.items()}
+        per_block = cupy_present.present_blocks(width, sms)[0]
+        out["widths"][width] = {"neurons_per_block": per_block, **rates}
+        ratio = best["one launch"] / best["per step"]
+        rows.append([f"884->{width}", per_block, *(f"{best[n]:,.0f}" for n in PATHS), f"{ratio:.2f}"])
+    print_table(
+        f"All-label testing on {torch.cuda.get_device_name()} ({sms} multiprocessors), images/s",
+        ["layer", "neurons per block", *PATHS, "one launch / per step"],
+        rows,
+        note=f"the scorer takes one launch up to {SHIPPED_RULE} neurons per block",
+    )
+    save_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
