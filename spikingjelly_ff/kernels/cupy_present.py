@@ -26,7 +26,7 @@ PROB_CODES = {"sigmoid": 0, "symmetric": 1, "polar": 2}
 # An inference launch sums each neuron's current in its block, input by input, where the
 # per-step path has cuBLAS; measured on an H200 (docs/gpu.md) it scored as fast or faster at
 # two neurons per block (884->200 on 132 multiprocessors: 1.02-1.7x the per-step path) and
-# slower from three on (884->300 to 884->2000: 0.74x down to 0.28x).
+# slower from three on (884->300 to 884->2000: 0.28-0.90x).
 INFERENCE_NEURONS_PER_BLOCK = 2
 _BARRIERS: dict[tuple[str, int], torch.Tensor] = {}
 
