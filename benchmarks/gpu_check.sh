@@ -38,6 +38,7 @@ echo "== GPU throughput (benchmarks/gpu_speed.py)"
 timeout 300 python3 benchmarks/gpu_speed.py --online-samples 1000 --images 10000 --json "$OUT/gpu_speed.json" || rc=1
 echo "== All-label testing by layer width (benchmarks/gpu_scoring.py)"
 timeout 200 python3 benchmarks/gpu_scoring.py --json "$OUT/gpu_scoring.json" || rc=1
+timeout 200 python3 benchmarks/gpu_scoring.py --no-carry --json "$OUT/gpu_scoring_rest.json" || rc=1
 echo "== The paper's batched P_sym row on MNIST through sjff train (spikingjelly_ff/configs/paper)"
 if python3 -c "from spikingjelly_ff.runs.data import find_dataset; find_dataset('mnist')" 2>/dev/null; then
   # name, backend, SJFF_PRESENT, epochs, seed: the one-launch path three times (seeds 0-2)

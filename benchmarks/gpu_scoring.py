@@ -3,10 +3,12 @@
 Three paths of ``SpikingScorer``: one launch per step, one launch per label and layer
 (``sjff_present``), and the path the scorer takes as shipped.
 
-    python benchmarks/gpu_scoring.py [--images 10000] [--widths 200 300 ...] [--rounds 2] [--json F]
+    python benchmarks/gpu_scoring.py [--images 10000] [--widths 200 300 ...] [--rounds 2]
+                                     [--no-carry] [--json F]
 
 Needs a CUDA device and CuPy. The paper's configuration (``paper/hebbian-batched-symmetric``,
-carried membranes: one launch per label and layer) with one hidden layer of each width, on
+carried membranes: one launch per label and layer; ``--no-carry``: every presentation from
+rest, all labels' samples in one launch per layer) with one hidden layer of each width, on
 random sparse images (a fifth of the pixels lit), 2,000 images per call. Columns, images/s
 (the best of ``--rounds`` rounds, the order of the paths reversed every other round):
 
@@ -71,6 +73,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--widths", type=int, nargs="+", default=[200, 264, 300, 400, 600, 1000, 2000])
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--no-carry", action="store_true", help="presentations from rest (one launch for all labels)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.images < 1 or args.rounds < 1 or min(args.widths) < 1:
@@ -82,9 +85,11 @@ def main() -> int:
     shape = (args.images, 784)
     x = torch.rand(shape, generator=g, device="cuda") * (torch.rand(shape, generator=g, device="cuda") < 0.2)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    rows, out = [], {"gpu": torch.cuda.get_device_name(), "multiprocessors": sms, "widths": {}}
+    out = {"gpu": torch.cuda.get_device_name(), "multiprocessors": sms, "carry": not args.no_carry, "widths": {}}
+    rows = []
     for width in args.widths:
-        cfg = load_config("paper/hebbian-batched-symmetric", [f"model.layers=[{width}]"])
+        carry = f"model.encoder.carry_membrane={str(not args.no_carry).lower()}"
+        cfg = load_config("paper/hebbian-batched-symmetric", [f"model.layers=[{width}]", carry])
         net = build_model(cfg.model, 784, 10, 0, backend="cupy").cuda()
         rates: dict[str, list[float]] = {name: [] for name in PATHS}
         took: dict[str, bool] = {}
@@ -100,7 +105,8 @@ def main() -> int:
         mark = "" if took["one launch"] else " (the launch did not fit: per step)"
         rows.append([f"884->{width}", per_block, *(f"{best[n]:,.0f}" for n in PATHS), ran, f"{ratio:.2f}{mark}"])
     print_table(
-        f"All-label testing on {torch.cuda.get_device_name()} ({sms} multiprocessors), images/s",
+        f"All-label testing on {torch.cuda.get_device_name()} ({sms} multiprocessors), images/s"
+        + (", presentations from rest" if args.no_carry else ", membranes carried"),
         ["layer", "neurons per block", *PATHS, "kernel", "one launch / per step"],
         rows,
         note=f"the scorer takes one launch up to {SHIPPED_RULE} neurons per block",
