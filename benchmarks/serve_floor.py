@@ -103,8 +103,7 @@ def _reuse_model_outputs() -> None:
 
 def run_variant(variant: str, args: list[str]) -> int:
     """``sjff serve ARGS`` with ModelInfer answered as ``variant`` says (VARIANTS)."""
-    import grpc
-    from sjff_server import app
+    from sjff_server import app  # first: the server imports grpc under its settings (tuning)
     from sjff_server.main import main
 
     if variant == "no-model":
@@ -114,6 +113,8 @@ def run_variant(variant: str, args: list[str]) -> int:
         if variant == "parse":
             handler = _parsing_handler()
         else:
+            import grpc
+
             handler = grpc.unary_unary_rpc_method_handler(_echo_handler(variant == "echo-turn"))
 
         def add_service(server, servicer, module, service):

@@ -52,9 +52,14 @@ def _metadata() -> tuple[tuple[str, str], ...]:
 def echo_server(ready_file: str, cpus: str = "") -> None:
     """A bare grpc.aio server that returns the request bytes (no parsing, no work) until SIGTERM;
     writes {"port": P} to ``ready_file`` once it listens. With ``cpus`` ("1,2") it runs only
-    there, like ``sjff serve --cpus``."""
-    import grpc
-    from grpc import aio
+    there, like ``sjff serve --cpus``. It imports grpc as the server does, under the server's
+    gRPC core settings (``sjff_server.tuning.grpc_experiments``), so that the two compare
+    handlers over the same transport."""
+    from sjff_server.tuning import grpc_experiments
+
+    with grpc_experiments():
+        import grpc
+        from grpc import aio
 
     if cpus:
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})  # before any thread starts

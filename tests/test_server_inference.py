@@ -297,6 +297,34 @@ def test_ready_file_and_metrics_port(server):
     assert json.loads(json.dumps(info))["tls"] is False
 
 
+def test_grpc_listener_setting(server):
+    """The server imports grpc under gRPC core's polled listener (tuning.POLLED_LISTENER) unless
+    the operator set GRPC_EXPERIMENTS, says which in its ready file, and leaves nothing in the
+    environment its children inherit; where grpc was imported first it is too late, and says so."""
+    import os
+    import subprocess
+    import sys
+
+    from sjff_server.tuning import GRPC_EXPERIMENTS, POLLED_LISTENER
+
+    assert server.info["grpc_experiments"] == os.environ.get(GRPC_EXPERIMENTS, POLLED_LISTENER)
+    probe = (
+        "import os, sjff_server; "
+        "print(repr(sjff_server.GRPC_EXPERIMENTS_IN_FORCE), repr(os.environ.get('GRPC_EXPERIMENTS')))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != GRPC_EXPERIMENTS}
+
+    def run(code: str, **extra: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True, timeout=60, check=True
+        )
+        return out.stdout.strip()
+
+    assert run(probe) == f"{POLLED_LISTENER!r} None"
+    assert run(probe, GRPC_EXPERIMENTS="-event_engine_client") == "'-event_engine_client' '-event_engine_client'"
+    assert run("import grpc; " + probe) == "'' None"
+
+
 def test_cpu_pinning(sjff_models, tmp_path, mnist_samples):
     """--cpus confines every thread of the server (gRPC, onnxruntime) to the CPUs given."""
     import os

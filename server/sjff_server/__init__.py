@@ -16,5 +16,16 @@ imports upward, and no core package imports grpc, protobuf or the client):
   - ``inference/``: engines over any runtime model, dynamic batching;
   - ``storage/``: the update object and log records, the log, snapshots, recovery, repair;
 - shared leaves: ``errors`` (why a request is refused), ``auth``, ``metrics``, ``logs``,
-  ``interrupt`` (interruptible worker threads), ``tuning`` (CPU pinning, PM QoS).
+  ``interrupt`` (interruptible worker threads), ``tuning`` (gRPC core's listener, CPU
+  pinning, PM QoS).
+
+Importing the package imports grpc under :data:`tuning.POLLED_LISTENER`: gRPC core reads its
+experiments once, when grpc is first imported, so this comes before any module of the server
+imports it. ``GRPC_EXPERIMENTS_IN_FORCE`` says what took effect (``sjff serve`` logs it).
 """
+
+from .tuning import grpc_experiments
+
+with grpc_experiments() as GRPC_EXPERIMENTS_IN_FORCE:
+    import grpc  # noqa: F401 - imported here, under the setting: see above
+

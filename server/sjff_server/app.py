@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sjff_client.pb import grpc_service_pb2, learning_pb2
 
+from . import GRPC_EXPERIMENTS_IN_FORCE
 from .auth import Authenticator
 from .interrupt import WorkerPool
 from .learning.options import LearnOptions
@@ -302,6 +303,7 @@ class ServerApp:
             "learning": learns,
             "replication": self.redis is not None,
             "pid": os.getpid(),
+            "grpc_experiments": GRPC_EXPERIMENTS_IN_FORCE,  # "": gRPC's defaults (tuning.grpc_experiments)
         }
         log.info("server ready", extra=info)
         if cfg.ready_file is not None:

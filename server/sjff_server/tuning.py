@@ -1,18 +1,60 @@
-"""Host tuning for latency, both opt-in: pin the server to CPUs, keep idle CPUs awake.
+"""Tuning for latency: gRPC core's listener (always), and two opt-in host settings: pin the
+server to CPUs, keep idle CPUs awake.
 
 On a small machine or a VM a call that finds the server's CPU idle pays twice: the wake-up
-itself and the cold state after it (docs/server.md, Performance). Both helpers act on this
-process only and are undone when it exits.
+itself and the cold state after it, and once more for every thread it hops to (docs/server.md,
+Performance). Each helper acts on this process only and is undone when it exits.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["CPU_LATENCY_DEVICE", "hold_cpu_latency", "parse_cpu_list", "pin_process"]
+__all__ = [
+    "CPU_LATENCY_DEVICE",
+    "GRPC_EXPERIMENTS",
+    "POLLED_LISTENER",
+    "grpc_experiments",
+    "hold_cpu_latency",
+    "parse_cpu_list",
+    "pin_process",
+]
+
+#: gRPC core's switches for its experiments, read once, when the process first imports grpc
+GRPC_EXPERIMENTS = "GRPC_EXPERIMENTS"
+#: Serve accepted connections from the thread that polls the completion queue (gRPC's poll
+#: engine) rather than from the EventEngine's own threads, which grpcio turned on for Python in
+#: 1.80. Why: a lone call then wakes two threads of the server instead of four or five, and on
+#: a VM whose idle CPUs halt each hop costs a wake-up and a cold core (docs/server.md,
+#: Performance, has the measurements).
+POLLED_LISTENER = "-event_engine_listener"
+
+
+@contextmanager
+def grpc_experiments(setting: str = POLLED_LISTENER, environ: MutableMapping[str, str] | None = None) -> Iterator[str]:
+    """Hold ``GRPC_EXPERIMENTS=setting`` in the environment while the caller imports grpc, then
+    restore the environment, so that this process runs with it and its children do not inherit
+    it. Yields what is in force: ``setting``; the operator's own ``GRPC_EXPERIMENTS``, left
+    alone; or ``""`` (gRPC's defaults) where grpc was imported before, too late to change."""
+    env = os.environ if environ is None else environ
+    if GRPC_EXPERIMENTS in env:
+        yield env[GRPC_EXPERIMENTS]
+        return
+    if "grpc" in sys.modules:
+        yield ""
+        return
+    env[GRPC_EXPERIMENTS] = setting
+    try:
+        yield setting
+    finally:
+        env.pop(GRPC_EXPERIMENTS, None)
+
 
 #: the kernel's PM QoS interface: a request lives as long as the file stays open
 CPU_LATENCY_DEVICE = Path("/dev/cpu_dma_latency")
