@@ -28,4 +28,3 @@ from .tuning import grpc_experiments
 
 with grpc_experiments() as GRPC_EXPERIMENTS_IN_FORCE:
     import grpc  # noqa: F401 - imported here, under the setting: see above
-

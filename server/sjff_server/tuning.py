@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import struct
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -37,12 +37,12 @@ POLLED_LISTENER = "-event_engine_listener"
 
 
 @contextmanager
-def grpc_experiments(setting: str = POLLED_LISTENER, environ: MutableMapping[str, str] | None = None) -> Iterator[str]:
+def grpc_experiments(setting: str = POLLED_LISTENER) -> Iterator[str]:
     """Hold ``GRPC_EXPERIMENTS=setting`` in the environment while the caller imports grpc, then
     restore the environment, so that this process runs with it and its children do not inherit
     it. Yields what is in force: ``setting``; the operator's own ``GRPC_EXPERIMENTS``, left
     alone; or ``""`` (gRPC's defaults) where grpc was imported before, too late to change."""
-    env = os.environ if environ is None else environ
+    env = os.environ
     if GRPC_EXPERIMENTS in env:
         yield env[GRPC_EXPERIMENTS]
         return
