@@ -2,7 +2,7 @@
 is the server's own work. Prints a table.
 
     python benchmarks/serve_floor.py [--clients 32] [--seconds 3] [--rounds 6] [--pin]
-                                     [--compare="SJFF_SERVE_ARGS"]...
+                                     [--model-split] [--compare="SJFF_SERVE_ARGS"]...
 
 Alternating rounds of the C++ load generator (serve.py's load: one MNIST image per ModelInfer
 call) against six servers, and one more per ``--compare``, all started before the first
@@ -19,6 +19,10 @@ round:
   with the outputs it computed for the first batch of that size (what the handler costs
   without the model);
 * ``sjff serve``: the server as shipped;
+* with ``--model-split``, two more, each the no-model server plus part of a model's run:
+  ``blank`` runs the model on a blank image (zeros: onnxruntime's whole path, but no lit input
+  and so almost none of the weight rows), ``one-node`` a one-node onnxruntime graph (Identity
+  over the images: the binding's fixed cost);
 * with ``--compare=ARGS`` (repeatable): the shipped server started with ``ARGS`` as well
   (``--compare="--batch-window-us 4000"``; the ``=`` lets a lone flag such as
   ``--compare=--reuse-port`` through), to weigh an option in the same rounds.
@@ -55,6 +59,11 @@ VARIANTS = {
     "no-model": "sjff serve, no model run",
     "server": "sjff serve",
 }
+#: with ``--model-split``: what of the model's run a call pays, its fixed path or its data
+MODEL_SPLIT = {
+    "blank": "sjff serve, no model run, the model on a blank image",
+    "one-node": "sjff serve, no model run, a one-node onnxruntime graph",
+}
 
 
 # -- the server variants (this file's ``serve`` mode, in the server's own process) ---------------
@@ -84,18 +93,40 @@ def _parsing_handler():
     return grpc.unary_unary_rpc_method_handler(parse, request_deserializer=pb.ModelInferRequest.FromString)
 
 
-def _reuse_model_outputs() -> None:
+def _reuse_model_outputs(also: str = "") -> None:
     """Every analog batch is answered with the outputs of the first batch of its size (a new
-    dict each time, so the answer is encoded as for a new batch): no model run."""
+    dict each time, so the answer is encoded as for a new batch): no model run. ``also``:
+    "blank" runs the model on zeros of the batch's shape (onnxruntime's path without the lit
+    inputs' weight rows), "one-node" a one-node onnxruntime graph (Identity) on the batch."""
+    import numpy as np
     from sjff_server.inference.engine import AnalogEngine
 
     shipped = AnalogEngine.run
     first: dict[int, dict] = {}
+    extra = None
+    if also == "blank":
+
+        def extra(self, pub, x, opts):
+            shipped(self, pub, np.zeros_like(x), opts)
+
+    elif also == "one-node":
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", "D"]) for n in ("x", "y")]
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "one-node", io[:1], io[1:])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+        def extra(self, pub, x, opts):
+            session.run(["y"], {"x": x})
 
     def run(self, pub, x, opts):
         outs = first.get(len(x))
         if outs is None:
             outs = first[len(x)] = shipped(self, pub, x, opts)
+        if extra is not None:
+            extra(self, pub, x, opts)
         return dict(outs)
 
     AnalogEngine.run = run
@@ -108,6 +139,8 @@ def run_variant(variant: str, args: list[str]) -> int:
 
     if variant == "no-model":
         _reuse_model_outputs()
+    elif variant in MODEL_SPLIT:
+        _reuse_model_outputs(variant)
     elif variant != "server":
         shipped = app.add_service
         if variant == "parse":
@@ -155,6 +188,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", help="analog ONNX export (default: serve.py's cached model)")
     p.add_argument("--pin", action="store_true", help="servers on the last CPU, the load generator on the others")
     p.add_argument(
+        "--model-split",
+        action="store_true",
+        help="two more no-model servers: one that runs the model on a blank image, one a one-node onnxruntime graph",
+    )
+    p.add_argument(
         "--compare",
         action="append",
         default=[],
@@ -186,7 +224,7 @@ def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float, floa
         echo = workers.Echo(server_cpus)
         stack.callback(echo.close)
         targets = {"echo": (echo.target, workers.ECHO, echo.proc.pid)}
-        for variant, label in VARIANTS.items():
+        for variant, label in {**VARIANTS, **(MODEL_SPLIT if args.model_split else {})}.items():
             srv = stack.enter_context(variant_server(variant, work.root / "repo", work.token_file, extra))
             targets[label] = (srv.target, workers.INFER, srv.pid)
         for more in args.compare:
@@ -238,8 +276,8 @@ def report(rounds: dict[str, list[tuple[float, float, float]]], args: argparse.N
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
-        if len(argv) < 2 or argv[1] not in VARIANTS:
-            raise SystemExit(f"serve mode: expected one of {', '.join(VARIANTS)}")
+        if len(argv) < 2 or argv[1] not in {**VARIANTS, **MODEL_SPLIT}:
+            raise SystemExit(f"serve mode: expected one of {', '.join([*VARIANTS, *MODEL_SPLIT])}")
         return run_variant(argv[1], argv[2:])
     args = parse_args(argv)
     print(report(measure(args), args))

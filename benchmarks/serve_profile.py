@@ -6,10 +6,13 @@
 The same load as ``serve.py``'s throughput rows (the C++ load generator, one MNIST image per
 call, server and echo alternating) with two breakdowns per call:
 
-1. CPU per thread (user and system µs per call, from /proc/PID/task/*/stat): the event-loop
-   thread runs every handler, the gRPC poller thread wakes it, the ``event_engine`` threads move
-   bytes. A single-threaded asyncio server saturates its event-loop thread first: its CPU per
-   call bounds the throughput.
+1. CPU per thread (user and system µs per call, from /proc/PID/task/*/stat) and context
+   switches per call (from /proc/PID/task/*/status: each time a thread blocks or is put off
+   the CPU; a thread that sleeps between calls is woken once per switch): the event-loop
+   thread runs every handler, the gRPC poller thread wakes it, the ``event_engine`` threads
+   move bytes where gRPC's EventEngine listener is on (``sjff_server.tuning``). A
+   single-threaded asyncio server saturates its event-loop thread first: its CPU per call
+   bounds the throughput.
 2. With ``perf`` (Linux perf_events allowed: kernel.perf_event_paranoid <= 2), where the
    event-loop thread spends it by shared object: the Python interpreter, the kernel, gRPC's
    Cython layer (cygrpc), onnxruntime, protobuf, numpy.
@@ -52,22 +55,53 @@ def thread_cpu(pid: int) -> dict[tuple[int, str], tuple[float, float]]:
     return out
 
 
+def thread_switches(pid: int) -> dict[tuple[int, str], int]:
+    """{(tid, name): context switches so far} of every thread of ``pid`` (voluntary ones, a
+    thread that blocks and is woken again, and involuntary ones)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        counts = [
+            int(line.split()[1])
+            for line in status.splitlines()
+            if line.endswith("ctxt_switches") or "ctxt_switches:" in line
+        ]
+        out[(int(tid), name)] = sum(counts)
+    return out
+
+
+def _group(pid: int, key: tuple[int, str], main_name: str) -> str:
+    """The thread whose id is the pid is the event loop, the others are grouped by name."""
+    if key[0] == pid:
+        return "event loop (main)"
+    if key[1] == main_name:  # Python 3.11 does not name its threads: they carry the process's name
+        return "gRPC poller, other Python threads"
+    return THREADS.get(key[1], key[1])
+
+
 def per_call(pid: int, before: dict, after: dict, calls: float) -> dict[str, tuple[float, float]]:
-    """{thread group: (user µs, system µs) per call}; the thread whose id is the pid is the
-    event loop, the others are grouped by name."""
+    """{thread group: (user µs, system µs) per call} (see :func:`_group`)."""
     main_name = next((name for tid, name in after if tid == pid), "")
     groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for key, (u, s) in after.items():
         u0, s0 = before.get(key, (0.0, 0.0))
-        if key[0] == pid:
-            name = "event loop (main)"
-        elif key[1] == main_name:  # Python 3.11 does not name its threads: they carry the process's name
-            name = "gRPC poller, other Python threads"
-        else:
-            name = THREADS.get(key[1], key[1])
+        name = _group(pid, key, main_name)
         groups[name][0] += (u - u0) * 1e6 / calls
         groups[name][1] += (s - s0) * 1e6 / calls
     return {k: (u, s) for k, (u, s) in groups.items() if u + s > 0.05}
+
+
+def switches_per_call(pid: int, before: dict, after: dict, calls: float) -> dict[str, float]:
+    """{thread group: context switches per call} (see :func:`_group`)."""
+    main_name = next((name for tid, name in after if tid == pid), "")
+    groups: dict[str, float] = defaultdict(float)
+    for key, n in after.items():
+        groups[_group(pid, key, main_name)] += (n - before.get(key, 0)) / calls
+    return dict(groups)
 
 
 def perf_usable() -> bool:
@@ -115,15 +149,16 @@ def measure(target: str, method: str, pid: int, args, exe: Path, work, data: Pat
     if data is not None:
         cmd = ["perf", "record", "-F", "2000", "-t", str(pid), "-o", str(data), "--", "sleep", str(args.seconds)]
         rec = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    before = thread_cpu(pid)
+    before, switched = thread_cpu(pid), thread_switches(pid)
     res = workers.run_native(exe, target, method, work.infer, args.clients, args.seconds)
-    after = thread_cpu(pid)
+    after, switched_after = thread_cpu(pid), thread_switches(pid)
     # every call the server answered in the window: the timed ones, the refused ones and the
     # generator's warm-up calls (as serve_workers.run_native counts them)
     calls = res["calls"] + sum(res["errors"].values()) + workers.NATIVE_WARM_UP_CALLS * min(2, args.clients)
     if res["errors"]:
         print(f"  refused calls: {res['errors']}", flush=True)
     threads = per_call(pid, before, after, calls)
+    switches = switches_per_call(pid, switched, switched_after, calls)
     user, system = threads.get("event loop (main)", (0.0, 0.0))
     objects: dict[str, float] = {}
     if rec is not None:
@@ -134,20 +169,28 @@ def measure(target: str, method: str, pid: int, args, exe: Path, work, data: Pat
             print(f"  perf record failed ({rec.returncode}): {err.decode(errors='replace').strip()[-300:]}", flush=True)
     # without kernel samples (perf_event_paranoid > 1 for a user) the shares are of user time
     kernel = any(dso.startswith("[kernel") for dso in objects)
-    return {"rate": res["rate"], "threads": threads, "loop_us": user + system if kernel else user, "objects": objects}
+    loop_us = user + system if kernel else user
+    return {"rate": res["rate"], "threads": threads, "switches": switches, "loop_us": loop_us, "objects": objects}
 
 
 def print_tables(points: dict, clients: int) -> None:
     srv, echo = points["server"], points["echo"]
     print(f"\n{clients} clients: server {srv['rate']:,.0f}/s, echo {echo['rate']:,.0f}/s "
           f"({100 * srv['rate'] / echo['rate']:.0f}%)\n")  # fmt: skip
-    print("| thread | server user µs/call | server sys | echo user µs/call | echo sys |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    names = sorted(set(srv["threads"]) | set(echo["threads"]), key=lambda n: (not n.startswith("event"), n))
-    for n in names:
+    print(
+        "| thread | server user µs/call | server sys | switches/call | echo user µs/call | echo sys | switches/call |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    seen = (
+        set(srv["threads"])
+        | set(echo["threads"])
+        | {n for p in (srv, echo) for n, k in p["switches"].items() if k >= 0.05}
+    )
+    for n in sorted(seen, key=lambda n: (not n.startswith("event"), n)):
         su, ss = srv["threads"].get(n, (0.0, 0.0))
         eu, es = echo["threads"].get(n, (0.0, 0.0))
-        print(f"| {n} | {su:.1f} | {ss:.1f} | {eu:.1f} | {es:.1f} |")
+        sw, ew = srv["switches"].get(n, 0.0), echo["switches"].get(n, 0.0)
+        print(f"| {n} | {su:.1f} | {ss:.1f} | {sw:.2f} | {eu:.1f} | {es:.1f} | {ew:.2f} |")
     if not srv["objects"]:
         return
     kernel = any(d.startswith("[kernel") for d in srv["objects"])

@@ -1,7 +1,8 @@
 """benchmarks/serve_floor.py's server variants are what its table says: ``sjff serve`` whose
 ModelInfer returns the request bytes (at once, or one event-loop turn later), parses the
-request and answers an empty response, or runs the shipped handler without the model; and the
-server as shipped."""
+request and answers an empty response, or runs the shipped handler without the model (alone,
+or with the model on a blank image, or with a one-node onnxruntime graph: ``--model-split``);
+and the server as shipped."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _request(half: int = 0) -> bytes:
     return req.SerializeToString()
 
 
-@pytest.mark.parametrize("variant", sorted(serve_floor.VARIANTS))
+@pytest.mark.parametrize("variant", sorted({**serve_floor.VARIANTS, **serve_floor.MODEL_SPLIT}))
 def test_variant_answers_as_described(variant, sjff_models, tmp_path):
     root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
     payload = _request()
@@ -40,7 +41,7 @@ def test_variant_answers_as_described(variant, sjff_models, tmp_path):
             channel.unary_unary("/inference.GRPCInferenceService/ServerReady")(b"", timeout=30)
         )
     assert ready.ready  # the other methods are the server's own
-    if variant in ("server", "no-model"):
+    if variant in ("server", "no-model", *serve_floor.MODEL_SPLIT):
         out = pb.ModelInferResponse.FromString(answer)
         assert out.model_name == "mnist" and out.id == "floor"
         assert [o.name for o in out.outputs] and len(out.raw_output_contents) == len(out.outputs)
@@ -50,7 +51,7 @@ def test_variant_answers_as_described(variant, sjff_models, tmp_path):
         assert answer == payload
 
 
-@pytest.mark.parametrize("variant", ["server", "no-model"])
+@pytest.mark.parametrize("variant", ["server", "no-model", *serve_floor.MODEL_SPLIT])
 def test_no_model_variant_answers_the_first_outputs_again(variant, sjff_models, tmp_path):
     root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
     with serve_floor.variant_server(variant, root) as srv, grpc.insecure_channel(srv.target) as channel:
@@ -58,7 +59,33 @@ def test_no_model_variant_answers_the_first_outputs_again(variant, sjff_models, 
         first, second, again = (pb.ModelInferResponse.FromString(call(_request(h), timeout=30)) for h in (0, 1, 0))
     assert first.raw_output_contents == again.raw_output_contents  # the same image: the same outputs
     same = first.raw_output_contents == second.raw_output_contents
-    assert same == (variant == "no-model")  # another image: other scores, unless the model does not run
+    assert same == (variant != "server")  # another image: other scores, unless the model does not run
+
+
+def test_model_split_variants_run_their_part_of_the_model(monkeypatch):
+    """``blank`` runs the engine once more per batch, on zeros of the batch's shape;
+    ``one-node`` an Identity graph; both answer the first batch's outputs."""
+    from sjff_server.inference.engine import AnalogEngine
+
+    seen: list[np.ndarray] = []
+
+    def shipped(self, pub, x, opts):
+        seen.append(x.copy())
+        return {"scores": x.sum(axis=1)}
+
+    x = np.full((2, 784), 0.5, np.float32)
+    monkeypatch.setattr(AnalogEngine, "run", shipped)
+    serve_floor._reuse_model_outputs("blank")
+    assert AnalogEngine.run(None, None, x, None)["scores"].tolist() == [392.0, 392.0]
+    assert AnalogEngine.run(None, None, 2 * x, None)["scores"].tolist() == [392.0, 392.0]  # the first outputs
+    assert [a.max() for a in seen] == [0.5, 0.0, 0.0] and all(a.shape == x.shape for a in seen)
+
+    monkeypatch.setattr(AnalogEngine, "run", shipped)
+    seen.clear()
+    serve_floor._reuse_model_outputs("one-node")
+    assert AnalogEngine.run(None, None, x, None)["scores"].tolist() == [392.0, 392.0]
+    AnalogEngine.run(None, None, x, None)
+    assert len(seen) == 1  # the engine ran once, for the first batch
 
 
 def test_serve_mode_refuses_an_unknown_variant():

@@ -30,8 +30,8 @@ __all__ = [
 GRPC_EXPERIMENTS = "GRPC_EXPERIMENTS"
 #: Serve accepted connections from the thread that polls the completion queue (gRPC's poll
 #: engine) rather than from the EventEngine's own threads, which grpcio turned on for Python in
-#: 1.80. Why: a lone call then wakes two threads of the server instead of four or five, and on
-#: a VM whose idle CPUs halt each hop costs a wake-up and a cold core (docs/server.md,
+#: 1.80. Why: a lone call then switches the server's threads about 4 times instead of 11, and
+#: on a VM whose idle CPUs halt each hop costs a wake-up and a cold core (docs/server.md,
 #: Performance, has the measurements).
 POLLED_LISTENER = "-event_engine_listener"
 
