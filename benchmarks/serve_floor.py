@@ -5,7 +5,7 @@ is the server's own work. Prints a table.
                                      [--model-split] [--compare="SJFF_SERVE_ARGS"]...
 
 Alternating rounds of the C++ load generator (serve.py's load: one MNIST image per ModelInfer
-call) against six servers, and one more per ``--compare``, all started before the first
+call) against six servers (eight with ``--model-split``), and one more per ``--compare``, all started before the first
 round:
 
 * ``echo``: the bare grpc.aio echo, serve.py's reference;
@@ -116,10 +116,13 @@ def _reuse_model_outputs(also: str = "") -> None:
         io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", "D"]) for n in ("x", "y")]
         graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "one-node", io[:1], io[1:])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # as the server's sessions (--ort-threads 1)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        binding = getattr(session, "_sess", session)  # called as AnalogGraph.run calls the model's
 
         def extra(self, pub, x, opts):
-            session.run(["y"], {"x": x})
+            binding.run(["y"], {"x": x}, None)
 
     def run(self, pub, x, opts):
         outs = first.get(len(x))
@@ -133,7 +136,7 @@ def _reuse_model_outputs(also: str = "") -> None:
 
 
 def run_variant(variant: str, args: list[str]) -> int:
-    """``sjff serve ARGS`` with ModelInfer answered as ``variant`` says (VARIANTS)."""
+    """``sjff serve ARGS`` with ModelInfer answered as ``variant`` says (VARIANTS, MODEL_SPLIT)."""
     from sjff_server import app  # first: the server imports grpc under its settings (tuning)
     from sjff_server.main import main
 

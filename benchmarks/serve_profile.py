@@ -65,11 +65,7 @@ def thread_switches(pid: int) -> dict[tuple[int, str], int]:
             name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
         except OSError:  # the thread ended meanwhile
             continue
-        counts = [
-            int(line.split()[1])
-            for line in status.splitlines()
-            if line.endswith("ctxt_switches") or "ctxt_switches:" in line
-        ]
+        counts = (int(line.split()[1]) for line in status.splitlines() if "ctxt_switches:" in line)
         out[(int(tid), name)] = sum(counts)
     return out
 

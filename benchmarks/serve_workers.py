@@ -55,11 +55,12 @@ def echo_server(ready_file: str, cpus: str = "") -> None:
     there, like ``sjff serve --cpus``. It imports grpc as the server does, under the server's
     gRPC core settings (``sjff_server.tuning.grpc_experiments``), so that the two compare
     handlers over the same transport."""
-    from sjff_server.tuning import grpc_experiments
+    # first: importing the server package imports grpc under its settings (sjff_server.tuning)
+    from sjff_server import GRPC_EXPERIMENTS_IN_FORCE  # noqa: F401
 
-    with grpc_experiments():
-        import grpc
-        from grpc import aio
+    # isort: split
+    import grpc
+    from grpc import aio
 
     if cpus:
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})  # before any thread starts

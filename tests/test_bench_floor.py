@@ -80,12 +80,32 @@ def test_model_split_variants_run_their_part_of_the_model(monkeypatch):
     assert AnalogEngine.run(None, None, 2 * x, None)["scores"].tolist() == [392.0, 392.0]  # the first outputs
     assert [a.max() for a in seen] == [0.5, 0.0, 0.0] and all(a.shape == x.shape for a in seen)
 
+    import onnxruntime as ort
+
+    ran: list[np.ndarray] = []
+    real_session = ort.InferenceSession
+
+    def session(*args, **kwargs):  # records what the one-node graph is run on
+        inner = real_session(*args, **kwargs)._sess
+
+        class Binding:
+            def run(self, names, feeds, options):
+                ran.append(feeds["x"])
+                return inner.run(names, feeds, options)
+
+        class Session:
+            _sess = Binding()
+
+        return Session()
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
     monkeypatch.setattr(AnalogEngine, "run", shipped)
     seen.clear()
     serve_floor._reuse_model_outputs("one-node")
     assert AnalogEngine.run(None, None, x, None)["scores"].tolist() == [392.0, 392.0]
-    AnalogEngine.run(None, None, x, None)
+    AnalogEngine.run(None, None, 2 * x, None)
     assert len(seen) == 1  # the engine ran once, for the first batch
+    assert [a.max() for a in ran] == [0.5, 1.0]  # the one-node graph on every batch
 
 
 def test_serve_mode_refuses_an_unknown_variant():

@@ -19,9 +19,12 @@ imports upward, and no core package imports grpc, protobuf or the client):
   ``interrupt`` (interruptible worker threads), ``tuning`` (gRPC core's listener, CPU
   pinning, PM QoS).
 
-Importing the package imports grpc under :data:`tuning.POLLED_LISTENER`: gRPC core reads its
+Importing the package (and so any of its modules, the core ones included, though they never
+name grpc themselves) imports grpc under :data:`tuning.POLLED_LISTENER`: gRPC core reads its
 experiments once, when grpc is first imported, so this comes before any module of the server
-imports it. ``GRPC_EXPERIMENTS_IN_FORCE`` says what took effect (``sjff serve`` logs it).
+imports it. ``GRPC_EXPERIMENTS_IN_FORCE`` says what was asked for (``sjff serve`` logs it, and
+its ready file carries it); a grpcio that no longer knows the experiment says so on stderr
+("Unknown experiment"), which tests/test_server_inference.py checks for the installed one.
 """
 
 from .tuning import grpc_experiments
