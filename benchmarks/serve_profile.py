@@ -40,34 +40,33 @@ import serve_workers as workers
 THREADS = {"event_engine": "gRPC event engine"}
 
 
-def thread_cpu(pid: int) -> dict[tuple[int, str], tuple[float, float]]:
-    """{(tid, name): (user s, system s)} of every thread of ``pid``."""
-    tick = os.sysconf("SC_CLK_TCK")
+def _per_thread(pid: int, file: str) -> dict[tuple[int, str], str]:
+    """{(tid, name): the text of /proc/PID/task/TID/``file``} of every thread of ``pid``."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            text = Path(f"/proc/{pid}/task/{tid}/{file}").read_text()
             name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
         except OSError:  # the thread ended meanwhile
             continue
-        f = stat.rsplit(")", 1)[1].split()
-        out[(int(tid), name)] = (int(f[11]) / tick, int(f[12]) / tick)
+        out[(int(tid), name)] = text
     return out
+
+
+def thread_cpu(pid: int) -> dict[tuple[int, str], tuple[float, float]]:
+    """{(tid, name): (user s, system s)} of every thread of ``pid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = {key: stat.rsplit(")", 1)[1].split() for key, stat in _per_thread(pid, "stat").items()}
+    return {key: (int(f[11]) / tick, int(f[12]) / tick) for key, f in fields.items()}
 
 
 def thread_switches(pid: int) -> dict[tuple[int, str], int]:
     """{(tid, name): context switches so far} of every thread of ``pid`` (voluntary ones, a
     thread that blocks and is woken again, and involuntary ones)."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-        except OSError:  # the thread ended meanwhile
-            continue
-        counts = (int(line.split()[1]) for line in status.splitlines() if "ctxt_switches:" in line)
-        out[(int(tid), name)] = sum(counts)
-    return out
+    return {
+        key: sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches:" in line)
+        for key, status in _per_thread(pid, "status").items()
+    }
 
 
 def _group(pid: int, key: tuple[int, str], main_name: str) -> str:
