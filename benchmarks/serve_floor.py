@@ -5,8 +5,8 @@ is the server's own work. Prints a table.
                                      [--model-split] [--compare="SJFF_SERVE_ARGS"]...
 
 Alternating rounds of the C++ load generator (serve.py's load: one MNIST image per ModelInfer
-call) against six servers (eight with ``--model-split``), and one more per ``--compare``, all started before the first
-round:
+call) against six servers (eight with ``--model-split``), and one more per ``--compare``, all
+started before the first round:
 
 * ``echo``: the bare grpc.aio echo, serve.py's reference;
 * ``sjff serve, echo``: ``sjff serve`` whose ModelInfer returns the request bytes unparsed
@@ -64,6 +64,7 @@ MODEL_SPLIT = {
     "blank": "sjff serve, no model run, the model on a blank image",
     "one-node": "sjff serve, no model run, a one-node onnxruntime graph",
 }
+ALL_VARIANTS = {**VARIANTS, **MODEL_SPLIT}  # what this file's serve mode runs
 
 
 # -- the server variants (this file's ``serve`` mode, in the server's own process) ---------------
@@ -136,14 +137,12 @@ def _reuse_model_outputs(also: str = "") -> None:
 
 
 def run_variant(variant: str, args: list[str]) -> int:
-    """``sjff serve ARGS`` with ModelInfer answered as ``variant`` says (VARIANTS, MODEL_SPLIT)."""
+    """``sjff serve ARGS`` with ModelInfer answered as ``variant`` says (ALL_VARIANTS)."""
     from sjff_server import app  # first: the server imports grpc under its settings (tuning)
     from sjff_server.main import main
 
-    if variant == "no-model":
-        _reuse_model_outputs()
-    elif variant in MODEL_SPLIT:
-        _reuse_model_outputs(variant)
+    if variant == "no-model" or variant in MODEL_SPLIT:
+        _reuse_model_outputs("" if variant == "no-model" else variant)
     elif variant != "server":
         shipped = app.add_service
         if variant == "parse":
@@ -227,7 +226,7 @@ def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float, floa
         echo = workers.Echo(server_cpus)
         stack.callback(echo.close)
         targets = {"echo": (echo.target, workers.ECHO, echo.proc.pid)}
-        for variant, label in {**VARIANTS, **(MODEL_SPLIT if args.model_split else {})}.items():
+        for variant, label in (ALL_VARIANTS if args.model_split else VARIANTS).items():
             srv = stack.enter_context(variant_server(variant, work.root / "repo", work.token_file, extra))
             targets[label] = (srv.target, workers.INFER, srv.pid)
         for more in args.compare:
@@ -279,8 +278,8 @@ def report(rounds: dict[str, list[tuple[float, float, float]]], args: argparse.N
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
-        if len(argv) < 2 or argv[1] not in {**VARIANTS, **MODEL_SPLIT}:
-            raise SystemExit(f"serve mode: expected one of {', '.join([*VARIANTS, *MODEL_SPLIT])}")
+        if len(argv) < 2 or argv[1] not in ALL_VARIANTS:
+            raise SystemExit(f"serve mode: expected one of {', '.join(ALL_VARIANTS)}")
         return run_variant(argv[1], argv[2:])
     args = parse_args(argv)
     print(report(measure(args), args))

@@ -30,7 +30,7 @@ def _request(half: int = 0) -> bytes:
     return req.SerializeToString()
 
 
-@pytest.mark.parametrize("variant", sorted({**serve_floor.VARIANTS, **serve_floor.MODEL_SPLIT}))
+@pytest.mark.parametrize("variant", sorted(serve_floor.ALL_VARIANTS))
 def test_variant_answers_as_described(variant, sjff_models, tmp_path):
     root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
     payload = _request()
