@@ -25,6 +25,7 @@ from spikingjelly_ff.functional.labels import LabelCode
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.kernels import apply_delta
+from spikingjelly_ff.runtime.analog_compiled import CompiledScoring
 from spikingjelly_ff.runtime.lit_inputs import gather_lit_inputs
 from spikingjelly_ff.runtime.onnx_meta import OnnxMeta, load_onnx_meta
 from spikingjelly_ff.runtime.protocol import check_images, check_targets, competitive_targets
@@ -55,6 +56,7 @@ class AnalogGraph:
     direct: tuple[str, ...]
     derived: tuple[str, ...]
     output_names: tuple[str, ...]
+    compiled: CompiledScoring | None = None  # the kernel that scores small batches, where it covers the export
 
     @classmethod
     def build(cls, model_proto, threads: int | None = None) -> AnalogGraph:
@@ -97,6 +99,7 @@ class AnalogGraph:
         derive = None
         if split.derive is not None:
             derive = ort.InferenceSession(split.derive.SerializeToString(), opts, providers=cpu)
+        output_names = tuple(o.name for o in session.get_outputs())
         return cls(
             proto=model_proto,
             meta=meta,
@@ -109,7 +112,8 @@ class AnalogGraph:
             derive_inputs=tuple(i.name for i in derive.get_inputs()) if derive is not None else (),
             direct=tuple(split.direct),
             derived=tuple(split.derived),
-            output_names=tuple(o.name for o in session.get_outputs()),
+            output_names=output_names,
+            compiled=CompiledScoring.for_export(meta, output_names),
         )
 
     def session_for(self, rows: int):
@@ -230,9 +234,24 @@ class AnalogModel:
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """All graph outputs (scores, probability, goodness, label, ...) for images ``[N, D]``."""
-        x = self._check_images(x)
+        return self.forward(self._check_images(x))
+
+    def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`run` for images already checked (``[N, D]`` float32, C-contiguous): the
+        compiled kernel where it covers the export and the batch (``runtime.analog_compiled``),
+        else the graph in onnxruntime."""
+        compiled = self.graph.compiled
+        if compiled is not None and compiled.takes(x):
+            return compiled.score(x, self.compiled_terms())
         feeds = {"images": x, **self.weight_feeds()}
         return dict(zip(self.graph.output_names, self.graph.run(None, feeds)))
+
+    def prepare(self) -> None:
+        """Compute now what the current weights need on every call (the graph's weight feeds,
+        the kernel's terms), as a server does when it publishes a version."""
+        self.weight_feeds()
+        if self.graph.compiled is not None:
+            self.compiled_terms()
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -244,7 +263,18 @@ class AnalogModel:
     @weights.setter
     def weights(self, value: list[np.ndarray]) -> None:
         self._weights = list(value)
+        self._changed()
+
+    def _changed(self) -> None:
+        """The weights changed: what was derived from them is recomputed on the next call."""
         self._feeds = None
+        self._terms = None
+
+    def compiled_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """The compiled kernel's weight terms (:meth:`CompiledScoring.terms`), once per version."""
+        if self._terms is None:
+            self._terms = self.graph.compiled.terms(self._weights[0])
+        return self._terms
 
     def weight_feeds(self) -> dict[str, np.ndarray]:
         """Weight inputs of :attr:`session`, computed once per weight version: the weights the
@@ -292,7 +322,7 @@ class AnalogModel:
             else:
                 inp = self.embed(x, labels)
             log_odds = conv_learn(meta, self.weights, self.eligibility, inp, y, eta, tau)
-            self._feeds = None
+            self._changed()
             return log_odds
         goodness_kind = meta.goodness
         inp = self.embed(x, labels)
@@ -303,7 +333,7 @@ class AnalogModel:
             acts.append(post)
             apply_delta(w, ff_hebbian_delta(self.probability, post, pre, y, goodness_kind), eta, tau, e)
             inp = post
-        self._feeds = None
+        self._changed()
         voting = [i for i in range(len(acts)) if i in meta.score_layers]  # each layer once, in order
         return summed_score(acts, voting, self.probability, goodness_kind)
 

@@ -3,8 +3,9 @@
 A :class:`Published` version is immutable once inference can see it (learning works on a
 copy and publishes a new object), so a batch always runs on one whole weight set.
 
-- :class:`AnalogEngine`: the exported ONNX graph in onnxruntime; the weights of each version
-  are fed as graph inputs, prepared once per version as contiguous ``[D, H]`` arrays.
+- :class:`AnalogEngine`: the exported ONNX graph in onnxruntime (the weights of each version
+  fed as graph inputs, prepared once per version), or for a small batch of a one-layer
+  export the compiled kernel that computes the same outputs (``runtime.analog_compiled``).
 - :class:`SpikeEngine`: the torch-free spiking runtime (numpy: ``SpikeModel`` or
   ``SpikeConvModel``), with per-request ``seed`` and ``steps``.
 """
@@ -142,14 +143,14 @@ class AnalogEngine(Engine):
         self.row_macs = analog_row_macs(model)
 
     def prepare(self, model: AnalogModel) -> dict[str, np.ndarray]:
-        # The graph takes the weights as inputs: contiguous, in the graph's dtype, converted
-        # once per version instead of on every call.
+        # what the weights alone decide (the graph's weight feeds, the compiled kernel's
+        # terms) is computed once per version, when it is published, not on a call; the
+        # feeds are kept with the version for inspection (the model runs on these arrays)
+        model.prepare()
         return model.weight_feeds()
 
     def run(self, pub: Published, x: np.ndarray, opts: InferOptions) -> dict[str, np.ndarray]:
-        feeds = dict(pub.feeds)
-        feeds[self.input_name] = x
-        return dict(zip(self.output_names, self.graph.run(self.output_names, feeds)))
+        return pub.model.forward(x)
 
 
 def analog_row_macs(model: AnalogModel) -> int:

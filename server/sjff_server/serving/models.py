@@ -144,6 +144,12 @@ def load_served_model(
 
         # compile the batch-1 learning kernel now, not inside the first Learn's deadline
         notes.append(f"compiled batch-1 learning kernel: {'on' if numba_online.warm_up() else 'off (numpy path)'}")
+    if spec.kind == "analog":
+        from spikingjelly_ff.kernels import numba_analog
+
+        # compile the scoring kernel now, not inside the first inference's deadline
+        covered = model.graph.compiled is not None and numba_analog.warm_up()
+        notes.append(f"compiled scoring of small batches: {'on' if covered else 'off (onnxruntime only)'}")
     learner = None
     if spec.config.learning and state_dir is not None:
         learner = Learner(
@@ -156,7 +162,7 @@ def load_served_model(
             learn_options,
             metrics,
         )
-        notes = learner.recover()
+        notes += learner.recover()
     max_batch = spec.config.max_batch_size if spec.config.max_batch_size else engine.default_max_batch
     batcher_kw = {
         "max_batch": max_batch,
