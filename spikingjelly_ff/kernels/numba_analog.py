@@ -35,7 +35,8 @@ GOODNESS = {"sum_squares": 0, "mean_squares": 1, "l1": 2}
 
 def _image_term_impl(x, w_img, out):
     """``out [N, H] = x [N, D] @ w_img [D, H]`` in float64 over the nonzero entries of ``x``
-    (the input index outermost: each weight row is read once for the whole batch)."""
+    (the input index outermost: each weight row is read once for the whole batch). The
+    weights are float32, widened exactly: the graph's float64 product, at half the bytes."""
     n, d = x.shape
     h = w_img.shape[1]
     out[:] = 0.0
@@ -45,7 +46,7 @@ def _image_term_impl(x, w_img, out):
             if v != 0.0:
                 vv = np.float64(v)
                 for j in range(h):
-                    out[i, j] += vv * w_img[k, j]
+                    out[i, j] += vv * np.float64(w_img[k, j])
 
 
 def _goodness_impl(img, term, lo, hi, goodness):
@@ -104,8 +105,8 @@ def score_separable(
 ) -> dict[str, np.ndarray]:
     """The graph's outputs for images ``x`` ``[N, D]`` float32: ``scores``, ``probability``
     ``[N, C]`` float32, ``goodness`` ``[N, C, 1]`` float32 and ``label`` ``[N]`` int64, from the
-    image weights ``w_img`` ``[D, H]`` and the label term ``label_term`` ``[C, H]`` (float64,
-    C-contiguous). ``prob_kind``, ``goodness``: :data:`PROBABILITY`, :data:`GOODNESS` codes;
+    image weights ``w_img`` ``[D, H]`` (float32) and the label term ``label_term`` ``[C, H]``
+    (float64), both C-contiguous. ``prob_kind``, ``goodness``: :data:`PROBABILITY`, :data:`GOODNESS` codes;
     ``by_goodness``: the score is the goodness (else the log-odds)."""
     n, c = x.shape[0], label_term.shape[0]
     scores = np.empty((n, c), np.float32)
@@ -126,7 +127,7 @@ def warm_up() -> bool:
     if not numba_online.enabled():
         return False
     x = np.ones((1, 2), np.float32)
-    score_separable(x, np.zeros((2, 2)), np.zeros((1, 2)), 1, 0, 1.0, 0.0, 0.01, False)
+    score_separable(x, np.zeros((2, 2), np.float32), np.zeros((1, 2)), 1, 0, 1.0, 0.0, 0.01, False)
     return True
 
 

@@ -87,14 +87,14 @@ class CompiledScoring:
         )
 
     def terms(self, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(image weights ``[D, H]``, label term ``[C, H]``), float64, of the layer's weight
-        ``[H, D']`` (float32): what depends on the weights alone, computed once per version.
-        The image weights of input positions the label code takes (a one-hot code written over
-        the image) are zero, as the graph masks those inputs."""
-        w = np.asarray(weight, dtype=np.float64)
-        w_img = np.zeros((self.in_features, w.shape[0]), dtype=np.float64)
+        """(image weights ``[D, H]`` float32, label term ``[C, H]`` float64) of the layer's
+        weight ``[H, D']`` (float32): what depends on the weights alone, computed once per
+        version. The image weights of input positions the label code takes (a one-hot code
+        written over the image) are zero, as the graph masks those inputs."""
+        w = np.asarray(weight, dtype=np.float32)
+        w_img = np.zeros((self.in_features, w.shape[0]), dtype=np.float32)
         w_img[self.image] = w[:, self.image].T
-        label_term = np.ascontiguousarray(self.codes @ w[:, self.label].T)
+        label_term = np.ascontiguousarray(self.codes @ w[:, self.label].T.astype(np.float64))
         return w_img, label_term
 
     def score(self, x: np.ndarray, terms: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
