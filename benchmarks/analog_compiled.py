@@ -16,7 +16,6 @@ being faster warm.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -24,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serve  # noqa: E402 - the benchmark's model and data
-from lit_inputs import timed  # noqa: E402 - the same interleaved timing
+from lit_inputs import parse_timing_args, round_columns, time_rounds  # noqa: E402 - the same timing
 
 
 def load_pair(path: Path):
@@ -56,56 +54,28 @@ def differences(graph, compiled, x: np.ndarray, batch: int) -> tuple[float, int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="analog ONNX export (default: serve.py's cached model)")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
-    p.add_argument("--idle-us", type=float, default=400.0, help="sleep before each call of the idle columns")
-    p.add_argument("--calls", type=int, default=1000, help="timed calls per path, batch size and round")
-    p.add_argument("--rounds", type=int, default=2)
-    args = p.parse_args(argv)
-    if min(args.batches) < 1 or args.calls < 1 or args.rounds < 1 or args.idle_us < 0:
-        p.error("--batches, --calls and --rounds must be positive, --idle-us not negative")
-    from spikingjelly_ff.runs.data import load_split
     from spikingjelly_ff.runtime.analog_compiled import COMPILED_MAX_LIT
 
-    path = serve.prepare_model(args.model)
-    data, label = serve.dataset()
-    split = load_split(data, "test")
-    x = split.images.reshape(len(split.images), -1).astype(np.float32) / np.float32(255.0)
-    if max(args.batches) >= len(x):
-        p.error(f"--batches must stay below the {len(x)} test images")
-    graph, compiled = load_pair(path)
+    args = parse_timing_args(__doc__, argv)
+    x = args.images
+    graph, compiled = load_pair(args.path)
     dense = np.random.default_rng(0).random((max(args.batches) * 8, x.shape[1]), dtype=np.float32)
     dense[dense == 0] = 0.5  # every input lit
-    print(f"model {path}, {label} test set: {len(x)} images, {np.mean(x > 0):.1%} of the inputs lit; "
+    print(f"model {args.path}, {args.label} test set: {len(x)} images, {np.mean(x > 0):.1%} of the inputs lit; "
           f"COMPILED_MAX_LIT = {COMPILED_MAX_LIT}\n")  # fmt: skip
-    cell = f"graph / compiled µs, warm | {args.idle_us:g} µs asleep"
-    rounds = " | ".join(f"round {r + 1}: {cell}" for r in range(args.rounds))
     print(
         "| images | batch | lit inputs per batch | largest score difference (relative), labels that differ | "
-        + rounds
-        + " | compiled / graph, warm | asleep |"
+        + round_columns(args, "graph", "compiled")
     )
     print("| --- | ---: | ---: | ---: |" + " ---: | ---: |" * args.rounds + " ---: | ---: |")
     fns = {"graph": graph, "compiled": compiled}
     for name, images in (("MNIST", x), ("dense", dense)):
         for batch in args.batches:
-            cells, ratios = [], {"warm": [], "idle": []}
-            for _ in range(args.rounds):
-                for kind, idle in (("warm", 0.0), ("idle", args.idle_us * 1e-6)):
-                    t = timed(fns, images, batch, idle, args.calls if batch <= 8 else max(1, args.calls // 4))
-                    cells.append(f"{t['graph']:.0f} / {t['compiled']:.0f}")
-                    ratios[kind].append(t["compiled"] / t["graph"])
-            lit = np.count_nonzero(
-                images[: (len(images) // batch) * batch].reshape(-1, batch, images.shape[1]), axis=(1, 2)
-            )
+            whole = images[: (len(images) // batch) * batch].reshape(-1, batch, images.shape[1])
+            lit = int(np.median(np.count_nonzero(whole, axis=(1, 2))))
             worst, labels = differences(graph, compiled, images, batch)
-            ratio = " | ".join(f"{min(v):.2f}-{max(v):.2f}" for v in ratios.values())
-            print(
-                f"| {name} | {batch} | {int(np.median(lit)):,} | {worst:.1e}, {labels} of {len(images)} | "
-                + " | ".join(cells) + f" | {ratio} |",
-                flush=True,
-            )  # fmt: skip
+            cells = time_rounds(fns, images, batch, args)
+            print(f"| {name} | {batch} | {lit:,} | {worst:.1e}, {labels} of {len(images)} | {cells}", flush=True)
     return 0
 
 

@@ -37,8 +37,9 @@ def load_pair(path: Path):
     g = model.graph
     if g.small is g.session:
         raise SystemExit(f"{path}: no first-layer product to rewrite (runtime.lit_inputs)")
-    full = AnalogModel(replace(g, small=g.session), model.weights)
-    lit = AnalogModel(replace(g, session=g.small), model.weights)
+    # both through onnxruntime, whatever the compiled scoring would take (analog_compiled.py)
+    full = AnalogModel(replace(g, small=g.session, compiled=None), model.weights)
+    lit = AnalogModel(replace(g, session=g.small, compiled=None), model.weights)
     return full, lit
 
 
@@ -68,44 +69,58 @@ def timed(fns: dict, x: np.ndarray, batch: int, idle_s: float, calls: int) -> di
     return {k: float(np.median(v)) * 1e6 for k, v in lat.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_timing_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """The options this file and ``analog_compiled.py`` share: model, batch sizes, timing."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--model", help="analog ONNX export (default: serve.py's cached model)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
-    p.add_argument("--idle-us", type=float, default=400.0, help="sleep before each call of the idle rows")
-    p.add_argument("--calls", type=int, default=1000, help="timed calls per model, batch size and round")
+    p.add_argument("--idle-us", type=float, default=400.0, help="sleep before each call of the idle columns")
+    p.add_argument("--calls", type=int, default=1000, help="timed calls per path, batch size and round")
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args(argv)
     if min(args.batches) < 1 or args.calls < 1 or args.rounds < 1 or args.idle_us < 0:
         p.error("--batches, --calls and --rounds must be positive, --idle-us not negative")
     from spikingjelly_ff.runs.data import load_split
 
-    path = serve.prepare_model(args.model)
-    data, label = serve.dataset()
+    args.path = serve.prepare_model(args.model)
+    data, args.label = serve.dataset()
     split = load_split(data, "test")
-    x = split.images.reshape(len(split.images), -1).astype(np.float32) / np.float32(255.0)
-    if max(args.batches) >= len(x):
-        p.error(f"--batches must stay below the {len(x)} test images")
-    full, lit = load_pair(path)
-    print(f"model {path}, {label} test set: {len(x)} images, {np.mean(x > 0):.1%} of the inputs lit\n")
-    print(
-        "| batch | outputs unequal (over the test set) | "
-        + " | ".join(
-            f"round {r + 1}: full / lit µs, warm | after {args.idle_us:g} µs asleep" for r in range(args.rounds)
-        )
-        + " | lit / full, warm | asleep |"
-    )
+    args.images = split.images.reshape(len(split.images), -1).astype(np.float32) / np.float32(255.0)
+    if max(args.batches) >= len(args.images):
+        p.error(f"--batches must stay below the {len(args.images)} test images")
+    return args
+
+
+def round_columns(args: argparse.Namespace, a: str, b: str) -> str:
+    """The table's timing headers: per round ``a / b`` warm and asleep, then ``b / a``."""
+    rounds = " | ".join(f"round {r + 1}: {a} / {b} µs, warm | {args.idle_us:g} µs asleep" for r in range(args.rounds))
+    return f"{rounds} | {b} / {a}, warm | asleep |"
+
+
+def time_rounds(fns: dict, images: np.ndarray, batch: int, args: argparse.Namespace) -> str:
+    """The timing cells of one table row: both of ``fns`` (two: a, then b) per round, warm and
+    asleep, then the ranges of b / a."""
+    a, b = fns
+    cells, ratios = [], {"warm": [], "idle": []}
+    for _ in range(args.rounds):
+        for kind, idle in (("warm", 0.0), ("idle", args.idle_us * 1e-6)):
+            t = timed(fns, images, batch, idle, args.calls if batch <= 8 else max(1, args.calls // 4))
+            cells.append(f"{t[a]:.0f} / {t[b]:.0f}")
+            ratios[kind].append(t[b] / t[a])
+    ratio = " | ".join(f"{min(v):.2f}-{max(v):.2f}" for v in ratios.values())
+    return " | ".join(cells) + f" | {ratio} |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_timing_args(__doc__, argv)
+    x = args.images
+    full, lit = load_pair(args.path)
+    print(f"model {args.path}, {args.label} test set: {len(x)} images, {np.mean(x > 0):.1%} of the inputs lit\n")
+    print("| batch | outputs unequal (over the test set) | " + round_columns(args, "full", "lit"))
     print("| ---: | ---: |" + " ---: | ---: |" * args.rounds + " ---: | ---: |")
     fns = {"full": full.run, "lit": lit.run}
     for batch in args.batches:
-        cells, ratios = [], {"warm": [], "idle": []}
-        for _ in range(args.rounds):
-            for kind, idle in (("warm", 0.0), ("idle", args.idle_us * 1e-6)):
-                t = timed(fns, x, batch, idle, args.calls if batch <= 8 else max(1, args.calls // 4))
-                cells.append(f"{t['full']:.0f} / {t['lit']:.0f}")
-                ratios[kind].append(t["lit"] / t["full"])
-        ratio = " | ".join(f"{min(v):.2f}-{max(v):.2f}" for v in ratios.values())
-        print(f"| {batch} | {unequal(full, lit, x, batch)} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
+        print(f"| {batch} | {unequal(full, lit, x, batch)} | " + time_rounds(fns, x, batch, args), flush=True)
     return 0
 
 
