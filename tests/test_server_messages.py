@@ -114,6 +114,34 @@ def test_outputs_without_one_row_per_image_are_answered_as_a_message(served, mni
     assert type(messages.infer_answer(_request(), served.default_plan, (outs, 1, 0, 3))) is bytes
 
 
+def test_a_one_layer_export_scores_small_batches_compiled(mnist_samples, tmp_path):
+    """A one-layer analog export (the paper's net's shape) is served through the compiled
+    scoring (runtime.analog_compiled), warmed at load: a request's read-only images are answered
+    as the graph answers them, to float32 rounding."""
+    from spikingjelly_ff.export.onnx import analog_to_onnx
+    from spikingjelly_ff.runs.build import build_model
+    from spikingjelly_ff.runs.config import config_from_dict
+
+    pytest.importorskip("numba")
+    net = build_model(config_from_dict({"model": {"kind": "analog", "layers": [40]}}).model, 784, 10, 0)
+    net.image_shape = (28, 28)
+    root = su.make_repository(tmp_path / "repo", {"m": analog_to_onnx(net, tmp_path / "m.onnx")})
+    (spec,), _ = scan_repository(root)
+    pool = WorkerPool(1)
+    served, notes = load_served_model(spec, state_dir=None, ort_threads=1, learn_options=LearnOptions(), pool=pool)
+    pool.close()
+    assert "compiled scoring of small batches: on" in notes
+    model = served.published.model
+    images, _ = mnist_samples
+    x = np.frombuffer(su.as_float(images[:3]).tobytes(), dtype=np.float32).reshape(3, -1)  # as decoded
+    got, _ = served._run_batch(x, served.default_plan.opts)
+    feeds = {"images": x, **model.weight_feeds()}
+    want = dict(zip(model.graph.output_names, model.graph.run(None, feeds)))
+    for name in ("scores", "probability", "goodness"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(got["label"], want["label"])
+
+
 def test_small_analog_batches_run_the_lit_input_graph(sjff_models, mnist_samples, tmp_path):
     """The engine runs a batch of at most LIT_MAX_ROWS images on the graph whose first layer
     reads only the lit inputs' weight rows (runtime.lit_inputs), a larger one on the full

@@ -14,7 +14,8 @@ half (split probabilities) or of the whole layer, the log-odds, the probability 
 arg-max. The same ops as the graph in the same order; sums (the image term's in float64,
 the goodness's) are accumulated in float64 and rounded once, and log and exp are taken in
 float64, so outputs agree with onnxruntime's to float32 rounding (a few ulp), not bit for
-bit: the runtime picks one path per batch (``runtime.analog_compiled``).
+bit (so where two labels' scores tie to within that, the label may differ): the runtime picks
+one path per batch (``runtime.analog_compiled``).
 
 Optional, like ``numba_online`` (whose :func:`~numba_online.enabled` switch it shares):
 without numba the graph runs.
@@ -49,8 +50,9 @@ def _image_term_impl(x, w_img, out):
                     out[i, j] += vv * np.float64(w_img[k, j])
 
 
-def _goodness_impl(img, term, lo, hi, goodness):
-    """Goodness (float32) of the activity ``relu(float32(img + term))`` over units ``lo:hi``."""
+def _goodness_impl(img, term, lo, hi, goodness, width):
+    """Goodness (float32) of the activity ``relu(float32(img + term))`` over units ``lo:hi``;
+    a mean divides by ``width`` (the graph's: half the layer for either half of a split one)."""
     total = 0.0
     for j in range(lo, hi):
         a = np.float32(img[j] + term[j])
@@ -59,7 +61,7 @@ def _goodness_impl(img, term, lo, hi, goodness):
             total += af * af if goodness != 2 else af
     g = np.float32(total)
     if goodness == 1:
-        g = g / np.float32(hi - lo)
+        g = g / np.float32(width)
     return g
 
 
@@ -73,11 +75,11 @@ def _score_impl(x, w_img, label_term, prob_kind, goodness, alpha, theta, eps, by
         best = 0
         for lab in range(c):
             if prob_kind == 0:  # sigmoid: the whole layer's goodness
-                g = _goodness(img[i], label_term[lab], 0, h, goodness)
+                g = _goodness(img[i], label_term[lab], 0, h, goodness, h)
                 logit = (g - theta) * alpha
             else:  # symmetric, polar: positive half, negative half
-                gp = _goodness(img[i], label_term[lab], 0, half, goodness)
-                gn = _goodness(img[i], label_term[lab], half, h, goodness)
+                gp = _goodness(img[i], label_term[lab], 0, half, goodness, half)
+                gn = _goodness(img[i], label_term[lab], half, h, goodness, half)
                 g = gp - gn
                 if prob_kind == 1:
                     logit = np.float32(np.log(np.float64(gp + eps))) - np.float32(np.log(np.float64(gn + eps)))
@@ -108,6 +110,7 @@ def score_separable(
     image weights ``w_img`` ``[D, H]`` (float32) and the label term ``label_term`` ``[C, H]``
     (float64), both C-contiguous. ``prob_kind``, ``goodness``: :data:`PROBABILITY`, :data:`GOODNESS` codes;
     ``by_goodness``: the score is the goodness (else the log-odds)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)  # one layout, one compiled version
     n, c = x.shape[0], label_term.shape[0]
     scores = np.empty((n, c), np.float32)
     prob = np.empty((n, c), np.float32)
@@ -123,17 +126,21 @@ def score_separable(
 
 def warm_up() -> bool:
     """Compile (or load from the disk cache) the kernel now, so that the first inference does
-    not wait for it. Returns whether it is in use."""
+    not wait for it: for writable images and for read-only ones (a request's own bytes, which
+    numba types apart). Returns whether it is in use."""
     if not numba_online.enabled():
         return False
     x = np.ones((1, 2), np.float32)
-    score_separable(x, np.zeros((2, 2), np.float32), np.zeros((1, 2)), 1, 0, 1.0, 0.0, 0.01, False)
+    for writable in (True, False):
+        x.setflags(write=writable)
+        score_separable(x, np.zeros((2, 2), np.float32), np.zeros((1, 2)), 1, 0, 1.0, 0.0, 0.01, False)
     return True
 
 
 if numba_online.AVAILABLE:
-    _image_term = numba_online.jit(_image_term_impl)
+    # nogil: a batch too costly for the event loop runs on a worker thread beside it
+    _image_term = numba_online.jit(_image_term_impl, nogil=True)
     _goodness = numba_online.jit(_goodness_impl, inline="always")
-    _score = numba_online.jit(_score_impl)
+    _score = numba_online.jit(_score_impl, nogil=True)
 else:  # pragma: no cover - the runtime keeps the graph without numba
     _image_term, _goodness, _score = _image_term_impl, _goodness_impl, _score_impl

@@ -113,7 +113,7 @@ class AnalogGraph:
             direct=tuple(split.direct),
             derived=tuple(split.derived),
             output_names=output_names,
-            compiled=CompiledScoring.for_export(meta, output_names),
+            compiled=CompiledScoring.for_export(meta, output_names, stored[0].dtype if stored else None),
         )
 
     def session_for(self, rows: int):

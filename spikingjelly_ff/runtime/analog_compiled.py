@@ -10,7 +10,8 @@ dense work (``benchmarks/analog_compiled.py`` measures both and sets the limit).
 
 The graph stays the definition of the model; the kernel computes the same ops and agrees with
 it to float32 rounding (tests/library/test_analog_compiled.py), so one batch's answer may
-differ from another path's in the last bits, never in anything larger.
+differ from another path's in the last bits (and its label, where two labels' scores tie to
+within them).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ COMPILED_MAX_LIT = 5000
 OUTPUTS = ("scores", "probability", "goodness", "label")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CompiledScoring:
     """What the kernel needs of an export besides its weights: the label codes ``[C, L]``
     (float64), where the image and the label code sit in the layer's input, the kernel's
@@ -49,9 +50,11 @@ class CompiledScoring:
     by_goodness: bool
 
     @classmethod
-    def for_export(cls, meta: OnnxMeta, outputs: tuple[str, ...]) -> CompiledScoring | None:
-        """The compiled scoring of an export with settings ``meta`` and graph ``outputs``, or
-        None where the kernel does not cover it or is off (no numba, ``SJFF_COMPILED=0``)."""
+    def for_export(cls, meta: OnnxMeta, outputs: tuple[str, ...], first_dtype) -> CompiledScoring | None:
+        """The compiled scoring of an export with settings ``meta``, graph ``outputs`` and its
+        first weight stored as ``first_dtype``, or None where the kernel does not cover it or
+        is off (no numba, ``SJFF_COMPILED=0``). The first weight must be float64: the separable
+        first layer (older exports multiply every label's embedded input in float32)."""
         from spikingjelly_ff.kernels import numba_analog, numba_online
 
         prob = meta.probability
@@ -61,6 +64,8 @@ class CompiledScoring:
             and meta.kind == "analog"
             and meta.conv is None
             and len(layers) == 1
+            and first_dtype is not None
+            and np.dtype(first_dtype) == np.float64
             and not layers[0].normalize_input
             and not layers[0].bias
             and meta.shift_views == 0

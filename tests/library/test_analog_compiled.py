@@ -43,7 +43,7 @@ def _assert_same_answers(got: dict, want: dict) -> None:
     for name in ("scores", "probability", "goodness"):
         assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
         scale = float(np.abs(want[name]).max()) or 1.0
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6 * scale, err_msg=name)
     assert got["label"].dtype == want["label"].dtype == np.int64
     clear = _clear(want)
     np.testing.assert_array_equal(got["label"][clear], want["label"][clear])
@@ -62,6 +62,7 @@ SETTINGS = [
     {"goodness": "l1", "score": "goodness"},
     {"probability": {"kind": "sigmoid"}, "goodness": "mean_squares", "score": "goodness"},
     {"embedding": {"kind": "onehot"}},  # the label written over the image's first inputs
+    {"probability": {"kind": "symmetric", "eps": 0.5}, "embedding": {"scale": 2.0}, "layers": [6]},
 ]
 
 
@@ -78,6 +79,26 @@ def test_the_kernel_answers_as_the_graph(settings, mini, tmp_path_factory):
             xb = x[j : j + batch]
             assert np.count_nonzero(xb) <= COMPILED_MAX_LIT
             _assert_same_answers(model.run(xb), _graph(model, xb))
+
+
+def test_read_only_and_strided_images_take_the_warmed_kernel(mini, tmp_path_factory):
+    """A request's images are a read-only view of its bytes, which numba compiles apart:
+    ``warm_up`` compiles both, so no request waits for a compile; strided images are made
+    contiguous first (one compiled layout)."""
+    from spikingjelly_ff.kernels import numba_analog
+
+    model = load_exported(_export(tmp_path_factory))
+    assert numba_analog.warm_up()
+    compiled = len(numba_analog._score.signatures)
+    x = _images(mini, 6)
+    ro = np.frombuffer(x.tobytes(), dtype=np.float32).reshape(x.shape)
+    strided = np.concatenate([x, x], axis=1)[:, ::2]  # every other column
+    strided[:] = x
+    assert not ro.flags.writeable and not strided.flags.c_contiguous
+    for images in (x, ro, strided):
+        _assert_same_answers(model.run(images), _graph(model, x))
+        np.testing.assert_array_equal(model.forward(images)["scores"], model.forward(x)["scores"])
+    assert len(numba_analog._score.signatures) == compiled
 
 
 def test_a_batch_with_many_lit_inputs_runs_the_graph(mini, tmp_path_factory):
@@ -133,6 +154,16 @@ def test_learning_and_new_weights_reach_the_kernel(mini, tmp_path_factory):
 def test_exports_the_kernel_does_not_cover_run_the_graph(settings, tmp_path_factory):
     model = load_exported(_export(tmp_path_factory, **settings))
     assert model.graph.compiled is None
+
+
+def test_a_float32_first_weight_runs_the_graph(tmp_path_factory):
+    """An export whose first layer is not the separable float64 one (older files multiply
+    every label's embedded input in float32) is left to its graph."""
+    from spikingjelly_ff.runtime.analog_compiled import CompiledScoring
+
+    graph = load_exported(_export(tmp_path_factory)).graph
+    assert CompiledScoring.for_export(graph.meta, graph.output_names, np.float64) is not None
+    assert CompiledScoring.for_export(graph.meta, graph.output_names, np.float32) is None
 
 
 def test_switched_off_the_graph_runs(monkeypatch, tmp_path_factory):
