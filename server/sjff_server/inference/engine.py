@@ -123,7 +123,8 @@ _ORT_TYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)
 
 
 class AnalogEngine(Engine):
-    """onnxruntime on an exported analog model."""
+    """An exported analog model: its graph in onnxruntime, or the compiled scoring for a small
+    batch of a one-layer export (``AnalogModel.forward`` picks)."""
 
     kind = "analog"
     platform = "onnxruntime_onnx"
