@@ -16,6 +16,7 @@ within them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,7 @@ class CompiledScoring:
     theta: float
     eps: float
     by_goodness: bool
+    kernel: Callable  # kernels.numba_analog.score_separable (imported with numba, on load)
 
     @classmethod
     def for_export(cls, meta: OnnxMeta, outputs: tuple[str, ...], first_dtype) -> CompiledScoring | None:
@@ -89,6 +91,7 @@ class CompiledScoring:
             theta=float(prob.theta),
             eps=float(prob.eps),
             by_goodness=meta.score == "goodness",
+            kernel=numba_analog.score_separable,
         )
 
     def terms(self, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,10 +107,8 @@ class CompiledScoring:
 
     def score(self, x: np.ndarray, terms: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
         """The graph's outputs for images ``x`` ``[N, D]`` float32, from :meth:`terms`."""
-        from spikingjelly_ff.kernels.numba_analog import score_separable
-
         w_img, label_term = terms
-        return score_separable(
+        return self.kernel(
             x, w_img, label_term, self.prob_kind, self.goodness, self.alpha, self.theta, self.eps, self.by_goodness
         )
 

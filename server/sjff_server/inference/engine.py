@@ -133,14 +133,10 @@ class AnalogEngine(Engine):
 
     def __init__(self, model: AnalogModel) -> None:
         super().__init__(model)
-        self.graph = model.graph
-        self.weight_names = list(model.weight_names)
         self.outputs = {}
-        for o in self.graph.session.get_outputs():
+        for o in model.graph.session.get_outputs():
             shape = tuple(d if isinstance(d, int) else -1 for d in o.shape)
             self.outputs[o.name] = OutputSpec(o.name, _ORT_TYPES.get(o.type, "FP32"), shape)
-        self.output_names = list(self.outputs)
-        self.input_name = "images"
         self.row_macs = analog_row_macs(model)
 
     def prepare(self, model: AnalogModel) -> dict[str, np.ndarray]:
