@@ -4,6 +4,7 @@
     python benchmarks/serve.py --quick               # shorter runs
     python benchmarks/serve.py --model m.onnx --json out.json
     python benchmarks/serve.py --server-procs 2        # two read-only processes on one port
+    python benchmarks/serve.py --server-procs 2 --pin-each   # ... each on a CPU of its own
 
 What it measures, all on loopback, in one run:
 
@@ -27,6 +28,9 @@ With ``--server-procs N`` above 1 the server is N read-only processes sharing th
 (``--reuse-port``), so there are no learning rows; the C++ load generator opens ``4 N``
 connections (``--channels``), which the kernel places on the processes (the Python one opens
 one per ``--client-procs`` process), and the JSON records the images each process answered.
+``--pin-each`` starts each server process on a CPU of its own (``sjff serve --cpus K``, the
+last CPU first) and leaves clients, echo and the in-process reference where the kernel puts
+them; ``--pin`` instead keeps server, echo and reference on one CPU and the clients off it.
 
 Reliability (malformed requests, concurrent learn + infer, kill -9, missing token) is not
 measured here: tests/test_server_fuzz.py, tests/test_server_learning.py and
@@ -166,6 +170,12 @@ def pin_cpus(results: dict) -> tuple[set[int], set[int]]:
     return server_cpus, set(usable)
 
 
+def each_cpu(n: int, usable: list[int]) -> list[int]:
+    """The CPU of each of ``n`` server processes for --pin-each: the last of ``usable`` first,
+    going down, round the list again where there are more processes than CPUs."""
+    return [usable[-1 - i % len(usable)] for i in range(n)]
+
+
 def choose_client(choice: str) -> Path | None:
     """The C++ load generator where it builds (an error if ``--client native`` and it does not)."""
     exe, why = native_client()
@@ -232,6 +242,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="server, echo and the in-process reference on the last CPU (sjff serve --cpus), clients on the others",
     )
     ap.add_argument(
+        "--pin-each",
+        action="store_true",
+        help="each server process on a CPU of its own (sjff serve --cpus K, the last CPU first); clients, echo "
+        "and the in-process reference unpinned",
+    )
+    ap.add_argument(
         "--cpu-latency-us",
         type=int,
         metavar="N",
@@ -242,6 +258,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1 or args.server_procs < 1 or args.learn_seconds < 0:
         ap.error("--seconds must be > 0, --rounds and --server-procs >= 1, --learn-seconds >= 0")
+    if args.pin and args.pin_each:
+        ap.error("--pin and --pin-each are two different placements: choose one")
     if args.channels is None:
         args.channels = NATIVE_CHANNELS if args.server_procs == 1 else 4 * args.server_procs
     if args.channels < 1:
@@ -257,12 +275,15 @@ class ServerGroup:
     used like one :class:`~sjff_server.harness.ServerProcess`: ``target``, ``pid`` (all of
     them, for CPU time) and ``members`` (for their metrics)."""
 
-    def __init__(self, repo: Path, n: int, token_file: Path, extra: list[str]) -> None:
+    def __init__(
+        self, repo: Path, n: int, token_file: Path | None, extra: list[str], cpus: list[int] | None = None
+    ) -> None:
         from sjff_server.harness import ServerProcess, free_port
 
         port = free_port()
         args = [*extra, "--port", str(port), "--reuse-port"]
-        self.members = [ServerProcess(repo, token_file=token_file, extra_args=args) for _ in range(n)]
+        each = [["--cpus", str(c)] for c in cpus] if cpus else [[]] * n  # --pin-each: process i on cpus[i]
+        self.members = [ServerProcess(repo, token_file=token_file, extra_args=args + each[i]) for i in range(n)]
         self.target = f"127.0.0.1:{port}"
         self._stack = contextlib.ExitStack()
 
@@ -291,6 +312,9 @@ def measure_server(args, work: Workdir, model_path: Path, images, labels, server
         extra += ["--cpu-latency-us", str(args.cpu_latency_us)]
     if server_cpus:
         extra += ["--cpus", ",".join(map(str, sorted(server_cpus)))]
+    each = each_cpu(args.server_procs, sorted(os.sched_getaffinity(0))) if args.pin_each else None
+    if each:
+        results["pinned_each"] = each
     load = measure.LoadClient(exe if args.client != "python" else None, args.client_procs, args.channels)
     results["load_generator"] = load.name
     results["channels"] = args.channels if load.exe is not None else args.client_procs
@@ -302,10 +326,13 @@ def measure_server(args, work: Workdir, model_path: Path, images, labels, server
         )
     results["server_procs"] = args.server_procs
     if args.server_procs > 1:
-        srv = ServerGroup(work.root / "repo", args.server_procs, work.token_file, extra)
+        srv = ServerGroup(work.root / "repo", args.server_procs, work.token_file, extra, each)
     else:
         srv = ServerProcess(
-            work.root / "repo", state_dir=work.root / "state", token_file=work.token_file, extra_args=extra
+            work.root / "repo",
+            state_dir=work.root / "state",
+            token_file=work.token_file,
+            extra_args=extra + (["--cpus", str(each[0])] if each else []),
         )
     with contextlib.ExitStack() as stack:
         stack.enter_context(srv)  # started here, stopped (SIGTERM, drained) on the way out

@@ -36,6 +36,9 @@ def print_latency(r: dict) -> None:
         print(
             f"pinned: server, echo and in-process reference on CPU {pinned['server']}, clients on {pinned['clients']}\n"
         )
+    if r.get("pinned_each"):
+        cpus = r["pinned_each"]
+        print(f"each server process on a CPU of its own: {cpus}; clients, echo and in-process reference unpinned\n")
     if r.get("cpu_latency_us") is not None:
         print(f"CPU wake-up latency held at {r['cpu_latency_us']} µs for the whole run (--cpu-latency-us)\n")
     print(row("measurement", "p50", "p99", "note"))
