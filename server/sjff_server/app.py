@@ -31,7 +31,7 @@ from .storage.scan import LogCorruption
 from .storage.snapshots import StateInUse
 from .storage.state import ReplayMismatch, StateMismatch, file_sha256
 
-__all__ = ["ServerConfig", "ServerApp"]
+__all__ = ["ServerConfig", "ServerApp", "check_port_sharing"]
 
 log = logging.getLogger("sjff_server")
 
@@ -80,6 +80,20 @@ class ServerConfig:
     skip_bad_models: bool = False
     ready_file: Path | None = None
     version: str = ""
+
+
+def check_port_sharing(cfg: ServerConfig) -> None:
+    """Processes may share a port (``reuse_port``) only where that cannot split the learning
+    state: ValueError otherwise."""
+    if not cfg.reuse_port:
+        return
+    if cfg.port == 0:
+        raise ValueError("--reuse-port needs a fixed --port (the processes sharing it must all name it)")
+    if cfg.state_dir is not None and not cfg.replication:
+        raise ValueError(
+            "--reuse-port with --state-dir needs --replication: processes sharing a port must learn through "
+            "one log (the Redis stream); each with its own local log would learn apart from the others"
+        )
 
 
 class ServerApp:
@@ -168,19 +182,6 @@ class ServerApp:
             damaged = "; ".join(f"{n}/{v}: {why}" for (n, v), why in self.registry.unavailable.items())
             raise RuntimeError("no model could be loaded" + (f" ({damaged})" if damaged else ""))
 
-    def _check_port_sharing(self) -> None:
-        """Processes may share a port only where that cannot split the learning state."""
-        cfg = self.config
-        if not cfg.reuse_port:
-            return
-        if cfg.port == 0:
-            raise ValueError("--reuse-port needs a fixed --port (the processes sharing it must all name it)")
-        if cfg.state_dir is not None and not cfg.replication:
-            raise ValueError(
-                "--reuse-port with --state-dir needs --replication: processes sharing a port must learn through "
-                "one log (the Redis stream); each with its own local log would learn apart from the others"
-            )
-
     def _credentials(self) -> grpc.ServerCredentials | None:
         cfg = self.config
         if not cfg.tls_cert and not cfg.tls_key:
@@ -209,7 +210,7 @@ class ServerApp:
 
     async def start(self) -> None:
         cfg = self.config
-        self._check_port_sharing()
+        check_port_sharing(self.config)
         creds = self._credentials()
         if cfg.replication:
             self.redis = await connect_replication(cfg)

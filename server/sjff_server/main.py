@@ -16,14 +16,15 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from .app import ServerApp, ServerConfig
+from .app import ServerApp, ServerConfig, check_port_sharing
 from .learning.options import LearnOptions
 from .learning.replica_options import ReplicationOptions
 from .logs import setup_logging
+from .processes import run_processes
 from .tuning import hold_cpu_latency, parse_cpu_list, pin_process
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -219,6 +220,14 @@ _OPTIONS: dict[str, tuple[tuple[str, Any, Any, dict[str, Any], str | None], ...]
             "run only on these CPUs, e.g. 1 or 0-3 (default: wherever the scheduler puts it)",
         ),
         (
+            "--processes",
+            _int_in(1, 1024),
+            1,
+            {"metavar": "N"},
+            "serve from N processes sharing --port, each on a CPU of its own (of --cpus, else of those this one may "
+            "use); their metrics and health ports count up from the given ones (default 1)",
+        ),
+        (
             "--cpu-latency-us",
             _int_in(0, _INT32_MAX),
             None,
@@ -405,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     config = config_from_args(args)
     try:
+        if args.processes > 1:  # a parent standing for N ordinary server processes
+            return run_processes(argv, args, lambda: check_port_sharing(replace(config, reuse_port=True)))
         if args.cpus is not None:
             pin_process(args.cpus)
             log.info("pinned to CPUs", extra={"cpus": sorted(args.cpus)})
