@@ -4,7 +4,7 @@
     python benchmarks/serve.py --quick               # shorter runs
     python benchmarks/serve.py --model m.onnx --json out.json
     python benchmarks/serve.py --server-procs 2        # two read-only processes on one port
-    python benchmarks/serve.py --server-procs 2 --pin-each   # ... each on a CPU of its own
+    python benchmarks/serve.py --server-procs 2 --pin-each   # sjff serve --processes 2
 
 What it measures, all on loopback, in one run:
 
@@ -28,9 +28,11 @@ With ``--server-procs N`` above 1 the server is N read-only processes sharing th
 (``--reuse-port``), so there are no learning rows; the C++ load generator opens ``4 N``
 connections (``--channels``), which the kernel places on the processes (the Python one opens
 one per ``--client-procs`` process), and the JSON records the images each process answered.
-``--pin-each`` starts each server process on a CPU of its own (``sjff serve --cpus K``, the
-last CPU first) and leaves clients, echo and the in-process reference where the kernel puts
-them; ``--pin`` instead keeps server, echo and reference on one CPU and the clients off it.
+``--pin-each`` puts each server process on a CPU of its own and leaves clients, echo and the
+in-process reference where the scheduler puts them: N processes are then one ``sjff serve
+--processes N`` (the command an operator runs; its own CPU time is counted with theirs), one
+process is ``sjff serve --cpus`` on the last CPU. ``--pin`` instead keeps server, echo and
+reference on the last CPU and the clients off it.
 
 Reliability (malformed requests, concurrent learn + infer, kill -9, missing token) is not
 measured here: tests/test_server_fuzz.py, tests/test_server_learning.py and
@@ -54,6 +56,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import serve_measure as measure
@@ -170,12 +173,6 @@ def pin_cpus(results: dict) -> tuple[set[int], set[int]]:
     return server_cpus, set(usable)
 
 
-def each_cpu(n: int, usable: list[int]) -> list[int]:
-    """The CPU of each of ``n`` server processes for --pin-each: the last of ``usable`` first,
-    going down, round the list again where there are more processes than CPUs."""
-    return [usable[-1 - i % len(usable)] for i in range(n)]
-
-
 def choose_client(choice: str) -> Path | None:
     """The C++ load generator where it builds (an error if ``--client native`` and it does not)."""
     exe, why = native_client()
@@ -244,8 +241,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--pin-each",
         action="store_true",
-        help="each server process on a CPU of its own (sjff serve --cpus K, the last CPU first); clients, echo "
-        "and the in-process reference unpinned",
+        help="each server process on a CPU of its own (N processes: sjff serve --processes N; one: --cpus on the "
+        "last CPU); clients, echo and the in-process reference unpinned",
     )
     ap.add_argument(
         "--cpu-latency-us",
@@ -272,18 +269,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 class ServerGroup:
     """``n`` read-only ``sjff serve`` processes sharing one loopback port (``--reuse-port``),
-    used like one :class:`~sjff_server.harness.ServerProcess`: ``target``, ``pid`` (all of
-    them, for CPU time) and ``members`` (for their metrics)."""
+    placed by the scheduler, used like one :class:`~sjff_server.harness.ServerProcess`:
+    ``target``, ``pid`` (all of them, for CPU time) and ``members`` (for their metrics)."""
 
-    def __init__(
-        self, repo: Path, n: int, token_file: Path | None, extra: list[str], cpus: list[int] | None = None
-    ) -> None:
+    def __init__(self, repo: Path, n: int, token_file: Path | None, extra: list[str]) -> None:
         from sjff_server.harness import ServerProcess, free_port
 
         port = free_port()
         args = [*extra, "--port", str(port), "--reuse-port"]
-        each = [["--cpus", str(c)] for c in cpus] if cpus else [[]] * n  # --pin-each: process i on cpus[i]
-        self.members = [ServerProcess(repo, token_file=token_file, extra_args=args + each[i]) for i in range(n)]
+        self.members = [ServerProcess(repo, token_file=token_file, extra_args=args) for _ in range(n)]
         self.target = f"127.0.0.1:{port}"
         self._stack = contextlib.ExitStack()
 
@@ -302,6 +296,42 @@ class ServerGroup:
         self._stack.__exit__(*exc)
 
 
+class Member(NamedTuple):
+    """One process of a :class:`ProcessSet`, as :mod:`serve_measure` reads it."""
+
+    pid: int
+    metrics_url: str
+
+
+class ProcessSet:
+    """One ``sjff serve --processes n`` (the command an operator runs: ``n`` processes on one
+    port, each on a CPU of its own), used like :class:`ServerGroup`: ``target``, ``pid`` (the
+    command's and its processes', for CPU time), ``members`` (for their metrics) and ``cpus``."""
+
+    def __init__(self, repo: Path, n: int, token_file: Path | None, extra: list[str]) -> None:
+        from sjff_server.harness import ServerProcess, free_port
+
+        port = free_port()
+        args = [*extra, "--port", str(port), "--processes", str(n)]
+        self.command = ServerProcess(repo, token_file=token_file, extra_args=args)
+        self.target = f"127.0.0.1:{port}"
+        self.members: list[Member] = []
+        self.cpus: list[int] = []
+
+    @property
+    def pid(self) -> tuple[int, ...]:
+        return (self.command.pid, *(m.pid for m in self.members))
+
+    def __enter__(self) -> ProcessSet:
+        info = self.command.start().info
+        self.cpus = info["cpus"]
+        self.members = [Member(p["pid"], f"http://127.0.0.1:{p['metrics_port']}/metrics") for p in info["processes"]]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.command.__exit__(*exc)
+
+
 def measure_server(args, work: Workdir, model_path: Path, images, labels, server_cpus, exe, results: dict) -> None:
     """Start the server (or :class:`ServerGroup`) and the echo, then time latency, throughput
     and learning into ``results``."""
@@ -312,9 +342,8 @@ def measure_server(args, work: Workdir, model_path: Path, images, labels, server
         extra += ["--cpu-latency-us", str(args.cpu_latency_us)]
     if server_cpus:
         extra += ["--cpus", ",".join(map(str, sorted(server_cpus)))]
-    each = each_cpu(args.server_procs, sorted(os.sched_getaffinity(0))) if args.pin_each else None
-    if each:
-        results["pinned_each"] = each
+    if args.pin_each and args.server_procs == 1:  # one process on the last CPU, as --pin places it
+        extra += ["--cpus", str(max(os.sched_getaffinity(0)))]
     load = measure.LoadClient(exe if args.client != "python" else None, args.client_procs, args.channels)
     results["load_generator"] = load.name
     results["channels"] = args.channels if load.exe is not None else args.client_procs
@@ -326,16 +355,16 @@ def measure_server(args, work: Workdir, model_path: Path, images, labels, server
         )
     results["server_procs"] = args.server_procs
     if args.server_procs > 1:
-        srv = ServerGroup(work.root / "repo", args.server_procs, work.token_file, extra, each)
+        group = ProcessSet if args.pin_each else ServerGroup
+        srv = group(work.root / "repo", args.server_procs, work.token_file, extra)
     else:
         srv = ServerProcess(
-            work.root / "repo",
-            state_dir=work.root / "state",
-            token_file=work.token_file,
-            extra_args=extra + (["--cpus", str(each[0])] if each else []),
+            work.root / "repo", state_dir=work.root / "state", token_file=work.token_file, extra_args=extra
         )
     with contextlib.ExitStack() as stack:
         stack.enter_context(srv)  # started here, stopped (SIGTERM, drained) on the way out
+        if args.pin_each:
+            results["pinned_each"] = getattr(srv, "cpus", None) or [max(os.sched_getaffinity(0))]
         echo = workers.Echo(server_cpus)
         stack.callback(echo.close)
         results["accuracy_500"] = check_predictions(srv.target, model_path, images, labels)

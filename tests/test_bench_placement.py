@@ -1,5 +1,6 @@
-"""benchmarks/serve.py's placements: ``--pin-each`` starts each server process of a group on a
-CPU of its own (read back from the running processes), and it does not combine with ``--pin``."""
+"""benchmarks/serve.py's placements: ``--server-procs N --pin-each`` measures the command an
+operator runs (``sjff serve --processes N``), counting the command's CPU time with its
+processes' and reading each process's metrics; ``--pin-each`` does not combine with ``--pin``."""
 
 from __future__ import annotations
 
@@ -8,16 +9,11 @@ import sys
 
 import pytest
 import serving_utils as su
+from sjff_server.processes import process_cpus
 
 sys.path.insert(0, str(su.ROOT / "benchmarks"))
 import serve as bench  # noqa: E402
-
-
-def test_each_cpu_goes_down_from_the_last_and_wraps():
-    assert bench.each_cpu(1, [0, 1]) == [1]
-    assert bench.each_cpu(2, [0, 1]) == [1, 0]
-    assert bench.each_cpu(3, [0, 2, 5]) == [5, 2, 0]
-    assert bench.each_cpu(3, [0, 1]) == [1, 0, 1]
+import serve_measure as measure  # noqa: E402
 
 
 def test_pin_and_pin_each_are_refused_together(capsys):
@@ -26,14 +22,13 @@ def test_pin_and_pin_each_are_refused_together(capsys):
     assert "choose one" in capsys.readouterr().err
 
 
-def test_pin_each_puts_each_process_of_a_group_on_its_cpu(sjff_models, tmp_path):
+def test_pin_each_measures_sjff_serve_processes(sjff_models, tmp_path):
     root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
-    each = bench.each_cpu(2, sorted(os.sched_getaffinity(0)))
-    with bench.ServerGroup(root, 2, None, [], each) as group:
-        placed = [os.sched_getaffinity(pid) for pid in group.pid]
-        assert placed == [{cpu} for cpu in each]
-        # and every thread of each process, not only its main thread
-        for pid, cpu in zip(group.pid, each, strict=True):
-            tasks = os.listdir(f"/proc/{pid}/task")
-            assert len(tasks) > 1
-            assert all(os.sched_getaffinity(int(t)) == {cpu} for t in tasks)
+    with bench.ProcessSet(root, 2, None, []) as group:
+        command, *processes = group.pid
+        assert command == group.command.pid and len(set(processes)) == 2
+        assert group.cpus == process_cpus(2, None)
+        placed = [os.sched_getaffinity(pid) for pid in processes]
+        assert placed == [{cpu} for cpu in group.cpus]
+        lines = measure.scrape(group)  # both processes' metrics
+        assert len([line for line in lines if line.startswith("# HELP sjff_inference_images_total")]) == 2
