@@ -34,6 +34,7 @@ BAD: dict[str, list[str]] = {
     "--max-eta": ["0", "-1", "nan", "inf", "-inf", "big"],
     "--shutdown-grace": ["-1", "nan", "inf"],
     "--cpus": ["x", "3-1"],
+    "--processes": ["0", "-1", "1025", "two"],
     "--cpu-latency-us": ["-1", str(2**31), "low"],
     "--snapshot-every": ["-1", "often"],
     "--snapshot-interval": ["-0.5", "nan", "inf"],

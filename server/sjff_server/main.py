@@ -24,7 +24,7 @@ from .app import ServerApp, ServerConfig, check_port_sharing
 from .learning.options import LearnOptions
 from .learning.replica_options import ReplicationOptions
 from .logs import setup_logging
-from .processes import run_processes
+from .processes import die_with_parent, run_processes
 from .tuning import hold_cpu_latency, parse_cpu_list, pin_process
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -403,6 +403,7 @@ async def serve(config: ServerConfig, token_recheck_s: float | None = None) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()  # a process of `sjff serve --processes N` goes when that command goes
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--token" or a.startswith("--token=") for a in argv):
         print(

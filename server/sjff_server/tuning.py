@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 __all__ = [
     "CPU_LATENCY_DEVICE",
+    "allowed_cpus",
     "GRPC_EXPERIMENTS",
     "POLLED_LISTENER",
     "grpc_experiments",
@@ -75,13 +76,22 @@ def parse_cpu_list(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
+def allowed_cpus(cpus: frozenset[int] | None) -> frozenset[int]:
+    """``cpus`` if this process may run on all of them (ValueError otherwise); None: every CPU
+    it may run on."""
+    usable = frozenset(os.sched_getaffinity(0))
+    if cpus is None:
+        return usable
+    if not cpus <= usable:
+        raise ValueError(f"--cpus {sorted(cpus)}: this process may only run on CPUs {sorted(usable)}")
+    return cpus
+
+
 def pin_process(cpus: frozenset[int]) -> None:
     """Restrict this process (every thread it has, and every thread it will start) to ``cpus``.
     Why: a server pinned to its own core keeps its caches warm between calls instead of
     following the scheduler from core to core."""
-    usable = os.sched_getaffinity(0)
-    if not cpus <= usable:
-        raise ValueError(f"--cpus {sorted(cpus)}: this process may only run on CPUs {sorted(usable)}")
+    cpus = allowed_cpus(cpus)
     for task in os.listdir("/proc/self/task"):  # threads started so far (later ones inherit)
         os.sched_setaffinity(int(task), cpus)
 
