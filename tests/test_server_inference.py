@@ -326,6 +326,19 @@ def test_grpc_listener_setting(server):
     assert run("import grpc; " + probe) == "'' None"
 
 
+def _policies(pid: int) -> dict[int, int]:
+    """Scheduling policy of each thread of ``pid``, by thread id."""
+    import os
+
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(task)] = os.sched_getscheduler(int(task))
+        except ProcessLookupError:
+            continue  # the thread ended meanwhile
+    return out
+
+
 def test_cpu_pinning(sjff_models, tmp_path, mnist_samples):
     """--cpus confines every thread of the server (gRPC, onnxruntime) to the CPUs given."""
     import os
@@ -341,6 +354,15 @@ def test_cpu_pinning(sjff_models, tmp_path, mnist_samples):
         tasks = os.listdir(f"/proc/{srv.pid}/task")
         assert len(tasks) > 1
         assert all(os.sched_getaffinity(int(t)) == {cpu} for t in tasks)
+        # on one CPU grpc.aio's poller thread, and it alone, waits for the event loop (SCHED_BATCH)
+        poller = srv.info["grpc_poller_batch"]
+        policies = _policies(srv.pid)
+        assert len(poller) == 1 and poller[0] != srv.pid and policies[poller[0]] == os.SCHED_BATCH
+        assert all(p == os.SCHED_OTHER for tid, p in policies.items() if tid not in poller)
+    if len(os.sched_getaffinity(0)) > 1:  # on more CPUs every thread stays as the scheduler has it
+        with ServerProcess(root, metrics=False) as srv:
+            assert srv.info["grpc_poller_batch"] == []
+            assert set(_policies(srv.pid).values()) == {os.SCHED_OTHER}
     cmd = [sys.executable, "-m", "sjff_server", "--model-repository", str(root), "--port", "0"]
     for bad, message in (("4096", "may only run on CPUs"), ("1-a", "not a CPU list")):
         p = subprocess.run([*cmd, "--cpus", bad], capture_output=True, text=True, timeout=60)

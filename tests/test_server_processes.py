@@ -81,6 +81,7 @@ def test_processes_share_the_port_each_on_its_cpu(repo):
         assert info["cpus"] == process_cpus(2, None)
         for pid, cpu in zip(pids, info["cpus"], strict=True):
             assert _affinities(pid) == {frozenset({cpu})}  # every thread of the process, not only the first
+        assert all(len(p["grpc_poller_batch"]) == 1 for p in info["processes"])  # on one CPU each: tuning.py
         calls = 64  # all on one process: probability 2 * 2**-64
         labels = {_infer_on_new_connection(f"127.0.0.1:{port}", request) for _ in range(calls)}
         members = [ServerProcess(repo) for _ in pids]  # only to read each one's metrics

@@ -30,6 +30,7 @@ from .serving.repository import scan_repository
 from .storage.scan import LogCorruption
 from .storage.snapshots import StateInUse
 from .storage.state import ReplayMismatch, StateMismatch, file_sha256
+from .tuning import yield_grpc_poller
 
 __all__ = ["ServerConfig", "ServerApp", "check_port_sharing"]
 
@@ -289,6 +290,7 @@ class ServerApp:
                     m.learner.on_serving = self._model_serving
                 await m.learner.start()
         await self.server.start()
+        batch_poller = yield_grpc_poller()  # one CPU: the poller waits for the event loop (tuning.py)
         learning_ok = all(m.learner is None or m.learner.failed is None for m in self.registry.all())
         for service in ("", INFERENCE_SERVICE, LEARNING_SERVICE):
             ok = learning_ok or service != LEARNING_SERVICE
@@ -305,6 +307,7 @@ class ServerApp:
             "replication": self.redis is not None,
             "pid": os.getpid(),
             "grpc_experiments": GRPC_EXPERIMENTS_IN_FORCE,  # "": gRPC's defaults (tuning.grpc_experiments)
+            "grpc_poller_batch": batch_poller,  # thread ids put under SCHED_BATCH (none: all as they were)
         }
         log.info("server ready", extra=info)
         if cfg.ready_file is not None:
