@@ -82,7 +82,7 @@ def print_throughput(r: dict) -> None:
     print(row(*["---:"] * (len(head) + 1)))
     for c, b in r["throughput"].items():
         s, e = b["server"], b["echo"]
-        ratio = f"{s['rate'] / e['rate']:.0%}"
+        ratio = f"{s['rate'] / e['rate']:.1%}"
         cpu = f"{s['server_cpu_us']:.0f} µs, {e['server_cpu_us']:.0f} µs"
         print(
             row(
