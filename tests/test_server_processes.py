@@ -148,10 +148,11 @@ def test_sigterm_while_starting_is_a_clean_stop(repo, tmp_path):
         (["--port", "9001", "--metrics-port", "9000"], "choose ports that do not overlap"),
         (["--metrics-port", "9100", "--health-port", "9101"], "choose ports that do not overlap"),
         (["--cpus", str(min(os.sched_getaffinity(0)))], "needs a CPU for each process"),
+        (["--model-repository", "MISSING"], "is not a directory"),
     ],
 )
 def test_refused_before_any_process_starts(repo, tmp_path, args, says):
-    args = [a.replace("STATE", str(tmp_path / "state")) for a in args]
+    args = [a.replace("STATE", str(tmp_path / "state")).replace("MISSING", str(tmp_path / "none")) for a in args]
     cmd = [sys.executable, "-m", "sjff_server", "--model-repository", str(repo), "--port", str(free_port())]
     out = subprocess.run([*cmd, "--processes", "2", *args], capture_output=True, text=True, timeout=WAIT_S)
     assert out.returncode == 2

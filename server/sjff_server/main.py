@@ -25,6 +25,7 @@ from .learning.options import LearnOptions
 from .learning.replica_options import ReplicationOptions
 from .logs import setup_logging
 from .processes import die_with_parent, run_processes
+from .serving.repository import scan_repository
 from .tuning import hold_cpu_latency, parse_cpu_list, pin_process
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -402,6 +403,12 @@ async def serve(config: ServerConfig, token_recheck_s: float | None = None) -> N
     await app.stop()
 
 
+def _check_before_processes(config: ServerConfig) -> None:
+    """What every process of ``--processes`` would refuse alike, refused once before any starts."""
+    check_port_sharing(replace(config, reuse_port=True))
+    scan_repository(config.model_repository)  # a repository that is not there
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()  # a process of `sjff serve --processes N` goes when that command goes
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -416,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     try:
         if args.processes > 1:  # a parent standing for N ordinary server processes
-            return run_processes(argv, args, lambda: check_port_sharing(replace(config, reuse_port=True)))
+            return run_processes(argv, args, lambda: _check_before_processes(config))
         if args.cpus is not None:
             pin_process(args.cpus)
             log.info("pinned to CPUs", extra={"cpus": sorted(args.cpus)})
