@@ -343,7 +343,9 @@ def measure_server(args, work: Workdir, model_path: Path, images, labels, server
     if server_cpus:
         extra += ["--cpus", ",".join(map(str, sorted(server_cpus)))]
     if args.pin_each and args.server_procs == 1:  # one process on the last CPU, as --pin places it
-        extra += ["--cpus", str(max(os.sched_getaffinity(0)))]
+        cpu = max(os.sched_getaffinity(0))
+        extra += ["--cpus", str(cpu)]
+        results["pinned_each"] = [cpu]
     load = measure.LoadClient(exe if args.client != "python" else None, args.client_procs, args.channels)
     results["load_generator"] = load.name
     results["channels"] = args.channels if load.exe is not None else args.client_procs
@@ -363,8 +365,8 @@ def measure_server(args, work: Workdir, model_path: Path, images, labels, server
         )
     with contextlib.ExitStack() as stack:
         stack.enter_context(srv)  # started here, stopped (SIGTERM, drained) on the way out
-        if args.pin_each:
-            results["pinned_each"] = getattr(srv, "cpus", None) or [max(os.sched_getaffinity(0))]
+        if args.pin_each and args.server_procs > 1:
+            results["pinned_each"] = srv.cpus  # where sjff serve --processes put them
         echo = workers.Echo(server_cpus)
         stack.callback(echo.close)
         results["accuracy_500"] = check_predictions(srv.target, model_path, images, labels)
