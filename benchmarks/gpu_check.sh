@@ -19,10 +19,13 @@ OUT="${OUT:-/tmp/sjff-gpu-out}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cupy', cupy.__version__)"
-show() {  # NAME METRICS_JSON: one line per epoch of a sjff train run
+show() {  # NAME METRICS_JSON: the run's graph use and model digest, one line per epoch
   python3 - "$1" "$2" <<'PY'
-import json, sys
+import hashlib, json, pathlib, sys
 m = json.load(open(sys.argv[2]))
+model = pathlib.Path(sys.argv[2]).parent / "model" / "model.safetensors"
+digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16] if model.is_file() else "-"
+print(f"{sys.argv[1]:>10}  cuda_graph: {m.get('cuda_graph')}; model sha256 {digest}")
 for e in m["epochs"]:
     print(f"{sys.argv[1]:>10}  epoch {e['epoch']}: {e['train_seconds']:.2f} s train "
           f"({e['train_samples_per_second']:,.0f} samples/s), train acc {e['train_pn_accuracy']:.4f}"
@@ -31,21 +34,19 @@ for e in m["epochs"]:
 PY
 }
 rc=0
-echo "== CuPy kernels vs torch (tests/library/test_kernels.py, test_present_kernel.py, test_present_scoring.py)"
+echo "== CuPy kernels vs torch, graphed epochs vs eager (tests/library/test_kernels.py, test_present_kernel.py,"
+echo "   test_present_scoring.py, test_graphed_epochs.py)"
 timeout 300 python3 -m pytest -q -rs -p no:cacheprovider tests/library/test_kernels.py tests/library/test_present_kernel.py \
-  tests/library/test_present_scoring.py || rc=1
-echo "== GPU throughput (benchmarks/gpu_speed.py)"
-timeout 300 python3 benchmarks/gpu_speed.py --online-samples 1000 --images 10000 --json "$OUT/gpu_speed.json" || rc=1
-echo "== All-label testing by layer width (benchmarks/gpu_scoring.py)"
-timeout 200 python3 benchmarks/gpu_scoring.py --json "$OUT/gpu_scoring.json" || rc=1
-timeout 200 python3 benchmarks/gpu_scoring.py --no-carry --json "$OUT/gpu_scoring_rest.json" || rc=1
+  tests/library/test_present_scoring.py tests/library/test_graphed_epochs.py || rc=1
 echo "== The paper's batched P_sym row on MNIST through sjff train (spikingjelly_ff/configs/paper)"
 if python3 -c "from spikingjelly_ff.runs.data import find_dataset; find_dataset('mnist')" 2>/dev/null; then
-  # name, backend, SJFF_PRESENT, epochs, seed: the one-launch path three times (seeds 0-2)
-  for path in "torch torch 1 1 0" "cupy-step cupy 0 1 0" "cupy-s0 cupy 1 2 0" "cupy-s1 cupy 1 2 1" "cupy-s2 cupy 1 2 2"; do
+  # name, backend, SJFF_PRESENT, SJFF_GRAPH, epochs, seed: as shipped (one launch per presentation,
+  # one CUDA graph replay per batch) for three seeds, then each path without graphs
+  for path in "graph-s0 cupy 1 1 3 0" "graph-s1 cupy 1 1 3 1" "graph-s2 cupy 1 1 3 2" "eager-s0 cupy 1 0 3 0" \
+      "cupy-step cupy 0 0 1 0" "step-graph cupy 0 1 2 0" "torch torch 1 0 1 0" "torch-graph torch 1 1 2 0"; do
     set -- $path
-    SJFF_PRESENT=$3 timeout 240 python3 -m spikingjelly_ff.cli train paper/hebbian-batched-symmetric \
-      --set device=cuda --set backend=$2 --set train.epochs=$4 --set seed=$5 --out "$OUT/train-$1" --quiet --json \
+    SJFF_PRESENT=$3 SJFF_GRAPH=$4 timeout 240 python3 -m spikingjelly_ff.cli train paper/hebbian-batched-symmetric \
+      --set device=cuda --set backend=$2 --set train.epochs=$5 --set seed=$6 --out "$OUT/train-$1" --quiet --json \
       >/dev/null || rc=1
     show "$1" "$OUT/train-$1/metrics.json" || rc=1
   done
@@ -58,4 +59,9 @@ if python3 -c "from spikingjelly_ff.runs.data import find_dataset; find_dataset(
 else
   echo "skipped: MNIST not found (set SJFF_DATA_DIR)"
 fi
+echo "== GPU throughput (benchmarks/gpu_speed.py)"
+timeout 300 python3 benchmarks/gpu_speed.py --online-samples 1000 --images 10000 --json "$OUT/gpu_speed.json" || rc=1
+echo "== All-label testing by layer width (benchmarks/gpu_scoring.py)"
+timeout 200 python3 benchmarks/gpu_scoring.py --json "$OUT/gpu_scoring.json" || rc=1
+timeout 200 python3 benchmarks/gpu_scoring.py --no-carry --json "$OUT/gpu_scoring_rest.json" || rc=1
 exit $rc

@@ -125,8 +125,19 @@ class SpikingTrainer:
         """Present images ``x`` ``[N, D]`` with labels ``shown`` and learn towards targets ``y``
         (1 positive, 0 negative). ``spikes`` ``[T, N, D']`` overrides the Bernoulli draw.
         Returns whether each sample was judged positive at the end of its presentation, ``[N]``."""
-        eta = self.hebbian.eta * schedule_factor(self.hebbian.schedule, self.count / self.steps_total)
+        eta = self.rate()
         self.count += 1
+        return self.train_batch_at(x, shown, y, eta, spikes)
+
+    def rate(self) -> float:
+        """The learning rate of the next batch (the schedule at this step count)."""
+        return self.hebbian.eta * schedule_factor(self.hebbian.schedule, self.count / self.steps_total)
+
+    @torch.no_grad()
+    def train_batch_at(self, x: Tensor, shown: Tensor, y: Tensor, eta: float, spikes: Tensor | None = None) -> Tensor:
+        """:meth:`train_batch` at learning rate ``eta``, the step count left alone: a CUDA
+        graph of a batch (``runs/graphed.py``) is captured once and replayed, so its caller
+        counts the replays."""
         if self.sequential and x.shape[0] > 1:
             rows = range(x.shape[0])
             return torch.cat(

@@ -84,16 +84,20 @@ class Batcher:
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
 
-    def __iter__(self):
-        n = len(self.labels)
+    def begin_epoch(self) -> tuple[Tensor, int]:
+        """Start an epoch: ``(order, first batch)``, the order drawn now (or a resumed run's)."""
         if self.resume_at is not None:
             (self.order, start), self.resume_at = self.resume_at, None
         else:
+            n = len(self.labels)
             self.order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
             start = 0
-        order = self.order
+        return self.order, start
+
+    def __iter__(self):
+        order, start = self.begin_epoch()
         on_device = order.to(self.x.device)  # one copy per epoch, not one per batch
-        for i in range(start * self.batch_size, n, self.batch_size):
+        for i in range(start * self.batch_size, len(self.labels), self.batch_size):
             rows = on_device[i : i + self.batch_size]
             yield self.x[rows], self.labels[rows], order[i : i + self.batch_size]
 

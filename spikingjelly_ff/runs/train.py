@@ -28,6 +28,7 @@ from spikingjelly_ff.runs.config import ConfigError, RunConfig
 from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runs.distributed import Reducer, World
 from spikingjelly_ff.runs.evaluate import evaluate_arrays, evaluate_sharded, scorer_for
+from spikingjelly_ff.runs.graphed import GraphedEpochs, graph_blocker
 from spikingjelly_ff.runs.resume import NAME as RESUME_NAME
 from spikingjelly_ff.runs.resume import RunParts, generator_of, nothing_to_resume, save_state, state_to_resume
 from spikingjelly_ff.runs.samples import Batcher, stream_epoch
@@ -127,6 +128,10 @@ def train(
     if world.size > 1:
         metrics["processes"] = world.size
     loop = ShardedLoop(net, cfg, world, reducer, num_classes, tuple(train_split.shape)) if per_sample else None
+    blocker = graph_blocker(cfg, learner, device)  # None: each batch one CUDA graph replay (runs/graphed.py)
+    graphed = GraphedEpochs(batches, learner, cfg, num_classes, sample_gen) if blocker is None else None
+    if device.type == "cuda" or graphed is not None:
+        metrics["cuda_graph"] = "replays" if blocker is None else f"off: {blocker}"
     parts = RunParts(net, learner, streams, loop, batches)
     first, position = 1, None
     run = {"device": device.type, "backend": backend}  # what device: auto and backend: auto resolved to
@@ -135,8 +140,8 @@ def train(
     if state is not None:
         position = parts.restore(state, device)
         # the record so far; backend, device and processes are this part's
-        here = {k: v for k, v in metrics.items() if k in ("backend", "device", "processes")}
-        metrics = {k: v for k, v in state["metrics"].items() if k != "processes"} | here
+        here = {k: v for k, v in metrics.items() if k in ("backend", "device", "processes", "cuda_graph")}
+        metrics = {k: v for k, v in state["metrics"].items() if k not in ("processes", "cuda_graph")} | here
         first = state["epoch"] + 1
         batch = 0 if position is None else position["batch"]
         metrics.setdefault("resumed_at", []).append({"epoch": first, "batch": batch})
@@ -171,6 +176,10 @@ def train(
         bar = tqdm(batches, desc=desc, disable=not progress, leave=False, initial=skip, total=len(batches))
         if loop is not None:
             correct, seen = loop.epoch(bar, step, epoch, at, tick)
+        elif graphed is not None:
+            correct, seen = graphed.epoch(bar, at, tick, cfg.train.checkpoint_batches)
+            if graphed.failed:
+                metrics["cuda_graph"] = f"off: the capture failed ({graphed.failed})"
         else:
             shape = train_split.shape
             correct, seen = stream_epoch(bar, step, cfg, num_classes, shape, gen, sample_gen, scorer_scores, at, tick)

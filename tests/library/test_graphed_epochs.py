@@ -1,0 +1,230 @@
+"""Training epochs as CUDA graph replays (``runs/graphed.py``) train what the eager loop
+trains: the same weights bit for bit, the same counts and resume states.
+
+On the CPU the capture is replaced by running the captured batch at every replay, which
+checks everything but the capture itself: the batch rows fed to the graph, the step count
+and rate, the copied-back membranes, the counts, checkpoints within an epoch and the last,
+smaller batch. The capture runs on a GPU (``bash benchmarks/gpu_check.sh``)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from functools import partial
+
+import pytest
+import torch
+from conftest import MINI
+from safetensors.torch import load_file
+
+from spikingjelly_ff.kernels import cupy_backend
+from spikingjelly_ff.runs import graphed as graphed_module
+from spikingjelly_ff.runs import train as train_module
+from spikingjelly_ff.runs.config import load_config
+from spikingjelly_ff.runs.graphed import GraphedEpochs, graph_blocker
+from spikingjelly_ff.runs.train import train
+
+gpu = pytest.mark.skipif(not (torch.cuda.is_available() and cupy_backend.available()), reason="needs CUDA and CuPy")
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def batched(**sets):
+    """The paper's batched P_sym row on the MNIST subset: 230 images in batches of 50 (four
+    full batches and one of 30), two epochs."""
+    base = [f"data.dataset={MINI}", "data.download=false", "train.limit=230", "eval.limit=100", "train.epochs=2"]
+    return load_config("paper/hebbian-batched-symmetric", base + [f"{k}={v}" for k, v in sets.items()])
+
+
+class Replays:
+    """A stand-in for ``cuda_capture`` on the CPU: every replay runs the captured batch."""
+
+    def __init__(self) -> None:
+        self.captures = 0
+        self.replays = 0
+
+    def __call__(self, body, generators, stream):
+        assert len(generators) == 2 and stream is None
+        self.captures += 1
+
+        def replay() -> None:
+            self.replays += 1
+            body()
+
+        return replay
+
+
+def graphed_on_cpu(monkeypatch, capture) -> None:
+    """Make ``train`` take the graphed loop on the CPU with ``capture``."""
+    monkeypatch.setattr(train_module, "graph_blocker", lambda cfg, learner, device: None)
+    monkeypatch.setattr(train_module, "GraphedEpochs", partial(GraphedEpochs, capture=capture))
+
+
+def record_states(monkeypatch) -> list[dict]:
+    """Every state ``train`` saves (after each epoch, and within one at checkpoints)."""
+    states, real = [], train_module.save_state
+
+    def save(out, state):
+        states.append(state)
+        real(out, state)
+
+    monkeypatch.setattr(train_module, "save_state", save)
+    return states
+
+
+def same_state(a, b, where: str = "state") -> None:
+    """Equal saved states: tensors bit for bit (the step count, random streams, eligibility
+    traces, carried membranes and traces), the metrics but for the seconds."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() - {"cuda_graph"} == b.keys() - {"cuda_graph"}, where
+        for k in a:
+            if "seconds" not in k and k not in ("cuda_graph", "train_samples_per_second", "test_images_per_second"):
+                same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def same_training(a: dict, b: dict, run_a, run_b) -> None:
+    wa, wb = (load_file(str(r / "model" / "model.safetensors")) for r in (run_a, run_b))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    keys = ("train_pn_accuracy", "test_accuracy")
+    assert [{k: e.get(k) for k in keys} for e in a["epochs"]] == [{k: e.get(k) for k in keys} for e in b["epochs"]]
+
+
+@pytest.mark.parametrize("negatives", ["mixed", "paired"])
+def test_graph_replays_train_what_the_eager_loop_trains(negatives, tmp_path, monkeypatch):
+    cfg = batched(**{"train.negatives": negatives, "train.eval_every": 1, "train.checkpoint_batches": 2})
+    with monkeypatch.context() as m:
+        eager_states = record_states(m)
+        eager = train(cfg, tmp_path / "eager", log=quiet, progress=False)
+    capture = Replays()
+    graphed_on_cpu(monkeypatch, capture)
+    states = record_states(monkeypatch)
+    replayed = train(cfg, tmp_path / "graphed", log=quiet, progress=False)
+    # per epoch: the first batch eagerly, the second captured, the second to fourth replayed,
+    # the batch of 30 eagerly
+    assert (capture.captures, capture.replays) == (2, 6)
+    assert replayed["cuda_graph"] == "replays"
+    same_training(eager, replayed, tmp_path / "eager", tmp_path / "graphed")
+    # after batches 2 and 4 of each epoch, and after each epoch
+    assert [(s["epoch"], (s["position"] or {}).get("batch")) for s in states] == [
+        (0, 2), (0, 4), (1, None), (1, 2), (1, 4), (2, None)
+    ]  # fmt: skip
+    same_state(eager_states, states)
+    assert states[-1]["learner"]["count"] == 10
+
+
+def test_a_stopped_graphed_run_resumes_within_an_epoch(tmp_path, monkeypatch):
+    """Checkpoints every 2 batches from the graphed loop; a run stopped at batch 2 of epoch 2
+    goes on to the eager run's weights."""
+    cfg = batched(**{"train.checkpoint_batches": 2})
+    eager = train(cfg, tmp_path / "eager", log=quiet, progress=False)
+    graphed_on_cpu(monkeypatch, Replays())
+    real = train_module.save_state
+
+    class Stopped(Exception):
+        pass
+
+    def save_then_stop(out, state):
+        real(out, state)
+        if state["position"] is not None and (state["position"]["epoch"], state["position"]["batch"]) == (2, 2):
+            raise Stopped
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "save_state", save_then_stop)
+        with pytest.raises(Stopped):
+            train(cfg, tmp_path / "graphed", log=quiet, progress=False)
+    resumed = train(cfg, tmp_path / "graphed", log=quiet, progress=False, resume=True)
+    assert resumed["resumed_at"] == [{"epoch": 2, "batch": 2}]
+    same_training(eager, resumed, tmp_path / "eager", tmp_path / "graphed")
+
+
+def test_a_failed_capture_is_undone_and_the_run_goes_on_eagerly(tmp_path, monkeypatch):
+    cfg = batched()
+    eager = train(cfg, tmp_path / "eager", log=quiet, progress=False)
+
+    def refuse(body, generators, stream):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    graphed_on_cpu(monkeypatch, refuse)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        failed = train(cfg, tmp_path / "failed", log=quiet, progress=False)
+    assert [str(w.message) for w in caught if "CUDA graph" in str(w.message)] == [
+        "CUDA graph capture failed, training goes on without graphs "
+        "(RuntimeError: operation not permitted when stream is capturing)"
+    ]  # once: the second epoch does not try again
+    assert failed["cuda_graph"].startswith("off: the capture failed (RuntimeError")
+    same_training(eager, failed, tmp_path / "eager", tmp_path / "failed")
+    assert json.loads((tmp_path / "failed" / "metrics.json").read_text())["cuda_graph"] == failed["cuda_graph"]
+
+
+def test_a_carried_state_that_changes_shape_cannot_be_replayed(monkeypatch):
+    """The capture's body refuses to copy a carried membrane of another shape back (the next
+    replay would read a stale one); the run then goes on eagerly."""
+    cfg = batched()
+    net = train_module.build_model(cfg.model, 784, 10, 0, "torch").to("cpu")
+    layer = net.layers[0]
+    layer.neuron.v = torch.zeros(50, 200)
+    trainer = type("T", (), {"net": net, "generator": torch.Generator(), "rate": lambda self: 0.5})()
+    epochs = GraphedEpochs(
+        train_module.Batcher(torch.zeros(0, 784), torch.zeros(0), 50, False, torch.Generator()),
+        trainer, cfg, 10, torch.Generator(), capture=lambda body, gens, stream: body(),
+    )  # fmt: skip
+
+    def batch(rows, correct, eta):
+        layer.neuron.v = torch.zeros(30, 200)
+
+    monkeypatch.setattr(epochs, "_batch", batch)
+    with pytest.warns(UserWarning, match="carried v changed shape within the epoch"):
+        assert epochs._captured(torch.arange(50), torch.zeros((), dtype=torch.int64), 0.5) is None
+    assert tuple(layer.neuron.v.shape) == (50, 200)  # as before the capture
+
+
+def test_what_keeps_the_eager_loop(monkeypatch):
+    from spikingjelly_ff.runs.steps import make_step
+
+    def blocker(cfg, device="cuda"):
+        net = train_module.build_model(cfg.model, 784, 10, 0, "torch")
+        _, learner = make_step(net, cfg, 10, torch.device("cpu"))
+        return graph_blocker(cfg, learner, torch.device(device))
+
+    assert blocker(batched()) is None
+    assert blocker(batched(**{"train.batch_size": 1})) is None  # on a GPU one sample is one launch too
+    assert blocker(batched(), "cpu") == "not on a CUDA device"
+    assert "scored between batches" in blocker(batched(**{"train.negatives": "hard"}))
+    assert "drawn on the CPU" in blocker(batched(**{"train.augment_shift": 1}))
+    assert "made on the CPU" in blocker(batched(**{"train.draws": "per-sample"}))
+    assert "cosine schedule" in blocker(batched(**{"train.hebbian.schedule": "cosine"}))
+    assert blocker(load_config("paper/analog-symmetric", [f"data.dataset={MINI}"])) == "not a dense spiking net"
+    monkeypatch.setenv("SJFF_GRAPH", "0")
+    assert blocker(batched()) == "SJFF_GRAPH=0"
+    assert not graphed_module.graph_enabled()
+
+
+@gpu
+@pytest.mark.parametrize("path", ["one launch", "per step", "torch"])
+def test_graph_replays_on_a_gpu_train_what_the_eager_loop_trains(path, tmp_path, monkeypatch):
+    """The real capture: each path's graphed run equals its eager run bit for bit."""
+    backend = "torch" if path == "torch" else "cupy"
+    monkeypatch.setenv("SJFF_PRESENT", "0" if path == "per step" else "1")
+    cfg = batched(**{"device": "cuda", "backend": backend, "train.eval_every": 1})
+    monkeypatch.setenv("SJFF_GRAPH", "0")
+    eager = train(cfg, tmp_path / "eager", log=quiet, progress=False)
+    assert eager["cuda_graph"] == "off: SJFF_GRAPH=0"
+    monkeypatch.setenv("SJFF_GRAPH", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed capture warns: fail instead
+        replayed = train(cfg, tmp_path / "graphed", log=quiet, progress=False)
+    assert replayed["cuda_graph"] == "replays"
+    same_training(eager, replayed, tmp_path / "eager", tmp_path / "graphed")
