@@ -41,14 +41,22 @@ timeout 300 python3 -m pytest -q -rs -p no:cacheprovider tests/library/test_kern
 echo "== The paper's batched P_sym row on MNIST through sjff train (spikingjelly_ff/configs/paper)"
 if python3 -c "from spikingjelly_ff.runs.data import find_dataset; find_dataset('mnist')" 2>/dev/null; then
   # name, backend, SJFF_PRESENT, SJFF_GRAPH, epochs, seed: as shipped (one launch per presentation,
-  # one CUDA graph replay per batch) for three seeds, then each path without graphs
+  # one CUDA graph replay per batch) for three seeds, then each path without and with graphs
   for path in "graph-s0 cupy 1 1 3 0" "graph-s1 cupy 1 1 3 1" "graph-s2 cupy 1 1 3 2" "eager-s0 cupy 1 0 3 0" \
-      "cupy-step cupy 0 0 1 0" "step-graph cupy 0 1 2 0" "torch torch 1 0 1 0" "torch-graph torch 1 1 2 0"; do
+      "step-eager cupy 0 0 2 0" "step-graph cupy 0 1 2 0" "torch-eager torch 1 0 2 0" "torch-graph torch 1 1 2 0"; do
     set -- $path
     SJFF_PRESENT=$3 SJFF_GRAPH=$4 timeout 240 python3 -m spikingjelly_ff.cli train paper/hebbian-batched-symmetric \
       --set device=cuda --set backend=$2 --set train.epochs=$5 --set seed=$6 --out "$OUT/train-$1" --quiet --json \
       >/dev/null || rc=1
     show "$1" "$OUT/train-$1/metrics.json" || rc=1
+  done
+  for pair in "graph-s0 eager-s0" "step-graph step-eager" "torch-graph torch-eager"; do  # graphs train the same model
+    set -- $pair
+    if cmp -s "$OUT/train-$1/model/model.safetensors" "$OUT/train-$2/model/model.safetensors"; then
+      echo "$1 = $2: the same model, byte for byte"
+    else
+      echo "$1 != $2: the models differ"; rc=1
+    fi
   done
   echo "== The competitive spiking conv net (conv/spiking-competitive-mnist), 3,000 MNIST images on the GPU"
   echo "   (torch convolutions, the CuPy neuron kernel on the flattened maps: backend auto)"

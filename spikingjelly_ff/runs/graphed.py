@@ -3,11 +3,12 @@
 On a GPU the paper's batched row is bound by the host: the kernel takes 0.43 ms per batch of
 50, the Python that issues the batch's small ops (sample draw, embedding, Bernoulli spikes,
 the launch, the judged score, the count) about as long or longer, depending on the machine
-(docs/gpu.md). Here an epoch runs its first batch as usual (which makes what the capture
-needs: the kernels' scratch memory, carried membranes of the batch's shape), captures the
-next one into a CUDA graph and replays that graph for every full batch after it; a last,
-smaller batch runs as usual. The epoch runs on a side stream (a capture cannot use the
-default stream).
+(docs/gpu.md). Here the run's first batch runs as usual (which makes what the capture needs:
+the kernels' scratch memory, carried membranes of the batch's shape), the second is captured
+into a CUDA graph, and every full batch after it is a replay of that graph, but for the first
+batch of each epoch, which runs as usual too (it starts from the membranes the test pass
+left, or from rest); a last, smaller batch runs as usual. Epochs run on a side stream (a
+capture cannot use the default stream).
 
 Why the replays train what the eager loop trains, number for number:
 
@@ -19,11 +20,14 @@ Why the replays train what the eager loop trains, number for number:
 * the learning rate is fixed in the graph, so the schedule must be ``constant``; the
   trainer's step count advances once per replay, outside the graph;
 * the weights and eligibility traces learn in place; each layer's carried membrane and
-  trace are copied back, at the end of the graph, into the tensors the next replay reads;
+  trace are copied back, at the end of the graph, into the tensors the next replay reads
+  (and, before a replay, from the tensors a batch run as usual left);
 * the count of correct judgements accumulates in a tensor of the graph.
 
-``SJFF_GRAPH=0`` keeps the eager loop. A capture that fails (an op that waits for the
-device, say) is undone and the run goes on eagerly, with a warning.
+``SJFF_GRAPH=0`` keeps the eager loop. Where the capture cannot start (a torch without
+``register_generator_state``) or the batch cannot be replayed, the run goes on eagerly, with a
+warning; a capture that fails on the device (an op that waits for it, say) stops the run with
+an error that says so: torch's allocator and random streams cannot be trusted after it.
 """
 
 from __future__ import annotations
@@ -72,23 +76,67 @@ class GraphUnsafe(RuntimeError):
     """The batch cannot be replayed as it was captured."""
 
 
-def cuda_capture(body: Callable[[], None], generators: list[torch.Generator], stream) -> Callable[[], None]:
-    """Capture ``body`` into a CUDA graph on ``stream``; returns its replay."""
+class CaptureFailed(RuntimeError):
+    """The CUDA graph capture failed on the device; the process's CUDA state is not to be
+    trusted for training after it."""
+
+
+def cuda_capture(
+    body: Callable[[], None], generators: list[torch.Generator], stream, carried: list
+) -> Callable[[], None]:
+    """Capture ``body`` into a CUDA graph on ``stream``; returns its replay, which holds the
+    graph and the memory it reads and writes in place: the kernels' scratch buffers and the
+    ``carried`` ``(neuron, attribute, tensor)`` tensors, which each replay expects the
+    attributes to hold (:func:`rebind`)."""
+    from spikingjelly_ff.kernels import cupy_present
+
     graph = torch.cuda.CUDAGraph()
     for g in generators:
-        graph.register_generator_state(g)
-    with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-        body()
-    return graph.replay
+        graph.register_generator_state(g)  # AttributeError on a torch without it: nothing started yet
+    try:
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            body()
+    except GraphUnsafe:
+        raise
+    except Exception as exc:
+        cause = f"{type(exc).__name__}: {exc}"
+        if exc.__context__ is not None:  # capture_end's error hides the one that broke the capture
+            cause += f" (after {type(exc.__context__).__name__}: {exc.__context__})"
+        raise CaptureFailed(
+            f"the CUDA graph capture of a training batch failed ({cause}); the run stops, as torch's "
+            "allocator and random streams cannot be trusted after it: train with SJFF_GRAPH=0 (add --resume "
+            "to go on from the last saved state)"
+        ) from exc
+    keep = (graph, tuple(cupy_present._SCRATCH.values()), tuple(cupy_present._BARRIERS.values()), carried)
+
+    def replay() -> None:
+        keep[0].replay()
+
+    replay.keep = keep  # the scratch buffers stay alive while the graph may write them
+    return replay
+
+
+def rebind(carried: list[tuple[object, str, Tensor]]) -> None:
+    """Make each ``(neuron, attribute, tensor)`` hold ``tensor`` again, with the values the
+    attribute holds now (a batch just left them there)."""
+    for obj, name, before in carried:
+        after = getattr(obj, name)
+        if after is before:
+            continue
+        if not isinstance(after, Tensor) or before.shape != after.shape:
+            raise GraphUnsafe(f"a layer's carried {name} changed shape within the epoch")
+        before.copy_(after)
+        setattr(obj, name, before)
 
 
 class GraphedEpochs:
-    """The epochs of a ``train.draws: stream`` run of a :class:`SpikingTrainer`, each full
-    batch after the first a replay of one captured batch (see the module docstring).
+    """The epochs of a ``train.draws: stream`` run of a :class:`SpikingTrainer`, their full
+    batches replays of one captured batch (see the module docstring).
 
-    ``capture(body, generators, stream)`` returns what replays ``body`` (default
-    :func:`cuda_capture`; the CPU tests run ``body`` itself at every replay, which checks
-    everything here but the capture)."""
+    ``capture(body, generators, stream, carried)`` returns what replays ``body`` (default
+    :func:`cuda_capture`; the CPU tests run ``body`` itself at every replay, after checking
+    that the carried attributes hold the tensors the graph would read, which checks everything
+    here but the capture)."""
 
     def __init__(self, batches: Batcher, trainer, cfg: RunConfig, num_classes: int, sample_gen: torch.Generator,
                  capture=cuda_capture, stream=None) -> None:  # fmt: skip
@@ -98,11 +146,14 @@ class GraphedEpochs:
         self.num_classes = num_classes
         self.sample_gen = sample_gen
         self.capture = capture
-        cuda = batches.x.device.type == "cuda"
-        self.stream = stream if stream is not None or not cuda else torch.cuda.Stream(batches.x.device)
-        self.failed: str | None = None  # why a capture failed; the run then goes on eagerly
+        device = batches.x.device
+        self.stream = stream if stream is not None or device.type != "cuda" else torch.cuda.Stream(device)
+        self.failed: str | None = None  # why the batch could not be captured; the run then goes on eagerly
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)  # an epoch's count, in the graph
+        self.rows = torch.zeros(batches.batch_size, dtype=torch.int64, device=device)  # the graph's input
+        self.graph: tuple | None = None  # (replay, carried) once captured
 
-    def _batch(self, rows: Tensor, correct: Tensor, eta: float | None) -> None:
+    def _batch(self, rows: Tensor, eta: float | None) -> None:
         """One batch as ``stream_epoch`` runs it; ``eta`` None: the trainer counts the step
         and takes its rate, else the rate is ``eta`` and the step is counted by the caller."""
         b = self.batches
@@ -111,47 +162,40 @@ class GraphedEpochs:
         x = xb if self.mode == "mixed" else xb[picked]
         t = self.trainer
         pred = t.train_batch(x, shown, y) if eta is None else t.train_batch_at(x, shown, y, eta)
-        correct += (pred.float() == y).sum()
+        self.correct += (pred.float() == y).sum()
 
-    def _carried(self) -> list[tuple[object, str, object]]:
-        """(neuron, attribute, value) of every layer's carried membrane and trace."""
-        return [(layer.neuron, name, getattr(layer.neuron, name)) for layer in self.trainer.net.layers
-                for name in ("v", "trace")]  # fmt: skip
-
-    def _captured(self, rows: Tensor, correct: Tensor, eta: float):
-        """The replay of one batch read from ``rows``, or None where the capture failed (the
-        trainer's state as it was, ``self.failed`` says why)."""
-        carried = self._carried()
+    def _capture(self) -> None:
+        """Capture the batch read from ``self.rows`` (``self.graph``), or, where that cannot
+        be, leave the trainer's state as it was and say why in ``self.failed``."""
+        layers = self.trainer.net.layers
+        carried = [(layer.neuron, name, getattr(layer.neuron, name)) for layer in layers for name in ("v", "trace")]
         gens = [self.sample_gen, self.trainer.generator]
         saved = [g.get_state() for g in gens]
+        eta = self.trainer.rate()  # a constant schedule (graph_blocker): every batch's rate
 
         def body() -> None:
-            self._batch(rows, correct, eta)
-            for obj, name, before in carried:  # the next replay reads what this one leaves
-                after = getattr(obj, name)
-                if after is before:
-                    continue
-                if not isinstance(before, Tensor) or not isinstance(after, Tensor) or before.shape != after.shape:
-                    raise GraphUnsafe(f"a layer's carried {name} changed shape within the epoch")
-                before.copy_(after)
-                setattr(obj, name, before)
+            self._batch(self.rows, eta)
+            rebind(carried)  # the next replay reads what this one leaves
 
         try:
-            return self.capture(body, gens, self.stream)
-        except Exception as exc:  # noqa: BLE001 - any failure: undo, warn, go on eagerly
+            if not all(isinstance(before, Tensor) for _, _, before in carried):
+                raise GraphUnsafe("a layer carries no membrane tensor after the first batch")
+            self.graph = (self.capture(body, gens, self.stream, carried), carried)
+        except CaptureFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nothing ran on the device: undo, warn, go on eagerly
             for obj, name, before in carried:
                 setattr(obj, name, before)
             for g, state in zip(gens, saved):
                 g.set_state(state)
             self.failed = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"CUDA graph capture failed, training goes on without graphs ({self.failed})", stacklevel=2)
-            return None
 
     def epoch(self, bar, at: dict | None = None, checkpoint=None, every: int = 0) -> tuple[int, int]:
         """One epoch; returns (correctly judged, judged) rows, and calls ``checkpoint`` every
         ``every`` batches as :func:`~spikingjelly_ff.runs.samples.stream_epoch` does. On a GPU
-        the whole epoch runs on a side stream of its own (a capture cannot use the default
-        stream), ordered after the work before it and before the work after it."""
+        the epoch runs on the side stream, ordered after the work before it and before the
+        work after it."""
         device = self.batches.x.device
         if self.stream is None:
             return self._epoch(bar, at, checkpoint, every)
@@ -168,27 +212,27 @@ class GraphedEpochs:
         on_device = order.to(b.x.device)
         n, size = len(b.labels), b.batch_size
         base, seen = (0, 0) if at is None else (at["correct"], at["seen"])
-        correct = torch.zeros((), dtype=torch.int64, device=b.x.device)
-        replay, rows = None, None
-        eta = self.trainer.rate()  # a constant schedule (graph_blocker): every batch's rate
+        self.correct.zero_()
         for i, start in enumerate(range(first * size, n, size), first):
             batch = on_device[start : start + size]
-            full = len(batch) == size
-            if replay is None and full and i > first and self.failed is None:
-                rows = batch.clone()
-                replay = self._captured(rows, correct, eta)
-            if replay is not None and full:
-                rows.copy_(batch)
+            replays = len(batch) == size and i > first and self.failed is None
+            if replays and self.graph is None:
+                self.rows.copy_(batch)
+                self._capture()
+            if replays and self.graph is not None:
+                replay, carried = self.graph
+                rebind(carried)  # after the epoch's first batch, which ran as usual
+                self.rows.copy_(batch)
                 self.trainer.count += 1
                 replay()
             else:
-                self._batch(batch, correct, None)
+                self._batch(batch, None)
             seen += len(batch) if self.mode == "mixed" else 2 * len(batch)
             if not bar.disable:
                 bar.update(1)
                 if i % 20 == 0:
-                    bar.set_postfix(pn_acc=f"{(base + int(correct)) / seen:.3f}")
+                    bar.set_postfix(pn_acc=f"{(base + int(self.correct)) / seen:.3f}")
             if checkpoint is not None and every and (i + 1) % every == 0:
-                checkpoint({"batch": i + 1, "source": i + 1, "correct": base + int(correct), "seen": seen,
+                checkpoint({"batch": i + 1, "source": i + 1, "correct": base + int(self.correct), "seen": seen,
                             "buffer": [], "pending": []})  # fmt: skip
-        return base + int(correct), seen
+        return base + int(self.correct), seen
