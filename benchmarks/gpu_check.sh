@@ -40,8 +40,8 @@ timeout 300 python3 -m pytest -q -rs -p no:cacheprovider tests/library/test_kern
   tests/library/test_present_scoring.py tests/library/test_graphed_epochs.py || rc=1
 echo "== The paper's batched P_sym row on MNIST through sjff train (spikingjelly_ff/configs/paper)"
 if python3 -c "from spikingjelly_ff.runs.data import find_dataset; find_dataset('mnist')" 2>/dev/null; then
-  # name, backend, SJFF_PRESENT, SJFF_GRAPH, epochs, seed: as shipped (one launch per presentation,
-  # one CUDA graph replay per batch) for three seeds, then each path without and with graphs
+  # name, backend, SJFF_PRESENT, SJFF_GRAPH, epochs, seed: one launch per presentation and
+  # one CUDA graph replay per batch for three seeds, then each path without and with graphs
   for path in "graph-s0 cupy 1 1 3 0" "graph-s1 cupy 1 1 3 1" "graph-s2 cupy 1 1 3 2" "eager-s0 cupy 1 0 3 0" \
       "step-eager cupy 0 0 2 0" "step-graph cupy 0 1 2 0" "torch-eager torch 1 0 2 0" "torch-graph torch 1 1 2 0"; do
     set -- $path

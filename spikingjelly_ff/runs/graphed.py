@@ -24,7 +24,8 @@ Why the replays train what the eager loop trains, number for number:
   (and, before a replay, from the tensors a batch run as usual left);
 * the count of correct judgements accumulates in a tensor of the graph.
 
-``SJFF_GRAPH=0`` keeps the eager loop. Where the capture cannot start (a torch without
+Graphed epochs are opt-in (``SJFF_GRAPH=1``) until they have passed their check on a GPU
+(``benchmarks/gpu_check.sh``); without it the eager loop runs. Where the capture cannot start (a torch without
 ``register_generator_state``) or the batch cannot be replayed, the run goes on eagerly, with a
 warning; a capture that fails on the device (an op that waits for it, say) stops the run with
 an error that says so: torch's allocator and random streams cannot be trusted after it.
@@ -46,8 +47,9 @@ __all__ = ["GraphedEpochs", "graph_blocker", "graph_enabled"]
 
 
 def graph_enabled() -> bool:
-    """``SJFF_GRAPH=0`` turns graphed epochs off (benchmarks compare the two loops)."""
-    return os.environ.get("SJFF_GRAPH", "1") != "0"
+    """``SJFF_GRAPH=1`` turns graphed epochs on: opt-in until they have passed their check
+    on a GPU (``benchmarks/gpu_check.sh``, which compares the two loops)."""
+    return os.environ.get("SJFF_GRAPH", "0") == "1"
 
 
 def graph_blocker(cfg: RunConfig, learner, device: torch.device) -> str | None:
@@ -56,7 +58,7 @@ def graph_blocker(cfg: RunConfig, learner, device: torch.device) -> str | None:
 
     t = cfg.train
     if not graph_enabled():
-        return "SJFF_GRAPH=0"
+        return "opt-in until checked on a GPU: SJFF_GRAPH=1 turns it on"
     if device.type != "cuda":
         return "not on a CUDA device"
     if not isinstance(learner, SpikingTrainer):
@@ -104,7 +106,7 @@ def cuda_capture(
             cause += f" (after {type(exc.__context__).__name__}: {exc.__context__})"
         raise CaptureFailed(
             f"the CUDA graph capture of a training batch failed ({cause}); the run stops, as torch's "
-            "allocator and random streams cannot be trusted after it: train with SJFF_GRAPH=0 (add --resume "
+            "allocator and random streams cannot be trusted after it: train without SJFF_GRAPH=1 (add --resume "
             "to go on from the last saved state)"
         ) from exc
     keep = (graph, tuple(cupy_present._SCRATCH.values()), tuple(cupy_present._BARRIERS.values()), carried)

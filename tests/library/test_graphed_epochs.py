@@ -233,7 +233,7 @@ def test_a_capture_that_fails_on_the_device_stops_the_run(monkeypatch):
     assert "operation failed due to a previous error during capture (after RuntimeError: operation not " in str(
         err.value
     )
-    assert "train with SJFF_GRAPH=0" in str(err.value)
+    assert "train without SJFF_GRAPH=1" in str(err.value)
 
     def unsafe():
         raise graphed_module.GraphUnsafe("a layer's carried v changed shape within the epoch")
@@ -257,6 +257,8 @@ def test_what_keeps_the_eager_loop(monkeypatch):
         _, learner = make_step(net, cfg, 10, torch.device("cpu"))
         return graph_blocker(cfg, learner, torch.device(device))
 
+    monkeypatch.setenv("SJFF_GRAPH", "1")
+
     assert blocker(batched()) is None
     assert blocker(batched(**{"train.batch_size": 1})) is None  # on a GPU one sample is one launch too
     assert blocker(batched(), "cpu") == "not on a CUDA device"
@@ -265,8 +267,12 @@ def test_what_keeps_the_eager_loop(monkeypatch):
     assert "made on the CPU" in blocker(batched(**{"train.draws": "per-sample"}))
     assert "cosine schedule" in blocker(batched(**{"train.hebbian.schedule": "cosine"}))
     assert blocker(load_config("paper/analog-symmetric", [f"data.dataset={MINI}"])) == "not a dense spiking net"
-    monkeypatch.setenv("SJFF_GRAPH", "0")
-    assert blocker(batched()) == "SJFF_GRAPH=0"
+    for value in (None, "0", "yes"):  # opt-in until checked on a GPU
+        if value is None:
+            monkeypatch.delenv("SJFF_GRAPH")
+        else:
+            monkeypatch.setenv("SJFF_GRAPH", value)
+        assert blocker(batched()) == "opt-in until checked on a GPU: SJFF_GRAPH=1 turns it on"
     assert not graphed_module.graph_enabled()
 
 
@@ -279,7 +285,7 @@ def test_graph_replays_on_a_gpu_train_what_the_eager_loop_trains(path, tmp_path,
     cfg = batched(**{"device": "cuda", "backend": backend, "train.eval_every": 1})
     monkeypatch.setenv("SJFF_GRAPH", "0")
     eager = train(cfg, tmp_path / "eager", log=quiet, progress=False)
-    assert eager["cuda_graph"] == "off: SJFF_GRAPH=0"
+    assert eager["cuda_graph"] == "off: opt-in until checked on a GPU: SJFF_GRAPH=1 turns it on"
     monkeypatch.setenv("SJFF_GRAPH", "1")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
