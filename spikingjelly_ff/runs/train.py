@@ -139,7 +139,7 @@ def train(
     _same_state_on_every_rank(world, state, len(batches))
     if state is not None:
         position = parts.restore(state, device)
-        # the record so far; backend, device and processes are this part's
+        # the record so far; backend, device, processes and cuda_graph are this part's
         here = {k: v for k, v in metrics.items() if k in ("backend", "device", "processes", "cuda_graph")}
         metrics = {k: v for k, v in state["metrics"].items() if k not in ("processes", "cuda_graph")} | here
         first = state["epoch"] + 1
