@@ -36,12 +36,13 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from spikingjelly_ff.runs.config import RunConfig
-from spikingjelly_ff.runs.samples import Batcher, make_samples
+from spikingjelly_ff.runs.samples import Batcher, judge_batch
 
 __all__ = ["GraphedEpochs", "graph_blocker", "graph_enabled"]
 
@@ -109,12 +110,12 @@ def cuda_capture(
             "allocator and random streams cannot be trusted after it: train without SJFF_GRAPH=1 (add --resume "
             "to go on from the last saved state)"
         ) from exc
-    keep = (graph, tuple(cupy_present._SCRATCH.values()), tuple(cupy_present._BARRIERS.values()), carried)
+    keep = (tuple(cupy_present._SCRATCH.values()), tuple(cupy_present._BARRIERS.values()), carried)
 
     def replay() -> None:
-        keep[0].replay()
+        graph.replay()
 
-    replay.keep = keep  # the scratch buffers stay alive while the graph may write them
+    replay.keep = keep  # the memory the graph writes lives as long as its replay
     return replay
 
 
@@ -141,7 +142,7 @@ class GraphedEpochs:
     here but the capture)."""
 
     def __init__(self, batches: Batcher, trainer, cfg: RunConfig, num_classes: int, sample_gen: torch.Generator,
-                 capture=cuda_capture, stream=None) -> None:  # fmt: skip
+                 capture=cuda_capture) -> None:  # fmt: skip
         self.batches = batches
         self.trainer = trainer
         self.mode = cfg.train.negatives
@@ -149,22 +150,21 @@ class GraphedEpochs:
         self.sample_gen = sample_gen
         self.capture = capture
         device = batches.x.device
-        self.stream = stream if stream is not None or device.type != "cuda" else torch.cuda.Stream(device)
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.failed: str | None = None  # why the batch could not be captured; the run then goes on eagerly
         self.correct = torch.zeros((), dtype=torch.int64, device=device)  # an epoch's count, in the graph
         self.rows = torch.zeros(batches.batch_size, dtype=torch.int64, device=device)  # the graph's input
         self.graph: tuple | None = None  # (replay, carried) once captured
 
-    def _batch(self, rows: Tensor, eta: float | None) -> None:
-        """One batch as ``stream_epoch`` runs it; ``eta`` None: the trainer counts the step
-        and takes its rate, else the rate is ``eta`` and the step is counted by the caller."""
-        b = self.batches
-        xb, lb = b.x[rows], b.labels[rows]
-        picked, shown, y = make_samples(lb, self.mode, self.num_classes, self.sample_gen)
-        x = xb if self.mode == "mixed" else xb[picked]
-        t = self.trainer
-        pred = t.train_batch(x, shown, y) if eta is None else t.train_batch_at(x, shown, y, eta)
-        self.correct += (pred.float() == y).sum()
+    def _batch(self, rows: Tensor, eta: float | None) -> int:
+        """One batch as ``stream_epoch`` runs it (returns the samples judged); ``eta`` None:
+        the trainer counts the step and takes its rate, else the rate is ``eta`` and the step
+        is counted by the caller."""
+        b, t = self.batches, self.trainer
+        step = t.train_batch if eta is None else partial(t.train_batch_at, eta=eta)
+        right, judged = judge_batch(step, b.x[rows], b.labels[rows], self.mode, self.num_classes, self.sample_gen)
+        self.correct += right
+        return judged
 
     def _capture(self) -> None:
         """Capture the batch read from ``self.rows`` (``self.graph``), or, where that cannot
@@ -219,17 +219,16 @@ class GraphedEpochs:
             batch = on_device[start : start + size]
             replays = len(batch) == size and i > first and self.failed is None
             if replays and self.graph is None:
-                self.rows.copy_(batch)
-                self._capture()
+                self._capture()  # records the batch read from self.rows; runs nothing
             if replays and self.graph is not None:
                 replay, carried = self.graph
                 rebind(carried)  # after the epoch's first batch, which ran as usual
                 self.rows.copy_(batch)
                 self.trainer.count += 1
-                replay()
+                replay()  # judges as many samples as the epoch's first batch, which ran as usual
             else:
-                self._batch(batch, None)
-            seen += len(batch) if self.mode == "mixed" else 2 * len(batch)
+                judged = self._batch(batch, None)
+            seen += judged
             if not bar.disable:
                 bar.update(1)
                 if i % 20 == 0:

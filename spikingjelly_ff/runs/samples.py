@@ -17,7 +17,7 @@ from torch import Tensor
 from spikingjelly_ff.nn.augment import shift_images
 from spikingjelly_ff.runs.config import RunConfig
 
-__all__ = ["Batcher", "HardNegatives", "Lookahead", "make_samples", "stream_epoch"]
+__all__ = ["Batcher", "HardNegatives", "Lookahead", "judge_batch", "make_samples", "stream_epoch"]
 
 
 def make_samples(
@@ -63,6 +63,17 @@ def _one_mixed_sample(labels: Tensor, num_classes: int, generator: torch.Generat
     rows = torch.zeros(1, dtype=torch.int64)
     dtype = torch.promote_types(labels.dtype, torch.int64)  # as labels + an int64 draw
     return rows, torch.tensor([shown], dtype=dtype), torch.tensor([1.0 if positive else 0.0], dtype=torch.float32)
+
+
+def judge_batch(
+    step, xb: Tensor, labels: Tensor, mode: str, num_classes: int, generator, scores=None
+) -> tuple[Tensor, int]:
+    """A batch's samples (:func:`make_samples`) through ``step(x, shown, y)``; returns how many
+    the network judged right, a tensor on the batch's device (reading it would make the host
+    wait for the GPU), and how many it judged."""
+    rows, shown, y = make_samples(labels, mode, num_classes, generator, scores)
+    pred = step(xb if mode == "mixed" else xb[rows], shown, y)  # mixed: every row once, in order
+    return (pred.float() == y).sum(), len(y)
 
 
 @dataclass
@@ -161,11 +172,8 @@ def stream_epoch(
     for i, (xb, lb) in enumerate(stream, first):
         scores = None if hard is None else hard(xb, stream)
         mode = "paired" if cfg.train.negatives == "hard" else cfg.train.negatives
-        rows, shown, y = make_samples(lb, mode, num_classes, sample_gen, scores)
-        pred = step(xb if mode == "mixed" else xb[rows], shown, y)  # mixed: every row once, in order
-        # counted on the device: reading it every batch would make the host wait for the GPU
-        correct = correct + (pred.float() == y).sum()
-        seen += len(y)
+        right, judged = judge_batch(step, xb, lb, mode, num_classes, sample_gen, scores)
+        correct, seen = correct + right, seen + judged
         if not bar.disable and i % 20 == 0:
             bar.set_postfix(pn_acc=f"{int(correct) / seen:.3f}")
         if checkpoint is not None and every and (i + 1) % every == 0:
