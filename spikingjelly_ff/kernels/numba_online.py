@@ -232,12 +232,12 @@ def _neuron_step_impl(vj, cj, trj, form, decay_input, fire_ge, trace_kind, neuro
     one = np.float32(1.0)
     vj = charge(vj, cj, form, decay_input, neuron)
     s = one if (vj >= v_th if fire_ge else vj > v_th) else np.float32(0.0)
-    if neuron[7] != 0.0:  # soft reset
-        vj = vj - s * v_th
-    else:
-        vj = vj * (one - s)
-        if v_reset != 0.0:
-            vj = vj + s * v_reset
+    # both resets computed and one selected: an if/else here kept LLVM from vectorising the
+    # neuron loop (16x slower all-label testing on AVX-512)
+    soft = vj - s * v_th
+    hard = vj * (one - s)
+    hard = hard + s * v_reset if v_reset != 0.0 else hard
+    vj = soft if neuron[7] != 0.0 else hard
     if trace_kind == 0:
         trj = trj + s * incr
     elif trace_kind == 1:
@@ -257,13 +257,22 @@ def _neuron_loop_impl(cur, v, tr, spikes, seq, form, decay_input, fire_ge, trace
     steps, units = cur.shape
     keep = seq.shape[0] > 0
     for t in range(steps):
-        for j in range(units):
-            vj, trj, s = neuron_step(v[j], cur[t, j], tr[j], form, decay_input, fire_ge, trace_kind, neuron)
-            v[j] = vj
-            tr[j] = trj
-            spikes[t, j] = s
-            if keep:
+        # Two copies of the unit loop, so that LLVM vectorises the one without traces to keep:
+        # a conditional store in it, or a copy of the traces after it, left it scalar (all-label
+        # testing 4-5x slower on AVX-512; benchmarks/notebook_speed.py shows it)
+        if keep:
+            for j in range(units):
+                vj, trj, s = neuron_step(v[j], cur[t, j], tr[j], form, decay_input, fire_ge, trace_kind, neuron)
+                v[j] = vj
+                tr[j] = trj
+                spikes[t, j] = s
                 seq[t, j] = trj
+        else:
+            for j in range(units):
+                vj, trj, s = neuron_step(v[j], cur[t, j], tr[j], form, decay_input, fire_ge, trace_kind, neuron)
+                v[j] = vj
+                tr[j] = trj
+                spikes[t, j] = s
 
 
 def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta, rest):
