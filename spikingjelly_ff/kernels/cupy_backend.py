@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spikingjelly_ff.functional.hebbian import ELIGIBILITY_FLOOR
 from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 
 # ff_present.cu includes ff_neuron.cu: one module holds every kernel
@@ -179,7 +180,8 @@ def neuron_forward(
 
 
 def eligibility_apply(e: torch.Tensor, w: torch.Tensor, dw: torch.Tensor, tau: float, eta: float) -> None:
-    """In place: e <- (1 - tau) e + tau dW; w <- w + eta e, in one pass.
+    """In place: e <- (1 - tau) e + tau dW (0 below ``ELIGIBILITY_FLOOR``); w <- w + eta e, in
+    one pass.
 
     The kernel walks raw memory, so ``e``, ``w`` and the delta must share one memory order:
     the trainer keeps ``e`` and ``w`` input-major (``w.T`` contiguous) while a delta is
@@ -199,5 +201,6 @@ def eligibility_apply(e: torch.Tensor, w: torch.Tensor, dw: torch.Tensor, tau: f
                 np.float32(1.0 - tau),
                 np.float32(tau),
                 np.float32(eta),
+                np.float32(ELIGIBILITY_FLOOR),
             ),
         )

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from spikingjelly_ff.functional.goodness import hebbian_gain
+from spikingjelly_ff.functional.hebbian import ELIGIBILITY_FLOOR
 from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.kernels.cupy_backend import device_ptr, kernel, neuron_args, stream
@@ -34,7 +35,7 @@ _BARRIERS: dict[tuple[str, int], torch.Tensor] = {}
 def learn_args(prob: Probability, goodness_kind: str, h: int, n: int, tau: float | None, eta: float) -> tuple:
     """``LearnArgs`` of ff_present.cu, in order: the probability, the goodness halves, the
     delta's scale gain / N (a float32 of the float64 quotient, as ``hebbian_delta`` scales)
-    and the eligibility constants as ``eligibility_apply`` rounds them."""
+    and the eligibility constants as ``eligibility_apply`` rounds them, with its floor."""
     f = np.float32
     gain = hebbian_gain(goodness_kind, h, prob.split)
     return (
@@ -50,6 +51,7 @@ def learn_args(prob: Probability, goodness_kind: str, h: int, n: int, tau: float
         f(1.0 - tau) if tau is not None else f(1.0),
         f(tau) if tau is not None else f(0.0),
         f(eta),
+        f(ELIGIBILITY_FLOOR),
     )
 
 

@@ -167,13 +167,18 @@ extern "C" __global__ void sjff_neuron_forward_kwta(
     }
 }
 
-// e <- e * keep + dw * tau ;  w <- w + e * eta   (one pass over the weights)
+// An eligibility entry below ``e_floor`` in magnitude becomes 0 (hebbian.ELIGIBILITY_FLOOR).
+__device__ __forceinline__ float sjff_floored(const float e, const float e_floor) {
+    return fabsf(e) < e_floor ? 0.0f : e;
+}
+
+// e <- e * keep + dw * tau (0 below e_floor) ;  w <- w + e * eta   (one pass over the weights)
 extern "C" __global__ void sjff_eligibility_apply(
     float* __restrict__ e, float* __restrict__ w, const float* __restrict__ dw,
-    const long long n, const float keep, const float tau, const float eta) {
+    const long long n, const float keep, const float tau, const float eta, const float e_floor) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const float ei = SJFF_RN_ADD(SJFF_RN_MUL(e[i], keep), SJFF_RN_MUL(dw[i], tau));
+    const float ei = sjff_floored(SJFF_RN_ADD(SJFF_RN_MUL(e[i], keep), SJFF_RN_MUL(dw[i], tau)), e_floor);
     e[i] = ei;
     w[i] = SJFF_RN_ADD(w[i], SJFF_RN_MUL(ei, eta));
 }

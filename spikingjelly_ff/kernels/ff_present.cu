@@ -67,6 +67,7 @@ struct LearnArgs {
     float keep;      // (float)(1 - tau)
     float tau;
     float eta;
+    float e_floor;   // eligibility entries below it become 0 (hebbian.ELIGIBILITY_FLOOR)
 };
 
 // expf's library code has FMAs of its own (its rounding is expf's, as in torch's sigmoid):
@@ -154,9 +155,9 @@ extern "C" __global__ void sjff_present(
     const long long w_sd, const int first, const int rest_steps, const int silent, const int chunk,
     SJFF_NEURON_PARAMS, const int prob_kind, const float alpha, const float theta, const float eps,
     const float clip, const int half, const int mean, const float gain_n, const int has_e, const float keep,
-    const float tau_e, const float eta) {
+    const float tau_e, const float eta, const float e_floor) {
     SJFF_NEURON_ARGS;
-    const LearnArgs l = {prob_kind, alpha, theta, eps, clip, half, mean, gain_n, has_e, keep, tau_e, eta};
+    const LearnArgs l = {prob_kind, alpha, theta, eps, clip, half, mean, gain_n, has_e, keep, tau_e, eta, e_floor};
     SJFF_SHARED_FLOATS();
     const int WD = (D + 31) / 32, NW = (N + 31) / 32;
     const int tid = threadIdx.x, nt = blockDim.x, blk = blockIdx.x, nb = gridDim.x;
@@ -294,7 +295,8 @@ extern "C" __global__ void sjff_present(
             float dw = sjff_masked_sum(cols + ((long long)t * D + d) * NW, NW, coef + j, HB);
             dw = SJFF_RN_MUL(dw, l.gain_n);
             if (l.has_e) {
-                const float ei = SJFF_RN_ADD(SJFF_RN_MUL(es[i], l.keep), SJFF_RN_MUL(dw, l.tau));
+                const float decayed = SJFF_RN_ADD(SJFF_RN_MUL(es[i], l.keep), SJFF_RN_MUL(dw, l.tau));
+                const float ei = sjff_floored(decayed, l.e_floor);
                 es[i] = ei;
                 ws[i] = SJFF_RN_ADD(ws[i], SJFF_RN_MUL(ei, l.eta));
             } else {

@@ -67,12 +67,13 @@ void emu_neuron_forward_kwta(const float* current, float* v, float* trace, float
     }
 }
 
-void emu_eligibility_apply(float* e, float* w, const float* dw, long long n, float keep, float tau, float eta) {
+void emu_eligibility_apply(float* e, float* w, const float* dw, long long n, float keep, float tau, float eta,
+                           float e_floor) {
     blockDim.x = 1;
     threadIdx.x = 0;
     for (long long b = 0; b < n; ++b) {
         blockIdx.x = (int)b;
-        sjff_eligibility_apply(e, w, dw, n, keep, tau, eta);
+        sjff_eligibility_apply(e, w, dw, n, keep, tau, eta, e_floor);
     }
 }
 
@@ -102,7 +103,7 @@ int emu_present(const float* x, unsigned int* bits, unsigned int* cols, float* w
                 threadIdx.x = th;
                 sjff_present(x, bits, cols, w, e, v, trace, spikes, y, partial, bar, T, N, D, H, HB, w_sh, w_sd,
                              first, rest_steps, silent, chunk, SJFF_UNPACK, l.prob_kind, l.alpha, l.theta, l.eps,
-                             l.clip, l.half, l.mean, l.gain_n, l.has_e, l.keep, l.tau, l.eta);
+                             l.clip, l.half, l.mean, l.gain_n, l.has_e, l.keep, l.tau, l.eta, l.e_floor);
             });
         }
     }

@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from spikingjelly_ff.functional.hebbian import ELIGIBILITY_FLOOR
 from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import KINDS, Probability
 
@@ -107,7 +108,7 @@ def _plan(p: NeuronParams, tp: TraceParams, prob: Probability, goodness: str, ga
          first, p.silent_at_rest],
         dtype=np.int64,
     )  # fmt: skip
-    floats = np.array([prob.alpha, prob.theta, prob.eps, prob.clip, gain, tau], dtype=np.float64)
+    floats = np.array([prob.alpha, prob.theta, prob.eps, prob.clip, gain, tau, ELIGIBILITY_FLOOR], dtype=np.float64)
     a = 1.0 - tau
     a_sum = np.cumsum(a ** np.arange(1, k + 1, dtype=np.float64))
     b_sum = np.cumsum(a ** np.arange(k, dtype=np.float64))
@@ -233,7 +234,7 @@ def _neuron_step_impl(vj, cj, trj, form, decay_input, fire_ge, trace_kind, neuro
     vj = charge(vj, cj, form, decay_input, neuron)
     s = one if (vj >= v_th if fire_ge else vj > v_th) else np.float32(0.0)
     # both resets computed and one selected: an if/else here kept LLVM from vectorising the
-    # neuron loop (16x slower all-label testing on AVX-512)
+    # neuron loop (the loop 12x slower, all-label testing 3.6x, on AVX-512)
     soft = vj - s * v_th
     hard = vj * (one - s)
     hard = hard + s * v_reset if v_reset != 0.0 else hard
@@ -279,6 +280,7 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
     form, decay_input, fire_ge, trace_kind = switches[0], switches[1] != 0, switches[2] != 0, switches[3]
     prob_kind, goodness, first, silent = switches[4], switches[5], switches[6], switches[7] != 0
     alpha, theta, eps, clip, gain, tau = floats[0], floats[1], floats[2], floats[3], floats[4], floats[5]
+    floor = np.float32(floats[6])  # ELIGIBILITY_FLOOR
     t_steps, d = x.shape
     h = wt.shape[1]
     v_reset, v_th = neuron[2], neuron[3]
@@ -326,7 +328,8 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
     if k == 0:
         return out, tr
     # write-back, one pass over W and e: W += eta A_{K-1} e0 + eta tau sum_q B_{K-1-q} u_q x_q^T,
-    # e <- a^K e0 + tau sum_q a^(K-1-q) u_q x_q^T
+    # e <- a^K e0 + tau sum_q a^(K-1-q) u_q x_q^T, then 0 below ELIGIBILITY_FLOOR (once per
+    # presentation here, after every step on the per-step paths: equal within float tolerance)
     a = 1.0 - tau
     cw = np.float32(eta * a_sum[k - 1])
     ak = np.float32(a**k)
@@ -356,31 +359,37 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
             for j in range(h):
                 e0 = et[i, j]
                 wt[i, j] = wt[i, j] + e0 * cw + dw[j]
-                et[i, j] = e0 * ak + de[j]
+                en = e0 * ak + de[j]
+                et[i, j] = en if abs(en) >= floor else zero
         else:
             for j in range(h):
                 e0 = et[i, j]
                 wt[i, j] = wt[i, j] + e0 * cw
-                et[i, j] = e0 * ak
+                en = e0 * ak
+                et[i, j] = en if abs(en) >= floor else zero
     return out, tr
 
 
 def eligibility_apply(e: np.ndarray, w: np.ndarray, dw: np.ndarray, tau: float, eta: float) -> bool:
-    """In place, one pass: e <- (1 - tau) e + tau dW, then w <- w + eta e, each op rounded to
-    float32 as ``torch_loop``/``numpy_loop`` round it (the batched learning window calls this
-    once per step; the tensor ops make five passes over the matrix and two temporaries).
+    """In place, one pass: e <- (1 - tau) e + tau dW (0 below ``ELIGIBILITY_FLOOR``), then
+    w <- w + eta e, each op rounded to float32 as ``torch_loop``/``numpy_loop`` round it (the
+    batched learning window calls this once per step; the tensor ops make several passes over
+    the matrix and two temporaries).
     ``e``, ``w``, ``dw`` share one shape; returns False (nothing done) unless all three are
     float32 and C-contiguous."""
     arrays = (e, w, dw)
     if not all(a.dtype == np.float32 and a.flags.c_contiguous and a.shape == e.shape for a in arrays):
         return False
-    _eligibility(e.reshape(-1), w.reshape(-1), dw.reshape(-1), np.float32(1.0 - tau), np.float32(tau), np.float32(eta))
+    f = np.float32
+    _eligibility(e.reshape(-1), w.reshape(-1), dw.reshape(-1), f(1.0 - tau), f(tau), f(eta), f(ELIGIBILITY_FLOOR))
     return True
 
 
-def _eligibility_impl(e, w, dw, a, tau, eta):
+def _eligibility_impl(e, w, dw, a, tau, eta, floor):
+    zero = np.float32(0.0)
     for i in range(e.shape[0]):
         ei = e[i] * a + dw[i] * tau
+        ei = ei if abs(ei) >= floor else zero
         e[i] = ei
         w[i] = w[i] + ei * eta
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spikingjelly_ff.functional.dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
+from spikingjelly_ff.functional.hebbian import ELIGIBILITY_FLOOR
 from spikingjelly_ff.kernels import numba_neuron
 
 __all__ = ["eligibility_apply", "neuron_forward"]
@@ -102,7 +103,9 @@ def _constants(p: NeuronParams, tp: TraceParams) -> _Consts:
 
 
 def eligibility_apply(e: np.ndarray, w: np.ndarray, dw: np.ndarray, tau: float, eta: float) -> None:
-    """In place: e <- (1 - tau) e + tau dW, then w <- w + eta e (float32 factors)."""
+    """In place: e <- (1 - tau) e + tau dW, entries below ``ELIGIBILITY_FLOOR`` set to 0, then
+    w <- w + eta e (float32 factors)."""
     e *= np.float32(1.0 - tau)
     e += dw * np.float32(tau)
+    e[np.abs(e) < ELIGIBILITY_FLOOR] = 0.0
     w += e * np.float32(eta)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from spikingjelly_ff.functional.dynamics import NeuronParams, TraceParams, charge, fire, reset, trace_step
+from spikingjelly_ff.functional.hebbian import ELIGIBILITY_FLOOR
 from spikingjelly_ff.kernels import numba_neuron, numba_online
 
 __all__ = ["eligibility_apply", "neuron_forward"]
@@ -92,11 +93,13 @@ def _neuron_forward_generic(current, v, trace, p, tp, trace_seq):
 
 
 def eligibility_apply(e: torch.Tensor, w: torch.Tensor, dw: torch.Tensor, tau: float, eta: float) -> None:
-    """In place: e <- (1 - tau) e + tau dW, then w <- w + eta e."""
+    """In place: e <- (1 - tau) e + tau dW, entries below ``ELIGIBILITY_FLOOR`` set to 0, then
+    w <- w + eta e."""
     if e.device.type == "cpu" and e.dim() == 2 and numba_online.enabled():
         # one compiled pass over the input-major memory when the layouts allow it
         views = (t.detach().T.numpy() for t in (e, w, dw))
         if numba_online.eligibility_apply(*views, tau, eta):
             return
     e.mul_(1.0 - tau).add_(dw * tau)
+    e.masked_fill_(e.abs() < ELIGIBILITY_FLOOR, 0.0)
     w.add_(e * eta)

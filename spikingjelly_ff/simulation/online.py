@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from spikingjelly_ff.functional.goodness import goodness, hebbian_gain
+from spikingjelly_ff.functional.hebbian import ELIGIBILITY_FLOOR
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.kernels import numba_online, numpy_loop
 from spikingjelly_ff.simulation.encoding import SampleDraws
@@ -147,6 +148,7 @@ def _online_input_major(pre, wt, et, v, d: Dynamics, y: float, spec: HebbianPara
     et *= np.float32(a**k)
     wt[cols] += delta[:, :h]
     et[cols] += delta[:, h:]
+    et[np.abs(et) < ELIGIBILITY_FLOOR] = 0.0  # as the compiled kernel: once per presentation
     return out, tr
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from spikingjelly_ff import kernels
+from spikingjelly_ff.functional.hebbian import ELIGIBILITY_FLOOR
 from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 from spikingjelly_ff.kernels import cupy_backend, torch_loop
 
@@ -203,6 +204,7 @@ def test_eligibility_kernel_logic_equals_torch_path(emulated):
         ctypes.c_float(0.9),
         ctypes.c_float(0.1),
         ctypes.c_float(0.7),
+        ctypes.c_float(ELIGIBILITY_FLOOR),
     )
     assert np.array_equal(e_k, e_t.numpy()) and np.array_equal(w_k, w_t.numpy())
 
@@ -224,8 +226,8 @@ def test_eligibility_kernel_on_input_major_weights(emulated):
     kernels.apply_delta(w_t, dw, 0.7, 0.1, e_t, "torch")
     d = cupy_backend.aligned_delta(e, w, dw)
     assert d.stride() == w.stride() and torch.equal(d, dw)
-    keep, tau, eta = (ctypes.c_float(v) for v in (0.9, 0.1, 0.7))
-    emulated.emu_eligibility_apply(_raw(e), _raw(w), _raw(d), ctypes.c_longlong(e.numel()), keep, tau, eta)
+    keep, tau, eta, floor = (ctypes.c_float(v) for v in (0.9, 0.1, 0.7, ELIGIBILITY_FLOOR))
+    emulated.emu_eligibility_apply(_raw(e), _raw(w), _raw(d), ctypes.c_longlong(e.numel()), keep, tau, eta, floor)
     assert torch.equal(e, e_t) and torch.equal(w, w_t)
     with pytest.raises(ValueError, match="memory layout"):
         cupy_backend.aligned_delta(e.contiguous(), w, dw)

@@ -12,6 +12,7 @@ import torch
 from conftest import run_emulated
 
 from spikingjelly_ff import kernels
+from spikingjelly_ff.functional.hebbian import ELIGIBILITY_FLOOR
 from spikingjelly_ff.functional.params import HebbianParams, NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.kernels import cupy_backend, cupy_present
@@ -66,13 +67,14 @@ def _problem(seed: int, t: int, n: int, d: int, h: int):
 
 
 def _emulate(
-    emulated, x, w, v, y, dyn: Dynamics, spec: HebbianParams | None, blocks: int, rest_steps: int, threads: int = 1
-):
+    emulated, x, w, v, y, dyn: Dynamics, spec: HebbianParams | None, blocks: int, rest_steps: int, threads: int = 1,
+    e0=None,
+):  # fmt: skip
     """Run ``sjff_present`` in the host emulation with the arguments ``cupy_present`` builds
     for a GPU with ``blocks`` multiprocessors (``threads`` per block), on input-major weights
-    as the trainer keeps them."""
+    as the trainer keeps them (the eligibility starts at ``e0``, or 0)."""
     wt = input_major(torch.from_numpy(w.copy()))
-    et = input_major(torch.zeros_like(wt))
+    et = input_major(torch.zeros_like(wt) if e0 is None else torch.from_numpy(e0.copy()))
     vt = torch.from_numpy(v.copy())
     learn = None
     if spec is not None:
@@ -86,9 +88,9 @@ def _emulate(
     return launch.spikes.numpy(), launch.trace.numpy(), vt.numpy(), wt.numpy(), et.numpy()
 
 
-def _torch_path(x, w, v, y, dyn: Dynamics, spec: HebbianParams | None, rest_steps: int):
+def _torch_path(x, w, v, y, dyn: Dynamics, spec: HebbianParams | None, rest_steps: int, e0=None):
     wt = input_major(torch.from_numpy(w.copy()))
-    et = input_major(torch.zeros_like(wt))
+    et = input_major(torch.zeros_like(wt) if e0 is None else torch.from_numpy(e0.copy()))
     vt = torch.from_numpy(v.copy())
     learn = None if spec is None else (torch.from_numpy(y), spec, spec.eta, et)
     spikes, trace = run_layer(torch.from_numpy(x), wt, vt, dyn, "torch", learn, rest_steps=rest_steps)
@@ -113,6 +115,23 @@ def test_presentation_kernel_logic_equals_torch_path(emulated, case, blocks, thr
     np.testing.assert_allclose(w_out, want[3], rtol=1e-5, atol=1e-5)
     if spec.eligibility_tau is not None:
         np.testing.assert_allclose(e_out, want[4], rtol=1e-5, atol=1e-6)
+
+
+def test_presentation_kernel_floors_the_eligibility_as_the_torch_path(emulated):
+    """Entries of an input that does not fire only decay (a zero delta, in both paths): one
+    that falls below ELIGIBILITY_FLOOR becomes +0.0 at the same step in the kernel and in the
+    torch path, one that stays above it decays bit for bit alike."""
+    dyn, spec = CASES["paper"]  # tau 0.1: each learning step keeps 0.9
+    x, w, v, y = _problem(8, 23, 6, 40, 12)
+    x[:, :, :2] = 0.0  # inputs 0 and 1 never fire
+    e0 = np.zeros((12, 40), np.float32)
+    e0[:6, 0], e0[6:, 0] = ELIGIBILITY_FLOOR * 1.5, -ELIGIBILITY_FLOOR * 1.5  # 0 after 4 steps
+    e0[:, 1] = 1e-20  # stays above the floor
+    got = _emulate(emulated, x, w, v, y, dyn, spec, 3, rest_steps=20, e0=e0)[4]
+    want = _torch_path(x, w, v, y, dyn, spec, rest_steps=20, e0=e0)[4]
+    assert not got[:, 0].any() and not np.signbit(got[:, 0]).any()
+    np.testing.assert_array_equal(got[:, :2], want[:, :2])
+    assert (got[:, 1] > 0).all() and (got[:, 1] < 1e-20).all()
 
 
 def test_presentation_kernel_without_learning(emulated):
