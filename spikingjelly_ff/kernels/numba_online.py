@@ -35,8 +35,8 @@ except ImportError:  # pragma: no cover - exercised on installs without the extr
     AVAILABLE = False
 
 __all__ = [
-    "AVAILABLE", "eligibility_apply", "enabled", "neuron_constants", "neuron_loop", "neuron_step", "present_online",
-    "rest_beta", "step_switches", "supported", "warm_up",
+    "AVAILABLE", "charge", "eligibility_apply", "enabled", "modulated", "neuron_constants", "neuron_loop",
+    "neuron_step", "plan", "present_online", "rest_beta", "step_switches", "supported", "warm_up",
 ]  # fmt: skip
 
 _FORM = {"beta": 0, "lif": 1}
@@ -82,17 +82,17 @@ def present_online(
     ``x`` is None: the spikes are made in the same call.
     Returns spikes ``[T, H]`` and the final trace ``[H]`` (float32)."""
     steps = draws[0].shape[0] if draws is not None else x.shape[0]
-    plan = _plan(p, tp, prob, goodness, gain, first, max(0, steps - first), tau)
+    consts = plan(p, tp, prob, goodness, gain, first, max(0, steps - first), tau)
     if draws is None:
-        return _kernel(np.ascontiguousarray(x, dtype=np.float32), wt, et, v, *plan, float(y), float(eta), rest)
+        return _kernel(np.ascontiguousarray(x, dtype=np.float32), wt, et, v, *consts, float(y), float(eta), rest)
     u, rates, live = draws
-    return _kernel_draws(u, rates, live, wt.shape[0], wt, et, v, *plan, float(y), float(eta), rest)
+    return _kernel_draws(u, rates, live, wt.shape[0], wt, et, v, *consts, float(y), float(eta), rest)
 
 
 _PLANS: dict = {}
 
 
-def _plan(p: NeuronParams, tp: TraceParams, prob: Probability, goodness: str, gain: float, first: int, k: int, tau):
+def plan(p: NeuronParams, tp: TraceParams, prob: Probability, goodness: str, gain: float, first: int, k: int, tau):
     """The kernel's constants as a few arrays (numba checks each argument's type on every call,
     so fewer arguments cost less): the neuron's float32 constants, the integer switches, the
     float64 parameters, and A_j = a + ... + a^(j+1), B_m = 1 + ... + a^m (a = 1 - tau) in
@@ -465,7 +465,7 @@ if AVAILABLE:
     _rows_sum = jit(_rows_sum_impl)
     _eligibility = jit(_eligibility_impl)
     _sigmoid = jit(_sigmoid)
-    _modulated = jit(_modulated_impl)
+    _modulated = modulated = jit(_modulated_impl)
     _csr = jit(_csr_impl)
     _draws = jit(_draws_impl)
     _core = jit(_core_impl)
@@ -478,7 +478,7 @@ else:  # pragma: no cover
     neuron_loop = _neuron_loop_impl
     _rows_sum = _rows_sum_impl
     _eligibility = _eligibility_impl
-    _modulated = _modulated_impl
+    _modulated = modulated = _modulated_impl
     _csr = _csr_impl
     _draws = _draws_impl
     _core = _core_impl

@@ -15,12 +15,16 @@ from spikingjelly_ff.kernels import numba_online
 __all__ = ["live_rates", "scatter_hits"]
 
 
-def scatter_hits(hits: np.ndarray, live: np.ndarray, n: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scatter_hits(
+    hits: np.ndarray, live: np.ndarray, n: int, d: int, dense: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """``hits`` ``[T, L]`` (bool: input ``live[l]`` of the flattened ``[N * D]`` rates spiked at
-    step t; ``live`` ascending) -> dense float32 spikes ``[T, N * D]``, and the index of the
-    ``[T * N, D]`` rows: ``cols`` ``[nnz]`` (input of each spike, row after row) and ``offsets``
-    ``[T * N]`` (where each row starts)."""
-    return _scatter(hits.view(np.uint8), live.astype(np.int64, copy=False), n, d)
+    step t; ``live`` ascending) -> dense float32 spikes ``[T, N * D]`` (None without ``dense``:
+    the compiled batch presentation reads the index alone), and the index of the ``[T * N, D]``
+    rows: ``cols`` ``[nnz]`` (input of each spike, row after row) and ``offsets`` ``[T * N]``
+    (where each row starts)."""
+    out, cols, offsets = _scatter(hits.view(np.uint8), live.astype(np.int64, copy=False), n, d, dense)
+    return (out if dense else None), cols, offsets
 
 
 def live_rates(
@@ -55,30 +59,40 @@ def _live_impl(image, gain, label_rates, i0, i1, l0, l1, width):
     return out, live
 
 
-def _scatter_impl(hits, live, n, d):
+def _scatter_impl(hits, live, n, d, make_dense):
     t_steps, width = hits.shape
-    dense = np.zeros((t_steps, n * d), np.float32)
+    dense = np.zeros((t_steps, n * d) if make_dense else (0, 0), np.float32)
     nnz = 0
     for t in range(t_steps):
         for j in range(width):
             nnz += hits[t, j]
-    cols = np.empty(nnz, np.int64)
+    row_of = np.empty(width, np.int64)  # each live input's sample and input: divided once, not per spike
+    col_of = np.empty(width, np.int64)
+    for j in range(width):
+        row_of[j] = live[j] // d
+        col_of[j] = live[j] - row_of[j] * d
+    cols = np.empty(nnz + 1, np.int64)  # one spare: the loop writes before it knows
     counts = np.zeros(t_steps * n, np.int64)
     k = 0
     for t in range(t_steps):
+        base = t * n
+        # without a branch on the hit (a coin flip at rate p, mispredicted often): every live
+        # input writes its column at k, and k moves on only where it spiked
         for j in range(width):
-            if hits[t, j]:
-                p = live[j]
-                dense[t, p] = 1.0
-                cols[k] = p % d
-                counts[t * n + p // d] += 1
-                k += 1
+            hv = np.int64(hits[t, j])
+            cols[k] = col_of[j]
+            counts[base + row_of[j]] += hv
+            k += hv
+        if make_dense:
+            for j in range(width):
+                if hits[t, j]:
+                    dense[t, live[j]] = 1.0
     offsets = np.empty(t_steps * n, np.int64)
     total = 0
     for r in range(t_steps * n):
         offsets[r] = total
         total += counts[r]
-    return dense, cols, offsets
+    return dense, cols[:nnz], offsets
 
 
 _scatter = numba_online.jit(_scatter_impl) if numba_online.AVAILABLE else _scatter_impl

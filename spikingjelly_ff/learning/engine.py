@@ -21,6 +21,7 @@ from spikingjelly_ff.nn.models import SpikingFFNet
 from spikingjelly_ff.simulation import (
     SampleDraws,
     SpikeIndex,
+    batch_compiles,
     bernoulli_draws,
     draws_at,
     encode_spikes,
@@ -171,23 +172,26 @@ class SpikingTrainer:
             return self._present_online(x, shown, y, eta, spikes)
         net = self.net
         index = None
+        like = spikes
         if spikes is None:
-            rates = net.rates(x, shown)
+            rates = like = net.rates(x, shown)
             if x.device.type == "cpu":
-                spikes, index = encode_spikes(rates, net.encoder.steps, self.generator, net.encoder.coding, index=True)
+                # the compiled batch presentation reads the index alone: no dense spikes for it
+                dense = not batch_compiles(net.dynamics, net.backend, self.reduce)
+                spikes, index = encode_spikes(rates, net.encoder.steps, self.generator, net.encoder.coding, True, dense)
             else:
                 spikes = net.encode(rates, self.generator)
         elif x.device.type == "cpu":
             index = SpikeIndex.from_dense(spikes.reshape(-1, spikes.shape[-1]))
-        n = spikes.shape[1]
-        y = y.to(spikes.dtype)
+        n = like.shape[-2]
+        y = y.to(like.dtype)
         acts = []
         pre = spikes
         enc = net.encoder
         rest_steps = enc.rest_steps if enc.carry_membrane else 0  # what end_presentation() does
         for layer, e in zip(net.layers, self.eligibility):
             w = layer.weight.data
-            v = _membrane(layer.neuron, n, w.shape[0], spikes, enc.carry_membrane)
+            v = _membrane(layer.neuron, n, w.shape[0], like, enc.carry_membrane)
             learn = (y, self.hebbian, eta, e)
             pre, tr = run_layer(pre, w, v, net.dynamics, net.backend, learn, index, self.reduce, rest_steps)
             index = None  # deeper layers see dense spike trains

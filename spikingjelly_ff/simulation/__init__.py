@@ -37,7 +37,15 @@ from spikingjelly_ff.simulation.encoding import (
     encode_spikes,
     regular_spikes,
 )
-from spikingjelly_ff.simulation.layer import Dynamics, input_major, learns_online, neuron_forward, rest, run_layer
+from spikingjelly_ff.simulation.layer import (
+    Dynamics,
+    batch_compiles,
+    input_major,
+    learns_online,
+    neuron_forward,
+    rest,
+    run_layer,
+)
 from spikingjelly_ff.simulation.online import online_layer, scalar_logit
 from spikingjelly_ff.simulation.scoring import (
     label_currents,
@@ -52,6 +60,7 @@ __all__ = [
     "Dynamics",
     "SampleDraws",
     "SpikeIndex",
+    "batch_compiles",
     "bernoulli_draws",
     "bernoulli_spikes",
     "conv_current",

@@ -37,12 +37,24 @@ class SpikeIndex:
 
     cols: Any  # [nnz] int64: input index of every spike, row after row
     offsets: Any  # [R] int64: where each row starts in ``cols``
+    shape: tuple[int, ...] | None = None  # the spikes' shape, e.g. [T, N, D] (R = T * N), when known
+
+    def dense(self) -> Array:
+        """The float32 0/1 spikes of :attr:`shape` (which must be known)."""
+        torch = _array.xp(self.cols)
+        d = self.shape[-1]
+        r = len(self.offsets)
+        counts = torch.diff(self.offsets, append=torch.tensor([len(self.cols)], dtype=self.offsets.dtype))
+        rows = torch.repeat_interleave(torch.arange(r), counts)
+        out = torch.zeros(r, d, dtype=torch.float32)
+        out[rows, self.cols] = 1.0
+        return out.reshape(self.shape)
 
     @classmethod
     def from_dense(cls, spikes: Array) -> SpikeIndex:
         """Index of a dense 0/1 matrix ``[R, D]``."""
         rows, cols = spikes.nonzero(as_tuple=True)
-        return cls(cols, _row_offsets(rows, spikes.shape[0]))
+        return cls(cols, _row_offsets(rows, spikes.shape[0]), tuple(spikes.shape))
 
     def rows(self, start: int, stop: int) -> SpikeIndex:
         """The index of rows ``[start, stop)``."""
@@ -84,7 +96,8 @@ def encode_spikes(rates: Array, steps: int, rng, coding: str = "bernoulli", inde
         out = regular_spikes(rates, steps)
         if not index:
             return out
-        return (out if dense else None), SpikeIndex.from_dense(out.reshape(-1, rates.shape[-1]))
+        found = SpikeIndex.from_dense(out.reshape(-1, rates.shape[-1]))
+        return (out if dense else None), SpikeIndex(found.cols, found.offsets, tuple(out.shape))
     if coding != "bernoulli":
         raise ValueError(f"unknown spike coding {coding!r}; choose 'bernoulli' or 'regular'")
     return bernoulli_spikes(rates, steps, rng, index, dense)
@@ -107,10 +120,10 @@ def bernoulli_spikes(rates: Array, steps: int, rng, index: bool = False, dense: 
         hits = torch.rand(steps, live.numel(), generator=rng, device=rates.device) < flat[live]
         d = rates.shape[-1]
         n = flat.numel() // d
-        if index and dense and rates.device.type == "cpu" and rates.dtype == torch.float32 and numba_online.enabled():
-            out, cols, offsets = numba_spikes.scatter_hits(hits.numpy(), live.numpy(), n, d)
-            spikes = torch.from_numpy(out).reshape(steps, *rates.shape)
-            return spikes, SpikeIndex(torch.from_numpy(cols), torch.from_numpy(offsets))
+        if index and rates.device.type == "cpu" and rates.dtype == torch.float32 and numba_online.enabled():
+            out, cols, offsets = numba_spikes.scatter_hits(hits.numpy(), live.numpy(), n, d, dense)
+            spikes = torch.from_numpy(out).reshape(steps, *rates.shape) if dense else None
+            return spikes, SpikeIndex(torch.from_numpy(cols), torch.from_numpy(offsets), (steps, *rates.shape))
         out = None
         if dense or not index:
             out = torch.zeros(steps, flat.numel(), dtype=rates.dtype, device=rates.device)
@@ -121,7 +134,7 @@ def bernoulli_spikes(rates: Array, steps: int, rng, index: bool = False, dense: 
         t_idx, j_idx = hits.nonzero(as_tuple=True)
         pos = live[j_idx]
         rows = t_idx * n + torch.div(pos, d, rounding_mode="floor")
-        return out, SpikeIndex(pos % d, _row_offsets(rows, steps * n))
+        return out, SpikeIndex(pos % d, _row_offsets(rows, steps * n), (steps, *rates.shape))
     return bernoulli_draws(flat, steps, rng).dense().reshape(steps, *rates.shape)
 
 

@@ -18,12 +18,14 @@ from spikingjelly_ff.functional.dynamics import charge, fire, reset
 from spikingjelly_ff.functional.hebbian import DeltaReduce, ff_hebbian_delta
 from spikingjelly_ff.functional.params import HebbianParams, NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import Probability
-from spikingjelly_ff.kernels import apply_delta, numba_online
+from spikingjelly_ff.kernels import apply_delta, numba_batch, numba_online
 from spikingjelly_ff.simulation.encoding import SpikeIndex
 
 Array = Any  # torch tensor or numpy array
 
-__all__ = ["Dynamics", "input_major", "learns_online", "neuron_forward", "rest", "rest_inplace", "run_layer"]
+__all__ = [
+    "Dynamics", "batch_compiles", "input_major", "learns_online", "neuron_forward", "rest", "rest_inplace", "run_layer",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,52 @@ def _fused(pre: Array, w: Array, v: Array, d: Dynamics, backend: str, learn, red
     return kernels.present_fits(backend, pre, w, v, e, d.neuron, d.goodness, split, learn is not None)
 
 
+def batch_compiles(d: Dynamics, backend: str = "torch", reduce: DeltaReduce | None = None) -> bool:
+    """Whether a learning presentation of CPU arrays with these dynamics runs as one
+    ``numba_batch`` call (:func:`run_layer`; the arrays' layout decides the rest)."""
+    return reduce is None and backend == "torch" and numba_online.supported(d.neuron, d.goodness, np.float32)
+
+
+def _compiled_batch(pre, w, v, d: Dynamics, backend: str, learn, pre_index, reduce, rest_steps: int):
+    """:func:`run_layer` as one ``numba_batch`` call, or None where it does not apply: a learning
+    presentation of binary spikes on the CPU (numpy, or torch CPU tensors) with W (and e)
+    input-major, float32, numba in use, no data-parallel reduction."""
+    if learn is None or not batch_compiles(d, backend, reduce):
+        return None
+    torch_in = _array.is_torch(w)
+    if torch_in and (w.device.type != "cpu" or w.requires_grad):
+        return None
+    y, spec, eta, e = learn
+    e = e if spec.eligibility_tau is not None else None
+    wt, vv = (w.detach().T.numpy(), v.numpy()) if torch_in else (w.T, v)
+    et = None if e is None else (e.T.numpy() if torch_in else e.T)
+    arrays = (wt, vv) if et is None else (wt, vv, et)
+    if not numba_batch.supported(d.neuron, d.goodness, *arrays):
+        return None
+    t_steps, n, d_in = pre.shape if pre is not None else pre_index.shape
+    if pre_index is None:
+        flat = pre.reshape(t_steps * n, d_in)
+        if not bool(((flat == 0) | (flat == 1)).all()):  # the kernel sums W rows: spikes only
+            return None
+        pre_index = SpikeIndex.from_dense(flat) if torch_in else _numpy_index(flat)
+    cols, offsets = (pre_index.cols.numpy(), pre_index.offsets.numpy()) if torch_in else pre_index
+    yy = y.numpy() if torch_in else y
+    out, tr = numba_batch.present_batch(
+        cols, offsets, t_steps, wt, et, vv, d.neuron, d.trace, d.probability, d.goodness,
+        np.ascontiguousarray(yy, dtype=np.float32), spec.learn_after + 1, spec.eligibility_tau, eta, rest_steps,
+    )  # fmt: skip
+    if torch_in:
+        return _array.xp(w).from_numpy(out), _array.xp(w).from_numpy(tr)
+    return out, tr
+
+
+def _numpy_index(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cols, row offsets) of the 1s of a binary ``[R, D]`` array, as ``SpikeIndex`` holds them."""
+    rows, cols = np.nonzero(flat)
+    counts = np.bincount(rows, minlength=flat.shape[0])
+    return cols.astype(np.int64), (np.cumsum(counts) - counts).astype(np.int64)
+
+
 def run_layer(
     pre: Array,
     w: Array,
@@ -113,7 +161,18 @@ def run_layer(
 
     With the ``cupy`` backend the whole presentation is one launch when the layer fits
     (``kernels.present``: state in shared memory, currents and deltas summed in the
-    kernel's own order, so equal to the per-step path to float rounding)."""
+    kernel's own order, so equal to the per-step path to float rounding). A learning
+    presentation on the CPU is one compiled call where numba runs
+    (``kernels.numba_batch``, equal to the per-step path to float rounding likewise); it reads
+    ``pre_index`` alone, so ``pre`` may be None when the index knows the spikes' shape (the
+    dense spikes are then made only if another path runs)."""
+    compiled = _compiled_batch(pre, w, v, d, backend, learn, pre_index, reduce, rest_steps)
+    if compiled is not None:
+        return compiled
+    if pre is None:
+        if pre_index is None or pre_index.shape is None:
+            raise ValueError("run_layer needs the spikes, or their SpikeIndex with its shape")
+        pre = pre_index.dense()
     if _fused(pre, w, v, d, backend, learn, reduce):
         fused = None
         if learn is not None:

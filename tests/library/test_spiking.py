@@ -3,6 +3,7 @@ and Hebbian training without autograd."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -12,6 +13,7 @@ from spikingjelly.activation_based import functional
 
 from spikingjelly_ff.functional.dynamics import charge, fire, reset, trace_step
 from spikingjelly_ff.functional.params import NeuronParams, TraceParams
+from spikingjelly_ff.kernels import numba_batch, numba_online
 from spikingjelly_ff.learning.engine import SpikingScorer, SpikingTrainer
 from spikingjelly_ff.learning.reference import ReferenceLoop
 from spikingjelly_ff.nn.layers import SpikingFFLayer
@@ -114,8 +116,10 @@ def test_rest_only_decays_the_membrane():
 @pytest.mark.parametrize("prob", ["sigmoid", "symmetric"])
 @pytest.mark.parametrize("trace", ["count", "leaky", "hard"])
 @pytest.mark.parametrize("carry,kwta", [(True, None), (False, None), (True, 5)])
-def test_engine_matches_reference_loop(prob, trace, carry, kwta):
-    """Batched training and all-label scoring: same spikes, same weights, same scores."""
+def test_engine_matches_reference_loop(prob, trace, carry, kwta, monkeypatch):
+    """Batched training and all-label scoring through the per-step path (the compiled batch
+    presentation off): same spikes, same weights, same scores."""
+    monkeypatch.setenv("SJFF_COMPILED", "0")
     cfg, net = small_net(prob, trace, carry, kwta=kwta)
     ref_net = copy.deepcopy(net)
     g = torch.Generator().manual_seed(1)
@@ -134,6 +138,49 @@ def test_engine_matches_reference_loop(prob, trace, carry, kwta):
         spikes = torch.stack([net.encode(net.rates(x, torch.full((4,), c)), g) for c in range(10)])
         torch.testing.assert_close(SpikingScorer(net).scores(x, spikes), ref.scores(spikes), rtol=0, atol=0)
     assert not torch.equal(net.layers[0].weight, copy.deepcopy(build_model(cfg.model, 20, 10, 0)).layers[0].weight)
+
+
+@pytest.mark.parametrize("prob", ["sigmoid", "symmetric"])
+@pytest.mark.parametrize("trace", ["count", "leaky", "hard"])
+@pytest.mark.parametrize("carry", [True, False])
+def test_compiled_batch_presentation_matches_reference_loop(prob, trace, carry):
+    """The same with the compiled batch presentation (``kernels.numba_batch``, what batched
+    CPU training runs): the same judgements and spikes, weights and membranes to float
+    rounding (its delta and goodness sums run in another order than BLAS's and torch's)."""
+    if not numba_online.enabled():
+        pytest.skip("numba is not installed")  # CI installs it: test_numba_is_installed_where_required
+    cfg, net = small_net(prob, trace, carry, kwta=None)
+    ref_net = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(1)
+    trainer = SpikingTrainer(net, cfg.train.hebbian)
+    calls = []
+    real = numba_batch.present_batch
+    with ReferenceLoop(ref_net, cfg.train.hebbian) as ref, _patched(numba_batch, "present_batch", calls, real):
+        for _ in range(4):
+            x = torch.rand(3, 20, generator=g)
+            lab = torch.randint(0, 10, (3,), generator=g)
+            y = (torch.rand(3, generator=g) < 0.5).float()
+            spikes = net.encode(net.rates(x, lab), g)
+            assert torch.equal(trainer.train_batch(x, lab, y, spikes=spikes), ref.train_presentation(spikes, y))
+            for a, b in zip(net.layers, ref_net.layers):
+                assert torch.equal(a.neuron.trace, b.neuron.trace)  # the spikes were the same
+        for a, b in zip(net.layers, ref_net.layers):
+            torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a.neuron.v, b.neuron.v, rtol=0, atol=1e-5)
+    assert len(calls) == 4 * len(net.layers)  # every layer of every batch ran the kernel
+
+
+@contextlib.contextmanager
+def _patched(module, name: str, calls: list, real):
+    def spy(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    setattr(module, name, spy)
+    try:
+        yield
+    finally:
+        setattr(module, name, real)
 
 
 @pytest.mark.parametrize("prob", ["sigmoid", "symmetric"])
