@@ -10,7 +10,7 @@ import numpy as np
 
 from spikingjelly_ff.functional import _array
 from spikingjelly_ff.simulation.encoding import bernoulli_spikes, encode_spikes, regular_spikes
-from spikingjelly_ff.simulation.layer import Dynamics, neuron_forward, rest
+from spikingjelly_ff.simulation.layer import Dynamics, neuron_forward, rest_inplace
 
 Array = Any  # torch tensor or numpy array
 
@@ -56,7 +56,7 @@ def score_labels(
             spikes = neuron_forward(_array.contiguous(current), v, tr, d, backend)
             outputs[i][k] = spikes.sum(0) if counts else tr
             if carry:
-                v[...] = rest(v, d, rest_steps)
+                rest_inplace(v, d, rest_steps)
     return outputs, (vs if carry else [None] * len(weights))
 
 
