@@ -292,6 +292,7 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
     q = np.empty(h, np.float32)
     split = prob_kind != 0
     half = h // 2 if split else h
+    no_seq = np.empty((0, h), np.float32)
     for t in range(t_steps):
         # W0 x_t, then (inside the window) eta A_j (e0 x_t) and the deltas learned so far
         _rows_sum(cur, wt, x, idx, ptr, t)
@@ -312,19 +313,23 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
                     cm = np.float32(eta * tau * b_sum[n_learned - 1 - m] * dot)
                     for j in range(h):
                         cur[j] += cm * us[m, j]
-        for j in range(h):
-            v[j], tr[j], out[t, j] = neuron_step(v[j], cur[j], tr[j], form, decay_input, fire_ge, trace_kind, neuron)
+        # the vectorised neuron loop, one step of the layer (stepped unit by unit here, it ran scalar)
+        neuron_loop(cur.reshape(1, h), v, tr, out[t : t + 1], no_seq, form, decay_input, fire_ge, trace_kind, neuron)
         if t >= first:
             _modulated(tr, us[t - first], split, half, prob_kind, alpha, theta, eps, clip, goodness, gain, y)
     # the rest steps (no input): the membrane decays, and where it could reach the threshold it
     # fires and resets, as simulation.rest does
     zero = np.float32(0.0)
     for _ in range(rest):
-        for j in range(h):
-            vj = charge(v[j], zero, form, decay_input, neuron)
-            if not silent and (vj >= v_th if fire_ge else vj > v_th):
-                vj = vj - v_th if neuron[7] != 0.0 else v_reset
-            v[j] = vj
+        if silent:  # no spike possible: a loop without the test, which LLVM vectorises
+            for j in range(h):
+                v[j] = charge(v[j], zero, form, decay_input, neuron)
+        else:
+            for j in range(h):
+                vj = charge(v[j], zero, form, decay_input, neuron)
+                if vj >= v_th if fire_ge else vj > v_th:
+                    vj = vj - v_th if neuron[7] != 0.0 else v_reset
+                v[j] = vj
     if k == 0:
         return out, tr
     # write-back, one pass over W and e: W += eta A_{K-1} e0 + eta tau sum_q B_{K-1-q} u_q x_q^T,

@@ -142,3 +142,26 @@ def test_what_the_kernel_does_not_take_runs_the_per_step_path(monkeypatch):
     assert not calls
     run_layer(x, w.clone(), v.clone(), PAPER, "torch", (y, PAPER_SPEC, 0.5, e.clone()))
     assert calls == [1]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_spikes_without_their_dense_array(compiled, monkeypatch):
+    """The engine asks for the index alone (the kernel's input): it holds the same spikes, and
+    a presentation that runs another path gets them made dense from it."""
+    from spikingjelly_ff.simulation.encoding import encode_spikes
+
+    monkeypatch.setenv("SJFF_COMPILED", "1" if compiled else "0")
+    rates = torch.rand(12, 90, generator=torch.Generator().manual_seed(9)) * 0.3
+    dense, full = encode_spikes(rates, 23, torch.Generator().manual_seed(1), index=True)
+    none, index = encode_spikes(rates, 23, torch.Generator().manual_seed(1), index=True, dense=False)
+    assert none is None and index.shape == (23, 12, 90) and full.shape == (23, 12, 90)
+    assert torch.equal(index.cols, full.cols) and torch.equal(index.offsets, full.offsets)
+    assert torch.equal(index.dense(), dense) and dense.sum() > 0
+    monkeypatch.setenv("SJFF_COMPILED", "0")  # the per-step path, from the index alone
+    _, w, e, v, y = _problem(6)
+    want = _run(dense, w, e, v, y, PAPER, PAPER_SPEC, False, monkeypatch)
+    w2, e2, v2 = w.clone().t().contiguous().t(), e.clone().t().contiguous().t(), v.clone()
+    got = run_layer(None, w2, v2, PAPER, "torch", (y, PAPER_SPEC, 0.5, e2), index, rest_steps=20)
+    assert torch.equal(got[0], want[0]) and torch.equal(w2, want[3]) and torch.equal(e2, want[4])
+    with pytest.raises(ValueError, match="SpikeIndex with its shape"):
+        run_layer(None, w2, v2, PAPER, "torch", (y, PAPER_SPEC, 0.5, e2), SpikeIndex(index.cols, index.offsets))
