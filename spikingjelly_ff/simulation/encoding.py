@@ -116,14 +116,17 @@ def bernoulli_spikes(rates: Array, steps: int, rng, index: bool = False, dense: 
             # finding the live inputs first (nonzero) would make the host wait for the GPU at
             # every batch; a draw for every input keeps the presentation queue full
             return torch.bernoulli(rates.expand(steps, *rates.shape), generator=rng)
-        live = flat.nonzero().squeeze(1)
-        hits = torch.rand(steps, live.numel(), generator=rng, device=rates.device) < flat[live]
         d = rates.shape[-1]
         n = flat.numel() // d
         if index and rates.device.type == "cpu" and rates.dtype == torch.float32 and numba_online.enabled():
-            out, cols, offsets = numba_spikes.scatter_hits(hits.numpy(), live.numpy(), n, d, dense)
+            # the same draws and comparisons as below, the rest in two compiled passes
+            live_np, live_rates = numba_spikes.live_inputs(flat.contiguous().numpy())
+            u = torch.rand(steps, live_np.size, generator=rng)
+            out, cols, offsets = numba_spikes.scatter_draws(u.numpy(), live_rates, live_np, n, d, dense)
             spikes = torch.from_numpy(out).reshape(steps, *rates.shape) if dense else None
             return spikes, SpikeIndex(torch.from_numpy(cols), torch.from_numpy(offsets), (steps, *rates.shape))
+        live = flat.nonzero().squeeze(1)
+        hits = torch.rand(steps, live.numel(), generator=rng, device=rates.device) < flat[live]
         out = None
         if dense or not index:
             out = torch.zeros(steps, flat.numel(), dtype=rates.dtype, device=rates.device)
