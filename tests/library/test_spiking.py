@@ -3,7 +3,6 @@ and Hebbian training without autograd."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import numpy as np
@@ -125,12 +124,7 @@ def test_engine_matches_reference_loop(prob, trace, carry, kwta, monkeypatch):
     g = torch.Generator().manual_seed(1)
     trainer = SpikingTrainer(net, cfg.train.hebbian)
     with ReferenceLoop(ref_net, cfg.train.hebbian) as ref:
-        for _ in range(4):
-            x = torch.rand(3, 20, generator=g)
-            lab = torch.randint(0, 10, (3,), generator=g)
-            y = (torch.rand(3, generator=g) < 0.5).float()
-            spikes = net.encode(net.rates(x, lab), g)
-            assert torch.equal(trainer.train_batch(x, lab, y, spikes=spikes), ref.train_presentation(spikes, y))
+        _train_alike(net, trainer, ref, g)
         for a, b in zip(net.layers, ref_net.layers):
             assert torch.equal(a.weight, b.weight)
             torch.testing.assert_close(a.neuron.v, b.neuron.v, rtol=0, atol=1e-5)
@@ -143,7 +137,7 @@ def test_engine_matches_reference_loop(prob, trace, carry, kwta, monkeypatch):
 @pytest.mark.parametrize("prob", ["sigmoid", "symmetric"])
 @pytest.mark.parametrize("trace", ["count", "leaky", "hard"])
 @pytest.mark.parametrize("carry", [True, False])
-def test_compiled_batch_presentation_matches_reference_loop(prob, trace, carry):
+def test_compiled_batch_presentation_matches_reference_loop(prob, trace, carry, monkeypatch):
     """The same with the compiled batch presentation (``kernels.numba_batch``, what batched
     CPU training runs): the same judgements and spikes, weights and membranes to float
     rounding (its delta and goodness sums run in another order than BLAS's and torch's)."""
@@ -155,32 +149,28 @@ def test_compiled_batch_presentation_matches_reference_loop(prob, trace, carry):
     trainer = SpikingTrainer(net, cfg.train.hebbian)
     calls = []
     real = numba_batch.present_batch
-    with ReferenceLoop(ref_net, cfg.train.hebbian) as ref, _patched(numba_batch, "present_batch", calls, real):
-        for _ in range(4):
-            x = torch.rand(3, 20, generator=g)
-            lab = torch.randint(0, 10, (3,), generator=g)
-            y = (torch.rand(3, generator=g) < 0.5).float()
-            spikes = net.encode(net.rates(x, lab), g)
-            assert torch.equal(trainer.train_batch(x, lab, y, spikes=spikes), ref.train_presentation(spikes, y))
-            for a, b in zip(net.layers, ref_net.layers):
-                assert torch.equal(a.neuron.trace, b.neuron.trace)  # the spikes were the same
+    monkeypatch.setattr(numba_batch, "present_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def same_traces():  # the spikes were the same
+        assert all(torch.equal(a.neuron.trace, b.neuron.trace) for a, b in zip(net.layers, ref_net.layers))
+
+    with ReferenceLoop(ref_net, cfg.train.hebbian) as ref:
+        _train_alike(net, trainer, ref, g, same_traces)
         for a, b in zip(net.layers, ref_net.layers):
             torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(a.neuron.v, b.neuron.v, rtol=0, atol=1e-5)
     assert len(calls) == 4 * len(net.layers)  # every layer of every batch ran the kernel
 
 
-@contextlib.contextmanager
-def _patched(module, name: str, calls: list, real):
-    def spy(*args, **kwargs):
-        calls.append(name)
-        return real(*args, **kwargs)
-
-    setattr(module, name, spy)
-    try:
-        yield
-    finally:
-        setattr(module, name, real)
+def _train_alike(net, trainer, ref, g, after_each=lambda: None) -> None:
+    """Four batches of three through the engine and the reference loop: the same judgements."""
+    for _ in range(4):
+        x = torch.rand(3, 20, generator=g)
+        lab = torch.randint(0, 10, (3,), generator=g)
+        y = (torch.rand(3, generator=g) < 0.5).float()
+        spikes = net.encode(net.rates(x, lab), g)
+        assert torch.equal(trainer.train_batch(x, lab, y, spikes=spikes), ref.train_presentation(spikes, y))
+        after_each()
 
 
 @pytest.mark.parametrize("prob", ["sigmoid", "symmetric"])
