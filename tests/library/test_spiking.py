@@ -162,12 +162,12 @@ def test_compiled_batch_presentation_matches_reference_loop(prob, trace, carry, 
     assert len(calls) == 4 * len(net.layers)  # every layer of every batch ran the kernel
 
 
-def _train_alike(net, trainer, ref, g, after_each=lambda: None) -> None:
-    """Four batches of three through the engine and the reference loop: the same judgements."""
-    for _ in range(4):
-        x = torch.rand(3, 20, generator=g)
-        lab = torch.randint(0, 10, (3,), generator=g)
-        y = (torch.rand(3, generator=g) < 0.5).float()
+def _train_alike(net, trainer, ref, g, after_each=lambda: None, batches: int = 4, n: int = 3) -> None:
+    """``batches`` batches of ``n`` through the engine and the reference loop: the same judgements."""
+    for _ in range(batches):
+        x = torch.rand(n, 20, generator=g)
+        lab = torch.randint(0, 10, (n,), generator=g)
+        y = (torch.rand(n, generator=g) < 0.5).float()
         spikes = net.encode(net.rates(x, lab), g)
         assert torch.equal(trainer.train_batch(x, lab, y, spikes=spikes), ref.train_presentation(spikes, y))
         after_each()
@@ -183,12 +183,7 @@ def test_online_path_matches_reference_loop(prob, trace):
     g = torch.Generator().manual_seed(2)
     trainer = SpikingTrainer(net, cfg.train.hebbian)
     with ReferenceLoop(ref_net, cfg.train.hebbian) as ref:
-        for _ in range(20):
-            x = torch.rand(1, 20, generator=g)
-            lab = torch.randint(0, 10, (1,), generator=g)
-            y = (torch.rand(1, generator=g) < 0.5).float()
-            spikes = net.encode(net.rates(x, lab), g)
-            assert torch.equal(trainer.train_batch(x, lab, y, spikes=spikes), ref.train_presentation(spikes, y))
+        _train_alike(net, trainer, ref, g, batches=20, n=1)
         for a, b, e in zip(net.layers, ref.learners, trainer.eligibility):
             torch.testing.assert_close(a.weight, b.synapse.weight, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(e, b.eligibility, rtol=1e-4, atol=1e-7)
