@@ -8,9 +8,11 @@ passes between them. Here one call runs the input steps, the learning window and
 steps: the currents sum the weight rows of the inputs that spiked (``SpikeIndex`` order), the
 neuron step is ``numba_online``'s (dynamics.py's float32 arithmetic), the delta of step t is
 summed over the samples whose input fired, sample by sample, and e and W take
-``eligibility_apply``'s per-element arithmetic with its floor. Spikes and traces equal the
-per-step path's; W and e equal them to float rounding, because the delta's and the goodness's
-sums run in another order than BLAS's and torch's (``tests/library/test_numba_batch.py``).
+``eligibility_apply``'s per-element arithmetic with its floor. W and e equal the per-step
+path's to float rounding, because the delta's and the goodness's sums run in another order
+than BLAS's and torch's; so spikes and traces are the same except where a membrane sits on
+the threshold within that rounding (``tests/library/test_numba_batch.py``). The torch engine's
+batched training and the runtime's batched Learns (the server's) run it.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def _make(stamp: str):
                 if hit[i] and has_e:
                     for j in range(h):
                         ei = et[i, j] * keep + (dw[i, j] * scale) * tau
-                        ei = ei if abs(ei) >= floor else zero
+                        ei = zero if abs(ei) < floor else ei  # NaN stays NaN
                         et[i, j] = ei
                         wt[i, j] = wt[i, j] + ei * eta
                 elif hit[i]:
@@ -153,7 +155,7 @@ def _make(stamp: str):
                 elif has_e:  # dW = 0 here: e * keep + 0 * tau
                     for j in range(h):
                         ei = et[i, j] * keep + zero
-                        ei = ei if abs(ei) >= floor else zero
+                        ei = zero if abs(ei) < floor else ei  # NaN stays NaN
                         et[i, j] = ei
                         wt[i, j] = wt[i, j] + ei * eta
                 hit[i] = False

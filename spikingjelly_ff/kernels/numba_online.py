@@ -365,13 +365,13 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
                 e0 = et[i, j]
                 wt[i, j] = wt[i, j] + e0 * cw + dw[j]
                 en = e0 * ak + de[j]
-                et[i, j] = en if abs(en) >= floor else zero
+                et[i, j] = zero if abs(en) < floor else en
         else:
             for j in range(h):
                 e0 = et[i, j]
                 wt[i, j] = wt[i, j] + e0 * cw
                 en = e0 * ak
-                et[i, j] = en if abs(en) >= floor else zero
+                et[i, j] = zero if abs(en) < floor else en
     return out, tr
 
 
@@ -394,7 +394,7 @@ def _eligibility_impl(e, w, dw, a, tau, eta, floor):
     zero = np.float32(0.0)
     for i in range(e.shape[0]):
         ei = e[i] * a + dw[i] * tau
-        ei = ei if abs(ei) >= floor else zero
+        ei = zero if abs(ei) < floor else ei  # NaN stays NaN, as in the tensor ops
         e[i] = ei
         w[i] = w[i] + ei * eta
 

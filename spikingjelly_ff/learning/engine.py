@@ -177,7 +177,7 @@ class SpikingTrainer:
             rates = like = net.rates(x, shown)
             if x.device.type == "cpu":
                 # the compiled batch presentation reads the index alone: no dense spikes for it
-                dense = not batch_compiles(net.dynamics, net.backend, self.reduce)
+                dense = rates.dtype != torch.float32 or not batch_compiles(net.dynamics, net.backend, self.reduce)
                 spikes, index = encode_spikes(rates, net.encoder.steps, self.generator, net.encoder.coding, True, dense)
             else:
                 spikes = net.encode(rates, self.generator)

@@ -39,14 +39,14 @@ class SpikeIndex:
     offsets: Any  # [R] int64: where each row starts in ``cols``
     shape: tuple[int, ...] | None = None  # the spikes' shape, e.g. [T, N, D] (R = T * N), when known
 
-    def dense(self) -> Array:
-        """The float32 0/1 spikes of :attr:`shape` (which must be known)."""
+    def dense(self, dtype=None) -> Array:
+        """The 0/1 spikes of :attr:`shape` (which must be known), float32 or ``dtype``."""
         torch = _array.xp(self.cols)
         d = self.shape[-1]
         r = len(self.offsets)
         counts = torch.diff(self.offsets, append=torch.tensor([len(self.cols)], dtype=self.offsets.dtype))
         rows = torch.repeat_interleave(torch.arange(r), counts)
-        out = torch.zeros(r, d, dtype=torch.float32)
+        out = torch.zeros(r, d, dtype=dtype or torch.float32)
         out[rows, self.cols] = 1.0
         return out.reshape(self.shape)
 
@@ -120,7 +120,7 @@ def bernoulli_spikes(rates: Array, steps: int, rng, index: bool = False, dense: 
         n = flat.numel() // d
         if index and rates.device.type == "cpu" and rates.dtype == torch.float32 and numba_online.enabled():
             # the same draws and comparisons as below, the rest in two compiled passes
-            live_np, live_rates = numba_spikes.live_inputs(flat.contiguous().numpy())
+            live_np, live_rates = numba_spikes.live_inputs(flat.detach().contiguous().numpy())
             u = torch.rand(steps, live_np.size, generator=rng)
             out, cols, offsets = numba_spikes.scatter_draws(u.numpy(), live_rates, live_np, n, d, dense)
             spikes = torch.from_numpy(out).reshape(steps, *rates.shape) if dense else None

@@ -96,7 +96,9 @@ def _fused(pre: Array, w: Array, v: Array, d: Dynamics, backend: str, learn, red
 def batch_compiles(d: Dynamics, backend: str = "torch", reduce: DeltaReduce | None = None) -> bool:
     """Whether a learning presentation of CPU arrays with these dynamics runs as one
     ``numba_batch`` call (:func:`run_layer`; the arrays' layout decides the rest)."""
-    return reduce is None and backend == "torch" and numba_online.supported(d.neuron, d.goodness, np.float32)
+    return (
+        reduce is None and backend in ("torch", "numpy") and numba_online.supported(d.neuron, d.goodness, np.float32)
+    )
 
 
 def _compiled_batch(pre, w, v, d: Dynamics, backend: str, learn, pre_index, reduce, rest_steps: int):
@@ -116,12 +118,20 @@ def _compiled_batch(pre, w, v, d: Dynamics, backend: str, learn, pre_index, redu
     if not numba_batch.supported(d.neuron, d.goodness, *arrays):
         return None
     t_steps, n, d_in = pre.shape if pre is not None else pre_index.shape
+    h = wt.shape[1]
+    split = d.probability is not None and d.probability.split
+    if (d_in, n) != (wt.shape[0], vv.shape[0]) or vv.shape[1] != h or len(y) != n or (split and h % 2):
+        return None  # the per-step path says what does not fit (numba would not check)
+    if et is not None and et.shape != wt.shape:
+        return None
     if pre_index is None:
         flat = pre.reshape(t_steps * n, d_in)
         if not bool(((flat == 0) | (flat == 1)).all()):  # the kernel sums W rows: spikes only
             return None
         pre_index = SpikeIndex.from_dense(flat) if torch_in else _numpy_index(flat)
     cols, offsets = (pre_index.cols.numpy(), pre_index.offsets.numpy()) if torch_in else pre_index
+    if len(offsets) != t_steps * n:
+        return None
     yy = y.numpy() if torch_in else y
     out, tr = numba_batch.present_batch(
         cols, offsets, t_steps, wt, et, vv, d.neuron, d.trace, d.probability, d.goodness,
@@ -170,9 +180,9 @@ def run_layer(
     if compiled is not None:
         return compiled
     if pre is None:
-        if pre_index is None or pre_index.shape is None:
-            raise ValueError("run_layer needs the spikes, or their SpikeIndex with its shape")
-        pre = pre_index.dense()
+        if pre_index is None or pre_index.shape is None or len(pre_index.shape) != 3:
+            raise ValueError("run_layer needs the spikes, or their SpikeIndex with its shape [T, N, D]")
+        pre = pre_index.dense(w.dtype)
     if _fused(pre, w, v, d, backend, learn, reduce):
         fused = None
         if learn is not None:

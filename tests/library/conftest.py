@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -12,6 +13,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MINI = ROOT / "tests" / "data" / "mnist-mini"
+
+
+@contextlib.contextmanager
+def per_step_path():
+    """``SJFF_COMPILED=0`` for the block: ``run_layer`` then runs the per-step reference path
+    rather than the compiled batch presentation (a reference that shares no compiled code)."""
+    before = os.environ.get("SJFF_COMPILED")
+    os.environ["SJFF_COMPILED"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SJFF_COMPILED", None)
+        else:
+            os.environ["SJFF_COMPILED"] = before
 
 
 def mini_config(kind: str, **overrides):

@@ -9,6 +9,7 @@ import ctypes
 import numpy as np
 import pytest
 import torch
+from conftest import per_step_path
 
 from spikingjelly_ff import kernels
 from spikingjelly_ff.functional.hebbian import ELIGIBILITY_FLOOR, eligibility_step
@@ -113,7 +114,8 @@ def test_online_paths_floor_at_the_end_of_a_presentation():
         e[:, 1] = ELIGIBILITY_FLOOR * 2.5  # 1.2: kept
         v = np.zeros((1, 10), np.float32)
         if how == "reference":
-            run_layer(x, w, v, d, learn=(np.float32([1.0]), spec, 0.3, e))
+            with per_step_path():
+                run_layer(x, w, v, d, learn=(np.float32([1.0]), spec, 0.3, e))
         elif how == "compiled" and not numba_online.AVAILABLE:
             continue
         else:
@@ -150,8 +152,22 @@ def test_online_paths_floor_the_inputs_that_fired_too():
         e = input_major(np.full((10, 30), ELIGIBILITY_FLOOR * 2.0, np.float32))
         v = np.zeros((1, 10), np.float32)
         if how == "reference":
-            spikes, _ = run_layer(x, w, v, d, learn=(np.float32([1.0]), spec, 0.3, e))
+            with per_step_path():
+                spikes, _ = run_layer(x, w, v, d, learn=(np.float32([1.0]), spec, 0.3, e))
         else:
             spikes, _ = online_layer(x, w, v, d, 1.0, spec, 0.3, e, compiled=how == "compiled")
         assert not spikes.any() and x[16:].any(axis=(0, 1)).sum() > 20
         assert not e.any() and not np.signbit(e).any(), how
+
+
+def test_a_nan_stays_nan_in_every_path(monkeypatch):
+    """The floor tests |e| < floor, false for NaN: a diverging run is not masked on any path."""
+    e, w, dw = _trace_and_delta()
+    dw[0, 5] = np.nan
+    e_np, w_np = e.copy(), w.copy()
+    numpy_loop.eligibility_apply(e_np, w_np, dw, TAU, ETA)
+    assert np.isnan(e_np[0, 5]) and np.isnan(w_np[0, 5])
+    for compiled in (False, True):
+        e_t, w_t = _torch_apply(e, w, dw, compiled, monkeypatch)
+        np.testing.assert_array_equal(e_t, e_np)  # NaNs compare equal here
+        np.testing.assert_array_equal(w_t, w_np)

@@ -79,6 +79,8 @@ def _assert_close(got, want, spec):
     torch.testing.assert_close(w, want[3], rtol=1e-5, atol=1e-6)
     if spec.eligibility_tau is not None:
         torch.testing.assert_close(e, want[4], rtol=1e-4, atol=1e-8)
+    else:  # dW applied at once: the trace is not touched
+        assert torch.equal(e, want[4])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -115,13 +117,18 @@ def test_many_batches_stay_with_the_per_step_path(monkeypatch):
 
 
 def test_numpy_arrays_run_the_kernel_too(monkeypatch):
-    """The torch-free runtime hands numpy arrays (input-major W and e)."""
+    """The torch-free runtime (the server's batched Learns) hands numpy arrays, input-major W
+    and e, with backend ``numpy``."""
+    calls = []
+    real = numba_batch.present_batch
+    monkeypatch.setattr(numba_batch, "present_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
     x, w, e, v, y = _problem(4)
     want = _run(x, w, e, v, y, PAPER, PAPER_SPEC, False, monkeypatch)
     monkeypatch.setenv("SJFF_COMPILED", "1")
     wn, en = (np.asfortranarray(t.numpy().copy()) for t in (w, e))  # input-major: W.T contiguous
     vn = v.numpy().copy()
-    spikes, trace = run_layer(x.numpy(), wn, vn, PAPER, "torch", (y.numpy(), PAPER_SPEC, 0.5, en), rest_steps=20)
+    spikes, trace = run_layer(x.numpy(), wn, vn, PAPER, "numpy", (y.numpy(), PAPER_SPEC, 0.5, en), rest_steps=20)
+    assert calls == [1]
     got = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (spikes, trace, vn, wn, en))
     want = tuple(a.contiguous() for a in want)
     _assert_close(got, want, PAPER_SPEC)
@@ -165,3 +172,36 @@ def test_spikes_without_their_dense_array(compiled, monkeypatch):
     assert torch.equal(got[0], want[0]) and torch.equal(w2, want[3]) and torch.equal(e2, want[4])
     with pytest.raises(ValueError, match="SpikeIndex with its shape"):
         run_layer(None, w2, v2, PAPER, "torch", (y, PAPER_SPEC, 0.5, e2), SpikeIndex(index.cols, index.offsets))
+
+
+def test_shapes_that_do_not_fit_get_the_per_step_paths_errors(monkeypatch):
+    """numba checks no bounds: what does not fit goes to the per-step path, which says why."""
+    monkeypatch.setenv("SJFF_COMPILED", "1")
+    x, w, e, v, y = _problem(7)
+    learn = (y, PAPER_SPEC, 0.5, e)
+    with pytest.raises(RuntimeError):
+        run_layer(x[:, :, :-10], w, v.clone(), PAPER, "torch", learn)  # 80 inputs for W's 90
+    with pytest.raises((RuntimeError, ValueError)):
+        run_layer(x, w, v.clone(), PAPER, "torch", (y[:-2], PAPER_SPEC, 0.5, e))  # targets for 10 of 12
+    split = dataclasses.replace(PAPER, probability=Probability("polar", alpha=1.5))
+    w_odd, e_odd = input_major(torch.randn(23, 90)), input_major(torch.zeros(23, 90))
+    with pytest.raises(ValueError):
+        run_layer(x, w_odd, torch.zeros(12, 23), split, "torch", (y, PAPER_SPEC, 0.5, e_odd))
+
+
+def test_a_float64_network_trains_on_the_per_step_path(monkeypatch):
+    """The engine asks for the index alone only where the kernel takes the batch (float32)."""
+    from spikingjelly_ff.learning.engine import SpikingTrainer
+    from spikingjelly_ff.runs.build import build_model
+    from spikingjelly_ff.runs.config import load_config
+
+    monkeypatch.setenv("SJFF_COMPILED", "1")
+    cfg = load_config("paper/hebbian-batched-symmetric")
+    net = build_model(cfg.model, 20, 10, 0).double()
+    trainer = SpikingTrainer(net, cfg.train.hebbian)
+    g = torch.Generator().manual_seed(0)
+    w0 = net.layers[0].weight.detach().clone()
+    for _ in range(2):
+        x = torch.rand(4, 20, generator=g, dtype=torch.float64)
+        trainer.train_batch(x, torch.randint(0, 10, (4,), generator=g), torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert net.layers[0].weight.dtype == torch.float64 and not torch.equal(net.layers[0].weight, w0)

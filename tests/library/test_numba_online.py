@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import per_step_path
 
 from spikingjelly_ff.functional.goodness import hebbian_gain
 from spikingjelly_ff.functional.params import HebbianParams, NeuronParams, TraceParams
@@ -58,7 +59,8 @@ def three_ways(d: Dynamics, spec: HebbianParams, y: float, seed: int, eta: float
     for how in ("compiled", "numpy", "reference"):
         x, w, e, v = sample(seed)
         if how == "reference":
-            spikes, tr = run_layer(x, w, v, d, learn=(np.float32([y]), spec, eta, e))
+            with per_step_path():
+                spikes, tr = run_layer(x, w, v, d, learn=(np.float32([y]), spec, eta, e))
         else:
             spikes, tr = online_layer(x, w, v, d, y, spec, eta, e, compiled=how == "compiled")
         out.append((spikes, tr, v, w, e))
