@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 
 import grpc
@@ -40,6 +41,21 @@ def _new_connection(target: str) -> grpc.Channel:
     # a local subchannel pool: every channel opens its own TCP connection (channels with equal
     # arguments would otherwise share one), which the kernel hands to one of the processes
     return grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def _once_loaded(call, deadline_s: float = 120.0):
+    """``call()`` on a new connection, again while the process it reached is still loading the
+    replicated state (UNAVAILABLE, "retry"; nothing was appended): both processes start
+    together, and how long a replica takes to load depends on the machine."""
+    stop = time.monotonic() + deadline_s
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            loading = exc.code() == grpc.StatusCode.UNAVAILABLE and "still loading" in (exc.details() or "")
+            if not loading or time.monotonic() > stop:
+                raise
+            time.sleep(0.1)
 
 
 def _infer_on_new_connection(target: str, request) -> int:
@@ -79,22 +95,24 @@ def test_replicas_sharing_a_port_learn_through_one_stream(sjff_models, tmp_path,
         ServerProcess(repo, token_file=token_path, extra_args=args) as a,
         ServerProcess(repo, token_file=token_path, extra_args=args) as b,
     ):
+        def learn(req):
+            with _new_connection(target) as channel:
+                return lpb_grpc.LearningStub(channel).Learn(req, metadata=token, timeout=60)
+
+        def infer(req):
+            with _new_connection(target) as channel:
+                return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, timeout=60)
+
         for i in range(learns):
-            with _new_connection(target) as channel:
-                req = build_learn_request(x[i : i + 1], [int(labels[i])], None, "mnist")
-                assert lpb_grpc.LearningStub(channel).Learn(req, metadata=token, timeout=60).version == i + 1
-            with _new_connection(target) as channel:
-                read = build_infer_request(x[:2], "mnist", parameters={"min_version": i + 1})
-                reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(read, timeout=60)
-                assert reply.parameters["sjff_version"].int64_param >= i + 1
+            req = build_learn_request(x[i : i + 1], [int(labels[i])], None, "mnist")
+            assert _once_loaded(lambda: learn(req)).version == i + 1
+            read = build_infer_request(x[:2], "mnist", parameters={"min_version": i + 1})
+            assert _once_loaded(lambda: infer(read)).parameters["sjff_version"].int64_param >= i + 1
         took = [_metric(s, "sjff_grpc_requests_total", LEARN_OK) for s in (a, b)]
         final = build_infer_request(x[32:40], "mnist", parameters={"min_version": learns})
         answers = set()
         for _ in range(16):
-            with _new_connection(target) as channel:
-                answers.add(
-                    pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(final, timeout=60).raw_output_contents[1]
-                )
+            answers.add(_once_loaded(lambda: infer(final)).raw_output_contents[1])
         versions = [_metric(s, "sjff_model_version", MNIST_1) for s in (a, b)]
     assert min(took) > 0 and sum(took) == learns, took
     assert versions == [learns, learns]
