@@ -5,6 +5,7 @@ weights and eligibility to float rounding; and where it does not apply, the per-
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -16,7 +17,11 @@ from spikingjelly_ff.kernels import numba_batch, numba_online
 from spikingjelly_ff.simulation.encoding import SpikeIndex
 from spikingjelly_ff.simulation.layer import Dynamics, input_major, run_layer
 
-pytestmark = pytest.mark.skipif(not numba_online.AVAILABLE, reason="numba is not installed")  # CI installs it
+# CI sets SJFF_REQUIRE_NUMBA=1: there a missing numba fails these tests instead of skipping them
+REQUIRE_NUMBA = os.environ.get("SJFF_REQUIRE_NUMBA") == "1"
+pytestmark = pytest.mark.skipif(
+    not numba_online.AVAILABLE and not REQUIRE_NUMBA, reason="numba not installed (extra [fast])"
+)
 
 PAPER = Dynamics(
     NeuronParams(form="beta", beta=0.85, v_threshold=0.001), TraceParams("count", scale=10.0),
