@@ -210,3 +210,14 @@ def test_a_float64_network_trains_on_the_per_step_path(monkeypatch):
         x = torch.rand(4, 20, generator=g, dtype=torch.float64)
         trainer.train_batch(x, torch.randint(0, 10, (4,), generator=g), torch.tensor([1.0, 0.0, 1.0, 0.0]))
     assert net.layers[0].weight.dtype == torch.float64 and not torch.equal(net.layers[0].weight, w0)
+
+
+def test_a_nan_in_the_trace_stays_nan(monkeypatch):
+    """As in the per-step path: the floor does not turn a NaN (a diverging run) into 0."""
+    x, w, e, v, y = _problem(8)
+    e[0, 0] = float("nan")  # input 0 of neuron 0
+    want = _run(x, w, e, v, y, PAPER, PAPER_SPEC, False, monkeypatch)
+    got = _run(x, w, e, v, y, PAPER, PAPER_SPEC, True, monkeypatch)
+    assert torch.isnan(want[4][0, 0]) and torch.isnan(want[3][0, 0])
+    for k in (3, 4):  # W and e: NaN at the same places
+        assert torch.equal(torch.isnan(got[k]), torch.isnan(want[k]))
