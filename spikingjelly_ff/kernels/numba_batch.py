@@ -27,7 +27,7 @@ from spikingjelly_ff.functional.params import NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.kernels import numba_online
 
-__all__ = ["present_batch", "supported"]
+__all__ = ["misfit", "present_batch", "supported"]
 
 
 def supported(p: NeuronParams, goodness: str, *arrays) -> bool:
@@ -36,6 +36,33 @@ def supported(p: NeuronParams, goodness: str, *arrays) -> bool:
     return numba_online.supported(p, goodness, np.float32) and all(
         a.dtype == np.float32 and a.flags.c_contiguous for a in arrays
     )
+
+
+def misfit(
+    rows: int, steps: int, d_in: int, wt: np.ndarray, et: np.ndarray | None, v: np.ndarray, y, split: bool
+) -> str | None:
+    """What keeps :func:`present_batch` from these arrays (numba checks no bounds), or None:
+    spikes of ``d_in`` inputs in ``rows`` rows, ``steps`` steps of ``rows / steps`` samples."""
+    d, h = wt.shape
+    n = v.shape[0]
+    if d_in != d:
+        return f"spikes of {d_in} inputs for weights of {d}"
+    if v.shape != (n, h) or len(y) != n or rows != steps * n:
+        return f"membranes {list(v.shape)}, {len(y)} targets and {rows} spike rows for {steps} steps of {h} units"
+    if et is not None and et.shape != wt.shape:
+        return f"an eligibility trace {list(et.shape)} for weights {list(wt.shape)}"
+    if split and h % 2:
+        return f"a split probability needs an even number of units, not {h}"
+    return None
+
+
+def _bad_index(cols: np.ndarray, offsets: np.ndarray, d: int) -> str | None:
+    """What is wrong with a spike index for ``d`` inputs (its rows must lie in ``cols``)."""
+    if cols.size and (cols.min() < 0 or cols.max() >= d):
+        return f"spikes at inputs {int(cols.min())}..{int(cols.max())} for weights of {d}"
+    if offsets.size and (offsets[0] < 0 or offsets[-1] > cols.size or (np.diff(offsets) < 0).any()):
+        return "row offsets that are not ascending within the spikes"
+    return None
 
 
 def present_batch(
@@ -61,7 +88,11 @@ def present_batch(
 
     ``wt`` ``[D, H]`` (W input-major) and ``et`` (its eligibility, or None: dW applied at once),
     and the membranes ``v`` ``[N, H]`` are updated in place; ``y`` ``[N]`` float32 targets.
-    Returns spikes ``[steps, N, H]`` and the trace after the last input step ``[N, H]``."""
+    Returns spikes ``[steps, N, H]`` and the trace after the last input step ``[N, H]``. Arrays
+    that do not fit (:func:`misfit`) raise ValueError."""
+    wrong = misfit(len(offsets), steps, wt.shape[0], wt, et, v, y, prob.split) or _bad_index(cols, offsets, wt.shape[0])
+    if wrong is not None:
+        raise ValueError(f"present_batch: {wrong}")
     n = v.shape[0]
     h = wt.shape[1]
     gain = hebbian_gain(goodness, h, prob.split)
@@ -81,7 +112,8 @@ def present_batch(
 _STEPS_DIGEST = hashlib.sha256(Path(numba_online.__file__).read_bytes()).hexdigest()
 
 
-charge, modulated, neuron_loop = numba_online.charge, numba_online.modulated, numba_online.neuron_loop
+modulated, neuron_loop = numba_online.modulated, numba_online.neuron_loop
+eligibility_step, rest_units = numba_online.eligibility_step, numba_online.rest_units
 
 
 def _make(stamp: str):
@@ -94,8 +126,6 @@ def _make(stamp: str):
         tau = np.float32(floats[5])
         keep = np.float32(1.0 - floats[5])
         floor = np.float32(floats[6])
-        v_th = neuron[3]
-        v_reset = neuron[2]
         n, h = v.shape
         d = wt.shape[0]
         rows, nnz = t_steps * n, cols.shape[0]
@@ -145,32 +175,17 @@ def _make(stamp: str):
             for i in range(d):
                 if hit[i] and has_e:
                     for j in range(h):
-                        ei = et[i, j] * keep + (dw[i, j] * scale) * tau
-                        ei = zero if abs(ei) < floor else ei  # NaN stays NaN
-                        et[i, j] = ei
-                        wt[i, j] = wt[i, j] + ei * eta
+                        g = dw[i, j] * scale
+                        et[i, j], wt[i, j] = eligibility_step(et[i, j], wt[i, j], g, keep, tau, eta, floor)
                 elif hit[i]:
                     for j in range(h):
                         wt[i, j] = wt[i, j] + (dw[i, j] * scale) * eta
-                elif has_e:  # dW = 0 here: e * keep + 0 * tau
+                elif has_e:  # dW = 0 here
                     for j in range(h):
-                        ei = et[i, j] * keep + zero
-                        ei = zero if abs(ei) < floor else ei  # NaN stays NaN
-                        et[i, j] = ei
-                        wt[i, j] = wt[i, j] + ei * eta
+                        et[i, j], wt[i, j] = eligibility_step(et[i, j], wt[i, j], zero, keep, tau, eta, floor)
                 hit[i] = False
         # the rest steps (no input), as simulation.rest: decay, and fire and reset where it can
-        vf = v.reshape(-1)
-        for _ in range(rest):
-            if silent:  # no spike possible: a loop without the test, which LLVM vectorises
-                for u in range(n * h):
-                    vf[u] = charge(vf[u], zero, form, decay_input, neuron)
-            else:
-                for u in range(n * h):
-                    vu = charge(vf[u], zero, form, decay_input, neuron)
-                    if vu >= v_th if fire_ge else vu > v_th:
-                        vu = vu - v_th if neuron[7] != 0.0 else v_reset
-                    vf[u] = vu
+        rest_units(v.reshape(-1), rest, form, decay_input, fire_ge, silent, neuron)
         return out, tr
 
     return impl

@@ -283,7 +283,6 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
     floor = np.float32(floats[6])  # ELIGIBILITY_FLOOR
     t_steps, d = x.shape
     h = wt.shape[1]
-    v_reset, v_th = neuron[2], neuron[3]
     k = max(0, t_steps - first)
     us = np.zeros((max(k, 1), h), np.float32)  # gain * M * trace of each learning step
     out = np.zeros((t_steps, h), np.float32)
@@ -320,16 +319,7 @@ def _core_impl(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y
     # the rest steps (no input): the membrane decays, and where it could reach the threshold it
     # fires and resets, as simulation.rest does
     zero = np.float32(0.0)
-    for _ in range(rest):
-        if silent:  # no spike possible: a loop without the test, which LLVM vectorises
-            for j in range(h):
-                v[j] = charge(v[j], zero, form, decay_input, neuron)
-        else:
-            for j in range(h):
-                vj = charge(v[j], zero, form, decay_input, neuron)
-                if vj >= v_th if fire_ge else vj > v_th:
-                    vj = vj - v_th if neuron[7] != 0.0 else v_reset
-                v[j] = vj
+    rest_units(v, rest, form, decay_input, fire_ge, silent, neuron)
     if k == 0:
         return out, tr
     # write-back, one pass over W and e: W += eta A_{K-1} e0 + eta tau sum_q B_{K-1-q} u_q x_q^T,
@@ -391,12 +381,33 @@ def eligibility_apply(e: np.ndarray, w: np.ndarray, dw: np.ndarray, tau: float, 
 
 
 def _eligibility_impl(e, w, dw, a, tau, eta, floor):
-    zero = np.float32(0.0)
     for i in range(e.shape[0]):
-        ei = e[i] * a + dw[i] * tau
-        ei = zero if abs(ei) < floor else ei  # NaN stays NaN, as in the tensor ops
-        e[i] = ei
-        w[i] = w[i] + ei * eta
+        e[i], w[i] = eligibility_step(e[i], w[i], dw[i], a, tau, eta, floor)
+
+
+def _eligibility_step_impl(e, w, dw, keep, tau, eta, floor):
+    """One element of ``eligibility_apply``: (e * keep + dW * tau, 0 below ``floor``; w + e * eta),
+    each op rounded to float32. The one compiled copy: the pass above and ``numba_batch`` call it."""
+    ei = e * keep + dw * tau
+    ei = np.float32(0.0) if abs(ei) < floor else ei  # NaN stays NaN, as in the tensor ops
+    return ei, w + ei * eta
+
+
+def _rest_units_impl(v, steps, form, decay_input, fire_ge, silent, neuron):
+    """``steps`` steps without input of every membrane of ``v`` (1-D, in place), as
+    ``simulation.rest``: decay, and fire and reset where a spike is possible."""
+    zero = np.float32(0.0)
+    v_reset, v_th = neuron[2], neuron[3]
+    for _ in range(steps):
+        if silent:  # no spike possible: a loop without the test, which LLVM vectorises
+            for j in range(v.shape[0]):
+                v[j] = charge(v[j], zero, form, decay_input, neuron)
+        else:
+            for j in range(v.shape[0]):
+                vj = charge(v[j], zero, form, decay_input, neuron)
+                if vj >= v_th if fire_ge else vj > v_th:
+                    vj = vj - v_th if neuron[7] != 0.0 else v_reset
+                v[j] = vj
 
 
 def _rows_sum_impl(out, mat, x, idx, ptr, t):
@@ -468,6 +479,8 @@ if AVAILABLE:
     neuron_step = jit(_neuron_step_impl, inline="always")
     neuron_loop = jit(_neuron_loop_impl, nogil=True)  # the server steps models on worker threads
     _rows_sum = jit(_rows_sum_impl)
+    eligibility_step = jit(_eligibility_step_impl, inline="always")
+    rest_units = jit(_rest_units_impl, inline="always")
     _eligibility = jit(_eligibility_impl)
     _sigmoid = jit(_sigmoid)
     _modulated = modulated = jit(_modulated_impl)
@@ -482,6 +495,8 @@ else:  # pragma: no cover
     neuron_step = _neuron_step_impl
     neuron_loop = _neuron_loop_impl
     _rows_sum = _rows_sum_impl
+    eligibility_step = _eligibility_step_impl
+    rest_units = _rest_units_impl
     _eligibility = _eligibility_impl
     _modulated = modulated = _modulated_impl
     _csr = _csr_impl

@@ -41,6 +41,8 @@ class SpikeIndex:
 
     def dense(self, dtype=None) -> Array:
         """The 0/1 spikes of :attr:`shape` (which must be known), float32 or ``dtype``."""
+        if self.shape is None:
+            raise ValueError("this SpikeIndex does not know the spikes' shape; build it with one")
         torch = _array.xp(self.cols)
         d = self.shape[-1]
         r = len(self.offsets)

@@ -118,11 +118,9 @@ def _compiled_batch(pre, w, v, d: Dynamics, backend: str, learn, pre_index, redu
     if not numba_batch.supported(d.neuron, d.goodness, *arrays):
         return None
     t_steps, n, d_in = pre.shape if pre is not None else pre_index.shape
-    h = wt.shape[1]
     split = d.probability is not None and d.probability.split
-    if (d_in, n) != (wt.shape[0], vv.shape[0]) or vv.shape[1] != h or len(y) != n or (split and h % 2):
-        return None  # the per-step path says what does not fit (numba would not check)
-    if et is not None and et.shape != wt.shape:
+    # arrays that do not fit go to the per-step path, which says what is wrong in its own terms
+    if numba_batch.misfit(t_steps * n, t_steps, d_in, wt, et, vv, y, split):
         return None
     if pre_index is None:
         flat = pre.reshape(t_steps * n, d_in)
@@ -130,7 +128,7 @@ def _compiled_batch(pre, w, v, d: Dynamics, backend: str, learn, pre_index, redu
             return None
         pre_index = SpikeIndex.from_dense(flat) if torch_in else _numpy_index(flat)
     cols, offsets = (pre_index.cols.numpy(), pre_index.offsets.numpy()) if torch_in else pre_index
-    if len(offsets) != t_steps * n:
+    if len(offsets) != t_steps * n:  # an index of other spikes than ``pre``'s shape says
         return None
     yy = y.numpy() if torch_in else y
     out, tr = numba_batch.present_batch(

@@ -221,3 +221,20 @@ def test_a_nan_in_the_trace_stays_nan(monkeypatch):
     assert torch.isnan(want[4][0, 0]) and torch.isnan(want[3][0, 0])
     for k in (3, 4):  # W and e: NaN at the same places
         assert torch.equal(torch.isnan(got[k]), torch.isnan(want[k]))
+
+
+def test_a_direct_call_with_arrays_that_do_not_fit_is_refused():
+    """``present_batch`` itself says what does not fit instead of writing out of bounds."""
+    x, w, e, v, y = _problem(9)
+    index = SpikeIndex.from_dense(x.reshape(-1, x.shape[-1]))
+    args = (index.cols.numpy(), index.offsets.numpy(), 23)
+    rest = (PAPER.neuron, PAPER.trace, PAPER.probability, PAPER.goodness)
+    wt, et = w.T.numpy().copy(), e.T.numpy().copy()
+    with pytest.raises(ValueError, match="targets"):
+        numba_batch.present_batch(*args, wt, et, v.numpy().copy(), *rest, y.numpy()[:-1].copy(), 16, 0.1, 0.5)
+    with pytest.raises(ValueError, match="inputs"):
+        numba_batch.present_batch(*args, wt[:-1].copy(), None, v.numpy().copy(), *rest, y.numpy(), 16, None, 0.5)
+    with pytest.raises(ValueError, match="eligibility"):
+        numba_batch.present_batch(*args, wt, et[:, :-1].copy(), v.numpy().copy(), *rest, y.numpy(), 16, 0.1, 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        SpikeIndex(index.cols, index.offsets).dense()
