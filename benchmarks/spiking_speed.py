@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, matmul_peak, print_table, save_json, timed  # noqa: E402
@@ -25,7 +26,7 @@ from spikingjelly_ff.learning.reference import ReferenceLoop  # noqa: E402
 from spikingjelly_ff.runs.build import build_model  # noqa: E402
 from spikingjelly_ff.runs.config import load_config  # noqa: E402
 from spikingjelly_ff.runs.data import load_split  # noqa: E402
-from spikingjelly_ff.runs.samples import make_samples  # noqa: E402
+from spikingjelly_ff.runs.samples import stream_epoch  # noqa: E402
 
 
 def dense_flops_train(cfg, samples: int) -> float:
@@ -42,12 +43,16 @@ def dense_flops_test(cfg, images: int) -> float:
 
 
 def bench_training(row: str, samples: int, reference: bool):
+    """Seconds to train ``row`` on ``samples`` MNIST images in one epoch of ``sjff train``'s
+    loop (``stream_epoch``: mixed negatives, every row once, in order; ours with its input
+    drawn a batch ahead), or of the per-step reference loop."""
     cfg = load_config(f"paper/{row}")
     data = load_split("mnist", "train").take(samples)
     x, labels = data.to_tensors()
     bs = cfg.train.batch_size
     net = build_model(cfg.model, 784, 10, cfg.seed)
     gen = torch.Generator().manual_seed(0)
+    ahead = None
     if reference:
         loop = ReferenceLoop(net, cfg.train.hebbian)
 
@@ -56,12 +61,13 @@ def bench_training(row: str, samples: int, reference: bool):
 
     else:
         trainer = SpikingTrainer(net, cfg.train.hebbian)
-        step = trainer.train_batch
+        step, ahead = trainer.train_batch, trainer.prefetch
+    batches = [(x[i : i + bs], labels[i : i + bs], None) for i in range(0, samples, bs)]
+    sample_gen = torch.Generator().manual_seed(1)
 
     def run():
-        for i in range(0, samples, bs):
-            _, shown, y = make_samples(labels[i : i + bs], "mixed", 10, gen)
-            step(x[i : i + bs], shown, y)  # mixed: every row once, in order (as sjff train runs it)
+        bar = tqdm(batches, disable=True)
+        stream_epoch(bar, step, cfg, 10, (28, 28), gen, sample_gen, None, ahead=ahead)
 
     threads = torch.get_num_threads()
     if cfg.threads:

@@ -119,6 +119,7 @@ def _scatter_impl(u, rates, live, n, d, make_dense):
     return dense, cols[:nnz], offsets
 
 
-_scatter = numba_online.jit(_scatter_impl) if numba_online.AVAILABLE else _scatter_impl
+# nogil: batched training draws the next batch on a worker thread (learning/ahead.py)
+_scatter = numba_online.jit(_scatter_impl, nogil=True) if numba_online.AVAILABLE else _scatter_impl
 _live = numba_online.jit(_live_impl) if numba_online.AVAILABLE else _live_impl
-_nonzero = numba_online.jit(_nonzero_impl) if numba_online.AVAILABLE else _nonzero_impl
+_nonzero = numba_online.jit(_nonzero_impl, nogil=True) if numba_online.AVAILABLE else _nonzero_impl

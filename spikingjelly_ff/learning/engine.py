@@ -17,6 +17,7 @@ from spikingjelly_ff.functional.hebbian import DeltaReduce
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.schedule import schedule_factor
 from spikingjelly_ff.kernels import numba_online, numba_spikes
+from spikingjelly_ff.learning.ahead import DrawAhead
 from spikingjelly_ff.nn.models import SpikingFFNet
 from spikingjelly_ff.simulation import (
     SampleDraws,
@@ -89,13 +90,25 @@ class SpikingTrainer:
         self._code: tuple | None = None  # the online path's label layout (see _layout)
         self._views: tuple | None = None  # (memory pointers, [(W, e) numpy views]) of the online path
         self._plan: tuple | None = None  # see _online_plan
+        self._ahead = DrawAhead(self.generator, self._draw)  # see prefetch
+
+    def prefetch(self, x: Tensor, shown: Tensor) -> bool:
+        """Announce a batch that a later :meth:`train_batch` gets, in the order they come: on the
+        CPU its input spikes are drawn on a worker thread while the batches before it present
+        (``ahead.py``). The spikes and the random stream are the same as without; a batch that
+        comes otherwise is drawn when it comes (and those announced after it again). Returns
+        whether it draws ahead (batched training on the CPU)."""
+        if x.device.type != "cpu" or (self.sequential and x.shape[0] > 1) or self._online(x.shape[0], x.device):
+            return False
+        self._ahead.submit(x, shown)
+        return True
 
     def state_dict(self) -> dict:
         """What training goes on from besides the weights: the step count, the random streams,
         the eligibility traces and each layer's carried membrane and trace."""
         return {
             "count": self.count,
-            "generator": self.generator.get_state(),
+            "generator": self._settled().get_state(),
             "rng": None if self._rng is None else self._rng.bit_generator.state,
             "eligibility": [e.clone() for e in self.eligibility],
             "neurons": [_carried(layer.neuron) for layer in self.net.layers],
@@ -105,7 +118,7 @@ class SpikingTrainer:
         """Continue from :meth:`state_dict` (the eligibility is copied into the tensors the
         online path views)."""
         self.count = int(state["count"])
-        self.generator.set_state(state["generator"])
+        self._settled().set_state(state["generator"])
         self._rng = None
         if state["rng"] is not None:
             self._rng = np.random.default_rng()
@@ -155,9 +168,24 @@ class SpikingTrainer:
             )
         return self._train(x, shown, y, eta, spikes)
 
+    def _settled(self) -> torch.Generator:
+        """The generator with no draw pending on the worker (those made ahead are undone)."""
+        self._ahead.cancel()
+        return self.generator
+
+    def _draw(self, x: Tensor, shown: Tensor) -> tuple[Tensor, Tensor | None, SpikeIndex]:
+        """(rates, spikes, index) of a CPU batch: the compiled batch presentation reads the
+        index alone, so dense spikes are made only for another path."""
+        net = self.net
+        rates = net.rates(x, shown)
+        dense = rates.dtype != torch.float32 or not batch_compiles(net.dynamics, net.backend, self.reduce)
+        spikes, index = encode_spikes(rates, net.encoder.steps, self.generator, net.encoder.coding, True, dense)
+        return rates, spikes, index
+
     def _train(self, x: Tensor, shown: Tensor, y: Tensor, eta: float, spikes: Tensor | None) -> Tensor:
         if not self._online(x.shape[0], x.device):
             return self._present(x, shown, y, eta, spikes, online=False)
+        self._settled()  # the online path's stream is seeded from ours
         # Batch-1 work is a chain of tiny ops: a second thread only adds synchronisation, and
         # with any other process on the machine every parallel op waits for a free core.
         threads = torch.get_num_threads()
@@ -174,13 +202,11 @@ class SpikingTrainer:
         index = None
         like = spikes
         if spikes is None:
-            rates = like = net.rates(x, shown)
             if x.device.type == "cpu":
-                # the compiled batch presentation reads the index alone: no dense spikes for it
-                dense = rates.dtype != torch.float32 or not batch_compiles(net.dynamics, net.backend, self.reduce)
-                spikes, index = encode_spikes(rates, net.encoder.steps, self.generator, net.encoder.coding, True, dense)
+                like, spikes, index = self._ahead.get(x, shown)
             else:
-                spikes = net.encode(rates, self.generator)
+                like = net.rates(x, shown)
+                spikes = net.encode(like, self._settled())
         elif x.device.type == "cpu":
             index = SpikeIndex.from_dense(spikes.reshape(-1, spikes.shape[-1]))
         n = like.shape[-2]

@@ -71,9 +71,16 @@ def judge_batch(
     """A batch's samples (:func:`make_samples`) through ``step(x, shown, y)``; returns how many
     the network judged right, a tensor on the batch's device (reading it would make the host
     wait for the GPU), and how many it judged."""
+    x, shown, y = batch_samples(xb, labels, mode, num_classes, generator, scores)
+    return (step(x, shown, y).float() == y).sum(), len(y)
+
+
+def batch_samples(
+    xb: Tensor, labels: Tensor, mode: str, num_classes: int, generator, scores=None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(images, shown labels, targets)`` of a batch's samples (:func:`make_samples`)."""
     rows, shown, y = make_samples(labels, mode, num_classes, generator, scores)
-    pred = step(xb if mode == "mixed" else xb[rows], shown, y)  # mixed: every row once, in order
-    return (pred.float() == y).sum(), len(y)
+    return (xb if mode == "mixed" else xb[rows]), shown, y  # mixed: every row once, in order
 
 
 @dataclass
@@ -154,10 +161,12 @@ class HardNegatives:
 
 
 def stream_epoch(
-    bar, step, cfg: RunConfig, num_classes: int, shape, gen, sample_gen, scores, at=None, checkpoint=None
+    bar, step, cfg: RunConfig, num_classes: int, shape, gen, sample_gen, scores, at=None, checkpoint=None, ahead=None
 ) -> tuple[int, int]:
     """One epoch with the run's random streams (``train.draws: stream``); returns (correctly
-    judged, judged) rows. Every ``train.checkpoint_batches`` batches ``checkpoint(position)``
+    judged, judged) rows. ``ahead(x, shown)`` (a trainer's ``prefetch``) is told each batch's
+    samples a batch early, drawn from ``sample_gen`` in the same order; it returns False where
+    it will not use them. Every ``train.checkpoint_batches`` batches ``checkpoint(position)``
     is called with what picks the epoch up there (``at`` of a resumed run): the next batch, the
     counts, and the batches (images shifted) and hard-negative scores already drawn ahead."""
     correct, seen, first = 0, 0, 0
@@ -169,15 +178,42 @@ def stream_epoch(
         if hard is not None:
             hard.pending = list(at["pending"])
     every = cfg.train.checkpoint_batches
+    mode = "paired" if cfg.train.negatives == "hard" else cfg.train.negatives
+    drawn = None  # the next batch's samples, made ahead for ``ahead``
+    judged: list[tuple[Tensor, Tensor]] = []  # (judged positive, targets) not yet counted
+
+    def count() -> None:  # in one comparison for many batches: at batch 1 each op is dear
+        nonlocal correct
+        if judged:
+            pred, y = torch.cat([p for p, _ in judged]), torch.cat([y for _, y in judged])
+            correct = correct + (pred.float() == y).sum()
+            judged.clear()
+
     for i, (xb, lb) in enumerate(stream, first):
         scores = None if hard is None else hard(xb, stream)
-        mode = "paired" if cfg.train.negatives == "hard" else cfg.train.negatives
-        right, judged = judge_batch(step, xb, lb, mode, num_classes, sample_gen, scores)
-        correct, seen = correct + right, seen + judged
+        announced, drawn = drawn, None
+        samples = announced or batch_samples(xb, lb, mode, num_classes, sample_gen, scores)
+        due = checkpoint is not None and every and (i + 1) % every == 0
+        # hard negatives need the scores after this batch; a checkpoint saves the streams
+        # as they stand after it, so neither may draw ahead
+        if ahead is not None and hard is None and not due and stream.upcoming(1):
+            nxb, nlb = stream.buffer[0]
+            drawn = batch_samples(nxb, nlb, mode, num_classes, sample_gen)
+            # this batch first where it was not announced: the worker draws in the order told
+            told = announced is not None or ahead(samples[0], samples[1]) is not False
+            if not told or ahead(drawn[0], drawn[1]) is False:  # e.g. batch-1 learning
+                ahead = None
+        judged.append((step(*samples), samples[2]))
+        seen += len(samples[2])
+        if len(judged) >= 64:
+            count()
         if not bar.disable and i % 20 == 0:
+            count()
             bar.set_postfix(pn_acc=f"{int(correct) / seen:.3f}")
-        if checkpoint is not None and every and (i + 1) % every == 0:
+        if due:
+            count()
             pending = [] if hard is None else list(hard.pending)
             checkpoint({"batch": i + 1, "source": i + 1 + len(stream.buffer), "correct": int(correct), "seen": seen,
                         "buffer": list(stream.buffer), "pending": pending})  # fmt: skip
+    count()
     return int(correct), seen

@@ -133,6 +133,7 @@ def train(
     if device.type == "cuda" or graphed is not None:
         metrics["cuda_graph"] = "replays" if blocker is None else f"off: {blocker}"
     parts = RunParts(net, learner, streams, loop, batches)
+    ahead = getattr(learner, "prefetch", None)  # input drawn a batch ahead (learning/ahead.py)
     first, position = 1, None
     run = {"device": device.type, "backend": backend}  # what device: auto and backend: auto resolved to
     state = state_to_resume(out, {**cfg.to_dict(), "run": run}, resume, log)
@@ -182,7 +183,9 @@ def train(
                 metrics["cuda_graph"] = f"off: the capture failed ({graphed.failed})"
         else:
             shape = train_split.shape
-            correct, seen = stream_epoch(bar, step, cfg, num_classes, shape, gen, sample_gen, scorer_scores, at, tick)
+            correct, seen = stream_epoch(
+                bar, step, cfg, num_classes, shape, gen, sample_gen, scorer_scores, at, tick, ahead
+            )
         train_seconds = time.perf_counter() - t0
         record = {
             "epoch": epoch,

@@ -33,13 +33,16 @@ CASES = {
     "sigmoid-mean-lif-no-eligibility": (
         Dynamics(
             NeuronParams(form="lif", tau=2.5, v_threshold=0.3, decay_input=True, v_reset=-0.1),
-            TraceParams("leaky", 0.6), Probability("sigmoid", alpha=2.0, theta=0.5), "mean_squares",
+            TraceParams("leaky", 0.6),
+            Probability("sigmoid", alpha=2.0, theta=0.5),
+            "mean_squares",
         ),
         HebbianParams(eta=0.3, eligibility_tau=None, learn_after=5),
     ),  # fmt: skip
     "polar-clip-hard-trace": (
         Dynamics(
-            NeuronParams(form="beta", beta=0.7, v_threshold=0.2, fire=">="), TraceParams("hard", 0.8),
+            NeuronParams(form="beta", beta=0.7, v_threshold=0.2, fire=">="),
+            TraceParams("hard", 0.8),
             Probability("polar", alpha=1.5, theta=0.2, clip=0.02),
         ),
         HebbianParams(eta=0.2, eligibility_tau=0.3, learn_after=10),
@@ -238,3 +241,12 @@ def test_a_direct_call_with_arrays_that_do_not_fit_is_refused():
         numba_batch.present_batch(*args, wt, et[:, :-1].copy(), v.numpy().copy(), *rest, y.numpy(), 16, 0.1, 0.5)
     with pytest.raises(ValueError, match="shape"):
         SpikeIndex(index.cols, index.offsets).dense()
+    cols, offsets = index.cols.numpy(), index.offsets.numpy()
+    for bad_cols, bad_offsets, message in [
+        (np.where(cols == cols.max(), 90, cols), offsets, "spikes at inputs 0..90 for weights of 90"),
+        (np.where(cols == cols.max(), -1, cols), offsets, "spikes at inputs -1"),
+        (cols, offsets[::-1].copy(), "row offsets that are not ascending"),
+        (cols, np.where(offsets == offsets.max(), len(cols) + 1, offsets), "row offsets that are not ascending"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            numba_batch.present_batch(bad_cols, bad_offsets, 23, wt, et, v.numpy(), *rest, y.numpy(), 16, 0.1, 0.5)

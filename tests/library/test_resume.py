@@ -61,6 +61,9 @@ CASES = {
     "spiking batched, hard negatives, shifted images": lambda: three(
         "spiking", **{"train.batch_size": 20, "train.negatives": "hard", "train.augment_shift": 1}
     ),
+    "spiking batched, input drawn a batch ahead, shifted images": lambda: three(
+        "spiking", **{"train.batch_size": 20, "train.augment_shift": 1}
+    ),
     "spiking conv, Adam on Hebbian deltas": lambda: conv_config(
         "conv/spiking-competitive-adam-mnist", "train.eval_every=1"
     ),
@@ -134,6 +137,7 @@ def stop_at_checkpoint(monkeypatch, epoch: int, batch: int) -> None:
         "analog local losses, Adam, paired negatives",
         "spiking online (batch 1)",
         "spiking batched, hard negatives, shifted images",  # batches and scores drawn ahead
+        "spiking batched, input drawn a batch ahead, shifted images",  # samples and spikes drawn ahead
         "spiking conv, Adam on Hebbian deltas",
     ],
 )
