@@ -45,14 +45,14 @@ def dense_flops_test(cfg, images: int) -> float:
 def bench_training(row: str, samples: int, reference: bool):
     """Seconds to train ``row`` on ``samples`` MNIST images in one epoch of ``sjff train``'s
     loop (``stream_epoch``: mixed negatives, every row once, in order; ours with its input
-    drawn a batch ahead), or of the per-step reference loop."""
+    drawn a batch ahead, and batch-1 rows learnt in runs), or of the per-step reference loop."""
     cfg = load_config(f"paper/{row}")
     data = load_split("mnist", "train").take(samples)
     x, labels = data.to_tensors()
     bs = cfg.train.batch_size
     net = build_model(cfg.model, 784, 10, cfg.seed)
     gen = torch.Generator().manual_seed(0)
-    ahead = None
+    ahead = rows = None
     if reference:
         loop = ReferenceLoop(net, cfg.train.hebbian)
 
@@ -61,13 +61,13 @@ def bench_training(row: str, samples: int, reference: bool):
 
     else:
         trainer = SpikingTrainer(net, cfg.train.hebbian)
-        step, ahead = trainer.train_batch, trainer.prefetch
+        step, ahead, rows = trainer.train_batch, trainer.prefetch, trainer.train_rows
     batches = [(x[i : i + bs], labels[i : i + bs], None) for i in range(0, samples, bs)]
     sample_gen = torch.Generator().manual_seed(1)
 
     def run():
         bar = tqdm(batches, disable=True)
-        stream_epoch(bar, step, cfg, 10, (28, 28), gen, sample_gen, None, ahead=ahead)
+        stream_epoch(bar, step, cfg, 10, (28, 28), gen, sample_gen, None, ahead=ahead, rows=rows)
 
     threads = torch.get_num_threads()
     if cfg.threads:

@@ -505,3 +505,6 @@ else:  # pragma: no cover
     _kernel = _impl
     _kernel_draws = _impl_draws
     _rest_beta = _rest_beta_impl
+
+# the steps numba_rows runs for each sample of a run (compiled, callable from its kernel)
+draws_csr, core = _draws, _core

@@ -16,7 +16,7 @@ from spikingjelly_ff import kernels
 from spikingjelly_ff.functional.hebbian import DeltaReduce
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.schedule import schedule_factor
-from spikingjelly_ff.kernels import numba_online, numba_spikes
+from spikingjelly_ff.kernels import numba_online, numba_rows, numba_spikes
 from spikingjelly_ff.learning.ahead import DrawAhead
 from spikingjelly_ff.nn.models import SpikingFFNet
 from spikingjelly_ff.simulation import (
@@ -143,6 +143,78 @@ class SpikingTrainer:
         self.count += 1
         return self.train_batch_at(x, shown, y, eta, spikes)
 
+    @torch.no_grad()
+    def train_rows(self, x: Tensor, shown: Tensor, y: Tensor) -> Tensor:
+        """``N`` calls of :meth:`train_batch`, one per row (``x`` ``[N, D]``, ``shown``, ``y``
+        ``[N]``), in one call: where batch-1 learning runs compiled (a one-layer net on the CPU,
+        Bernoulli input), every row's presentation runs in one compiled call
+        (``kernels.numba_rows``) with the same spikes, weights and random streams, bit for bit.
+        Returns whether each row was judged positive, ``[N]``."""
+        if not self._rows_compile(x, shown):  # the rows one by one (a bad label raises at its row)
+            return torch.cat([self.train_batch(x[i : i + 1], shown[i : i + 1], y[i : i + 1]) for i in range(len(x))])
+        etas = np.empty(len(x))
+        for i in range(len(x)):  # train_batch's schedule, row by row
+            etas[i] = self.rate()
+            self.count += 1
+        return self._rows(x, shown, y, etas)
+
+    def _rows(self, x: Tensor, shown: Tensor, y: Tensor, etas: np.ndarray) -> Tensor:
+        """Rows ``x`` one after another at learning rates ``etas`` ``[N]``, in one compiled call."""
+        self._settled()  # the online path's stream is seeded from ours
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the online path: a chain of tiny ops
+        try:
+            return self._present_rows(x, shown, y, etas)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _rows_compile(self, x: Tensor, shown: Tensor) -> bool:
+        """Whether :meth:`train_rows` runs ``x`` in one ``numba_rows`` call: rows that would each
+        take the compiled batch-1 presentation of a one-layer net with Bernoulli input, with
+        images of the net's width and labels it has."""
+        net = self.net
+        spec, enc = self.hebbian, net.encoder
+        if len(net.layers) != 1 or x.device.type != "cpu" or x.dtype != torch.float32 or enc.coding != "bernoulli":
+            return False
+        if x.ndim != 2 or x.shape[1] != net.in_features or tuple(shown.shape) != (len(x),):
+            return False
+        labels, classes = shown.numpy(), self._layout()[2].shape[0]
+        if labels.dtype.kind not in "iu" or (len(labels) and (labels.min() < 0 or labels.max() >= classes)):
+            return False
+        w = net.layers[0].weight
+        return (
+            self._online(1, x.device)
+            and numba_online.supported(net.dynamics.neuron, net.dynamics.goodness, np.float32)
+            and w.dtype == torch.float32
+            and w.T.is_contiguous()
+            and self.eligibility[0].T.is_contiguous()
+            and enc.steps > spec.learn_after + 1
+        )
+
+    def _present_rows(self, x: Tensor, shown: Tensor, y: Tensor, etas: np.ndarray) -> Tensor:
+        """:meth:`_rows`' work: the rows' rates and draws, the one kernel call, the judgements."""
+        _, gain, label_rates, image, label, width = self._layout()
+        images, labels = np.ascontiguousarray(x.numpy()), shown.numpy().astype(np.int64)
+        rates, live, starts = numba_rows.live_rows(images, gain, label_rates, labels, image, label, width)
+        if self._rng is None:
+            self._rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
+        steps = self.net.encoder.steps
+        # one draw for every row: the same numbers as a draw per row (bernoulli_draws' order)
+        u = self._rng.random(steps * len(live), dtype=np.float32)
+        layers, neurons, d, enc, rest_steps, scoring = self._online_plan()
+        (w, e), neuron = self._numpy_views()[0], neurons[0]
+        v = _membrane(neuron, 1, w.shape[0], layers[0].weight, enc.carry_membrane)
+        targets = np.asarray(y.numpy(), dtype=np.float64)
+        traces = numba_rows.present_rows(
+            u, rates, live, starts, steps, w.T, e.T, v.numpy().reshape(-1), d.neuron, d.trace, d.probability,
+            d.goodness, targets, self.hebbian.learn_after + 1, self.hebbian.eligibility_tau, etas, rest_steps,
+        )  # fmt: skip
+        neuron.v = v
+        neuron.trace = torch.from_numpy(traces[-1:].copy())
+        if 0 not in scoring:
+            return torch.zeros(len(x), dtype=torch.bool)
+        return torch.tensor([scalar_logit(d, tr) > 0 for tr in traces])
+
     def rate(self) -> float:
         """The learning rate of the next batch (the schedule at this step count)."""
         return self.hebbian.eta * schedule_factor(self.hebbian.schedule, self.count / self.steps_total)
@@ -153,6 +225,8 @@ class SpikingTrainer:
         graph of a batch (``runs/graphed.py``) is captured once and replayed, so its caller
         counts the replays."""
         if self.sequential and x.shape[0] > 1:
+            if spikes is None and self._rows_compile(x, shown):  # e.g. a positive and a negative
+                return self._rows(x, shown, y, np.full(len(x), eta))
             rows = range(x.shape[0])
             return torch.cat(
                 [

@@ -161,14 +161,27 @@ class HardNegatives:
 
 
 def stream_epoch(
-    bar, step, cfg: RunConfig, num_classes: int, shape, gen, sample_gen, scores, at=None, checkpoint=None, ahead=None
+    bar,
+    step,
+    cfg: RunConfig,
+    num_classes: int,
+    shape,
+    gen,
+    sample_gen,
+    scores,
+    at=None,
+    checkpoint=None,
+    ahead=None,
+    rows=None,
 ) -> tuple[int, int]:
     """One epoch with the run's random streams (``train.draws: stream``); returns (correctly
     judged, judged) rows. ``ahead(x, shown)`` (a trainer's ``prefetch``) is told each batch's
     samples a batch early, drawn from ``sample_gen`` in the same order; it returns False where
-    it will not use them. Every ``train.checkpoint_batches`` batches ``checkpoint(position)``
-    is called with what picks the epoch up there (``at`` of a resumed run): the next batch, the
-    counts, and the batches (images shifted) and hard-negative scores already drawn ahead."""
+    it will not use them. ``rows(x, shown, y)`` (a trainer's ``train_rows``: as one ``step`` per
+    row) learns runs of one-row batches in one call, up to 64 at a time. Every
+    ``train.checkpoint_batches`` batches ``checkpoint(position)`` is called with what picks the
+    epoch up there (``at`` of a resumed run): the next batch, the counts, and the batches (images
+    shifted) and hard-negative scores already drawn ahead."""
     correct, seen, first = 0, 0, 0
     stream = Lookahead((shift_images(xb, shape, cfg.train.augment_shift, gen), lb) for xb, lb, _ in bar)
     hard = HardNegatives(scores) if cfg.train.negatives == "hard" else None
@@ -181,12 +194,17 @@ def stream_epoch(
     mode = "paired" if cfg.train.negatives == "hard" else cfg.train.negatives
     drawn = None  # the next batch's samples, made ahead for ``ahead``
     judged: list[tuple[Tensor, Tensor]] = []  # (judged positive, targets) not yet counted
+    block: list[tuple[Tensor, Tensor, Tensor]] = []  # one-row samples waiting for ``rows``
 
     def count() -> None:  # in one comparison for many batches: at batch 1 each op is dear
-        nonlocal correct
+        nonlocal correct, seen
+        if block:
+            x, shown, y = (torch.cat(part) for part in zip(*block))
+            judged.append((rows(x, shown, y), y))
+            block.clear()
         if judged:
             pred, y = torch.cat([p for p, _ in judged]), torch.cat([y for _, y in judged])
-            correct = correct + (pred.float() == y).sum()
+            correct, seen = correct + (pred.float() == y).sum(), seen + len(y)
             judged.clear()
 
     for i, (xb, lb) in enumerate(stream, first):
@@ -203,15 +221,16 @@ def stream_epoch(
             told = announced is not None or ahead(samples[0], samples[1]) is not False
             if not told or ahead(drawn[0], drawn[1]) is False:  # e.g. batch-1 learning
                 ahead = None
-        judged.append((step(*samples), samples[2]))
-        seen += len(samples[2])
-        if len(judged) >= 64:
+        if rows is not None and hard is None and len(samples[2]) == 1:
+            block.append(samples)  # learnt with the next ones, in order, in one call
+        else:
+            count()  # the rows before it first
+            judged.append((step(*samples), samples[2]))
+        if len(block) + len(judged) >= 64 or due:
             count()
-        if not bar.disable and i % 20 == 0:
-            count()
+        if not bar.disable and i % 20 == 0 and seen:
             bar.set_postfix(pn_acc=f"{int(correct) / seen:.3f}")
         if due:
-            count()
             pending = [] if hard is None else list(hard.pending)
             checkpoint({"batch": i + 1, "source": i + 1 + len(stream.buffer), "correct": int(correct), "seen": seen,
                         "buffer": list(stream.buffer), "pending": pending})  # fmt: skip

@@ -134,6 +134,7 @@ def train(
         metrics["cuda_graph"] = "replays" if blocker is None else f"off: {blocker}"
     parts = RunParts(net, learner, streams, loop, batches)
     ahead = getattr(learner, "prefetch", None)  # input drawn a batch ahead (learning/ahead.py)
+    rows = getattr(learner, "train_rows", None)  # runs of one-row batches in one call
     first, position = 1, None
     run = {"device": device.type, "backend": backend}  # what device: auto and backend: auto resolved to
     state = state_to_resume(out, {**cfg.to_dict(), "run": run}, resume, log)
@@ -184,7 +185,7 @@ def train(
         else:
             shape = train_split.shape
             correct, seen = stream_epoch(
-                bar, step, cfg, num_classes, shape, gen, sample_gen, scorer_scores, at, tick, ahead
+                bar, step, cfg, num_classes, shape, gen, sample_gen, scorer_scores, at, tick, ahead, rows
             )
         train_seconds = time.perf_counter() - t0
         record = {

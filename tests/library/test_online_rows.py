@@ -1,0 +1,152 @@
+"""Runs of batch-1 samples learnt in one compiled call (``SpikingTrainer.train_rows``,
+``kernels/numba_rows.py``): the same weights, traces, membranes, judgements and random streams
+as one ``train_batch`` per row, bit for bit; what the call does not take goes row by row."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import MINI
+from tqdm import tqdm
+
+from spikingjelly_ff.kernels import numba_online, numba_rows
+from spikingjelly_ff.learning.engine import SpikingTrainer
+from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.config import load_config
+from spikingjelly_ff.runs.data import load_split
+from spikingjelly_ff.runs.samples import make_samples, stream_epoch
+
+pytestmark = pytest.mark.skipif(
+    not numba_online.AVAILABLE and os.environ.get("SJFF_REQUIRE_NUMBA") != "1", reason="needs numba (extra [fast])"
+)
+
+# the paper's online row on a narrower layer, eta decaying over the run (a rate per row)
+SETS = ["model.layers=[48]", "train.hebbian.schedule=cosine"]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_split(str(MINI), "train").take(300).to_tensors()
+
+
+def _pair(sets=()):
+    cfg = load_config("paper/hebbian-online-symmetric", [*SETS, *sets])
+    net = build_model(cfg.model, 784, 10, cfg.seed)
+    make = lambda n: SpikingTrainer(n, cfg.train.hebbian, steps_total=300, seed=3, sequential=True)  # noqa: E731
+    return cfg, make(net), make(copy.deepcopy(net))
+
+
+def _samples(data, start: int, n: int):
+    x, labels = data
+    g = torch.Generator().manual_seed(start)
+    rows = [make_samples(labels[i : i + 1], "mixed", 10, g) for i in range(start, start + n)]
+    return x[start : start + n], torch.cat([r[1] for r in rows]), torch.cat([r[2] for r in rows])
+
+
+def _assert_same(a: SpikingTrainer, b: SpikingTrainer) -> None:
+    for la, lb, ea, eb in zip(a.net.layers, b.net.layers, a.eligibility, b.eligibility):
+        assert torch.equal(la.weight, lb.weight)
+        assert torch.equal(ea, eb)
+        assert torch.equal(la.neuron.v, lb.neuron.v)
+        assert torch.equal(la.neuron.trace, lb.neuron.trace)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa["count"] == sb["count"]
+    assert torch.equal(sa["generator"], sb["generator"])
+    assert sa["rng"] == sb["rng"]
+
+
+def _row_by_row(trainer: SpikingTrainer, x, shown, y) -> torch.Tensor:
+    return torch.cat([trainer.train_batch(x[i : i + 1], shown[i : i + 1], y[i : i + 1]) for i in range(len(x))])
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[int]:
+    """The number of rows of every ``numba_rows.present_rows`` call."""
+    seen = []
+    real = numba_rows.present_rows
+    monkeypatch.setattr(numba_rows, "present_rows", lambda *a, **k: seen.append(len(a[12])) or real(*a, **k))
+    return seen
+
+
+def test_runs_of_rows_learn_bit_for_bit_as_one_call_per_row(data, calls):
+    _, a, b = _pair()
+    for start, n in ((0, 40), (40, 1), (41, 64), (105, 7)):
+        x, shown, y = _samples(data, start, n)
+        assert torch.equal(a.train_rows(x, shown, y), _row_by_row(b, x, shown, y))
+        _assert_same(a, b)
+    assert calls == [40, 1, 64, 7]  # each run in one compiled call
+    assert a.count == 112
+    assert (a.net.layers[0].weight != _pair()[1].net.layers[0].weight).any()  # it learnt
+
+
+def test_a_batch_of_rows_shown_one_after_another_learns_in_one_call(data, calls):
+    """A sequential trainer's batch (e.g. a positive and a negative sample of one image): its
+    rows one after another at one learning rate, as the per-row loop runs them."""
+    _, a, b = _pair()
+    for start in range(0, 40, 4):
+        x, shown, y = _samples(data, start, 4)
+        got = a.train_batch(x, shown, y)
+        eta = b.rate()
+        b.count += 1
+        want = torch.cat([b._train(x[i : i + 1], shown[i : i + 1], y[i : i + 1], eta, None) for i in range(4)])
+        assert torch.equal(got, want)
+        _assert_same(a, b)
+    assert calls == [4] * 10
+
+
+def test_what_one_call_does_not_take_goes_row_by_row(data, calls):
+    """Two layers, regular coding, a label the net does not have (raised at its row, after
+    the rows before it have learnt, as one call per row would)."""
+    for sets in (["model.layers=[24, 16]"], ["model.encoder.coding=regular"]):
+        _, a, b = _pair(sets)
+        x, shown, y = _samples(data, 0, 12)
+        assert not a._rows_compile(x, shown)
+        assert torch.equal(a.train_rows(x, shown, y), _row_by_row(b, x, shown, y))
+        _assert_same(a, b)
+    _, a, b = _pair()
+    x, shown, y = _samples(data, 0, 12)
+    bad = shown.clone()
+    bad[5] = 10
+    with pytest.raises(ValueError, match=r"labels must be 1 integers in \[0, 10\)"):
+        a.train_rows(x, bad, y)
+    with pytest.raises(ValueError, match=r"labels must be 1 integers in \[0, 10\)"):
+        _row_by_row(b, x, bad, y)
+    _assert_same(a, b)
+    assert a.count == 6  # rows 0-4 learnt, row 5 counted as train_batch counts it
+    assert calls == []
+
+
+def test_an_epoch_of_one_row_batches_learns_in_runs_as_row_by_row(data, monkeypatch):
+    sizes = []
+    cfg, a, b = _pair()
+    real = a.train_rows
+    monkeypatch.setattr(a, "train_rows", lambda x, s, y: sizes.append(len(x)) or real(x, s, y))
+    x, labels = data
+    batches = [(x[i : i + 1], labels[i : i + 1], None) for i in range(len(x))]
+    batches[100:103] = [(x[100:103], labels[100:103], None)]  # three rows: step's, after the run before it
+    counts = []
+    for trainer, rows in ((a, a.train_rows), (b, None)):
+        gen, sample_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+        bar = tqdm(batches, disable=True)
+        counts.append(stream_epoch(bar, trainer.train_batch, cfg, 10, (28, 28), gen, sample_gen, None, rows=rows))
+    assert counts[0] == counts[1] and counts[0][1] == 300
+    _assert_same(a, b)
+    assert sizes == [64, 36, 63, 64, 64, 6]  # runs of at most 64 rows; one flushed before the 3-row batch
+
+
+def test_a_direct_call_with_draws_that_do_not_fit_is_refused():
+    cfg = load_config("paper/hebbian-online-symmetric", SETS)
+    d = build_model(cfg.model, 784, 10, 0).dynamics
+    wt = np.zeros((884, 48), np.float32)
+    rates, live, starts = np.full(3, 0.5, np.float32), np.array([1, 2, 900]), np.array([0, 3])
+    args = (d.neuron, d.trace, d.probability, d.goodness)
+    with pytest.raises(ValueError, match="inputs up to 900"):
+        numba_rows.present_rows(np.zeros(69, np.float32), rates, live, starts, 23, wt, wt.copy(),
+                                np.zeros(48, np.float32), *args, np.ones(1), 16, 0.1, np.ones(1))  # fmt: skip
+    with pytest.raises(ValueError, match="draws of 1 samples for 2 targets"):
+        numba_rows.present_rows(np.zeros(69, np.float32), rates, live[:3] % 884, starts, 23, wt, wt.copy(),
+                                np.zeros(48, np.float32), *args, np.ones(2), 16, 0.1, np.ones(2))  # fmt: skip
