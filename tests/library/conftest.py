@@ -43,6 +43,19 @@ def mini_config(kind: str, **overrides):
     return load_config(base, sets)
 
 
+def stream_epoch_of(trainer, batches: list, cfg, **hooks) -> tuple[int, int]:
+    """One ``stream_epoch`` of ``batches`` ``[(images, labels, rows)]`` through ``trainer``, with
+    fixed random streams and ``hooks`` (``ahead=``, ``rows=``): (judged right, judged)."""
+    import torch
+    from tqdm import tqdm
+
+    from spikingjelly_ff.runs.samples import stream_epoch
+
+    gen, sample_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    bar = tqdm(batches, disable=True)
+    return stream_epoch(bar, trainer.train_batch, cfg, 10, (28, 28), gen, sample_gen, None, **hooks)
+
+
 @pytest.fixture(scope="session")
 def mini():
     return MINI

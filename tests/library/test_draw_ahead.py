@@ -9,15 +9,14 @@ import threading
 
 import pytest
 import torch
-from conftest import MINI
-from tqdm import tqdm
+from conftest import MINI, stream_epoch_of
 
 from spikingjelly_ff.learning import ahead as ahead_module
 from spikingjelly_ff.learning.engine import SpikingTrainer
 from spikingjelly_ff.runs.build import build_model
 from spikingjelly_ff.runs.config import load_config
 from spikingjelly_ff.runs.data import load_split
-from spikingjelly_ff.runs.samples import make_samples, stream_epoch
+from spikingjelly_ff.runs.samples import make_samples
 
 CFG = load_config("paper/hebbian-batched-symmetric", ["model.layers=[32]"])
 
@@ -78,11 +77,7 @@ def test_an_epoch_drawn_ahead_trains_bit_for_bit_as_one_drawn_batch_by_batch(dat
     a, b = _pair()
     x, labels = data
     batches = [(x[i : i + 20], labels[i : i + 20], None) for i in range(0, 400, 20)]
-    counts = []
-    for trainer, ahead in ((a, a.prefetch), (b, None)):
-        gen, sample_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
-        bar = tqdm(batches, disable=True)
-        counts.append(stream_epoch(bar, trainer.train_batch, CFG, 10, (28, 28), gen, sample_gen, None, ahead=ahead))
+    counts = [stream_epoch_of(a, batches, CFG, ahead=a.prefetch), stream_epoch_of(b, batches, CFG)]
     assert counts[0] == counts[1] and counts[0][1] == 400
     _assert_same(a, b)
     assert len(threads) == 20 and not any(threads)  # every batch drawn once, on the worker

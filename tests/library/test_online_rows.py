@@ -10,15 +10,14 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import MINI
-from tqdm import tqdm
+from conftest import MINI, stream_epoch_of
 
 from spikingjelly_ff.kernels import numba_online, numba_rows
 from spikingjelly_ff.learning.engine import SpikingTrainer
 from spikingjelly_ff.runs.build import build_model
 from spikingjelly_ff.runs.config import load_config
 from spikingjelly_ff.runs.data import load_split
-from spikingjelly_ff.runs.samples import make_samples, stream_epoch
+from spikingjelly_ff.runs.samples import make_samples
 
 pytestmark = pytest.mark.skipif(
     not numba_online.AVAILABLE and os.environ.get("SJFF_REQUIRE_NUMBA") != "1", reason="needs numba (extra [fast])"
@@ -128,11 +127,7 @@ def test_an_epoch_of_one_row_batches_learns_in_runs_as_row_by_row(data, monkeypa
     x, labels = data
     batches = [(x[i : i + 1], labels[i : i + 1], None) for i in range(len(x))]
     batches[100:103] = [(x[100:103], labels[100:103], None)]  # three rows: step's, after the run before it
-    counts = []
-    for trainer, rows in ((a, a.train_rows), (b, None)):
-        gen, sample_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
-        bar = tqdm(batches, disable=True)
-        counts.append(stream_epoch(bar, trainer.train_batch, cfg, 10, (28, 28), gen, sample_gen, None, rows=rows))
+    counts = [stream_epoch_of(a, batches, cfg, rows=a.train_rows), stream_epoch_of(b, batches, cfg)]
     assert counts[0] == counts[1] and counts[0][1] == 300
     _assert_same(a, b)
     assert sizes == [64, 36, 63, 64, 64, 6]  # runs of at most 64 rows; one flushed before the 3-row batch
