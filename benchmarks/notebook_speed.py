@@ -5,9 +5,10 @@
 The notebook (github.com/erikberter/Hebbian_FFA, not ours, not copied here) is assembled by
 ``scripts/notebook_rerun.py``: its own cells, its own ``train_network`` and ``test`` loops,
 timed around the calls, in a subprocess with ``--threads`` torch threads. Ours runs the same
-rows through the library (``benchmarks/spiking_speed.py``'s drivers) in this process with the
-same thread count, our numba presentation kernel on (``SJFF_COMPILED=1``) and off (the numpy
-path, i.e. the engine before the kernel). Rows: batched Hebbian training (batch 50), online
+rows through the library (``benchmarks/spiking_speed.py``'s drivers: ``sjff train``'s epoch
+loop) in this process with the same thread count, our numba kernels on (``SJFF_COMPILED=1``)
+and off (``SJFF_COMPILED=0``: the per-step torch and numpy path, which also draws each batch
+when it comes and presents batch-1 rows one call at a time). Rows: batched Hebbian training (batch 50), online
 Hebbian training (batch 1), all-label testing, and the torch-free runtime's on-line updates
 (``SpikeModel.learn``, one image per call, what the server's Learn runs). Batched training is
 also given as a fraction of the matmul peak measured in the same run.

@@ -40,6 +40,13 @@ def live_rows(
     ``label_rates`` ``[C, L]``, ``labels`` ``[B]`` int64 in [0, C). Returns ``(rates [S],
     live [S], starts [B + 1])``: sample b's are ``[starts[b]:starts[b + 1]]``, ``live``
     ascending within each."""
+    b = len(labels)
+    if images.ndim != 2 or len(images) != b or images.shape[1] < image_at.stop or image_at.stop > width:
+        raise ValueError(f"live_rows: images {list(images.shape)} for {b} labels, image positions to {image_at.stop}")
+    if label_rates.shape[1] != label_at.stop - label_at.start or label_at.stop > width:
+        raise ValueError(f"live_rows: label rates {list(label_rates.shape)} for label positions {label_at}")
+    if b and (labels.min() < 0 or labels.max() >= len(label_rates)):
+        raise ValueError(f"live_rows: labels must lie in [0, {len(label_rates)})")
     return _live(images, np.float32(gain), label_rates, labels, image_at.start, image_at.stop, label_at.start,
                  label_at.stop, width)  # fmt: skip
 
@@ -62,6 +69,7 @@ def present_rows(
     tau: float,
     eta: np.ndarray,
     rest: int = 0,
+    carry: bool = True,
 ) -> np.ndarray:
     """Present B samples one after another to a layer, each learning at every step t >=
     ``first`` and resting ``rest`` steps: ``numba_online.present_online`` with ``draws`` for
@@ -69,17 +77,20 @@ def present_rows(
     for l in ``[starts[b], starts[b + 1])``, ``u_b`` ``[steps, L_b]`` being the next
     ``steps * L_b`` numbers of ``u`` (float32). ``wt``, ``et`` ``[D, H]`` and the membrane ``v``
     ``[H]`` are updated in place; ``y`` ``[B]`` targets and ``eta`` ``[B]`` learning rates (float64).
-    Returns each sample's final trace ``[B, H]``."""
+    Without ``carry`` every sample starts from a membrane at 0 (as a batch-1 presentation does
+    when the encoder does not carry it). Returns each sample's final trace ``[B, H]``."""
     b = len(y)
     if len(eta) != b or len(starts) != b + 1 or u.size != steps * int(starts[-1]) or len(live) != int(starts[-1]):
         raise ValueError(f"present_rows: draws of {len(starts) - 1} samples for {b} targets and {len(eta)} rates")
+    if len(rates) != len(live) or starts[0] != 0 or (np.diff(starts) < 0).any():
+        raise ValueError(f"present_rows: {len(rates)} rates for {len(live)} inputs, or sample starts not ascending")
     d, h = wt.shape
     if et.shape != wt.shape or v.shape != (h,) or (live.size and (live.min() < 0 or live.max() >= d)):
         raise ValueError(f"present_rows: weights {list(wt.shape)}, eligibility {list(et.shape)}, membrane "
                          f"{list(v.shape)} and inputs up to {int(live.max()) if live.size else 0}")  # fmt: skip
     gain = hebbian_gain(goodness, h, prob.split)
     consts = numba_online.plan(p, tp, prob, goodness, gain, first, max(0, steps - first), tau)
-    return _kernel(u, rates, live, starts, steps, d, wt, et, v, *consts, y, eta, rest)
+    return _kernel(u, rates, live, starts, steps, d, wt, et, v, *consts, y, eta, rest, carry)
 
 
 def _live_impl(images, gain, label_rates, labels, i0, i1, l0, l1, width):
@@ -123,7 +134,7 @@ _STEPS_DIGEST = hashlib.sha256(Path(numba_online.__file__).read_bytes()).hexdige
 def _make(stamp: str):
     draws, core = numba_online.draws_csr, numba_online.core
 
-    def impl(u, rates, live, starts, steps, d, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta, rest):
+    def impl(u, rates, live, starts, steps, d, wt, et, v, neuron, switches, floats, a_sum, b_sum, y, eta, rest, carry):
         b, h = y.shape[0], wt.shape[1]
         traces = np.empty((b, h), np.float32)
         if len(stamp) == 0:  # never: it keeps the digest in the function's closure
@@ -134,6 +145,8 @@ def _make(stamp: str):
             us = u[at : at + steps * n].reshape((steps, n))
             at += steps * n
             x, ptr, idx = draws(us, rates[starts[s] : starts[s + 1]], live[starts[s] : starts[s + 1]], d)
+            if not carry:
+                v[:] = 0.0
             _, tr = core(x, ptr, idx, wt, et, v, neuron, switches, floats, a_sum, b_sum, y[s], eta[s], rest)
             traces[s] = tr
         return traces
@@ -144,6 +157,6 @@ def _make(stamp: str):
 if numba_online.AVAILABLE:
     _fill = numba_online.jit(_fill_impl, inline="always")
     _live = numba_online.jit(_live_impl)
-    _kernel = numba_online.jit(_make(_STEPS_DIGEST), nogil=True)
+    _kernel = numba_online.jit(_make(_STEPS_DIGEST), nogil=True)  # as the batch-1 kernel: servers step on threads
 else:  # pragma: no cover
     _fill, _live, _kernel = _fill_impl, _live_impl, _make(_STEPS_DIGEST)

@@ -15,6 +15,7 @@ pending draws are finished and the generator goes back to where the first of the
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,11 +32,14 @@ class DrawAhead:
     thread; :meth:`get` hands them out as the batches come.
 
     ``draw`` must read no state that a presentation changes (the rates and the generator
-    alone), and nothing but the worker may draw from ``generator`` while draws are pending."""
+    alone), and nothing but the worker may draw from ``generator`` while draws are pending:
+    :meth:`cancel` first. A bound method is held weakly (its owner holds this object), so a
+    trainer that drew ahead is freed, and its worker thread ends, when it is dropped. A copy
+    (``copy.deepcopy``, pickling) holds no pending draw and starts its own worker."""
 
     def __init__(self, generator: torch.Generator, draw: Callable[[Tensor, Tensor], Any]) -> None:
         self.generator = generator
-        self.draw = draw
+        self._draw_ref = weakref.WeakMethod(draw) if hasattr(draw, "__self__") else (lambda: draw)
         self._pool: ThreadPoolExecutor | None = None
         # (x, shown, their versions, future of (generator state before, result, error))
         self._queue: deque[tuple[Tensor, Tensor, tuple[int, int], Future]] = deque()
@@ -43,19 +47,30 @@ class DrawAhead:
     def __len__(self) -> int:
         return len(self._queue)
 
+    def draw(self, x: Tensor, shown: Tensor) -> Any:
+        return self._draw_ref()(x, shown)
+
+    def __getstate__(self) -> dict:
+        self.cancel()  # the copy's generator is where it would be without draws ahead
+        return {"generator": self.generator, "draw": self._draw_ref()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["generator"], state["draw"])
+
     def submit(self, x: Tensor, shown: Tensor) -> None:
-        """Start drawing for the batch ``(x, shown)`` that comes after those already submitted.
-        A tensor changed in place before its batch comes (its version moves) is drawn again."""
+        """Start drawing for the batch ``(x, shown)`` (images ``[N, D]``, labels ``[N]``) that
+        comes after those already submitted. A tensor changed in place before its batch comes is
+        drawn again: torch's version counter tells, so a write it does not see (through
+        ``.data``, or a numpy view of the memory) must come before the submission."""
         if self._pool is None:  # a worker only for trainers that draw ahead
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="sjff-draw-ahead")
-        grad = torch.is_grad_enabled()  # a thread-local mode: the worker takes the caller's
-        future = self._pool.submit(self._run, x, shown, grad)
+        future = self._pool.submit(self._run, x, shown)
         self._queue.append((x, shown, (x._version, shown._version), future))
 
-    def _run(self, x: Tensor, shown: Tensor, grad: bool) -> tuple:
+    def _run(self, x: Tensor, shown: Tensor) -> tuple:
         state = self.generator.get_state()
         try:
-            with torch.set_grad_enabled(grad):
+            with torch.no_grad():  # as the training step it stands in for (grad mode is per thread)
                 return state, self.draw(x, shown), None
         except Exception as err:  # noqa: BLE001 - any error: raised again where the batch is presented
             return state, None, err
@@ -69,7 +84,8 @@ class DrawAhead:
             return self.draw(x, shown)
         at = self._position(x, shown)
         if at == 0:
-            state, result, err = self._queue.popleft()[-1].result()
+            state, result, err = self._queue[0][-1].result()  # waited for before it leaves the queue
+            self._queue.popleft()
             if err is None:
                 return result
             self._rewind(state)  # and draw again here, which raises the error in its place

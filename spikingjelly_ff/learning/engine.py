@@ -93,15 +93,25 @@ class SpikingTrainer:
         self._ahead = DrawAhead(self.generator, self._draw)  # see prefetch
 
     def prefetch(self, x: Tensor, shown: Tensor) -> bool:
-        """Announce a batch that a later :meth:`train_batch` gets, in the order they come: on the
-        CPU its input spikes are drawn on a worker thread while the batches before it present
-        (``ahead.py``). The spikes and the random stream are the same as without; a batch that
-        comes otherwise is drawn when it comes (and those announced after it again). Returns
-        whether it draws ahead (batched training on the CPU)."""
+        """Announce a batch (images ``[N, D]``, labels ``[N]``) that a later :meth:`train_batch`
+        gets, in the order they come: its input spikes are drawn on a worker thread while the
+        batches before it present (``ahead.py``). The spikes and the random stream are the same
+        as without; a batch that comes otherwise is drawn when it comes (and those announced after
+        it again). Until then :attr:`generator` belongs to the worker: read or seed it through
+        :meth:`state_dict` / :meth:`load_state_dict`. Returns whether it draws ahead: batched
+        training on the CPU through the compiled kernel, the one that lets the worker run."""
+        net = self.net
         if x.device.type != "cpu" or (self.sequential and x.shape[0] > 1) or self._online(x.shape[0], x.device):
+            return False
+        if x.dtype != torch.float32 or not batch_compiles(net.dynamics, net.backend, self.reduce):
             return False
         self._ahead.submit(x, shown)
         return True
+
+    def __getstate__(self) -> dict:
+        """A copy (``copy.deepcopy``, pickling) takes the generator with no draw pending."""
+        self._settled()
+        return self.__dict__.copy()
 
     def state_dict(self) -> dict:
         """What training goes on from besides the weights: the step count, the random streams,
@@ -150,7 +160,7 @@ class SpikingTrainer:
         Bernoulli input), every row's presentation runs in one compiled call
         (``kernels.numba_rows``) with the same spikes, weights and random streams, bit for bit.
         Returns whether each row was judged positive, ``[N]``."""
-        if not self._rows_compile(x, shown):  # the rows one by one (a bad label raises at its row)
+        if not self._rows_fit(x, shown, y):  # the rows one by one (a bad label raises at its row)
             return torch.cat([self.train_batch(x[i : i + 1], shown[i : i + 1], y[i : i + 1]) for i in range(len(x))])
         etas = np.empty(len(x))
         for i in range(len(x)):  # train_batch's schedule, row by row
@@ -168,7 +178,7 @@ class SpikingTrainer:
         finally:
             torch.set_num_threads(threads)
 
-    def _rows_compile(self, x: Tensor, shown: Tensor) -> bool:
+    def _rows_fit(self, x: Tensor, shown: Tensor, y: Tensor) -> bool:
         """Whether :meth:`train_rows` runs ``x`` in one ``numba_rows`` call: rows that would each
         take the compiled batch-1 presentation of a one-layer net with Bernoulli input, with
         images of the net's width and labels it has."""
@@ -176,7 +186,9 @@ class SpikingTrainer:
         spec, enc = self.hebbian, net.encoder
         if len(net.layers) != 1 or x.device.type != "cpu" or x.dtype != torch.float32 or enc.coding != "bernoulli":
             return False
-        if x.ndim != 2 or x.shape[1] != net.in_features or tuple(shown.shape) != (len(x),):
+        if x.ndim != 2 or not len(x) or x.shape[1] != net.in_features or tuple(shown.shape) != (len(x),):
+            return False
+        if tuple(y.shape) != (len(x),):
             return False
         labels, classes = shown.numpy(), self._layout()[2].shape[0]
         if labels.dtype.kind not in "iu" or (len(labels) and (labels.min() < 0 or labels.max() >= classes)):
@@ -192,7 +204,8 @@ class SpikingTrainer:
         )
 
     def _present_rows(self, x: Tensor, shown: Tensor, y: Tensor, etas: np.ndarray) -> Tensor:
-        """:meth:`_rows`' work: the rows' rates and draws, the one kernel call, the judgements."""
+        """:meth:`_rows`' work on images ``x`` ``[N, D]``, labels and targets ``[N]``: the rows'
+        rates and draws, the one kernel call, the judgements ``[N]``."""
         _, gain, label_rates, image, label, width = self._layout()
         images, labels = np.ascontiguousarray(x.numpy()), shown.numpy().astype(np.int64)
         rates, live, starts = numba_rows.live_rows(images, gain, label_rates, labels, image, label, width)
@@ -208,6 +221,7 @@ class SpikingTrainer:
         traces = numba_rows.present_rows(
             u, rates, live, starts, steps, w.T, e.T, v.numpy().reshape(-1), d.neuron, d.trace, d.probability,
             d.goodness, targets, self.hebbian.learn_after + 1, self.hebbian.eligibility_tau, etas, rest_steps,
+            enc.carry_membrane,
         )  # fmt: skip
         neuron.v = v
         neuron.trace = torch.from_numpy(traces[-1:].copy())
@@ -225,7 +239,7 @@ class SpikingTrainer:
         graph of a batch (``runs/graphed.py``) is captured once and replayed, so its caller
         counts the replays."""
         if self.sequential and x.shape[0] > 1:
-            if spikes is None and self._rows_compile(x, shown):  # e.g. a positive and a negative
+            if spikes is None and self._rows_fit(x, shown, y):  # e.g. a positive and a negative
                 return self._rows(x, shown, y, np.full(len(x), eta))
             rows = range(x.shape[0])
             return torch.cat(
@@ -248,8 +262,9 @@ class SpikingTrainer:
         return self.generator
 
     def _draw(self, x: Tensor, shown: Tensor) -> tuple[Tensor, Tensor | None, SpikeIndex]:
-        """(rates, spikes, index) of a CPU batch: the compiled batch presentation reads the
-        index alone, so dense spikes are made only for another path."""
+        """(rates ``[N, D']``, spikes ``[T, N, D']`` or None, their index) of a CPU batch: the
+        compiled batch presentation reads the index alone, so dense spikes are made only for
+        another path."""
         net = self.net
         rates = net.rates(x, shown)
         dense = rates.dtype != torch.float32 or not batch_compiles(net.dynamics, net.backend, self.reduce)

@@ -17,7 +17,7 @@ from torch import Tensor
 from spikingjelly_ff.nn.augment import shift_images
 from spikingjelly_ff.runs.config import RunConfig
 
-__all__ = ["Batcher", "HardNegatives", "Lookahead", "judge_batch", "make_samples", "stream_epoch"]
+__all__ = ["Batcher", "HardNegatives", "Lookahead", "batch_samples", "judge_batch", "make_samples", "stream_epoch"]
 
 
 def make_samples(
@@ -78,7 +78,8 @@ def judge_batch(
 def batch_samples(
     xb: Tensor, labels: Tensor, mode: str, num_classes: int, generator, scores=None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(images, shown labels, targets)`` of a batch's samples (:func:`make_samples`)."""
+    """``(images [S, D], shown labels [S], targets [S])`` of a batch's samples (:func:`make_samples`;
+    S = B, or 2B for paired negatives)."""
     rows, shown, y = make_samples(labels, mode, num_classes, generator, scores)
     return (xb if mode == "mixed" else xb[rows]), shown, y  # mixed: every row once, in order
 
@@ -178,7 +179,9 @@ def stream_epoch(
     judged, judged) rows. ``ahead(x, shown)`` (a trainer's ``prefetch``) is told each batch's
     samples a batch early, drawn from ``sample_gen`` in the same order; it returns False where
     it will not use them. ``rows(x, shown, y)`` (a trainer's ``train_rows``: as one ``step`` per
-    row) learns runs of one-row batches in one call, up to 64 at a time. Every
+    row) learns runs of one-row batches in one call, up to 64 at a time (an error in one, such as
+    a bad label, is raised when its run is learnt; the progress bar's counts lag by up to a run).
+    Every
     ``train.checkpoint_batches`` batches ``checkpoint(position)`` is called with what picks the
     epoch up there (``at`` of a resumed run): the next batch, the counts, and the batches (images
     shifted) and hard-negative scores already drawn ahead."""

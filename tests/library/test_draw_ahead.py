@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import weakref
 
 import pytest
 import torch
@@ -66,8 +67,10 @@ def threads(monkeypatch) -> list[bool]:
     real = ahead_module.DrawAhead._run
 
     def spy(self, *args):
+        out = real(self, *args)
+        assert out[2] is None or "out of bounds" in str(out[2])  # drawn, not failed and redrawn
         seen.append(threading.current_thread() is threading.main_thread())
-        return real(self, *args)
+        return out
 
     monkeypatch.setattr(ahead_module.DrawAhead, "_run", spy)
     return seen
@@ -159,6 +162,24 @@ def test_a_bad_batch_drawn_ahead_fails_when_it_comes(data):
     for t in (a, b):  # b2's draw ahead was undone with the failed batch
         t.train_batch(*b2)
     _assert_same(a, b)
+
+
+def test_a_trainer_that_drew_ahead_copies_and_is_freed(data):
+    b0, b1, *_ = _batches(data)
+    a, b = _pair()
+    a.prefetch(b0[0], b0[1])
+    a.train_batch(*b0)
+    b.train_batch(*b0)
+    a.prefetch(b1[0], b1[1])
+    _drawn(a)
+    c = copy.deepcopy(a)  # the pending draw undone in both: each draws b1 when it comes
+    for t in (a, b, c):
+        t.train_batch(*b1)
+    _assert_same(a, b)
+    _assert_same(c, b)
+    gone = weakref.ref(a)
+    del a  # no cycle holds it: freed at once, and with it the worker's pool (its thread ends)
+    assert gone() is None
 
 
 def test_online_learning_does_not_draw_ahead_and_its_stream_is_kept(data):

@@ -33,16 +33,13 @@ CASES = {
     "sigmoid-mean-lif-no-eligibility": (
         Dynamics(
             NeuronParams(form="lif", tau=2.5, v_threshold=0.3, decay_input=True, v_reset=-0.1),
-            TraceParams("leaky", 0.6),
-            Probability("sigmoid", alpha=2.0, theta=0.5),
-            "mean_squares",
+            TraceParams("leaky", 0.6), Probability("sigmoid", alpha=2.0, theta=0.5), "mean_squares",
         ),
         HebbianParams(eta=0.3, eligibility_tau=None, learn_after=5),
     ),  # fmt: skip
     "polar-clip-hard-trace": (
         Dynamics(
-            NeuronParams(form="beta", beta=0.7, v_threshold=0.2, fire=">="),
-            TraceParams("hard", 0.8),
+            NeuronParams(form="beta", beta=0.7, v_threshold=0.2, fire=">="), TraceParams("hard", 0.8),
             Probability("polar", alpha=1.5, theta=0.2, clip=0.02),
         ),
         HebbianParams(eta=0.2, eligibility_tau=0.3, learn_after=10),

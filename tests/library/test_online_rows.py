@@ -97,13 +97,22 @@ def test_a_batch_of_rows_shown_one_after_another_learns_in_one_call(data, calls)
     assert calls == [4] * 10
 
 
+def test_membranes_that_are_not_carried_start_every_row_at_rest(data, calls):
+    _, a, b = _pair(["model.encoder.carry_membrane=false"])
+    for start in (0, 20):
+        x, shown, y = _samples(data, start, 20)
+        assert torch.equal(a.train_rows(x, shown, y), _row_by_row(b, x, shown, y))
+        _assert_same(a, b)
+    assert calls == [20, 20]
+
+
 def test_what_one_call_does_not_take_goes_row_by_row(data, calls):
     """Two layers, regular coding, a label the net does not have (raised at its row, after
     the rows before it have learnt, as one call per row would)."""
     for sets in (["model.layers=[24, 16]"], ["model.encoder.coding=regular"]):
         _, a, b = _pair(sets)
         x, shown, y = _samples(data, 0, 12)
-        assert not a._rows_compile(x, shown)
+        assert not a._rows_fit(x, shown, y)
         assert torch.equal(a.train_rows(x, shown, y), _row_by_row(b, x, shown, y))
         _assert_same(a, b)
     _, a, b = _pair()
@@ -116,6 +125,11 @@ def test_what_one_call_does_not_take_goes_row_by_row(data, calls):
         _row_by_row(b, x, bad, y)
     _assert_same(a, b)
     assert a.count == 6  # rows 0-4 learnt, row 5 counted as train_batch counts it
+    with pytest.raises(IndexError):  # targets for 11 rows of 12: row by row, raised at row 11
+        a.train_rows(x, shown, y[:-1])
+    with pytest.raises(IndexError):
+        _row_by_row(b, x, shown, y[:-1])
+    _assert_same(a, b)
     assert calls == []
 
 
@@ -134,6 +148,12 @@ def test_an_epoch_of_one_row_batches_learns_in_runs_as_row_by_row(data, monkeypa
 
 
 def test_a_direct_call_with_draws_that_do_not_fit_is_refused():
+    images, label_rates = np.zeros((2, 784), np.float32), np.full((10, 100), 0.25, np.float32)
+    for labels, message in [(np.array([0, 10]), r"labels must lie in \[0, 10\)"), (np.array([0]), "for 1 labels")]:
+        with pytest.raises(ValueError, match=message):
+            numba_rows.live_rows(images, 0.25, label_rates, labels, slice(0, 784), slice(784, 884), 884)
+    with pytest.raises(ValueError, match="image positions to 800"):
+        numba_rows.live_rows(images, 0.25, label_rates, np.array([0, 1]), slice(0, 800), slice(800, 900), 900)
     cfg = load_config("paper/hebbian-online-symmetric", SETS)
     d = build_model(cfg.model, 784, 10, 0).dynamics
     wt = np.zeros((884, 48), np.float32)
@@ -145,3 +165,6 @@ def test_a_direct_call_with_draws_that_do_not_fit_is_refused():
     with pytest.raises(ValueError, match="draws of 1 samples for 2 targets"):
         numba_rows.present_rows(np.zeros(69, np.float32), rates, live[:3] % 884, starts, 23, wt, wt.copy(),
                                 np.zeros(48, np.float32), *args, np.ones(2), 16, 0.1, np.ones(2))  # fmt: skip
+    with pytest.raises(ValueError, match="2 rates for 3 inputs"):
+        numba_rows.present_rows(np.zeros(69, np.float32), rates[:2], live % 884, starts, 23, wt, wt.copy(),
+                                np.zeros(48, np.float32), *args, np.ones(1), 16, 0.1, np.ones(1))  # fmt: skip
