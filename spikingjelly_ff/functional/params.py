@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from spikingjelly_ff.functional.labels import LABEL_KINDS
+from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.schedule import SCHEDULES
 
 __all__ = [
     "CODINGS",
     "FIRE_RULES",
+    "Dynamics",
     "FORMS",
     "HEBBIAN_UPDATES",
     "LABEL_KINDS",
@@ -136,6 +138,17 @@ class TraceParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """Everything a layer's simulation needs besides its weights: the one settings object the
+    simulation and every presentation kernel take."""
+
+    neuron: NeuronParams
+    trace: TraceParams
+    probability: Probability
+    goodness: str = "sum_squares"
 
 
 @dataclass(frozen=True)

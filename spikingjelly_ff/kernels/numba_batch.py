@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from spikingjelly_ff.functional.goodness import hebbian_gain
-from spikingjelly_ff.functional.params import NeuronParams, TraceParams
-from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.params import Dynamics, NeuronParams
 from spikingjelly_ff.kernels import numba_online
 
 __all__ = ["misfit", "present_batch", "supported"]
@@ -85,10 +84,7 @@ def present_batch(
     wt: np.ndarray,
     et: np.ndarray | None,
     v: np.ndarray,
-    p: NeuronParams,
-    tp: TraceParams,
-    prob: Probability,
-    goodness: str,
+    d: Dynamics,
     y: np.ndarray,
     first: int,
     tau: float | None,
@@ -103,13 +99,14 @@ def present_batch(
     and the membranes ``v`` ``[N, H]`` are updated in place; ``y`` ``[N]`` float32 targets.
     Returns spikes ``[steps, N, H]`` and the trace after the last input step ``[N, H]``. Arrays
     that do not fit (:func:`misfit`) raise ValueError."""
-    wrong = misfit(len(offsets), steps, wt.shape[0], wt, et, v, y, prob.split) or _bad_index(cols, offsets, wt.shape[0])
+    wrong = misfit(len(offsets), steps, wt.shape[0], wt, et, v, y, d.probability.split)
+    wrong = wrong or _bad_index(cols, offsets, wt.shape[0])
     if wrong is not None:
         raise ValueError(f"present_batch: {wrong}")
     n = v.shape[0]
     h = wt.shape[1]
-    gain = hebbian_gain(goodness, h, prob.split)
-    neuron, switches, floats, _, _ = numba_online.plan(p, tp, prob, goodness, gain, first, 0, tau or 0.0)
+    gain = hebbian_gain(d.goodness, h, d.probability.split)
+    neuron, switches, floats, _, _ = numba_online.plan(d, gain, first, 0, tau or 0.0)
     has_e = et is not None
     e_arr = et if has_e else np.empty((0, h), np.float32)
     f = np.float32

@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from spikingjelly_ff.functional.hebbian import ELIGIBILITY_FLOOR
-from spikingjelly_ff.functional.params import NeuronParams, TraceParams
+from spikingjelly_ff.functional.params import Dynamics, NeuronParams, TraceParams
 from spikingjelly_ff.functional.probability import KINDS, Probability
 
 try:  # numba is an optional extra ([fast]); the numpy path needs nothing
@@ -60,10 +60,7 @@ def present_online(
     wt: np.ndarray,
     et: np.ndarray,
     v: np.ndarray,
-    p: NeuronParams,
-    tp: TraceParams,
-    prob: Probability,
-    goodness: str,
+    d: Dynamics,
     gain: float,
     y: float,
     first: int,
@@ -82,7 +79,7 @@ def present_online(
     ``x`` is None: the spikes are made in the same call.
     Returns spikes ``[T, H]`` and the final trace ``[H]`` (float32)."""
     steps = draws[0].shape[0] if draws is not None else x.shape[0]
-    consts = plan(p, tp, prob, goodness, gain, first, max(0, steps - first), tau)
+    consts = plan(d, gain, first, max(0, steps - first), tau)
     if draws is None:
         return _kernel(np.ascontiguousarray(x, dtype=np.float32), wt, et, v, *consts, float(y), float(eta), rest)
     u, rates, live = draws
@@ -92,12 +89,13 @@ def present_online(
 _PLANS: dict = {}
 
 
-def plan(p: NeuronParams, tp: TraceParams, prob: Probability, goodness: str, gain: float, first: int, k: int, tau):
+def plan(d: Dynamics, gain: float, first: int, k: int, tau):
     """The kernel's constants as a few arrays (numba checks each argument's type on every call,
     so fewer arguments cost less): the neuron's float32 constants, the integer switches, the
     float64 parameters, and A_j = a + ... + a^(j+1), B_m = 1 + ... + a^m (a = 1 - tau) in
     float64 as the numpy path computes them. Cached by the identity of the (immutable)
     parameter objects, a few per run."""
+    p, tp, prob, goodness = d.neuron, d.trace, d.probability, d.goodness
     key = (id(p), id(tp), id(prob), goodness, gain, first, k, tau)
     hit = _PLANS.get(key)
     if hit is not None and hit[0] is p and hit[1] is tp and hit[2] is prob:
@@ -141,13 +139,15 @@ def warm_up() -> bool:
         return False
     x = np.ones((3, 2), np.float32)
     w, e, v = np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32), np.zeros(2, np.float32)
-    args = (NeuronParams(), TraceParams(), Probability("symmetric"), "sum_squares", 2.0, 1.0, 1, 0.1, 0.1, 1)
+    d = Dynamics(NeuronParams(), TraceParams(), Probability("symmetric"), "sum_squares")
+    args = (d, 2.0, 1.0, 1, 0.1, 0.1, 1)
     present_online(x, w, e, v, *args)
     one = (np.zeros((3, 1), np.float32), np.ones(1, np.float32), np.zeros(1, np.int64))
     present_online(None, w, e, v, *args, draws=one)
     rest_beta(v, 0.5, 1)
     spikes = np.empty((3, 2), np.float32)  # the layer-wide neuron loop (numba_neuron)
-    neuron_loop(x, v, v.copy(), spikes, spikes.copy(), *step_switches(args[0], args[1]), neuron_constants(*args[:2]))
+    switches, consts = step_switches(d.neuron, d.trace), neuron_constants(d.neuron, d.trace)
+    neuron_loop(x, v, v.copy(), spikes, spikes.copy(), *switches, consts)
     return True
 
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from spikingjelly_ff.functional.goodness import hebbian_gain
-from spikingjelly_ff.functional.params import NeuronParams, TraceParams
-from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.params import Dynamics
 from spikingjelly_ff.kernels import numba_online
 
 __all__ = ["live_rows", "present_rows"]
@@ -60,10 +59,7 @@ def present_rows(
     wt: np.ndarray,
     et: np.ndarray,
     v: np.ndarray,
-    p: NeuronParams,
-    tp: TraceParams,
-    prob: Probability,
-    goodness: str,
+    d: Dynamics,
     y: np.ndarray,
     first: int,
     tau: float,
@@ -84,13 +80,13 @@ def present_rows(
         raise ValueError(f"present_rows: draws of {len(starts) - 1} samples for {b} targets and {len(eta)} rates")
     if len(rates) != len(live) or starts[0] != 0 or (np.diff(starts) < 0).any():
         raise ValueError(f"present_rows: {len(rates)} rates for {len(live)} inputs, or sample starts not ascending")
-    d, h = wt.shape
-    if et.shape != wt.shape or v.shape != (h,) or (live.size and (live.min() < 0 or live.max() >= d)):
+    n_in, h = wt.shape
+    if et.shape != wt.shape or v.shape != (h,) or (live.size and (live.min() < 0 or live.max() >= n_in)):
         raise ValueError(f"present_rows: weights {list(wt.shape)}, eligibility {list(et.shape)}, membrane "
                          f"{list(v.shape)} and inputs up to {int(live.max()) if live.size else 0}")  # fmt: skip
-    gain = hebbian_gain(goodness, h, prob.split)
-    consts = numba_online.plan(p, tp, prob, goodness, gain, first, max(0, steps - first), tau)
-    return _kernel(u, rates, live, starts, steps, d, wt, et, v, *consts, y, eta, rest, carry)
+    gain = hebbian_gain(d.goodness, h, d.probability.split)
+    consts = numba_online.plan(d, gain, first, max(0, steps - first), tau)
+    return _kernel(u, rates, live, starts, steps, n_in, wt, et, v, *consts, y, eta, rest, carry)
 
 
 def _live_impl(images, gain, label_rates, labels, i0, i1, l0, l1, width):

@@ -174,7 +174,7 @@ class SpikingTrainer:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as the online path: a chain of tiny ops
         try:
-            return self._present_rows(x, shown, y, etas)
+            return self._learn_rows(x, shown, y, etas)
         finally:
             torch.set_num_threads(threads)
 
@@ -203,7 +203,7 @@ class SpikingTrainer:
             and enc.steps > spec.learn_after + 1
         )
 
-    def _present_rows(self, x: Tensor, shown: Tensor, y: Tensor, etas: np.ndarray) -> Tensor:
+    def _learn_rows(self, x: Tensor, shown: Tensor, y: Tensor, etas: np.ndarray) -> Tensor:
         """:meth:`_rows`' work on images ``x`` ``[N, D]``, labels and targets ``[N]``: the rows'
         rates and draws, the one kernel call, the judgements ``[N]``."""
         _, gain, label_rates, image, label, width = self._layout()
@@ -219,9 +219,8 @@ class SpikingTrainer:
         v = _membrane(neuron, 1, w.shape[0], layers[0].weight, enc.carry_membrane)
         targets = np.asarray(y.numpy(), dtype=np.float64)
         traces = numba_rows.present_rows(
-            u, rates, live, starts, steps, w.T, e.T, v.numpy().reshape(-1), d.neuron, d.trace, d.probability,
-            d.goodness, targets, self.hebbian.learn_after + 1, self.hebbian.eligibility_tau, etas, rest_steps,
-            enc.carry_membrane,
+            u, rates, live, starts, steps, w.T, e.T, v.numpy().reshape(-1), d, targets, self.hebbian.learn_after + 1,
+            self.hebbian.eligibility_tau, etas, rest_steps, enc.carry_membrane,
         )  # fmt: skip
         neuron.v = v
         neuron.trace = torch.from_numpy(traces[-1:].copy())

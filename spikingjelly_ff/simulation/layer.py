@@ -7,7 +7,6 @@ arrays or torch tensors; the neuron loop of each backend is in ``kernels``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,8 +15,7 @@ from spikingjelly_ff import kernels
 from spikingjelly_ff.functional import _array
 from spikingjelly_ff.functional.dynamics import charge, fire, reset
 from spikingjelly_ff.functional.hebbian import DeltaReduce, ff_hebbian_delta
-from spikingjelly_ff.functional.params import HebbianParams, NeuronParams, TraceParams
-from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.params import Dynamics, HebbianParams, NeuronParams
 from spikingjelly_ff.kernels import apply_delta, numba_batch, numba_online
 from spikingjelly_ff.simulation.encoding import SpikeIndex
 
@@ -26,16 +24,6 @@ Array = Any  # torch tensor or numpy array
 __all__ = [
     "Dynamics", "batch_compiles", "input_major", "learns_online", "neuron_forward", "rest", "rest_inplace", "run_layer",
 ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Dynamics:
-    """Everything a layer's simulation needs besides its weights."""
-
-    neuron: NeuronParams
-    trace: TraceParams
-    probability: Probability
-    goodness: str = "sum_squares"
 
 
 def neuron_forward(current: Array, v: Array, trace: Array, d: Dynamics, backend: str = "torch") -> Array:
@@ -132,7 +120,7 @@ def _compiled_batch(pre, w, v, d: Dynamics, backend: str, learn, pre_index, redu
         return None
     yy = y.numpy() if torch_in else y
     out, tr = numba_batch.present_batch(
-        cols, offsets, t_steps, wt, et, vv, d.neuron, d.trace, d.probability, d.goodness,
+        cols, offsets, t_steps, wt, et, vv, d,
         np.ascontiguousarray(yy, dtype=np.float32), spec.learn_after + 1, spec.eligibility_tau, eta, rest_steps,
     )  # fmt: skip
     if torch_in:

@@ -84,8 +84,7 @@ def _online_compiled(pre, wt, et, v, d: Dynamics, y: float, spec: HebbianParams,
     """:func:`online_layer` as one compiled call (``kernels.numba_online``)."""
     gain = hebbian_gain(d.goodness, wt.shape[1], d.probability.split)
     vv = v.reshape(-1)  # [1, H] -> [H], a view (written in place)
-    args = (wt, et, vv, d.neuron, d.trace, d.probability, d.goodness, gain, y, spec.learn_after + 1,
-            spec.eligibility_tau, eta, rest_steps)  # fmt: skip
+    args = (wt, et, vv, d, gain, y, spec.learn_after + 1, spec.eligibility_tau, eta, rest_steps)
     if isinstance(pre, SampleDraws):
         out, tr = numba_online.present_online(None, *args, draws=(pre.u, pre.rates, pre.live))
     else:

@@ -228,7 +228,7 @@ def test_a_direct_call_with_arrays_that_do_not_fit_is_refused():
     x, w, e, v, y = _problem(9)
     index = SpikeIndex.from_dense(x.reshape(-1, x.shape[-1]))
     args = (index.cols.numpy(), index.offsets.numpy(), 23)
-    rest = (PAPER.neuron, PAPER.trace, PAPER.probability, PAPER.goodness)
+    rest = (PAPER,)
     wt, et = w.T.numpy().copy(), e.T.numpy().copy()
     with pytest.raises(ValueError, match="targets"):
         numba_batch.present_batch(*args, wt, et, v.numpy().copy(), *rest, y.numpy()[:-1].copy(), 16, 0.1, 0.5)

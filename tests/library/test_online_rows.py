@@ -67,7 +67,7 @@ def calls(monkeypatch) -> list[int]:
     """The number of rows of every ``numba_rows.present_rows`` call."""
     seen = []
     real = numba_rows.present_rows
-    monkeypatch.setattr(numba_rows, "present_rows", lambda *a, **k: seen.append(len(a[12])) or real(*a, **k))
+    monkeypatch.setattr(numba_rows, "present_rows", lambda *a, **k: seen.append(len(a[9])) or real(*a, **k))
     return seen
 
 
@@ -158,7 +158,7 @@ def test_a_direct_call_with_draws_that_do_not_fit_is_refused():
     d = build_model(cfg.model, 784, 10, 0).dynamics
     wt = np.zeros((884, 48), np.float32)
     rates, live, starts = np.full(3, 0.5, np.float32), np.array([1, 2, 900]), np.array([0, 3])
-    args = (d.neuron, d.trace, d.probability, d.goodness)
+    args = (d,)
     with pytest.raises(ValueError, match="inputs up to 900"):
         numba_rows.present_rows(np.zeros(69, np.float32), rates, live, starts, 23, wt, wt.copy(),
                                 np.zeros(48, np.float32), *args, np.ones(1), 16, 0.1, np.ones(1))  # fmt: skip
