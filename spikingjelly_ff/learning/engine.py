@@ -148,10 +148,27 @@ class SpikingTrainer:
     def train_batch(self, x: Tensor, shown: Tensor, y: Tensor, spikes: Tensor | None = None) -> Tensor:
         """Present images ``x`` ``[N, D]`` with labels ``shown`` and learn towards targets ``y``
         (1 positive, 0 negative). ``spikes`` ``[T, N, D']`` overrides the Bernoulli draw.
-        Returns whether each sample was judged positive at the end of its presentation, ``[N]``."""
+        Returns whether each sample was judged positive at the end of its presentation, ``[N]``.
+        A batch it cannot take raises ValueError before anything is learnt or counted."""
+        self._check_batch(x, shown, y)
         eta = self.rate()
         self.count += 1
-        return self.train_batch_at(x, shown, y, eta, spikes)
+        return self._train_at(x, shown, y, eta, spikes)
+
+    def _check_batch(self, x: Tensor, shown: Tensor, y: Tensor) -> None:
+        """One ValueError for images that are not ``[N, D]`` and finite, labels that are not N of
+        the net's classes, or targets that are not ``[N]``. On a GPU the values are not read:
+        that would make the host wait for the device at every batch (and break a CUDA graph)."""
+        d = self.net.in_features
+        if x.ndim != 2 or x.shape[1] != d:
+            raise ValueError(f"images must be [N, {d}], got shape {list(x.shape)}")
+        if tuple(y.shape) != (x.shape[0],):
+            raise ValueError(f"targets must be [{x.shape[0]}], one per image, got shape {list(y.shape)}")
+        if x.device.type != "cpu":
+            return
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("images hold NaN or infinite values")
+        self.net.embedding.label_code.check_labels(shown.numpy(), x.shape[0])
 
     @torch.no_grad()
     def train_rows(self, x: Tensor, shown: Tensor, y: Tensor) -> Tensor:
@@ -160,7 +177,10 @@ class SpikingTrainer:
         Bernoulli input), every row's presentation runs in one compiled call
         (``kernels.numba_rows``) with the same spikes, weights and random streams, bit for bit.
         Returns whether each row was judged positive, ``[N]``."""
-        if not self._rows_fit(x, shown, y):  # the rows one by one (a bad label raises at its row)
+        self._check_batch(x, shown, y)  # the whole run refused before a row learns
+        if not len(x):
+            return torch.zeros(0, dtype=torch.bool)
+        if not self._rows_fit(x):  # the rows one by one
             return torch.cat([self.train_batch(x[i : i + 1], shown[i : i + 1], y[i : i + 1]) for i in range(len(x))])
         etas = np.empty(len(x))
         for i in range(len(x)):  # train_batch's schedule, row by row
@@ -178,20 +198,13 @@ class SpikingTrainer:
         finally:
             torch.set_num_threads(threads)
 
-    def _rows_fit(self, x: Tensor, shown: Tensor, y: Tensor) -> bool:
-        """Whether :meth:`train_rows` runs ``x`` in one ``numba_rows`` call: rows that would each
-        take the compiled batch-1 presentation of a one-layer net with Bernoulli input, with
-        images of the net's width and labels it has."""
+    def _rows_fit(self, x: Tensor) -> bool:
+        """Whether :meth:`train_rows` runs the (checked) rows ``x`` in one ``numba_rows`` call:
+        rows that would each take the compiled batch-1 presentation of a one-layer net with
+        Bernoulli input."""
         net = self.net
         spec, enc = self.hebbian, net.encoder
         if len(net.layers) != 1 or x.device.type != "cpu" or x.dtype != torch.float32 or enc.coding != "bernoulli":
-            return False
-        if x.ndim != 2 or not len(x) or x.shape[1] != net.in_features or tuple(shown.shape) != (len(x),):
-            return False
-        if tuple(y.shape) != (len(x),):
-            return False
-        labels, classes = shown.numpy(), self._layout()[2].shape[0]
-        if labels.dtype.kind not in "iu" or (len(labels) and (labels.min() < 0 or labels.max() >= classes)):
             return False
         w = net.layers[0].weight
         return (
@@ -237,8 +250,12 @@ class SpikingTrainer:
         """:meth:`train_batch` at learning rate ``eta``, the step count left alone: a CUDA
         graph of a batch (``runs/graphed.py``) is captured once and replayed, so its caller
         counts the replays."""
+        self._check_batch(x, shown, y)
+        return self._train_at(x, shown, y, eta, spikes)
+
+    def _train_at(self, x: Tensor, shown: Tensor, y: Tensor, eta: float, spikes: Tensor | None) -> Tensor:
         if self.sequential and x.shape[0] > 1:
-            if spikes is None and self._rows_fit(x, shown, y):  # e.g. a positive and a negative
+            if spikes is None and self._rows_fit(x):  # e.g. a positive and a negative
                 return self._rows(x, shown, y, np.full(len(x), eta))
             rows = range(x.shape[0])
             return torch.cat(

@@ -146,22 +146,48 @@ def test_the_saved_state_is_the_state_without_draws_ahead(data):
     _assert_same(c, b)
 
 
-def test_a_bad_batch_drawn_ahead_fails_when_it_comes(data):
+def test_a_bad_batch_drawn_ahead_is_refused_when_it_comes(data):
     b0, b1, b2, *_ = _batches(data)
     a, b = _pair()
     bad = b1[1].clone()
     bad[3] = 10  # no such label
     a.prefetch(b0[0], b0[1])
-    a.prefetch(b1[0], bad)  # the worker's error waits for the batch
+    a.prefetch(b1[0], bad)  # the worker's draw fails; the batch is refused when it comes
     a.prefetch(b2[0], b2[1])  # drawn after it
     _drawn(a)
     for t in (a, b):
         t.train_batch(*b0)
-        with pytest.raises(IndexError, match="out of bounds"):
+        with pytest.raises(ValueError, match=r"labels must be 20 integers in \[0, 10\)"):
             t.train_batch(b1[0], bad, b1[2])
-    for t in (a, b):  # b2's draw ahead was undone with the failed batch
+    assert a.count == b.count == 1  # refused before it was counted
+    for t in (a, b):  # b2's draw ahead was undone with the refused batch
         t.train_batch(*b2)
     _assert_same(a, b)
+
+
+def test_a_draw_that_fails_on_the_worker_raises_in_its_place():
+    """A draw's error is raised by ``get`` of its batch, drawn again in the caller; the draws
+    made after it on the worker are undone and made again after it."""
+    g = torch.Generator().manual_seed(0)
+
+    def draw(x, shown):
+        if bool((shown < 0).any()):
+            raise ValueError("no such label")
+        return torch.rand(3, generator=g)
+
+    ahead = ahead_module.DrawAhead(g, draw)
+    x, ok, bad = torch.zeros(2, 4), torch.tensor([1, 2]), torch.tensor([1, -1])
+    first = ahead.get(x, ok)
+    ahead.submit(x, bad)
+    ahead.submit(x.clone(), ok)
+    for *_, future in ahead._queue:
+        assert future.result()[0] is not None
+    with pytest.raises(ValueError, match="no such label"):
+        ahead.get(x, bad)
+    assert len(ahead) == 0
+    again = ahead.get(x, ok)  # where the stream stood after the first draw
+    want = torch.Generator().manual_seed(0)
+    assert torch.equal(first, torch.rand(3, generator=want)) and torch.equal(again, torch.rand(3, generator=want))
 
 
 def test_a_trainer_that_drew_ahead_copies_and_is_freed(data):
