@@ -93,14 +93,8 @@ def _live_impl(images, gain, label_rates, labels, i0, i1, l0, l1, width):
     b = images.shape[0]
     starts = np.zeros(b + 1, np.int64)
     rates = np.zeros(width, np.float32)
-    total = 0
-    for s in range(b):  # count first: the outputs are allocated once
-        _fill(rates, images[s], gain, label_rates[labels[s]], i0, i1, l0, l1)
-        for p in range(width):
-            total += rates[p] != 0.0
-        starts[s + 1] = total
-    out = np.empty(total, np.float32)
-    live = np.empty(total, np.int64)
+    out = np.empty(b * width, np.float32)  # room for every input of every sample: one pass
+    live = np.empty(b * width, np.int64)
     n = 0
     for s in range(b):
         _fill(rates, images[s], gain, label_rates[labels[s]], i0, i1, l0, l1)
@@ -109,7 +103,8 @@ def _live_impl(images, gain, label_rates, labels, i0, i1, l0, l1, width):
                 live[n] = p
                 out[n] = rates[p]
                 n += 1
-    return out, live, starts
+        starts[s + 1] = n
+    return out[:n], live[:n], starts
 
 
 def _fill_impl(rates, image, gain, label, i0, i1, l0, l1):

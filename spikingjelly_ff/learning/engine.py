@@ -180,13 +180,14 @@ class SpikingTrainer:
         self._check_batch(x, shown, y)  # the whole run refused before a row learns
         if not len(x):
             return torch.zeros(0, dtype=torch.bool)
-        if not self._rows_fit(x):  # the rows one by one
-            return torch.cat([self.train_batch(x[i : i + 1], shown[i : i + 1], y[i : i + 1]) for i in range(len(x))])
         etas = np.empty(len(x))
         for i in range(len(x)):  # train_batch's schedule, row by row
             etas[i] = self.rate()
             self.count += 1
-        return self._rows(x, shown, y, etas)
+        if self._rows_fit(x):
+            return self._rows(x, shown, y, etas)
+        rows = range(len(x))  # one call per row, each at its rate
+        return torch.cat([self._train_at(x[i : i + 1], shown[i : i + 1], y[i : i + 1], etas[i], None) for i in rows])
 
     def _rows(self, x: Tensor, shown: Tensor, y: Tensor, etas: np.ndarray) -> Tensor:
         """Rows ``x`` one after another at learning rates ``etas`` ``[N]``, in one compiled call."""
@@ -351,11 +352,7 @@ class SpikingTrainer:
         return self._code
 
     def _label_rates(self, shown: Tensor) -> np.ndarray:
-        code, _, label_rates, *_ = self._layout()
-        c = int(shown[0])
-        if not 0 <= c < label_rates.shape[0]:
-            code.check_labels(shown.numpy(), 1)  # raises the one message for a bad label
-        return label_rates[c]
+        return self._layout()[2][int(shown[0])]  # a label _check_batch has let through
 
     def _rates_numpy(self, x: Tensor, shown: Tensor) -> np.ndarray:
         """Spike probabilities of one sample ``[D']``: the image's and the shown label's, put

@@ -181,10 +181,9 @@ def stream_epoch(
     it will not use them. ``rows(x, shown, y)`` (a trainer's ``train_rows``: as one ``step`` per
     row) learns runs of one-row batches in one call, up to 64 at a time (an error in one, such as
     a bad label, is raised when its run is learnt; the progress bar's counts lag by up to a run).
-    Every
-    ``train.checkpoint_batches`` batches ``checkpoint(position)`` is called with what picks the
-    epoch up there (``at`` of a resumed run): the next batch, the counts, and the batches (images
-    shifted) and hard-negative scores already drawn ahead."""
+    Every ``train.checkpoint_batches`` batches ``checkpoint(position)`` is called with what picks
+    the epoch up there (``at`` of a resumed run): the next batch, the counts, and the batches
+    (images shifted) and hard-negative scores already drawn ahead."""
     correct, seen, first = 0, 0, 0
     stream = Lookahead((shift_images(xb, shape, cfg.train.augment_shift, gen), lb) for xb, lb, _ in bar)
     hard = HardNegatives(scores) if cfg.train.negatives == "hard" else None
@@ -224,7 +223,7 @@ def stream_epoch(
             told = announced is not None or ahead(samples[0], samples[1]) is not False
             if not told or ahead(drawn[0], drawn[1]) is False:  # e.g. batch-1 learning
                 ahead = None
-        if rows is not None and hard is None and len(samples[2]) == 1:
+        if rows is not None and len(samples[2]) == 1:
             block.append(samples)  # learnt with the next ones, in order, in one call
         else:
             count()  # the rows before it first
