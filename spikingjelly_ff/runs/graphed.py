@@ -22,7 +22,10 @@ Why the replays train what the eager loop trains, number for number:
 * the weights and eligibility traces learn in place; each layer's carried membrane and
   trace are copied back, at the end of the graph, into the tensors the next replay reads
   (and, before a replay, from the tensors a batch run as usual left);
-* the count of correct judgements accumulates in a tensor of the graph.
+* the count of correct judgements accumulates in a tensor of the graph;
+* a graph reads its inputs (images, labels, label codes, weights, eligibility traces) at the
+  addresses it was captured with: where one of them was given new memory since (a label code
+  rebuilt, a weight assigned), the next full batch is captured again.
 
 Graphed epochs are opt-in (``SJFF_GRAPH=1``) until they have passed their check on a GPU
 (``benchmarks/gpu_check.sh``); without it the eager loop runs. Where the capture cannot start (a torch without
@@ -119,6 +122,14 @@ def cuda_capture(
     return replay
 
 
+def graph_inputs(batches: Batcher, trainer) -> list[Tensor]:
+    """The tensors a captured batch reads by address and that the run could give new memory:
+    the images and labels, the label codes, each layer's weights and eligibility trace."""
+    net = trainer.net
+    weights = [layer.weight for layer in net.layers]
+    return [batches.x, batches.labels, net.embedding.codes, *weights, *trainer.eligibility]
+
+
 def rebind(carried: list[tuple[object, str, Tensor]]) -> None:
     """Make each ``(neuron, attribute, tensor)`` hold ``tensor`` again, with the values the
     attribute holds now (a batch just left them there)."""
@@ -154,7 +165,7 @@ class GraphedEpochs:
         self.failed: str | None = None  # why the batch could not be captured; the run then goes on eagerly
         self.correct = torch.zeros((), dtype=torch.int64, device=device)  # an epoch's count, in the graph
         self.rows = torch.zeros(batches.batch_size, dtype=torch.int64, device=device)  # the graph's input
-        self.graph: tuple | None = None  # (replay, carried) once captured
+        self.graph: tuple | None = None  # (replay, carried, the inputs' addresses) once captured
 
     def _batch(self, rows: Tensor, eta: float | None) -> int:
         """One batch as ``stream_epoch`` runs it (returns the samples judged); ``eta`` None:
@@ -182,7 +193,11 @@ class GraphedEpochs:
         try:
             if not all(isinstance(before, Tensor) for _, _, before in carried):
                 raise GraphUnsafe("a layer carries no membrane tensor after the first batch")
-            self.graph = (self.capture(body, gens, self.stream, carried), carried)
+            replay = self.capture(body, gens, self.stream, carried)
+            inputs = graph_inputs(self.batches, self.trainer)
+            # the graph holds the memory it read, so none of it is reused while it lives
+            replay.keep = (getattr(replay, "keep", ()), [t.detach() for t in inputs])
+            self.graph = (replay, carried, [t.data_ptr() for t in inputs])
         except CaptureFailed:
             raise
         except Exception as exc:  # noqa: BLE001 - nothing ran on the device: undo, warn, go on eagerly
@@ -192,6 +207,10 @@ class GraphedEpochs:
                 g.set_state(state)
             self.failed = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"CUDA graph capture failed, training goes on without graphs ({self.failed})", stacklevel=2)
+
+    def _reads_in_place(self) -> bool:
+        """Whether the graph's inputs are where it was captured to read them."""
+        return [t.data_ptr() for t in graph_inputs(self.batches, self.trainer)] == self.graph[2]
 
     def epoch(self, bar, at: dict | None = None, checkpoint=None, every: int = 0) -> tuple[int, int]:
         """One epoch; returns (correctly judged, judged) rows, and calls ``checkpoint`` every
@@ -218,10 +237,12 @@ class GraphedEpochs:
         for i, start in enumerate(range(first * size, n, size), first):
             batch = on_device[start : start + size]
             replays = len(batch) == size and i > first and self.failed is None
+            if replays and self.graph is not None and not self._reads_in_place():
+                self.graph = None  # an input was given new memory: capture again
             if replays and self.graph is None:
                 self._capture()  # records the batch read from self.rows; runs nothing
             if replays and self.graph is not None:
-                replay, carried = self.graph
+                replay, carried, _ = self.graph
                 rebind(carried)  # after the epoch's first batch, which ran as usual
                 self.rows.copy_(batch)
                 self.trainer.count += 1

@@ -173,6 +173,29 @@ def test_a_failed_capture_is_undone_and_the_run_goes_on_eagerly(tmp_path, monkey
     assert json.loads((tmp_path / "failed" / "metrics.json").read_text())["cuda_graph"] == failed["cuda_graph"]
 
 
+def test_an_input_given_new_memory_is_captured_again(tmp_path, monkeypatch):
+    """A graph reads its inputs at the addresses it was captured with: where one was given new
+    memory between epochs (the label codes rebuilt with the same values), the next full batch
+    is captured again instead of replaying a graph that reads freed memory."""
+    cfg = batched()
+    eager = train(cfg, tmp_path / "eager", log=quiet, progress=False)
+    capture = Replays()
+    graphed_on_cpu(monkeypatch, capture)
+    real = GraphedEpochs.epoch
+
+    def epoch(self, *args, **kwargs):
+        if self.graph is not None:
+            codes = self.trainer.net.embedding.codes
+            self.trainer.net.embedding.set_patterns(self.trainer.net.embedding.patterns.clone())
+            assert self.trainer.net.embedding.codes is not codes
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GraphedEpochs, "epoch", epoch)
+    replayed = train(cfg, tmp_path / "graphed", log=quiet, progress=False)
+    assert (capture.captures, capture.replays) == (2, 6)  # batch 2 of epoch 2 captured again
+    same_training(eager, replayed, tmp_path / "eager", tmp_path / "graphed")
+
+
 def small_epochs(capture) -> tuple[GraphedEpochs, object]:
     """GraphedEpochs over a 784->200 layer whose membrane is [50, 200], and that layer."""
     cfg = batched()
