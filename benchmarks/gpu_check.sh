@@ -56,10 +56,20 @@ if wants train; then
     for path in "graph-s0 cupy 1 1 3 0" "graph-s1 cupy 1 1 3 1" "graph-s2 cupy 1 1 3 2" "eager-s0 cupy 1 0 3 0" \
         "step-eager cupy 0 0 2 0" "step-graph cupy 0 1 2 0" "torch-eager torch 1 0 2 0" "torch-graph torch 1 1 2 0"; do
       set -- $path
-      SJFF_PRESENT=$3 SJFF_GRAPH=$4 timeout 240 python3 -m spikingjelly_ff.cli train paper/hebbian-batched-symmetric \
+      if [ "$4" = 1 ] && [ -n "${graph_hung:-}" ]; then
+        echo "$1: skipped, a graphed run before it ran out of time ($graph_hung)"; rc=1; continue
+      fi
+      # a run takes well under a minute (the torch path's two epochs about 20 s); a hung
+      # graphed run stops the graphed runs after it, so the eager ones still fit the call
+      SJFF_PRESENT=$3 SJFF_GRAPH=$4 timeout "${SJFF_TRAIN_LIMIT:-150}" python3 -m spikingjelly_ff.cli train paper/hebbian-batched-symmetric \
         --set device=cuda --set backend=$2 --set train.epochs=$5 --set seed=$6 --out "$OUT/train-$1" --quiet --json \
-        >/dev/null || rc=1
-      show "$1" "$OUT/train-$1/metrics.json" || rc=1
+        >/dev/null
+      code=$?
+      if [ $code -ne 0 ]; then
+        rc=1; echo "$1: sjff train exited $code"
+        [ $code -eq 124 ] && [ "$4" = 1 ] && graph_hung=$1
+      fi
+      [ -f "$OUT/train-$1/metrics.json" ] && { show "$1" "$OUT/train-$1/metrics.json" || rc=1; }
     done
     for pair in "graph-s0 eager-s0" "step-graph step-eager" "torch-graph torch-eager"; do  # graphs train the same model
       set -- $pair
@@ -74,7 +84,7 @@ if wants train; then
     timeout 180 python3 -m spikingjelly_ff.cli train conv/spiking-competitive-mnist --set device=cuda \
       --set train.epochs=1 --set train.limit=3000 --set eval.limit=1000 --out "$OUT/train-sconv" --quiet --json \
       >/dev/null || rc=1
-    show sconv "$OUT/train-sconv/metrics.json" || rc=1
+    [ -f "$OUT/train-sconv/metrics.json" ] && { show sconv "$OUT/train-sconv/metrics.json" || rc=1; }
   else
     echo "skipped: MNIST not found (set SJFF_DATA_DIR)"
   fi
