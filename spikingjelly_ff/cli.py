@@ -39,12 +39,19 @@ def _train(args) -> int:
         from spikingjelly_ff.runs.launch import train_parallel
 
         final = train_parallel(
-            cfg, args.out, args.nproc, args.dist_backend, args.dist_timeout, not args.quiet, resume=args.resume
+            cfg,
+            args.out,
+            args.nproc,
+            args.dist_backend,
+            args.dist_timeout,
+            not args.quiet,
+            resume=args.resume,
+            overwrite=args.overwrite,
         )
         if final is None:  # a torchrun rank other than 0: rank 0 reports
             return 0
     else:
-        final = train(cfg, args.out, progress=not args.quiet, resume=args.resume)["final"]
+        final = train(cfg, args.out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)["final"]
     print(json.dumps({"out": str(args.out), **final}) if args.json else f"model written to {Path(args.out) / 'model'}")
     return 0
 
@@ -66,7 +73,8 @@ def _eval(args) -> int:
 def _readout(args) -> int:
     from spikingjelly_ff.runs.readout import fit_readout
 
-    metrics = fit_readout(args.model, args.out, args.set, log=(lambda s: None) if args.json else print)
+    log = (lambda s: None) if args.json else print
+    metrics = fit_readout(args.model, args.out, args.set, log=log, overwrite=args.overwrite)
     ro = metrics["readout"]
     print(json.dumps({"out": str(args.out), **ro}) if args.json else f"model written to {Path(args.out) / 'model'}")
     return 0
@@ -85,7 +93,14 @@ def _runtime_hebbian(cfg):
 def _export(args) -> int:
     from spikingjelly_ff.nn.models import AnalogFFNet, SpikingFFNet
     from spikingjelly_ff.runs.checkpoint import load_model
+    from spikingjelly_ff.runs.outputs import check_output_file
 
+    if args.format == "spike":
+        from spikingjelly_ff.export.spike import resolve_spike_path
+
+        check_output_file(resolve_spike_path(args.out), args.overwrite, args.model)
+    else:
+        check_output_file(args.out, args.overwrite, args.model)
     net, cfg, meta = load_model(args.model)
     if args.views is not None:
         from spikingjelly_ff.runs.evaluate import set_views
@@ -239,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the stopped run in --out from where it wrote its state (same config and --set options)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace the run (finished or stopped) that --out holds")
     p.add_argument(
         "--nproc",
         type=_count,
@@ -256,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model directory (RUNDIR/model)")
     p.add_argument("--dataset", default=None, help="mnist, fashion-mnist or an IDX directory (default: the model's)")
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--limit", type=_count, default=None, metavar="N", help="score the first N images")
+    p.add_argument("--batch-size", type=_count, default=None, metavar="N")
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--views",
@@ -274,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train.readout.* key")
     p.add_argument("--out", required=True, help="output directory (model/ with the readout, and metrics.json)")
     p.add_argument("--json", action="store_true", help="print the readout's metrics as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
     p.set_defaults(func=_readout)
 
     p = sub.add_parser("export", help="export a model to ONNX or the spike-runtime format")
@@ -281,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["onnx", "spike"])
     p.add_argument("--out", required=True, help="output file (or directory for --format spike)")
     p.add_argument("--latent", action="store_true", help="analog ONNX: also output the latent activity")
+    p.add_argument("--overwrite", action="store_true", help="replace the file --out names")
     p.add_argument(
         "--views",
         type=int,
@@ -293,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="latent-space sparsity, separability and a t-SNE picture")
     p.add_argument("model")
     p.add_argument("--dataset", default=None)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=_count, default=None, metavar="N")
     p.add_argument("--plot", default=None, help="write a t-SNE picture (PNG)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
@@ -303,10 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["paper", "beyond"])
     p.add_argument("--out", required=True)
     p.add_argument("--epochs", type=int, default=None, help="cut the epochs of every row (default: the config's, 10)")
-    p.add_argument("--limit", type=int, default=None, help="use only N training samples")
-    p.add_argument("--test-limit", type=int, default=None, help="use only N test samples")
+    p.add_argument("--limit", type=_count, default=None, metavar="N", help="use only N training samples")
+    p.add_argument("--test-limit", type=_count, default=None, metavar="N", help="use only N test samples")
     p.add_argument(
-        "--rows", nargs="*", default=None, help="rows to run (paper: analog-sigmoid, ...; beyond: spiking-mnist, ...)"
+        "--rows", nargs="+", default=None, help="rows to run (paper: analog-sigmoid, ...; beyond: spiking-mnist, ...)"
     )
     p.add_argument(
         "--seeds",

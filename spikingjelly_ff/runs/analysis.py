@@ -101,9 +101,11 @@ def analyze_model(
 ) -> dict:
     """Hoyer, separability and silent units (per layer, of ``widths``) of a model's test
     latents; optionally a t-SNE PNG."""
+    from spikingjelly_ff.runs.build import resolve_device
     from spikingjelly_ff.runs.checkpoint import load_model
     from spikingjelly_ff.runs.data import load_split
 
+    device = resolve_device(device)
     net, cfg, meta = load_model(model_dir, device=device)
     ds = dataset or cfg.data.dataset
     data = load_split(ds, "test", cfg.data.root, download=cfg.data.download).take(limit)

@@ -10,7 +10,7 @@ from spikingjelly_ff.nn.models import AnalogFFNet, FFNet, SpikingFFNet
 from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 from spikingjelly_ff.runs.config import ModelConfig
 
-__all__ = ["build_model"]
+__all__ = ["build_model", "resolve_device"]
 
 
 def build_model(
@@ -49,3 +49,13 @@ def build_model(
                 w = layer.weight
                 w.copy_(torch.randn(w.shape, generator=g) * m.init_std)
     return net
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA where torch sees it, else the CPU; a CUDA device torch does not see is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but torch sees no CUDA device")
+    return device

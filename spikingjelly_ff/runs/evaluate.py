@@ -111,9 +111,11 @@ def evaluate_model(
     ``shift_views`` overrides the test-time views of an analog or spiking conv model (0: the image
     alone)."""
     from spikingjelly_ff.kernels import resolve_backend
+    from spikingjelly_ff.runs.build import resolve_device
     from spikingjelly_ff.runs.checkpoint import load_model
     from spikingjelly_ff.runs.data import load_split
 
+    device = resolve_device(device)
     net, cfg, meta = load_model(model_dir, device=device, backend=resolve_backend(cfg_backend(model_dir), device))
     if shift_views is not None:
         set_views(net, shift_views)

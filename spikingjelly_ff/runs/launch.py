@@ -88,13 +88,19 @@ def launch(nproc: int, entry: Callable[..., Any], *args: Any, timeout_s: float =
 
 @record
 def train_worker(
-    cfg: RunConfig, out_dir: str, progress: bool, backend: str, timeout_s: float, resume: bool | None = False
+    cfg: RunConfig,
+    out_dir: str,
+    progress: bool,
+    backend: str,
+    timeout_s: float,
+    resume: bool | None = False,
+    overwrite: bool = False,
 ) -> dict | None:
     """One rank of a data-parallel run (in a process torchrun or :func:`launch` started):
     join the group, train, leave. Returns rank 0's final metrics (``None`` elsewhere)."""
     world = init_world(resolve_device(cfg.device), backend, timeout_s)
     try:
-        metrics = train(cfg, out_dir, progress=progress, world=world, resume=resume)
+        metrics = train(cfg, out_dir, progress=progress, world=world, resume=resume, overwrite=overwrite)
     finally:
         close_world()
     return metrics["final"] if world.main else None
@@ -109,11 +115,13 @@ def train_parallel(
     progress: bool = True,
     log: Callable[[str], None] = print,
     resume: bool | None = False,
+    overwrite: bool = False,
 ) -> dict | None:
     """Train with ``nproc`` local processes, or as one rank of the torchrun group in the
     environment; ``train.draws`` becomes ``per-sample`` (logged). ``timeout_s``: how long a
     collective waits for the other ranks (start-up has its own, ``INIT_TIMEOUT_S``). Returns
-    the final metrics on rank 0 (``None`` on other torchrun ranks). ``resume``: as :func:`train`'s."""
+    the final metrics on rank 0 (``None`` on other torchrun ranks). ``resume``, ``overwrite``: as
+    :func:`train`'s."""
     under_torchrun = env_world_size() > 1
     if under_torchrun and nproc > 1:
         raise ValueError("--nproc starts local workers itself; under torchrun leave it out")
@@ -123,5 +131,5 @@ def train_parallel(
         log(f"{size} processes: train.draws=per-sample (random draws tied to the global sample index)")
     check_parallel(cfg.validate(), size)
     if under_torchrun:
-        return train_worker(cfg, str(out_dir), progress, backend, timeout_s, resume)
-    return launch(nproc, train_worker, cfg, str(out_dir), progress, backend, timeout_s, resume)[0]
+        return train_worker(cfg, str(out_dir), progress, backend, timeout_s, resume, overwrite)
+    return launch(nproc, train_worker, cfg, str(out_dir), progress, backend, timeout_s, resume, overwrite)[0]

@@ -27,6 +27,7 @@ from spikingjelly_ff.runs.checkpoint import load_model, save_model
 from spikingjelly_ff.runs.config import ConfigError, ReadoutConfig, apply_overrides, config_from_dict
 from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runs.evaluate import evaluate_arrays, scorer_for
+from spikingjelly_ff.runs.outputs import check_run_dir, hold_run_dir
 
 __all__ = ["check_readout", "fit_readout", "readout_latents", "train_readout"]
 
@@ -119,12 +120,18 @@ def train_readout(
     return out
 
 
-def fit_readout(model_dir, out, sets: list[str] | None = None, log: Callable[[str], None] = print) -> dict:
+def fit_readout(
+    model_dir, out, sets: list[str] | None = None, log: Callable[[str], None] = print, overwrite: bool = False
+) -> dict:
     """``sjff readout``: fit a readout to the trained model in ``model_dir`` with its config's
     ``train.readout`` (``sets``: overrides of ``train.readout.*`` keys only; enabled is
     implied), test it as training does, and write the model with its readout and ``metrics.json``
     to ``out``. The same as training with that readout: the FF layers are the model's, and the
-    readout sees the same images, seeds and test draws."""
+    readout sees the same images, seeds and test draws. ``out`` may not hold a run (unless
+    ``overwrite``), nor be the folder of ``model_dir``."""
+    out = check_run_dir(out)
+    if out.resolve() in (Path(model_dir).resolve(), Path(model_dir).resolve().parent):
+        raise ConfigError(f"--out {out} holds the model the readout is fitted to: write it to another folder")
     sets = list(sets or [])
     other = [s for s in sets if not s.split("=", 1)[0].strip().startswith("train.readout.")]
     if other:  # anything else would describe another model than the weights
@@ -132,6 +139,12 @@ def fit_readout(model_dir, out, sets: list[str] | None = None, log: Callable[[st
     net, cfg, _ = load_model(model_dir)
     cfg = config_from_dict(apply_overrides(cfg.to_dict(), [*sets, "train.readout.enabled=true"]))
     check_readout(net, cfg.train.readout)
+    with hold_run_dir(out, overwrite=overwrite, refuse_finished=True):
+        return _fit(net, cfg, model_dir, out, log)
+
+
+def _fit(net, cfg, model_dir, out: Path, log: Callable[[str], None]) -> dict:
+    """:func:`fit_readout`'s work, in the folder ``out`` it holds."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = cfg.data
@@ -142,7 +155,6 @@ def fit_readout(model_dir, out, sets: list[str] | None = None, log: Callable[[st
     x_test, y_test = test_split.to_tensors("cpu")
     ev = evaluate_arrays(scorer_for(net, cfg, "cpu", readout=True), x_test, y_test, cfg.eval.batch_size)
     log(f"readout: test acc {ev['accuracy']:.4f}")
-    out = Path(out)
     save_model(out / "model", net, cfg, test_split.shape)
     metrics = {"model": str(model_dir), "config": cfg.to_dict(), "readout": {**ro, "test_accuracy": ev["accuracy"]}}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -14,6 +14,8 @@ removed once the run has written its model.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -38,17 +40,24 @@ __all__ = [
 
 NAME = "resume.pt"
 FORMAT = 1
+_MAGIC = b"sjff-resume sha256 "  # the header line: this, the payload's hex digest, a newline
 # config keys that may differ between the stopped run and its continuation: where it writes its
 # state, not what it computes (threads may change float sums, so they must stay)
 _FREE_KEYS = {"train.checkpoint_batches"}
 
 
 def save_state(out_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``out_dir/resume.pt`` atomically (temporary file, fsync, rename)."""
+    """Write ``state`` to ``out_dir/resume.pt`` atomically (temporary file, fsync, rename),
+    after a header line with the SHA-256 of the rest (torch's zip reader checks no CRC, so
+    flipped bytes in a tensor would load)."""
     out = Path(out_dir)
     path, tmp = out / NAME, out / f".{NAME}.tmp"
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buf)
+    payload = buf.getvalue()
     with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
+        f.write(_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
+        f.write(payload)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -65,8 +74,17 @@ def load_state(out_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(out_dir) / NAME
     if not path.is_file():
         return None
+    data = path.read_bytes()
+    if data.startswith(_MAGIC):
+        head, _, payload = data.partition(b"\n")
+        if hashlib.sha256(payload).hexdigest().encode() != head[len(_MAGIC) :]:
+            raise CheckpointError(
+                f"{path}: the run's state is damaged (its checksum does not match); delete it to start the run afresh"
+            )
+    else:  # written before the checksum: torch's zip alone
+        payload = data
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a truncated or foreign file
         raise CheckpointError(
             f"{path}: cannot read the run's state ({exc}); delete it to start the run afresh"

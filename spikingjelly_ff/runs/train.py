@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from spikingjelly_ff.runs.build import build_model
+from spikingjelly_ff.runs.build import build_model, resolve_device
 from spikingjelly_ff.runs.checkpoint import CheckpointError, save_model
 from spikingjelly_ff.runs.config import ConfigError, RunConfig
 from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runs.distributed import Reducer, World
 from spikingjelly_ff.runs.evaluate import evaluate_arrays, evaluate_sharded, scorer_for
 from spikingjelly_ff.runs.graphed import GraphedEpochs, graph_blocker
+from spikingjelly_ff.runs.outputs import check_run_dir, hold_run_dir
 from spikingjelly_ff.runs.resume import NAME as RESUME_NAME
 from spikingjelly_ff.runs.resume import RunParts, generator_of, nothing_to_resume, save_state, state_to_resume
 from spikingjelly_ff.runs.samples import Batcher, stream_epoch
@@ -36,14 +37,6 @@ from spikingjelly_ff.runs.sharded import ShardedLoop, batch_scorer
 from spikingjelly_ff.runs.steps import make_step, scores_fn
 
 __all__ = ["check_parallel", "resolve_device", "train"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def check_parallel(cfg: RunConfig, world_size: int) -> None:
@@ -70,25 +63,42 @@ def train(
     progress: bool = True,
     world: World | None = None,
     resume: bool | None = False,
+    overwrite: bool = False,
 ) -> dict:
     """Train per ``cfg``; save the model and metrics under ``out_dir``; return the metrics.
 
     ``world``: this process's rank among data-parallel ranks (default: one process).
     ``resume``: True continues the stopped run in ``out_dir`` from its last state (after an
     epoch, or within one with ``train.checkpoint_batches``; ``resume.pt``, see
-    :mod:`~spikingjelly_ff.runs.resume`), False refuses to start over one, None continues one
-    written with the same settings and otherwise starts afresh."""
+    :mod:`~spikingjelly_ff.runs.resume`), False refuses to start over one or over a finished
+    run (``overwrite``: replaces either), None continues one written with the same settings
+    and otherwise starts afresh. One process at a time writes ``out_dir`` (its lock)."""
     world = world or World()
     check_parallel(cfg, world.size)
-    if not world.main:
-        log, progress = (lambda s: None), False
-    per_sample = cfg.train.draws == "per-sample"
-    reducer = Reducer(world) if per_sample and cfg.train.batch_size > 1 else None
-    out = Path(out_dir)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run that --overwrite would replace: pass one of them")
+    out = check_run_dir(out_dir)
     if resume and not (out / RESUME_NAME).is_file():  # before the data is read or the folder made
         nothing_to_resume(out)
-    if world.main:
-        out.mkdir(parents=True, exist_ok=True)
+    if not world.main:
+        return _train(cfg, out, (lambda s: None), False, world, resume, overwrite)
+    with hold_run_dir(out, overwrite=overwrite, refuse_finished=resume is False):
+        return _train(cfg, out, log, progress, world, resume, overwrite)
+
+
+def _train(
+    cfg: RunConfig,
+    out: Path,
+    log: Callable[[str], None],
+    progress: bool,
+    world: World,
+    resume: bool | None,
+    fresh: bool,
+) -> dict:
+    """:func:`train`'s run, in a folder that this process holds (or, on another rank, the main
+    one); ``fresh``: start afresh whatever state the folder holds (the main rank removes it)."""
+    per_sample = cfg.train.draws == "per-sample"
+    reducer = Reducer(world) if per_sample and cfg.train.batch_size > 1 else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -137,7 +147,7 @@ def train(
     rows = getattr(learner, "train_rows", None)  # runs of one-row batches in one call
     first, position = 1, None
     run = {"device": device.type, "backend": backend}  # what device: auto and backend: auto resolved to
-    state = state_to_resume(out, {**cfg.to_dict(), "run": run}, resume, log)
+    state = None if fresh else state_to_resume(out, {**cfg.to_dict(), "run": run}, resume, log)
     _same_state_on_every_rank(world, state, len(batches))
     if state is not None:
         position = parts.restore(state, device)

@@ -299,12 +299,29 @@ def _write_dense_nodes(nodes, strings, art: SpikeArtifact) -> list[tuple[str, st
 
 def write_artifact(path: str | os.PathLike, art: SpikeArtifact) -> Path:
     """Write ``art`` to ``path`` atomically (temp file, fsync, rename)."""
-    import h5py
-
     art.validate()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
+    try:
+        _write_h5(tmp, art)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def _write_h5(tmp: Path, art: SpikeArtifact) -> None:
+    import h5py
+
     strings = h5py.string_dtype()
     with h5py.File(tmp, "w") as f:
         f.create_dataset("version", data=NIR_VERSION, dtype=strings)
@@ -332,15 +349,6 @@ def write_artifact(path: str | os.PathLike, art: SpikeArtifact) -> Path:
             for name, a in zip(("weight", "bias"), art.readout):
                 ro.create_dataset(name, data=np.asarray(a, dtype=np.float32))
         f.flush()
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 def _text(ds) -> str:

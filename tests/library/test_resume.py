@@ -189,9 +189,20 @@ def test_a_damaged_state_is_refused_and_a_torn_write_is_ignored(stopped):
     with pytest.raises(Stopped):
         train(cfg, run / "again", log=stop_after(1), progress=False)
     state = run / "again" / "resume.pt"
-    state.write_bytes(state.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="cannot read the run's state .*delete it to start the run afresh"):
+    good = state.read_bytes()
+    head, _, payload = good.partition(b"\n")
+    middle = len(good) // 2
+    flipped = good[:middle] + bytes(b ^ 0xFF for b in good[middle : middle + 64]) + good[middle + 64 :]
+    # torch's zip reader checks no CRC: bytes flipped in a tensor loaded, and the run went on
+    for damaged in (good[:1000], flipped, head + b"\n" + payload[:-10] + bytes(10)):
+        state.write_bytes(damaged)
+        with pytest.raises(CheckpointError, match="resume.pt: the run's state is damaged .*delete it to start"):
+            train(cfg, run / "again", log=quiet, progress=False, resume=True)
+    state.write_bytes(b"PK" + bytes(100))  # no header: read as a state written before the checksum
+    with pytest.raises(CheckpointError, match="(?s)cannot read the run.s state .*delete it to start the run afresh"):
         train(cfg, run / "again", log=quiet, progress=False, resume=True)
+    state.write_bytes(payload)  # a state written before the checksum still resumes
+    assert train(cfg, run / "again", log=quiet, progress=False, resume=True)["resumed_at"][0]["epoch"] == 2
 
 
 def test_resuming_where_possible_takes_the_same_settings_and_starts_other_ones_afresh(stopped):

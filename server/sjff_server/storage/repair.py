@@ -200,11 +200,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def state_main(argv: list[str]) -> int:
     """``sjff state SUBCOMMAND ...`` (registered as the ``state`` command of ``sjff``)."""
+    usage = "usage: sjff state repair STATE_DIR --model M [--version V] [--truncate]"
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"{usage}\n\nsjff state repair --help: the options", file=sys.stdout)
+        return 0
     if not argv or argv[0] != "repair":
         got = f"got {argv[0]!r}" if argv else "got none"
         print(
-            f"sjff state: error: the only subcommand is 'repair' ({got}); usage: sjff state repair STATE_DIR "
-            "--model M [--version V] [--truncate]",
+            f"sjff state: error: the only subcommand is 'repair' ({got}); {usage}",
             file=sys.stderr,
         )
         return 2

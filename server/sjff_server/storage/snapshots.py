@@ -26,13 +26,10 @@ class StateInUse(Exception):
 def lock_state(directory: Path) -> int:
     """Take the exclusive lock of a model's state directory (``.lock``, flock) and return its
     file descriptor; held until closed. :class:`StateInUse` if another process has it."""
-    import fcntl
+    from spikingjelly_ff.runs.outputs import try_lock
 
-    fd = os.open(Path(directory) / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    fd = try_lock(directory)
+    if fd is None:
         raise StateInUse(
             f"{directory} is in use by another process (a running server or sjff state repair); "
             "one process at a time may own a model's learning state"

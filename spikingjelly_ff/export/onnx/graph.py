@@ -96,8 +96,12 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, out)
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
+        raise
     return out
 
 
