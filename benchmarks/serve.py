@@ -98,6 +98,7 @@ def prepare_model(path: str | None) -> Path:
     if not out.is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
         run = CACHE / "analog-run"
+        shutil.rmtree(run, ignore_errors=True)  # what an interrupted earlier call left
         print(f"training the benchmark model into {out} ...", flush=True)
         sets = [f"data.dataset={data}", "train.epochs=1", "train.limit=10000", "eval.limit=1000"]
         sjff("train", "paper/analog-symmetric", *[a for s in sets for a in ("--set", s)], "--out", str(run), "--quiet")
