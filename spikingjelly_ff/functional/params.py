@@ -8,6 +8,7 @@ models store; each default is written here once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -32,6 +33,15 @@ __all__ = [
     "NeuronParams",
     "TraceParams",
 ]
+
+
+def _check_finite(owner, *names: str) -> None:
+    """ValueError unless each field ``names`` of ``owner`` that is set (not None) is a finite number."""
+    for name in names:
+        value = getattr(owner, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+
 
 FORMS = ("beta", "lif")
 FIRE_RULES = (">", ">=")
@@ -67,6 +77,7 @@ class NeuronParams:
             raise ValueError(f"neuron form must be one of {FORMS}, got {self.form!r}")
         if self.fire not in FIRE_RULES:
             raise ValueError(f"fire rule must be '>' or '>=', got {self.fire!r}")
+        _check_finite(self, "beta", "tau", "v_threshold", "v_reset")
         if self.form == "beta" and not 0.0 <= self.beta < 1.0:
             raise ValueError("beta must lie in [0, 1)")
         if self.form == "lif" and not self.tau > 1.0:
@@ -125,6 +136,7 @@ class TraceParams:
             raise ValueError("trace decay must lie in [0, 1]")
         if not self.scale > 0:
             raise ValueError("trace scale must be > 0")
+        _check_finite(self, "scale")
 
     @property
     def increment(self) -> float:
@@ -172,6 +184,8 @@ class EncoderParams:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.rest_steps < 0:
             raise ValueError(f"rest_steps must be >= 0, got {self.rest_steps}")
+        if not (math.isfinite(self.gain) and self.gain >= 0):  # a rate factor: rates are clipped to [0, 1]
+            raise ValueError(f"gain must be a finite number >= 0, got {self.gain}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,6 +207,7 @@ class EmbeddingParams:
     def __post_init__(self) -> None:
         if self.kind not in LABEL_KINDS:
             raise ValueError(f"label embedding must be one of {LABEL_KINDS}, got {self.kind!r}")
+        _check_finite(self, "density", "scale")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,7 +220,7 @@ HEBBIAN_UPDATES = ("step", "presentation")
 @dataclass(frozen=True)
 class HebbianParams:
     """Hebbian learning: a step ``eta`` on the exact FF gradient, filtered by the eligibility
-    trace e <- (1 - tau) e + tau dW (``eligibility_tau``; None applies dW directly); a spiking
+    trace e <- (1 - tau) e + tau dW (``eligibility_tau`` in (0, 1]; None applies dW directly); a spiking
     layer learns only at steps t > ``learn_after`` (-1: all); ``schedule`` decays eta over a run.
     ``update``: "step", the weights change after every such step (the paper's running update),
     or "presentation" (spiking conv layers): they stay fixed while a sample is shown and the
@@ -225,6 +240,11 @@ class HebbianParams:
             raise ValueError(f"update must be one of {HEBBIAN_UPDATES}, got {self.update!r}")
         if self.learn_after < -1:
             raise ValueError(f"learn_after must be >= -1, got {self.learn_after}")
+        if not (math.isfinite(self.eta) and self.eta >= 0):  # a step size (0: nothing learns)
+            raise ValueError(f"eta must be a finite number >= 0, got {self.eta}")
+        tau = self.eligibility_tau
+        if tau is not None and not 0 < tau <= 1:  # e <- (1 - tau) e + tau dW; 1: dW itself
+            raise ValueError(f"eligibility_tau must lie in (0, 1] or be None, got {tau}")
 
     def require_step(self, who: str) -> None:
         """Refuse a presentation update where only the step rule exists (``who`` names the

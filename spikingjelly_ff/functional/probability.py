@@ -19,6 +19,7 @@ per goodness entry, so the Hebbian rule and the theorem hold unchanged.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -147,6 +148,9 @@ class Probability:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown probability {self.kind!r}; choose one of {list(KINDS)}")
+        for name in ("alpha", "theta", "eps", "clip", "temperature"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.kind == "symmetric" and not self.eps > 0:
             raise ValueError("symmetric probability needs eps > 0")
         if self.kind == "competitive" and not (self.eps > 0 and self.temperature > 0):

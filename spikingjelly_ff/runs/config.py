@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from spikingjelly_ff.functional.conv import goodness_groups
 from spikingjelly_ff.functional.goodness import GOODNESS
@@ -36,6 +35,9 @@ from spikingjelly_ff.functional.params import (
 )
 from spikingjelly_ff.functional.probability import KINDS as PROBABILITY_KINDS
 from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.views import check_views
+from spikingjelly_ff.runs.data import DATASETS
+from spikingjelly_ff.runs.strict_yaml import YAMLInputError, parse_yaml
 
 __all__ = [
     "ConfigError",
@@ -54,6 +56,7 @@ __all__ = [
     "TraceConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_image",
     "config_from_dict",
     "flatten",
     "load_config",
@@ -193,7 +196,7 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto
     backend: str = "auto"  # auto | torch | cupy
-    threads: int | None = None  # torch intra-op threads (default: torch's choice)
+    threads: int | None = None  # torch intra-op threads, 1..1024 (default: torch's choice)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -276,6 +279,11 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("model.score_layers names a layer twice (each voting layer counts once)")
     if m.shift_views < 0:
         raise ConfigError("model.shift_views must be >= 0")
+    if m.score_layers == []:
+        raise ConfigError("model.score_layers must name at least one layer (null: all), got []")
+    if not (math.isfinite(m.init_std) and m.init_std > 0):
+        raise ConfigError(f"model.init_std must be a finite number > 0, got {m.init_std}")
+    _validate_optimizer(t.optimizer)
     if m.kind == "spiking" and m.shift_views and not m.conv:
         raise ConfigError("model.shift_views is available for analog models and spiking conv models only")
     if t.readout.enabled:
@@ -284,6 +292,16 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError("train.negatives=hard draws from a look-ahead over the stream; use train.draws=stream")
     if t.limit is not None and t.limit < 1:
         raise ConfigError("train.limit must be >= 1")
+    if cfg.eval.limit is not None and cfg.eval.limit < 1:
+        raise ConfigError(f"eval.limit must be >= 1 (null: the whole test set), got {cfg.eval.limit}")
+    if t.augment_shift < 0:
+        raise ConfigError(f"train.augment_shift must be >= 0 (0: no augmentation), got {t.augment_shift}")
+    if t.eval_every < 0:
+        raise ConfigError(f"train.eval_every must be >= 0 (0: only at the end), got {t.eval_every}")
+    if cfg.threads is not None and not 1 <= cfg.threads <= 1024:
+        raise ConfigError(f"threads must lie in 1..1024 (null: torch's choice), got {cfg.threads}")
+    if cfg.data.dataset in DATASETS:  # a known dataset's image size is known before it is read
+        check_image(cfg, DATASETS[cfg.data.dataset].shape)
     if t.checkpoint_batches < 0:
         raise ConfigError("train.checkpoint_batches must be >= 0 (0: the resume state at the end of every epoch only)")
     spiking_conv = m.kind == "spiking" and bool(m.conv)
@@ -293,6 +311,31 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(
             "train.hebbian_apply=optimizer steps once per presentation of a spiking conv net: "
             "it needs model.conv and train.hebbian.update=presentation"
+        )
+
+
+def _validate_optimizer(o: OptimizerConfig) -> None:
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise ConfigError(f"train.optimizer.lr must be a finite number > 0, got {o.lr}")
+    if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):
+        raise ConfigError(f"train.optimizer.weight_decay must be a finite number >= 0, got {o.weight_decay}")
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"train.optimizer.momentum must lie in [0, 1), got {o.momentum}")
+
+
+def check_image(cfg: RunConfig, shape: tuple[int, int]) -> None:
+    """ConfigError unless the moves of ``model.shift_views`` and ``train.augment_shift`` stay
+    below the smaller side of the images ``shape`` (H, W), as ``--views`` is checked: a larger
+    move leaves nothing of the image."""
+    shape = tuple(int(v) for v in shape)
+    try:
+        check_views(cfg.model.shift_views, shape)
+    except ValueError as exc:
+        raise ConfigError(f"model.{exc}") from exc
+    if cfg.train.augment_shift >= min(shape):
+        raise ConfigError(
+            f"train.augment_shift {cfg.train.augment_shift} must be below the image's smaller side "
+            f"({min(shape)} of {shape})"
         )
 
 
@@ -307,7 +350,7 @@ def _validate_readout(cfg: RunConfig) -> None:
         )
     if m.kind == "spiking" and not m.conv:
         raise ConfigError("train.readout is available for analog dense nets and competitive spiking conv nets")
-    if r.epochs < 1 or not r.lr > 0 or not r.weight_decay >= 0:
+    if r.epochs < 1 or not 0 < r.lr < math.inf or not 0 <= r.weight_decay < math.inf:
         raise ConfigError("train.readout needs epochs >= 1, lr > 0 and weight_decay >= 0")
     if r.layers is not None and (not r.layers or any(not 0 <= i < len(m.conv or m.layers) for i in r.layers)):
         raise ConfigError("train.readout.layers must name existing layers (at least one)")
@@ -452,17 +495,26 @@ def _set_path(data: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
+def _parse_yaml(text: str, where: str, invalid: str = "not valid YAML"):
+    """``text`` as YAML (:func:`~spikingjelly_ff.runs.strict_yaml.parse_yaml`), or a ConfigError."""
+    try:
+        return parse_yaml(text, where, invalid)
+    except YAMLInputError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``key=value`` strings (values parsed as YAML) to a config mapping."""
+    if not isinstance(data, dict):
+        raise ConfigError("a config must be a mapping at the top level")
     data = json.loads(json.dumps(data))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: cannot parse {raw!r}: {exc}") from exc
+        if not all(part.strip() for part in key.split(".")):
+            raise ConfigError(f"--set expects key=value with a dotted key (train.epochs=3), got {item!r}")
+        value = _parse_yaml(raw, f"--set {key}", f"cannot parse {raw!r}") if raw != "" else None
         _set_path(data, key.strip(), value)
     return data
 
@@ -484,6 +536,8 @@ def resolve_config(path: str | Path) -> Path:
     shipped = CONFIG_DIR / (str(path) if str(path).endswith(".yaml") else f"{path}.yaml")
     if shipped.is_file():
         return shipped
+    if p.is_dir() or (CONFIG_DIR / str(path)).is_dir():
+        raise ConfigError(f"config {path} is a directory, not a file (or one of: {', '.join(shipped_configs())})")
     raise ConfigError(f"config {path} not found (a file path, or one of: {', '.join(shipped_configs())})")
 
 
@@ -492,8 +546,15 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     data: dict = {}
     if path is not None:
         p = resolve_config(path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        data = _parse_yaml(p.read_text(), str(p))
+        if data is None:  # an empty file: the defaults
+            data = {}
+        elif not isinstance(data, dict):
+            got = f"{type(data).__name__} {_short(data)}"
+            raise ConfigError(f"{p}: a config must be a mapping at the top level, got {got}")
     return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def _short(value, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."

@@ -52,6 +52,7 @@ class KnownDataset:
     npm: str | None = None  # "package@version" holding package/data/NAME
     debian: str | None = None  # directory with NAME.gz from a Debian package
     debian_package: str | None = None  # the package that installs it
+    shape: tuple[int, int] = (28, 28)  # (H, W) of its images
 
 
 DATASETS: dict[str, KnownDataset] = {
@@ -189,6 +190,9 @@ class Split:
         return len(self.labels)
 
     def take(self, n: int | None) -> Split:
+        """The first ``n`` samples (None: all)."""
+        if n is not None and n < 1:
+            raise ValueError(f"limit must be >= 1 (None: all samples), got {n}")
         if n is None or n >= len(self):
             return self
         return Split(self.images[:n], self.labels[:n], self.shape)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from spikingjelly_ff.runs.build import build_model, resolve_device
 from spikingjelly_ff.runs.checkpoint import CheckpointError, save_model
-from spikingjelly_ff.runs.config import ConfigError, RunConfig
+from spikingjelly_ff.runs.config import ConfigError, RunConfig, check_image
 from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runs.distributed import Reducer, World
 from spikingjelly_ff.runs.evaluate import evaluate_arrays, evaluate_sharded, scorer_for
@@ -104,6 +104,7 @@ def _train(
     device = resolve_device(cfg.device)
     train_split = load_split(cfg.data.dataset, "train", cfg.data.root, cfg.data.download).take(cfg.train.limit)
     test_split = load_split(cfg.data.dataset, "test", cfg.data.root, cfg.data.download).take(cfg.eval.limit)
+    check_image(cfg, tuple(train_split.shape))  # a dataset folder's image size is known only now
     x_train, y_train = train_split.to_tensors(device)
     x_test, y_test = test_split.to_tensors(device)
     in_features = x_train.shape[1]

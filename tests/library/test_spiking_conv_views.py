@@ -143,7 +143,10 @@ def test_bernoulli_views_draw_chunk_by_chunk_then_view_by_view(tmp_path):
 def test_views_must_leave_part_of_the_image(tmp_path):
     """A move of the image's side or more leaves nothing: refused by the net, by `sjff eval`'s
     override and in an artefact (a tampered file cannot ask for a million views)."""
-    cfg = load_config("conv/spiking-soft-mnist", ["model.shift_views=28"])
+    with pytest.raises(ConfigError, match="model.shift_views 28 must be below the image's smaller side"):
+        load_config("conv/spiking-soft-mnist", ["model.shift_views=28"])  # MNIST's side is known
+    cfg = load_config("conv/spiking-soft-mnist")
+    cfg.model.shift_views = 28
     with pytest.raises(ValueError, match="below the image's smaller side"):
         build_model(cfg.model, 784, 10, seed=0, image_shape=(28, 28))
     path = export_spike(_labelled(1), tmp_path / "m.nir")
