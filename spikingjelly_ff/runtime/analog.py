@@ -28,7 +28,7 @@ from spikingjelly_ff.kernels import apply_delta
 from spikingjelly_ff.runtime.analog_compiled import CompiledScoring
 from spikingjelly_ff.runtime.lit_inputs import gather_lit_inputs
 from spikingjelly_ff.runtime.onnx_meta import OnnxMeta, load_onnx_meta
-from spikingjelly_ff.runtime.protocol import check_images, check_targets, competitive_targets
+from spikingjelly_ff.runtime.protocol import check_eta, check_images, check_targets, competitive_targets
 from spikingjelly_ff.runtime.weight_folding import split_weight_only
 
 __all__ = ["LIT_MAX_ROWS", "AnalogGraph", "AnalogModel", "OnnxMeta", "load_onnx_meta"]
@@ -73,6 +73,9 @@ class AnalogGraph:
         # [D, H] in the graph (MatMul x @ W^T); we keep W [H, D] like torch (conv: as stored).
         stored = [numpy_helper.to_array(inits[n]) for n in names]
         weights = tuple(np.ascontiguousarray(_layout(meta, a), dtype=np.float32) for a in stored)
+        bad = [n for n, w in zip(names, weights) if not np.all(np.isfinite(w))]
+        if bad:
+            raise ValueError(f"weights {bad} hold non-finite values")
         # Declare the weights as inputs so each run can feed the current weights.
         served = onnx.ModelProto()
         served.CopyFrom(model_proto)
@@ -311,7 +314,7 @@ class AnalogModel:
         right in both cases)."""
         x = self._check_images(x)
         y = check_targets(positive, x.shape[0])
-        eta = self.eta if eta is None else float(eta)
+        eta = check_eta(eta, self.eta)
         tau = self.eligibility_tau
         meta = self.settings
         if meta.conv is not None:
@@ -338,9 +341,13 @@ class AnalogModel:
         return summed_score(acts, voting, self.probability, goodness_kind)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the ONNX file with the current weights (atomically)."""
+        """Write the ONNX file with the current weights (atomically); refused where a weight is
+        not finite (the file would not load)."""
         import onnx
         from onnx import numpy_helper
+
+        if not all(np.all(np.isfinite(w)) for w in self.weights):
+            raise ValueError("the weights hold non-finite values: not saved")
 
         proto = onnx.ModelProto()
         proto.CopyFrom(self.graph.proto)
@@ -352,9 +359,13 @@ class AnalogModel:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part")
-        with open(tmp, "wb") as fh:
-            fh.write(proto.SerializeToString())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(proto.SerializeToString())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
+            raise
         return path

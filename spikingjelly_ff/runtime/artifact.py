@@ -201,6 +201,8 @@ class SpikeArtifact:
             width = w.shape[0]
         if self.eligibility is not None and [e.shape for e in self.eligibility] != [w.shape for w in self.weights]:
             raise ArtifactError("eligibility traces do not match the weights")
+        if self.eligibility is not None and not all(np.all(np.isfinite(e)) for e in self.eligibility):
+            raise ArtifactError("eligibility traces hold non-finite values")  # the first update would spread them
         if any(not 0 <= i < self.num_layers for i in self.score_layers):
             raise ArtifactError("score_layers names a layer that does not exist")
         return self

@@ -19,7 +19,7 @@ from spikingjelly_ff.functional.readout import map_latent, readout_logits
 from spikingjelly_ff.functional.scores import class_margin
 from spikingjelly_ff.functional.views import translate, view_offsets
 from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact
-from spikingjelly_ff.runtime.protocol import check_images, check_targets, competitive_targets
+from spikingjelly_ff.runtime.protocol import check_eta, check_images, check_targets, competitive_targets
 from spikingjelly_ff.runtime.spike_base import SpikeArtifactModel
 from spikingjelly_ff.simulation import ConvLayout, Dynamics, conv_score, encode_spikes, present_conv, score_conv_labels
 from spikingjelly_ff.simulation.conv import SCORE_CHUNK
@@ -247,7 +247,7 @@ class SpikeConvModel(SpikeArtifactModel):
             y = check_targets(y, n)
         self.art.check_learning(t)
         spec = self.learn_spec
-        eta = spec.eta if eta is None else float(eta)
+        eta = check_eta(eta, spec.eta)
         n = self.num_layers
         learns = [(y, spec, eta, e_w, e_b) for e_w, e_b in zip(self.eligibility[:n], self.eligibility[n:])]
         acts = present_conv(

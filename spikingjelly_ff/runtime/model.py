@@ -12,7 +12,7 @@ import numpy as np
 
 from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.runtime.artifact import SpikeArtifact
-from spikingjelly_ff.runtime.protocol import check_images, check_targets
+from spikingjelly_ff.runtime.protocol import check_eta, check_images, check_targets
 from spikingjelly_ff.runtime.spike_base import SpikeArtifactModel
 from spikingjelly_ff.simulation import (
     Dynamics,
@@ -50,6 +50,8 @@ class SpikeModel(SpikeArtifactModel):
             eligibility = art.eligibility
         elif [np.shape(w) for w in weights] != [w.shape for w in art.weights]:
             raise ValueError("weights do not match the artefact's layer shapes")
+        if eligibility is not None and [np.shape(e) for e in eligibility] != [w.shape for w in art.weights]:
+            raise ValueError("eligibility traces do not match the artefact's layer shapes")
         self.art = art
         self.label_code = art.label_code()
         # input-major memory (w.T contiguous), as the torch layers keep it: see simulate.input_major
@@ -179,10 +181,12 @@ class SpikeModel(SpikeArtifactModel):
         spikes = np.asarray(spikes, dtype=np.float32)
         if spikes.ndim != 3:
             raise ValueError(f"spikes must have shape [T, N, D'], got {list(spikes.shape)}")
+        if spikes.shape[2] != self.weights[0].shape[1]:  # the compiled one-sample path reads by this width
+            raise ValueError(f"spikes must have {self.weights[0].shape[1]} inputs per step, got {spikes.shape[2]}")
         y = check_targets(y, spikes.shape[1])
         self.art.check_learning(spikes.shape[0])
         spec = self.learn_spec
-        eta = spec.eta if eta is None else float(eta)
+        eta = check_eta(eta, spec.eta)
         n = spikes.shape[1]
         online = learns_online(n, spec, self.dynamics.neuron)
         pre = spikes

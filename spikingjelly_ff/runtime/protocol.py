@@ -8,13 +8,14 @@ Torch-free: this module imports nothing but typing, numpy and the standard libra
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["RuntimeModel", "check_images", "check_targets", "competitive_targets"]
+__all__ = ["RuntimeModel", "check_eta", "check_images", "check_targets", "competitive_targets"]
 
 
 def check_images(x, in_features: int, unit_range: bool = True) -> np.ndarray:
@@ -28,6 +29,20 @@ def check_images(x, in_features: int, unit_range: bool = True) -> np.ndarray:
     if unit_range and (x.min(initial=0.0) < 0.0 or x.max(initial=0.0) > 1.0):
         raise ValueError("image values must lie in [0, 1]")
     return x
+
+
+def check_eta(eta, default: float) -> float:
+    """The learning rate of one update: ``default`` (the model's) where ``eta`` is None, else
+    ``eta`` as a finite float >= 0 (0: nothing changes); raises ``ValueError`` otherwise (a
+    NaN rate would turn every weight into NaN)."""
+    if eta is None:
+        return float(default)
+    if isinstance(eta, (bool, str, bytes)) or not isinstance(eta, (int, float, np.integer, np.floating)):
+        raise ValueError(f"eta must be a number, got {type(eta).__name__} {eta!r}")
+    eta = float(eta)
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+    return eta
 
 
 def check_targets(positive, n: int) -> np.ndarray:

@@ -111,3 +111,79 @@ def test_check_targets():
     for bad, n in [([1.0], 2), (np.ones((2, 1)), 2), ([np.inf, 0.0], 2), ([1.5, 0.0], 2), (None, 1)]:
         with pytest.raises(ValueError, match="positive"):
             check_targets(bad, n)
+
+
+@pytest.mark.parametrize("kind", ["analog", "analog-conv", "spiking", "spiking-conv"])
+def test_every_runtime_learn_refuses_a_rate_that_is_no_step_size(kind, tmp_path):
+    """A NaN or infinite eta turned every weight into NaN, silently; a negative one unlearnt."""
+    model, d = _model(kind, tmp_path)
+    x = np.random.default_rng(0).uniform(size=(2, d)).astype(np.float32)
+    labels, positive = np.array([1, 2]), np.array([1.0, 0.0])
+    before = [w.copy() for w in model.weights]
+    for eta, message in [(np.nan, "finite"), (np.inf, "finite"), (-0.1, ">= 0"), ("0.1", "number"), (True, "number")]:
+        with pytest.raises(ValueError, match=message):
+            model.learn(x, labels, positive, eta=eta)
+        assert all(np.array_equal(a, b) for a, b in zip(model.weights, before)), eta
+    assert np.all(np.isfinite(model.learn(x, labels, positive, eta=np.float32(0.05))))
+
+
+def test_spiking_learn_spikes_refuses_spikes_of_another_width(tmp_path):
+    """One sample of the wrong width went to the compiled one-sample path unchecked: read out
+    of bounds (wider: a crash after the call) or learnt on the wrong inputs (narrower)."""
+    model, _ = _model("spiking", tmp_path)
+    width = model.weights[0].shape[1]
+    before = [w.copy() for w in model.weights]
+    for n in (1, 3):
+        for w in (width - 10, width + 10):
+            with pytest.raises(ValueError, match=f"spikes must have {width} inputs per step, got {w}"):
+                model.learn_spikes(np.ones((6, n, w), np.float32), np.ones(n))
+    assert all(np.array_equal(a, b) for a, b in zip(model.weights, before))
+
+
+def test_a_spiking_model_refuses_eligibility_of_another_shape(tmp_path):
+    from spikingjelly_ff.runtime.model import SpikeModel
+
+    model, _ = _model("spiking", tmp_path)
+    weights = [w.copy() for w in model.weights]
+    with pytest.raises(ValueError, match="eligibility traces do not match"):
+        SpikeModel(model.art, weights, [np.zeros((3, 3), np.float32) for _ in weights])
+    SpikeModel(model.art, weights, [np.zeros_like(w) for w in weights])
+
+
+def test_non_finite_weights_or_traces_do_not_load_or_save(tmp_path):
+    import h5py
+
+    from spikingjelly_ff.runtime.analog import AnalogModel
+    from spikingjelly_ff.runtime.artifact import ArtifactError, read_artifact
+
+    analog, _ = _model("analog", tmp_path)
+    analog.weights[0][0, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        analog.save(tmp_path / "nan.onnx")
+    assert not list(tmp_path.glob("nan.onnx*"))
+    spiking, _ = _model("spiking", tmp_path)
+    spiking.save(tmp_path / "s.nir")
+    with h5py.File(tmp_path / "s.nir", "r+") as f:
+        e = f["spikingjelly_ff/eligibility/0"]
+        e[0, 0] = np.nan
+    with pytest.raises(ArtifactError, match="eligibility traces hold non-finite values"):
+        read_artifact(tmp_path / "s.nir")
+    assert AnalogModel  # the ONNX load is refused alike: tests below edit the graph's weights
+
+
+def test_an_onnx_export_with_non_finite_weights_does_not_load(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from spikingjelly_ff.runtime.analog import AnalogModel
+
+    _model("analog", tmp_path)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    names = set(AnalogModel.load(tmp_path / "m.onnx").graph.weight_names)
+    t = next(t for t in proto.graph.initializer if t.name in names)
+    a = numpy_helper.to_array(t).copy()
+    a.flat[0] = np.inf
+    t.CopyFrom(numpy_helper.from_array(a, t.name))
+    onnx.save(proto, str(tmp_path / "inf.onnx"))
+    with pytest.raises(ValueError, match="hold non-finite values"):
+        AnalogModel.load(tmp_path / "inf.onnx")
