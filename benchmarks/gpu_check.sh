@@ -61,7 +61,7 @@ if wants train; then
       fi
       # a run takes well under a minute (the torch path's two epochs about 20 s); a hung
       # graphed run stops the graphed runs after it, so the eager ones still fit the call
-      SJFF_PRESENT=$3 SJFF_GRAPH=$4 timeout "${SJFF_TRAIN_LIMIT:-150}" python3 -m spikingjelly_ff.cli train paper/hebbian-batched-symmetric \
+      SJFF_PRESENT=$3 SJFF_GRAPH=$4 timeout -k 10 "${SJFF_TRAIN_LIMIT:-150}" python3 -m spikingjelly_ff.cli train paper/hebbian-batched-symmetric \
         --set device=cuda --set backend=$2 --set train.epochs=$5 --set seed=$6 --out "$OUT/train-$1" --quiet --json \
         >/dev/null
       code=$?
@@ -73,7 +73,9 @@ if wants train; then
     done
     for pair in "graph-s0 eager-s0" "step-graph step-eager" "torch-graph torch-eager"; do  # graphs train the same model
       set -- $pair
-      if cmp -s "$OUT/train-$1/model/model.safetensors" "$OUT/train-$2/model/model.safetensors"; then
+      if [ ! -f "$OUT/train-$1/model/model.safetensors" ] || [ ! -f "$OUT/train-$2/model/model.safetensors" ]; then
+        echo "$1 / $2: not compared, a run wrote no model"; rc=1
+      elif cmp -s "$OUT/train-$1/model/model.safetensors" "$OUT/train-$2/model/model.safetensors"; then
         echo "$1 = $2: the same model, byte for byte"
       else
         echo "$1 != $2: the models differ"; rc=1

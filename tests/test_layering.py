@@ -47,6 +47,7 @@ def test_the_tree_keeps_its_layers():
         ("spikingjelly_ff/functional/goodness.py", "from spikingjelly_ff.runs import config", "layered"),
         ("spikingjelly_ff/nn/models.py", "import sjff_server", "never imports the server"),
         ("server/sjff_server/storage/state.py", "import grpc", "knows neither gRPC"),
+        ("server/sjff_server/storage/snapshots.py", "from spikingjelly_ff.runs import outputs", "never imports torch"),
     ],
 )
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, line, contract):

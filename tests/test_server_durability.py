@@ -29,17 +29,21 @@ def test_learner_orders_groups_refuses_and_recovers(sjff_models, mnist_samples, 
         assert [v for v, _ in results] == list(range(1, 31))
         assert learner.stats.mean_group_size() > 1  # they shared fsyncs
         before = [w.copy() for w in learner.published.model.weights]
-        # an update that overflows the weights is refused and changes nothing
+        # an update that overflows the weights is refused and changes nothing (a rate finite
+        # in float64 but not in the weights' float32); a rate that is no step size is bad input
+        with pytest.raises(RequestError) as err:
+            await learner.learn(job(xs[30:31], labels[30], seed=1, eta=1e39))
+        assert code(err.value) == "FAILED_PRECONDITION" and "non-finite" in err.value.message
         with pytest.raises(RequestError) as err:
             await learner.learn(job(xs[30:31], labels[30], seed=1, eta=np.inf))
-        assert code(err.value) == "FAILED_PRECONDITION" and "non-finite" in err.value.message
+        assert code(err.value) == "INVALID_ARGUMENT" and "eta must be a finite number" in err.value.message
         assert learner.published.version == 30
         for a, b in zip(before, learner.published.model.weights):
             np.testing.assert_array_equal(a, b)
         # a refused update inside a group leaves the others of the group intact
         mixed = await asyncio.gather(
             learner.learn(job(xs[31:32], labels[31], seed=31)),
-            learner.learn(job(xs[32:33], labels[32], seed=32, eta=np.inf)),
+            learner.learn(job(xs[32:33], labels[32], seed=32, eta=1e39)),
             learner.learn(job(xs[33:34], labels[33], seed=33)),
             return_exceptions=True,
         )

@@ -196,7 +196,7 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto
     backend: str = "auto"  # auto | torch | cupy
-    threads: int | None = None  # torch intra-op threads, 1..1024 (default: torch's choice)
+    threads: int | None = None  # torch intra-op threads, 1..1024 (null or 0: torch's choice)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -298,8 +298,8 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.augment_shift must be >= 0 (0: no augmentation), got {t.augment_shift}")
     if t.eval_every < 0:
         raise ConfigError(f"train.eval_every must be >= 0 (0: only at the end), got {t.eval_every}")
-    if cfg.threads is not None and not 1 <= cfg.threads <= 1024:
-        raise ConfigError(f"threads must lie in 1..1024 (null: torch's choice), got {cfg.threads}")
+    if cfg.threads is not None and not 0 <= cfg.threads <= 1024:
+        raise ConfigError(f"threads must lie in 1..1024 (null or 0: torch's choice), got {cfg.threads}")
     if cfg.data.dataset in DATASETS:  # a known dataset's image size is known before it is read
         check_image(cfg, DATASETS[cfg.data.dataset].shape)
     if t.checkpoint_batches < 0:

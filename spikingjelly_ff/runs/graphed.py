@@ -193,8 +193,8 @@ class GraphedEpochs:
         try:
             if not all(isinstance(before, Tensor) for _, _, before in carried):
                 raise GraphUnsafe("a layer carries no membrane tensor after the first batch")
-            replay = self.capture(body, gens, self.stream, carried)
             inputs = graph_inputs(self.batches, self.trainer)
+            replay = self.capture(body, gens, self.stream, carried)
             # the graph holds the memory it read, so none of it is reused while it lives
             replay.keep = (getattr(replay, "keep", ()), [t.detach() for t in inputs])
             self.graph = (replay, carried, [t.data_ptr() for t in inputs])

@@ -19,6 +19,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from spikingjelly_ff.runs.config import RunConfig
 from spikingjelly_ff.runs.distributed import INIT_TIMEOUT_S, close_world, env_world_size, init_world
+from spikingjelly_ff.runs.outputs import check_not_finished
 from spikingjelly_ff.runs.train import check_parallel, resolve_device, train
 
 __all__ = ["DistributedError", "launch", "train_parallel", "train_worker"]
@@ -130,6 +131,8 @@ def train_parallel(
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, draws="per-sample"))
         log(f"{size} processes: train.draws=per-sample (random draws tied to the global sample index)")
     check_parallel(cfg.validate(), size)
+    if resume is False and not overwrite:  # before any worker starts
+        check_not_finished(Path(out_dir))
     if under_torchrun:
         return train_worker(cfg, str(out_dir), progress, backend, timeout_s, resume, overwrite)
     return launch(nproc, train_worker, cfg, str(out_dir), progress, backend, timeout_s, resume, overwrite)[0]

@@ -6,32 +6,28 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from spikingjelly_ff.runs.checkpoint import CheckpointError
 from spikingjelly_ff.runs.config import ConfigError
+from spikingjelly_ff.runtime.locks import try_lock
 
-__all__ = ["LOCK_NAME", "check_output_file", "check_run_dir", "finished_run", "hold_run_dir", "try_lock"]
+__all__ = [
+    "check_not_finished",
+    "check_output_file",
+    "check_run_dir",
+    "clear_run",
+    "finished_run",
+    "hold_run_dir",
+    "stopped_run",
+]
 
-LOCK_NAME = ".lock"
-# what a run folder holds once a run has written to it (resume.pt: a stopped run)
-_RUN_FILES = ("model", "metrics.json", "resume.pt")
-
-
-def try_lock(directory: str | os.PathLike) -> int | None:
-    """The exclusive ``flock`` of ``directory/.lock`` as an open file descriptor (held until
-    closed), or ``None`` where another process holds it."""
-    import fcntl
-
-    fd = os.open(Path(directory) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+# what a run folder holds once a run has written to it (resume.pt: a stopped run; .tmp: a
+# write cut short)
+_RUN_FILES = ("model", "metrics.json", "metrics.json.tmp", "resume.pt", ".resume.pt.tmp")
 
 
 def check_run_dir(out: str | os.PathLike) -> Path:
@@ -52,32 +48,52 @@ def finished_run(out: Path) -> bool:
     return (out / "model" / "config.json").is_file()
 
 
+def check_not_finished(out: Path) -> None:
+    """CheckpointError where ``out`` holds a finished run (``--overwrite`` replaces it)."""
+    if finished_run(out):
+        raise CheckpointError(
+            f"{out} holds a finished run (its model is in {out / 'model'}): choose another --out, or pass "
+            "--overwrite to replace it"
+        )
+
+
+def stopped_run(out: Path) -> bool:
+    """Whether ``out`` holds the resume state of a stopped run."""
+    return (out / "resume.pt").is_file()
+
+
+def clear_run(out: Path) -> None:
+    """Remove the run ``out`` holds (model, metrics, resume state): what ``--overwrite`` does,
+    once the new run has been checked and just before it first writes."""
+    for name in _RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 @contextmanager
-def hold_run_dir(out: Path, *, overwrite: bool = False, refuse_finished: bool = True) -> Iterator[None]:
-    """Make ``out`` and hold its lock while the body writes it. A folder that holds a finished
-    run is refused (``refuse_finished``), or emptied of it first where ``overwrite``: its model,
-    metrics and resume state, so that an interrupted overwrite leaves no mix of two runs."""
+def hold_run_dir(out: Path, *, refuse_finished: bool = True) -> Iterator[None]:
+    """Make ``out`` and hold its lock while the body writes it; a folder that holds a finished
+    run is refused where ``refuse_finished``. Where the file system has no locks, the body
+    runs without one (as before there were locks), with a warning."""
     out.mkdir(parents=True, exist_ok=True)
-    fd = try_lock(out)
+    try:
+        fd = try_lock(out)
+    except OSError as exc:
+        warnings.warn(f"{out}: cannot lock the run folder ({exc}); one process at a time must write it", stacklevel=3)
+        fd = -1
     if fd is None:
         raise CheckpointError(f"{out} is being written by another process (sjff train or readout); wait for it or "
                               "choose another --out")  # fmt: skip
     try:
-        if overwrite:
-            for name in _RUN_FILES:
-                path = out / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
-        elif refuse_finished and finished_run(out):
-            raise CheckpointError(
-                f"{out} holds a finished run (its model is in {out / 'model'}): choose another --out, or pass "
-                "--overwrite to replace it"
-            )
+        if refuse_finished:
+            check_not_finished(out)
         yield
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 def check_output_file(path: str | os.PathLike, overwrite: bool, source: str | os.PathLike) -> Path:

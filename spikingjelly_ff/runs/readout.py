@@ -23,11 +23,11 @@ from spikingjelly_ff.functional.readout import fold_standardization, readout_gra
 from spikingjelly_ff.functional.schedule import schedule_factor
 from spikingjelly_ff.nn.models import FFNet
 from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
-from spikingjelly_ff.runs.checkpoint import load_model, save_model
+from spikingjelly_ff.runs.checkpoint import CheckpointError, load_model, save_model
 from spikingjelly_ff.runs.config import ConfigError, ReadoutConfig, apply_overrides, config_from_dict
 from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runs.evaluate import evaluate_arrays, scorer_for
-from spikingjelly_ff.runs.outputs import check_run_dir, hold_run_dir
+from spikingjelly_ff.runs.outputs import check_run_dir, clear_run, hold_run_dir, stopped_run
 
 __all__ = ["check_readout", "fit_readout", "readout_latents", "train_readout"]
 
@@ -130,8 +130,11 @@ def fit_readout(
     readout sees the same images, seeds and test draws. ``out`` may not hold a run (unless
     ``overwrite``), nor be the folder of ``model_dir``."""
     out = check_run_dir(out)
-    if out.resolve() in (Path(model_dir).resolve(), Path(model_dir).resolve().parent):
+    src = Path(model_dir).resolve()
+    if out.resolve() in (src, src.parent) or src in out.resolve().parents:
         raise ConfigError(f"--out {out} holds the model the readout is fitted to: write it to another folder")
+    if stopped_run(out) and not overwrite:
+        raise CheckpointError(f"{out} holds a stopped training run: choose another --out, or pass --overwrite")
     sets = list(sets or [])
     other = [s for s in sets if not s.split("=", 1)[0].strip().startswith("train.readout.")]
     if other:  # anything else would describe another model than the weights
@@ -139,12 +142,13 @@ def fit_readout(
     net, cfg, _ = load_model(model_dir)
     cfg = config_from_dict(apply_overrides(cfg.to_dict(), [*sets, "train.readout.enabled=true"]))
     check_readout(net, cfg.train.readout)
-    with hold_run_dir(out, overwrite=overwrite, refuse_finished=True):
-        return _fit(net, cfg, model_dir, out, log)
+    with hold_run_dir(out, refuse_finished=not overwrite):
+        return _fit(net, cfg, model_dir, out, log, overwrite)
 
 
-def _fit(net, cfg, model_dir, out: Path, log: Callable[[str], None]) -> dict:
-    """:func:`fit_readout`'s work, in the folder ``out`` it holds."""
+def _fit(net, cfg, model_dir, out: Path, log: Callable[[str], None], overwrite: bool) -> dict:
+    """:func:`fit_readout`'s work, in the folder ``out`` it holds (``overwrite``: the run there
+    is removed once the readout is fitted and tested)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = cfg.data
@@ -155,6 +159,8 @@ def _fit(net, cfg, model_dir, out: Path, log: Callable[[str], None]) -> dict:
     x_test, y_test = test_split.to_tensors("cpu")
     ev = evaluate_arrays(scorer_for(net, cfg, "cpu", readout=True), x_test, y_test, cfg.eval.batch_size)
     log(f"readout: test acc {ev['accuracy']:.4f}")
+    if overwrite:
+        clear_run(out)
     save_model(out / "model", net, cfg, test_split.shape)
     metrics = {"model": str(model_dir), "config": cfg.to_dict(), "readout": {**ro, "test_accuracy": ev["accuracy"]}}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -29,7 +29,7 @@ from spikingjelly_ff.runs.data import load_split
 from spikingjelly_ff.runs.distributed import Reducer, World
 from spikingjelly_ff.runs.evaluate import evaluate_arrays, evaluate_sharded, scorer_for
 from spikingjelly_ff.runs.graphed import GraphedEpochs, graph_blocker
-from spikingjelly_ff.runs.outputs import check_run_dir, hold_run_dir
+from spikingjelly_ff.runs.outputs import check_run_dir, clear_run, hold_run_dir
 from spikingjelly_ff.runs.resume import NAME as RESUME_NAME
 from spikingjelly_ff.runs.resume import RunParts, generator_of, nothing_to_resume, save_state, state_to_resume
 from spikingjelly_ff.runs.samples import Batcher, stream_epoch
@@ -82,7 +82,7 @@ def train(
         nothing_to_resume(out)
     if not world.main:
         return _train(cfg, out, (lambda s: None), False, world, resume, overwrite)
-    with hold_run_dir(out, overwrite=overwrite, refuse_finished=resume is False):
+    with hold_run_dir(out, refuse_finished=resume is False and not overwrite):
         return _train(cfg, out, log, progress, world, resume, overwrite)
 
 
@@ -96,7 +96,8 @@ def _train(
     fresh: bool,
 ) -> dict:
     """:func:`train`'s run, in a folder that this process holds (or, on another rank, the main
-    one); ``fresh``: start afresh whatever state the folder holds (the main rank removes it)."""
+    one); ``fresh``: start afresh whatever the folder holds (the main rank removes it before
+    the first write)."""
     per_sample = cfg.train.draws == "per-sample"
     reducer = Reducer(world) if per_sample and cfg.train.batch_size > 1 else None
     if cfg.threads:
@@ -148,6 +149,8 @@ def _train(
     rows = getattr(learner, "train_rows", None)  # runs of one-row batches in one call
     first, position = 1, None
     run = {"device": device.type, "backend": backend}  # what device: auto and backend: auto resolved to
+    if fresh and world.main:  # --overwrite: the new run is checked and built; the old one goes now
+        clear_run(out)
     state = None if fresh else state_to_resume(out, {**cfg.to_dict(), "run": run}, resume, log)
     _same_state_on_every_rank(world, state, len(batches))
     if state is not None:

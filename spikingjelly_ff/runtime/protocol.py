@@ -37,9 +37,12 @@ def check_eta(eta, default: float) -> float:
     NaN rate would turn every weight into NaN)."""
     if eta is None:
         return float(default)
-    if isinstance(eta, (bool, str, bytes)) or not isinstance(eta, (int, float, np.integer, np.floating)):
+    if isinstance(eta, (bool, np.bool_, str, bytes)):
         raise ValueError(f"eta must be a number, got {type(eta).__name__} {eta!r}")
-    eta = float(eta)
+    try:
+        eta = float(eta)  # a Python or numpy number, or a 0-d array
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"eta must be a number, got {type(eta).__name__}") from exc
     if not (math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0, got {eta}")
     return eta

@@ -203,6 +203,7 @@ def small_epochs(capture) -> tuple[GraphedEpochs, object]:
     layer = net.layers[0]
     layer.neuron.v, layer.neuron.trace = torch.zeros(50, 200), torch.zeros(50, 200)
     trainer = type("Trainer", (), {"net": net, "generator": torch.Generator(), "rate": lambda self: 0.5})()
+    trainer.eligibility = [torch.zeros_like(layer.weight)]
     batches = train_module.Batcher(torch.zeros(0, 784), torch.zeros(0), 50, False, torch.Generator())
     return GraphedEpochs(batches, trainer, cfg, 10, torch.Generator(), capture=capture), layer
 

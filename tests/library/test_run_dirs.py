@@ -73,6 +73,36 @@ def test_one_process_at_a_time_writes_a_run_folder(tmp_path):
     os.close(fd)
 
 
+def test_an_overwrite_refused_before_it_writes_keeps_the_old_run(tmp_path):
+    run = tmp_path / "run"
+    train(small(), run, log=quiet, progress=False)
+    weights = digest(run / "model" / "model.safetensors")
+    with pytest.raises(Exception, match="dataset"):  # the new run fails before its first write
+        train(small(**{"data.dataset": str(tmp_path / "none")}), run, log=quiet, progress=False, overwrite=True)
+    assert digest(run / "model" / "model.safetensors") == weights and (run / "metrics.json").is_file()
+
+
+def test_the_server_takes_its_state_lock_without_torch(tmp_path):
+    """The server image has no torch: its state lock is the library's torch-free one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_runtime import NO_TORCH
+
+    root = Path(__file__).resolve().parents[2]
+    code = NO_TORCH + (
+        "import sys\nfrom sjff_server.storage.snapshots import StateInUse, lock_state\n"
+        "fd = lock_state(sys.argv[1])\n"
+        "try:\n    lock_state(sys.argv[1])\nexcept StateInUse:\n    print('refused')\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{root / 'server'}")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "refused"
+
+
 @pytest.mark.parametrize("where", ["", "file", "file/sub"])
 def test_an_out_that_is_no_folder_is_refused_before_anything_runs(tmp_path, where):
     (tmp_path / "file").write_text("mine")
@@ -87,7 +117,7 @@ def test_a_readout_never_writes_over_a_run(tmp_path):
     train(small("analog"), run, log=quiet, progress=False)
     weights, record = digest(run / "model" / "model.safetensors"), (run / "metrics.json").read_text()
     sets = ["train.readout.epochs=1"]
-    for out in (run, run / "model"):
+    for out in (run, run / "model", run / "model" / "inner"):
         with pytest.raises(ConfigError, match="holds the model the readout is fitted to"):
             fit_readout(run / "model", out, sets, log=quiet, overwrite=True)
     other = tmp_path / "other"
@@ -99,6 +129,12 @@ def test_a_readout_never_writes_over_a_run(tmp_path):
     assert digest(run / "model" / "model.safetensors") == weights and (run / "metrics.json").read_text() == record
     fit_readout(run / "model", other, sets, log=quiet, overwrite=True)
     assert digest(other / "model" / "model.safetensors") != theirs
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "resume.pt").write_bytes(b"a stopped run's state")
+    with pytest.raises(CheckpointError, match="holds a stopped training run"):
+        fit_readout(run / "model", stopped, sets, log=quiet)
+    assert sorted(p.name for p in stopped.iterdir()) == ["resume.pt"]
 
 
 def test_an_export_never_writes_over_what_it_was_not_asked_to(tmp_path, capsys):

@@ -153,7 +153,6 @@ def test_a_spiking_model_refuses_eligibility_of_another_shape(tmp_path):
 def test_non_finite_weights_or_traces_do_not_load_or_save(tmp_path):
     import h5py
 
-    from spikingjelly_ff.runtime.analog import AnalogModel
     from spikingjelly_ff.runtime.artifact import ArtifactError, read_artifact
 
     analog, _ = _model("analog", tmp_path)
@@ -168,7 +167,20 @@ def test_non_finite_weights_or_traces_do_not_load_or_save(tmp_path):
         e[0, 0] = np.nan
     with pytest.raises(ArtifactError, match="eligibility traces hold non-finite values"):
         read_artifact(tmp_path / "s.nir")
-    assert AnalogModel  # the ONNX load is refused alike: tests below edit the graph's weights
+
+
+def test_a_failed_save_of_an_analog_model_leaves_no_part_file(tmp_path, monkeypatch):
+    import os
+
+    model, _ = _model("analog", tmp_path)
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(tmp_path / "out" / "m.onnx")
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_an_onnx_export_with_non_finite_weights_does_not_load(tmp_path):
