@@ -43,6 +43,7 @@ def _check_finite(owner, *names: str) -> None:
             raise ValueError(f"{name} must be a finite number, got {value}")
 
 
+MAX_STEPS = 10_000  # time steps of one presentation (the paper's: 23 + 20)
 FORMS = ("beta", "lif")
 FIRE_RULES = (">", ">=")
 TRACE_KINDS = ("count", "leaky", "hard", "none")
@@ -180,10 +181,11 @@ class EncoderParams:
     def __post_init__(self) -> None:
         if self.coding not in CODINGS:
             raise ValueError(f"spike coding must be one of {CODINGS}, got {self.coding!r}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.rest_steps < 0:
-            raise ValueError(f"rest_steps must be >= 0, got {self.rest_steps}")
+        # the bound keeps a tampered artefact from holding a scorer in compiled code for hours
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must lie in 1..{MAX_STEPS}, got {self.steps}")
+        if not 0 <= self.rest_steps <= MAX_STEPS:
+            raise ValueError(f"rest_steps must lie in 0..{MAX_STEPS}, got {self.rest_steps}")
         if not (math.isfinite(self.gain) and self.gain >= 0):  # a rate factor: rates are clipped to [0, 1]
             raise ValueError(f"gain must be a finite number >= 0, got {self.gain}")
 

@@ -199,3 +199,17 @@ def test_an_onnx_export_with_non_finite_weights_does_not_load(tmp_path):
     onnx.save(proto, str(tmp_path / "inf.onnx"))
     with pytest.raises(ValueError, match="hold non-finite values"):
         AnalogModel.load(tmp_path / "inf.onnx")
+
+
+@pytest.mark.parametrize("key,value", [("steps", 10**9), ("rest_steps", 10**9), ("steps", 0)])
+def test_an_artefact_asking_for_endless_presentations_does_not_load(tmp_path, key, value):
+    """A tampered artefact of 10^9 rest steps loaded, and its first prediction ran for hours in
+    compiled code that no interrupt reaches."""
+    from test_spiking_conv_competitive_runtime import _edit_meta
+
+    from spikingjelly_ff.runtime.artifact import ArtifactError
+
+    _model("spiking", tmp_path)
+    _edit_meta(tmp_path / "m.nir", lambda meta: meta["encoder"].update({key: value}))
+    with pytest.raises(ArtifactError, match=f"{key} must lie in"):
+        load_exported(tmp_path / "m.nir")
