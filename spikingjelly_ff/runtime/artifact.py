@@ -23,6 +23,7 @@ Everything here needs numpy and h5py only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -339,7 +340,9 @@ def _write_h5(tmp: Path, art: SpikeArtifact) -> None:
         ours = f.create_group("spikingjelly_ff")
         ours.attrs["format"] = FORMAT
         ours.attrs["format_version"] = art.format_version
-        ours.create_dataset("meta", data=json.dumps(art.meta(), sort_keys=True), dtype=strings)
+        meta_text = json.dumps(art.meta(), sort_keys=True)
+        ours.create_dataset("meta", data=meta_text, dtype=strings)
+        ours.attrs["sha256"] = _digest(meta_text, art.weights, art.eligibility, art.label_patterns, art.readout)
         if art.label_patterns is not None:
             ours.create_dataset("label_patterns", data=np.asarray(art.label_patterns, dtype=np.uint8))
         if art.eligibility is not None:
@@ -356,6 +359,21 @@ def _write_h5(tmp: Path, art: SpikeArtifact) -> None:
 def _text(ds) -> str:
     v = ds[()]
     return v.decode("utf8") if isinstance(v, bytes) else str(v)
+
+
+def _digest(meta_text: str, weights, eligibility, patterns, readout) -> str:
+    """SHA-256 of an artefact's content as this runtime holds it (the metadata's text, then
+    every array as C-ordered bytes of its dtype): HDF5 keeps no checksum of its datasets, so a
+    flipped byte in a weight would load."""
+    h = hashlib.sha256(meta_text.encode())
+    floats = [*weights, *(eligibility or []), *(readout or ())]
+    arrays = [np.asarray(a, dtype=np.float32) for a in floats]
+    arrays += [] if patterns is None else [np.asarray(patterns, dtype=np.uint8)]
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
@@ -385,8 +403,10 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
                 f"{path}: format version {version} is not supported "
                 f"(this runtime reads {', '.join(map(str, READ_VERSIONS))})"
             )
+        stored_digest = ours.attrs.get("sha256")  # absent in files written before it
         try:
-            meta = json.loads(_text(ours["meta"]))
+            meta_text = _text(ours["meta"])
+            meta = json.loads(meta_text)
         except (KeyError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{path}: metadata missing or not JSON ({exc})") from exc
         missing = [k for k in REQUIRED_META if k not in meta]
@@ -448,4 +468,9 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
         raise ArtifactError(f"{path}: invalid settings: {exc}") from exc
     if art.format_version != version:  # e.g. a conv file edited to claim another kind
         raise ArtifactError(f"{path}: format version {version} does not match its content ({art.format_version})")
-    return art.validate()
+    art.validate()
+    if stored_digest is not None:
+        stored_digest = stored_digest.decode() if isinstance(stored_digest, bytes) else str(stored_digest)
+        if _digest(meta_text, weights, eligibility, patterns, readout) != stored_digest:
+            raise ArtifactError(f"{path}: the content does not match its checksum (damaged or edited)")
+    return art

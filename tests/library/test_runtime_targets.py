@@ -213,3 +213,27 @@ def test_an_artefact_asking_for_endless_presentations_does_not_load(tmp_path, ke
     _edit_meta(tmp_path / "m.nir", lambda meta: meta["encoder"].update({key: value}))
     with pytest.raises(ArtifactError, match=f"{key} must lie in"):
         load_exported(tmp_path / "m.nir")
+
+
+@pytest.mark.parametrize("kind", ["spiking", "spiking-conv"])
+def test_a_spike_artefact_with_changed_bytes_does_not_load(tmp_path, kind):
+    """HDF5 checks no sum of its data: a weight changed in the file loaded and served. The
+    artefact carries the SHA-256 of its content; a file without it (written before) loads."""
+    import h5py
+
+    from spikingjelly_ff.runtime.artifact import ArtifactError, read_artifact
+
+    model, _ = _model(kind, tmp_path)
+    path = model.save(tmp_path / "saved.nir")
+    with h5py.File(path, "r+") as f:
+        weights = []
+        f.visit(lambda name: weights.append(name) if name.endswith("weight") and "node" in name else None)
+        w = f[weights[0]]
+        changed = w[()]
+        changed.flat[0] += 1e-3
+        w[...] = changed
+    with pytest.raises(ArtifactError, match="does not match its checksum"):
+        read_artifact(path)
+    with h5py.File(path, "r+") as f:
+        del f["spikingjelly_ff"].attrs["sha256"]
+    assert read_artifact(path).weights  # as a file written before the checksum
