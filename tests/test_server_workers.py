@@ -109,3 +109,15 @@ def test_repository_scan(tmp_path, sjff_models):
         and "unknown config keys ['max_batch']" in text
         and "not a valid model name" in text
     )
+
+
+def test_a_repository_cannot_allow_presentations_the_encoder_refuses():
+    """A request's `steps` up to `max_steps` must be a presentation the runtime runs: a larger
+    `max_steps` would answer those requests with an internal error."""
+    from sjff_server.serving.repository import RepositoryError, ServingConfig
+
+    from spikingjelly_ff.functional.params import MAX_STEPS
+
+    assert ServingConfig.from_dict({"max_steps": MAX_STEPS}, "m").max_steps == MAX_STEPS
+    with pytest.raises(RepositoryError, match=f"max_steps must be at most {MAX_STEPS}"):
+        ServingConfig.from_dict({"max_steps": MAX_STEPS + 1}, "m")

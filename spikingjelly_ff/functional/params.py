@@ -43,7 +43,7 @@ def _check_finite(owner, *names: str) -> None:
             raise ValueError(f"{name} must be a finite number, got {value}")
 
 
-MAX_STEPS = 10_000  # time steps of one presentation (the paper's: 23 + 20)
+MAX_STEPS = 100_000  # time steps of one presentation (the paper's: 23 + 20)
 FORMS = ("beta", "lif")
 FIRE_RULES = (">", ">=")
 TRACE_KINDS = ("count", "leaky", "hard", "none")

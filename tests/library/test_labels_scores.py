@@ -79,7 +79,7 @@ def test_config_sections_are_the_parameter_classes():
     cfg = config_from_dict({"model": {"trace": {"kind": "none"}}, "train": {"hebbian": {"eta": 0.2}}})
     assert cfg.train.hebbian == HebbianParams(eta=0.2)
     assert cfg.model.trace.kind == "none"  # the choices come from params.TRACE_KINDS
-    with pytest.raises(ConfigError, match="model.encoder: steps must lie in 1..10000"):
+    with pytest.raises(ConfigError, match="model.encoder: steps must lie in 1..100000"):
         config_from_dict({"model": {"encoder": {"steps": 0}}})
     with pytest.raises(ConfigError, match="train.hebbian.schedule must be one of"):
         config_from_dict({"train": {"hebbian": {"schedule": "step"}}})

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from spikingjelly_ff.functional.params import MAX_STEPS
 from spikingjelly_ff.runtime.protocol import RuntimeModel
 
 from ..errors import ModelNotFound, Unavailable
@@ -41,7 +42,8 @@ class ServedModel:
         self.in_features = engine.in_features
         self.num_classes = engine.num_classes
         self.inferences = 0
-        self.max_steps = spec.config.max_steps or 4 * engine.default_steps or None
+        default = min(4 * engine.default_steps, MAX_STEPS) if engine.default_steps else None
+        self.max_steps = spec.config.max_steps or default
         self.batcher = Batcher(self._run_batch, **batcher_kw)
         self.default_outputs = [n for n in engine.outputs if n != "latent"]
         self.default_plan = InferPlan(InferOptions(), tuple(self.default_outputs))

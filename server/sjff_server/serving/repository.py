@@ -30,6 +30,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from spikingjelly_ff.functional.params import MAX_STEPS
+
 __all__ = ["ServingConfig", "ModelSpec", "RepositoryError", "scan_repository"]
 
 log = logging.getLogger("sjff_server.repository")
@@ -62,6 +64,8 @@ class ServingConfig:
             v = data.get(key)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
                 raise RepositoryError(f"{where}: {key} must be a non-negative integer, got {v!r}")
+        if (data.get("max_steps") or 0) > MAX_STEPS:  # a presentation the encoder refuses
+            raise RepositoryError(f"{where}: max_steps must be at most {MAX_STEPS}, got {data['max_steps']}")
         if "learning" in data and not isinstance(data["learning"], bool):
             raise RepositoryError(f"{where}: learning must be true or false")
         return cls(**data)
