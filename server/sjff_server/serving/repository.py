@@ -18,7 +18,7 @@ without a version gets the highest one. ``config.json`` keys (all optional):
     max_queue_delay_us  how long the first request of a batch may wait for others (default 0)
     learning            whether on-line learning is enabled (default true; needs --state-dir)
     threads             onnxruntime intra-op threads (default: --ort-threads)
-    max_steps           largest per-request "steps" of a spiking model (default 4x its own)
+    max_steps           largest per-request "steps" of a spiking model (default 4x its own; at most MAX_STEPS)
 """
 
 from __future__ import annotations
