@@ -120,12 +120,16 @@ def _export(args) -> int:
 
             if isinstance(net, SpikingConvFFNet):
                 raise ValueError("a spiking conv model exports with --format spike (the NIR spike artefact)")
+            if args.latent:
+                raise ValueError("--latent is for analog models (a spiking ONNX export outputs scores only)")
             path = spiking_to_onnx(net, args.out)
     elif args.format == "spike":
         from spikingjelly_ff.nn.spiking_conv import SpikingConvFFNet
 
         if not isinstance(net, (SpikingFFNet, SpikingConvFFNet)):
             raise ValueError("--format spike needs a spiking model; export analog models with --format onnx")
+        if args.latent:
+            raise ValueError("--latent is for analog ONNX exports")
         from spikingjelly_ff.export.spike import export_spike
 
         path = export_spike(

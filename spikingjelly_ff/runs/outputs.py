@@ -106,6 +106,9 @@ def check_output_file(path: str | os.PathLike, overwrite: bool, source: str | os
         raise ConfigError(f"--out {path} is inside the model folder {source}, which it would change: write elsewhere")
     if target.is_dir():
         raise ConfigError(f"--out {path} is a folder; name the file to write")
+    for parent in target.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {path}: {parent} is a file, not a folder")
     if target.exists() and not overwrite:
         raise ConfigError(f"--out {path} exists: choose another path, or pass --overwrite to replace it")
     return Path(path)

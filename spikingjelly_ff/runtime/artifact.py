@@ -378,6 +378,16 @@ def _digest(meta_text: str, weights, eligibility, patterns, readout) -> str:
 
 def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
     """Read and validate an artefact; any defect raises :class:`ArtifactError`."""
+    try:
+        return _read_artifact(path)
+    except ArtifactError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError, OSError) as exc:
+        # a damaged group, dataset or attribute the checks below did not name
+        raise ArtifactError(f"{path}: damaged artefact ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_artifact(path: str | os.PathLike) -> SpikeArtifact:
     import h5py
 
     path = Path(path)

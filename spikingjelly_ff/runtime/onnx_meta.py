@@ -199,7 +199,18 @@ def load_onnx_meta(model, kind: str = "analog") -> OnnxMeta:
     props = {p.key: p.value for p in model.metadata_props}
     if META_KEY not in props:
         raise ValueError(f"this ONNX file was not exported by spikingjelly-ff (no {META_KEY} metadata)")
-    raw = json.loads(props[META_KEY])
+    try:
+        raw = json.loads(props[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the export's {META_KEY} metadata is not JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"the export's {META_KEY} metadata is not a JSON object")
     if raw.get("kind") != kind:
         raise ValueError(f"expected an {kind} model, the file holds a {raw.get('kind')!r} model")
-    return OnnxMeta.from_dict(raw)
+    try:
+        meta = OnnxMeta.from_dict(raw)
+    except (KeyError, TypeError, AttributeError) as exc:  # a field missing or of another type
+        raise ValueError(f"the export's {META_KEY} metadata is damaged ({type(exc).__name__}: {exc})") from exc
+    if meta.conv is None and not meta.layers:
+        raise ValueError(f"the export's {META_KEY} metadata names no layers")
+    return meta

@@ -150,6 +150,9 @@ def test_an_export_never_writes_over_what_it_was_not_asked_to(tmp_path, capsys):
         (["--format", "spike", "--out", str(model)], "inside the model folder"),
         (["--format", "onnx", "--out", str(taken)], "exists: choose another path, or pass --overwrite"),
         (["--format", "onnx", "--out", str(tmp_path / "folder")], "is a folder; name the file to write"),
+        (["--format", "spike", "--out", str(taken)], "is a file, not a folder"),  # taken.onnx/model.nir
+        (["--format", "onnx", "--out", str(tmp_path / "l.onnx"), "--latent"], "--latent is for analog models"),
+        (["--format", "spike", "--out", str(tmp_path / "l.nir"), "--latent"], "--latent is for analog ONNX"),
     ]
     for args, message in cases:
         assert main(["export", str(model), *args]) == 2

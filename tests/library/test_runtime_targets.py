@@ -237,3 +237,55 @@ def test_a_spike_artefact_with_changed_bytes_does_not_load(tmp_path, kind):
     with h5py.File(path, "r+") as f:
         del f["spikingjelly_ff"].attrs["sha256"]
     assert read_artifact(path).weights  # as a file written before the checksum
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda meta: meta.pop("embedding"), "metadata is damaged"),
+        (lambda meta: meta.update(layers=[]), "names no layers"),
+        (lambda meta: meta["layers"][0].pop("weight"), "metadata is damaged"),
+        (lambda meta: [meta], "not a JSON object"),
+    ],
+)
+def test_damaged_onnx_metadata_is_one_clear_error(tmp_path, edit, message):
+    """A field of the export's metadata missing had raised a bare KeyError with no file name."""
+    import json
+
+    import onnx
+
+    from spikingjelly_ff.runtime.analog import AnalogModel
+    from spikingjelly_ff.runtime.onnx_meta import META_KEY
+
+    _model("analog", tmp_path)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    prop = next(p for p in proto.metadata_props if p.key == META_KEY)
+    meta = json.loads(prop.value)
+    out = edit(meta)
+    prop.value = json.dumps(out if isinstance(out, list) else meta)
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ValueError, match=message):
+        AnalogModel.load(tmp_path / "bad.onnx")
+
+
+@pytest.mark.parametrize("damage", ["patterns", "eligibility", "meta"])
+def test_a_damaged_spike_artefact_is_an_artifact_error(tmp_path, damage):
+    """Damage the reader did not name had escaped as KeyError, AttributeError or UnicodeDecodeError."""
+    import h5py
+
+    from spikingjelly_ff.runtime.artifact import ArtifactError, read_artifact
+
+    model, _ = _model("spiking", tmp_path)
+    path = model.save(tmp_path / "s.nir")
+    with h5py.File(path, "r+") as f:
+        ours = f["spikingjelly_ff"]
+        if damage == "patterns":
+            del ours["label_patterns"]
+            ours.create_dataset("label_patterns", data="not bits", dtype=h5py.string_dtype())
+        elif damage == "eligibility":
+            del ours["eligibility/0"]
+        else:
+            del ours["meta"]
+            ours.create_dataset("meta", data=np.frombuffer(b"\xff\xfe{", np.uint8))
+    with pytest.raises(ArtifactError):
+        read_artifact(path)
