@@ -35,6 +35,15 @@ __all__ = [
 ]
 
 
+def _check_int(owner, *names: str) -> None:
+    """ValueError unless each field ``names`` of ``owner`` that is set (not None) is an integer
+    (a count: 23.9 steps would fail only at first use)."""
+    for name in names:
+        value = getattr(owner, name)
+        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
 def _check_finite(owner, *names: str) -> None:
     """ValueError unless each field ``names`` of ``owner`` that is set (not None) is a finite number."""
     for name in names:
@@ -83,6 +92,7 @@ class NeuronParams:
             raise ValueError("beta must lie in [0, 1)")
         if self.form == "lif" and not self.tau > 1.0:
             raise ValueError("tau must be > 1")
+        _check_int(self, "kwta")
         if self.kwta is not None and self.kwta < 1:
             raise ValueError("kwta must be a positive number of winners or None")
         if self.v_reset is None and not self.v_threshold > 0:
@@ -181,6 +191,7 @@ class EncoderParams:
     def __post_init__(self) -> None:
         if self.coding not in CODINGS:
             raise ValueError(f"spike coding must be one of {CODINGS}, got {self.coding!r}")
+        _check_int(self, "steps", "rest_steps")
         # the bound keeps a tampered artefact from holding a scorer in compiled code for hours
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must lie in 1..{MAX_STEPS}, got {self.steps}")
@@ -271,6 +282,7 @@ class EvalParams:
     share_image_spikes: bool = True
 
     def __post_init__(self) -> None:
+        _check_int(self, "repeats")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 

@@ -289,3 +289,19 @@ def test_a_damaged_spike_artefact_is_an_artifact_error(tmp_path, damage):
             ours.create_dataset("meta", data=np.frombuffer(b"\xff\xfe{", np.uint8))
     with pytest.raises(ArtifactError):
         read_artifact(path)
+
+
+@pytest.mark.parametrize(
+    "section,key,value", [("encoder", "steps", 23.9), ("encoder", "rest_steps", 2.5), ("neuron", "kwta", 2.5),
+                          ("evaluation", "repeats", 2.5), ("encoder", "steps", True)]  # fmt: skip
+)
+def test_an_artefact_with_a_fractional_count_does_not_load(tmp_path, section, key, value):
+    """23.9 steps loaded and failed at the first prediction with a bare TypeError."""
+    from test_spiking_conv_competitive_runtime import _edit_meta
+
+    from spikingjelly_ff.runtime.artifact import ArtifactError
+
+    _model("spiking", tmp_path)
+    _edit_meta(tmp_path / "m.nir", lambda meta: meta.setdefault(section, {}).update({key: value}))
+    with pytest.raises(ArtifactError, match=f"{key} must be an integer"):
+        load_exported(tmp_path / "m.nir")
