@@ -169,7 +169,8 @@ class SpikeModel(SpikeArtifactModel):
         self, x: np.ndarray, labels: np.ndarray, positive: np.ndarray, seed: int | None = 0, eta: float | None = None
     ) -> np.ndarray:
         """One Hebbian update from images ``[N, D]`` shown with ``labels`` ``[N]``; ``positive``
-        ``[N]`` says whether each label is the true one. Returns the log-odds before learning."""
+        ``[N]`` says whether each label is the true one. Returns the presentation's log-odds,
+        from traces during which the weights already learn (so they depend on ``eta``)."""
         x = self._check_images(x)
         y = check_targets(positive, x.shape[0])
         spikes = encode_spikes(self._rates(x, labels), self.steps, np.random.default_rng(seed), self.art.encoder.coding)

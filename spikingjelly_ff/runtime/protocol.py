@@ -123,7 +123,9 @@ class RuntimeModel(Protocol):
     ) -> np.ndarray:
         """One Hebbian update from images ``[N, D]`` shown with ``labels`` ``[N]``;
         ``positive`` ``[N]`` says which labels are true. Changes :attr:`weights` and
-        :attr:`eligibility` in place; returns the summed log-odds before learning, ``[N]``.
+        :attr:`eligibility` in place; returns the summed log-odds this update learnt from,
+        ``[N]`` (analog: before it; spiking: of the presentation's traces, during which the
+        weights already learn from the window's steps).
         Deterministic given ``seed``. ``eta`` None: :attr:`eta`."""
         ...
 
