@@ -13,7 +13,9 @@ from pathlib import Path
 
 from spikingjelly_ff.runs.checkpoint import CheckpointError
 from spikingjelly_ff.runs.config import ConfigError
-from spikingjelly_ff.runtime.locks import try_lock
+from spikingjelly_ff.runs.resume import NAME as RESUME_NAME
+from spikingjelly_ff.runs.resume import TMP_NAME as RESUME_TMP
+from spikingjelly_ff.runtime.files import try_lock
 
 __all__ = [
     "check_not_finished",
@@ -27,7 +29,7 @@ __all__ = [
 
 # what a run folder holds once a run has written to it (resume.pt: a stopped run; .tmp: a
 # write cut short)
-_RUN_FILES = ("model", "metrics.json", "metrics.json.tmp", "resume.pt", ".resume.pt.tmp")
+_RUN_FILES = ("model", "metrics.json", "metrics.json.tmp", RESUME_NAME, RESUME_TMP)
 
 
 def check_run_dir(out: str | os.PathLike) -> Path:
@@ -37,10 +39,15 @@ def check_run_dir(out: str | os.PathLike) -> Path:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {path} is a file, not a folder")
+    _check_parents(path)
+    return path
+
+
+def _check_parents(path: Path) -> None:
+    """ConfigError where a folder above ``path`` is a file (nothing can be made below it)."""
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"--out {path}: {parent} is a file, not a folder")
-    return path
 
 
 def finished_run(out: Path) -> bool:
@@ -59,7 +66,7 @@ def check_not_finished(out: Path) -> None:
 
 def stopped_run(out: Path) -> bool:
     """Whether ``out`` holds the resume state of a stopped run."""
-    return (out / "resume.pt").is_file()
+    return (out / RESUME_NAME).is_file()
 
 
 def clear_run(out: Path) -> None:
@@ -106,9 +113,7 @@ def check_output_file(path: str | os.PathLike, overwrite: bool, source: str | os
         raise ConfigError(f"--out {path} is inside the model folder {source}, which it would change: write elsewhere")
     if target.is_dir():
         raise ConfigError(f"--out {path} is a folder; name the file to write")
-    for parent in target.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"--out {path}: {parent} is a file, not a folder")
+    _check_parents(Path(path))
     if target.exists() and not overwrite:
         raise ConfigError(f"--out {path} exists: choose another path, or pass --overwrite to replace it")
     return Path(path)

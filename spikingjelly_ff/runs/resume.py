@@ -25,10 +25,12 @@ import torch
 
 from spikingjelly_ff.runs.checkpoint import CheckpointError
 from spikingjelly_ff.runs.config import flatten
+from spikingjelly_ff.runtime.files import write_atomic
 
 __all__ = [
     "FORMAT",
     "NAME",
+    "TMP_NAME",
     "RunParts",
     "check_resumable",
     "generator_of",
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 NAME = "resume.pt"
+TMP_NAME = f".{NAME}.tmp"  # a write cut short leaves this, never a torn resume.pt
 FORMAT = 1
 _MAGIC = b"sjff-resume sha256 "  # the header line: this, the payload's hex digest, a newline
 # config keys that may differ between the stopped run and its continuation: where it writes its
@@ -51,22 +54,17 @@ def save_state(out_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
     after a header line with the SHA-256 of the rest (torch's zip reader checks no CRC, so
     flipped bytes in a tensor would load)."""
     out = Path(out_dir)
-    path, tmp = out / NAME, out / f".{NAME}.tmp"
     buf = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buf)
     payload = buf.getvalue()
-    with open(tmp, "wb") as f:
-        f.write(_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(out, os.O_RDONLY)
-    try:  # the rename itself survives a power loss once the directory is synced
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
+    head = _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(head)
+            f.write(payload)
+
+    return write_atomic(out / NAME, write, out / TMP_NAME)
 
 
 def load_state(out_dir: str | os.PathLike) -> dict[str, Any] | None:

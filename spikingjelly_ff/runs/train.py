@@ -31,6 +31,7 @@ from spikingjelly_ff.runs.evaluate import evaluate_arrays, evaluate_sharded, sco
 from spikingjelly_ff.runs.graphed import GraphedEpochs, graph_blocker
 from spikingjelly_ff.runs.outputs import check_run_dir, clear_run, hold_run_dir
 from spikingjelly_ff.runs.resume import NAME as RESUME_NAME
+from spikingjelly_ff.runs.resume import TMP_NAME as RESUME_TMP
 from spikingjelly_ff.runs.resume import RunParts, generator_of, nothing_to_resume, save_state, state_to_resume
 from spikingjelly_ff.runs.samples import Batcher, stream_epoch
 from spikingjelly_ff.runs.sharded import ShardedLoop, batch_scorer
@@ -250,7 +251,7 @@ def _train(
     if world.main:
         save_model(out / "model", net.cpu(), cfg, test_split.shape)
         _write_json(out / "metrics.json", metrics)
-        for name in (RESUME_NAME, f".{RESUME_NAME}.tmp"):  # the run is complete: nothing to resume
+        for name in (RESUME_NAME, RESUME_TMP):  # the run is complete: nothing to resume
             (out / name).unlink(missing_ok=True)
     return metrics
 

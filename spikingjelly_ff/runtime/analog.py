@@ -26,6 +26,7 @@ from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.kernels import apply_delta
 from spikingjelly_ff.runtime.analog_compiled import CompiledScoring
+from spikingjelly_ff.runtime.files import write_atomic
 from spikingjelly_ff.runtime.lit_inputs import gather_lit_inputs
 from spikingjelly_ff.runtime.onnx_meta import OnnxMeta, load_onnx_meta
 from spikingjelly_ff.runtime.protocol import check_eta, check_images, check_targets, competitive_targets
@@ -356,16 +357,4 @@ class AnalogModel:
             proto.graph.initializer[by_name[name]].CopyFrom(
                 numpy_helper.from_array(np.ascontiguousarray(_layout(self.graph.meta, w), dtype=dt), name)
             )
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(proto.SerializeToString())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
-            raise
-        return path
+        return write_atomic(path, lambda tmp: tmp.write_bytes(proto.SerializeToString()))

@@ -44,6 +44,7 @@ from spikingjelly_ff.functional.params import (
 )
 from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.runtime.conv_artifact import SpikeConv, read_conv_weights, write_conv_nodes
+from spikingjelly_ff.runtime.files import write_atomic
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "SpikeArtifact", "read_artifact", "write_artifact"]
 
@@ -303,23 +304,7 @@ def _write_dense_nodes(nodes, strings, art: SpikeArtifact) -> list[tuple[str, st
 def write_artifact(path: str | os.PathLike, art: SpikeArtifact) -> Path:
     """Write ``art`` to ``path`` atomically (temp file, fsync, rename)."""
     art.validate()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        _write_h5(tmp, art)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    return write_atomic(path, partial(_write_h5, art=art))
 
 
 def _write_h5(tmp: Path, art: SpikeArtifact) -> None:

@@ -26,7 +26,7 @@ class StateInUse(Exception):
 def lock_state(directory: Path) -> int:
     """Take the exclusive lock of a model's state directory (``.lock``, flock) and return its
     file descriptor; held until closed. :class:`StateInUse` if another process has it."""
-    from spikingjelly_ff.runtime.locks import try_lock
+    from spikingjelly_ff.runtime.files import try_lock
 
     fd = try_lock(directory)
     if fd is None:

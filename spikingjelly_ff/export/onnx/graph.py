@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from spikingjelly_ff.functional.params import HebbianParams
+from spikingjelly_ff.runtime.files import write_atomic
 from spikingjelly_ff.runtime.onnx_meta import META_KEY, OnnxLayer, OnnxMeta
 
 __all__ = ["OPSET", "Graph", "layer_logit_and_goodness", "save_model", "set_meta"]
@@ -93,16 +94,7 @@ def layer_logit_and_goodness(g: Graph, act: str, width: int, prob: dict, goodnes
 
 def save_model(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
     onnx.checker.check_model(model, full_check=True)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    try:
-        onnx.save(model, str(tmp))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
-        raise
-    return out
+    return write_atomic(out, lambda tmp: onnx.save(model, str(tmp)))
 
 
 def set_meta(
