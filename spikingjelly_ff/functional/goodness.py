@@ -22,6 +22,7 @@ Tensor = Any  # a torch tensor or a numpy array
 
 __all__ = [
     "GOODNESS",
+    "check_goodness",
     "goodness",
     "goodness_grad",
     "hebbian_gain",
@@ -55,8 +56,9 @@ GOODNESS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def _check(kind: str) -> None:
-    if kind not in GOODNESS:
+def check_goodness(kind: str) -> None:
+    """ValueError naming the known kinds when ``kind`` is not one of :data:`GOODNESS`."""
+    if not isinstance(kind, str) or kind not in GOODNESS:
         raise ValueError(f"unknown goodness {kind!r}; choose one of {sorted(GOODNESS)}")
 
 
@@ -70,7 +72,7 @@ def split_halves(act: Tensor) -> tuple[Tensor, Tensor]:
 
 def goodness(act: Tensor, kind: str = "sum_squares", split: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Goodness of ``act`` ``[..., H]``: ``[...]``, or ``([...], [...])`` when ``split``."""
-    _check(kind)
+    check_goodness(kind)
     fn = GOODNESS[kind]
     if split:
         pos, neg = split_halves(act)
@@ -80,7 +82,7 @@ def goodness(act: Tensor, kind: str = "sum_squares", split: bool = False) -> Ten
 
 def goodness_grad(act: Tensor, kind: str = "sum_squares", split: bool = False) -> Tensor:
     """dG/dl, shape ``[..., H]`` (for a split goodness each half w.r.t. its own G)."""
-    _check(kind)
+    check_goodness(kind)
     if kind == "sum_squares":
         return 2.0 * act
     if kind == "mean_squares":
@@ -91,7 +93,7 @@ def goodness_grad(act: Tensor, kind: str = "sum_squares", split: bool = False) -
 
 def is_quadratic(kind: str) -> bool:
     """True when dG/dl = c * act, i.e. when the FF gradient is a Hebbian product."""
-    _check(kind)
+    check_goodness(kind)
     return kind in ("sum_squares", "mean_squares")
 
 

@@ -14,14 +14,35 @@ from typing import Any
 import numpy as np
 
 from spikingjelly_ff.functional import _array
-from spikingjelly_ff.functional.goodness import goodness
+from spikingjelly_ff.functional.goodness import check_goodness, goodness
 from spikingjelly_ff.functional.probability import Probability
 
 Tensor = Any  # a torch tensor or a numpy array
 
-__all__ = ["SCORES", "class_margin", "layer_score", "summed_score"]
+__all__ = ["SCORES", "check_scoring", "class_margin", "layer_score", "summed_score"]
 
 SCORES = ("probability", "goodness")
+
+
+def check_scoring(score: str, goodness_kind: str, score_layers, num_layers: int) -> tuple[int, ...]:
+    """The voting layers as a tuple after checking a model's scoring settings (a stored
+    file's, so that a bad one fails on load, not at its first prediction): ``score`` one of
+    :data:`SCORES`, a known goodness, and voting layers among the ``num_layers`` (a layer named
+    twice votes twice, as in the library's nets).
+    ValueError otherwise."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    check_goodness(goodness_kind)
+    if isinstance(score_layers, (str, bytes)) or not hasattr(score_layers, "__iter__"):
+        raise ValueError(f"score_layers must be a list of layer indices, got {score_layers!r}")
+    layers = tuple(score_layers)
+    if not layers:
+        raise ValueError("score_layers must name at least one layer")
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in layers):
+        raise ValueError(f"score_layers must hold layer indices, got {list(layers)}")
+    if any(not 0 <= i < num_layers for i in layers):
+        raise ValueError(f"score_layers {list(layers)} names a layer that does not exist ({num_layers} layers)")
+    return tuple(int(i) for i in layers)
 
 
 def layer_score(act: Tensor, prob: Probability, goodness_kind: str = "sum_squares", score: str = "probability"):

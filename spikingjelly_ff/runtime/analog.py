@@ -28,6 +28,7 @@ from spikingjelly_ff.kernels import apply_delta
 from spikingjelly_ff.runtime.analog_compiled import CompiledScoring
 from spikingjelly_ff.runtime.files import write_atomic
 from spikingjelly_ff.runtime.lit_inputs import gather_lit_inputs
+from spikingjelly_ff.runtime.onnx_checksum import stamp_digest, verify_digest
 from spikingjelly_ff.runtime.onnx_meta import OnnxMeta, load_onnx_meta
 from spikingjelly_ff.runtime.protocol import check_eta, check_images, check_targets, competitive_targets
 from spikingjelly_ff.runtime.weight_folding import split_weight_only
@@ -61,11 +62,24 @@ class AnalogGraph:
 
     @classmethod
     def build(cls, model_proto, threads: int | None = None) -> AnalogGraph:
+        """The graph, sessions and settings of a loaded ``onnx.ModelProto``; ValueError for a
+        model that is not a usable export (whatever part of onnx or onnxruntime found it out)."""
+        try:
+            return cls._build(model_proto, threads)
+        except ValueError:
+            raise
+        except Exception as exc:  # a damaged field: onnx's KeyError or TypeError, onnxruntime's Fail
+            raise ValueError(f"not a usable spikingjelly-ff ONNX export ({type(exc).__name__}: {exc})") from exc
+
+    @classmethod
+    def _build(cls, model_proto, threads: int | None) -> AnalogGraph:
         import onnx
         import onnxruntime as ort
         from onnx import numpy_helper
 
+        verify_digest(model_proto)
         meta = load_onnx_meta(model_proto)
+        _check_graph(model_proto, meta)
         inits = {t.name: t for t in model_proto.graph.initializer}
         names = list(meta.weight_names())
         missing = [n for n in names if n not in inits]
@@ -74,6 +88,7 @@ class AnalogGraph:
         # [D, H] in the graph (MatMul x @ W^T); we keep W [H, D] like torch (conv: as stored).
         stored = [numpy_helper.to_array(inits[n]) for n in names]
         weights = tuple(np.ascontiguousarray(_layout(meta, a), dtype=np.float32) for a in stored)
+        meta.check_weights([w.shape for w in weights])
         bad = [n for n, w in zip(names, weights) if not np.all(np.isfinite(w))]
         if bad:
             raise ValueError(f"weights {bad} hold non-finite values")
@@ -136,6 +151,38 @@ class AnalogGraph:
         session = self.session_for(len(feeds["images"]))
         names = list(self.output_names) if output_names is None else output_names
         return getattr(session, "_sess", session).run(names, feeds, None)
+
+
+#: the graph outputs a runtime reads, with the shape each must declare (C: the classes)
+OUTPUTS = {"scores": ("N", "C"), "label": ("N",)}
+
+
+def _dims(value_info) -> list:
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
+def _check_graph(model_proto, meta: OnnxMeta) -> None:
+    """ValueError unless the graph fits its metadata: it takes ``images`` ``[N, in_features]``,
+    declares the outputs a runtime reads (:data:`OUTPUTS`) for ``num_classes`` classes, and
+    ONNX's shape inference finds its own shapes consistent. A graph and settings that
+    disagree would score with one and learn with the other."""
+    import onnx
+
+    graph = model_proto.graph
+    inputs = {i.name: i for i in graph.input}
+    if "images" not in inputs or _dims(inputs["images"])[1:] != [meta.in_features]:
+        got = _dims(inputs["images"]) if "images" in inputs else "none"
+        raise ValueError(f"the graph must take images [N, {meta.in_features}] as its metadata says, got {got}")
+    outputs = {o.name: _dims(o) for o in graph.output}
+    for name, shape in OUTPUTS.items():
+        want = [meta.num_classes if d == "C" else None for d in shape]
+        if name not in outputs or len(outputs[name]) != len(want) or outputs[name][1:] != want[1:]:
+            raise ValueError(f"the graph must output {name} {list(shape)} for {meta.num_classes} classes, "
+                             f"got {outputs.get(name, 'none')}")  # fmt: skip
+    try:
+        onnx.shape_inference.infer_shapes(model_proto, check_type=True, strict_mode=True)
+    except Exception as exc:  # onnx raises InferenceError and friends
+        raise ValueError(f"the graph's shapes are inconsistent ({exc})") from exc
 
 
 def _layout(meta: OnnxMeta, a: np.ndarray) -> np.ndarray:
@@ -357,4 +404,5 @@ class AnalogModel:
             proto.graph.initializer[by_name[name]].CopyFrom(
                 numpy_helper.from_array(np.ascontiguousarray(_layout(self.graph.meta, w), dtype=dt), name)
             )
+        stamp_digest(proto)
         return write_atomic(path, lambda tmp: tmp.write_bytes(proto.SerializeToString()))

@@ -43,8 +43,10 @@ from spikingjelly_ff.functional.params import (
     TraceParams,
 )
 from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.scores import check_scoring
 from spikingjelly_ff.runtime.conv_artifact import SpikeConv, read_conv_weights, write_conv_nodes
 from spikingjelly_ff.runtime.files import write_atomic
+from spikingjelly_ff.runtime.userblock import USERBLOCK, check_userblock, stamp_userblock
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "SpikeArtifact", "read_artifact", "write_artifact"]
 
@@ -205,8 +207,10 @@ class SpikeArtifact:
             raise ArtifactError("eligibility traces do not match the weights")
         if self.eligibility is not None and not all(np.all(np.isfinite(e)) for e in self.eligibility):
             raise ArtifactError("eligibility traces hold non-finite values")  # the first update would spread them
-        if any(not 0 <= i < self.num_layers for i in self.score_layers):
-            raise ArtifactError("score_layers names a layer that does not exist")
+        try:
+            self.score_layers = list(check_scoring(self.score, self.goodness, self.score_layers, self.num_layers))
+        except ValueError as exc:
+            raise ArtifactError(str(exc)) from exc
         return self
 
     def check_learning(self, steps: int | None = None) -> None:
@@ -311,7 +315,7 @@ def _write_h5(tmp: Path, art: SpikeArtifact) -> None:
     import h5py
 
     strings = h5py.string_dtype()
-    with h5py.File(tmp, "w") as f:
+    with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
         f.create_dataset("version", data=NIR_VERSION, dtype=strings)
         node = f.create_group("node")
         node.create_dataset("type", data="NIRGraph", dtype=strings)
@@ -339,6 +343,7 @@ def _write_h5(tmp: Path, art: SpikeArtifact) -> None:
             for name, a in zip(("weight", "bias"), art.readout):
                 ro.create_dataset(name, data=np.asarray(a, dtype=np.float32))
         f.flush()
+    stamp_userblock(tmp)  # the sum of every byte HDF5 will parse, checked before it parses them
 
 
 def _text(ds) -> str:
@@ -367,7 +372,7 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
         return _read_artifact(path)
     except ArtifactError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError, OSError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError, OSError, RuntimeError) as exc:
         # a damaged group, dataset or attribute the checks below did not name
         raise ArtifactError(f"{path}: damaged artefact ({type(exc).__name__}: {exc})") from exc
 
@@ -380,6 +385,10 @@ def _read_artifact(path: str | os.PathLike) -> SpikeArtifact:
         path = path / "model.nir"
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
+    try:
+        check_userblock(path)
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from exc
     try:
         f = h5py.File(path, "r")
     except OSError as exc:

@@ -19,7 +19,7 @@ from spikingjelly_ff.functional.readout import map_latent, readout_logits
 from spikingjelly_ff.functional.scores import class_margin
 from spikingjelly_ff.functional.views import translate, view_offsets
 from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact
-from spikingjelly_ff.runtime.protocol import check_eta, check_images, check_targets, competitive_targets
+from spikingjelly_ff.runtime.protocol import check_eta, check_images, check_spikes, check_targets, competitive_targets
 from spikingjelly_ff.runtime.spike_base import SpikeArtifactModel
 from spikingjelly_ff.simulation import ConvLayout, Dynamics, conv_score, encode_spikes, present_conv, score_conv_labels
 from spikingjelly_ff.simulation.conv import SCORE_CHUNK
@@ -216,7 +216,7 @@ class SpikeConvModel(SpikeArtifactModel):
         if self.competitive:  # checked before any draw: a refused update changes nothing
             y = competitive_targets(self.label_code, labels, y)
         image, code = self.draw(x, labels, np.random.default_rng(seed))
-        return self.learn_spikes(image, code, y, eta)
+        return self._learn(image, code, y, eta)
 
     def learn_spikes(self, image: np.ndarray, code: np.ndarray, y: np.ndarray, eta: float | None = None) -> np.ndarray:
         """Present image spikes ``[T, N, 1, H, W]`` and label spikes ``[T, N, L]`` and learn
@@ -245,6 +245,11 @@ class SpikeConvModel(SpikeArtifactModel):
             y = self.label_code.check_labels(y, n)
         else:
             y = check_targets(y, n)
+        return self._learn(check_spikes(image, "image spikes"), check_spikes(code, "label spikes"), y, eta)
+
+    def _learn(self, image: np.ndarray, code: np.ndarray, y: np.ndarray, eta: float | None) -> np.ndarray:
+        """:meth:`learn_spikes` for checked spikes and targets (classes, for a competitive net)."""
+        t = image.shape[0]
         self.art.check_learning(t)
         spec = self.learn_spec
         eta = check_eta(eta, spec.eta)

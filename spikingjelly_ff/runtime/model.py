@@ -12,7 +12,7 @@ import numpy as np
 
 from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.runtime.artifact import SpikeArtifact
-from spikingjelly_ff.runtime.protocol import check_eta, check_images, check_targets
+from spikingjelly_ff.runtime.protocol import check_eta, check_images, check_spikes, check_targets
 from spikingjelly_ff.runtime.spike_base import SpikeArtifactModel
 from spikingjelly_ff.simulation import (
     Dynamics,
@@ -174,17 +174,20 @@ class SpikeModel(SpikeArtifactModel):
         x = self._check_images(x)
         y = check_targets(positive, x.shape[0])
         spikes = encode_spikes(self._rates(x, labels), self.steps, np.random.default_rng(seed), self.art.encoder.coding)
-        return self.learn_spikes(spikes, y, eta)
+        return self._learn(spikes, y, eta)
 
     def learn_spikes(self, spikes: np.ndarray, y: np.ndarray, eta: float | None = None) -> np.ndarray:
-        """Present ``[T, N, D']`` spikes and learn towards ``y`` ``[N]`` (1 positive); the weights
-        and eligibility change in place. Membranes start at rest."""
+        """Present ``[T, N, D']`` spikes (0 or 1) and learn towards ``y`` ``[N]`` (1 positive);
+        the weights and eligibility change in place. Membranes start at rest."""
         spikes = np.asarray(spikes, dtype=np.float32)
         if spikes.ndim != 3:
             raise ValueError(f"spikes must have shape [T, N, D'], got {list(spikes.shape)}")
         if spikes.shape[2] != self.weights[0].shape[1]:  # the compiled one-sample path reads by this width
             raise ValueError(f"spikes must have {self.weights[0].shape[1]} inputs per step, got {spikes.shape[2]}")
-        y = check_targets(y, spikes.shape[1])
+        return self._learn(check_spikes(spikes), check_targets(y, spikes.shape[1]), eta)
+
+    def _learn(self, spikes: np.ndarray, y: np.ndarray, eta: float | None) -> np.ndarray:
+        """:meth:`learn_spikes` for checked spikes ``[T, N, D']`` and targets ``[N]``."""
         self.art.check_learning(spikes.shape[0])
         spec = self.learn_spec
         eta = check_eta(eta, spec.eta)

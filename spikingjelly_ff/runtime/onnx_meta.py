@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from spikingjelly_ff.functional.conv import check_conv_settings, check_map_shape, goodness_groups
+from spikingjelly_ff.functional.conv import check_conv_settings, check_map_shape, conv_output_size, goodness_groups
 from spikingjelly_ff.functional.labels import LabelCode
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
+from spikingjelly_ff.functional.scores import check_scoring
 
 __all__ = ["META_KEY", "OnnxConv", "OnnxConvLayer", "OnnxLayer", "OnnxMeta", "load_onnx_meta"]
 
@@ -111,6 +112,11 @@ class OnnxMeta:
 
     def __post_init__(self) -> None:
         self.hebbian.require_step("an ONNX model (one delta per batch)")
+        if self.layers is not None and self.conv is not None and len(self.layers) != len(self.conv.layers):
+            raise ValueError(f"{len(self.layers)} weights name {len(self.conv.layers)} conv layers")
+        count = len(self.conv.layers) if self.conv is not None else len(self.layers or ())
+        if count:  # a spiking export names no layers here: its artefact checks its own
+            object.__setattr__(self, "score_layers", check_scoring(self.score, self.goodness, self.score_layers, count))
 
     def weight_names(self) -> tuple[str, ...]:
         """The initializers a runtime learns, in the order of its ``weights``: every layer's
@@ -119,6 +125,41 @@ class OnnxMeta:
         if self.conv is not None:
             names += tuple(c.label_weight for c in self.conv.layers if c.label_weight is not None)
         return names
+
+    def check_weights(self, shapes: list[tuple[int, ...]]) -> None:
+        """ValueError unless weights of ``shapes`` (in the order of :meth:`weight_names`, in the
+        runtime's layout: dense ``[H, D]``, conv kernels ``[C, I, K, K]``, label weights
+        ``[L, C, OH, OW]``) fit these settings: a file whose weights and metadata disagree
+        fails on load, not in its first update (the graph itself may not read every shape)."""
+        shapes = [tuple(int(v) for v in s) for s in shapes]
+        if self.conv is None:
+            width = self.label_code.input_width(self.in_features)
+            for i, shape in enumerate(shapes):
+                if len(shape) != 2 or shape[1] != width or shape[0] < 1:
+                    raise ValueError(f"layer {i}: weight of shape {list(shape)}, expected [H, {width}]")
+                width = shape[0]
+            return
+        competitive = self.probability.competitive
+        width = self.in_features if competitive else self.label_code.input_width(self.in_features)
+        label_width = 0 if competitive else self.label_code.width
+        kernels, labels = shapes[: len(self.conv.layers)], iter(shapes[len(self.conv.layers) :])
+        layers = self.conv.layers
+        if int(np.prod(layers[0].in_shape)) != width:
+            raise ValueError(f"conv layer 0 reads {layers[0].in_shape}, the embedded image has {width} values")
+        shape = layers[0].in_shape
+        for i, (spec, kernel) in enumerate(zip(layers, kernels)):
+            if spec.in_shape != shape:
+                raise ValueError(f"conv layer {i} reads {spec.in_shape}, the previous layer gives {shape}")
+            hw = tuple(conv_output_size(v, spec.kernel, spec.stride, spec.padding) for v in shape[1:])
+            if spec.map_shape[1:] != hw:
+                raise ValueError(f"conv layer {i}: map shape {spec.map_shape} does not follow from its input {shape}")
+            want = (spec.map_shape[0], shape[0], spec.kernel, spec.kernel)
+            if kernel != want:
+                raise ValueError(f"conv layer {i}: kernel of shape {list(kernel)}, expected {list(want)}")
+            if spec.label_weight is not None and next(labels) != (label_width, *spec.map_shape):
+                raise ValueError(f"conv layer {i}: label weight of shape other than {[label_width, *spec.map_shape]}")
+            c, h, w = spec.map_shape
+            shape = (c, h // spec.pool_size, w // spec.pool_size) if spec.pool is not None else spec.map_shape
 
     def to_dict(self) -> dict:
         """The JSON object, keys in the order exports have always written them."""

@@ -15,7 +15,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["RuntimeModel", "check_eta", "check_images", "check_targets", "competitive_targets"]
+__all__ = ["RuntimeModel", "check_eta", "check_images", "check_spikes", "check_targets", "competitive_targets"]
 
 
 def check_images(x, in_features: int, unit_range: bool = True) -> np.ndarray:
@@ -29,6 +29,16 @@ def check_images(x, in_features: int, unit_range: bool = True) -> np.ndarray:
     if unit_range and (x.min(initial=0.0) < 0.0 or x.max(initial=0.0) > 1.0):
         raise ValueError("image values must lie in [0, 1]")
     return x
+
+
+def check_spikes(spikes: np.ndarray, name: str = "spikes") -> np.ndarray:
+    """``spikes`` (float32, any shape) unchanged where every value is 0 or 1; ``ValueError``
+    otherwise. The layers take any current, but a learner given a NaN would spread it into
+    every weight it touches, and a graded "spike" is no presentation the encoder makes."""
+    if spikes.size and np.count_nonzero(spikes) != np.count_nonzero(spikes == 1.0):
+        bad = spikes[(spikes != 0.0) & (spikes != 1.0)]
+        raise ValueError(f"{name} must be 0 or 1, got {bad.size} other values (the first: {bad.flat[0]!r})")
+    return spikes
 
 
 def check_eta(eta, default: float) -> float:

@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from edit_utils import edit_h5, save_edited
 
 from spikingjelly_ff.export.onnx import analog_to_onnx
 from spikingjelly_ff.export.spike import artifact_from_model
@@ -380,7 +381,7 @@ def test_tampered_onnx_metadata_is_refused_on_load(tmp_path):
         meta = json.loads(prop.value)
         change(meta)
         prop.value = json.dumps(meta)
-        onnx.save(proto, str(tmp_path / "bad.onnx"))
+        save_edited(proto, tmp_path / "bad.onnx")
         with pytest.raises(ValueError, match=message):
             load_exported(tmp_path / "bad.onnx")
 
@@ -430,7 +431,7 @@ def test_a_labelled_spike_artefact_claiming_a_competitive_model_is_refused(tmp_p
 
     path = export_spike(small_group_net(), tmp_path / "m.nir")
     assert load_exported(path).num_classes == 10  # the untouched file loads
-    with h5py.File(path, "r+") as f:
+    with edit_h5(path) as f:
         ours = f["spikingjelly_ff"]
         meta = json.loads(ours["meta"][()])
         meta["probability"] = {"kind": "competitive", "eps": 0.01, "temperature": 0.2}

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from edit_utils import save_edited
 
 from spikingjelly_ff.export.onnx import analog_to_onnx, conv_to_onnx
 from spikingjelly_ff.functional.conv import ff_conv_hebbian_delta, length_normalize_map
@@ -231,6 +232,6 @@ def test_tampered_conv_metadata_is_refused_on_load(tmp_path, field, value):
     meta = json.loads(prop.value)
     meta["conv"]["layers"][0][field] = value
     prop.value = json.dumps(meta)
-    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    save_edited(proto, tmp_path / "bad.onnx")
     with pytest.raises(ValueError, match=field):
         load_exported(tmp_path / "bad.onnx")

@@ -13,6 +13,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from edit_utils import edit_h5, save_edited
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_conv import PROBS, autograd_conv_delta
@@ -261,7 +262,7 @@ def test_tampered_onnx_region_is_refused_on_load(tmp_path, over, message):
     meta = json.loads(prop.value)
     meta["conv"]["over"] = over
     prop.value = json.dumps(meta)
-    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    save_edited(proto, tmp_path / "bad.onnx")
     with pytest.raises(ValueError, match=message):
         load_exported(tmp_path / "bad.onnx")
 
@@ -335,7 +336,7 @@ def test_spike_artifact_with_a_region_that_does_not_fit_is_refused(tmp_path):
     for over, message in [("group:3", "do not split"), ("group:4", "per group"), ("rows", "unknown goodness region")]:
         bad = tmp_path / f"{over.replace(':', '-')}.nir"
         bad.write_bytes(path.read_bytes())
-        with h5py.File(bad, "r+") as f:
+        with edit_h5(bad) as f:
             ours = f["spikingjelly_ff"]
             meta = json.loads(ours["meta"][()])
             meta["conv"]["over"] = over

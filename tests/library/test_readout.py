@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import MINI
+from edit_utils import edit_h5
 from test_conv_competitive import _config
 from test_runtime import _run_without_torch
 
@@ -192,18 +193,18 @@ def test_a_tampered_readout_is_refused(readout_run, tmp_path):
     out, _ = readout_run
     net, _, _ = load_model(out / "model")
     path = export_spike(net, tmp_path / "m.nir")
-    with h5py.File(path, "a") as f:
+    with edit_h5(path) as f:
         del f["spikingjelly_ff/readout/weight"]
         f["spikingjelly_ff/readout"].create_dataset("weight", data=np.zeros((10, 7), np.float32))
     with pytest.raises(ArtifactError, match="readout weight"):
         read_artifact(path)
     path = export_spike(net, tmp_path / "m2.nir")
-    with h5py.File(path, "a") as f:
+    with edit_h5(path) as f:
         del f["spikingjelly_ff/readout"]
     with pytest.raises(ArtifactError, match="come together"):
         read_artifact(path)
     path = export_spike(net, tmp_path / "m3.nir")
-    with h5py.File(path, "a") as f:
+    with edit_h5(path) as f:
         meta = json.loads(f["spikingjelly_ff/meta"][()])
         meta["conv"]["readout"]["grid"] = 5
         del f["spikingjelly_ff/meta"]

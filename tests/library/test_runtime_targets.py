@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from edit_utils import edit_h5, save_edited
 from test_spiking_conv import small_net
 
 from spikingjelly_ff.export.onnx import analog_to_onnx
@@ -151,7 +152,6 @@ def test_a_spiking_model_refuses_eligibility_of_another_shape(tmp_path):
 
 
 def test_non_finite_weights_or_traces_do_not_load_or_save(tmp_path):
-    import h5py
 
     from spikingjelly_ff.runtime.artifact import ArtifactError, read_artifact
 
@@ -162,7 +162,7 @@ def test_non_finite_weights_or_traces_do_not_load_or_save(tmp_path):
     assert not list(tmp_path.glob("nan.onnx*"))
     spiking, _ = _model("spiking", tmp_path)
     spiking.save(tmp_path / "s.nir")
-    with h5py.File(tmp_path / "s.nir", "r+") as f:
+    with edit_h5(tmp_path / "s.nir") as f:
         e = f["spikingjelly_ff/eligibility/0"]
         e[0, 0] = np.nan
     with pytest.raises(ArtifactError, match="eligibility traces hold non-finite values"):
@@ -196,7 +196,7 @@ def test_an_onnx_export_with_non_finite_weights_does_not_load(tmp_path):
     a = numpy_helper.to_array(t).copy()
     a.flat[0] = np.inf
     t.CopyFrom(numpy_helper.from_array(a, t.name))
-    onnx.save(proto, str(tmp_path / "inf.onnx"))
+    save_edited(proto, tmp_path / "inf.onnx")
     with pytest.raises(ValueError, match="hold non-finite values"):
         AnalogModel.load(tmp_path / "inf.onnx")
 
@@ -219,13 +219,12 @@ def test_an_artefact_asking_for_endless_presentations_does_not_load(tmp_path, ke
 def test_a_spike_artefact_with_changed_bytes_does_not_load(tmp_path, kind):
     """HDF5 checks no sum of its data: a weight changed in the file loaded and served. The
     artefact carries the SHA-256 of its content; a file without it (written before) loads."""
-    import h5py
 
     from spikingjelly_ff.runtime.artifact import ArtifactError, read_artifact
 
     model, _ = _model(kind, tmp_path)
     path = model.save(tmp_path / "saved.nir")
-    with h5py.File(path, "r+") as f:
+    with edit_h5(path) as f:
         weights = []
         f.visit(lambda name: weights.append(name) if name.endswith("weight") and "node" in name else None)
         w = f[weights[0]]
@@ -234,7 +233,7 @@ def test_a_spike_artefact_with_changed_bytes_does_not_load(tmp_path, kind):
         w[...] = changed
     with pytest.raises(ArtifactError, match="does not match its checksum"):
         read_artifact(path)
-    with h5py.File(path, "r+") as f:
+    with edit_h5(path) as f:
         del f["spikingjelly_ff"].attrs["sha256"]
     assert read_artifact(path).weights  # as a file written before the checksum
 
@@ -263,7 +262,7 @@ def test_damaged_onnx_metadata_is_one_clear_error(tmp_path, edit, message):
     meta = json.loads(prop.value)
     out = edit(meta)
     prop.value = json.dumps(out if isinstance(out, list) else meta)
-    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    save_edited(proto, tmp_path / "bad.onnx")
     with pytest.raises(ValueError, match=message):
         AnalogModel.load(tmp_path / "bad.onnx")
 
@@ -277,7 +276,7 @@ def test_a_damaged_spike_artefact_is_an_artifact_error(tmp_path, damage):
 
     model, _ = _model("spiking", tmp_path)
     path = model.save(tmp_path / "s.nir")
-    with h5py.File(path, "r+") as f:
+    with edit_h5(path) as f:
         ours = f["spikingjelly_ff"]
         if damage == "patterns":
             del ours["label_patterns"]
@@ -305,3 +304,32 @@ def test_an_artefact_with_a_fractional_count_does_not_load(tmp_path, section, ke
     _edit_meta(tmp_path / "m.nir", lambda meta: meta.setdefault(section, {}).update({key: value}))
     with pytest.raises(ArtifactError, match=f"{key} must be an integer"):
         load_exported(tmp_path / "m.nir")
+
+
+@pytest.mark.parametrize("kind", ["spiking", "spiking-conv"])
+def test_learn_spikes_refuses_values_that_are_no_spikes(kind, tmp_path):
+    """A NaN spike spread NaN into every weight it reached, silently; a graded value is no
+    presentation the encoder makes. Both are refused and the weights stay as they were."""
+    model, _ = _model(kind, tmp_path)
+    rng = np.random.default_rng(2)
+    t, n = 6, 2
+    y = np.array([1.0, 0.0])
+    if kind == "spiking":
+        spikes = (rng.uniform(size=(t, n, model.weights[0].shape[1])) < 0.3).astype(np.float32)
+        inputs = {"spikes": (spikes,)}
+    else:
+        image = (rng.uniform(size=(t, n, 1, 12, 12)) < 0.3).astype(np.float32)
+        code = (rng.uniform(size=(t, n, model.label_weights[0].shape[0])) < 0.3).astype(np.float32)
+        inputs = {"image spikes": (image, code), "label spikes": (code, image)}
+    before = [w.copy() for w in model.weights]
+    for name, arrays in inputs.items():
+        for value in (np.nan, 0.5, 2.0, -1.0):
+            bad = arrays[0].copy()
+            bad[1, 0].flat[3] = value
+            args = (bad, *arrays[1:]) if name != "label spikes" else (arrays[1], bad)
+            with pytest.raises(ValueError, match=f"{name} must be 0 or 1"):
+                model.learn_spikes(*args, y)
+            assert all(np.array_equal(a, b) for a, b in zip(model.weights, before)), (name, value)
+    good = (inputs["spikes"][0],) if kind == "spiking" else inputs["image spikes"]
+    assert np.all(np.isfinite(model.learn_spikes(*good, y)))
+    assert not np.array_equal(model.weights[0], before[0])

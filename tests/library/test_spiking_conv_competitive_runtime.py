@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from edit_utils import edit_h5
 from test_conv_competitive import _config
 from test_runtime import _run_without_torch
 
@@ -139,7 +140,7 @@ def test_negatives_and_bad_labels_are_refused_and_change_nothing(tmp_path):
 def _edit_meta(path, edit) -> None:
     """Edit an artefact's metadata by hand, as in a file written before artefacts carried a
     checksum (which an edit would no longer match): the checks after it are the reader's own."""
-    with h5py.File(path, "r+") as f:
+    with edit_h5(path) as f:
         ours = f["spikingjelly_ff"]
         if "sha256" in ours.attrs:
             del ours.attrs["sha256"]
@@ -175,11 +176,11 @@ def test_label_nodes_and_a_wrong_format_version_are_refused(tmp_path):
         assert f["spikingjelly_ff"].attrs["format_version"] == 3
     stray = tmp_path / "stray.nir"
     stray.write_bytes(path.read_bytes())
-    with h5py.File(stray, "r+") as f:
+    with edit_h5(stray) as f:
         f["node/nodes"].create_group("label_0")
     with pytest.raises(ArtifactError, match="label nodes: label_0"):
         load_exported(stray)
-    with h5py.File(path, "r+") as f:
+    with edit_h5(path) as f:
         f["spikingjelly_ff"].attrs["format_version"] = 2
     with pytest.raises(ArtifactError, match="format version 2 does not match"):
         load_exported(path)

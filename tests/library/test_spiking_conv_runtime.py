@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from edit_utils import edit_h5
 from test_runtime import _run_without_torch
 from test_spiking_conv import SPIKING_CONV, draw, small_net
 
@@ -268,7 +269,7 @@ def test_tampered_conv_settings_are_an_artifact_error(tmp_path, field, value):
     net = small_net("map", dtype=F32)
     net.image_shape = (12, 12)
     path = export_spike(net, tmp_path / "m.nir")
-    with h5py.File(path, "r+") as f:
+    with edit_h5(path) as f:
         ours = f["spikingjelly_ff"]
         meta = json.loads(ours["meta"][()])
         meta["conv"]["layers"][0][field] = value

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import h5py
 import numpy as np
 import pytest
 import torch
+from edit_utils import edit_h5
 from test_conv_competitive import _config
 from test_spiking_conv import small_net
 from test_spiking_conv_competitive_runtime import _edit_meta
@@ -168,7 +168,7 @@ def test_a_views_file_that_claims_the_old_version_is_refused(tmp_path):
     """A runtime before views reads version 2 and would score the image alone: a file with
     views must not claim it."""
     path = export_spike(_labelled(1), tmp_path / "m.nir")
-    with h5py.File(path, "r+") as f:
+    with edit_h5(path) as f:
         f["spikingjelly_ff"].attrs["format_version"] = CONV_FORMAT_VERSION
     with pytest.raises(ArtifactError, match="does not match its content"):
         load_exported(path)

@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper
 
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.runtime.files import write_atomic
+from spikingjelly_ff.runtime.onnx_checksum import stamp_digest
 from spikingjelly_ff.runtime.onnx_meta import META_KEY, OnnxLayer, OnnxMeta
 
 __all__ = ["OPSET", "Graph", "layer_logit_and_goodness", "save_model", "set_meta"]
@@ -93,7 +94,9 @@ def layer_logit_and_goodness(g: Graph, act: str, width: int, prob: dict, goodnes
 
 
 def save_model(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
+    """Check ``model``, stamp its checksum (``runtime.onnx_checksum``) and write it atomically."""
     onnx.checker.check_model(model, full_check=True)
+    stamp_digest(model)
     return write_atomic(out, lambda tmp: onnx.save(model, str(tmp)))
 
 
