@@ -84,6 +84,36 @@ def test_health_reflection_and_metadata(server, client):
     channel.close()
 
 
+def test_malformed_health_and_reflection_requests_are_invalid_argument(server):
+    """gRPC's own health and reflection servicers had answered UNKNOWN to bytes that are not
+    their request message; they answer INVALID_ARGUMENT as our services do, and still serve."""
+    channel = grpc.insecure_channel(server.target)
+    same = dict(request_serializer=None, response_deserializer=None)
+    calls = {
+        "Check": channel.unary_unary("/grpc.health.v1.Health/Check", **same),
+        "Watch": channel.unary_stream("/grpc.health.v1.Health/Watch", **same),
+        "Reflection": channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", **same),
+    }
+    for blob in (b"\x0a", b"\x0f\x00", b"\x0a\x02\xff\xfe"):
+        for name, call in calls.items():
+            with pytest.raises(grpc.RpcError) as err:
+                if name == "Check":
+                    call(blob, timeout=10)
+                else:
+                    list(call(blob if name == "Watch" else iter([blob]), timeout=10))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, blob, err.value.details())
+            assert "not a valid grpc." in err.value.details()
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    assert "grpc.health.v1.Health" in set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    channel.close()
+
+
 def test_analog_inference_matches_onnxruntime(client, analog, mnist_samples):
     images, labels = mnist_samples
     x = su.as_float(images[:64])

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from sjff_client.pb import grpc_service_pb2, learning_pb2
 
 from . import GRPC_EXPERIMENTS_IN_FORCE
@@ -247,14 +247,15 @@ class ServerApp:
         self.metrics.waiting.set_function(lambda: inference.active)
         add_service(self.server, inference, grpc_service_pb2, "GRPCInferenceService")
         add_service(self.server, learning, learning_pb2, "Learning")
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        add_service(self.server, self.health, health_pb2, "Health", in_band=False)
         names = (
             INFERENCE_SERVICE,
             LEARNING_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(names, self.server)
+        reflector = reflection.aio.ReflectionServicer(names)
+        add_service(self.server, reflector, reflection_pb2, "ServerReflection", in_band=False)
         if cfg.metrics_port is not None:  # before the gRPC port, which a process sharing it must not join in vain
             try:
                 self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
@@ -279,7 +280,7 @@ class ServerApp:
         if cfg.health_port is not None:
             # plaintext health only, for probes that cannot speak (m)TLS
             self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            add_service(self.health_server, self.health, health_pb2, "Health", in_band=False)
             self.health_port = self.health_server.add_insecure_port(f"{cfg.host}:{cfg.health_port}")
             await self.health_server.start()
         for m in self.registry.all():  # before the first call can arrive

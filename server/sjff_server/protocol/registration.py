@@ -59,15 +59,52 @@ def _guard(fn: Callable) -> Callable:
     return handler
 
 
-def add_service(server: grpc.aio.Server, servicer: Any, module: ModuleType, service: str) -> str:
+async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    if type(request) is Malformed:
+        await context.abort(*status_of(InvalidInput(request.message)))
+    return request
+
+
+def _guard_unary_stream(fn: Callable) -> Callable:
+    """A server-streaming method that reads its one request's fields (gRPC's health Watch)."""
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await fn(await _refuse(request, context), context)
+
+    return handler
+
+
+def _guard_stream_stream(fn: Callable) -> Callable:
+    """A bidirectional method that reads every request's fields (gRPC's reflection, an async
+    generator): a malformed request ends the call with INVALID_ARGUMENT."""
+
+    async def handler(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def checked() -> Any:
+            async for request in requests:
+                yield await _refuse(request, context)
+
+        async for answer in fn(checked(), context):
+            yield answer
+
+    return handler
+
+
+def add_service(
+    server: grpc.aio.Server, servicer: Any, module: ModuleType, service: str, in_band: bool = True
+) -> str:
     """Register every method of ``service`` (defined in the generated ``module``) on ``server``
-    with tolerant deserializers. Returns the service's full name."""
+    with tolerant deserializers. Returns the service's full name. ``in_band``: our stream
+    methods report a malformed item in the stream; False, for gRPC's own servicers (health,
+    reflection), which read every request's fields: a malformed request is INVALID_ARGUMENT
+    whatever the method's kind (their generated helpers answered UNKNOWN)."""
     desc = module.DESCRIPTOR.services_by_name[service]
     handlers = {}
     for m in desc.methods:
         req = getattr(module, m.input_type.name)
         fn = getattr(servicer, m.name)
         kw = {"request_deserializer": _deserializer(req), "response_serializer": serialize_answer}
+        if not in_band and m.server_streaming:
+            fn = _guard_stream_stream(fn) if m.client_streaming else _guard_unary_stream(fn)
         if m.client_streaming and m.server_streaming:
             handlers[m.name] = grpc.stream_stream_rpc_method_handler(fn, **kw)
         elif m.client_streaming:
