@@ -142,3 +142,64 @@ def test_weights_digest_is_the_replayed_state_and_survives_restart(
     assert before["mnist"][1] == state_digest(ref.weights, ref.eligibility)
     snn = load_exported(sjff_models["spike"])
     assert before["snn"] == (0, state_digest(snn.weights, snn.eligibility))
+
+
+def test_a_snapshot_holding_another_state_than_its_name_is_never_served(
+    repo, tmp_path, token_path, mnist_samples
+):
+    """A snapshot copied under another version's name (or another model's) had been served as
+    that version, the wrong weights with no word said, and `sjff state repair --truncate` had
+    trusted it and cut acknowledged updates. Such a snapshot is skipped with a warning: the
+    server rebuilds from an older one and the log, and repair leaves everything alone."""
+    images, labels = mnist_samples
+    srv = server(repo, tmp_path, token_path, "--snapshot-every", "5").start()
+    with Client(srv.target, token_file=token_path) as c:
+        for i in range(12):
+            assert c.learn(images[i : i + 1], [labels[i]], seed=i).version == i + 1
+        c.learn(images[:1], [labels[0]], seed=0, model="snn")
+        truth = {m.model_name: (m.learning_version, m.weights_sha256) for m in c.stats().models}
+    srv.kill()
+    snaps = tmp_path / "state" / "mnist" / "1" / "snapshots"
+    five, ten = snaps / f"{5:020d}.npz", snaps / f"{10:020d}.npz"
+    assert five.is_file() and ten.is_file()
+    ten.write_bytes(five.read_bytes())  # version 5's state under version 10's name
+    (snaps / f"{99:020d}.npz").write_bytes(five.read_bytes())  # and under a version past the log
+
+    cli = [sys.executable, "-m", "spikingjelly_ff.cli", "state", "repair", str(tmp_path / "state"), "--model", "mnist"]
+    fixed = subprocess.run([*cli, "--truncate"], capture_output=True, text=True, timeout=120)
+    assert fixed.returncode == 0, fixed
+    assert five.is_file() and list((tmp_path / "state" / "mnist" / "1" / "log").iterdir())  # nothing was cut
+    srv.restart()
+    try:
+        with Client(srv.target, token_file=token_path) as c:
+            after = {m.model_name: (m.learning_version, m.weights_sha256) for m in c.stats().models}
+        warnings = " ".join(r["msg"] for r in srv.log_records() if r["level"] == "warning")
+    finally:
+        srv.stop()
+    assert after == truth and truth["mnist"][0] == 12
+    assert "not the one its name says" in warnings
+
+
+def test_unreadable_learning_state_keeps_only_its_model_down(repo, tmp_path, token_path, mnist_samples):
+    """A state folder the server cannot read (here a file where its log folder belongs) had
+    ended the whole server at start; that model now waits for an operator, the rest is served."""
+    images, labels = mnist_samples
+    srv = server(repo, tmp_path, token_path).start()
+    with Client(srv.target, token_file=token_path) as c:
+        c.learn(images[:1], [labels[0]], seed=0, model="snn")
+    srv.stop()
+    log_dir = tmp_path / "state" / "snn" / "1" / "log"
+    for p in log_dir.iterdir():
+        p.unlink()
+    log_dir.rmdir()
+    log_dir.write_text("not a folder")
+    srv.restart()
+    try:
+        with Client(srv.target) as c:
+            with pytest.raises(grpc.RpcError) as err:
+                c.infer(images[:2], model="snn")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "cannot be read or written" in err.value.details() and str(log_dir.parent) in err.value.details()
+            assert c.infer(images[:2], model="mnist").label.shape == (2,)
+    finally:
+        srv.stop()

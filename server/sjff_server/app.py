@@ -29,7 +29,7 @@ from .serving.models import ModelRegistry, load_served_model
 from .serving.repository import scan_repository
 from .storage.scan import LogCorruption
 from .storage.snapshots import StateInUse
-from .storage.state import ReplayMismatch, StateMismatch, file_sha256
+from .storage.state import ReplayMismatch, StateMismatch, StateUnreadable, file_sha256
 from .tuning import yield_grpc_poller
 
 __all__ = ["ServerConfig", "ServerApp", "check_port_sharing"]
@@ -143,7 +143,7 @@ class ServerApp:
                     max_inline_macs=cfg.max_inline_mmacs * 1_000_000,
                     max_inflight_bytes=cfg.max_inflight_mb << 20,
                 )
-            except (LogCorruption, ReplayMismatch, StateMismatch, StateInUse) as exc:
+            except (LogCorruption, ReplayMismatch, StateMismatch, StateInUse, StateUnreadable) as exc:
                 # damaged or foreign learning state: this model refuses to load, the rest is served
                 log.error(
                     "model not loaded: its learning state needs an operator",

@@ -18,6 +18,7 @@ from ..interrupt import WorkerPool
 from ..learning.learner import Learner
 from ..learning.options import LearnOptions
 from ..storage.snapshots import state_digest
+from ..storage.state import StateUnreadable
 from .repository import ModelSpec
 
 __all__ = ["ModelRegistry", "ServedModel", "load_served_model"]
@@ -154,17 +155,15 @@ def load_served_model(
         notes.append(f"compiled scoring of small batches: {'on' if covered else 'off (onnxruntime only)'}")
     learner = None
     if spec.config.learning and state_dir is not None:
-        learner = Learner(
-            spec.name,
-            spec.version,
-            engine,
-            model,
-            spec.path,
-            Path(state_dir) / spec.name / spec.version,
-            learn_options,
-            metrics,
-        )
-        notes += learner.recover()
+        where = Path(state_dir) / spec.name / spec.version
+        try:
+            learner = Learner(spec.name, spec.version, engine, model, spec.path, where, learn_options, metrics)
+            notes += learner.recover()
+        except OSError as exc:  # the state, not the model file (read above): this model only
+            raise StateUnreadable(
+                f"the learning state in {where} cannot be read or written ({exc}); check its permissions and that "
+                "its files and folders are what the server wrote"
+            ) from exc
     max_batch = spec.config.max_batch_size if spec.config.max_batch_size else engine.default_max_batch
     batcher_kw = {
         "max_batch": max_batch,

@@ -60,26 +60,27 @@ class Plan:
         return f"{head}\n--truncate would cut the log after version {d.last_good}: {lost} would be lost"
 
 
-def _usable(store: SnapshotStore, version: int) -> bool:
+def _usable(store: SnapshotStore, version: int, owner: tuple[str, str] | None) -> bool:
     for s in store.list():
         if s.version == version:
             try:
-                store.read(s.path)
+                store.read(s.path, owner)
                 return True
             except ValueError:
                 return False
     return False
 
 
-def _newest_usable(store: SnapshotStore) -> int | None:
+def _newest_usable(store: SnapshotStore, owner: tuple[str, str] | None) -> int | None:
     for s in reversed(store.list()):
-        if _usable(store, s.version):
+        if _usable(store, s.version, owner):
             return s.version
     return None
 
 
-def plan_repair(state_dir: Path) -> Plan:
-    """Read (never change) the state of one model version and plan the least destructive cut."""
+def plan_repair(state_dir: Path, owner: tuple[str, str] | None = None) -> Plan:
+    """Read (never change) the state of one model version and plan the least destructive cut.
+    ``owner`` ``(model, model version)``: a snapshot of another model is not usable."""
     logdir, snapdir = Path(state_dir) / "log", Path(state_dir) / "snapshots"
     if not logdir.is_dir():
         raise FileNotFoundError(f"{state_dir} holds no update log (expected {logdir})")
@@ -87,7 +88,7 @@ def plan_repair(state_dir: Path) -> Plan:
     store = SnapshotStore(snapdir, writable=False)
     last, damage = ulog.replay(lambda r: None)
     if damage is None:
-        newest = _newest_usable(store)
+        newest = _newest_usable(store, owner)
         if last is not None and newest is not None and last < newest:  # the log ends before the snapshot
             gap = Damage(
                 logdir,
@@ -108,7 +109,7 @@ def plan_repair(state_dir: Path) -> Plan:
     # a usable snapshot where an intact segment starts, after the damage, bridges it (the damaged
     # segment's own start counts when the damage is a gap before it)
     for base, _ in segs[i if damage.gap else i + 1 :]:
-        if _usable(store, base):
+        if _usable(store, base, owner):
             return Plan(damage, damage.last_good, keep_from_snapshot=base)
     return Plan(damage, damage.last_good, cut_at=damage.last_good)
 
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sjff state repair: error: {exc}", file=sys.stderr)
         return 2
     try:
-        plan = plan_repair(target)
+        plan = plan_repair(target, (args.model, args.version))
         print(plan.describe())
         if plan.damage is None:
             return 0
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             print("nothing was changed (add --truncate to cut)")
             return 1
         apply_repair(target, plan)
-        again = plan_repair(target)
+        again = plan_repair(target, (args.model, args.version))
         print(again.describe())
         return 0 if again.damage is None else 1
     except (OSError, ValueError) as exc:

@@ -54,6 +54,11 @@ class StateMismatch(Exception):
     """The state directory belongs to a different artefact than the one in the repository."""
 
 
+class StateUnreadable(Exception):
+    """The state directory, or a file in it, cannot be read or written (permissions, a file
+    where a folder belongs): that model waits for an operator, the others are served."""
+
+
 class ReplayMismatch(Exception):
     """Replaying the log did not reproduce the weights that were acknowledged."""
 
@@ -221,8 +226,8 @@ class ModelState:
             raise ReplayMismatch(
                 f"{self.log.dir}: replaying the log gives weights with sha256 {got[:16]}... at version {r.version}, "
                 f"but {r.digest[:16]}... was acknowledged: this machine's arithmetic differs from the one that "
-                "learned them (CPU, BLAS library or thread count). Restore on a machine like that one, or from a "
-                "snapshot at or after that version"
+                "learned them (CPU, BLAS library or thread count), or a file of the state was replaced. Restore on "
+                "a machine like that one, or from a snapshot at or after that version"
             )
 
     def _apply(self, model: RuntimeModel, r: UpdateRecord) -> RuntimeModel:
@@ -234,7 +239,7 @@ class ModelState:
         raise LogCorruption(f"{self.log.dir}: unknown record kind {r.kind} at version {r.version}")
 
     def _load_snapshot(self, info: SnapshotInfo) -> RuntimeModel:
-        meta, weights, elig = SnapshotStore.read(info.path)
+        meta, weights, elig = SnapshotStore.read(info.path, (self.name, str(self.repo_version)))
         if meta.get(SNAPSHOT_SHA_KEY) != self.sha256:
             raise ValueError(f"{info.path}: snapshot of another artefact")
         shapes = [w.shape for w in self.base.weights]
