@@ -306,3 +306,27 @@ def test_state_command_line_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "m" / "1").mkdir(parents=True)
     assert main(["state", "repair", str(tmp_path), "--model", "m"]) == 2
     assert "holds no update log" in capsys.readouterr().err
+
+
+def test_repair_says_so_when_no_snapshot_holds_the_start_of_the_log(sjff_models, mnist_samples, tmp_path):
+    """Every snapshot deleted after the log before them was pruned: the server cannot rebuild
+    the state, and repair had reported it clean. It says it is beyond a cut and changes nothing."""
+    from sjff_server.storage.repair import main as repair_main
+    from sjff_server.storage.repair import plan_repair
+
+    images, labels = mnist_samples
+    xs = as_float(images[:12])
+    state = tmp_path / "state" / "mnist" / "1"
+    learn_and_crash(sjff_models, state, xs, labels, 12, snapshot_every=4, keep_snapshots=1)
+    log = UpdateLog(state / "log")
+    assert log.segments()[0][0] > 0  # the log before the kept snapshot is pruned
+    assert plan_repair(state).lost is None
+    for snap in (state / "snapshots").glob("*.npz"):
+        snap.unlink()
+    plan = plan_repair(state)
+    assert plan.lost is not None and "cannot be rebuilt" in plan.describe()
+    before = sorted((p.name, p.stat().st_size) for p in (state / "log").iterdir())
+    assert repair_main([str(tmp_path / "state"), "--model", "mnist", "--truncate"]) == 1
+    assert sorted((p.name, p.stat().st_size) for p in (state / "log").iterdir()) == before
+    with pytest.raises(LogCorruption):
+        make_learner(sjff_models, state).recover()

@@ -13,7 +13,9 @@ destructive cut that leaves a consistent state and logs at ERROR what it loses:
 - otherwise the damaged segment is cut at the first bad frame, the segments after it and
   the snapshots newer than the last intact version are deleted: the versions after it are
   lost, and the server resumes at the last intact version.
-Exit status: 0 clean (or repaired), 1 damage found and not cut, 2 usage errors.
+Where no snapshot holds the version the log starts after (the snapshots deleted after the
+log was pruned), no cut can help: the report says so and changes nothing.
+Exit status: 0 clean (or repaired), 1 damage found and not cut (or beyond repair), 2 usage errors.
 """
 
 from __future__ import annotations
@@ -43,8 +45,15 @@ class Plan:
     last_version: int
     keep_from_snapshot: int | None = None  # drop the history before this snapshot
     cut_at: int | None = None  # or cut the log after this version
+    lost: str | None = None  # why no cut can give a state: the state the log starts from is gone
 
     def describe(self) -> str:
+        if self.lost is not None:
+            return (
+                f"cannot be rebuilt: {self.lost}. No cut helps and nothing was changed: restore the snapshots "
+                "from a backup, or delete this model version's state to start over from its model file (every "
+                "update learnt is then lost)"
+            )
         if self.damage is None:
             return f"clean: the log is intact up to version {self.last_version}"
         d = self.damage
@@ -100,6 +109,11 @@ def plan_repair(state_dir: Path, owner: tuple[str, str] | None = None) -> Plan:
                 gap=True,
             )
             return Plan(gap, last, keep_from_snapshot=newest)
+        segs = ulog.segments()
+        start = newest or 0  # the state replay starts from: a snapshot, or the model file (0)
+        if segs and segs[0][0] > start and (last or 0) > start:
+            lost = f"the log starts after version {segs[0][0]}, and no usable snapshot holds version {segs[0][0]}"
+            return Plan(None, last or 0, lost=lost)
         return Plan(None, last or 0)
     if damage.torn:
         return Plan(damage, damage.last_good, cut_at=damage.last_good)
@@ -183,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = plan_repair(target, (args.model, args.version))
         print(plan.describe())
+        if plan.lost is not None:
+            return 1
         if plan.damage is None:
             return 0
         if not args.truncate:
