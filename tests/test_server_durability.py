@@ -12,10 +12,15 @@ import pytest
 from learner_utils import code, job, learn_and_crash, make_learner, replay, started_learner
 from serving_utils import as_float
 from sjff_server.errors import RequestError
+from sjff_server.inference.engine import make_engine
+from sjff_server.learning.learner import Learner
+from sjff_server.learning.options import LearnOptions
 from sjff_server.storage.durability import UpdateLog
 from sjff_server.storage.scan import LogCorruption
 from sjff_server.storage.snapshots import StateInUse
 from sjff_server.storage.state import StateMismatch
+
+from spikingjelly_ff.runtime import load_exported
 
 
 def test_learner_orders_groups_refuses_and_recovers(sjff_models, mnist_samples, tmp_path):
@@ -330,3 +335,22 @@ def test_repair_says_so_when_no_snapshot_holds_the_start_of_the_log(sjff_models,
     assert sorted((p.name, p.stat().st_size) for p in (state / "log").iterdir()) == before
     with pytest.raises(LogCorruption):
         make_learner(sjff_models, state).recover()
+
+
+def test_a_state_moved_with_its_renamed_model_still_loads(sjff_models, mnist_samples, tmp_path):
+    """What ties a snapshot to its model is the artefact's sha256, not the model's name: a state
+    moved along with its model to a new name (or version folder) rebuilds what it held."""
+    images, labels = mnist_samples
+    xs = as_float(images[:12])
+    old = tmp_path / "state" / "mnist" / "1"
+    weights = learn_and_crash(sjff_models, old, xs, labels, 12, snapshot_every=4, keep_snapshots=1)
+    assert UpdateLog(old / "log").segments()[0][0] > 0  # only the snapshot holds the early versions
+    new = tmp_path / "state" / "digits" / "2"
+    new.parent.mkdir(parents=True)
+    os.replace(old, new)
+    model = load_exported(sjff_models["analog"], threads=1)
+    learner = Learner("digits", "2", make_engine(model), model, sjff_models["analog"], new, LearnOptions())
+    learner.recover()
+    assert learner.published.version == 12
+    assert all(np.array_equal(a, b) for a, b in zip(learner.published.model.weights, weights))
+    learner.state.release()

@@ -147,7 +147,7 @@ def test_weights_digest_is_the_replayed_state_and_survives_restart(
 def test_a_snapshot_holding_another_state_than_its_name_is_never_served(
     repo, tmp_path, token_path, mnist_samples
 ):
-    """A snapshot copied under another version's name (or another model's) had been served as
+    """A snapshot copied under another version's name had been served as
     that version, the wrong weights with no word said, and `sjff state repair --truncate` had
     trusted it and cut acknowledged updates. Such a snapshot is skipped with a warning: the
     server rebuilds from an older one and the log, and repair leaves everything alone."""

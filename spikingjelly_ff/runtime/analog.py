@@ -66,7 +66,7 @@ class AnalogGraph:
         model that is not a usable export (whatever part of onnx or onnxruntime found it out)."""
         try:
             return cls._build(model_proto, threads)
-        except ValueError:
+        except (ValueError, MemoryError):  # (no memory is no fault of the file)
             raise
         except Exception as exc:  # a damaged field: onnx's KeyError or TypeError, onnxruntime's Fail
             raise ValueError(f"not a usable spikingjelly-ff ONNX export ({type(exc).__name__}: {exc})") from exc

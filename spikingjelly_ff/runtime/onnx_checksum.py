@@ -41,30 +41,44 @@ def _value_info(v) -> tuple:
     return _bytes(v.name), int(v.type.tensor_type.elem_type), dims
 
 
-def onnx_digest(model) -> str:
-    """Hex SHA-256 of ``model``'s (an ``onnx.ModelProto``) settings, versions, graph inputs
-    and outputs, initializers and nodes. A field too damaged to read raises (ValueError and
-    others: :meth:`AnalogGraph.build` names them)."""
+def _graph(h, graph) -> None:
+    """Feed ``graph``'s inputs, outputs, initializers and nodes to ``h``; subgraphs (a Scan's
+    body) the same way, so that no part is taken as protobuf's text or bytes."""
     from onnx import AttributeProto, helper
 
-    h = hashlib.sha256()
-    props = {p.key: p.value for p in model.metadata_props}
-    h.update(_bytes(props.get(META_KEY, "")))
-    opsets = sorted((_bytes(o.domain), int(o.version)) for o in model.opset_import)
-    graph = model.graph
     ends = [[_value_info(v) for v in graph.input], [_value_info(v) for v in graph.output]]
-    h.update(repr((int(model.ir_version), opsets, ends)).encode())
+    h.update(repr(ends).encode())
     for t in sorted(graph.initializer, key=lambda t: _bytes(t.name)):
         _tensor(h, t)
     for node in graph.node:
         parts = (node.op_type, node.domain, list(node.input), list(node.output))
         h.update(repr(tuple(_bytes(p) if not isinstance(p, list) else [_bytes(v) for v in p] for p in parts)).encode())
         for attr in sorted(node.attribute, key=lambda a: _bytes(a.name)):
+            h.update(repr((_bytes(attr.name), int(attr.type))).encode())
             if attr.type == AttributeProto.TENSOR:
-                h.update(_bytes(attr.name))
                 _tensor(h, attr.t)
+            elif attr.type == AttributeProto.TENSORS:
+                for t in attr.tensors:
+                    _tensor(h, t)
+            elif attr.type == AttributeProto.GRAPH:
+                _graph(h, attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    _graph(h, g)
             else:  # numbers, strings and their lists: their Python values
-                h.update(repr((_bytes(attr.name), int(attr.type), helper.get_attribute_value(attr))).encode())
+                h.update(repr(helper.get_attribute_value(attr)).encode())
+
+
+def onnx_digest(model) -> str:
+    """Hex SHA-256 of ``model``'s (an ``onnx.ModelProto``) settings, versions, graph inputs
+    and outputs, initializers and nodes. A field too damaged to read raises (ValueError and
+    others: :meth:`AnalogGraph.build` names them)."""
+    h = hashlib.sha256()
+    props = {p.key: p.value for p in model.metadata_props}
+    h.update(_bytes(props.get(META_KEY, "")))
+    opsets = sorted((_bytes(o.domain), int(o.version)) for o in model.opset_import)
+    h.update(repr((int(model.ir_version), opsets)).encode())
+    _graph(h, model.graph)
     return h.hexdigest()
 
 

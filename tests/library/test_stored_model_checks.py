@@ -245,3 +245,25 @@ def test_damaged_onnx_fields_are_one_clear_error(tmp_path):
         onnx.save(proto, str(tmp_path / f"{name}.onnx"))
         with pytest.raises(ValueError, match="does not match its checksum"):
             AnalogModel.load(tmp_path / f"{name}.onnx")
+
+
+def test_a_spiking_onnx_export_carries_the_sum_of_its_scan_body(tmp_path):
+    """The spiking export's time loop is a Scan whose body is a subgraph: the sum walks it as
+    values too (not protobuf's text of it), so a changed constant inside the body shows."""
+    from spikingjelly_ff.export.onnx import spiking_to_onnx
+    from spikingjelly_ff.runs.build import build_model
+    from spikingjelly_ff.runs.config import config_from_dict
+
+    model = {"kind": "spiking", "layers": [12, 8], "encoder": {"steps": 6}}
+    train = {"learner": "hebbian", "hebbian": {"learn_after": 2}}
+    net = build_model(config_from_dict({"model": model, "train": train}).model, 144, 10, 0)
+    proto = onnx.load(str(spiking_to_onnx(net, tmp_path / "s.onnx")))
+    stored = next(p.value for p in proto.metadata_props if p.key == DIGEST_KEY)
+    assert onnx_digest(proto) == stored
+    scan = next(n for n in proto.graph.node if n.op_type == "Scan")
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    t = next(t for t in body.initializer if numpy_helper.to_array(t).dtype == np.float32)
+    a = numpy_helper.to_array(t).copy()
+    a.flat[0] += 1.0
+    t.CopyFrom(numpy_helper.from_array(a, t.name))
+    assert onnx_digest(proto) != stored

@@ -69,27 +69,26 @@ class Plan:
         return f"{head}\n--truncate would cut the log after version {d.last_good}: {lost} would be lost"
 
 
-def _usable(store: SnapshotStore, version: int, owner: tuple[str, str] | None) -> bool:
+def _usable(store: SnapshotStore, version: int) -> bool:
     for s in store.list():
         if s.version == version:
             try:
-                store.read(s.path, owner)
+                store.read(s.path)
                 return True
             except ValueError:
                 return False
     return False
 
 
-def _newest_usable(store: SnapshotStore, owner: tuple[str, str] | None) -> int | None:
+def _newest_usable(store: SnapshotStore) -> int | None:
     for s in reversed(store.list()):
-        if _usable(store, s.version, owner):
+        if _usable(store, s.version):
             return s.version
     return None
 
 
-def plan_repair(state_dir: Path, owner: tuple[str, str] | None = None) -> Plan:
-    """Read (never change) the state of one model version and plan the least destructive cut.
-    ``owner`` ``(model, model version)``: a snapshot of another model is not usable."""
+def plan_repair(state_dir: Path) -> Plan:
+    """Read (never change) the state of one model version and plan the least destructive cut."""
     logdir, snapdir = Path(state_dir) / "log", Path(state_dir) / "snapshots"
     if not logdir.is_dir():
         raise FileNotFoundError(f"{state_dir} holds no update log (expected {logdir})")
@@ -97,7 +96,7 @@ def plan_repair(state_dir: Path, owner: tuple[str, str] | None = None) -> Plan:
     store = SnapshotStore(snapdir, writable=False)
     last, damage = ulog.replay(lambda r: None)
     if damage is None:
-        newest = _newest_usable(store, owner)
+        newest = _newest_usable(store)
         if last is not None and newest is not None and last < newest:  # the log ends before the snapshot
             gap = Damage(
                 logdir,
@@ -123,7 +122,7 @@ def plan_repair(state_dir: Path, owner: tuple[str, str] | None = None) -> Plan:
     # a usable snapshot where an intact segment starts, after the damage, bridges it (the damaged
     # segment's own start counts when the damage is a gap before it)
     for base, _ in segs[i if damage.gap else i + 1 :]:
-        if _usable(store, base, owner):
+        if _usable(store, base):
             return Plan(damage, damage.last_good, keep_from_snapshot=base)
     return Plan(damage, damage.last_good, cut_at=damage.last_good)
 
@@ -195,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sjff state repair: error: {exc}", file=sys.stderr)
         return 2
     try:
-        plan = plan_repair(target, (args.model, args.version))
+        plan = plan_repair(target)
         print(plan.describe())
         if plan.lost is not None:
             return 1
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             print("nothing was changed (add --truncate to cut)")
             return 1
         apply_repair(target, plan)
-        again = plan_repair(target, (args.model, args.version))
+        again = plan_repair(target)
         print(again.describe())
         return 0 if again.damage is None else 1
     except (OSError, ValueError) as exc:

@@ -124,12 +124,12 @@ class SnapshotStore:
         return SnapshotInfo(version, path, st.st_mtime, st.st_size)
 
     @staticmethod
-    def read(path: Path, owner: tuple[str, str] | None = None) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
+    def read(path: Path) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
         """``(meta, weights, eligibility)`` of a snapshot; ``ValueError`` if unreadable, if the
-        arrays do not match the digest stored with them, or if it holds another state than its
-        name says: another version (a copy under another name had been served as the wrong
-        weights, and trusted by repair), or, given ``owner`` ``(model, model version)``,
-        another model's."""
+        arrays do not match the digest stored with them, or if it holds another version than
+        its name says (a copy under another name had been served as the wrong weights, and
+        trusted by repair). The model it belongs to is its artefact's sha256 (checked by the
+        state), not its name: a state moved with its renamed model still loads."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
@@ -144,10 +144,6 @@ class SnapshotStore:
         named = int(path.stem) if path.stem.isdigit() else None
         if meta.get("version") != named:
             raise ValueError(f"{path}: holds the state of version {meta.get('version')}, not the one its name says")
-        if owner is not None and "model" in meta and (meta["model"], str(meta.get("model_version"))) != owner:
-            raise ValueError(
-                f"{path}: a snapshot of {meta['model']}/{meta.get('model_version')}, not of {owner[0]}/{owner[1]}"
-            )
         return meta, weights, elig
 
     def prune(self, keep: int) -> int | None:

@@ -54,6 +54,11 @@ class StateMismatch(Exception):
     """The state directory belongs to a different artefact than the one in the repository."""
 
 
+def _because(warnings: list[str]) -> str:
+    """The snapshots recovery skipped, for an error that their absence caused."""
+    return f" ({'; '.join(warnings)})" if warnings else ""
+
+
 class StateUnreadable(Exception):
     """The state directory, or a file in it, cannot be read or written (permissions, a file
     where a folder belongs): that model waits for an operator, the others are served."""
@@ -161,7 +166,10 @@ class ModelState:
             raise
 
     def _recover(self, reset_changed: bool) -> Recovered:
-        self.sha256 = file_sha256(self.artifact)
+        try:
+            self.sha256 = file_sha256(self.artifact)
+        except OSError as exc:  # the model file, not the state: not a StateUnreadable
+            raise RuntimeError(f"cannot read the model file {self.artifact}: {exc}") from exc
         notes = self._check_marker(reset_changed)
         warnings: list[str] = []
         snaps = self.snapshots.list()
@@ -189,7 +197,7 @@ class ModelState:
             if r.version != cur + 1:
                 raise LogCorruption(
                     f"{self.log.dir}: cannot rebuild version {r.version}: versions {cur + 1}..{r.version - 1} are in "
-                    "no usable snapshot and no log segment"
+                    f"no usable snapshot and no log segment{_because(warnings)}"
                 )
             model = self._apply(model, r)
             cur = r.version
@@ -212,7 +220,9 @@ class ModelState:
             )
         latest = max(start, last or 0)
         if cur != latest:
-            raise LogCorruption(f"{self.log.dir}: cannot rebuild version {latest}: the log ends at version {cur}")
+            raise LogCorruption(
+                f"{self.log.dir}: cannot rebuild version {latest}: the log ends at version {cur}{_because(warnings)}"
+            )
         self.log.open(latest)
         if snaps and start == latest:
             self.log.rotate(latest)
@@ -239,7 +249,7 @@ class ModelState:
         raise LogCorruption(f"{self.log.dir}: unknown record kind {r.kind} at version {r.version}")
 
     def _load_snapshot(self, info: SnapshotInfo) -> RuntimeModel:
-        meta, weights, elig = SnapshotStore.read(info.path, (self.name, str(self.repo_version)))
+        meta, weights, elig = SnapshotStore.read(info.path)
         if meta.get(SNAPSHOT_SHA_KEY) != self.sha256:
             raise ValueError(f"{info.path}: snapshot of another artefact")
         shapes = [w.shape for w in self.base.weights]
