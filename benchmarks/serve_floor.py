@@ -152,8 +152,8 @@ def run_variant(variant: str, args: list[str]) -> int:
 
             handler = grpc.unary_unary_rpc_method_handler(_echo_handler(variant == "echo-turn"))
 
-        def add_service(server, servicer, module, service):
-            name = shipped(server, servicer, module, service)
+        def add_service(server, servicer, module, service, **kw):
+            name = shipped(server, servicer, module, service, **kw)
             if service == "GRPCInferenceService":  # replaces the registered ModelInfer handler
                 server.add_registered_method_handlers(name, {"ModelInfer": handler})
             return name
