@@ -34,6 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 
+from spikingjelly_ff.cli import _count as count  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("analog", "analog-conv", "spiking", "spiking-conv")
 HANG_S = 20.0
@@ -154,7 +156,7 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--flips", type=int, default=300)
+    ap.add_argument("--flips", type=count, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     args = ap.parse_args(argv)

@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table  # noqa: E402
 
+from spikingjelly_ff.cli import _count as count  # noqa: E402
 from spikingjelly_ff.runtime import load_exported  # noqa: E402
 
 MAX_REQUEST_ROWS = 4096
@@ -40,6 +41,12 @@ def peak_bytes(model, rows: int, seed: int = 0) -> int:
         tracemalloc.stop()
 
 
+def _model_file(text: str) -> Path:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such model file: {text}")
+    return Path(text)
+
+
 def _from_config(name: str, out: Path) -> Path:
     """A spike artefact of config ``name``'s model (MNIST's 784 inputs and 10 classes)."""
     from spikingjelly_ff.export.spike import export_spike
@@ -53,13 +60,16 @@ def _from_config(name: str, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="*", type=Path)
+    ap.add_argument("models", nargs="*", type=_model_file)
     ap.add_argument("--config", nargs="+", default=[], help="shipped configs whose models to build")
-    ap.add_argument("--rows", type=int, nargs="+", default=[64, 256])
-    ap.add_argument("--steps", type=int, nargs="+", default=None, help="default: each model's own")
+    ap.add_argument("--rows", type=count, nargs="+", default=[64, 256])
+    ap.add_argument("--steps", type=count, nargs="+", default=None, help="default: each model's own")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp())
-    paths = [*args.models, *(_from_config(name, tmp) for name in args.config)]
+    try:
+        paths = [*args.models, *(_from_config(name, tmp) for name in args.config)]
+    except ValueError as exc:  # ConfigError: an unknown config
+        ap.error(str(exc))
     if not paths:
         ap.error("name a model file or a --config")
     table = []
