@@ -56,6 +56,7 @@ __all__ = [
     "conv_summed_score",
     "conv2d",
     "conv_weight_correlation",
+    "pooled_shape",
     "entry_units",
     "goodness_groups",
     "ff_conv_hebbian_delta",
@@ -153,6 +154,12 @@ def pool2d(x: Tensor, kind: str | None, size: int) -> Tensor:
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     """Output length of a convolution along one axis (no dilation)."""
     return (size + 2 * padding - kernel) // stride + 1
+
+
+def pooled_shape(map_shape: tuple[int, int, int], pool: str | None, size: int) -> tuple[int, int, int]:
+    """``(C, H, W)`` after :func:`pool2d` of a ``map_shape`` map (a partial window dropped)."""
+    c, h, w = map_shape
+    return tuple(map_shape) if pool is None else (c, h // size, w // size)
 
 
 def check_conv_settings(

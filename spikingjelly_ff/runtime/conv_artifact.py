@@ -24,7 +24,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from spikingjelly_ff.functional.conv import check_conv_settings, check_map_shape, conv_output_size, goodness_groups
+from spikingjelly_ff.functional.conv import (
+    check_conv_settings,
+    check_map_shape,
+    conv_output_size,
+    goodness_groups,
+    pooled_shape,
+)
 from spikingjelly_ff.functional.readout import readout_grid
 from spikingjelly_ff.functional.views import check_views
 
@@ -64,10 +70,7 @@ class ConvLayerMeta:
     @property
     def out_shape(self) -> tuple[int, int, int]:
         """What the next layer reads: the map, pooled."""
-        c, h, w = self.map_shape
-        if self.pool is None:
-            return self.map_shape
-        return c, h // self.pool_size, w // self.pool_size
+        return pooled_shape(self.map_shape, self.pool, self.pool_size)
 
     def weight_shape(self) -> tuple[int, int, int, int]:
         return self.channels, self.in_shape[0], self.kernel, self.kernel

@@ -15,7 +15,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from spikingjelly_ff.functional.conv import check_conv_settings, check_map_shape, conv_output_size, goodness_groups
+from spikingjelly_ff.functional.conv import (
+    check_conv_settings,
+    check_map_shape,
+    conv_output_size,
+    goodness_groups,
+    pooled_shape,
+)
 from spikingjelly_ff.functional.labels import LabelCode
 from spikingjelly_ff.functional.params import HebbianParams
 from spikingjelly_ff.functional.probability import Probability
@@ -158,8 +164,7 @@ class OnnxMeta:
                 raise ValueError(f"conv layer {i}: kernel of shape {list(kernel)}, expected {list(want)}")
             if spec.label_weight is not None and next(labels) != (label_width, *spec.map_shape):
                 raise ValueError(f"conv layer {i}: label weight of shape other than {[label_width, *spec.map_shape]}")
-            c, h, w = spec.map_shape
-            shape = (c, h // spec.pool_size, w // spec.pool_size) if spec.pool is not None else spec.map_shape
+            shape = pooled_shape(spec.map_shape, spec.pool, spec.pool_size)
 
     def to_dict(self) -> dict:
         """The JSON object, keys in the order exports have always written them."""
