@@ -214,7 +214,7 @@ def test_options_seeds_cancellation_errors_and_the_byte_budget():
             await b.infer(big, InferOptions())
         assert status_of(refused.value)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert refused.value.message == (
-            "inference queue of model 'snn' holds 3.0 MiB (limit 3.5 MiB; this request needs 1.0 MiB); "
+            "inference of model 'snn' holds 3.0 MiB (limit 3.5 MiB; this request needs 1.0 MiB); "
             "retry later or raise --max-inflight-mb"
         )
         with pytest.raises(RequestError, match=r"request of 5\.0 MiB .* exceeds .* \(3\.5 MiB\); send fewer"):
@@ -248,6 +248,42 @@ def test_options_seeds_cancellation_errors_and_the_byte_budget():
     # and the expired one are dropped, the late big one does not fit in 64); each seeded request
     # alone (an explicit seed is a reproducible, unbatched run); the failing one; the late one
     assert sizes == [256, 3, 1, 1, 1, 256]
+
+
+def test_the_budget_reserves_each_requests_working_memory():
+    """``work_bytes(rows, opts)`` (a model's working memory) counts with a request's images from
+    admission until its batch stops running; a request whose images and work exceed the budget
+    alone is refused whatever is queued, and one that fits alone waits for room."""
+    pool = WorkerPool(1)
+    run = Blocker(block_rows=2)
+    kib = 1 << 10
+
+    def work(n: int, opts: InferOptions) -> int:  # 100 KiB an image per 10 steps
+        return n * 10 * kib * (opts.steps or 10)
+
+    async def main():
+        b = Batcher(run, max_batch=1, pool=pool, inline_rows=0, max_bytes=1000 * kib, name="snn", work_bytes=work)
+        first = asyncio.ensure_future(b.infer(rows(2, 1.0), InferOptions()))
+        await run.wait_started()
+        assert b.held_bytes == 2 * 16 + 200 * kib  # images (2 x 4 float32) and their work
+        queued = asyncio.ensure_future(b.infer(rows(2, 2.0), InferOptions(steps=30)))
+        await asyncio.sleep(0)
+        assert b.held_bytes == 4 * 16 + 800 * kib
+        with pytest.raises(RequestError, match=r"holds 0\.8 MiB .*this request needs 0\.2 MiB"):
+            await b.infer(rows(2, 0.0), InferOptions())
+        with pytest.raises(RequestError, match=r"request of 1\.0 MiB \(decoded images, message and the working"):
+            await b.infer(rows(1, 0.0), InferOptions(steps=103))
+        run.release()
+        await asyncio.gather(first, queued)
+        assert b.held_bytes == 0
+        await b.infer(rows(2, 0.0), InferOptions(steps=40))  # 800 KiB: fits once the others are gone
+        assert b.held_bytes == 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        run.release()
+        pool.close()
 
 
 def test_large_batches_run_off_the_event_loop():

@@ -30,7 +30,10 @@ def server(sjff_models, tmp_path_factory):
     # a second repository version of mnist, to address versions
     (root / "mnist" / "2").mkdir()
     (root / "mnist" / "2" / "model.onnx").write_bytes((root / "mnist" / "1" / "model.onnx").read_bytes())
-    with ServerProcess(root, extra_args=["--max-message-bytes", str(4 << 20), "--log-level", "debug"]) as srv:
+    # --max-inflight-mb: the long spiking batch below (256 images x 20,000 steps) would take
+    # 16 GiB of working memory if it ran to its end; interrupted after 5 s it touches a part
+    args = ["--max-message-bytes", str(4 << 20), "--log-level", "debug", "--max-inflight-mb", "20000"]
+    with ServerProcess(root, extra_args=args) as srv:
         yield srv
 
 
@@ -444,25 +447,37 @@ def test_cpu_latency_request(sjff_models, tmp_path, mnist_samples):
 
 
 def test_inflight_byte_budget(sjff_models, tmp_path, mnist_samples):
-    """--max-inflight-mb bounds what the requests queued for a model hold: one that does not fit
-    is refused with RESOURCE_EXHAUSTED, and a request's bytes are freed once it is answered
-    (tests/test_server_batching.py covers queueing, failures, deadlines and cancellation)."""
+    """--max-inflight-mb bounds what the requests of a model hold: each request's decoded
+    images, its message and the working memory of scoring it (``working_memory`` of the model);
+    one that does not fit is refused with RESOURCE_EXHAUSTED, naming the MiB it needs, and a
+    request's bytes are freed once it is answered (tests/test_server_batching.py covers
+    queueing, failures, deadlines and cancellation)."""
     images, _ = mnist_samples
-    root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"], "snn": sjff_models["spike"]})
-    fits = np.resize(images, (300, images.shape[1]))  # as FP32: 0.9 MiB decoded + 0.9 MiB message
-    over = np.resize(images, (400, images.shape[1]))  # 2.4 MiB as FP32
-    with ServerProcess(root, extra_args=["--max-inflight-mb", "2"], metrics=False) as srv:
+    paths = {"mnist": sjff_models["analog"], "snn": sjff_models["spike"]}
+    root = su.make_repository(tmp_path / "repo", paths)
+    mib, budget = 1 << 20, 24
+
+    def need(model: str, rows: int, wire: int = 4) -> int:  # FP32 on the wire: 4 bytes a pixel
+        work = load_exported(paths[model]).working_memory()
+        return rows * images.shape[1] * (4 + wire) + work.rows_bytes(rows)
+
+    with ServerProcess(root, extra_args=["--max-inflight-mb", str(budget)], metrics=False) as srv:
         with Client(srv.target) as c:
             for model in ("mnist", "snn"):
-                code, message = code_of(lambda m=model: c.infer(su.as_float(over), model=m))
+                over = next(n for n in range(1, 4096) if need(model, n) > budget * mib)
+                fits = over // 2
+                code, message = code_of(lambda m=model: c.infer(su.as_float(np.resize(images, (over, 784))), model=m))
                 assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-                assert message.startswith("request of 2.4 MiB (decoded images and message) exceeds")
-                assert f"limit of model '{model}' (2 MiB)" in message and "raise --max-inflight-mb" in message
-                # 600 UINT8 images: 0.45 MiB on the wire, 1.8 MiB once decoded to float32
-                uint8 = np.resize(images, (600, images.shape[1]))
+                assert message.startswith(
+                    f"request of {need(model, over) / mib:.1f} MiB (decoded images, message and the working memory "
+                    "of scoring them) exceeds"
+                )
+                assert f"limit of model '{model}' ({budget} MiB)" in message and "raise --max-inflight-mb" in message
+                # UINT8 images: a quarter on the wire, float32 once decoded
+                uint8 = np.resize(images, (next(n for n in range(1, 4096) if need(model, n, 1) > budget * mib), 784))
                 assert code_of(lambda m=model: c.infer(uint8, model=m))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
                 for _ in range(3):  # each answered request gives its bytes back
-                    assert c.infer(su.as_float(fits), model=model).label.shape == (300,)
+                    assert c.infer(su.as_float(np.resize(images, (fits, 784))), model=model).label.shape == (fits,)
 
 
 def test_spiking_batches_on_two_workers_never_see_torn_weights(sjff_models, tmp_path, token_path, mnist_samples):

@@ -200,8 +200,8 @@ _OPTIONS: dict[str, tuple[tuple[str, Any, Any, dict[str, Any], str | None], ...]
             _int_in(1),
             256,
             {},
-            "MiB the requests queued or running for one model may hold (decoded images + message) before "
-            "RESOURCE_EXHAUSTED (default 256)",
+            "MiB the requests queued or running for one model may hold (decoded images, message and the "
+            "working memory of scoring them) before RESOURCE_EXHAUSTED (default 256)",
         ),
         (
             "--max-inline-mmacs",

@@ -167,7 +167,8 @@ class Metrics:
         self.inflight_bytes = per_model(
             Gauge,
             "inference_inflight_bytes",
-            "bytes of queued and running inference requests of the model (limit: --max-inflight-mb)",
+            "bytes held by queued and running inference requests of the model: images, messages, working "
+            "memory (limit: --max-inflight-mb)",
         )
         self.learning_failed = per_model(
             Gauge,

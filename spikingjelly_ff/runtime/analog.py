@@ -32,12 +32,17 @@ from spikingjelly_ff.runtime.onnx_checksum import stamp_digest, verify_digest
 from spikingjelly_ff.runtime.onnx_meta import OnnxMeta, load_onnx_meta
 from spikingjelly_ff.runtime.protocol import check_eta, check_images, check_targets, competitive_targets
 from spikingjelly_ff.runtime.weight_folding import split_weight_only
+from spikingjelly_ff.runtime.work_memory import WorkMemory, analog_work
 
 __all__ = ["LIT_MAX_ROWS", "AnalogGraph", "AnalogModel", "OnnxMeta", "load_onnx_meta"]
 
 #: batches of at most this many images skip their unlit inputs in the first layer
 #: (``runtime.lit_inputs``): faster up to here, slower beyond (``benchmarks/lit_inputs.py``)
 LIT_MAX_ROWS = 4
+#: activations one onnxruntime call may hold (``work_memory.analog_work``): a larger batch runs
+#: in parts, so that what it holds, and onnxruntime's arena (which keeps what it once grew
+#: to), stay bounded whatever the batch
+RUN_BYTES = 32 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +64,7 @@ class AnalogGraph:
     derived: tuple[str, ...]
     output_names: tuple[str, ...]
     compiled: CompiledScoring | None = None  # the kernel that scores small batches, where it covers the export
+    work: WorkMemory | None = None  # what a call holds besides its images; work.rows_cap: rows per onnxruntime call
 
     @classmethod
     def build(cls, model_proto, threads: int | None = None) -> AnalogGraph:
@@ -133,6 +139,7 @@ class AnalogGraph:
             derived=tuple(split.derived),
             output_names=output_names,
             compiled=CompiledScoring.for_export(meta, output_names, stored[0].dtype if stored else None),
+            work=graph_work(meta, weights, session.get_outputs()),
         )
 
     def session_for(self, rows: int):
@@ -148,9 +155,32 @@ class AnalogGraph:
         onnxruntime's binding itself where the session has one (``_sess``): the wrapper's checks
         of the feed names, which are always the same here, cost a lone call 15-20 µs on a cold
         core."""
-        session = self.session_for(len(feeds["images"]))
+        images = feeds["images"]
         names = list(self.output_names) if output_names is None else output_names
-        return getattr(session, "_sess", session).run(names, feeds, None)
+        rows = self.work.rows_cap if self.work is not None else None
+        if rows is None or len(images) <= rows:
+            session = self.session_for(len(images))
+            return getattr(session, "_sess", session).run(names, feeds, None)
+        # in parts: every output is per image (``[N, ...]``, _check_graph), so they join
+        parts = [self.run(names, {**feeds, "images": images[i : i + rows]}) for i in range(0, len(images), rows)]
+        return [np.concatenate([part[j] for part in parts]) for j in range(len(names))]
+
+
+def graph_work(meta: OnnxMeta, weights, outputs) -> WorkMemory:
+    """:class:`WorkMemory` of an export with settings ``meta``, weights ``weights`` (dense
+    ``[H, D]``; conv: the kernels first) and the session's ``outputs`` (their per-image sizes)."""
+    views = 4 * meta.shift_views + 1
+    if meta.conv is not None:
+        layers = meta.conv.layers
+        passes = 1 if meta.probability.competitive else meta.num_classes
+        embedded = int(np.prod(layers[0].in_shape))
+        units = [int(np.prod(la.map_shape)) for la in layers]
+        patches = max(la.in_shape[0] * la.kernel**2 * la.map_shape[1] * la.map_shape[2] for la in layers)
+    else:
+        passes, embedded, patches = meta.num_classes, int(weights[0].shape[1]), 0
+        units = [int(w.shape[0]) for w in weights]
+    kept = sum(int(np.prod([d for d in o.shape[1:] if isinstance(d, int)] or [1])) for o in outputs)
+    return analog_work(views, passes, embedded, units, kept, RUN_BYTES, patches)
 
 
 #: the graph outputs a runtime reads, with the shape each must declare (C: the classes)
@@ -341,6 +371,11 @@ class AnalogModel:
                 feeds.update(zip(g.derived, values))
             self._feeds = feeds
         return self._feeds
+
+    def working_memory(self, steps: int | None = None, latent: bool = False) -> WorkMemory:
+        """Bytes a call holds besides its images (an estimate of onnxruntime's activations);
+        ``steps`` and ``latent`` are a spiking model's and change nothing here."""
+        return self.graph.work
 
     def scores(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
         return self.run(x)["scores"]

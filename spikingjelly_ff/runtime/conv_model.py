@@ -21,8 +21,9 @@ from spikingjelly_ff.functional.views import translate, view_offsets
 from spikingjelly_ff.runtime.artifact import ArtifactError, SpikeArtifact
 from spikingjelly_ff.runtime.protocol import check_eta, check_images, check_spikes, check_targets, competitive_targets
 from spikingjelly_ff.runtime.spike_base import SpikeArtifactModel
+from spikingjelly_ff.runtime.work_memory import WorkMemory, conv_work
 from spikingjelly_ff.simulation import ConvLayout, Dynamics, conv_score, encode_spikes, present_conv, score_conv_labels
-from spikingjelly_ff.simulation.conv import SCORE_CHUNK
+from spikingjelly_ff.simulation.conv import CONV_PASS, SCORE_CHUNK
 
 __all__ = ["SpikeConvModel"]
 
@@ -182,6 +183,24 @@ class SpikeConvModel(SpikeArtifactModel):
             image, codes, self.kernels, self.label_weights, self.layouts, self.dynamics,
             partial(self._score, score=self.art.score), self.art.conv.over, "numpy",
         )  # fmt: skip
+
+    def working_memory(self, steps: int | None = None, latent: bool = False) -> WorkMemory:
+        """Bytes :meth:`scores` (and, with ``latent``, :meth:`latent`) hold at their peak on a
+        batch besides its images, at ``steps`` time steps (default: the export's); scoring
+        runs :attr:`chunk` images at a time, so its part stops growing there."""
+        layers = self.art.conv.layers
+        return conv_work(
+            self.art.encoder.steps if steps is None else int(steps),
+            self.in_features,
+            0 if self.competitive else self.label_code.width,
+            [int(np.prod(la.map_shape)) for la in layers],
+            [int(np.prod(la.out_shape)) for la in layers],
+            [int(np.prod(la.weight_shape()[1:]) * la.map_shape[1] * la.map_shape[2]) for la in layers],
+            self.chunk,
+            CONV_PASS,
+            not self.competitive,
+            latent,
+        )
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
         """Softmax over labels of the summed log-odds (a normalised confidence), ``[N, C]``."""

@@ -14,6 +14,7 @@ from spikingjelly_ff.functional.scores import summed_score
 from spikingjelly_ff.runtime.artifact import SpikeArtifact
 from spikingjelly_ff.runtime.protocol import check_eta, check_images, check_spikes, check_targets
 from spikingjelly_ff.runtime.spike_base import SpikeArtifactModel
+from spikingjelly_ff.runtime.work_memory import WorkMemory, dense_work
 from spikingjelly_ff.simulation import (
     Dynamics,
     encode_spikes,
@@ -145,6 +146,22 @@ class SpikeModel(SpikeArtifactModel):
         for _ in range(repeats - 1):
             total += self.scores_from_outputs(self.layer_outputs(x, rng=rng))
         return total
+
+    def working_memory(self, steps: int | None = None, latent: bool = False) -> WorkMemory:
+        """Bytes :meth:`scores` (and, with ``latent``, :meth:`latent`) hold at their peak on a
+        batch besides its images, at ``steps`` time steps (default: the export's)."""
+        enc, code = self.art.encoder, self.label_code
+        return dense_work(
+            enc.steps if steps is None else int(steps),
+            self.in_features,
+            self.weights[0].shape[1],
+            code.label_slice(self.in_features).stop - code.label_slice(self.in_features).start,
+            [w.shape[0] for w in self.weights],
+            self.num_classes,
+            self.art.evaluation.share_image_spikes,
+            enc.coding,
+            latent,
+        )
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
         """Softmax over labels of the summed log-odds (a normalised confidence), ``[N, C]``."""

@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:  # a dataclass of the standard library only; imported for the annotation
+    from spikingjelly_ff.runtime.work_memory import WorkMemory
 
 __all__ = ["RuntimeModel", "check_eta", "check_images", "check_spikes", "check_targets", "competitive_targets"]
 
@@ -121,6 +124,12 @@ class RuntimeModel(Protocol):
 
     def predict(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
         """The best-scoring label per image, ``[N]`` int64."""
+        ...
+
+    def working_memory(self, steps: int | None = None, latent: bool = False) -> WorkMemory:
+        """An upper estimate of what scoring a batch holds besides its images
+        (``runtime.work_memory``), at ``steps`` time steps and with the ``latent`` output
+        (a spiking model's options; an analog one ignores them)."""
         ...
 
     def learn(

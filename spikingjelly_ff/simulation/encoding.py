@@ -140,7 +140,27 @@ def bernoulli_spikes(rates: Array, steps: int, rng, index: bool = False, dense: 
         pos = live[j_idx]
         rows = t_idx * n + torch.div(pos, d, rounding_mode="floor")
         return out, SpikeIndex(pos % d, _row_offsets(rows, steps * n), (steps, *rates.shape))
-    return bernoulli_draws(flat, steps, rng).dense().reshape(steps, *rates.shape)
+    return _dense_bernoulli(flat, steps, rng).reshape(steps, *rates.shape)
+
+
+#: uniforms drawn at once by :func:`_dense_bernoulli` (1 MiB of float32)
+_DRAW_BLOCK = 1 << 18
+
+
+def _dense_bernoulli(rates: np.ndarray, steps: int, rng: np.random.Generator) -> np.ndarray:
+    """``SampleDraws.dense()`` of :func:`bernoulli_draws` (the same draws, the same spikes)
+    with bounded scratch: the uniforms come a few steps at a time, each block compared and
+    written into the float32 spikes ``[steps, D]`` at once, so a large batch holds its spikes
+    and not also ``[steps, D]`` uniforms and booleans (rng draws one stream either way)."""
+    live = np.flatnonzero(rates)
+    out = np.zeros((steps, rates.size), dtype=np.float32)
+    if live.size:
+        live_rates = rates[live]
+        per = max(1, _DRAW_BLOCK // live.size)
+        for t0 in range(0, steps, per):
+            t1 = min(steps, t0 + per)
+            out[t0:t1, live] = rng.random((t1 - t0, live.size), dtype=np.float32) < live_rates
+    return out
 
 
 @dataclass(frozen=True)

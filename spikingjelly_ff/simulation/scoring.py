@@ -57,6 +57,7 @@ def score_labels(
             outputs[i][k] = spikes.sum(0) if counts else tr
             if carry:
                 rest_inplace(v, d, rest_steps)
+        current = spikes = None  # freed before the next label's current is made (a batch's peak memory)
     return outputs, (vs if carry else [None] * len(weights))
 
 
@@ -225,13 +226,51 @@ def label_currents(
     else:
         keep_idx = np.arange(image_slice.start, image_slice.stop)
         shared = _shared_current(image_rates[:, keep_idx], w[:, keep_idx], steps, rng, coding)
-        if coding == "regular":
-            per_image = np.broadcast_to(label_rates[:, None, :], (c, n, width))
-            label = np.swapaxes(regular_spikes(per_image, steps), 0, 1)  # [C, T, N, L]
-        else:
-            u = rng.random((steps, n, width), dtype=np.float32)
-            label = _array.astype_like(u[None] < label_rates[:, None, None, :], image_rates)  # [C, T, N, L]
+        return _numpy_label_current(shared, label_rates, w[:, label_slice], steps, n, rng, coding, image_rates.dtype)
     return lambda k: (shared + label[k].reshape(steps * n, width) @ w_lab.T).reshape(steps, n, h)
+
+
+def _numpy_label_current(
+    shared: np.ndarray, label_rates: np.ndarray, w_lab: np.ndarray, steps: int, n: int, rng, coding: str, dtype
+) -> Any:
+    """``current(k)`` of :func:`label_currents` on numpy: the image part ``shared``
+    ``[T * N, H]`` plus label k's spikes ``[T * N, L]`` times ``w_lab`` ``[H, L]``. Each
+    label's spikes are made when its current is asked for, from draws shared by all labels
+    (one ``[T, N, L]`` array, booleans where the code is binary), never a ``[C, T, N, L]``
+    array: the same values, a fraction of the memory of a large batch (``dtype``: the
+    Bernoulli spikes', the image rates')."""
+    width = label_rates.shape[1]
+    h = w_lab.shape[0]
+    if coding == "regular":
+
+        def spikes(k: int) -> np.ndarray:
+            return regular_spikes(np.broadcast_to(label_rates[k], (n, width)), steps)
+
+    else:
+        u = rng.random((steps, n, width), dtype=np.float32)
+        level = label_rates.max()
+        if bool(((label_rates == 0) | (label_rates == level)).all()):
+            # binary codes: u < rate is (u < level) where the rate is level, never where it is 0
+            fired, active = u < level, label_rates > 0
+            del u
+
+            def spikes(k: int) -> np.ndarray:
+                return (fired & active[k]).astype(dtype)
+
+        else:
+
+            def spikes(k: int) -> np.ndarray:
+                return (u < label_rates[k]).astype(dtype)
+
+    def current(k: int) -> np.ndarray:
+        out = spikes(k).reshape(steps * n, width) @ w_lab.T
+        if out.dtype == shared.dtype:
+            out += shared  # shared + out, added in place (IEEE addition commutes)
+        else:
+            out = shared + out
+        return out.reshape(steps, n, h)
+
+    return current
 
 
 def _embedded_rates(image_rates: Array, label_rates: Array, image_slice: slice, label_slice: slice, width: int):
@@ -259,6 +298,7 @@ def _shared_current(rates: np.ndarray, w: np.ndarray, steps: int, rng, coding: s
         t1 = min(steps, t0 + _CHUNK_STEPS)
         spikes = bernoulli_spikes(rates, t1 - t0, rng)
         np.matmul(spikes.reshape((t1 - t0) * n, -1), wt, out=out[t0 * n : t1 * n])
+        del spikes  # before the next chunk's are drawn
     return out
 
 

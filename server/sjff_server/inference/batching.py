@@ -85,9 +85,12 @@ class Batcher:
     """Queue requests for ``run`` (which sees ``[sum N, D]`` images and returns per-row outputs).
 
     ``pool``: worker threads for batches of more than ``inline_rows`` images (without a pool
-    every batch runs inline). ``max_bytes``: budget of decoded image bytes held (None: no
-    limit); ``name`` names the model in refusals. ``on_batch(requests, images, seconds)`` is
-    told of every executed batch and how long ``run`` took on it."""
+    every batch runs inline). ``max_bytes``: budget of the bytes the model's requests hold
+    (None: no limit): each request's decoded images, its message and ``work_bytes(rows,
+    opts)``, the working memory its rows take when they run (reserved from admission, so that
+    what runs never takes the count past the budget); ``name`` names the model in refusals.
+    ``on_batch(requests, images, seconds)`` is told of every executed batch and how long
+    ``run`` took on it."""
 
     def __init__(
         self,
@@ -101,8 +104,10 @@ class Batcher:
         max_bytes: int | None = None,
         name: str = "",
         on_batch: Callable[[int, int, float], None] | None = None,
+        work_bytes: Callable[[int, InferOptions], int] | None = None,
     ) -> None:
         self._run = run
+        self._work_bytes = work_bytes
         self.max_batch = max(1, int(max_batch))
         self.max_delay_s = max(0.0, float(max_delay_s))
         self.busy_delay_s = max(0.0, float(busy_delay_s))
@@ -153,7 +158,8 @@ class Batcher:
         """Run or queue images ``x`` ``[N, D]``. ``deadline`` is a ``time.monotonic()`` instant
         after which the request is dropped (TimeoutError); ``busy`` says that other requests are
         in flight (so waiting for them pays); ``wire_bytes``: what else the request holds while
-        it waits (its message), counted with ``x.nbytes``. A small request with nothing queued
+        it waits (its message), counted with ``x.nbytes`` and the working memory its rows
+        will take. A small request with nothing queued
         and no reason to wait runs at once on the loop and its :data:`Answer` is returned (no
         future, no extra event-loop turns); otherwise a :class:`Queued` request whose ``future``
         gives the answer, and which the caller hands to :meth:`withdraw` if that wait ends in an
@@ -162,6 +168,8 @@ class Batcher:
         Synchronous, so that a handler waits in its own frame (one coroutine resumed per
         answer, not a chain of them)."""
         nbytes = x.nbytes + wire_bytes
+        if self._work_bytes is not None:
+            nbytes += self._work_bytes(len(x), opts)
         self._admit(nbytes)
         delay = None
         if self._scheduled is None:
@@ -192,12 +200,12 @@ class Batcher:
         mib = 1 << 20
         if nbytes > limit:
             raise ResourceExhausted(
-                f"request of {nbytes / mib:.1f} MiB (decoded images and message) exceeds the inference queue "
-                f"limit of model {self.name!r} ({limit / mib:g} MiB); send fewer images per request or raise "
-                "--max-inflight-mb",
+                f"request of {nbytes / mib:.1f} MiB (decoded images, message and the working memory of "
+                f"scoring them) exceeds the inference memory limit of model {self.name!r} ({limit / mib:g} MiB); "
+                "send fewer images per request (or fewer steps) or raise --max-inflight-mb",
             )
         raise ResourceExhausted(
-            f"inference queue of model {self.name!r} holds {self.held_bytes / mib:.1f} MiB "
+            f"inference of model {self.name!r} holds {self.held_bytes / mib:.1f} MiB "
             f"(limit {limit / mib:g} MiB; this request needs {nbytes / mib:.1f} MiB); "
             "retry later or raise --max-inflight-mb",
         )

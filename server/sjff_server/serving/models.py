@@ -10,6 +10,7 @@ import numpy as np
 
 from spikingjelly_ff.functional.params import MAX_STEPS
 from spikingjelly_ff.runtime.protocol import RuntimeModel
+from spikingjelly_ff.runtime.work_memory import WorkMemory
 
 from ..errors import ModelNotFound, Unavailable
 from ..inference.batching import Batcher, BatchResult
@@ -45,7 +46,9 @@ class ServedModel:
         self.inferences = 0
         default = min(4 * engine.default_steps, MAX_STEPS) if engine.default_steps else None
         self.max_steps = spec.config.max_steps or default
-        self.batcher = Batcher(self._run_batch, **batcher_kw)
+        self._model = model  # its shapes (every version's) decide a batch's working memory
+        self._work: dict[tuple[int | None, bool], WorkMemory] = {}
+        self.batcher = Batcher(self._run_batch, work_bytes=self.work_bytes, **batcher_kw)
         self.default_outputs = [n for n in engine.outputs if n != "latent"]
         self.default_plan = InferPlan(InferOptions(), tuple(self.default_outputs))
 
@@ -61,6 +64,16 @@ class ServedModel:
         if self._digest is None:
             self._digest = state_digest(self._static.model.weights, self._static.model.eligibility)
         return 0, self._digest
+
+    def work_bytes(self, rows: int, opts: InferOptions) -> int:
+        """Working memory of scoring ``rows`` images with ``opts`` (``RuntimeModel.working_memory``
+        less its fixed part, which a running batch takes once), counted against
+        ``--max-inflight-mb`` with the request's images."""
+        key = (opts.steps, opts.latent)
+        work = self._work.get(key)
+        if work is None:
+            work = self._work[key] = self._model.working_memory(opts.steps, opts.latent)
+        return work.rows_bytes(rows)
 
     def _run_batch(self, x: np.ndarray, opts: InferOptions) -> BatchResult:
         pub = self.published  # read once: the whole batch runs on one version
