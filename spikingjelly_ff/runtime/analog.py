@@ -14,7 +14,7 @@ it learns with the conv rule of ``runtime.analog_conv``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +139,7 @@ class AnalogGraph:
             derived=tuple(split.derived),
             output_names=output_names,
             compiled=CompiledScoring.for_export(meta, output_names, stored[0].dtype if stored else None),
-            work=graph_work(meta, weights, session.get_outputs()),
+            work=graph_work(meta, weights, session),
         )
 
     def session_for(self, rows: int):
@@ -161,14 +161,21 @@ class AnalogGraph:
         if rows is None or len(images) <= rows:
             session = self.session_for(len(images))
             return getattr(session, "_sess", session).run(names, feeds, None)
-        # in parts: every output is per image (``[N, ...]``, _check_graph), so they join
-        parts = [self.run(names, {**feeds, "images": images[i : i + rows]}) for i in range(0, len(images), rows)]
+        # in parts, all on the plain session (a row's answer does not depend on its part's
+        # size); every output is per image (graph_work splits no other graph), so they join
+        run = getattr(self.session, "_sess", self.session).run
+        parts = [run(names, {**feeds, "images": images[i : i + rows]}, None) for i in range(0, len(images), rows)]
         return [np.concatenate([part[j] for part in parts]) for j in range(len(names))]
 
 
-def graph_work(meta: OnnxMeta, weights, outputs) -> WorkMemory:
+def graph_work(meta: OnnxMeta, weights, session) -> WorkMemory:
     """:class:`WorkMemory` of an export with settings ``meta``, weights ``weights`` (dense
-    ``[H, D]``; conv: the kernels first) and the session's ``outputs`` (their per-image sizes)."""
+    ``[H, D]``; conv: the kernels first) run by ``session``. A batch runs in parts only where
+    every output is per image (its first dimension the images' batch dimension): a graph with
+    another output (a file not written by our export) runs whole."""
+    outputs = session.get_outputs()
+    batch = next(i.shape[0] for i in session.get_inputs() if i.name == "images")
+    per_image = isinstance(batch, str) and all(o.shape and o.shape[0] == batch for o in outputs)
     views = 4 * meta.shift_views + 1
     if meta.conv is not None:
         layers = meta.conv.layers
@@ -180,7 +187,8 @@ def graph_work(meta: OnnxMeta, weights, outputs) -> WorkMemory:
         passes, embedded, patches = meta.num_classes, int(weights[0].shape[1]), 0
         units = [int(w.shape[0]) for w in weights]
     kept = sum(int(np.prod([d for d in o.shape[1:] if isinstance(d, int)] or [1])) for o in outputs)
-    return analog_work(views, passes, embedded, units, kept, RUN_BYTES, patches)
+    work = analog_work(views, passes, embedded, units, kept, RUN_BYTES, patches)
+    return work if per_image else replace(work, rows_cap=None)
 
 
 #: the graph outputs a runtime reads, with the shape each must declare (C: the classes)

@@ -15,8 +15,9 @@ __all__ = ["WorkMemory", "analog_work", "conv_work", "dense_work", "FLOAT", "DRA
 
 FLOAT = 4  # bytes of a float32
 #: scratch of a Bernoulli draw besides its spikes (``encoding._DRAW_BLOCK`` uniforms, their
-#: booleans and index temporaries), and of the other bounded temporaries: a constant
-DRAW_SCRATCH = 2 << 20
+#: booleans, those cast to float32 as they are written, index temporaries), and of the other
+#: bounded temporaries: a constant
+DRAW_SCRATCH = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ def dense_work(
             draw = 2 * FLOAT * (t + 1) * in_features
         else:  # one chunk of dense spikes, the live positions and their rates
             draw = FLOAT * chunk * in_features + 12 * in_features
-        images = FLOAT * (in_features + embedded) + draw + FLOAT * t * h1
+        # the image rates (and the product they are clipped from), their copy for the draw
+        images = FLOAT * (2 * in_features + embedded) + draw + FLOAT * t * h1
         # the shared image current, the label draws (uniforms and their booleans at once) and
         # one label's spikes, current and layer chain
         labels = FLOAT * t * h1 + 6 * t * label_width + FLOAT * t * label_width + _chain(t, widths)
@@ -98,8 +100,10 @@ def dense_work(
     fixed = DRAW_SCRATCH + (FLOAT * h1 * in_features if share else 0)
     work = WorkMemory(fixed, per_row)
     if latent:  # one label per image: its spikes drawn dense, then the layers
-        draw = FLOAT * t * embedded + 12 * embedded + FLOAT * embedded
-        work = work.max(WorkMemory(DRAW_SCRATCH, max(draw + FLOAT * t * h1, FLOAT * t * embedded + _chain(t, widths))))
+        draw = FLOAT * t * embedded + 12 * embedded + 2 * FLOAT * embedded  # spikes, live inputs, rates
+        # every layer's output and membrane, its membrane and trace while it runs, the counts joined
+        layers = FLOAT * t * embedded + _chain(t, widths) + FLOAT * 4 * sum(widths)
+        work = work.max(WorkMemory(DRAW_SCRATCH, max(draw + FLOAT * t * h1, layers)))
     return work
 
 

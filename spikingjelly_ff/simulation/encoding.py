@@ -149,17 +149,26 @@ _DRAW_BLOCK = 1 << 18
 
 def _dense_bernoulli(rates: np.ndarray, steps: int, rng: np.random.Generator) -> np.ndarray:
     """``SampleDraws.dense()`` of :func:`bernoulli_draws` (the same draws, the same spikes)
-    with bounded scratch: the uniforms come a few steps at a time, each block compared and
-    written into the float32 spikes ``[steps, D]`` at once, so a large batch holds its spikes
-    and not also ``[steps, D]`` uniforms and booleans (rng draws one stream either way)."""
+    with bounded scratch: the uniforms come at most ``_DRAW_BLOCK`` at a time (a few steps,
+    or part of one step's inputs), each block compared and written into the float32 spikes
+    ``[steps, D]`` at once, so a large batch holds its spikes and not also ``[steps, D]``
+    uniforms and booleans (rng draws one stream, in the same order, either way)."""
     live = np.flatnonzero(rates)
     out = np.zeros((steps, rates.size), dtype=np.float32)
-    if live.size:
-        live_rates = rates[live]
-        per = max(1, _DRAW_BLOCK // live.size)
+    n_live = live.size
+    if n_live == 0:
+        return out
+    live_rates = rates[live]
+    if n_live <= _DRAW_BLOCK:
+        per = _DRAW_BLOCK // n_live
         for t0 in range(0, steps, per):
             t1 = min(steps, t0 + per)
-            out[t0:t1, live] = rng.random((t1 - t0, live.size), dtype=np.float32) < live_rates
+            out[t0:t1, live] = rng.random((t1 - t0, n_live), dtype=np.float32) < live_rates
+        return out
+    for t in range(steps):  # more live inputs than a block: each step in parts
+        for j0 in range(0, n_live, _DRAW_BLOCK):
+            j1 = min(n_live, j0 + _DRAW_BLOCK)
+            out[t, live[j0:j1]] = rng.random(j1 - j0, dtype=np.float32) < live_rates[j0:j1]
     return out
 
 

@@ -84,6 +84,19 @@ def test_dense_estimate_bounds_two_layers_and_the_other_draws(tmp_path):
     _check(_variant(model, share_image_spikes=False), 32, latent=True)
 
 
+def test_dense_estimate_bounds_large_batches(tmp_path):
+    """Batches whose draws hold more live inputs than one block of uniforms (2^18): the draw's
+    scratch stays bounded (each step drawn in parts), so it does not grow with the rows."""
+    small = _export(tmp_path, "paper/hebbian-batched-symmetric", layers=[20])
+    _check(_variant(small, share_image_spikes=False), 400, 4)  # 10 labels x 884 inputs x 400 rows
+    _check(_export(tmp_path, "paper/hebbian-batched-symmetric"), 700, 33)
+    _check(_export(tmp_path, "paper/hebbian-batched-symmetric", layers=[10]), 1024)
+
+
+def test_dense_latent_estimate_counts_every_layer(tmp_path):
+    _check(_export(tmp_path, "paper/hebbian-batched-symmetric", layers=[50, 800, 20, 1000]), 256, 40, latent=True)
+
+
 def test_conv_estimate_bounds_a_chunk_and_stops_growing_there(tmp_path):
     """Conv scoring takes ``chunk`` (100) images at a time: 120 images hold what 100 do, and
     the estimate's part for them stops there too (``latent`` presents all at once)."""
@@ -114,6 +127,28 @@ def test_analog_batches_run_in_parts_that_bound_the_activations(tmp_path):
         assert parts[name].shape == whole[name].shape
         np.testing.assert_allclose(parts[name], whole[name], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(parts["label"], whole["label"])
+
+
+def test_a_graph_with_an_output_not_per_image_runs_whole(tmp_path):
+    """A batch is split only where every output is per image: an ONNX file with another output
+    (here the batch's shape, which a split would repeat per part) runs in one call."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from spikingjelly_ff.runtime.onnx_checksum import stamp_digest
+
+    cfg = load_config("analog-deep")
+    net = build_model(cfg.model, 784, 10, cfg.seed)
+    net.image_shape = (28, 28)
+    proto = onnx.load(analog_to_onnx(net, tmp_path / "m.onnx"))
+    proto.graph.node.append(helper.make_node("Shape", ["images"], ["rows"]))
+    proto.graph.output.append(helper.make_tensor_value_info("rows", TensorProto.INT64, [2]))
+    stamp_digest(proto)
+    onnx.save(proto, tmp_path / "shape.onnx")
+    model = load_exported(tmp_path / "shape.onnx", threads=1)
+    assert model.working_memory().rows_cap is None
+    out = model.run(np.random.default_rng(0).uniform(size=(40, 784)).astype(np.float32))
+    assert out["rows"].tolist() == [40, 784] and out["scores"].shape == (40, 10)
 
 
 def test_work_memory_arithmetic():
