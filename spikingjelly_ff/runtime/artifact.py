@@ -46,7 +46,7 @@ from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import check_scoring
 from spikingjelly_ff.runtime.conv_artifact import SpikeConv, read_conv_weights, write_conv_nodes
 from spikingjelly_ff.runtime.files import write_atomic
-from spikingjelly_ff.runtime.userblock import USERBLOCK, check_userblock, stamp_userblock
+from spikingjelly_ff.runtime.userblock import USERBLOCK, check_userblock, probe_unchecked, stamp_userblock
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "SpikeArtifact", "read_artifact", "write_artifact"]
 
@@ -377,7 +377,13 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
         raise ArtifactError(f"{path}: damaged artefact ({type(exc).__name__}: {exc})") from exc
 
 
-def _read_artifact(path: str | os.PathLike) -> SpikeArtifact:
+def read_artifact_unprobed(path: str | os.PathLike) -> SpikeArtifact:
+    """:func:`read_artifact` without the child-process probe of a file that carries no sum
+    (``userblock.probe_unchecked`` runs this in its child)."""
+    return _read_artifact(path, probe=False)
+
+
+def _read_artifact(path: str | os.PathLike, probe: bool = True) -> SpikeArtifact:
     import h5py
 
     path = Path(path)
@@ -386,7 +392,8 @@ def _read_artifact(path: str | os.PathLike) -> SpikeArtifact:
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
     try:
-        check_userblock(path)
+        if not check_userblock(path) and probe:
+            probe_unchecked(path)
     except ValueError as exc:
         raise ArtifactError(str(exc)) from exc
     try:

@@ -204,8 +204,8 @@ def test_a_spike_artefact_with_any_changed_byte_is_refused_before_hdf5_reads_it(
     assert load_exported(tmp_path / "s.nir").weights[0].shape == model.weights[0].shape
 
 
-def test_a_spike_artefact_without_the_sum_line_still_loads(tmp_path):
-    """A file written before the sum line (HDF5 from byte 0) is left to the in-file checks."""
+def _unstamped(tmp_path):
+    """(model, path of its artefact as written before the sum line: HDF5 from byte 0)."""
     import h5py
 
     model, _ = _model("spiking", tmp_path)
@@ -215,8 +215,60 @@ def test_a_spike_artefact_without_the_sum_line_still_loads(tmp_path):
         for name in src:
             src.copy(name, dst)
     assert old.read_bytes()[:4] == b"\x89HDF"
+    return model, old
+
+
+def test_a_spike_artefact_without_the_sum_line_still_loads(tmp_path, monkeypatch):
+    """A file written before the sum line is left to the in-file checks, after HDF5 has parsed
+    it in a child process (a file with the line is checked by its sum and needs no child)."""
+    import subprocess
+
+    from spikingjelly_ff.runtime import userblock
+
+    children = []
+    run = subprocess.run
+    monkeypatch.setattr(userblock.subprocess, "run", lambda cmd, **kw: children.append(cmd[-1]) or run(cmd, **kw))
+    model, old = _unstamped(tmp_path)
+    children.clear()  # the writer's own reading above
     loaded = load_exported(old)
     assert all(np.array_equal(a, b) for a, b in zip(loaded.weights, model.weights))
+    assert children == [str(old)]
+    load_exported(tmp_path / "s.nir")
+    assert children == [str(old)]
+
+
+@pytest.mark.parametrize(
+    "child,env,message",
+    [
+        # what a damaged object header did to h5py in the loading process (session 36's fuzzing)
+        ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "", r"crashed the HDF5 library \(signal 11\)"),
+        ("import time; time.sleep(600)", "1", "did not finish in 1 s"),
+        ("", "soon", "SJFF_PROBE_SECONDS must be a positive number of seconds, got 'soon'"),
+    ],
+)
+def test_an_unchecked_file_that_crashes_or_hangs_the_hdf5_reader_is_refused(tmp_path, monkeypatch, child, env, message):
+    """The child stands in for the HDF5 library on a damaged file (which damage crashes or
+    loops depends on the HDF5 version: ``benchmarks/fuzz_files.py`` finds real ones): the
+    loading process gets one clear error, and lives."""
+    from spikingjelly_ff.runtime import userblock
+
+    _, old = _unstamped(tmp_path)
+    monkeypatch.setattr(userblock, "_PROBE", child)
+    monkeypatch.setenv("SJFF_PROBE_SECONDS", env)
+    with pytest.raises(ArtifactError, match=message) as err:
+        load_exported(old)
+    if env != "soon":
+        assert "no checksum" in str(err.value) and "export the model again" in str(err.value)
+
+
+def test_where_the_child_cannot_read_the_file_is_read_in_process(tmp_path, monkeypatch):
+    """A child that cannot import this library (an interpreter of another environment) is no
+    verdict on the file: it is read in process, as before the probe."""
+    from spikingjelly_ff.runtime import userblock
+
+    model, old = _unstamped(tmp_path)
+    monkeypatch.setattr(userblock, "_PROBE", "raise SystemExit(1)")
+    assert load_exported(old).weights[0].shape == model.weights[0].shape
 
 
 def test_damaged_onnx_fields_are_one_clear_error(tmp_path):
