@@ -17,7 +17,10 @@ is refused.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,15 +32,24 @@ MAGIC = b"sjff-nir sha256 "
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: seconds the child of :func:`probe_unchecked` may take (it parses a file of a few MiB in
 #: about half a second, most of it imports): past it, the HDF5 library is taken to loop
-#: forever. The environment variable ``SJFF_PROBE_SECONDS`` sets another bound.
+#: forever. The environment variable ``SJFF_PROBE_SECONDS`` sets another bound, 0.1 to 86400.
 PROBE_SECONDS = 60.0
-#: what the child runs: the artefact reader without the probe; its Python errors are the
-#: parent's to report (it reads the file again), only a signal or no end is the probe's
+#: what the child runs (argv: the file, the parent's import path as JSON, its own time limit):
+#: the artefact reader without the probe, saying "imported" once it could import it and "done"
+#: once the reading ended; its Python errors are the parent's to report (it reads the file
+#: again), only a reading that never says "done" is the probe's. The alarm ends a child whose
+#: parent died (nothing else would stop one stuck in the HDF5 library).
 _PROBE = (
-    "import sys\n"
+    "import json, signal, sys\n"
+    "sys.path[:] = json.loads(sys.argv[2])\n"
+    "if hasattr(signal, 'alarm'):\n    signal.alarm(int(sys.argv[3]))\n"
     "from spikingjelly_ff.runtime.artifact import read_artifact_unprobed\n"
+    "print('imported', flush=True)\n"
     "try:\n    read_artifact_unprobed(sys.argv[1])\nexcept Exception:\n    pass\n"
+    "print('done', flush=True)\n"
 )
+#: signals that stop a child from outside (the OOM killer, Ctrl-C, a shutdown): no verdict on the file
+_STOPPED = {"SIGKILL", "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"}
 
 
 def _sum_after_block(fh) -> str:
@@ -76,25 +88,48 @@ def check_userblock(path: str | os.PathLike) -> bool:
 
 def probe_unchecked(path: str | os.PathLike) -> None:
     """Parse ``path``, a file without the sum line, in a child process first; ValueError when
-    the child dies of a signal (the HDF5 library crashed on a damaged structure) or does not
-    finish in :data:`PROBE_SECONDS` (it looped). Where no child can run, or it cannot import
-    this library, the file is left to the caller's own reading, as before the probe."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    the child's reading does not end (the HDF5 library crashed on a damaged structure, or did
+    not finish in :data:`PROBE_SECONDS`: it looped), or was stopped from outside. Where no
+    child can run or import this library (a frozen application, another environment), the
+    file is left to the caller's own reading, as before the probe."""
     bound = _probe_seconds()
+    if getattr(sys, "frozen", False) or not sys.executable:
+        return
+    # -P, the folder this library was imported from first, then the parent's path less the
+    # working directory: the child reads with what the parent does, not with what lies there
+    home = str(Path(__file__).resolve().parents[2])
+    paths = [home, *(p for p in sys.path if isinstance(p, str) and p)]
+    cmd = [sys.executable, "-P", "-c", _PROBE, str(path), json.dumps(paths), str(math.ceil(bound) + 5)]
     advice = (
         "the file carries no checksum (written before spike artefacts carried one), so its damage "
         "reached the HDF5 library: export the model again from its run"
     )
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _PROBE, str(path)], capture_output=True, timeout=bound, env=env
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=bound
         )
     except subprocess.TimeoutExpired:
         raise ValueError(f"{path}: reading it did not finish in {bound:g} s; {advice}") from None
     except OSError:  # no child process here (a sandbox): read in process, as before
         return
-    if proc.returncode < 0:
-        raise ValueError(f"{path}: reading it crashed the HDF5 library (signal {-proc.returncode}); {advice}")
+    said = proc.stdout.split()
+    if b"imported" not in said or b"done" in said:
+        return  # no verdict (the child could not import this library), or the reading ended
+    code = proc.returncode
+    if code < 0 and _signal_name(-code) in _STOPPED:
+        raise ValueError(
+            f"{path}: the process reading it first was stopped ({_signal_name(-code)}) before it finished: "
+            "no verdict on the file; load it again"
+        )
+    how = f"signal {-code}" if code < 0 else f"exit code {code}"
+    raise ValueError(f"{path}: reading it crashed the HDF5 library ({how}); {advice}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def _probe_seconds() -> float:
@@ -105,6 +140,6 @@ def _probe_seconds() -> float:
         bound = float(text)
     except ValueError:
         bound = -1.0
-    if not bound > 0 or bound == float("inf"):
-        raise ValueError(f"SJFF_PROBE_SECONDS must be a positive number of seconds, got {text!r}")
+    if not 0.1 <= bound <= 86400:
+        raise ValueError(f"SJFF_PROBE_SECONDS must be a number of seconds from 0.1 to 86400, got {text!r}")
     return bound

@@ -225,9 +225,10 @@ def test_a_spike_artefact_without_the_sum_line_still_loads(tmp_path, monkeypatch
 
     from spikingjelly_ff.runtime import userblock
 
+    monkeypatch.delenv("SJFF_PROBE_SECONDS", raising=False)
     children = []
     run = subprocess.run
-    monkeypatch.setattr(userblock.subprocess, "run", lambda cmd, **kw: children.append(cmd[-1]) or run(cmd, **kw))
+    monkeypatch.setattr(userblock.subprocess, "run", lambda cmd, **kw: children.append(cmd[4]) or run(cmd, **kw))
     model, old = _unstamped(tmp_path)
     children.clear()  # the writer's own reading above
     loaded = load_exported(old)
@@ -237,13 +238,19 @@ def test_a_spike_artefact_without_the_sum_line_still_loads(tmp_path, monkeypatch
     assert children == [str(old)]
 
 
+IMPORTED = "print('imported', flush=True); import os, signal, time; "
+
+
 @pytest.mark.parametrize(
     "child,env,message",
     [
         # what a damaged object header did to h5py in the loading process (session 36's fuzzing)
-        ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "", r"crashed the HDF5 library \(signal 11\)"),
-        ("import time; time.sleep(600)", "1", "did not finish in 1 s"),
-        ("", "soon", "SJFF_PROBE_SECONDS must be a positive number of seconds, got 'soon'"),
+        (IMPORTED + "os.kill(os.getpid(), signal.SIGSEGV)", "", r"crashed the HDF5 library \(signal 11\)"),
+        (IMPORTED + "os._exit(0)", "", r"crashed the HDF5 library \(exit code 0\)"),  # no "done" said
+        (IMPORTED + "time.sleep(600)", "1", "did not finish in 1 s"),
+        (IMPORTED + "os.kill(os.getpid(), signal.SIGKILL)", "", r"was stopped \(SIGKILL\) .* no verdict"),
+        ("", "soon", "SJFF_PROBE_SECONDS must be a number of seconds from 0.1 to 86400, got 'soon'"),
+        ("", "1e9", "SJFF_PROBE_SECONDS must be a number of seconds from 0.1 to 86400, got '1e9'"),
     ],
 )
 def test_an_unchecked_file_that_crashes_or_hangs_the_hdf5_reader_is_refused(tmp_path, monkeypatch, child, env, message):
@@ -257,7 +264,7 @@ def test_an_unchecked_file_that_crashes_or_hangs_the_hdf5_reader_is_refused(tmp_
     monkeypatch.setenv("SJFF_PROBE_SECONDS", env)
     with pytest.raises(ArtifactError, match=message) as err:
         load_exported(old)
-    if env != "soon":
+    if "crashed" in message or "did not finish" in message:
         assert "no checksum" in str(err.value) and "export the model again" in str(err.value)
 
 
@@ -268,6 +275,17 @@ def test_where_the_child_cannot_read_the_file_is_read_in_process(tmp_path, monke
 
     model, old = _unstamped(tmp_path)
     monkeypatch.setattr(userblock, "_PROBE", "raise SystemExit(1)")
+    assert load_exported(old).weights[0].shape == model.weights[0].shape
+
+
+def test_the_child_imports_what_the_parent_does(tmp_path, monkeypatch):
+    """A folder named like this library in the working directory is not what the child reads
+    the file with (``-P`` and the parent's import path)."""
+    model, old = _unstamped(tmp_path)
+    fake = tmp_path / "cwd" / "spikingjelly_ff"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    monkeypatch.chdir(tmp_path / "cwd")
     assert load_exported(old).weights[0].shape == model.weights[0].shape
 
 
