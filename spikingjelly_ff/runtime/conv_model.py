@@ -190,7 +190,7 @@ class SpikeConvModel(SpikeArtifactModel):
         runs :attr:`chunk` images at a time, so its part stops growing there."""
         layers = self.art.conv.layers
         return conv_work(
-            self.art.encoder.steps if steps is None else int(steps),
+            self.presentation_steps(steps),
             self.in_features,
             0 if self.competitive else self.label_code.width,
             [int(np.prod(la.map_shape)) for la in layers],

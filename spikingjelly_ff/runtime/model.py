@@ -150,16 +150,15 @@ class SpikeModel(SpikeArtifactModel):
     def working_memory(self, steps: int | None = None, latent: bool = False) -> WorkMemory:
         """Bytes :meth:`scores` (and, with ``latent``, :meth:`latent`) hold at their peak on a
         batch besides its images, at ``steps`` time steps (default: the export's)."""
-        enc, code = self.art.encoder, self.label_code
         return dense_work(
-            enc.steps if steps is None else int(steps),
+            self.presentation_steps(steps),
             self.in_features,
             self.weights[0].shape[1],
-            code.label_slice(self.in_features).stop - code.label_slice(self.in_features).start,
+            self.label_code.width,
             [w.shape[0] for w in self.weights],
             self.num_classes,
             self.art.evaluation.share_image_spikes,
-            enc.coding,
+            self.art.encoder.coding,
             latent,
         )
 

@@ -53,6 +53,10 @@ class SpikeArtifactModel:
         art = replace(self.art, encoder=replace(self.art.encoder, steps=int(steps)))
         return type(self)(art, self.weights, self.eligibility)
 
+    def presentation_steps(self, steps: int | None = None) -> int:
+        """``steps`` checked as the encoder checks its own (ValueError), None: the export's."""
+        return self.steps if steps is None else replace(self.art.encoder, steps=steps).steps
+
     # -- settings -------------------------------------------------------------------------------
 
     @property

@@ -76,6 +76,14 @@ def test_dense_estimate_bounds_the_paper_layer(tmp_path, steps):
     _check(model, 96, steps, latent=True)
 
 
+def test_steps_are_checked_as_the_encoder_checks_them(tmp_path):
+    model = _export(tmp_path, "paper/hebbian-batched-symmetric")
+    assert model.working_memory(None) == model.working_memory(23)
+    for bad, message in [(0, "lie in 1..100000"), (-3, "lie in 1..100000"), (2.5, "an integer"), (True, "an integer")]:
+        with pytest.raises(ValueError, match=message):
+            model.working_memory(bad)
+
+
 def test_dense_estimate_bounds_two_layers_and_the_other_draws(tmp_path):
     model = _export(tmp_path, "paper/hebbian-batched-symmetric", layers=[300, 120])
     _check(model, 64)
