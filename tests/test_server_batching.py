@@ -286,6 +286,74 @@ def test_the_budget_reserves_each_requests_working_memory():
         pool.close()
 
 
+def test_each_running_batch_holds_its_fixed_part_within_the_budget():
+    """``fixed_bytes`` (what a model's batch takes once, whatever its rows) counts while each
+    batch runs: a request is admitted only with room for one more batch's fixed part, and a
+    batch that would take the count past the budget waits for a running one to end, though a
+    worker is free."""
+    pool = WorkerPool(3)
+    run = Blocker(block_rows=1)
+    kib = 1 << 10
+
+    def work(n: int, opts: InferOptions) -> int:
+        return n * 100 * kib
+
+    async def main():
+        b = Batcher(
+            run, max_batch=1, pool=pool, inline_rows=0, max_bytes=1000 * kib, work_bytes=work, fixed_bytes=300 * kib
+        )
+        first = asyncio.ensure_future(b.infer(rows(1, 1.0), InferOptions()))
+        await run.wait_started()
+        assert b.held_bytes == 16 + 100 * kib + 300 * kib
+        with pytest.raises(RequestError, match=r"request of 1\.1 MiB \(decoded images, message and the working"):
+            await b.infer(rows(8, 0.0), InferOptions())  # 800 KiB and a batch's 300: never fits
+        # two more in one turn: both are admitted (each leaves room for one more batch), the
+        # first starts on the second worker, the other waits although the third is free
+        later = [asyncio.ensure_future(b.infer(rows(1, v), InferOptions())) for v in (2.0, 3.0)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert b.queued == 1 and b.held_bytes == 3 * (16 + 100 * kib) + 2 * 300 * kib
+        with pytest.raises(RequestError, match=r"holds 0\.9 MiB .*this request needs 0\.4 MiB"):
+            await b.infer(rows(1, 0.0), InferOptions())
+        run.release()
+        outs = await asyncio.gather(first, *later)
+        assert [float(o["double"][0, 0]) for o, _ in outs] == [2.0, 4.0, 6.0]
+        assert b.held_bytes == 0 and b.queued == 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        run.release()
+        pool.close()
+    assert len(run.calls) == 3
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_a_batch_whose_images_cannot_be_joined_fails_and_gives_everything_back(threaded):
+    """Joining a batch's images can fail before the model runs (no memory for the copy; here
+    images of two widths): its requests get the error, and the batch's bytes, fixed part and
+    worker place are given back, so that the next request runs."""
+    pool = WorkerPool(1)
+    sizes, run = recording_run()
+
+    async def main():
+        kw = {"pool": pool, "inline_rows": 0} if threaded else {}
+        # a window no one waits out, ended by the second request, which fills the batch
+        b = Batcher(run, max_batch=2, max_delay_s=LONG, max_bytes=1 << 20, fixed_bytes=1000, **kw)
+        calls = [b.infer(rows(1, 0.0, width=w), InferOptions()) for w in (4, 5)]
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
+        assert all(isinstance(r, ValueError) for r in results) and sizes == []
+        assert b.held_bytes == 0 and b._inflight == 0
+        out, _ = await asyncio.wait_for(b.infer(rows(2, 1.0), InferOptions()), 30)
+        np.testing.assert_array_equal(out["x"], rows(2, 1.0))
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.close()
+    assert sizes == [2]
+
+
 def test_large_batches_run_off_the_event_loop():
     """An inline batcher with a pool runs batches of more than inline_rows images on a worker:
     while one is computing, small requests are answered on the loop (the old inline-only
@@ -359,6 +427,42 @@ def test_each_batch_reports_how_long_the_model_ran_on_it(monkeypatch):
         release.set()
         pool.close()
     assert seen == [(1, 2, 2.0), (2, 4, 4.0), (1, 3, 3.0), (1, 5, 5.0)]
+
+
+@pytest.mark.parametrize("kind", ["analog", "spike"])
+def test_a_budget_that_cannot_hold_one_image_is_warned_of_at_load(sjff_models, tmp_path, kind):
+    """A served model's batcher counts the model's fixed working memory once per batch; a
+    --max-inflight-mb below what one image needs is said at load (every request would be
+    refused), and a request then is refused with the MiB it needs."""
+    import serving_utils as su
+    from sjff_server.learning.options import LearnOptions
+    from sjff_server.serving.models import load_served_model
+
+    from spikingjelly_ff.runtime import load_exported
+
+    root = su.make_repository(tmp_path / "repo", {"m": sjff_models[kind]})
+    (spec,), _ = scan_repository(root)
+    fixed = load_exported(sjff_models[kind]).working_memory().fixed
+    pool = WorkerPool(1)
+    try:
+        for mib, refused in ((4, True), (256, False)):
+            served, _ = load_served_model(
+                spec,
+                state_dir=None,
+                ort_threads=1,
+                learn_options=LearnOptions(),
+                pool=pool,
+                max_inflight_bytes=mib << 20,
+            )
+            assert served.batcher.fixed_bytes == fixed >= 4 << 20
+            note = served.budget_note()
+            assert (note is not None) == refused
+            if refused:
+                assert note.startswith("the inference memory limit (4 MiB) is below what one image needs")
+                with pytest.raises(RequestError, match="exceeds the inference memory limit"):
+                    served.batcher.submit(np.zeros((1, served.in_features), np.float32), InferOptions())
+    finally:
+        pool.close()
 
 
 def test_served_analog_model_runs_large_requests_off_the_loop(sjff_models, mnist_samples, tmp_path):

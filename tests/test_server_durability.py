@@ -4,8 +4,11 @@ real analog model, real files)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,6 +133,32 @@ def test_changed_artifact_is_detected(sjff_models, tmp_path):
     notes = learner.recover()
     assert any("archived" in n for n in notes)
     assert len([p for p in os.listdir(tmp_path) if p.startswith("s.archived-")]) == 1
+
+
+@pytest.mark.parametrize("kind", ["analog", "spike"])
+def test_the_state_belongs_to_the_bytes_the_model_was_read_from(sjff_models, tmp_path, kind):
+    """A model file replaced after the server parsed it (before its learning state was opened)
+    does not lend its sum to the state of the weights parsed before: the marker names the bytes
+    the served model came from, so the next start, on the new file, says the state is another
+    artefact's instead of applying it to other weights."""
+    path = tmp_path / Path(sjff_models[kind]).name
+    shutil.copy(sjff_models[kind], path)
+    first = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def learner(model) -> Learner:
+        return Learner("m", "1", make_engine(model), model, path, tmp_path / "s", LearnOptions())
+
+    model = load_exported(path)
+    assert model.source_sha256 == first and model.copy().source_sha256 == first
+    other = load_exported(path)
+    other.weights[0] += 0.5
+    other.save(path)  # replaced between the parse and the state
+    served = learner(model)
+    served.recover()
+    assert json.loads((tmp_path / "s" / "artefact.json").read_text())["sha256"] == first
+    served.state.release()
+    with pytest.raises(StateMismatch, match="another artefact"):
+        learner(load_exported(path)).recover()
 
 
 def test_replay_is_checked_against_logged_digests(sjff_models, mnist_samples, tmp_path, monkeypatch):

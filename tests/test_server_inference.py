@@ -448,10 +448,11 @@ def test_cpu_latency_request(sjff_models, tmp_path, mnist_samples):
 
 def test_inflight_byte_budget(sjff_models, tmp_path, mnist_samples):
     """--max-inflight-mb bounds what the requests of a model hold: each request's decoded
-    images, its message and the working memory of scoring it (``working_memory`` of the model);
-    one that does not fit is refused with RESOURCE_EXHAUSTED, naming the MiB it needs, and a
-    request's bytes are freed once it is answered (tests/test_server_batching.py covers
-    queueing, failures, deadlines and cancellation)."""
+    images, its message and the working memory of scoring it (``working_memory`` of the model,
+    with the fixed part a batch takes once); one that does not fit is refused with
+    RESOURCE_EXHAUSTED, naming the MiB it needs, and a request's bytes are freed once it is
+    answered (tests/test_server_batching.py covers queueing, failures, deadlines and
+    cancellation)."""
     images, _ = mnist_samples
     paths = {"mnist": sjff_models["analog"], "snn": sjff_models["spike"]}
     root = su.make_repository(tmp_path / "repo", paths)
@@ -459,7 +460,7 @@ def test_inflight_byte_budget(sjff_models, tmp_path, mnist_samples):
 
     def need(model: str, rows: int, wire: int = 4) -> int:  # FP32 on the wire: 4 bytes a pixel
         work = load_exported(paths[model]).working_memory()
-        return rows * images.shape[1] * (4 + wire) + work.rows_bytes(rows)
+        return rows * images.shape[1] * (4 + wire) + work.bytes(rows)
 
     with ServerProcess(root, extra_args=["--max-inflight-mb", str(budget)], metrics=False) as srv:
         with Client(srv.target) as c:

@@ -159,6 +159,8 @@ class ServerApp:
                 continue
             for note in notes:
                 log.info(note, extra={"model": spec.name, "version": spec.version})
+            if (warning := served.budget_note()) is not None:
+                log.warning(warning, extra={"model": spec.name, "version": spec.version})
             if self.redis is not None and spec.config.learning:
                 served.learner = replicated_learner(served, self.redis, cfg.replica, self.metrics)
             self.registry.add(served)
@@ -411,7 +413,8 @@ def replicated_learner(served, redis, options: ReplicationOptions, metrics):
     from .learning.replicated import ReplicatedLearner
 
     model = served.published.model  # the artefact (version 0): the stream starts from it
-    sha = artifact_sha256(Path(served.spec.path))
+    # the bytes the served model was parsed from (the file may have been replaced since)
+    sha = model.source_sha256 or artifact_sha256(Path(served.spec.path))
     return ReplicatedLearner(
         served.name, served.version, served.engine, model, redis, options, metrics, artifact_sha256=sha
     )

@@ -13,6 +13,7 @@ it learns with the conv rule of ``runtime.analog_conv``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,6 +66,8 @@ class AnalogGraph:
     output_names: tuple[str, ...]
     compiled: CompiledScoring | None = None  # the kernel that scores small batches, where it covers the export
     work: WorkMemory | None = None  # what a call holds besides its images; work.rows_cap: rows per onnxruntime call
+    #: SHA-256 of the file's bytes the graph was read from (None: built from a proto in memory)
+    source_sha256: str | None = None
 
     @classmethod
     def build(cls, model_proto, threads: int | None = None) -> AnalogGraph:
@@ -258,11 +261,21 @@ class AnalogModel:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
+        data = path.read_bytes()  # one reading: what is parsed is what source_sha256 names
         try:
-            proto = onnx.load(str(path))
+            proto = onnx.load_model_from_string(data)
         except Exception as exc:  # onnx raises DecodeError and friends for corrupt files
             raise ValueError(f"{path}: not a readable ONNX file ({exc})") from exc
-        return cls.from_proto(proto, threads)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            # an export is one file; weights elsewhere would escape its checksum and digest
+            raise ValueError(f"{path}: keeps tensors in external data files; save the model as one file")
+        graph = AnalogGraph.build(proto, threads)
+        return cls(replace(graph, source_sha256=hashlib.sha256(data).hexdigest()))
+
+    @property
+    def source_sha256(self) -> str | None:
+        """SHA-256 of the file's bytes this model was read from (None: not read from a file)."""
+        return self.graph.source_sha256
 
     # -- settings (shared) ----------------------------------------------------------------------
 

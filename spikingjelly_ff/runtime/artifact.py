@@ -24,6 +24,7 @@ Everything here needs numpy and h5py only.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -115,6 +116,9 @@ class SpikeArtifact:
     #: (weight [C, F], bias [C]) of the readout that ``conv.readout`` describes; fixed while
     #: the runtime learns on-line (the Hebbian rule changes ``weights`` only)
     readout: tuple[np.ndarray, np.ndarray] | None = None
+    #: SHA-256 of the file's bytes this was read from (None: built in memory, or weights
+    #: changed since); the server ties a model's learning state to it
+    source_sha256: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def format_version(self) -> int:
@@ -377,27 +381,35 @@ def read_artifact(path: str | os.PathLike) -> SpikeArtifact:
         raise ArtifactError(f"{path}: damaged artefact ({type(exc).__name__}: {exc})") from exc
 
 
-def read_artifact_unprobed(path: str | os.PathLike) -> SpikeArtifact:
-    """:func:`read_artifact` without the child-process probe of a file that carries no sum
-    (``userblock.probe_unchecked`` runs this in its child)."""
-    return _read_artifact(path, probe=False)
+def read_artifact_unprobed(name: str | os.PathLike, data: bytes) -> SpikeArtifact:
+    """:func:`read_artifact` of a file's bytes ``data`` (``name``: for messages), without the
+    child-process probe of a file that carries no sum (``userblock.probe_unchecked`` runs
+    this in its child)."""
+    return _read_artifact(name, probe=False, data=data)
 
 
-def _read_artifact(path: str | os.PathLike, probe: bool = True) -> SpikeArtifact:
+def _read_artifact(path: str | os.PathLike, probe: bool = True, data: bytes | None = None) -> SpikeArtifact:
     import h5py
 
     path = Path(path)
-    if path.is_dir():
-        path = path / "model.nir"
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such file")
+    if data is None:
+        if path.is_dir():
+            path = path / "model.nir"
+        if not path.is_file():
+            raise ArtifactError(f"{path}: no such file")
+        # one reading of the bytes: the sum, the probe and HDF5 all see these, so a file
+        # replaced or rewritten meanwhile cannot pass a check made on other bytes
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot read the file: {exc}") from exc
     try:
-        if not check_userblock(path) and probe:
-            probe_unchecked(path)
+        if not check_userblock(data, path) and probe:
+            probe_unchecked(data, path)
     except ValueError as exc:
         raise ArtifactError(str(exc)) from exc
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(io.BytesIO(data), "r")
     except OSError as exc:
         raise ArtifactError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {exc}") from exc
     with f:
@@ -474,6 +486,7 @@ def _read_artifact(path: str | os.PathLike, probe: bool = True) -> SpikeArtifact
             library_version=str(meta.get("library_version", "")),
             conv=conv,
             readout=readout,
+            source_sha256=hashlib.sha256(data).hexdigest(),
         )
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: invalid settings: {exc}") from exc

@@ -117,6 +117,12 @@ class RuntimeModel(Protocol):
         """Learning rate :meth:`learn` uses when it is given none."""
         ...
 
+    @property
+    def source_sha256(self) -> str | None:
+        """SHA-256 of the file's bytes the model was read from, the bytes it was parsed from
+        (None: not read from a file)."""
+        ...
+
     def scores(self, x: np.ndarray, seed: int | None = None) -> np.ndarray:
         """Score of every label, ``[N, C]`` float32 (higher: more likely); ``seed`` seeds
         the spike encoding of a spiking model and is ignored by an analog one."""

@@ -37,8 +37,16 @@ class SpikeArtifactModel:
 
     def to_artifact(self) -> SpikeArtifact:
         return replace(
-            self.art, weights=[w.copy() for w in self.weights], eligibility=[e.copy() for e in self.eligibility]
+            self.art,
+            weights=[w.copy() for w in self.weights],
+            eligibility=[e.copy() for e in self.eligibility],
+            source_sha256=None,  # these weights are no file's yet
         )
+
+    @property
+    def source_sha256(self) -> str | None:
+        """SHA-256 of the file's bytes this model was read from (None: not read from a file)."""
+        return self.art.source_sha256
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write weights, eligibility and settings atomically."""

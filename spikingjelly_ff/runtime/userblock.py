@@ -11,7 +11,8 @@ A file without the line (written before it, HDF5 data from byte 0) is left to th
 inside the file, but HDF5 parses it first in a child process (:func:`probe_unchecked`): a
 child that dies of a signal or does not finish refuses the file, so its damage cannot crash
 or hang the process that loads it. One with neither the line nor HDF5's signature at byte 0
-is refused.
+is refused. The reader takes the file's bytes once and checks, probes and parses those same
+bytes, so a file replaced or rewritten meanwhile cannot slip past the check.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: about half a second, most of it imports): past it, the HDF5 library is taken to loop
 #: forever. The environment variable ``SJFF_PROBE_SECONDS`` sets another bound, 0.1 to 86400.
 PROBE_SECONDS = 60.0
-#: what the child runs (argv: the file, the parent's import path as JSON, its own time limit):
-#: the artefact reader without the probe, saying "imported" once it could import it and "done"
-#: once the reading ended; its Python errors are the parent's to report (it reads the file
+#: what the child runs (argv: the file's name for messages, the parent's import path as JSON,
+#: its own time limit; stdin: the file's bytes, the very bytes the parent then parses): the
+#: artefact reader without the probe, saying "imported" once it could import it and "done"
+#: once the reading ended; its Python errors are the parent's to report (it reads the bytes
 #: again), only a reading that never says "done" is the probe's. The alarm ends a child whose
 #: parent died (nothing else would stop one stuck in the HDF5 library).
 _PROBE = (
@@ -44,54 +46,50 @@ _PROBE = (
     "sys.path[:] = json.loads(sys.argv[2])\n"
     "if hasattr(signal, 'alarm'):\n    signal.alarm(int(sys.argv[3]))\n"
     "from spikingjelly_ff.runtime.artifact import read_artifact_unprobed\n"
+    "data = sys.stdin.buffer.read()\n"
     "print('imported', flush=True)\n"
-    "try:\n    read_artifact_unprobed(sys.argv[1])\nexcept Exception:\n    pass\n"
+    "try:\n    read_artifact_unprobed(sys.argv[1], data)\nexcept Exception:\n    pass\n"
     "print('done', flush=True)\n"
 )
 #: signals that stop a child from outside (the OOM killer, Ctrl-C, a shutdown): no verdict on the file
 _STOPPED = {"SIGKILL", "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"}
 
 
-def _sum_after_block(fh) -> str:
-    fh.seek(USERBLOCK)
-    h = hashlib.sha256()
-    for chunk in iter(lambda: fh.read(1 << 20), b""):
-        h.update(chunk)
-    return h.hexdigest()
+def _sum_after_block(data: bytes | memoryview) -> str:
+    return hashlib.sha256(memoryview(data)[USERBLOCK:]).hexdigest()
 
 
 def stamp_userblock(path: str | os.PathLike) -> None:
     """Write the sum line into the user block of ``path``, an HDF5 file created with
     ``userblock_size=USERBLOCK`` and closed."""
     with open(path, "rb+") as fh:
-        line = MAGIC + _sum_after_block(fh).encode() + b"\n"
+        line = MAGIC + _sum_after_block(fh.read()).encode() + b"\n"
         fh.seek(0)
         fh.write(line.ljust(USERBLOCK, b"\0"))
 
 
-def check_userblock(path: str | os.PathLike) -> bool:
-    """True when ``path`` carries a sum line that its bytes match; False for a file without
-    one (HDF5 data from byte 0); ValueError for a sum that does not match or a start that is
-    neither."""
-    path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(USERBLOCK)
-        if head.startswith(HDF5_SIGNATURE):
-            return False
-        if not head.startswith(MAGIC) or len(head) < USERBLOCK:
-            raise ValueError(f"{path}: not a spike artefact (its first bytes are neither a checksum line nor HDF5)")
-        stored = head[len(MAGIC) :].split(b"\n", 1)[0]
-        if stored != _sum_after_block(fh).encode():
-            raise ValueError(f"{path}: the file's bytes do not match its checksum (damaged or edited)")
+def check_userblock(data: bytes, name: str | os.PathLike = "") -> bool:
+    """True when ``data``, a file's bytes, carries a sum line that they match; False for a
+    file without one (HDF5 data from byte 0); ValueError (naming ``name``) for a sum that does
+    not match or a start that is neither."""
+    head = data[:USERBLOCK]
+    if head.startswith(HDF5_SIGNATURE):
+        return False
+    if not head.startswith(MAGIC) or len(head) < USERBLOCK:
+        raise ValueError(f"{name}: not a spike artefact (its first bytes are neither a checksum line nor HDF5)")
+    stored = head[len(MAGIC) :].split(b"\n", 1)[0]
+    if stored != _sum_after_block(data).encode():
+        raise ValueError(f"{name}: the file's bytes do not match its checksum (damaged or edited)")
     return True
 
 
-def probe_unchecked(path: str | os.PathLike) -> None:
-    """Parse ``path``, a file without the sum line, in a child process first; ValueError when
-    the child's reading does not end (the HDF5 library crashed on a damaged structure, or did
-    not finish in :data:`PROBE_SECONDS`: it looped), or was stopped from outside. Where no
-    child can run or import this library (a frozen application, another environment), the
-    file is left to the caller's own reading, as before the probe."""
+def probe_unchecked(data: bytes, name: str | os.PathLike = "") -> None:
+    """Parse ``data``, the bytes of a file without the sum line (named ``name`` in messages),
+    in a child process first; ValueError when the child's reading does not end (the HDF5
+    library crashed on a damaged structure, or did not finish in :data:`PROBE_SECONDS`: it
+    looped), or was stopped from outside. Where no child can run or import this library (a
+    frozen application, another environment), the bytes are left to the caller's own reading,
+    as before the probe."""
     bound = _probe_seconds()
     if getattr(sys, "frozen", False) or not sys.executable:
         return
@@ -99,15 +97,15 @@ def probe_unchecked(path: str | os.PathLike) -> None:
     # working directory: the child reads with what the parent does, not with what lies there
     home = str(Path(__file__).resolve().parents[2])
     paths = [home, *(p for p in sys.path if isinstance(p, str) and p)]
-    cmd = [sys.executable, "-P", "-c", _PROBE, str(path), json.dumps(paths), str(math.ceil(bound) + 5)]
+    path = str(name)
+    cmd = [sys.executable, "-P", "-c", _PROBE, path, json.dumps(paths), str(math.ceil(bound) + 5)]
     advice = (
         "the file carries no checksum (written before spike artefacts carried one), so its damage "
         "reached the HDF5 library: export the model again from its run"
     )
     try:
-        proc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=bound
-        )
+        # a child that ends without reading its input is no error here (run ignores the broken pipe)
+        proc = subprocess.run(cmd, input=data, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=bound)
     except subprocess.TimeoutExpired:
         raise ValueError(f"{path}: reading it did not finish in {bound:g} s; {advice}") from None
     except OSError:  # no child process here (a sandbox): read in process, as before

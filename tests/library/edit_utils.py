@@ -5,6 +5,7 @@ loader's own."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import h5py
 import onnx
@@ -27,7 +28,7 @@ def edit_h5(path):
     """A spike artefact open for writing (h5py, ``r+``); afterwards the sum of its bytes in
     front of the HDF5 data is stamped again (the in-file sum, attribute ``sha256``, stays as
     the edit leaves it)."""
-    stamped = check_userblock(path)
+    stamped = check_userblock(Path(path).read_bytes(), path)
     with h5py.File(path, "r+") as f:
         yield f
     if stamped:

@@ -5,6 +5,7 @@ and a spike artefact's). Each was found wrong only at the first prediction or up
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 
@@ -236,6 +237,37 @@ def test_a_spike_artefact_without_the_sum_line_still_loads(tmp_path, monkeypatch
     assert children == [str(old)]
     load_exported(tmp_path / "s.nir")
     assert children == [str(old)]
+
+
+@pytest.mark.parametrize("stamped", [True, False])
+def test_a_file_replaced_while_it_is_checked_is_read_as_it_was_checked(tmp_path, monkeypatch, stamped):
+    """The sum, the child's probe and HDF5 see one reading of the file's bytes: a file replaced
+    right after its check (here by another model's valid file) is read as the bytes that were
+    checked, never as a file the check did not see."""
+    from spikingjelly_ff.runtime import artifact
+
+    model, old = _unstamped(tmp_path)
+    path = tmp_path / "s.nir" if stamped else old
+    first = [w.copy() for w in model.weights]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    model.weights[0][...] += 1.0
+    other = model.save(tmp_path / "other.nir").read_bytes()
+    check = artifact.check_userblock
+    seen = []
+
+    def check_then_replace(data, name):
+        seen.append(check(data, name))
+        path.write_bytes(other)  # written over between the check and the parse
+        return seen[-1]
+
+    monkeypatch.setattr(artifact, "check_userblock", check_then_replace)
+    loaded = load_exported(path)
+    assert seen == [stamped] and path.read_bytes() == other
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.weights, first))
+    assert loaded.source_sha256 == digest  # the bytes it was parsed from, not the file's now
+    assert loaded.to_artifact().source_sha256 is None  # what a save writes is no file's yet
+    monkeypatch.undo()
+    assert np.array_equal(load_exported(path).weights[0], first[0] + 1.0)
 
 
 IMPORTED = "print('imported', flush=True); import os, signal, time; "

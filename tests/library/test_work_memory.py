@@ -165,3 +165,20 @@ def test_work_memory_arithmetic():
     assert w.rows_bytes(6) == 18
     both = w.max(WorkMemory(fixed=5, per_row=2))  # a phase without a cap grows with every row
     assert both == WorkMemory(fixed=10, per_row=3, rows_cap=None, kept_per_row=1)
+
+
+def test_the_fixed_part_depends_on_the_model_only(tmp_path):
+    """The server counts ``fixed`` once per running batch, taken from the model's default
+    options: the fixed part of every estimate must not move with a request's steps or latent."""
+    cfg = load_config("analog-deep")
+    net = build_model(cfg.model, 784, 10, cfg.seed)
+    net.image_shape = (28, 28)
+    models = {
+        "paper": _export(tmp_path, "paper/hebbian-batched-symmetric"),
+        "no shared spikes": _variant(_export(tmp_path, "paper/hebbian-batched-symmetric"), share_image_spikes=False),
+        "conv": _export(tmp_path, "conv/spiking-mnist"),
+        "analog": load_exported(analog_to_onnx(net, tmp_path / "m.onnx"), threads=1),
+    }
+    for name, model in models.items():
+        fixed = {model.working_memory(steps, latent).fixed for steps in (None, 1, 40, 92) for latent in (False, True)}
+        assert len(fixed) == 1 and fixed.pop() >= 4 << 20, name  # at least the draw scratch

@@ -87,8 +87,11 @@ class Batcher:
     ``pool``: worker threads for batches of more than ``inline_rows`` images (without a pool
     every batch runs inline). ``max_bytes``: budget of the bytes the model's requests hold
     (None: no limit): each request's decoded images, its message and ``work_bytes(rows,
-    opts)``, the working memory its rows take when they run (reserved from admission, so that
-    what runs never takes the count past the budget); ``name`` names the model in refusals.
+    opts)``, the working memory its rows take when they run (reserved from admission), and
+    ``fixed_bytes`` for each batch while it runs (what a batch takes once, whatever its rows):
+    a request is admitted only with room for one more batch's fixed part, and a batch starts
+    while others run only where its fixed part fits, so what runs never takes the count past
+    the budget; ``name`` names the model in refusals.
     ``on_batch(requests, images, seconds)`` is told of every executed batch and how long
     ``run`` took on it."""
 
@@ -105,9 +108,11 @@ class Batcher:
         name: str = "",
         on_batch: Callable[[int, int, float], None] | None = None,
         work_bytes: Callable[[int, InferOptions], int] | None = None,
+        fixed_bytes: int = 0,
     ) -> None:
         self._run = run
         self._work_bytes = work_bytes
+        self.fixed_bytes = max(0, int(fixed_bytes))
         self.max_batch = max(1, int(max_batch))
         self.max_delay_s = max(0.0, float(max_delay_s))
         self.busy_delay_s = max(0.0, float(busy_delay_s))
@@ -116,7 +121,7 @@ class Batcher:
         self.inline_rows = sys.maxsize if pool is None else max(0, int(inline_rows))
         self.max_bytes = max_bytes
         self.name = name
-        self.held_bytes = 0  # decoded images of queued and running requests
+        self.held_bytes = 0  # queued and running requests, and each running batch's fixed part
         self._on_batch = on_batch
         self._pending: deque[Queued] = deque()
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
@@ -194,10 +199,13 @@ class Batcher:
             it.x = None
 
     def _admit(self, nbytes: int) -> None:
+        # room for the request and for the fixed part of one more batch: then the batches
+        # that hold these requests can always start once the running ones are done
         limit = self.max_bytes
-        if limit is None or self.held_bytes + nbytes <= limit:
+        if limit is None or self.held_bytes + nbytes + self.fixed_bytes <= limit:
             return
         mib = 1 << 20
+        nbytes += self.fixed_bytes
         if nbytes > limit:
             raise ResourceExhausted(
                 f"request of {nbytes / mib:.1f} MiB (decoded images, message and the working memory of "
@@ -311,9 +319,12 @@ class Batcher:
                 break  # worker-only batches wait here for a free worker (and gather company)
             if self.max_delay_s and self._rows < self.max_batch and self._wait_for_company():
                 break
+            if self._inflight and self.max_bytes is not None and self.held_bytes + self.fixed_bytes > self.max_bytes:
+                break  # no room for another batch's fixed part: the next one starts when one ends
             batch = self._take()
             if not batch:
                 break
+            self.held_bytes += self.fixed_bytes  # until _done
             rows = sum(it.rows for it in batch)
             if first and windowed and not self.max_delay_s:
                 if ran_out:
@@ -359,7 +370,8 @@ class Batcher:
                 it.future.set_exception(exc)
 
     def _done(self, batch: list[Queued]) -> None:
-        """The batch has stopped running: its requests hold no more memory here."""
+        """The batch has stopped running: it and its requests hold no more memory here."""
+        self.held_bytes -= self.fixed_bytes
         for it in batch:
             self._release(it)
             it.x = None
@@ -368,9 +380,9 @@ class Batcher:
         return batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
 
     def _run_inline(self, batch: list[Queued]) -> None:
-        x = self._inputs(batch)
         t0 = time.perf_counter()
         try:
+            x = self._inputs(batch)
             result = self._run(x, batch[0].opts)
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
             self._fail(batch, exc)
@@ -390,10 +402,15 @@ class Batcher:
     async def _run_threaded(self, batch: list[Queued]) -> None:
         assert self._pool is not None
         loop = asyncio.get_running_loop()
-        x = self._inputs(batch)
-        rows = len(x)
-        opts = batch[0].opts
-        job = self._pool.submit(partial(self._timed_run, x, opts), loop)
+        try:
+            x = self._inputs(batch)  # (no memory for the joined images: the batch fails, and ends)
+            rows = len(x)
+            opts = batch[0].opts
+            job = self._pool.submit(partial(self._timed_run, x, opts), loop)
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
+            self._fail(batch, exc)
+            self._ended(batch, loop)
+            return
         del x  # the job holds the images; once it is dropped or done nothing here does
         pool = self._pool
 
@@ -427,10 +444,15 @@ class Batcher:
                 timer.cancel()
             for it in batch:
                 it.future.remove_done_callback(gone)
-            self._done(batch)
-            self._inflight -= 1
-            if self._pending and self._scheduled is None:
-                self._scheduled = loop.call_soon(self._flush)
+            self._ended(batch, loop)
+
+    def _ended(self, batch: list[Queued], loop: asyncio.AbstractEventLoop) -> None:
+        """A batch handed to the pool has ended: its memory and its place go, and what waits
+        for a worker or for room in the budget gets a flush."""
+        self._done(batch)
+        self._inflight -= 1
+        if self._pending and self._scheduled is None:
+            self._scheduled = loop.call_soon(self._flush)
 
 
 def rows_of(answer: Answer) -> BatchResult:

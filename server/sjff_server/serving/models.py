@@ -48,7 +48,10 @@ class ServedModel:
         self.max_steps = spec.config.max_steps or default
         self._model = model  # its shapes (every version's) decide a batch's working memory
         self._work: dict[tuple[int | None, bool], WorkMemory] = {}
-        self.batcher = Batcher(self._run_batch, work_bytes=self.work_bytes, **batcher_kw)
+        # the fixed part of the model's working memory (its shapes', whatever the steps) is
+        # taken once by each running batch
+        fixed = model.working_memory(None, False).fixed
+        self.batcher = Batcher(self._run_batch, work_bytes=self.work_bytes, fixed_bytes=fixed, **batcher_kw)
         self.default_outputs = [n for n in engine.outputs if n != "latent"]
         self.default_plan = InferPlan(InferOptions(), tuple(self.default_outputs))
 
@@ -67,13 +70,27 @@ class ServedModel:
 
     def work_bytes(self, rows: int, opts: InferOptions) -> int:
         """Working memory of scoring ``rows`` images with ``opts`` (``RuntimeModel.working_memory``
-        less its fixed part, which a running batch takes once), counted against
+        less its fixed part, which the batcher counts once per running batch), counted against
         ``--max-inflight-mb`` with the request's images."""
         key = (opts.steps, opts.latent)
         work = self._work.get(key)
         if work is None:
             work = self._work[key] = self._model.working_memory(opts.steps, opts.latent)
         return work.rows_bytes(rows)
+
+    def budget_note(self) -> str | None:
+        """What to warn of where ``--max-inflight-mb`` cannot hold a one-image request of this
+        model (its float32 image, its working memory and a batch's fixed part): every ModelInfer
+        would be refused."""
+        limit = self.batcher.max_bytes
+        need = 4 * self.in_features + self.work_bytes(1, InferOptions()) + self.batcher.fixed_bytes
+        if limit is None or need <= limit:
+            return None
+        mib = 1 << 20
+        return (
+            f"the inference memory limit ({limit / mib:g} MiB) is below what one image needs ({need / mib:.1f} MiB): "
+            "every inference of this model will be refused; raise --max-inflight-mb"
+        )
 
     def _run_batch(self, x: np.ndarray, opts: InferOptions) -> BatchResult:
         pub = self.published  # read once: the whole batch runs on one version

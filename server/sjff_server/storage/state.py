@@ -167,7 +167,8 @@ class ModelState:
 
     def _recover(self, reset_changed: bool) -> Recovered:
         try:
-            self.sha256 = file_sha256(self.artifact)
+            # the bytes the served base was parsed from (the file may have been replaced since)
+            self.sha256 = self.base.source_sha256 or file_sha256(self.artifact)
         except OSError as exc:  # the model file, not the state: not a StateUnreadable
             raise RuntimeError(f"cannot read the model file {self.artifact}: {exc}") from exc
         notes = self._check_marker(reset_changed)
