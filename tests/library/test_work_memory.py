@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,6 +136,61 @@ def test_analog_batches_run_in_parts_that_bound_the_activations(tmp_path):
         assert parts[name].shape == whole[name].shape
         np.testing.assert_allclose(parts[name], whole[name], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(parts["label"], whole["label"])
+
+
+#: run in a fresh process (no torch, whose freed memory a call would reuse unseen): the
+#: resident-set peak over one call of ROWS images, reset just before it (Linux: clear_refs 5)
+_RESIDENT = """
+import dataclasses, json, sys
+import numpy as np
+from spikingjelly_ff.runtime import load_exported
+
+def kib(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+model = load_exported(sys.argv[1], threads=1)
+work = model.working_memory()
+if sys.argv[3] == "whole":
+    object.__setattr__(model.graph, "work", dataclasses.replace(work, rows_cap=None))
+x = np.random.default_rng(0).uniform(size=(int(sys.argv[2]), model.in_features)).astype(np.float32)
+model.run(x[:2])
+before = kib("VmRSS")
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError as exc:  # a sandbox that keeps the peak: no measurement here
+    print(json.dumps({"skip": str(exc)}))
+    sys.exit(0)
+model.run(x)
+print(json.dumps({"growth": (kib("VmHWM") - before) * 1024, "estimate": work.bytes(len(x))}))
+"""
+
+
+def test_analog_estimate_bounds_what_onnxruntime_takes(tmp_path):
+    """What onnxruntime allocates is out of numpy's tracing: measured as the growth of a fresh
+    process's resident-set peak over one call. In parts it stays within the estimate, however
+    many images; one call on them all would take ten times the estimate."""
+    import json
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the resident-set peak")
+    cfg = load_config("analog-deep")
+    net = build_model(cfg.model, 784, 10, cfg.seed)
+    net.image_shape = (28, 28)
+    path = analog_to_onnx(net, tmp_path / "m.onnx")
+
+    def measure(how: str) -> dict:
+        cmd = [sys.executable, "-c", _RESIDENT, str(path), "200", how]
+        return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+    parts, whole = measure("parts"), measure("whole")
+    if "skip" in parts:
+        pytest.skip(f"the resident-set peak cannot be reset here: {parts['skip']}")
+    assert 0 < parts["growth"] <= parts["estimate"], parts
+    assert whole["growth"] > 10 * whole["estimate"], whole
 
 
 def test_a_graph_with_an_output_not_per_image_runs_whole(tmp_path):
