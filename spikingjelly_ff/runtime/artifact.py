@@ -47,7 +47,14 @@ from spikingjelly_ff.functional.probability import Probability
 from spikingjelly_ff.functional.scores import check_scoring
 from spikingjelly_ff.runtime.conv_artifact import SpikeConv, read_conv_weights, write_conv_nodes
 from spikingjelly_ff.runtime.files import write_atomic
-from spikingjelly_ff.runtime.userblock import USERBLOCK, check_userblock, probe_unchecked, stamp_userblock
+from spikingjelly_ff.runtime.userblock import (
+    HDF5_SIGNATURE,
+    MAGIC,
+    USERBLOCK,
+    check_userblock,
+    probe_unchecked,
+    stamp_userblock,
+)
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ArtifactError", "SpikeArtifact", "read_artifact", "write_artifact"]
 
@@ -400,7 +407,12 @@ def _read_artifact(path: str | os.PathLike, probe: bool = True, data: bytes | No
         # one reading of the bytes: the sum, the probe and HDF5 all see these, so a file
         # replaced or rewritten meanwhile cannot pass a check made on other bytes
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as fh:
+                data = fh.read(USERBLOCK)
+                # a file that starts as no artefact does is refused before the rest is read
+                # (someone's large data file, say); the check below says how
+                if data.startswith((MAGIC, HDF5_SIGNATURE)):
+                    data += fh.read()
         except OSError as exc:
             raise ArtifactError(f"{path}: cannot read the file: {exc}") from exc
     try:

@@ -270,6 +270,25 @@ def test_a_file_replaced_while_it_is_checked_is_read_as_it_was_checked(tmp_path,
     assert np.array_equal(load_exported(path).weights[0], first[0] + 1.0)
 
 
+def test_a_large_file_that_is_no_artefact_is_refused_from_its_first_bytes(tmp_path):
+    """The loader reads a spike artefact's bytes once, whole; a file that starts as none does
+    (here 256 MiB of someone's data, sparse on disk) is refused after its first 512 bytes."""
+    import tracemalloc
+
+    big = tmp_path / "data.nir"
+    with open(big, "wb") as fh:
+        fh.write(b"not a model")
+        fh.truncate(256 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError, match="neither a checksum line nor HDF5"):
+            load_exported(big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
 IMPORTED = "print('imported', flush=True); import os, signal, time; "
 
 
