@@ -230,6 +230,44 @@ def _metric(text: str, prefix: str) -> float:
     return values[0]
 
 
+def test_an_answer_over_the_message_limit_is_that_requests_error(sjff_models, tmp_path, mnist_samples):
+    """An answer larger than --max-message-bytes (the latent of 1,300 images, 1.1 MB, for a
+    request of 1.0 MB) is refused as that request's RESOURCE_EXHAUSTED, counted as such: in a
+    stream the requests after it are answered (gRPC's own refusal ended the whole stream)."""
+    images, _ = mnist_samples
+    root = su.make_repository(tmp_path / "repo", {"snn": sjff_models["spike"]})
+    big = np.resize(images, (1300, 784))
+
+    def request(x, rid):
+        return build_infer_request(x, model="snn", parameters={"return_latent": True, "steps": 1}, request_id=rid)
+
+    with ServerProcess(root, extra_args=["--max-message-bytes", str(1 << 20)]) as srv:
+        with Client(srv.target) as c:
+            stub = pb_grpc.GRPCInferenceServiceStub(c.channel)
+            assert request(big, "b").ByteSize() < 1 << 20
+            reqs = [request(images[:1], "a"), request(big, "b"), request(images[1:3], "c")]
+            resps = list(stub.ModelStreamInfer(iter(reqs)))
+            assert [r.infer_response.id for r in resps] == ["a", "b", "c"]
+            assert resps[0].error_message == "" and resps[2].error_message == ""
+            assert resps[1].error_message.startswith("RESOURCE_EXHAUSTED: the answer to this request (")
+            assert "--max-message-bytes 1048576" in resps[1].error_message
+            assert [o.name for o in resps[2].infer_response.outputs][-1] == "latent"
+            code, message = code_of(lambda: stub.ModelInfer(request(big, "d")))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "exceeds the server's message limit" in message
+        # a call is counted once its status has gone out: the scrape may come first, so wait for it
+        expected = [
+            'sjff_grpc_requests_total{code="RESOURCE_EXHAUSTED",method="ModelInfer"} 1.0',
+            'sjff_grpc_requests_total{code="RESOURCE_EXHAUSTED",method="ModelStreamInfer.item"} 1.0',
+        ]
+        end = time.monotonic() + 30
+        while True:
+            metrics = urllib.request.urlopen(srv.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
+            if all(line in metrics for line in expected) or time.monotonic() > end:
+                break
+            time.sleep(0.05)
+    assert all(line in metrics for line in expected), [x for x in metrics.splitlines() if "requests_total" in x]
+
+
 def test_concurrent_requests_are_batched_and_correct(server, analog, mnist_samples):
     """64 concurrent one-image requests to a model whose batch window (30 s) ends only when
     max_batch_size (64) images are queued: they all meet in one batch, whatever the timing,
@@ -547,11 +585,25 @@ def test_spiking_batches_on_two_workers_never_see_torn_weights(sjff_models, tmp_
             assert not any(np.array_equal(scores, row) for row in expected[version - 1])
 
 
-def test_min_version_waits_within_the_deadline(server, mnist_samples):
-    """``min_version`` (read-your-writes): met at once when the model is there, else
-    DEADLINE_EXCEEDED after ``min_version_wait_ms`` (or near the call's deadline) with a message
-    naming both versions; the answer keeps sjff_version; a non-integer value is INVALID_ARGUMENT."""
+def test_min_version_waits_within_the_deadline(server, sjff_models, tmp_path, token_path, mnist_samples):
+    """``min_version`` (read-your-writes) on a model that learns: met at once when the model is
+    there, else DEADLINE_EXCEEDED after ``min_version_wait_ms`` (or near the call's deadline)
+    with a message naming both versions; the answer keeps sjff_version; a non-integer value is
+    INVALID_ARGUMENT. A model that does not learn refuses a version it can never reach at once."""
     images, _ = mnist_samples
+    plain = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.target))  # no --state-dir
+    req = build_infer_request(images[:2], "mnist", parameters={"min_version": 1})
+    t0 = time.monotonic()
+    code, message = code_of(lambda: plain.ModelInfer(req, timeout=60))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and time.monotonic() - t0 < 30
+    assert "min_version 1 can never be reached: mnist/2 does not learn" in message  # the newest version
+    root = su.make_repository(tmp_path / "repo", {"mnist": sjff_models["analog"]})
+    srv = ServerProcess(root, state_dir=tmp_path / "state", token_file=token_path, metrics=False)
+    with srv:
+        _min_version_waits(srv, images)
+
+
+def _min_version_waits(server, images):
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.target))
 
     def infer(value, timeout=30.0, **params):

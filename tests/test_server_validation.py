@@ -135,7 +135,12 @@ def test_decode_infer_typed_images():
     assert "go in contents.fp32_contents" in refused(typed_request("FP32", "uint_contents", [0, 0, 0, 0]))
     assert "FP16 images must be sent as raw" in refused(typed_request("FP16", "fp32_contents", [0, 0, 0, 0]))
     assert "NaN or Inf" in refused(typed_request("FP32", "fp32_contents", [0, float("inf"), 0, 0]))
-    assert "NaN or Inf" in refused(typed_request("FP64", "fp64_contents", [0, 1e300, 0, 0]))
+    # FP64 values are checked as sent, before float32 would round them into range or to Inf
+    assert refused(typed_request("FP64", "fp64_contents", [0, 1e300, 0, 0])).startswith(
+        "image values must lie in [0, 1], got min 0.0, max 1e+300"
+    )
+    assert "max 1.00000001 " in refused(typed_request("FP64", "fp64_contents", [0, 1.00000001, 0, 0]))
+    assert "min -1e-50," in refused(typed_request("FP64", "fp64_contents", [0, -1e-50, 0, 0]))
 
 
 def test_server_refuses_out_of_range_uint8(sjff_models, tmp_path):
@@ -266,6 +271,32 @@ def test_bad_inference_inputs(request_, message):
         decode_infer(request_, FakeServed, 100)
     assert status_of(err.value)[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert message in err.value.message
+
+
+def test_raw_fp16_and_fp32_out_of_range_are_refused_with_every_digit():
+    half = np.array([[0, 0.5, 1, 1]], np.float16)
+    half[0, 3] = np.nextafter(np.float16(1), np.float16(2))  # 1.0009765625: rounds to no float32 1
+    assert "max 1.0009765625 " in refused(req(half, datatype="FP16"))
+    assert "max 1.0000001192092896 " in refused(req(np.array([[0, 0, 0, 1.0000001]], np.float32)))
+
+
+def test_return_latent_asks_for_the_latent_listed_outputs_or_not():
+    spiking = type("Spiking", (FakeServed,), {"kind": "spiking", "max_steps": 40})
+    spiking.engine = type("E", (), {"outputs": {**FakeServed.engine.outputs, "latent": None}})
+    # outputs listed -> outputs answered (an analog model has no latent, listed or not)
+    expected = {(): ("scores", "label", "latent"), ("scores",): ("scores", "latent"), ("latent",): ("latent",)}
+    for served, ok in ((spiking, True), (FakeServed, False)):
+        for listed, outputs in expected.items():
+            r = req(np.zeros((1, 4), np.float32))
+            r.parameters["return_latent"].bool_param = True
+            for name in listed:
+                r.outputs.add(name=name)
+            if ok:
+                _, plan = decode_infer(r, served, 100)
+                assert plan.opts.latent and plan.outputs == outputs
+            else:
+                with pytest.raises(RequestError, match="no latent output|unknown output"):
+                    decode_infer(r, served, 100)
 
 
 def test_good_inference_inputs():

@@ -242,6 +242,7 @@ class ServerApp:
             auth=self.auth if cfg.protect_inference else None,
             max_rows=cfg.max_request_rows,
             version=cfg.version,
+            max_answer_bytes=cfg.max_message_bytes,
         )
         learning = LearningService(
             self.registry, self.metrics, self.auth, max_samples=cfg.max_learn_samples, max_eta=cfg.max_eta

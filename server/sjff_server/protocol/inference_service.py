@@ -12,7 +12,7 @@ from sjff_client.pb import grpc_service_pb2 as pb
 from sjff_client.pb import grpc_service_pb2_grpc as pb_grpc
 
 from ..auth import Authenticator
-from ..errors import DeadlineExceeded, InvalidInput, Unavailable
+from ..errors import DeadlineExceeded, InvalidInput, PreconditionFailed, ResourceExhausted, Unavailable
 from ..inference.batching import Queued
 from ..metrics import Metrics
 from ..serving.models import ModelRegistry, ServedModel
@@ -27,6 +27,8 @@ SERVER_NAME = "spikingjelly-ff"
 EXTENSIONS = ["classification", "model_repository_versions", "sjff_learning"]
 _FP32 = IMAGE_DTYPES["FP32"]
 _POLL_S = 0.002
+# what a stream's answer adds around an inference answer (a field tag and its length)
+_STREAM_WRAP = 16
 # the wait for min_version ends this much before the call's deadline, so that the server's
 # DEADLINE_EXCEEDED (which names both versions) reaches the client before its own timer fires
 _REPLY_MARGIN_S, _REPLY_MARGIN_FRACTION = 0.25, 0.2
@@ -45,10 +47,16 @@ def version_wait_end(deadline: float | None, wait_s: float | None, now: float) -
 
 async def wait_for_version(served: ServedModel, version: int, deadline: float) -> None:
     """Return once ``served`` publishes learning ``version`` or later (read-your-writes), else
-    :class:`DeadlineExceeded` at ``deadline`` (see :func:`version_wait_end`)."""
+    :class:`DeadlineExceeded` at ``deadline`` (see :func:`version_wait_end`);
+    :class:`PreconditionFailed` at once for a model that does not learn (its version never moves)."""
     if served.published.version >= version:
         return
     learner = served.learner
+    if learner is None:
+        raise PreconditionFailed(
+            f"min_version {version} can never be reached: {served.name}/{served.version} does not learn "
+            f"(learning is off for it) and stays at version {served.published.version}"
+        )
     if hasattr(learner, "wait_version"):  # replicated: woken when the version is applied
         await learner.wait_version(version, deadline)
         return
@@ -85,8 +93,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer, RpcService):
         max_rows: int = 4096,
         version: str = "",
         stream_window: int = 64,
+        max_answer_bytes: int | None = None,
     ) -> None:
         self.registry = registry
+        # gRPC's send limit (--max-message-bytes): a larger answer is refused here, as this
+        # request's error, rather than by gRPC, which would end the call (a whole stream)
+        self.max_answer_bytes = max_answer_bytes
         self.state = state
         self.metrics = metrics
         self.auth = auth  # None: inference is open
@@ -174,7 +186,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer, RpcService):
         finally:
             self.active -= 1
             self.last_exit = time.perf_counter()
-        return self._messages_of(served).infer_answer(request, plan, result)
+        answer = self._messages_of(served).infer_answer(request, plan, result)
+        limit = self.max_answer_bytes
+        if limit is not None:
+            size = len(answer) if type(answer) is bytes else answer.ByteSize()
+            if size + _STREAM_WRAP > limit:
+                raise ResourceExhausted(
+                    f"the answer to this request ({size} bytes) exceeds the server's message limit "
+                    f"(--max-message-bytes {limit}); send fewer images per request or ask for fewer outputs"
+                )
+        return answer
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext

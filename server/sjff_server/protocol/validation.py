@@ -50,8 +50,9 @@ def check_images(x: np.ndarray) -> np.ndarray:
     if x.size and not (_min(x, axis=None) >= 0.0 and _max(x, axis=None) <= 1.0):  # NaN fails both comparisons
         if not np.isfinite(x).all():
             raise InvalidInput("images contain NaN or Inf")
+        # repr: every digit (1.0000001 as float32 is 1.0000001192092896, not a valid-looking "1")
         raise InvalidInput(
-            f"image values must lie in [0, 1], got min {float(x.min()):g}, max {float(x.max()):g} "
+            f"image values must lie in [0, 1], got min {float(x.min())!r}, max {float(x.max())!r} "
             "(send UINT8 for 0..255 pixel values)"
         )
     return x
@@ -99,8 +100,8 @@ def _images(buf: bytes | None, tensor, datatype: str, shape, in_features: int, m
     if datatype == "UINT8":
         return x.astype(np.float32) / _INV255  # always in [0, 1]
     if datatype != "FP32":
-        with np.errstate(over="ignore", invalid="ignore"):
-            x = x.astype(np.float32)
+        # checked as sent: rounding to float32 would pass 1.00000001 as 1 and turn 1e300 into Inf
+        return check_images(x).astype(np.float32)
     return check_images(x)
 
 
@@ -172,14 +173,14 @@ def decode_infer(request: pb.ModelInferRequest, served, max_rows: int) -> tuple[
                 classify = {**(classify or {}), o.name: k}
         if len(set(names)) != len(names):
             raise InvalidInput("an output is requested twice")
-        if "latent" in names:
-            latent = True
     else:
         names = list(served.default_outputs)
-        if latent:
-            if "latent" not in available:
-                raise InvalidInput("this model has no latent output")
+    if latent or "latent" in names:  # return_latent asks for the output, listed or not
+        if "latent" not in available:
+            raise InvalidInput("this model has no latent output")
+        if "latent" not in names:
             names.append("latent")
+        latent = True
     if served.kind == "spiking":
         opts = InferOptions(seed, steps, latent)
     else:
