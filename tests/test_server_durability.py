@@ -161,6 +161,33 @@ def test_the_state_belongs_to_the_bytes_the_model_was_read_from(sjff_models, tmp
         learner(load_exported(path)).recover()
 
 
+@pytest.mark.parametrize("marker", ["deleted", "no sha256", "snapshots only"])
+def test_state_without_a_marker_naming_its_model_file_is_refused(sjff_models, mnist_samples, tmp_path, marker):
+    """An update log or snapshots without ``artefact.json`` (or one without its sha256) belong
+    to an unknown model file: replayed onto the one there now they would give weights no caller
+    was answered with, so recovery refuses (--reset-changed-models archives them)."""
+    images, labels = mnist_samples
+    xs = as_float(images[:10])
+    state = tmp_path / "s"
+    learn_and_crash(sjff_models, state, xs, labels, 5, snapshot_every=2 if marker == "snapshots only" else 0)
+    path = state / "artefact.json"
+    if marker == "no sha256":
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "sha256"}))
+    else:
+        path.unlink()
+    if marker == "snapshots only":
+        for segment in (state / "log").glob("*.log"):
+            segment.unlink()
+    with pytest.raises(StateMismatch, match="holds learning state .* but no artefact.json"):
+        make_learner(sjff_models, state).recover()
+    learner = make_learner(sjff_models, state, reset_changed=True)
+    notes = learner.recover()
+    assert any("archived" in n for n in notes) and learner.published.version == 0
+    learner.state.release()
+    model_sha = hashlib.sha256(Path(sjff_models["analog"]).read_bytes()).hexdigest()
+    assert json.loads(path.read_text())["sha256"] == model_sha
+
+
 def test_replay_is_checked_against_logged_digests(sjff_models, mnist_samples, tmp_path, monkeypatch):
     """Digests logged every few versions make a replay that differs in the last bit (other
     arithmetic) an error that says so, not silently other weights."""

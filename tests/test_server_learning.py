@@ -325,6 +325,41 @@ def test_sigterm_drains_in_flight_updates(repo, tmp_path, token_path, mnist_samp
         srv.stop()
 
 
+def test_a_short_grace_never_cuts_off_an_update_it_then_applies(repo, tmp_path, token_path, mnist_samples):
+    """SIGTERM with a grace period shorter than the queued work: the learners answer their
+    calls before the server cancels any. Whatever the timing, every update and rollback the
+    server applied was answered OK, and every other call was refused as not applied, or cut
+    off before it reached the learner (before, gRPC's "Cancelling all calls" reached calls
+    whose updates were then written: 29 refused, 30 applied)."""
+    images, labels = mnist_samples
+    srv = start(repo, tmp_path, token_path, "--shutdown-grace", "0.3")
+    x = su.as_float(np.resize(images, (256, 784)))
+    y = np.resize(labels, 256)
+
+    async def run():
+        async with AsyncClient(srv.target, token_file=token_path, model="snn") as c:
+            tasks = [asyncio.ensure_future(c.learn(x, y, seed=i)) for i in range(20)]
+            tasks.append(asyncio.ensure_future(c.rollback(1)))
+            tasks += [asyncio.ensure_future(c.learn(x, y, seed=100 + i)) for i in range(10)]
+            await asyncio.sleep(0.5)
+            srv.proc.send_signal(15)
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(run())
+    assert srv.proc.wait(60) == 0
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    for r in refused:
+        assert r.code() == grpc.StatusCode.UNAVAILABLE, r
+        assert "shutting down" in r.details() or r.details() == "Cancelling all calls", r
+    srv.restart()
+    try:
+        with Client(srv.target, token_file=token_path, model="snn") as c:
+            assert c.list_versions().current_version == len(ok)  # each answered call made one version
+    finally:
+        srv.stop()
+
+
 def test_learning_without_state_dir_is_disabled(repo, token_path, mnist_samples):
     images, labels = mnist_samples
     with (

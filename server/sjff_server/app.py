@@ -34,6 +34,10 @@ from .tuning import yield_grpc_poller
 
 __all__ = ["ServerConfig", "ServerApp", "check_port_sharing"]
 
+#: seconds the server's stop waits at least for calls in flight after the learners have
+#: answered theirs (their answers still go out; --shutdown-grace 0 included)
+ANSWER_GRACE_S = 1.0
+
 log = logging.getLogger("sjff_server")
 
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -334,8 +338,8 @@ class ServerApp:
     # -- shutdown --------------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        """Stop accepting calls, drain those in flight (up to the grace period), let the
-        learners finish their queues and write final snapshots."""
+        """Answer the learners' queued calls, stop accepting calls, drain those in flight (all
+        within the grace period), let the learners write final snapshots."""
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -343,8 +347,16 @@ class ServerApp:
         log.info("shutting down", extra={"grace_s": self.config.shutdown_grace_s})
         self.state.ready = False
         await self.health.enter_graceful_shutdown()
+        # the learners first, while every call is still open: new Learn, Rollback and Snapshot
+        # calls are refused and the queued ones answered. The server's stop cancels the calls
+        # still open when the grace ends, and a call cancelled while its update was being
+        # written would be applied though its caller was told it failed.
+        grace = self.config.shutdown_grace_s
+        learners = [m.learner for m in self.registry.all() if m.learner is not None]
+        await asyncio.gather(*(learner.quiesce(grace) for learner in learners))
         if self.server is not None:
-            await self.server.stop(self.config.shutdown_grace_s)
+            # the calls the learners answered last still need their answers sent
+            await self.server.stop(max(ANSWER_GRACE_S, grace - (time.perf_counter() - t0)))
         for m in self.registry.all():
             if m.learner is not None:
                 await m.learner.close(final_snapshot=True)

@@ -139,6 +139,12 @@ class Learner:
         if self.metrics is not None:
             self.metrics.version(self.name, self.repo_version, self.published.version)
 
+    async def quiesce(self, timeout: float) -> None:
+        """The start of a shutdown, while calls are still open: refuse new Learn, Rollback and
+        Snapshot calls and answer the queued ones (``GroupWriter.quiesce``)."""
+        self._closing = True
+        await self.writer.quiesce(timeout)
+
     async def close(self, final_snapshot: bool = True) -> None:
         """Finish queued work, write a final snapshot, close the log."""
         self._closing = True

@@ -101,6 +101,16 @@ class ReplicatedLearner(Follower):
         """Start following the stream (bootstrap, catch-up): NOT_SERVING until caught up."""
         self._start_tasks(self._apply_done)
 
+    async def quiesce(self, timeout: float) -> None:
+        """The start of a shutdown, while calls are still open: refuse new calls, and give those
+        whose entries are in the stream up to ``timeout`` seconds to be answered here (what is
+        still waiting then is answered UNAVAILABLE by :meth:`close`; its entry is applied, and a
+        retry with its request_id is answered by that application)."""
+        self._closing = True
+        waiting = [f for futs in self._waiters.values() for f in futs if not f.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=max(0.0, timeout))
+
     async def close(self, final_snapshot: bool = True) -> None:
         """Stop following; calls still waiting are answered UNAVAILABLE (a retry with their
         request id is safe). No final snapshot: the shared ones and the stream hold the state."""

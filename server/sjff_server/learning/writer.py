@@ -48,9 +48,15 @@ class Pending:
 
 @dataclass(slots=True)
 class _Control:
-    kind: str  # "snapshot" | "rollback" | "stop"
+    kind: str  # "snapshot" | "rollback" | "barrier" | "stop"
     arg: Any = None
     future: asyncio.Future | None = None
+
+
+def _retrieved(fut: asyncio.Future) -> None:
+    """A done callback for a future whose failure is expected: no "never retrieved" warning."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def internal(exc: BaseException) -> InternalError:
@@ -134,6 +140,32 @@ class GroupWriter:
         self._queue.append(_Control(kind, arg, fut))
         self._wake.set()
         return fut
+
+    async def quiesce(self, timeout: float) -> None:
+        """Answer every queued call before returning, so that none is cut off unanswered (a
+        call cancelled while its update is being written would be applied though its caller
+        was told it failed): what is queued runs for up to ``timeout`` seconds; after it, what
+        has not started is refused as not applied, and what has started (one group being
+        computed, one being synced, a rollback or snapshot) finishes and is answered."""
+        if self._task is None or self._task.done():
+            return
+        first = self.control("barrier")  # done once everything queued before it is
+        try:
+            await asyncio.wait_for(asyncio.shield(first), max(0.0, timeout))
+            return
+        except TimeoutError:
+            pass
+        except Exception:  # noqa: BLE001 - learning stopped: the queue has been answered
+            return
+        first.add_done_callback(_retrieved)  # failed below
+        self._fail_queue(Unavailable("the server is shutting down: not applied"))
+        if self._task.done():
+            return
+        # after what has started; it fails only where learning stopped meanwhile, which
+        # answered every call too
+        last = self.control("barrier")
+        last.add_done_callback(_retrieved)
+        await asyncio.wait([last])
 
     async def stop(self, final_snapshot: bool) -> None:
         """Finish queued work, snapshot if asked, close the log, end the threads."""
@@ -333,6 +365,8 @@ class GroupWriter:
                 pub, restored = await loop.run_in_executor(self._io, self._store.rollback, self._current(), c.arg)
                 self._rolled_back(pub, restored)  # nothing may turn the durable rollback into an error
                 result = (pub.version, restored)
+            elif c.kind == "barrier":  # everything before it is answered (the loop drained it)
+                result = None
             else:
                 raise ValueError(f"unknown control {c.kind}")
         except (StorageError, OutcomeUnknown) as exc:

@@ -129,6 +129,16 @@ class ModelState:
                 old = json.loads(marker.read_text()).get("sha256")
             except (ValueError, AttributeError) as exc:
                 raise StateMismatch(f"{marker} is unreadable ({exc}); restore it or move the directory away") from exc
+        if old is None and self._holds_state():
+            # updates and snapshots of an unknown model file: replayed onto this one they would
+            # give weights no caller was answered with
+            if not reset_changed:
+                raise StateMismatch(
+                    f"{self.dir} holds learning state (an update log or snapshots) but no {MARKER_FILE} naming "
+                    f"the model file it belongs to; restore {marker.name} or start with --reset-changed-models "
+                    "to archive the state"
+                )
+            old = "unknown"  # archived below
         if old is not None and old != self.sha256:
             if not reset_changed:
                 raise StateMismatch(
@@ -150,6 +160,16 @@ class ModelState:
             info = {"sha256": self.sha256, MARKER_PATH_KEY: str(self.artifact), "model": self.name}
             atomic_write(marker, json.dumps({**info, "version": self.repo_version}).encode())
         return notes
+
+    def _holds_state(self) -> bool:
+        """Whether the directory holds updates or snapshots (an empty log segment is none)."""
+        for _, path in self.log.segments():
+            try:
+                if path.stat().st_size > 0:
+                    return True
+            except OSError:
+                continue
+        return bool(self.snapshots.list())
 
     def recover(self, reset_changed: bool = False) -> Recovered:
         """Newest usable snapshot + one streaming pass over the log. A torn final write is
