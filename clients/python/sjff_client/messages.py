@@ -62,10 +62,14 @@ class RequestFailed(Exception):
 
 
 def outcome_unknown(exc: BaseException) -> bool:
-    """Whether a failed ``learn`` may nevertheless have been applied: the server answers UNKNOWN
-    only when a storage error struck and it could not undo the write. Check
+    """Whether the server said a failed ``learn`` may nevertheless have been applied: it answers
+    UNKNOWN only when a storage error struck and it could not undo the write. Check
     ``list_versions().current_version`` before retrying, or retry with ``expected_version``.
-    Every other failure of a learn (UNAVAILABLE "not applied" included) applied nothing."""
+    Every other failure the server answered (UNAVAILABLE "not applied" included) applied
+    nothing. A call cut off before the server's answer (the client's own deadline, a broken
+    connection: DEADLINE_EXCEEDED or UNAVAILABLE raised by gRPC itself) may have been applied
+    too, and is not told apart here: a server without ``--replication`` does not deduplicate
+    request ids, so check the version before retrying such a learn."""
     if isinstance(exc, RequestFailed):
         return exc.outcome_unknown
     # a failed call raises an error that is also its grpc.Call (sync) or an AioRpcError (asyncio)
