@@ -35,8 +35,11 @@ from .tuning import yield_grpc_poller
 __all__ = ["ServerConfig", "ServerApp", "check_port_sharing"]
 
 #: seconds the server's stop waits at least for calls in flight after the learners have
-#: answered theirs (their answers still go out; --shutdown-grace 0 included)
+#: answered theirs (a LearnStream's last in-band answers; --shutdown-grace 0 included)
 ANSWER_GRACE_S = 1.0
+#: the bound of the wait for the Learn, Rollback and Snapshot calls the learners answered to
+#: end (their answers sent), against a peer that never reads its answer
+ANSWERED_WAIT_S = 30.0
 
 log = logging.getLogger("sjff_server")
 
@@ -112,6 +115,7 @@ class ServerApp:
         self.pool = WorkerPool(config.workers, "sjff-infer")
         self.server: grpc.aio.Server | None = None
         self.health_server: grpc.aio.Server | None = None
+        self.learning: LearningService | None = None
         self.health = health.aio.HealthServicer()
         self.port: int = 0
         self.metrics_port: int | None = None
@@ -248,7 +252,7 @@ class ServerApp:
             version=cfg.version,
             max_answer_bytes=cfg.max_message_bytes,
         )
-        learning = LearningService(
+        learning = self.learning = LearningService(
             self.registry, self.metrics, self.auth, max_samples=cfg.max_learn_samples, max_eta=cfg.max_eta
         )
         self.metrics.waiting.set_function(lambda: inference.active)
@@ -354,8 +358,9 @@ class ServerApp:
         grace = self.config.shutdown_grace_s
         learners = [m.learner for m in self.registry.all() if m.learner is not None]
         await asyncio.gather(*(learner.quiesce(grace) for learner in learners))
+        if self.learning is not None and not await self.learning.calls_ended(ANSWERED_WAIT_S):
+            log.warning("learning calls still open after their answers", extra={"waited_s": ANSWERED_WAIT_S})
         if self.server is not None:
-            # the calls the learners answered last still need their answers sent
             await self.server.stop(max(ANSWER_GRACE_S, grace - (time.perf_counter() - t0)))
         for m in self.registry.all():
             if m.learner is not None:

@@ -52,6 +52,9 @@ class _SharedSnapshots:
         return [SnapshotInfo(r.version, Path(f"redis:{f.key}@{r.entry_id}"), 0.0, 0) for r in f.shared_snapshots]
 
 
+_SHUTTING_DOWN = "the server is shutting down; retry with the same request_id"
+
+
 class ReplicatedLearner(Follower):
     """Learning state of one model version (``name``/``version``), replicated over Redis."""
 
@@ -67,6 +70,7 @@ class ReplicatedLearner(Follower):
         self.on_failed: Callable[[ReplicatedLearner], None] | None = None
         self._failed: str | None = None
         self._closing = False
+        self._quiesced = False  # shutting down and the waiting calls answered: no new waits
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._rids: dict[str, str] = {}  # entry id -> request id, of the entries waited for
         self._recent: OrderedDict[str, Any] = OrderedDict()
@@ -103,20 +107,22 @@ class ReplicatedLearner(Follower):
 
     async def quiesce(self, timeout: float) -> None:
         """The start of a shutdown, while calls are still open: refuse new calls, and give those
-        whose entries are in the stream up to ``timeout`` seconds to be answered here (what is
-        still waiting then is answered UNAVAILABLE by :meth:`close`; its entry is applied, and a
-        retry with its request_id is answered by that application)."""
+        whose entries are in the stream up to ``timeout`` seconds to be answered here; what is
+        still waiting then is answered UNAVAILABLE now, while its call is open (its entry is
+        applied, and a retry with its request_id is answered by that application)."""
         self._closing = True
         waiting = [f for futs in self._waiters.values() for f in futs if not f.done()]
         if waiting:
             await asyncio.wait(waiting, timeout=max(0.0, timeout))
+        self._quiesced = True
+        self._fail_waiters(Unavailable(_SHUTTING_DOWN))
 
     async def close(self, final_snapshot: bool = True) -> None:
         """Stop following; calls still waiting are answered UNAVAILABLE (a retry with their
         request id is safe). No final snapshot: the shared ones and the stream hold the state."""
         self._closing = True
         await self._stop_tasks()
-        self._fail_waiters(Unavailable("the server is shutting down; retry with the same request_id"))
+        self._fail_waiters(Unavailable(_SHUTTING_DOWN))
         try:
             await self.shared.leave(self.options.replica_id)  # no longer holds the trim floor
         except REDIS_ERRORS:
@@ -178,6 +184,8 @@ class ReplicatedLearner(Follower):
             return _answer(self._recent[entry_id])
         if id_le(entry_id, self.last_id):  # applied before this replica's state was loaded
             return _answer(await self._stored_result(entry_id, request_id))
+        if self._quiesced:  # appended as the shutdown began: applied, but not waited for here
+            raise Unavailable(_SHUTTING_DOWN)
         fut = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(entry_id, []).append(fut)
         if request_id:

@@ -45,6 +45,30 @@ class LearningService(lpb_grpc.LearningServicer, RpcService):
         self.max_samples = max_samples
         self.max_eta = max_eta
         self.stream_window = stream_window
+        self._open = 0  # Learn, Rollback and Snapshot calls not yet ended (their status sent)
+        self._none_open = asyncio.Event()
+        self._none_open.set()
+
+    def _track(self, context: grpc.aio.ServicerContext) -> None:
+        """Count a call that changes the state until gRPC has ended it (its answer sent)."""
+        self._open += 1
+        self._none_open.clear()
+        context.add_done_callback(self._ended)
+
+    def _ended(self, _context) -> None:
+        self._open -= 1
+        if not self._open:
+            self._none_open.set()
+
+    async def calls_ended(self, timeout: float) -> bool:
+        """Wait (up to ``timeout`` s) until every Learn, Rollback and Snapshot call has ended:
+        at a shutdown, once the learners have answered them, so that the server's stop cuts
+        none off before its answer is sent. False if some are still open then."""
+        try:
+            await asyncio.wait_for(self._none_open.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def _learner_of(self, name: str, version: str) -> ServedModel:
         served = self.registry.get(name, version)
@@ -76,6 +100,7 @@ class LearningService(lpb_grpc.LearningServicer, RpcService):
         )
 
     async def Learn(self, request: lpb.LearnRequest, context: grpc.aio.ServicerContext) -> lpb.LearnResponse:
+        self._track(context)
         return await self._unary("Learn", context, lambda: self._learn(request, deadline_of(context)))
 
     async def _stream_one(self, request: lpb.LearnRequest, deadline: float | None) -> lpb.LearnResponse:
@@ -100,6 +125,8 @@ class LearningService(lpb_grpc.LearningServicer, RpcService):
     # -- admin ---------------------------------------------------------------------------------
 
     async def Snapshot(self, request: lpb.SnapshotRequest, context: grpc.aio.ServicerContext) -> lpb.SnapshotResponse:
+        self._track(context)
+
         async def run():
             served = self._learner_of(request.model_name, request.model_version)
             info, exported = await served.learner.snapshot(request.export_artifact)
@@ -130,6 +157,8 @@ class LearningService(lpb_grpc.LearningServicer, RpcService):
         return await self._unary("ListVersions", context, run)
 
     async def Rollback(self, request: lpb.RollbackRequest, context: grpc.aio.ServicerContext) -> lpb.RollbackResponse:
+        self._track(context)
+
         async def run():
             served = self._learner_of(request.model_name, request.model_version)
             new, restored = await served.learner.rollback(request.version)
