@@ -143,7 +143,20 @@ def _random_bytes(rng: np.random.Generator) -> bytes:
     return b"".join(parts)
 
 
-def _call(kind: str, rng: np.random.Generator, ctx: Context) -> Call:
+def _retry(rng: np.random.Generator, ctx: Context, seed: int) -> bytes:
+    """A Learn with a request id that other calls of the run send too (concurrently or later):
+    one of ``RETRY_IDS`` per run, drawn with its samples from its own generator; one in five
+    carries other images under that id (refused while the first is known)."""
+    g = int(rng.integers(0, RETRY_IDS))
+    r = valid_learn(np.random.default_rng([seed, 1 << 20, g]), ctx)
+    r.request_id = f"retry-{seed}-{g}"
+    if rng.random() < 0.2:
+        r.images = ctx.images[rng.integers(0, len(ctx.images), len(r.labels))].tobytes()
+        r.encoding = lpb.IMAGE_ENCODING_UINT8
+    return r.SerializeToString()
+
+
+def _call(kind: str, rng: np.random.Generator, ctx: Context, seed: int = 0) -> Call:
     good = ctx.good
     if kind == "infer_absurd":
         return Call(kind, INFER, infer_request(rng).SerializeToString(), good)
@@ -159,6 +172,8 @@ def _call(kind: str, rng: np.random.Generator, ctx: Context) -> Call:
         return Call(kind, *_mutated(rng, ctx, True), good)
     if kind == "learn_valid":
         return Call(kind, LEARN, valid_learn(rng, ctx).SerializeToString(), good)
+    if kind == "learn_retry":
+        return Call(kind, LEARN, _retry(rng, ctx, seed), good)
     if kind == "random_bytes":
         if rng.random() < 0.2:
             method = str(rng.choice(STREAMS))
@@ -223,7 +238,8 @@ KINDS = {
     "learn_absurd": 8,
     "learn_bad": 10,
     "learn_mutated": 7,
-    "learn_valid": 12,
+    "learn_valid": 9,
+    "learn_retry": 3,
     "random_bytes": 6,
     "oversized": 1,
     "bad_token": 6,
@@ -235,10 +251,12 @@ KINDS = {
     "metadata": 2,
 }
 _NAMES = list(KINDS)
+#: request ids shared by the run's learn_retry calls
+RETRY_IDS = 40
 _P = np.array(list(KINDS.values()), float) / sum(KINDS.values())
 
 
 def make_call(seed: int, index: int, ctx: Context) -> Call:
     """Call number ``index`` of the run with ``seed`` (the same call every time)."""
     rng = np.random.default_rng([seed, index])
-    return _call(str(rng.choice(_NAMES, p=_P)), rng, ctx)
+    return _call(str(rng.choice(_NAMES, p=_P)), rng, ctx, seed)

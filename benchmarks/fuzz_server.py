@@ -13,7 +13,8 @@ and a deadline on every call. Checks, after the run:
 * the server is alive and ready; the frozen models answer a fixed batch (8 MNIST test images,
   explicit seed for the spiking one) bit-identically before and after;
 * each learning model's version after = before + the Learn calls answered OK (unary and
-  in streams) + the Rollbacks answered OK, ListVersions' history agrees, inference reports
+  in streams; the retries of one request id, concurrent or later, count once: the server
+  applies an id once) + the Rollbacks answered OK, ListVersions' history agrees, inference reports
   that version, and a rollback to the version before the run gives the answers from before;
 * the server log holds no traceback and no ERROR record.
 
@@ -78,11 +79,13 @@ def make_repository(root: Path, analog: Path, spike: Path) -> Path:
 @dataclasses.dataclass
 class Outcome:
     """What one call got: the call's status, in-band statuses of stream answers, the updates
-    it made (model -> count) and what is wrong with it (empty if nothing)."""
+    answered OK (model -> count; those with a request id as ``(model, id)``, applied once
+    however often they were answered) and what is wrong with it (empty if nothing)."""
 
     code: str = "OK"
     items: list[str] = dataclasses.field(default_factory=list)
     learned: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    learned_ids: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     rolled: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
@@ -110,7 +113,12 @@ def execute(call: fc.Call, channel: grpc.Channel, target: str, deadline_s: float
         if isinstance(call.payload, bytes):
             resp = channel.unary_unary(call.method)(call.payload, timeout=deadline_s, metadata=call.metadata)
             if call.method == fr.LEARN:
-                out.learned[lpb.LearnResponse.FromString(resp).model_name] += 1
+                model = lpb.LearnResponse.FromString(resp).model_name
+                rid = lpb.LearnRequest.FromString(call.payload).request_id  # the server parsed it too
+                if rid:
+                    out.learned_ids.add((model, rid))
+                else:
+                    out.learned[model] += 1
             elif call.method == fr.ROLLBACK:
                 out.rolled[lpb.RollbackRequest.FromString(call.payload).model_name] += 1
         elif not call.abandon:
@@ -177,6 +185,7 @@ def run(
     codes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     items: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     learned, rolled = collections.Counter(), collections.Counter()
+    learned_ids: set[tuple[str, str]] = set()
     problems: list[dict] = []
 
     def worker() -> None:
@@ -197,6 +206,7 @@ def run(
                     codes[call.kind][out.code] += 1
                     items[call.kind].update(out.items)
                     learned.update(out.learned)
+                    learned_ids.update(out.learned_ids)
                     rolled.update(out.rolled)
                     for check, detail in out.problems:
                         problems.append(
@@ -215,6 +225,8 @@ def run(
         t.start()
     for t in threads:
         t.join()
+    retried = collections.Counter(model for model, _ in learned_ids)
+    learned.update(retried)  # a request id answered OK any number of times was applied once
     return {
         "calls": sum(sum(c.values()) for c in codes.values()),
         "asked": len(indices),
@@ -224,6 +236,7 @@ def run(
         "codes": {k: dict(v) for k, v in sorted(codes.items())},
         "items": {k: dict(v) for k, v in sorted(items.items())},
         "learned": dict(learned),
+        "learned_once": dict(retried),
         "rolled": dict(rolled),
         "problems": sorted(problems, key=lambda p: p["index"]),
     }
@@ -380,7 +393,8 @@ def print_report(result: dict, checks: list) -> None:
         )
     rate = result["calls"] / result["wall_s"]
     print(
-        f"\nwall time {result['wall_s']:.1f} s ({rate:.0f} calls/s); updates answered OK: {result['learned']}; "
+        f"\nwall time {result['wall_s']:.1f} s ({rate:.0f} calls/s); updates answered OK: {result['learned']} "
+        f"(of them request ids answered OK, each once whatever its retries: {result['learned_once']}); "
         f"rollbacks answered OK: {result['rolled']}\n"
     )
     _table(["check", "result", "detail"], [[n, "pass" if ok else "FAIL", d] for n, ok, d in checks])

@@ -230,7 +230,7 @@ def test_learn_gives_up_on_refusals_and_after_the_attempts(replicas):
         a, b = replicas(code, code), replicas()
         errors = learn_both([a.target, b.target])
         assert [e.code().name for e in errors] == [code, code] and b.learns == []
-    # one target: no retry by default (a server without --replication does not dedupe)
+    # one target: no retry by default (attempts=N asks for retries there)
     a = replicas("UNAVAILABLE", "UNAVAILABLE")
     assert [e.code().name for e in learn_both([a.target])] == ["UNAVAILABLE"] * 2 and len(a.learns) == 2
     # attempts bound the calls, round robin over the targets, one key throughout

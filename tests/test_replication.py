@@ -124,6 +124,10 @@ def test_round_robin_learns_converge_and_retries_apply_once(cluster, mnist_sampl
     # a retry of an acknowledged request on another replica: the original answer, nothing applied
     again = replicas[2].learn(images[5:6], int(labels[5]), "req-5")
     assert again.version == 6
+    # the same id with other samples is refused, not dropped
+    with pytest.raises(grpc.RpcError) as err:
+        replicas[1].learn(images[6:7], int(labels[6]), "req-5")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "other samples" in err.value.details()
     assert len(converged(replicas, 24)) == 1
     # min_version beyond what exists: DEADLINE_EXCEEDED with a clear message, inference otherwise unchanged
     with pytest.raises(grpc.RpcError) as err:

@@ -89,6 +89,33 @@ def test_learn_versions_replay_exactly_and_survive_restart(repo, tmp_path, token
         srv.stop()
 
 
+def test_a_request_id_is_applied_once_across_retries_and_a_restart(repo, tmp_path, token_path, mnist_samples):
+    """Without --replication: a retried Learn (unary or in a stream) gets its first answer; the
+    same id with other samples is refused; after a restart the id is still known."""
+    images, labels = mnist_samples
+    x = su.as_float(images[:8])
+    srv = start(repo, tmp_path, token_path)
+    try:
+        with Client(srv.target, token_file=token_path) as c:
+            first = c.learn(x[:2], labels[:2], seed=5, request_id="retry-me")
+            again = c.learn(x[:2], labels[:2], seed=5, request_id="retry-me")
+            assert first.version == again.version == 1 and np.array_equal(first.log_odds, again.log_odds)
+            code = rpc_code(lambda: c.learn(x[2:3], labels[2:3], request_id="retry-me"))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            samples = [(x[3 + i % 2 : 4 + i % 2], labels[3 + i % 2 : 4 + i % 2], None, f"s{i % 2}") for i in range(4)]
+            streamed = list(c.learn_stream(samples))
+            assert [r.version for r in streamed] == [2, 3, 2, 3]
+            stats = {m.model_name: m for m in c.stats().models}
+            assert stats["mnist"].learning_version == 3 and stats["mnist"].updates_accepted == 3
+        assert srv.stop() == 0
+        srv.restart()
+        with Client(srv.target, token_file=token_path) as c:
+            assert c.learn(x[:2], labels[:2], seed=5, request_id="retry-me").version == 1
+            assert c.list_versions().current_version == 3
+    finally:
+        srv.stop()
+
+
 def test_token_is_required_and_refusals_change_nothing(repo, tmp_path, token_path, mnist_samples):
     images, labels = mnist_samples
     srv = start(repo, tmp_path, token_path)

@@ -48,6 +48,7 @@ BAD: dict[str, list[str]] = {
     "--replication-snapshot-every": ["0", "-1", "often"],
     "--replication-snapshots-keep": ["0", "1001", "x"],
     "--idempotency-window-s": ["0", "-1", "nan", "inf", str(31 * 86400), "day"],
+    "--idempotency-max-mb": ["0", "-1", "1.5", str(2**20 + 1), "lots"],
     "--replica-timeout-s": ["0", "nan", "inf", "86401"],
 }
 
@@ -134,6 +135,8 @@ def test_boundary_values_are_accepted():
         "--snapshot-every=0",
         "--snapshot-interval=0",
         "--keep-snapshots=1",
+        "--idempotency-window-s=1",
+        "--idempotency-max-mb=1",
         "--cpu-latency-us=0",
         "--token-recheck-s=0",
         "--port=0",
@@ -142,6 +145,7 @@ def test_boundary_values_are_accepted():
     )
     cfg = config_from_args(args)
     assert (cfg.learn.max_group, cfg.learn.max_queue, cfg.learn.keep_snapshots) == (1, 1, 1)
+    assert (cfg.learn.request_window_s, cfg.learn.request_window_bytes) == (1.0, 1 << 20)
     assert (cfg.port, cfg.metrics_port, cfg.health_port) == (0, None, None)
     assert cfg.max_eta == 1e-9 and args.token_recheck_s == 0.0 and args.cpu_latency_us == 0
 

@@ -206,7 +206,7 @@ class SjffClient {
   /**
    * One durable on-line update; labels [n], positive [n] (default all true). opts.requestId is
    * its idempotency key (default a fresh UUID, returned as requestId): resend a learn whose
-   * answer was lost with the same key and a replicated server applies it once.
+   * answer was lost with the same key and the server applies it once.
    */
   async learn(images, labels, opts = {}) {
     const t = imagesTensor(images, labels.length);

@@ -23,6 +23,7 @@ __all__ = [
     "Unavailable",
     "UnknownOutcome",
     "VersionConflict",
+    "check_retry",
 ]
 
 
@@ -43,6 +44,17 @@ class InvalidInput(RequestError):
     """The request itself is wrong (shape, range, type, unknown name)."""
 
     reason = "invalid_argument"
+
+
+def check_retry(request_id: str, digest: bytes, first: bytes, where: str) -> None:
+    """A Learn whose ``request_id`` was seen before must carry the same samples (``digest``
+    against the ``first`` one's sha256, ``where`` it stands): another update under a used id
+    would otherwise be dropped silently."""
+    if digest != first:
+        raise InvalidInput(
+            f"request_id {request_id!r} names another update ({where}) with other samples; a new update needs a "
+            "new request_id"
+        )
 
 
 class ModelNotFound(RequestError):

@@ -259,6 +259,22 @@ _OPTIONS: dict[str, tuple[tuple[str, Any, Any, dict[str, Any], str | None], ...]
             "log a sha256 of the weights every N versions, checked when the log is replayed (default 100; 0: never)",
         ),
         (
+            "--idempotency-window-s",
+            _float_in(1.0, 30 * 86400.0),
+            86400.0,
+            {"metavar": "S"},
+            "how long a Learn's request_id and its answer are remembered: a retry within it is answered, not "
+            "applied again (default 86400 s; with or without --replication)",
+        ),
+        (
+            "--idempotency-max-mb",
+            _int_in(1, 1 << 20),
+            64,
+            {"metavar": "MB"},
+            "memory for remembered request ids per model without --replication; past it the oldest are forgotten "
+            "early (default 64)",
+        ),
+        (
             "--reset-changed-models",
             None,
             None,
@@ -315,13 +331,6 @@ _OPTIONS: dict[str, tuple[tuple[str, Any, Any, dict[str, Any], str | None], ...]
             "shared snapshots kept per model (default 3): the oldest bounds rollback and the stream's trim",
         ),
         (
-            "--idempotency-window-s",
-            _float_in(1.0, 30 * 86400.0),
-            86400.0,
-            {"metavar": "S"},
-            "how long a Learn's request_id and its answer are remembered (default 86400 s)",
-        ),
-        (
             "--replica-timeout-s",
             _float_in(1.0, 86400.0),
             30.0,
@@ -359,6 +368,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         segment_bytes=args.segment_mb << 20,
         digest_every=args.digest_every,
         reset_changed=args.reset_changed_models,
+        request_window_s=args.idempotency_window_s,
+        request_window_bytes=args.idempotency_max_mb << 20,
     )
     replica = None
     if args.replication:

@@ -20,8 +20,8 @@ class ClientBase:
     ``target`` (``host:port``) or ``targets`` (several replicas of one replicated deployment;
     ``"a:1,b:1"`` items are split): calls go to one target until it fails with a retryable
     status, then to the next. ``attempts``: calls tried at most per ``learn`` / ``infer``
-    (default: one per target, so a single target never retries: a server without
-    ``--replication`` does not dedupe); ``backoff_s``: first wait between attempts, doubled
+    (default: one per target, so a single target never retries; the server applies a
+    ``request_id`` once, so more are safe); ``backoff_s``: first wait between attempts, doubled
     each time (at most 1 s). Rules: ``targets.py``."""
 
     _aio = False

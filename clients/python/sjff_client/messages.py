@@ -63,13 +63,14 @@ class RequestFailed(Exception):
 
 def outcome_unknown(exc: BaseException) -> bool:
     """Whether the server said a failed ``learn`` may nevertheless have been applied: it answers
-    UNKNOWN only when a storage error struck and it could not undo the write. Check
-    ``list_versions().current_version`` before retrying, or retry with ``expected_version``.
+    UNKNOWN only when a storage error struck and it could not undo the write. Retry with the
+    same ``request_id`` once the server is back (its restart reads what reached the log), or
+    check ``list_versions().current_version`` first.
     Every other failure the server answered (UNAVAILABLE "not applied" included) applied
     nothing. A call cut off before the server's answer (the client's own deadline, a broken
     connection: DEADLINE_EXCEEDED or UNAVAILABLE raised by gRPC itself) may have been applied
-    too, and is not told apart here: a server without ``--replication`` does not deduplicate
-    request ids, so check the version before retrying such a learn."""
+    too, and is not told apart here: retry it with its ``request_id``, which the server applies
+    once while it remembers the id (``--idempotency-window-s``)."""
     if isinstance(exc, RequestFailed):
         return exc.outcome_unknown
     # a failed call raises an error that is also its grpc.Call (sync) or an AioRpcError (asyncio)
@@ -183,7 +184,7 @@ def build_learn_request(
 ) -> lpb.LearnRequest:
     """A LearnRequest: images ``[N, D]`` (uint8 or float in [0, 1]), labels ``[N]``, and whether
     each label is the true one (default: all true). ``id`` is echoed in the answer;
-    ``request_id`` is the idempotency key (replicated servers apply a key once)."""
+    ``request_id`` is the idempotency key (the server applies a key once)."""
     x = _as_images(images)
     labels = np.atleast_1d(np.asarray(labels, dtype=np.int64))
     if x.dtype == np.uint8:

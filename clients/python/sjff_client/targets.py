@@ -8,10 +8,9 @@ Retry rules (one place, used by both clients):
   next target (round robin) and tries again; each attempt has the call's full timeout;
 - a ``learn`` is retried only on the statuses of :data:`RETRY_LEARN`: UNAVAILABLE (the replica
   is down, or the connection broke mid-call), UNKNOWN (outcome unknown) and DEADLINE_EXCEEDED.
-  Its request keeps its ``request_id``, so a server that dedupes (replicated serving) applies it
-  once and answers the retry with the original result; a local-mode server does not, and a
-  learn cut off while it was being written (a deadline, a broken connection) would be applied
-  twice: keep the default single attempt for one local server;
+  Its request keeps its ``request_id``, so the server (replicated or not) applies it once and
+  answers the retry with the original result, as long as it remembers the id
+  (``--idempotency-window-s``);
 - an ``infer`` is retried only on UNAVAILABLE (:data:`RETRY_INFER`); every other call is tried
   once, on the current target.
 """

@@ -96,7 +96,9 @@ def compute_group(
             work = rebuild(base, records)
             continue
         version += 1
-        records.append(UpdateRecord(UPDATE, version, now, used))
+        # with a request id the answer is logged too: a retry after a restart gets it again
+        answer = log_odds if used.request_id else None
+        records.append(UpdateRecord(UPDATE, version, now, used, log_odds=answer))
         results.append((version, log_odds))
     if not records:
         return Staged(None, records, results)

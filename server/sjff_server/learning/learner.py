@@ -6,7 +6,9 @@
   one fsync (group commit), published only once durable;
 - ``compute.py``: a group computed on a private copy (refused updates leave no trace);
 - ``versions.py``: appends, snapshots, rollback and retention (the I/O thread);
-- ``state.py``: recovery and the state at any restorable version; ``stats.py``: counters.
+- ``state.py``: recovery and the state at any restorable version; ``stats.py``: counters;
+- ``requests.py``: the request ids of applied updates, so that a retried Learn (same
+  ``request_id``) is answered with its first application instead of applied twice.
 
 Inference reads :attr:`Learner.published`, an immutable :class:`Published`: it sees either
 all of a group's updates or none of them, never a half-updated weight array. Every
@@ -22,6 +24,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +32,17 @@ import numpy as np
 
 from spikingjelly_ff.runtime.protocol import RuntimeModel
 
-from ..errors import RequestError, Unavailable
+from ..errors import RequestError, Unavailable, check_retry
 from ..inference.engine import Engine, Published
 from ..storage.records import Update
+from ..storage.requests import RequestWindow
 from ..storage.snapshots import SnapshotInfo, state_digest
 from ..storage.state import HISTORY, ModelState
 from .compute import Result, Staged, compute_group
 from .options import LearnOptions
 from .stats import LearnStats
 from .versions import VersionStore
-from .writer import GroupWriter
+from .writer import GroupWriter, Pending
 
 __all__ = ["Learner"]
 
@@ -47,6 +51,8 @@ log = logging.getLogger("sjff_server.learning")
 
 class Learner:
     """Learning state of one model version (``name``/``version`` in the repository)."""
+
+    idempotent = True  # learn() takes a request_id
 
     def __init__(
         self,
@@ -65,7 +71,9 @@ class Learner:
         self.default_eta = float(model.eta)
         self.options = options
         self.metrics = metrics
-        self.state = ModelState(name, version, model, artifact, state_dir, engine.kind)
+        window = RequestWindow(options.request_window_s, options.request_window_bytes, name=name)
+        self.state = ModelState(name, version, model, artifact, state_dir, engine.kind, window)
+        self._pending: dict[str, Pending] = {}  # request id -> its queued or running update
         self.store = VersionStore(self.state, engine, options, self._snapshotted)
         self.published: Published = engine.publish(0, model)
         #: (version, "update" | "rollback", unix time, samples, restored version), newest last
@@ -177,11 +185,44 @@ class Learner:
         if not self.writer.started:
             raise Unavailable(f"learning of {self.name} has not started yet; retry")
 
-    async def learn(self, update: Update, deadline: float | None = None) -> tuple[int, np.ndarray]:
+    async def learn(
+        self, update: Update, deadline: float | None = None, request_id: str = ""
+    ) -> tuple[int, np.ndarray]:
         """Queue one update; returns ``(new version, log-odds before [n])`` once it is durable.
-        ``deadline``: a ``time.monotonic()`` instant after which it is not started."""
+        ``deadline``: a ``time.monotonic()`` instant after which it is not started. An update
+        with a ``request_id`` already applied (within the window) or under way is not queued
+        again: the call gets that application's answer; the same id with other samples is
+        refused (:class:`InvalidInput`)."""
         self._check_open()
-        return await self.writer.submit(update, deadline)
+        if not request_id:
+            return await self.writer.submit(update, deadline)
+        digest = update.samples_sha256()
+        job = self._pending.get(request_id)
+        if job is None:
+            done = self.state.requests.get(request_id)
+            if done is not None:
+                check_retry(request_id, digest, done.digest, f"applied as version {done.version}")
+                return done.version, done.log_odds.copy()
+            job = self.writer.enqueue(replace(update, request_id=request_id), deadline)
+            self._pending[request_id] = job
+            job.future.add_done_callback(lambda f: self._forget(request_id, job, f))
+        else:
+            check_retry(request_id, digest, job.update.samples_sha256(), "under way")
+        job.waiters += 1
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            job.waiters -= 1
+            if job.waiters == 0 and not job.started:
+                job.future.cancel()  # every caller went away before it started: not applied
+            raise
+
+    def _forget(self, request_id: str, job: Pending, fut: asyncio.Future) -> None:
+        """The job is answered: a retry from now on is answered by the window (if applied)."""
+        if self._pending.get(request_id) is job:
+            del self._pending[request_id]
+        if not fut.cancelled():
+            fut.exception()  # retrieved: its callers may all have gone away
 
     async def snapshot(self, export: bool = False) -> tuple[SnapshotInfo, Path | None]:
         """Write a snapshot of the current version now (and a full model file if ``export``)."""

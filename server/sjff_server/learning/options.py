@@ -10,8 +10,9 @@ __all__ = ["LearnOptions"]
 
 @dataclass(frozen=True)
 class LearnOptions:
-    """Group size and queue bound, snapshot cadence and retention, log segment size, and how
-    often a digest of the weights is logged (0: never)."""
+    """Group size and queue bound, snapshot cadence and retention, log segment size, how
+    often a digest of the weights is logged (0: never), and how long (seconds) and how much
+    (bytes of answers) the request ids of applied updates are remembered (requests.py)."""
 
     max_group: int = 64
     snapshot_every: int = 1000
@@ -21,14 +22,18 @@ class LearnOptions:
     reset_changed: bool = False
     segment_bytes: int = 64 << 20
     digest_every: int = 100
+    request_window_s: float = 86400.0
+    request_window_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
-        for name, low in (("max_group", 1), ("max_queue", 1), ("keep_snapshots", 1), ("segment_bytes", 1 << 16)):
+        lows = (("max_group", 1), ("max_queue", 1), ("keep_snapshots", 1), ("segment_bytes", 1 << 16))
+        for name, low in (*lows, ("request_window_bytes", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"LearnOptions.{name} must be at least {low}, got {getattr(self, name)}")
         for name in ("snapshot_every", "digest_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"LearnOptions.{name} must be >= 0 (0: never), got {getattr(self, name)}")
-        if not (math.isfinite(self.snapshot_interval_s) and self.snapshot_interval_s >= 0):
-            got = self.snapshot_interval_s
-            raise ValueError(f"LearnOptions.snapshot_interval_s must be finite and >= 0, got {got}")
+        for name in ("snapshot_interval_s", "request_window_s"):
+            got = getattr(self, name)
+            if not (math.isfinite(got) and got >= 0):
+                raise ValueError(f"LearnOptions.{name} must be finite and >= 0, got {got}")

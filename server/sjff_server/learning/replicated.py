@@ -20,7 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DeadlineExceeded, InternalError, PreconditionFailed, RequestError, Unavailable, UnknownOutcome
+from ..errors import (
+    DeadlineExceeded,
+    InternalError,
+    PreconditionFailed,
+    RequestError,
+    Unavailable,
+    UnknownOutcome,
+    check_retry,
+)
 from ..storage.records import Update
 from ..storage.snapshots import SnapshotInfo, state_digest
 from ..storage.state import HISTORY
@@ -141,11 +149,16 @@ class ReplicatedLearner(Follower):
     async def learn(self, update: Update, deadline: float | None = None, request_id: str = "") -> tuple[int, Any]:
         """Append ``update`` and answer ``(version, log-odds before [n])`` once it is applied
         here. A ``request_id`` appended before (within the window) is not appended again: the
-        answer is that of its first application."""
+        answer is that of its first application; the same id with other samples is refused
+        (:class:`InvalidInput`) while its entry is in the stream."""
         self._check_open()
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceeded("deadline exceeded before the update was appended")
-        entry_id, _ = await self.stream.append(update, request_id)  # Unavailable if Redis is down
+        entry_id, appended = await self.stream.append(update, request_id)  # Unavailable if Redis is down
+        if not appended:
+            first = await self.stream.entry(entry_id)
+            if first is not None and first.update is not None:
+                check_retry(request_id, update.samples_sha256(), first.update.samples_sha256(), f"entry {entry_id}")
         return await self._outcome(entry_id, request_id)
 
     async def rollback(self, version: int) -> tuple[int, int]:

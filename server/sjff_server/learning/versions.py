@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import OutOfRange
 from ..inference.engine import Engine, Published
 from ..storage.records import ROLLBACK, UpdateRecord
+from ..storage.requests import answers_of
 from ..storage.snapshots import SnapshotInfo
 from ..storage.state import ModelState, NotRestorable
 from .options import LearnOptions
@@ -54,6 +55,7 @@ class VersionStore:
         """Append + fdatasync ``records``; returns the seconds it took."""
         t0 = time.perf_counter()
         self.state.log.append(records)  # durable before anything is acknowledged
+        self.state.requests.add(answers_of(records))  # before the callers are answered
         return time.perf_counter() - t0
 
     def after_append(self, pub: Published) -> SnapshotInfo | None:

@@ -39,11 +39,15 @@ log = logging.getLogger("sjff_server.learning")
 
 @dataclass(slots=True)
 class Pending:
-    """A queued update and its caller: ``deadline`` is a ``time.monotonic()`` instant or None."""
+    """A queued update and its caller: ``deadline`` is a ``time.monotonic()`` instant or None;
+    ``started``: taken into a group (from then on it is applied unless its group fails, even
+    if the caller goes away); ``waiters``: calls awaiting it (a retry joins the first call)."""
 
     update: Update
     deadline: float | None
     future: asyncio.Future
+    started: bool = False
+    waiters: int = 0
 
 
 @dataclass(slots=True)
@@ -127,12 +131,16 @@ class GroupWriter:
 
     def submit(self, update: Update, deadline: float | None) -> asyncio.Future:
         """Queue an update; its future gives ``(version, log-odds [n])`` once durable."""
+        return self.enqueue(update, deadline).future
+
+    def enqueue(self, update: Update, deadline: float | None) -> Pending:
+        """Queue an update; returns its job (:meth:`submit` gives the job's future)."""
         if len(self._queue) >= self._max_queue:
             raise ResourceExhausted(f"learning queue of {self._tag} is full ({self._max_queue})")
         job = Pending(update, deadline, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._wake.set()
-        return job.future
+        return job
 
     def control(self, kind: str, arg: Any = None, wait: bool = True) -> asyncio.Future | None:
         """Queue a snapshot, rollback or stop (after every earlier update)."""
@@ -262,6 +270,7 @@ class GroupWriter:
             if job.deadline is not None and now > job.deadline:
                 job.future.set_exception(DeadlineExceeded("deadline exceeded before the update was applied"))
                 continue
+            job.started = True
             group.append(job)
         return group
 

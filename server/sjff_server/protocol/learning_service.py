@@ -87,10 +87,7 @@ class LearningService(lpb_grpc.LearningServicer, RpcService):
         served = self._learner_of(request.model_name, request.model_version)
         update = decode_learn(request, served, self.max_samples, self.max_eta)
         request_id = check_request_id(request.request_id)
-        if request_id and getattr(served.learner, "idempotent", False):
-            version, log_odds = await served.learner.learn(update, deadline, request_id=request_id)
-        else:  # a request id only matters where it makes retries safe (--replication)
-            version, log_odds = await served.learner.learn(update, deadline)
+        version, log_odds = await served.learner.learn(update, deadline, request_id=request_id)
         return lpb.LearnResponse(
             version=version,
             log_odds=log_odds.tolist(),

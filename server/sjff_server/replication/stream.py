@@ -247,6 +247,13 @@ class ReplicationLog:
 
     @translate_errors
     @retrying()
+    async def entry(self, entry_id: str) -> Entry | None:
+        """The entry ``entry_id`` (None: trimmed)."""
+        reply = await self.redis.xrange(self.key, entry_id, entry_id, count=1)
+        return _entry(*reply[0]) if reply else None
+
+    @translate_errors
+    @retrying()
     async def last_id(self) -> str:
         """The id of the newest entry, ``"0-0"`` if none was ever appended."""
         seq = await self.redis.hmget(self._seq, ["ms", "n"])

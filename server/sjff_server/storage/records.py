@@ -6,7 +6,10 @@ A payload is ``<u8 kind><u64 version><f64 unix time>`` followed, for an update (
 ``<u64 seed><f64 eta><u32 n><u32 d>``, the images ``[n, d]`` float32, the labels ``[n]``
 int64 and the positive flags ``[n]`` uint8; for a rollback (kind 2) by ``<u64 restored
 version>``; for a digest (kind 3) by the 32-byte sha256 of the learning state at ``version``
-(:func:`sjff_server.storage.snapshots.state_digest`). All little-endian.
+(:func:`sjff_server.storage.snapshots.state_digest`). An update that came with a request id
+is kind 4: kind 1's layout followed by ``<u16 id bytes>``, the id (UTF-8) and the log-odds
+it was answered with ``[n]`` float32, so that a retry is answered the same after a restart
+(requests.py); a log without request ids is written exactly as before. All little-endian.
 
 Frames of format 2 (segments starting ``SJFFLOG2``) are ``<u32 length><u32 crc32(payload)>
 <u32 crc32(first 8 header bytes)>`` + payload. The header's own checksum is what lets
@@ -18,6 +21,7 @@ still read.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 from dataclasses import dataclass
@@ -35,6 +39,8 @@ __all__ = [
     "MAX_PAYLOAD",
     "ROLLBACK",
     "UPDATE",
+    "UPDATE_WITH_ID",
+    "VERSIONED_KINDS",
     "Update",
     "UpdateRecord",
     "decode_payload",
@@ -47,13 +53,17 @@ __all__ = [
 MAGIC = b"SJFFLOG2"
 MAGIC_V1 = b"SJFFLOG1"
 UPDATE, ROLLBACK, DIGEST = 1, 2, 3
+UPDATE_WITH_ID = 4  # on disk only: read back as an UPDATE record with its request id
 KINDS = {UPDATE: "update", ROLLBACK: "rollback", DIGEST: "digest"}
+#: the kind bytes of the records that take a version, as written on disk
+VERSIONED_KINDS = (UPDATE, UPDATE_WITH_ID, ROLLBACK)
 FRAME_V1 = struct.Struct("<II")
 FRAME = struct.Struct("<III")
 _LEN_CRC = struct.Struct("<II")
 HEAD = struct.Struct("<BQd")
 _UPDATE = struct.Struct("<QdII")
 _ROLLBACK = struct.Struct("<Q")
+_ID_LEN = struct.Struct("<H")
 MAX_PAYLOAD = 1 << 30
 
 
@@ -67,7 +77,8 @@ class Update:
     """One learning update, validated once where it enters the server and never changed
     after: images ``[n, d]`` float32 in [0, 1], labels ``[n]`` int64 in [0, C), positive
     ``[n]`` float32 0/1. ``seed``/``eta`` None: the learner's defaults (the logged update
-    carries the values used); ``expected_version``: apply only at that version (not logged)."""
+    carries the values used); ``expected_version``: apply only at that version (not logged);
+    ``request_id``: the caller's idempotency key ("" none; logged with the update)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -75,10 +86,15 @@ class Update:
     seed: int | None = None
     eta: float | None = None
     expected_version: int | None = None
+    request_id: str = ""
 
     @property
     def samples(self) -> int:
         return len(self.labels)
+
+    def samples_sha256(self) -> bytes:
+        """sha256 of the samples as logged: tells a retry from another update under its id."""
+        return hashlib.sha256(_pack_samples(self.images, self.labels, self.positive)).digest()
 
     def apply(self, model: RuntimeModel) -> np.ndarray:
         """Learn this update in place on ``model``; the log-odds before it, ``[n]``. Overflow
@@ -89,7 +105,8 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class UpdateRecord:
-    """One logged change: an ``update`` (with the seed and eta it used), a rollback to
+    """One logged change: an ``update`` (with the seed and eta it used and, if it has a
+    request id, the ``log_odds`` ``[n]`` float32 it was answered with), a rollback to
     ``restored``, or the ``digest`` (hex sha256) of the state at ``version`` (a check for
     replay, no change)."""
 
@@ -99,6 +116,7 @@ class UpdateRecord:
     update: Update | None = None
     restored: int = 0
     digest: str = ""
+    log_odds: np.ndarray | None = None
 
     @property
     def samples(self) -> int:
@@ -117,13 +135,15 @@ def encode_payload(r: UpdateRecord) -> bytes:
         if u is None or u.seed is None or u.eta is None:
             raise ValueError(f"an update record needs an update with its seed and eta, got {u!r}")
         n, d = u.images.shape
-        return b"".join(
-            (
-                head,
-                _UPDATE.pack(u.seed, u.eta, n, d),
-                _pack_samples(u.images, u.labels, u.positive),
-            )
-        )
+        body = _UPDATE.pack(u.seed, u.eta, n, d) + _pack_samples(u.images, u.labels, u.positive)
+        if not u.request_id:
+            return head + body
+        rid = u.request_id.encode()
+        odds = np.ascontiguousarray(r.log_odds if r.log_odds is not None else (), dtype="<f4")
+        if len(rid) > 0xFFFF or odds.shape != (n,):
+            raise ValueError(f"an update record's request id must fit in 64 KiB and its log-odds be [{n}]")
+        head = HEAD.pack(UPDATE_WITH_ID, r.version, r.created)
+        return b"".join((head, body, _ID_LEN.pack(len(rid)), rid, odds.tobytes()))
     if r.kind == ROLLBACK:
         return head + _ROLLBACK.pack(r.restored)
     if r.kind == DIGEST:
@@ -146,12 +166,14 @@ def _pack_samples(images, labels, positive) -> bytes:
     )
 
 
-def _unpack_samples(data: bytes, off: int, n: int, d: int, what: str):
-    """Inverse of :func:`_pack_samples` for the block at ``off`` to the end of ``data``:
-    ``(images float32, labels int64, positive float32)``; ``ValueError`` if its size is off."""
+def _unpack_samples(data: bytes, off: int, n: int, d: int, what: str, end: int | None = None):
+    """Inverse of :func:`_pack_samples` for the block from ``off`` to ``end`` (default: the
+    end of ``data``): ``(images float32, labels int64, positive float32)``; ``ValueError`` if
+    its size is off."""
     need = n * d * 4 + n * 8 + n
-    if len(data) - off != need:
-        raise ValueError(f"{what} {n}x{d} samples holds {len(data) - off} data bytes, expected {need}")
+    end = len(data) if end is None else end
+    if end - off != need:
+        raise ValueError(f"{what} {n}x{d} samples holds {end - off} data bytes, expected {need}")
     images = np.frombuffer(data, dtype="<f4", count=n * d, offset=off).reshape(n, d)
     off += n * d * 4
     labels = np.frombuffer(data, dtype="<i8", count=n, offset=off)
@@ -183,14 +205,24 @@ def decode_payload(payload: bytes) -> UpdateRecord:
         raise ValueError("payload too short")
     kind, version, created = HEAD.unpack_from(payload)
     off = HEAD.size
-    if kind == UPDATE:
+    if kind in (UPDATE, UPDATE_WITH_ID):
         if len(payload) < off + _UPDATE.size:
             raise ValueError("update payload too short")
         seed, eta, n, d = _UPDATE.unpack_from(payload, off)
         off += _UPDATE.size
-        images, labels, positive = _unpack_samples(payload, off, n, d, "update payload of")
-        update = Update(images, labels, positive, seed, eta)
-        return UpdateRecord(UPDATE, version, created, update)
+        end, rid, odds = len(payload), "", None
+        if kind == UPDATE_WITH_ID:  # the tail: <u16 len> id, log-odds [n]
+            end = off + n * d * 4 + n * 8 + n
+            if len(payload) < end + _ID_LEN.size:
+                raise ValueError("update payload too short for its request id")
+            (k,) = _ID_LEN.unpack_from(payload, end)
+            if len(payload) != end + _ID_LEN.size + k + 4 * n:
+                raise ValueError("update payload with a request id has the wrong size")
+            rid = payload[end + _ID_LEN.size : end + _ID_LEN.size + k].decode()
+            odds = np.frombuffer(payload, dtype="<f4", count=n, offset=end + _ID_LEN.size + k).astype(np.float32)
+        images, labels, positive = _unpack_samples(payload, off, n, d, "update payload of", end)
+        update = Update(images, labels, positive, seed, eta, request_id=rid)
+        return UpdateRecord(UPDATE, version, created, update, log_odds=odds)
     if kind == ROLLBACK:
         if len(payload) != off + _ROLLBACK.size:
             raise ValueError("rollback payload has the wrong size")
@@ -205,7 +237,8 @@ def decode_payload(payload: bytes) -> UpdateRecord:
 
 # Replication entries (sjff_server.replication): one Update as bytes, apart from the log's
 # records because a stream entry carries no version yet (the stream's order gives it) and
-# keeps ``expected_version``, which is decided when the entry is applied.
+# keeps ``expected_version``, which is decided when the entry is applied; its request id is
+# a field of the entry, not of these bytes.
 # ``<u8 format><u8 flags><u64 seed><f64 eta><u64 expected version><u32 n><u32 d>`` + images
 # ``[n, d]`` float32 + labels ``[n]`` int64 + positive ``[n]`` uint8, little-endian; a flag
 # bit says which optional field is set (an unset one is stored as 0).

@@ -21,8 +21,7 @@ from .records import (
     MAGIC,
     MAGIC_V1,
     MAX_PAYLOAD,
-    ROLLBACK,
-    UPDATE,
+    VERSIONED_KINDS,
     UpdateRecord,
     decode_payload,
     header_ok,
@@ -188,7 +187,7 @@ def find_later(path: Path, offset: int, last_good: int, magic: bytes, tries: int
             return None
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             for v in range(last_good + 1, last_good + 1 + tries):
-                for kind in (UPDATE, ROLLBACK):
+                for kind in VERSIONED_KINDS:
                     needle = struct.pack("<BQ", kind, v)
                     pos = mm.find(needle, offset + 1)
                     while pos != -1:

@@ -1,7 +1,8 @@
 """Atomic files: snapshots of a model's learning state, small JSON markers, and the state digest.
 
 A snapshot ``snapshots/<version:020d>.npz`` holds the weights and eligibility traces of one
-version and, in its ``meta``, their :func:`state_digest`; it is written to a temporary file,
+version and, in its ``meta``, their :func:`state_digest` (and the request ids remembered at
+that version: requests.py); it is written to a temporary file,
 fsync'ed, renamed into place and the directory fsync'ed, so a snapshot is complete or absent.
 """
 
@@ -100,11 +101,20 @@ class SnapshotStore:
             out.append(SnapshotInfo(version, p, st.st_mtime, st.st_size))
         return sorted(out, key=lambda s: s.version)
 
-    def write(self, version: int, weights: list[np.ndarray], eligibility: list[np.ndarray], meta: dict) -> SnapshotInfo:
-        """Write a snapshot atomically: temp file, fsync, rename, fsync directory."""
+    def write(
+        self,
+        version: int,
+        weights: list[np.ndarray],
+        eligibility: list[np.ndarray],
+        meta: dict,
+        extra: dict[str, np.ndarray] | None = None,
+    ) -> SnapshotInfo:
+        """Write a snapshot atomically: temp file, fsync, rename, fsync directory. ``extra``:
+        more arrays stored with it (the request ids of requests.py)."""
         path = self.dir / f"{version:020d}.npz"
         tmp = path.with_name(path.name + ".part")
-        arrays = {f"w{i}": w for i, w in enumerate(weights)}
+        arrays = dict(extra or {})
+        arrays.update({f"w{i}": w for i, w in enumerate(weights)})
         arrays.update({f"e{i}": e for i, e in enumerate(eligibility)})
         info = {
             **meta,

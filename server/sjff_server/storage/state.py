@@ -25,6 +25,7 @@ from spikingjelly_ff.runtime.protocol import RuntimeModel
 
 from .durability import UpdateLog
 from .records import DIGEST, KINDS, ROLLBACK, UPDATE, UpdateRecord
+from .requests import Answer, RequestWindow, answers_of, read_answers
 from .scan import LogCorruption
 from .snapshots import SnapshotInfo, SnapshotStore, atomic_write, lock_state, state_digest
 
@@ -97,7 +98,14 @@ class ModelState:
     """Files of one model version's learning state (see durability.py for the layout)."""
 
     def __init__(
-        self, name: str, repo_version: str, base: RuntimeModel, artifact: Path, directory: Path, kind: str
+        self,
+        name: str,
+        repo_version: str,
+        base: RuntimeModel,
+        artifact: Path,
+        directory: Path,
+        kind: str,
+        requests: RequestWindow | None = None,
     ) -> None:
         self.name = name
         self.repo_version = repo_version
@@ -108,6 +116,8 @@ class ModelState:
         self.sha256 = ""
         self.log = UpdateLog(self.dir / "log")
         self.snapshots = SnapshotStore(self.dir / "snapshots")
+        #: request ids of applied updates and their answers (rebuilt by recovery)
+        self.requests = requests if requests is not None else RequestWindow(86400.0, 64 << 20)
         self._lock: int | None = None
 
     def release(self) -> None:
@@ -195,9 +205,11 @@ class ModelState:
         warnings: list[str] = []
         snaps = self.snapshots.list()
         model, start = None, 0
+        stored: list[tuple[str, Answer]] | None = None  # the snapshot's request ids
         for info in reversed(snaps):
             try:
-                model, start = self._load_snapshot(info), info.version
+                loaded, stored = self._load_snapshot(info), read_answers(info.path)
+                model, start = loaded, info.version
                 break
             except ValueError as exc:
                 warnings.append(f"snapshot skipped: {exc}")
@@ -205,11 +217,16 @@ class ModelState:
             model = self.base.copy()
         cur = start
         history: deque = deque(maxlen=HISTORY)
+        # a snapshot that stores request ids holds those of its versions (or forgot them)
+        answered: list[tuple[str, Answer]] = list(stored or ())
+        logged_from = start + 1 if stored is not None else 0
 
         def apply(r: UpdateRecord) -> None:
             nonlocal model, cur
             if r.changes_state:
                 history.append((r.version, KINDS[r.kind], r.created, r.samples, r.restored))
+            if r.version >= logged_from:
+                answered.extend(answers_of((r,)))
             if r.version < cur or (r.version == cur and r.changes_state):
                 return  # covered by the snapshot (checked by its CRC only)
             if r.kind == DIGEST:
@@ -244,6 +261,8 @@ class ModelState:
             raise LogCorruption(
                 f"{self.log.dir}: cannot rebuild version {latest}: the log ends at version {cur}{_because(warnings)}"
             )
+        answered.sort(key=lambda e: e[1].version)
+        self.requests.add(answered)
         self.log.open(latest)
         if snaps and start == latest:
             self.log.rotate(latest)
@@ -334,7 +353,7 @@ class ModelState:
             "model_version": self.repo_version,
             "kind": self.kind,
         }
-        info = self.snapshots.write(version, model.weights, model.eligibility, meta)
+        info = self.snapshots.write(version, model.weights, model.eligibility, meta, self.requests.arrays(version))
         self.log.rotate(version)
         oldest = self.snapshots.prune(keep)
         if oldest is not None:
