@@ -35,11 +35,13 @@ def _learn_and_crash(sjff_models, state, xs, labels, n: int, **opts) -> list:
     return asyncio.run(run())
 
 
-def _retries_after_restart(sjff_models, state, xs, labels, got: list, **opts) -> None:
-    """A restarted learner answers each retry of ``got`` as before and changes nothing."""
+def _retries_after_restart(sjff_models, state, xs, labels, got: list, snapshot: int = 0, **opts) -> None:
+    """A restarted learner (resumed from the snapshot of version ``snapshot``) answers each
+    retry of ``got`` as before and changes nothing."""
 
     async def run():
         learner = await started_learner(sjff_models, state, xs, labels, 0, **opts)
+        assert learner.last_snapshot == snapshot
         weights = _weights(learner)
         for i, (version, log_odds) in enumerate(got):
             again = await learner.learn(job(xs[i : i + 1], labels[i], seed=i), request_id=f"id-{i}")
@@ -115,17 +117,26 @@ def test_a_caller_gone_before_the_start_leaves_it_for_a_retry(sjff_models, mnist
         running = asyncio.ensure_future(learner.learn(job(xs[:1], labels[0], seed=1), request_id="running"))
         await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
         queued = asyncio.ensure_future(learner.learn(job(xs[1:2], labels[1], seed=2), request_id="queued"))
+        # a caller whose deadline passes while its update waits, and a retry without one
+        soon = asyncio.get_running_loop().time() + 0.02
+        late = [learner.learn(job(xs[2:3], labels[2], seed=3), d, request_id="late") for d in (soon, None)]
+        late = [asyncio.ensure_future(x) for x in late]
         await asyncio.sleep(0.05)
-        # both callers go away: the started update is still applied, the queued one is not
+        # both callers go away: the started update is still applied, the queued one is not, and
+        # a retry sent right behind the cancellation queues it anew
         running.cancel()
         queued.cancel()
+        requeued = asyncio.ensure_future(learner.learn(job(xs[1:2], labels[1], seed=2), request_id="queued"))
         retry = asyncio.ensure_future(learner.learn(job(xs[:1], labels[0], seed=1), request_id="running"))
         await asyncio.sleep(0)
         learner.writer._compute_group = compute
         gate.set()
         assert (await retry)[0] == 1  # joined the first call's application
-        assert (await learner.learn(job(xs[1:2], labels[1], seed=2), request_id="queued"))[0] == 2
-        assert learner.published.version == 2 and learner.stats.accepted == 2
+        # the retry kept the update alive past its first caller's deadline
+        assert [v for v, _ in await asyncio.gather(*late)] == [2, 2]
+        assert (await requeued)[0] == 3
+        assert (await learner.learn(job(xs[1:2], labels[1], seed=2), request_id="queued"))[0] == 3
+        assert learner.published.version == 3 and learner.stats.accepted == 3
         for task in (running, queued):
             assert task.cancelled()
         await learner.close()
@@ -151,7 +162,7 @@ def test_ids_outlive_the_log_segments_pruned_with_old_snapshots(sjff_models, mni
     snapshots = sorted((state / "snapshots").glob("*.npz"))
     assert [int(p.stem) for p in snapshots] == [6]
     assert sorted(rid for rid, _ in read_answers(snapshots[0])) == [f"id-{i}" for i in range(6)]
-    _retries_after_restart(sjff_models, state, xs, labels, got, **opts)
+    _retries_after_restart(sjff_models, state, xs, labels, got, 6, **opts)
 
 
 def test_the_window_forgets_by_age_then_by_memory():
@@ -168,9 +179,13 @@ def test_the_window_forgets_by_age_then_by_memory():
     window.add([(f"f{i}", Answer(12 + i, 1061.5, odds, bytes(32))) for i in range(100)])
     assert window.bytes <= 10_000 and window.get("f99").version == 111 and window.get("k2") is None
     assert window.forgotten_early == 9 + 100 - len(window)
-    # the first answer of an id stays
-    window.add([("f99", Answer(500, 1061.5, odds, bytes(32)))])
+    # an id keeps its answer; one applied again (forgotten or expired meanwhile) takes the new one
+    window.add([("f99", Answer(50, 1061.5, odds, bytes(32)))])
     assert window.get("f99").version == 111
+    now[0] = 2000.0
+    assert window.get("f99") is None
+    window.add([("f99", Answer(500, 2000.0, odds, bytes(32)))])
+    assert window.get("f99").version == 500 and len(window) == 1
 
 
 def test_an_update_record_carries_its_id_and_answer():
@@ -194,7 +209,7 @@ def test_an_update_record_carries_its_id_and_answer():
         encode_payload(replace(rec, log_odds=odds[:1]))
 
 
-def test_a_damaged_window_in_a_snapshot_skips_that_snapshot(sjff_models, mnist_samples, tmp_path):
+def test_damaged_ids_in_a_snapshot_come_from_an_older_one_and_the_log(sjff_models, mnist_samples, tmp_path):
     images, labels = mnist_samples
     xs = as_float(images[:8])
     state = tmp_path / "state"
@@ -208,5 +223,5 @@ def test_a_damaged_window_in_a_snapshot_skips_that_snapshot(sjff_models, mnist_s
         np.savez(fh, **arrays)
     with pytest.raises(ValueError, match="request-id arrays"):
         read_answers(newest)
-    # answered from the older snapshot and the log after it
-    _retries_after_restart(sjff_models, state, xs, labels, got, **opts)
+    # the weights still come from the newest snapshot; the ids from the older one and the log
+    _retries_after_restart(sjff_models, state, xs, labels, got, 6, **opts)

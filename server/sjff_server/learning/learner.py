@@ -196,18 +196,19 @@ class Learner:
         self._check_open()
         if not request_id:
             return await self.writer.submit(update, deadline)
-        digest = update.samples_sha256()
         job = self._pending.get(request_id)
-        if job is None:
+        if job is not None and not job.future.done():  # under way: share its answer
+            check_retry(request_id, update.samples_sha256(), job.update.samples_sha256(), "under way")
+            # the job starts as long as one of its callers still waits for it
+            job.deadline = None if job.deadline is None or deadline is None else max(job.deadline, deadline)
+        else:  # a done job's answer is in the window already, if it was applied
             done = self.state.requests.get(request_id)
             if done is not None:
-                check_retry(request_id, digest, done.digest, f"applied as version {done.version}")
+                check_retry(request_id, update.samples_sha256(), done.digest, f"applied as version {done.version}")
                 return done.version, done.log_odds.copy()
             job = self.writer.enqueue(replace(update, request_id=request_id), deadline)
             self._pending[request_id] = job
             job.future.add_done_callback(lambda f: self._forget(request_id, job, f))
-        else:
-            check_retry(request_id, digest, job.update.samples_sha256(), "under way")
         job.waiters += 1
         try:
             return await asyncio.shield(job.future)
@@ -215,6 +216,7 @@ class Learner:
             job.waiters -= 1
             if job.waiters == 0 and not job.started:
                 job.future.cancel()  # every caller went away before it started: not applied
+                self._forget(request_id, job, job.future)
             raise
 
     def _forget(self, request_id: str, job: Pending, fut: asyncio.Future) -> None:

@@ -156,7 +156,10 @@ class ReplicatedLearner(Follower):
             raise DeadlineExceeded("deadline exceeded before the update was appended")
         entry_id, appended = await self.stream.append(update, request_id)  # Unavailable if Redis is down
         if not appended:
-            first = await self.stream.entry(entry_id)
+            try:
+                first = await self.stream.entry(entry_id)
+            except ValueError:  # an entry this release cannot read: its apply loop says so
+                first = None
             if first is not None and first.update is not None:
                 check_retry(request_id, update.samples_sha256(), first.update.samples_sha256(), f"entry {entry_id}")
         return await self._outcome(entry_id, request_id)

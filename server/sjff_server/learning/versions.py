@@ -55,7 +55,10 @@ class VersionStore:
         """Append + fdatasync ``records``; returns the seconds it took."""
         t0 = time.perf_counter()
         self.state.log.append(records)  # durable before anything is acknowledged
-        self.state.requests.add(answers_of(records))  # before the callers are answered
+        try:  # before the callers are answered; the updates are durable whatever happens here
+            self.state.requests.add(answers_of(records))
+        except Exception:  # noqa: BLE001 - a retry of these ids would apply again: say so
+            log.exception("request ids of durable updates not remembered", extra={"model": self.state.name})
         return time.perf_counter() - t0
 
     def after_append(self, pub: Published) -> SnapshotInfo | None:

@@ -32,8 +32,9 @@ __all__ = ["Answer", "RequestWindow", "answers_of", "read_answers"]
 
 log = logging.getLogger("sjff_server.state")
 
-#: bytes an entry is counted for besides its id and log-odds (dict slot, objects)
-ENTRY_OVERHEAD = 200
+#: bytes an entry costs besides its id, log-odds and digest (the objects and the dict slot;
+#: benchmarks/request_window_memory.py: the count is within 1.02-1.04x of resident memory)
+ENTRY_OVERHEAD = 500
 #: snapshot array names (snapshots.py stores them next to the weights)
 _KEYS = ("rq_id", "rq_id_end", "rq_version", "rq_created", "rq_odds", "rq_odds_end", "rq_sha256")
 
@@ -49,7 +50,7 @@ class Answer:
     digest: bytes
 
     def size(self, request_id: str) -> int:
-        return len(request_id) + 4 * len(self.log_odds) + len(self.digest) + ENTRY_OVERHEAD
+        return len(request_id.encode()) + 4 * len(self.log_odds) + len(self.digest) + ENTRY_OVERHEAD
 
 
 def answers_of(records: Iterable[UpdateRecord]) -> list[tuple[str, Answer]]:
@@ -93,12 +94,18 @@ class RequestWindow:
             return a
 
     def add(self, entries: Iterable[tuple[str, Answer]]) -> None:
-        """Remember applied updates, oldest first; an id already there keeps its first answer."""
+        """Remember applied updates, oldest first. An id applied again (it had been forgotten,
+        or expired while still held here) takes the newer answer."""
         with self._lock:
             for rid, a in entries:
-                if rid not in self._ids:
-                    self._ids[rid] = a
-                    self._bytes += a.size(rid)
+                old = self._ids.get(rid)
+                if old is not None:
+                    if old.version >= a.version:
+                        continue
+                    del self._ids[rid]
+                    self._bytes -= old.size(rid)
+                self._ids[rid] = a
+                self._bytes += a.size(rid)
             self._prune()
 
     def _prune(self) -> None:

@@ -205,21 +205,20 @@ class ModelState:
         warnings: list[str] = []
         snaps = self.snapshots.list()
         model, start = None, 0
-        stored: list[tuple[str, Answer]] | None = None  # the snapshot's request ids
         for info in reversed(snaps):
             try:
-                loaded, stored = self._load_snapshot(info), read_answers(info.path)
-                model, start = loaded, info.version
+                model, start = self._load_snapshot(info), info.version
                 break
             except ValueError as exc:
                 warnings.append(f"snapshot skipped: {exc}")
+        stored, covered = self._stored_requests([s for s in snaps if s.version <= start], warnings)
         if model is None:
             model = self.base.copy()
         cur = start
         history: deque = deque(maxlen=HISTORY)
         # a snapshot that stores request ids holds those of its versions (or forgot them)
         answered: list[tuple[str, Answer]] = list(stored or ())
-        logged_from = start + 1 if stored is not None else 0
+        logged_from = covered + 1 if stored is not None else 0
 
         def apply(r: UpdateRecord) -> None:
             nonlocal model, cur
@@ -269,6 +268,20 @@ class ModelState:
         if latest:
             notes.append(f"resumed at version {latest}")
         return Recovered(model, latest, start if start else -1, history, notes, warnings)
+
+    def _stored_requests(
+        self, snaps: list[SnapshotInfo], warnings: list[str]
+    ) -> tuple[list[tuple[str, Answer]] | None, int]:
+        """The request ids stored by the newest of ``snaps`` whose ids are readable, and its
+        version; ``(None, 0)`` if it is one written before snapshots stored them (or none is
+        readable): then every logged id counts. The log after the oldest kept snapshot is
+        kept, so an older snapshot's ids plus the log after it lose nothing."""
+        for info in reversed(snaps):
+            try:
+                return read_answers(info.path), info.version
+            except ValueError as exc:
+                warnings.append(f"request ids of snapshot {info.version} skipped: {exc}")
+        return None, 0
 
     def _check_digest(self, model: RuntimeModel, r: UpdateRecord) -> None:
         got = state_digest(model.weights, model.eligibility)
