@@ -124,6 +124,8 @@ def test_round_robin_learns_converge_and_retries_apply_once(cluster, mnist_sampl
     # a retry of an acknowledged request on another replica: the original answer, nothing applied
     again = replicas[2].learn(images[5:6], int(labels[5]), "req-5")
     assert again.version == 6
+    scrape = urllib.request.urlopen(replicas[2].proc.metrics_url, timeout=5).read().decode()  # noqa: S310
+    assert 'sjff_learning_updates_total{model="mnist",outcome="repeated",version="1"} 1.0' in scrape
     # the same id with other samples is refused, not dropped
     with pytest.raises(grpc.RpcError) as err:
         replicas[1].learn(images[6:7], int(labels[6]), "req-5")

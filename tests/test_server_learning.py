@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -107,6 +108,9 @@ def test_a_request_id_is_applied_once_across_retries_and_a_restart(repo, tmp_pat
             assert [r.version for r in streamed] == [2, 3, 2, 3]
             stats = {m.model_name: m for m in c.stats().models}
             assert stats["mnist"].learning_version == 3 and stats["mnist"].updates_accepted == 3
+        metrics = urllib.request.urlopen(srv.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
+        assert 'sjff_learning_updates_total{model="mnist",outcome="repeated",version="1"} 3.0' in metrics
+        assert 'sjff_learning_updates_total{model="mnist",outcome="accepted",version="1"} 3.0' in metrics
         assert srv.stop() == 0
         srv.restart()
         with Client(srv.target, token_file=token_path) as c:

@@ -223,6 +223,10 @@ class Metrics:
         self.sync.labels(model, version).observe(sync_s)
         self.model_version.labels(model, version).set(learning_version)
 
+    def learn_repeated(self, model: str, version: str) -> None:
+        """A Learn answered with the earlier application of its request id (applied once)."""
+        self.updates.labels(model, version, "repeated").inc()
+
     def learn_refused(self, model: str, version: str, reason: str) -> None:
         """A refused update; ``reason``: the refusal's ``RequestError.reason``."""
         self.updates.labels(model, version, f"refused_{reason}").inc()

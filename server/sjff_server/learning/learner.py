@@ -197,7 +197,8 @@ class Learner:
         if not request_id:
             return await self.writer.submit(update, deadline)
         job = self._pending.get(request_id)
-        if job is not None and not job.future.done():  # under way: share its answer
+        repeat = job is not None and not job.future.done()
+        if repeat:  # under way: share its answer
             check_retry(request_id, update.samples_sha256(), job.update.samples_sha256(), "under way")
             # the job starts as long as one of its callers still waits for it
             job.deadline = None if job.deadline is None or deadline is None else max(job.deadline, deadline)
@@ -205,19 +206,27 @@ class Learner:
             done = self.state.requests.get(request_id)
             if done is not None:
                 check_retry(request_id, update.samples_sha256(), done.digest, f"applied as version {done.version}")
+                self._repeated()
                 return done.version, done.log_odds.copy()
             job = self.writer.enqueue(replace(update, request_id=request_id), deadline)
             self._pending[request_id] = job
             job.future.add_done_callback(lambda f: self._forget(request_id, job, f))
         job.waiters += 1
         try:
-            return await asyncio.shield(job.future)
+            result = await asyncio.shield(job.future)
+            if repeat:
+                self._repeated()
+            return result
         except asyncio.CancelledError:
             job.waiters -= 1
             if job.waiters == 0 and not job.started:
                 job.future.cancel()  # every caller went away before it started: not applied
                 self._forget(request_id, job, job.future)
             raise
+
+    def _repeated(self) -> None:
+        if self.metrics is not None:
+            self.metrics.learn_repeated(self.name, self.repo_version)
 
     def _forget(self, request_id: str, job: Pending, fut: asyncio.Future) -> None:
         """The job is answered: a retry from now on is answered by the window (if applied)."""

@@ -162,7 +162,10 @@ class ReplicatedLearner(Follower):
                 first = None
             if first is not None and first.update is not None:
                 check_retry(request_id, update.samples_sha256(), first.update.samples_sha256(), f"entry {entry_id}")
-        return await self._outcome(entry_id, request_id)
+        result = await self._outcome(entry_id, request_id)
+        if not appended and self.metrics is not None:
+            self.metrics.learn_repeated(self.name, self.repo_version)
+        return result
 
     async def rollback(self, version: int) -> tuple[int, int]:
         """Append a rollback to ``version``; ``(new version, restored)`` once applied here.
