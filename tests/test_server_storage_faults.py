@@ -88,16 +88,26 @@ def test_outcome_unknown_when_the_log_cannot_be_cut_back(sjff_models, mnist_samp
         monkeypatch.setattr(durability, "_sync", lambda fd: (_ for _ in ()).throw(OSError(5, "EIO")))
         monkeypatch.setattr(durability.os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(OSError(5, "EIO")))
         with pytest.raises(RequestError) as err:
-            await learner.learn(job(xs[1:2], labels[1], seed=1))
+            await learner.learn(job(xs[1:2], labels[1], seed=1), request_id="unsure")
         monkeypatch.undo()
         assert code(err.value) == "UNKNOWN" and err.value.message.startswith("outcome unknown")
         assert "ListVersions" in err.value.message and learner.failed is not None
-        with pytest.raises(RequestError) as err:
-            await learner.learn(job(xs[2:3], labels[2], seed=2))
+        with pytest.raises(RequestError) as err:  # learning is stopped: a retry waits for the restart
+            await learner.learn(job(xs[1:2], labels[1], seed=1), request_id="unsure")
         assert code(err.value) == "UNAVAILABLE"
         await learner.close(final_snapshot=False)
 
+    async def restarted():
+        # the write reached the file (only its sync failed): the restart replays it, and the
+        # retry is answered with it instead of applying it a second time
+        learner = await started_learner(sjff_models, tmp_path / "s", xs, labels, 0)
+        assert learner.published.version == 2
+        assert (await learner.learn(job(xs[1:2], labels[1], seed=1), request_id="unsure"))[0] == 2
+        assert learner.published.version == 2
+        await learner.close()
+
     asyncio.run(run())
+    asyncio.run(restarted())
 
 
 def test_a_writer_failure_fails_waiting_calls_at_once(sjff_models, mnist_samples, tmp_path):

@@ -327,8 +327,9 @@ class GroupWriter:
             staged.sync_s = await loop.run_in_executor(self._io, self._store.append, staged.records)
         except OutcomeUnknown as exc:
             msg = (
-                f"outcome unknown: {exc}. Check ListVersions (current_version) before retrying, or retry "
-                "with expected_version"
+                f"outcome unknown: {exc}. Once the server is restarted, retry with the same request_id (answered "
+                "as applied if the update reached the log), or check ListVersions (current_version) before "
+                "retrying, or retry with expected_version"
             )
             self._stop_learning(str(exc), Unavailable(f"learning is stopped: {exc}"))
             refuse(UnknownOutcome(msg))
