@@ -220,18 +220,21 @@ def test_learn_stream_admin_calls_and_rollback(repo, tmp_path, token_path, mnist
 def test_kill_9_during_learning_loses_no_acknowledged_update(repo, tmp_path, token_path, sjff_models, mnist_samples):
     images, labels = mnist_samples
     srv = start(repo, tmp_path, token_path, "--snapshot-every", "50")
-    acked: dict[int, tuple[int, int]] = {}  # version -> (sample index, seed)
+    acked: dict[int, tuple[int, int, str]] = {}  # version -> (sample index, seed, request id)
+    unsure: list[tuple[int, int, str]] = []  # the calls the kill cut off: applied or not
     stop = threading.Event()
 
     def learner(worker: int) -> None:
         c = Client(srv.target, token_file=token_path, timeout=10)
         i = worker
         while not stop.is_set():
+            sent = (i % 256, 10_000 + i, f"kill-{worker}-{i}")
             try:
-                r = c.learn(images[i % 256 : i % 256 + 1], [labels[i % 256]], seed=10_000 + i)
+                r = c.learn(images[i % 256 : i % 256 + 1], [labels[i % 256]], seed=sent[1], request_id=sent[2])
             except grpc.RpcError:
+                unsure.append(sent)
                 return  # the server is gone
-            acked[r.version] = (i % 256, 10_000 + i)
+            acked[r.version] = sent
             i += 4
 
     threads = [threading.Thread(target=learner, args=(w,)) for w in range(4)]
@@ -250,7 +253,7 @@ def test_kill_9_during_learning_loses_no_acknowledged_update(repo, tmp_path, tok
     # every acknowledged update is in the log with exactly what was sent
     log = UpdateLog(tmp_path / "state" / "mnist" / "1" / "log")  # a torn tail is skipped when read
     logged = {r.version: r for r in log.records(0, 10**9) if r.changes_state}
-    for version, (idx, seed) in acked.items():
+    for version, (idx, seed, _) in acked.items():
         if version in logged:  # older versions may already be covered by a snapshot only
             u = logged[version].update
             assert u.seed == seed and int(u.labels[0]) == labels[idx]
@@ -264,7 +267,7 @@ def test_kill_9_during_learning_loses_no_acknowledged_update(repo, tmp_path, tok
             updates = []
             for v in range(1, current + 1):
                 if v in acked:
-                    idx, seed = acked[v]
+                    idx, seed, _ = acked[v]
                 else:
                     u = logged[v].update
                     idx, seed = int(np.flatnonzero((su.as_float(images) == u.images[0]).all(1))[0]), u.seed
@@ -275,6 +278,16 @@ def test_kill_9_during_learning_loses_no_acknowledged_update(repo, tmp_path, tok
             got = c.infer(images[:32])
             assert got.version == current
             np.testing.assert_allclose(got.scores, ref.run(su.as_float(images[:32]))["scores"], rtol=1e-5, atol=1e-5)
+            # what the clients could not be sure of, retried with its request id, is applied once
+            # (answered from the log where the kill came after the write); an acknowledged one,
+            # retried, is answered as before
+            assert current - top <= len(unsure) <= 4
+            for idx, seed, rid in unsure:
+                c.learn(images[idx : idx + 1], [labels[idx]], seed=seed, request_id=rid)
+            for v in sorted(acked)[-8:]:
+                idx, seed, rid = acked[v]
+                assert c.learn(images[idx : idx + 1], [labels[idx]], seed=seed, request_id=rid).version == v
+            assert c.list_versions().current_version == top + len(unsure)
     finally:
         srv.stop()
 
