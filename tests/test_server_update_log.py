@@ -13,6 +13,7 @@ from sjff_server.storage.snapshots import SnapshotStore
 
 
 def record(version: int, n: int = 2, d: int = 5, seed: int = 0) -> UpdateRecord:
+    """An update record; even versions carry a request id and their answer (kind 4 on disk)."""
     rng = np.random.default_rng(version)
     update = Update(
         rng.random((n, d), dtype=np.float32),
@@ -20,20 +21,32 @@ def record(version: int, n: int = 2, d: int = 5, seed: int = 0) -> UpdateRecord:
         (rng.random(n) > 0.5).astype(np.float32),
         seed,
         0.25,
+        request_id=f"req-{version}" if version % 2 == 0 else "",
     )
-    return UpdateRecord(UPDATE, version, 1.5 * version, update)
+    odds = rng.standard_normal(n).astype(np.float32) if update.request_id else None
+    return UpdateRecord(UPDATE, version, 1.5 * version, update, log_odds=odds)
 
 
 @settings(max_examples=50, deadline=None)
-@given(n=st.integers(1, 6), d=st.integers(1, 40), seed=st.integers(0, 2**63 - 1), eta=st.floats(1e-6, 1e3))
-def test_record_round_trip(n, d, seed, eta):
+@given(
+    n=st.integers(1, 6),
+    d=st.integers(1, 40),
+    seed=st.integers(0, 2**63 - 1),
+    eta=st.floats(1e-6, 1e3),
+    rid=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40),
+)
+def test_record_round_trip(n, d, seed, eta, rid):
     r = record(3, n, d)
     u = r.update
-    r = UpdateRecord(UPDATE, 7, 123.0, Update(u.images, u.labels, u.positive, seed, eta))
+    odds = np.arange(n, dtype=np.float32) - 0.5 if rid else None
+    r = UpdateRecord(UPDATE, 7, 123.0, Update(u.images, u.labels, u.positive, seed, eta, request_id=rid), log_odds=odds)
     frame = encode_record(r)
     back = decode_payload(frame[12:])
     b = back.update
     assert (back.kind, back.version, b.seed, b.eta, back.created) == (UPDATE, 7, seed, eta, 123.0)
+    assert b.request_id == rid and (odds is None) == (back.log_odds is None)
+    if odds is not None:
+        np.testing.assert_array_equal(back.log_odds, odds)
     np.testing.assert_array_equal(b.images, u.images)
     np.testing.assert_array_equal(b.labels, u.labels)
     np.testing.assert_array_equal(b.positive, u.positive)
