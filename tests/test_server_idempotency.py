@@ -225,3 +225,24 @@ def test_damaged_ids_in_a_snapshot_come_from_an_older_one_and_the_log(sjff_model
         read_answers(newest)
     # the weights still come from the newest snapshot; the ids from the older one and the log
     _retries_after_restart(sjff_models, state, xs, labels, got, 6, **opts)
+
+
+def test_past_the_memory_bound_the_oldest_ids_are_forgotten_and_said(sjff_models, mnist_samples, tmp_path, caplog):
+    images, labels = mnist_samples
+    xs = as_float(images[:8])
+
+    async def run():
+        # room for the answers of two single-sample updates
+        learner = await started_learner(sjff_models, tmp_path / "state", xs, labels, 0, request_window_bytes=1300)
+        for i in range(5):
+            await learner.learn(job(xs[i : i + 1], labels[i], seed=i), request_id=f"id-{i}")
+        window = learner.state.requests
+        assert len(window) == 2 and window.forgotten_early == 3
+        # a forgotten id is a new update again; a remembered one is answered
+        assert (await learner.learn(job(xs[4:5], labels[4], seed=4), request_id="id-4"))[0] == 5
+        assert (await learner.learn(job(xs[:1], labels[0], seed=0), request_id="id-0"))[0] == 6
+        await learner.close()
+
+    asyncio.run(run())
+    warned = [r for r in caplog.records if "forgotten before --idempotency-window-s" in r.getMessage()]
+    assert len(warned) == 1

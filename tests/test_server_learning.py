@@ -111,6 +111,8 @@ def test_a_request_id_is_applied_once_across_retries_and_a_restart(repo, tmp_pat
         metrics = urllib.request.urlopen(srv.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
         assert 'sjff_learning_updates_total{model="mnist",outcome="repeated",version="1"} 3.0' in metrics
         assert 'sjff_learning_updates_total{model="mnist",outcome="accepted",version="1"} 3.0' in metrics
+        assert 'sjff_learning_request_ids{model="mnist",version="1"} 3.0' in metrics
+        assert 'sjff_learning_request_ids_forgotten_early{model="mnist",version="1"} 0.0' in metrics
         assert srv.stop() == 0
         srv.restart()
         with Client(srv.target, token_file=token_path) as c:

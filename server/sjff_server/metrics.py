@@ -163,6 +163,16 @@ class Metrics:
         self.sync = per_model(Histogram, "learning_sync_seconds", "update log write + fsync time", buckets=_LATENCY)
         self.model_version = per_model(Gauge, "model_version", "learning version being served")
         self.snapshot_version = per_model(Gauge, "snapshot_version", "version of the newest snapshot")
+        self.request_ids = per_model(
+            Gauge,
+            "learning_request_ids",
+            "request ids of applied updates remembered (a retry of one is answered, not applied again)",
+        )
+        self.request_ids_forgotten = per_model(
+            Gauge,
+            "learning_request_ids_forgotten_early",
+            "request ids forgotten before --idempotency-window-s because their answers passed --idempotency-max-mb",
+        )
         self.ready = per_model(Gauge, "model_ready", "1 if the model version is loaded and ready")
         self.inflight_bytes = per_model(
             Gauge,
@@ -222,6 +232,11 @@ class Metrics:
         self.group.labels(model, version).observe(accepted)
         self.sync.labels(model, version).observe(sync_s)
         self.model_version.labels(model, version).set(learning_version)
+
+    def request_window(self, model: str, version: str, remembered: int, forgotten_early: int) -> None:
+        """The request ids a local learner remembers, and how many it forgot early (since start)."""
+        self.request_ids.labels(model, version).set(remembered)
+        self.request_ids_forgotten.labels(model, version).set(forgotten_early)
 
     def learn_repeated(self, model: str, version: str) -> None:
         """A Learn answered with the earlier application of its request id (applied once)."""

@@ -273,6 +273,8 @@ class Learner:
         st.group(accepted, now)
         if metrics is not None and accepted:
             metrics.learn_group(self.name, self.repo_version, accepted, sync_s, self.published.version)
+            window = self.state.requests
+            metrics.request_window(self.name, self.repo_version, len(window), window.forgotten_early)
 
     def _rolled_back(self, pub: Published, restored: int) -> None:
         """A durable rollback to ``restored``: publish it (this must not fail)."""
