@@ -118,6 +118,8 @@ def test_a_request_id_is_applied_once_across_retries_and_a_restart(repo, tmp_pat
         with Client(srv.target, token_file=token_path) as c:
             assert c.learn(x[:2], labels[:2], seed=5, request_id="retry-me").version == 1
             assert c.list_versions().current_version == 3
+        scrape = urllib.request.urlopen(srv.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
+        assert 'sjff_learning_request_ids{model="mnist",version="1"} 3.0' in scrape  # rebuilt at the restart
     finally:
         srv.stop()
 

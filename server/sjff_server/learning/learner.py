@@ -146,6 +146,8 @@ class Learner:
             self._timer = asyncio.create_task(self._snapshot_timer(), name=f"snapshots-{self.name}")
         if self.metrics is not None:
             self.metrics.version(self.name, self.repo_version, self.published.version)
+            window = self.state.requests  # as recovery rebuilt it
+            self.metrics.request_window(self.name, self.repo_version, len(window), window.forgotten_early)
 
     async def quiesce(self, timeout: float) -> None:
         """The start of a shutdown, while calls are still open: refuse new Learn, Rollback and

@@ -158,7 +158,7 @@ class ReplicatedLearner(Follower):
         if not appended:
             try:
                 first = await self.stream.entry(entry_id)
-            except ValueError:  # an entry this release cannot read: its apply loop says so
+            except ValueError:  # an entry this release cannot read (its apply loop says so): not compared
                 first = None
             if first is not None and first.update is not None:
                 check_retry(request_id, update.samples_sha256(), first.update.samples_sha256(), f"entry {entry_id}")
