@@ -52,8 +52,6 @@ log = logging.getLogger("sjff_server.learning")
 class Learner:
     """Learning state of one model version (``name``/``version`` in the repository)."""
 
-    idempotent = True  # learn() takes a request_id
-
     def __init__(
         self,
         name: str,
@@ -146,8 +144,7 @@ class Learner:
             self._timer = asyncio.create_task(self._snapshot_timer(), name=f"snapshots-{self.name}")
         if self.metrics is not None:
             self.metrics.version(self.name, self.repo_version, self.published.version)
-            window = self.state.requests  # as recovery rebuilt it
-            self.metrics.request_window(self.name, self.repo_version, len(window), window.forgotten_early)
+            self._window_metrics()  # as recovery rebuilt it
 
     async def quiesce(self, timeout: float) -> None:
         """The start of a shutdown, while calls are still open: refuse new Learn, Rollback and
@@ -226,6 +223,10 @@ class Learner:
                 self._forget(request_id, job, job.future)
             raise
 
+    def _window_metrics(self) -> None:
+        window = self.state.requests
+        self.metrics.request_window(self.name, self.repo_version, len(window), window.forgotten_early)
+
     def _repeated(self) -> None:
         if self.metrics is not None:
             self.metrics.learn_repeated(self.name, self.repo_version)
@@ -275,8 +276,7 @@ class Learner:
         st.group(accepted, now)
         if metrics is not None and accepted:
             metrics.learn_group(self.name, self.repo_version, accepted, sync_s, self.published.version)
-            window = self.state.requests
-            metrics.request_window(self.name, self.repo_version, len(window), window.forgotten_early)
+            self._window_metrics()
 
     def _rolled_back(self, pub: Published, restored: int) -> None:
         """A durable rollback to ``restored``: publish it (this must not fail)."""

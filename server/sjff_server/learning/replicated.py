@@ -66,8 +66,6 @@ _SHUTTING_DOWN = "the server is shutting down; retry with the same request_id"
 class ReplicatedLearner(Follower):
     """Learning state of one model version (``name``/``version``), replicated over Redis."""
 
-    idempotent = True  # learn() takes a request_id
-
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.history: deque[tuple[int, str, float, int, int]] = deque(maxlen=HISTORY)
